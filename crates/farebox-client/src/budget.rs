@@ -1,0 +1,218 @@
+//! Spending limits and the spend ledger.
+//!
+//! A [`Budget`] has, per asset, a maximum per request and a total. Both are enforced *before*
+//! anything is paid: the worst case (price plus the most the rail may add in fees) is reserved
+//! first, and a request that does not fit is a [`ClientError::OverBudget`], never a payment. An
+//! asset the budget names no limit for cannot be spent at all (fail closed). After paying, the
+//! reservation is replaced by what was actually spent, and the [`Ledger`] records it.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use farebox_core::{Asset, Money};
+use serde::Serialize;
+
+use crate::error::ClientError;
+
+#[derive(Debug, Clone)]
+struct Limit {
+    per_request: Money,
+    total: Money,
+    committed: u128,
+    reserved: u128,
+}
+
+/// Per-asset spending limits, shared by every request of a client.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    limits: Arc<Mutex<Vec<Limit>>>,
+}
+
+/// Money set aside for one payment; give it back or commit it.
+#[derive(Debug)]
+#[must_use = "a reservation must be committed or released"]
+pub struct Reservation {
+    asset: Asset,
+    amount: u128,
+}
+
+impl Budget {
+    /// A budget that allows nothing until limits are added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Allows spending `per_request` at most per request and `total` in all, in their asset.
+    /// Both must be in the same asset; a second call for an asset replaces its limits.
+    pub fn allow(self, per_request: Money, total: Money) -> Result<Self, ClientError> {
+        if per_request.asset != total.asset {
+            return Err(ClientError::Config(
+                "per-request and total limits must be in the same asset".into(),
+            ));
+        }
+        {
+            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            limits.retain(|l| l.total.asset != total.asset);
+            limits.push(Limit {
+                per_request,
+                total,
+                committed: 0,
+                reserved: 0,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Whether `worst_case` fits the per-request limit and what is left of the total.
+    pub fn check(&self, worst_case: &Money) -> Result<(), ClientError> {
+        let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        Self::fits(&limits, worst_case).map(|_| ())
+    }
+
+    fn fits<'a>(limits: &'a [Limit], worst_case: &Money) -> Result<usize, ClientError> {
+        let Some(i) = limits
+            .iter()
+            .position(|l| l.total.asset == worst_case.asset)
+        else {
+            return Err(ClientError::OverBudget {
+                price: worst_case.clone(),
+                limit: format!("no budget for {}", worst_case.asset.symbol()),
+            });
+        };
+        let l = &limits[i];
+        if worst_case.amount > l.per_request.amount {
+            return Err(ClientError::OverBudget {
+                price: worst_case.clone(),
+                limit: format!("at most {} per request", l.per_request),
+            });
+        }
+        let spent = l.committed.saturating_add(l.reserved);
+        if spent.saturating_add(worst_case.amount) > l.total.amount {
+            let left = Money::new(l.total.asset.clone(), l.total.amount.saturating_sub(spent));
+            return Err(ClientError::OverBudget {
+                price: worst_case.clone(),
+                limit: format!("{left} left of a total of {}", l.total),
+            });
+        }
+        Ok(i)
+    }
+
+    /// Sets `worst_case` aside, or refuses if it does not fit.
+    pub fn reserve(&self, worst_case: &Money) -> Result<Reservation, ClientError> {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let i = Self::fits(&limits, worst_case)?;
+        limits[i].reserved += worst_case.amount;
+        Ok(Reservation {
+            asset: worst_case.asset.clone(),
+            amount: worst_case.amount,
+        })
+    }
+
+    /// Gives a reservation back unspent (the payment did not happen).
+    pub fn release(&self, reservation: Reservation) {
+        self.settle(reservation, 0);
+    }
+
+    /// Replaces a reservation by what was actually spent (never more than was reserved).
+    pub fn commit(&self, reservation: Reservation, spent: &Money) {
+        debug_assert_eq!(spent.asset, reservation.asset);
+        self.settle(reservation, spent.amount);
+    }
+
+    fn settle(&self, reservation: Reservation, spent: u128) {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = limits
+            .iter_mut()
+            .find(|l| l.total.asset == reservation.asset)
+        {
+            l.reserved = l.reserved.saturating_sub(reservation.amount);
+            l.committed = l.committed.saturating_add(spent.min(reservation.amount));
+        }
+    }
+
+    /// Spent so far in `asset`.
+    pub fn spent(&self, asset: &Asset) -> Money {
+        let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let amount = limits
+            .iter()
+            .find(|l| &l.total.asset == asset)
+            .map_or(0, |l| l.committed);
+        Money::new(asset.clone(), amount)
+    }
+}
+
+/// One payment the client made.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerEntry {
+    pub at: SystemTime,
+    pub url: String,
+    pub rail: &'static str,
+    /// The price paid to the server.
+    pub amount: Money,
+    /// Fees paid on top (Lightning routing, …), in the same asset.
+    pub fee: Money,
+    /// The rail's reference (payment hash, transaction hash…).
+    pub reference: String,
+}
+
+/// Every payment made, in order. Cheap to clone; clones share the entries.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    entries: Arc<Mutex<Vec<LedgerEntry>>>,
+}
+
+impl Ledger {
+    pub(crate) fn record(&self, entry: LedgerEntry) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry);
+    }
+
+    /// A copy of the entries.
+    pub fn entries(&self) -> Vec<LedgerEntry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_request_and_total_limits_are_enforced_before_paying() {
+        let b = Budget::new()
+            .allow(Money::sats(10), Money::sats(25))
+            .unwrap();
+        assert!(matches!(
+            b.reserve(&Money::sats(11)),
+            Err(ClientError::OverBudget { .. })
+        ));
+        let r1 = b.reserve(&Money::sats(10)).unwrap();
+        let r2 = b.reserve(&Money::sats(10)).unwrap();
+        assert!(
+            b.reserve(&Money::sats(10)).is_err(),
+            "reserved amounts count against the total"
+        );
+        b.commit(r1, &Money::sats(9));
+        b.release(r2);
+        assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(9));
+        let r3 = b.reserve(&Money::sats(10)).unwrap();
+        b.commit(r3, &Money::sats(10));
+        assert!(
+            b.reserve(&Money::sats(7)).is_err(),
+            "19 of 25 spent; 7 does not fit"
+        );
+        assert!(b.reserve(&Money::sats(6)).is_ok());
+    }
+
+    #[test]
+    fn an_asset_without_a_limit_cannot_be_spent() {
+        let b = Budget::new();
+        let err = b.reserve(&Money::msats(1)).unwrap_err();
+        assert!(err.to_string().contains("no budget"), "{err}");
+    }
+}

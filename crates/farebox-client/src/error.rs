@@ -1,0 +1,42 @@
+//! What can go wrong when paying for a request.
+
+use farebox_core::Money;
+
+/// A typed client failure. Returned inside `reqwest_middleware::Error::Middleware`; get it back
+/// with `err.downcast_ref::<ClientError>()` or [`ClientError::from_middleware`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The price (plus worst-case fees) does not fit the budget. Nothing was paid.
+    #[error("over budget: {price} does not fit ({limit})")]
+    OverBudget { price: Money, limit: String },
+    /// The 402 offered nothing this client has a wallet for.
+    #[error("no payable offer: {0}")]
+    NoPayableOffer(String),
+    /// A challenge could not be understood (bad invoice, bad header…). Nothing was paid.
+    #[error("invalid challenge from the server: {0}")]
+    InvalidChallenge(String),
+    /// The wallet failed to pay. Nothing was spent.
+    #[error("payment failed: {0}")]
+    PaymentFailed(String),
+    /// The server refused the proof of a payment that was made; the ledger has the payment.
+    #[error("the server refused the payment proof (status {status}): {detail}")]
+    ProofRejected { status: u16, detail: String },
+    /// The request body is a stream and cannot be sent twice.
+    #[error("the request body cannot be replayed after the 402; use a buffered body")]
+    BodyNotReplayable,
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+impl ClientError {
+    /// The typed error inside a middleware error, if it came from farebox.
+    pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&ClientError> {
+        match err {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+}

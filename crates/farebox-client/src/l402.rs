@@ -1,0 +1,113 @@
+//! [`L402Wallet`]: pays L402 challenges with a Lightning backend.
+//!
+//! It prefers the `L402` challenge line and falls back to `LSAT`, checks that the invoice is a
+//! valid BOLT11 with an amount and that it has not expired, pays it, and answers with
+//! `Authorization: L402 <macaroon>:<preimage>`. The token is reusable, so the middleware keeps it
+//! for later requests to the same origin.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use farebox_core::Money;
+use farebox_lightning::LightningBackend;
+use farebox_lightning::bolt11::{self, InvoiceDescription};
+use http::{HeaderValue, header::AUTHORIZATION};
+
+use crate::error::ClientError;
+use crate::wallet::{Offer, PaymentRequired, Proof, Wallet};
+
+/// Pays L402 invoices from a Lightning backend.
+pub struct L402Wallet {
+    node: Arc<dyn LightningBackend>,
+    max_fee_msat: u64,
+}
+
+struct L402Offer {
+    macaroon: String,
+    invoice: String,
+}
+
+impl L402Wallet {
+    /// A wallet paying through `node`, spending at most `max_fee_msat` in routing fees per payment.
+    pub fn new(node: Arc<dyn LightningBackend>, max_fee_msat: u64) -> Self {
+        L402Wallet { node, max_fee_msat }
+    }
+}
+
+#[async_trait]
+impl Wallet for L402Wallet {
+    fn rail(&self) -> &'static str {
+        "l402"
+    }
+
+    fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
+        let challenge = response
+            .challenges
+            .iter()
+            .find(|c| c.scheme.eq_ignore_ascii_case("L402"))
+            .or_else(|| {
+                response
+                    .challenges
+                    .iter()
+                    .find(|c| c.scheme.eq_ignore_ascii_case("LSAT"))
+            });
+        let Some(challenge) = challenge else {
+            return Ok(Vec::new());
+        };
+        let parsed = farebox_l402::parse_challenge(challenge)
+            .map_err(|e| ClientError::InvalidChallenge(format!("L402 challenge: {e}")))?;
+        let invoice = bolt11::parse_invoice(&parsed.invoice)
+            .map_err(|e| ClientError::InvalidChallenge(format!("L402 invoice: {e}")))?;
+        if invoice.is_expired(SystemTime::now()) {
+            return Err(ClientError::InvalidChallenge(
+                "the L402 invoice has already expired".into(),
+            ));
+        }
+        let Some(amount_msat) = invoice.amount_msat else {
+            return Err(ClientError::InvalidChallenge(
+                "the L402 invoice has no amount".into(),
+            ));
+        };
+        let summary = match &invoice.description {
+            InvoiceDescription::Direct(d) if !d.is_empty() => {
+                format!("Lightning invoice for {} ({d})", Money::msats(amount_msat))
+            }
+            _ => format!("Lightning invoice for {}", Money::msats(amount_msat)),
+        };
+        Ok(vec![Offer {
+            rail: "l402",
+            price: Money::msats(amount_msat),
+            max_fee: Money::msats(self.max_fee_msat),
+            summary,
+            details: Box::new(L402Offer {
+                macaroon: parsed.macaroon,
+                invoice: parsed.invoice,
+            }),
+        }])
+    }
+
+    async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError> {
+        let details = offer.details.downcast_ref::<L402Offer>().ok_or_else(|| {
+            ClientError::PaymentFailed("offer was not made by the L402 wallet".into())
+        })?;
+        let paid = self
+            .node
+            .pay(&details.invoice, self.max_fee_msat)
+            .await
+            .map_err(|e| ClientError::PaymentFailed(e.to_string()))?;
+        let credential = farebox_l402::format_credential(&details.macaroon, &paid.preimage);
+        let value = HeaderValue::from_str(&credential)
+            .map_err(|_| ClientError::InvalidChallenge("macaroon is not header-safe".into()))?;
+        Ok(Proof {
+            headers: vec![(AUTHORIZATION, value)],
+            fee: Money::msats(paid.fee_msat),
+            reference: hex_of(&paid.payment_hash),
+            reusable: true,
+        })
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

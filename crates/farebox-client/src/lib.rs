@@ -1,0 +1,46 @@
+//! # farebox-client
+//!
+//! Pays for HTTP requests that answer `402 Payment Required`, within a budget.
+//!
+//! [`PaymentMiddleware`] is a `reqwest_middleware` middleware: on a 402 it collects the offers
+//! its [`Wallet`]s can pay, keeps the first one the [`Budget`] allows (per-request and total
+//! limits per asset, checked *before* paying), pays, retries once with the proof, and records
+//! the payment in the [`Ledger`]. Reusable proofs (L402 tokens) are kept per origin and sent up
+//! front next time, so a service is paid once per token, not once per request.
+//!
+//! ```no_run
+//! # async fn run(node: std::sync::Arc<dyn farebox_lightning::LightningBackend>) -> Result<(), Box<dyn std::error::Error>> {
+//! use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
+//! use farebox_core::Money;
+//!
+//! let budget = Budget::new().allow(Money::sats(100), Money::sats(5_000))?;
+//! let payer = PaymentMiddleware::new(budget).wallet(L402Wallet::new(node, 10_000));
+//! let client = farebox_client::paying_client(reqwest::Client::new(), payer);
+//! let joke = client.get("http://127.0.0.1:8402/joke").send().await?.text().await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod budget;
+mod error;
+mod events;
+mod l402;
+mod middleware;
+mod wallet;
+
+pub use budget::{Budget, Ledger, LedgerEntry, Reservation};
+pub use error::ClientError;
+pub use events::{Event, Observer};
+pub use l402::L402Wallet;
+pub use middleware::PaymentMiddleware;
+pub use wallet::{Offer, PaymentRequired, Proof, Wallet};
+
+/// A reqwest client with `payer` installed.
+pub fn paying_client(
+    client: reqwest::Client,
+    payer: PaymentMiddleware,
+) -> reqwest_middleware::ClientWithMiddleware {
+    reqwest_middleware::ClientBuilder::new(client)
+        .with(payer)
+        .build()
+}

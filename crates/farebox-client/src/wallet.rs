@@ -1,0 +1,78 @@
+//! The [`Wallet`] trait: the client side of a rail.
+//!
+//! A wallet reads a 402 response, says which of its offers it could pay ([`Offer`]), and pays one
+//! into a proof: the headers to retry the request with. Choosing among offers, the budget and
+//! the ledger are the middleware's job, so a new rail's wallet only speaks its protocol.
+
+use std::any::Any;
+use std::fmt;
+
+use async_trait::async_trait;
+use farebox_core::Money;
+use farebox_core::auth::AuthChallenge;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::error::ClientError;
+
+/// A 402 response as wallets see it.
+#[derive(Debug)]
+pub struct PaymentRequired {
+    /// The URL that answered 402.
+    pub url: reqwest::Url,
+    /// Every `WWW-Authenticate` challenge, parsed (unparseable fields are skipped).
+    pub challenges: Vec<AuthChallenge>,
+    /// All response headers.
+    pub headers: HeaderMap,
+    /// The body, when it was JSON.
+    pub body: Option<serde_json::Value>,
+}
+
+/// Something a wallet can pay.
+pub struct Offer {
+    pub rail: &'static str,
+    /// The price asked.
+    pub price: Money,
+    /// The most the wallet may spend on top of `price` (e.g. Lightning routing fees).
+    pub max_fee: Money,
+    /// A line for people: what is being paid for and how.
+    pub summary: String,
+    /// Wallet-private data needed to pay (the invoice, the requirements…).
+    pub details: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Offer")
+            .field("rail", &self.rail)
+            .field("price", &self.price)
+            .field("max_fee", &self.max_fee)
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A payment made: what to retry with and what it cost.
+#[derive(Debug, Clone)]
+pub struct Proof {
+    /// Headers to add to the retried request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Fees actually paid on top of the price.
+    pub fee: Money,
+    /// The rail's reference (payment hash, …).
+    pub reference: String,
+    /// Whether the proof may be reused for later requests to the same origin (an L402 token).
+    pub reusable: bool,
+}
+
+/// The client side of a rail.
+#[async_trait]
+pub trait Wallet: Send + Sync + 'static {
+    fn rail(&self) -> &'static str;
+
+    /// The offers in `response` this wallet can pay. Invalid challenges for this rail are an
+    /// error (a server bug worth reporting), challenges of other rails are ignored.
+    fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError>;
+
+    /// Pays `offer`.
+    async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError>;
+}

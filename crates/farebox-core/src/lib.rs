@@ -1,0 +1,107 @@
+//! # farebox-core
+//!
+//! The rail-neutral core of farebox. It knows what a price, a challenge, a credential, a verified
+//! payment and a receipt are, how failures map to HTTP, and how `WWW-Authenticate` /
+//! `Authorization` fields are written and parsed. It knows no payment rail: L402, x402 and MPP
+//! are separate crates that implement [`Rail`], the way rustls' protocol core is separate from
+//! the `CryptoProvider`s that plug into it.
+//!
+//! | module | for |
+//! |---|---|
+//! | [`money`] | [`Money`]: an [`Asset`] plus an integer amount in base units; no floats |
+//! | [`resource`] | [`Resource`] and [`Price`]: what is being sold, possibly in several assets |
+//! | [`rail`] | the [`Rail`] trait, [`Challenge`], [`PresentedCredential`], [`Verified`], [`Receipt`], and credential routing |
+//! | [`error`] | [`PaymentError`] / [`ErrorKind`] and the RFC 9457 [`Problem`] body |
+//! | [`auth`] | the RFC 9110 auth-param grammar, bounded and linear-time |
+//!
+//! ## How one 402 carries every rail
+//!
+//! A route has a [`Price`] with one amount per accepted asset (say 10 sat *or* 0.01 USDC). The
+//! server layer asks every configured rail for a [`Challenge`]; a rail that cannot charge any of
+//! the price's assets answers `Ok(None)` and is left out. The challenges are merged into one
+//! response: their `WWW-Authenticate` lines in rail order, their extra headers, and their body
+//! members in one problem+json object. On the retry, [`rail::credential_of`] finds the single
+//! rail whose auth scheme or dedicated header the request carries and hands the credential to it
+//! alone; a request carrying two credentials is refused with 400 rather than guessed at.
+//!
+//! ## Writing a rail
+//!
+//! A new rail is one crate with one type implementing [`Rail`]. Nothing else in farebox changes:
+//! the server layer, the gateway and the generic conformance checks drive it through the trait.
+//!
+//! 1. **Name and claim your credentials.** Return a stable [`Rail::name`], and declare the
+//!    `Authorization` schemes ([`Rail::auth_schemes`]) and/or dedicated request headers
+//!    ([`Rail::credential_headers`]) your credentials arrive in. Routing is done by the core from
+//!    these declarations, so two rails cannot both claim a request by accident.
+//! 2. **Challenge.** In [`Rail::challenge`], pick the amount from
+//!    [`Price::in_asset`](resource::Price::in_asset) for the asset you settle, create whatever the
+//!    client must pay (an invoice, payment requirements), bind it to the resource so it cannot be
+//!    replayed elsewhere, and return the header lines and body members. Use
+//!    [`auth::AuthChallenge`] to write `WWW-Authenticate` values; it quotes and escapes for you.
+//!    Return `Ok(None)` when your asset is not in the price.
+//! 3. **Verify.** [`Rail::verify`] gets the [`PresentedCredential`] (already size-bounded and,
+//!    for `Authorization`, parsed into scheme and parameters). Check everything that proves
+//!    payment for *this* resource: signatures, amounts, recipient, time window, scope. Compare
+//!    MACs in constant time. Report failures as [`PaymentError`]s with a stable `code` and a
+//!    `detail` a person can act on: [`PaymentError::invalid`] earns the client a fresh 402,
+//!    [`PaymentError::unavailable`] a 503 with `Retry-After` when your backend cannot answer —
+//!    never let a request through because a check could not run. If a proof could be spent twice
+//!    (a nonce), reserve it here so a concurrent duplicate fails before the handler runs, and
+//!    implement [`Rail::release`] to give the reservation back when the handler fails.
+//! 4. **Settle.** [`Rail::settle`] moves the money (or, for final proofs such as a Lightning
+//!    preimage, just acknowledges it) and returns a [`Receipt`] whose headers go on the response.
+//!    The server settles after a successful response by default ([`SettleTiming`]).
+//! 5. **Test it like the built-in rails.** Exercise the trait directly with a [`Resource`], and
+//!    run it behind `farebox-server` to see the 402 your clients will meet.
+//!
+//! A minimal rail that accepts a shared secret (for illustration only — a real rail proves
+//! payment, not knowledge of a password):
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use farebox_core::{auth::AuthChallenge, Challenge, PaymentError, PresentedCredential, Rail,
+//!                    Receipt, Resource, Verified};
+//!
+//! struct Voucher;
+//!
+//! #[async_trait]
+//! impl Rail for Voucher {
+//!     fn name(&self) -> &'static str { "voucher" }
+//!     fn auth_schemes(&self) -> &'static [&'static str] { &["Voucher"] }
+//!
+//!     async fn challenge(&self, r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+//!         let Some(price) = r.price.in_bitcoin() else { return Ok(None) };
+//!         let line = AuthChallenge::new("Voucher").param("amount_msat", price.amount.to_string());
+//!         let value = line.to_header_value().map_err(|e| PaymentError::internal("header", e.to_string()))?;
+//!         Ok(Some(Challenge { www_authenticate: vec![value], ..Default::default() }))
+//!     }
+//!
+//!     async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verified, PaymentError> {
+//!         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
+//!             Some("open-sesame") => Ok(Verified {
+//!                 amount: r.price.in_bitcoin().cloned().expect("challenged in bitcoin"),
+//!                 payer: None,
+//!                 reference: "voucher".into(),
+//!                 state: Box::new(()),
+//!             }),
+//!             _ => Err(PaymentError::invalid("bad_voucher", "unknown voucher")),
+//!         }
+//!     }
+//!
+//!     async fn settle(&self, _r: &Resource, v: Verified) -> Result<Receipt, PaymentError> {
+//!         Ok(Receipt { amount: v.amount, reference: v.reference, headers: vec![] })
+//!     }
+//! }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod money;
+pub mod rail;
+pub mod resource;
+
+pub use error::{ErrorKind, PaymentError, Problem};
+pub use money::{Asset, Money, MoneyError, Token};
+pub use rail::{Challenge, PresentedCredential, Rail, Receipt, SettleTiming, Verified};
+pub use resource::{Price, Resource};

@@ -1,0 +1,222 @@
+//! The [`Rail`] trait: how a payment rail plugs into farebox.
+//!
+//! A rail is a value that turns a price into challenges, recognises and verifies its own
+//! credentials, and settles verified payments into receipts. The server layer owns everything
+//! rail-neutral: it asks *every* configured rail for its challenges and answers one 402 carrying
+//! all of them; on a retry it finds which rail owns the presented credential (by auth scheme or
+//! by dedicated header, both declared here) and hands it to that rail alone.
+//!
+//! The life of a paid request:
+//!
+//! ```text
+//!  request ──► credential_of (core, using Rail::auth_schemes / credential_headers)
+//!                 │ none                          │ one                    │ several
+//!                 ▼                               ▼                        ▼
+//!  402 + Rail::challenge() of every rail    Rail::verify()                400
+//!                                                 │ Ok(Verified)  Err(e) ──► e.kind decides:
+//!                                                 ▼                          402 + fresh challenges,
+//!                                           inner service                   503 + Retry-After, …
+//!                                                 │ status < 400
+//!                                                 ▼
+//!                                           Rail::settle() ──► Receipt headers on the response
+//! ```
+
+use std::any::Any;
+use std::fmt;
+
+use async_trait::async_trait;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use crate::auth::{self, AuthCredential};
+use crate::error::PaymentError;
+use crate::money::Money;
+use crate::resource::Resource;
+
+/// Largest credential header value any rail is handed; larger ones are refused unread.
+pub const MAX_CREDENTIAL_LEN: usize = 16 * 1024;
+
+/// What a rail offers in a 402 response.
+#[derive(Debug, Clone, Default)]
+pub struct Challenge {
+    /// `WWW-Authenticate` field values, in the order they must be sent (one field line each).
+    pub www_authenticate: Vec<HeaderValue>,
+    /// Other headers this rail needs on the 402 (e.g. x402 v2's `PAYMENT-REQUIRED`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Members merged into the 402's problem+json body (e.g. x402 v1's `accepts`). A rail should
+    /// use names unlikely to collide with other rails'.
+    pub body_members: Vec<(String, Value)>,
+}
+
+/// A credential as found in a request, before its rail has parsed it.
+#[derive(Debug, Clone)]
+pub struct PresentedCredential {
+    /// The header it came in (`authorization`, or a rail's dedicated header).
+    pub header: HeaderName,
+    /// For `Authorization`: the parsed scheme and parameters.
+    pub auth: Option<AuthCredential>,
+    /// The whole header field value, as sent.
+    pub value: String,
+}
+
+/// A payment a rail has verified, to be settled once the request has been served.
+pub struct Verified {
+    /// What was paid.
+    pub amount: Money,
+    /// Who paid, when the rail knows (an address; `None` for bearer proofs such as L402).
+    pub payer: Option<String>,
+    /// The rail's reference for this payment (payment hash, authorization nonce, …).
+    pub reference: String,
+    /// Rail-private data needed to settle (e.g. a signed authorization).
+    pub state: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified")
+            .field("amount", &self.amount)
+            .field("payer", &self.payer)
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Proof of a settled payment, returned to the client with the response.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// What was paid.
+    pub amount: Money,
+    /// The rail's reference (payment hash, transaction hash, …).
+    pub reference: String,
+    /// Headers to add to the successful response (e.g. `Payment-Receipt`, `PAYMENT-RESPONSE`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// When the server layer settles a verified payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SettleTiming {
+    /// After the handler answered below 400; nothing is charged for a failed request.
+    #[default]
+    AfterResponse,
+    /// Before the handler runs; the handler is only called once the money has moved.
+    BeforeServe,
+}
+
+/// A payment rail. See the crate docs for a walk-through of writing one.
+#[async_trait]
+pub trait Rail: Send + Sync + 'static {
+    /// A short stable name: `l402`, `x402`, `mpp`. Used in logs, receipts and metrics.
+    fn name(&self) -> &'static str;
+
+    /// `Authorization` schemes whose credentials belong to this rail (compared
+    /// case-insensitively), e.g. `["L402", "LSAT"]`.
+    fn auth_schemes(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Request headers other than `Authorization` that carry this rail's credentials
+    /// (e.g. x402's `PAYMENT-SIGNATURE`).
+    fn credential_headers(&self) -> &'static [HeaderName] {
+        &[]
+    }
+
+    /// The challenges for `resource`, or `Ok(None)` when this rail cannot charge any asset in its
+    /// price (the route is simply not offered on this rail).
+    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError>;
+
+    /// Checks that `credential` pays for `resource`. Must not have side effects that charge
+    /// the client; it may reserve (e.g. a nonce) so that a concurrent duplicate is refused.
+    async fn verify(
+        &self,
+        resource: &Resource,
+        credential: &PresentedCredential,
+    ) -> Result<Verified, PaymentError>;
+
+    /// Settles a verified payment and returns the receipt for the response. For rails whose proof
+    /// is already final (a Lightning preimage) this only builds the receipt.
+    async fn settle(&self, resource: &Resource, payment: Verified)
+    -> Result<Receipt, PaymentError>;
+
+    /// Releases what [`Rail::verify`] reserved when the request is not served (the handler
+    /// failed), so that the same payment can be retried. Default: nothing to release.
+    async fn release(&self, _resource: &Resource, _payment: Verified) {}
+}
+
+/// Which rail owns the credential in `headers`, if any.
+///
+/// Looks at every `Authorization` field and every rail's dedicated headers. Two credentials that
+/// belong to rails (or two for one rail) make the request ambiguous: a [`PaymentError`] of kind
+/// `BadRequest`. Authorization schemes no rail owns (e.g. `Bearer` for the upstream API) are left
+/// alone.
+pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
+    rails: &'r [R],
+    headers: &HeaderMap,
+) -> Result<Option<(&'r R, PresentedCredential)>, PaymentError> {
+    let mut found: Option<(&R, PresentedCredential)> = None;
+    let mut take = |rail: &'r R, cred: PresentedCredential| {
+        if found.is_some() {
+            return Err(PaymentError::bad_request(
+                "multiple_credentials",
+                "the request carries more than one payment credential; send exactly one",
+            ));
+        }
+        found = Some((rail, cred));
+        Ok(())
+    };
+    for value in headers.get_all(http::header::AUTHORIZATION) {
+        let text = header_text(value)?;
+        let Some(scheme) = auth::scheme_of(text) else {
+            continue;
+        };
+        let Some(rail) = rails.iter().find(|r| {
+            r.as_ref()
+                .auth_schemes()
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(scheme))
+        }) else {
+            continue;
+        };
+        let parsed = auth::parse_credential(text).map_err(|e| {
+            PaymentError::invalid("malformed_credential", format!("Authorization header: {e}"))
+        })?;
+        take(
+            rail,
+            PresentedCredential {
+                header: http::header::AUTHORIZATION,
+                auth: Some(parsed),
+                value: text.to_string(),
+            },
+        )?;
+    }
+    for rail in rails {
+        for name in rail.as_ref().credential_headers() {
+            for value in headers.get_all(name) {
+                let text = header_text(value)?;
+                take(
+                    rail,
+                    PresentedCredential {
+                        header: name.clone(),
+                        auth: None,
+                        value: text.to_string(),
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn header_text(value: &HeaderValue) -> Result<&str, PaymentError> {
+    if value.len() > MAX_CREDENTIAL_LEN {
+        return Err(PaymentError::invalid(
+            "credential_too_large",
+            format!("credential header larger than {MAX_CREDENTIAL_LEN} bytes"),
+        ));
+    }
+    value.to_str().map_err(|_| {
+        PaymentError::invalid(
+            "malformed_credential",
+            "credential header is not visible ASCII",
+        )
+    })
+}

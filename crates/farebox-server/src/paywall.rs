@@ -1,0 +1,228 @@
+//! [`Paywall`]: the rails and the price table of one deployment, and the rail-neutral decisions
+//! (which rail, which answer) that the tower layer applies to each request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use farebox_core::rail::credential_of;
+use farebox_core::{
+    Challenge, ErrorKind, PaymentError, Problem, Rail, Resource, error::PROBLEM_JSON,
+};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::routes::{PricedRoute, RouteError};
+
+/// The rails and priced routes of a deployment. Cheap to share (`Arc` inside the layer).
+pub struct Paywall {
+    pub(crate) rails: Vec<Arc<dyn Rail>>,
+    routes: Vec<PricedRoute>,
+}
+
+/// What the layer should do with a priced request.
+pub(crate) enum Decision {
+    /// A rail verified a credential: serve, then settle with that rail.
+    Serve {
+        rail: Arc<dyn Rail>,
+        payment: farebox_core::Verified,
+    },
+    /// Answer without calling the handler (a 402, 400 or 503).
+    Refuse(http::Response<Vec<u8>>),
+}
+
+impl Paywall {
+    pub fn builder() -> PaywallBuilder {
+        PaywallBuilder {
+            rails: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// The resource a request is for, if a route prices it.
+    pub fn resource_for(&self, method: &Method, path: &str) -> Option<Resource> {
+        let route = self.routes.iter().find(|r| r.matches(method, path))?;
+        Some(Resource {
+            method: method.clone(),
+            path: path.to_string(),
+            route: route.pattern.clone(),
+            price: route.price.clone(),
+            description: route.description.clone(),
+        })
+    }
+
+    pub(crate) fn settle_timing(&self, resource: &Resource) -> farebox_core::SettleTiming {
+        self.routes
+            .iter()
+            .find(|r| r.pattern == resource.route && r.matches(&resource.method, &resource.path))
+            .map(|r| r.settle)
+            .unwrap_or_default()
+    }
+
+    /// The configured rails, in challenge order.
+    pub fn rails(&self) -> &[Arc<dyn Rail>] {
+        &self.rails
+    }
+
+    /// Decides a priced request from its headers: find the credential, verify it, or refuse.
+    pub(crate) async fn decide(&self, resource: &Resource, headers: &HeaderMap) -> Decision {
+        let (rail, credential) = match credential_of(&self.rails, headers) {
+            Ok(Some((rail, credential))) => (rail.clone(), credential),
+            Ok(None) => {
+                let why = PaymentError::new(
+                    ErrorKind::PaymentRequired,
+                    "payment_required",
+                    format!("{} {} requires payment", resource.method, resource.path),
+                );
+                return Decision::Refuse(self.refusal(resource, &why).await);
+            }
+            Err(e) => return Decision::Refuse(self.refusal(resource, &e).await),
+        };
+        match rail.verify(resource, &credential).await {
+            Ok(payment) => Decision::Serve { rail, payment },
+            Err(e) => {
+                tracing::info!(rail = rail.name(), code = e.code, path = %resource.path, "credential refused");
+                Decision::Refuse(self.refusal(resource, &e).await)
+            }
+        }
+    }
+
+    /// The answer to a request that is not (or no longer) served: a 402 with every rail's fresh
+    /// challenge when the error calls for one, otherwise the error's own status.
+    pub async fn refusal(
+        &self,
+        resource: &Resource,
+        error: &PaymentError,
+    ) -> http::Response<Vec<u8>> {
+        if !error.kind.carries_challenges() {
+            return problem_response(error.to_problem(), error.retry_after, Vec::new());
+        }
+        let mut challenges = Vec::with_capacity(self.rails.len());
+        let mut unavailable: Option<PaymentError> = None;
+        for rail in &self.rails {
+            match rail.challenge(resource).await {
+                Ok(Some(c)) => challenges.push(c),
+                Ok(None) => {}
+                Err(e) => {
+                    // One rail's backend being down must not take the others' offers away; the
+                    // route is only refused outright when no rail can offer anything.
+                    tracing::warn!(rail = rail.name(), code = e.code, detail = %e.detail, "challenge failed");
+                    unavailable.get_or_insert(e);
+                }
+            }
+        }
+        if challenges.is_empty() {
+            let e = unavailable.unwrap_or_else(|| {
+                PaymentError::internal(
+                    "no_rail_for_price",
+                    "no configured rail can charge this route's price",
+                )
+            });
+            return problem_response(e.to_problem(), e.retry_after, Vec::new());
+        }
+        let mut problem = error.to_problem();
+        for c in &mut challenges {
+            problem.extend(std::mem::take(&mut c.body_members));
+        }
+        problem_response(problem, None, challenges)
+    }
+}
+
+/// A problem+json response, with the challenges' header lines when there are any.
+fn problem_response(
+    problem: Problem,
+    retry_after: Option<Duration>,
+    challenges: Vec<Challenge>,
+) -> http::Response<Vec<u8>> {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = http::Response::new(problem.to_json());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    // Challenges carry one-time invoices and nonces: no cache may replay them to someone else.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(after) = retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    for challenge in challenges {
+        for line in challenge.www_authenticate {
+            headers.append(WWW_AUTHENTICATE, line);
+        }
+        for (name, value) in challenge.headers {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+/// Builds a [`Paywall`].
+pub struct PaywallBuilder {
+    rails: Vec<Arc<dyn Rail>>,
+    routes: Vec<PricedRoute>,
+}
+
+/// A paywall that cannot work as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaywallError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("no rail configured")]
+    NoRail,
+    #[error("two rails are named {0:?}")]
+    DuplicateRail(&'static str),
+    #[error("rails {0:?} and {1:?} both claim the credential {2:?}")]
+    OverlappingClaims(&'static str, &'static str, String),
+}
+
+impl PaywallBuilder {
+    /// Adds a rail; rails challenge in the order they are added.
+    pub fn rail(mut self, rail: impl Rail) -> Self {
+        self.rails.push(Arc::new(rail));
+        self
+    }
+
+    /// Adds an already shared rail.
+    pub fn shared_rail(mut self, rail: Arc<dyn Rail>) -> Self {
+        self.rails.push(rail);
+        self
+    }
+
+    /// Adds a priced route.
+    pub fn route(mut self, route: PricedRoute) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Checks the configuration: at least one rail, distinct names, no credential claimed by two
+    /// rails (routing would be ambiguous).
+    pub fn build(self) -> Result<Paywall, PaywallError> {
+        if self.rails.is_empty() {
+            return Err(PaywallError::NoRail);
+        }
+        for (i, a) in self.rails.iter().enumerate() {
+            for b in &self.rails[..i] {
+                if a.name() == b.name() {
+                    return Err(PaywallError::DuplicateRail(a.name()));
+                }
+                let claims_a = a.auth_schemes().iter().map(|s| s.to_ascii_lowercase());
+                for s in claims_a {
+                    if b.auth_schemes().iter().any(|t| t.eq_ignore_ascii_case(&s)) {
+                        return Err(PaywallError::OverlappingClaims(b.name(), a.name(), s));
+                    }
+                }
+                for h in a.credential_headers() {
+                    if b.credential_headers().contains(h) {
+                        return Err(PaywallError::OverlappingClaims(
+                            b.name(),
+                            a.name(),
+                            h.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Paywall {
+            rails: self.rails,
+            routes: self.routes,
+        })
+    }
+}

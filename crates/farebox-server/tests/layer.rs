@@ -1,0 +1,349 @@
+//! The paywall layer's HTTP behaviour, driven through a test rail so that every outcome a rail
+//! can report (paid, refused, backend down, settlement failure) is exercised deterministically.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::routing::get;
+use axum::{Extension, Router};
+use farebox_core::auth::AuthChallenge;
+use farebox_core::{
+    Asset, Challenge, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Resource,
+    SettleTiming, Token, Verified,
+};
+use farebox_server::{Paid, Paywall, PaywallLayer, PricedRoute};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// A rail whose credential is `<Scheme> paid` and whose backend can be switched off.
+#[derive(Clone)]
+struct TestRail {
+    name: &'static str,
+    schemes: &'static [&'static str],
+    asset: Asset,
+    up: Arc<AtomicBool>,
+    settle_ok: Arc<AtomicBool>,
+    settled: Arc<AtomicUsize>,
+    released: Arc<AtomicUsize>,
+}
+
+impl TestRail {
+    fn new(name: &'static str, schemes: &'static [&'static str], asset: Asset) -> Self {
+        TestRail {
+            name,
+            schemes,
+            asset,
+            up: Arc::new(AtomicBool::new(true)),
+            settle_ok: Arc::new(AtomicBool::new(true)),
+            settled: Arc::default(),
+            released: Arc::default(),
+        }
+    }
+    fn down(&self) -> PaymentError {
+        PaymentError::unavailable(
+            "test_backend_down",
+            "the test backend is off",
+            Duration::from_secs(7),
+        )
+    }
+}
+
+#[async_trait]
+impl Rail for TestRail {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn auth_schemes(&self) -> &'static [&'static str] {
+        self.schemes
+    }
+    async fn challenge(&self, r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+        let Some(price) = r.price.in_asset(&self.asset) else {
+            return Ok(None);
+        };
+        if !self.up.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
+        let line = AuthChallenge::new(self.schemes[0]).param("amount", price.amount.to_string());
+        Ok(Some(Challenge {
+            www_authenticate: vec![line.to_header_value().unwrap()],
+            headers: vec![(
+                HeaderName::from_static("x-test-rail"),
+                HeaderValue::from_static(self.name),
+            )],
+            body_members: vec![(
+                format!("{}_amount", self.name),
+                Value::from(price.amount.to_string()),
+            )],
+        }))
+    }
+    async fn verify(
+        &self,
+        r: &Resource,
+        c: &PresentedCredential,
+    ) -> Result<Verified, PaymentError> {
+        if !self.up.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
+        match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
+            Some("paid") => Ok(Verified {
+                amount: r.price.in_asset(&self.asset).unwrap().clone(),
+                payer: Some("tester".into()),
+                reference: "ref-1".into(),
+                state: Box::new(()),
+            }),
+            _ => Err(PaymentError::invalid(
+                "test_bad_proof",
+                "the proof is not 'paid'",
+            )),
+        }
+    }
+    async fn settle(&self, _r: &Resource, v: Verified) -> Result<Receipt, PaymentError> {
+        if !self.settle_ok.load(Ordering::SeqCst) {
+            return Err(PaymentError::invalid(
+                "settlement_failed",
+                "the test settlement failed",
+            ));
+        }
+        self.settled.fetch_add(1, Ordering::SeqCst);
+        Ok(Receipt {
+            amount: v.amount,
+            reference: v.reference,
+            headers: vec![(
+                HeaderName::from_static("x-test-receipt"),
+                HeaderValue::from_static("ok"),
+            )],
+        })
+    }
+    async fn release(&self, _r: &Resource, _v: Verified) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn usdc() -> Asset {
+    Asset::Token(Token {
+        network: "eip155:31337".into(),
+        address: "0x0000000000000000000000000000000000000001".into(),
+        symbol: "USDC".into(),
+        decimals: 6,
+    })
+}
+
+struct Fixture {
+    app: Router,
+    sats: TestRail,
+    usd: TestRail,
+    handler_calls: Arc<AtomicUsize>,
+}
+
+fn fixture(timing: SettleTiming) -> Fixture {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let usd = TestRail::new("usd", &["Usd"], usdc());
+    let price = Price::any_of([Money::sats(10), Money::new(usdc(), 10_000)]).unwrap();
+    let paywall = Paywall::builder()
+        .rail(sats.clone())
+        .rail(usd.clone())
+        .route(
+            PricedRoute::new(Some(Method::GET), "/paid/*", price)
+                .unwrap()
+                .settle(timing),
+        )
+        .build()
+        .unwrap();
+    let handler_calls = Arc::new(AtomicUsize::new(0));
+    let calls = handler_calls.clone();
+    let calls2 = handler_calls.clone();
+    let app = Router::new()
+        .route("/free", get(|| async { "free" }))
+        .route(
+            "/paid/ok",
+            get(move |Extension(paid): Extension<Paid>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move { format!("paid via {} ({})", paid.rail, paid.amount) }
+            }),
+        )
+        .route(
+            "/paid/fails",
+            get(move || {
+                calls2.fetch_add(1, Ordering::SeqCst);
+                async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }
+            }),
+        )
+        .layer(PaywallLayer::new(paywall));
+    Fixture {
+        app,
+        sats,
+        usd,
+        handler_calls,
+    }
+}
+
+async fn send(app: &Router, path: &str, auth: &[&str]) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    let mut req = Request::get(path);
+    for a in auth {
+        req = req.header("authorization", *a);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+    (parts.status, parts.headers, bytes)
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("problem+json body")
+}
+
+#[tokio::test]
+async fn unpriced_routes_pass_through_free() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, _, body) = send(&f.app, "/free", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"free");
+}
+
+#[tokio::test]
+async fn one_402_carries_every_rails_challenge() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, headers, body) = send(&f.app, "/paid/ok", &[]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let lines: Vec<_> = headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["Sats amount=\"10000\"", "Usd amount=\"10000\""]);
+    assert_eq!(headers.get_all("x-test-rail").iter().count(), 2);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(headers["cache-control"], "no-store");
+    let problem = json(&body);
+    assert_eq!(problem["status"], 402);
+    assert_eq!(problem["code"], "payment_required");
+    assert_eq!(problem["sats_amount"], "10000");
+    assert_eq!(problem["usd_amount"], "10000");
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_valid_credential_is_served_settled_and_receipted() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, headers, body) = send(&f.app, "/paid/ok", &["usd paid"]).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"paid via usd (0.01 USDC)");
+    assert_eq!(headers["x-test-receipt"], "ok");
+    assert_eq!(f.usd.settled.load(Ordering::SeqCst), 1);
+    assert_eq!(f.sats.settled.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_invalid_credential_gets_a_fresh_402_saying_why() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, headers, body) = send(&f.app, "/paid/ok", &["Sats forged"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(headers.get_all("www-authenticate").iter().count(), 2);
+    let problem = json(&body);
+    assert_eq!(problem["code"], "test_bad_proof");
+    assert_eq!(
+        problem["type"],
+        "https://farebox.dev/problems/test_bad_proof"
+    );
+    assert_eq!(problem["detail"], "the proof is not 'paid'");
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn two_credentials_are_refused_with_400() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, headers, body) = send(&f.app, "/paid/ok", &["Sats paid", "Usd paid"]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(headers.get("www-authenticate").is_none());
+    assert_eq!(json(&body)["code"], "multiple_credentials");
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn foreign_authorization_schemes_are_left_to_the_upstream() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, _, body) = send(&f.app, "/paid/ok", &["Bearer upstream-key", "Sats paid"]).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_fails_closed_with_503() {
+    let f = fixture(SettleTiming::AfterResponse);
+    f.sats.up.store(false, Ordering::SeqCst);
+    let (status, headers, body) = send(&f.app, "/paid/ok", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "7");
+    assert_eq!(json(&body)["code"], "test_backend_down");
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_rail_that_cannot_challenge_leaves_the_others_offered() {
+    let f = fixture(SettleTiming::AfterResponse);
+    f.sats.up.store(false, Ordering::SeqCst);
+    let (status, headers, _) = send(&f.app, "/paid/ok", &[]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let lines: Vec<_> = headers.get_all("www-authenticate").iter().collect();
+    assert_eq!(lines, ["Usd amount=\"10000\""]);
+
+    f.usd.up.store(false, Ordering::SeqCst);
+    let (status, headers, _) = send(&f.app, "/paid/ok", &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no rail can offer: refuse, never free"
+    );
+    assert!(headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_failed_handler_is_not_charged() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, headers, _) = send(&f.app, "/paid/fails", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(headers.get("x-test-receipt").is_none());
+    assert_eq!(f.sats.settled.load(Ordering::SeqCst), 0);
+    assert_eq!(f.sats.released.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failed_settlement_withholds_the_content() {
+    let f = fixture(SettleTiming::AfterResponse);
+    f.sats.settle_ok.store(false, Ordering::SeqCst);
+    let (status, _, body) = send(&f.app, "/paid/ok", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert!(!String::from_utf8_lossy(&body).contains("paid via"));
+    assert_eq!(json(&body)["code"], "settlement_failed");
+}
+
+#[tokio::test]
+async fn settle_before_serve_never_runs_the_handler_unpaid() {
+    let f = fixture(SettleTiming::BeforeServe);
+    f.sats.settle_ok.store(false, Ordering::SeqCst);
+    let (status, _, _) = send(&f.app, "/paid/ok", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+
+    f.sats.settle_ok.store(true, Ordering::SeqCst);
+    let (status, headers, _) = send(&f.app, "/paid/ok", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-test-receipt"], "ok");
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn overlapping_rails_are_a_configuration_error() {
+    let a = TestRail::new("a", &["Same"], Asset::Bitcoin);
+    let b = TestRail::new("b", &["same"], Asset::Bitcoin);
+    let err = Paywall::builder().rail(a).rail(b).build().err().unwrap();
+    assert!(err.to_string().contains("both claim"), "{err}");
+    assert!(Paywall::builder().build().is_err());
+}

@@ -1,0 +1,133 @@
+//! `cargo xtask`: the project's own commands.
+//!
+//! - `cargo xtask test`: installs what the tests need where it is missing (Debian packages, as
+//!   root), then runs every test of the workspace, doc tests included.
+//! - `cargo xtask bench [FILTER]`: runs the criterion benchmarks with short, stable settings and
+//!   prints the medians.
+//! - `cargo xtask setup`: only the installation step.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages the tests need: libsodium for the `macaroon` crate (the L402 codec's
+/// compatibility oracle), pkg-config to find it.
+const APT_PACKAGES: &[(&str, &str)] =
+    &[("pkg-config", "pkg-config"), ("libsodium-dev", "libsodium")];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("bench") => setup().and_then(|()| bench(&args[1..])),
+        Some("setup") => setup(),
+        _ => {
+            eprintln!("usage: cargo xtask <test [ARGS…] | bench [FILTER] | setup>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Installs the Debian packages that are missing.
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(pkg, probe)| {
+            if *pkg == "pkg-config" {
+                !succeeds(Command::new("pkg-config").arg("--version"))
+            } else {
+                !succeeds(Command::new("pkg-config").args(["--exists", probe]))
+            }
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {missing:?}");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let sudo: &[&str] = if is_root { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.push("apt-get");
+        full.extend_from_slice(args);
+        let mut cmd = Command::new(full[0]);
+        cmd.args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(missing.iter());
+    apt(&install).context("installing Debian packages (needs root or sudo)")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.env("SODIUM_USE_PKG_CONFIG", "1");
+    cmd
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if succeeds(cargo().args(["nextest", "--version"])) {
+        run(cargo()
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--examples",
+                "--no-fail-fast",
+            ])
+            .args(extra))?;
+    } else {
+        run(cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--examples",
+                "--no-fail-fast",
+            ])
+            .args(extra))?;
+    }
+    // nextest does not run doc tests; the crate docs' examples must keep compiling and passing.
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    // Each criterion benchmark once, in test mode: they must keep working, timing is `bench`'s job.
+    run(cargo().args(["test", "--workspace", "--benches"]))
+}
+
+fn bench(filter: &[String]) -> Result<()> {
+    run(cargo()
+        .args(["bench", "--workspace", "--benches", "--"])
+        .args(["--warm-up-time", "1", "--measurement-time", "3"])
+        .args(filter))
+}
