@@ -7,8 +7,9 @@ use farebox_core::Money;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The price (plus worst-case fees) does not fit the budget. Nothing was paid.
-    #[error("over budget: {price} does not fit ({limit})")]
+    /// The price plus the most the rail may charge in fees does not fit the budget. Nothing
+    /// was paid.
+    #[error("over budget: {price} (fees included, at most) exceeds {limit}")]
     OverBudget { price: Money, limit: String },
     /// The 402 offered nothing this client has a wallet for.
     #[error("no payable offer: {0}")]

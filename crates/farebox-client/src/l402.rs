@@ -26,6 +26,7 @@ pub struct L402Wallet {
 struct L402Offer {
     macaroon: String,
     invoice: String,
+    payment_hash: [u8; 32],
 }
 
 impl L402Wallet {
@@ -83,6 +84,7 @@ impl Wallet for L402Wallet {
             details: Box::new(L402Offer {
                 macaroon: parsed.macaroon,
                 invoice: parsed.invoice,
+                payment_hash: invoice.payment_hash,
             }),
         }])
     }
@@ -96,6 +98,14 @@ impl Wallet for L402Wallet {
             .pay(&details.invoice, self.max_fee_msat)
             .await
             .map_err(|e| ClientError::PaymentFailed(e.to_string()))?;
+        // A wallet is not trusted to return the right preimage: a wrong one would be refused by
+        // the server after the money left, so catch it here and say which side is at fault.
+        if !farebox_lightning::preimage_matches(&paid.preimage, &details.payment_hash) {
+            return Err(ClientError::PaymentFailed(
+                "the wallet returned a preimage that does not match the invoice's payment hash"
+                    .into(),
+            ));
+        }
         let credential = farebox_l402::format_credential(&details.macaroon, &paid.preimage);
         let value = HeaderValue::from_str(&credential)
             .map_err(|_| ClientError::InvalidChallenge("macaroon is not header-safe".into()))?;

@@ -1,0 +1,114 @@
+//! The `farebox` command as a person runs it: the demo's narration, and `farebox pay` against a
+//! `farebox demo --serve` in another process (the dev wallet reached over its HTTP API).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn farebox() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_farebox"))
+}
+
+#[test]
+fn the_demo_narrates_a_paid_exchange() {
+    let out = farebox().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "← 402 Payment Required",
+        "WWW-Authenticate: LSAT macaroon=",
+        "WWW-Authenticate: L402 macaroon=",
+        "invoice=\"lnbcrt100n1",
+        "· paying 10 sat over l402",
+        "· paid: preimage received",
+        "← 200 OK  {\"joke\"",
+        "· sending the saved l402 token up front",
+        "(invalid_preimage), 2 fresh challenges",
+        "refused by the client: over budget",
+        "2 payments, 35 sat spent of a 500 sat budget",
+        "wallet balance 100000 sat → 99965 sat; server node received 35 sat",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // The LSAT line comes first, as Aperture sends it, for clients that read only the first.
+    assert!(
+        stdout.find("WWW-Authenticate: LSAT").unwrap()
+            < stdout.find("WWW-Authenticate: L402").unwrap()
+    );
+}
+
+/// Kills the serving process when the test ends, pass or fail.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pay_pays_a_separately_running_server() {
+    let mut child = farebox()
+        .args(["demo", "--serve", "--port", "0", "--wallet-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let serving = Serving(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pay_line = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.trim_start().starts_with("farebox pay ") {
+            pay_line = Some(line);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not print its addresses"
+        );
+    }
+    let pay_line = pay_line.expect("serve printed a `farebox pay` example");
+    let words: Vec<&str> = pay_line.split_whitespace().collect();
+    let (url, wallet) = (words[2], words[4]);
+
+    let out = farebox()
+        .args(["pay", url, "--wallet", wallet])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pay failed: {stderr}");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the body on stdout");
+    assert!(body["joke"].is_string());
+    assert!(stderr.contains("paid 10 sat over l402"), "{stderr}");
+
+    let premium = url.replace("/joke", "/premium");
+    let out = farebox()
+        .args(["pay", &premium, "--wallet", wallet, "--max-sats", "100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("over budget"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing served without payment");
+
+    let out = farebox()
+        .args(["pay", url, "--wallet", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("payment failed"),
+        "an unreachable wallet is reported"
+    );
+    drop(serving);
+}
