@@ -6,6 +6,8 @@
 //!   prints the medians.
 //! - `cargo xtask setup`: only the installation step.
 
+#![forbid(unsafe_code)]
+
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};

@@ -1,0 +1,452 @@
+//! [`L402Rail`]: the L402 payment rail (farebox-core's [`Rail`]).
+//!
+//! A challenge is a fresh invoice from the Lightning backend plus a macaroon whose identifier
+//! commits to the invoice's payment hash, signed from a per-token root key and restricted by
+//! caveats (see [`crate::caveat`]). A credential is that macaroon plus the invoice preimage.
+//!
+//! Verification ([`L402Verifier::verify_token`], synchronous and allocation-light) goes in this
+//! order: parse; decode each macaroon and its identifier; `sha256(preimage) == payment_hash` in
+//! constant time, before anything else; root key; HMAC chain; every caveat. A preimage is final,
+//! so settling only builds the receipt. Invalid credentials are [`PaymentError::invalid`]: the
+//! server answers with a fresh 402 (as Aperture does), not the spec's 401.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use farebox_core::money::Money;
+use farebox_core::{
+    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Resource, Verified,
+};
+use farebox_lightning::{InvoiceRequest, LightningBackend};
+use http::HeaderValue;
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::caveat::{self, CaveatContext};
+use crate::credential::{self, CredentialError};
+use crate::identifier::{Identifier, IdentifierError};
+use crate::macaroon::{
+    MAX_MACAROON_LEN, Macaroon, MacaroonError, OwnedMacaroon, decode_base64_into,
+};
+use crate::root_key::RootKeys;
+
+/// How long minted tokens stay valid, by default.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long challenge invoices can be paid, by default.
+pub const DEFAULT_INVOICE_EXPIRY: Duration = Duration::from_secs(600);
+/// The macaroon location farebox writes (Aperture's; it is not signed and not checked).
+pub const DEFAULT_LOCATION: &str = "lsat";
+/// How long a client should wait before retrying when the Lightning backend is down.
+pub const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The configuration of an [`L402Rail`].
+#[derive(Clone)]
+pub struct L402Config {
+    /// The service name written in `services=<name>:0` and the `<name>_…` caveats.
+    pub service: String,
+    /// Where root keys come from.
+    pub root_keys: Arc<dyn RootKeys>,
+    /// Token lifetime, written as `<service>_valid_until`. Zero: no expiry caveat.
+    pub token_lifetime: Duration,
+    /// Expiry of the challenge invoices.
+    pub invoice_expiry: Duration,
+    /// Capabilities written as `<service>_capabilities` (omitted when empty).
+    pub capabilities: Vec<String>,
+    /// Macaroon location.
+    pub location: String,
+}
+
+impl L402Config {
+    /// A configuration with the defaults: 1 h tokens, 10 min invoices, no capabilities.
+    pub fn new(service: impl Into<String>, root_keys: Arc<dyn RootKeys>) -> Self {
+        L402Config {
+            service: service.into(),
+            root_keys,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            invoice_expiry: DEFAULT_INVOICE_EXPIRY,
+            capabilities: Vec::new(),
+            location: DEFAULT_LOCATION.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for L402Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L402Config")
+            .field("service", &self.service)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("invoice_expiry", &self.invoice_expiry)
+            .field("capabilities", &self.capabilities)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid L402 service name {0:?}: use 1-64 of A-Z a-z 0-9 - _ .")]
+    ServiceName(String),
+    #[error("invalid capability {0:?}: use 1-64 of A-Z a-z 0-9 - _ .")]
+    Capability(String),
+    #[error("invoice expiry must be between 1 s and 1 year")]
+    InvoiceExpiry,
+}
+
+/// What a verified token proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub payment_hash: [u8; 32],
+    pub token_id: [u8; 32],
+    /// The smallest `farebox_amount_msat` caveat: what was paid.
+    pub amount_msat: u64,
+}
+
+/// Mints and verifies L402 tokens, synchronously; [`L402Rail`] wraps it with the Lightning
+/// backend.
+#[derive(Debug, Clone)]
+pub struct L402Verifier {
+    config: L402Config,
+}
+
+fn invalid(code: &'static str, detail: impl Into<String>) -> PaymentError {
+    PaymentError::invalid(code, detail)
+}
+
+fn macaroon_error(e: MacaroonError) -> PaymentError {
+    match e {
+        MacaroonError::InvalidSignature => invalid(
+            "invalid_signature",
+            "the macaroon signature does not verify",
+        ),
+        MacaroonError::ThirdPartyCaveat(i) => invalid(
+            "third_party_caveat",
+            format!("caveat {i} is a third-party caveat, which farebox does not accept"),
+        ),
+        other => invalid("malformed_credential", format!("macaroon: {other}")),
+    }
+}
+
+fn identifier_error(e: IdentifierError) -> PaymentError {
+    match e {
+        IdentifierError::UnknownVersion(_) => {
+            invalid("unknown_version", format!("L402 identifier: {e}"))
+        }
+        IdentifierError::BadLength(_) => {
+            invalid("malformed_credential", format!("L402 identifier: {e}"))
+        }
+    }
+}
+
+/// Current unix time in seconds; a clock before 1970 is a misconfiguration, not "never expired".
+pub fn unix_now() -> Result<u64, PaymentError> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| PaymentError::internal("clock", "system clock is before 1970"))
+}
+
+impl L402Verifier {
+    pub fn new(config: L402Config) -> Result<Self, ConfigError> {
+        if !caveat::is_valid_service_name(&config.service) {
+            return Err(ConfigError::ServiceName(config.service));
+        }
+        if let Some(bad) = config
+            .capabilities
+            .iter()
+            .find(|c| !caveat::is_valid_service_name(c))
+        {
+            return Err(ConfigError::Capability(bad.clone()));
+        }
+        if config.invoice_expiry.is_zero()
+            || config.invoice_expiry > Duration::from_secs(365 * 86400)
+        {
+            return Err(ConfigError::InvoiceExpiry);
+        }
+        Ok(L402Verifier { config })
+    }
+
+    pub fn config(&self) -> &L402Config {
+        &self.config
+    }
+
+    /// Mints a token for an invoice with `payment_hash`, paying `amount_msat` for `resource`,
+    /// with a fresh random token id.
+    pub fn mint_token(
+        &self,
+        payment_hash: [u8; 32],
+        amount_msat: u64,
+        resource: &Resource,
+        now_unix: u64,
+    ) -> Result<OwnedMacaroon, PaymentError> {
+        let mut token_id = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut token_id)
+            .map_err(|e| {
+                PaymentError::internal("rng", format!("no randomness for the token id: {e}"))
+            })?;
+        self.mint_token_with_id(
+            Identifier::new(payment_hash, token_id),
+            amount_msat,
+            resource,
+            now_unix,
+        )
+    }
+
+    /// As [`L402Verifier::mint_token`] with a given identifier (tests, vectors).
+    pub fn mint_token_with_id(
+        &self,
+        id: Identifier,
+        amount_msat: u64,
+        resource: &Resource,
+        now_unix: u64,
+    ) -> Result<OwnedMacaroon, PaymentError> {
+        let c = &self.config;
+        let root = c.root_keys.mint_root_key(&id).ok_or_else(|| {
+            PaymentError::internal("root_key_unavailable", "no root key for a new token")
+        })?;
+        let mut m = OwnedMacaroon::new(&root, &id.encode(), Some(c.location.as_bytes()));
+        m.add_first_party_caveat(caveat::services(&c.service, 0).as_bytes());
+        if !c.capabilities.is_empty() {
+            m.add_first_party_caveat(caveat::capabilities(&c.service, &c.capabilities).as_bytes());
+        }
+        m.add_first_party_caveat(caveat::route(&resource.route).as_bytes());
+        m.add_first_party_caveat(caveat::method(resource.method.as_str()).as_bytes());
+        m.add_first_party_caveat(caveat::amount_msat(amount_msat).as_bytes());
+        if !c.token_lifetime.is_zero() {
+            let until = now_unix.saturating_add(c.token_lifetime.as_secs().max(1));
+            m.add_first_party_caveat(caveat::valid_until(&c.service, until).as_bytes());
+        }
+        Ok(m)
+    }
+
+    /// Verifies an `Authorization` value for `resource` at `now_unix`.
+    pub fn verify_token(
+        &self,
+        authorization: &str,
+        resource: &Resource,
+        now_unix: u64,
+    ) -> Result<VerifiedToken, PaymentError> {
+        let cred = credential::parse_credential(authorization).map_err(|e| match e {
+            CredentialError::BadPreimage => {
+                invalid("malformed_credential", "the preimage must be 64 hex digits")
+            }
+            other => invalid("malformed_credential", format!("L402 credential: {other}")),
+        })?;
+        let price_msat = match resource.price.in_bitcoin() {
+            None => {
+                return Err(invalid(
+                    "wrong_route",
+                    "this route has no Bitcoin price, so L402 does not pay for it",
+                ));
+            }
+            Some(m) => m.as_msat().ok_or_else(|| {
+                invalid(
+                    "insufficient_amount",
+                    "this route's price does not fit a Lightning amount",
+                )
+            })?,
+        };
+        let hash: [u8; 32] = Sha256::digest(cred.preimage).into();
+        let ctx = CaveatContext {
+            service: &self.config.service,
+            capabilities: &self.config.capabilities,
+            route: &resource.route,
+            method: resource.method.as_str(),
+            price_msat,
+            now_unix,
+        };
+        // Small tokens decode into a stack buffer; zeroing the full 8 KiB maximum would cost more
+        // than a third of a verification.
+        let mut stack = [0u8; 1024];
+        let mut heap = Vec::new();
+        for text in cred.macaroon_list() {
+            let needed = (text.len() / 4 + 1) * 3;
+            let buf: &mut [u8] = if needed <= stack.len() {
+                &mut stack
+            } else {
+                heap.resize(needed.min(MAX_MACAROON_LEN), 0);
+                &mut heap
+            };
+            if let Some(v) = self.verify_one(text, buf, &hash, &ctx)? {
+                return Ok(v);
+            }
+        }
+        Err(invalid(
+            "invalid_preimage",
+            "sha256(preimage) is not the payment hash of the token",
+        ))
+    }
+
+    /// `Ok(None)` when this macaroon is valid but does not commit to `hash` (another one in the
+    /// list may).
+    fn verify_one(
+        &self,
+        text: &str,
+        buf: &mut [u8],
+        hash: &[u8; 32],
+        ctx: &CaveatContext<'_>,
+    ) -> Result<Option<VerifiedToken>, PaymentError> {
+        let n = decode_base64_into(text, buf).map_err(macaroon_error)?;
+        let mac = Macaroon::decode(&buf[..n]).map_err(macaroon_error)?;
+        let id = Identifier::decode(mac.identifier()).map_err(identifier_error)?;
+        if !bool::from(id.payment_hash.ct_eq(hash)) {
+            return Ok(None);
+        }
+        let root = self.config.root_keys.root_key(&id).ok_or_else(|| {
+            invalid(
+                "invalid_signature",
+                "the token's root key is unknown or revoked",
+            )
+        })?;
+        mac.verify_signature(&root).map_err(macaroon_error)?;
+        let amount_msat = caveat::check(mac.caveats().map(|c| c.id), ctx)
+            .map_err(|e| PaymentError::invalid(e.code(), e.to_string()))?;
+        Ok(Some(VerifiedToken {
+            payment_hash: id.payment_hash,
+            token_id: id.token_id,
+            amount_msat,
+        }))
+    }
+}
+
+/// The L402 rail.
+pub struct L402Rail {
+    verifier: L402Verifier,
+    backend: Arc<dyn LightningBackend>,
+}
+
+impl std::fmt::Debug for L402Rail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L402Rail")
+            .field("verifier", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl L402Rail {
+    /// A rail minting tokens from `config` and invoices from `backend`.
+    pub fn new(
+        config: L402Config,
+        backend: Arc<dyn LightningBackend>,
+    ) -> Result<Self, ConfigError> {
+        Ok(L402Rail {
+            verifier: L402Verifier::new(config)?,
+            backend,
+        })
+    }
+
+    /// The synchronous minting/verification half.
+    pub fn verifier(&self) -> &L402Verifier {
+        &self.verifier
+    }
+}
+
+fn header(text: String) -> Result<HeaderValue, PaymentError> {
+    HeaderValue::try_from(text)
+        .map_err(|_| PaymentError::internal("l402_header", "challenge is not a valid header value"))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[async_trait]
+impl Rail for L402Rail {
+    fn name(&self) -> &'static str {
+        "l402"
+    }
+
+    fn auth_schemes(&self) -> &'static [&'static str] {
+        credential::SCHEMES
+    }
+
+    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError> {
+        let Some(price) = resource.price.in_bitcoin() else {
+            return Ok(None);
+        };
+        let amount_msat = price.as_msat().filter(|&m| m > 0).ok_or_else(|| {
+            PaymentError::internal(
+                "l402_price",
+                format!("{price} is not a payable Lightning amount"),
+            )
+        })?;
+        let memo = match &resource.description {
+            Some(d) => truncate(d, 639).to_string(),
+            None => format!(
+                "L402 {} {}",
+                self.verifier.config.service,
+                truncate(&resource.route, 600)
+            ),
+        };
+        let invoice = self
+            .backend
+            .create_invoice(InvoiceRequest {
+                amount_msat,
+                memo,
+                expiry: self.verifier.config.invoice_expiry,
+            })
+            .await
+            .map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot create an invoice: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
+        if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(PaymentError::internal(
+                "l402_invoice",
+                "the Lightning backend returned a malformed invoice",
+            ));
+        }
+        let token = self
+            .verifier
+            .mint_token(invoice.payment_hash, amount_msat, resource, unix_now()?)?
+            .to_base64();
+        // LSAT first: old loop/pool clients only look at the first WWW-Authenticate line.
+        let www_authenticate = vec![
+            header(credential::challenge_value("LSAT", &token, &invoice.bolt11))?,
+            header(credential::challenge_value("L402", &token, &invoice.bolt11))?,
+        ];
+        Ok(Some(Challenge {
+            www_authenticate,
+            ..Challenge::default()
+        }))
+    }
+
+    async fn verify(
+        &self,
+        resource: &Resource,
+        credential: &PresentedCredential,
+    ) -> Result<Verified, PaymentError> {
+        let token = self
+            .verifier
+            .verify_token(&credential.value, resource, unix_now()?)?;
+        Ok(Verified {
+            amount: Money::msats(token.amount_msat),
+            payer: None,
+            reference: hex::encode(token.payment_hash),
+            state: Box::new(token),
+        })
+    }
+
+    async fn settle(
+        &self,
+        _resource: &Resource,
+        payment: Verified,
+    ) -> Result<Receipt, PaymentError> {
+        Ok(Receipt {
+            amount: payment.amount,
+            reference: payment.reference,
+            headers: Vec::new(),
+        })
+    }
+}
