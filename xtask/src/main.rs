@@ -95,36 +95,24 @@ fn cargo() -> Command {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    if succeeds(cargo().args(["nextest", "--version"])) {
-        run(cargo()
-            .args([
-                "nextest",
-                "run",
-                "--workspace",
-                "--lib",
-                "--bins",
-                "--tests",
-                "--examples",
-                "--no-fail-fast",
-            ])
-            .args(extra))?;
-    } else {
-        run(cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--lib",
-                "--bins",
-                "--tests",
-                "--examples",
-                "--no-fail-fast",
-            ])
-            .args(extra))?;
-    }
-    // nextest does not run doc tests; the crate docs' examples must keep compiling and passing.
+    // Each criterion benchmark once, in test mode: they must keep working; timing is `bench`'s job.
+    run(cargo().args(["test", "--workspace", "--benches"]))?;
+    // The crate docs' examples must keep compiling and passing (nextest does not run doc tests).
     run(cargo().args(["test", "--workspace", "--doc"]))?;
-    // Each criterion benchmark once, in test mode: they must keep working, timing is `bench`'s job.
-    run(cargo().args(["test", "--workspace", "--benches"]))
+    // The tests proper, last, so that their summary is the run's closing line.
+    let targets = [
+        "--workspace",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--examples",
+        "--no-fail-fast",
+    ];
+    if succeeds(cargo().args(["nextest", "--version"])) {
+        run(cargo().args(["nextest", "run"]).args(targets).args(extra))
+    } else {
+        run(cargo().arg("test").args(targets).args(extra))
+    }
 }
 
 fn bench(filter: &[String]) -> Result<()> {
