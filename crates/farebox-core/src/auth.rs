@@ -202,11 +202,19 @@ impl AuthCredential {
 ///
 /// Only the scheme is looked at: the rest of the value is validated by [`parse_credential`].
 pub fn scheme_of(value: &str) -> Option<&str> {
-    let b = value.as_bytes();
-    let start = b.iter().position(|&c| !is_ows(c))?;
-    let len = b[start..].iter().take_while(|&&c| is_tchar(c)).count();
-    // `start` and `start + len` border ASCII bytes, hence are char boundaries.
-    (len > 0).then(|| &value[start..start + len])
+    let scheme = scheme_of_bytes(value.as_bytes());
+    // The scheme is ASCII tchars at the start of `value`, so it is valid UTF-8 on its own.
+    (!scheme.is_empty()).then(|| std::str::from_utf8(scheme).unwrap_or_default())
+}
+
+/// [`scheme_of`] on raw header bytes (which need not be UTF-8 or small): the leading token,
+/// empty if there is none. Lets a caller see whose credential a field is before judging it.
+pub fn scheme_of_bytes(value: &[u8]) -> &[u8] {
+    let Some(start) = value.iter().position(|&c| !is_ows(c)) else {
+        return &[];
+    };
+    let len = value[start..].iter().take_while(|&&c| is_tchar(c)).count();
+    &value[start..start + len]
 }
 
 /// Parses one or more `WWW-Authenticate` field values into their challenges, in order.

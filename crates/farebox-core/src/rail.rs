@@ -48,8 +48,9 @@ pub struct Challenge {
     pub body_members: Vec<(String, Value)>,
 }
 
-/// A credential as found in a request, before its rail has parsed it.
-#[derive(Debug, Clone)]
+/// A credential as found in a request, before its rail has parsed it. Its `Debug` output
+/// names the header and scheme only: the value is a bearer secret.
+#[derive(Clone)]
 pub struct PresentedCredential {
     /// The header it came in (`authorization`, or a rail's dedicated header).
     pub header: HeaderName,
@@ -57,6 +58,19 @@ pub struct PresentedCredential {
     pub auth: Option<AuthCredential>,
     /// The whole header field value, as sent.
     pub value: String,
+}
+
+impl fmt::Debug for PresentedCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedCredential")
+            .field("header", &self.header)
+            .field("scheme", &self.auth.as_ref().map(|a| a.scheme.as_str()))
+            .field(
+                "value",
+                &format_args!("<{} bytes redacted>", self.value.len()),
+            )
+            .finish()
+    }
 }
 
 /// A payment a rail has verified, to be settled once the request has been served.
@@ -164,18 +178,18 @@ pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
         Ok(())
     };
     for value in headers.get_all(http::header::AUTHORIZATION) {
-        let text = header_text(value)?;
-        let Some(scheme) = auth::scheme_of(text) else {
-            continue;
-        };
+        // Whose credential it is comes first: an upstream's own `Bearer …` is not ours to judge,
+        // however large or oddly encoded it is.
+        let scheme = auth::scheme_of_bytes(value.as_bytes());
         let Some(rail) = rails.iter().find(|r| {
             r.as_ref()
                 .auth_schemes()
                 .iter()
-                .any(|s| s.eq_ignore_ascii_case(scheme))
+                .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
         }) else {
             continue;
         };
+        let text = header_text(value)?;
         let parsed = auth::parse_credential(text).map_err(|e| {
             PaymentError::invalid("malformed_credential", format!("Authorization header: {e}"))
         })?;

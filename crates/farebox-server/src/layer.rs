@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use farebox_core::{Money, PaymentError, SettleTiming};
+use farebox_core::{Money, PaymentError, Rail, Resource, SettleTiming, Verified};
+use http::HeaderValue;
+use http::header::CACHE_CONTROL;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::paywall::{Decision, Paywall};
+use crate::paywall::{Decision, Paywall, problem_response};
+use crate::routes::check_canonical;
 
 /// What a handler behind the paywall learns about the payment for its request (a request
 /// extension): which rail, how much, the rail's reference, and the payer when known.
@@ -82,7 +85,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let paywall = self.paywall.clone();
         Box::pin(async move {
-            let Some(resource) = paywall.resource_for(request.method(), request.uri().path())
+            if let Err(why) = check_canonical(request.uri().path()) {
+                let e = PaymentError::bad_request("non_canonical_path", why);
+                return Ok(problem_response(e.to_problem(), None, Vec::new()).map(Body::from));
+            }
+            let Some((resource, timing)) = paywall.priced(request.method(), request.uri().path())
             else {
                 return inner.call(request).await.map(|r| r.map(Body::new));
             };
@@ -97,33 +104,32 @@ where
                 payer: payment.payer.clone(),
             });
 
-            let timing = paywall.settle_timing(&resource);
-            let mut early_receipt = None;
-            let mut payment = Some(payment);
-            if timing == SettleTiming::BeforeServe {
-                let p = payment.take().expect("payment present before settlement");
-                match rail.settle(&resource, p).await {
-                    Ok(receipt) => early_receipt = Some(receipt),
-                    Err(e) => return Ok(settle_failed(&paywall, &resource, rail.name(), e).await),
+            let (response, receipt) = match timing {
+                SettleTiming::BeforeServe => {
+                    let receipt = match rail.settle(&resource, payment).await {
+                        Ok(receipt) => receipt,
+                        Err(e) => {
+                            return Ok(settle_failed(&paywall, &resource, rail.name(), e).await);
+                        }
+                    };
+                    (inner.call(request).await?, receipt)
                 }
-            }
-
-            let response = inner.call(request).await?;
-            let receipt = if let Some(receipt) = early_receipt {
-                receipt
-            } else {
-                let p = payment
-                    .take()
-                    .expect("payment kept for settlement after the response");
-                if response.status().as_u16() >= 400 {
-                    // Nothing is charged for a failed request; give back any reservation.
-                    rail.release(&resource, p).await;
-                    return Ok(response.map(Body::new));
-                }
-                match rail.settle(&resource, p).await {
-                    Ok(receipt) => receipt,
-                    // The handler's answer is dropped: unpaid content is never delivered.
-                    Err(e) => return Ok(settle_failed(&paywall, &resource, rail.name(), e).await),
+                SettleTiming::AfterResponse => {
+                    // Until settled, the payment is held by a guard that gives any reservation
+                    // back if the handler fails, errors, or this future is dropped.
+                    let mut held = Held::new(rail.clone(), resource.clone(), payment);
+                    let response = inner.call(request).await?;
+                    if response.status().as_u16() >= 400 {
+                        held.release().await;
+                        return Ok(response.map(Body::new));
+                    }
+                    match rail.settle(&resource, held.take()).await {
+                        Ok(receipt) => (response, receipt),
+                        // The handler's answer is dropped: unpaid content is never delivered.
+                        Err(e) => {
+                            return Ok(settle_failed(&paywall, &resource, rail.name(), e).await);
+                        }
+                    }
                 }
             };
             tracing::info!(
@@ -134,8 +140,17 @@ where
                 "paid request served"
             );
             let mut response = response.map(Body::new);
+            let headers = response.headers_mut();
             for (name, value) in receipt.headers.iter().cloned() {
-                response.headers_mut().append(name, value);
+                headers.append(name, value);
+            }
+            // Paid content is for the payer: no shared cache may hand it to someone else.
+            let shared_cacheable = headers.get(CACHE_CONTROL).is_none_or(|v| {
+                let v = v.to_str().unwrap_or("").to_ascii_lowercase();
+                !(v.contains("private") || v.contains("no-store"))
+            });
+            if shared_cacheable {
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
             }
             response.extensions_mut().insert(receipt);
             Ok(response)
@@ -143,9 +158,58 @@ where
     }
 }
 
+/// A verified payment not yet settled. Dropped while still held (the handler's future errored
+/// or was cancelled), it releases the payment on a spawned task so that a reservation (a nonce,
+/// a voucher) is never stranded.
+struct Held {
+    rail: Arc<dyn Rail>,
+    resource: Resource,
+    payment: Option<Verified>,
+}
+
+impl Held {
+    fn new(rail: Arc<dyn Rail>, resource: Resource, payment: Verified) -> Self {
+        Held {
+            rail,
+            resource,
+            payment: Some(payment),
+        }
+    }
+
+    /// Takes the payment out for settlement.
+    fn take(&mut self) -> Verified {
+        self.payment.take().expect("a held payment is taken once")
+    }
+
+    /// Releases the payment now: nothing is charged for this request.
+    async fn release(&mut self) {
+        if let Some(payment) = self.payment.take() {
+            self.rail.release(&self.resource, payment).await;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(payment) = self.payment.take() else {
+            return;
+        };
+        let (rail, resource) = (self.rail.clone(), self.resource.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { rail.release(&resource, payment).await });
+            }
+            Err(_) => tracing::warn!(
+                rail = rail.name(),
+                "payment dropped outside a runtime; not released"
+            ),
+        }
+    }
+}
+
 async fn settle_failed(
     paywall: &Paywall,
-    resource: &farebox_core::Resource,
+    resource: &Resource,
     rail: &'static str,
     error: PaymentError,
 ) -> Response<Body> {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use farebox_core::rail::credential_of;
 use farebox_core::{
-    Challenge, ErrorKind, PaymentError, Problem, Rail, Resource, error::PROBLEM_JSON,
+    Challenge, ErrorKind, PaymentError, Problem, Rail, Resource, SettleTiming, error::PROBLEM_JSON,
 };
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::routes::{PricedRoute, RouteError};
 
@@ -40,22 +40,36 @@ impl Paywall {
 
     /// The resource a request is for, if a route prices it.
     pub fn resource_for(&self, method: &Method, path: &str) -> Option<Resource> {
+        self.priced(method, path).map(|(resource, _)| resource)
+    }
+
+    /// The resource and when to settle it, from the first route that prices the request.
+    pub(crate) fn priced(&self, method: &Method, path: &str) -> Option<(Resource, SettleTiming)> {
         let route = self.routes.iter().find(|r| r.matches(method, path))?;
-        Some(Resource {
+        let resource = Resource {
             method: method.clone(),
             path: path.to_string(),
             route: route.pattern.clone(),
             price: route.price.clone(),
             description: route.description.clone(),
-        })
+        };
+        Some((resource, route.settle))
     }
 
-    pub(crate) fn settle_timing(&self, resource: &Resource) -> farebox_core::SettleTiming {
-        self.routes
+    /// Whether a request header field carries a payment credential for one of the rails (so that
+    /// a proxy can keep it from the upstream while passing the upstream's own `Authorization`).
+    pub fn is_payment_credential(&self, name: &HeaderName, value: &HeaderValue) -> bool {
+        if name == http::header::AUTHORIZATION {
+            let scheme = farebox_core::auth::scheme_of_bytes(value.as_bytes());
+            return self.rails.iter().any(|r| {
+                r.auth_schemes()
+                    .iter()
+                    .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+            });
+        }
+        self.rails
             .iter()
-            .find(|r| r.pattern == resource.route && r.matches(&resource.method, &resource.path))
-            .map(|r| r.settle)
-            .unwrap_or_default()
+            .any(|r| r.credential_headers().contains(name))
     }
 
     /// The configured rails, in challenge order.
@@ -127,8 +141,11 @@ impl Paywall {
     }
 }
 
+/// `Retry-After` of a 503 whose error did not name one.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// A problem+json response, with the challenges' header lines when there are any.
-fn problem_response(
+pub(crate) fn problem_response(
     problem: Problem,
     retry_after: Option<Duration>,
     challenges: Vec<Challenge>,
@@ -140,6 +157,9 @@ fn problem_response(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     // Challenges carry one-time invoices and nonces: no cache may replay them to someone else.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A 503 always says when to come back, whoever built the error.
+    let retry_after =
+        retry_after.or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(DEFAULT_RETRY_AFTER));
     if let Some(after) = retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }

@@ -1,8 +1,13 @@
 //! The price table: which method and path cost what.
 //!
-//! Patterns are exact paths (`/v1/quote`) or prefixes ending in `/*` (`/v1/weather/*`, which
-//! also matches `/v1/weather` itself). Routes are tried in the order they were added; the first
-//! match prices the request. A request no route matches is passed through free.
+//! Patterns are exact paths (`/v1/quote`, which also matches `/v1/quote/`) or prefixes ending in
+//! `/*` (`/v1/weather/*`, which also matches `/v1/weather` itself). Routes are tried in the order
+//! they were added; the first match prices the request. A request no route matches is passed
+//! through free. A `GET` route also prices `HEAD`, which upstreams answer like `GET`.
+//!
+//! Matching is literal, so a path that an upstream would read as another path must never reach
+//! it: [`check_canonical`] refuses dot segments, empty segments and percent-encodings of
+//! characters that need none (`/./joke`, `//joke`, `/jo%6Be` all mean `/joke` to some server).
 
 use std::sync::Arc;
 
@@ -74,9 +79,18 @@ impl PricedRoute {
     }
 
     pub(crate) fn matches(&self, method: &Method, path: &str) -> bool {
-        if self.method.as_ref().is_some_and(|m| m != method) {
+        let method_matches = match &self.method {
+            None => true,
+            Some(m) => m == method || (*m == Method::GET && *method == Method::HEAD),
+        };
+        if !method_matches {
             return false;
         }
+        let path = if path.len() > 1 {
+            path.strip_suffix('/').unwrap_or(path)
+        } else {
+            path
+        };
         match self.pattern.strip_suffix("/*") {
             Some(prefix) => {
                 path == prefix
@@ -87,6 +101,43 @@ impl PricedRoute {
             None => path == &*self.pattern,
         }
     }
+}
+
+/// Why a request path is refused: it is not in the one form that matching can trust.
+pub(crate) fn check_canonical(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with '/'");
+    }
+    if path.contains('\\') {
+        return Err("backslashes are read as '/' by some servers");
+    }
+    for segment in path[1..].split('/') {
+        match segment {
+            "." | ".." => return Err("dot segments ('.', '..') are not allowed"),
+            _ => {}
+        }
+    }
+    if path.len() > 1 && path[1..].split('/').rev().skip(1).any(str::is_empty) {
+        return Err("empty path segments ('//') are not allowed");
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b != b'%' {
+            continue;
+        }
+        let decoded = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match decoded {
+            None => return Err("a '%' must start a percent-encoded byte"),
+            Some(c) if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) => {
+                return Err("characters that need no percent-encoding must not be encoded");
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,6 +165,47 @@ mod tests {
         );
 
         assert!(route(None, "/*").matches(&Method::GET, "/anything/at/all"));
+        assert!(
+            exact.matches(&Method::GET, "/quote/"),
+            "a trailing slash is the same route"
+        );
+        assert!(
+            exact.matches(&Method::HEAD, "/quote"),
+            "HEAD is priced like GET"
+        );
+    }
+
+    #[test]
+    fn only_canonical_paths_pass() {
+        for ok in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.json",
+            "/caf%C3%A9",
+            "/a%20b",
+            "/..a/b.",
+            "/%25",
+        ] {
+            assert_eq!(check_canonical(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "a",
+            "/./a",
+            "/a/..",
+            "//a",
+            "/a//b",
+            "/%2e/a",
+            "/%2E%2E/a",
+            "/a%2fb",
+            "/%61",
+            "/a%5Cb",
+            "/a\\b",
+            "/a%",
+            "/a%zz",
+        ] {
+            assert!(check_canonical(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

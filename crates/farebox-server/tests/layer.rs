@@ -347,3 +347,115 @@ fn overlapping_rails_are_a_configuration_error() {
     assert!(err.to_string().contains("both claim"), "{err}");
     assert!(Paywall::builder().build().is_err());
 }
+
+#[tokio::test]
+async fn non_canonical_paths_cannot_dodge_a_price() {
+    let f = fixture(SettleTiming::AfterResponse);
+    // Each of these names /paid/ok to some upstream or router, but does not literally match.
+    for path in [
+        "/./paid/ok",
+        "/paid/./ok",
+        "/x/../paid/ok",
+        "//paid/ok",
+        "/paid//ok",
+        "/%2e/paid/ok",
+        "/pa%69d/ok",
+        "/paid%2Fok",
+        "/paid\\ok",
+    ] {
+        let req = Request::get(path).body(Body::empty());
+        let Ok(req) = req else { continue }; // the http crate itself refuses some of these
+        let res = f.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::BAD_REQUEST,
+            "{path} must be refused, not served free"
+        );
+    }
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn head_is_priced_like_get() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let req = Request::head("/paid/ok").body(Body::empty()).unwrap();
+    let res = f.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+}
+
+#[tokio::test]
+async fn a_trailing_slash_does_not_dodge_an_exact_route() {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let paywall = Paywall::builder()
+        .rail(sats)
+        .route(PricedRoute::new(Some(Method::GET), "/exact", Price::one(Money::sats(1))).unwrap())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .fallback(|| async { "content" })
+        .layer(PaywallLayer::new(paywall));
+    let (status, _, _) = send(&app, "/exact/", &[]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+}
+
+#[tokio::test]
+async fn oversized_or_binary_foreign_authorization_is_left_alone() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let big = format!("Bearer {}", "a".repeat(20_000));
+    let (status, _, body) = send(&f.app, "/paid/ok", &[&big, "Sats paid"]).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn paid_responses_are_private_to_the_payer() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let (status, headers, _) = send(&f.app, "/paid/ok", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["cache-control"], "private");
+}
+
+#[tokio::test]
+async fn a_reservation_is_released_when_the_handler_errors_or_is_dropped() {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A service whose every call fails at the transport level (not with an HTTP status).
+    #[derive(Clone)]
+    struct Failing;
+    impl tower::Service<Request<Body>> for Failing {
+        type Response = http::Response<Body>;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            Box::pin(async { Err(std::io::Error::other("upstream connection reset")) })
+        }
+    }
+    let _ = std::marker::PhantomData::<Infallible>;
+
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let paywall = Paywall::builder()
+        .rail(sats.clone())
+        .route(PricedRoute::new(None, "/*", Price::one(Money::sats(1))).unwrap())
+        .build()
+        .unwrap();
+    let svc = tower::Layer::layer(&PaywallLayer::new(paywall), Failing);
+    let req = Request::get("/x")
+        .header("authorization", "Sats paid")
+        .body(Body::empty())
+        .unwrap();
+    assert!(svc.oneshot(req).await.is_err());
+    // The release runs on a spawned task when the call is abandoned; give it a moment.
+    for _ in 0..50 {
+        if sats.released.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sats.released.load(Ordering::SeqCst), 1);
+    assert_eq!(sats.settled.load(Ordering::SeqCst), 0);
+}

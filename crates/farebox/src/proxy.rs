@@ -1,13 +1,22 @@
-//! A minimal forwarding proxy: the paid server of `farebox demo` and `farebox serve-demo` puts
-//! the paywall in front of it. (The full gateway, with TOML config, lives in its own crate.)
+//! A minimal forwarding proxy: the paid server of `farebox demo` puts the paywall in front of
+//! it. (The full gateway, with TOML config, gets its own crate.)
+//!
+//! The upstream URL is the configured base plus the request's path and query, set as such,
+//! never resolved as a relative reference: `//other-host/x` or `/../x` must not reach anything
+//! but the configured upstream, under the path the paywall priced.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use farebox_server::Paywall;
 use http::{HeaderName, StatusCode};
 
 /// Request bodies forwarded upstream are capped; a larger one is refused with 413.
 const MAX_FORWARD_BODY: usize = 2 * 1024 * 1024;
+/// Upstream response bodies are capped; a larger one is a 502 (and is not charged for).
+const MAX_REPLY_BODY: usize = 16 * 1024 * 1024;
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -27,28 +36,22 @@ const HOP_BY_HOP: &[&str] = &[
 pub struct Upstream {
     pub base: reqwest::Url,
     pub client: reqwest::Client,
-    /// `Authorization` schemes that belong to the paywall's rails: stripped before forwarding,
-    /// while the upstream's own schemes (e.g. `Bearer`) pass through.
-    pub payment_schemes: Vec<&'static str>,
+    /// Decides which request headers are payment credentials: those stay here, while the
+    /// upstream's own (e.g. `Authorization: Bearer`) pass through.
+    pub paywall: Arc<Paywall>,
 }
 
 impl Upstream {
+    fn url_for(&self, uri: &http::Uri) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let path = format!("{}{}", self.base.path().trim_end_matches('/'), uri.path());
+        url.set_path(&path);
+        url.set_query(uri.query());
+        url
+    }
+
     fn forwards(&self, name: &HeaderName, value: &http::HeaderValue) -> bool {
-        if is_hop_by_hop(name) {
-            return false;
-        }
-        if name != http::header::AUTHORIZATION {
-            return true;
-        }
-        let scheme = value
-            .to_str()
-            .ok()
-            .and_then(farebox_core::auth::scheme_of)
-            .unwrap_or("");
-        !self
-            .payment_schemes
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(scheme))
+        !is_hop_by_hop(name) && !self.paywall.is_payment_credential(name, value)
     }
 }
 
@@ -57,34 +60,49 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(body, MAX_FORWARD_BODY).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
     };
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(url) = up.base.join(path_and_query) else {
-        return (StatusCode::BAD_REQUEST, "bad request path\n").into_response();
-    };
-    let mut outbound = up.client.request(parts.method, url).body(body);
+    let mut outbound = up
+        .client
+        .request(parts.method, up.url_for(&parts.uri))
+        .body(body);
     for (name, value) in &parts.headers {
         if up.forwards(name, value) {
             outbound = outbound.header(name, value);
         }
     }
-    match outbound.send().await {
-        Ok(reply) => {
-            let mut response = Response::builder().status(reply.status());
-            for (name, value) in reply.headers() {
-                if !is_hop_by_hop(name) {
-                    response = response.header(name, value);
-                }
-            }
-            let bytes = reply.bytes().await.unwrap_or_default();
-            response
-                .body(Body::from(bytes))
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-        }
+    let mut reply = match outbound.send().await {
+        Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(error = %e, "upstream unreachable");
-            (StatusCode::BAD_GATEWAY, "upstream unreachable\n").into_response()
+            return (StatusCode::BAD_GATEWAY, "upstream unreachable\n").into_response();
+        }
+    };
+    let mut response = Response::builder().status(reply.status());
+    for (name, value) in reply.headers() {
+        if !is_hop_by_hop(name) {
+            response = response.header(name, value);
         }
     }
+    // Buffered, so that a body that fails half-way is a 502 (not settled) rather than a
+    // truncated 200 that the client has paid for.
+    let mut bytes = Vec::new();
+    loop {
+        match reply.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_REPLY_BODY => {
+                bytes.extend_from_slice(&chunk)
+            }
+            Ok(Some(_)) => {
+                return (StatusCode::BAD_GATEWAY, "upstream response too large\n").into_response();
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream body failed");
+                return (StatusCode::BAD_GATEWAY, "upstream response failed\n").into_response();
+            }
+        }
+    }
+    response
+        .body(Body::from(bytes))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -60,23 +60,18 @@ pub async fn start(server_port: u16) -> anyhow::Result<Stack> {
             .describe(&format!("farebox demo {pattern}"));
         paywall = paywall.route(route);
     }
-    let paywall = paywall.build()?;
-    let schemes = paywall
-        .rails()
-        .iter()
-        .flat_map(|r| r.auth_schemes().iter().copied())
-        .collect();
+    let paywall = Arc::new(paywall.build()?);
     let upstream_state = Upstream {
         base: format!("http://{upstream}/").parse()?,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?,
-        payment_schemes: schemes,
+        paywall: paywall.clone(),
     };
     let app = axum::Router::new()
         .fallback(proxy::forward)
         .with_state(upstream_state)
-        .layer(PaywallLayer::new(paywall));
+        .layer(PaywallLayer::shared(paywall));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", server_port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{server_port}"))?;

@@ -112,3 +112,32 @@ fn pay_pays_a_separately_running_server() {
     );
     drop(serving);
 }
+
+/// The status of a request sent byte for byte (an HTTP client would normalise the path).
+fn raw_request(host: &str, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let head = String::from_utf8_lossy(&reply);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn raw_get(host: &str, path: &str) -> u16 {
+    raw_request(host, "GET", path)
+}
+
+fn raw_head(host: &str, path: &str) -> u16 {
+    raw_request(host, "HEAD", path)
+}
