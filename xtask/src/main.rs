@@ -67,19 +67,15 @@ fn setup() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {missing:?}");
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
+    let is_root =
+        Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
     let sudo: &[&str] = if is_root { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut full: Vec<&str> = sudo.to_vec();
         full.push("apt-get");
         full.extend_from_slice(args);
         let mut cmd = Command::new(full[0]);
-        cmd.args(&full[1..])
-            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd.args(&full[1..]).env("DEBIAN_FRONTEND", "noninteractive");
         run(&mut cmd)
     };
     apt(&["update", "-qq"])?;
@@ -100,14 +96,7 @@ fn test(extra: &[String]) -> Result<()> {
     // The crate docs' examples must keep compiling and passing (nextest does not run doc tests).
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     // The tests proper, last, so that their summary is the run's closing line.
-    let targets = [
-        "--workspace",
-        "--lib",
-        "--bins",
-        "--tests",
-        "--examples",
-        "--no-fail-fast",
-    ];
+    let targets = ["--workspace", "--lib", "--bins", "--tests", "--examples", "--no-fail-fast"];
     if succeeds(cargo().args(["nextest", "--version"])) {
         run(cargo().args(["nextest", "run"]).args(targets).args(extra))
     } else {

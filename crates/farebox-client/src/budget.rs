@@ -43,7 +43,8 @@ impl Budget {
     }
 
     /// Allows spending `per_request` at most per request and `total` in all, in their asset.
-    /// Both must be in the same asset; a second call for an asset replaces its limits.
+    /// Both must be in the same asset. A second call for an asset changes its limits and keeps
+    /// what was already spent or reserved against them.
     pub fn allow(self, per_request: Money, total: Money) -> Result<Self, ClientError> {
         if per_request.asset != total.asset {
             return Err(ClientError::Config(
@@ -52,13 +53,13 @@ impl Budget {
         }
         {
             let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-            limits.retain(|l| l.total.asset != total.asset);
-            limits.push(Limit {
-                per_request,
-                total,
-                committed: 0,
-                reserved: 0,
-            });
+            match limits.iter_mut().find(|l| l.total.asset == total.asset) {
+                Some(l) => {
+                    l.per_request = per_request;
+                    l.total = total;
+                }
+                None => limits.push(Limit { per_request, total, committed: 0, reserved: 0 }),
+            }
         }
         Ok(self)
     }
@@ -69,11 +70,8 @@ impl Budget {
         Self::fits(&limits, worst_case).map(|_| ())
     }
 
-    fn fits<'a>(limits: &'a [Limit], worst_case: &Money) -> Result<usize, ClientError> {
-        let Some(i) = limits
-            .iter()
-            .position(|l| l.total.asset == worst_case.asset)
-        else {
+    fn fits(limits: &[Limit], worst_case: &Money) -> Result<usize, ClientError> {
+        let Some(i) = limits.iter().position(|l| l.total.asset == worst_case.asset) else {
             return Err(ClientError::OverBudget {
                 price: worst_case.clone(),
                 limit: format!("no budget for {}", worst_case.asset.symbol()),
@@ -102,10 +100,7 @@ impl Budget {
         let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let i = Self::fits(&limits, worst_case)?;
         limits[i].reserved += worst_case.amount;
-        Ok(Reservation {
-            asset: worst_case.asset.clone(),
-            amount: worst_case.amount,
-        })
+        Ok(Reservation { asset: worst_case.asset.clone(), amount: worst_case.amount })
     }
 
     /// Gives a reservation back unspent (the payment did not happen).
@@ -113,30 +108,33 @@ impl Budget {
         self.settle(reservation, 0);
     }
 
-    /// Replaces a reservation by what was actually spent (never more than was reserved).
+    /// Replaces a reservation by what was actually spent. Spending more than was reserved (a
+    /// wallet that overran its fee limit) is counted in full, so later requests see it.
     pub fn commit(&self, reservation: Reservation, spent: &Money) {
-        debug_assert_eq!(spent.asset, reservation.asset);
-        self.settle(reservation, spent.amount);
+        let amount =
+            if spent.asset == reservation.asset { spent.amount } else { reservation.amount };
+        if amount > reservation.amount {
+            tracing::warn!(
+                reserved = reservation.amount,
+                spent = amount,
+                "a payment cost more than its reservation"
+            );
+        }
+        self.settle(reservation, amount);
     }
 
     fn settle(&self, reservation: Reservation, spent: u128) {
         let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = limits
-            .iter_mut()
-            .find(|l| l.total.asset == reservation.asset)
-        {
+        if let Some(l) = limits.iter_mut().find(|l| l.total.asset == reservation.asset) {
             l.reserved = l.reserved.saturating_sub(reservation.amount);
-            l.committed = l.committed.saturating_add(spent.min(reservation.amount));
+            l.committed = l.committed.saturating_add(spent);
         }
     }
 
     /// Spent so far in `asset`.
     pub fn spent(&self, asset: &Asset) -> Money {
         let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        let amount = limits
-            .iter()
-            .find(|l| &l.total.asset == asset)
-            .map_or(0, |l| l.committed);
+        let amount = limits.iter().find(|l| &l.total.asset == asset).map_or(0, |l| l.committed);
         Money::new(asset.clone(), amount)
     }
 }
@@ -163,18 +161,12 @@ pub struct Ledger {
 
 impl Ledger {
     pub(crate) fn record(&self, entry: LedgerEntry) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(entry);
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
     }
 
     /// A copy of the entries.
     pub fn entries(&self) -> Vec<LedgerEntry> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -184,29 +176,29 @@ mod tests {
 
     #[test]
     fn per_request_and_total_limits_are_enforced_before_paying() {
-        let b = Budget::new()
-            .allow(Money::sats(10), Money::sats(25))
-            .unwrap();
-        assert!(matches!(
-            b.reserve(&Money::sats(11)),
-            Err(ClientError::OverBudget { .. })
-        ));
+        let b = Budget::new().allow(Money::sats(10), Money::sats(25)).unwrap();
+        assert!(matches!(b.reserve(&Money::sats(11)), Err(ClientError::OverBudget { .. })));
         let r1 = b.reserve(&Money::sats(10)).unwrap();
         let r2 = b.reserve(&Money::sats(10)).unwrap();
-        assert!(
-            b.reserve(&Money::sats(10)).is_err(),
-            "reserved amounts count against the total"
-        );
+        assert!(b.reserve(&Money::sats(10)).is_err(), "reserved amounts count against the total");
         b.commit(r1, &Money::sats(9));
         b.release(r2);
         assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(9));
         let r3 = b.reserve(&Money::sats(10)).unwrap();
         b.commit(r3, &Money::sats(10));
-        assert!(
-            b.reserve(&Money::sats(7)).is_err(),
-            "19 of 25 spent; 7 does not fit"
-        );
+        assert!(b.reserve(&Money::sats(7)).is_err(), "19 of 25 spent; 7 does not fit");
         assert!(b.reserve(&Money::sats(6)).is_ok());
+    }
+
+    #[test]
+    fn an_overrun_counts_in_full_and_changing_limits_keeps_the_tally() {
+        let b = Budget::new().allow(Money::sats(10), Money::sats(30)).unwrap();
+        let r = b.reserve(&Money::sats(10)).unwrap();
+        b.commit(r, &Money::sats(12));
+        assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(12));
+        let b = b.allow(Money::sats(20), Money::sats(30)).unwrap();
+        assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(12), "new limits keep what was spent");
+        assert!(b.reserve(&Money::sats(19)).is_err(), "12 + 19 > 30");
     }
 
     #[test]

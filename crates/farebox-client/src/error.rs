@@ -20,6 +20,10 @@ pub enum ClientError {
     /// The wallet failed to pay. Nothing was spent.
     #[error("payment failed: {0}")]
     PaymentFailed(String),
+    /// Money left, or may have (the wallet's answer was lost or unusable), but there is no
+    /// proof to send. The payment is in the ledger and counted against the budget at its most.
+    #[error("paid, but without a usable proof: {0}")]
+    PaidWithoutProof(String),
     /// The server refused the proof of a payment that was made; the ledger has the payment.
     #[error("the server refused the payment proof (status {status}): {detail}")]
     ProofRejected { status: u16, detail: String },

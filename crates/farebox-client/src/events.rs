@@ -16,18 +16,9 @@ pub enum Event {
         offers: Vec<(&'static str, Money, String)>,
     },
     /// The client chose an offer and is paying it.
-    Paying {
-        rail: &'static str,
-        price: Money,
-        summary: String,
-    },
+    Paying { rail: &'static str, price: Money, summary: String },
     /// The payment went through.
-    Paid {
-        rail: &'static str,
-        price: Money,
-        fee: Money,
-        reference: String,
-    },
+    Paid { rail: &'static str, price: Money, fee: Money, reference: String },
     /// The request is being sent again with the proof.
     Retrying { url: String },
     /// The server answered the paid request.

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use farebox_core::Money;
-use farebox_lightning::LightningBackend;
 use farebox_lightning::bolt11::{self, InvoiceDescription};
+use farebox_lightning::{LightningBackend, LightningError};
 use http::{HeaderValue, header::AUTHORIZATION};
 
 use crate::error::ClientError;
@@ -43,16 +43,10 @@ impl Wallet for L402Wallet {
     }
 
     fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
-        let challenge = response
-            .challenges
-            .iter()
-            .find(|c| c.scheme.eq_ignore_ascii_case("L402"))
-            .or_else(|| {
-                response
-                    .challenges
-                    .iter()
-                    .find(|c| c.scheme.eq_ignore_ascii_case("LSAT"))
-            });
+        let challenge =
+            response.challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("L402")).or_else(
+                || response.challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("LSAT")),
+            );
         let Some(challenge) = challenge else {
             return Ok(Vec::new());
         };
@@ -65,10 +59,19 @@ impl Wallet for L402Wallet {
                 "the L402 invoice has already expired".into(),
             ));
         }
-        let Some(amount_msat) = invoice.amount_msat else {
+        // Checked before paying: the credential must be sendable once the money has left.
+        if HeaderValue::from_str(&parsed.macaroon).is_err() {
             return Err(ClientError::InvalidChallenge(
-                "the L402 invoice has no amount".into(),
+                "the L402 macaroon is not header-safe".into(),
             ));
+        }
+        if parsed.payment_hash != invoice.payment_hash {
+            return Err(ClientError::InvalidChallenge(
+                "the L402 macaroon is for another invoice than the one offered".into(),
+            ));
+        }
+        let Some(amount_msat) = invoice.amount_msat else {
+            return Err(ClientError::InvalidChallenge("the L402 invoice has no amount".into()));
         };
         let summary = match &invoice.description {
             InvoiceDescription::Direct(d) if !d.is_empty() => {
@@ -93,22 +96,25 @@ impl Wallet for L402Wallet {
         let details = offer.details.downcast_ref::<L402Offer>().ok_or_else(|| {
             ClientError::PaymentFailed("offer was not made by the L402 wallet".into())
         })?;
-        let paid = self
-            .node
-            .pay(&details.invoice, self.max_fee_msat)
-            .await
-            .map_err(|e| ClientError::PaymentFailed(e.to_string()))?;
+        let paid =
+            self.node.pay(&details.invoice, self.max_fee_msat).await.map_err(|e| match e {
+                LightningError::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
+                other => ClientError::PaymentFailed(other.to_string()),
+            })?;
         // A wallet is not trusted to return the right preimage: a wrong one would be refused by
         // the server after the money left, so catch it here and say which side is at fault.
         if !farebox_lightning::preimage_matches(&paid.preimage, &details.payment_hash) {
-            return Err(ClientError::PaymentFailed(
+            return Err(ClientError::PaidWithoutProof(
                 "the wallet returned a preimage that does not match the invoice's payment hash"
                     .into(),
             ));
         }
         let credential = farebox_l402::format_credential(&details.macaroon, &paid.preimage);
-        let value = HeaderValue::from_str(&credential)
-            .map_err(|_| ClientError::InvalidChallenge("macaroon is not header-safe".into()))?;
+        let mut value = HeaderValue::from_str(&credential).map_err(|_| {
+            ClientError::PaidWithoutProof("the credential is not header-safe".into())
+        })?;
+        // A bearer secret: keep it out of Debug output and HTTP/2 header compression tables.
+        value.set_sensitive(true);
         Ok(Proof {
             headers: vec![(AUTHORIZATION, value)],
             fee: Money::msats(paid.fee_msat),

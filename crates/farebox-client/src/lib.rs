@@ -40,7 +40,5 @@ pub fn paying_client(
     client: reqwest::Client,
     payer: PaymentMiddleware,
 ) -> reqwest_middleware::ClientWithMiddleware {
-    reqwest_middleware::ClientBuilder::new(client)
-        .with(payer)
-        .build()
+    reqwest_middleware::ClientBuilder::new(client).with(payer).build()
 }

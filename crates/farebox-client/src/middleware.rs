@@ -1,32 +1,62 @@
 //! [`PaymentMiddleware`]: a reqwest middleware that pays for 402s.
 //!
-//! On a 402 it asks each wallet for offers, keeps those the budget allows, pays the first in
-//! wallet order, retries once with the proof, and records the payment in the ledger. A second
-//! 402 after paying is reported as [`ClientError::ProofRejected`], never paid again (no loops).
-//! Reusable proofs (L402 tokens) are kept per origin and sent up front on later requests.
+//! On a 402 it asks each wallet for offers, reserves the first the budget allows (price plus the
+//! most the rail may add in fees), pays it, retries once with the proof, and records the payment
+//! in the ledger. A second 402 after paying is [`ClientError::ProofRejected`], never a second
+//! payment. Reusable proofs (L402 tokens) are saved per origin and path as soon as they are
+//! bought and sent up front on later requests; concurrent first requests to one path wait for
+//! one payment instead of each making their own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use farebox_core::auth;
+use farebox_core::{Money, auth};
 use http::{Extensions, HeaderName, HeaderValue, StatusCode};
-use reqwest::{Request, Response};
+use reqwest::{Request, Response, Url};
 use reqwest_middleware::{Next, Result};
 
-use crate::budget::{Budget, Ledger, LedgerEntry};
+use crate::budget::{Budget, Ledger, LedgerEntry, Reservation};
 use crate::error::ClientError;
 use crate::events::{Event, Observer};
 use crate::wallet::{Offer, PaymentRequired, Proof, Wallet};
 
+/// An offer and the wallet that made it.
+type Candidate = (Arc<dyn Wallet>, Offer);
+
 /// Largest 402 body read for challenges.
 const MAX_CHALLENGE_BODY: usize = 64 * 1024;
-
-type SavedProof = (&'static str, Vec<(HeaderName, HeaderValue)>);
-
 /// Reusable proofs kept per origin; the oldest is dropped past this.
 const MAX_SAVED_PER_ORIGIN: usize = 32;
+
+#[derive(Clone)]
+struct SavedProof {
+    rail: &'static str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The path it was bought for.
+    path: String,
+}
+
+/// Pays for 402 responses within a budget. Build with [`PaymentMiddleware::new`] and add to a
+/// `reqwest_middleware::ClientBuilder`, or use [`crate::paying_client`].
+pub struct PaymentMiddleware {
+    wallets: Vec<Arc<dyn Wallet>>,
+    budget: Budget,
+    ledger: Ledger,
+    observer: Option<Arc<dyn Observer>>,
+    saved: Mutex<HashMap<String, Vec<SavedProof>>>,
+    /// One payment at a time per origin and path.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn err(e: ClientError) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(e)
+}
+
+fn origin_of(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
 
 /// How many leading path segments two paths share.
 fn shared_segments(a: &str, b: &str) -> usize {
@@ -37,16 +67,6 @@ fn shared_segments(a: &str, b: &str) -> usize {
         .count()
 }
 
-/// Pays for 402 responses within a budget. Build with [`PaymentMiddleware::new`] and add to a
-/// `reqwest_middleware::ClientBuilder`, or use [`crate::paying_client`].
-pub struct PaymentMiddleware {
-    wallets: Vec<Arc<dyn Wallet>>,
-    budget: Budget,
-    ledger: Ledger,
-    observer: Option<Arc<dyn Observer>>,
-    saved: Mutex<HashMap<String, Vec<(String, SavedProof)>>>,
-}
-
 impl PaymentMiddleware {
     pub fn new(budget: Budget) -> Self {
         PaymentMiddleware {
@@ -55,6 +75,7 @@ impl PaymentMiddleware {
             ledger: Ledger::default(),
             observer: None,
             saved: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,51 +110,54 @@ impl PaymentMiddleware {
     /// The saved proof most likely to cover `url`: bought for the same path, else for the path
     /// sharing the most leading segments with it (a token scoped to `/weather/*` bought on
     /// `/weather/paris` also serves `/weather/rome`).
-    fn saved_proof(&self, url: &reqwest::Url) -> Option<(String, SavedProof)> {
+    fn saved_proof(&self, url: &Url) -> Option<SavedProof> {
         let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let entries = saved.get(&url.origin().ascii_serialization())?;
-        entries
+        saved
+            .get(&origin_of(url))?
             .iter()
-            .map(|(path, proof)| (shared_segments(path, url.path()), path, proof))
-            .filter(|(shared, path, _)| *shared > 0 || path.as_str() == url.path())
-            .max_by_key(|(shared, _, _)| *shared)
-            .map(|(_, path, proof)| (path.clone(), proof.clone()))
+            .map(|p| (shared_segments(&p.path, url.path()), p))
+            .filter(|(shared, p)| *shared > 0 || p.path == url.path())
+            .max_by_key(|(shared, _)| *shared)
+            .map(|(_, p)| p.clone())
     }
 
-    fn save_proof(&self, url: &reqwest::Url, proof: SavedProof) {
+    fn save_proof(&self, url: &Url, rail: &'static str, headers: Vec<(HeaderName, HeaderValue)>) {
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let entries = saved.entry(url.origin().ascii_serialization()).or_default();
-        entries.retain(|(path, _)| path != url.path());
+        let entries = saved.entry(origin_of(url)).or_default();
+        entries.retain(|p| p.path != url.path());
         if entries.len() >= MAX_SAVED_PER_ORIGIN {
             entries.remove(0);
         }
-        entries.push((url.path().to_string(), proof));
+        entries.push(SavedProof { rail, headers, path: url.path().to_string() });
     }
 
-    fn forget_proof(&self, url: &reqwest::Url, bought_for: &str) {
+    /// Forgets the proof bought for exactly `url`'s path (it no longer works there).
+    fn forget_proof(&self, url: &Url) {
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entries) = saved.get_mut(&url.origin().ascii_serialization()) {
-            entries.retain(|(path, _)| path != bought_for);
+        if let Some(entries) = saved.get_mut(&origin_of(url)) {
+            entries.retain(|p| p.path != url.path());
         }
     }
 
-    /// Picks the first offer, in wallet order, that the budget allows; remembers why others
-    /// were refused so that "over budget" is what the caller hears when nothing fits.
+    fn payment_lock(&self, url: &Url) -> Arc<tokio::sync::Mutex<()>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.retain(|_, lock| Arc::strong_count(lock) > 1);
+        in_flight.entry(format!("{}{}", origin_of(url), url.path())).or_default().clone()
+    }
+
+    /// Reserves the first offer, in wallet order, that the budget allows. When none fits, the
+    /// budget's refusal of the first is what the caller hears.
     fn choose<'a>(
         &self,
-        offers: &'a [(Arc<dyn Wallet>, Offer)],
-    ) -> std::result::Result<&'a (Arc<dyn Wallet>, Offer), ClientError> {
+        offers: &'a [Candidate],
+    ) -> std::result::Result<(&'a Candidate, Reservation), ClientError> {
         let mut refusal = None;
         for candidate in offers {
-            let worst = candidate
-                .1
-                .price
-                .checked_add(&candidate.1.max_fee)
-                .map_err(|e| {
-                    ClientError::InvalidChallenge(format!("fee and price in different assets: {e}"))
-                })?;
-            match self.budget.check(&worst) {
-                Ok(()) => return Ok(candidate),
+            let worst = candidate.1.price.checked_add(&candidate.1.max_fee).map_err(|e| {
+                ClientError::InvalidChallenge(format!("fee and price in different assets: {e}"))
+            })?;
+            match self.budget.reserve(&worst) {
+                Ok(reservation) => return Ok((candidate, reservation)),
                 Err(e) => refusal = refusal.or(Some(e)),
             }
         }
@@ -141,21 +165,29 @@ impl PaymentMiddleware {
             .unwrap_or_else(|| ClientError::NoPayableOffer("no wallet can pay any offer".into())))
     }
 
+    fn record(&self, url: &Url, offer: &Offer, fee: Money, reference: String) {
+        self.ledger.record(LedgerEntry {
+            at: SystemTime::now(),
+            url: url.to_string(),
+            rail: offer.rail,
+            amount: offer.price.clone(),
+            fee,
+            reference,
+        });
+    }
+
     async fn pay_and_retry(
         &self,
+        url: &Url,
         retry: Request,
         first: Response,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> std::result::Result<Response, reqwest_middleware::Error> {
-        let url = first.url().clone();
-        let required = read_402(first).await?;
+        let required = read_402(url, first).await?;
         let mut offers = Vec::new();
         for wallet in &self.wallets {
-            for offer in wallet
-                .offers(&required)
-                .map_err(reqwest_middleware::Error::middleware)?
-            {
+            for offer in wallet.offers(&required).map_err(err)? {
                 offers.push((wallet.clone(), offer));
             }
         }
@@ -173,28 +205,13 @@ impl PaymentMiddleware {
                 .collect(),
         });
         if offers.is_empty() {
-            let rails: Vec<_> = required
-                .challenges
-                .iter()
-                .map(|c| c.scheme.clone())
-                .collect();
-            return Err(reqwest_middleware::Error::middleware(
-                ClientError::NoPayableOffer(format!(
-                    "the server offers {rails:?}; this client has wallets for {:?}",
-                    self.wallets.iter().map(|w| w.rail()).collect::<Vec<_>>()
-                )),
-            ));
+            let schemes: Vec<_> = required.challenges.iter().map(|c| c.scheme.clone()).collect();
+            return Err(err(ClientError::NoPayableOffer(format!(
+                "the server offers {schemes:?}; this client has wallets for {:?}",
+                self.wallets.iter().map(|w| w.rail()).collect::<Vec<_>>()
+            ))));
         }
-        let (wallet, offer) = self
-            .choose(&offers)
-            .map_err(reqwest_middleware::Error::middleware)?;
-        let worst = offer.price.checked_add(&offer.max_fee).map_err(|e| {
-            reqwest_middleware::Error::middleware(ClientError::InvalidChallenge(e.to_string()))
-        })?;
-        let reservation = self
-            .budget
-            .reserve(&worst)
-            .map_err(reqwest_middleware::Error::middleware)?;
+        let ((wallet, offer), reservation) = self.choose(&offers).map_err(err)?;
         self.emit(Event::Paying {
             rail: offer.rail,
             price: offer.price.clone(),
@@ -202,50 +219,44 @@ impl PaymentMiddleware {
         });
         let proof: Proof = match wallet.pay(offer).await {
             Ok(p) => p,
+            Err(e @ ClientError::PaidWithoutProof(_)) => {
+                // Money left (or may have): it counts, at the most it could have been.
+                let worst =
+                    offer.price.checked_add(&offer.max_fee).unwrap_or_else(|_| offer.price.clone());
+                self.budget.commit(reservation, &worst);
+                self.record(url, offer, Money::zero(offer.price.asset.clone()), "unknown".into());
+                return Err(err(e));
+            }
             Err(e) => {
                 self.budget.release(reservation);
-                return Err(reqwest_middleware::Error::middleware(e));
+                return Err(err(e));
             }
         };
-        let spent = offer
-            .price
-            .checked_add(&proof.fee)
-            .unwrap_or_else(|_| offer.price.clone());
+        let spent = offer.price.checked_add(&proof.fee).unwrap_or_else(|_| offer.price.clone());
         self.budget.commit(reservation, &spent);
-        self.ledger.record(LedgerEntry {
-            at: SystemTime::now(),
-            url: url.to_string(),
-            rail: offer.rail,
-            amount: offer.price.clone(),
-            fee: proof.fee.clone(),
-            reference: proof.reference.clone(),
-        });
+        self.record(url, offer, proof.fee.clone(), proof.reference.clone());
         self.emit(Event::Paid {
             rail: offer.rail,
             price: offer.price.clone(),
             fee: proof.fee.clone(),
             reference: proof.reference.clone(),
         });
+        // Saved at once: if the retry is lost to the network, the next attempt reuses what was
+        // bought instead of paying again.
+        if proof.reusable {
+            self.save_proof(url, offer.rail, proof.headers.clone());
+        }
 
         let mut retry = retry;
         apply_proof(&mut retry, &proof.headers);
-        self.emit(Event::Retrying {
-            url: url.to_string(),
-        });
+        self.emit(Event::Retrying { url: url.to_string() });
         let response = next.run(retry, extensions).await?;
-        self.emit(Event::Served {
-            url: url.to_string(),
-            status: response.status().as_u16(),
-        });
+        self.emit(Event::Served { url: url.to_string(), status: response.status().as_u16() });
         if response.status() == StatusCode::PAYMENT_REQUIRED {
+            self.forget_proof(url);
             let status = response.status().as_u16();
             let detail = problem_detail(response).await;
-            return Err(reqwest_middleware::Error::middleware(
-                ClientError::ProofRejected { status, detail },
-            ));
-        }
-        if proof.reusable {
-            self.save_proof(&url, (offer.rail, proof.headers.clone()));
+            return Err(err(ClientError::ProofRejected { status, detail }));
         }
         Ok(response)
     }
@@ -260,44 +271,96 @@ impl reqwest_middleware::Middleware for PaymentMiddleware {
         next: Next<'_>,
     ) -> Result<Response> {
         let url = req.url().clone();
-        let mut retry = req.try_clone();
-        let mut req = req;
-        let reused = self.saved_proof(&url);
-        if let Some((_, (rail, headers))) = &reused {
-            self.emit(Event::ReusingProof {
-                url: url.to_string(),
-                rail,
-            });
-            apply_proof(&mut req, headers);
+        let retry = req.try_clone();
+        let (first, used) = self.send_with_saved_proof(req, &url, extensions, next.clone()).await?;
+        if first.status() != StatusCode::PAYMENT_REQUIRED {
+            return Ok(first);
         }
-        let response = next.clone().run(req, extensions).await?;
-        if response.status() != StatusCode::PAYMENT_REQUIRED {
-            return Ok(response);
+        if origin_of(first.url()) != origin_of(&url) {
+            return Err(err(ClientError::InvalidChallenge(format!(
+                "the 402 came from {} after a redirect; a proof for another origin would not be sent back there",
+                origin_of(first.url())
+            ))));
         }
-        // A saved proof that does not cover this request (expired, other route) is forgotten,
-        // then the request is paid anew.
-        if let Some((bought_for, _)) = reused {
-            self.forget_proof(&url, &bought_for);
-        }
-        let Some(retry) = retry.take() else {
-            return Err(reqwest_middleware::Error::middleware(
-                ClientError::BodyNotReplayable,
-            ));
+        let Some(retry) = retry else {
+            return Err(err(ClientError::BodyNotReplayable));
         };
-        self.pay_and_retry(retry, response, extensions, next).await
+        // One payment per path at a time. Whoever waited here may find a proof that was bought
+        // meanwhile: try it before paying.
+        let lock = self.payment_lock(&url);
+        let _turn = lock.lock().await;
+        let bought_meanwhile = self
+            .saved_proof(&url)
+            .is_some_and(|now| used.as_ref().is_none_or(|before| before.headers != now.headers));
+        let first = if bought_meanwhile {
+            let again = retry.try_clone().ok_or_else(|| err(ClientError::BodyNotReplayable))?;
+            let (response, _) =
+                self.send_with_saved_proof(again, &url, extensions, next.clone()).await?;
+            if response.status() != StatusCode::PAYMENT_REQUIRED {
+                return Ok(response);
+            }
+            response
+        } else {
+            first
+        };
+        self.pay_and_retry(&url, retry, first, extensions, next).await
     }
 }
 
+impl PaymentMiddleware {
+    /// Sends `req` with the saved proof that may cover it, if any. A proof bought for exactly
+    /// this path that gets a 402 is forgotten (expired); one bought for a neighbouring path is
+    /// kept, as it still serves its own path.
+    async fn send_with_saved_proof(
+        &self,
+        mut req: Request,
+        url: &Url,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<(Response, Option<SavedProof>)> {
+        let saved = self.saved_proof(url);
+        if let Some(saved) = &saved {
+            self.emit(Event::ReusingProof { url: url.to_string(), rail: saved.rail });
+            apply_proof(&mut req, &saved.headers);
+        }
+        let response = next.run(req, extensions).await?;
+        if response.status() == StatusCode::PAYMENT_REQUIRED
+            && saved.as_ref().is_some_and(|s| s.path == url.path())
+        {
+            self.forget_proof(url);
+        }
+        Ok((response, saved))
+    }
+}
+
+/// Adds the proof's headers. An `Authorization` proof replaces only values of its own scheme,
+/// so the caller's own credentials for the API (e.g. `Bearer`) still go out.
 fn apply_proof(req: &mut Request, headers: &[(HeaderName, HeaderValue)]) {
     for (name, value) in headers {
-        req.headers_mut().insert(name.clone(), value.clone());
+        if name == http::header::AUTHORIZATION {
+            let scheme = auth::scheme_of_bytes(value.as_bytes()).to_vec();
+            let kept: Vec<HeaderValue> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter(|v| !auth::scheme_of_bytes(v.as_bytes()).eq_ignore_ascii_case(&scheme))
+                .cloned()
+                .collect();
+            req.headers_mut().remove(name);
+            for v in kept {
+                req.headers_mut().append(name.clone(), v);
+            }
+            req.headers_mut().append(name.clone(), value.clone());
+        } else {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
     }
 }
 
 async fn read_402(
+    url: &Url,
     response: Response,
 ) -> std::result::Result<PaymentRequired, reqwest_middleware::Error> {
-    let url = response.url().clone();
     let headers = response.headers().clone();
     let challenges = headers
         .get_all(http::header::WWW_AUTHENTICATE)
@@ -306,15 +369,8 @@ async fn read_402(
         .filter_map(|v| auth::parse_challenges([v]).ok())
         .flatten()
         .collect();
-    let body = read_bounded(response)
-        .await
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    Ok(PaymentRequired {
-        url,
-        challenges,
-        headers,
-        body,
-    })
+    let body = read_bounded(response).await.and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(PaymentRequired { url: url.clone(), challenges, headers, body })
 }
 
 async fn read_bounded(mut response: Response) -> Option<Vec<u8>> {

@@ -51,8 +51,9 @@ impl fmt::Debug for Offer {
     }
 }
 
-/// A payment made: what to retry with and what it cost.
-#[derive(Debug, Clone)]
+/// A payment made: what to retry with and what it cost. `Debug` leaves the headers out: they
+/// are bearer secrets.
+#[derive(Clone)]
 pub struct Proof {
     /// Headers to add to the retried request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -62,6 +63,17 @@ pub struct Proof {
     pub reference: String,
     /// Whether the proof may be reused for later requests to the same origin (an L402 token).
     pub reusable: bool,
+}
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proof")
+            .field("headers", &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("fee", &self.fee)
+            .field("reference", &self.reference)
+            .field("reusable", &self.reusable)
+            .finish()
+    }
 }
 
 /// The client side of a rail.

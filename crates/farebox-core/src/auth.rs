@@ -64,11 +64,7 @@ pub enum HeaderError {
 
 impl AuthChallenge {
     pub fn new(scheme: impl Into<String>) -> Self {
-        AuthChallenge {
-            scheme: scheme.into(),
-            token68: None,
-            params: Vec::new(),
-        }
+        AuthChallenge { scheme: scheme.into(), token68: None, params: Vec::new() }
     }
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
@@ -81,10 +77,7 @@ impl AuthChallenge {
     }
     /// The value of parameter `name`, compared case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Checks that the challenge can be written as a valid field value, so that
@@ -95,15 +88,11 @@ impl AuthChallenge {
     /// and at most [`MAX_PARAMS`], and values may hold only HTAB, SP and visible ASCII.
     pub fn validate(&self) -> Result<(), HeaderError> {
         if !is_token(&self.scheme) {
-            return Err(HeaderError::Unrepresentable(
-                "auth-scheme is not an RFC 9110 token",
-            ));
+            return Err(HeaderError::Unrepresentable("auth-scheme is not an RFC 9110 token"));
         }
         if let Some(t) = &self.token68 {
             if !is_token68(t) {
-                return Err(HeaderError::Unrepresentable(
-                    "token68 is not an RFC 9110 token68",
-                ));
+                return Err(HeaderError::Unrepresentable("token68 is not an RFC 9110 token68"));
             }
             if !self.params.is_empty() {
                 return Err(HeaderError::Unrepresentable(
@@ -112,9 +101,7 @@ impl AuthChallenge {
             }
         }
         if self.params.len() > MAX_PARAMS {
-            return Err(HeaderError::Unrepresentable(
-                "more than MAX_PARAMS parameters",
-            ));
+            return Err(HeaderError::Unrepresentable("more than MAX_PARAMS parameters"));
         }
         for (i, (name, value)) in self.params.iter().enumerate() {
             if !is_token(name) {
@@ -122,18 +109,12 @@ impl AuthChallenge {
                     "parameter name is not an RFC 9110 token",
                 ));
             }
-            if !value
-                .bytes()
-                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-            {
+            if !value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
                 return Err(HeaderError::Unrepresentable(
                     "parameter value holds a control character or non-ASCII text",
                 ));
             }
-            if self.params[..i]
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case(name))
-            {
+            if self.params[..i].iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
                 return Err(HeaderError::Unrepresentable("duplicate parameter name"));
             }
         }
@@ -190,10 +171,7 @@ impl fmt::Display for AuthChallenge {
 impl AuthCredential {
     /// The value of parameter `name`, compared case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -284,11 +262,8 @@ pub fn parse_credential(value: &str) -> Result<AuthCredential, HeaderError> {
     if s0 == s1 {
         return Err(c.err("auth-scheme"));
     }
-    let mut cred = AuthCredential {
-        scheme: value[s0..s1].to_owned(),
-        token: None,
-        params: Vec::new(),
-    };
+    let mut cred =
+        AuthCredential { scheme: value[s0..s1].to_owned(), token: None, params: Vec::new() };
     let had_ws = c.skip_ows();
     if c.at_end() {
         return Ok(cred);
@@ -306,10 +281,7 @@ pub fn parse_credential(value: &str) -> Result<AuthCredential, HeaderError> {
     while end > rest && is_ows(b[end - 1]) {
         end -= 1;
     }
-    if let Some(bad) = b[rest..end]
-        .iter()
-        .position(|&x| !(is_ows(x) || is_vchar(x)))
-    {
+    if let Some(bad) = b[rest..end].iter().position(|&x| !(is_ows(x) || is_vchar(x))) {
         return Err(syntax(rest + bad, "visible ASCII or space in credential"));
     }
     cred.token = Some(value[rest..end].to_owned());
@@ -382,11 +354,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(s: &'a str) -> Self {
-        Cursor {
-            s,
-            b: s.as_bytes(),
-            pos: 0,
-        }
+        Cursor { s, b: s.as_bytes(), pos: 0 }
     }
     fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
@@ -475,16 +443,10 @@ fn push_param(
     at: usize,
 ) -> Result<(), HeaderError> {
     if params.len() >= MAX_PARAMS {
-        return Err(syntax(
-            at,
-            "at most 64 parameters per challenge or credential",
-        ));
+        return Err(syntax(at, "at most 64 parameters per challenge or credential"));
     }
     if params.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
-        return Err(syntax(
-            at,
-            "a parameter name not already used (names must be unique)",
-        ));
+        return Err(syntax(at, "a parameter name not already used (names must be unique)"));
     }
     params.push((name.to_owned(), value));
     Ok(())
@@ -670,9 +632,7 @@ mod tests {
 
     #[test]
     fn display_escapes_quotes_and_backslashes() {
-        let ch = AuthChallenge::new("X")
-            .param("a", r#"q"b\s"#)
-            .param("b", "");
+        let ch = AuthChallenge::new("X").param("a", r#"q"b\s"#).param("b", "");
         assert_eq!(ch.to_string(), r#"X a="q\"b\\s", b="""#);
         assert_eq!(ch.to_header_value().unwrap(), r#"X a="q\"b\\s", b="""#);
     }

@@ -75,13 +75,7 @@ pub struct PaymentError {
 
 impl PaymentError {
     pub fn new(kind: ErrorKind, code: &'static str, detail: impl Into<String>) -> Self {
-        PaymentError {
-            kind,
-            code,
-            detail: detail.into(),
-            retry_after: None,
-            type_uri: None,
-        }
+        PaymentError { kind, code, detail: detail.into(), retry_after: None, type_uri: None }
     }
 
     /// A credential that does not prove payment.
@@ -126,14 +120,10 @@ impl PaymentError {
         };
         let mut problem = Problem::new(self.kind.status(), title)
             .with_type(
-                self.type_uri
-                    .clone()
-                    .unwrap_or_else(|| format!("{PROBLEM_BASE}{}", self.code)),
+                self.type_uri.clone().unwrap_or_else(|| format!("{PROBLEM_BASE}{}", self.code)),
             )
             .with_detail(self.detail.clone());
-        problem
-            .extensions
-            .insert("code".into(), Value::String(self.code.into()));
+        problem.extensions.insert("code".into(), Value::String(self.code.into()));
         problem
     }
 }
@@ -183,10 +173,7 @@ impl Problem {
     /// Adds extension members; a member that would shadow a standard one is ignored.
     pub fn extend(&mut self, members: impl IntoIterator<Item = (String, Value)>) {
         for (k, v) in members {
-            if !matches!(
-                k.as_str(),
-                "type" | "title" | "status" | "detail" | "instance"
-            ) {
+            if !matches!(k.as_str(), "type" | "title" | "status" | "detail" | "instance") {
                 self.extensions.insert(k, v);
             }
         }

@@ -65,18 +65,12 @@ pub enum MoneyError {
 impl Money {
     /// `sats` satoshis (stored as millisatoshi).
     pub fn sats(sats: u64) -> Self {
-        Money {
-            asset: Asset::Bitcoin,
-            amount: u128::from(sats) * 1000,
-        }
+        Money { asset: Asset::Bitcoin, amount: u128::from(sats) * 1000 }
     }
 
     /// `msat` millisatoshi.
     pub fn msats(msat: u64) -> Self {
-        Money {
-            asset: Asset::Bitcoin,
-            amount: u128::from(msat),
-        }
+        Money { asset: Asset::Bitcoin, amount: u128::from(msat) }
     }
 
     /// An amount of `asset` in base units.
@@ -100,33 +94,24 @@ impl Money {
     /// `self + other`, refusing to mix assets or overflow.
     pub fn checked_add(&self, other: &Money) -> Result<Money, MoneyError> {
         self.same_asset(other)?;
-        let amount = self
-            .amount
-            .checked_add(other.amount)
-            .ok_or(MoneyError::Overflow)?;
-        Ok(Money {
-            asset: self.asset.clone(),
-            amount,
-        })
+        let amount = self.amount.checked_add(other.amount).ok_or(MoneyError::Overflow)?;
+        Ok(Money { asset: self.asset.clone(), amount })
     }
 
     /// `self - other`, `None` if it would go below zero.
     pub fn checked_sub(&self, other: &Money) -> Result<Option<Money>, MoneyError> {
         self.same_asset(other)?;
-        Ok(self.amount.checked_sub(other.amount).map(|amount| Money {
-            asset: self.asset.clone(),
-            amount,
-        }))
+        Ok(self
+            .amount
+            .checked_sub(other.amount)
+            .map(|amount| Money { asset: self.asset.clone(), amount }))
     }
 
     fn same_asset(&self, other: &Money) -> Result<(), MoneyError> {
         if self.asset == other.asset {
             Ok(())
         } else {
-            Err(MoneyError::AssetMismatch(
-                self.asset.symbol().into(),
-                other.asset.symbol().into(),
-            ))
+            Err(MoneyError::AssetMismatch(self.asset.symbol().into(), other.asset.symbol().into()))
         }
     }
 
@@ -145,10 +130,7 @@ impl Money {
             (t, 1000)
         };
         let units = parse_decimal(num, if mult == 1000 { 3 } else { 0 }).map_err(err)?;
-        Ok(Money {
-            asset: Asset::Bitcoin,
-            amount: units,
-        })
+        Ok(Money { asset: Asset::Bitcoin, amount: units })
     }
 
     /// Parses a decimal amount of `token` (`"0.01"` USDC is 10000 base units).
@@ -157,10 +139,7 @@ impl Money {
         let t = t.strip_suffix(token.symbol.as_str()).unwrap_or(t).trim();
         let amount = parse_decimal(t, token.decimals)
             .map_err(|why| MoneyError::Parse(text.to_string(), why))?;
-        Ok(Money {
-            asset: Asset::Token(token),
-            amount,
-        })
+        Ok(Money { asset: Asset::Token(token), amount })
     }
 }
 
@@ -180,23 +159,12 @@ fn parse_decimal(s: &str, decimals: u8) -> Result<u128, &'static str> {
     if frac.len() > usize::from(decimals) {
         return Err("more decimals than the base unit allows");
     }
-    let scale = 10u128
-        .checked_pow(u32::from(decimals))
-        .ok_or("too many decimals")?;
-    let int: u128 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| "too large")?
-    };
-    let mut frac_units: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().map_err(|_| "too large")?
-    };
+    let scale = 10u128.checked_pow(u32::from(decimals)).ok_or("too many decimals")?;
+    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| "too large")? };
+    let mut frac_units: u128 =
+        if frac.is_empty() { 0 } else { frac.parse().map_err(|_| "too large")? };
     frac_units *= 10u128.pow(u32::from(decimals) - frac.len() as u32);
-    int.checked_mul(scale)
-        .and_then(|v| v.checked_add(frac_units))
-        .ok_or("too large")
+    int.checked_mul(scale).and_then(|v| v.checked_add(frac_units)).ok_or("too large")
 }
 
 impl fmt::Display for Money {
@@ -209,16 +177,19 @@ impl fmt::Display for Money {
                     write!(f, "{} msat", self.amount)
                 }
             }
-            Asset::Token(t) => {
-                let scale = 10u128.pow(u32::from(t.decimals));
-                let (int, frac) = (self.amount / scale, self.amount % scale);
-                if frac == 0 {
-                    write!(f, "{int} {}", t.symbol)
-                } else {
-                    let frac = format!("{frac:0width$}", width = usize::from(t.decimals));
-                    write!(f, "{int}.{} {}", frac.trim_end_matches('0'), t.symbol)
+            Asset::Token(t) => match 10u128.checked_pow(u32::from(t.decimals)) {
+                // More decimals than a u128 can scale: show base units rather than guess.
+                None => write!(f, "{} base units of {}", self.amount, t.symbol),
+                Some(scale) => {
+                    let (int, frac) = (self.amount / scale, self.amount % scale);
+                    if frac == 0 {
+                        write!(f, "{int} {}", t.symbol)
+                    } else {
+                        let frac = format!("{frac:0width$}", width = usize::from(t.decimals));
+                        write!(f, "{int}.{} {}", frac.trim_end_matches('0'), t.symbol)
+                    }
                 }
-            }
+            },
         }
     }
 }
@@ -240,15 +211,9 @@ mod tests {
     fn parses_bitcoin_amounts_exactly() {
         assert_eq!(Money::parse_bitcoin("21").unwrap(), Money::sats(21));
         assert_eq!(Money::parse_bitcoin("21 sat").unwrap(), Money::sats(21));
-        assert_eq!(
-            Money::parse_bitcoin("1500msat").unwrap(),
-            Money::msats(1500)
-        );
+        assert_eq!(Money::parse_bitcoin("1500msat").unwrap(), Money::msats(1500));
         assert_eq!(Money::parse_bitcoin("1.5 sat").unwrap(), Money::msats(1500));
-        assert!(
-            Money::parse_bitcoin("1.0005 sat").is_err(),
-            "sub-msat must not round"
-        );
+        assert!(Money::parse_bitcoin("1.0005 sat").is_err(), "sub-msat must not round");
         assert!(Money::parse_bitcoin("-1").is_err());
         assert!(Money::parse_bitcoin("1e3").is_err());
         assert!(Money::parse_bitcoin("").is_err());
@@ -265,12 +230,16 @@ mod tests {
     }
 
     #[test]
+    fn absurd_decimals_neither_panic_nor_mislead() {
+        let weird = Token { decimals: 200, ..usdc() };
+        assert_eq!(Money::new(Asset::Token(weird.clone()), 5).to_string(), "5 base units of USDC");
+        assert!(Money::parse_token("1", weird).is_err());
+    }
+
+    #[test]
     fn never_mixes_assets() {
         let usd = Money::new(Asset::Token(usdc()), 5);
-        assert!(matches!(
-            Money::sats(1).checked_add(&usd),
-            Err(MoneyError::AssetMismatch(..))
-        ));
+        assert!(matches!(Money::sats(1).checked_add(&usd), Err(MoneyError::AssetMismatch(..))));
         assert_eq!(Money::sats(1).checked_sub(&Money::sats(2)).unwrap(), None);
         let max = Money::new(Asset::Bitcoin, u128::MAX);
         assert_eq!(max.checked_add(&Money::msats(1)), Err(MoneyError::Overflow));

@@ -65,10 +65,7 @@ impl fmt::Debug for PresentedCredential {
         f.debug_struct("PresentedCredential")
             .field("header", &self.header)
             .field("scheme", &self.auth.as_ref().map(|a| a.scheme.as_str()))
-            .field(
-                "value",
-                &format_args!("<{} bytes redacted>", self.value.len()),
-            )
+            .field("value", &format_args!("<{} bytes redacted>", self.value.len()))
             .finish()
     }
 }
@@ -182,10 +179,7 @@ pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
         // however large or oddly encoded it is.
         let scheme = auth::scheme_of_bytes(value.as_bytes());
         let Some(rail) = rails.iter().find(|r| {
-            r.as_ref()
-                .auth_schemes()
-                .iter()
-                .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+            r.as_ref().auth_schemes().iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
         }) else {
             continue;
         };
@@ -228,9 +222,6 @@ fn header_text(value: &HeaderValue) -> Result<&str, PaymentError> {
         ));
     }
     value.to_str().map_err(|_| {
-        PaymentError::invalid(
-            "malformed_credential",
-            "credential header is not visible ASCII",
-        )
+        PaymentError::invalid("malformed_credential", "credential header is not visible ASCII")
     })
 }

@@ -17,9 +17,7 @@ pub struct Price {
 impl Price {
     /// A price payable in exactly one asset.
     pub fn one(money: Money) -> Self {
-        Price {
-            offers: vec![money],
-        }
+        Price { offers: vec![money] }
     }
 
     /// A price with alternatives. Two offers in the same asset are refused (ambiguous).

@@ -19,9 +19,7 @@ fn syntax_at(r: Result<impl std::fmt::Debug, HeaderError>) -> usize {
 }
 
 fn ch(scheme: &str, params: &[(&str, &str)]) -> AuthChallenge {
-    params
-        .iter()
-        .fold(AuthChallenge::new(scheme), |c, (k, v)| c.param(*k, *v))
+    params.iter().fold(AuthChallenge::new(scheme), |c, (k, v)| c.param(*k, *v))
 }
 
 // ---- challenges ------------------------------------------------------------------------------
@@ -36,10 +34,7 @@ fn aperture_lsat_and_l402_lines() {
         vec![
             ch(
                 "LSAT",
-                &[
-                    ("macaroon", "AgEEbHNhdAJCAAAh+/x=="),
-                    ("invoice", "lnbc10n1pjqwertypp5")
-                ]
+                &[("macaroon", "AgEEbHNhdAJCAAAh+/x=="), ("invoice", "lnbc10n1pjqwertypp5")]
             ),
             ch(
                 "L402",
@@ -64,10 +59,7 @@ fn mpp_payment_challenge() {
     assert_eq!(p.scheme, "Payment");
     assert_eq!(p.token68, None);
     let names: Vec<&str> = p.params.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(
-        names,
-        ["id", "realm", "method", "intent", "request", "expires"]
-    );
+    assert_eq!(names, ["id", "realm", "method", "intent", "request", "expires"]);
     assert_eq!(p.get("Expires"), Some("2026-01-01T00:00:00Z"));
     assert_eq!(p.get("request"), Some("eyJhbW91bnQiOiIxMDAifQ"));
     assert_eq!(p.to_string(), v);
@@ -76,21 +68,9 @@ fn mpp_payment_challenge() {
 #[test]
 fn basic_and_bearer_in_one_line() {
     let got = one(r#"Basic realm="x", charset="UTF-8", Bearer"#);
-    assert_eq!(
-        got,
-        vec![
-            ch("Basic", &[("realm", "x"), ("charset", "UTF-8")]),
-            ch("Bearer", &[])
-        ]
-    );
+    assert_eq!(got, vec![ch("Basic", &[("realm", "x"), ("charset", "UTF-8")]), ch("Bearer", &[])]);
     let got = one(r#"Bearer, Basic realm="x", charset="UTF-8""#);
-    assert_eq!(
-        got,
-        vec![
-            ch("Bearer", &[]),
-            ch("Basic", &[("realm", "x"), ("charset", "UTF-8")])
-        ]
-    );
+    assert_eq!(got, vec![ch("Bearer", &[]), ch("Basic", &[("realm", "x"), ("charset", "UTF-8")])]);
     let got = one(r#"Bearer realm="api", error="invalid_token", Basic realm="x""#);
     assert_eq!(
         got,
@@ -108,14 +88,7 @@ fn rfc_9110_example() {
     assert_eq!(
         got,
         vec![
-            ch(
-                "Newauth",
-                &[
-                    ("realm", "apps"),
-                    ("type", "1"),
-                    ("title", r#"Login to "apps""#)
-                ]
-            ),
+            ch("Newauth", &[("realm", "apps"), ("type", "1"), ("title", r#"Login to "apps""#)]),
             ch("Basic", &[("realm", "simple")]),
         ]
     );
@@ -125,10 +98,7 @@ fn rfc_9110_example() {
 fn token68_challenges() {
     let got = one("Negotiate YIIBhwYGKwYBBQUCoIIBezCCAXeg==, Basic realm=\"x\"");
     assert_eq!(got.len(), 2);
-    assert_eq!(
-        got[0].token68.as_deref(),
-        Some("YIIBhwYGKwYBBQUCoIIBezCCAXeg==")
-    );
+    assert_eq!(got[0].token68.as_deref(), Some("YIIBhwYGKwYBBQUCoIIBezCCAXeg=="));
     assert!(got[0].params.is_empty());
     assert_eq!(got[1], ch("Basic", &[("realm", "x")]));
 
@@ -151,14 +121,7 @@ fn unquoted_values_escapes_and_whitespace() {
     let got = one("X a=tok!#$%&'*+-.^_`|~9, b = \"sp ace\" ,c\t=\t\"t\\\\ \\\"q\\\" \\x\"");
     assert_eq!(
         got,
-        vec![ch(
-            "X",
-            &[
-                ("a", "tok!#$%&'*+-.^_`|~9"),
-                ("b", "sp ace"),
-                ("c", "t\\ \"q\" x")
-            ]
-        )]
+        vec![ch("X", &[("a", "tok!#$%&'*+-.^_`|~9"), ("b", "sp ace"), ("c", "t\\ \"q\" x")])]
     );
     // Tab after the scheme is accepted, as is surrounding whitespace.
     assert_eq!(one(" \tX\ta=b \t"), vec![ch("X", &[("a", "b")])]);
@@ -174,14 +137,7 @@ fn empty_elements_are_tolerated() {
     assert_eq!(parse_challenges([]).unwrap(), vec![]);
     assert_eq!(parse_challenges(["", "  ", ","]).unwrap(), vec![]);
     let got = one(", X a=b, , c=d,, ,Y ,, Z e=\"f\",");
-    assert_eq!(
-        got,
-        vec![
-            ch("X", &[("a", "b"), ("c", "d")]),
-            ch("Y", &[]),
-            ch("Z", &[("e", "f")])
-        ]
-    );
+    assert_eq!(got, vec![ch("X", &[("a", "b"), ("c", "d")]), ch("Y", &[]), ch("Z", &[("e", "f")])]);
 }
 
 #[test]
@@ -206,10 +162,7 @@ fn challenge_errors_carry_offsets() {
     assert_eq!(syntax_at(parse_challenges([r#"X a=b, =c"#])), 7);
     assert_eq!(syntax_at(parse_challenges([r#"X =c"#])), 2);
     // duplicate parameter (case-insensitive), reported at the second name
-    assert_eq!(
-        syntax_at(parse_challenges([r#"X realm="a", Realm="b""#])),
-        13
-    );
+    assert_eq!(syntax_at(parse_challenges([r#"X realm="a", Realm="b""#])), 13);
     // missing value, garbage after a value, scheme glued to something
     assert_eq!(syntax_at(parse_challenges(["X a=b, c="])), 9);
     assert_eq!(syntax_at(parse_challenges([r#"X a="b"c"#])), 7);
@@ -235,19 +188,13 @@ fn limits() {
     let big = format!("X a=\"{}\"", "v".repeat(MAX_HEADER_LEN));
     assert_eq!(parse_challenges([big.as_str()]), Err(HeaderError::TooLarge));
     let half = format!("X a=\"{}\"", "v".repeat(MAX_HEADER_LEN / 2));
-    assert_eq!(
-        parse_challenges([half.as_str(), half.as_str()]),
-        Err(HeaderError::TooLarge)
-    );
+    assert_eq!(parse_challenges([half.as_str(), half.as_str()]), Err(HeaderError::TooLarge));
     assert_eq!(parse_challenges([half.as_str()]).unwrap().len(), 1);
 
     let ok = vec!["S"; MAX_CHALLENGES].join(", ");
     assert_eq!(one(&ok).len(), MAX_CHALLENGES);
     let too_many = vec!["S"; MAX_CHALLENGES + 1].join(", ");
-    assert_eq!(
-        syntax_at(parse_challenges([too_many.as_str()])),
-        ok.len() + 2
-    );
+    assert_eq!(syntax_at(parse_challenges([too_many.as_str()])), ok.len() + 2);
     let lines = vec!["S"; MAX_CHALLENGES + 1];
     assert!(parse_challenges(lines).is_err());
 
@@ -260,14 +207,8 @@ fn limits() {
         parse_challenges([params(MAX_PARAMS + 1).as_str()]),
         Err(HeaderError::Syntax { .. })
     ));
-    assert!(matches!(
-        parse_credential(&params(MAX_PARAMS + 1)),
-        Err(HeaderError::Syntax { .. })
-    ));
-    assert_eq!(
-        parse_credential(&params(MAX_PARAMS)).unwrap().params.len(),
-        MAX_PARAMS
-    );
+    assert!(matches!(parse_credential(&params(MAX_PARAMS + 1)), Err(HeaderError::Syntax { .. })));
+    assert_eq!(parse_credential(&params(MAX_PARAMS)).unwrap().params.len(), MAX_PARAMS);
 
     let big = format!("X {}", "a".repeat(MAX_HEADER_LEN));
     assert_eq!(parse_credential(&big), Err(HeaderError::TooLarge));
@@ -303,24 +244,13 @@ fn hostile_inputs_finish() {
 
 #[test]
 fn writing_challenges() {
-    let c = AuthChallenge::new("L402")
-        .param("macaroon", "AgE=")
-        .param("invoice", "lnbc1");
-    assert_eq!(
-        c.to_header_value().unwrap(),
-        r#"L402 macaroon="AgE=", invoice="lnbc1""#
-    );
-    assert_eq!(
-        AuthChallenge::new("Bearer").to_header_value().unwrap(),
-        "Bearer"
-    );
+    let c = AuthChallenge::new("L402").param("macaroon", "AgE=").param("invoice", "lnbc1");
+    assert_eq!(c.to_header_value().unwrap(), r#"L402 macaroon="AgE=", invoice="lnbc1""#);
+    assert_eq!(AuthChallenge::new("Bearer").to_header_value().unwrap(), "Bearer");
     let t = AuthChallenge::new("Negotiate").with_token68("abc+/==");
     assert_eq!(t.to_header_value().unwrap(), "Negotiate abc+/==");
     let tab = AuthChallenge::new("X").param("a", "b\tc");
-    assert_eq!(
-        one(tab.to_header_value().unwrap().to_str().unwrap()),
-        vec![tab]
-    );
+    assert_eq!(one(tab.to_header_value().unwrap().to_str().unwrap()), vec![tab]);
 
     let bad =
         |c: AuthChallenge| matches!(c.to_header_value(), Err(HeaderError::Unrepresentable(_)));
@@ -334,12 +264,8 @@ fn writing_challenges() {
     assert!(bad(AuthChallenge::new("X Y")));
     assert!(bad(AuthChallenge::new("")));
     assert!(bad(AuthChallenge::new("X").with_token68("a=b")));
-    assert!(bad(AuthChallenge::new("X")
-        .with_token68("t")
-        .param("a", "b")));
-    let many = (0..=MAX_PARAMS).fold(AuthChallenge::new("X"), |c, i| {
-        c.param(format!("p{i}"), "v")
-    });
+    assert!(bad(AuthChallenge::new("X").with_token68("t").param("a", "b")));
+    let many = (0..=MAX_PARAMS).fold(AuthChallenge::new("X"), |c, i| c.param(format!("p{i}"), "v"));
     assert!(bad(many));
     let huge = AuthChallenge::new("X").param("a", "v".repeat(MAX_HEADER_LEN));
     assert_eq!(huge.to_header_value(), Err(HeaderError::TooLarge));
@@ -361,32 +287,17 @@ fn l402_and_lsat_credentials_are_tokens() {
     );
     assert!(c.params.is_empty());
     let c = cred("LSAT a,b:cafe");
-    assert_eq!(
-        (c.scheme.as_str(), c.token.as_deref()),
-        ("LSAT", Some("a,b:cafe"))
-    );
+    assert_eq!((c.scheme.as_str(), c.token.as_deref()), ("LSAT", Some("a,b:cafe")));
     let c = cred("  L402   AgE=,AgF=:cafe  ");
     assert_eq!(c.token.as_deref(), Some("AgE=,AgF=:cafe"));
 }
 
 #[test]
 fn payment_credentials_are_tokens() {
-    assert_eq!(
-        cred("Payment eyJhIjoxfQ").token.as_deref(),
-        Some("eyJhIjoxfQ")
-    );
-    assert_eq!(
-        cred("Payment eyJhIjoxfQ==").token.as_deref(),
-        Some("eyJhIjoxfQ==")
-    );
-    assert_eq!(
-        cred("Payment eyJhIjoxfQ=").token.as_deref(),
-        Some("eyJhIjoxfQ=")
-    );
-    assert_eq!(
-        cred("Basic dXNlcjpwYXNz").token.as_deref(),
-        Some("dXNlcjpwYXNz")
-    );
+    assert_eq!(cred("Payment eyJhIjoxfQ").token.as_deref(), Some("eyJhIjoxfQ"));
+    assert_eq!(cred("Payment eyJhIjoxfQ==").token.as_deref(), Some("eyJhIjoxfQ=="));
+    assert_eq!(cred("Payment eyJhIjoxfQ=").token.as_deref(), Some("eyJhIjoxfQ="));
+    assert_eq!(cred("Basic dXNlcjpwYXNz").token.as_deref(), Some("dXNlcjpwYXNz"));
 }
 
 #[test]
@@ -394,31 +305,16 @@ fn param_credentials() {
     let c = cred(r#"Digest username="a", realm="b""#);
     assert_eq!(c.scheme, "Digest");
     assert_eq!(c.token, None);
-    assert_eq!(
-        c.params,
-        vec![
-            ("username".into(), "a".into()),
-            ("realm".into(), "b".into())
-        ]
-    );
+    assert_eq!(c.params, vec![("username".into(), "a".into()), ("realm".into(), "b".into())]);
     assert_eq!(c.get("REALM"), Some("b"));
     let c = cred(r#"X a = b ,, c="q\"x" ,"#);
-    assert_eq!(
-        c.params,
-        vec![("a".into(), "b".into()), ("c".into(), "q\"x".into())]
-    );
+    assert_eq!(c.params, vec![("a".into(), "b".into()), ("c".into(), "q\"x".into())]);
     assert_eq!(cred("X a=b").params, vec![("a".into(), "b".into())]);
     // Not a whole parameter list: lenient token.
     assert_eq!(cred("X a=b c").token.as_deref(), Some("a=b c"));
-    assert_eq!(
-        cred(r#"X a="unterminated"#).token.as_deref(),
-        Some(r#"a="unterminated"#)
-    );
+    assert_eq!(cred(r#"X a="unterminated"#).token.as_deref(), Some(r#"a="unterminated"#));
     // A well-formed list that repeats a name is an error, not a token.
-    assert!(matches!(
-        parse_credential("X a=1, A=2"),
-        Err(HeaderError::Syntax { at: 7, .. })
-    ));
+    assert!(matches!(parse_credential("X a=1, A=2"), Err(HeaderError::Syntax { at: 7, .. })));
     // ... but a repeated name in something that is not a list is just a token.
     assert_eq!(cred("X a=1, a=2 :z").token.as_deref(), Some("a=1, a=2 :z"));
 }
@@ -426,10 +322,7 @@ fn param_credentials() {
 #[test]
 fn bare_scheme_and_credential_errors() {
     let c = cred("Bearer");
-    assert_eq!(
-        (c.scheme.as_str(), c.token.as_deref(), c.params.len()),
-        ("Bearer", None, 0)
-    );
+    assert_eq!((c.scheme.as_str(), c.token.as_deref(), c.params.len()), ("Bearer", None, 0));
     assert_eq!(cred(" Bearer  ").scheme, "Bearer");
     assert_eq!(syntax_at(parse_credential("")), 0);
     assert_eq!(syntax_at(parse_credential("   ")), 3);
@@ -471,22 +364,12 @@ fn challenge() -> impl Strategy<Value = AuthChallenge> {
         seen
     });
     let t68 = proptest::string::string_regex("[A-Za-z0-9._~+/-]{1,24}={0,3}").unwrap();
-    (
-        token(10),
-        prop_oneof![params.prop_map(Ok), t68.prop_map(Err)],
-    )
-        .prop_map(|(scheme, body)| match body {
-            Ok(params) => AuthChallenge {
-                scheme,
-                token68: None,
-                params,
-            },
-            Err(t) => AuthChallenge {
-                scheme,
-                token68: Some(t),
-                params: Vec::new(),
-            },
-        })
+    (token(10), prop_oneof![params.prop_map(Ok), t68.prop_map(Err)]).prop_map(|(scheme, body)| {
+        match body {
+            Ok(params) => AuthChallenge { scheme, token68: None, params },
+            Err(t) => AuthChallenge { scheme, token68: Some(t), params: Vec::new() },
+        }
+    })
 }
 
 /// Strings made of the grammar's interesting characters, to reach deep into the parsers.

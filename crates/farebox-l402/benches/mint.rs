@@ -24,26 +24,15 @@ fn bench(c: &mut Criterion) {
         price: Price::one(Money::sats(10)),
         description: Some("a joke".into()),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
 
     let mut group = c.benchmark_group("mint");
     group.bench_function("rail_challenge_with_dev_node_invoice", |b| {
-        b.iter(|| {
-            runtime
-                .block_on(rail.challenge(black_box(&resource)))
-                .unwrap()
-                .unwrap()
-        })
+        b.iter(|| runtime.block_on(rail.challenge(black_box(&resource))).unwrap().unwrap())
     });
     let now = unix_now().unwrap();
     group.bench_function("macaroon_only", |b| {
-        b.iter(|| {
-            rail.verifier()
-                .mint_token(black_box([7; 32]), 10_000, &resource, now)
-                .unwrap()
-        })
+        b.iter(|| rail.verifier().mint_token(black_box([7; 32]), 10_000, &resource, now).unwrap())
     });
     group.finish();
 }

@@ -57,32 +57,20 @@ fn bench(c: &mut Criterion) {
     m.add_first_party_caveat(caveat::valid_until("svc", now + 3600).as_bytes());
     let three = format_credential(&m.to_base64(), &preimage);
     let minted = format_credential(
-        &rail
-            .verifier()
-            .mint_token(hash, 10_000, &resource, now)
-            .unwrap()
-            .to_base64(),
+        &rail.verifier().mint_token(hash, 10_000, &resource, now).unwrap().to_base64(),
         &preimage,
     );
-    rail.verifier()
-        .verify_token(&three, &resource, now)
-        .unwrap();
-    rail.verifier()
-        .verify_token(&minted, &resource, now)
-        .unwrap();
+    rail.verifier().verify_token(&three, &resource, now).unwrap();
+    rail.verifier().verify_token(&minted, &resource, now).unwrap();
 
     c.bench_function("verify_token/3_caveats", |b| {
         b.iter(|| {
-            rail.verifier()
-                .verify_token(black_box(&three), black_box(&resource), now)
-                .unwrap()
+            rail.verifier().verify_token(black_box(&three), black_box(&resource), now).unwrap()
         })
     });
     c.bench_function("verify_token/minted_5_caveats", |b| {
         b.iter(|| {
-            rail.verifier()
-                .verify_token(black_box(&minted), black_box(&resource), now)
-                .unwrap()
+            rail.verifier().verify_token(black_box(&minted), black_box(&resource), now).unwrap()
         })
     });
 
@@ -91,14 +79,9 @@ fn bench(c: &mut Criterion) {
         auth: None,
         value: three.clone(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     c.bench_function("rail_verify/3_caveats", |b| {
-        b.iter(|| {
-            rt.block_on(rail.verify(black_box(&resource), black_box(&presented)))
-                .unwrap()
-        })
+        b.iter(|| rt.block_on(rail.verify(black_box(&resource), black_box(&presented))).unwrap())
     });
 }
 

@@ -49,9 +49,7 @@ pub const MAX_SERVICE_NAME_LEN: usize = 64;
 pub fn is_valid_service_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_SERVICE_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `services=<service>:<tier>`
@@ -259,10 +257,7 @@ pub fn check<'a>(
                         let until =
                             parse_u64(value).ok_or_else(|| CaveatError::Malformed(Shown::of(c)))?;
                         if ctx.now_unix >= until {
-                            return Err(CaveatError::Expired {
-                                until,
-                                now: ctx.now_unix,
-                            });
+                            return Err(CaveatError::Expired { until, now: ctx.now_unix });
                         }
                     }
                     b"_capabilities" => {
@@ -333,38 +328,19 @@ mod tests {
         assert_eq!(with("foo=bar"), Err("unknown_caveat"));
         assert_eq!(with("noequals"), Err("unknown_caveat"));
         assert_eq!(with("svc_capabilities=read"), Ok(5000));
-        assert_eq!(
-            run(&["services=svc:0"]).map_err(|e| e.code()),
-            Err("insufficient_amount")
-        );
-        assert_eq!(
-            run(&["farebox_amount_msat=5000"]).map_err(|e| e.code()),
-            Err("wrong_service")
-        );
+        assert_eq!(run(&["services=svc:0"]).map_err(|e| e.code()), Err("insufficient_amount"));
+        assert_eq!(run(&["farebox_amount_msat=5000"]).map_err(|e| e.code()), Err("wrong_service"));
     }
 
     #[test]
     fn capabilities_must_cover_configuration() {
         let caps = vec!["read".to_string(), "write".to_string()];
-        let c = CaveatContext {
-            capabilities: &caps,
-            ..ctx()
-        };
-        let ok = [
-            "services=svc:0",
-            "farebox_amount_msat=5000",
-            "svc_capabilities=read,write",
-        ];
+        let c = CaveatContext { capabilities: &caps, ..ctx() };
+        let ok = ["services=svc:0", "farebox_amount_msat=5000", "svc_capabilities=read,write"];
         assert!(check(ok.iter().map(|c| c.as_bytes()), &c).is_ok());
-        let narrowed = [
-            "services=svc:0",
-            "farebox_amount_msat=5000",
-            "svc_capabilities=read",
-        ];
+        let narrowed = ["services=svc:0", "farebox_amount_msat=5000", "svc_capabilities=read"];
         assert_eq!(
-            check(narrowed.iter().map(|c| c.as_bytes()), &c)
-                .unwrap_err()
-                .code(),
+            check(narrowed.iter().map(|c| c.as_bytes()), &c).unwrap_err().code(),
             "missing_capability"
         );
     }

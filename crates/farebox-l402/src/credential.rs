@@ -53,9 +53,7 @@ pub enum CredentialError {
 /// Parses an `Authorization` value (the whole field value, scheme included).
 pub fn parse_credential(value: &str) -> Result<ParsedCredential<'_>, CredentialError> {
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
-    let (scheme, rest) = value
-        .split_once([' ', '\t'])
-        .ok_or(CredentialError::NotL402)?;
+    let (scheme, rest) = value.split_once([' ', '\t']).ok_or(CredentialError::NotL402)?;
     if !SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
         return Err(CredentialError::NotL402);
     }
@@ -66,11 +64,7 @@ pub fn parse_credential(value: &str) -> Result<ParsedCredential<'_>, CredentialE
         return Err(CredentialError::BadPreimage);
     }
     let macaroons = macaroons.trim_matches(|c| c == ' ' || c == '\t');
-    let parsed = ParsedCredential {
-        scheme,
-        macaroons,
-        preimage,
-    };
+    let parsed = ParsedCredential { scheme, macaroons, preimage };
     let mut n = 0;
     for m in parsed.macaroon_list() {
         n += 1;
@@ -125,10 +119,7 @@ pub enum ChallengeError {
 /// Reads an L402 (or LSAT) challenge; accepts `macaroon=` or `token=` (preferring `macaroon`),
 /// and checks that the macaroon decodes and carries an L402 identifier.
 pub fn parse_challenge(challenge: &AuthChallenge) -> Result<L402Challenge, ChallengeError> {
-    if !SCHEMES
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(&challenge.scheme))
-    {
+    if !SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(&challenge.scheme)) {
         return Err(ChallengeError::NotL402(challenge.scheme.clone()));
     }
     let macaroon = challenge
@@ -136,10 +127,8 @@ pub fn parse_challenge(challenge: &AuthChallenge) -> Result<L402Challenge, Chall
         .filter(|m| !m.is_empty())
         .or_else(|| challenge.get("token"))
         .ok_or(ChallengeError::MissingMacaroon)?;
-    let invoice = challenge
-        .get("invoice")
-        .filter(|i| !i.is_empty())
-        .ok_or(ChallengeError::MissingInvoice)?;
+    let invoice =
+        challenge.get("invoice").filter(|i| !i.is_empty()).ok_or(ChallengeError::MissingInvoice)?;
     let bytes = decode_base64(macaroon)?;
     let mac = Macaroon::decode(&bytes)?;
     let id = Identifier::decode(mac.identifier())?;
@@ -182,27 +171,15 @@ mod tests {
         assert_eq!(c.scheme, "lsat");
         assert_eq!(c.macaroon_list().collect::<Vec<_>>(), ["AAA=", "BBB"]);
         assert_eq!(c.preimage[0], 0x20);
-        assert_eq!(
-            parse_credential("Bearer x:y"),
-            Err(CredentialError::NotL402)
-        );
+        assert_eq!(parse_credential("Bearer x:y"), Err(CredentialError::NotL402));
         assert_eq!(parse_credential("L402"), Err(CredentialError::NotL402));
-        assert_eq!(
-            parse_credential("L402 abc"),
-            Err(CredentialError::MissingColon)
-        );
-        assert_eq!(
-            parse_credential("L402 abc:12"),
-            Err(CredentialError::BadPreimage)
-        );
+        assert_eq!(parse_credential("L402 abc"), Err(CredentialError::MissingColon));
+        assert_eq!(parse_credential("L402 abc:12"), Err(CredentialError::BadPreimage));
         assert_eq!(
             parse_credential(&format!("L402 a,,b:{PRE}")),
             Err(CredentialError::EmptyMacaroon)
         );
-        assert_eq!(
-            parse_credential(&format!("L402 :{PRE}")),
-            Err(CredentialError::EmptyMacaroon)
-        );
+        assert_eq!(parse_credential(&format!("L402 :{PRE}")), Err(CredentialError::EmptyMacaroon));
     }
 
     #[test]

@@ -35,10 +35,7 @@ pub struct Identifier {
 
 impl Identifier {
     pub fn new(payment_hash: [u8; 32], token_id: [u8; 32]) -> Self {
-        Identifier {
-            payment_hash,
-            token_id,
-        }
+        Identifier { payment_hash, token_id }
     }
 
     /// Decodes an identifier. The version is checked first, so a future version with another
@@ -54,10 +51,7 @@ impl Identifier {
         if bytes.len() != IDENTIFIER_LEN {
             return Err(IdentifierError::BadLength(bytes.len()));
         }
-        let mut id = Identifier {
-            payment_hash: [0; 32],
-            token_id: [0; 32],
-        };
+        let mut id = Identifier { payment_hash: [0; 32], token_id: [0; 32] };
         id.payment_hash.copy_from_slice(&bytes[2..34]);
         id.token_id.copy_from_slice(&bytes[34..66]);
         Ok(id)
@@ -91,22 +85,13 @@ mod tests {
         let id = Identifier::new([7; 32], [9; 32]);
         let bytes = id.encode();
         assert_eq!(Identifier::decode(&bytes), Ok(id));
-        assert_eq!(
-            Identifier::decode(&bytes[..65]),
-            Err(IdentifierError::BadLength(65))
-        );
+        assert_eq!(Identifier::decode(&bytes[..65]), Err(IdentifierError::BadLength(65)));
         let mut long = bytes.to_vec();
         long.push(0);
-        assert_eq!(
-            Identifier::decode(&long),
-            Err(IdentifierError::BadLength(67))
-        );
+        assert_eq!(Identifier::decode(&long), Err(IdentifierError::BadLength(67)));
         let mut v1 = bytes;
         v1[1] = 1;
-        assert_eq!(
-            Identifier::decode(&v1),
-            Err(IdentifierError::UnknownVersion(1))
-        );
+        assert_eq!(Identifier::decode(&v1), Err(IdentifierError::UnknownVersion(1)));
         assert_eq!(Identifier::decode(&[0]), Err(IdentifierError::BadLength(1)));
     }
 }

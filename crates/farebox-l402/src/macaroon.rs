@@ -162,21 +162,13 @@ impl<'a> Reader<'a> {
             value |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 self.data = &self.data[i + 1..];
-                return if value > MAX_VARINT {
-                    Err(MacaroonError::BadVarint)
-                } else {
-                    Ok(value)
-                };
+                return if value > MAX_VARINT { Err(MacaroonError::BadVarint) } else { Ok(value) };
             }
             if value > MAX_VARINT {
                 return Err(MacaroonError::BadVarint);
             }
         }
-        Err(if self.data.len() < 10 {
-            MacaroonError::Truncated
-        } else {
-            MacaroonError::BadVarint
-        })
+        Err(if self.data.len() < 10 { MacaroonError::Truncated } else { MacaroonError::BadVarint })
     }
 
     /// Reads one packet: `(field type, payload)`; EOS has no payload.
@@ -259,9 +251,8 @@ impl<'a> Macaroon<'a> {
                 if field != u64::from(FIELD_SIGNATURE) {
                     return Err(MacaroonError::UnexpectedField(field));
                 }
-                let signature: [u8; SIGNATURE_LEN] = sig
-                    .try_into()
-                    .map_err(|_| MacaroonError::BadSignatureLength(sig.len()))?;
+                let signature: [u8; SIGNATURE_LEN] =
+                    sig.try_into().map_err(|_| MacaroonError::BadSignatureLength(sig.len()))?;
                 if !r.data.is_empty() {
                     return Err(MacaroonError::TrailingBytes(r.data.len()));
                 }
@@ -308,11 +299,7 @@ impl<'a> Macaroon<'a> {
 
     /// The caveats, in order.
     pub fn caveats(&self) -> CaveatIter<'a> {
-        CaveatIter {
-            reader: Reader {
-                data: self.caveat_bytes,
-            },
-        }
+        CaveatIter { reader: Reader { data: self.caveat_bytes } }
     }
 
     /// Recomputes the signature chain from `root_key` and compares it in constant time.
@@ -366,16 +353,10 @@ impl<'a> Iterator for CaveatIter<'a> {
     fn next(&mut self) -> Option<Caveat<'a>> {
         // The section was validated by `Macaroon::decode`; errors cannot occur here, and if they
         // did the iteration would simply stop.
-        let s = self
-            .reader
-            .section(&[FIELD_LOCATION, FIELD_IDENTIFIER, FIELD_VERIFICATION_ID])
-            .ok()?;
+        let s =
+            self.reader.section(&[FIELD_LOCATION, FIELD_IDENTIFIER, FIELD_VERIFICATION_ID]).ok()?;
         let id = s.id?;
-        Some(Caveat {
-            location: s.location,
-            id,
-            verification_id: s.verification_id,
-        })
+        Some(Caveat { location: s.location, id, verification_id: s.verification_id })
     }
 }
 
@@ -525,39 +506,24 @@ mod tests {
         assert_eq!(d.to_owned(), m);
         let root: Vec<u8> = (0u8..32).collect();
         d.verify_signature(&root).unwrap();
-        assert_eq!(
-            d.verify_signature(&[0u8; 32]),
-            Err(MacaroonError::InvalidSignature)
-        );
+        assert_eq!(d.verify_signature(&[0u8; 32]), Err(MacaroonError::InvalidSignature));
     }
 
     #[test]
     fn refuses_malformed() {
         let bytes = minimal().encode();
         assert_eq!(Macaroon::decode(&[]), Err(MacaroonError::Empty));
-        assert_eq!(
-            Macaroon::decode(b"0a"),
-            Err(MacaroonError::UnsupportedVersion(b'0'))
-        );
+        assert_eq!(Macaroon::decode(b"0a"), Err(MacaroonError::UnsupportedVersion(b'0')));
         for n in 1..bytes.len() {
-            assert!(
-                Macaroon::decode(&bytes[..n]).is_err(),
-                "prefix {n} accepted"
-            );
+            assert!(Macaroon::decode(&bytes[..n]).is_err(), "prefix {n} accepted");
         }
         let mut extra = bytes.clone();
         extra.push(0);
-        assert_eq!(
-            Macaroon::decode(&extra),
-            Err(MacaroonError::TrailingBytes(1))
-        );
+        assert_eq!(Macaroon::decode(&extra), Err(MacaroonError::TrailingBytes(1)));
         // A second identifier field in the header (field types must strictly increase), refused
         // as go-macaroon does ("fields out of order").
         let bad = [2u8, 2, 1, b'x', 2, 1, b'y', 0];
-        assert_eq!(
-            Macaroon::decode(&bad),
-            Err(MacaroonError::UnexpectedField(2))
-        );
+        assert_eq!(Macaroon::decode(&bad), Err(MacaroonError::UnexpectedField(2)));
     }
 
     #[test]
@@ -566,10 +532,7 @@ mod tests {
         for _ in 0..MAX_CAVEATS {
             m.add_first_party_caveat(b"a=b");
         }
-        assert_eq!(
-            Macaroon::decode(&m.encode()),
-            Err(MacaroonError::TooManyCaveats)
-        );
+        assert_eq!(Macaroon::decode(&m.encode()), Err(MacaroonError::TooManyCaveats));
     }
 
     #[test]

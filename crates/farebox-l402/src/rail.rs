@@ -117,10 +117,9 @@ fn invalid(code: &'static str, detail: impl Into<String>) -> PaymentError {
 
 fn macaroon_error(e: MacaroonError) -> PaymentError {
     match e {
-        MacaroonError::InvalidSignature => invalid(
-            "invalid_signature",
-            "the macaroon signature does not verify",
-        ),
+        MacaroonError::InvalidSignature => {
+            invalid("invalid_signature", "the macaroon signature does not verify")
+        }
         MacaroonError::ThirdPartyCaveat(i) => invalid(
             "third_party_caveat",
             format!("caveat {i} is a third-party caveat, which farebox does not accept"),
@@ -153,11 +152,7 @@ impl L402Verifier {
         if !caveat::is_valid_service_name(&config.service) {
             return Err(ConfigError::ServiceName(config.service));
         }
-        if let Some(bad) = config
-            .capabilities
-            .iter()
-            .find(|c| !caveat::is_valid_service_name(c))
-        {
+        if let Some(bad) = config.capabilities.iter().find(|c| !caveat::is_valid_service_name(c)) {
             return Err(ConfigError::Capability(bad.clone()));
         }
         if config.invoice_expiry.is_zero()
@@ -182,11 +177,9 @@ impl L402Verifier {
         now_unix: u64,
     ) -> Result<OwnedMacaroon, PaymentError> {
         let mut token_id = [0u8; 32];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut token_id)
-            .map_err(|e| {
-                PaymentError::internal("rng", format!("no randomness for the token id: {e}"))
-            })?;
+        rand::rngs::OsRng.try_fill_bytes(&mut token_id).map_err(|e| {
+            PaymentError::internal("rng", format!("no randomness for the token id: {e}"))
+        })?;
         self.mint_token_with_id(
             Identifier::new(payment_hash, token_id),
             amount_msat,
@@ -243,10 +236,7 @@ impl L402Verifier {
                 ));
             }
             Some(m) => m.as_msat().ok_or_else(|| {
-                invalid(
-                    "insufficient_amount",
-                    "this route's price does not fit a Lightning amount",
-                )
+                invalid("insufficient_amount", "this route's price does not fit a Lightning amount")
             })?,
         };
         let hash: [u8; 32] = Sha256::digest(cred.preimage).into();
@@ -274,10 +264,7 @@ impl L402Verifier {
                 return Ok(v);
             }
         }
-        Err(invalid(
-            "invalid_preimage",
-            "sha256(preimage) is not the payment hash of the token",
-        ))
+        Err(invalid("invalid_preimage", "sha256(preimage) is not the payment hash of the token"))
     }
 
     /// `Ok(None)` when this macaroon is valid but does not commit to `hash` (another one in the
@@ -296,10 +283,7 @@ impl L402Verifier {
             return Ok(None);
         }
         let root = self.config.root_keys.root_key(&id).ok_or_else(|| {
-            invalid(
-                "invalid_signature",
-                "the token's root key is unknown or revoked",
-            )
+            invalid("invalid_signature", "the token's root key is unknown or revoked")
         })?;
         mac.verify_signature(&root).map_err(macaroon_error)?;
         let amount_msat = caveat::check(mac.caveats().map(|c| c.id), ctx)
@@ -320,9 +304,7 @@ pub struct L402Rail {
 
 impl std::fmt::Debug for L402Rail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("L402Rail")
-            .field("verifier", &self.verifier)
-            .finish_non_exhaustive()
+        f.debug_struct("L402Rail").field("verifier", &self.verifier).finish_non_exhaustive()
     }
 }
 
@@ -332,10 +314,7 @@ impl L402Rail {
         config: L402Config,
         backend: Arc<dyn LightningBackend>,
     ) -> Result<Self, ConfigError> {
-        Ok(L402Rail {
-            verifier: L402Verifier::new(config)?,
-            backend,
-        })
+        Ok(L402Rail { verifier: L402Verifier::new(config)?, backend })
     }
 
     /// The synchronous minting/verification half.
@@ -380,11 +359,9 @@ impl Rail for L402Rail {
         })?;
         let memo = match &resource.description {
             Some(d) => truncate(d, 639).to_string(),
-            None => format!(
-                "L402 {} {}",
-                self.verifier.config.service,
-                truncate(&resource.route, 600)
-            ),
+            None => {
+                format!("L402 {} {}", self.verifier.config.service, truncate(&resource.route, 600))
+            }
         };
         let invoice = self
             .backend
@@ -416,10 +393,7 @@ impl Rail for L402Rail {
             header(credential::challenge_value("LSAT", &token, &invoice.bolt11))?,
             header(credential::challenge_value("L402", &token, &invoice.bolt11))?,
         ];
-        Ok(Some(Challenge {
-            www_authenticate,
-            ..Challenge::default()
-        }))
+        Ok(Some(Challenge { www_authenticate, ..Challenge::default() }))
     }
 
     async fn verify(
@@ -427,9 +401,7 @@ impl Rail for L402Rail {
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
-        let token = self
-            .verifier
-            .verify_token(&credential.value, resource, unix_now()?)?;
+        let token = self.verifier.verify_token(&credential.value, resource, unix_now()?)?;
         Ok(Verified {
             amount: Money::msats(token.amount_msat),
             payer: None,
@@ -443,10 +415,6 @@ impl Rail for L402Rail {
         _resource: &Resource,
         payment: Verified,
     ) -> Result<Receipt, PaymentError> {
-        Ok(Receipt {
-            amount: payment.amount,
-            reference: payment.reference,
-            headers: Vec::new(),
-        })
+        Ok(Receipt { amount: payment.amount, reference: payment.reference, headers: Vec::new() })
     }
 }

@@ -86,14 +86,8 @@ mod tests {
         msg.extend_from_slice(&[2; 32]);
         assert_eq!(keys.root_key(&id), Some(hmac_sha256(&master, &msg)));
         // Depends on the token id only.
-        assert_eq!(
-            keys.root_key(&Identifier::new([3; 32], [2; 32])),
-            keys.root_key(&id)
-        );
-        assert_eq!(
-            DerivedRootKeys::new(&[0; 31]).unwrap_err(),
-            MasterSecretTooShort(31)
-        );
+        assert_eq!(keys.root_key(&Identifier::new([3; 32], [2; 32])), keys.root_key(&id));
+        assert_eq!(DerivedRootKeys::new(&[0; 31]).unwrap_err(), MasterSecretTooShort(31));
         assert_eq!(format!("{keys:?}"), "DerivedRootKeys { .. }");
     }
 }

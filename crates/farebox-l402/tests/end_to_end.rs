@@ -28,16 +28,10 @@ async fn pay_and_retry_with_the_dev_node() {
     let r = resource("GET", "/v1/weather/*", Money::sats(21));
 
     let challenge = rail.challenge(&r).await.unwrap().unwrap();
-    let values: Vec<&str> = challenge
-        .www_authenticate
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
+    let values: Vec<&str> =
+        challenge.www_authenticate.iter().map(|v| v.to_str().unwrap()).collect();
     let parsed = parse_challenges(values.iter().copied()).unwrap();
-    assert_eq!(
-        parsed.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(),
-        ["LSAT", "L402"]
-    );
+    assert_eq!(parsed.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(), ["LSAT", "L402"]);
     let l402 = parse_challenge(&parsed[1]).unwrap();
     assert_eq!(l402, parse_challenge(&parsed[0]).unwrap());
 
@@ -48,14 +42,10 @@ async fn pay_and_retry_with_the_dev_node() {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::AUTHORIZATION,
-        format_credential(&l402.macaroon, &paid.preimage)
-            .parse()
-            .unwrap(),
+        format_credential(&l402.macaroon, &paid.preimage).parse().unwrap(),
     );
     let rails = [rail.clone()];
-    let (owner, presented) = credential_of(&rails, &headers)
-        .unwrap()
-        .expect("an L402 credential");
+    let (owner, presented) = credential_of(&rails, &headers).unwrap().expect("an L402 credential");
     assert_eq!(owner.name(), "l402");
     let verified = owner.verify(&r, &presented).await.unwrap();
     assert_eq!(verified.amount, Money::sats(21));
@@ -66,10 +56,7 @@ async fn pay_and_retry_with_the_dev_node() {
     // The same token on a dearer route does not pay.
     let dear = resource("GET", "/v1/weather/*", Money::sats(22));
     let e = owner.verify(&dear, &presented).await.unwrap_err();
-    assert_eq!(
-        (e.kind, e.code),
-        (ErrorKind::InvalidCredential, "insufficient_amount")
-    );
+    assert_eq!((e.kind, e.code), (ErrorKind::InvalidCredential, "insufficient_amount"));
 
     // The LSAT scheme, lower case, is recognised by core and accepted by the rail.
     let mut headers = HeaderMap::new();
@@ -81,8 +68,5 @@ async fn pay_and_retry_with_the_dev_node() {
     // An unavailable node: 503, fail closed.
     server.set_available(false);
     let e = rail.challenge(&r).await.unwrap_err();
-    assert_eq!(
-        (e.kind, e.code),
-        (ErrorKind::Unavailable, "lightning_unavailable")
-    );
+    assert_eq!((e.kind, e.code), (ErrorKind::Unavailable, "lightning_unavailable"));
 }

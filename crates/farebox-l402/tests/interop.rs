@@ -20,12 +20,9 @@ const CAVEATS: [&str; 4] = [
 
 fn identifier() -> Vec<u8> {
     let v = vectors();
-    Identifier::new(
-        arr32(&hex_field(&v, "payment_hash")),
-        arr32(&hex_field(&v, "token_id")),
-    )
-    .encode()
-    .to_vec()
+    Identifier::new(arr32(&hex_field(&v, "payment_hash")), arr32(&hex_field(&v, "token_id")))
+        .encode()
+        .to_vec()
 }
 
 fn crate_verifies(m: &macaroon::Macaroon, key: &MacaroonKey) -> bool {
@@ -54,13 +51,7 @@ fn ours_deserializes_and_verifies_in_the_crate() {
             macaroon::Caveat::ThirdParty(_) => panic!("third party"),
         })
         .collect();
-    assert_eq!(
-        preds,
-        CAVEATS
-            .iter()
-            .map(|c| c.as_bytes().to_vec())
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(preds, CAVEATS.iter().map(|c| c.as_bytes().to_vec()).collect::<Vec<_>>());
     assert!(crate_verifies(&theirs, &MacaroonKey::generate(&root)));
     // The raw-key pitfall: no derivation, no match.
     assert!(!crate_verifies(&theirs, &MacaroonKey::from(arr32(&root))));
@@ -88,10 +79,7 @@ fn theirs_decodes_and_verifies_in_ours() {
     ours.verify_signature(&root).unwrap();
     assert_eq!(ours.identifier(), identifier().as_slice());
     let ids: Vec<&[u8]> = ours.caveats().map(|c| c.id).collect();
-    assert_eq!(
-        ids,
-        CAVEATS.iter().map(|c| c.as_bytes()).collect::<Vec<_>>()
-    );
+    assert_eq!(ids, CAVEATS.iter().map(|c| c.as_bytes()).collect::<Vec<_>>());
     assert_eq!(&ours.signature()[..], &theirs.signature()[..]);
     // And our encoder reproduces the crate's bytes exactly.
     assert_eq!(ours.to_owned().encode(), bytes);
@@ -123,11 +111,7 @@ fn crate_third_party_caveat_decodes_but_is_refused() {
     let tp = ours.caveats().nth(1).unwrap();
     assert!(!tp.is_first_party());
     assert_eq!(tp.location, Some(&b"https://auth.example"[..]));
-    assert_eq!(
-        ours.to_owned().encode(),
-        bytes,
-        "third-party caveats round-trip"
-    );
+    assert_eq!(ours.to_owned().encode(), bytes, "third-party caveats round-trip");
     assert_eq!(
         ours.verify_signature(&root),
         Err(farebox_l402::macaroon::MacaroonError::ThirdPartyCaveat(1))

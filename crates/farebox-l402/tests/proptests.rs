@@ -14,16 +14,8 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn caveat() -> impl Strategy<Value = OwnedCaveat> {
-    (
-        proptest::option::of(bytes(20)),
-        bytes(200),
-        proptest::option::of(bytes(40)),
-    )
-        .prop_map(|(location, id, verification_id)| OwnedCaveat {
-            location,
-            id,
-            verification_id,
-        })
+    (proptest::option::of(bytes(20)), bytes(200), proptest::option::of(bytes(40)))
+        .prop_map(|(location, id, verification_id)| OwnedCaveat { location, id, verification_id })
 }
 
 fn macaroon() -> impl Strategy<Value = OwnedMacaroon> {
@@ -42,11 +34,8 @@ fn macaroon() -> impl Strategy<Value = OwnedMacaroon> {
 }
 
 fn verifier() -> L402Verifier {
-    L402Verifier::new(L402Config::new(
-        "svc",
-        Arc::new(DerivedRootKeys::new(&[7; 32]).unwrap()),
-    ))
-    .unwrap()
+    L402Verifier::new(L402Config::new("svc", Arc::new(DerivedRootKeys::new(&[7; 32]).unwrap())))
+        .unwrap()
 }
 
 proptest! {

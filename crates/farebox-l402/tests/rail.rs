@@ -29,11 +29,7 @@ fn ten_sat() -> Resource {
 fn presented(value: String) -> PresentedCredential {
     PresentedCredential {
         header: http::header::AUTHORIZATION,
-        auth: Some(AuthCredential {
-            scheme: "L402".into(),
-            token: None,
-            params: vec![],
-        }),
+        auth: Some(AuthCredential { scheme: "L402".into(), token: None, params: vec![] }),
         value,
     }
 }
@@ -41,10 +37,7 @@ fn presented(value: String) -> PresentedCredential {
 /// A token minted by the rail for `r`, as the base64 the challenge carries.
 fn token_for(rail: &L402Rail, r: &Resource, amount_msat: u64) -> String {
     let hash = arr32(&hex_field(&vectors(), "payment_hash"));
-    rail.verifier()
-        .mint_token(hash, amount_msat, r, unix_now().unwrap())
-        .unwrap()
-        .to_base64()
+    rail.verifier().mint_token(hash, amount_msat, r, unix_now().unwrap()).unwrap().to_base64()
 }
 
 async fn verify(
@@ -68,21 +61,12 @@ async fn challenge_has_lsat_then_l402_with_the_same_token() {
     assert_eq!(rail.auth_schemes(), ["L402", "LSAT"]);
     let ch = rail.challenge(&ten_sat()).await.unwrap().unwrap();
     assert_eq!(ch.www_authenticate.len(), 2);
-    let lines: Vec<&str> = ch
-        .www_authenticate
-        .iter()
-        .map(|h| h.to_str().unwrap())
-        .collect();
+    let lines: Vec<&str> = ch.www_authenticate.iter().map(|h| h.to_str().unwrap()).collect();
     let invoice = vectors()["bolt11"]["invoice"].as_str().unwrap().to_string();
     for (line, scheme) in lines.iter().zip(["LSAT", "L402"]) {
-        let rest = line
-            .strip_prefix(&format!("{scheme} macaroon=\""))
-            .expect(line);
+        let rest = line.strip_prefix(&format!("{scheme} macaroon=\"")).expect(line);
         let (mac, rest) = rest.split_once('"').unwrap();
-        assert_eq!(
-            rest,
-            format!(", invoice=\"{invoice}\", version=\"0\", token=\"{mac}\"")
-        );
+        assert_eq!(rest, format!(", invoice=\"{invoice}\", version=\"0\", token=\"{mac}\""));
         let bytes = decode_base64(mac).unwrap();
         assert_eq!(
             base64::engine::general_purpose::STANDARD.encode(&bytes),
@@ -91,14 +75,9 @@ async fn challenge_has_lsat_then_l402_with_the_same_token() {
         );
         let m = Macaroon::decode(&bytes).unwrap();
         let id = Identifier::decode(m.identifier()).unwrap();
-        assert_eq!(
-            id.payment_hash.to_vec(),
-            hex_field(&vectors(), "payment_hash")
-        );
-        let cavs: Vec<String> = m
-            .caveats()
-            .map(|c| String::from_utf8(c.id.to_vec()).unwrap())
-            .collect();
+        assert_eq!(id.payment_hash.to_vec(), hex_field(&vectors(), "payment_hash"));
+        let cavs: Vec<String> =
+            m.caveats().map(|c| String::from_utf8(c.id.to_vec()).unwrap()).collect();
         assert_eq!(
             cavs[..4],
             [
@@ -114,9 +93,7 @@ async fn challenge_has_lsat_then_l402_with_the_same_token() {
     }
     // Both lines carry the same token; it verifies with the known preimage.
     let mac = lines[1].split('"').nth(1).unwrap();
-    let ok = verify(&rail, &ten_sat(), format_credential(mac, &preimage()))
-        .await
-        .unwrap();
+    let ok = verify(&rail, &ten_sat(), format_credential(mac, &preimage())).await.unwrap();
     assert_eq!(ok.amount, Money::sats(10));
     // Fresh token ids: two challenges differ.
     let again = rail.challenge(&ten_sat()).await.unwrap().unwrap();
@@ -137,10 +114,7 @@ async fn challenge_client_side_parse() {
         let parsed = farebox_l402::parse_challenge(&c).unwrap();
         assert_eq!(parsed.macaroon, mac);
         assert_eq!(parsed.invoice, invoice);
-        assert_eq!(
-            parsed.payment_hash.to_vec(),
-            hex_field(&vectors(), "payment_hash")
-        );
+        assert_eq!(parsed.payment_hash.to_vec(), hex_field(&vectors(), "payment_hash"));
     }
     let no_inv = farebox_core::auth::AuthChallenge::new("L402").param("macaroon", mac);
     assert!(farebox_l402::parse_challenge(&no_inv).is_err());
@@ -163,11 +137,7 @@ async fn no_bitcoin_price_no_challenge_and_backend_down_is_503() {
         symbol: "USDC".into(),
         decimals: 6,
     };
-    let r = resource(
-        "GET",
-        "/x",
-        Money::new(farebox_core::Asset::Token(usdc), 10_000),
-    );
+    let r = resource("GET", "/x", Money::new(farebox_core::Asset::Token(usdc), 10_000));
     assert!(rail.challenge(&r).await.unwrap().is_none());
     backend.down.store(true, Ordering::SeqCst);
     let e = rail.challenge(&ten_sat()).await.unwrap_err();
@@ -180,22 +150,15 @@ async fn no_bitcoin_price_no_challenge_and_backend_down_is_503() {
 async fn valid_token_verifies_and_settles() {
     let (rail, _) = rail();
     let r = ten_sat();
-    let v = verify(
-        &rail,
-        &r,
-        format_credential(&token_for(&rail, &r, 10_000), &preimage()),
-    )
-    .await
-    .unwrap();
+    let v = verify(&rail, &r, format_credential(&token_for(&rail, &r, 10_000), &preimage()))
+        .await
+        .unwrap();
     assert_eq!(v.amount, Money::msats(10_000));
     assert_eq!(v.reference, vectors()["payment_hash"].as_str().unwrap());
     assert_eq!(v.payer, None);
     let receipt = rail.settle(&r, v).await.unwrap();
     assert_eq!(receipt.amount, Money::sats(10));
-    assert_eq!(
-        receipt.reference,
-        vectors()["payment_hash"].as_str().unwrap()
-    );
+    assert_eq!(receipt.reference, vectors()["payment_hash"].as_str().unwrap());
     assert!(receipt.headers.is_empty());
 }
 
@@ -214,9 +177,7 @@ async fn lenient_credential_forms() {
         format!("l402   {tok} : {pre} "),
         format!("L402 {}:{pre}", tok.trim_end_matches('=')),
     ] {
-        verify(&rail, &r, value.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{value}: {e}"));
+        verify(&rail, &r, value.clone()).await.unwrap_or_else(|e| panic!("{value}: {e}"));
     }
 }
 
@@ -225,22 +186,12 @@ async fn multiple_macaroons_pick_the_one_matching_the_preimage() {
     let (rail, _) = rail();
     let r = ten_sat();
     let good = token_for(&rail, &r, 10_000);
-    let other = rail
-        .verifier()
-        .mint_token([1; 32], 10_000, &r, unix_now().unwrap())
-        .unwrap()
-        .to_base64();
+    let other =
+        rail.verifier().mint_token([1; 32], 10_000, &r, unix_now().unwrap()).unwrap().to_base64();
     let pre = hex::encode(preimage());
-    verify(&rail, &r, format!("L402 {other},{good}:{pre}"))
-        .await
-        .unwrap();
-    verify(&rail, &r, format!("L402 {good}, {other}:{pre}"))
-        .await
-        .unwrap();
-    assert_eq!(
-        code(&rail, &r, format!("L402 {other},{other}:{pre}")).await,
-        "invalid_preimage"
-    );
+    verify(&rail, &r, format!("L402 {other},{good}:{pre}")).await.unwrap();
+    verify(&rail, &r, format!("L402 {good}, {other}:{pre}")).await.unwrap();
+    assert_eq!(code(&rail, &r, format!("L402 {other},{other}:{pre}")).await, "invalid_preimage");
 }
 
 #[tokio::test]
@@ -251,23 +202,15 @@ async fn refusals() {
     let tok = token_for(&rail, &r, 10_000);
 
     // Wrong preimage.
-    assert_eq!(
-        code(&rail, &r, format_credential(&tok, &[0x21; 32])).await,
-        "invalid_preimage"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&tok, &[0x21; 32])).await, "invalid_preimage");
     // Tampered signature.
     let mut bytes = decode_base64(&tok).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     let tampered = base64::engine::general_purpose::STANDARD.encode(&bytes);
-    assert_eq!(
-        code(&rail, &r, format_credential(&tampered, &pre)).await,
-        "invalid_signature"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&tampered, &pre)).await, "invalid_signature");
     // Appended caveat without re-chaining the signature.
-    let mut owned = Macaroon::decode(&decode_base64(&tok).unwrap())
-        .unwrap()
-        .to_owned();
+    let mut owned = Macaroon::decode(&decode_base64(&tok).unwrap()).unwrap().to_owned();
     owned.caveats.push(farebox_l402::macaroon::OwnedCaveat {
         location: None,
         id: b"farebox_amount_msat=99999999".to_vec(),
@@ -283,19 +226,14 @@ async fn refusals() {
         FixedBackend::new(),
     )
     .unwrap();
-    assert_eq!(
-        code(&stranger, &r, format_credential(&tok, &pre)).await,
-        "invalid_signature"
-    );
+    assert_eq!(code(&stranger, &r, format_credential(&tok, &pre)).await, "invalid_signature");
     // Wrong service: a rail configured for another service name, same keys.
     let other_service = L402Rail::new(
         L402Config::new("other", Arc::new(DerivedRootKeys::new(&MASTER).unwrap())),
         FixedBackend::new(),
     )
     .unwrap();
-    let e = verify(&other_service, &r, format_credential(&tok, &pre))
-        .await
-        .unwrap_err();
+    let e = verify(&other_service, &r, format_credential(&tok, &pre)).await.unwrap_err();
     // The `svc_valid_until` caveat is not understood by service "other" before or after the
     // services check; both are refusals. The services caveat comes first.
     assert_eq!(e.code, "wrong_service", "{e}");
@@ -319,15 +257,8 @@ async fn refusals() {
         "wrong_method"
     );
     // Underpaid: a 5 sat token on a 10 sat route.
-    let five = token_for(
-        &rail,
-        &resource("GET", "/v1/weather/*", Money::sats(5)),
-        5_000,
-    );
-    assert_eq!(
-        code(&rail, &r, format_credential(&five, &pre)).await,
-        "insufficient_amount"
-    );
+    let five = token_for(&rail, &resource("GET", "/v1/weather/*", Money::sats(5)), 5_000);
+    assert_eq!(code(&rail, &r, format_credential(&five, &pre)).await, "insufficient_amount");
     // Malformed.
     for bad in [
         "L402 garbage".to_string(),
@@ -337,11 +268,7 @@ async fn refusals() {
         format!("L402 AAAA:{}", hex::encode(pre)),
         "L402".to_string(),
     ] {
-        assert_eq!(
-            code(&rail, &r, bad.clone()).await,
-            "malformed_credential",
-            "{bad}"
-        );
+        assert_eq!(code(&rail, &r, bad.clone()).await, "malformed_credential", "{bad}");
     }
 }
 
@@ -353,41 +280,23 @@ async fn expired_and_unknown_caveats_and_versions() {
     let hash = arr32(&hex_field(&vectors(), "payment_hash"));
     let now = unix_now().unwrap();
     // Minted two hours ago with a one-hour lifetime.
-    let old = rail
-        .verifier()
-        .mint_token(hash, 10_000, &r, now - 7200)
-        .unwrap()
-        .to_base64();
-    assert_eq!(
-        code(&rail, &r, format_credential(&old, &pre)).await,
-        "expired"
-    );
+    let old = rail.verifier().mint_token(hash, 10_000, &r, now - 7200).unwrap().to_base64();
+    assert_eq!(code(&rail, &r, format_credential(&old, &pre)).await, "expired");
     // Unknown caveat, properly chained (fail closed).
     let tok = token_for(&rail, &r, 10_000);
     let foo = attenuate(&tok, &["foo=bar"]).unwrap();
-    assert_eq!(
-        code(&rail, &r, format_credential(&foo, &pre)).await,
-        "unknown_caveat"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&foo, &pre)).await, "unknown_caveat");
     let no_eq = attenuate(&tok, &["noequals"]).unwrap();
-    assert_eq!(
-        code(&rail, &r, format_credential(&no_eq, &pre)).await,
-        "unknown_caveat"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&no_eq, &pre)).await, "unknown_caveat");
     // Unknown identifier version: a properly signed macaroon with a version-1 identifier.
     let keys = DerivedRootKeys::new(&MASTER).unwrap();
     let id = Identifier::new(hash, [3; 32]);
     let mut idb = id.encode();
     idb[1] = 1;
     let m = farebox_l402::macaroon::OwnedMacaroon::new(&keys.root_key(&id).unwrap(), &idb, None);
-    assert_eq!(
-        code(&rail, &r, format_credential(&m.to_base64(), &pre)).await,
-        "unknown_version"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&m.to_base64(), &pre)).await, "unknown_version");
     // A third-party caveat in a token we signed.
-    let mut tp = Macaroon::decode(&decode_base64(&tok).unwrap())
-        .unwrap()
-        .to_owned();
+    let mut tp = Macaroon::decode(&decode_base64(&tok).unwrap()).unwrap().to_owned();
     tp.caveats.push(farebox_l402::macaroon::OwnedCaveat {
         location: Some(b"https://x".to_vec()),
         id: b"tp".to_vec(),
@@ -408,48 +317,27 @@ async fn attenuation_is_enforced() {
     let now = unix_now().unwrap();
     // An earlier expiry narrows the token: passes while it holds...
     let later = attenuate(&tok, &[format!("svc_valid_until={}", now + 60)]).unwrap();
-    verify(&rail, &r, format_credential(&later, &pre))
-        .await
-        .unwrap();
+    verify(&rail, &r, format_credential(&later, &pre)).await.unwrap();
     // ...and fails once it has passed, though the minted expiry is an hour away.
     let past = attenuate(&tok, &[format!("svc_valid_until={}", now - 1)]).unwrap();
-    assert_eq!(
-        code(&rail, &r, format_credential(&past, &pre)).await,
-        "expired"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&past, &pre)).await, "expired");
     // A later expiry cannot widen it: both are enforced.
     let widened = rail
         .verifier()
-        .mint_token(
-            arr32(&hex_field(&vectors(), "payment_hash")),
-            10_000,
-            &r,
-            now - 7200,
-        )
+        .mint_token(arr32(&hex_field(&vectors(), "payment_hash")), 10_000, &r, now - 7200)
         .unwrap()
         .to_base64();
     let widened = attenuate(&widened, &[format!("svc_valid_until={}", now + 86400)]).unwrap();
-    assert_eq!(
-        code(&rail, &r, format_credential(&widened, &pre)).await,
-        "expired"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&widened, &pre)).await, "expired");
     // Restricting the method to the one used passes; to another fails.
     let get = attenuate(&tok, &["farebox_method=GET"]).unwrap();
-    verify(&rail, &r, format_credential(&get, &pre))
-        .await
-        .unwrap();
+    verify(&rail, &r, format_credential(&get, &pre)).await.unwrap();
     let post = attenuate(&tok, &["farebox_method=POST"]).unwrap();
-    assert_eq!(
-        code(&rail, &r, format_credential(&post, &pre)).await,
-        "wrong_method"
-    );
+    assert_eq!(code(&rail, &r, format_credential(&post, &pre)).await, "wrong_method");
     // Claiming a larger amount does not inflate what was paid.
     let more = attenuate(&tok, &["farebox_amount_msat=99999999"]).unwrap();
     assert_eq!(
-        verify(&rail, &r, format_credential(&more, &pre))
-            .await
-            .unwrap()
-            .amount,
+        verify(&rail, &r, format_credential(&more, &pre)).await.unwrap().amount,
         Money::sats(10)
     );
 }

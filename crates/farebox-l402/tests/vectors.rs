@@ -18,10 +18,7 @@ fn identifier_and_hashes() {
     let id = Identifier::new(arr32(&payment_hash), arr32(&hex_field(&v, "token_id")));
     assert_eq!(id.encode().to_vec(), hex_field(&v, "identifier"));
     assert_eq!(Identifier::decode(&hex_field(&v, "identifier")), Ok(id));
-    assert_eq!(
-        Sha256::digest(id.encode()).to_vec(),
-        hex_field(&v, "identifier_sha256")
-    );
+    assert_eq!(Sha256::digest(id.encode()).to_vec(), hex_field(&v, "identifier_sha256"));
 }
 
 #[test]
@@ -32,12 +29,8 @@ fn hmac_chain() {
     assert_eq!(derive_key(&root).to_vec(), hex_field(&v, "derived_key"));
     let mut sig = hmac_sha256(&derive_key(&root), &ident);
     assert_eq!(sig.to_vec(), hex_field(&v, "sig0"));
-    let caveats: Vec<&str> = v["caveats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
+    let caveats: Vec<&str> =
+        v["caveats"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     for (c, expect) in caveats.iter().zip(v["chain"].as_array().unwrap()) {
         sig = hmac_sha256(&sig, c.as_bytes());
         assert_eq!(hex::encode(sig), expect.as_str().unwrap());
@@ -57,11 +50,8 @@ fn hmac_chain() {
 
 fn golden() -> OwnedMacaroon {
     let v = vectors();
-    let mut m = OwnedMacaroon::new(
-        &hex_field(&v, "root_key"),
-        &hex_field(&v, "identifier"),
-        Some(b"lsat"),
-    );
+    let mut m =
+        OwnedMacaroon::new(&hex_field(&v, "root_key"), &hex_field(&v, "identifier"), Some(b"lsat"));
     for c in v["caveats"].as_array().unwrap() {
         m.add_first_party_caveat(c.as_str().unwrap().as_bytes());
     }
@@ -97,10 +87,7 @@ fn paid_macaroon() {
         &[v["paid_caveat"].as_str().unwrap()],
     )
     .unwrap();
-    assert_eq!(
-        farebox_l402::macaroon::decode_base64(&att).unwrap(),
-        hex_field(&v, "paid_v2_hex")
-    );
+    assert_eq!(farebox_l402::macaroon::decode_base64(&att).unwrap(), hex_field(&v, "paid_v2_hex"));
 }
 
 #[test]

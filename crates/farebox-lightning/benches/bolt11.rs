@@ -11,14 +11,11 @@ use farebox_lightning::{DevNetwork, DevNode, InvoiceRequest, LightningBackend, p
 const SPEC_INVOICE: &str = "lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0xh8nhedh8w27kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh";
 
 fn bench(c: &mut Criterion) {
-    c.bench_function(
-        "parse_invoice (spec example 2, incl. signature recovery)",
-        |b| b.iter(|| parse_invoice(black_box(SPEC_INVOICE))),
-    );
+    c.bench_function("parse_invoice (spec example 2, incl. signature recovery)", |b| {
+        b.iter(|| parse_invoice(black_box(SPEC_INVOICE)))
+    });
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let network = DevNetwork::new();
     let node = DevNode::random(&network, 0);
     let request = InvoiceRequest {

@@ -37,10 +37,7 @@ pub struct CreatedInvoice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvoiceState {
     Open,
-    Settled {
-        preimage: Preimage,
-        amount_msat: u64,
-    },
+    Settled { preimage: Preimage, amount_msat: u64 },
     Expired,
     Unknown,
 }
@@ -68,6 +65,10 @@ pub enum LightningError {
     /// Payment attempted and failed (no route, rejected, already paid, …).
     #[error("payment failed: {0}")]
     PaymentFailed(String),
+    /// The payment was attempted but its outcome is not known (the node's answer was lost or
+    /// unreadable). Money may have left: callers must count it, not retry blindly.
+    #[error("payment outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// This backend does not do that (e.g. a receive-only node asked to pay).
     #[error("not supported by this backend: {0}")]
     Unsupported(&'static str),

@@ -63,11 +63,7 @@ pub enum Bolt11Error {
     Malformed(String),
     /// A fixed-length field (`p`, `h`, `s` 52 groups; `n` 53 groups) has another length.
     #[error("field `{field}` has data length {len}, expected {expected}")]
-    FieldLength {
-        field: char,
-        len: usize,
-        expected: usize,
-    },
+    FieldLength { field: char, len: usize, expected: usize },
     /// A mandatory field is absent.
     #[error("missing required field: {0}")]
     MissingField(&'static str),
@@ -206,17 +202,10 @@ fn check_fixed_field_lengths(signed: &SignedRawBolt11Invoice) -> Result<(), Bolt
         };
         let len = groups.len().saturating_sub(3);
         if len != expected {
-            return Err(Bolt11Error::FieldLength {
-                field: tag.to_char(),
-                len,
-                expected,
-            });
+            return Err(Bolt11Error::FieldLength { field: tag.to_char(), len, expected });
         }
         // Right length but still unparsed (cannot happen for these tags today): refuse too.
-        return Err(Bolt11Error::Malformed(format!(
-            "undecodable `{}` field",
-            tag.to_char()
-        )));
+        return Err(Bolt11Error::Malformed(format!("undecodable `{}` field", tag.to_char())));
     }
     Ok(())
 }
@@ -325,10 +314,8 @@ pub fn sign_invoice_with<C: Signing>(
             params.description.len()
         )));
     }
-    let expiry_secs = params
-        .expiry
-        .as_secs()
-        .saturating_add(u64::from(params.expiry.subsec_nanos() > 0));
+    let expiry_secs =
+        params.expiry.as_secs().saturating_add(u64::from(params.expiry.subsec_nanos() > 0));
     let mut builder = InvoiceBuilder::new(params.currency.clone())
         .description(params.description.clone())
         .payment_hash(sha256::Hash::from_byte_array(params.payment_hash))
@@ -339,9 +326,8 @@ pub fn sign_invoice_with<C: Signing>(
     if let Some(amount) = params.amount_msat {
         builder = builder.amount_milli_satoshis(amount);
     }
-    let invoice = builder
-        .build_signed(|msg| secp.sign_ecdsa_recoverable(msg, secret_key))
-        .map_err(|e| {
+    let invoice =
+        builder.build_signed(|msg| secp.sign_ecdsa_recoverable(msg, secret_key)).map_err(|e| {
             LightningError::InvalidRequest(match e {
                 CreationError::TimestampOutOfBounds => {
                     "timestamp outside BOLT11's 35-bit range".into()

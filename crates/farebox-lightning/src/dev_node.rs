@@ -70,8 +70,7 @@ struct InvoiceRecord {
 
 impl InvoiceRecord {
     fn is_expired(&self, now: SystemTime) -> bool {
-        now.duration_since(UNIX_EPOCH)
-            .is_ok_and(|now| now > Duration::from_secs(self.expires_at))
+        now.duration_since(UNIX_EPOCH).is_ok_and(|now| now > Duration::from_secs(self.expires_at))
     }
 }
 
@@ -96,9 +95,7 @@ impl DevNetwork {
     // Poisoning only follows a panic while locked, and no code here panics; recovering the
     // guard keeps even that case from cascading.
     fn lock(&self) -> MutexGuard<'_, NetworkState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The network's current time (frozen or system).
@@ -162,9 +159,7 @@ impl NetworkState {
     fn route_fee(&self, amount_msat: u64) -> u64 {
         let proportional =
             u128::from(amount_msat) * u128::from(self.fee_proportional_millionths) / 1_000_000;
-        u64::try_from(proportional)
-            .unwrap_or(u64::MAX)
-            .saturating_add(self.fee_base_msat)
+        u64::try_from(proportional).unwrap_or(u64::MAX).saturating_add(self.fee_base_msat)
     }
 }
 
@@ -184,9 +179,7 @@ struct NodeInner {
 impl fmt::Debug for DevNode {
     // Hand-written so the secret key never reaches a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevNode")
-            .field("pubkey", &self.inner.pubkey.to_string())
-            .finish()
+        f.debug_struct("DevNode").field("pubkey", &self.inner.pubkey.to_string()).finish()
     }
 }
 
@@ -200,23 +193,14 @@ impl DevNode {
         let secp = Secp256k1::new();
         let secret_key = derive_secret_key(&seed);
         let pubkey = PublicKey::from_secret_key(&secp, &secret_key);
-        network
-            .lock()
-            .nodes
-            .entry(pubkey)
-            .or_insert_with(|| NodeState {
-                balance_msat: opening_balance_msat,
-                available: true,
-                invoices: HashMap::new(),
-                sent: Vec::new(),
-            });
+        network.lock().nodes.entry(pubkey).or_insert_with(|| NodeState {
+            balance_msat: opening_balance_msat,
+            available: true,
+            invoices: HashMap::new(),
+            sent: Vec::new(),
+        });
         DevNode {
-            inner: Arc::new(NodeInner {
-                network: network.clone(),
-                secret_key,
-                pubkey,
-                secp,
-            }),
+            inner: Arc::new(NodeInner { network: network.clone(), secret_key, pubkey, secp }),
         }
     }
 
@@ -278,8 +262,7 @@ impl DevNode {
 
     /// Payments this node has made, in order.
     pub fn sent_payments(&self) -> Vec<PaymentOutcome> {
-        self.with_state(|_, node| node.sent.clone())
-            .unwrap_or_default()
+        self.with_state(|_, node| node.sent.clone()).unwrap_or_default()
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut NetworkState, &mut NodeState) -> R) -> Option<R> {
@@ -293,11 +276,7 @@ impl DevNode {
     }
 
     fn ensure_available(&self) -> Result<(), LightningError> {
-        if self.is_available() {
-            Ok(())
-        } else {
-            Err(unavailable())
-        }
+        if self.is_available() { Ok(()) } else { Err(unavailable()) }
     }
 }
 
@@ -330,9 +309,7 @@ impl LightningBackend for DevNode {
     ) -> Result<CreatedInvoice, LightningError> {
         self.ensure_available()?;
         if request.amount_msat == 0 {
-            return Err(LightningError::InvalidRequest(
-                "amount must be greater than zero".into(),
-            ));
+            return Err(LightningError::InvalidRequest("amount must be greater than zero".into()));
         }
         if request.memo.len() > MAX_DESCRIPTION_LEN {
             return Err(LightningError::InvalidRequest(format!(
@@ -341,9 +318,7 @@ impl LightningBackend for DevNode {
             )));
         }
         if request.expiry.is_zero() {
-            return Err(LightningError::InvalidRequest(
-                "expiry must be greater than zero".into(),
-            ));
+            return Err(LightningError::InvalidRequest("expiry must be greater than zero".into()));
         }
 
         let mut rng = rand::thread_rng();
@@ -367,14 +342,9 @@ impl LightningBackend for DevNode {
         // Sign outside the lock: it is the expensive part.
         let bolt11 = sign_invoice_with(&self.inner.secp, &params, &self.inner.secret_key)?;
 
-        let created_secs = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let expiry_secs = request
-            .expiry
-            .as_secs()
-            .saturating_add(u64::from(request.expiry.subsec_nanos() > 0));
+        let created_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let expiry_secs =
+            request.expiry.as_secs().saturating_add(u64::from(request.expiry.subsec_nanos() > 0));
         let record = InvoiceRecord {
             bolt11: bolt11.clone(),
             memo: request.memo,
@@ -390,19 +360,14 @@ impl LightningBackend for DevNode {
             }
             // 2^-256 odds, but a silent overwrite would lose a preimage; refuse instead.
             if node.invoices.contains_key(&payment_hash) {
-                return Err(LightningError::Unavailable(
-                    "payment hash collision, retry".into(),
-                ));
+                return Err(LightningError::Unavailable("payment hash collision, retry".into()));
             }
             node.invoices.insert(payment_hash, record);
             Ok(())
         })
         .unwrap_or_else(|| Err(unavailable()))?;
 
-        Ok(CreatedInvoice {
-            bolt11,
-            payment_hash,
-        })
+        Ok(CreatedInvoice { bolt11, payment_hash })
     }
 
     async fn invoice_state(
@@ -415,10 +380,9 @@ impl LightningBackend for DevNode {
             }
             Ok(match node.invoices.get(payment_hash) {
                 None => InvoiceState::Unknown,
-                Some(rec) if rec.settled_at.is_some() => InvoiceState::Settled {
-                    preimage: rec.preimage,
-                    amount_msat: rec.amount_msat,
-                },
+                Some(rec) if rec.settled_at.is_some() => {
+                    InvoiceState::Settled { preimage: rec.preimage, amount_msat: rec.amount_msat }
+                }
                 Some(rec) if rec.is_expired(network.now()) => InvoiceState::Expired,
                 Some(_) => InvoiceState::Open,
             })
@@ -437,15 +401,11 @@ impl LightningBackend for DevNode {
             )));
         }
         let Some(amount_msat) = invoice.amount_msat else {
-            return Err(LightningError::InvalidInvoice(
-                "amountless invoices are refused".into(),
-            ));
+            return Err(LightningError::InvalidInvoice("amountless invoices are refused".into()));
         };
         let payee_key = invoice.payee;
         if payee_key == self.inner.pubkey {
-            return Err(LightningError::PaymentFailed(
-                "refusing to pay own invoice".into(),
-            ));
+            return Err(LightningError::PaymentFailed("refusing to pay own invoice".into()));
         }
 
         let mut guard = self.inner.network.lock();
@@ -509,18 +469,12 @@ impl LightningBackend for DevNode {
         }
         let preimage = record.preimage;
         if payee.balance_msat.checked_add(amount_msat).is_none() {
-            return Err(LightningError::PaymentFailed(
-                "payee balance would overflow".into(),
-            ));
+            return Err(LightningError::PaymentFailed("payee balance would overflow".into()));
         }
 
         // Commit: all checks passed under this same lock, so none of these can fail.
-        let outcome = PaymentOutcome {
-            preimage,
-            payment_hash: invoice.payment_hash,
-            amount_msat,
-            fee_msat,
-        };
+        let outcome =
+            PaymentOutcome { preimage, payment_hash: invoice.payment_hash, amount_msat, fee_msat };
         if let Some(payee) = state.nodes.get_mut(&payee_key) {
             payee.balance_msat = payee.balance_msat.saturating_add(amount_msat);
             if let Some(rec) = payee.invoices.get_mut(&invoice.payment_hash) {
@@ -545,11 +499,7 @@ mod tests {
         let a = DevNode::new(&net, [0u8; 32], 5);
         let b = DevNode::new(&net, [0u8; 32], 99);
         assert_eq!(a.pubkey(), b.pubkey());
-        assert_eq!(
-            b.balance_msat(),
-            5,
-            "second handle keeps the existing node state"
-        );
+        assert_eq!(b.balance_msat(), 5, "second handle keeps the existing node state");
         assert_eq!(net.node_count(), 1);
         assert!(!format!("{a:?}").contains(&hex::encode(a.inner.secret_key.secret_bytes())));
     }

@@ -98,9 +98,5 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// an L402 verifier makes; constant time because the hash may be secret-derived state).
 pub fn preimage_matches(preimage: &Preimage, payment_hash: &PaymentHash) -> bool {
     let digest = sha256(preimage);
-    digest
-        .iter()
-        .zip(payment_hash.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    digest.iter().zip(payment_hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }

@@ -34,17 +34,11 @@ fn signed_invoice_round_trips() {
     assert_eq!(parsed.amount_msat, Some(123_456));
     assert_eq!(parsed.payment_hash, [7; 32]);
     assert_eq!(parsed.payment_secret, [9; 32]);
-    assert_eq!(
-        parsed.description,
-        InvoiceDescription::Direct("GET /v1/forecast".into())
-    );
+    assert_eq!(parsed.description, InvoiceDescription::Direct("GET /v1/forecast".into()));
     assert_eq!(parsed.timestamp, 1_700_000_000);
     assert_eq!(parsed.expiry, Duration::from_secs(91));
     assert_eq!(parsed.min_final_cltv_expiry_delta, 40);
-    assert_eq!(
-        parsed.payee,
-        PublicKey::from_secret_key(&Secp256k1::new(), &key())
-    );
+    assert_eq!(parsed.payee, PublicKey::from_secret_key(&Secp256k1::new(), &key()));
 
     // Upper case (QR form) is the same invoice.
     assert_eq!(parse_bolt11(&bolt11.to_uppercase()).unwrap(), parsed);
@@ -78,10 +72,7 @@ fn tampering_breaks_checksum() {
     let bolt11 = sign_invoice(&params, &key()).unwrap();
     // Change the amount in the HRP: checksum no longer matches.
     let tampered = bolt11.replacen("lnbcrt10n1", "lnbcrt20n1", 1);
-    assert!(matches!(
-        parse_bolt11(&tampered),
-        Err(Bolt11Error::Bech32(_))
-    ));
+    assert!(matches!(parse_bolt11(&tampered), Err(Bolt11Error::Bech32(_))));
 }
 
 #[test]
@@ -89,22 +80,13 @@ fn sign_refuses_bad_requests() {
     let mut params = InvoiceParams::new([1; 32], Some(1), "d".repeat(MAX_DESCRIPTION_LEN));
     assert!(sign_invoice(&params, &key()).is_ok());
     params.description.push('d');
-    assert!(matches!(
-        sign_invoice(&params, &key()),
-        Err(LightningError::InvalidRequest(_))
-    ));
+    assert!(matches!(sign_invoice(&params, &key()), Err(LightningError::InvalidRequest(_))));
 
     let mut params = InvoiceParams::new([1; 32], Some(21_000_001 * 100_000_000 * 1000), "too much");
-    assert!(matches!(
-        sign_invoice(&params, &key()),
-        Err(LightningError::InvalidRequest(_))
-    ));
+    assert!(matches!(sign_invoice(&params, &key()), Err(LightningError::InvalidRequest(_))));
     params.amount_msat = Some(1);
     params.timestamp = UNIX_EPOCH - Duration::from_secs(1);
-    assert!(matches!(
-        sign_invoice(&params, &key()),
-        Err(LightningError::InvalidRequest(_))
-    ));
+    assert!(matches!(sign_invoice(&params, &key()), Err(LightningError::InvalidRequest(_))));
 }
 
 proptest! {

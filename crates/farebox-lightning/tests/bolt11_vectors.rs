@@ -226,61 +226,30 @@ fn valid_vectors() -> Vec<Valid> {
 #[test]
 fn every_valid_spec_example_parses_with_documented_fields() {
     let vectors = valid_vectors();
-    assert_eq!(
-        vectors.len(),
-        15,
-        "16 spec examples minus the stale wrong-length-fields one"
-    );
+    assert_eq!(vectors.len(), 15, "16 spec examples minus the stale wrong-length-fields one");
     for v in vectors {
         let parsed = parse_bolt11(v.invoice).unwrap_or_else(|e| panic!("{}: {e}", v.name));
         assert_eq!(parsed.currency, v.currency, "{}", v.name);
         assert_eq!(parsed.amount_msat, v.amount_msat, "{}", v.name);
         assert_eq!(parsed.payment_hash, hash(v.payment_hash), "{}", v.name);
         assert_eq!(parsed.description, v.description, "{}", v.name);
-        assert_eq!(
-            parsed.payee.to_string(),
-            v.payee.unwrap_or(SPEC_PAYEE),
-            "{}",
-            v.name
-        );
+        assert_eq!(parsed.payee.to_string(), v.payee.unwrap_or(SPEC_PAYEE), "{}", v.name);
         assert_eq!(parsed.payment_secret, SPEC_SECRET, "{}", v.name);
         assert_eq!(parsed.timestamp, v.timestamp, "{}", v.name);
-        assert_eq!(
-            parsed.expiry,
-            Duration::from_secs(v.expiry_secs),
-            "{}",
-            v.name
-        );
-        assert_eq!(
-            parsed.min_final_cltv_expiry_delta, v.min_final_cltv,
-            "{}",
-            v.name
-        );
+        assert_eq!(parsed.expiry, Duration::from_secs(v.expiry_secs), "{}", v.name);
+        assert_eq!(parsed.min_final_cltv_expiry_delta, v.min_final_cltv, "{}", v.name);
         // All examples are from 2017/2019 with expiries of at most a week.
         assert!(parsed.is_expired(SystemTime::now()), "{}", v.name);
-        assert!(
-            !parsed.is_expired(UNIX_EPOCH + Duration::from_secs(v.timestamp)),
-            "{}",
-            v.name
-        );
+        assert!(!parsed.is_expired(UNIX_EPOCH + Duration::from_secs(v.timestamp)), "{}", v.name);
     }
 }
 
 #[test]
 fn network_follows_prefix() {
-    let testnet = valid_vectors()
-        .into_iter()
-        .find(|v| v.name.starts_with("testnet"))
-        .unwrap();
-    assert_eq!(
-        parse_bolt11(testnet.invoice).unwrap().network(),
-        bitcoin::Network::Testnet
-    );
+    let testnet = valid_vectors().into_iter().find(|v| v.name.starts_with("testnet")).unwrap();
+    assert_eq!(parse_bolt11(testnet.invoice).unwrap().network(), bitcoin::Network::Testnet);
     let mainnet = &valid_vectors()[0];
-    assert_eq!(
-        parse_bolt11(mainnet.invoice).unwrap().network(),
-        bitcoin::Network::Bitcoin
-    );
+    assert_eq!(parse_bolt11(mainnet.invoice).unwrap().network(), bitcoin::Network::Bitcoin);
 }
 
 #[test]
@@ -303,19 +272,8 @@ fn expiry_boundary_is_strictly_after() {
 fn stale_example_with_wrong_length_fields_is_refused_per_current_rule() {
     const IGNORED_FIELDS: &str = "lnbc25m1pvjluezpp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdq5vdhkven9v5sxyetpdeessp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygs9q5sqqqqqqqqqqqqqqqqsgq2qrqqqfppnqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqppnqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqpp4qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqhpnqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqhp4qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqspnqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqsp4qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqnp5qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqnpkqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqz599y53s3ujmcfjp5xrdap68qxymkqphwsexhmhr8wdz5usdzkzrse33chw6dlp3jhuhge9ley7j2ayx36kawe7kmgg8sv5ugdyusdcqzn8z9x";
     let err = parse_bolt11(IGNORED_FIELDS).unwrap_err();
-    assert_eq!(
-        err,
-        Bolt11Error::FieldLength {
-            field: 'p',
-            len: 51,
-            expected: 52
-        }
-    );
-    assert!(
-        IGNORED_FIELDS
-            .parse::<lightning_invoice::Bolt11Invoice>()
-            .is_ok()
-    );
+    assert_eq!(err, Bolt11Error::FieldLength { field: 'p', len: 51, expected: 52 });
+    assert!(IGNORED_FIELDS.parse::<lightning_invoice::Bolt11Invoice>().is_ok());
 }
 
 #[test]
@@ -372,24 +330,13 @@ fn every_invalid_spec_example_is_refused_for_its_reason() {
             "lnbc25m1p70xwfzpp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdpl2pkx2ctnv5sxxmmwwd5kgetjypeh2ursdae8g6twvus8g6rfwvs8qun0dfjkxaqnp4q0n326hr8v9zprg8gsvezcch06gfaqqhde2aj730yg0durunfhv66sp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygs9qrsgqsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygsp5cfzp9ugllvk03rltd6hvndxj26ux6gcxc5azyxk060rj9tzghct5zvjlps76gx8wpq5yuu79688k8gnm2c0al6v608s96l0xzrrlqqwnzxmu",
             // This example also carries a second `s` field, which lightning-invoice checks before the
             // signature; `high_s_signature_with_n_field_is_refused` covers the signature reason.
-            |e| {
-                matches!(
-                    e,
-                    Bolt11Error::Signature(_) | Bolt11Error::DuplicateField(_)
-                )
-            },
+            |e| matches!(e, Bolt11Error::Signature(_) | Bolt11Error::DuplicateField(_)),
         ),
     ];
     for (name, invoice, check) in cases {
         let err = parse_bolt11(invoice).expect_err(name);
         assert!(check(&err), "{name}: wrong reason: {err:?}");
-        assert!(
-            matches!(
-                parse_invoice(invoice),
-                Err(LightningError::InvalidInvoice(_))
-            ),
-            "{name}"
-        );
+        assert!(matches!(parse_invoice(invoice), Err(LightningError::InvalidInvoice(_))), "{name}");
     }
 }
 
@@ -426,10 +373,7 @@ fn negate_scalar(s: &[u8]) -> [u8; 32] {
 fn high_s_signature_with_n_field_is_refused() {
     let spec_vector = "lnbc25m1p70xwfzpp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdpl2pkx2ctnv5sxxmmwwd5kgetjypeh2ursdae8g6twvus8g6rfwvs8qun0dfjkxaqnp4q0n326hr8v9zprg8gsvezcch06gfaqqhde2aj730yg0durunfhv66sp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygs9qrsgqsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygsp5cfzp9ugllvk03rltd6hvndxj26ux6gcxc5azyxk060rj9tzghct5zvjlps76gx8wpq5yuu79688k8gnm2c0al6v608s96l0xzrrlqqwnzxmu";
     let raw: lightning_invoice::SignedRawBolt11Invoice = spec_vector.parse().unwrap();
-    assert!(
-        !raw.check_signature(),
-        "the spec's high-S signature must not verify against `n`"
-    );
+    assert!(!raw.check_signature(), "the spec's high-S signature must not verify against `n`");
 
     // And a clean one: an otherwise valid invoice with `n`, signed, then malleated to high-S.
     use bitcoin::hashes::{Hash, sha256};

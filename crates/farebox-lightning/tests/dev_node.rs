@@ -9,11 +9,7 @@ use farebox_lightning::{
 };
 
 fn request(amount_msat: u64, expiry: Duration) -> InvoiceRequest {
-    InvoiceRequest {
-        amount_msat,
-        memo: "GET /weather".into(),
-        expiry,
-    }
+    InvoiceRequest { amount_msat, memo: "GET /weather".into(), expiry }
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -26,21 +22,14 @@ async fn create_pay_settle_end_to_end() {
     assert_ne!(server.pubkey(), wallet.pubkey());
 
     let invoice = server.create_invoice(request(21_000, HOUR)).await.unwrap();
-    assert!(
-        invoice.bolt11.starts_with("lnbcrt210n1"),
-        "{}",
-        invoice.bolt11
-    );
+    assert!(invoice.bolt11.starts_with("lnbcrt210n1"), "{}", invoice.bolt11);
     // A real, signed BOLT11 invoice from the server's key.
     let parsed = parse_invoice(&invoice.bolt11).unwrap();
     assert_eq!(parsed.payee, server.pubkey());
     assert_eq!(parsed.payment_hash, invoice.payment_hash);
     assert_eq!(parsed.amount_msat, Some(21_000));
     assert_eq!(parsed.currency, Currency::Regtest);
-    assert_eq!(
-        server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Open
-    );
+    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
 
     let paid = wallet.pay(&invoice.bolt11, 0).await.unwrap();
     assert_eq!(sha256(&paid.preimage), invoice.payment_hash);
@@ -50,10 +39,7 @@ async fn create_pay_settle_end_to_end() {
 
     assert_eq!(
         server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Settled {
-            preimage: paid.preimage,
-            amount_msat: 21_000
-        }
+        InvoiceState::Settled { preimage: paid.preimage, amount_msat: 21_000 }
     );
     assert_eq!(server.balance_msat(), 21_000);
     assert_eq!(wallet.balance_msat(), 79_000);
@@ -69,21 +55,12 @@ async fn create_pay_settle_end_to_end() {
         matches!(&again, LightningError::PaymentFailed(m) if m.contains("already paid")),
         "{again}"
     );
-    assert_eq!(
-        (server.balance_msat(), wallet.balance_msat()),
-        (21_000, 79_000)
-    );
+    assert_eq!((server.balance_msat(), wallet.balance_msat()), (21_000, 79_000));
 
     // Unknown hashes are Unknown, not errors.
-    assert_eq!(
-        server.invoice_state(&[0; 32]).await.unwrap(),
-        InvoiceState::Unknown
-    );
+    assert_eq!(server.invoice_state(&[0; 32]).await.unwrap(), InvoiceState::Unknown);
     // A payer does not know the payee's invoices.
-    assert_eq!(
-        wallet.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Unknown
-    );
+    assert_eq!(wallet.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Unknown);
 }
 
 #[tokio::test]
@@ -145,31 +122,16 @@ async fn expired_invoice_is_refused() {
     let server = DevNode::random(&network, 0);
     let wallet = DevNode::random(&network, 100_000);
 
-    let invoice = server
-        .create_invoice(request(1_000, Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(
-        parse_invoice(&invoice.bolt11).unwrap().timestamp,
-        1_800_000_000
-    );
+    let invoice = server.create_invoice(request(1_000, Duration::from_secs(60))).await.unwrap();
+    assert_eq!(parse_invoice(&invoice.bolt11).unwrap().timestamp, 1_800_000_000);
 
     network.advance_time(Duration::from_secs(60));
-    assert_eq!(
-        server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Open
-    );
+    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
 
     network.advance_time(Duration::from_secs(1));
-    assert_eq!(
-        server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Expired
-    );
+    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Expired);
     let err = wallet.pay(&invoice.bolt11, 0).await.unwrap_err();
-    assert!(
-        matches!(&err, LightningError::InvalidInvoice(m) if m.contains("expired")),
-        "{err}"
-    );
+    assert!(matches!(&err, LightningError::InvalidInvoice(m) if m.contains("expired")), "{err}");
     assert_eq!((server.balance_msat(), wallet.balance_msat()), (0, 100_000));
 }
 
@@ -181,10 +143,7 @@ async fn invoice_with_old_timestamp_is_refused_on_system_clock() {
     let wallet = DevNode::random(&network, 100_000);
     let invoice = server.create_invoice(request(1_000, HOUR)).await.unwrap();
     network.use_system_time();
-    assert!(matches!(
-        wallet.pay(&invoice.bolt11, 0).await,
-        Err(LightningError::InvalidInvoice(_))
-    ));
+    assert!(matches!(wallet.pay(&invoice.bolt11, 0).await, Err(LightningError::InvalidInvoice(_))));
 }
 
 #[tokio::test]
@@ -196,15 +155,9 @@ async fn node_on_another_network_cannot_pay() {
     let invoice = server.create_invoice(request(1_000, HOUR)).await.unwrap();
 
     let err = stranger.pay(&invoice.bolt11, 0).await.unwrap_err();
-    assert!(
-        matches!(&err, LightningError::PaymentFailed(m) if m.contains("no route")),
-        "{err}"
-    );
+    assert!(matches!(&err, LightningError::PaymentFailed(m) if m.contains("no route")), "{err}");
     assert_eq!(stranger.balance_msat(), 100_000);
-    assert_eq!(
-        server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Open
-    );
+    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
     assert!(!elsewhere.contains(&server.pubkey()));
 }
 
@@ -221,10 +174,7 @@ async fn forged_invoices_are_refused() {
     let mut params = InvoiceParams::new(real.payment_hash, Some(1_000), "forged");
     params.payment_secret = real_parsed.payment_secret;
     let forged = sign_invoice(&params, &key).unwrap();
-    assert!(matches!(
-        wallet.pay(&forged, 0).await,
-        Err(LightningError::PaymentFailed(_))
-    ));
+    assert!(matches!(wallet.pay(&forged, 0).await, Err(LightningError::PaymentFailed(_))));
 
     // A corrupted invoice (one signature character changed) fails the bech32 checksum.
     // (Swap in a character that differs from the one there, or the "corruption" is a no-op.)
@@ -233,14 +183,8 @@ async fn forged_invoices_are_refused() {
     let swap = if &bolt11[at..at + 1] == "q" { "p" } else { "q" };
     bolt11.replace_range(at..at + 1, swap);
     assert_ne!(bolt11, real.bolt11);
-    assert!(matches!(
-        wallet.pay(&bolt11, 0).await,
-        Err(LightningError::InvalidInvoice(_))
-    ));
-    assert!(matches!(
-        wallet.pay("garbage", 0).await,
-        Err(LightningError::InvalidInvoice(_))
-    ));
+    assert!(matches!(wallet.pay(&bolt11, 0).await, Err(LightningError::InvalidInvoice(_))));
+    assert!(matches!(wallet.pay("garbage", 0).await, Err(LightningError::InvalidInvoice(_))));
     assert_eq!(wallet.balance_msat(), 100_000);
 }
 
@@ -253,25 +197,14 @@ async fn refusals() {
     // Zero amount, oversize memo, zero expiry.
     for bad in [
         request(0, HOUR),
-        InvoiceRequest {
-            amount_msat: 1,
-            memo: "m".repeat(640),
-            expiry: HOUR,
-        },
+        InvoiceRequest { amount_msat: 1, memo: "m".repeat(640), expiry: HOUR },
         request(1, Duration::ZERO),
     ] {
-        assert!(matches!(
-            server.create_invoice(bad).await,
-            Err(LightningError::InvalidRequest(_))
-        ));
+        assert!(matches!(server.create_invoice(bad).await, Err(LightningError::InvalidRequest(_))));
     }
     assert!(
         server
-            .create_invoice(InvoiceRequest {
-                amount_msat: 1,
-                memo: "m".repeat(639),
-                expiry: HOUR
-            })
+            .create_invoice(InvoiceRequest { amount_msat: 1, memo: "m".repeat(639), expiry: HOUR })
             .await
             .is_ok()
     );
@@ -288,26 +221,17 @@ async fn refusals() {
     let key = bitcoin::secp256k1::SecretKey::from_slice(&[0x44; 32]).unwrap();
     let amountless = sign_invoice(&InvoiceParams::new([0; 32], None, "tip"), &key).unwrap();
     let err = poor.pay(&amountless, 0).await.unwrap_err();
-    assert!(
-        matches!(&err, LightningError::InvalidInvoice(m) if m.contains("amountless")),
-        "{err}"
-    );
+    assert!(matches!(&err, LightningError::InvalidInvoice(m) if m.contains("amountless")), "{err}");
 
     // Mainnet invoice on a regtest network.
     let mut params = InvoiceParams::new([0; 32], Some(10), "mainnet");
     params.currency = Currency::Bitcoin;
     let mainnet = sign_invoice(&params, &key).unwrap();
-    assert!(matches!(
-        poor.pay(&mainnet, 0).await,
-        Err(LightningError::InvalidInvoice(_))
-    ));
+    assert!(matches!(poor.pay(&mainnet, 0).await, Err(LightningError::InvalidInvoice(_))));
 
     // Own invoice.
     let own = poor.create_invoice(request(10, HOUR)).await.unwrap();
-    assert!(matches!(
-        poor.pay(&own.bolt11, 0).await,
-        Err(LightningError::PaymentFailed(_))
-    ));
+    assert!(matches!(poor.pay(&own.bolt11, 0).await, Err(LightningError::PaymentFailed(_))));
     assert_eq!(poor.balance_msat(), 999);
 }
 
@@ -320,10 +244,7 @@ async fn routing_fee_respects_max_fee() {
     let invoice = server.create_invoice(request(100_000, HOUR)).await.unwrap();
 
     let err = wallet.pay(&invoice.bolt11, 1_999).await.unwrap_err();
-    assert!(
-        matches!(&err, LightningError::PaymentFailed(m) if m.contains("max_fee")),
-        "{err}"
-    );
+    assert!(matches!(&err, LightningError::PaymentFailed(m) if m.contains("max_fee")), "{err}");
     assert_eq!(wallet.balance_msat(), 200_000);
 
     let paid = wallet.pay(&invoice.bolt11, 2_000).await.unwrap();
@@ -356,15 +277,9 @@ async fn unavailable_node_fails_closed() {
         server.invoice_state(&invoice.payment_hash).await,
         Err(LightningError::Unavailable(_))
     ));
-    assert!(matches!(
-        server.pay(&invoice.bolt11, 0).await,
-        Err(LightningError::Unavailable(_))
-    ));
+    assert!(matches!(server.pay(&invoice.bolt11, 0).await, Err(LightningError::Unavailable(_))));
     // Paying an offline node fails on the payer's side without moving funds.
-    assert!(matches!(
-        wallet.pay(&invoice.bolt11, 0).await,
-        Err(LightningError::PaymentFailed(_))
-    ));
+    assert!(matches!(wallet.pay(&invoice.bolt11, 0).await, Err(LightningError::PaymentFailed(_))));
     assert_eq!(wallet.balance_msat(), 100_000);
 
     wallet.set_available(false);
@@ -375,10 +290,7 @@ async fn unavailable_node_fails_closed() {
 
     server.set_available(true);
     wallet.set_available(true);
-    assert_eq!(
-        server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Open
-    );
+    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
     assert!(wallet.pay(&invoice.bolt11, 0).await.is_ok());
 }
 
@@ -387,8 +299,5 @@ async fn works_as_a_trait_object() {
     let network = DevNetwork::new();
     let backend: Arc<dyn LightningBackend> = Arc::new(DevNode::random(&network, 0));
     let invoice = backend.create_invoice(request(1, HOUR)).await.unwrap();
-    assert_eq!(
-        backend.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Open
-    );
+    assert_eq!(backend.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
 }

@@ -46,10 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/fortune",
             get(|Extension(paid): Extension<Paid>| async move {
-                format!(
-                    "You will find {} well spent. (paid over {})\n",
-                    paid.amount, paid.rail
-                )
+                format!("You will find {} well spent. (paid over {})\n", paid.amount, paid.rail)
             }),
         )
         .layer(PaywallLayer::new(paywall));
@@ -71,22 +68,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ledger = payer.ledger();
     let client = farebox_client::paying_client(reqwest::Client::new(), payer);
     let paid = client.get(&url).send().await?;
-    println!(
-        "with payment: {} {}",
-        paid.status(),
-        paid.text().await?.trim()
-    );
+    println!("with payment: {} {}", paid.status(), paid.text().await?.trim());
     println!(
         "ledger: {:?}",
-        ledger
-            .entries()
-            .iter()
-            .map(|e| e.amount.to_string())
-            .collect::<Vec<_>>()
+        ledger.entries().iter().map(|e| e.amount.to_string()).collect::<Vec<_>>()
     );
-    println!(
-        "server node balance: {}",
-        Money::msats(server_node.balance_msat())
-    );
+    println!("server node balance: {}", Money::msats(server_node.balance_msat()));
     Ok(())
 }

@@ -33,9 +33,7 @@ pub struct PaywallLayer {
 
 impl PaywallLayer {
     pub fn new(paywall: Paywall) -> Self {
-        PaywallLayer {
-            paywall: Arc::new(paywall),
-        }
+        PaywallLayer { paywall: Arc::new(paywall) }
     }
 
     pub fn shared(paywall: Arc<Paywall>) -> Self {
@@ -47,10 +45,7 @@ impl<S> Layer<S> for PaywallLayer {
     type Service = PaywallService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PaywallService {
-            inner,
-            paywall: self.paywall.clone(),
-        }
+        PaywallService { inner, paywall: self.paywall.clone() }
     }
 }
 
@@ -169,11 +164,7 @@ struct Held {
 
 impl Held {
     fn new(rail: Arc<dyn Rail>, resource: Resource, payment: Verified) -> Self {
-        Held {
-            rail,
-            resource,
-            payment: Some(payment),
-        }
+        Held { rail, resource, payment: Some(payment) }
     }
 
     /// Takes the payment out for settlement.

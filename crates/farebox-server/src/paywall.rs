@@ -22,20 +22,14 @@ pub struct Paywall {
 /// What the layer should do with a priced request.
 pub(crate) enum Decision {
     /// A rail verified a credential: serve, then settle with that rail.
-    Serve {
-        rail: Arc<dyn Rail>,
-        payment: farebox_core::Verified,
-    },
+    Serve { rail: Arc<dyn Rail>, payment: farebox_core::Verified },
     /// Answer without calling the handler (a 402, 400 or 503).
     Refuse(http::Response<Vec<u8>>),
 }
 
 impl Paywall {
     pub fn builder() -> PaywallBuilder {
-        PaywallBuilder {
-            rails: Vec::new(),
-            routes: Vec::new(),
-        }
+        PaywallBuilder { rails: Vec::new(), routes: Vec::new() }
     }
 
     /// The resource a request is for, if a route prices it.
@@ -62,14 +56,10 @@ impl Paywall {
         if name == http::header::AUTHORIZATION {
             let scheme = farebox_core::auth::scheme_of_bytes(value.as_bytes());
             return self.rails.iter().any(|r| {
-                r.auth_schemes()
-                    .iter()
-                    .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+                r.auth_schemes().iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
             });
         }
-        self.rails
-            .iter()
-            .any(|r| r.credential_headers().contains(name))
+        self.rails.iter().any(|r| r.credential_headers().contains(name))
     }
 
     /// The configured rails, in challenge order.
@@ -240,9 +230,6 @@ impl PaywallBuilder {
                 }
             }
         }
-        Ok(Paywall {
-            rails: self.rails,
-            routes: self.routes,
-        })
+        Ok(Paywall { rails: self.rails, routes: self.routes })
     }
 }

@@ -35,10 +35,7 @@ pub struct RouteError {
 impl PricedRoute {
     /// A route for `method` (`None`: any method) and `pattern`.
     pub fn new(method: Option<Method>, pattern: &str, price: Price) -> Result<Self, RouteError> {
-        let err = |reason| RouteError {
-            pattern: pattern.to_string(),
-            reason,
-        };
+        let err = |reason| RouteError { pattern: pattern.to_string(), reason };
         if !pattern.starts_with('/') {
             return Err(err("must start with '/'"));
         }
@@ -86,11 +83,7 @@ impl PricedRoute {
         if !method_matches {
             return false;
         }
-        let path = if path.len() > 1 {
-            path.strip_suffix('/').unwrap_or(path)
-        } else {
-            path
-        };
+        let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
         match self.pattern.strip_suffix("/*") {
             Some(prefix) => {
                 path == prefix
@@ -165,28 +158,13 @@ mod tests {
         );
 
         assert!(route(None, "/*").matches(&Method::GET, "/anything/at/all"));
-        assert!(
-            exact.matches(&Method::GET, "/quote/"),
-            "a trailing slash is the same route"
-        );
-        assert!(
-            exact.matches(&Method::HEAD, "/quote"),
-            "HEAD is priced like GET"
-        );
+        assert!(exact.matches(&Method::GET, "/quote/"), "a trailing slash is the same route");
+        assert!(exact.matches(&Method::HEAD, "/quote"), "HEAD is priced like GET");
     }
 
     #[test]
     fn only_canonical_paths_pass() {
-        for ok in [
-            "/",
-            "/a",
-            "/a/",
-            "/a/b.json",
-            "/caf%C3%A9",
-            "/a%20b",
-            "/..a/b.",
-            "/%25",
-        ] {
+        for ok in ["/", "/a", "/a/", "/a/b.json", "/caf%C3%A9", "/a%20b", "/..a/b.", "/%25"] {
             assert_eq!(check_canonical(ok), Ok(()), "{ok}");
         }
         for bad in [

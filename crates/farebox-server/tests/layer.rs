@@ -95,18 +95,12 @@ impl Rail for TestRail {
                 reference: "ref-1".into(),
                 state: Box::new(()),
             }),
-            _ => Err(PaymentError::invalid(
-                "test_bad_proof",
-                "the proof is not 'paid'",
-            )),
+            _ => Err(PaymentError::invalid("test_bad_proof", "the proof is not 'paid'")),
         }
     }
     async fn settle(&self, _r: &Resource, v: Verified) -> Result<Receipt, PaymentError> {
         if !self.settle_ok.load(Ordering::SeqCst) {
-            return Err(PaymentError::invalid(
-                "settlement_failed",
-                "the test settlement failed",
-            ));
+            return Err(PaymentError::invalid("settlement_failed", "the test settlement failed"));
         }
         self.settled.fetch_add(1, Ordering::SeqCst);
         Ok(Receipt {
@@ -146,11 +140,7 @@ fn fixture(timing: SettleTiming) -> Fixture {
     let paywall = Paywall::builder()
         .rail(sats.clone())
         .rail(usd.clone())
-        .route(
-            PricedRoute::new(Some(Method::GET), "/paid/*", price)
-                .unwrap()
-                .settle(timing),
-        )
+        .route(PricedRoute::new(Some(Method::GET), "/paid/*", price).unwrap().settle(timing))
         .build()
         .unwrap();
     let handler_calls = Arc::new(AtomicUsize::new(0));
@@ -173,12 +163,7 @@ fn fixture(timing: SettleTiming) -> Fixture {
             }),
         )
         .layer(PaywallLayer::new(paywall));
-    Fixture {
-        app,
-        sats,
-        usd,
-        handler_calls,
-    }
+    Fixture { app, sats, usd, handler_calls }
 }
 
 async fn send(app: &Router, path: &str, auth: &[&str]) -> (StatusCode, http::HeaderMap, Vec<u8>) {
@@ -186,11 +171,7 @@ async fn send(app: &Router, path: &str, auth: &[&str]) -> (StatusCode, http::Hea
     for a in auth {
         req = req.header("authorization", *a);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     let (parts, body) = res.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
     (parts.status, parts.headers, bytes)
@@ -213,11 +194,8 @@ async fn one_402_carries_every_rails_challenge() {
     let f = fixture(SettleTiming::AfterResponse);
     let (status, headers, body) = send(&f.app, "/paid/ok", &[]).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
-    let lines: Vec<_> = headers
-        .get_all("www-authenticate")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
+    let lines: Vec<_> =
+        headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
     assert_eq!(lines, ["Sats amount=\"10000\"", "Usd amount=\"10000\""]);
     assert_eq!(headers.get_all("x-test-rail").iter().count(), 2);
     assert_eq!(headers["content-type"], "application/problem+json");
@@ -249,10 +227,7 @@ async fn an_invalid_credential_gets_a_fresh_402_saying_why() {
     assert_eq!(headers.get_all("www-authenticate").iter().count(), 2);
     let problem = json(&body);
     assert_eq!(problem["code"], "test_bad_proof");
-    assert_eq!(
-        problem["type"],
-        "https://farebox.dev/problems/test_bad_proof"
-    );
+    assert_eq!(problem["type"], "https://farebox.dev/problems/test_bad_proof");
     assert_eq!(problem["detail"], "the proof is not 'paid'");
     assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
 }
@@ -296,11 +271,7 @@ async fn a_rail_that_cannot_challenge_leaves_the_others_offered() {
 
     f.usd.up.store(false, Ordering::SeqCst);
     let (status, headers, _) = send(&f.app, "/paid/ok", &[]).await;
-    assert_eq!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no rail can offer: refuse, never free"
-    );
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no rail can offer: refuse, never free");
     assert!(headers.contains_key("retry-after"));
 }
 
@@ -391,9 +362,7 @@ async fn a_trailing_slash_does_not_dodge_an_exact_route() {
         .route(PricedRoute::new(Some(Method::GET), "/exact", Price::one(Money::sats(1))).unwrap())
         .build()
         .unwrap();
-    let app = Router::new()
-        .fallback(|| async { "content" })
-        .layer(PaywallLayer::new(paywall));
+    let app = Router::new().fallback(|| async { "content" }).layer(PaywallLayer::new(paywall));
     let (status, _, _) = send(&app, "/exact/", &[]).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
 }
@@ -444,10 +413,7 @@ async fn a_reservation_is_released_when_the_handler_errors_or_is_dropped() {
         .build()
         .unwrap();
     let svc = tower::Layer::layer(&PaywallLayer::new(paywall), Failing);
-    let req = Request::get("/x")
-        .header("authorization", "Sats paid")
-        .body(Body::empty())
-        .unwrap();
+    let req = Request::get("/x").header("authorization", "Sats paid").body(Body::empty()).unwrap();
     assert!(svc.oneshot(req).await.is_err());
     // The release runs on a spawned task when the call is abandoned; give it a moment.
     for _ in 0..50 {

@@ -41,44 +41,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .observe(narrate);
     let ledger = payer.ledger();
     let client = farebox_client::paying_client(
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         payer,
     );
 
     step(1, "A free route passes straight through");
     request(&client, &format!("{base}/health")).await?;
 
-    step(
-        2,
-        "A priced route: the server answers 402, the client pays the invoice and retries",
-    );
+    step(2, "A priced route: the server answers 402, the client pays the invoice and retries");
     request(&client, &format!("{base}/joke")).await?;
 
-    step(
-        3,
-        "The L402 token is reusable: the same route again costs nothing more",
-    );
+    step(3, "The L402 token is reusable: the same route again costs nothing more");
     request(&client, &format!("{base}/joke")).await?;
 
-    step(
-        4,
-        "Another route has its own price (tokens are scoped to the route they bought)",
-    );
+    step(4, "Another route has its own price (tokens are scoped to the route they bought)");
     request(&client, &format!("{base}/weather/lisbon")).await?;
     request(&client, &format!("{base}/weather/oslo")).await?;
 
-    step(
-        5,
-        "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402",
-    );
+    step(5, "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402");
     forged(&base).await?;
 
-    step(
-        6,
-        "A price above the budget is refused before any payment is made",
-    );
+    step(6, "A price above the budget is refused before any payment is made");
     match client.get(format!("{base}/premium")).send().await {
         Err(e) => match ClientError::from_middleware(&e) {
             Some(err @ ClientError::OverBudget { .. }) => {
@@ -102,12 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     let spent = budget.spent(&Asset::Bitcoin);
-    println!(
-        "    {} payments, {} spent of a {} budget",
-        entries.len(),
-        spent,
-        Money::sats(500)
-    );
+    println!("    {} payments, {} spent of a {} budget", entries.len(), spent, Money::sats(500));
     println!(
         "    wallet balance {} → {}; server node received {}",
         Money::sats(stack::WALLET_OPENING_SATS),
@@ -115,10 +93,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Money::msats(stack.server_node.balance_msat()),
     );
     let expected = Money::sats(10 + 25);
-    anyhow::ensure!(
-        spent == expected,
-        "the demo should have spent {expected}, spent {spent}"
-    );
+    anyhow::ensure!(spent == expected, "the demo should have spent {expected}, spent {spent}");
     println!(
         "\nDone: every proof above was checked by math (sha256 of the preimage, the macaroon's HMAC chain), not by an API key."
     );
@@ -131,18 +106,10 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     heading(&stack);
     println!("  dev wallet API  http://{wallet}  (pays invoices of this dev network)\n");
     println!("Try it from another terminal:");
-    println!(
-        "    farebox pay http://{}/joke --wallet http://{wallet}",
-        stack.server
-    );
-    println!(
-        "    curl -i http://{}/joke      # the raw 402\n",
-        stack.server
-    );
+    println!("    farebox pay http://{}/joke --wallet http://{wallet}", stack.server);
+    println!("    curl -i http://{}/joke      # the raw 402\n", stack.server);
     println!("Ctrl-C stops.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     Ok(())
 }
 
@@ -151,14 +118,8 @@ fn heading(stack: &Stack) {
     println!(
         "(embedded Lightning dev node on regtest: real BOLT11 signatures and preimages, simulated routing)\n"
     );
-    println!(
-        "  upstream API    http://{}  (free; the thing being sold)",
-        stack.upstream
-    );
-    println!(
-        "  paid server     http://{}  (farebox paywall in front of it)",
-        stack.server
-    );
+    println!("  upstream API    http://{}  (free; the thing being sold)", stack.upstream);
+    println!("  paid server     http://{}  (farebox paywall in front of it)", stack.server);
     for (method, pattern, sats) in stack::PRICES {
         println!("                    {method} {pattern:<12} {sats} sat");
     }
@@ -178,11 +139,7 @@ async fn request(
     url: &str,
 ) -> anyhow::Result<()> {
     println!("    → GET {url}");
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let response = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     println!("    ← {status}  {}", body.trim());
@@ -209,21 +166,10 @@ async fn forged(base: &str) -> anyhow::Result<()> {
         .context("empty challenge")?;
     let parsed = farebox_l402::parse_challenge(&challenge)?;
     let forged = farebox_l402::format_credential(&parsed.macaroon, &[0x42; 32]);
-    println!(
-        "    → GET {url}  Authorization: L402 {}…:4242…",
-        &parsed.macaroon[..12]
-    );
-    let response = http
-        .get(&url)
-        .header("authorization", forged)
-        .send()
-        .await?;
+    println!("    → GET {url}  Authorization: L402 {}…:4242…", &parsed.macaroon[..12]);
+    let response = http.get(&url).header("authorization", forged).send().await?;
     let status = response.status();
-    let challenges = response
-        .headers()
-        .get_all("www-authenticate")
-        .iter()
-        .count();
+    let challenges = response.headers().get_all("www-authenticate").iter().count();
     let problem: serde_json::Value = response.json().await.unwrap_or_default();
     println!(
         "    ← {status}  {} ({}), {challenges} fresh challenges",
@@ -240,9 +186,7 @@ fn narrate(event: &Event) {
         Event::ReusingProof { rail, .. } => {
             println!("    · sending the saved {rail} token up front")
         }
-        Event::PaymentRequired {
-            challenges, offers, ..
-        } => {
+        Event::PaymentRequired { challenges, offers, .. } => {
             println!("    ← 402 Payment Required");
             for c in challenges {
                 println!("        WWW-Authenticate: {}", abbreviate(c));
@@ -253,10 +197,7 @@ fn narrate(event: &Event) {
         }
         Event::Paying { rail, price, .. } => println!("    · paying {price} over {rail}"),
         Event::Paid { fee, reference, .. } => {
-            println!(
-                "    · paid: preimage received, payment hash {} (fee {fee})",
-                short(reference)
-            )
+            println!("    · paid: preimage received, payment hash {} (fee {fee})", short(reference))
         }
         Event::Retrying { .. } => {
             println!("    → retrying with Authorization: L402 <macaroon>:<preimage>")
@@ -266,20 +207,20 @@ fn narrate(event: &Event) {
     }
 }
 
-/// Shortens long base64 and invoice values in a challenge line for reading.
+/// Shortens long quoted values (base64, invoices) in a challenge line for reading.
 fn abbreviate(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    for part in line.split('"').enumerate() {
-        let (i, text) = part;
-        if i % 2 == 1 && text.len() > 28 {
+    for (i, text) in line.split('"').enumerate() {
+        let chars: Vec<char> = text.chars().collect();
+        if i % 2 == 1 {
             out.push('"');
-            out.push_str(&text[..20]);
-            out.push('…');
-            out.push_str(&text[text.len() - 6..]);
-            out.push('"');
-        } else if i % 2 == 1 {
-            out.push('"');
-            out.push_str(text);
+            if chars.len() > 28 {
+                out.extend(&chars[..20]);
+                out.push('…');
+                out.extend(&chars[chars.len() - 6..]);
+            } else {
+                out.push_str(text);
+            }
             out.push('"');
         } else {
             out.push_str(text);
@@ -289,9 +230,8 @@ fn abbreviate(line: &str) -> String {
 }
 
 fn short(hex: &str) -> String {
-    if hex.len() > 16 {
-        format!("{}…", &hex[..16])
-    } else {
-        hex.to_string()
+    match hex.char_indices().nth(16) {
+        Some((cut, _)) => format!("{}…", &hex[..cut]),
+        None => hex.to_string(),
     }
 }

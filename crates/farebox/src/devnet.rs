@@ -20,10 +20,7 @@ use serde_json::{Value, json};
 
 /// The routes of the dev wallet API, paying from `wallet`.
 pub fn router(wallet: Arc<farebox_lightning::DevNode>) -> Router {
-    Router::new()
-        .route("/v1/pay", post(pay))
-        .route("/v1/balance", get(balance))
-        .with_state(wallet)
+    Router::new().route("/v1/pay", post(pay)).route("/v1/balance", get(balance)).with_state(wallet)
 }
 
 async fn pay(
@@ -31,15 +28,9 @@ async fn pay(
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
     let Some(invoice) = body.get("invoice").and_then(Value::as_str) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "missing \"invoice\""})),
-        );
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "missing \"invoice\""})));
     };
-    let max_fee = body
-        .get("max_fee_msat")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let max_fee = body.get("max_fee_msat").and_then(Value::as_u64).unwrap_or(0);
     match wallet.pay(invoice, max_fee).await {
         Ok(p) => (
             StatusCode::OK,
@@ -50,10 +41,7 @@ async fn pay(
                 "fee_msat": p.fee_msat,
             })),
         ),
-        Err(e) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error": e.to_string()})),
-        ),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": e.to_string()}))),
     }
 }
 
@@ -67,12 +55,17 @@ pub struct RemoteDevWallet {
     http: reqwest::Client,
 }
 
+/// Largest answer read from the dev wallet.
+const MAX_WALLET_REPLY: usize = 16 * 1024;
+
 impl RemoteDevWallet {
     pub fn new(base: reqwest::Url) -> Self {
-        RemoteDevWallet {
-            base,
-            http: reqwest::Client::new(),
-        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        RemoteDevWallet { base, http }
     }
 }
 
@@ -80,48 +73,69 @@ fn hash32(v: &Value, key: &str) -> Result<[u8; 32], LightningError> {
     let text = v.get(key).and_then(Value::as_str).unwrap_or_default();
     let mut out = [0u8; 32];
     hex::decode_to_slice(text, &mut out)
-        .map_err(|_| LightningError::Unavailable(format!("dev wallet sent a bad {key}")))?;
+        .map_err(|_| LightningError::OutcomeUnknown(format!("dev wallet sent a bad {key}")))?;
     Ok(out)
 }
 
 #[async_trait]
 impl LightningBackend for RemoteDevWallet {
     async fn create_invoice(&self, _: InvoiceRequest) -> Result<CreatedInvoice, LightningError> {
-        Err(LightningError::Unsupported(
-            "the remote dev wallet only pays",
-        ))
+        Err(LightningError::Unsupported("the remote dev wallet only pays"))
     }
 
     async fn invoice_state(&self, _: &PaymentHash) -> Result<InvoiceState, LightningError> {
-        Err(LightningError::Unsupported(
-            "the remote dev wallet only pays",
-        ))
+        Err(LightningError::Unsupported("the remote dev wallet only pays"))
     }
 
     async fn pay(&self, bolt11: &str, max_fee_msat: u64) -> Result<PaymentOutcome, LightningError> {
-        let url = self
-            .base
-            .join("v1/pay")
-            .map_err(|e| LightningError::Unavailable(e.to_string()))?;
-        let reply = self
+        let url =
+            self.base.join("v1/pay").map_err(|e| LightningError::Unavailable(e.to_string()))?;
+        let sent = self
             .http
             .post(url)
             .json(&json!({ "invoice": bolt11, "max_fee_msat": max_fee_msat }))
             .send()
-            .await
-            .map_err(|e| {
-                LightningError::Unavailable(format!("dev wallet at {}: {e}", self.base))
-            })?;
+            .await;
+        let mut reply = match sent {
+            Ok(reply) => reply,
+            // Never connected: nothing was asked of the wallet, so nothing was paid.
+            Err(e) if e.is_connect() => {
+                return Err(LightningError::Unavailable(format!(
+                    "dev wallet at {}: {e}",
+                    self.base
+                )));
+            }
+            // Sent, but the answer was lost: the wallet may have paid.
+            Err(e) => {
+                return Err(LightningError::OutcomeUnknown(format!(
+                    "dev wallet at {}: {e}",
+                    self.base
+                )));
+            }
+        };
         let ok = reply.status().is_success();
-        let body: Value = reply
-            .json()
-            .await
-            .map_err(|e| LightningError::Unavailable(e.to_string()))?;
+        let mut bytes = Vec::new();
+        loop {
+            match reply.chunk().await {
+                Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_WALLET_REPLY => {
+                    bytes.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    return Err(LightningError::OutcomeUnknown(
+                        "dev wallet reply too large".into(),
+                    ));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(LightningError::OutcomeUnknown(format!("dev wallet reply: {e}")));
+                }
+            }
+        }
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            LightningError::OutcomeUnknown(format!("dev wallet reply is not JSON: {e}"))
+        })?;
         if !ok {
-            let why = body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error");
+            let why = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
             return Err(LightningError::PaymentFailed(why.to_string()));
         }
         let preimage = hash32(&body, "preimage")?;

@@ -16,11 +16,7 @@ mod upstream;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "farebox",
-    version,
-    about = "Paid HTTP APIs over L402 (and, soon, x402 and MPP)"
-)]
+#[command(name = "farebox", version, about = "Paid HTTP APIs over L402 (and, soon, x402 and MPP)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,9 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the demo: an API, a paid server in front of it, and a client paying it in sats.
-    Demo(demo::DemoArgs),
+    Demo(Box<demo::DemoArgs>),
     /// Pay for one request with the dev wallet and print the response body.
-    Pay(pay::PayArgs),
+    Pay(Box<pay::PayArgs>),
 }
 
 #[tokio::main]
@@ -45,8 +41,8 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
-        Command::Demo(args) => demo::run(args).await,
-        Command::Pay(args) => pay::run(args).await,
+        Command::Demo(args) => demo::run(*args).await,
+        Command::Pay(args) => pay::run(*args).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -25,11 +25,7 @@ pub struct PayArgs {
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
     /// The dev wallet API that pays (printed by `farebox demo --serve`).
-    #[arg(
-        long,
-        env = "FAREBOX_DEV_WALLET",
-        default_value = "http://127.0.0.1:8403"
-    )]
+    #[arg(long, env = "FAREBOX_DEV_WALLET", default_value = "http://127.0.0.1:8403")]
     wallet: reqwest::Url,
     /// Most to pay for this request, in sats (routing fees included).
     #[arg(long, default_value_t = 100)]
@@ -46,7 +42,7 @@ pub async fn run(args: PayArgs) -> anyhow::Result<()> {
     let budget = Budget::new().allow(Money::sats(args.max_sats), Money::sats(args.max_sats))?;
     let wallet = L402Wallet::new(
         Arc::new(RemoteDevWallet::new(args.wallet.clone())),
-        args.max_fee_sats * 1000,
+        args.max_fee_sats.saturating_mul(1000),
     );
     let mut payer = PaymentMiddleware::new(budget).wallet(wallet);
     if !args.quiet {
@@ -57,12 +53,7 @@ pub async fn run(args: PayArgs) -> anyhow::Result<()> {
                     eprintln!("  offer: {rail} {price} — {summary}");
                 }
             }
-            Event::Paid {
-                rail,
-                price,
-                fee,
-                reference,
-            } => {
+            Event::Paid { rail, price, fee, reference } => {
                 eprintln!("paid {price} over {rail} (fee {fee}), payment hash {reference}")
             }
             Event::Served { status, .. } => eprintln!("retried with the proof: HTTP {status}"),
@@ -70,16 +61,13 @@ pub async fn run(args: PayArgs) -> anyhow::Result<()> {
         });
     }
     let client = farebox_client::paying_client(
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
+        reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
         payer,
     );
     let mut request = client.request(args.method.clone(), args.url.clone());
     for h in &args.headers {
-        let (name, value) = h
-            .split_once(':')
-            .with_context(|| format!("header {h:?} is not `Name: value`"))?;
+        let (name, value) =
+            h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;
         request = request.header(name.trim(), value.trim());
     }
     if let Some(data) = args.data {
@@ -98,11 +86,6 @@ pub async fn run(args: PayArgs) -> anyhow::Result<()> {
     let body = response.bytes().await?;
     use std::io::Write;
     std::io::stdout().write_all(&body)?;
-    anyhow::ensure!(
-        status.is_success(),
-        "{} {} answered {status}",
-        args.method,
-        args.url
-    );
+    anyhow::ensure!(status.is_success(), "{} {} answered {status}", args.method, args.url);
     Ok(())
 }

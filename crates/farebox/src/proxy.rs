@@ -60,10 +60,7 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(body, MAX_FORWARD_BODY).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
     };
-    let mut outbound = up
-        .client
-        .request(parts.method, up.url_for(&parts.uri))
-        .body(body);
+    let mut outbound = up.client.request(parts.method, up.url_for(&parts.uri)).body(body);
     for (name, value) in &parts.headers {
         if up.forwards(name, value) {
             outbound = outbound.header(name, value);
@@ -100,9 +97,7 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
             }
         }
     }
-    response
-        .body(Body::from(bytes))
-        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+    response.body(Body::from(bytes)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -18,11 +18,8 @@ use crate::proxy::{self, Upstream};
 pub const WALLET_OPENING_SATS: u64 = 100_000;
 
 /// What the paid server charges, for the narration.
-pub const PRICES: &[(&str, &str, u64)] = &[
-    ("GET", "/joke", 10),
-    ("GET", "/weather/*", 25),
-    ("GET", "/premium", 1_000),
-];
+pub const PRICES: &[(&str, &str, u64)] =
+    &[("GET", "/joke", 10), ("GET", "/weather/*", 25), ("GET", "/premium", 1_000)];
 
 pub struct Stack {
     pub upstream: SocketAddr,
@@ -63,9 +60,7 @@ pub async fn start(server_port: u16) -> anyhow::Result<Stack> {
     let paywall = Arc::new(paywall.build()?);
     let upstream_state = Upstream {
         base: format!("http://{upstream}/").parse()?,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         paywall: paywall.clone(),
     };
     let app = axum::Router::new()
@@ -77,12 +72,7 @@ pub async fn start(server_port: u16) -> anyhow::Result<Stack> {
         .with_context(|| format!("binding 127.0.0.1:{server_port}"))?;
     let server = listener.local_addr()?;
     tokio::spawn(serve(listener, app));
-    Ok(Stack {
-        upstream,
-        server,
-        server_node,
-        wallet_node,
-    })
+    Ok(Stack { upstream, server, server_node, wallet_node })
 }
 
 /// Starts the dev wallet's HTTP API on loopback for `farebox pay`.

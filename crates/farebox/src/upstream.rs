@@ -36,9 +36,7 @@ pub fn router() -> Router {
 
 fn weather(city: &str) -> Value {
     // Deterministic per city so the demo output is reproducible.
-    let seed = city
-        .bytes()
-        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let seed = city.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     let sky = ["clear", "cloudy", "rain"][(seed % 3) as usize];
     let temperature_c = i64::from(seed % 35) - 5;
     json!({ "city": city, "temperature_c": temperature_c, "sky": sky })

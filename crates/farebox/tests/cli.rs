@@ -32,10 +32,7 @@ fn the_demo_narrates_a_paid_exchange() {
         "2 payments, 35 sat spent of a 500 sat budget",
         "wallet balance 100000 sat → 99965 sat; server node received 35 sat",
     ] {
-        assert!(
-            stdout.contains(expected),
-            "missing {expected:?} in:\n{stdout}"
-        );
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
     // The LSAT line comes first, as Aperture sends it, for clients that read only the first.
     assert!(
@@ -72,19 +69,13 @@ fn pay_pays_a_separately_running_server() {
             pay_line = Some(line);
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not print its addresses"
-        );
+        assert!(Instant::now() < deadline, "serve did not print its addresses");
     }
     let pay_line = pay_line.expect("serve printed a `farebox pay` example");
     let words: Vec<&str> = pay_line.split_whitespace().collect();
     let (url, wallet) = (words[2], words[4]);
 
-    let out = farebox()
-        .args(["pay", url, "--wallet", wallet])
-        .output()
-        .unwrap();
+    let out = farebox().args(["pay", url, "--wallet", wallet]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "pay failed: {stderr}");
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the body on stdout");
@@ -101,10 +92,16 @@ fn pay_pays_a_separately_running_server() {
     assert!(stderr.contains("over budget"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing served without payment");
 
-    let out = farebox()
-        .args(["pay", url, "--wallet", "http://127.0.0.1:9"])
-        .output()
-        .unwrap();
+    // Paths that some server would read as /joke are refused, not forwarded unpaid; neither can
+    // a path name another host.
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    for path in ["/joke", "/./joke", "/%2e/joke", "/jo%6be", "//127.0.0.1:1/joke", "/x/../joke"] {
+        let expected = if path == "/joke" { 402 } else { 400 };
+        assert_eq!(raw_get(host, path), expected, "GET {path}");
+    }
+    assert_eq!(raw_head(host, "/joke"), 402, "HEAD is priced like GET");
+
+    let out = farebox().args(["pay", url, "--wallet", "http://127.0.0.1:9"]).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("payment failed"),
@@ -117,21 +114,13 @@ fn pay_pays_a_separately_running_server() {
 fn raw_request(host: &str, method: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(host).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
         .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     let head = String::from_utf8_lossy(&reply);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn raw_get(host: &str, path: &str) -> u16 {

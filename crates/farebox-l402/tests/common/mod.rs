@@ -39,9 +39,7 @@ pub struct FixedBackend {
 
 impl FixedBackend {
     pub fn new() -> Arc<Self> {
-        Arc::new(FixedBackend {
-            down: AtomicBool::new(false),
-        })
+        Arc::new(FixedBackend { down: AtomicBool::new(false) })
     }
 }
 
