@@ -12,10 +12,30 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
-/// Debian packages the tests need: libsodium for the `macaroon` crate (the L402 codec's
-/// compatibility oracle), pkg-config to find it.
-const APT_PACKAGES: &[(&str, &str)] =
-    &[("pkg-config", "pkg-config"), ("libsodium-dev", "libsodium")];
+/// Debian packages the tests need, each with how to tell it is already there: libsodium for
+/// the `macaroon` crate (the L402 codec's compatibility oracle), pkg-config to find it,
+/// PostgreSQL for the shared replay store (tests start their own server from its binaries).
+const APT_PACKAGES: &[(&str, Probe)] = &[
+    ("pkg-config", Probe::Command("pkg-config", &["--version"])),
+    ("libsodium-dev", Probe::Command("pkg-config", &["--exists", "libsodium"])),
+    ("postgresql", Probe::Dir("/usr/lib/postgresql")),
+];
+
+enum Probe {
+    /// Installed when this command succeeds.
+    Command(&'static str, &'static [&'static str]),
+    /// Installed when this directory exists.
+    Dir(&'static str),
+}
+
+impl Probe {
+    fn present(&self) -> bool {
+        match self {
+            Probe::Command(cmd, args) => succeeds(Command::new(cmd).args(*args)),
+            Probe::Dir(dir) => std::path::Path::new(dir).is_dir(),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,17 +72,8 @@ fn succeeds(cmd: &mut Command) -> bool {
 
 /// Installs the Debian packages that are missing.
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .filter(|(pkg, probe)| {
-            if *pkg == "pkg-config" {
-                !succeeds(Command::new("pkg-config").arg("--version"))
-            } else {
-                !succeeds(Command::new("pkg-config").args(["--exists", probe]))
-            }
-        })
-        .map(|(pkg, _)| *pkg)
-        .collect();
+    let missing: Vec<&str> =
+        APT_PACKAGES.iter().filter(|(_, probe)| !probe.present()).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -13,6 +13,7 @@
 //! | [`rail`] | the [`Rail`] trait, [`Challenge`], [`PresentedCredential`], [`Verified`], [`Receipt`], and credential routing |
 //! | [`error`] | [`PaymentError`] / [`ErrorKind`] and the RFC 9457 [`Problem`] body |
 //! | [`auth`] | the RFC 9110 auth-param grammar, bounded and linear-time |
+//! | [`store`] | [`ReplayStore`]: single-use proofs recorded once, across restarts and instances |
 //!
 //! ## How one 402 carries every rail
 //!
@@ -100,8 +101,10 @@ pub mod error;
 pub mod money;
 pub mod rail;
 pub mod resource;
+pub mod store;
 
 pub use error::{ErrorKind, PaymentError, Problem};
 pub use money::{Asset, Money, MoneyError, Token};
 pub use rail::{Challenge, PresentedCredential, Rail, Receipt, SettleTiming, Verified};
 pub use resource::{Price, Resource};
+pub use store::{ProofRecord, ProofState, ReplayStore, StoreError};
