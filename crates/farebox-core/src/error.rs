@@ -71,11 +71,21 @@ pub struct PaymentError {
     pub retry_after: Option<Duration>,
     /// Overrides the problem `type` URI (e.g. a protocol's own problem registry).
     pub type_uri: Option<String>,
+    /// Headers the answer must carry whatever its status, e.g. x402's `PAYMENT-RESPONSE` with
+    /// the transaction hash of a settlement whose outcome is not yet known.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl PaymentError {
     pub fn new(kind: ErrorKind, code: &'static str, detail: impl Into<String>) -> Self {
-        PaymentError { kind, code, detail: detail.into(), retry_after: None, type_uri: None }
+        PaymentError {
+            kind,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+            type_uri: None,
+            headers: Vec::new(),
+        }
     }
 
     /// A credential that does not prove payment.
@@ -101,6 +111,12 @@ impl PaymentError {
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, code, detail)
+    }
+
+    /// Adds a header to the answer.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn with_type_uri(mut self, uri: impl Into<String>) -> Self {

@@ -21,7 +21,12 @@ pub enum Asset {
 }
 
 /// A token on a chain, identified by its CAIP-2 network and contract address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Two `Token`s are the same asset when network and address match (the address compared
+/// case-insensitively, as EVM checksums only change case). Symbol and decimals describe the token
+/// for people and for parsing; they do not make a different asset, so a budget set for "USDC on
+/// Base" applies whatever symbol a server writes in its offer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Token {
     /// CAIP-2 network id, e.g. `eip155:8453`.
     pub network: String,
@@ -31,6 +36,21 @@ pub struct Token {
     pub symbol: String,
     /// Number of decimals of the base unit (6 for USDC).
     pub decimals: u8,
+}
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        self.network == other.network && self.address.eq_ignore_ascii_case(&other.address)
+    }
+}
+
+impl Eq for Token {}
+
+impl std::hash::Hash for Token {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.network.hash(state);
+        self.address.to_ascii_lowercase().hash(state);
+    }
 }
 
 impl Asset {
@@ -234,6 +254,15 @@ mod tests {
         let weird = Token { decimals: 200, ..usdc() };
         assert_eq!(Money::new(Asset::Token(weird.clone()), 5).to_string(), "5 base units of USDC");
         assert!(Money::parse_token("1", weird).is_err());
+    }
+
+    #[test]
+    fn a_token_is_its_network_and_address() {
+        let lower =
+            Token { address: usdc().address.to_ascii_lowercase(), symbol: "X".into(), ..usdc() };
+        assert_eq!(Asset::Token(lower), Asset::Token(usdc()));
+        let other_chain = Token { network: "eip155:84532".into(), ..usdc() };
+        assert_ne!(Asset::Token(other_chain), Asset::Token(usdc()));
     }
 
     #[test]

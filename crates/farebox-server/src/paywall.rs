@@ -97,6 +97,18 @@ impl Paywall {
         resource: &Resource,
         error: &PaymentError,
     ) -> http::Response<Vec<u8>> {
+        let mut response = self.refusal_without_error_headers(resource, error).await;
+        for (name, value) in &error.headers {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+        response
+    }
+
+    async fn refusal_without_error_headers(
+        &self,
+        resource: &Resource,
+        error: &PaymentError,
+    ) -> http::Response<Vec<u8>> {
         if !error.kind.carries_challenges() {
             return problem_response(error.to_problem(), error.retry_after, Vec::new());
         }

@@ -425,3 +425,43 @@ async fn a_reservation_is_released_when_the_handler_errors_or_is_dropped() {
     assert_eq!(sats.released.load(Ordering::SeqCst), 1);
     assert_eq!(sats.settled.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn an_errors_own_headers_reach_the_client() {
+    /// A rail whose settlement outcome is unknown: it refuses, but says which transaction.
+    #[derive(Clone)]
+    struct Pending(TestRail);
+    #[async_trait]
+    impl Rail for Pending {
+        fn name(&self) -> &'static str {
+            "pending"
+        }
+        fn auth_schemes(&self) -> &'static [&'static str] {
+            &["Sats"]
+        }
+        async fn challenge(&self, r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+            self.0.challenge(r).await
+        }
+        async fn verify(
+            &self,
+            r: &Resource,
+            c: &PresentedCredential,
+        ) -> Result<Verified, PaymentError> {
+            self.0.verify(r, c).await
+        }
+        async fn settle(&self, _: &Resource, _: Verified) -> Result<Receipt, PaymentError> {
+            Err(PaymentError::invalid("settlement_pending", "not confirmed yet")
+                .with_header(HeaderName::from_static("x-tx"), HeaderValue::from_static("0xabc")))
+        }
+    }
+    let paywall = Paywall::builder()
+        .rail(Pending(TestRail::new("sats", &["Sats"], Asset::Bitcoin)))
+        .route(PricedRoute::new(None, "/*", Price::one(Money::sats(1))).unwrap())
+        .build()
+        .unwrap();
+    let app = Router::new().fallback(|| async { "content" }).layer(PaywallLayer::new(paywall));
+    let (status, headers, body) = send(&app, "/x", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(headers["x-tx"], "0xabc");
+    assert_eq!(json(&body)["code"], "settlement_pending");
+}
