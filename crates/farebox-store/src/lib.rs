@@ -1,0 +1,178 @@
+//! farebox's stores: where rails record single-use payment proofs (for example an EIP-3009
+//! authorization nonce) so that each proof is spent at most once.
+//!
+//! Every store implements [`farebox_core::store::ReplayStore`]; [`open`] picks one from a URL.
+//!
+//! # Which store, when
+//!
+//! | store | URL | use it for |
+//! | --- | --- | --- |
+//! | [`MemoryStore`] | `memory:` | tests and single-process development. Forgets everything on restart, so a proof spent before a restart can be spent again: never in production. |
+//! | [`SqliteStore`] | `sqlite://<path>`, `sqlite::memory:` | one gateway instance (the embedded default). Survives process restarts and crashes. |
+//! | [`PostgresStore`] | `postgres://…`, `postgresql://…` | several gateway instances that must share replay protection. |
+//!
+//! Two instances with separate SQLite files (or memory stores) do **not** protect each other: a
+//! proof refused by one can be spent at the other. Deploy PostgreSQL as soon as there is more
+//! than one instance.
+//!
+//! # URLs
+//!
+//! * `memory:` — a fresh [`MemoryStore`].
+//! * `sqlite://<path>` — a SQLite file, created with its schema if missing: `sqlite://farebox.db`
+//!   (relative to the working directory), `sqlite:///var/lib/farebox/replay.db` (absolute).
+//!   Anything after `?` is ignored.
+//! * `sqlite::memory:` — an in-memory SQLite database (one connection; gone when dropped).
+//! * `postgres://user:pass@host:5432/db` or `postgresql://…` — passed to the PostgreSQL driver
+//!   as is (`sslmode` and the other libpq-style parameters apply).
+//!
+//! # Durability and failure
+//!
+//! * SQLite runs in WAL mode with `synchronous=FULL`: every acknowledged write (a `reserve`
+//!   that returned `Ok(true)`) has been fsynced to the WAL before the call returns, so it
+//!   survives a process crash *and* an OS crash or power loss. (`synchronous=NORMAL` with WAL
+//!   would survive only a process crash, and could lose the last reservations on power loss —
+//!   which would let their proofs be replayed.) `busy_timeout` is 5 s.
+//! * PostgreSQL uses the server's durability (`synchronous_commit` as configured on the
+//!   server; keep it `on`). Pools acquire with a 3 s timeout, statements time out after 5 s,
+//!   and every operation is bounded by [`OPERATION_TIMEOUT`]: a dead or unreachable database
+//!   yields [`StoreError::Unavailable`] within a few seconds instead of hanging the request.
+//! * Callers fail closed: every [`StoreError`] refuses the request
+//!   (`Unavailable` → 503 via `PaymentError::from`).
+//!
+//! # Keys
+//!
+//! `namespace` and `key` must be non-empty, at most [`MAX_KEY_LEN`] (512) bytes and free of NUL
+//! characters; settlement references at most [`MAX_REFERENCE_LEN`] bytes. Anything else is
+//! [`StoreError::Invalid`], identically in every backend.
+//!
+//! Times are Unix seconds. Stored as signed 64-bit integers, values above `i64::MAX` (e.g.
+//! `u64::MAX` meaning "never") are clamped to `i64::MAX` in every backend.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use farebox_core::store::{ProofRecord, ProofState, ReplayStore, StoreError};
+
+pub mod memory;
+pub mod postgres;
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+mod sql;
+
+pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Longest namespace or key, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Longest settlement reference, in bytes.
+pub const MAX_REFERENCE_LEN: usize = 1024;
+
+/// Upper bound on any single SQL store operation (connection acquisition included).
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Opens the store named by `url` (see the [crate docs](crate#urls)).
+///
+/// Errors: [`StoreError::Invalid`] for an unknown scheme, [`StoreError::Unavailable`] when the
+/// database cannot be opened or reached.
+pub async fn open(url: &str) -> Result<Arc<dyn ReplayStore>, StoreError> {
+    let url = url.trim();
+    if url == "memory:" || url == "memory://" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+        return Ok(Arc::new(SqliteStore::in_memory().await?));
+    }
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(StoreError::Invalid(
+                "sqlite URL without a path (use sqlite://<path> or sqlite::memory:)".into(),
+            ));
+        }
+        return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(url).await?));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    Err(StoreError::Invalid(format!(
+        "unknown store URL scheme {scheme:?}: expected memory:, sqlite://<path>, sqlite::memory: \
+         or postgres://…"
+    )))
+}
+
+/// Checks a namespace and key against the rules every backend applies.
+pub(crate) fn validate_key(namespace: &str, key: &str) -> Result<(), StoreError> {
+    validate_part("namespace", namespace, MAX_KEY_LEN)?;
+    validate_part("key", key, MAX_KEY_LEN)
+}
+
+pub(crate) fn validate_namespace(namespace: &str) -> Result<(), StoreError> {
+    validate_part("namespace", namespace, MAX_KEY_LEN)
+}
+
+pub(crate) fn validate_reference(reference: Option<&str>) -> Result<(), StoreError> {
+    match reference {
+        Some(r) => validate_part("reference", r, MAX_REFERENCE_LEN),
+        None => Ok(()),
+    }
+}
+
+fn validate_part(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
+    if value.is_empty() {
+        return Err(StoreError::Invalid(format!("empty {what}")));
+    }
+    if value.len() > max {
+        return Err(StoreError::Invalid(format!(
+            "{what} is {} bytes, more than {max}",
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(StoreError::Invalid(format!("{what} contains a NUL character")));
+    }
+    Ok(())
+}
+
+/// Unix seconds now.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix seconds as stored (clamped to `i64::MAX`).
+pub(crate) fn clamp_time(t: u64) -> u64 {
+    t.min(i64::MAX as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        assert!(validate_key("x402", "k").is_ok());
+        assert!(validate_key("x402", &"k".repeat(512)).is_ok());
+        assert!(matches!(validate_key("x402", &"k".repeat(513)), Err(StoreError::Invalid(_))));
+        assert!(matches!(validate_key("", "k"), Err(StoreError::Invalid(_))));
+        assert!(matches!(validate_key("x402", ""), Err(StoreError::Invalid(_))));
+        assert!(matches!(validate_key("x402", "a\0b"), Err(StoreError::Invalid(_))));
+        assert!(validate_reference(None).is_ok());
+        assert!(validate_reference(Some(&"r".repeat(1025))).is_err());
+    }
+
+    #[tokio::test]
+    async fn open_rejects_unknown_schemes() {
+        assert!(matches!(open("redis://x").await, Err(StoreError::Invalid(_))));
+        assert!(matches!(open("sqlite://").await, Err(StoreError::Invalid(_))));
+        assert!(open("memory:").await.is_ok());
+        assert!(open("sqlite::memory:").await.is_ok());
+    }
+}

@@ -1,0 +1,259 @@
+//! [`SqliteStore`]: the embedded default, for a single gateway instance. Survives restarts.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`: a `reserve` that returned `Ok(true)`
+//! has been fsynced to the write-ahead log, so it survives a process crash and a power loss.
+//! Writers wait up to 5 s for each other (`busy_timeout`); reserve is a single
+//! `INSERT … ON CONFLICT DO NOTHING`, so of concurrent reserves of one key exactly one inserts
+//! the row — also across processes sharing the file.
+//!
+//! Several processes may share one file on one machine, but not over a network filesystem, and
+//! gateways on different machines need [`PostgresStore`](crate::PostgresStore).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use farebox_core::store::{ProofRecord, ProofState, ReplayStore, StoreError};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::sql::{Backend, bounded, record, to_db_time};
+use crate::{now_secs, validate_key, validate_namespace, validate_reference};
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS farebox_proofs (
+        namespace  TEXT    NOT NULL,
+        key        TEXT    NOT NULL,
+        state      TEXT    NOT NULL
+                   CHECK (state IN ('reserved', 'pending', 'settled', 'failed')),
+        reference  TEXT,
+        expires_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, key)
+    )",
+    "CREATE INDEX IF NOT EXISTS farebox_proofs_by_state
+        ON farebox_proofs (state, namespace, expires_at)",
+];
+
+fn err(e: sqlx::Error) -> StoreError {
+    crate::sql::map_err(Backend::Sqlite, e)
+}
+
+/// A [`ReplayStore`] in a SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent directories and the schema) the database
+    /// file at `path`. Errors: [`StoreError::Unavailable`] when the file cannot be created or
+    /// opened.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options);
+        let pool = bounded("opening the SQLite store", async {
+            pool.await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot open SQLite {}: {e}", path.display()))
+            })
+        })
+        .await?;
+        Self::with_schema(pool).await
+    }
+
+    /// A fresh in-memory database (one connection, kept open; gone when the store is dropped).
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(err)?
+            .busy_timeout(BUSY_TIMEOUT);
+        // An in-memory database lives as long as its connection: keep exactly one, forever.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        Self::with_schema(pool).await
+    }
+
+    async fn with_schema(pool: SqlitePool) -> Result<Self, StoreError> {
+        bounded("creating the SQLite schema", async {
+            for statement in SCHEMA {
+                sqlx::query(statement).execute(&pool).await.map_err(err)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections to finish (dropping the store also closes it).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl ReplayStore for SqliteStore {
+    async fn reserve(
+        &self,
+        namespace: &str,
+        key: &str,
+        expires_at: u64,
+    ) -> Result<bool, StoreError> {
+        validate_key(namespace, key)?;
+        bounded("reserve", async {
+            let done = sqlx::query(
+                "INSERT INTO farebox_proofs (namespace, key, state, reference, expires_at, updated_at)
+                 VALUES (?, ?, 'reserved', NULL, ?, ?)
+                 ON CONFLICT (namespace, key) DO NOTHING",
+            )
+            .bind(namespace)
+            .bind(key)
+            .bind(to_db_time(expires_at))
+            .bind(to_db_time(now_secs()))
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        namespace: &str,
+        key: &str,
+        state: ProofState,
+        reference: Option<&str>,
+    ) -> Result<(), StoreError> {
+        validate_key(namespace, key)?;
+        validate_reference(reference)?;
+        bounded("update", async {
+            let done = sqlx::query(
+                "UPDATE farebox_proofs
+                 SET state = ?, reference = COALESCE(?, reference), updated_at = ?
+                 WHERE namespace = ? AND key = ?",
+            )
+            .bind(state.as_str())
+            .bind(reference)
+            .bind(to_db_time(now_secs()))
+            .bind(namespace)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("{namespace}/{key}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        validate_key(namespace, key)?;
+        bounded("release", async {
+            sqlx::query(
+                "DELETE FROM farebox_proofs
+                 WHERE namespace = ? AND key = ? AND state = 'reserved'",
+            )
+            .bind(namespace)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<ProofRecord>, StoreError> {
+        validate_key(namespace, key)?;
+        bounded("get", async {
+            let row = sqlx::query(
+                "SELECT state, reference, expires_at, updated_at FROM farebox_proofs
+                 WHERE namespace = ? AND key = ?",
+            )
+            .bind(namespace)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+            row.map(|row| {
+                record(
+                    row.try_get("state").map_err(err)?,
+                    row.try_get("reference").map_err(err)?,
+                    row.try_get("expires_at").map_err(err)?,
+                    row.try_get("updated_at").map_err(err)?,
+                )
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn pending(&self, namespace: &str) -> Result<Vec<(String, ProofRecord)>, StoreError> {
+        validate_namespace(namespace)?;
+        bounded("pending", async {
+            let rows = sqlx::query(
+                "SELECT key, state, reference, expires_at, updated_at FROM farebox_proofs
+                 WHERE namespace = ? AND state = 'pending' ORDER BY key",
+            )
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("key").map_err(err)?,
+                        record(
+                            row.try_get("state").map_err(err)?,
+                            row.try_get("reference").map_err(err)?,
+                            row.try_get("expires_at").map_err(err)?,
+                            row.try_get("updated_at").map_err(err)?,
+                        )?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+        bounded("purge_expired", async {
+            let done = sqlx::query(
+                "DELETE FROM farebox_proofs WHERE state = 'reserved' AND expires_at < ?",
+            )
+            .bind(to_db_time(now))
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+}

@@ -1,0 +1,13 @@
+mod common;
+
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_behaves() {
+    common::behaves(Arc::new(farebox_store::MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_via_open_behaves() {
+    common::behaves(farebox_store::open("memory:").await.unwrap()).await;
+}

@@ -1,0 +1,67 @@
+mod common;
+
+use std::sync::Arc;
+
+use farebox_store::{ProofState, ReplayStore, SqliteStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_file_store_behaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("replay.db")).await.unwrap();
+    common::behaves(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_in_memory_store_behaves() {
+    common::behaves(Arc::new(SqliteStore::in_memory().await.unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_via_open_urls_behaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sub/dir/replay.db").display());
+    common::behaves(farebox_store::open(&url).await.unwrap()).await;
+    common::behaves(farebox_store::open("sqlite::memory:").await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replay.db");
+    let far = common::now() + 3600;
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert!(store.reserve("x402", "spent", far).await.unwrap());
+        assert!(store.reserve("x402", "pending", far).await.unwrap());
+        store.update("x402", "pending", ProofState::Pending, Some("0xtx")).await.unwrap();
+        assert!(dir.path().join("replay.db-wal").exists(), "the database runs in WAL mode");
+        // Dropped without close(): an acknowledged write must already be durable.
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(!store.reserve("x402", "spent", far).await.unwrap());
+    let rec = store.get("x402", "spent").await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.expires_at), (ProofState::Reserved, far));
+    let pending = store.pending("x402").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].0, "pending");
+    assert_eq!(pending[0].1.reference.as_deref(), Some("0xtx"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_stores_on_one_file_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replay.db");
+    let a = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b = Arc::new(SqliteStore::open(&path).await.unwrap());
+    assert_eq!(common::race(&[a, b], 32, "x402", "contested").await, 1);
+}
+
+#[tokio::test]
+async fn sqlite_unopenable_path_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    // A path under a regular file cannot be created.
+    let err = SqliteStore::open(file.join("replay.db")).await.unwrap_err();
+    assert!(matches!(err, farebox_store::StoreError::Unavailable(_)), "{err:?}");
+}
