@@ -1,0 +1,85 @@
+//! The facilitator HTTP API over any [`Facilitator`]: `POST /verify`, `POST /settle`,
+//! `GET /supported` (and `GET /health`).
+//!
+//! Status codes follow the TypeScript reference: an invalid payment or a failed settlement is
+//! a 200 whose body says so (`isValid: false`, `success: false`); a body that is not a request
+//! is 400 `{"error": …}`; a facilitator that cannot answer (chain down) is 503 with
+//! `Retry-After`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{Facilitator, FacilitatorError};
+use crate::facilitator_api::VersionedPayment;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The routes, to serve or to nest under a prefix.
+pub fn router(facilitator: Arc<dyn Facilitator>) -> Router {
+    Router::new()
+        .route("/verify", post(verify))
+        .route("/settle", post(settle))
+        .route("/supported", get(supported))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(facilitator)
+}
+
+fn parse(body: &[u8]) -> Result<VersionedPayment, Response> {
+    VersionedPayment::from_json(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string(), "reason": e.reason().as_str()})),
+        )
+            .into_response()
+    })
+}
+
+fn failure(e: FacilitatorError) -> Response {
+    let status = match e {
+        FacilitatorError::Unavailable(_) | FacilitatorError::OutcomeUnknown(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        FacilitatorError::Protocol(_) => StatusCode::BAD_GATEWAY,
+    };
+    let mut response = (status, Json(json!({"error": e.to_string()}))).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+async fn verify(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
+    let request = match parse(&body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    match f.verify(&request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn settle(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
+    let request = match parse(&body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    match f.settle(&request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn supported(State(f): State<Arc<dyn Facilitator>>) -> Response {
+    match f.supported().await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => failure(e),
+    }
+}

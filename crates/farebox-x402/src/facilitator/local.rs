@@ -1,0 +1,1 @@
+//! In-process facilitator (pending farebox-evm).

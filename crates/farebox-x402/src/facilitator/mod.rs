@@ -1,0 +1,51 @@
+//! The facilitator: verifies x402 payments and settles them on chain.
+//!
+//! One trait, [`Facilitator`], with three faces:
+//!
+//! - [`local`]: in-process, against an EVM node (what `farebox facilitator` serves and what a
+//!   server that holds its own gas key embeds);
+//! - [`http_client::RemoteFacilitator`]: a client of any facilitator's HTTP API (farebox's, the
+//!   reference TypeScript one, x402-rs…);
+//! - [`http_server::router`]: the HTTP API (`POST /verify`, `POST /settle`, `GET /supported`)
+//!   over any facilitator.
+//!
+//! A facilitator answers "invalid" or "failed" in its response bodies. [`FacilitatorError`] is
+//! only for not answering at all: the rail then refuses the request with 503 (fail closed).
+
+pub mod http_client;
+pub mod http_server;
+pub mod local;
+
+use async_trait::async_trait;
+
+use crate::facilitator_api::{SettleResponse, SupportedResponse, VerifyResponse, VersionedPayment};
+
+/// The facilitator could not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FacilitatorError {
+    /// It cannot be reached, or its chain cannot (fail closed).
+    #[error("facilitator unavailable: {0}")]
+    Unavailable(String),
+    /// A settlement was sent but its outcome is unknown (the answer was lost). The money may
+    /// have moved: record it as pending, never as failed.
+    #[error("settlement outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// It answered something that is not a facilitator response.
+    #[error("facilitator protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Verifies and settles x402 payments.
+#[async_trait]
+pub trait Facilitator: Send + Sync + 'static {
+    /// Checks a payment without moving money.
+    async fn verify(&self, request: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError>;
+
+    /// Settles a payment: re-checks it, sends the transfer, waits for the receipt. A receipt that
+    /// does not arrive in time is `success: false` with reason `settlement_pending` and the
+    /// transaction hash, so the caller can tell "not paid" from "not yet known".
+    async fn settle(&self, request: &VersionedPayment) -> Result<SettleResponse, FacilitatorError>;
+
+    /// What this facilitator can verify and settle.
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError>;
+}

@@ -1,0 +1,390 @@
+//! [`X402Rail`]: x402 behind the farebox `Rail` trait.
+//!
+//! One 402 offers both wire versions: v2 in the `PAYMENT-REQUIRED` header, v1 as members of the
+//! problem+json body (`x402Version`, `error`, `accepts`), which is where v1 clients read it. The
+//! requirements are a pure function of the route's price and this rail's configuration, so the
+//! `accepted` requirement a v2 client echoes can be compared for deep equality with the one
+//! rebuilt when it comes back.
+//!
+//! A payment is checked off-chain here first (cheap, and it yields the nonce), then verified by
+//! the facilitator, then its nonce is reserved in the replay store — so a replayed or concurrent
+//! duplicate is refused before the handler runs, across restarts and instances sharing the
+//! store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
+//! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
+//! the hash in `PAYMENT-RESPONSE`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use farebox_core::{
+    Asset, Challenge, ErrorKind, Money, PaymentError, PresentedCredential, ProofState, Rail,
+    Receipt, ReplayStore, Resource, Token, Verified,
+};
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::exact_evm::{self, CheckedPayment};
+use crate::facilitator::{Facilitator, FacilitatorError};
+use crate::facilitator_api::{AnyPaymentPayload, SettleResponse, VersionedPayment};
+use crate::{Amount, Reason, codec, network, v1, v2};
+
+/// Replay-store namespace of the rail's reservations.
+pub const NAMESPACE: &str = "x402";
+
+const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static("payment-signature");
+const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
+const PAYMENT_REQUIRED: HeaderName = HeaderName::from_static("payment-required");
+const PAYMENT_RESPONSE: HeaderName = HeaderName::from_static("payment-response");
+const X_PAYMENT_RESPONSE: HeaderName = HeaderName::from_static("x-payment-response");
+
+/// What an x402 deployment charges in and pays to.
+#[derive(Debug, Clone)]
+pub struct X402Config {
+    /// CAIP-2 network, e.g. `eip155:84532`.
+    pub network: String,
+    /// The token contract.
+    pub asset: String,
+    /// The token's EIP-712 domain name and version (`"USDC"`/`"2"` on Base Sepolia).
+    pub eip712_name: String,
+    pub eip712_version: String,
+    /// For display and for parsing human prices.
+    pub symbol: String,
+    pub decimals: u8,
+    /// Who is paid.
+    pub pay_to: String,
+    /// How long a signed authorization may take to arrive (the client's `validBefore` window).
+    pub max_timeout_seconds: u64,
+    /// The public base URL of the server (`https://api.example.com`), for `resource.url`.
+    pub public_url: String,
+    /// Offer v1 (`X-PAYMENT`) as well as v2. v1 needs a network with a v1 name.
+    pub offer_v1: bool,
+}
+
+impl X402Config {
+    /// The asset this rail charges in, as the core's price table names it.
+    pub fn token(&self) -> Token {
+        Token {
+            network: self.network.clone(),
+            address: self.asset.clone(),
+            symbol: self.symbol.clone(),
+            decimals: self.decimals,
+        }
+    }
+}
+
+/// The x402 rail. See the module docs.
+pub struct X402Rail {
+    config: X402Config,
+    asset: Asset,
+    facilitator: Arc<dyn Facilitator>,
+    store: Arc<dyn ReplayStore>,
+}
+
+/// What `verify` hands to `settle`.
+struct Accepted {
+    request: VersionedPayment,
+    key: String,
+    payer: String,
+}
+
+impl X402Rail {
+    pub fn new(
+        config: X402Config,
+        facilitator: Arc<dyn Facilitator>,
+        store: Arc<dyn ReplayStore>,
+    ) -> Self {
+        let asset = Asset::Token(config.token());
+        X402Rail { config, asset, facilitator, store }
+    }
+
+    pub fn config(&self) -> &X402Config {
+        &self.config
+    }
+
+    fn extra(&self) -> Map<String, Value> {
+        let mut extra = Map::new();
+        extra.insert("name".into(), Value::String(self.config.eip712_name.clone()));
+        extra.insert("version".into(), Value::String(self.config.eip712_version.clone()));
+        extra
+    }
+
+    fn url(&self, resource: &Resource) -> String {
+        format!("{}{}", self.config.public_url.trim_end_matches('/'), resource.path)
+    }
+
+    fn description(resource: &Resource) -> String {
+        resource
+            .description
+            .as_deref()
+            .map_or_else(|| format!("{} {}", resource.method, resource.path), str::to_string)
+    }
+
+    /// The v2 requirement for `resource`, or `None` if its price is not in this rail's asset.
+    pub fn requirement_v2(&self, resource: &Resource) -> Option<v2::PaymentRequirements> {
+        let price = resource.price.in_asset(&self.asset)?;
+        Some(v2::PaymentRequirements {
+            scheme: exact_evm::SCHEME.into(),
+            network: self.config.network.clone(),
+            amount: Amount::from(price.amount),
+            asset: self.config.asset.clone(),
+            pay_to: self.config.pay_to.clone(),
+            max_timeout_seconds: self.config.max_timeout_seconds,
+            extra: Some(self.extra()),
+            other: Map::new(),
+        })
+    }
+
+    /// The v1 requirement, when v1 is offered and the network has a v1 name.
+    pub fn requirement_v1(&self, resource: &Resource) -> Option<v1::PaymentRequirements> {
+        if !self.config.offer_v1 {
+            return None;
+        }
+        let name = network::caip2_to_v1(&self.config.network)?;
+        let price = resource.price.in_asset(&self.asset)?;
+        Some(v1::PaymentRequirements {
+            scheme: exact_evm::SCHEME.into(),
+            network: name.into(),
+            max_amount_required: Amount::from(price.amount),
+            asset: self.config.asset.clone(),
+            pay_to: self.config.pay_to.clone(),
+            resource: self.url(resource),
+            description: Self::description(resource),
+            mime_type: Some("application/json".into()),
+            output_schema: None,
+            max_timeout_seconds: self.config.max_timeout_seconds,
+            extra: Some(self.extra()),
+        })
+    }
+
+    /// The facilitator request for a presented payment, rebuilt against this resource's
+    /// requirement of the same version.
+    fn request_for(
+        &self,
+        resource: &Resource,
+        credential: &PresentedCredential,
+    ) -> Result<VersionedPayment, PaymentError> {
+        let payment = AnyPaymentPayload::from_header(&credential.value)
+            .map_err(|e| invalid(Reason::InvalidPayload, format!("{}: {e}", credential.header)))?;
+        let expects_v2 = credential.header == PAYMENT_SIGNATURE;
+        match (payment, expects_v2) {
+            (AnyPaymentPayload::V2(payment_payload), true) => {
+                let payment_requirements = self.requirement_v2(resource).ok_or_else(not_offered)?;
+                Ok(VersionedPayment::V2 { payment_payload: *payment_payload, payment_requirements })
+            }
+            (AnyPaymentPayload::V1(payment_payload), false) => {
+                let payment_requirements = self.requirement_v1(resource).ok_or_else(not_offered)?;
+                Ok(VersionedPayment::V1 { payment_payload, payment_requirements })
+            }
+            (p, _) => Err(invalid(
+                Reason::InvalidX402Version,
+                format!("an x402 v{} payment in {}", p.x402_version(), credential.header),
+            )),
+        }
+    }
+
+    fn settlement_header(
+        &self,
+        request: &VersionedPayment,
+        answer: &SettleResponse,
+        payer: &str,
+    ) -> (HeaderName, HeaderValue) {
+        let encoded = match request {
+            VersionedPayment::V2 { .. } => (PAYMENT_RESPONSE, codec::encode_header(answer)),
+            VersionedPayment::V1 { payment_requirements, .. } => {
+                let v1_answer = v1::SettlementResponse {
+                    success: answer.success,
+                    error_reason: answer.error_reason.clone(),
+                    transaction: answer.transaction.clone(),
+                    network: payment_requirements.network.clone(),
+                    payer: answer.payer.clone().unwrap_or_else(|| payer.to_string()),
+                };
+                (X_PAYMENT_RESPONSE, codec::encode_header(&v1_answer))
+            }
+        };
+        // Base64 is always a valid header value.
+        (
+            encoded.0,
+            HeaderValue::from_str(&encoded.1).unwrap_or_else(|_| HeaderValue::from_static("")),
+        )
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn invalid(reason: Reason, detail: impl Into<String>) -> PaymentError {
+    PaymentError::invalid(reason.as_str(), detail)
+}
+
+fn not_offered() -> PaymentError {
+    invalid(Reason::InvalidPaymentRequirements, "this route is not offered in that x402 version")
+}
+
+fn unavailable(e: FacilitatorError) -> PaymentError {
+    PaymentError::unavailable("facilitator_unavailable", e.to_string(), Duration::from_secs(5))
+}
+
+/// The replay key of a checked payment: one authorization nonce per payer, token and chain,
+/// exactly as the token contract scopes it.
+fn replay_key(checked: &CheckedPayment) -> String {
+    let auth = &checked.payload.authorization;
+    format!(
+        "{}:{:#x}:{:#x}:{:#x}",
+        checked.requirement.network, checked.requirement.asset, auth.from, auth.nonce
+    )
+}
+
+#[async_trait]
+impl Rail for X402Rail {
+    fn name(&self) -> &'static str {
+        "x402"
+    }
+
+    fn credential_headers(&self) -> &'static [HeaderName] {
+        static HEADERS: [HeaderName; 2] = [PAYMENT_SIGNATURE, X_PAYMENT];
+        &HEADERS
+    }
+
+    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError> {
+        let Some(v2_requirement) = self.requirement_v2(resource) else { return Ok(None) };
+        let required = v2::PaymentRequired {
+            x402_version: crate::Version,
+            error: Some("PAYMENT-SIGNATURE header is required".into()),
+            resource: v2::ResourceInfo {
+                url: self.url(resource),
+                description: Some(Self::description(resource)),
+                mime_type: None,
+                other: Map::new(),
+            },
+            accepts: vec![v2_requirement],
+            extensions: None,
+        };
+        let header = HeaderValue::from_str(&codec::encode_header(&required))
+            .map_err(|e| PaymentError::internal("x402_header", e.to_string()))?;
+        let mut challenge =
+            Challenge { headers: vec![(PAYMENT_REQUIRED, header)], ..Default::default() };
+        if let Some(v1_requirement) = self.requirement_v1(resource) {
+            let accepts = serde_json::to_value(vec![v1_requirement])
+                .map_err(|e| PaymentError::internal("x402_body", e.to_string()))?;
+            challenge.body_members = vec![
+                ("x402Version".into(), Value::from(1)),
+                ("error".into(), Value::String("X-PAYMENT header is required".into())),
+                ("accepts".into(), accepts),
+            ];
+        }
+        Ok(Some(challenge))
+    }
+
+    async fn verify(
+        &self,
+        resource: &Resource,
+        credential: &PresentedCredential,
+    ) -> Result<Verified, PaymentError> {
+        let request = self.request_for(resource, credential)?;
+        // Off-chain checks first: cheap, and a bad payment never costs a facilitator round trip.
+        let checked = exact_evm::check_request(&request, now_unix())
+            .map_err(|r| invalid(r.reason, r.reason.message()))?;
+        let answer = self.facilitator.verify(&request).await.map_err(unavailable)?;
+        if !answer.is_valid {
+            let reason = answer.reason().unwrap_or(Reason::UnexpectedVerifyError);
+            let detail =
+                answer.invalid_message.clone().unwrap_or_else(|| reason.message().to_string());
+            return Err(invalid(reason, detail));
+        }
+        let key = replay_key(&checked);
+        let expires_at = checked.payload.authorization.valid_before;
+        if !self.store.reserve(NAMESPACE, &key, expires_at).await? {
+            return Err(self.already_used(&key).await);
+        }
+        let payer = format!("{:#x}", checked.payload.authorization.from);
+        Ok(Verified {
+            amount: Money::new(self.asset.clone(), checked.requirement.amount.to::<u128>()),
+            payer: Some(payer.clone()),
+            reference: format!("{:#x}", checked.payload.authorization.nonce),
+            state: Box::new(Accepted { request, key, payer }),
+        })
+    }
+
+    async fn settle(
+        &self,
+        _resource: &Resource,
+        payment: Verified,
+    ) -> Result<Receipt, PaymentError> {
+        let accepted = payment.state.downcast::<Accepted>().map_err(|_| {
+            PaymentError::internal("x402_state", "verified payment of another rail")
+        })?;
+        let answer = match self.facilitator.settle(&accepted.request).await {
+            Ok(answer) => answer,
+            Err(FacilitatorError::Unavailable(why)) => {
+                // Nothing was sent: the client keeps its authorization for a retry.
+                self.store.release(NAMESPACE, &accepted.key).await?;
+                return Err(unavailable(FacilitatorError::Unavailable(why)));
+            }
+            Err(e) => {
+                // The transfer may have been sent: the nonce stays spent, the outcome pending.
+                self.store.update(NAMESPACE, &accepted.key, ProofState::Pending, None).await?;
+                return Err(PaymentError::unavailable(
+                    "settlement_outcome_unknown",
+                    format!("{e}; the payment is recorded as pending and will not be taken twice"),
+                    Duration::from_secs(5),
+                ));
+            }
+        };
+        let header = self.settlement_header(&accepted.request, &answer, &accepted.payer);
+        let tx = (!answer.transaction.is_empty()).then_some(answer.transaction.as_str());
+        if answer.success {
+            self.store.update(NAMESPACE, &accepted.key, ProofState::Settled, tx).await?;
+            return Ok(Receipt {
+                amount: payment.amount,
+                reference: answer.transaction.clone(),
+                headers: vec![header],
+            });
+        }
+        let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
+        let (state, detail) = if reason == Reason::SettlementPending {
+            (
+                ProofState::Pending,
+                format!("settlement sent as {} but not yet confirmed", answer.transaction),
+            )
+        } else {
+            (
+                ProofState::Failed,
+                answer.error_message.clone().unwrap_or_else(|| reason.message().to_string()),
+            )
+        };
+        self.store.update(NAMESPACE, &accepted.key, state, tx).await?;
+        Err(invalid(reason, detail).with_header(header.0, header.1))
+    }
+
+    async fn release(&self, _resource: &Resource, payment: Verified) {
+        if let Ok(accepted) = payment.state.downcast::<Accepted>() {
+            if let Err(e) = self.store.release(NAMESPACE, &accepted.key).await {
+                tracing::warn!(error = %e, "could not release an x402 reservation");
+            }
+        }
+    }
+}
+
+impl X402Rail {
+    /// Why a nonce cannot be used again, with the transaction hash when its settlement is known.
+    async fn already_used(&self, key: &str) -> PaymentError {
+        let record = self.store.get(NAMESPACE, key).await.ok().flatten();
+        let mut e = PaymentError::new(
+            ErrorKind::Replayed,
+            Reason::NonceAlreadyUsed.as_str(),
+            "this authorization was already presented; sign a new one",
+        );
+        if let Some(record) = record {
+            if record.state == ProofState::Pending {
+                e.code = Reason::SettlementPending.as_str();
+                e.detail = format!(
+                    "this authorization's settlement{} is not confirmed yet; it will not be taken twice",
+                    record.reference.as_deref().map(|t| format!(" ({t})")).unwrap_or_default()
+                );
+            }
+        }
+        e
+    }
+}

@@ -1,0 +1,366 @@
+//! The x402 rail behind the paywall, with a scripted facilitator: what a client sees for each
+//! outcome the facilitator can report, and that a nonce is never accepted twice.
+//! (The same rail against a real chain is in `tests/chain.rs`.)
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use farebox_core::{Asset, Money, Price, ReplayStore};
+use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_store::MemoryStore;
+use farebox_x402::facilitator::{Facilitator, FacilitatorError};
+use farebox_x402::facilitator_api::{
+    SettleResponse, SupportedResponse, VerifyResponse, VersionedPayment,
+};
+use farebox_x402::{Payload, Reason, X402Config, X402Rail, codec, v1, v2};
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const PAYER: &str = "0x857b06519E91e3A54538791bDbb0E22373e36b66";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    Ok,
+    Invalid,
+    Down,
+    Pending,
+    Reverted,
+}
+
+struct Scripted {
+    verify: Mutex<Script>,
+    settle: Mutex<Script>,
+    settles: AtomicUsize,
+}
+
+#[async_trait]
+impl Facilitator for Scripted {
+    async fn verify(&self, _: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError> {
+        match *self.verify.lock().unwrap() {
+            Script::Down => Err(FacilitatorError::Unavailable("scripted outage".into())),
+            Script::Invalid => {
+                Ok(VerifyResponse::invalid(Reason::InsufficientFunds, 2, Some(PAYER.into())))
+            }
+            _ => Ok(VerifyResponse::valid(PAYER.into())),
+        }
+    }
+    async fn settle(&self, r: &VersionedPayment) -> Result<SettleResponse, FacilitatorError> {
+        self.settles.fetch_add(1, Ordering::SeqCst);
+        let network = r.network().to_string();
+        match *self.settle.lock().unwrap() {
+            Script::Down => Err(FacilitatorError::Unavailable("scripted outage".into())),
+            Script::Pending => {
+                let mut s =
+                    SettleResponse::failure(Reason::SettlementPending, network, Some(PAYER.into()));
+                s.transaction = "0xfeed".into();
+                Ok(s)
+            }
+            Script::Reverted => {
+                let mut s =
+                    SettleResponse::failure(Reason::TransactionFailed, network, Some(PAYER.into()));
+                s.transaction = "0xdead".into();
+                Ok(s)
+            }
+            _ => Ok(SettleResponse::success("0xbeef".into(), network, Some(PAYER.into()))),
+        }
+    }
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        Err(FacilitatorError::Unavailable("not scripted".into()))
+    }
+}
+
+struct World {
+    app: Router,
+    facilitator: Arc<Scripted>,
+    store: Arc<MemoryStore>,
+}
+
+fn config() -> X402Config {
+    X402Config {
+        network: "eip155:84532".into(),
+        asset: ASSET.into(),
+        eip712_name: "USDC".into(),
+        eip712_version: "2".into(),
+        symbol: "USDC".into(),
+        decimals: 6,
+        pay_to: PAY_TO.into(),
+        max_timeout_seconds: 60,
+        public_url: "https://api.example.com".into(),
+        offer_v1: true,
+    }
+}
+
+fn world() -> World {
+    let facilitator = Arc::new(Scripted {
+        verify: Mutex::new(Script::Ok),
+        settle: Mutex::new(Script::Ok),
+        settles: AtomicUsize::new(0),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let rail = X402Rail::new(config(), facilitator.clone(), store.clone());
+    let price = Price::one(Money::new(Asset::Token(config().token()), 10_000));
+    let paywall = Paywall::builder()
+        .rail(rail)
+        .route(PricedRoute::new(None, "/data", price).unwrap().describe("market data"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/data", axum::routing::get(|| async { "the data" }))
+        .route(
+            "/data-fails",
+            axum::routing::get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
+        .layer(PaywallLayer::new(paywall));
+    World { app, facilitator, store }
+}
+
+async fn send(
+    app: &Router,
+    header: Option<(&str, String)>,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let mut req = Request::get("/data");
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (parts.status, parts.headers, json)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A payload with well-formed fields (the signature is checked by the facilitator, scripted here).
+fn exact_payload(nonce_byte: u8) -> Payload {
+    Payload::from_serialize(&json!({
+        "signature": format!("0x{}", "11".repeat(65)),
+        "authorization": {
+            "from": PAYER, "to": PAY_TO, "value": "10000",
+            "validAfter": (now() - 600).to_string(), "validBefore": (now() + 60).to_string(),
+            "nonce": format!("0x{}", format!("{nonce_byte:02x}").repeat(32)),
+        }
+    }))
+    .unwrap()
+}
+
+/// The client side: reads the 402's v2 requirement and echoes it.
+async fn v2_payment(w: &World, nonce_byte: u8) -> String {
+    let (status, headers, _) = send(&w.app, None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let payload = v2::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        resource: Some(required.resource.clone()),
+        accepted: required.accepts[0].clone(),
+        payload: exact_payload(nonce_byte),
+        extensions: None,
+    };
+    codec::encode_header(&payload)
+}
+
+#[tokio::test]
+async fn one_402_offers_v2_in_the_header_and_v1_in_the_body() {
+    let w = world();
+    let (status, headers, body) = send(&w.app, None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let req = &required.accepts[0];
+    assert_eq!(
+        (req.scheme.as_str(), req.network.as_str(), req.amount.as_str()),
+        ("exact", "eip155:84532", "10000")
+    );
+    assert_eq!(req.extra.as_ref().unwrap()["name"], "USDC");
+    assert_eq!(required.resource.url, "https://api.example.com/data");
+    assert_eq!(body["x402Version"], 1);
+    let v1: Vec<v1::PaymentRequirements> = serde_json::from_value(body["accepts"].clone()).unwrap();
+    assert_eq!(v1[0].network, "base-sepolia");
+    assert_eq!(v1[0].max_amount_required.as_str(), "10000");
+    assert_eq!(body["status"], 402, "the body is still a problem+json object");
+}
+
+#[tokio::test]
+async fn a_valid_payment_is_served_with_a_settlement_receipt() {
+    let w = world();
+    let payment = v2_payment(&w, 1).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "the data");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success);
+    assert_eq!(receipt.transaction, "0xbeef");
+}
+
+#[tokio::test]
+async fn a_replayed_payment_is_refused_before_the_handler() {
+    let w = world();
+    let payment = v2_payment(&w, 2).await;
+    assert_eq!(send(&w.app, Some(("PAYMENT-SIGNATURE", payment.clone()))).await.0, StatusCode::OK);
+    let (status, _, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used");
+    assert_eq!(w.facilitator.settles.load(Ordering::SeqCst), 1, "settled once");
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_served_once() {
+    let w = world();
+    let payment = v2_payment(&w, 3).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, payment) = (w.app.clone(), payment.clone());
+            tokio::spawn(async move { send(&app, Some(("PAYMENT-SIGNATURE", payment))).await.0 })
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::OK {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 1);
+    assert_eq!(w.facilitator.settles.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_payment_gets_a_fresh_402_with_the_facilitators_reason() {
+    let w = world();
+    *w.facilitator.verify.lock().unwrap() = Script::Invalid;
+    let payment = v2_payment(&w, 4).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "insufficient_funds");
+    assert!(headers.contains_key("payment-required"), "fresh requirements");
+}
+
+#[tokio::test]
+async fn a_tampered_requirement_is_refused_without_asking_the_facilitator() {
+    let w = world();
+    let (_, headers, _) = send(&w.app, None).await;
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let mut accepted = required.accepts[0].clone();
+    accepted.amount = farebox_x402::Amount::from(1u64);
+    let payload = v2::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        resource: None,
+        accepted,
+        payload: exact_payload(5),
+        extensions: None,
+    };
+    *w.facilitator.verify.lock().unwrap() = Script::Down; // would be a 503 if it were asked
+    let (status, _, body) =
+        send(&w.app, Some(("PAYMENT-SIGNATURE", codec::encode_header(&payload)))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "accepted_requirements_mismatch");
+}
+
+#[tokio::test]
+async fn garbage_headers_get_a_402_with_a_reason() {
+    let w = world();
+    for (header, value) in [
+        ("PAYMENT-SIGNATURE", "not base64!"),
+        ("PAYMENT-SIGNATURE", "e30="),
+        ("X-PAYMENT", "eyJ4NDAyVmVyc2lvbiI6OX0="),
+    ] {
+        let (status, _, body) = send(&w.app, Some((header, value.into()))).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{header}: {value}");
+        assert!(body["code"].as_str().unwrap().starts_with("invalid_"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_facilitator_that_is_down_fails_closed_and_reserves_nothing() {
+    let w = world();
+    let payment = v2_payment(&w, 6).await;
+    *w.facilitator.verify.lock().unwrap() = Script::Down;
+    let (status, headers, _) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment.clone()))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    *w.facilitator.verify.lock().unwrap() = Script::Ok;
+    assert_eq!(
+        send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await.0,
+        StatusCode::OK,
+        "the same payment works once it is back"
+    );
+}
+
+#[tokio::test]
+async fn a_pending_settlement_is_refused_with_its_transaction_hash() {
+    let w = world();
+    *w.facilitator.settle.lock().unwrap() = Script::Pending;
+    let payment = v2_payment(&w, 7).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment.clone()))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "settlement_pending");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(receipt.transaction, "0xfeed");
+    let pending = w.store.pending("x402").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.reference.as_deref(), Some("0xfeed"));
+    // The same authorization again: not settled twice, and still told it is pending.
+    let (status, _, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "settlement_pending");
+    assert!(body["detail"].as_str().unwrap().contains("0xfeed"));
+    assert_eq!(w.facilitator.settles.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_reverted_settlement_withholds_the_content() {
+    let w = world();
+    *w.facilitator.settle.lock().unwrap() = Script::Reverted;
+    let payment = v2_payment(&w, 8).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_ne!(body, "the data");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success);
+    assert_eq!(receipt.transaction, "0xdead");
+}
+
+#[tokio::test]
+async fn a_settlement_that_cannot_be_sent_leaves_the_authorization_usable() {
+    let w = world();
+    *w.facilitator.settle.lock().unwrap() = Script::Down;
+    let payment = v2_payment(&w, 9).await;
+    let (status, _, _) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment.clone()))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    *w.facilitator.settle.lock().unwrap() = Script::Ok;
+    assert_eq!(send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_v1_payment_is_answered_in_v1() {
+    let w = world();
+    let (_, _, body) = send(&w.app, None).await;
+    let v1_req: Vec<v1::PaymentRequirements> =
+        serde_json::from_value(body["accepts"].clone()).unwrap();
+    let payment = v1::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        scheme: "exact".into(),
+        network: v1_req[0].network.clone(),
+        payload: exact_payload(10),
+    };
+    let (status, headers, _) =
+        send(&w.app, Some(("X-PAYMENT", codec::encode_header(&payment)))).await;
+    assert_eq!(status, StatusCode::OK);
+    let receipt: v1::SettlementResponse =
+        codec::decode_header(headers["x-payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success);
+    assert_eq!(receipt.network, "base-sepolia");
+}
