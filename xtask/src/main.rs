@@ -4,13 +4,23 @@
 //!   root), then runs every test of the workspace, doc tests included.
 //! - `cargo xtask bench [FILTER]`: runs the criterion benchmarks with short, stable settings and
 //!   prints the medians.
-//! - `cargo xtask setup`: only the installation step.
+//! - `cargo xtask setup`: only the installation step (Debian packages, and anvil from npm into
+//!   `target/tools/`).
+//! - `cargo xtask contracts`: compiles `contracts/*.sol` with npm `solc` (installed into
+//!   `target/tools/`) and writes the artifacts to `contracts/out/`, which are committed so that
+//!   `cargo build` needs no Node.
+//! - `cargo xtask chain`: a local chain for demos: anvil on 127.0.0.1:8545 (chain id 84532) with
+//!   FareboxUSD deployed and test accounts funded, until Ctrl-C.
 
 #![forbid(unsafe_code)]
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+mod chain;
+mod contracts;
+mod tools;
 
 /// Debian packages the tests need, each with how to tell it is already there: libsodium for
 /// the `macaroon` crate (the L402 codec's compatibility oracle), pkg-config to find it,
@@ -43,8 +53,12 @@ fn main() -> ExitCode {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("bench") => setup().and_then(|()| bench(&args[1..])),
         Some("setup") => setup(),
+        Some("contracts") => contracts::compile(),
+        Some("chain") => setup().and_then(|()| chain::run()),
         _ => {
-            eprintln!("usage: cargo xtask <test [ARGS…] | bench [FILTER] | setup>");
+            eprintln!(
+                "usage: cargo xtask <test [ARGS…] | bench [FILTER] | setup | contracts | chain>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -57,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -70,8 +84,14 @@ fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
 }
 
-/// Installs the Debian packages that are missing.
+/// Installs what is missing: the Debian packages, then anvil (npm, into `target/tools/`).
 fn setup() -> Result<()> {
+    setup_apt()?;
+    tools::ensure_anvil().map(|_| ())
+}
+
+/// Installs the Debian packages that are missing.
+fn setup_apt() -> Result<()> {
     let missing: Vec<&str> =
         APT_PACKAGES.iter().filter(|(_, probe)| !probe.present()).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {

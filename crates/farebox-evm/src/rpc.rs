@@ -1,0 +1,392 @@
+//! [`EvmRpc`]: a JSON-RPC client for what a facilitator does on chain — read token state,
+//! simulate a `transferWithAuthorization` in one `eth_call`, submit it with the facilitator's own
+//! key paying gas, and wait for the receipt.
+//!
+//! Error mapping (see [`EvmError`]): connection failures, timeouts and HTTP errors are
+//! [`EvmError::Unavailable`] (fail closed: answer 503); a revert is [`EvmError::Reverted`] with
+//! the decoded reason (e.g. `FiatTokenV2: authorization is used or canceled`); other JSON-RPC
+//! errors are [`EvmError::Rpc`]. Every request has a timeout (default 10 s).
+//!
+//! Transactions sent through one [`EvmRpc`] are submitted one at a time (nonce assignment and
+//! submission happen under a lock), so concurrent settlements from one key do not collide on
+//! nonces. Several processes sharing one key still need separate keys or a nonce service.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::client::RpcClient;
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{Panic, Revert, SolCall, SolError};
+use alloy::transports::{RpcError, TransportErrorKind};
+
+use crate::contracts::{
+    FareboxUSD, TransferWithAuthorizationBytesCall, TransferWithAuthorizationVrsCall,
+};
+use crate::eip3009::{self, TransferWithAuthorization};
+use crate::error::{EvmError, Result};
+
+/// The default timeout of one JSON-RPC request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`EvmRpc::wait_for_receipt`] asks for the receipt.
+const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What became of a submitted transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// Mined with status 1.
+    Success {
+        /// The block it was mined in.
+        block: u64,
+    },
+    /// Mined with status 0.
+    Reverted {
+        /// The block it was mined in.
+        block: u64,
+        /// The revert reason, when replaying the call against the parent block yields one.
+        reason: Option<String>,
+    },
+    /// No receipt before the deadline (or the node could not be asked): the transaction may
+    /// still be mined. The caller keeps the hash and reports a pending / unknown settlement.
+    Unknown,
+}
+
+/// A JSON-RPC client for one chain. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EvmRpc {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
+    chain_id: u64,
+    client: RpcClient,
+    provider: DynProvider,
+    send_lock: tokio::sync::Mutex<()>,
+}
+
+impl EvmRpc {
+    /// Connects to `url` (http or https) with the default timeout and reads the chain id.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_timeout(url, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects to `url` with a per-request `timeout` and reads the chain id.
+    pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Self> {
+        let invalid =
+            |reason: &str| EvmError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| EvmError::Unavailable(format!("building the HTTP client: {e}")))?;
+        let client = RpcClient::new_http_with_client(http, parsed);
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_client(client.clone())
+            .erased();
+        let chain_id = provider.get_chain_id().await.map_err(map_err)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                chain_id,
+                client,
+                provider,
+                send_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The RPC URL.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The chain id read at connection.
+    pub fn chain_id(&self) -> u64 {
+        self.inner.chain_id
+    }
+
+    /// The underlying alloy provider (no fillers, no wallet), for calls this type does not wrap.
+    pub fn provider(&self) -> &DynProvider {
+        &self.inner.provider
+    }
+
+    /// A raw JSON-RPC request, e.g. `("evm_mine", ())`.
+    pub async fn request<P, R>(&self, method: &'static str, params: P) -> Result<R>
+    where
+        P: serde::Serialize + Clone + std::fmt::Debug + Send + Sync + Unpin + 'static,
+        R: serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + Unpin + 'static,
+    {
+        self.inner.provider.raw_request(method.into(), params).await.map_err(map_err)
+    }
+
+    /// The timestamp of the latest block.
+    pub async fn block_timestamp(&self) -> Result<u64> {
+        let block = self
+            .inner
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| EvmError::InvalidResponse("no latest block".into()))?;
+        Ok(block.header.timestamp)
+    }
+
+    /// The latest block number.
+    pub async fn block_number(&self) -> Result<u64> {
+        self.inner.provider.get_block_number().await.map_err(map_err)
+    }
+
+    /// `eth_call` of `call` on `to` (from the zero address unless `from` is given), decoded.
+    pub async fn call<C: SolCall>(
+        &self,
+        to: Address,
+        call: &C,
+        from: Option<Address>,
+    ) -> Result<C::Return> {
+        let mut tx = TransactionRequest::default().with_to(to).with_input(call.abi_encode());
+        if let Some(from) = from {
+            tx = tx.with_from(from);
+        }
+        let out = self.inner.provider.call(tx).await.map_err(map_err)?;
+        C::abi_decode_returns(&out)
+            .map_err(|e| EvmError::InvalidResponse(format!("decoding the result: {e}")))
+    }
+
+    /// `balanceOf(owner)` of an ERC-20 token.
+    pub async fn balance_of(&self, token: Address, owner: Address) -> Result<U256> {
+        self.call(token, &FareboxUSD::balanceOfCall { account: owner }, None).await
+    }
+
+    /// `authorizationState(authorizer, nonce)` of an EIP-3009 token: whether the nonce is used
+    /// or canceled. A token without EIP-3009 reverts ([`EvmError::Reverted`]).
+    pub async fn authorization_state(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool> {
+        self.call(token, &FareboxUSD::authorizationStateCall { authorizer, nonce }, None).await
+    }
+
+    /// The token's `name()` (its EIP-712 domain name for FiatToken).
+    pub async fn token_name(&self, token: Address) -> Result<String> {
+        self.call(token, &FareboxUSD::nameCall {}, None).await
+    }
+
+    /// The token's `version()` (its EIP-712 domain version for FiatToken).
+    pub async fn token_version(&self, token: Address) -> Result<String> {
+        self.call(token, &FareboxUSD::versionCall {}, None).await
+    }
+
+    /// Simulates `transferWithAuthorization` with one `eth_call` from `from` (the facilitator)
+    /// against the latest block. `Ok(())` means it would succeed now; a revert is
+    /// [`EvmError::Reverted`] with FiatToken's reason. A 65-byte signature goes through the
+    /// `(v, r, s)` overload (`v` normalized to 27 / 28; a malformed or high-`s` signature is
+    /// refused locally with [`EvmError::Signature`]); any other length through the `bytes`
+    /// overload (ERC-1271 wallets).
+    pub async fn simulate_transfer_with_authorization(
+        &self,
+        token: Address,
+        auth: &TransferWithAuthorization,
+        signature: &[u8],
+        from: Address,
+    ) -> Result<()> {
+        let input = transfer_with_authorization_input(auth, signature)?;
+        let tx = TransactionRequest::default().with_from(from).with_to(token).with_input(input);
+        self.inner.provider.call(tx).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Submits `transferWithAuthorization` (overload chosen as in
+    /// [`simulate_transfer_with_authorization`](Self::simulate_transfer_with_authorization)),
+    /// signed and paid for by `signer`. Gas is estimated first, so a transfer that would revert
+    /// now is refused with [`EvmError::Reverted`] before anything is broadcast. Returns the hash
+    /// once the node has accepted the transaction; see [`wait_for_receipt`](Self::wait_for_receipt).
+    pub async fn send_transfer_with_authorization(
+        &self,
+        signer: &PrivateKeySigner,
+        token: Address,
+        auth: &TransferWithAuthorization,
+        signature: &[u8],
+    ) -> Result<TxHash> {
+        let input = transfer_with_authorization_input(auth, signature)?;
+        self.send(signer, TransactionRequest::default().with_to(token).with_input(input)).await
+    }
+
+    /// Sends `call` to `to` as a transaction signed by `signer`; returns its hash.
+    pub async fn send_call<C: SolCall>(
+        &self,
+        signer: &PrivateKeySigner,
+        to: Address,
+        call: &C,
+    ) -> Result<TxHash> {
+        self.send(signer, TransactionRequest::default().with_to(to).with_input(call.abi_encode()))
+            .await
+    }
+
+    /// Deploys a contract (`init_code` = creation bytecode followed by the ABI-encoded
+    /// constructor arguments) from `signer`, waits up to `timeout` for the receipt and returns
+    /// the contract's address.
+    pub async fn deploy(
+        &self,
+        signer: &PrivateKeySigner,
+        init_code: Bytes,
+        timeout: Duration,
+    ) -> Result<Address> {
+        let hash =
+            self.send(signer, TransactionRequest::default().with_deploy_code(init_code)).await?;
+        match self.wait_for_receipt(hash, timeout).await? {
+            ReceiptOutcome::Success { .. } => {}
+            ReceiptOutcome::Reverted { reason, .. } => {
+                return Err(EvmError::Deploy(format!(
+                    "{hash} reverted: {}",
+                    reason.unwrap_or_default()
+                )));
+            }
+            ReceiptOutcome::Unknown => {
+                return Err(EvmError::Deploy(format!("no receipt for {hash}")));
+            }
+        }
+        let receipt = self
+            .inner
+            .provider
+            .get_transaction_receipt(hash)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| EvmError::Deploy(format!("receipt of {hash} disappeared")))?;
+        receipt
+            .contract_address
+            .ok_or_else(|| EvmError::Deploy(format!("{hash} created no contract")))
+    }
+
+    /// Fills (nonce, gas, fees, chain id), signs and submits `tx` from `signer`.
+    async fn send(&self, signer: &PrivateKeySigner, tx: TransactionRequest) -> Result<TxHash> {
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer.clone()))
+            .connect_client(self.inner.client.clone());
+        let tx = tx.with_from(signer.address());
+        let _guard = self.inner.send_lock.lock().await;
+        let pending = provider.send_transaction(tx).await.map_err(map_err)?;
+        Ok(*pending.tx_hash())
+    }
+
+    /// Waits up to `timeout` for the receipt of `tx`. Never fails because of the wait itself:
+    /// on timeout, or if the node stays unreachable, the outcome is [`ReceiptOutcome::Unknown`]
+    /// and the caller still has the hash.
+    pub async fn wait_for_receipt(&self, tx: TxHash, timeout: Duration) -> Result<ReceiptOutcome> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(receipt)) = self.inner.provider.get_transaction_receipt(tx).await {
+                let block = receipt.block_number.unwrap_or_default();
+                if receipt.status() {
+                    return Ok(ReceiptOutcome::Success { block });
+                }
+                let reason = self.replay_revert_reason(tx, block).await;
+                return Ok(ReceiptOutcome::Reverted { block, reason });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(ReceiptOutcome::Unknown);
+            }
+            tokio::time::sleep(RECEIPT_POLL_INTERVAL.min(deadline - now)).await;
+        }
+    }
+
+    /// Best effort: replays a reverted transaction as an `eth_call` against its parent block.
+    async fn replay_revert_reason(&self, tx: TxHash, block: u64) -> Option<String> {
+        let original = self.inner.provider.get_transaction_by_hash(tx).await.ok()??;
+        let request: TransactionRequest = original.into_request();
+        let parent = BlockNumberOrTag::Number(block.saturating_sub(1));
+        match self.inner.provider.call(request).block(parent.into()).await {
+            Err(e) => match map_err(e) {
+                EvmError::Reverted { reason } => Some(reason),
+                _ => None,
+            },
+            Ok(_) => None,
+        }
+    }
+}
+
+/// The calldata of `transferWithAuthorization` for `signature`: the `(v, r, s)` overload for 65
+/// bytes, the `bytes` overload otherwise.
+pub fn transfer_with_authorization_input(
+    auth: &TransferWithAuthorization,
+    signature: &[u8],
+) -> Result<Bytes> {
+    let a = auth;
+    let input = if signature.len() == 65 {
+        let (v, r, s) = eip3009::to_vrs(signature)?;
+        TransferWithAuthorizationVrsCall {
+            from: a.from,
+            to: a.to,
+            value: a.value,
+            validAfter: a.validAfter,
+            validBefore: a.validBefore,
+            nonce: a.nonce,
+            v,
+            r,
+            s,
+        }
+        .abi_encode()
+    } else {
+        TransferWithAuthorizationBytesCall {
+            from: a.from,
+            to: a.to,
+            value: a.value,
+            validAfter: a.validAfter,
+            validBefore: a.validBefore,
+            nonce: a.nonce,
+            signature: Bytes::copy_from_slice(signature),
+        }
+        .abi_encode()
+    };
+    Ok(input.into())
+}
+
+/// Maps an alloy transport result error onto [`EvmError`].
+pub(crate) fn map_err(e: RpcError<TransportErrorKind>) -> EvmError {
+    match e {
+        RpcError::ErrorResp(payload) => {
+            map_error_response(payload.code, payload.message.to_string(), payload.as_revert_data())
+        }
+        RpcError::Transport(kind) => EvmError::Unavailable(kind.to_string()),
+        RpcError::NullResp => EvmError::InvalidResponse("null response".into()),
+        RpcError::DeserError { err, .. } => EvmError::InvalidResponse(err.to_string()),
+        other => EvmError::Rpc { code: 0, message: other.to_string() },
+    }
+}
+
+fn map_error_response(code: i64, message: String, revert_data: Option<Bytes>) -> EvmError {
+    let is_revert = code == 3 || message.contains("revert");
+    if !is_revert {
+        return EvmError::Rpc { code, message };
+    }
+    let reason = revert_data.and_then(|data| decode_revert(data.as_ref())).unwrap_or_else(|| {
+        message.strip_prefix("execution reverted: ").map(str::to_owned).unwrap_or(message)
+    });
+    EvmError::Reverted { reason }
+}
+
+/// `Error(string)` → its string; `Panic(uint256)` → `panic 0x…`; a custom error → its selector.
+fn decode_revert(data: &[u8]) -> Option<String> {
+    if let Ok(revert) = Revert::abi_decode(data) {
+        return Some(revert.reason);
+    }
+    if let Ok(panic) = Panic::abi_decode(data) {
+        return Some(format!("panic 0x{:x}", panic.code));
+    }
+    if data.len() >= 4 {
+        return Some(format!("custom error 0x{}", alloy::hex::encode(&data[..4])));
+    }
+    None
+}
