@@ -8,8 +8,9 @@ use farebox_core::Money;
 pub enum Event {
     /// A saved reusable proof (an L402 token) is sent with the request up front.
     ReusingProof { url: String, rail: &'static str },
-    /// The server answered 402: its `WWW-Authenticate` lines as sent, and the offers this
-    /// client's wallets can pay (rail, price, summary).
+    /// The server answered 402: its challenge header lines as sent (`WWW-Authenticate: …`,
+    /// `PAYMENT-REQUIRED: …`), and the offers this client's wallets can pay (rail, price,
+    /// summary).
     PaymentRequired {
         url: String,
         challenges: Vec<String>,
@@ -20,7 +21,7 @@ pub enum Event {
     /// The payment went through.
     Paid { rail: &'static str, price: Money, fee: Money, reference: String },
     /// The request is being sent again with the proof.
-    Retrying { url: String },
+    Retrying { url: String, rail: &'static str },
     /// The server answered the paid request.
     Served { url: String, status: u16 },
 }

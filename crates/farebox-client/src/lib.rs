@@ -27,6 +27,7 @@ mod events;
 mod l402;
 mod middleware;
 mod wallet;
+mod x402;
 
 pub use budget::{Budget, Ledger, LedgerEntry, Reservation};
 pub use error::ClientError;
@@ -34,6 +35,7 @@ pub use events::{Event, Observer};
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;
 pub use wallet::{Offer, PaymentRequired, Proof, Wallet};
+pub use x402::X402Wallet;
 
 /// A reqwest client with `payer` installed.
 pub fn paying_client(

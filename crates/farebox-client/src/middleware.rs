@@ -193,12 +193,7 @@ impl PaymentMiddleware {
         }
         self.emit(Event::PaymentRequired {
             url: url.to_string(),
-            challenges: required
-                .headers
-                .get_all(http::header::WWW_AUTHENTICATE)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect(),
+            challenges: challenge_lines(&required.headers),
             offers: offers
                 .iter()
                 .map(|(_, o)| (o.rail, o.price.clone(), o.summary.clone()))
@@ -249,7 +244,7 @@ impl PaymentMiddleware {
 
         let mut retry = retry;
         apply_proof(&mut retry, &proof.headers);
-        self.emit(Event::Retrying { url: url.to_string() });
+        self.emit(Event::Retrying { url: url.to_string(), rail: offer.rail });
         let response = next.run(retry, extensions).await?;
         self.emit(Event::Served { url: url.to_string(), status: response.status().as_u16() });
         if response.status() == StatusCode::PAYMENT_REQUIRED {
@@ -331,6 +326,23 @@ impl PaymentMiddleware {
         }
         Ok((response, saved))
     }
+}
+
+/// The 402's challenge header lines as sent (`Name: value`), for people to read.
+fn challenge_lines(headers: &http::HeaderMap) -> Vec<String> {
+    ["www-authenticate", "payment-required"]
+        .iter()
+        .flat_map(|name| {
+            headers.get_all(*name).iter().map(move |v| {
+                let shown = if *name == "www-authenticate" {
+                    "WWW-Authenticate"
+                } else {
+                    "PAYMENT-REQUIRED"
+                };
+                format!("{shown}: {}", String::from_utf8_lossy(v.as_bytes()))
+            })
+        })
+        .collect()
 }
 
 /// Adds the proof's headers. An `Authorization` proof replaces only values of its own scheme,

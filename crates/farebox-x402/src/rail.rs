@@ -24,7 +24,8 @@ use farebox_core::{
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::exact_evm::{self, CheckedPayment};
+use crate::exact_evm;
+use crate::facilitator::local::replay_key;
 use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::facilitator_api::{AnyPaymentPayload, SettleResponse, VersionedPayment};
 use crate::{Amount, Reason, codec, network, v1, v2};
@@ -226,16 +227,6 @@ fn unavailable(e: FacilitatorError) -> PaymentError {
     PaymentError::unavailable("facilitator_unavailable", e.to_string(), Duration::from_secs(5))
 }
 
-/// The replay key of a checked payment: one authorization nonce per payer, token and chain,
-/// exactly as the token contract scopes it.
-fn replay_key(checked: &CheckedPayment) -> String {
-    let auth = &checked.payload.authorization;
-    format!(
-        "{}:{:#x}:{:#x}:{:#x}",
-        checked.requirement.network, checked.requirement.asset, auth.from, auth.nonce
-    )
-}
-
 #[async_trait]
 impl Rail for X402Rail {
     fn name(&self) -> &'static str {
@@ -289,6 +280,17 @@ impl Rail for X402Rail {
         let answer = self.facilitator.verify(&request).await.map_err(unavailable)?;
         if !answer.is_valid {
             let reason = answer.reason().unwrap_or(Reason::UnexpectedVerifyError);
+            if reason == Reason::NonceAlreadyUsed {
+                // A node that simulates against its pending state sees the nonce of a transfer
+                // still in the mempool as used: if that transfer is our own pending settlement,
+                // say so, as when the replay store is what refuses it.
+                let key = replay_key(&checked);
+                if let Ok(Some(record)) = self.store.get(NAMESPACE, &key).await
+                    && record.state == ProofState::Pending
+                {
+                    return Err(self.already_used(&key).await);
+                }
+            }
             let detail =
                 answer.invalid_message.clone().unwrap_or_else(|| reason.message().to_string());
             return Err(invalid(reason, detail));
@@ -359,10 +361,10 @@ impl Rail for X402Rail {
     }
 
     async fn release(&self, _resource: &Resource, payment: Verified) {
-        if let Ok(accepted) = payment.state.downcast::<Accepted>() {
-            if let Err(e) = self.store.release(NAMESPACE, &accepted.key).await {
-                tracing::warn!(error = %e, "could not release an x402 reservation");
-            }
+        if let Ok(accepted) = payment.state.downcast::<Accepted>()
+            && let Err(e) = self.store.release(NAMESPACE, &accepted.key).await
+        {
+            tracing::warn!(error = %e, "could not release an x402 reservation");
         }
     }
 }
@@ -376,14 +378,14 @@ impl X402Rail {
             Reason::NonceAlreadyUsed.as_str(),
             "this authorization was already presented; sign a new one",
         );
-        if let Some(record) = record {
-            if record.state == ProofState::Pending {
-                e.code = Reason::SettlementPending.as_str();
-                e.detail = format!(
-                    "this authorization's settlement{} is not confirmed yet; it will not be taken twice",
-                    record.reference.as_deref().map(|t| format!(" ({t})")).unwrap_or_default()
-                );
-            }
+        if let Some(record) = record
+            && record.state == ProofState::Pending
+        {
+            e.code = Reason::SettlementPending.as_str();
+            e.detail = format!(
+                "this authorization's settlement{} is not confirmed yet; it will not be taken twice",
+                record.reference.as_deref().map(|t| format!(" ({t})")).unwrap_or_default()
+            );
         }
         e
     }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use farebox_client::{Budget, ClientError, Event, L402Wallet, PaymentMiddleware};
+use farebox_client::{Budget, ClientError, Event, L402Wallet, PaymentMiddleware, X402Wallet};
 use farebox_core::{Asset, Money};
 
 use crate::stack::{self, Stack};
@@ -31,14 +31,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.serve {
         return serve(args).await;
     }
-    let stack = stack::start(0).await?;
+    let evm = match stack::start_evm().await {
+        Ok(evm) => Some(evm),
+        Err(e) => {
+            println!("(x402 part skipped: {e:#})\n");
+            None
+        }
+    };
+    let stack = stack::start(0, evm.as_ref()).await?;
     let base = format!("http://{}", stack.server);
-    heading(&stack);
+    heading(&stack, evm.as_ref());
 
-    let budget = Budget::new().allow(Money::sats(100), Money::sats(500))?;
-    let payer = PaymentMiddleware::new(budget.clone())
-        .wallet(L402Wallet::new(stack.wallet_node.clone(), 1_000))
-        .observe(narrate);
+    let mut budget = Budget::new().allow(Money::sats(100), Money::sats(500))?;
+    let mut payer = PaymentMiddleware::new(budget.clone())
+        .wallet(L402Wallet::new(stack.wallet_node.clone(), 1_000));
+    if let Some(evm) = &evm {
+        let usdc = Asset::Token(evm.usdc());
+        budget = budget.allow(Money::new(usdc.clone(), 100_000), Money::new(usdc, 1_000_000))?;
+        payer = payer.wallet(X402Wallet::new(evm.payer.clone()));
+    }
+    let payer = payer.observe(narrate);
     let ledger = payer.ledger();
     let client = farebox_client::paying_client(
         reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
@@ -48,7 +60,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(1, "A free route passes straight through");
     request(&client, &format!("{base}/health")).await?;
 
-    step(2, "A priced route: the server answers 402, the client pays the invoice and retries");
+    step(
+        2,
+        "A priced route: the server answers 402 with every rail's challenge; the client pays the first it can (Lightning) and retries",
+    );
     request(&client, &format!("{base}/joke")).await?;
 
     step(3, "The L402 token is reusable: the same route again costs nothing more");
@@ -58,10 +73,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     request(&client, &format!("{base}/weather/lisbon")).await?;
     request(&client, &format!("{base}/weather/oslo")).await?;
 
-    step(5, "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402");
+    if let Some(evm) = &evm {
+        step(
+            5,
+            "A route priced in USDC only: x402 — the client signs an EIP-3009 authorization, the facilitator verifies it and settles it on the local chain",
+        );
+        let before = evm.balance(evm.pay_to).await?;
+        request(&client, &format!("{base}/report")).await?;
+        let after = evm.balance(evm.pay_to).await?;
+        println!("    · on chain: the API's account went from {before} to {after}");
+
+        step(
+            6,
+            "The same signed authorization sent twice: the second is refused before the handler runs",
+        );
+        replay(&base, evm).await?;
+    }
+
+    step(7, "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402");
     forged(&base).await?;
 
-    step(6, "A price above the budget is refused before any payment is made");
+    step(8, "A price above the budget is refused before any payment is made");
     match client.get(format!("{base}/premium")).send().await {
         Err(e) => match ClientError::from_middleware(&e) {
             Some(err @ ClientError::OverBudget { .. }) => {
@@ -76,7 +108,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let entries = ledger.entries();
     for e in &entries {
         println!(
-            "    {:<5} {:>8}  fee {:<8} {}  hash {}",
+            "    {:<5} {:>10}  fee {:<8} {}  ref {}",
             e.rail,
             e.amount.to_string(),
             e.fee.to_string(),
@@ -85,25 +117,79 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     let spent = budget.spent(&Asset::Bitcoin);
-    println!("    {} payments, {} spent of a {} budget", entries.len(), spent, Money::sats(500));
+    println!("    {} payments; {} spent of a {} budget", entries.len(), spent, Money::sats(500));
     println!(
-        "    wallet balance {} → {}; server node received {}",
+        "    Lightning: wallet {} → {}; server node received {}",
         Money::sats(stack::WALLET_OPENING_SATS),
         Money::msats(stack.wallet_node.balance_msat()),
         Money::msats(stack.server_node.balance_msat()),
     );
-    let expected = Money::sats(10 + 25);
-    anyhow::ensure!(spent == expected, "the demo should have spent {expected}, spent {spent}");
+    anyhow::ensure!(
+        spent == Money::sats(10 + 25),
+        "the demo should have spent 35 sat, spent {spent}"
+    );
+    if let Some(evm) = &evm {
+        let usdc = Asset::Token(evm.usdc());
+        println!(
+            "    USDC on chain: client {} → {}; API {}",
+            Money::new(usdc.clone(), stack::WALLET_OPENING_USDC),
+            evm.balance(evm.payer.address()).await?,
+            evm.balance(evm.pay_to).await?,
+        );
+        anyhow::ensure!(
+            evm.balance(evm.pay_to).await? == Money::new(usdc, 2 * 50_000),
+            "the API should have received 0.1 USDC (one /report paid by the client, one by the replay step)"
+        );
+    }
     println!(
-        "\nDone: every proof above was checked by math (sha256 of the preimage, the macaroon's HMAC chain), not by an API key."
+        "\nDone: every proof above was checked by math (a preimage's sha256 and a macaroon's HMAC chain; an EIP-712 signature and the token's own rules on chain), not by an API key."
     );
     Ok(())
 }
 
+/// Pays /report once by hand with the x402 wallet and sends the very same header twice.
+async fn replay(base: &str, evm: &stack::Evm) -> anyhow::Result<()> {
+    use farebox_client::Wallet;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/report");
+    let first = http.get(&url).send().await?;
+    let required = farebox_client::PaymentRequired {
+        url: url.parse()?,
+        challenges: Vec::new(),
+        headers: first.headers().clone(),
+        body: first.json().await.ok(),
+    };
+    let wallet = X402Wallet::new(evm.payer.clone());
+    let offer =
+        wallet.offers(&required)?.into_iter().next().context("no x402 offer for /report")?;
+    let proof = wallet.pay(&offer).await?;
+    let (name, value) = proof.headers.first().cloned().context("an x402 proof has a header")?;
+    for attempt in ["first", "again"] {
+        let response = http.get(&url).header(name.clone(), value.clone()).send().await?;
+        let status = response.status();
+        let problem: serde_json::Value = if status.is_success() {
+            serde_json::Value::Null
+        } else {
+            response.json().await.unwrap_or_default()
+        };
+        match problem["code"].as_str() {
+            None => println!("    → {attempt}: {status}"),
+            Some(code) => println!("    → {attempt}: {status} ({code})"),
+        }
+        let expected = if attempt == "first" { 200 } else { 402 };
+        anyhow::ensure!(
+            status.as_u16() == expected,
+            "{attempt} send of one authorization: expected {expected}, got {status}"
+        );
+    }
+    Ok(())
+}
+
 async fn serve(args: DemoArgs) -> anyhow::Result<()> {
-    let stack = stack::start(args.port).await?;
+    let evm = stack::start_evm().await.ok();
+    let stack = stack::start(args.port, evm.as_ref()).await?;
     let wallet = stack::serve_wallet(stack.wallet_node.clone(), args.wallet_port).await?;
-    heading(&stack);
+    heading(&stack, evm.as_ref());
     println!("  dev wallet API  http://{wallet}  (pays invoices of this dev network)\n");
     println!("Try it from another terminal:");
     println!("    farebox pay http://{}/joke --wallet http://{wallet}", stack.server);
@@ -113,21 +199,45 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn heading(stack: &Stack) {
-    println!("farebox demo: an HTTP API paid for in sats over L402");
+fn heading(stack: &Stack, evm: Option<&stack::Evm>) {
     println!(
-        "(embedded Lightning dev node on regtest: real BOLT11 signatures and preimages, simulated routing)\n"
+        "farebox demo: an HTTP API paid for per request, in sats over L402 and in USDC over x402"
     );
+    println!(
+        "(Lightning: embedded dev node, real BOLT11 signatures and preimages, simulated routing;"
+    );
+    println!(" EVM: a local anvil chain with an EIP-3009 token and an in-process facilitator)\n");
     println!("  upstream API    http://{}  (free; the thing being sold)", stack.upstream);
     println!("  paid server     http://{}  (farebox paywall in front of it)", stack.server);
-    for (method, pattern, sats) in stack::PRICES {
-        println!("                    {method} {pattern:<12} {sats} sat");
+    for p in stack::PRICES {
+        let mut price = Vec::new();
+        if let Some(sats) = p.sats {
+            price.push(format!("{sats} sat"));
+        }
+        if let (Some(units), Some(evm)) = (p.usdc_units, evm) {
+            price.push(Money::new(Asset::Token(evm.usdc()), units).to_string());
+        }
+        if !price.is_empty() {
+            println!("                    {} {:<12} {}", p.method, p.pattern, price.join(" or "));
+        }
     }
     println!(
-        "  client wallet   dev node {}…, {} sat, budget 100 sat per request / 500 sat total",
+        "  client wallet   Lightning dev node {}…, {} sat; budget 100 sat per request / 500 sat total",
         &stack.wallet_node.pubkey().to_string()[..16],
         stack::WALLET_OPENING_SATS
     );
+    if let Some(evm) = evm {
+        println!(
+            "                  EVM account {:#x}, 100 USDC; budget 0.1 USDC per request / 1 USDC total",
+            evm.payer.address()
+        );
+        println!(
+            "  chain           {} (chain id {}), USDC at {:#x}",
+            evm.anvil.url(),
+            stack::CHAIN_ID,
+            evm.token
+        );
+    }
 }
 
 fn step(n: u32, what: &str) {
@@ -141,8 +251,20 @@ async fn request(
     println!("    → GET {url}");
     let response = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = response.status();
+    let settlement = response
+        .headers()
+        .get("payment-response")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| farebox_x402::decode_header::<farebox_x402::v2::SettleResponse>(v).ok());
     let body = response.text().await.unwrap_or_default();
     println!("    ← {status}  {}", body.trim());
+    if let Some(s) = settlement {
+        println!(
+            "      PAYMENT-RESPONSE: settled on {} in transaction {}",
+            s.network,
+            short(&s.transaction)
+        );
+    }
     anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
     Ok(())
 }
@@ -189,41 +311,53 @@ fn narrate(event: &Event) {
         Event::PaymentRequired { challenges, offers, .. } => {
             println!("    ← 402 Payment Required");
             for c in challenges {
-                println!("        WWW-Authenticate: {}", abbreviate(c));
+                println!("        {}", abbreviate(c));
             }
             for (rail, price, summary) in offers {
                 println!("    · offer: {rail} {price} — {summary}");
             }
         }
         Event::Paying { rail, price, .. } => println!("    · paying {price} over {rail}"),
-        Event::Paid { fee, reference, .. } => {
+        Event::Paid { rail: "l402", fee, reference, .. } => {
             println!("    · paid: preimage received, payment hash {} (fee {fee})", short(reference))
         }
-        Event::Retrying { .. } => {
+        Event::Paid { reference, .. } => {
+            println!(
+                "    · signed an EIP-3009 transferWithAuthorization, nonce {}",
+                short(reference)
+            )
+        }
+        Event::Retrying { rail: "l402", .. } => {
             println!("    → retrying with Authorization: L402 <macaroon>:<preimage>")
         }
-        Event::Served { .. } => {}
+        Event::Retrying { .. } => {
+            println!("    → retrying with PAYMENT-SIGNATURE: <base64 payment payload>")
+        }
         _ => {}
     }
 }
 
-/// Shortens long quoted values (base64, invoices) in a challenge line for reading.
+/// Shortens long values (base64, invoices) in a challenge line for reading, quoted or not.
 fn abbreviate(line: &str) -> String {
+    fn shorten(text: &str, limit: usize) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        if chars.len() <= limit {
+            return text.to_string();
+        }
+        let mut out: String = chars[..20].iter().collect();
+        out.push('…');
+        out.extend(&chars[chars.len() - 6..]);
+        out
+    }
     let mut out = String::with_capacity(line.len());
     for (i, text) in line.split('"').enumerate() {
-        let chars: Vec<char> = text.chars().collect();
         if i % 2 == 1 {
             out.push('"');
-            if chars.len() > 28 {
-                out.extend(&chars[..20]);
-                out.push('…');
-                out.extend(&chars[chars.len() - 6..]);
-            } else {
-                out.push_str(text);
-            }
+            out.push_str(&shorten(text, 28));
             out.push('"');
         } else {
-            out.push_str(text);
+            let words: Vec<String> = text.split(' ').map(|w| shorten(w, 40)).collect();
+            out.push_str(&words.join(" "));
         }
     }
     out

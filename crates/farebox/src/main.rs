@@ -4,10 +4,12 @@
 //!   L402, all in one process on embedded defaults, narrated step by step.
 //! - `farebox demo --serve`: the same server and dev wallet kept running, for `farebox pay`.
 //! - `farebox pay <url>`: pays for one request from the command line with the dev wallet.
+//! - `farebox facilitator`: the x402 facilitator HTTP API over EVM nodes.
 #![forbid(unsafe_code)]
 
 mod demo;
 mod devnet;
+mod facilitator;
 mod pay;
 mod proxy;
 mod stack;
@@ -16,7 +18,11 @@ mod upstream;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "farebox", version, about = "Paid HTTP APIs over L402 (and, soon, x402 and MPP)")]
+#[command(
+    name = "farebox",
+    version,
+    about = "Paid HTTP APIs: L402 (Lightning) and x402 (USDC on EVM)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,21 +34,27 @@ enum Command {
     Demo(Box<demo::DemoArgs>),
     /// Pay for one request with the dev wallet and print the response body.
     Pay(Box<pay::PayArgs>),
+    /// Serve the x402 facilitator API (verify, settle, supported) over EVM nodes.
+    Facilitator(Box<facilitator::FacilitatorArgs>),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Servers log what they do; the demo and `pay` keep the terminal for their own narration.
+    let default_level =
+        if matches!(cli.command, Command::Facilitator(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(*args).await,
         Command::Pay(args) => pay::run(*args).await,
+        Command::Facilitator(args) => facilitator::run(*args).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

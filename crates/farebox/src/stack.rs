@@ -1,31 +1,106 @@
-//! The demo stack: upstream API, paid server (paywall + forwarding proxy) and the embedded
-//! Lightning dev network with a receiving node and a paying wallet node.
+//! The demo stack: upstream API, paid server (paywall + forwarding proxy), the embedded
+//! Lightning dev network, and — when anvil is installed — a local EVM chain with the FareboxUSD
+//! token and an in-process x402 facilitator.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use farebox_core::{Money, Price};
+use farebox_core::{Asset, Money, Price, ReplayStore, Token};
+use farebox_evm::anvil::Anvil;
+use farebox_evm::{Address, EvmRpc, PrivateKeySigner, U256};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
+use farebox_x402::{X402Config, X402Rail};
 use http::Method;
 
 use crate::proxy::{self, Upstream};
 
 /// Sats the demo wallet starts with.
 pub const WALLET_OPENING_SATS: u64 = 100_000;
+/// USDC (6 decimals) the demo's EVM account starts with.
+pub const WALLET_OPENING_USDC: u128 = 100_000_000;
+/// The chain id the demo chain runs with (Base Sepolia's, as x402 clients expect).
+pub const CHAIN_ID: u64 = 84532;
 
-/// What the paid server charges, for the narration.
-pub const PRICES: &[(&str, &str, u64)] =
-    &[("GET", "/joke", 10), ("GET", "/weather/*", 25), ("GET", "/premium", 1_000)];
+/// A route's price: sats, USDC base units (6 decimals), or both.
+pub struct DemoPrice {
+    pub method: &'static str,
+    pub pattern: &'static str,
+    pub sats: Option<u64>,
+    pub usdc_units: Option<u128>,
+}
+
+pub const PRICES: &[DemoPrice] = &[
+    DemoPrice { method: "GET", pattern: "/joke", sats: Some(10), usdc_units: Some(10_000) },
+    DemoPrice { method: "GET", pattern: "/weather/*", sats: Some(25), usdc_units: None },
+    DemoPrice { method: "GET", pattern: "/report", sats: None, usdc_units: Some(50_000) },
+    DemoPrice { method: "GET", pattern: "/premium", sats: Some(1_000), usdc_units: None },
+];
+
+/// The local chain side of the demo.
+pub struct Evm {
+    pub anvil: Anvil,
+    pub rpc: EvmRpc,
+    pub token: Address,
+    /// The client's account.
+    pub payer: PrivateKeySigner,
+    /// The API provider's account (x402 `payTo`).
+    pub pay_to: Address,
+    /// The facilitator's gas key.
+    pub gas: PrivateKeySigner,
+}
+
+impl Evm {
+    pub fn usdc(&self) -> Token {
+        Token {
+            network: farebox_evm::network::caip2(CHAIN_ID),
+            address: format!("{:#x}", self.token),
+            symbol: "USDC".into(),
+            decimals: 6,
+        }
+    }
+
+    pub async fn balance(&self, who: Address) -> anyhow::Result<Money> {
+        let units: u128 =
+            self.rpc.balance_of(self.token, who).await?.try_into().unwrap_or(u128::MAX);
+        Ok(Money::new(Asset::Token(self.usdc()), units))
+    }
+}
+
+/// Starts anvil with the token deployed and the payer funded, or says why not.
+pub async fn start_evm() -> anyhow::Result<Evm> {
+    let anvil = Anvil::builder()
+        .chain_id(CHAIN_ID)
+        .start()
+        .context("starting anvil (install it with `cargo xtask setup`)")?;
+    let token = anvil.deploy_token("USDC", "2").await?;
+    let accounts = anvil.accounts();
+    let (payer, pay_to, gas) =
+        (accounts[1].signer.clone(), accounts[2].address, accounts[3].signer.clone());
+    anvil.mint(token, payer.address(), U256::from(WALLET_OPENING_USDC)).await?;
+    let rpc = EvmRpc::connect(anvil.url()).await?;
+    Ok(Evm { anvil, rpc, token, payer, pay_to, gas })
+}
 
 pub struct Stack {
     pub upstream: SocketAddr,
     pub server: SocketAddr,
     pub server_node: Arc<DevNode>,
     pub wallet_node: Arc<DevNode>,
+    pub store_path: PathBuf,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.store_path.display()));
+        }
+    }
 }
 
 async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
@@ -34,8 +109,9 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
     }
 }
 
-/// Starts everything on loopback. `server_port` 0 picks a free port.
-pub async fn start(server_port: u16) -> anyhow::Result<Stack> {
+/// Starts everything on loopback. `server_port` 0 picks a free port. With `evm`, routes priced
+/// in USDC are offered over x402 too.
+pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack> {
     let network = DevNetwork::new();
     let server_node = Arc::new(DevNode::random(&network, 0));
     let wallet_node = Arc::new(DevNode::random(&network, WALLET_OPENING_SATS * 1000));
@@ -44,17 +120,61 @@ pub async fn start(server_port: u16) -> anyhow::Result<Stack> {
     let upstream = upstream_listener.local_addr()?;
     tokio::spawn(serve(upstream_listener, crate::upstream::router()));
 
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", server_port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{server_port}"))?;
+    let server = listener.local_addr()?;
+
+    // The embedded default store: SQLite, so replay protection survives a restart.
+    let store_path =
+        std::env::temp_dir().join(format!("farebox-demo-{}.sqlite", std::process::id()));
+    let store: Arc<dyn ReplayStore> =
+        Arc::new(farebox_store::SqliteStore::open(&store_path).await?);
+
     let mut master = [0u8; 32];
     rand_fill(&mut master);
-    let rail = L402Rail::new(
+    let l402 = L402Rail::new(
         L402Config::new("demo", Arc::new(DerivedRootKeys::new(&master)?)),
         server_node.clone(),
     )?;
-    let mut paywall = Paywall::builder().rail(rail);
-    for (method, pattern, sats) in PRICES {
-        let method: Method = method.parse().context("route method")?;
-        let route = PricedRoute::new(Some(method), pattern, Price::one(Money::sats(*sats)))?
-            .describe(&format!("farebox demo {pattern}"));
+    let mut paywall = Paywall::builder().rail(l402);
+    let mut usdc = None;
+    if let Some(evm) = evm {
+        let facilitator = LocalFacilitator::new(
+            vec![ChainAccess { rpc: evm.rpc.clone(), signer: evm.gas.clone() }],
+            store.clone(),
+        );
+        let token = evm.usdc();
+        let config = X402Config {
+            network: token.network.clone(),
+            asset: token.address.clone(),
+            eip712_name: "USDC".into(),
+            eip712_version: "2".into(),
+            symbol: token.symbol.clone(),
+            decimals: token.decimals,
+            pay_to: format!("{:#x}", evm.pay_to),
+            max_timeout_seconds: 60,
+            public_url: format!("http://{server}"),
+            offer_v1: true,
+        };
+        paywall = paywall.rail(X402Rail::new(config, Arc::new(facilitator), store.clone()));
+        usdc = Some(token);
+    }
+    for p in PRICES {
+        let mut offers = Vec::new();
+        if let Some(sats) = p.sats {
+            offers.push(Money::sats(sats));
+        }
+        if let (Some(units), Some(token)) = (p.usdc_units, &usdc) {
+            offers.push(Money::new(Asset::Token(token.clone()), units));
+        }
+        if offers.is_empty() {
+            continue; // priced only in an asset this run cannot take
+        }
+        let price = Price::any_of(offers).map_err(anyhow::Error::msg)?;
+        let method: Method = p.method.parse().context("route method")?;
+        let route = PricedRoute::new(Some(method), p.pattern, price)?
+            .describe(&format!("farebox demo {}", p.pattern));
         paywall = paywall.route(route);
     }
     let paywall = Arc::new(paywall.build()?);
@@ -67,12 +187,8 @@ pub async fn start(server_port: u16) -> anyhow::Result<Stack> {
         .fallback(proxy::forward)
         .with_state(upstream_state)
         .layer(PaywallLayer::shared(paywall));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", server_port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{server_port}"))?;
-    let server = listener.local_addr()?;
     tokio::spawn(serve(listener, app));
-    Ok(Stack { upstream, server, server_node, wallet_node })
+    Ok(Stack { upstream, server, server_node, wallet_node, store_path })
 }
 
 /// Starts the dev wallet's HTTP API on loopback for `farebox pay`.

@@ -18,7 +18,7 @@ pub fn router() -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "farebox demo upstream: try /joke, /weather/{city}, /health\n" }),
+            get(|| async { "farebox demo upstream: try /joke, /weather/{city}, /report, /health\n" }),
         )
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route(
@@ -31,6 +31,12 @@ pub fn router() -> Router {
         .route(
             "/weather/{city}",
             get(|Path(city): Path<String>| async move { Json(weather(&city)) }),
+        )
+        .route(
+            "/report",
+            get(|| async {
+                Json(json!({ "report": "Q3 API revenue: per request, in sats and in USDC, no keys issued." }))
+            }),
         )
 }
 

@@ -29,8 +29,16 @@ fn the_demo_narrates_a_paid_exchange() {
         "· sending the saved l402 token up front",
         "(invalid_preimage), 2 fresh challenges",
         "refused by the client: over budget",
-        "2 payments, 35 sat spent of a 500 sat budget",
-        "wallet balance 100000 sat → 99965 sat; server node received 35 sat",
+        "3 payments; 35 sat spent of a 500 sat budget",
+        "Lightning: wallet 100000 sat → 99965 sat; server node received 35 sat",
+        // x402 on the local chain: offered next to L402, settled on chain, replay refused.
+        "PAYMENT-REQUIRED: eyJ4NDAyVmVyc2lvbiI6",
+        "· offer: x402 0.01 USDC — x402 v2 exact",
+        "· signed an EIP-3009 transferWithAuthorization",
+        "PAYMENT-RESPONSE: settled on eip155:84532 in transaction 0x",
+        "the API's account went from 0 USDC to 0.05 USDC",
+        "→ again: 402 Payment Required (invalid_exact_evm_nonce_already_used)",
+        "USDC on chain: client 100 USDC → 99.9 USDC; API 0.1 USDC",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }

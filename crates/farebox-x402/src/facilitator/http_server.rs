@@ -33,13 +33,11 @@ pub fn router(facilitator: Arc<dyn Facilitator>) -> Router {
         .with_state(facilitator)
 }
 
-fn parse(body: &[u8]) -> Result<VersionedPayment, Response> {
+/// The request, or the 400 that answers a body that is not one (boxed: a `Response` is large).
+fn parse(body: &[u8]) -> Result<VersionedPayment, Box<Response>> {
     VersionedPayment::from_json(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": e.to_string(), "reason": e.reason().as_str()})),
-        )
-            .into_response()
+        let body = Json(json!({"error": e.to_string(), "reason": e.reason().as_str()}));
+        Box::new((StatusCode::BAD_REQUEST, body).into_response())
     })
 }
 
@@ -58,7 +56,7 @@ fn failure(e: FacilitatorError) -> Response {
 async fn verify(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
     let request = match parse(&body) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match f.verify(&request).await {
         Ok(answer) => Json(answer).into_response(),
@@ -69,7 +67,7 @@ async fn verify(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response 
 async fn settle(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
     let request = match parse(&body) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match f.settle(&request).await {
         Ok(answer) => Json(answer).into_response(),

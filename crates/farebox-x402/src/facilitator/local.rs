@@ -1,1 +1,416 @@
-//! In-process facilitator (pending farebox-evm).
+//! [`LocalFacilitator`]: verifies and settles `exact` EIP-3009 payments against EVM nodes,
+//! in-process.
+//!
+//! **Verify** = the off-chain checks of [`crate::exact_evm`], EIP-712 recovery of the signer
+//! (must be `authorization.from`), then ONE `eth_call` simulating `transferWithAuthorization`
+//! from the facilitator's address. The simulation covers at once what other facilitators ask in
+//! separate calls (nonce unused, balance, the token's own signature and time checks), so a valid
+//! payment costs one RPC round trip; a failed one is explained from the revert string, with a
+//! second look (`authorizationState`, `balanceOf`) only when the string is not one of
+//! FiatToken's.
+//!
+//! **Settle** = the same checks without the simulation, then a replay-store reservation of the
+//! authorization (concurrent `/settle` calls of one payment: exactly one sends a transaction;
+//! the others are told its state), then the transfer, then the receipt. A receipt that does not
+//! arrive in time leaves the record `Pending` with its transaction hash and answers
+//! `settlement_pending`; [`LocalFacilitator::reconcile`] resolves pending records later from the
+//! chain's own ground truth, `authorizationState(from, nonce)`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use farebox_core::{ProofState, ReplayStore};
+use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
+
+use super::{Facilitator, FacilitatorError};
+use crate::exact_evm::{self, CheckedPayment};
+use crate::facilitator_api::{
+    SettleResponse, SupportedKind, SupportedResponse, VerifyResponse, VersionedPayment,
+};
+use crate::{Reason, network};
+
+/// Replay-store namespace of the facilitator's settlements.
+pub const NAMESPACE: &str = "x402-facilitator";
+
+/// One chain the facilitator settles on: its node and the key that pays gas.
+pub struct ChainAccess {
+    pub rpc: EvmRpc,
+    pub signer: PrivateKeySigner,
+}
+
+/// The in-process facilitator. See the module docs.
+pub struct LocalFacilitator {
+    chains: HashMap<String, ChainAccess>,
+    store: Arc<dyn ReplayStore>,
+    receipt_timeout: Duration,
+    domains: RwLock<HashMap<(String, String, u64, Address), B256>>,
+}
+
+impl LocalFacilitator {
+    /// A facilitator for the given chains (by CAIP-2 id, from each node's chain id), recording
+    /// settlements in `store`.
+    pub fn new(chains: Vec<ChainAccess>, store: Arc<dyn ReplayStore>) -> Self {
+        let chains = chains
+            .into_iter()
+            .map(|c| (farebox_evm::network::caip2(c.rpc.chain_id()), c))
+            .collect();
+        LocalFacilitator {
+            chains,
+            store,
+            receipt_timeout: Duration::from_secs(20),
+            domains: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// How long settlement waits for a receipt before answering `settlement_pending`.
+    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    fn chain(&self, network: &str) -> Result<&ChainAccess, Reason> {
+        self.chains.get(network).ok_or(Reason::InvalidNetwork)
+    }
+
+    /// The EIP-712 domain separator of a requirement, computed once per token domain.
+    fn separator(&self, name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
+        let key = (name.to_string(), version.to_string(), chain_id, asset);
+        if let Some(s) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return *s;
+        }
+        let separator = TokenDomain::new(name, version, chain_id, asset).separator();
+        self.domains.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
+        separator
+    }
+
+    /// Everything but the chain: field checks, then the signer must be `authorization.from`.
+    fn check_offline(
+        &self,
+        request: &VersionedPayment,
+    ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
+        let checked = exact_evm::check_request(request, now_unix())?;
+        let req = &checked.requirement;
+        let auth = &checked.payload.authorization;
+        let payer = Some(auth.from);
+        let reject = |reason| exact_evm::Rejection { reason, payer };
+        let (Some(name), Some(version)) = (&req.eip712_name, &req.eip712_version) else {
+            return Err(reject(Reason::MissingEip712Domain));
+        };
+        let message = TransferWithAuthorization {
+            from: auth.from,
+            to: auth.to,
+            value: auth.value,
+            validAfter: U256::from(auth.valid_after),
+            validBefore: U256::from(auth.valid_before),
+            nonce: auth.nonce,
+        };
+        let digest = eip3009::signing_hash(
+            &self.separator(name, version, req.chain_id, req.asset),
+            &message,
+        );
+        match eip3009::recover(&digest, &checked.payload.signature) {
+            Ok(signer) if signer == auth.from => Ok((checked, message)),
+            _ => Err(reject(Reason::InvalidSignature)),
+        }
+    }
+
+    /// Why a simulated or sent transfer reverted, from FiatToken's revert strings.
+    async fn explain_revert(&self, reason: &str, checked: &CheckedPayment, rpc: &EvmRpc) -> Reason {
+        let known = [
+            ("authorization is used or canceled", Reason::NonceAlreadyUsed),
+            ("exceeds balance", Reason::InsufficientFunds),
+            ("invalid signature", Reason::InvalidSignature),
+            ("authorization is not yet valid", Reason::NotYetValid),
+            ("authorization is expired", Reason::Expired),
+        ];
+        if let Some((_, r)) = known.iter().find(|(text, _)| reason.contains(text)) {
+            return *r;
+        }
+        // Not one of FiatToken's strings (another token): look at the state it depends on.
+        let (asset, auth) = (checked.requirement.asset, &checked.payload.authorization);
+        if let Ok(true) = rpc.authorization_state(asset, auth.from, auth.nonce).await {
+            return Reason::NonceAlreadyUsed;
+        }
+        if let Ok(balance) = rpc.balance_of(asset, auth.from).await
+            && balance < auth.value
+        {
+            return Reason::InsufficientFunds;
+        }
+        Reason::SimulationFailed
+    }
+
+    fn settle_response(
+        request: &VersionedPayment,
+        success: bool,
+        reason: Option<Reason>,
+        tx: Option<String>,
+        payer: Address,
+    ) -> SettleResponse {
+        let network = request.network().to_string();
+        let payer = Some(format!("{payer:#x}"));
+        let mut answer = match reason {
+            None if success => SettleResponse::success(String::new(), network, payer),
+            r => {
+                SettleResponse::failure(r.unwrap_or(Reason::UnexpectedSettleError), network, payer)
+            }
+        };
+        answer.transaction = tx.unwrap_or_default();
+        answer
+    }
+
+    /// Resolves `Pending` records of `namespace` (this facilitator's, or a rail's sharing the
+    /// store) from the chain: an authorization the token marks used was settled; one that is
+    /// unused past its `validBefore` can no longer be, so it failed. Returns how many changed.
+    pub async fn reconcile(&self, namespace: &str) -> Result<usize, FacilitatorError> {
+        let pending = self.store.pending(namespace).await.map_err(store_unavailable)?;
+        let mut changed = 0;
+        for (key, record) in pending {
+            let Some((network, asset, from, nonce)) = parse_key(&key) else { continue };
+            let Ok(chain) = self.chain(&network) else { continue };
+            let used = match mined_authorization_state(&chain.rpc, asset, from, nonce).await {
+                Ok(used) => used,
+                Err(e) if e.is_unavailable() => {
+                    return Err(FacilitatorError::Unavailable(e.to_string()));
+                }
+                Err(_) => continue,
+            };
+            let state = if used {
+                ProofState::Settled
+            } else if now_unix() > record.expires_at {
+                ProofState::Failed
+            } else {
+                continue;
+            };
+            self.store.update(namespace, &key, state, None).await.map_err(store_unavailable)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
+
+/// `authorizationState(from, nonce)` as of the latest *mined* block. `EvmRpc::authorization_state`
+/// sends no block tag, and a node may then answer from its pending state (anvil does): a transfer
+/// still in the mempool would read as settled, and reconciliation must not trust it before it is
+/// mined.
+async fn mined_authorization_state(
+    rpc: &EvmRpc,
+    token: Address,
+    from: Address,
+    nonce: B256,
+) -> Result<bool, EvmError> {
+    let selector = alloy_primitives::keccak256("authorizationState(address,bytes32)");
+    let mut data = Vec::with_capacity(68);
+    data.extend_from_slice(&selector[..4]);
+    data.extend_from_slice(from.into_word().as_slice());
+    data.extend_from_slice(nonce.as_slice());
+    let call = serde_json::json!({
+        "to": format!("{token:#x}"),
+        "data": alloy_primitives::hex::encode_prefixed(&data),
+    });
+    let out: farebox_evm::Bytes = rpc.request("eth_call", (call, "latest".to_string())).await?;
+    match <[u8; 32]>::try_from(out.as_ref()) {
+        Ok(word) if word[..31].iter().all(|b| *b == 0) && word[31] <= 1 => Ok(word[31] == 1),
+        _ => Err(EvmError::InvalidResponse(format!("authorizationState returned {out}"))),
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn store_unavailable(e: farebox_core::StoreError) -> FacilitatorError {
+    FacilitatorError::Unavailable(e.to_string())
+}
+
+/// The replay key of an authorization: `network:token:from:nonce` (the scope of an EIP-3009
+/// nonce). The x402 rail uses the same form.
+pub fn replay_key(checked: &CheckedPayment) -> String {
+    let auth = &checked.payload.authorization;
+    format!(
+        "{}:{:#x}:{:#x}:{:#x}",
+        checked.requirement.network, checked.requirement.asset, auth.from, auth.nonce
+    )
+}
+
+fn parse_key(key: &str) -> Option<(String, Address, Address, B256)> {
+    let mut parts = key.rsplitn(4, ':');
+    let nonce = parts.next()?.parse().ok()?;
+    let from = parts.next()?.parse().ok()?;
+    let asset = parts.next()?.parse().ok()?;
+    Some((parts.next()?.to_string(), asset, from, nonce))
+}
+
+#[async_trait]
+impl Facilitator for LocalFacilitator {
+    async fn verify(&self, request: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError> {
+        let version = request.x402_version();
+        let (checked, message) = match self.check_offline(request) {
+            Ok(ok) => ok,
+            Err(r) => {
+                return Ok(VerifyResponse::invalid(
+                    r.reason,
+                    version,
+                    r.payer.map(|p| format!("{p:#x}")),
+                ));
+            }
+        };
+        let payer = format!("{:#x}", message.from);
+        let chain = match self.chain(&checked.requirement.network) {
+            Ok(c) => c,
+            Err(reason) => return Ok(VerifyResponse::invalid(reason, version, Some(payer))),
+        };
+        let simulated = chain
+            .rpc
+            .simulate_transfer_with_authorization(
+                checked.requirement.asset,
+                &message,
+                &checked.payload.signature,
+                chain.signer.address(),
+            )
+            .await;
+        match simulated {
+            Ok(()) => Ok(VerifyResponse::valid(payer)),
+            Err(EvmError::Reverted { reason }) => {
+                let why = self.explain_revert(&reason, &checked, &chain.rpc).await;
+                Ok(VerifyResponse::invalid(why, version, Some(payer)))
+            }
+            Err(e) if e.is_unavailable() => Err(FacilitatorError::Unavailable(e.to_string())),
+            Err(e) => {
+                let mut answer =
+                    VerifyResponse::invalid(Reason::SimulationFailed, version, Some(payer));
+                answer.invalid_message = Some(e.to_string());
+                Ok(answer)
+            }
+        }
+    }
+
+    async fn settle(&self, request: &VersionedPayment) -> Result<SettleResponse, FacilitatorError> {
+        let (checked, message) = match self.check_offline(request) {
+            Ok(ok) => ok,
+            Err(r) => {
+                let payer = r.payer.unwrap_or(Address::ZERO);
+                return Ok(Self::settle_response(request, false, Some(r.reason), None, payer));
+            }
+        };
+        let payer = message.from;
+        let chain = match self.chain(&checked.requirement.network) {
+            Ok(c) => c,
+            Err(reason) => {
+                return Ok(Self::settle_response(request, false, Some(reason), None, payer));
+            }
+        };
+        let key = replay_key(&checked);
+        let expires_at = checked.payload.authorization.valid_before;
+        if !self.store.reserve(NAMESPACE, &key, expires_at).await.map_err(store_unavailable)? {
+            // Another settlement of this authorization exists: say where it stands, never send twice.
+            let record = self.store.get(NAMESPACE, &key).await.map_err(store_unavailable)?;
+            let (reason, tx) = match record {
+                Some(r) if r.state == ProofState::Pending || r.state == ProofState::Reserved => {
+                    (Reason::SettlementPending, r.reference)
+                }
+                Some(r) => (Reason::NonceAlreadyUsed, r.reference),
+                None => (Reason::NonceAlreadyUsed, None),
+            };
+            return Ok(Self::settle_response(request, false, Some(reason), tx, payer));
+        }
+        let sent = chain
+            .rpc
+            .send_transfer_with_authorization(
+                &chain.signer,
+                checked.requirement.asset,
+                &message,
+                &checked.payload.signature,
+            )
+            .await;
+        let tx = match sent {
+            Ok(tx) => tx,
+            Err(EvmError::Reverted { reason }) => {
+                // Refused at gas estimation: nothing was broadcast.
+                let why = self.explain_revert(&reason, &checked, &chain.rpc).await;
+                self.store
+                    .update(NAMESPACE, &key, ProofState::Failed, None)
+                    .await
+                    .map_err(store_unavailable)?;
+                return Ok(Self::settle_response(request, false, Some(why), None, payer));
+            }
+            Err(e) => {
+                // The node may have taken the transaction before failing to answer: pending, to
+                // be reconciled from authorizationState.
+                self.store
+                    .update(NAMESPACE, &key, ProofState::Pending, None)
+                    .await
+                    .map_err(store_unavailable)?;
+                return Err(FacilitatorError::OutcomeUnknown(e.to_string()));
+            }
+        };
+        let tx_hex = format!("{tx:#x}");
+        self.store
+            .update(NAMESPACE, &key, ProofState::Pending, Some(&tx_hex))
+            .await
+            .map_err(store_unavailable)?;
+        let outcome = chain.rpc.wait_for_receipt(tx, self.receipt_timeout).await;
+        let (state, answer) = match outcome {
+            Ok(ReceiptOutcome::Success { .. }) => (
+                ProofState::Settled,
+                Self::settle_response(request, true, None, Some(tx_hex.clone()), payer),
+            ),
+            Ok(ReceiptOutcome::Reverted { .. }) => (
+                ProofState::Failed,
+                Self::settle_response(
+                    request,
+                    false,
+                    Some(Reason::TransactionFailed),
+                    Some(tx_hex.clone()),
+                    payer,
+                ),
+            ),
+            Ok(ReceiptOutcome::Unknown) | Err(_) => (
+                ProofState::Pending,
+                Self::settle_response(
+                    request,
+                    false,
+                    Some(Reason::SettlementPending),
+                    Some(tx_hex.clone()),
+                    payer,
+                ),
+            ),
+        };
+        self.store
+            .update(NAMESPACE, &key, state, Some(&tx_hex))
+            .await
+            .map_err(store_unavailable)?;
+        tracing::info!(tx = %tx_hex, network = %checked.requirement.network, state = state.as_str(), "x402 settlement");
+        Ok(answer)
+    }
+
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        let mut kinds = Vec::new();
+        let mut signers = Vec::new();
+        for (caip2, chain) in &self.chains {
+            kinds.push(SupportedKind {
+                x402_version: 2,
+                scheme: exact_evm::SCHEME.into(),
+                network: caip2.clone(),
+                extra: None,
+            });
+            if let Some(v1_name) = network::caip2_to_v1(caip2) {
+                kinds.push(SupportedKind {
+                    x402_version: 1,
+                    scheme: exact_evm::SCHEME.into(),
+                    network: v1_name.into(),
+                    extra: None,
+                });
+            }
+            signers.push(format!("{:#x}", chain.signer.address()));
+        }
+        kinds.sort_by(|a, b| (a.x402_version, &a.network).cmp(&(b.x402_version, &b.network)));
+        Ok(SupportedResponse {
+            kinds,
+            extensions: Vec::new(),
+            signers: [("eip155:*".to_string(), signers)].into_iter().collect(),
+        })
+    }
+}

@@ -1,0 +1,818 @@
+//! The facilitator and the x402 rail against a real anvil running FareboxUSD (a FiatToken-style
+//! EIP-3009 token, EIP-712 domain "USDC" / "2", chain id 84532). Payments are built the way a
+//! client builds them (sign with `eip3009::sign`, `validAfter = now − 600`, `validBefore = now +
+//! 60`, a random nonce; v2 echoes the server's requirement verbatim) and the tests assert what
+//! users notice: status codes, reason codes, balances on chain, the number of on-chain transfers.
+//!
+//! Each test starts its own anvil on a port anvil picks; every wait is bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use farebox_core::{Asset, Money, Price, ProofState, ReplayStore};
+use farebox_evm::anvil::{Anvil, DevAccount};
+use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_evm::{Address, B256, Bytes, EvmRpc, ReceiptOutcome, U256};
+use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_store::{MemoryStore, SqliteStore};
+use farebox_x402::exact_evm::{Authorization, ExactEvmPayload};
+use farebox_x402::facilitator::http_client::RemoteFacilitator;
+use farebox_x402::facilitator::local::{self, ChainAccess, LocalFacilitator};
+use farebox_x402::facilitator::{Facilitator, http_server};
+use farebox_x402::facilitator_api::{VerifyResponse, VersionedPayment};
+use farebox_x402::{Amount, Payload, Reason, X402Config, X402Rail, codec, rail, v1, v2};
+use http::{HeaderMap, Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const CHAIN_ID: u64 = 84_532;
+const FUNDS: u64 = 1_000_000_000; // 1,000 USDC
+const PRICE: u64 = 10_000; // 0.01 USDC
+const WAIT: Duration = Duration::from_secs(20);
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+// ---- the chain ----
+
+struct Chain {
+    anvil: Anvil,
+    rpc: EvmRpc,
+    token: Address,
+    domain: TokenDomain,
+}
+
+impl Chain {
+    async fn start() -> Self {
+        Self::start_with(Anvil::builder().chain_id(CHAIN_ID)).await
+    }
+
+    async fn start_with(builder: farebox_evm::anvil::AnvilBuilder) -> Self {
+        let anvil = builder.start().expect("anvil (run `cargo xtask setup`)");
+        let rpc = anvil.rpc().await.unwrap().clone();
+        let token = anvil.deploy_token("USDC", "2").await.unwrap();
+        anvil.mint(token, anvil.accounts()[1].address, U256::from(FUNDS)).await.unwrap();
+        let domain = TokenDomain::new("USDC", "2", CHAIN_ID, token);
+        Chain { anvil, rpc, token, domain }
+    }
+
+    /// Funded with FUNDS tokens.
+    fn payer(&self) -> &DevAccount {
+        &self.anvil.accounts()[1]
+    }
+
+    fn pay_to(&self) -> Address {
+        self.anvil.accounts()[2].address
+    }
+
+    /// The facilitator's gas key.
+    fn gas(&self) -> &DevAccount {
+        &self.anvil.accounts()[3]
+    }
+
+    /// Has ETH, no tokens.
+    fn unfunded(&self) -> &DevAccount {
+        &self.anvil.accounts()[6]
+    }
+
+    fn stranger(&self) -> &DevAccount {
+        &self.anvil.accounts()[7]
+    }
+
+    fn facilitator(&self, store: Arc<dyn ReplayStore>) -> LocalFacilitator {
+        LocalFacilitator::new(
+            vec![ChainAccess { rpc: self.rpc.clone(), signer: self.gas().signer.clone() }],
+            store,
+        )
+    }
+
+    fn config(&self) -> X402Config {
+        X402Config {
+            network: format!("eip155:{CHAIN_ID}"),
+            asset: self.token.to_checksum(None),
+            eip712_name: "USDC".into(),
+            eip712_version: "2".into(),
+            symbol: "USDC".into(),
+            decimals: 6,
+            pay_to: self.pay_to().to_checksum(None),
+            max_timeout_seconds: 60,
+            public_url: "https://api.example.com".into(),
+            offer_v1: true,
+        }
+    }
+
+    /// The v2 requirement the rail offers (the same function of the config as `X402Rail`).
+    fn requirement(&self) -> v2::PaymentRequirements {
+        let mut extra = serde_json::Map::new();
+        extra.insert("name".into(), "USDC".into());
+        extra.insert("version".into(), "2".into());
+        v2::PaymentRequirements {
+            scheme: "exact".into(),
+            network: format!("eip155:{CHAIN_ID}"),
+            amount: Amount::from(PRICE),
+            asset: self.token.to_checksum(None),
+            pay_to: self.pay_to().to_checksum(None),
+            max_timeout_seconds: 60,
+            extra: Some(extra),
+            other: serde_json::Map::new(),
+        }
+    }
+
+    async fn balance(&self, who: Address) -> u64 {
+        self.rpc.balance_of(self.token, who).await.unwrap().to::<u64>()
+    }
+
+    /// ERC-20 `Transfer` events out of the payer: the payments that really moved money.
+    async fn transfers_from(&self, from: Address) -> usize {
+        let topic0 = alloy_primitives::keccak256("Transfer(address,address,uint256)");
+        let filter = json!({
+            "fromBlock": "0x0",
+            "toBlock": "latest",
+            "address": format!("{:#x}", self.token),
+            "topics": [format!("{topic0:#x}"), format!("{:#x}", from.into_word())],
+        });
+        let logs: Vec<Value> = self.rpc.request("eth_getLogs", (filter,)).await.unwrap();
+        logs.len()
+    }
+
+    /// Transactions the facilitator's gas key has sent.
+    async fn gas_transactions(&self) -> u64 {
+        let count: U256 = self
+            .rpc
+            .request(
+                "eth_getTransactionCount",
+                (format!("{:#x}", self.gas().address), "latest".to_string()),
+            )
+            .await
+            .unwrap();
+        count.to::<u64>()
+    }
+
+    /// An authorization of PRICE from the payer to payTo, as a client makes it.
+    fn authorization(&self) -> TransferWithAuthorization {
+        let now = now();
+        TransferWithAuthorization {
+            from: self.payer().address,
+            to: self.pay_to(),
+            value: U256::from(PRICE),
+            validAfter: U256::from(now - 600),
+            validBefore: U256::from(now + 60),
+            nonce: B256::from(rand::random::<[u8; 32]>()),
+        }
+    }
+
+    /// The `exact` payload of `auth` signed by `signer` in `domain`.
+    fn payload_signed(
+        &self,
+        signer: &DevAccount,
+        domain: &TokenDomain,
+        auth: &TransferWithAuthorization,
+    ) -> Payload {
+        let signature = eip3009::sign(&signer.signer, domain, auth);
+        let payload = ExactEvmPayload {
+            signature: Bytes::copy_from_slice(&signature),
+            authorization: Authorization {
+                from: auth.from,
+                to: auth.to,
+                value: auth.value,
+                valid_after: auth.validAfter.to::<u64>(),
+                valid_before: auth.validBefore.to::<u64>(),
+                nonce: auth.nonce,
+            },
+        };
+        Payload::from_serialize(&payload).unwrap()
+    }
+
+    /// `auth` signed by its `from` (the payer or the unfunded account) in the token's domain.
+    fn payload(&self, auth: &TransferWithAuthorization) -> Payload {
+        let signer = self.anvil.accounts().iter().find(|a| a.address == auth.from).unwrap();
+        self.payload_signed(signer, &self.domain, auth)
+    }
+
+    /// A v2 facilitator request: `accepted` = the requirement, verbatim.
+    fn request(&self, payload: Payload) -> VersionedPayment {
+        request_for(self.requirement(), payload)
+    }
+
+    async fn wait_mined(&self, tx: &str) {
+        let hash = tx.parse().unwrap();
+        let outcome = self.rpc.wait_for_receipt(hash, WAIT).await.unwrap();
+        assert!(matches!(outcome, ReceiptOutcome::Success { .. }), "{tx}: {outcome:?}");
+    }
+}
+
+fn request_for(requirement: v2::PaymentRequirements, payload: Payload) -> VersionedPayment {
+    VersionedPayment::V2 {
+        payment_payload: v2::PaymentPayload {
+            x402_version: farebox_x402::Version,
+            resource: None,
+            accepted: requirement.clone(),
+            payload,
+            extensions: None,
+        },
+        payment_requirements: requirement,
+    }
+}
+
+fn is_tx_hash(s: &str) -> bool {
+    s.len() == 66 && s.starts_with("0x") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+// ---- the server ----
+
+struct Server {
+    app: Router,
+    /// How many times a paid handler ran.
+    served: Arc<AtomicUsize>,
+}
+
+fn server(chain: &Chain, facilitator: Arc<dyn Facilitator>, store: Arc<dyn ReplayStore>) -> Server {
+    let config = chain.config();
+    let price = Price::one(Money::new(Asset::Token(config.token()), u128::from(PRICE)));
+    let rail = X402Rail::new(config, facilitator, store);
+    let paywall = Paywall::builder()
+        .rail(rail)
+        .route(PricedRoute::new(None, "/data", price.clone()).unwrap().describe("market data"))
+        .route(PricedRoute::new(None, "/data-fails", price).unwrap().describe("market data"))
+        .build()
+        .unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let (ok, fails) = (served.clone(), served.clone());
+    let app = Router::new()
+        .route(
+            "/data",
+            axum::routing::get(move || async move {
+                ok.fetch_add(1, Ordering::SeqCst);
+                "the data"
+            }),
+        )
+        .route(
+            "/data-fails",
+            axum::routing::get(move || async move {
+                fails.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::INTERNAL_SERVER_ERROR, "boom")
+            }),
+        )
+        .layer(PaywallLayer::new(paywall));
+    Server { app, served }
+}
+
+async fn get(
+    app: &Router,
+    path: &str,
+    header: Option<(&str, &str)>,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut req = Request::get(path);
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (parts.status, parts.headers, json)
+}
+
+/// The client: reads the 402 and pays its v2 requirement (echoed verbatim) with `auth`.
+async fn pay_v2(chain: &Chain, app: &Router, auth: &TransferWithAuthorization) -> String {
+    let (status, headers, _) = get(app, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    assert_eq!(required.accepts[0], chain.requirement(), "the offered requirement");
+    let payment = v2::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        resource: Some(required.resource.clone()),
+        accepted: required.accepts[0].clone(),
+        payload: chain.payload(auth),
+        extensions: None,
+    };
+    codec::encode_header(&payment)
+}
+
+/// The client, v1: reads `accepts` from the 402 body.
+async fn pay_v1(chain: &Chain, app: &Router, auth: &TransferWithAuthorization) -> String {
+    let (status, _, body) = get(app, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let accepts: Vec<v1::PaymentRequirements> =
+        serde_json::from_value(body["accepts"].clone()).unwrap();
+    assert_eq!(accepts[0].network, "base-sepolia");
+    assert_eq!(accepts[0].max_amount_required.as_str(), PRICE.to_string());
+    let payment = v1::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        scheme: accepts[0].scheme.clone(),
+        network: accepts[0].network.clone(),
+        payload: chain.payload(auth),
+    };
+    codec::encode_header(&payment)
+}
+
+/// A server whose rail and facilitator share one in-memory store.
+fn local_server(chain: &Chain) -> (Server, Arc<LocalFacilitator>, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let facilitator = Arc::new(chain.facilitator(store.clone()));
+    (server(chain, facilitator.clone(), store.clone()), facilitator, store)
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn remote(addr: SocketAddr) -> RemoteFacilitator {
+    RemoteFacilitator::new(format!("http://{addr}/").parse().unwrap()).unwrap()
+}
+
+// ---- happy paths through the paywall ----
+
+#[tokio::test]
+async fn v2_payment_is_served_and_settled_on_chain() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let (status, headers, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "the data");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success, "{receipt:?}");
+    assert!(is_tx_hash(&receipt.transaction), "{}", receipt.transaction);
+    assert_eq!(receipt.network, "eip155:84532");
+    assert_eq!(receipt.payer.as_deref(), Some(format!("{:#x}", auth.from).as_str()));
+    chain.wait_mined(&receipt.transaction).await;
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.balance(auth.from).await, FUNDS - PRICE);
+    assert_eq!(chain.balance(chain.gas().address).await, 0);
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+    assert_eq!(s.served.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn v1_payment_is_served_and_settled_on_chain() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let auth = chain.authorization();
+    let payment = pay_v1(&chain, &s.app, &auth).await;
+    let (status, headers, body) = get(&s.app, "/data", Some(("X-PAYMENT", &payment))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!headers.contains_key("payment-response"), "a v1 client gets the v1 header");
+    let receipt: v1::SettlementResponse =
+        codec::decode_header(headers["x-payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success, "{receipt:?}");
+    assert!(is_tx_hash(&receipt.transaction), "{}", receipt.transaction);
+    assert_eq!(receipt.network, "base-sepolia");
+    assert_eq!(receipt.payer.to_lowercase(), format!("{:#x}", auth.from));
+    chain.wait_mined(&receipt.transaction).await;
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.balance(auth.from).await, FUNDS - PRICE);
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+}
+
+// ---- /verify of the local facilitator ----
+
+#[tokio::test]
+async fn verify_answers_what_each_check_finds() {
+    let chain = Chain::start().await;
+    let f = chain.facilitator(Arc::new(MemoryStore::new()));
+    let payer = format!("{:#x}", chain.payer().address);
+    let verify = |request: VersionedPayment| {
+        let f = &f;
+        async move { f.verify(&request).await.unwrap() }
+    };
+    let expect = |answer: &VerifyResponse, reason: Reason, case: &str| {
+        assert!(!answer.is_valid, "{case}: {answer:?}");
+        assert_eq!(answer.invalid_reason.as_deref(), Some(reason.as_str()), "{case}: {answer:?}");
+    };
+
+    // Valid.
+    let auth = chain.authorization();
+    let answer = verify(chain.request(chain.payload(&auth))).await;
+    assert!(answer.is_valid, "{answer:?}");
+    assert_eq!(answer.payer.as_deref(), Some(payer.as_str()));
+
+    // Signed by another key on the payer's behalf.
+    let auth = chain.authorization();
+    let forged = chain.payload_signed(chain.stranger(), &chain.domain, &auth);
+    let answer = verify(chain.request(forged)).await;
+    expect(&answer, Reason::InvalidSignature, "forged");
+    assert_eq!(answer.invalid_reason.as_deref(), Some("invalid_exact_evm_payload_signature"));
+    assert_eq!(answer.payer.as_deref(), Some(payer.as_str()));
+
+    // Signed in the mainnet USDC domain name.
+    let wrong_domain = TokenDomain::new("USD Coin", "2", CHAIN_ID, chain.token);
+    let auth = chain.authorization();
+    let answer =
+        verify(chain.request(chain.payload_signed(chain.payer(), &wrong_domain, &auth))).await;
+    expect(&answer, Reason::InvalidSignature, "USD Coin domain");
+
+    // To someone else.
+    let auth = TransferWithAuthorization { to: chain.stranger().address, ..chain.authorization() };
+    let answer = verify(chain.request(chain.payload(&auth))).await;
+    expect(&answer, Reason::RecipientMismatch, "recipient");
+
+    // Under- and overpaid by one unit.
+    for value in [PRICE - 1, PRICE + 1] {
+        let auth = TransferWithAuthorization { value: U256::from(value), ..chain.authorization() };
+        let answer = verify(chain.request(chain.payload(&auth))).await;
+        expect(&answer, Reason::ValueMismatch, &format!("value {value}"));
+        assert_eq!(
+            answer.invalid_reason.as_deref(),
+            Some("invalid_exact_evm_payload_authorization_value_mismatch")
+        );
+    }
+
+    // validBefore inside the 6 s block margin, then just outside it.
+    let auth =
+        TransferWithAuthorization { validBefore: U256::from(now() + 5), ..chain.authorization() };
+    let answer = verify(chain.request(chain.payload(&auth))).await;
+    expect(&answer, Reason::Expired, "validBefore now+5");
+    let auth =
+        TransferWithAuthorization { validBefore: U256::from(now() + 7), ..chain.authorization() };
+    let answer = verify(chain.request(chain.payload(&auth))).await;
+    assert!(answer.is_valid, "validBefore now+7: {answer:?}");
+
+    // Not valid yet.
+    let auth = TransferWithAuthorization {
+        validAfter: U256::from(now() + 60),
+        validBefore: U256::from(now() + 120),
+        ..chain.authorization()
+    };
+    let answer = verify(chain.request(chain.payload(&auth))).await;
+    expect(&answer, Reason::NotYetValid, "validAfter in the future");
+
+    // A network this facilitator does not serve (the payment and the requirement agree on it,
+    // and the signature is right for it).
+    let mut base = chain.requirement();
+    base.network = "eip155:8453".into();
+    let base_domain = TokenDomain::new("USDC", "2", 8453, chain.token);
+    let auth = chain.authorization();
+    let answer =
+        verify(request_for(base, chain.payload_signed(chain.payer(), &base_domain, &auth))).await;
+    expect(&answer, Reason::InvalidNetwork, "unserved network");
+
+    // A payment on another network than the requirement's.
+    let auth = chain.authorization();
+    let request = match chain.request(chain.payload(&auth)) {
+        VersionedPayment::V2 { mut payment_payload, payment_requirements } => {
+            payment_payload.accepted.network = "eip155:8453".into();
+            VersionedPayment::V2 { payment_payload, payment_requirements }
+        }
+        v1 => v1,
+    };
+    let answer = verify(request).await;
+    expect(&answer, Reason::InvalidNetwork, "network mismatch");
+
+    // A well-signed authorization from an account without tokens.
+    let auth =
+        TransferWithAuthorization { from: chain.unfunded().address, ..chain.authorization() };
+    let answer = verify(chain.request(chain.payload(&auth))).await;
+    expect(&answer, Reason::InsufficientFunds, "unfunded");
+    assert_eq!(answer.invalid_reason.as_deref(), Some("insufficient_funds"));
+
+    // Nothing above moved money.
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 0);
+    assert_eq!(chain.gas_transactions().await, 0);
+}
+
+#[tokio::test]
+async fn verify_refuses_a_nonce_already_settled() {
+    let chain = Chain::start().await;
+    let f = chain.facilitator(Arc::new(MemoryStore::new()));
+    let request = chain.request(chain.payload(&chain.authorization()));
+    assert!(f.verify(&request).await.unwrap().is_valid);
+    let settled = f.settle(&request).await.unwrap();
+    assert!(settled.success, "{settled:?}");
+    assert!(is_tx_hash(&settled.transaction));
+    // A fresh facilitator (empty store) still refuses it: the chain says the nonce is used.
+    for f in [f, chain.facilitator(Arc::new(MemoryStore::new()))] {
+        let answer = f.verify(&request).await.unwrap();
+        assert!(!answer.is_valid);
+        assert_eq!(answer.invalid_reason.as_deref(), Some("invalid_exact_evm_nonce_already_used"));
+        let again = f.settle(&request).await.unwrap();
+        assert!(!again.success);
+        assert_eq!(again.error_reason.as_deref(), Some("invalid_exact_evm_nonce_already_used"));
+    }
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(chain.gas_transactions().await, 1, "nothing broadcast for the refused settles");
+}
+
+// ---- replay ----
+
+#[tokio::test]
+async fn a_payment_sent_twice_is_settled_once() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+    assert_eq!(get(&s.app, "/data", header).await.0, StatusCode::OK);
+    let (status, headers, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+    assert!(headers.contains_key("payment-required"), "fresh requirements");
+    assert_eq!(s.served.load(Ordering::SeqCst), 1);
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.gas_transactions().await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_are_served_and_settled_once() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, payment) = (s.app.clone(), payment.clone());
+            tokio::spawn(async move {
+                let (status, _, body) =
+                    get(&app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+                (status, body)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::OK => served += 1,
+            StatusCode::PAYMENT_REQUIRED => {
+                let code = body["code"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    ["invalid_exact_evm_nonce_already_used", "settlement_pending"]
+                        .contains(&code.as_str()),
+                    "{body}"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(served, 1);
+    assert_eq!(s.served.load(Ordering::SeqCst), 1);
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.balance(chain.payer().address).await, FUNDS - PRICE);
+    assert_eq!(chain.gas_transactions().await, 1);
+}
+
+#[tokio::test]
+async fn a_replay_after_a_restart_is_refused_before_the_handler() {
+    let chain = Chain::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replay.sqlite");
+    let auth = chain.authorization();
+
+    let payment = {
+        let store: Arc<dyn ReplayStore> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let s = server(&chain, Arc::new(chain.facilitator(store.clone())), store);
+        let payment = pay_v2(&chain, &s.app, &auth).await;
+        let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+        assert_eq!(get(&s.app, "/data", header).await.0, StatusCode::OK);
+        assert_eq!(s.served.load(Ordering::SeqCst), 1);
+        payment
+    }; // the server, rail, facilitator and store are gone
+
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let s = server(&chain, Arc::new(chain.facilitator(store.clone())), store.clone());
+    let (status, _, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+    assert_eq!(s.served.load(Ordering::SeqCst), 0, "the handler did not run");
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+
+    // The rail's record survived the restart, settled, with its transaction.
+    let sent: v2::PaymentPayload = codec::decode_header(&payment).unwrap();
+    let request = request_for(chain.requirement(), sent.payload);
+    let checked = farebox_x402::exact_evm::check_request(&request, now()).unwrap();
+    let key = local::replay_key(&checked);
+    for namespace in [rail::NAMESPACE, local::NAMESPACE] {
+        let record = store.get(namespace, &key).await.unwrap().expect(namespace);
+        assert_eq!(record.state, ProofState::Settled, "{namespace}");
+        assert!(is_tx_hash(record.reference.as_deref().unwrap_or_default()), "{record:?}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_settles_of_one_payload_send_one_transfer() {
+    let chain = Chain::start().await;
+    let f = Arc::new(chain.facilitator(Arc::new(MemoryStore::new())));
+    let request = chain.request(chain.payload(&chain.authorization()));
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (f, request) = (f.clone(), request.clone());
+            tokio::spawn(async move { f.settle(&request).await.unwrap() })
+        })
+        .collect();
+    let mut successes = 0;
+    for t in tasks {
+        let answer = t.await.unwrap();
+        if answer.success {
+            successes += 1;
+            assert!(is_tx_hash(&answer.transaction));
+        } else {
+            let reason = answer.error_reason.as_deref().unwrap_or_default();
+            assert!(
+                ["settlement_pending", "invalid_exact_evm_nonce_already_used"].contains(&reason),
+                "{answer:?}"
+            );
+        }
+    }
+    assert_eq!(successes, 1);
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.gas_transactions().await, 1);
+}
+
+// ---- the handler fails ----
+
+#[tokio::test]
+async fn a_failing_handler_is_not_charged_and_the_payment_stays_usable() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+    let (status, headers, _) = get(&s.app, "/data-fails", header).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!headers.contains_key("payment-response"));
+    assert_eq!(chain.balance(chain.payer().address).await, FUNDS);
+    assert_eq!(chain.balance(chain.pay_to()).await, 0);
+    assert_eq!(chain.gas_transactions().await, 0);
+
+    let (status, headers, _) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::OK);
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(s.served.load(Ordering::SeqCst), 2);
+}
+
+// ---- the facilitator is down ----
+
+#[tokio::test]
+async fn an_unreachable_remote_facilitator_is_a_503() {
+    let chain = Chain::start().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }; // closed again
+    let s = server(&chain, Arc::new(remote(closed)), Arc::new(MemoryStore::new()));
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    let (status, headers, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(s.served.load(Ordering::SeqCst), 0);
+    assert_eq!(chain.balance(chain.payer().address).await, FUNDS);
+}
+
+#[tokio::test]
+async fn a_local_facilitator_whose_node_is_down_is_a_503() {
+    let mut chain = Chain::start().await;
+    let (s, _, store) = local_server(&chain);
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    chain.anvil.stop();
+    let (status, headers, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(s.served.load(Ordering::SeqCst), 0);
+    assert!(store.pending(rail::NAMESPACE).await.unwrap().is_empty(), "nothing reserved");
+}
+
+// ---- the HTTP faces ----
+
+#[tokio::test]
+async fn the_http_facilitator_serves_a_remote_rail() {
+    let chain = Chain::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let local: Arc<dyn Facilitator> = Arc::new(chain.facilitator(store));
+    let addr = serve(http_server::router(local)).await;
+    let remote = remote(addr);
+
+    // /supported.
+    let supported = remote.supported().await.unwrap();
+    let kinds: Vec<(u64, &str, &str)> = supported
+        .kinds
+        .iter()
+        .map(|k| (k.x402_version, k.scheme.as_str(), k.network.as_str()))
+        .collect();
+    assert!(kinds.contains(&(2, "exact", "eip155:84532")), "{kinds:?}");
+    assert!(kinds.contains(&(1, "exact", "base-sepolia")), "{kinds:?}");
+    let gas = format!("{:#x}", chain.gas().address);
+    assert!(
+        supported.signers.values().flatten().any(|s| s.eq_ignore_ascii_case(&gas)),
+        "{supported:?}"
+    );
+
+    // A malformed /verify body is a 400.
+    let http = reqwest::Client::new();
+    for body in [
+        "{not json",
+        r#"{"x402Version":2}"#,
+        r#"{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}"#,
+    ] {
+        let res = http
+            .post(format!("http://{addr}/verify"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = res.json().await.unwrap();
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+
+    // The rail through the HTTP client.
+    let s = server(&chain, Arc::new(remote), Arc::new(MemoryStore::new()));
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let (status, headers, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success && is_tx_hash(&receipt.transaction), "{receipt:?}");
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.balance(auth.from).await, FUNDS - PRICE);
+
+    // And an invalid payment is a 200 `isValid: false` over HTTP, read back as such.
+    let forged = chain.payload_signed(chain.stranger(), &chain.domain, &chain.authorization());
+    let res = http
+        .post(format!("http://{addr}/verify"))
+        .json(&chain.request(forged))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let answer: VerifyResponse = res.json().await.unwrap();
+    assert_eq!(answer.reason(), Some(Reason::InvalidSignature));
+}
+
+// ---- pending, then reconciled ----
+
+#[tokio::test]
+async fn a_settlement_without_a_receipt_is_pending_then_reconciled() {
+    let chain = Chain::start().await;
+    // No block until the test mines one: the receipt cannot arrive in time, deterministically.
+    let _: Value = chain.rpc.request("evm_setAutomine", (false,)).await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let facilitator =
+        Arc::new(chain.facilitator(store.clone()).with_receipt_timeout(Duration::from_millis(1)));
+    let s = server(&chain, facilitator.clone(), store.clone());
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    assert_ne!(body, "the data");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success);
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
+    let tx = receipt.transaction.clone();
+    assert!(is_tx_hash(&tx), "{tx}");
+    for namespace in [local::NAMESPACE, rail::NAMESPACE] {
+        let pending = store.pending(namespace).await.unwrap();
+        assert_eq!(pending.len(), 1, "{namespace}");
+        assert_eq!(pending[0].1.reference.as_deref(), Some(tx.as_str()), "{namespace}");
+    }
+    // Not mined yet: reconciling changes nothing, and the same payment is still refused.
+    assert_eq!(facilitator.reconcile(local::NAMESPACE).await.unwrap(), 0);
+    let (status, _, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains(&tx), "{body}");
+
+    chain.anvil.mine().await.unwrap();
+    chain.wait_mined(&tx).await;
+    assert_eq!(facilitator.reconcile(local::NAMESPACE).await.unwrap(), 1);
+    assert_eq!(facilitator.reconcile(rail::NAMESPACE).await.unwrap(), 1);
+    for namespace in [local::NAMESPACE, rail::NAMESPACE] {
+        assert!(store.pending(namespace).await.unwrap().is_empty(), "{namespace}");
+    }
+    let checked = farebox_x402::exact_evm::check_request(
+        &request_for(chain.requirement(), chain.payload(&auth)),
+        now(),
+    )
+    .unwrap();
+    let record = store.get(rail::NAMESPACE, &local::replay_key(&checked)).await.unwrap().unwrap();
+    assert_eq!(record.state, ProofState::Settled);
+    assert_eq!(record.reference.as_deref(), Some(tx.as_str()));
+
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+    assert_eq!(s.served.load(Ordering::SeqCst), 1, "the handler ran once; its answer was withheld");
+    let (status, _, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+}
