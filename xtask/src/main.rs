@@ -1,9 +1,15 @@
 //! `cargo xtask`: the project's own commands.
 //!
+//! - `cargo xtask demo`: installs what the demo needs (anvil), then runs `farebox demo`.
 //! - `cargo xtask test`: installs what the tests need where it is missing (Debian packages, as
 //!   root), then runs every test of the workspace, doc tests included.
 //! - `cargo xtask bench [FILTER]`: runs the criterion benchmarks with short, stable settings and
-//!   prints the medians.
+//!   prints the medians; `cargo xtask bench facilitator` load-tests `farebox facilitator`'s
+//!   `/verify` with wrk against anvil.
+//! - `cargo xtask interop`: the official coinbase x402 SDKs (npm, pinned in
+//!   `xtask/interop/package.json`, installed into `target/tools/interop/`) pay a farebox server
+//!   and are paid by the farebox client through farebox's facilitator, on anvil. `test` runs it
+//!   last.
 //! - `cargo xtask setup`: only the installation step (Debian packages, and anvil from npm into
 //!   `target/tools/`).
 //! - `cargo xtask contracts`: compiles `contracts/*.sol` with npm `solc` (installed into
@@ -20,6 +26,8 @@ use anyhow::{Context, Result, bail};
 
 mod chain;
 mod contracts;
+mod interop;
+mod loadtest;
 mod tools;
 
 /// Debian packages the tests need, each with how to tell it is already there: libsodium for
@@ -55,9 +63,11 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("contracts") => contracts::compile(),
         Some("chain") => setup().and_then(|()| chain::run()),
+        Some("demo") => setup().and_then(|()| demo(&args[1..])),
+        Some("interop") => setup().and_then(|()| interop::run()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [ARGS…] | bench [FILTER] | setup | contracts | chain>"
+                "usage: cargo xtask <demo [ARGS…] | test [ARGS…] | interop | bench [FILTER] | setup | contracts | chain>"
             );
             return ExitCode::from(2);
         }
@@ -78,6 +88,11 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// `farebox demo` once anvil is installed, so that the x402 half runs on a fresh machine too.
+fn demo(extra: &[String]) -> Result<()> {
+    run(cargo().args(["run", "--quiet", "--package", "farebox", "--", "demo"]).args(extra))
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
@@ -115,7 +130,7 @@ fn setup_apt() -> Result<()> {
     apt(&install).context("installing Debian packages (needs root or sudo)")
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.env("SODIUM_USE_PKG_CONFIG", "1");
     cmd
@@ -126,16 +141,24 @@ fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["test", "--workspace", "--benches"]))?;
     // The crate docs' examples must keep compiling and passing (nextest does not run doc tests).
     run(cargo().args(["test", "--workspace", "--doc"]))?;
-    // The tests proper, last, so that their summary is the run's closing line.
+    // The tests proper.
     let targets = ["--workspace", "--lib", "--bins", "--tests", "--examples", "--no-fail-fast"];
-    if succeeds(cargo().args(["nextest", "--version"])) {
+    let tests = if succeeds(cargo().args(["nextest", "--version"])) {
         run(cargo().args(["nextest", "run"]).args(targets).args(extra))
     } else {
         run(cargo().arg("test").args(targets).args(extra))
-    }
+    };
+    // The official x402 SDKs against farebox, after the tests proper (and even when they failed):
+    // its `N passed, M failed` is the run's closing line.
+    let interop = interop::run();
+    tests.and(interop)
 }
 
+/// The criterion benchmarks (matching `filter`), or with `facilitator` the `/verify` load test.
 fn bench(filter: &[String]) -> Result<()> {
+    if filter.first().map(String::as_str) == Some("facilitator") {
+        return loadtest::run_facilitator_bench();
+    }
     run(cargo()
         .args(["bench", "--workspace", "--benches", "--"])
         .args(["--warm-up-time", "1", "--measurement-time", "3"])

@@ -1,0 +1,501 @@
+//! `cargo xtask interop`: the official coinbase x402 SDKs against farebox, both ways, on anvil.
+//!
+//! The peers are the npm packages pinned in `xtask/interop/package.json`, installed into
+//! `target/tools/interop/` (never into the repository; reinstalled only when that file changes)
+//! and driven by the small scripts beside it. Everything else runs in this process: anvil
+//! (chain id 84532, so x402 v1's `base-sepolia` lines up) with FareboxUSD("USDC", "2") deployed
+//! and the payer (dev account #1) funded, a farebox paywall with the x402 rail (in-process
+//! `LocalFacilitator` with gas key #3, `MemoryStore`, payTo = dev account #2, v1 offered too),
+//! and that facilitator's HTTP API for the official servers.
+//!
+//! | case | payer | payee | facilitator |
+//! |---|---|---|---|
+//! | v2 `@x402/fetch` → farebox server | `@x402/fetch` 2.27.0 | farebox paywall | farebox, in-process |
+//! | v1 `x402-fetch` → farebox server | `x402-fetch` 1.2.0 | farebox paywall | farebox, in-process |
+//! | v2 farebox client → `@x402/express` | `PaymentMiddleware` + `X402Wallet` | `@x402/express` 2.27.0 | farebox over HTTP |
+//! | v1 farebox client → `x402-express` | `PaymentMiddleware` + `X402Wallet` | `x402-express` 1.2.0 | farebox over HTTP |
+//!
+//! Each case passes when the request is answered 200 with the handler's body, the settlement
+//! header the payer saw carries a transaction hash whose receipt succeeded, and payTo's on-chain
+//! balance grew by exactly the price. One line per case, then `N passed, M failed`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use axum::http::Method;
+use farebox_client::{Budget, PaymentMiddleware, X402Wallet, paying_client};
+use farebox_core::{Asset, Money, Price, Token};
+use farebox_evm::anvil::{Anvil, DEV_KEYS};
+use farebox_evm::{Address, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
+use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_store::MemoryStore;
+use farebox_x402::facilitator::http_server;
+use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
+use farebox_x402::{X402Config, X402Rail};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::tools;
+
+/// Base Sepolia's chain id: x402 v1 knows only named networks.
+const CHAIN_ID: u64 = 84_532;
+const NETWORK: &str = "eip155:84532";
+const V1_NETWORK: &str = "base-sepolia";
+/// What each case pays: 0.01 USDC.
+const PRICE: u64 = 10_000;
+/// What the payer starts with: 1,000 USDC.
+const FUNDING: u64 = 1_000_000_000;
+/// The handlers' bodies (the official servers' are in their scripts).
+const FAREBOX_BODY: &str = "paid content from farebox";
+const V2_EXPRESS_BODY: &str = "paid content from @x402/express";
+const V1_EXPRESS_BODY: &str = "paid content from x402-express";
+
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// One peer script, from start to its answer.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// A peer server, from start to listening.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// One paid request of the farebox client.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Everything after the install.
+const RUN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Installs the peers, runs every case, prints the summary; an error when any case failed.
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let outcomes = match ensure_peers() {
+        Ok(peers) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            let outcomes =
+                runtime.block_on(async { tokio::time::timeout(RUN_TIMEOUT, cases(&peers)).await });
+            // Ends the servers' tasks; the guards have killed the child processes already.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            outcomes.unwrap_or_else(|_| {
+                CASES
+                    .iter()
+                    .map(|c| (*c, Err(anyhow::anyhow!("timed out after {RUN_TIMEOUT:?}"))))
+                    .collect()
+            })
+        }
+        Err(e) => CASES.iter().map(|c| (*c, Err(anyhow::anyhow!("setup: {e:#}")))).collect(),
+    };
+    let mut failed = 0;
+    for (name, outcome) in &outcomes {
+        match outcome {
+            Ok(detail) => println!("interop: PASS {name} ({detail})"),
+            Err(e) => {
+                failed += 1;
+                println!("interop: FAIL {name}: {e:#}");
+            }
+        }
+    }
+    eprintln!("xtask: interop took {:.1} s", started.elapsed().as_secs_f64());
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    if failed > 0 {
+        bail!("{failed} x402 interop case(s) failed");
+    }
+    Ok(())
+}
+
+const V2_FETCH: &str = "v2 @x402/fetch → farebox server";
+const V1_FETCH: &str = "v1 x402-fetch → farebox server";
+const V2_EXPRESS: &str = "v2 farebox client → @x402/express (farebox facilitator)";
+const V1_EXPRESS: &str = "v1 farebox client → x402-express (farebox facilitator)";
+const CASES: [&str; 4] = [V2_FETCH, V1_FETCH, V2_EXPRESS, V1_EXPRESS];
+
+// ---------------------------------------------------------------------------------------------
+// The peers: npm packages and scripts.
+
+fn scripts_dir() -> PathBuf {
+    tools::workspace_root().join("xtask").join("interop")
+}
+
+/// `target/tools/interop/`, npm's project directory for the peers.
+fn peers_dir() -> PathBuf {
+    tools::tools_dir().join("interop")
+}
+
+/// Installs the peers unless they were installed from this very package.json (its SHA-256 is
+/// kept beside them), then copies the scripts next to `node_modules/` so Node resolves the
+/// packages from there. Returns that directory.
+fn ensure_peers() -> Result<PathBuf> {
+    let dir = peers_dir();
+    let manifest_path = scripts_dir().join("package.json");
+    let manifest = std::fs::read(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let hash = hex::encode(Sha256::digest(&manifest));
+    let stamp = dir.join("package.json.sha256");
+    let installed = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash)
+        && dir.join("node_modules/.package-lock.json").is_file();
+    if !installed {
+        eprintln!("xtask: installing the x402 interop peers into {}", dir.display());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _ = std::fs::remove_file(&stamp);
+        std::fs::write(dir.join("package.json"), &manifest)?;
+        let started = Instant::now();
+        run_bounded(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir),
+            INSTALL_TIMEOUT,
+        )
+        .context("installing the x402 peers with npm (is Node.js/npm installed?)")?;
+        eprintln!("xtask: npm install took {:.1} s", started.elapsed().as_secs_f64());
+        std::fs::write(&stamp, &hash)?;
+    }
+    for entry in std::fs::read_dir(scripts_dir())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "mjs") {
+            let target = dir.join(path.file_name().unwrap_or_default());
+            std::fs::copy(&path, &target)
+                .with_context(|| format!("copying {} to {}", path.display(), target.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Runs `cmd` to completion, killing it if it takes longer than `timeout`.
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let mut child =
+        cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            ensure!(status.success(), "{cmd:?} failed with {status}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} took longer than {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A peer process, killed when dropped (on every path: success, failure, timeout, panic).
+struct PeerProcess {
+    child: tokio::process::Child,
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.try_wait();
+    }
+}
+
+fn node(peers: &Path, script: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(peers.join(script))
+        .args(args)
+        .current_dir(peers)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The last `n` lines of `text`, for error messages.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs a client script and returns the JSON it printed on its last line.
+async fn run_client(peers: &Path, script: &str, args: &[&str]) -> Result<Value> {
+    let child = node(peers, script, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting node {script} (is Node.js installed?)"))?;
+    // On a timeout the future, and with it the child (kill_on_drop), is dropped.
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .with_context(|| format!("{script} did not finish within {SCRIPT_TIMEOUT:?}"))??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "{script} failed ({}): {}", output.status, tail(&stderr, 15));
+    let last = stdout.trim().lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("{script} printed {stdout:?}"))
+}
+
+/// Starts a server script and waits until it prints `listening`.
+async fn start_server(peers: &Path, script: &str, args: &[&str]) -> Result<PeerProcess> {
+    let log_dir = tools::workspace_root().join("target").join("interop");
+    std::fs::create_dir_all(&log_dir)?;
+    let log_path = log_dir.join(format!("{script}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let child = node(peers, script, args)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting node {script} (is Node.js installed?)"))?;
+    let mut peer = PeerProcess { child };
+    let stdout = peer.child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(SERVER_START_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            if line.trim() == "listening" {
+                return Ok(true);
+            }
+        }
+        Ok::<_, std::io::Error>(false)
+    })
+    .await;
+    let why = match ready {
+        Ok(Ok(true)) => {
+            // Keep draining its stdout so it never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(peer);
+        }
+        Ok(Ok(false)) => "exited before listening".to_string(),
+        Ok(Err(e)) => format!("reading its output: {e}"),
+        Err(_) => format!("not listening after {SERVER_START_TIMEOUT:?}"),
+    };
+    drop(peer);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    bail!("{script} {why}: {}", tail(&log, 15))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The farebox side.
+
+/// The chain and the farebox pieces every case shares.
+struct World {
+    /// Kept alive for the run; killed on drop.
+    _anvil: Anvil,
+    rpc_url: String,
+    rpc: EvmRpc,
+    token: Address,
+    payer_key: &'static str,
+    payer: PrivateKeySigner,
+    pay_to: Address,
+    /// The farebox paywall (x402 rail, in-process facilitator) in front of `GET /paid`.
+    farebox_server: SocketAddr,
+    /// The same facilitator's HTTP API.
+    facilitator: SocketAddr,
+}
+
+impl World {
+    async fn start() -> Result<World> {
+        let anvil = Anvil::builder()
+            .binary(tools::anvil_path())
+            .chain_id(CHAIN_ID)
+            .start()
+            .context("starting anvil (`cargo xtask setup` installs it)")?;
+        let token = anvil.deploy_token("USDC", "2").await.context("deploying FareboxUSD")?;
+        let accounts = anvil.accounts();
+        let (payer_key, payer) = (DEV_KEYS[1], accounts[1].signer.clone());
+        let (pay_to, gas) = (accounts[2].address, accounts[3].signer.clone());
+        anvil.mint(token, payer.address(), U256::from(FUNDING)).await.context("funding")?;
+        let rpc_url = anvil.url().to_string();
+        let rpc = EvmRpc::connect(&rpc_url).await?;
+
+        let store = Arc::new(MemoryStore::new());
+        let facilitator = Arc::new(LocalFacilitator::new(
+            vec![ChainAccess { rpc: rpc.clone(), signer: gas }],
+            store.clone(),
+        ));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let farebox_server = listener.local_addr()?;
+        let config = X402Config {
+            network: NETWORK.into(),
+            asset: format!("{token:#x}"),
+            eip712_name: "USDC".into(),
+            eip712_version: "2".into(),
+            symbol: "USDC".into(),
+            decimals: 6,
+            pay_to: format!("{pay_to:#x}"),
+            max_timeout_seconds: 60,
+            public_url: format!("http://{farebox_server}"),
+            offer_v1: true,
+        };
+        let price = Money::new(Asset::Token(config.token()), PRICE.into());
+        let rail = X402Rail::new(config, facilitator.clone(), store);
+        let paywall = Paywall::builder()
+            .rail(rail)
+            .route(
+                PricedRoute::new(Some(Method::GET), "/paid", Price::one(price))?
+                    .describe("farebox interop"),
+            )
+            .build()?;
+        let app = axum::Router::new()
+            .route("/paid", axum::routing::get(|| async { FAREBOX_BODY }))
+            .layer(PaywallLayer::new(paywall));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let facilitator_addr = listener.local_addr()?;
+        let api = http_server::router(facilitator);
+        tokio::spawn(async move { axum::serve(listener, api).await });
+
+        Ok(World {
+            _anvil: anvil,
+            rpc_url,
+            rpc,
+            token,
+            payer_key,
+            payer,
+            pay_to,
+            farebox_server,
+            facilitator: facilitator_addr,
+        })
+    }
+
+    fn token_hex(&self) -> String {
+        format!("{:#x}", self.token)
+    }
+
+    fn usdc(&self) -> Asset {
+        Asset::Token(Token {
+            network: NETWORK.into(),
+            address: self.token_hex(),
+            symbol: "USDC".into(),
+            decimals: 6,
+        })
+    }
+
+    async fn pay_to_balance(&self) -> Result<U256> {
+        Ok(self.rpc.balance_of(self.token, self.pay_to).await?)
+    }
+
+    /// The settlement `tx` succeeded on chain and payTo got exactly the price since `before`.
+    async fn check_paid(&self, before: U256, tx: &str) -> Result<String> {
+        let hash = TxHash::from_str(tx).with_context(|| format!("not a tx hash: {tx:?}"))?;
+        match self.rpc.wait_for_receipt(hash, Duration::from_secs(10)).await? {
+            ReceiptOutcome::Success { .. } => {}
+            other => bail!("settlement tx {tx}: {other:?}"),
+        }
+        let after = self.pay_to_balance().await?;
+        ensure!(
+            after.checked_sub(before) == Some(U256::from(PRICE)),
+            "payTo's balance went from {before} to {after}, expected +{PRICE}"
+        );
+        Ok(format!("tx {tx}, payTo +{PRICE}"))
+    }
+}
+
+async fn cases(peers: &Path) -> Vec<(&'static str, Result<String>)> {
+    let world = match World::start().await {
+        Ok(w) => w,
+        Err(e) => {
+            let e = format!("{e:#}");
+            return CASES.iter().map(|c| (*c, Err(anyhow::anyhow!("setup: {e}")))).collect();
+        }
+    };
+    vec![
+        (V2_FETCH, official_client(&world, peers, "v2_fetch_client.mjs", NETWORK).await),
+        (V1_FETCH, official_client(&world, peers, "v1_fetch_client.mjs", V1_NETWORK).await),
+        (
+            V2_EXPRESS,
+            official_server(
+                &world,
+                peers,
+                "v2_express_server.mjs",
+                "payment-response",
+                V2_EXPRESS_BODY,
+            )
+            .await,
+        ),
+        (
+            V1_EXPRESS,
+            official_server(
+                &world,
+                peers,
+                "v1_express_server.mjs",
+                "x-payment-response",
+                V1_EXPRESS_BODY,
+            )
+            .await,
+        ),
+    ]
+}
+
+/// An official client pays the farebox server; `network` is what its settlement header names.
+async fn official_client(
+    world: &World,
+    peers: &Path,
+    script: &str,
+    network: &str,
+) -> Result<String> {
+    let before = world.pay_to_balance().await?;
+    let url = format!("http://{}/paid", world.farebox_server);
+    let token = world.token_hex();
+    let out = run_client(peers, script, &[&url, &world.rpc_url, world.payer_key, &token]).await?;
+    ensure!(out["status"] == 200, "{script} got {out}");
+    ensure!(out["body"] == FAREBOX_BODY, "{script} got body {}", out["body"]);
+    let settlement = &out["paymentResponse"];
+    ensure!(settlement["success"] == true, "{script} saw no successful settlement: {out}");
+    ensure!(
+        settlement["network"] == network,
+        "{script} saw settlement on {}",
+        settlement["network"]
+    );
+    let tx = settlement["transaction"].as_str().context("no transaction in the settlement")?;
+    world.check_paid(before, tx).await
+}
+
+/// The farebox client pays an official server whose facilitator is farebox's.
+async fn official_server(
+    world: &World,
+    peers: &Path,
+    script: &str,
+    settlement_header: &str,
+    body: &str,
+) -> Result<String> {
+    let port = free_port()?;
+    let facilitator = format!("http://{}", world.facilitator);
+    let token = world.token_hex();
+    let pay_to = format!("{:#x}", world.pay_to);
+    let price = PRICE.to_string();
+    let _server =
+        start_server(peers, script, &[&port.to_string(), &facilitator, &token, &pay_to, &price])
+            .await?;
+
+    let usdc = world.usdc();
+    let budget = Budget::new().allow(
+        Money::new(usdc.clone(), u128::from(PRICE) * 10),
+        Money::new(usdc, u128::from(PRICE) * 100),
+    )?;
+    let payer = PaymentMiddleware::new(budget).wallet(X402Wallet::new(world.payer.clone()));
+    let ledger = payer.ledger();
+    let client = paying_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?, payer);
+
+    let before = world.pay_to_balance().await?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}/paid"))
+        .send()
+        .await
+        .context("the farebox client's request")?;
+    let status = response.status();
+    let header = response
+        .headers()
+        .get(settlement_header)
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let text = response.text().await.unwrap_or_default();
+    ensure!(status == 200, "got {status}: {}", tail(&text, 5));
+    ensure!(text == body, "got body {text:?}");
+    let header = header.with_context(|| format!("no {settlement_header} header"))?;
+    let settlement: Value = farebox_x402::decode_header(&header)
+        .with_context(|| format!("decoding {settlement_header}"))?;
+    ensure!(settlement["success"] == true, "{settlement_header}: {settlement}");
+    let tx = settlement["transaction"].as_str().context("no transaction in the settlement")?;
+    ensure!(ledger.entries().len() == 1, "the client's ledger has {:?}", ledger.entries());
+    world.check_paid(before, tx).await
+}
