@@ -160,7 +160,7 @@ fn bench(filter: &[String]) -> Result<()> {
         return loadtest::run_facilitator_bench();
     }
     run(cargo()
-        .args(["bench", "--workspace", "--benches", "--"])
+        .args(["bench", "--workspace", "--bench", "*", "--"]) // bench targets only: libtest rejects criterion's flags
         .args(["--warm-up-time", "1", "--measurement-time", "3"])
         .args(filter))
 }
