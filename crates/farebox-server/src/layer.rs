@@ -12,7 +12,7 @@ use http::header::CACHE_CONTROL;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::paywall::{Decision, Paywall, problem_response};
+use crate::paywall::{Decision, Paywall, expose_headers, problem_response};
 use crate::routes::check_canonical;
 
 /// What a handler behind the paywall learns about the payment for its request (a request
@@ -139,6 +139,8 @@ where
             for (name, value) in receipt.headers.iter().cloned() {
                 headers.append(name, value);
             }
+            let receipt_names: Vec<_> = receipt.headers.iter().map(|(n, _)| n.clone()).collect();
+            expose_headers(headers, &receipt_names);
             // Paid content is for the payer: no shared cache may hand it to someone else.
             let shared_cacheable = headers.get(CACHE_CONTROL).is_none_or(|v| {
                 let v = v.to_str().unwrap_or("").to_ascii_lowercase();

@@ -101,6 +101,14 @@ impl Paywall {
         for (name, value) in &error.headers {
             response.headers_mut().append(name.clone(), value.clone());
         }
+        // Everything on this answer but the CORS-safelisted basics is for the payer to read.
+        let ours: Vec<HeaderName> = response
+            .headers()
+            .keys()
+            .filter(|n| **n != CONTENT_TYPE && **n != CACHE_CONTROL)
+            .cloned()
+            .collect();
+        expose_headers(response.headers_mut(), &ours);
         response
     }
 
@@ -140,6 +148,19 @@ impl Paywall {
             problem.extend(std::mem::take(&mut c.body_members));
         }
         problem_response(problem, None, challenges)
+    }
+}
+
+/// Lets browser clients read payment headers (`WWW-Authenticate`, `PAYMENT-REQUIRED`,
+/// `Payment-Receipt`, …) across origins, as Aperture and the x402 servers do. Only the exposure:
+/// whether cross-origin requests are allowed at all stays the application's CORS policy.
+pub(crate) fn expose_headers(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if names.is_empty() {
+        return;
+    }
+    let list = names.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", ");
+    if let Ok(value) = HeaderValue::from_str(&list) {
+        headers.append(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
     }
 }
 

@@ -200,6 +200,7 @@ async fn one_402_carries_every_rails_challenge() {
     assert_eq!(headers.get_all("x-test-rail").iter().count(), 2);
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["access-control-expose-headers"], "www-authenticate, x-test-rail");
     let problem = json(&body);
     assert_eq!(problem["status"], 402);
     assert_eq!(problem["code"], "payment_required");
@@ -215,6 +216,7 @@ async fn a_valid_credential_is_served_settled_and_receipted() {
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"paid via usd (0.01 USDC)");
     assert_eq!(headers["x-test-receipt"], "ok");
+    assert_eq!(headers["access-control-expose-headers"], "x-test-receipt");
     assert_eq!(f.usd.settled.load(Ordering::SeqCst), 1);
     assert_eq!(f.sats.settled.load(Ordering::SeqCst), 0);
 }
