@@ -18,6 +18,13 @@ sol!(
     "../../contracts/out/FareboxUSD.json"
 );
 
+sol!(
+    #[allow(missing_docs)]
+    #[derive(Debug, PartialEq, Eq)]
+    SessionEscrow,
+    "../../contracts/out/SessionEscrow.json"
+);
+
 /// `transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)`,
 /// selector `0xe3ee160e`: for 65-byte EOA signatures.
 pub type TransferWithAuthorizationVrsCall = FareboxUSD::transferWithAuthorization_1Call;
@@ -32,6 +39,16 @@ pub fn fareboxusd_deploy_code(name: &str, version: &str) -> Bytes {
     let args = FareboxUSD::constructorCall { name_: name.to_owned(), version_: version.to_owned() }
         .abi_encode();
     let mut code = FareboxUSD::BYTECODE.to_vec();
+    code.extend_from_slice(&args);
+    code.into()
+}
+
+/// SessionEscrow's creation code with its constructor argument: `close_grace_period` seconds
+/// between `requestClose` and the earliest `withdraw`.
+pub fn session_escrow_deploy_code(close_grace_period: u64) -> Bytes {
+    let args =
+        SessionEscrow::constructorCall { closeGracePeriod_: close_grace_period }.abi_encode();
+    let mut code = SessionEscrow::BYTECODE.to_vec();
     code.extend_from_slice(&args);
     code.into()
 }
@@ -53,5 +70,7 @@ mod tests {
         assert!(FareboxUSD::BYTECODE.len() > 1000);
         assert!(FareboxUSD::DEPLOYED_BYTECODE.len() > 1000);
         assert!(fareboxusd_deploy_code("USDC", "2").len() > FareboxUSD::BYTECODE.len());
+        assert!(SessionEscrow::BYTECODE.len() > 1000);
+        assert_eq!(session_escrow_deploy_code(900).len(), SessionEscrow::BYTECODE.len() + 32);
     }
 }

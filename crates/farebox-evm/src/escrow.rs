@@ -1,0 +1,208 @@
+//! Thin helpers on [`EvmRpc`] for `SessionEscrow` (`contracts/SessionEscrow.sol`), the ERC-20
+//! payment-channel escrow of MPP EVM sessions: deploy, open, top up, settle / close with a
+//! voucher ([`crate::voucher`]), request a close, withdraw, and read a channel's state.
+//!
+//! Transactions are sent with [`EvmRpc::send_call`] (gas is estimated first, so a call that
+//! would revert is refused with [`EvmError::Reverted`] and the contract's reason, e.g.
+//! `SessionEscrow: invalid voucher signer`, before anything is broadcast) and awaited for up to
+//! [`TX_TIMEOUT`]; a mined revert is [`EvmError::Reverted`] too, a missing receipt
+//! [`EvmError::Unavailable`].
+//!
+//! The contract in brief: `open(payee, token, deposit, authorizedSigner)` pulls `deposit`
+//! (approved beforehand) and returns `channelId = keccak256(abi.encode(payer, payee, token,
+//! salt, authorizedSigner, escrow, chainId))` with `salt = bytes32(nonces[payer])`;
+//! `settle` / `close` (payee only) pay `min(cumulativeAmount, deposit) − settled`, `close` also
+//! refunds the rest and finalizes; `requestClose` (payer) starts the grace period, `withdraw`
+//! (payer, after it) refunds the unsettled remainder; `topUp` (payer) raises the deposit and
+//! cancels a pending close request.
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, Bytes, TxHash};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolCall, SolEvent};
+
+use crate::contracts::{FareboxUSD, SessionEscrow, session_escrow_deploy_code};
+use crate::error::{EvmError, Result};
+use crate::rpc::{EvmRpc, ReceiptOutcome};
+use crate::voucher::VoucherDomain;
+
+/// A channel's on-chain state, as `getChannel` returns it.
+pub type Channel = SessionEscrow::Channel;
+
+/// How long the helpers wait for a receipt.
+pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The grace period the MPP drafts use between `requestClose` and `withdraw`: 15 minutes.
+pub const DEFAULT_CLOSE_GRACE_PERIOD: u64 = 15 * 60;
+
+impl EvmRpc {
+    /// Deploys a `SessionEscrow` with `close_grace_period` seconds from `signer`.
+    pub async fn deploy_session_escrow(
+        &self,
+        signer: &PrivateKeySigner,
+        close_grace_period: u64,
+    ) -> Result<Address> {
+        self.deploy(signer, session_escrow_deploy_code(close_grace_period), TX_TIMEOUT).await
+    }
+
+    /// The voucher domain of `escrow` on this chain.
+    pub fn voucher_domain(&self, escrow: Address) -> VoucherDomain {
+        VoucherDomain::new(self.chain_id(), escrow)
+    }
+
+    /// ERC-20 `approve(spender, amount)` from `signer`, mined.
+    pub async fn erc20_approve(
+        &self,
+        signer: &PrivateKeySigner,
+        token: Address,
+        spender: Address,
+        amount: u128,
+    ) -> Result<TxHash> {
+        let call =
+            FareboxUSD::approveCall { spender, value: alloy::primitives::U256::from(amount) };
+        self.send_confirmed(signer, token, &call).await.map(|(hash, _)| hash)
+    }
+
+    /// `open(payee, token, deposit, authorizedSigner)` from `signer` (the payer, who approved
+    /// `deposit` to the escrow); returns the new channel's id, read from `ChannelOpened`.
+    pub async fn escrow_open(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        payee: Address,
+        token: Address,
+        deposit: u128,
+        authorized_signer: Option<Address>,
+    ) -> Result<B256> {
+        let call = SessionEscrow::openCall {
+            payee,
+            token,
+            deposit,
+            authorizedSigner: authorized_signer.unwrap_or(Address::ZERO),
+        };
+        let (hash, receipt) = self.send_confirmed(signer, escrow, &call).await?;
+        receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == escrow)
+            .find_map(|log| SessionEscrow::ChannelOpened::decode_log(&log.inner).ok())
+            .map(|event| event.data.channelId)
+            .ok_or_else(|| EvmError::InvalidResponse(format!("{hash}: no ChannelOpened event")))
+    }
+
+    /// `topUp(channelId, amount)` from `signer` (the payer, who approved `amount`), mined.
+    pub async fn escrow_top_up(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        channel_id: B256,
+        amount: u128,
+    ) -> Result<TxHash> {
+        let call = SessionEscrow::topUpCall { channelId: channel_id, amount };
+        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+    }
+
+    /// `settle(channelId, cumulativeAmount, signature)` from `signer` (the payee), mined.
+    pub async fn escrow_settle(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        channel_id: B256,
+        cumulative_amount: u128,
+        signature: &[u8],
+    ) -> Result<TxHash> {
+        let call = SessionEscrow::settleCall {
+            channelId: channel_id,
+            cumulativeAmount: cumulative_amount,
+            signature: Bytes::copy_from_slice(signature),
+        };
+        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+    }
+
+    /// `close(channelId, cumulativeAmount, signature)` from `signer` (the payee), mined.
+    pub async fn escrow_close(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        channel_id: B256,
+        cumulative_amount: u128,
+        signature: &[u8],
+    ) -> Result<TxHash> {
+        let call = SessionEscrow::closeCall {
+            channelId: channel_id,
+            cumulativeAmount: cumulative_amount,
+            signature: Bytes::copy_from_slice(signature),
+        };
+        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+    }
+
+    /// `requestClose(channelId)` from `signer` (the payer), mined.
+    pub async fn escrow_request_close(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        channel_id: B256,
+    ) -> Result<TxHash> {
+        let call = SessionEscrow::requestCloseCall { channelId: channel_id };
+        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+    }
+
+    /// `withdraw(channelId)` from `signer` (the payer, after the grace period), mined.
+    pub async fn escrow_withdraw(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        channel_id: B256,
+    ) -> Result<TxHash> {
+        let call = SessionEscrow::withdrawCall { channelId: channel_id };
+        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+    }
+
+    /// A channel's state (all zero for an unknown id).
+    pub async fn escrow_channel(&self, escrow: Address, channel_id: B256) -> Result<Channel> {
+        self.call(escrow, &SessionEscrow::getChannelCall { channelId: channel_id }, None).await
+    }
+
+    /// The escrow's own voucher digest (for cross-checking [`VoucherDomain::signing_hash`]).
+    pub async fn escrow_voucher_digest(
+        &self,
+        escrow: Address,
+        channel_id: B256,
+        cumulative_amount: u128,
+    ) -> Result<B256> {
+        let call = SessionEscrow::voucherDigestCall {
+            channelId: channel_id,
+            cumulativeAmount: cumulative_amount,
+        };
+        self.call(escrow, &call, None).await
+    }
+
+    /// Sends `call` and waits for a successful receipt.
+    async fn send_confirmed<C: SolCall>(
+        &self,
+        signer: &PrivateKeySigner,
+        to: Address,
+        call: &C,
+    ) -> Result<(TxHash, TransactionReceipt)> {
+        let hash = self.send_call(signer, to, call).await?;
+        match self.wait_for_receipt(hash, TX_TIMEOUT).await? {
+            ReceiptOutcome::Success { .. } => {}
+            ReceiptOutcome::Reverted { reason, .. } => {
+                return Err(EvmError::Reverted {
+                    reason: reason.unwrap_or_else(|| format!("{hash} reverted")),
+                });
+            }
+            ReceiptOutcome::Unknown => {
+                return Err(EvmError::Unavailable(format!("no receipt for {hash}")));
+            }
+        }
+        let receipt: Option<TransactionReceipt> =
+            self.request("eth_getTransactionReceipt", (hash,)).await?;
+        let receipt = receipt
+            .ok_or_else(|| EvmError::InvalidResponse(format!("receipt of {hash} disappeared")))?;
+        Ok((hash, receipt))
+    }
+}
