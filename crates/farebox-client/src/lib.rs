@@ -26,6 +26,7 @@ mod error;
 mod events;
 mod l402;
 mod middleware;
+mod mpp;
 mod wallet;
 mod x402;
 
@@ -34,6 +35,7 @@ pub use error::ClientError;
 pub use events::{Event, Observer};
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;
+pub use mpp::MppWallet;
 pub use wallet::{Offer, PaymentRequired, Proof, Wallet};
 pub use x402::X402Wallet;
 

@@ -1,7 +1,7 @@
 //! # farebox-mpp
 //!
 //! The MPP rail: the `Payment` HTTP authentication scheme (`draft-httpauth-payment-00`, the
-//! Machine Payments Protocol) with the `charge` intent over Lightning.
+//! Machine Payments Protocol) with the `charge` intent over Lightning and over EVM tokens (EIP-3009).
 //!
 //! ```text
 //! GET /data                      ──►  402  WWW-Authenticate: Payment id="…", realm="…",
@@ -22,6 +22,7 @@
 //! | [`problem`] | MPP problem types (`https://paymentauth.org/problems/…`) as `PaymentError`s |
 //! | [`digest`] | the `digest` body binding (SDK and RFC 9530 forms) |
 //! | [`lightning_charge`] | the `lightning` method's `charge` request and payload |
+//! | [`evm_charge`] | the `evm` method's `charge` request and EIP-3009 `authorization` payload |
 //! | [`rail`] | [`MppRail`], the farebox `Rail` |
 //! | [`time`] | RFC 3339 for `expires` and receipt timestamps |
 //!
@@ -35,6 +36,7 @@
 pub mod challenge;
 pub mod credential;
 pub mod digest;
+pub mod evm_charge;
 pub mod jcs;
 pub mod lightning_charge;
 pub mod problem;
@@ -46,7 +48,8 @@ pub use challenge::{
     Challenge, ChallengeError, ChallengeKey, ChallengeParams, IdSlots, parse_www_authenticate,
 };
 pub use credential::{Credential, CredentialError, EchoedChallenge};
+pub use evm_charge::EvmChargeRequest;
 pub use lightning_charge::LightningChargeRequest;
 pub use problem::ProblemType;
-pub use rail::{ConfigError, MppConfig, MppRail};
+pub use rail::{ConfigError, EvmChargeConfig, MppConfig, MppRail};
 pub use receipt::{PAYMENT_RECEIPT, PaymentReceipt};

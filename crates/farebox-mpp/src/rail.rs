@@ -1,5 +1,7 @@
-//! [`MppRail`]: MPP's `Payment` scheme with the Lightning `charge` intent, as a farebox
-//! [`Rail`].
+//! [`MppRail`]: MPP's `Payment` scheme with the `charge` intent over Lightning and over EVM
+//! tokens (EIP-3009), as a farebox [`Rail`]. The rail offers the methods its configuration
+//! enables: `lightning` when it has a Lightning backend, `evm` when it has an
+//! [`EvmChargeConfig`].
 //!
 //! **Challenge.** For a route priced in Bitcoin (whole satoshis), the backend creates an invoice
 //! for the price and the rail issues one challenge `method="lightning", intent="charge"` whose
@@ -21,16 +23,29 @@
 //! **Settle** builds the `Payment-Receipt` (the preimage is final) and marks the record settled;
 //! **release** forgets the reservation when the handler failed, so the same credential can be
 //! retried.
+//!
+//! **EVM charge.** For a route priced in the configured token, the challenge is
+//! `method="evm", intent="charge"` (see [`crate::evm_charge`]). Verify runs the same envelope
+//! checks (id, realm, expiry, route binding), then: amount covers the price, the authorization's
+//! `nonce == keccak256(id ‖ realm)`, `to == recipient`, `value == amount`, `validAfter <= now <
+//! validBefore`, the EIP-712 signer is `from`, and one `eth_call` simulates the transfer from
+//! the gas key (a node that cannot answer: 503). Then the challenge id is reserved. Settle sends
+//! `transferWithAuthorization` with the gas key and waits for its receipt: success answers a
+//! `Payment-Receipt` whose `reference` is the transaction hash; a receipt that does not arrive in
+//! time leaves the record `Pending` with the hash and refuses the request (503) naming it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use farebox_core::{Asset, Token};
 use farebox_core::{
     Challenge as RailChallenge, Money, PaymentError, PresentedCredential, ProofState, Rail,
     Receipt, ReplayStore, Resource, Verified,
 };
+use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
 use farebox_lightning::{InvoiceRequest, LightningBackend, bolt11, preimage_matches};
 use http::HeaderValue;
 
@@ -38,6 +53,7 @@ use crate::challenge::{
     ChallengeKey, ChallengeParams, SecretTooShort, decode_opaque, decode_request,
 };
 use crate::credential::{Credential, CredentialError, payment_token};
+use crate::evm_charge::{self, EvmChargeRequest};
 use crate::lightning_charge::{self, INTENT, LightningChargeRequest, METHOD};
 use crate::problem;
 use crate::receipt::{PAYMENT_RECEIPT, PaymentReceipt};
@@ -53,6 +69,10 @@ pub const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub const OPAQUE_ROUTE: &str = "route";
 /// The `opaque` member naming the HTTP method a challenge was issued for.
 pub const OPAQUE_HTTP_METHOD: &str = "httpMethod";
+/// The `opaque` member that makes each `evm` challenge unique. Its id is the EIP-3009 nonce's
+/// seed, and two challenges for the same route in the same second would otherwise be identical,
+/// so a payer paying twice would sign the same nonce twice.
+pub const OPAQUE_SALT: &str = "salt";
 
 /// The configuration of an [`MppRail`].
 #[derive(Clone)]
@@ -85,6 +105,83 @@ impl std::fmt::Debug for MppConfig {
     }
 }
 
+/// The `evm` charge method: the token a route may be priced in, who is paid, and the node and
+/// gas key that settle.
+#[derive(Clone)]
+pub struct EvmChargeConfig {
+    /// The chain's node (its chain id is the challenge's `chainId`).
+    pub rpc: EvmRpc,
+    /// The key that sends `transferWithAuthorization` and pays its gas.
+    pub signer: PrivateKeySigner,
+    /// The EIP-3009 token contract.
+    pub token: Address,
+    /// The token's EIP-712 domain name and version.
+    pub eip712_name: String,
+    pub eip712_version: String,
+    /// The token's decimals.
+    pub decimals: u8,
+    /// Who is paid.
+    pub recipient: Address,
+    /// How long settlement waits for the transfer's receipt before answering pending.
+    pub receipt_timeout: Duration,
+}
+
+impl EvmChargeConfig {
+    /// A configuration waiting up to 20 s for receipts.
+    pub fn new(
+        rpc: EvmRpc,
+        signer: PrivateKeySigner,
+        token: Address,
+        eip712_name: impl Into<String>,
+        eip712_version: impl Into<String>,
+        decimals: u8,
+        recipient: Address,
+    ) -> Self {
+        EvmChargeConfig {
+            rpc,
+            signer,
+            token,
+            eip712_name: eip712_name.into(),
+            eip712_version: eip712_version.into(),
+            decimals,
+            recipient,
+            receipt_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Sets how long settlement waits for a receipt.
+    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    /// The farebox asset routes are priced in for this method.
+    pub fn asset(&self) -> Asset {
+        Asset::Token(Token {
+            network: farebox_evm::network::caip2(self.rpc.chain_id()),
+            address: format!("{:#x}", self.token),
+            symbol: self.eip712_name.clone(),
+            decimals: self.decimals,
+        })
+    }
+}
+
+impl std::fmt::Debug for EvmChargeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvmChargeConfig")
+            .field("chain_id", &self.rpc.chain_id())
+            .field("token", &self.token)
+            .field("recipient", &self.recipient)
+            .finish_non_exhaustive()
+    }
+}
+
+struct EvmMethod {
+    config: EvmChargeConfig,
+    asset: Asset,
+    domain: TokenDomain,
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -94,21 +191,34 @@ pub enum ConfigError {
     Realm(String),
     #[error("challenge_ttl must be between 1 s and 1 day")]
     Ttl,
+    #[error("enable at least one payment method")]
+    NoMethod,
 }
 
 /// What [`MppRail::verify`] hands to settle/release.
 #[derive(Debug, Clone)]
 struct Accepted {
     challenge_id: String,
+    /// For an `evm` charge: the authorization to send and its signature.
+    evm: Option<(TransferWithAuthorization, Vec<u8>)>,
 }
 
-/// The MPP rail (Lightning charge).
+/// What a credential pays, once checked.
+enum Checked {
+    Lightning,
+    Evm(TransferWithAuthorization, Vec<u8>),
+}
+
+/// The MPP rail (Lightning and EVM charge).
 pub struct MppRail {
     realm: String,
     key: ChallengeKey,
     ttl: Duration,
-    backend: Arc<dyn LightningBackend>,
+    backend: Option<Arc<dyn LightningBackend>>,
+    evm: Option<EvmMethod>,
     store: Arc<dyn ReplayStore>,
+    /// Seeds [`OPAQUE_SALT`]: the rail's start time in nanoseconds, then a counter.
+    salt: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MppRail {
@@ -146,6 +256,20 @@ impl MppRail {
         backend: Arc<dyn LightningBackend>,
         store: Arc<dyn ReplayStore>,
     ) -> Result<Self, ConfigError> {
+        Self::with_methods(config, Some(backend), None, store)
+    }
+
+    /// A rail offering the `lightning` method when `backend` is given and the `evm` method when
+    /// `evm` is given (at least one).
+    pub fn with_methods(
+        config: MppConfig,
+        backend: Option<Arc<dyn LightningBackend>>,
+        evm: Option<EvmChargeConfig>,
+        store: Arc<dyn ReplayStore>,
+    ) -> Result<Self, ConfigError> {
+        if backend.is_none() && evm.is_none() {
+            return Err(ConfigError::NoMethod);
+        }
         let key = ChallengeKey::new(&config.secret_key)?;
         if config.realm.is_empty()
             || config.realm.len() > 255
@@ -158,7 +282,43 @@ impl MppRail {
         {
             return Err(ConfigError::Ttl);
         }
-        Ok(MppRail { realm: config.realm, key, ttl: config.challenge_ttl, backend, store })
+        let evm = evm.map(|config| EvmMethod {
+            asset: config.asset(),
+            domain: TokenDomain::new(
+                config.eip712_name.clone(),
+                config.eip712_version.clone(),
+                config.rpc.chain_id(),
+                config.token,
+            ),
+            config,
+        });
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(MppRail {
+            realm: config.realm,
+            key,
+            ttl: config.challenge_ttl,
+            backend,
+            evm,
+            store,
+            salt: std::sync::atomic::AtomicU64::new(seed),
+        })
+    }
+
+    /// Adds the `evm` charge method.
+    pub fn with_evm(mut self, evm: EvmChargeConfig) -> Self {
+        self.evm = Some(EvmMethod {
+            asset: evm.asset(),
+            domain: TokenDomain::new(
+                evm.eip712_name.clone(),
+                evm.eip712_version.clone(),
+                evm.rpc.chain_id(),
+                evm.token,
+            ),
+            config: evm,
+        });
+        self
     }
 
     /// The challenge-binding key (to compute or check ids outside the rail).
@@ -166,22 +326,48 @@ impl MppRail {
         &self.key
     }
 
-    /// Everything [`Rail::verify`] checks except the replay reservation, at `now_unix`:
-    /// returns the credential and the amount it pays.
+    /// Everything [`Rail::verify`] checks except the replay reservation and (for `evm`) the
+    /// on-chain simulation, at `now_unix`: returns the credential and the amount it pays.
     pub fn check_credential(
         &self,
         resource: &Resource,
         authorization: &str,
         now_unix: u64,
     ) -> Result<(Credential, Money), PaymentError> {
+        self.check(resource, authorization, now_unix).map(|(cred, amount, _)| (cred, amount))
+    }
+
+    fn offered_methods(&self) -> String {
+        let mut m = Vec::new();
+        if self.backend.is_some() {
+            m.push(format!("method=\"{METHOD}\" intent=\"{INTENT}\""));
+        }
+        if self.evm.is_some() {
+            m.push(format!("method=\"{}\" intent=\"{}\"", evm_charge::METHOD, evm_charge::INTENT));
+        }
+        m.join(" or ")
+    }
+
+    fn check(
+        &self,
+        resource: &Resource,
+        authorization: &str,
+        now_unix: u64,
+    ) -> Result<(Credential, Money, Checked), PaymentError> {
         let token = payment_token(authorization)
             .ok_or_else(|| credential_error(CredentialError::NotPayment))?;
         let cred = Credential::decode(token).map_err(credential_error)?;
         let ch = &cred.challenge;
-        if ch.method != METHOD || ch.intent != INTENT {
+        let lightning = ch.method == METHOD && ch.intent == INTENT && self.backend.is_some();
+        let evm = ch.method == evm_charge::METHOD
+            && ch.intent == evm_charge::INTENT
+            && self.evm.is_some();
+        if !lightning && !evm {
             return Err(problem::method_unsupported(format!(
-                "this server accepts method=\"{METHOD}\" intent=\"{INTENT}\", not method={:?} intent={:?}",
-                ch.method, ch.intent
+                "this server accepts {}, not method={:?} intent={:?}",
+                self.offered_methods(),
+                ch.method,
+                ch.intent
             )));
         }
         if !self.key.verify_id(&ch.slots(), &ch.id) || ch.realm != self.realm {
@@ -214,6 +400,10 @@ impl MppRail {
         }
         let request = decode_request(&ch.request)
             .map_err(|e| problem::invalid_challenge(format!("challenge request: {e}")))?;
+        if evm {
+            let (amount, auth, signature) = self.check_evm(resource, &cred, &request, now_unix)?;
+            return Ok((cred, amount, Checked::Evm(auth, signature)));
+        }
         let request = LightningChargeRequest::from_json(&request)
             .map_err(|e| problem::invalid_challenge(format!("challenge request: {e}")))?;
         let price_msat = resource
@@ -236,7 +426,230 @@ impl MppRail {
                 "sha256(preimage) is not the payment hash of the challenge's invoice",
             ));
         }
-        Ok((cred, Money::msats(paid_msat)))
+        Ok((cred, Money::msats(paid_msat), Checked::Lightning))
+    }
+
+    /// The `evm` charge checks after the envelope: the request is ours, covers the price, and
+    /// the authorization pays exactly it, bound to this challenge, signed by its `from`.
+    fn check_evm(
+        &self,
+        resource: &Resource,
+        cred: &Credential,
+        request: &serde_json::Value,
+        now_unix: u64,
+    ) -> Result<(Money, TransferWithAuthorization, Vec<u8>), PaymentError> {
+        let Some(evm) = &self.evm else {
+            return Err(problem::method_unsupported("the evm method is not enabled"));
+        };
+        let request = EvmChargeRequest::from_json(request)
+            .map_err(|e| problem::invalid_challenge(format!("challenge request: {e}")))?;
+        let cfg = &evm.config;
+        if request.currency != cfg.token
+            || request.recipient != cfg.recipient
+            || request.chain_id != cfg.rpc.chain_id()
+        {
+            return Err(problem::invalid_challenge(
+                "the challenge names another token, recipient or chain than this server's",
+            ));
+        }
+        let price = resource
+            .price
+            .in_asset(&evm.asset)
+            .ok_or_else(|| problem::invalid_challenge("this route has no price in this token"))?;
+        if request.amount < U256::from(price.amount) {
+            return Err(problem::insufficient(format!(
+                "the challenge charges {} base units, this route costs {price}",
+                request.amount
+            )));
+        }
+        let (auth, signature) = evm_charge::authorization_of(&cred.payload)
+            .map_err(|e| problem::malformed(e.to_string()))?;
+        let ch = &cred.challenge;
+        if auth.nonce != evm_charge::challenge_nonce(&ch.id, &ch.realm) {
+            return Err(problem::verification_failed(
+                "the authorization's nonce is not keccak256(challenge.id ‖ challenge.realm)",
+            ));
+        }
+        if auth.to != cfg.recipient {
+            return Err(problem::verification_failed("the authorization pays another recipient"));
+        }
+        if auth.value != request.amount {
+            return Err(problem::verification_failed(format!(
+                "the authorization transfers {}, the challenge charges {}",
+                auth.value, request.amount
+            )));
+        }
+        let now = U256::from(now_unix);
+        if auth.validBefore <= now {
+            return Err(problem::expired("the authorization has expired"));
+        }
+        if auth.validAfter > now {
+            return Err(problem::verification_failed("the authorization is not valid yet"));
+        }
+        let digest = eip3009::signing_hash(&evm.domain.separator(), &auth);
+        match eip3009::recover(&digest, &signature) {
+            Ok(signer) if signer == auth.from => {}
+            _ => {
+                return Err(problem::verification_failed(
+                    "the authorization is not signed by its `from`",
+                ));
+            }
+        }
+        let amount: u128 = request
+            .amount
+            .try_into()
+            .map_err(|_| problem::invalid_challenge("challenge amount out of range"))?;
+        Ok((Money::new(evm.asset.clone(), amount), auth, signature))
+    }
+
+    /// The `evm` challenge line for `resource`, if it is priced in the configured token.
+    fn evm_challenge(&self, resource: &Resource) -> Result<Option<HeaderValue>, PaymentError> {
+        let Some(evm) = &self.evm else { return Ok(None) };
+        let Some(price) = resource.price.in_asset(&evm.asset).filter(|p| p.amount > 0) else {
+            return Ok(None);
+        };
+        let cfg = &evm.config;
+        let request = EvmChargeRequest {
+            amount: U256::from(price.amount),
+            currency: cfg.token,
+            recipient: cfg.recipient,
+            chain_id: cfg.rpc.chain_id(),
+            decimals: cfg.decimals,
+            credential_types: vec![evm_charge::CREDENTIAL_AUTHORIZATION.to_string()],
+            eip712_name: cfg.eip712_name.clone(),
+            eip712_version: cfg.eip712_version.clone(),
+            description: resource.description.as_deref().map(str::to_owned),
+        };
+        let salt = self.salt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.issue(
+            resource,
+            evm_charge::METHOD,
+            evm_charge::INTENT,
+            request.to_json(),
+            Some(format!("{salt:016x}")),
+        )
+        .map(Some)
+    }
+
+    fn issue(
+        &self,
+        resource: &Resource,
+        method: &str,
+        intent: &str,
+        request: serde_json::Value,
+        salt: Option<String>,
+    ) -> Result<HeaderValue, PaymentError> {
+        let mut opaque = BTreeMap::from([
+            (OPAQUE_ROUTE.to_string(), resource.route.to_string()),
+            (OPAQUE_HTTP_METHOD.to_string(), resource.method.as_str().to_string()),
+        ]);
+        if let Some(salt) = salt {
+            opaque.insert(OPAQUE_SALT.to_string(), salt);
+        }
+        let expires = time::unix_now().saturating_add(self.ttl.as_secs());
+        let challenge = self
+            .key
+            .issue(ChallengeParams {
+                realm: self.realm.clone(),
+                method: method.into(),
+                intent: intent.into(),
+                request,
+                expires: Some(time::format(expires)),
+                description: resource.description.as_deref().map(str::to_owned),
+                digest: None,
+                opaque: Some(opaque),
+                header: None,
+            })
+            .map_err(|e| PaymentError::internal("mpp_challenge", e.to_string()))?;
+        challenge
+            .to_header_value()
+            .map_err(|e| PaymentError::internal("mpp_challenge", e.to_string()))
+    }
+
+    /// One `eth_call` simulating the transfer from the gas key: nonce unused, balance, the
+    /// token's own signature and time checks.
+    async fn simulate(
+        &self,
+        evm: &EvmMethod,
+        auth: &TransferWithAuthorization,
+        signature: &[u8],
+    ) -> Result<(), PaymentError> {
+        let cfg = &evm.config;
+        let simulated = cfg
+            .rpc
+            .simulate_transfer_with_authorization(cfg.token, auth, signature, cfg.signer.address())
+            .await;
+        match simulated {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() => Err(PaymentError::unavailable(
+                "evm_unavailable",
+                format!("cannot reach the chain to check the payment: {e}"),
+                BACKEND_RETRY_AFTER,
+            )),
+            Err(EvmError::Reverted { reason }) => {
+                Err(problem::verification_failed(format!("the transfer would fail: {reason}")))
+            }
+            Err(e) => {
+                Err(problem::verification_failed(format!("the transfer cannot be simulated: {e}")))
+            }
+        }
+    }
+
+    /// Sends an accepted `evm` authorization and waits for its receipt: the transaction hash.
+    async fn settle_evm(
+        &self,
+        id: &str,
+        auth: &TransferWithAuthorization,
+        signature: &[u8],
+    ) -> Result<String, PaymentError> {
+        let Some(evm) = &self.evm else {
+            return Err(PaymentError::internal("mpp_state", "evm method not enabled"));
+        };
+        let cfg = &evm.config;
+        let sent =
+            cfg.rpc.send_transfer_with_authorization(&cfg.signer, cfg.token, auth, signature).await;
+        let tx = match sent {
+            Ok(tx) => tx,
+            Err(EvmError::Reverted { reason }) => {
+                // Refused at gas estimation: nothing was broadcast.
+                self.store.update(NAMESPACE, id, ProofState::Failed, None).await?;
+                return Err(problem::verification_failed(format!(
+                    "the transfer would revert: {reason}"
+                )));
+            }
+            Err(e) => {
+                // The node may have taken the transaction before failing to answer.
+                self.store.update(NAMESPACE, id, ProofState::Pending, None).await?;
+                return Err(PaymentError::unavailable(
+                    "mpp_settlement_outcome_unknown",
+                    format!("{e}; the payment is recorded as pending and will not be taken twice"),
+                    BACKEND_RETRY_AFTER,
+                ));
+            }
+        };
+        let tx_hex = format!("{tx:#x}");
+        self.store.update(NAMESPACE, id, ProofState::Pending, Some(&tx_hex)).await?;
+        match cfg.rpc.wait_for_receipt(tx, cfg.receipt_timeout).await {
+            Ok(ReceiptOutcome::Success { .. }) => {
+                if let Err(e) =
+                    self.store.update(NAMESPACE, id, ProofState::Settled, Some(&tx_hex)).await
+                {
+                    tracing::warn!(error = %e, "could not mark an MPP challenge settled");
+                }
+                Ok(tx_hex)
+            }
+            Ok(ReceiptOutcome::Reverted { .. }) => {
+                self.store.update(NAMESPACE, id, ProofState::Failed, Some(&tx_hex)).await?;
+                Err(problem::verification_failed(format!("the transfer {tx_hex} reverted")))
+            }
+            Ok(_) | Err(_) => Err(PaymentError::unavailable(
+                "mpp_settlement_pending",
+                format!(
+                    "settlement sent as {tx_hex} but not yet confirmed; the payment is recorded as pending"
+                ),
+                BACKEND_RETRY_AFTER,
+            )),
+        }
     }
 }
 
@@ -251,74 +664,17 @@ impl Rail for MppRail {
     }
 
     async fn challenge(&self, resource: &Resource) -> Result<Option<RailChallenge>, PaymentError> {
-        let Some(price) = resource.price.in_bitcoin() else {
-            return Ok(None);
-        };
-        let Some(amount_msat) = price.as_msat().filter(|&m| m > 0) else {
-            return Err(PaymentError::internal(
-                "mpp_price",
-                format!("{price} is not a payable Lightning amount"),
-            ));
-        };
-        if amount_msat % 1000 != 0 {
-            // A Lightning charge is denominated in whole satoshis; a fractional-sat price
-            // cannot be offered exactly, and rounding would overcharge.
-            tracing::warn!(route = %resource.route, %price, "MPP lightning charge needs a whole-sat price; not offered");
+        let mut lines = Vec::new();
+        if let Some(line) = self.lightning_challenge(resource).await? {
+            lines.push(line);
+        }
+        if let Some(line) = self.evm_challenge(resource)? {
+            lines.push(line);
+        }
+        if lines.is_empty() {
             return Ok(None);
         }
-        let memo = match &resource.description {
-            Some(d) => truncate(d, 639).to_string(),
-            None => format!("MPP {} {}", truncate(&self.realm, 30), truncate(&resource.route, 600)),
-        };
-        let invoice = self
-            .backend
-            .create_invoice(InvoiceRequest { amount_msat, memo, expiry: self.ttl })
-            .await
-            .map_err(|e| {
-                PaymentError::unavailable(
-                    "lightning_unavailable",
-                    format!("cannot create an invoice: {e}"),
-                    BACKEND_RETRY_AFTER,
-                )
-            })?;
-        if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(PaymentError::internal(
-                "mpp_invoice",
-                "the Lightning backend returned a malformed invoice",
-            ));
-        }
-        let network = bolt11::parse_invoice(&invoice.bolt11)
-            .ok()
-            .map(|p| lightning_charge::network_name(&p.currency).to_string());
-        let request = LightningChargeRequest {
-            amount_sat: amount_msat / 1000,
-            invoice: invoice.bolt11,
-            payment_hash: invoice.payment_hash,
-            network,
-            description: resource.description.as_deref().map(str::to_owned),
-        };
-        let expires = time::unix_now().saturating_add(self.ttl.as_secs());
-        let challenge = self
-            .key
-            .issue(ChallengeParams {
-                realm: self.realm.clone(),
-                method: METHOD.into(),
-                intent: INTENT.into(),
-                request: request.to_json(),
-                expires: Some(time::format(expires)),
-                description: resource.description.as_deref().map(str::to_owned),
-                digest: None,
-                opaque: Some(BTreeMap::from([
-                    (OPAQUE_ROUTE.to_string(), resource.route.to_string()),
-                    (OPAQUE_HTTP_METHOD.to_string(), resource.method.as_str().to_string()),
-                ])),
-                header: None,
-            })
-            .map_err(|e| PaymentError::internal("mpp_challenge", e.to_string()))?;
-        let line = challenge
-            .to_header_value()
-            .map_err(|e| PaymentError::internal("mpp_challenge", e.to_string()))?;
-        Ok(Some(RailChallenge { www_authenticate: vec![line], ..RailChallenge::default() }))
+        Ok(Some(RailChallenge { www_authenticate: lines, ..RailChallenge::default() }))
     }
 
     async fn verify(
@@ -327,20 +683,37 @@ impl Rail for MppRail {
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
         let now = time::unix_now();
-        let (cred, amount) = self.check_credential(resource, &credential.value, now)?;
+        let (cred, amount, checked) = self.check(resource, &credential.value, now)?;
         let expires_at = cred.challenge.expires.as_deref().and_then(|e| time::parse(e).ok());
-        let id = cred.challenge.id;
+        let id = cred.challenge.id.clone();
         if !self.store.reserve(NAMESPACE, &id, expires_at.unwrap_or(now).saturating_add(1)).await? {
             return Err(problem::used_challenge());
         }
-        let request = decode_request(&cred.challenge.request)
-            .ok()
-            .and_then(|r| LightningChargeRequest::from_json(&r).ok());
+        if let (Checked::Evm(auth, signature), Some(evm)) = (&checked, &self.evm)
+            && let Err(e) = self.simulate(evm, auth, signature).await
+        {
+            // Nothing was sent: the payer may retry the same credential once the cause is gone.
+            if let Err(e) = self.store.release(NAMESPACE, &id).await {
+                tracing::warn!(error = %e, "could not release an MPP reservation");
+            }
+            return Err(e);
+        }
+        let (reference, evm) = match checked {
+            Checked::Lightning => {
+                let request = decode_request(&cred.challenge.request)
+                    .ok()
+                    .and_then(|r| LightningChargeRequest::from_json(&r).ok());
+                (request.map(|r| hex::encode(r.payment_hash)).unwrap_or_default(), None)
+            }
+            Checked::Evm(auth, signature) => {
+                (format!("{:#x}", auth.nonce), Some((auth, signature)))
+            }
+        };
         Ok(Verified {
             amount,
             payer: cred.source,
-            reference: request.map(|r| hex::encode(r.payment_hash)).unwrap_or_default(),
-            state: Box::new(Accepted { challenge_id: id }),
+            reference,
+            state: Box::new(Accepted { challenge_id: id, evm }),
         })
     }
 
@@ -349,11 +722,24 @@ impl Rail for MppRail {
         _resource: &Resource,
         payment: Verified,
     ) -> Result<Receipt, PaymentError> {
-        let id = payment
-            .state
-            .downcast_ref::<Accepted>()
-            .map(|a| a.challenge_id.clone())
-            .unwrap_or_default();
+        let accepted = payment.state.downcast_ref::<Accepted>().ok_or_else(|| {
+            PaymentError::internal("mpp_state", "verified payment of another rail")
+        })?;
+        let id = accepted.challenge_id.clone();
+        if let Some((auth, signature)) = &accepted.evm {
+            let tx = self.settle_evm(&id, auth, signature).await?;
+            let receipt = PaymentReceipt::success(
+                evm_charge::METHOD,
+                time::format(time::unix_now()),
+                tx.clone(),
+            )
+            .with("challengeId", id);
+            return Ok(Receipt {
+                amount: payment.amount,
+                reference: tx,
+                headers: vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)],
+            });
+        }
         // The preimage is final; recording the settlement is bookkeeping, and a store hiccup
         // must not withhold the receipt of a payment that has happened.
         if let Err(e) =
@@ -380,5 +766,61 @@ impl Rail for MppRail {
         {
             tracing::warn!(error = %e, "could not release an MPP reservation");
         }
+    }
+}
+
+impl MppRail {
+    /// The `lightning` challenge line for `resource`, if it is priced in whole satoshis.
+    async fn lightning_challenge(
+        &self,
+        resource: &Resource,
+    ) -> Result<Option<HeaderValue>, PaymentError> {
+        let Some(backend) = &self.backend else { return Ok(None) };
+        let Some(price) = resource.price.in_bitcoin() else {
+            return Ok(None);
+        };
+        let Some(amount_msat) = price.as_msat().filter(|&m| m > 0) else {
+            return Err(PaymentError::internal(
+                "mpp_price",
+                format!("{price} is not a payable Lightning amount"),
+            ));
+        };
+        if amount_msat % 1000 != 0 {
+            // A Lightning charge is denominated in whole satoshis; a fractional-sat price
+            // cannot be offered exactly, and rounding would overcharge.
+            tracing::warn!(route = %resource.route, %price, "MPP lightning charge needs a whole-sat price; not offered");
+            return Ok(None);
+        }
+        let memo = match &resource.description {
+            Some(d) => truncate(d, 639).to_string(),
+            None => format!("MPP {} {}", truncate(&self.realm, 30), truncate(&resource.route, 600)),
+        };
+        let invoice = backend
+            .create_invoice(InvoiceRequest { amount_msat, memo, expiry: self.ttl })
+            .await
+            .map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot create an invoice: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
+        if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(PaymentError::internal(
+                "mpp_invoice",
+                "the Lightning backend returned a malformed invoice",
+            ));
+        }
+        let network = bolt11::parse_invoice(&invoice.bolt11)
+            .ok()
+            .map(|p| lightning_charge::network_name(&p.currency).to_string());
+        let request = LightningChargeRequest {
+            amount_sat: amount_msat / 1000,
+            invoice: invoice.bolt11,
+            payment_hash: invoice.payment_hash,
+            network,
+            description: resource.description.as_deref().map(str::to_owned),
+        };
+        self.issue(resource, METHOD, INTENT, request.to_json(), None).map(Some)
     }
 }

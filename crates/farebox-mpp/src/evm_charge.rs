@@ -1,0 +1,284 @@
+//! The `charge` intent with the `evm` method (`draft-evm-charge-00`), credential type
+//! `authorization` (EIP-3009 `transferWithAuthorization`).
+//!
+//! Request (the challenge's `request` JSON; names as mppx writes them):
+//!
+//! ```json
+//! {"amount": "150", "currency": "0x<token>", "recipient": "0x<payee>",
+//!  "methodDetails": {"chainId": 31337, "decimals": 2, "credentialTypes": ["authorization"],
+//!                    "authorization": {"name": "USDC", "version": "2"}}}
+//! ```
+//!
+//! `amount` is in the token's base units. The payer signs an EIP-3009 authorization in the
+//! token's EIP-712 domain (`methodDetails.authorization` names it) with `to = recipient`,
+//! `value = amount`, `validAfter = 0`, `validBefore = expires` (unix time) and the
+//! challenge-bound nonce `keccak256(utf8(challenge.id ‖ challenge.realm))` ([`challenge_nonce`]),
+//! so one signature pays one challenge only.
+//!
+//! Payload:
+//!
+//! ```json
+//! {"type": "authorization", "signature": "0x<65 bytes>",
+//!  "authorization": {"from": "0x…", "to": "0x…", "value": "150", "validAfter": "0",
+//!                    "validBefore": "1767225600", "nonce": "0x<32 bytes>"}}
+//! ```
+//!
+//! Numbers in `authorization` are decimal strings (as x402 and mppx write them); `0x` hex is also
+//! read.
+
+use farebox_evm::eip3009::TransferWithAuthorization;
+use farebox_evm::{Address, B256, U256};
+use serde_json::{Map, Value, json};
+
+/// The method id.
+pub const METHOD: &str = "evm";
+/// The intent id.
+pub const INTENT: &str = "charge";
+/// The credential type farebox accepts and writes.
+pub const CREDENTIAL_AUTHORIZATION: &str = "authorization";
+
+/// An EVM charge request or payload that does not have the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvmChargeError {
+    #[error("{0} is missing or has the wrong type")]
+    Missing(&'static str),
+    #[error("{0} is not a valid number")]
+    Number(&'static str),
+    #[error("{0} is not a valid address")]
+    Address(&'static str),
+    #[error("payload.nonce is not 32 bytes of hex")]
+    Nonce,
+    #[error("payload.signature is not hex")]
+    Signature,
+    #[error("payload.type {0:?} is not supported (only \"authorization\")")]
+    CredentialType(String),
+}
+
+/// An EVM charge request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvmChargeRequest {
+    /// Base units of the token.
+    pub amount: U256,
+    /// The token contract.
+    pub currency: Address,
+    pub recipient: Address,
+    pub chain_id: u64,
+    pub decimals: u8,
+    /// Credential types the server accepts, in order of preference.
+    pub credential_types: Vec<String>,
+    /// The token's EIP-712 domain name and version.
+    pub eip712_name: String,
+    pub eip712_version: String,
+    pub description: Option<String>,
+}
+
+/// The challenge-bound EIP-3009 nonce: `keccak256(utf8(id ‖ realm))`.
+pub fn challenge_nonce(id: &str, realm: &str) -> B256 {
+    let mut bytes = Vec::with_capacity(id.len() + realm.len());
+    bytes.extend_from_slice(id.as_bytes());
+    bytes.extend_from_slice(realm.as_bytes());
+    alloy_primitives::keccak256(bytes)
+}
+
+fn str_field<'a>(
+    obj: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<&'a str, EvmChargeError> {
+    obj.get(name).and_then(Value::as_str).ok_or(EvmChargeError::Missing(name))
+}
+
+fn parse_u256(text: &str, name: &'static str) -> Result<U256, EvmChargeError> {
+    if text.is_empty() || text.len() > 78 {
+        return Err(EvmChargeError::Number(name));
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        return U256::from_str_radix(hex, 16).map_err(|_| EvmChargeError::Number(name));
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(EvmChargeError::Number(name));
+    }
+    U256::from_str_radix(text, 10).map_err(|_| EvmChargeError::Number(name))
+}
+
+fn parse_address(text: &str, name: &'static str) -> Result<Address, EvmChargeError> {
+    if text.len() != 42 || !text.starts_with("0x") {
+        return Err(EvmChargeError::Address(name));
+    }
+    text.parse().map_err(|_| EvmChargeError::Address(name))
+}
+
+fn u64_field(obj: &Map<String, Value>, name: &'static str) -> Result<u64, EvmChargeError> {
+    match obj.get(name) {
+        Some(Value::Number(n)) => n.as_u64().ok_or(EvmChargeError::Number(name)),
+        Some(Value::String(s)) => {
+            parse_u256(s, name)?.try_into().map_err(|_| EvmChargeError::Number(name))
+        }
+        _ => Err(EvmChargeError::Missing(name)),
+    }
+}
+
+impl EvmChargeRequest {
+    /// The request JSON.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "amount": self.amount.to_string(),
+            "currency": format!("{:#x}", self.currency),
+            "recipient": format!("{:#x}", self.recipient),
+            "methodDetails": {
+                "chainId": self.chain_id,
+                "decimals": self.decimals,
+                "credentialTypes": self.credential_types,
+                "authorization": {"name": self.eip712_name, "version": self.eip712_version},
+            },
+        });
+        if let (Some(d), Some(obj)) = (&self.description, v.as_object_mut()) {
+            obj.insert("description".into(), Value::String(d.clone()));
+        }
+        v
+    }
+
+    /// Reads a request JSON.
+    pub fn from_json(v: &Value) -> Result<Self, EvmChargeError> {
+        let obj = v.as_object().ok_or(EvmChargeError::Missing("request"))?;
+        let amount = parse_u256(str_field(obj, "amount")?, "amount")?;
+        let currency = parse_address(str_field(obj, "currency")?, "currency")?;
+        let recipient = parse_address(str_field(obj, "recipient")?, "recipient")?;
+        let details = obj
+            .get("methodDetails")
+            .and_then(Value::as_object)
+            .ok_or(EvmChargeError::Missing("methodDetails"))?;
+        let chain_id = u64_field(details, "chainId")?;
+        let decimals = u8::try_from(u64_field(details, "decimals")?)
+            .map_err(|_| EvmChargeError::Number("decimals"))?;
+        let credential_types = match details.get("credentialTypes") {
+            None => vec![CREDENTIAL_AUTHORIZATION.to_string()],
+            Some(Value::Array(a)) => {
+                a.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+            }
+            Some(_) => return Err(EvmChargeError::Missing("methodDetails.credentialTypes")),
+        };
+        let domain = details
+            .get("authorization")
+            .and_then(Value::as_object)
+            .ok_or(EvmChargeError::Missing("methodDetails.authorization"))?;
+        Ok(EvmChargeRequest {
+            amount,
+            currency,
+            recipient,
+            chain_id,
+            decimals,
+            credential_types,
+            eip712_name: str_field(domain, "name")?.to_string(),
+            eip712_version: str_field(domain, "version")?.to_string(),
+            description: obj.get("description").and_then(Value::as_str).map(str::to_owned),
+        })
+    }
+}
+
+/// The payload JSON of a signed authorization.
+pub fn payload(auth: &TransferWithAuthorization, signature: &[u8]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String(CREDENTIAL_AUTHORIZATION.into()));
+    m.insert(
+        "authorization".into(),
+        json!({
+            "from": format!("{:#x}", auth.from),
+            "to": format!("{:#x}", auth.to),
+            "value": auth.value.to_string(),
+            "validAfter": auth.validAfter.to_string(),
+            "validBefore": auth.validBefore.to_string(),
+            "nonce": format!("{:#x}", auth.nonce),
+        }),
+    );
+    m.insert("signature".into(), Value::String(format!("0x{}", hex::encode(signature))));
+    m
+}
+
+/// The authorization and signature in a payload.
+pub fn authorization_of(
+    payload: &Map<String, Value>,
+) -> Result<(TransferWithAuthorization, Vec<u8>), EvmChargeError> {
+    if let Some(t) = payload.get("type") {
+        let t = t.as_str().ok_or(EvmChargeError::Missing("payload.type"))?;
+        if t != CREDENTIAL_AUTHORIZATION {
+            return Err(EvmChargeError::CredentialType(t.into()));
+        }
+    }
+    let a = payload
+        .get("authorization")
+        .and_then(Value::as_object)
+        .ok_or(EvmChargeError::Missing("payload.authorization"))?;
+    let nonce = str_field(a, "nonce")?;
+    let nonce_hex = nonce.strip_prefix("0x").ok_or(EvmChargeError::Nonce)?;
+    let mut nonce_bytes = [0u8; 32];
+    if nonce_hex.len() != 64 {
+        return Err(EvmChargeError::Nonce);
+    }
+    hex::decode_to_slice(nonce_hex, &mut nonce_bytes).map_err(|_| EvmChargeError::Nonce)?;
+    let number = |name: &'static str| -> Result<U256, EvmChargeError> {
+        match a.get(name) {
+            Some(Value::String(s)) => parse_u256(s, name),
+            Some(Value::Number(n)) => {
+                n.as_u64().map(U256::from).ok_or(EvmChargeError::Number(name))
+            }
+            _ => Err(EvmChargeError::Missing(name)),
+        }
+    };
+    let auth = TransferWithAuthorization {
+        from: parse_address(str_field(a, "from")?, "from")?,
+        to: parse_address(str_field(a, "to")?, "to")?,
+        value: number("value")?,
+        validAfter: number("validAfter")?,
+        validBefore: number("validBefore")?,
+        nonce: B256::from(nonce_bytes),
+    };
+    let sig = payload
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or(EvmChargeError::Missing("payload.signature"))?;
+    let sig = hex::decode(sig.strip_prefix("0x").unwrap_or(sig))
+        .map_err(|_| EvmChargeError::Signature)?;
+    if sig.is_empty() || sig.len() > 4096 {
+        return Err(EvmChargeError::Signature);
+    }
+    Ok((auth, sig))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_payload_round_trip() {
+        let r = EvmChargeRequest {
+            amount: U256::from(150u64),
+            currency: Address::repeat_byte(0x11),
+            recipient: Address::repeat_byte(0x22),
+            chain_id: 31_337,
+            decimals: 2,
+            credential_types: vec!["authorization".into()],
+            eip712_name: "USDC".into(),
+            eip712_version: "2".into(),
+            description: None,
+        };
+        let v = r.to_json();
+        assert_eq!(v["amount"], "150");
+        assert_eq!(v["methodDetails"]["chainId"], 31_337);
+        assert_eq!(EvmChargeRequest::from_json(&v).unwrap(), r);
+        let auth = TransferWithAuthorization {
+            from: Address::repeat_byte(1),
+            to: Address::repeat_byte(2),
+            value: U256::from(150u64),
+            validAfter: U256::ZERO,
+            validBefore: U256::from(1_767_225_600u64),
+            nonce: challenge_nonce("id", "realm"),
+        };
+        let p = payload(&auth, &[7; 65]);
+        assert_eq!(authorization_of(&p).unwrap(), (auth, vec![7; 65]));
+    }
+
+    #[test]
+    fn nonce_is_keccak_of_the_concatenation() {
+        assert_eq!(challenge_nonce("ab", "c"), alloy_primitives::keccak256(b"abc"));
+    }
+}
