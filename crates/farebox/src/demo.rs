@@ -195,7 +195,16 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     println!("    farebox pay http://{}/joke --wallet http://{wallet}", stack.server);
     println!("    curl -i http://{}/joke      # the raw 402\n", stack.server);
     println!("Ctrl-C stops.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    // Stop on Ctrl-C or SIGTERM alike, so that the chain and the store are torn down by their
+    // owners (a killed demo would leave its anvil running).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    drop(stack);
+    drop(evm);
     Ok(())
 }
 

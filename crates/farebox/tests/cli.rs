@@ -49,11 +49,20 @@ fn the_demo_narrates_a_paid_exchange() {
     );
 }
 
-/// Kills the serving process when the test ends, pass or fail.
+/// Stops the serving process when the test ends, pass or fail: SIGTERM first, so that it tears
+/// down its own anvil; SIGKILL only if it does not exit in time.
 struct Serving(Child);
 
 impl Drop for Serving {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
