@@ -186,6 +186,12 @@ async fn replay(base: &str, evm: &stack::Evm) -> anyhow::Result<()> {
 }
 
 async fn serve(args: DemoArgs) -> anyhow::Result<()> {
+    // Signals are registered before anything is printed: whoever reads the printed addresses
+    // and then stops us must find the handlers in place, or the default action would kill the
+    // process without tearing down its chain.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let evm = stack::start_evm().await.ok();
     let stack = stack::start(args.port, evm.as_ref()).await?;
     let wallet = stack::serve_wallet(stack.wallet_node.clone(), args.wallet_port).await?;
@@ -197,10 +203,8 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops.");
     // Stop on Ctrl-C or SIGTERM alike, so that the chain and the store are torn down by their
     // owners (a killed demo would leave its anvil running).
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     drop(stack);
