@@ -32,6 +32,11 @@ pub enum ErrorKind {
     BadRequest,
     /// A credential proved payment once but may not be used again (replay): a fresh 402.
     Replayed,
+    /// The credential names something that no longer exists or has ended for good (a closed or
+    /// unknown payment channel): 410. The client must start over (open a new session).
+    Gone,
+    /// The credential's on-chain step failed for good (a transaction that reverted): 409.
+    Conflict,
     /// A backend (Lightning node, chain, facilitator, store) could not answer: 503 with
     /// `Retry-After`. Never serve the request.
     Unavailable,
@@ -47,6 +52,8 @@ impl ErrorKind {
                 StatusCode::PAYMENT_REQUIRED
             }
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Gone => StatusCode::GONE,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,6 +81,9 @@ pub struct PaymentError {
     /// Headers the answer must carry whatever its status, e.g. x402's `PAYMENT-RESPONSE` with
     /// the transaction hash of a settlement whose outcome is not yet known.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Extension members of the problem body a client acts on (e.g. a session's `channelId`
+    /// and the `requiredTopUp` it lacks).
+    pub members: Vec<(String, Value)>,
 }
 
 impl PaymentError {
@@ -85,6 +95,7 @@ impl PaymentError {
             retry_after: None,
             type_uri: None,
             headers: Vec::new(),
+            members: Vec::new(),
         }
     }
 
@@ -119,6 +130,12 @@ impl PaymentError {
         self
     }
 
+    /// Adds an extension member to the problem body (standard members cannot be shadowed).
+    pub fn with_member(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.members.push((name.into(), value.into()));
+        self
+    }
+
     pub fn with_type_uri(mut self, uri: impl Into<String>) -> Self {
         self.type_uri = Some(uri.into());
         self
@@ -131,6 +148,8 @@ impl PaymentError {
             ErrorKind::InvalidCredential => "Payment credential rejected",
             ErrorKind::BadRequest => "Bad request",
             ErrorKind::Replayed => "Payment credential already used",
+            ErrorKind::Gone => "Payment session gone",
+            ErrorKind::Conflict => "Payment transaction failed",
             ErrorKind::Unavailable => "Payment backend unavailable",
             ErrorKind::Internal => "Internal error",
         };
@@ -139,6 +158,7 @@ impl PaymentError {
                 self.type_uri.clone().unwrap_or_else(|| format!("{PROBLEM_BASE}{}", self.code)),
             )
             .with_detail(self.detail.clone());
+        problem.extend(self.members.iter().cloned());
         problem.extensions.insert("code".into(), Value::String(self.code.into()));
         problem
     }
@@ -212,6 +232,21 @@ mod tests {
         assert_eq!(ErrorKind::BadRequest.status(), 400);
         assert_eq!(ErrorKind::Unavailable.status(), 503);
         assert!(!ErrorKind::Unavailable.carries_challenges());
+        assert_eq!(ErrorKind::Gone.status(), 410);
+        assert!(!ErrorKind::Gone.carries_challenges());
+        assert_eq!(ErrorKind::Conflict.status(), 409);
+    }
+
+    #[test]
+    fn members_reach_the_body_but_cannot_shadow() {
+        let e = PaymentError::invalid("insufficient-balance", "top up")
+            .with_member("requiredTopUp", "250")
+            .with_member("status", 200)
+            .with_member("code", "forged");
+        let v: Value = serde_json::from_slice(&e.to_problem().to_json()).unwrap();
+        assert_eq!(v["requiredTopUp"], "250");
+        assert_eq!(v["status"], 402);
+        assert_eq!(v["code"], "insufficient-balance");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | [`rail`] | the [`Rail`] trait, [`Challenge`], [`PresentedCredential`], [`Verified`], [`Receipt`], and credential routing |
 //! | [`error`] | [`PaymentError`] / [`ErrorKind`] and the RFC 9457 [`Problem`] body |
 //! | [`auth`] | the RFC 9110 auth-param grammar, bounded and linear-time |
-//! | [`store`] | [`ReplayStore`]: single-use proofs recorded once, across restarts and instances |
+//! | [`store`] | [`ReplayStore`]: single-use proofs recorded once; [`SessionStore`]: session balances; both across restarts and instances |
 //!
 //! ## How one 402 carries every rail
 //!
@@ -52,7 +52,15 @@
 //! 4. **Settle.** [`Rail::settle`] moves the money (or, for final proofs such as a Lightning
 //!    preimage, just acknowledges it) and returns a [`Receipt`] whose headers go on the response.
 //!    The server settles after a successful response by default ([`SettleTiming`]).
-//! 5. **Test it like the built-in rails.** Exercise the trait directly with a [`Resource`], and
+//! 5. **Sessions (optional).** A rail whose payer deposits once and then pays per request (a
+//!    payment channel, a prepaid balance) keeps its accounting in a [`SessionStore`]: one
+//!    versioned record per session, changed only through [`store::update_session`], so that
+//!    concurrent requests, restarts and several instances never spend the same balance twice.
+//!    Debit the request's price in `verify` (persisted before the handler runs) and credit it
+//!    back in `release`. Messages that only manage the session (top up, close) are returned as
+//!    [`Verified::control`]: the server settles them and answers with [`Receipt::answer`]
+//!    without calling the handler.
+//! 6. **Test it like the built-in rails.** Exercise the trait directly with a [`Resource`], and
 //!    run it behind `farebox-server` to see the 402 your clients will meet.
 //!
 //! A minimal rail that accepts a shared secret (for illustration only — a real rail proves
@@ -79,18 +87,18 @@
 //!
 //!     async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verified, PaymentError> {
 //!         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
-//!             Some("open-sesame") => Ok(Verified {
-//!                 amount: r.price.in_bitcoin().cloned().expect("challenged in bitcoin"),
-//!                 payer: None,
-//!                 reference: "voucher".into(),
-//!                 state: Box::new(()),
-//!             }),
+//!             Some("open-sesame") => Ok(Verified::new(
+//!                 r.price.in_bitcoin().cloned().expect("challenged in bitcoin"),
+//!                 None,
+//!                 "voucher",
+//!                 (),
+//!             )),
 //!             _ => Err(PaymentError::invalid("bad_voucher", "unknown voucher")),
 //!         }
 //!     }
 //!
 //!     async fn settle(&self, _r: &Resource, v: Verified) -> Result<Receipt, PaymentError> {
-//!         Ok(Receipt { amount: v.amount, reference: v.reference, headers: vec![] })
+//!         Ok(Receipt::new(v.amount, v.reference, vec![]))
 //!     }
 //! }
 //! ```
@@ -105,6 +113,11 @@ pub mod store;
 
 pub use error::{ErrorKind, PaymentError, Problem};
 pub use money::{Asset, Money, MoneyError, Token};
-pub use rail::{Challenge, PresentedCredential, Rail, Receipt, SettleTiming, Verified};
+pub use rail::{
+    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, SettleTiming, Verified,
+};
 pub use resource::{Price, Resource};
-pub use store::{ProofRecord, ProofState, ReplayStore, StoreError};
+pub use store::{
+    ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus, SessionStore, StoreError,
+    Versioned,
+};

@@ -80,6 +80,34 @@ pub struct Verified {
     pub reference: String,
     /// Rail-private data needed to settle (e.g. a signed authorization).
     pub state: Box<dyn Any + Send + Sync>,
+    /// A payment-control message (a session top-up or close) rather than payment for the
+    /// request: the server settles it and answers itself with [`Receipt::answer`]; the protected
+    /// handler is not called and nothing is billed for the resource.
+    pub control: bool,
+}
+
+impl Verified {
+    /// A payment for the request, to be settled around the handler.
+    pub fn new(
+        amount: Money,
+        payer: Option<String>,
+        reference: impl Into<String>,
+        state: impl Any + Send + Sync,
+    ) -> Self {
+        Verified {
+            amount,
+            payer,
+            reference: reference.into(),
+            state: Box::new(state),
+            control: false,
+        }
+    }
+
+    /// Marks this as a payment-control message, answered without the handler.
+    pub fn control(mut self) -> Self {
+        self.control = true;
+        self
+    }
 }
 
 impl fmt::Debug for Verified {
@@ -88,6 +116,7 @@ impl fmt::Debug for Verified {
             .field("amount", &self.amount)
             .field("payer", &self.payer)
             .field("reference", &self.reference)
+            .field("control", &self.control)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +130,34 @@ pub struct Receipt {
     pub reference: String,
     /// Headers to add to the successful response (e.g. `Payment-Receipt`, `PAYMENT-RESPONSE`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// For a payment-control message ([`Verified::control`]): the answer the server sends in
+    /// place of the handler's. `None` answers `204 No Content`.
+    pub answer: Option<ControlAnswer>,
+}
+
+impl Receipt {
+    /// A receipt carrying `headers`.
+    pub fn new(
+        amount: Money,
+        reference: impl Into<String>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Self {
+        Receipt { amount, reference: reference.into(), headers, answer: None }
+    }
+
+    /// Sets the answer to a payment-control message.
+    pub fn with_answer(mut self, answer: ControlAnswer) -> Self {
+        self.answer = Some(answer);
+        self
+    }
+}
+
+/// What the server answers to a payment-control message (e.g. `200 {"status":"closed",…}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlAnswer {
+    pub status: http::StatusCode,
+    /// A JSON body, when the protocol defines one.
+    pub body: Option<Value>,
 }
 
 /// When the server layer settles a verified payment.

@@ -127,3 +127,154 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// many were deleted. Pending, settled and failed records are kept.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
 }
+
+/// Where a payment session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionStatus {
+    /// Paid requests may draw on it.
+    Open,
+    /// Being closed (a close is being settled); no more paid service.
+    Closing,
+    /// Ended for good; kept so that its credentials cannot be replayed.
+    Closed,
+}
+
+impl SessionStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Open => "open",
+            SessionStatus::Closing => "closing",
+            SessionStatus::Closed => "closed",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => SessionStatus::Open,
+            "closing" => SessionStatus::Closing,
+            "closed" => SessionStatus::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// The accounting of one payment session (an EVM payment channel, a Lightning prepaid balance),
+/// in base units of the session's asset. Invariant kept by the rails: `spent <= accepted <=
+/// deposit` and `settled <= deposit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub status: SessionStatus,
+    /// What the payer has put up: the channel's on-chain deposit, or the prepaid balance.
+    pub deposit: u128,
+    /// What the payer has authorized the payee to take: the highest accepted cumulative voucher
+    /// (channels), or the deposit itself (prepaid balances).
+    pub accepted: u128,
+    /// What served requests have consumed.
+    pub spent: u128,
+    /// What has been paid out to the payee for good (on chain, or refunded and closed).
+    pub settled: u128,
+    /// Rail-private state as JSON text (the highest voucher's signature, the refund invoice, …),
+    /// at most [`MAX_SESSION_DATA_LEN`] bytes.
+    pub data: String,
+    /// Unix seconds of the last change: what idle sweeps look at.
+    pub updated_at: u64,
+}
+
+/// Longest [`SessionRecord::data`], in bytes.
+pub const MAX_SESSION_DATA_LEN: usize = 16 * 1024;
+
+impl SessionRecord {
+    /// What is left to spend: `accepted − spent`.
+    pub fn available(&self) -> u128 {
+        self.accepted.saturating_sub(self.spent)
+    }
+}
+
+/// A stored value and the version it was read at (for compare-and-swap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub value: T,
+}
+
+/// Stores session records. Every change is a compare-and-swap on the record's version, which
+/// makes updates of one session linearizable across concurrent requests, processes and (with a
+/// shared database) machines. Rails change records through [`update_session`], never by blind
+/// writes. `namespace` separates rails; `id` is the session's id (a channel id, a payment hash).
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Inserts `record` at version 1 unless `id` exists. `Ok(false)`: it already exists.
+    async fn create_session(
+        &self,
+        namespace: &str,
+        id: &str,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// The record of `id` and its version, if any.
+    async fn load_session(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Option<Versioned<SessionRecord>>, StoreError>;
+
+    /// Replaces the record of `id` with `record` (and bumps the version) if it is still at
+    /// `version`. `Ok(false)`: it changed since it was read (or is gone); read it again.
+    async fn replace_session(
+        &self,
+        namespace: &str,
+        id: &str,
+        version: u64,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` sessions of `namespace` in `status` last changed before `before` (Unix
+    /// seconds), oldest first: for closing idle sessions.
+    async fn idle_sessions(
+        &self,
+        namespace: &str,
+        status: SessionStatus,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned<SessionRecord>)>, StoreError>;
+}
+
+/// What an [`update_session`] step decided.
+pub enum Update<T> {
+    /// Store this record (compare-and-swap) and return `T`.
+    Write(SessionRecord, T),
+    /// Change nothing and return `T`.
+    Keep(T),
+}
+
+/// How many times [`update_session`] re-reads a record that others keep changing.
+pub const MAX_UPDATE_ATTEMPTS: usize = 64;
+
+/// Reads the session `id`, lets `step` decide on the current record, and writes its decision
+/// with a compare-and-swap, starting over when another writer got there first. `step` may run
+/// several times, so it must be a pure function of the record: do expensive work (signature
+/// checks) before. `Ok(None)`: no such session. A session that stays contended for
+/// [`MAX_UPDATE_ATTEMPTS`] reads is a [`StoreError::Unavailable`] (the request is refused, 503).
+pub async fn update_session<T, E: From<StoreError>>(
+    store: &dyn SessionStore,
+    namespace: &str,
+    id: &str,
+    mut step: impl FnMut(&SessionRecord) -> Result<Update<T>, E>,
+) -> Result<Option<T>, E> {
+    for _ in 0..MAX_UPDATE_ATTEMPTS {
+        let Some(current) = store.load_session(namespace, id).await? else {
+            return Ok(None);
+        };
+        match step(&current.value)? {
+            Update::Keep(out) => return Ok(Some(out)),
+            Update::Write(next, out) => {
+                if store.replace_session(namespace, id, current.version, &next).await? {
+                    return Ok(Some(out));
+                }
+            }
+        }
+    }
+    Err(StoreError::Unavailable(format!("session {id} is contended; try again")).into())
+}

@@ -402,12 +402,12 @@ impl Rail for L402Rail {
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
         let token = self.verifier.verify_token(&credential.value, resource, unix_now()?)?;
-        Ok(Verified {
-            amount: Money::msats(token.amount_msat),
-            payer: None,
-            reference: hex::encode(token.payment_hash),
-            state: Box::new(token),
-        })
+        Ok(Verified::new(
+            Money::msats(token.amount_msat),
+            None,
+            hex::encode(token.payment_hash),
+            token,
+        ))
     }
 
     async fn settle(
@@ -415,6 +415,6 @@ impl Rail for L402Rail {
         _resource: &Resource,
         payment: Verified,
     ) -> Result<Receipt, PaymentError> {
-        Ok(Receipt { amount: payment.amount, reference: payment.reference, headers: Vec::new() })
+        Ok(Receipt::new(payment.amount, payment.reference, Vec::new()))
     }
 }

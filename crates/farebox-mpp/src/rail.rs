@@ -709,12 +709,7 @@ impl Rail for MppRail {
                 (format!("{:#x}", auth.nonce), Some((auth, signature)))
             }
         };
-        Ok(Verified {
-            amount,
-            payer: cred.source,
-            reference,
-            state: Box::new(Accepted { challenge_id: id, evm }),
-        })
+        Ok(Verified::new(amount, cred.source, reference, Accepted { challenge_id: id, evm }))
     }
 
     async fn settle(
@@ -734,11 +729,8 @@ impl Rail for MppRail {
                 tx.clone(),
             )
             .with("challengeId", id);
-            return Ok(Receipt {
-                amount: payment.amount,
-                reference: tx,
-                headers: vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)],
-            });
+            let headers = vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)];
+            return Ok(Receipt::new(payment.amount, tx, headers));
         }
         // The preimage is final; recording the settlement is bookkeeping, and a store hiccup
         // must not withhold the receipt of a payment that has happened.
@@ -753,11 +745,8 @@ impl Rail for MppRail {
             payment.reference.clone(),
         )
         .with("challengeId", id);
-        Ok(Receipt {
-            amount: payment.amount,
-            reference: payment.reference,
-            headers: vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)],
-        })
+        let headers = vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)];
+        Ok(Receipt::new(payment.amount, payment.reference, headers))
     }
 
     async fn release(&self, _resource: &Resource, payment: Verified) {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use farebox_core::{Money, PaymentError, Rail, Resource, SettleTiming, Verified};
+use farebox_core::{Money, PaymentError, Rail, Receipt, Resource, SettleTiming, Verified};
 use http::HeaderValue;
-use http::header::CACHE_CONTROL;
-use http::{Request, Response};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::paywall::{Decision, Paywall, expose_headers, problem_response};
@@ -92,6 +92,13 @@ where
                 Decision::Serve { rail, payment } => (rail, payment),
                 Decision::Refuse(response) => return Ok(response.map(Body::from)),
             };
+            if payment.control {
+                // A session top-up or close: settled and answered here; the handler never sees it.
+                return Ok(match rail.settle(&resource, payment).await {
+                    Ok(receipt) => control_answer(rail.name(), receipt),
+                    Err(e) => settle_failed(&paywall, &resource, rail.name(), e).await,
+                });
+            }
             request.extensions_mut().insert(Paid {
                 rail: rail.name(),
                 amount: payment.amount.clone(),
@@ -134,25 +141,50 @@ where
                 path = %resource.path,
                 "paid request served"
             );
-            let mut response = response.map(Body::new);
-            let headers = response.headers_mut();
-            for (name, value) in receipt.headers.iter().cloned() {
-                headers.append(name, value);
-            }
-            let receipt_names: Vec<_> = receipt.headers.iter().map(|(n, _)| n.clone()).collect();
-            expose_headers(headers, &receipt_names);
-            // Paid content is for the payer: no shared cache may hand it to someone else.
-            let shared_cacheable = headers.get(CACHE_CONTROL).is_none_or(|v| {
-                let v = v.to_str().unwrap_or("").to_ascii_lowercase();
-                !(v.contains("private") || v.contains("no-store"))
-            });
-            if shared_cacheable {
-                headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
-            }
-            response.extensions_mut().insert(receipt);
-            Ok(response)
+            Ok(with_receipt(response.map(Body::new), receipt))
         })
     }
+}
+
+/// Puts the receipt's headers on a successful response and keeps shared caches away from it.
+fn with_receipt(mut response: Response<Body>, receipt: Receipt) -> Response<Body> {
+    let headers = response.headers_mut();
+    for (name, value) in receipt.headers.iter().cloned() {
+        headers.append(name, value);
+    }
+    let receipt_names: Vec<_> = receipt.headers.iter().map(|(n, _)| n.clone()).collect();
+    expose_headers(headers, &receipt_names);
+    // Paid content is for the payer: no shared cache may hand it to someone else.
+    let shared_cacheable = headers.get(CACHE_CONTROL).is_none_or(|v| {
+        let v = v.to_str().unwrap_or("").to_ascii_lowercase();
+        !(v.contains("private") || v.contains("no-store"))
+    });
+    if shared_cacheable {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    response.extensions_mut().insert(receipt);
+    response
+}
+
+/// The server's own answer to a payment-control message: the rail's status and JSON body
+/// (`204 No Content` when it names none), with the receipt.
+fn control_answer(rail: &'static str, mut receipt: Receipt) -> Response<Body> {
+    let answer = receipt.answer.take();
+    let (status, body) = match answer {
+        Some(a) => (a.status, a.body),
+        None => (StatusCode::NO_CONTENT, None),
+    };
+    let mut response = match body {
+        Some(json) => {
+            let mut r = Response::new(Body::from(json.to_string()));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        None => Response::new(Body::empty()),
+    };
+    *response.status_mut() = status;
+    tracing::info!(rail, reference = %receipt.reference, %status, "payment-control message answered");
+    with_receipt(response, receipt)
 }
 
 /// A verified payment not yet settled. Dropped while still held (the handler's future errored

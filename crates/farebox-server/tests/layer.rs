@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use farebox_core::auth::AuthChallenge;
 use farebox_core::{
-    Asset, Challenge, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Resource,
-    SettleTiming, Token, Verified,
+    Asset, Challenge, ControlAnswer, Money, PaymentError, PresentedCredential, Price, Rail,
+    Receipt, Resource, SettleTiming, Token, Verified,
 };
 use farebox_server::{Paid, Paywall, PaywallLayer, PricedRoute};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -89,12 +89,19 @@ impl Rail for TestRail {
             return Err(self.down());
         }
         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
-            Some("paid") => Ok(Verified {
-                amount: r.price.in_asset(&self.asset).unwrap().clone(),
-                payer: Some("tester".into()),
-                reference: "ref-1".into(),
-                state: Box::new(()),
-            }),
+            Some("paid") => Ok(Verified::new(
+                r.price.in_asset(&self.asset).unwrap().clone(),
+                Some("tester".into()),
+                "ref-1",
+                (),
+            )),
+            Some("close") | Some("topup") => Ok(Verified::new(
+                r.price.in_asset(&self.asset).unwrap().clone(),
+                Some("tester".into()),
+                c.auth.as_ref().and_then(|a| a.token.clone()).unwrap_or_default(),
+                (),
+            )
+            .control()),
             _ => Err(PaymentError::invalid("test_bad_proof", "the proof is not 'paid'")),
         }
     }
@@ -103,13 +110,19 @@ impl Rail for TestRail {
             return Err(PaymentError::invalid("settlement_failed", "the test settlement failed"));
         }
         self.settled.fetch_add(1, Ordering::SeqCst);
-        Ok(Receipt {
-            amount: v.amount,
-            reference: v.reference,
-            headers: vec![(
-                HeaderName::from_static("x-test-receipt"),
-                HeaderValue::from_static("ok"),
-            )],
+        let close = v.reference == "close";
+        let receipt = Receipt::new(
+            v.amount,
+            v.reference,
+            vec![(HeaderName::from_static("x-test-receipt"), HeaderValue::from_static("ok"))],
+        );
+        Ok(if close {
+            receipt.with_answer(ControlAnswer {
+                status: StatusCode::OK,
+                body: Some(serde_json::json!({"status": "closed"})),
+            })
+        } else {
+            receipt
         })
     }
     async fn release(&self, _r: &Resource, _v: Verified) {
@@ -466,4 +479,36 @@ async fn an_errors_own_headers_reach_the_client() {
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(headers["x-tx"], "0xabc");
     assert_eq!(json(&body)["code"], "settlement_pending");
+}
+
+#[tokio::test]
+async fn control_messages_are_answered_without_the_handler() {
+    for timing in [SettleTiming::AfterResponse, SettleTiming::BeforeServe] {
+        let f = fixture(timing);
+        // A top-up names no answer: 204, with the receipt.
+        let (status, headers, body) = send(&f.app, "/paid/ok", &["Sats topup"]).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(body.is_empty());
+        assert_eq!(headers["x-test-receipt"], "ok");
+        assert_eq!(headers["cache-control"], "private");
+        // A close answers the rail's status and JSON body, also on a route whose handler fails.
+        let (status, headers, body) = send(&f.app, "/paid/fails", &["Sats close"]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(json(&body)["status"], "closed");
+        assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0, "{timing:?}");
+        assert_eq!(f.sats.settled.load(Ordering::SeqCst), 2);
+        assert_eq!(f.sats.released.load(Ordering::SeqCst), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_control_message_whose_settlement_fails_gets_a_fresh_402() {
+    let f = fixture(SettleTiming::AfterResponse);
+    f.sats.settle_ok.store(false, Ordering::SeqCst);
+    let (status, headers, body) = send(&f.app, "/paid/ok", &["Sats close"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(json(&body)["code"], "settlement_failed");
+    assert!(headers.get("x-test-receipt").is_none());
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
 }

@@ -301,12 +301,12 @@ impl Rail for X402Rail {
             return Err(self.already_used(&key).await);
         }
         let payer = format!("{:#x}", checked.payload.authorization.from);
-        Ok(Verified {
-            amount: Money::new(self.asset.clone(), checked.requirement.amount.to::<u128>()),
-            payer: Some(payer.clone()),
-            reference: format!("{:#x}", checked.payload.authorization.nonce),
-            state: Box::new(Accepted { request, key, payer }),
-        })
+        Ok(Verified::new(
+            Money::new(self.asset.clone(), checked.requirement.amount.to::<u128>()),
+            Some(payer.clone()),
+            format!("{:#x}", checked.payload.authorization.nonce),
+            Accepted { request, key, payer },
+        ))
     }
 
     async fn settle(
@@ -338,11 +338,7 @@ impl Rail for X402Rail {
         let tx = (!answer.transaction.is_empty()).then_some(answer.transaction.as_str());
         if answer.success {
             self.store.update(NAMESPACE, &accepted.key, ProofState::Settled, tx).await?;
-            return Ok(Receipt {
-                amount: payment.amount,
-                reference: answer.transaction.clone(),
-                headers: vec![header],
-            });
+            return Ok(Receipt::new(payment.amount, answer.transaction.clone(), vec![header]));
         }
         let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
         let (state, detail) = if reason == Reason::SettlementPending {
