@@ -257,8 +257,8 @@ pub const MAX_UPDATE_ATTEMPTS: usize = 64;
 /// several times, so it must be a pure function of the record: do expensive work (signature
 /// checks) before. `Ok(None)`: no such session. A session that stays contended for
 /// [`MAX_UPDATE_ATTEMPTS`] reads is a [`StoreError::Unavailable`] (the request is refused, 503).
-pub async fn update_session<T, E: From<StoreError>>(
-    store: &dyn SessionStore,
+pub async fn update_session<S: SessionStore + ?Sized, T, E: From<StoreError>>(
+    store: &S,
     namespace: &str,
     id: &str,
     mut step: impl FnMut(&SessionRecord) -> Result<Update<T>, E>,

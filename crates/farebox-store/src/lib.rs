@@ -1,7 +1,13 @@
 //! farebox's stores: where rails record single-use payment proofs (for example an EIP-3009
-//! authorization nonce) so that each proof is spent at most once.
+//! authorization nonce) so that each proof is spent at most once, and the balances of payment
+//! sessions (an MPP payment channel's accepted vouchers and spent amount) so that no deposit is
+//! spent twice and no accepted voucher is lost.
 //!
-//! Every store implements [`farebox_core::store::ReplayStore`]; [`open`] picks one from a URL.
+//! Every store implements both [`ReplayStore`] and [`SessionStore`] (together: [`Store`]);
+//! [`open`] picks one from a URL. Session records change only by compare-and-swap on a version
+//! (`UPDATE … WHERE version = ?`), which makes the updates of one session linearizable across
+//! requests, processes and, with PostgreSQL, machines; amounts are stored as decimal text
+//! because they are `u128`.
 //!
 //! # Which store, when
 //!
@@ -52,7 +58,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use farebox_core::store::{ProofRecord, ProofState, ReplayStore, StoreError};
+pub use farebox_core::store::{
+    MAX_SESSION_DATA_LEN, ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus,
+    SessionStore, StoreError, Versioned,
+};
+
+/// A store that keeps both single-use proofs and session balances: what [`open`] returns, so
+/// one database serves every rail. Every store of this crate is one.
+pub trait Store: ReplayStore + SessionStore {}
+
+impl<T: ReplayStore + SessionStore> Store for T {}
 
 pub mod memory;
 pub mod postgres;
@@ -79,7 +94,7 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(8);
 ///
 /// Errors: [`StoreError::Invalid`] for an unknown scheme, [`StoreError::Unavailable`] when the
 /// database cannot be opened or reached.
-pub async fn open(url: &str) -> Result<Arc<dyn ReplayStore>, StoreError> {
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let url = url.trim();
     if url == "memory:" || url == "memory://" {
         return Ok(Arc::new(MemoryStore::new()));
@@ -114,6 +129,26 @@ pub(crate) fn validate_key(namespace: &str, key: &str) -> Result<(), StoreError>
 
 pub(crate) fn validate_namespace(namespace: &str) -> Result<(), StoreError> {
     validate_part("namespace", namespace, MAX_KEY_LEN)
+}
+
+/// Checks a session id and record against the rules every backend applies.
+pub(crate) fn validate_session(
+    namespace: &str,
+    id: &str,
+    record: Option<&SessionRecord>,
+) -> Result<(), StoreError> {
+    validate_key(namespace, id)?;
+    let Some(record) = record else { return Ok(()) };
+    if record.data.len() > MAX_SESSION_DATA_LEN {
+        return Err(StoreError::Invalid(format!(
+            "session data is {} bytes, more than {MAX_SESSION_DATA_LEN}",
+            record.data.len()
+        )));
+    }
+    if record.data.contains('\0') {
+        return Err(StoreError::Invalid("session data contains a NUL character".into()));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_reference(reference: Option<&str>) -> Result<(), StoreError> {

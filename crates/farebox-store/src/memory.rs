@@ -8,16 +8,24 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use farebox_core::store::{ProofRecord, ProofState, ReplayStore, StoreError};
+use farebox_core::store::{
+    ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus, SessionStore, StoreError,
+    Versioned,
+};
 
-use crate::{clamp_time, now_secs, validate_key, validate_namespace, validate_reference};
+use crate::{
+    clamp_time, now_secs, validate_key, validate_namespace, validate_reference, validate_session,
+};
 
 type Map = HashMap<(String, String), ProofRecord>;
+type Sessions = HashMap<(String, String), Versioned<SessionRecord>>;
 
-/// An in-memory [`ReplayStore`]. Cheap to create; not shared between processes.
+/// An in-memory [`ReplayStore`] and [`SessionStore`]. Cheap to create; not shared between
+/// processes.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     records: Mutex<Map>,
+    sessions: Mutex<Sessions>,
 }
 
 impl MemoryStore {
@@ -30,6 +38,10 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave the map half-updated (every change is a
         // single map operation), so a poisoned lock is still consistent.
         self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -113,5 +125,72 @@ impl ReplayStore for MemoryStore {
         let before = map.len();
         map.retain(|_, r| !(r.state == ProofState::Reserved && r.expires_at < now));
         Ok((before - map.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create_session(
+        &self,
+        namespace: &str,
+        id: &str,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        validate_session(namespace, id, Some(record))?;
+        let mut map = self.sessions();
+        let slot = (namespace.to_owned(), id.to_owned());
+        if map.contains_key(&slot) {
+            return Ok(false);
+        }
+        map.insert(slot, Versioned { version: 1, value: record.clone() });
+        Ok(true)
+    }
+
+    async fn load_session(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Option<Versioned<SessionRecord>>, StoreError> {
+        validate_session(namespace, id, None)?;
+        Ok(self.sessions().get(&(namespace.to_owned(), id.to_owned())).cloned())
+    }
+
+    async fn replace_session(
+        &self,
+        namespace: &str,
+        id: &str,
+        version: u64,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        validate_session(namespace, id, Some(record))?;
+        let mut map = self.sessions();
+        match map.get_mut(&(namespace.to_owned(), id.to_owned())) {
+            Some(current) if current.version == version => {
+                *current = Versioned { version: version + 1, value: record.clone() };
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn idle_sessions(
+        &self,
+        namespace: &str,
+        status: SessionStatus,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned<SessionRecord>)>, StoreError> {
+        validate_namespace(namespace)?;
+        let mut out: Vec<(String, Versioned<SessionRecord>)> = self
+            .sessions()
+            .iter()
+            .filter(|((ns, _), s)| {
+                ns == namespace && s.value.status == status && s.value.updated_at < before
+            })
+            .map(|((_, id), s)| (id.clone(), s.clone()))
+            .collect();
+        out.sort_by(|a, b| (a.1.value.updated_at, &a.0).cmp(&(b.1.value.updated_at, &b.0)));
+        out.truncate(limit);
+        Ok(out)
     }
 }

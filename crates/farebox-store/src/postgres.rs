@@ -97,7 +97,7 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(crate::sql::SESSION_SCHEMA) {
             sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)
@@ -251,3 +251,5 @@ impl ReplayStore for PostgresStore {
         .await
     }
 }
+
+crate::sql::sql_session_store!(PostgresStore, Backend::Postgres);

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 
-use farebox_core::store::{ProofRecord, ProofState, StoreError};
+use farebox_core::store::{
+    ProofRecord, ProofState, SessionRecord, SessionStatus, StoreError, Versioned,
+};
 
 use crate::OPERATION_TIMEOUT;
 
@@ -97,3 +99,247 @@ fn transient_db_code(backend: Backend, code: &str) -> bool {
         }
     }
 }
+
+/// The columns of a session row, as read.
+pub(crate) struct SessionRow {
+    pub version: i64,
+    pub status: String,
+    pub deposit: String,
+    pub accepted: String,
+    pub spent: String,
+    pub settled: String,
+    pub data: String,
+    pub updated_at: i64,
+}
+
+impl SessionRow {
+    pub(crate) fn read<'r, R: sqlx::Row>(row: &'r R, backend: Backend) -> Result<Self, StoreError>
+    where
+        &'r str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let e = |e| map_err(backend, e);
+        Ok(SessionRow {
+            version: row.try_get("version").map_err(e)?,
+            status: row.try_get("status").map_err(e)?,
+            deposit: row.try_get("deposit").map_err(e)?,
+            accepted: row.try_get("accepted").map_err(e)?,
+            spent: row.try_get("spent").map_err(e)?,
+            settled: row.try_get("settled").map_err(e)?,
+            data: row.try_get("data").map_err(e)?,
+            updated_at: row.try_get("updated_at").map_err(e)?,
+        })
+    }
+
+    pub(crate) fn decode(self) -> Result<Versioned<SessionRecord>, StoreError> {
+        let amount = |what: &str, text: &str| {
+            text.parse::<u128>()
+                .map_err(|_| StoreError::Invalid(format!("bad session {what} in store: {text:?}")))
+        };
+        Ok(Versioned {
+            version: u64::try_from(self.version).map_err(|_| {
+                StoreError::Invalid(format!("negative session version: {}", self.version))
+            })?,
+            value: SessionRecord {
+                status: SessionStatus::parse(&self.status).ok_or_else(|| {
+                    StoreError::Invalid(format!("unknown session status: {:?}", self.status))
+                })?,
+                deposit: amount("deposit", &self.deposit)?,
+                accepted: amount("accepted", &self.accepted)?,
+                spent: amount("spent", &self.spent)?,
+                settled: amount("settled", &self.settled)?,
+                data: self.data,
+                updated_at: from_db_time("updated_at", self.updated_at)?,
+            },
+        })
+    }
+}
+
+/// A version as stored.
+pub(crate) fn to_db_version(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Invalid(format!("version {version} too large")))
+}
+
+/// `sql` with its `?` placeholders numbered for `backend` (`$1`, `$2`, … for PostgreSQL).
+pub(crate) fn placeholders(backend: Backend, sql: &str) -> std::borrow::Cow<'_, str> {
+    match backend {
+        Backend::Sqlite => std::borrow::Cow::Borrowed(sql),
+        Backend::Postgres => {
+            let mut out = String::with_capacity(sql.len() + 16);
+            let mut n = 0;
+            for c in sql.chars() {
+                if c == '?' {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                } else {
+                    out.push(c);
+                }
+            }
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
+/// The session table, for both SQL backends (amounts are decimal text: they are `u128`).
+pub(crate) const SESSION_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS farebox_sessions (
+        namespace  TEXT   NOT NULL,
+        id         TEXT   NOT NULL,
+        version    BIGINT NOT NULL,
+        status     TEXT   NOT NULL CHECK (status IN ('open', 'closing', 'closed')),
+        deposit    TEXT   NOT NULL,
+        accepted   TEXT   NOT NULL,
+        spent      TEXT   NOT NULL,
+        settled    TEXT   NOT NULL,
+        data       TEXT   NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, id)
+    )",
+    "CREATE INDEX IF NOT EXISTS farebox_sessions_idle
+        ON farebox_sessions (namespace, status, updated_at)",
+];
+
+/// Implements `SessionStore` for a SQL store type with a `pool` field and an `err` mapping.
+macro_rules! sql_session_store {
+    ($store:ty, $backend:expr) => {
+        #[async_trait::async_trait]
+        impl farebox_core::store::SessionStore for $store {
+            async fn create_session(
+                &self,
+                namespace: &str,
+                id: &str,
+                record: &farebox_core::store::SessionRecord,
+            ) -> Result<bool, farebox_core::store::StoreError> {
+                crate::validate_session(namespace, id, Some(record))?;
+                let sql = crate::sql::placeholders(
+                    $backend,
+                    "INSERT INTO farebox_sessions
+                     (namespace, id, version, status, deposit, accepted, spent, settled, data, updated_at)
+                     VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (namespace, id) DO NOTHING",
+                );
+                crate::sql::bounded("create_session", async {
+                    let done = sqlx::query(&sql)
+                        .bind(namespace)
+                        .bind(id)
+                        .bind(record.status.as_str())
+                        .bind(record.deposit.to_string())
+                        .bind(record.accepted.to_string())
+                        .bind(record.spent.to_string())
+                        .bind(record.settled.to_string())
+                        .bind(&record.data)
+                        .bind(crate::sql::to_db_time(record.updated_at))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(err)?;
+                    Ok(done.rows_affected() == 1)
+                })
+                .await
+            }
+
+            async fn load_session(
+                &self,
+                namespace: &str,
+                id: &str,
+            ) -> Result<
+                Option<farebox_core::store::Versioned<farebox_core::store::SessionRecord>>,
+                farebox_core::store::StoreError,
+            > {
+                crate::validate_session(namespace, id, None)?;
+                let sql = crate::sql::placeholders(
+                    $backend,
+                    "SELECT version, status, deposit, accepted, spent, settled, data, updated_at
+                     FROM farebox_sessions WHERE namespace = ? AND id = ?",
+                );
+                crate::sql::bounded("load_session", async {
+                    let row = sqlx::query(&sql)
+                        .bind(namespace)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(err)?;
+                    row.map(|row| crate::sql::SessionRow::read(&row, $backend)?.decode())
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn replace_session(
+                &self,
+                namespace: &str,
+                id: &str,
+                version: u64,
+                record: &farebox_core::store::SessionRecord,
+            ) -> Result<bool, farebox_core::store::StoreError> {
+                crate::validate_session(namespace, id, Some(record))?;
+                let expected = crate::sql::to_db_version(version)?;
+                let sql = crate::sql::placeholders(
+                    $backend,
+                    "UPDATE farebox_sessions
+                     SET version = version + 1, status = ?, deposit = ?, accepted = ?, spent = ?,
+                         settled = ?, data = ?, updated_at = ?
+                     WHERE namespace = ? AND id = ? AND version = ?",
+                );
+                crate::sql::bounded("replace_session", async {
+                    let done = sqlx::query(&sql)
+                        .bind(record.status.as_str())
+                        .bind(record.deposit.to_string())
+                        .bind(record.accepted.to_string())
+                        .bind(record.spent.to_string())
+                        .bind(record.settled.to_string())
+                        .bind(&record.data)
+                        .bind(crate::sql::to_db_time(record.updated_at))
+                        .bind(namespace)
+                        .bind(id)
+                        .bind(expected)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(err)?;
+                    Ok(done.rows_affected() == 1)
+                })
+                .await
+            }
+
+            async fn idle_sessions(
+                &self,
+                namespace: &str,
+                status: farebox_core::store::SessionStatus,
+                before: u64,
+                limit: usize,
+            ) -> Result<
+                Vec<(String, farebox_core::store::Versioned<farebox_core::store::SessionRecord>)>,
+                farebox_core::store::StoreError,
+            > {
+                crate::validate_namespace(namespace)?;
+                let sql = crate::sql::placeholders(
+                    $backend,
+                    "SELECT id, version, status, deposit, accepted, spent, settled, data, updated_at
+                     FROM farebox_sessions
+                     WHERE namespace = ? AND status = ? AND updated_at < ?
+                     ORDER BY updated_at, id LIMIT ?",
+                );
+                crate::sql::bounded("idle_sessions", async {
+                    let rows = sqlx::query(&sql)
+                        .bind(namespace)
+                        .bind(status.as_str())
+                        .bind(crate::sql::to_db_time(before))
+                        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(err)?;
+                    rows.iter()
+                        .map(|row| {
+                            use sqlx::Row;
+                            let id: String = row.try_get("id").map_err(err)?;
+                            Ok((id, crate::sql::SessionRow::read(row, $backend)?.decode()?))
+                        })
+                        .collect()
+                })
+                .await
+            }
+        }
+    };
+}
+pub(crate) use sql_session_store;

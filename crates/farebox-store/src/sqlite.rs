@@ -100,7 +100,7 @@ impl SqliteStore {
 
     async fn with_schema(pool: SqlitePool) -> Result<Self, StoreError> {
         bounded("creating the SQLite schema", async {
-            for statement in SCHEMA {
+            for statement in SCHEMA.iter().chain(crate::sql::SESSION_SCHEMA) {
                 sqlx::query(statement).execute(&pool).await.map_err(err)?;
             }
             Ok(())
@@ -257,3 +257,5 @@ impl ReplayStore for SqliteStore {
         .await
     }
 }
+
+crate::sql::sql_session_store!(SqliteStore, Backend::Sqlite);

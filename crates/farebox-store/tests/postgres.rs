@@ -82,3 +82,12 @@ async fn postgres_stopped_mid_use_is_unavailable() {
         assert_eq!(PaymentError::from(err).kind, ErrorKind::Unavailable);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_sessions_behave_and_two_instances_debit_once_each() {
+    let pg = start();
+    let a = Arc::new(PostgresStore::connect(pg.url()).await.unwrap());
+    common::sessions_behave(Arc::clone(&a)).await;
+    let b = Arc::new(PostgresStore::connect(pg.url()).await.unwrap());
+    assert_eq!(common::concurrent_debits(&[a, b], 32, "shared").await.spent, 32);
+}

@@ -65,3 +65,31 @@ async fn sqlite_unopenable_path_is_unavailable() {
     let err = SqliteStore::open(file.join("replay.db")).await.unwrap_err();
     assert!(matches!(err, farebox_store::StoreError::Unavailable(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_sessions_behave() {
+    let dir = tempfile::tempdir().unwrap();
+    common::sessions_behave(Arc::new(SqliteStore::open(dir.path().join("s.db")).await.unwrap()))
+        .await;
+    common::sessions_behave(farebox_store::open("sqlite::memory:").await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_sessions_survive_reopen_and_two_processes_debit_once_each() {
+    use farebox_store::SessionStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let record = common::session(5_000_000);
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert!(store.create_session("mpp", "0xchannel", &record).await.unwrap());
+        // Dropped without close(): the acknowledged write must already be durable.
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let loaded = store.load_session("mpp", "0xchannel").await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.value), (1, record));
+    // Two stores on one file (two gateway processes on one machine) debit one session.
+    let a = Arc::new(store);
+    let b = Arc::new(SqliteStore::open(&path).await.unwrap());
+    assert_eq!(common::concurrent_debits(&[a, b], 24, "shared").await.spent, 24);
+}

@@ -146,3 +146,137 @@ pub async fn behaves<S: ReplayStore + ?Sized>(store: Arc<S>) {
     assert!(s.reserve("x402", "forever", u64::MAX).await.unwrap());
     assert_eq!(s.get("x402", "forever").await.unwrap().unwrap().expires_at, i64::MAX as u64);
 }
+
+use farebox_core::store::{
+    SessionRecord, SessionStatus, SessionStore, Update, Versioned, update_session,
+};
+
+pub fn session(deposit: u128) -> SessionRecord {
+    SessionRecord {
+        status: SessionStatus::Open,
+        deposit,
+        accepted: 0,
+        spent: 0,
+        settled: 0,
+        data: r#"{"payer":"0xabc"}"#.into(),
+        updated_at: now(),
+    }
+}
+
+/// `n` concurrent debits of 1 unit on one session over `stores` (round robin), each through
+/// `update_session`; returns the final record. Every debit must land exactly once.
+pub async fn concurrent_debits<S: SessionStore + ?Sized>(
+    stores: &[Arc<S>],
+    n: usize,
+    id: &str,
+) -> SessionRecord {
+    let mut open = session(u128::MAX);
+    open.accepted = u128::from(u64::MAX);
+    assert!(stores[0].create_session("mpp", id, &open).await.unwrap());
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            let barrier = Arc::clone(&barrier);
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                update_session::<_, (), StoreError>(&*store, "mpp", &id, |r| {
+                    let mut next = r.clone();
+                    next.spent += 1;
+                    Ok(Update::Write(next, ()))
+                })
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task").expect("debit"), Some(()));
+    }
+    stores[0].load_session("mpp", id).await.unwrap().unwrap().value
+}
+
+/// The session half of the suite, against a fresh store.
+pub async fn sessions_behave<S: SessionStore + ?Sized>(store: Arc<S>) {
+    let s = &*store;
+    let big = u128::MAX - 7; // amounts are u128 end to end
+    let mut rec = session(big);
+    assert!(s.create_session("mpp", "ch-1", &rec).await.unwrap());
+    assert!(!s.create_session("mpp", "ch-1", &session(1)).await.unwrap(), "no overwrite");
+    let Versioned { version, value } = s.load_session("mpp", "ch-1").await.unwrap().unwrap();
+    assert_eq!((version, &value), (1, &rec));
+    assert_eq!(s.load_session("mpp", "nope").await.unwrap(), None);
+    assert_eq!(s.load_session("other-ns", "ch-1").await.unwrap(), None);
+
+    // Compare-and-swap: the right version wins once, a stale one loses.
+    rec.accepted = big - 1;
+    rec.spent = 3;
+    rec.status = SessionStatus::Closing;
+    assert!(s.replace_session("mpp", "ch-1", 1, &rec).await.unwrap());
+    assert!(!s.replace_session("mpp", "ch-1", 1, &session(0)).await.unwrap(), "stale version");
+    assert!(!s.replace_session("mpp", "ghost", 1, &session(0)).await.unwrap(), "unknown id");
+    let now = s.load_session("mpp", "ch-1").await.unwrap().unwrap();
+    assert_eq!((now.version, now.value), (2, rec.clone()));
+
+    // update_session: None for unknown ids, Keep writes nothing, Write bumps the version.
+    let missing = update_session::<_, (), StoreError>(s, "mpp", "ghost", |_| unreachable!()).await;
+    assert_eq!(missing, Ok(None));
+    let kept = update_session::<_, _, StoreError>(s, "mpp", "ch-1", |r| Ok(Update::Keep(r.spent)));
+    assert_eq!(kept.await, Ok(Some(3)));
+    assert_eq!(s.load_session("mpp", "ch-1").await.unwrap().unwrap().version, 2);
+    let wrote = update_session::<_, _, StoreError>(s, "mpp", "ch-1", |r| {
+        let mut next = r.clone();
+        next.status = SessionStatus::Closed;
+        next.settled = 3;
+        Ok(Update::Write(next, "closed"))
+    });
+    assert_eq!(wrote.await, Ok(Some("closed")));
+    let closed = s.load_session("mpp", "ch-1").await.unwrap().unwrap();
+    assert_eq!(
+        (closed.version, closed.value.status, closed.value.settled),
+        (3, SessionStatus::Closed, 3)
+    );
+    // A step's error is returned and nothing is written.
+    let refused = update_session::<_, (), StoreError>(s, "mpp", "ch-1", |_| {
+        Err(StoreError::Invalid("refused".into()))
+    });
+    assert!(matches!(refused.await, Err(StoreError::Invalid(_))));
+    assert_eq!(s.load_session("mpp", "ch-1").await.unwrap().unwrap().version, 3);
+
+    // Idle sweeps: by namespace, status and age, oldest first, limited.
+    for (id, age, status) in [
+        ("idle-a", 500, SessionStatus::Open),
+        ("idle-b", 400, SessionStatus::Open),
+        ("fresh", 0, SessionStatus::Open),
+        ("idle-closed", 900, SessionStatus::Closed),
+    ] {
+        let mut r = session(10);
+        r.status = status;
+        r.updated_at = 10_000 - age;
+        assert!(s.create_session("sweep", id, &r).await.unwrap());
+    }
+    let idle = s.idle_sessions("sweep", SessionStatus::Open, 10_000 - 100, 10).await.unwrap();
+    let ids: Vec<&str> = idle.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["idle-a", "idle-b"]);
+    assert_eq!(idle[0].1.version, 1);
+    let one = s.idle_sessions("sweep", SessionStatus::Open, 10_000, 1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].0, "idle-a");
+    let closed = s.idle_sessions("sweep", SessionStatus::Closed, u64::MAX, 10).await.unwrap();
+    assert_eq!(closed.len(), 1);
+
+    // Ids and data are validated the same everywhere.
+    assert!(matches!(s.create_session("mpp", "", &session(1)).await, Err(StoreError::Invalid(_))));
+    let mut huge = session(1);
+    huge.data = "x".repeat(farebox_store::MAX_SESSION_DATA_LEN + 1);
+    assert!(matches!(s.create_session("mpp", "huge", &huge).await, Err(StoreError::Invalid(_))));
+    let mut nul = session(1);
+    nul.data = "a\0b".into();
+    assert!(matches!(s.create_session("mpp", "nul", &nul).await, Err(StoreError::Invalid(_))));
+    let mut empty = session(1);
+    empty.data = String::new();
+    assert!(s.create_session("mpp", "empty-data", &empty).await.unwrap());
+
+    // Concurrent debits on one session all land, once each.
+    assert_eq!(concurrent_debits(&[Arc::clone(&store)], 48, "hot").await.spent, 48);
+}
