@@ -9,13 +9,18 @@ pragma solidity ^0.8.20;
 /// domain `{name: "EVM Payment Channel", version: "1", chainId, verifyingContract: this}`.
 /// The payee redeems the latest voucher with `settle` (delta payout, channel stays open) or
 /// `close` (delta payout, the rest of the deposit back to the payer, channel finalized); payouts
-/// are capped at the deposit. The payer's escape hatch is `requestClose`, then, once the grace
-/// period has passed, `withdraw`; the payee can still `settle` / `close` until then, and a
-/// `topUp` cancels a pending close request.
+/// are capped at the deposit. `closeWithCapture` closes with a voucher but pays the payee only
+/// `captureAmount` (at most the voucher): a server that was authorized more than it served
+/// takes what it earned (`max(spent, settled)` in the MPP drafts) and refunds the rest. The
+/// payer's escape hatch is `requestClose`, then, once the grace period has passed, `withdraw`;
+/// the payee can still `settle` / `close` until then, and a `topUp` cancels a pending close
+/// request.
 ///
+/// The interface follows draft-evm-session-00: `open(payee, token, deposit, salt,
+/// authorizedSigner)` with a salt the payer picks, and
 /// channelId = keccak256(abi.encode(payer, payee, token, salt, authorizedSigner, address(this),
-/// block.chainid)) (the Tempo v1 formula), where `salt` = bytes32(nonces[payer]) at the time of
-/// `open` (a per-payer counter, incremented by every `open`). `computeChannelId` exposes it.
+/// block.chainid)), which `computeChannelId` exposes so a payer knows the id before it opens.
+/// A channel id is used once: a finalized channel stays recorded and cannot be opened again.
 ///
 /// Signatures: 65 bytes r || s || v, s in the lower half of the curve order, v in {27, 28}; the
 /// expected signer is the channel's `authorizedSigner` when it is set, the payer otherwise.
@@ -45,9 +50,6 @@ contract SessionEscrow {
 
     /// Seconds between `requestClose` and the earliest `withdraw`.
     uint64 public immutable closeGracePeriod;
-
-    /// payer => number of channels it has opened (the next channel's salt).
-    mapping(address => uint256) public nonces;
 
     mapping(bytes32 => Channel) private _channels;
 
@@ -109,16 +111,17 @@ contract SessionEscrow {
     // ------------------------------------------------------------------ payer
 
     /// Opens a channel to `payee` in `token`, pulling `deposit` from the caller (who must have
-    /// approved it). `authorizedSigner` zero means the caller signs vouchers itself.
-    function open(address payee, address token, uint128 deposit, address authorizedSigner)
+    /// approved it). `salt` makes the id unique (pick a fresh random one per channel);
+    /// `authorizedSigner` zero means the caller signs vouchers itself.
+    function open(address payee, address token, uint128 deposit, bytes32 salt, address authorizedSigner)
         external
         returns (bytes32 channelId)
     {
         require(payee != address(0), "SessionEscrow: payee is the zero address");
         require(token != address(0), "SessionEscrow: token is the zero address");
         require(deposit > 0, "SessionEscrow: deposit is zero");
-        bytes32 salt = bytes32(nonces[msg.sender]++);
         channelId = computeChannelId(msg.sender, payee, token, salt, authorizedSigner);
+        require(_channels[channelId].payer == address(0), "SessionEscrow: channel already exists");
         _channels[channelId] = Channel({
             payer: msg.sender,
             payee: payee,
@@ -184,13 +187,19 @@ contract SessionEscrow {
     /// Pays the payee `min(cumulativeAmount, deposit) - settled`, refunds the rest of the deposit
     /// to the payer and finalizes the channel.
     function close(bytes32 channelId, uint128 cumulativeAmount, bytes calldata signature) external {
-        Channel storage c = _open(channelId);
-        uint128 paid = _redeem(c, channelId, cumulativeAmount, signature);
-        c.finalized = true;
-        uint128 refund = c.deposit - c.settled;
-        emit ChannelClosed(channelId, paid, refund);
-        _send(c.token, c.payee, paid);
-        _send(c.token, c.payer, refund);
+        _close(channelId, cumulativeAmount, cumulativeAmount, signature);
+    }
+
+    /// As `close`, but the payee takes only `captureAmount` (`settled <= captureAmount <=
+    /// cumulativeAmount`) and the payer gets back everything else.
+    function closeWithCapture(
+        bytes32 channelId,
+        uint128 cumulativeAmount,
+        uint128 captureAmount,
+        bytes calldata signature
+    ) external {
+        require(captureAmount <= cumulativeAmount, "SessionEscrow: capture above the voucher");
+        _close(channelId, cumulativeAmount, captureAmount, signature);
     }
 
     // ------------------------------------------------------------------ internals
@@ -201,10 +210,32 @@ contract SessionEscrow {
         require(!c.finalized, "SessionEscrow: channel is finalized");
     }
 
+    function _close(bytes32 channelId, uint128 cumulativeAmount, uint128 captureAmount, bytes calldata signature)
+        private
+    {
+        Channel storage c = _open(channelId);
+        _checkVoucher(c, channelId, cumulativeAmount, signature);
+        uint128 paid = _raiseSettled(c, captureAmount);
+        c.finalized = true;
+        uint128 refund = c.deposit - c.settled;
+        emit ChannelClosed(channelId, paid, refund);
+        _send(c.token, c.payee, paid);
+        _send(c.token, c.payer, refund);
+    }
+
     /// Checks the caller and the voucher, raises `settled` to the capped amount, returns the delta.
     function _redeem(Channel storage c, bytes32 channelId, uint128 cumulativeAmount, bytes calldata signature)
         private
         returns (uint128 paid)
+    {
+        _checkVoucher(c, channelId, cumulativeAmount, signature);
+        paid = _raiseSettled(c, cumulativeAmount);
+    }
+
+    /// The caller is the payee and `signature` is the channel signer's voucher for `cumulativeAmount`.
+    function _checkVoucher(Channel storage c, bytes32 channelId, uint128 cumulativeAmount, bytes calldata signature)
+        private
+        view
     {
         require(msg.sender == c.payee, "SessionEscrow: caller is not the payee");
         address expected = c.authorizedSigner == address(0) ? c.payer : c.authorizedSigner;
@@ -212,7 +243,11 @@ contract SessionEscrow {
             _recover(voucherDigest(channelId, cumulativeAmount), signature) == expected,
             "SessionEscrow: invalid voucher signer"
         );
-        uint128 capped = cumulativeAmount < c.deposit ? cumulativeAmount : c.deposit;
+    }
+
+    /// Raises `settled` to `min(amount, deposit)` and returns the increase.
+    function _raiseSettled(Channel storage c, uint128 amount) private returns (uint128 paid) {
+        uint128 capped = amount < c.deposit ? amount : c.deposit;
         require(capped >= c.settled, "SessionEscrow: voucher below settled amount");
         paid = capped - c.settled;
         c.settled = capped;

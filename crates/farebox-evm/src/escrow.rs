@@ -8,13 +8,14 @@
 //! [`TX_TIMEOUT`]; a mined revert is [`EvmError::Reverted`] too, a missing receipt
 //! [`EvmError::Unavailable`].
 //!
-//! The contract in brief: `open(payee, token, deposit, authorizedSigner)` pulls `deposit`
-//! (approved beforehand) and returns `channelId = keccak256(abi.encode(payer, payee, token,
-//! salt, authorizedSigner, escrow, chainId))` with `salt = bytes32(nonces[payer])`;
-//! `settle` / `close` (payee only) pay `min(cumulativeAmount, deposit) − settled`, `close` also
-//! refunds the rest and finalizes; `requestClose` (payer) starts the grace period, `withdraw`
-//! (payer, after it) refunds the unsettled remainder; `topUp` (payer) raises the deposit and
-//! cancels a pending close request.
+//! The contract in brief (the interface of draft-evm-session-00): `open(payee, token, deposit,
+//! salt, authorizedSigner)` pulls `deposit` (approved beforehand) and opens `channelId =
+//! keccak256(abi.encode(payer, payee, token, salt, authorizedSigner, escrow, chainId))`
+//! ([`channel_id`]; an id is used once); `settle` / `close` (payee only) pay
+//! `min(cumulativeAmount, deposit) − settled`, `close` also refunds the rest and finalizes;
+//! `closeWithCapture` pays only a `captureAmount` up to the voucher and refunds the rest;
+//! `requestClose` (payer) starts the grace period, `withdraw` (payer, after it) refunds the
+//! unsettled remainder; `topUp` (payer) raises the deposit and cancels a pending close request.
 
 use std::time::Duration;
 
@@ -65,8 +66,10 @@ impl EvmRpc {
         self.send_confirmed(signer, token, &call).await.map(|(hash, _)| hash)
     }
 
-    /// `open(payee, token, deposit, authorizedSigner)` from `signer` (the payer, who approved
-    /// `deposit` to the escrow); returns the new channel's id, read from `ChannelOpened`.
+    /// `open(payee, token, deposit, salt, authorizedSigner)` from `signer` (the payer, who
+    /// approved `deposit` to the escrow), mined: the transaction hash and the new channel's id,
+    /// read from its `ChannelOpened` event.
+    #[allow(clippy::too_many_arguments)]
     pub async fn escrow_open(
         &self,
         signer: &PrivateKeySigner,
@@ -74,23 +77,66 @@ impl EvmRpc {
         payee: Address,
         token: Address,
         deposit: u128,
+        salt: B256,
         authorized_signer: Option<Address>,
-    ) -> Result<B256> {
+    ) -> Result<(TxHash, B256)> {
         let call = SessionEscrow::openCall {
             payee,
             token,
             deposit,
+            salt,
             authorizedSigner: authorized_signer.unwrap_or(Address::ZERO),
         };
         let (hash, receipt) = self.send_confirmed(signer, escrow, &call).await?;
-        receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|log| log.address() == escrow)
-            .find_map(|log| SessionEscrow::ChannelOpened::decode_log(&log.inner).ok())
-            .map(|event| event.data.channelId)
-            .ok_or_else(|| EvmError::InvalidResponse(format!("{hash}: no ChannelOpened event")))
+        let opened = opened_channel(&receipt, escrow)
+            .ok_or_else(|| EvmError::InvalidResponse(format!("{hash}: no ChannelOpened event")))?;
+        Ok((hash, opened.channelId))
+    }
+
+    /// The `ChannelOpened` event `tx` emitted from `escrow`, once mined successfully: `Ok(None)`
+    /// when the transaction is unknown or not mined yet, [`EvmError::Reverted`] when it failed.
+    pub async fn escrow_opened_by(
+        &self,
+        escrow: Address,
+        tx: TxHash,
+    ) -> Result<Option<SessionEscrow::ChannelOpened>> {
+        self.escrow_event_of(escrow, tx, |r| opened_channel(r, escrow)).await
+    }
+
+    /// The `ToppedUp` event `tx` emitted from `escrow` (as [`Self::escrow_opened_by`]).
+    pub async fn escrow_topped_up_by(
+        &self,
+        escrow: Address,
+        tx: TxHash,
+    ) -> Result<Option<SessionEscrow::ToppedUp>> {
+        self.escrow_event_of(escrow, tx, |r| {
+            escrow_logs(r, escrow)
+                .find_map(|log| SessionEscrow::ToppedUp::decode_log(&log.inner).ok())
+                .map(|e| e.data)
+        })
+        .await
+    }
+
+    async fn escrow_event_of<E>(
+        &self,
+        escrow: Address,
+        tx: TxHash,
+        find: impl Fn(&TransactionReceipt) -> Option<E>,
+    ) -> Result<Option<E>> {
+        let receipt: Option<TransactionReceipt> =
+            self.request("eth_getTransactionReceipt", (tx,)).await?;
+        let Some(receipt) = receipt else { return Ok(None) };
+        if !receipt.status() {
+            return Err(EvmError::Reverted { reason: format!("{tx} reverted") });
+        }
+        find(&receipt).map(Some).ok_or_else(|| {
+            EvmError::InvalidResponse(format!("{tx} emitted no such event from {escrow}"))
+        })
+    }
+
+    /// The escrow's `closeGracePeriod()` in seconds.
+    pub async fn escrow_close_grace_period(&self, escrow: Address) -> Result<u64> {
+        self.call(escrow, &SessionEscrow::closeGracePeriodCall {}, None).await
     }
 
     /// `topUp(channelId, amount)` from `signer` (the payer, who approved `amount`), mined.
@@ -139,6 +185,26 @@ impl EvmRpc {
         self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
     }
 
+    /// `closeWithCapture(channelId, cumulativeAmount, captureAmount, signature)` from `signer`
+    /// (the payee), mined: pays `captureAmount − settled`, refunds the rest, finalizes.
+    pub async fn escrow_close_with_capture(
+        &self,
+        signer: &PrivateKeySigner,
+        escrow: Address,
+        channel_id: B256,
+        cumulative_amount: u128,
+        capture_amount: u128,
+        signature: &[u8],
+    ) -> Result<TxHash> {
+        let call = SessionEscrow::closeWithCaptureCall {
+            channelId: channel_id,
+            cumulativeAmount: cumulative_amount,
+            captureAmount: capture_amount,
+            signature: Bytes::copy_from_slice(signature),
+        };
+        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+    }
+
     /// `requestClose(channelId)` from `signer` (the payer), mined.
     pub async fn escrow_request_close(
         &self,
@@ -181,6 +247,8 @@ impl EvmRpc {
     }
 
     /// Sends `call` and waits for a successful receipt.
+    ///
+    /// The receipt wait is what makes a payee's `close` final before the client is told so.
     async fn send_confirmed<C: SolCall>(
         &self,
         signer: &PrivateKeySigner,
@@ -205,4 +273,47 @@ impl EvmRpc {
             .ok_or_else(|| EvmError::InvalidResponse(format!("receipt of {hash} disappeared")))?;
         Ok((hash, receipt))
     }
+}
+
+/// The id `SessionEscrow` gives a channel: `keccak256(abi.encode(payer, payee, token, salt,
+/// authorizedSigner, escrow, chainId))`, with the zero address for "the payer signs".
+pub fn channel_id(
+    payer: Address,
+    payee: Address,
+    token: Address,
+    salt: B256,
+    authorized_signer: Option<Address>,
+    escrow: Address,
+    chain_id: u64,
+) -> B256 {
+    let mut buf = [0u8; 7 * 32];
+    let words: [[u8; 32]; 7] = [
+        payer.into_word().0,
+        payee.into_word().0,
+        token.into_word().0,
+        salt.0,
+        authorized_signer.unwrap_or(Address::ZERO).into_word().0,
+        escrow.into_word().0,
+        alloy::primitives::U256::from(chain_id).to_be_bytes::<32>(),
+    ];
+    for (i, w) in words.iter().enumerate() {
+        buf[i * 32..(i + 1) * 32].copy_from_slice(w);
+    }
+    alloy::primitives::keccak256(buf)
+}
+
+fn escrow_logs(
+    receipt: &TransactionReceipt,
+    escrow: Address,
+) -> impl Iterator<Item = &alloy::rpc::types::Log> {
+    receipt.inner.logs().iter().filter(move |log| log.address() == escrow)
+}
+
+fn opened_channel(
+    receipt: &TransactionReceipt,
+    escrow: Address,
+) -> Option<SessionEscrow::ChannelOpened> {
+    escrow_logs(receipt, escrow)
+        .find_map(|log| SessionEscrow::ChannelOpened::decode_log(&log.inner).ok())
+        .map(|e| e.data)
 }

@@ -2,7 +2,7 @@
 //! with a grace period, each test on its own anvil.
 
 use farebox_evm::anvil::{Anvil, DevAccount};
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_evm::escrow::{self, DEFAULT_CLOSE_GRACE_PERIOD};
 use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, TxHash, U256};
 
@@ -15,6 +15,7 @@ struct Fixture {
     token: Address,
     escrow: Address,
     domain: VoucherDomain,
+    salts: std::sync::atomic::AtomicU8,
 }
 
 impl Fixture {
@@ -29,7 +30,7 @@ impl Fixture {
             .await
             .unwrap();
         let domain = rpc.voucher_domain(escrow);
-        Self { anvil, token, escrow, domain }
+        Self { anvil, token, escrow, domain, salts: Default::default() }
     }
 
     async fn rpc(&self) -> &EvmRpc {
@@ -52,8 +53,18 @@ impl Fixture {
         self.rpc().await.balance_of(self.token, who).await.unwrap().to::<u128>()
     }
 
-    /// Approves and opens a channel from the payer to the payee with `deposit`.
+    /// Approves and opens a channel from the payer to the payee with `deposit` and a fresh salt.
     async fn open(&self, deposit: u128, authorized_signer: Option<Address>) -> B256 {
+        let salt = B256::repeat_byte(self.salts.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        self.open_with_salt(deposit, salt, authorized_signer).await.unwrap().1
+    }
+
+    async fn open_with_salt(
+        &self,
+        deposit: u128,
+        salt: B256,
+        authorized_signer: Option<Address>,
+    ) -> Result<(TxHash, B256), EvmError> {
         let rpc = self.rpc().await;
         rpc.erc20_approve(&self.payer().signer, self.token, self.escrow, deposit).await.unwrap();
         rpc.escrow_open(
@@ -62,10 +73,10 @@ impl Fixture {
             self.payee().address,
             self.token,
             deposit,
+            salt,
             authorized_signer,
         )
         .await
-        .unwrap()
     }
 
     async fn top_up(&self, channel: B256, amount: u128) {
@@ -104,17 +115,54 @@ async fn voucher_digest_and_channel_id_agree_with_the_contract() {
             f.domain.signing_hash(&v)
         );
     }
-    // channelId = keccak256(abi.encode(payer, payee, token, salt = 0, signer = 0, escrow, chainId)).
+    // channelId = keccak256(abi.encode(payer, payee, token, salt, signer, escrow, chainId)),
+    // known to the payer before it opens; the open's receipt names it too.
+    let salt = B256::repeat_byte(0xaa);
+    let hot = f.stranger().address;
+    let expected = escrow::channel_id(
+        f.payer().address,
+        f.payee().address,
+        f.token,
+        salt,
+        Some(hot),
+        f.escrow,
+        CHAIN_ID,
+    );
     let mut enc = Vec::new();
-    for a in [f.payer().address, f.payee().address, f.token] {
-        enc.extend_from_slice(B256::left_padding_from(a.as_slice()).as_slice());
+    for word in [
+        f.payer().address.into_word(),
+        f.payee().address.into_word(),
+        f.token.into_word(),
+        salt,
+        hot.into_word(),
+        f.escrow.into_word(),
+    ] {
+        enc.extend_from_slice(word.as_slice());
     }
-    enc.extend_from_slice(B256::ZERO.as_slice());
-    enc.extend_from_slice(B256::ZERO.as_slice());
-    enc.extend_from_slice(B256::left_padding_from(f.escrow.as_slice()).as_slice());
     enc.extend_from_slice(&U256::from(CHAIN_ID).to_be_bytes::<32>());
-    assert_eq!(channel, alloy::primitives::keccak256(&enc));
-    // A second channel with the same parties gets a new salt, hence a new id.
+    assert_eq!(expected, alloy::primitives::keccak256(&enc));
+    let computed = rpc
+        .call(
+            f.escrow,
+            &farebox_evm::contracts::SessionEscrow::computeChannelIdCall {
+                payer: f.payer().address,
+                payee: f.payee().address,
+                token: f.token,
+                salt,
+                authorizedSigner: hot,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(computed, expected);
+    let (tx, opened) = f.open_with_salt(USDC, salt, Some(hot)).await.unwrap();
+    assert_eq!(opened, expected);
+    let event = rpc.escrow_opened_by(f.escrow, tx).await.unwrap().expect("mined");
+    assert_eq!((event.channelId, event.salt, event.deposit), (expected, salt, USDC));
+    // An id is used once: the same salt again reverts, a new salt gives a new id.
+    let reason = reverted(f.open_with_salt(USDC, salt, Some(hot)).await);
+    assert!(reason.contains("SessionEscrow: channel already exists"), "{reason}");
     assert_ne!(f.open(USDC, None).await, channel);
 }
 
@@ -301,4 +349,45 @@ async fn an_authorized_signer_signs_instead_of_the_payer() {
     assert_eq!(voucher::recover(&digest, &by_delegate), Ok(hot_key.address));
     f.close(channel, 300_000, &by_delegate).await.unwrap();
     assert_eq!(f.balance(f.payer().address).await, FUNDS - 300_000);
+}
+
+#[tokio::test]
+async fn close_with_capture_pays_what_was_earned_and_refunds_the_rest() {
+    let f = Fixture::new().await;
+    let rpc = f.rpc().await;
+    let channel = f.open(USDC, None).await;
+    let payee_before = f.balance(f.payee().address).await;
+    // Authorized 0.6, earned 0.25: the payee captures 0.25, the payer gets 0.75 back.
+    let sig = f.voucher(f.payer(), channel, 600_000);
+    let payee = &f.payee().signer;
+    let reason = reverted(
+        rpc.escrow_close_with_capture(payee, f.escrow, channel, 600_000, 700_000, &sig).await,
+    );
+    assert!(reason.contains("SessionEscrow: capture above the voucher"), "{reason}");
+    let forged = f.voucher(f.stranger(), channel, 600_000);
+    let reason = reverted(
+        rpc.escrow_close_with_capture(payee, f.escrow, channel, 600_000, 250_000, &forged).await,
+    );
+    assert!(reason.contains("SessionEscrow: invalid voucher signer"), "{reason}");
+    rpc.escrow_close_with_capture(payee, f.escrow, channel, 600_000, 250_000, &sig).await.unwrap();
+    assert_eq!(f.balance(f.payee().address).await, payee_before + 250_000);
+    assert_eq!(f.balance(f.payer().address).await, FUNDS - 250_000);
+    assert_eq!(f.balance(f.escrow).await, 0);
+    let state = rpc.escrow_channel(f.escrow, channel).await.unwrap();
+    assert_eq!((state.settled, state.finalized), (250_000, true));
+}
+
+#[tokio::test]
+async fn a_capture_below_what_was_settled_reverts() {
+    let f = Fixture::new().await;
+    let rpc = f.rpc().await;
+    let channel = f.open(USDC, None).await;
+    let sig = f.voucher(f.payer(), channel, 400_000);
+    rpc.escrow_settle(&f.payee().signer, f.escrow, channel, 400_000, &sig).await.unwrap();
+    let reason = reverted(
+        rpc.escrow_close_with_capture(&f.payee().signer, f.escrow, channel, 400_000, 100_000, &sig)
+            .await,
+    );
+    assert!(reason.contains("SessionEscrow: voucher below settled amount"), "{reason}");
+    assert_eq!(rpc.escrow_close_grace_period(f.escrow).await.unwrap(), DEFAULT_CLOSE_GRACE_PERIOD);
 }
