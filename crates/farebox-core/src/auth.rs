@@ -11,6 +11,9 @@
 //! [`MAX_HEADER_LEN`] are refused before any parsing, a field holds at most [`MAX_CHALLENGES`]
 //! challenges and a challenge (or credential) at most [`MAX_PARAMS`] parameters, and each byte is
 //! looked at a small constant number of times (there is no backtracking that re-scans input).
+//! The criterion benchmark `benches/auth_grammar.rs` measures this on hostile shapes at 1, 4 and
+//! 16 KiB (`cargo bench -p farebox-core --bench auth_grammar`): throughput stays flat as the
+//! input grows.
 //! The parsers never panic on any `&str`; non-ASCII text is only accepted inside quoted strings
 //! (RFC 9110's `obs-text`), where it is kept as is.
 //!

@@ -7,7 +7,7 @@
 //! Verification ([`L402Verifier::verify_token`], synchronous and allocation-light) goes in this
 //! order: parse; decode each macaroon and its identifier; `sha256(preimage) == payment_hash` in
 //! constant time, before anything else; root key; HMAC chain; every caveat. A preimage is final,
-//! so settling only builds the receipt. Invalid credentials are [`PaymentError::invalid`]: the
+//! so settling only builds the receipt (the [`L402_RECEIPT`] header). Invalid credentials are [`PaymentError::invalid`]: the
 //! server answers with a fresh 402 (as Aperture does), not the spec's 401.
 
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::identifier::{Identifier, IdentifierError};
 use crate::macaroon::{
     MAX_MACAROON_LEN, Macaroon, MacaroonError, OwnedMacaroon, decode_base64_into,
 };
+use crate::receipt::{L402_RECEIPT, L402Receipt};
 use crate::root_key::RootKeys;
 
 /// How long minted tokens stay valid, by default.
@@ -410,11 +411,29 @@ impl Rail for L402Rail {
         ))
     }
 
+    /// A preimage is final, so settling only writes the receipt: an [`L402_RECEIPT`] header
+    /// (see [`crate::receipt`]).
     async fn settle(
         &self,
         _resource: &Resource,
         payment: Verified,
     ) -> Result<Receipt, PaymentError> {
-        Ok(Receipt::new(payment.amount, payment.reference, Vec::new()))
+        let Some(token) = payment.state.downcast_ref::<VerifiedToken>() else {
+            return Err(PaymentError::internal(
+                "l402_settle",
+                "asked to settle a payment this rail did not verify",
+            ));
+        };
+        let receipt = L402Receipt {
+            payment_hash: token.payment_hash,
+            amount_msat: token.amount_msat,
+            service: self.verifier.config.service.clone(),
+            timestamp: unix_now()?,
+        };
+        Ok(Receipt::new(
+            payment.amount,
+            payment.reference,
+            vec![(L402_RECEIPT, receipt.to_header_value())],
+        ))
     }
 }

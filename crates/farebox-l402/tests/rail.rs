@@ -12,7 +12,10 @@ use farebox_core::{ErrorKind, Money, PresentedCredential, Rail, Resource};
 use farebox_l402::identifier::Identifier;
 use farebox_l402::macaroon::{Macaroon, decode_base64};
 use farebox_l402::rail::unix_now;
-use farebox_l402::{DerivedRootKeys, L402Config, L402Rail, RootKeys, attenuate, format_credential};
+use farebox_l402::{
+    DerivedRootKeys, L402_RECEIPT, L402Config, L402Rail, L402Receipt, RootKeys, attenuate,
+    format_credential,
+};
 
 const MASTER: [u8; 32] = [0x5a; 32];
 
@@ -156,10 +159,97 @@ async fn valid_token_verifies_and_settles() {
     assert_eq!(v.amount, Money::msats(10_000));
     assert_eq!(v.reference, vectors()["payment_hash"].as_str().unwrap());
     assert_eq!(v.payer, None);
+    let before = unix_now().unwrap();
     let receipt = rail.settle(&r, v).await.unwrap();
     assert_eq!(receipt.amount, Money::sats(10));
     assert_eq!(receipt.reference, vectors()["payment_hash"].as_str().unwrap());
-    assert!(receipt.headers.is_empty());
+    // One header, L402-Receipt, that the client can read back.
+    assert_eq!(receipt.headers.len(), 1);
+    let (name, value) = &receipt.headers[0];
+    assert_eq!(name, &L402_RECEIPT);
+    assert_eq!(name.as_str(), "l402-receipt");
+    let decoded = L402Receipt::decode(value.to_str().unwrap()).unwrap();
+    assert_eq!(decoded.payment_hash, arr32(&hex_field(&vectors(), "payment_hash")));
+    assert_eq!(decoded.amount_msat, 10_000);
+    assert_eq!(decoded.service, "svc");
+    assert!((before..=unix_now().unwrap()).contains(&decoded.timestamp));
+}
+
+#[tokio::test]
+async fn receipt_header_is_base64url_of_compact_json() {
+    let (rail, _) = rail();
+    let r = ten_sat();
+    let v = verify(&rail, &r, format_credential(&token_for(&rail, &r, 10_000), &preimage()))
+        .await
+        .unwrap();
+    let receipt = rail.settle(&r, v).await.unwrap();
+    let value = receipt.headers[0].1.to_str().unwrap().to_string();
+    // base64url, no padding.
+    assert!(value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{value}");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&value).unwrap();
+    let json = String::from_utf8(json).unwrap();
+    // Compact, members in this order.
+    let decoded = L402Receipt::decode(&value).unwrap();
+    let expected = format!(
+        r#"{{"status":"success","rail":"l402","reference":"{}","amountMsat":10000,"service":"svc","timestamp":"{}"}}"#,
+        vectors()["payment_hash"].as_str().unwrap(),
+        farebox_l402::receipt::format_rfc3339(decoded.timestamp),
+    );
+    assert_eq!(json, expected);
+    let t: &str = json.split("\"timestamp\":\"").nth(1).unwrap();
+    assert!(t.len() == "2025-01-06T12:00:00Z\"}".len() && t.ends_with("Z\"}"), "{t}");
+
+    // A fixed receipt encodes to a fixed value, and decoding gives it back.
+    let fixed = L402Receipt {
+        payment_hash: arr32(&hex_field(&vectors(), "payment_hash")),
+        amount_msat: 21_000,
+        service: "weather".into(),
+        timestamp: 1_736_164_800,
+    };
+    let text = r#"{"status":"success","rail":"l402","reference":"72dbb7336c76780023f83da4c355f2eeea85733b13d3477697917790c1229084","amountMsat":21000,"service":"weather","timestamp":"2025-01-06T12:00:00Z"}"#;
+    assert_eq!(fixed.to_json(), text);
+    assert_eq!(fixed.encode(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text));
+    assert_eq!(L402Receipt::decode(&fixed.encode()), Ok(fixed.clone()));
+    // Padded input and unknown members are tolerated.
+    let padded = base64::engine::general_purpose::URL_SAFE.encode(text);
+    assert_eq!(L402Receipt::decode(&padded), Ok(fixed.clone()));
+    let extra = text.replacen('{', r#"{"note":"x","#, 1);
+    let extra = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(extra);
+    assert_eq!(L402Receipt::decode(&extra), Ok(fixed));
+}
+
+#[test]
+fn receipt_decode_refusals() {
+    use farebox_l402::ReceiptError as E;
+    use farebox_l402::receipt::MAX_RECEIPT_LEN;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let good = r#"{"status":"success","rail":"l402","reference":"72dbb7336c76780023f83da4c355f2eeea85733b13d3477697917790c1229084","amountMsat":1,"service":"s","timestamp":"2025-01-06T12:00:00Z"}"#;
+    assert!(L402Receipt::decode(&b64(good)).is_ok());
+    assert_eq!(L402Receipt::decode(&"A".repeat(MAX_RECEIPT_LEN + 1)), Err(E::TooLarge));
+    assert_eq!(L402Receipt::decode("!!!"), Err(E::NotBase64));
+    assert!(matches!(L402Receipt::decode(&b64("[]")), Err(E::Json(_))));
+    assert!(matches!(
+        L402Receipt::decode(&b64(&good.replace(r#""amountMsat":1,"#, ""))),
+        Err(E::Json(_))
+    ));
+    assert!(matches!(
+        L402Receipt::decode(&b64(&good.replace(r#""amountMsat":1"#, r#""amountMsat":-1"#))),
+        Err(E::Json(_))
+    ));
+    assert_eq!(
+        L402Receipt::decode(&b64(&good.replace("success", "failed"))),
+        Err(E::Status("failed".into()))
+    );
+    assert_eq!(
+        L402Receipt::decode(&b64(&good.replace(r#""l402""#, r#""x402""#))),
+        Err(E::Rail("x402".into()))
+    );
+    assert_eq!(L402Receipt::decode(&b64(&good.replace("72db", "zz"))), Err(E::Reference));
+    assert_eq!(L402Receipt::decode(&b64(&good.replace("72db", "72"))), Err(E::Reference));
+    assert_eq!(
+        L402Receipt::decode(&b64(&good.replace("2025-01-06T12:00:00Z", "yesterday"))),
+        Err(E::Timestamp)
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,15 @@
 //! Receiving (create an invoice, learn whether it is paid) serves the server-side rails; paying
 //! serves the client's wallet. A node that only receives returns
 //! [`LightningError::Unsupported`] from [`LightningBackend::pay`].
+//!
+//! Three methods have default implementations, so a backend only writes what its node can do:
+//!
+//! * [`LightningBackend::wait_for_settlement`] polls [`LightningBackend::invoice_state`] with a
+//!   short backoff; a backend with push notifications (LND's invoice subscription, the dev
+//!   node's in-process signal) overrides it to answer as soon as the invoice settles.
+//! * [`LightningBackend::create_amountless_invoice`] and [`LightningBackend::pay_amount`] are
+//!   for "any amount" invoices, which MPP Lightning sessions use to refund a balance to a
+//!   client's return invoice. They default to [`LightningError::Unsupported`].
 
 use std::time::Duration;
 
@@ -92,6 +101,92 @@ pub trait LightningBackend: Send + Sync + 'static {
         payment_hash: &PaymentHash,
     ) -> Result<InvoiceState, LightningError>;
 
-    /// Pays `bolt11`, spending at most `max_fee_msat` on routing. Amountless invoices are refused.
+    /// Pays `bolt11`, spending at most `max_fee_msat` on routing. Amountless invoices are refused
+    /// (pay those with [`LightningBackend::pay_amount`]).
     async fn pay(&self, bolt11: &str, max_fee_msat: u64) -> Result<PaymentOutcome, LightningError>;
+
+    /// Waits until the invoice `payment_hash` is settled or expired, or `timeout` has passed, and
+    /// returns its state then.
+    ///
+    /// * `Settled` and `Expired` are returned as soon as they are seen.
+    /// * `Unknown` is returned at once: a node that does not know the invoice will not settle it.
+    /// * When `timeout` passes first, the last state seen is returned (`Open`).
+    /// * An error of [`LightningBackend::invoice_state`] (the node is down) is returned at once,
+    ///   so callers fail closed instead of waiting out the timeout.
+    ///
+    /// The default polls [`LightningBackend::invoice_state`] every 10 ms at first, backing off to
+    /// every 250 ms; the state is always read at least once, even with a zero `timeout`.
+    async fn wait_for_settlement(
+        &self,
+        payment_hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceState, LightningError> {
+        poll_for_settlement(timeout, || self.invoice_state(payment_hash)).await
+    }
+
+    /// Creates and signs an invoice without an amount: the payer chooses how much to send (see
+    /// [`LightningBackend::pay_amount`]). `memo` is the BOLT11 `d` field (at most 639 bytes);
+    /// `expiry` must be greater than zero. The default returns [`LightningError::Unsupported`].
+    async fn create_amountless_invoice(
+        &self,
+        memo: String,
+        expiry: Duration,
+    ) -> Result<CreatedInvoice, LightningError> {
+        let _ = (memo, expiry);
+        Err(LightningError::Unsupported("amountless invoices"))
+    }
+
+    /// Pays `amount_msat` to an amountless `bolt11` invoice, spending at most `max_fee_msat` on
+    /// routing. A zero amount is refused, and so is an invoice that names an amount, unless it
+    /// is exactly `amount_msat` (then this is [`LightningBackend::pay`]); both refusals are
+    /// [`LightningError::InvalidRequest`] and nothing is sent. The default returns
+    /// [`LightningError::Unsupported`].
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+    ) -> Result<PaymentOutcome, LightningError> {
+        let _ = (bolt11, amount_msat, max_fee_msat);
+        Err(LightningError::Unsupported("paying amountless invoices"))
+    }
+}
+
+/// First delay of [`poll_for_settlement`].
+const POLL_FIRST: Duration = Duration::from_millis(10);
+/// Longest delay between two polls of [`poll_for_settlement`].
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// The default [`LightningBackend::wait_for_settlement`]: calls `state` until it answers
+/// `Settled`, `Expired` or `Unknown`, fails, or `timeout` has passed; doubling the delay between
+/// calls from 10 ms up to 250 ms.
+pub async fn poll_for_settlement<F, Fut>(
+    timeout: Duration,
+    mut state: F,
+) -> Result<InvoiceState, LightningError>
+where
+    F: FnMut() -> Fut + Send,
+    Fut: std::future::Future<Output = Result<InvoiceState, LightningError>> + Send,
+{
+    // A timeout too large to add to the clock means "no deadline".
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
+    let mut delay = POLL_FIRST;
+    loop {
+        let current = state().await?;
+        if !matches!(current, InvoiceState::Open) {
+            return Ok(current);
+        }
+        let pause = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(current);
+                }
+                delay.min(left)
+            }
+            None => delay,
+        };
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(POLL_MAX);
+    }
 }

@@ -11,6 +11,12 @@
 //! section (check invoice, check balance, move funds, settle), so two concurrent payments of the
 //! same invoice settle it exactly once. The lock is never held across an `.await` nor during
 //! signature work.
+//!
+//! Amountless ("any amount") invoices are supported both ways:
+//! [`LightningBackend::create_amountless_invoice`] signs one, [`LightningBackend::pay_amount`]
+//! pays one the amount the payer chooses, and the payee records what it received.
+//! [`LightningBackend::wait_for_settlement`] is woken by the network itself (a settlement, a
+//! clock change, an outage toggled), not by polling.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,24 +27,32 @@ use async_trait::async_trait;
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 use crate::backend::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
     PaymentOutcome, Preimage,
 };
 use crate::bolt11::{
-    Currency, InvoiceParams, MAX_DESCRIPTION_LEN, parse_invoice, sign_invoice_with,
+    Currency, InvoiceParams, MAX_DESCRIPTION_LEN, ParsedInvoice, parse_invoice, sign_invoice_with,
 };
 use crate::sha256;
 
 /// CLTV delta written into dev invoices (LND's default for regtest invoices).
 const DEV_MIN_FINAL_CLTV_EXPIRY_DELTA: u64 = 40;
 
+/// How often [`LightningBackend::wait_for_settlement`] re-reads an open invoice even without a
+/// signal: on the system clock an invoice expires without any event to wake a waiter.
+const WAIT_RECHECK: Duration = Duration::from_millis(250);
+
 /// The in-process "Lightning network": every [`DevNode`] created on it, their balances and
 /// invoices, a clock, and a routing fee. Clones share the same network.
 #[derive(Clone, Default)]
 pub struct DevNetwork {
     state: Arc<Mutex<NetworkState>>,
+    /// Signalled whenever an invoice may have changed state (a settlement, the clock moved, a
+    /// node went up or down), waking [`LightningBackend::wait_for_settlement`].
+    changed: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -60,7 +74,10 @@ struct NodeState {
 struct InvoiceRecord {
     bolt11: String,
     memo: String,
-    amount_msat: u64,
+    /// `None` for an amountless invoice: any amount is accepted.
+    amount_msat: Option<u64>,
+    /// What the payer delivered (0 until settled).
+    received_msat: u64,
     preimage: Preimage,
     payment_secret: [u8; 32],
     /// Unix seconds after which (strictly) the invoice is expired.
@@ -79,6 +96,7 @@ impl InvoiceRecord {
 pub struct SettledInvoice {
     pub payment_hash: PaymentHash,
     pub preimage: Preimage,
+    /// What the payer delivered: the invoice amount, or the amount chosen for an amountless one.
     pub amount_msat: u64,
     pub bolt11: String,
     pub memo: String,
@@ -107,6 +125,7 @@ impl DevNetwork {
     /// against it, by every node.
     pub fn set_time(&self, time: SystemTime) {
         self.lock().frozen_time = Some(time);
+        self.changed.notify_waiters();
     }
 
     /// Moves the clock forward by `by` (freezing it if it was following the system clock).
@@ -114,11 +133,14 @@ impl DevNetwork {
         let mut state = self.lock();
         let now = state.now();
         state.frozen_time = Some(now.checked_add(by).unwrap_or(now));
+        drop(state);
+        self.changed.notify_waiters();
     }
 
     /// Goes back to the system clock.
     pub fn use_system_time(&self) {
         self.lock().frozen_time = None;
+        self.changed.notify_waiters();
     }
 
     /// Sets the fee the simulated route charges the payer: `base_msat + amount * ppm / 1e6`.
@@ -230,6 +252,7 @@ impl DevNode {
     /// [`LightningError::Unavailable`], and payments *to* it fail as unroutable.
     pub fn set_available(&self, available: bool) {
         self.with_state(|_, node| node.available = available);
+        self.inner.network.changed.notify_waiters();
     }
 
     /// Whether the node is up (see [`Self::set_available`]).
@@ -247,7 +270,7 @@ impl DevNode {
                         rec.settled_at.map(|settled_at| SettledInvoice {
                             payment_hash: *hash,
                             preimage: rec.preimage,
-                            amount_msat: rec.amount_msat,
+                            amount_msat: rec.received_msat,
                             bolt11: rec.bolt11.clone(),
                             memo: rec.memo.clone(),
                             settled_at,
@@ -278,46 +301,25 @@ impl DevNode {
     fn ensure_available(&self) -> Result<(), LightningError> {
         if self.is_available() { Ok(()) } else { Err(unavailable()) }
     }
-}
 
-fn unavailable() -> LightningError {
-    LightningError::Unavailable("dev node is offline (set_available(false))".into())
-}
-
-/// sha256(domain || seed || counter), retried in the (~2^-128) case the hash is not a valid
-/// secp256k1 scalar, so any seed — including all zeros — gives a key without panicking.
-fn derive_secret_key(seed: &[u8; 32]) -> SecretKey {
-    let mut counter: u32 = 0;
-    loop {
-        let digest = Sha256::new()
-            .chain_update(b"farebox dev node key")
-            .chain_update(seed)
-            .chain_update(counter.to_be_bytes())
-            .finalize();
-        if let Ok(key) = SecretKey::from_slice(&digest) {
-            return key;
-        }
-        counter = counter.wrapping_add(1);
-    }
-}
-
-#[async_trait]
-impl LightningBackend for DevNode {
-    async fn create_invoice(
+    /// Signs and records an invoice; `amount_msat: None` makes it amountless.
+    fn create(
         &self,
-        request: InvoiceRequest,
+        amount_msat: Option<u64>,
+        memo: String,
+        expiry: Duration,
     ) -> Result<CreatedInvoice, LightningError> {
         self.ensure_available()?;
-        if request.amount_msat == 0 {
+        if amount_msat == Some(0) {
             return Err(LightningError::InvalidRequest("amount must be greater than zero".into()));
         }
-        if request.memo.len() > MAX_DESCRIPTION_LEN {
+        if memo.len() > MAX_DESCRIPTION_LEN {
             return Err(LightningError::InvalidRequest(format!(
                 "memo is {} bytes, over the {MAX_DESCRIPTION_LEN}-byte limit",
-                request.memo.len()
+                memo.len()
             )));
         }
-        if request.expiry.is_zero() {
+        if expiry.is_zero() {
             return Err(LightningError::InvalidRequest("expiry must be greater than zero".into()));
         }
 
@@ -332,9 +334,9 @@ impl LightningBackend for DevNode {
         let params = InvoiceParams {
             currency: Currency::Regtest,
             payment_hash,
-            amount_msat: Some(request.amount_msat),
-            description: request.memo.clone(),
-            expiry: request.expiry,
+            amount_msat,
+            description: memo.clone(),
+            expiry,
             min_final_cltv_expiry_delta: DEV_MIN_FINAL_CLTV_EXPIRY_DELTA,
             payment_secret,
             timestamp: now,
@@ -343,12 +345,12 @@ impl LightningBackend for DevNode {
         let bolt11 = sign_invoice_with(&self.inner.secp, &params, &self.inner.secret_key)?;
 
         let created_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let expiry_secs =
-            request.expiry.as_secs().saturating_add(u64::from(request.expiry.subsec_nanos() > 0));
+        let expiry_secs = expiry.as_secs().saturating_add(u64::from(expiry.subsec_nanos() > 0));
         let record = InvoiceRecord {
             bolt11: bolt11.clone(),
-            memo: request.memo,
-            amount_msat: request.amount_msat,
+            memo,
+            amount_msat,
+            received_msat: 0,
             preimage,
             payment_secret,
             expires_at: created_secs.saturating_add(expiry_secs),
@@ -370,29 +372,9 @@ impl LightningBackend for DevNode {
         Ok(CreatedInvoice { bolt11, payment_hash })
     }
 
-    async fn invoice_state(
-        &self,
-        payment_hash: &PaymentHash,
-    ) -> Result<InvoiceState, LightningError> {
-        self.with_state(|network, node| {
-            if !node.available {
-                return Err(unavailable());
-            }
-            Ok(match node.invoices.get(payment_hash) {
-                None => InvoiceState::Unknown,
-                Some(rec) if rec.settled_at.is_some() => {
-                    InvoiceState::Settled { preimage: rec.preimage, amount_msat: rec.amount_msat }
-                }
-                Some(rec) if rec.is_expired(network.now()) => InvoiceState::Expired,
-                Some(_) => InvoiceState::Open,
-            })
-        })
-        .unwrap_or_else(|| Err(unavailable()))
-    }
-
-    async fn pay(&self, bolt11: &str, max_fee_msat: u64) -> Result<PaymentOutcome, LightningError> {
-        self.ensure_available()?;
-        // Signature recovery happens here, outside the lock.
+    /// Parses `bolt11` and checks it is for the dev network's chain (signature recovery happens
+    /// here, outside the lock).
+    fn parse_regtest(bolt11: &str) -> Result<ParsedInvoice, LightningError> {
         let invoice = parse_invoice(bolt11)?;
         if invoice.currency != Currency::Regtest {
             return Err(LightningError::InvalidInvoice(format!(
@@ -400,9 +382,17 @@ impl LightningBackend for DevNode {
                 invoice.currency
             )));
         }
-        let Some(amount_msat) = invoice.amount_msat else {
-            return Err(LightningError::InvalidInvoice("amountless invoices are refused".into()));
-        };
+        Ok(invoice)
+    }
+
+    /// Sends `amount_msat` for `invoice` (already parsed and checked against its own amount):
+    /// one critical section that checks everything, then moves the funds and settles.
+    fn send(
+        &self,
+        invoice: &ParsedInvoice,
+        amount_msat: u64,
+        max_fee_msat: u64,
+    ) -> Result<PaymentOutcome, LightningError> {
         let payee_key = invoice.payee;
         if payee_key == self.inner.pubkey {
             return Err(LightningError::PaymentFailed("refusing to pay own invoice".into()));
@@ -462,7 +452,8 @@ impl LightningBackend for DevNode {
                 "payee rejected the payment: invoice expired".into(),
             ));
         }
-        if amount_msat < record.amount_msat {
+        // An amountless record accepts any (non-zero) amount; otherwise at least the amount.
+        if record.amount_msat.is_some_and(|asked| amount_msat < asked) {
             return Err(LightningError::PaymentFailed(
                 "payee rejected the payment: amount too low".into(),
             ));
@@ -479,13 +470,134 @@ impl LightningBackend for DevNode {
             payee.balance_msat = payee.balance_msat.saturating_add(amount_msat);
             if let Some(rec) = payee.invoices.get_mut(&invoice.payment_hash) {
                 rec.settled_at = Some(now);
+                rec.received_msat = amount_msat;
             }
         }
         if let Some(payer) = state.nodes.get_mut(&self.inner.pubkey) {
             payer.balance_msat = payer.balance_msat.saturating_sub(total);
             payer.sent.push(outcome.clone());
         }
+        drop(guard);
+        self.inner.network.changed.notify_waiters();
         Ok(outcome)
+    }
+}
+
+fn unavailable() -> LightningError {
+    LightningError::Unavailable("dev node is offline (set_available(false))".into())
+}
+
+/// sha256(domain || seed || counter), retried in the (~2^-128) case the hash is not a valid
+/// secp256k1 scalar, so any seed — including all zeros — gives a key without panicking.
+fn derive_secret_key(seed: &[u8; 32]) -> SecretKey {
+    let mut counter: u32 = 0;
+    loop {
+        let digest = Sha256::new()
+            .chain_update(b"farebox dev node key")
+            .chain_update(seed)
+            .chain_update(counter.to_be_bytes())
+            .finalize();
+        if let Ok(key) = SecretKey::from_slice(&digest) {
+            return key;
+        }
+        counter = counter.wrapping_add(1);
+    }
+}
+
+#[async_trait]
+impl LightningBackend for DevNode {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError> {
+        self.create(Some(request.amount_msat), request.memo, request.expiry)
+    }
+
+    async fn invoice_state(
+        &self,
+        payment_hash: &PaymentHash,
+    ) -> Result<InvoiceState, LightningError> {
+        self.with_state(|network, node| {
+            if !node.available {
+                return Err(unavailable());
+            }
+            Ok(match node.invoices.get(payment_hash) {
+                None => InvoiceState::Unknown,
+                Some(rec) if rec.settled_at.is_some() => {
+                    InvoiceState::Settled { preimage: rec.preimage, amount_msat: rec.received_msat }
+                }
+                Some(rec) if rec.is_expired(network.now()) => InvoiceState::Expired,
+                Some(_) => InvoiceState::Open,
+            })
+        })
+        .unwrap_or_else(|| Err(unavailable()))
+    }
+
+    async fn pay(&self, bolt11: &str, max_fee_msat: u64) -> Result<PaymentOutcome, LightningError> {
+        self.ensure_available()?;
+        let invoice = Self::parse_regtest(bolt11)?;
+        let Some(amount_msat) = invoice.amount_msat else {
+            return Err(LightningError::InvalidInvoice("amountless invoices are refused".into()));
+        };
+        self.send(&invoice, amount_msat, max_fee_msat)
+    }
+
+    async fn wait_for_settlement(
+        &self,
+        payment_hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceState, LightningError> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            // Registered before the state is read, so a settlement in between still wakes us.
+            let mut changed = std::pin::pin!(self.inner.network.changed.notified());
+            changed.as_mut().enable();
+            let current = self.invoice_state(payment_hash).await?;
+            if !matches!(current, InvoiceState::Open) {
+                return Ok(current);
+            }
+            let pause = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(current);
+                    }
+                    left.min(WAIT_RECHECK)
+                }
+                None => WAIT_RECHECK,
+            };
+            // Woken or not, read the state again.
+            let _ = tokio::time::timeout(pause, changed).await;
+        }
+    }
+
+    async fn create_amountless_invoice(
+        &self,
+        memo: String,
+        expiry: Duration,
+    ) -> Result<CreatedInvoice, LightningError> {
+        self.create(None, memo, expiry)
+    }
+
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+    ) -> Result<PaymentOutcome, LightningError> {
+        self.ensure_available()?;
+        if amount_msat == 0 {
+            return Err(LightningError::InvalidRequest("amount must be greater than zero".into()));
+        }
+        let invoice = Self::parse_regtest(bolt11)?;
+        if let Some(asked) = invoice.amount_msat
+            && asked != amount_msat
+        {
+            return Err(LightningError::InvalidRequest(format!(
+                "the invoice asks for {asked} msat, not {amount_msat} msat"
+            )));
+        }
+        self.send(&invoice, amount_msat, max_fee_msat)
     }
 }
 

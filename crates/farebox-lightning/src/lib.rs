@@ -68,6 +68,13 @@
 //!   node), pass `max_fee_msat` as the node's fee limit, and verify
 //!   `sha256(preimage) == payment_hash` on the answer before returning it. A receive-only
 //!   backend returns [`LightningError::Unsupported`].
+//! * `wait_for_settlement` (optional): the default polls `invoice_state`; override it when the
+//!   node can push settlements (LND `GET /v2/invoices/subscribe/{r_hash}`).
+//! * `create_amountless_invoice` and `pay_amount` (optional, default
+//!   [`LightningError::Unsupported`]): an invoice without an amount (LND `value: 0`, CLN
+//!   `amount_msat: "any"`) and paying one a chosen amount (LND `amt_msat`, CLN `amount_msat`).
+//!   `pay_amount` refuses a zero amount and an invoice naming a different amount with
+//!   [`LightningError::InvalidRequest`] before talking to the node.
 //! * Timeouts, connection errors and 5xx answers are [`LightningError::Unavailable`]: callers
 //!   treat it as "fail closed" (no access granted, payment not assumed). Never map an unknown
 //!   outcome to success.
@@ -79,7 +86,7 @@ pub mod dev_node;
 
 pub use backend::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, Preimage,
+    PaymentOutcome, Preimage, poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{

@@ -301,3 +301,266 @@ async fn works_as_a_trait_object() {
     let invoice = backend.create_invoice(request(1, HOUR)).await.unwrap();
     assert_eq!(backend.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
 }
+
+// ---- waiting for settlement --------------------------------------------------------------------
+
+/// A backend that implements only the required methods (delegating to a dev node), so the
+/// trait's default `wait_for_settlement`, `create_amountless_invoice` and `pay_amount` are the
+/// ones under test.
+struct Minimal(DevNode);
+
+#[async_trait::async_trait]
+impl LightningBackend for Minimal {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<farebox_lightning::CreatedInvoice, LightningError> {
+        self.0.create_invoice(request).await
+    }
+    async fn invoice_state(
+        &self,
+        payment_hash: &farebox_lightning::PaymentHash,
+    ) -> Result<InvoiceState, LightningError> {
+        self.0.invoice_state(payment_hash).await
+    }
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, LightningError> {
+        self.0.pay(bolt11, max_fee_msat).await
+    }
+}
+
+/// The dev node's own `wait_for_settlement` and the trait's polling default, side by side.
+fn receivers(network: &DevNetwork) -> Vec<(&'static str, Arc<dyn LightningBackend>, DevNode)> {
+    let dev = DevNode::random(network, 0);
+    let polled = DevNode::random(network, 0);
+    vec![
+        ("dev node", Arc::new(dev.clone()) as Arc<dyn LightningBackend>, dev),
+        ("default", Arc::new(Minimal(polled.clone())), polled),
+    ]
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn wait_for_settlement_returns_once_paid() {
+    let network = DevNetwork::new();
+    let wallet = DevNode::random(&network, 100_000);
+    for (name, backend, _) in receivers(&network) {
+        let invoice = backend.create_invoice(request(2_000, HOUR)).await.unwrap();
+        let waiter = {
+            let (backend, hash) = (backend.clone(), invoice.payment_hash);
+            tokio::spawn(async move { backend.wait_for_settlement(&hash, LONG).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let paid = wallet.pay(&invoice.bolt11, 0).await.unwrap();
+        // The waiter answers with the preimage the payer got, long before its 30 s timeout.
+        let state = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: still waiting after the payment"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            state,
+            InvoiceState::Settled { preimage: paid.preimage, amount_msat: 2_000 },
+            "{name}"
+        );
+        // Already settled: answered at once, even with no time to wait.
+        assert_eq!(
+            backend.wait_for_settlement(&invoice.payment_hash, Duration::ZERO).await.unwrap(),
+            state,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wait_for_settlement_times_out_open_and_sees_expiry() {
+    let network = DevNetwork::new();
+    network.set_time(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    for (name, backend, _) in receivers(&network) {
+        let invoice =
+            backend.create_invoice(request(1_000, Duration::from_secs(60))).await.unwrap();
+        // Unpaid: the timeout passes and the last state, Open, comes back.
+        let state =
+            backend.wait_for_settlement(&invoice.payment_hash, Duration::from_millis(60)).await;
+        assert_eq!(state.unwrap(), InvoiceState::Open, "{name}");
+        assert_eq!(
+            backend.wait_for_settlement(&invoice.payment_hash, Duration::ZERO).await.unwrap(),
+            InvoiceState::Open,
+            "{name}"
+        );
+
+        // The invoice expires while someone waits: Expired, without waiting out the timeout.
+        let waiter = {
+            let (backend, hash) = (backend.clone(), invoice.payment_hash);
+            tokio::spawn(async move { backend.wait_for_settlement(&hash, LONG).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        network.advance_time(Duration::from_secs(61));
+        let state = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: expiry not noticed"))
+            .unwrap();
+        assert_eq!(state.unwrap(), InvoiceState::Expired, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn wait_for_settlement_does_not_wait_on_unknown_or_offline() {
+    let network = DevNetwork::new();
+    for (name, backend, node) in receivers(&network) {
+        // A hash the node never issued will not settle: Unknown at once, not after 30 s.
+        let state = tokio::time::timeout(
+            Duration::from_secs(10),
+            backend.wait_for_settlement(&[7; 32], LONG),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: waited on an unknown hash"));
+        assert_eq!(state.unwrap(), InvoiceState::Unknown, "{name}");
+
+        // The node going down while someone waits is an error, so the caller fails closed.
+        let invoice = backend.create_invoice(request(1_000, HOUR)).await.unwrap();
+        let waiter = {
+            let (backend, hash) = (backend.clone(), invoice.payment_hash);
+            tokio::spawn(async move { backend.wait_for_settlement(&hash, LONG).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        node.set_available(false);
+        let state = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: outage not noticed"))
+            .unwrap();
+        assert!(matches!(state, Err(LightningError::Unavailable(_))), "{name}: {state:?}");
+    }
+}
+
+// ---- amountless invoices -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn amountless_invoice_is_paid_the_amount_the_payer_chooses() {
+    let network = DevNetwork::new();
+    let client = DevNode::new(&network, [3; 32], 0);
+    let server = DevNode::new(&network, [4; 32], 100_000);
+
+    let refund = client
+        .create_amountless_invoice("refund of session 42".into(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    // A real signed regtest BOLT11 invoice with no amount.
+    assert!(refund.bolt11.starts_with("lnbcrt1"), "{}", refund.bolt11);
+    let parsed = parse_invoice(&refund.bolt11).unwrap();
+    assert_eq!(parsed.amount_msat, None);
+    assert_eq!(parsed.payee, client.pubkey());
+    assert_eq!(parsed.payment_hash, refund.payment_hash);
+    assert_eq!(parsed.expiry, Duration::from_secs(600));
+    assert_eq!(
+        parsed.description,
+        farebox_lightning::InvoiceDescription::Direct("refund of session 42".into())
+    );
+    assert_eq!(client.invoice_state(&refund.payment_hash).await.unwrap(), InvoiceState::Open);
+
+    // `pay` still refuses it: the amount must be chosen explicitly.
+    let err = server.pay(&refund.bolt11, 0).await.unwrap_err();
+    assert!(matches!(&err, LightningError::InvalidInvoice(m) if m.contains("amountless")), "{err}");
+
+    let paid = server.pay_amount(&refund.bolt11, 7_321, 0).await.unwrap();
+    assert_eq!((paid.amount_msat, paid.fee_msat), (7_321, 0));
+    assert_eq!(paid.payment_hash, refund.payment_hash);
+    assert!(preimage_matches(&paid.preimage, &refund.payment_hash));
+    // The payee records what it received.
+    assert_eq!(
+        client.invoice_state(&refund.payment_hash).await.unwrap(),
+        InvoiceState::Settled { preimage: paid.preimage, amount_msat: 7_321 }
+    );
+    assert_eq!(client.settled_invoices()[0].amount_msat, 7_321);
+    assert_eq!((client.balance_msat(), server.balance_msat()), (7_321, 100_000 - 7_321));
+    assert_eq!(server.sent_payments(), vec![paid]);
+
+    // Paid once only.
+    let again = server.pay_amount(&refund.bolt11, 1, 0).await.unwrap_err();
+    assert!(matches!(&again, LightningError::PaymentFailed(m) if m.contains("already")), "{again}");
+    assert_eq!(client.balance_msat(), 7_321);
+}
+
+#[tokio::test]
+async fn pay_amount_refusals() {
+    let network = DevNetwork::new();
+    network.set_time(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let payee = DevNode::random(&network, 0);
+    let payer = DevNode::random(&network, 10_000);
+    let any = payee.create_amountless_invoice("any".into(), Duration::from_secs(60)).await.unwrap();
+
+    // Zero amount: refused before anything is sent.
+    let err = payer.pay_amount(&any.bolt11, 0, 0).await.unwrap_err();
+    assert!(matches!(err, LightningError::InvalidRequest(_)), "{err}");
+
+    // An invoice that names an amount is paid only that amount.
+    let fixed = payee.create_invoice(request(1_000, HOUR)).await.unwrap();
+    for wrong in [999, 1_001] {
+        let err = payer.pay_amount(&fixed.bolt11, wrong, 0).await.unwrap_err();
+        assert!(matches!(&err, LightningError::InvalidRequest(m) if m.contains("1000")), "{err}");
+    }
+    assert_eq!(payee.invoice_state(&fixed.payment_hash).await.unwrap(), InvoiceState::Open);
+    let paid = payer.pay_amount(&fixed.bolt11, 1_000, 0).await.unwrap();
+    assert_eq!(paid.amount_msat, 1_000);
+
+    // The same checks as `pay`: balance, fee limit, expiry, own invoice, offline payee.
+    let err = payer.pay_amount(&any.bolt11, 9_001, 0).await.unwrap_err();
+    assert!(
+        matches!(&err, LightningError::PaymentFailed(m) if m.contains("insufficient")),
+        "{err}"
+    );
+    network.set_routing_fee(10, 0);
+    let err = payer.pay_amount(&any.bolt11, 100, 9).await.unwrap_err();
+    assert!(matches!(&err, LightningError::PaymentFailed(m) if m.contains("max_fee")), "{err}");
+    network.set_routing_fee(0, 0);
+    let own = payer.create_amountless_invoice("own".into(), HOUR).await.unwrap();
+    assert!(matches!(
+        payer.pay_amount(&own.bolt11, 10, 0).await,
+        Err(LightningError::PaymentFailed(_))
+    ));
+    payee.set_available(false);
+    assert!(matches!(
+        payer.pay_amount(&any.bolt11, 10, 0).await,
+        Err(LightningError::PaymentFailed(_))
+    ));
+    payee.set_available(true);
+    network.advance_time(Duration::from_secs(61));
+    let err = payer.pay_amount(&any.bolt11, 10, 0).await.unwrap_err();
+    assert!(matches!(&err, LightningError::InvalidInvoice(m) if m.contains("expired")), "{err}");
+    assert_eq!(payer.balance_msat(), 9_000);
+    assert_eq!(payee.balance_msat(), 1_000);
+
+    // Bad requests for the invoice itself.
+    for (memo, expiry) in [("m".repeat(640), HOUR), ("ok".to_string(), Duration::ZERO)] {
+        assert!(matches!(
+            payee.create_amountless_invoice(memo, expiry).await,
+            Err(LightningError::InvalidRequest(_))
+        ));
+    }
+    payee.set_available(false);
+    assert!(matches!(
+        payee.create_amountless_invoice("x".into(), HOUR).await,
+        Err(LightningError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn amountless_and_pay_amount_default_to_unsupported() {
+    let network = DevNetwork::new();
+    let minimal = Minimal(DevNode::random(&network, 10_000));
+    let payee = DevNode::random(&network, 0);
+    let any = payee.create_amountless_invoice("any".into(), HOUR).await.unwrap();
+    assert!(matches!(
+        minimal.create_amountless_invoice("x".into(), HOUR).await,
+        Err(LightningError::Unsupported(_))
+    ));
+    assert!(matches!(
+        minimal.pay_amount(&any.bolt11, 10, 0).await,
+        Err(LightningError::Unsupported(_))
+    ));
+    assert_eq!(payee.invoice_state(&any.payment_hash).await.unwrap(), InvoiceState::Open);
+}
