@@ -80,10 +80,10 @@ pub struct PaymentError {
     pub type_uri: Option<String>,
     /// Headers the answer must carry whatever its status, e.g. x402's `PAYMENT-RESPONSE` with
     /// the transaction hash of a settlement whose outcome is not yet known.
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub headers: Box<[(http::HeaderName, http::HeaderValue)]>,
     /// Extension members of the problem body a client acts on (e.g. a session's `channelId`
-    /// and the `requiredTopUp` it lacks).
-    pub members: Vec<(String, Value)>,
+    /// and the `requiredTopUp` it lacks). Boxed: errors travel in `Result`s and stay small.
+    pub members: Box<[(String, Value)]>,
 }
 
 impl PaymentError {
@@ -94,8 +94,8 @@ impl PaymentError {
             detail: detail.into(),
             retry_after: None,
             type_uri: None,
-            headers: Vec::new(),
-            members: Vec::new(),
+            headers: Box::default(),
+            members: Box::default(),
         }
     }
 
@@ -126,13 +126,17 @@ impl PaymentError {
 
     /// Adds a header to the answer.
     pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
-        self.headers.push((name, value));
+        let mut headers = std::mem::take(&mut self.headers).into_vec();
+        headers.push((name, value));
+        self.headers = headers.into_boxed_slice();
         self
     }
 
     /// Adds an extension member to the problem body (standard members cannot be shadowed).
     pub fn with_member(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.members.push((name.into(), value.into()));
+        let mut members = std::mem::take(&mut self.members).into_vec();
+        members.push((name.into(), value.into()));
+        self.members = members.into_boxed_slice();
         self
     }
 

@@ -30,6 +30,8 @@ use farebox_evm::eip3009::TransferWithAuthorization;
 use farebox_evm::{Address, B256, U256};
 use serde_json::{Map, Value, json};
 
+use crate::fields;
+
 /// The method id.
 pub const METHOD: &str = "evm";
 /// The intent id.
@@ -84,36 +86,21 @@ fn str_field<'a>(
     obj: &'a Map<String, Value>,
     name: &'static str,
 ) -> Result<&'a str, EvmChargeError> {
-    obj.get(name).and_then(Value::as_str).ok_or(EvmChargeError::Missing(name))
+    fields::str_field(obj, name).ok_or(EvmChargeError::Missing(name))
 }
 
 fn parse_u256(text: &str, name: &'static str) -> Result<U256, EvmChargeError> {
-    if text.is_empty() || text.len() > 78 {
-        return Err(EvmChargeError::Number(name));
-    }
-    if let Some(hex) = text.strip_prefix("0x") {
-        return U256::from_str_radix(hex, 16).map_err(|_| EvmChargeError::Number(name));
-    }
-    if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(EvmChargeError::Number(name));
-    }
-    U256::from_str_radix(text, 10).map_err(|_| EvmChargeError::Number(name))
+    fields::parse_u256(text).ok_or(EvmChargeError::Number(name))
 }
 
 fn parse_address(text: &str, name: &'static str) -> Result<Address, EvmChargeError> {
-    if text.len() != 42 || !text.starts_with("0x") {
-        return Err(EvmChargeError::Address(name));
-    }
-    text.parse().map_err(|_| EvmChargeError::Address(name))
+    fields::parse_address(text).ok_or(EvmChargeError::Address(name))
 }
 
 fn u64_field(obj: &Map<String, Value>, name: &'static str) -> Result<u64, EvmChargeError> {
     match obj.get(name) {
-        Some(Value::Number(n)) => n.as_u64().ok_or(EvmChargeError::Number(name)),
-        Some(Value::String(s)) => {
-            parse_u256(s, name)?.try_into().map_err(|_| EvmChargeError::Number(name))
-        }
-        _ => Err(EvmChargeError::Missing(name)),
+        None => Err(EvmChargeError::Missing(name)),
+        Some(_) => fields::u64_member(obj, name).ok_or(EvmChargeError::Number(name)),
     }
 }
 
@@ -190,7 +177,7 @@ pub fn payload(auth: &TransferWithAuthorization, signature: &[u8]) -> Map<String
             "nonce": format!("{:#x}", auth.nonce),
         }),
     );
-    m.insert("signature".into(), Value::String(format!("0x{}", hex::encode(signature))));
+    m.insert("signature".into(), Value::String(fields::hex0x(signature)));
     m
 }
 
@@ -208,13 +195,7 @@ pub fn authorization_of(
         .get("authorization")
         .and_then(Value::as_object)
         .ok_or(EvmChargeError::Missing("payload.authorization"))?;
-    let nonce = str_field(a, "nonce")?;
-    let nonce_hex = nonce.strip_prefix("0x").ok_or(EvmChargeError::Nonce)?;
-    let mut nonce_bytes = [0u8; 32];
-    if nonce_hex.len() != 64 {
-        return Err(EvmChargeError::Nonce);
-    }
-    hex::decode_to_slice(nonce_hex, &mut nonce_bytes).map_err(|_| EvmChargeError::Nonce)?;
+    let nonce = fields::parse_b256(str_field(a, "nonce")?).ok_or(EvmChargeError::Nonce)?;
     let number = |name: &'static str| -> Result<U256, EvmChargeError> {
         match a.get(name) {
             Some(Value::String(s)) => parse_u256(s, name),
@@ -230,17 +211,13 @@ pub fn authorization_of(
         value: number("value")?,
         validAfter: number("validAfter")?,
         validBefore: number("validBefore")?,
-        nonce: B256::from(nonce_bytes),
+        nonce,
     };
     let sig = payload
         .get("signature")
         .and_then(Value::as_str)
         .ok_or(EvmChargeError::Missing("payload.signature"))?;
-    let sig = hex::decode(sig.strip_prefix("0x").unwrap_or(sig))
-        .map_err(|_| EvmChargeError::Signature)?;
-    if sig.is_empty() || sig.len() > 4096 {
-        return Err(EvmChargeError::Signature);
-    }
+    let sig = fields::parse_blob(sig).ok_or(EvmChargeError::Signature)?;
     Ok((auth, sig))
 }
 

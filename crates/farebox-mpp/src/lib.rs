@@ -1,7 +1,10 @@
 //! # farebox-mpp
 //!
 //! The MPP rail: the `Payment` HTTP authentication scheme (`draft-httpauth-payment-00`, the
-//! Machine Payments Protocol) with the `charge` intent over Lightning and over EVM tokens (EIP-3009).
+//! Machine Payments Protocol) with the `charge` intent over Lightning and over EVM tokens
+//! (EIP-3009), and the `session` intent over an EVM payment channel (`draft-evm-session-00`,
+//! cumulative EIP-712 vouchers against an on-chain deposit) and over a Lightning prepaid balance
+//! (`draft-lightning-session-00`).
 //!
 //! ```text
 //! GET /data                      ──►  402  WWW-Authenticate: Payment id="…", realm="…",
@@ -23,7 +26,9 @@
 //! | [`digest`] | the `digest` body binding (SDK and RFC 9530 forms) |
 //! | [`lightning_charge`] | the `lightning` method's `charge` request and payload |
 //! | [`evm_charge`] | the `evm` method's `charge` request and EIP-3009 `authorization` payload |
-//! | [`rail`] | [`MppRail`], the farebox `Rail` |
+//! | [`evm_session`] | the `evm` method's `session` request and `open` / `voucher` / `topUp` / `close` payloads |
+//! | [`lightning_session`] | the `lightning` method's `session` request and `open` / `bearer` / `topUp` / `close` payloads |
+//! | [`rail`] | [`MppRail`], the farebox `Rail` (charges in `rail`, sessions in its `evm_session` and `lightning_session` submodules, accounting in a [`SessionStore`](farebox_core::SessionStore)) |
 //! | [`time`] | RFC 3339 for `expires` and receipt timestamps |
 //!
 //! Decisions where the specification and the SDKs differ (the SDKs win, for interop):
@@ -31,14 +36,24 @@
 //! is written `sha-256=<b64>` and both forms are accepted; the 8-slot id with `header=` (MPPX
 //! PR #821) is supported; an expired challenge answers `payment-expired`; a replayed one
 //! `invalid-challenge` (as the core spec's table: "used challenge id").
+//!
+//! Session decisions: a session credential may echo any unexpired challenge of this realm
+//! (sessions are not bound to one route: each request is charged its own route's price); an
+//! EVM voucher below the accepted one is refused (the Tempo rule) rather than ignored; the payee
+//! closes with `closeWithCapture` so it takes `max(spent, settled)`, never an unearned
+//! pre-authorization; a Lightning `bearer` may echo an expired challenge (its proof is the
+//! preimage), `open` and `topUp` may not, and each of their challenges counts once.
 #![forbid(unsafe_code)]
 
 pub mod challenge;
 pub mod credential;
 pub mod digest;
 pub mod evm_charge;
+pub mod evm_session;
+mod fields;
 pub mod jcs;
 pub mod lightning_charge;
+pub mod lightning_session;
 pub mod problem;
 pub mod rail;
 pub mod receipt;
@@ -51,5 +66,8 @@ pub use credential::{Credential, CredentialError, EchoedChallenge};
 pub use evm_charge::EvmChargeRequest;
 pub use lightning_charge::LightningChargeRequest;
 pub use problem::ProblemType;
-pub use rail::{ConfigError, EvmChargeConfig, MppConfig, MppRail};
+pub use rail::{
+    ConfigError, EvmChargeConfig, EvmSessionConfig, LightningSessionConfig, MppConfig, MppRail,
+    MppRailBuilder,
+};
 pub use receipt::{PAYMENT_RECEIPT, PaymentReceipt};

@@ -21,6 +21,8 @@
 use farebox_lightning::{Currency, PaymentHash, Preimage, bolt11};
 use serde_json::{Map, Value, json};
 
+use crate::fields::{parse_hash, str_field};
+
 /// The method id.
 pub const METHOD: &str = "lightning";
 /// The intent id.
@@ -66,19 +68,6 @@ pub fn network_name(currency: &Currency) -> &'static str {
         Currency::Signet => "signet",
         Currency::Regtest | Currency::Simnet => "regtest",
     }
-}
-
-fn str_field<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Option<&'a str> {
-    obj.get(name).and_then(Value::as_str)
-}
-
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).ok()?;
-    Some(out)
 }
 
 impl LightningChargeRequest {

@@ -15,6 +15,14 @@
 //! | `payment-insufficient` | `InvalidCredential` | 402 + fresh challenge |
 //! | `verification-failed` | `InvalidCredential` | 402 + fresh challenge |
 //! | `method-unsupported` | `BadRequest` | 400 |
+//! | `session/invalid-signature`, `session/signer-mismatch`, `session/amount-exceeds-deposit`, `session/delta-too-small`, `session/insufficient-balance` (with `channelId`, `requiredTopUp`) | `InvalidCredential` | 402 + fresh challenge |
+//! | `session/channel-not-found`, `session/channel-finalized` | `Gone` | 410 |
+//! | `session/transaction-reverted` | `Conflict` | 409 |
+//! | `lightning/unknown-challenge`, `lightning/invalid-preimage`, `lightning/session-not-found`, `lightning/session-closed`, `lightning/insufficient-balance`, `lightning/challenge-expired`, `lightning/invalid-return-invoice`, `lightning/malformed-credential` | `InvalidCredential` | 402 + fresh challenge |
+//!
+//! The `session/…` types are the EVM (and Tempo) session drafts'; the `lightning/…` types the
+//! Lightning session draft's, which answers every failure with a fresh 402 (a closed session
+//! too: the client opens a new one from the challenges it gets).
 
 use farebox_core::{ErrorKind, PaymentError};
 
@@ -32,12 +40,71 @@ pub enum ProblemType {
     MethodUnsupported,
     MalformedCredential,
     InvalidChallenge,
+    SessionInvalidSignature,
+    SessionSignerMismatch,
+    SessionAmountExceedsDeposit,
+    SessionDeltaTooSmall,
+    SessionChannelNotFound,
+    SessionChannelFinalized,
+    SessionInsufficientBalance,
+    SessionTransactionReverted,
+    LightningMalformedCredential,
+    LightningUnknownChallenge,
+    LightningInvalidPreimage,
+    LightningSessionNotFound,
+    LightningSessionClosed,
+    LightningInsufficientBalance,
+    LightningChallengeExpired,
+    LightningInvalidReturnInvoice,
 }
 
+const ALL: [ProblemType; 23] = [
+    ProblemType::PaymentRequired,
+    ProblemType::PaymentInsufficient,
+    ProblemType::PaymentExpired,
+    ProblemType::VerificationFailed,
+    ProblemType::MethodUnsupported,
+    ProblemType::MalformedCredential,
+    ProblemType::InvalidChallenge,
+    ProblemType::SessionInvalidSignature,
+    ProblemType::SessionSignerMismatch,
+    ProblemType::SessionAmountExceedsDeposit,
+    ProblemType::SessionDeltaTooSmall,
+    ProblemType::SessionChannelNotFound,
+    ProblemType::SessionChannelFinalized,
+    ProblemType::SessionInsufficientBalance,
+    ProblemType::SessionTransactionReverted,
+    ProblemType::LightningMalformedCredential,
+    ProblemType::LightningUnknownChallenge,
+    ProblemType::LightningInvalidPreimage,
+    ProblemType::LightningSessionNotFound,
+    ProblemType::LightningSessionClosed,
+    ProblemType::LightningInsufficientBalance,
+    ProblemType::LightningChallengeExpired,
+    ProblemType::LightningInvalidReturnInvoice,
+];
+
 impl ProblemType {
-    /// The registered name, the last segment of the type URI.
+    /// The registered name: the type URI after [`PROBLEM_BASE`] (`session/…` and
+    /// `lightning/…` for the session drafts' types).
     pub fn name(self) -> &'static str {
         match self {
+            ProblemType::SessionInvalidSignature => "session/invalid-signature",
+            ProblemType::SessionSignerMismatch => "session/signer-mismatch",
+            ProblemType::SessionAmountExceedsDeposit => "session/amount-exceeds-deposit",
+            ProblemType::SessionDeltaTooSmall => "session/delta-too-small",
+            ProblemType::SessionChannelNotFound => "session/channel-not-found",
+            ProblemType::SessionChannelFinalized => "session/channel-finalized",
+            ProblemType::SessionInsufficientBalance => "session/insufficient-balance",
+            ProblemType::SessionTransactionReverted => "session/transaction-reverted",
+            ProblemType::LightningMalformedCredential => "lightning/malformed-credential",
+            ProblemType::LightningUnknownChallenge => "lightning/unknown-challenge",
+            ProblemType::LightningInvalidPreimage => "lightning/invalid-preimage",
+            ProblemType::LightningSessionNotFound => "lightning/session-not-found",
+            ProblemType::LightningSessionClosed => "lightning/session-closed",
+            ProblemType::LightningInsufficientBalance => "lightning/insufficient-balance",
+            ProblemType::LightningChallengeExpired => "lightning/challenge-expired",
+            ProblemType::LightningInvalidReturnInvoice => "lightning/invalid-return-invoice",
             ProblemType::PaymentRequired => "payment-required",
             ProblemType::PaymentInsufficient => "payment-insufficient",
             ProblemType::PaymentExpired => "payment-expired",
@@ -56,17 +123,7 @@ impl ProblemType {
     /// The type whose [`name`](Self::name) or [`uri`](Self::uri) is `text`.
     pub fn parse(text: &str) -> Option<Self> {
         let name = text.strip_prefix(PROBLEM_BASE).unwrap_or(text);
-        [
-            ProblemType::PaymentRequired,
-            ProblemType::PaymentInsufficient,
-            ProblemType::PaymentExpired,
-            ProblemType::VerificationFailed,
-            ProblemType::MethodUnsupported,
-            ProblemType::MalformedCredential,
-            ProblemType::InvalidChallenge,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+        ALL.into_iter().find(|p| p.name() == name)
     }
 
     /// The error kind (hence HTTP status) this problem answers with.
@@ -74,6 +131,10 @@ impl ProblemType {
         match self {
             ProblemType::PaymentRequired => ErrorKind::PaymentRequired,
             ProblemType::MethodUnsupported => ErrorKind::BadRequest,
+            ProblemType::SessionChannelNotFound | ProblemType::SessionChannelFinalized => {
+                ErrorKind::Gone
+            }
+            ProblemType::SessionTransactionReverted => ErrorKind::Conflict,
             _ => ErrorKind::InvalidCredential,
         }
     }
@@ -147,5 +208,20 @@ mod tests {
             Some(ProblemType::PaymentExpired)
         );
         assert_eq!(ProblemType::parse("nope"), None);
+    }
+
+    #[test]
+    fn session_problems_have_the_drafts_uris_and_statuses() {
+        for p in ALL {
+            assert_eq!(ProblemType::parse(&p.uri()), Some(p), "{p:?}");
+            assert_eq!(p.error("x").to_problem().type_uri, p.uri());
+        }
+        let gone = ProblemType::SessionChannelFinalized.error("closed").to_problem();
+        assert_eq!(gone.type_uri, "https://paymentauth.org/problems/session/channel-finalized");
+        assert_eq!(gone.status, 410);
+        assert_eq!(ProblemType::SessionTransactionReverted.error("x").to_problem().status, 409);
+        let short = ProblemType::LightningInsufficientBalance.error("top up").to_problem();
+        assert_eq!(short.status, 402);
+        assert_eq!(short.extensions["code"], "lightning/insufficient-balance");
     }
 }

@@ -34,12 +34,18 @@
 //! `Payment-Receipt` whose `reference` is the transaction hash; a receipt that does not arrive in
 //! time leaves the record `Pending` with the hash and refuses the request (503) naming it.
 
+mod evm_session;
+mod lightning_session;
+
+pub use evm_session::{EvmSessionConfig, MIN_GRACE_PERIOD, NAMESPACE as EVM_SESSION_NAMESPACE};
+pub use lightning_session::{LightningSessionConfig, NAMESPACE as LIGHTNING_SESSION_NAMESPACE};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use farebox_core::{Asset, Token};
+use farebox_core::{Asset, SessionStore, Token};
 use farebox_core::{
     Challenge as RailChallenge, Money, PaymentError, PresentedCredential, ProofState, Rail,
     Receipt, ReplayStore, Resource, Verified,
@@ -52,12 +58,13 @@ use http::HeaderValue;
 use crate::challenge::{
     ChallengeKey, ChallengeParams, SecretTooShort, decode_opaque, decode_request,
 };
-use crate::credential::{Credential, CredentialError, payment_token};
+use crate::credential::{Credential, CredentialError, EchoedChallenge, payment_token};
 use crate::evm_charge::{self, EvmChargeRequest};
 use crate::lightning_charge::{self, INTENT, LightningChargeRequest, METHOD};
 use crate::problem;
 use crate::receipt::{PAYMENT_RECEIPT, PaymentReceipt};
 use crate::time;
+use crate::{evm_session as evm_session_wire, lightning_session as lightning_session_wire};
 
 /// The replay-store namespace.
 pub const NAMESPACE: &str = "mpp";
@@ -193,9 +200,80 @@ pub enum ConfigError {
     Ttl,
     #[error("enable at least one payment method")]
     NoMethod,
+    #[error("Lightning sessions need a Lightning backend")]
+    SessionWithoutBackend,
+}
+
+/// Builds an [`MppRail`] method by method (see [`MppRail::builder`]).
+pub struct MppRailBuilder {
+    config: MppConfig,
+    store: Arc<dyn ReplayStore>,
+    backend: Option<Arc<dyn LightningBackend>>,
+    evm_charge: Option<EvmChargeConfig>,
+    evm_session: Option<(EvmSessionConfig, Arc<dyn SessionStore>)>,
+    lightning_session: Option<(LightningSessionConfig, Arc<dyn SessionStore>)>,
+}
+
+impl MppRailBuilder {
+    /// Offers the `lightning` charge, with invoices from `backend` (also what Lightning
+    /// sessions use).
+    pub fn lightning(mut self, backend: Arc<dyn LightningBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Offers the `evm` charge (EIP-3009).
+    pub fn evm_charge(mut self, config: EvmChargeConfig) -> Self {
+        self.evm_charge = Some(config);
+        self
+    }
+
+    /// Offers `evm` sessions: payment channels in `config.escrow`, their accounting in
+    /// `sessions` (every instance of a deployment must share it).
+    pub fn evm_session(
+        mut self,
+        config: EvmSessionConfig,
+        sessions: Arc<dyn SessionStore>,
+    ) -> Self {
+        self.evm_session = Some((config, sessions));
+        self
+    }
+
+    /// Offers `lightning` sessions (prepaid balances; needs [`Self::lightning`]), their
+    /// accounting in `sessions`.
+    pub fn lightning_session(
+        mut self,
+        config: LightningSessionConfig,
+        sessions: Arc<dyn SessionStore>,
+    ) -> Self {
+        self.lightning_session = Some((config, sessions));
+        self
+    }
+
+    /// Checks the configuration and builds the rail.
+    pub fn build(self) -> Result<MppRail, ConfigError> {
+        MppRail::from_builder(self)
+    }
+}
+
+/// Which method and intent a credential is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    LightningCharge,
+    EvmCharge,
+    EvmSession,
+    LightningSession,
 }
 
 /// What [`MppRail::verify`] hands to settle/release.
+#[derive(Debug)]
+enum Held {
+    Charge(Accepted),
+    EvmSession(evm_session::Held),
+    LightningSession(lightning_session::Held),
+}
+
+/// A verified charge.
 #[derive(Debug, Clone)]
 struct Accepted {
     challenge_id: String,
@@ -217,6 +295,8 @@ pub struct MppRail {
     backend: Option<Arc<dyn LightningBackend>>,
     evm: Option<EvmMethod>,
     store: Arc<dyn ReplayStore>,
+    evm_session: Option<evm_session::Method>,
+    lightning_session: Option<lightning_session::Method>,
     /// Seeds [`OPAQUE_SALT`]: the rail's start time in nanoseconds, then a counter.
     salt: std::sync::atomic::AtomicU64,
 }
@@ -228,6 +308,13 @@ impl std::fmt::Debug for MppRail {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
+}
+
+/// The `Payment-Receipt` header carrying `receipt`.
+fn receipt_header(
+    receipt: &PaymentReceipt,
+) -> Result<(http::HeaderName, HeaderValue), PaymentError> {
+    Ok((PAYMENT_RECEIPT, to_header(receipt.encode())?))
 }
 
 fn to_header(text: String) -> Result<HeaderValue, PaymentError> {
@@ -267,8 +354,38 @@ impl MppRail {
         evm: Option<EvmChargeConfig>,
         store: Arc<dyn ReplayStore>,
     ) -> Result<Self, ConfigError> {
-        if backend.is_none() && evm.is_none() {
+        let mut builder = Self::builder(config, store);
+        builder.backend = backend;
+        builder.evm_charge = evm;
+        builder.build()
+    }
+
+    /// A rail built method by method: Lightning and EVM charges, EVM and Lightning sessions.
+    pub fn builder(config: MppConfig, store: Arc<dyn ReplayStore>) -> MppRailBuilder {
+        MppRailBuilder {
+            config,
+            store,
+            backend: None,
+            evm_charge: None,
+            evm_session: None,
+            lightning_session: None,
+        }
+    }
+
+    fn from_builder(b: MppRailBuilder) -> Result<Self, ConfigError> {
+        let MppRailBuilder {
+            config,
+            store,
+            backend,
+            evm_charge: evm,
+            evm_session,
+            lightning_session,
+        } = b;
+        if backend.is_none() && evm.is_none() && evm_session.is_none() {
             return Err(ConfigError::NoMethod);
+        }
+        if lightning_session.is_some() && backend.is_none() {
+            return Err(ConfigError::SessionWithoutBackend);
         }
         let key = ChallengeKey::new(&config.secret_key)?;
         if config.realm.is_empty()
@@ -302,6 +419,9 @@ impl MppRail {
             backend,
             evm,
             store,
+            evm_session: evm_session.map(|(c, s)| evm_session::Method::new(c, s)),
+            lightning_session: lightning_session
+                .map(|(config, sessions)| lightning_session::Method { config, sessions }),
             salt: std::sync::atomic::AtomicU64::new(seed),
         })
     }
@@ -319,6 +439,20 @@ impl MppRail {
             config: evm,
         });
         self
+    }
+
+    /// Closes sessions nobody has used for a while, capturing what was spent and refunding
+    /// the rest: EVM channels idle for `evm_idle` (the drafts suggest closing channels idle
+    /// for 30 days), Lightning sessions idle past their `idle_timeout`. Also finishes closes a
+    /// crash or an unreachable chain left half done. Call it periodically (e.g. every minute);
+    /// returns how many sessions were closed.
+    pub async fn close_idle_sessions(&self, evm_idle: Duration) -> Result<usize, PaymentError> {
+        let now = time::unix_now();
+        // Idle for at least `evm_idle`: last changed at or before `now - evm_idle`.
+        let idle_before = now.saturating_sub(evm_idle.as_secs()).saturating_add(1);
+        let evm = self.close_idle_evm_sessions(idle_before).await?;
+        let lightning = self.close_idle_lightning_sessions(now).await?;
+        Ok(evm + lightning)
     }
 
     /// The challenge-binding key (to compute or check ids outside the rail).
@@ -345,36 +479,61 @@ impl MppRail {
         if self.evm.is_some() {
             m.push(format!("method=\"{}\" intent=\"{}\"", evm_charge::METHOD, evm_charge::INTENT));
         }
+        if self.evm_session.is_some() {
+            m.push(format!(
+                "method=\"{}\" intent=\"{}\"",
+                evm_session_wire::METHOD,
+                evm_session_wire::INTENT
+            ));
+        }
+        if self.lightning_session.is_some() {
+            m.push(format!(
+                "method=\"{}\" intent=\"{}\"",
+                lightning_session_wire::METHOD,
+                lightning_session_wire::INTENT
+            ));
+        }
         m.join(" or ")
     }
 
-    fn check(
-        &self,
-        resource: &Resource,
-        authorization: &str,
-        now_unix: u64,
-    ) -> Result<(Credential, Money, Checked), PaymentError> {
+    /// Decodes the credential in `authorization` and checks what every intent needs: a method
+    /// and intent this rail offers, an id that is the HMAC of the echoed fields under our key,
+    /// and our realm.
+    fn decode(&self, authorization: &str) -> Result<(Credential, Offered), PaymentError> {
         let token = payment_token(authorization)
             .ok_or_else(|| credential_error(CredentialError::NotPayment))?;
         let cred = Credential::decode(token).map_err(credential_error)?;
         let ch = &cred.challenge;
-        let lightning = ch.method == METHOD && ch.intent == INTENT && self.backend.is_some();
-        let evm = ch.method == evm_charge::METHOD
-            && ch.intent == evm_charge::INTENT
-            && self.evm.is_some();
-        if !lightning && !evm {
-            return Err(problem::method_unsupported(format!(
-                "this server accepts {}, not method={:?} intent={:?}",
-                self.offered_methods(),
-                ch.method,
-                ch.intent
-            )));
-        }
+        let offered = match (ch.method.as_str(), ch.intent.as_str()) {
+            (METHOD, INTENT) if self.backend.is_some() => Offered::LightningCharge,
+            (evm_charge::METHOD, evm_charge::INTENT) if self.evm.is_some() => Offered::EvmCharge,
+            (evm_session_wire::METHOD, evm_session_wire::INTENT) if self.evm_session.is_some() => {
+                Offered::EvmSession
+            }
+            (lightning_session_wire::METHOD, lightning_session_wire::INTENT)
+                if self.lightning_session.is_some() =>
+            {
+                Offered::LightningSession
+            }
+            _ => {
+                return Err(problem::method_unsupported(format!(
+                    "this server accepts {}, not method={:?} intent={:?}",
+                    self.offered_methods(),
+                    ch.method,
+                    ch.intent
+                )));
+            }
+        };
         if !self.key.verify_id(&ch.slots(), &ch.id) || ch.realm != self.realm {
             return Err(problem::invalid_challenge(
                 "the challenge was not issued by this server or was altered",
             ));
         }
+        Ok((cred, offered))
+    }
+
+    /// The challenge's `expires` (Unix seconds), which must be present and not past `now_unix`.
+    pub(crate) fn unexpired(ch: &EchoedChallenge, now_unix: u64) -> Result<u64, PaymentError> {
         let expires = ch.expires.as_deref().ok_or_else(|| {
             problem::invalid_challenge("the challenge has no expiry; this server always sets one")
         })?;
@@ -383,6 +542,38 @@ impl MppRail {
         if now_unix > expires {
             return Err(problem::expired("the challenge has expired; pay a fresh one"));
         }
+        Ok(expires)
+    }
+
+    fn check(
+        &self,
+        resource: &Resource,
+        authorization: &str,
+        now_unix: u64,
+    ) -> Result<(Credential, Money, Checked), PaymentError> {
+        let (cred, offered) = self.decode(authorization)?;
+        let (amount, checked) = self.check_charge(resource, &cred, offered, now_unix)?;
+        Ok((cred, amount, checked))
+    }
+
+    /// The charge checks after [`Self::decode`]: unexpired, issued for this route, and the
+    /// method's proof.
+    fn check_charge(
+        &self,
+        resource: &Resource,
+        cred: &Credential,
+        offered: Offered,
+        now_unix: u64,
+    ) -> Result<(Money, Checked), PaymentError> {
+        let evm = match offered {
+            Offered::EvmCharge => true,
+            Offered::LightningCharge => false,
+            Offered::EvmSession | Offered::LightningSession => {
+                return Err(problem::method_unsupported("a session credential is not a charge"));
+            }
+        };
+        let ch = &cred.challenge;
+        Self::unexpired(ch, now_unix)?;
         let opaque = ch
             .opaque
             .as_deref()
@@ -401,8 +592,8 @@ impl MppRail {
         let request = decode_request(&ch.request)
             .map_err(|e| problem::invalid_challenge(format!("challenge request: {e}")))?;
         if evm {
-            let (amount, auth, signature) = self.check_evm(resource, &cred, &request, now_unix)?;
-            return Ok((cred, amount, Checked::Evm(auth, signature)));
+            let (amount, auth, signature) = self.check_evm(resource, cred, &request, now_unix)?;
+            return Ok((amount, Checked::Evm(auth, signature)));
         }
         let request = LightningChargeRequest::from_json(&request)
             .map_err(|e| problem::invalid_challenge(format!("challenge request: {e}")))?;
@@ -426,7 +617,7 @@ impl MppRail {
                 "sha256(preimage) is not the payment hash of the challenge's invoice",
             ));
         }
-        Ok((cred, Money::msats(paid_msat), Checked::Lightning))
+        Ok((Money::msats(paid_msat), Checked::Lightning))
     }
 
     /// The `evm` charge checks after the envelope: the request is ours, covers the price, and
@@ -671,6 +862,12 @@ impl Rail for MppRail {
         if let Some(line) = self.evm_challenge(resource)? {
             lines.push(line);
         }
+        if let Some(line) = self.evm_session_challenge(resource)? {
+            lines.push(line);
+        }
+        if let Some(line) = self.lightning_session_challenge(resource).await? {
+            lines.push(line);
+        }
         if lines.is_empty() {
             return Ok(None);
         }
@@ -683,7 +880,15 @@ impl Rail for MppRail {
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
         let now = time::unix_now();
-        let (cred, amount, checked) = self.check(resource, &credential.value, now)?;
+        let (cred, offered) = self.decode(&credential.value)?;
+        match offered {
+            Offered::EvmSession => return self.verify_evm_session(resource, &cred, now).await,
+            Offered::LightningSession => {
+                return self.verify_lightning_session(resource, &cred, now).await;
+            }
+            Offered::EvmCharge | Offered::LightningCharge => {}
+        }
+        let (amount, checked) = self.check_charge(resource, &cred, offered, now)?;
         let expires_at = cred.challenge.expires.as_deref().and_then(|e| time::parse(e).ok());
         let id = cred.challenge.id.clone();
         if !self.store.reserve(NAMESPACE, &id, expires_at.unwrap_or(now).saturating_add(1)).await? {
@@ -709,7 +914,8 @@ impl Rail for MppRail {
                 (format!("{:#x}", auth.nonce), Some((auth, signature)))
             }
         };
-        Ok(Verified::new(amount, cred.source, reference, Accepted { challenge_id: id, evm }))
+        let accepted = Held::Charge(Accepted { challenge_id: id, evm });
+        Ok(Verified::new(amount, cred.source, reference, accepted))
     }
 
     async fn settle(
@@ -717,9 +923,16 @@ impl Rail for MppRail {
         _resource: &Resource,
         payment: Verified,
     ) -> Result<Receipt, PaymentError> {
-        let accepted = payment.state.downcast_ref::<Accepted>().ok_or_else(|| {
+        let held = payment.state.downcast_ref::<Held>().ok_or_else(|| {
             PaymentError::internal("mpp_state", "verified payment of another rail")
         })?;
+        let accepted = match held {
+            Held::Charge(accepted) => accepted,
+            Held::EvmSession(h) => return self.settle_evm_session(h, payment.amount.clone()).await,
+            Held::LightningSession(h) => {
+                return self.settle_lightning_session(h, payment.amount.clone()).await;
+            }
+        };
         let id = accepted.challenge_id.clone();
         if let Some((auth, signature)) = &accepted.evm {
             let tx = self.settle_evm(&id, auth, signature).await?;
@@ -750,10 +963,15 @@ impl Rail for MppRail {
     }
 
     async fn release(&self, _resource: &Resource, payment: Verified) {
-        if let Some(a) = payment.state.downcast_ref::<Accepted>()
-            && let Err(e) = self.store.release(NAMESPACE, &a.challenge_id).await
-        {
-            tracing::warn!(error = %e, "could not release an MPP reservation");
+        match payment.state.downcast_ref::<Held>() {
+            Some(Held::Charge(a)) => {
+                if let Err(e) = self.store.release(NAMESPACE, &a.challenge_id).await {
+                    tracing::warn!(error = %e, "could not release an MPP reservation");
+                }
+            }
+            Some(Held::EvmSession(h)) => self.release_evm_session(h).await,
+            Some(Held::LightningSession(h)) => self.release_lightning_session(h).await,
+            None => {}
         }
     }
 }

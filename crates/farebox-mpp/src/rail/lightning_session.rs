@@ -1,0 +1,601 @@
+//! The server side of Lightning sessions (`method="lightning", intent="session"`): a prepaid
+//! balance, paid once by a deposit invoice and drawn on with the deposit's preimage as a bearer
+//! secret.
+//!
+//! **Accounting.** One [`SessionRecord`] per session (namespace [`NAMESPACE`], key the deposit's
+//! payment hash in hex): `deposit` (= `accepted`) is what was paid in, in msat; `spent` what
+//! served requests consumed; `settled` what the server kept at close. Changes are
+//! compare-and-swaps, debits are persisted before the handler runs and credited back when it
+//! fails.
+//!
+//! **Verification**, per action (the envelope's id and realm already checked):
+//! - `open`: the challenge is unexpired (`lightning/challenge-expired`) and unused — it is
+//!   reserved in the [`ReplayStore`](farebox_core::ReplayStore) (`lightning/unknown-challenge`
+//!   once used); `sha256(preimage)` is the challenge's payment hash (`lightning/invalid-preimage`);
+//!   the return invoice is an amountless BOLT11 on the deposit's network that outlives the idle
+//!   timeout (`lightning/invalid-return-invoice`). The session is created with the challenge's
+//!   `depositAmount` and this request's price is debited.
+//! - `bearer`: `sha256(preimage)` is the session id, the session is open and not idle past its
+//!   timeout (an idle session is closed and refunded first: `lightning/session-closed`), and the
+//!   balance covers the price (`lightning/insufficient-balance` with `sessionId`, `balanceSpent`
+//!   and `balanceRequired`; the fresh 402 carries a deposit invoice to top up with). The
+//!   challenge echoed may have expired: a bearer's proof is the preimage.
+//! - `topUp`: a fresh, unused challenge whose payment hash is `sha256(topUpPreimage)`; its
+//!   deposit is added. Answered `200 {"status":"ok"}` without the handler.
+//! - `close`: `sha256(preimage)` is the session id; the session is marked closing, what is left
+//!   is paid once to the return invoice, and the answer is `200 {"status":"closed",
+//!   "refundSats":N,"refundStatus":…}` without the handler.
+//!
+//! [`MppRail::close_idle_sessions`] closes and refunds sessions idle past the timeout, and
+//! finishes closes interrupted by a crash (paying an invoice twice is impossible, so a retried
+//! refund cannot pay twice).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use farebox_core::store::{Update, update_session};
+use farebox_core::{
+    ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Verified,
+};
+use farebox_lightning::{InvoiceRequest, PaymentHash, bolt11, preimage_matches};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{BACKEND_RETRY_AFTER, MppRail, truncate};
+use crate::lightning_session::{
+    self, LightningSessionRequest, RefundStatus, SessionPayload, closed_body,
+};
+use crate::problem::ProblemType;
+use crate::receipt::PaymentReceipt;
+use crate::time;
+
+/// The session-store namespace of Lightning sessions.
+pub const NAMESPACE: &str = "mpp-lightning-session";
+/// The replay namespace of used open / top-up challenges.
+const CHALLENGES: &str = "mpp-lightning-session-challenge";
+
+/// The `lightning` session method's policy.
+#[derive(Debug, Clone)]
+pub struct LightningSessionConfig {
+    /// The deposit asked for, in satoshis; `None`: `deposit_units` times the route's price.
+    pub deposit_sat: Option<u64>,
+    pub deposit_units: u64,
+    /// Inactivity after which the server closes a session and refunds it (the draft
+    /// recommends 5 minutes).
+    pub idle_timeout: Duration,
+    /// The most the server spends in routing fees on a refund.
+    pub max_refund_fee_msat: u64,
+}
+
+impl Default for LightningSessionConfig {
+    fn default() -> Self {
+        LightningSessionConfig {
+            deposit_sat: None,
+            deposit_units: 20,
+            idle_timeout: Duration::from_secs(300),
+            max_refund_fee_msat: 10_000,
+        }
+    }
+}
+
+/// The enabled method.
+pub(crate) struct Method {
+    pub config: LightningSessionConfig,
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionData {
+    return_invoice: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refund_sat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refund_status: Option<String>,
+}
+
+fn data_of(record: &SessionRecord) -> Result<SessionData, PaymentError> {
+    serde_json::from_str(&record.data)
+        .map_err(|e| PaymentError::internal("mpp_session_state", format!("session record: {e}")))
+}
+
+fn id_of(hash: &PaymentHash) -> String {
+    hex::encode(hash)
+}
+
+/// What [`MppRail::verify`] hands on for a Lightning session credential.
+#[derive(Debug)]
+pub(crate) enum Held {
+    Debit { session: PaymentHash, price_msat: u64, spent_msat: u128, deposit_msat: u128 },
+    TopUp { session: PaymentHash, deposit_msat: u128 },
+    Close { session: PaymentHash },
+}
+
+impl MppRail {
+    fn lightning_session_method(&self) -> Result<&Method, PaymentError> {
+        self.lightning_session
+            .as_ref()
+            .ok_or_else(|| crate::problem::method_unsupported("Lightning sessions are not enabled"))
+    }
+
+    /// The `lightning` session challenge for `resource` (a fresh deposit invoice), if it is
+    /// priced in whole satoshis.
+    pub(crate) async fn lightning_session_challenge(
+        &self,
+        resource: &farebox_core::Resource,
+    ) -> Result<Option<http::HeaderValue>, PaymentError> {
+        let (Some(m), Some(backend)) = (&self.lightning_session, &self.backend) else {
+            return Ok(None);
+        };
+        let Some(price_sat) = resource
+            .price
+            .in_bitcoin()
+            .and_then(Money::as_msat)
+            .filter(|m| *m > 0 && m % 1000 == 0)
+            .map(|m| m / 1000)
+        else {
+            return Ok(None);
+        };
+        let deposit_sat = m
+            .config
+            .deposit_sat
+            .unwrap_or(price_sat.saturating_mul(m.config.deposit_units))
+            .max(price_sat);
+        let invoice = backend
+            .create_invoice(InvoiceRequest {
+                amount_msat: deposit_sat.saturating_mul(1000),
+                memo: format!("MPP session deposit, {}", truncate(&self.realm, 300)),
+                expiry: self.ttl,
+            })
+            .await
+            .map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot create a deposit invoice: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
+        let request = LightningSessionRequest {
+            amount_sat: price_sat,
+            unit_type: Some("request".into()),
+            deposit_invoice: Some(invoice.bolt11),
+            payment_hash: invoice.payment_hash,
+            deposit_sat: Some(deposit_sat),
+            idle_timeout_secs: Some(m.config.idle_timeout.as_secs()),
+            description: resource.description.as_deref().map(str::to_owned),
+        };
+        self.issue(
+            resource,
+            lightning_session::METHOD,
+            lightning_session::INTENT,
+            request.to_json(),
+            None,
+        )
+        .map(Some)
+    }
+
+    /// Verifies a Lightning session credential.
+    pub(crate) async fn verify_lightning_session(
+        &self,
+        resource: &farebox_core::Resource,
+        cred: &crate::Credential,
+        now: u64,
+    ) -> Result<Verified, PaymentError> {
+        let m = self.lightning_session_method()?;
+        let ch = &cred.challenge;
+        let request = crate::challenge::decode_request(&ch.request)
+            .ok()
+            .and_then(|r| LightningSessionRequest::from_json(&r).ok())
+            .ok_or_else(|| {
+                ProblemType::LightningUnknownChallenge
+                    .error("the challenge request is not a Lightning session request")
+            })?;
+        let payload = SessionPayload::from_json(&cred.payload).map_err(|e| {
+            ProblemType::LightningMalformedCredential.error(format!("session payload: {e}"))
+        })?;
+        let price_msat = || {
+            resource.price.in_bitcoin().and_then(Money::as_msat).ok_or_else(|| {
+                ProblemType::LightningUnknownChallenge.error("this route has no Lightning price")
+            })
+        };
+        match payload {
+            SessionPayload::Open { preimage, return_invoice } => {
+                let price = price_msat()?;
+                let expires = self.fresh_challenge(cred, now)?;
+                if !preimage_matches(&preimage, &request.payment_hash) {
+                    return Err(invalid_preimage());
+                }
+                let deposit_sat = request.deposit_sat.ok_or_else(|| {
+                    ProblemType::LightningUnknownChallenge.error("the challenge names no deposit")
+                })?;
+                self.check_return_invoice(m, &return_invoice, request.deposit_invoice.as_deref())?;
+                self.consume(cred, expires).await?;
+                let deposit = u128::from(deposit_sat) * 1000;
+                let data = SessionData { return_invoice, ..SessionData::default() };
+                let record = SessionRecord {
+                    status: SessionStatus::Open,
+                    deposit,
+                    accepted: deposit,
+                    spent: 0,
+                    settled: 0,
+                    data: serde_json::to_string(&data).unwrap_or_default(),
+                    updated_at: now,
+                };
+                let session = request.payment_hash;
+                if !m.sessions.create_session(NAMESPACE, &id_of(&session), &record).await? {
+                    return Err(ProblemType::LightningUnknownChallenge
+                        .error("a session was already opened with this deposit"));
+                }
+                self.debit_session(m, session, price, now).await
+            }
+            SessionPayload::Bearer { session_id, preimage } => {
+                if !preimage_matches(&preimage, &session_id) {
+                    return Err(invalid_preimage());
+                }
+                self.debit_session(m, session_id, price_msat()?, now).await
+            }
+            SessionPayload::TopUp { session_id, top_up_preimage } => {
+                let expires = self.fresh_challenge(cred, now)?;
+                if !preimage_matches(&top_up_preimage, &request.payment_hash) {
+                    return Err(invalid_preimage());
+                }
+                let added = request.deposit_sat.ok_or_else(|| {
+                    ProblemType::LightningUnknownChallenge.error("the challenge names no deposit")
+                })?;
+                // The session must exist before the challenge is spent on it.
+                self.open_session(m, &session_id, now).await?;
+                self.consume(cred, expires).await?;
+                let added = u128::from(added) * 1000;
+                let deposit = update_session(&*m.sessions, NAMESPACE, &id_of(&session_id), |r| {
+                    if r.status != SessionStatus::Open {
+                        return Err(session_closed(&session_id));
+                    }
+                    let mut next = r.clone();
+                    next.deposit += added;
+                    next.accepted += added;
+                    next.updated_at = now;
+                    Ok(Update::Write(next.clone(), next.deposit))
+                })
+                .await?
+                .ok_or_else(|| session_not_found(&session_id))?;
+                Ok(Verified::new(
+                    Money::new(farebox_core::Asset::Bitcoin, added),
+                    None,
+                    id_of(&session_id),
+                    super::Held::LightningSession(Held::TopUp {
+                        session: session_id,
+                        deposit_msat: deposit,
+                    }),
+                )
+                .control())
+            }
+            SessionPayload::Close { session_id, preimage } => {
+                if !preimage_matches(&preimage, &session_id) {
+                    return Err(invalid_preimage());
+                }
+                update_session(&*m.sessions, NAMESPACE, &id_of(&session_id), |r| {
+                    if r.status == SessionStatus::Closed {
+                        return Err(session_closed(&session_id));
+                    }
+                    let mut next = r.clone();
+                    next.status = SessionStatus::Closing;
+                    next.updated_at = now;
+                    Ok(Update::Write(next, ()))
+                })
+                .await?
+                .ok_or_else(|| session_not_found(&session_id))?;
+                Ok(Verified::new(
+                    Money::msats(0),
+                    None,
+                    id_of(&session_id),
+                    super::Held::LightningSession(Held::Close { session: session_id }),
+                )
+                .control())
+            }
+        }
+    }
+
+    /// An unexpired challenge (open and top-up pay its invoice): its expiry.
+    fn fresh_challenge(&self, cred: &crate::Credential, now: u64) -> Result<u64, PaymentError> {
+        Self::unexpired(&cred.challenge, now).map_err(|e| {
+            if e.code == crate::problem::ProblemType::PaymentExpired.name() {
+                ProblemType::LightningChallengeExpired.error(e.detail)
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Spends an open / top-up challenge: each deposit counts once.
+    async fn consume(&self, cred: &crate::Credential, expires: u64) -> Result<(), PaymentError> {
+        if !self.store.reserve(CHALLENGES, &cred.challenge.id, expires.saturating_add(1)).await? {
+            return Err(ProblemType::LightningUnknownChallenge
+                .error("this challenge has already been used; request a new one"));
+        }
+        Ok(())
+    }
+
+    fn check_return_invoice(
+        &self,
+        m: &Method,
+        invoice: &str,
+        deposit_invoice: Option<&str>,
+    ) -> Result<(), PaymentError> {
+        let bad = |why: &str| {
+            ProblemType::LightningInvalidReturnInvoice.error(format!("the return invoice {why}"))
+        };
+        let parsed =
+            bolt11::parse_invoice(invoice).map_err(|e| bad(&format!("is not valid: {e}")))?;
+        if parsed.amount_msat.is_some_and(|a| a > 0) {
+            return Err(bad("must not name an amount (the refund's is the balance left)"));
+        }
+        if let Some(deposit) = deposit_invoice.and_then(|d| bolt11::parse_invoice(d).ok())
+            && deposit.currency != parsed.currency
+        {
+            return Err(bad("is for another network than the deposit"));
+        }
+        let outlives = SystemTime::now() + m.config.idle_timeout;
+        if parsed.is_expired(outlives) {
+            return Err(bad("expires before the session's idle timeout"));
+        }
+        Ok(())
+    }
+
+    /// The session, which must be open; one idle past its timeout is closed (and refunded) now.
+    async fn open_session(
+        &self,
+        m: &Method,
+        session: &PaymentHash,
+        now: u64,
+    ) -> Result<SessionRecord, PaymentError> {
+        let record = m
+            .sessions
+            .load_session(NAMESPACE, &id_of(session))
+            .await?
+            .ok_or_else(|| session_not_found(session))?
+            .value;
+        if record.status != SessionStatus::Open {
+            return Err(session_closed(session));
+        }
+        if now.saturating_sub(record.updated_at) > m.config.idle_timeout.as_secs() {
+            if let Err(e) = self.close_lightning_session(m, session, now, true).await {
+                tracing::warn!(code = e.code, detail = %e.detail, "could not close an idle session");
+            }
+            return Err(session_closed(session));
+        }
+        Ok(record)
+    }
+
+    async fn debit_session(
+        &self,
+        m: &Method,
+        session: PaymentHash,
+        price_msat: u64,
+        now: u64,
+    ) -> Result<Verified, PaymentError> {
+        self.open_session(m, &session, now).await?;
+        let price = u128::from(price_msat);
+        let (spent, deposit) = update_session(&*m.sessions, NAMESPACE, &id_of(&session), |r| {
+            if r.status != SessionStatus::Open {
+                return Err(session_closed(&session));
+            }
+            if r.available() < price {
+                return Err(ProblemType::LightningInsufficientBalance
+                    .error(format!(
+                        "the session has {} sat left, this request costs {} sat: top up",
+                        r.available() / 1000,
+                        price / 1000
+                    ))
+                    .with_member("sessionId", id_of(&session))
+                    .with_member("balanceSpent", sats(r.spent))
+                    .with_member("balanceRequired", sats(price)));
+            }
+            let mut next = r.clone();
+            next.spent += price;
+            next.updated_at = now;
+            Ok(Update::Write(next.clone(), (next.spent, next.deposit)))
+        })
+        .await?
+        .ok_or_else(|| session_not_found(&session))?;
+        Ok(Verified::new(
+            Money::msats(price_msat),
+            None,
+            id_of(&session),
+            super::Held::LightningSession(Held::Debit {
+                session,
+                price_msat,
+                spent_msat: spent,
+                deposit_msat: deposit,
+            }),
+        ))
+    }
+
+    pub(crate) async fn settle_lightning_session(
+        &self,
+        held: &Held,
+        amount: Money,
+    ) -> Result<farebox_core::Receipt, PaymentError> {
+        let m = self.lightning_session_method()?;
+        let now = time::format(time::unix_now());
+        let receipt = |session: &PaymentHash| {
+            PaymentReceipt::success(lightning_session::METHOD, now.clone(), id_of(session))
+                .with("sessionId", id_of(session))
+        };
+        match held {
+            Held::Debit { session, spent_msat, deposit_msat, .. } => {
+                let r = receipt(session)
+                    .with("spent", sats(*spent_msat))
+                    .with("balance", sats(deposit_msat - spent_msat));
+                Ok(farebox_core::Receipt::new(
+                    amount,
+                    id_of(session),
+                    vec![super::receipt_header(&r)?],
+                ))
+            }
+            Held::TopUp { session, deposit_msat } => {
+                let r = receipt(session).with("deposit", sats(*deposit_msat));
+                Ok(farebox_core::Receipt::new(
+                    amount,
+                    id_of(session),
+                    vec![super::receipt_header(&r)?],
+                )
+                .with_answer(ControlAnswer {
+                    status: http::StatusCode::OK,
+                    body: Some(json!({"status": "ok"})),
+                }))
+            }
+            Held::Close { session } => {
+                let (refund_sat, status) =
+                    self.close_lightning_session(m, session, time::unix_now(), false).await?;
+                let r = receipt(session)
+                    .with("refundSats", refund_sat)
+                    .with("refundStatus", status.as_str());
+                Ok(farebox_core::Receipt::new(
+                    amount,
+                    id_of(session),
+                    vec![super::receipt_header(&r)?],
+                )
+                .with_answer(ControlAnswer {
+                    status: http::StatusCode::OK,
+                    body: Some(closed_body(refund_sat, status)),
+                }))
+            }
+        }
+    }
+
+    pub(crate) async fn release_lightning_session(&self, held: &Held) {
+        let (Ok(m), Held::Debit { session, price_msat, .. }) =
+            (self.lightning_session_method(), held)
+        else {
+            return;
+        };
+        let released = update_session(&*m.sessions, NAMESPACE, &id_of(session), |r| {
+            let mut next = r.clone();
+            next.spent = next.spent.saturating_sub(u128::from(*price_msat));
+            Ok::<_, PaymentError>(Update::Write(next, ()))
+        })
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not credit back an unserved request");
+        }
+    }
+
+    /// Marks the session closed and pays what is left to its return invoice, once.
+    async fn close_lightning_session(
+        &self,
+        m: &Method,
+        session: &PaymentHash,
+        now: u64,
+        only_if_open: bool,
+    ) -> Result<(u64, RefundStatus), PaymentError> {
+        let id = id_of(session);
+        // Closing first: no request may draw on a balance being refunded.
+        let record = update_session(&*m.sessions, NAMESPACE, &id, |r| {
+            if r.status == SessionStatus::Closed
+                || (only_if_open && r.status != SessionStatus::Open)
+            {
+                return Ok::<_, PaymentError>(Update::Keep(None));
+            }
+            let mut next = r.clone();
+            next.status = SessionStatus::Closing;
+            next.updated_at = now;
+            Ok(Update::Write(next.clone(), Some(next)))
+        })
+        .await?
+        .ok_or_else(|| session_not_found(session))?;
+        let Some(record) = record else {
+            let r = m
+                .sessions
+                .load_session(NAMESPACE, &id)
+                .await?
+                .ok_or_else(|| session_not_found(session))?;
+            let data = data_of(&r.value)?;
+            return match (data.refund_sat, data.refund_status.as_deref()) {
+                (Some(sat), Some("succeeded")) => Ok((sat, RefundStatus::Succeeded)),
+                (Some(sat), Some("failed")) => Ok((sat, RefundStatus::Failed)),
+                (Some(sat), _) => Ok((sat, RefundStatus::Skipped)),
+                _ => Err(session_closed(session)),
+            };
+        };
+        let refund_sat = u64::try_from(record.available() / 1000).unwrap_or(u64::MAX);
+        let status = if refund_sat == 0 {
+            RefundStatus::Skipped
+        } else {
+            let data = data_of(&record)?;
+            let backend = self.backend.as_ref().ok_or_else(|| {
+                PaymentError::internal("mpp_state", "Lightning sessions without a backend")
+            })?;
+            match backend
+                .pay_amount(&data.return_invoice, refund_sat * 1000, m.config.max_refund_fee_msat)
+                .await
+            {
+                Ok(_) => RefundStatus::Succeeded,
+                Err(e) if e.to_string().contains("already paid") => RefundStatus::Succeeded,
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "session refund failed");
+                    RefundStatus::Failed
+                }
+            }
+        };
+        let refunded =
+            if status == RefundStatus::Succeeded { u128::from(refund_sat) * 1000 } else { 0 };
+        update_session(&*m.sessions, NAMESPACE, &id, |r| {
+            let mut data = data_of(r)?;
+            data.refund_sat = Some(refund_sat);
+            data.refund_status = Some(status.as_str().into());
+            let mut next = r.clone();
+            next.data = serde_json::to_string(&data).unwrap_or_default();
+            next.status = SessionStatus::Closed;
+            next.settled = next.deposit - refunded;
+            Ok::<_, PaymentError>(Update::Write(next, ()))
+        })
+        .await?;
+        tracing::info!(session = %id, refund_sat, status = status.as_str(), "Lightning session closed");
+        Ok((refund_sat, status))
+    }
+
+    /// Closes and refunds Lightning sessions idle past the timeout, and finishes interrupted
+    /// closes. Returns how many were closed.
+    pub(crate) async fn close_idle_lightning_sessions(
+        &self,
+        now: u64,
+    ) -> Result<usize, PaymentError> {
+        let Some(m) = &self.lightning_session else { return Ok(0) };
+        let idle_before = now.saturating_sub(m.config.idle_timeout.as_secs());
+        let closing =
+            m.sessions.idle_sessions(NAMESPACE, SessionStatus::Closing, u64::MAX, 100).await?;
+        let idle =
+            m.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
+        let mut closed = 0;
+        for (id, _) in closing.into_iter().chain(idle) {
+            let Some(session) = crate::fields::parse_hash(&id) else { continue };
+            match self.close_lightning_session(m, &session, now, false).await {
+                Ok(_) => closed += 1,
+                Err(e) => {
+                    tracing::warn!(session = %id, code = e.code, "could not close an idle session")
+                }
+            }
+        }
+        Ok(closed)
+    }
+}
+
+fn sats(msat: u128) -> u64 {
+    u64::try_from(msat / 1000).unwrap_or(u64::MAX)
+}
+
+fn invalid_preimage() -> PaymentError {
+    ProblemType::LightningInvalidPreimage.error("sha256(preimage) does not match")
+}
+
+fn session_not_found(session: &PaymentHash) -> PaymentError {
+    ProblemType::LightningSessionNotFound
+        .error("no such session")
+        .with_member("sessionId", id_of(session))
+}
+
+fn session_closed(session: &PaymentHash) -> PaymentError {
+    ProblemType::LightningSessionClosed
+        .error("the session is closed; open a new one")
+        .with_member("sessionId", id_of(session))
+}

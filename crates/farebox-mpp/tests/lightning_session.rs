@@ -1,0 +1,311 @@
+//! MPP Lightning sessions behind the paywall, on the embedded dev network: a deposit invoice
+//! paid once, requests drawn from the balance with the deposit's preimage, a top-up from a
+//! fresh challenge, a close refunded to the payer's own amountless invoice, idle sessions closed
+//! by the server; every refusal checked for its status and problem type.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use farebox_core::{Money, Price, SessionStatus, SessionStore};
+use farebox_lightning::{DevNetwork, DevNode, LightningBackend, Preimage};
+use farebox_mpp::lightning_session::{LightningSessionRequest, SessionPayload};
+use farebox_mpp::{Challenge, Credential, LightningSessionConfig, MppConfig, MppRail};
+use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_store::MemoryStore;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+const PROBLEMS: &str = "https://paymentauth.org/problems/lightning/";
+const PRICE_SAT: u64 = 10;
+const DEPOSIT_SAT: u64 = 30;
+
+struct World {
+    app: Router,
+    rail: Arc<MppRail>,
+    server: DevNode,
+    wallet: DevNode,
+    sessions: Arc<MemoryStore>,
+    handled: Arc<AtomicUsize>,
+}
+
+fn world(idle_timeout: Duration) -> World {
+    let network = DevNetwork::new();
+    let server = DevNode::random(&network, 0);
+    let wallet = DevNode::random(&network, 1_000_000);
+    let sessions = Arc::new(MemoryStore::new());
+    let config = LightningSessionConfig {
+        deposit_sat: Some(DEPOSIT_SAT),
+        idle_timeout,
+        ..LightningSessionConfig::default()
+    };
+    let rail = Arc::new(
+        MppRail::builder(
+            MppConfig::new("api.example.com", common::SECRET),
+            Arc::new(MemoryStore::new()),
+        )
+        .lightning(Arc::new(server.clone()))
+        .lightning_session(config, sessions.clone())
+        .build()
+        .unwrap(),
+    );
+    let price = Price::one(Money::sats(PRICE_SAT));
+    let paywall = Paywall::builder()
+        .shared_rail(rail.clone())
+        .route(PricedRoute::new(None, "/data", price.clone()).unwrap())
+        .route(PricedRoute::new(None, "/fails", price).unwrap())
+        .build()
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let app = Router::new()
+        .route(
+            "/data",
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { "the data" }
+            }),
+        )
+        .route("/fails", axum::routing::get(|| async { (StatusCode::BAD_GATEWAY, "down") }))
+        .layer(PaywallLayer::new(paywall));
+    World { app, rail, server, wallet, sessions, handled }
+}
+
+async fn send(app: &Router, path: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, Value) {
+    common::get(app, path, auth.as_slice()).await
+}
+
+/// The session challenge of a fresh 402 (there is a charge challenge beside it).
+async fn session_challenge(w: &World) -> (Challenge, LightningSessionRequest) {
+    let (status, headers, _) = send(&w.app, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    session_challenge_of(&headers)
+}
+
+fn session_challenge_of(headers: &HeaderMap) -> (Challenge, LightningSessionRequest) {
+    let values: Vec<&str> =
+        headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    let c = farebox_mpp::parse_www_authenticate(values)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.intent == "session")
+        .expect("a session challenge");
+    let r = LightningSessionRequest::from_json(&c.request).unwrap();
+    (c, r)
+}
+
+fn cred(c: &Challenge, p: &SessionPayload) -> String {
+    Credential::new(c, p.to_json()).to_authorization()
+}
+
+fn refused(got: &(StatusCode, HeaderMap, Value), name: &str) {
+    let (status, headers, body) = got;
+    assert_eq!(*status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["type"], format!("{PROBLEMS}{name}"), "{body}");
+    assert!(headers.get("payment-receipt").is_none());
+    assert!(headers.get("www-authenticate").is_some(), "a fresh challenge to start over with");
+}
+
+/// Pays the deposit of a fresh challenge and opens a session (serving one request): the
+/// challenge, the session id and its bearer preimage.
+async fn open(w: &World) -> (Challenge, [u8; 32], Preimage) {
+    let (c, r) = session_challenge(w).await;
+    let paid = w.wallet.pay(r.deposit_invoice.as_deref().unwrap(), 1_000).await.unwrap();
+    let refund = w
+        .wallet
+        .create_amountless_invoice("refund".into(), Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    let p = SessionPayload::Open { preimage: paid.preimage, return_invoice: refund.bolt11 };
+    let (status, headers, body) = send(&w.app, "/data", Some(&cred(&c, &p))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rc = common::receipt(&headers);
+    assert_eq!(rc.method, "lightning");
+    assert_eq!(rc.reference, hex::encode(r.payment_hash));
+    assert_eq!(rc.extensions["spent"], PRICE_SAT);
+    assert_eq!(rc.extensions["balance"], DEPOSIT_SAT - PRICE_SAT);
+    (c, r.payment_hash, paid.preimage)
+}
+
+#[tokio::test]
+async fn a_session_from_deposit_to_refund() {
+    let w = world(Duration::from_secs(300));
+    let (c, r) = session_challenge(&w).await;
+    assert_eq!(r.amount_sat, PRICE_SAT);
+    assert_eq!(r.deposit_sat, Some(DEPOSIT_SAT));
+    assert_eq!(r.idle_timeout_secs, Some(300));
+    drop(c);
+    let wallet_before = w.wallet.balance_msat();
+    let (c, session, preimage) = open(&w).await;
+    let bearer = cred(&c, &SessionPayload::Bearer { session_id: session, preimage });
+    // The deposit pays for three requests in all: the opening one and two more.
+    for left in [10, 0] {
+        let (status, headers, _) = send(&w.app, "/data", Some(&bearer)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(common::receipt(&headers).extensions["balance"], left);
+    }
+    let short = send(&w.app, "/data", Some(&bearer)).await;
+    refused(&short, "insufficient-balance");
+    assert_eq!(short.2["sessionId"], hex::encode(session));
+    assert_eq!(short.2["balanceRequired"], PRICE_SAT);
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3);
+
+    // Top up from the fresh challenge the refusal carried.
+    let (fresh, fresh_request) = session_challenge_of(&short.1);
+    let topped = w.wallet.pay(fresh_request.deposit_invoice.as_deref().unwrap(), 1_000).await;
+    let top_up =
+        SessionPayload::TopUp { session_id: session, top_up_preimage: topped.unwrap().preimage };
+    let (status, headers, body) = send(&w.app, "/data", Some(&cred(&fresh, &top_up))).await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &Value::from("ok")));
+    assert_eq!(common::receipt(&headers).extensions["deposit"], 2 * DEPOSIT_SAT);
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3, "a top-up does not run the handler");
+    // The same top-up again counts for nothing.
+    refused(&send(&w.app, "/data", Some(&cred(&fresh, &top_up))).await, "unknown-challenge");
+
+    assert_eq!(send(&w.app, "/data", Some(&bearer)).await.0, StatusCode::OK);
+    // A failed request is not charged.
+    assert_eq!(send(&w.app, "/fails", Some(&bearer)).await.0, StatusCode::BAD_GATEWAY);
+
+    // Close: what is left (60 - 40 = 20 sat) goes back to the payer's return invoice.
+    let close = cred(&c, &SessionPayload::Close { session_id: session, preimage });
+    let (status, headers, body) = send(&w.app, "/data", Some(&close)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "closed", "refundSats": 20, "refundStatus": "succeeded"})
+    );
+    assert_eq!(common::receipt(&headers).extensions["refundSats"], 20);
+    assert_eq!(w.wallet.balance_msat(), wallet_before - 2 * DEPOSIT_SAT * 1000 + 20_000);
+    assert_eq!(w.server.balance_msat(), (2 * DEPOSIT_SAT - 20) * 1000);
+    // Closed for good.
+    refused(&send(&w.app, "/data", Some(&bearer)).await, "session-closed");
+    refused(&send(&w.app, "/data", Some(&close)).await, "session-closed");
+    let record = w.sessions.load_session("mpp-lightning-session", &hex::encode(session)).await;
+    let record = record.unwrap().unwrap().value;
+    assert_eq!(
+        (record.status, record.spent, record.settled),
+        (SessionStatus::Closed, 40_000, 40_000)
+    );
+}
+
+#[tokio::test]
+async fn bad_session_credentials_get_the_drafts_problem_types() {
+    let w = world(Duration::from_secs(300));
+    let (c, session, preimage) = open(&w).await;
+    // Wrong preimage for the session.
+    let wrong = cred(&c, &SessionPayload::Bearer { session_id: session, preimage: [7; 32] });
+    refused(&send(&w.app, "/data", Some(&wrong)).await, "invalid-preimage");
+    // A session nobody opened (its preimage matches its id, but the server never saw it).
+    let stranger = [9u8; 32];
+    let id: [u8; 32] = sha256(&stranger);
+    let unknown = cred(&c, &SessionPayload::Bearer { session_id: id, preimage: stranger });
+    refused(&send(&w.app, "/data", Some(&unknown)).await, "session-not-found");
+    // The open's challenge cannot open a second session.
+    let again = SessionPayload::Open {
+        preimage,
+        return_invoice: w
+            .wallet
+            .create_amountless_invoice("r".into(), Duration::from_secs(86_400))
+            .await
+            .unwrap()
+            .bolt11,
+    };
+    refused(&send(&w.app, "/data", Some(&cred(&c, &again))).await, "unknown-challenge");
+
+    // An open with a preimage that did not pay the deposit, an expired challenge, and a return
+    // invoice that names an amount.
+    let (fresh, r) = session_challenge(&w).await;
+    let return_invoice = w
+        .wallet
+        .create_amountless_invoice("r".into(), Duration::from_secs(86_400))
+        .await
+        .unwrap()
+        .bolt11;
+    let unpaid = SessionPayload::Open { preimage: [1; 32], return_invoice: return_invoice.clone() };
+    refused(&send(&w.app, "/data", Some(&cred(&fresh, &unpaid))).await, "invalid-preimage");
+    let paid = w.wallet.pay(r.deposit_invoice.as_deref().unwrap(), 1_000).await.unwrap();
+    let expired = common::expired(&fresh, 60);
+    let late =
+        SessionPayload::Open { preimage: paid.preimage, return_invoice: return_invoice.clone() };
+    refused(&send(&w.app, "/data", Some(&cred(&expired, &late))).await, "challenge-expired");
+    let with_amount = w
+        .wallet
+        .create_invoice(farebox_lightning::InvoiceRequest {
+            amount_msat: 5_000,
+            memo: "r".into(),
+            expiry: Duration::from_secs(86_400),
+        })
+        .await
+        .unwrap()
+        .bolt11;
+    let greedy = SessionPayload::Open { preimage: paid.preimage, return_invoice: with_amount };
+    refused(&send(&w.app, "/data", Some(&cred(&fresh, &greedy))).await, "invalid-return-invoice");
+    // A return invoice that expires before the idle timeout.
+    let short_lived = w
+        .wallet
+        .create_amountless_invoice("r".into(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .bolt11;
+    let hasty = SessionPayload::Open { preimage: paid.preimage, return_invoice: short_lived };
+    refused(&send(&w.app, "/data", Some(&cred(&fresh, &hasty))).await, "invalid-return-invoice");
+    // Malformed.
+    let mut p = SessionPayload::Bearer { session_id: session, preimage }.to_json();
+    p.insert("preimage".into(), "xyz".into());
+    refused(
+        &send(&w.app, "/data", Some(&Credential::new(&c, p).to_authorization())).await,
+        "malformed-credential",
+    );
+    // After all that, the right open still works: nothing above consumed the challenge.
+    let good = SessionPayload::Open { preimage: paid.preimage, return_invoice };
+    assert_eq!(send(&w.app, "/data", Some(&cred(&fresh, &good))).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn concurrent_bearers_spend_the_balance_once() {
+    let w = world(Duration::from_secs(300));
+    let (c, session, preimage) = open(&w).await; // 20 sat left: two more requests
+    let bearer = cred(&c, &SessionPayload::Bearer { session_id: session, preimage });
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (app, bearer) = (w.app.clone(), bearer.clone());
+            tokio::spawn(async move { send(&app, "/data", Some(&bearer)).await.0 })
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::OK {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 2);
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_and_refunded_by_the_server() {
+    let w = world(Duration::from_secs(1));
+    let wallet_before = w.wallet.balance_msat();
+    let (c, session, preimage) = open(&w).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(w.rail.close_idle_sessions(Duration::from_secs(86_400)).await.unwrap(), 1);
+    // Paid the deposit, spent one request, got the rest back.
+    assert_eq!(w.wallet.balance_msat(), wallet_before - PRICE_SAT * 1000);
+    let bearer = cred(&c, &SessionPayload::Bearer { session_id: session, preimage });
+    refused(&send(&w.app, "/data", Some(&bearer)).await, "session-closed");
+    // A session found idle when it is used is closed (and refunded) then and there.
+    let wallet_before = w.wallet.balance_msat();
+    let (c, session, preimage) = open(&w).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let bearer = cred(&c, &SessionPayload::Bearer { session_id: session, preimage });
+    refused(&send(&w.app, "/data", Some(&bearer)).await, "session-closed");
+    assert_eq!(w.wallet.balance_msat(), wallet_before - PRICE_SAT * 1000);
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
