@@ -802,8 +802,10 @@ impl MppRail {
         let tx = match sent {
             Ok(tx) => tx,
             Err(EvmError::Reverted { reason }) => {
-                // Refused at gas estimation: nothing was broadcast.
-                self.store.update(NAMESPACE, id, ProofState::Failed, None).await?;
+                // Refused at gas estimation: nothing was broadcast, so nothing is spent either;
+                // the challenge is given back (the same credential may be retried once its
+                // cause, say a balance too low, is gone).
+                self.store.release(NAMESPACE, id).await?;
                 return Err(problem::verification_failed(format!(
                     "the transfer would revert: {reason}"
                 )));
