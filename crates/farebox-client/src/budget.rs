@@ -71,24 +71,34 @@ impl Budget {
     }
 
     fn fits(limits: &[Limit], worst_case: &Money) -> Result<usize, ClientError> {
-        let Some(i) = limits.iter().position(|l| l.total.asset == worst_case.asset) else {
+        Self::fits_split(limits, worst_case, worst_case)
+    }
+
+    /// `per_request` must fit the per-request limit and `outlay` what is left of the total.
+    fn fits_split(
+        limits: &[Limit],
+        per_request: &Money,
+        outlay: &Money,
+    ) -> Result<usize, ClientError> {
+        let Some(i) = limits.iter().position(|l| l.total.asset == per_request.asset) else {
             return Err(ClientError::OverBudget {
-                price: worst_case.clone(),
-                limit: format!("no budget for {}", worst_case.asset.symbol()),
+                price: per_request.clone(),
+                limit: format!("no budget for {}", per_request.asset.symbol()),
             });
         };
         let l = &limits[i];
-        if worst_case.amount > l.per_request.amount {
+        if per_request.amount > l.per_request.amount {
             return Err(ClientError::OverBudget {
-                price: worst_case.clone(),
+                price: per_request.clone(),
                 limit: format!("at most {} per request", l.per_request),
             });
         }
         let spent = l.committed.saturating_add(l.reserved);
-        if spent.saturating_add(worst_case.amount) > l.total.amount {
+        if outlay.asset != per_request.asset || spent.saturating_add(outlay.amount) > l.total.amount
+        {
             let left = Money::new(l.total.asset.clone(), l.total.amount.saturating_sub(spent));
             return Err(ClientError::OverBudget {
-                price: worst_case.clone(),
+                price: outlay.clone(),
                 limit: format!("{left} left of a total of {}", l.total),
             });
         }
@@ -101,6 +111,29 @@ impl Budget {
         let i = Self::fits(&limits, worst_case)?;
         limits[i].reserved += worst_case.amount;
         Ok(Reservation { asset: worst_case.asset.clone(), amount: worst_case.amount })
+    }
+
+    /// Sets `outlay` aside against the total once `per_request` (what the request costs, drawn
+    /// from a session deposit) fits the per-request limit: how a session payment is reserved,
+    /// its outlay being the deposit or top-up it puts up now (possibly zero).
+    pub fn reserve_session(
+        &self,
+        per_request: &Money,
+        outlay: &Money,
+    ) -> Result<Reservation, ClientError> {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let i = Self::fits_split(&limits, per_request, outlay)?;
+        limits[i].reserved += outlay.amount;
+        Ok(Reservation { asset: outlay.asset.clone(), amount: outlay.amount })
+    }
+
+    /// Money that came back (a session's unspent deposit, refunded at close): it no longer
+    /// counts as spent.
+    pub fn refund(&self, amount: &Money) {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = limits.iter_mut().find(|l| l.total.asset == amount.asset) {
+            l.committed = l.committed.saturating_sub(amount.amount);
+        }
     }
 
     /// Gives a reservation back unspent (the payment did not happen).
@@ -139,13 +172,28 @@ impl Budget {
     }
 }
 
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A request paid for by itself: `amount` left the wallet.
+    Payment,
+    /// Money put up for a session (opening or topping it up): `amount` left the wallet.
+    Deposit,
+    /// A request paid for from a session deposit: nothing more left the wallet.
+    Session,
+    /// A session's unspent deposit came back: `amount` returned to the wallet.
+    Refund,
+}
+
 /// One payment the client made.
 #[derive(Debug, Clone, Serialize)]
 pub struct LedgerEntry {
     pub at: SystemTime,
     pub url: String,
     pub rail: &'static str,
-    /// The price paid to the server.
+    pub kind: EntryKind,
+    /// The price paid to the server (or the deposit, or the refund).
     pub amount: Money,
     /// Fees paid on top (Lightning routing, …), in the same asset.
     pub fee: Money,
@@ -206,5 +254,25 @@ mod tests {
         let b = Budget::new();
         let err = b.reserve(&Money::msats(1)).unwrap_err();
         assert!(err.to_string().contains("no budget"), "{err}");
+    }
+
+    #[test]
+    fn a_session_deposit_counts_against_the_total_and_its_refund_comes_back() {
+        let b = Budget::new().allow(Money::sats(10), Money::sats(100)).unwrap();
+        // A deposit larger than the per-request limit is fine; the request price must fit it.
+        let r = b.reserve_session(&Money::sats(10), &Money::sats(60)).unwrap();
+        assert!(matches!(
+            b.reserve_session(&Money::sats(11), &Money::sats(0)),
+            Err(ClientError::OverBudget { .. })
+        ));
+        assert!(b.reserve_session(&Money::sats(10), &Money::sats(41)).is_err(), "60 reserved");
+        b.commit(r, &Money::sats(60));
+        // Requests drawn from the deposit reserve nothing more.
+        let r = b.reserve_session(&Money::sats(10), &Money::sats(0)).unwrap();
+        b.commit(r, &Money::sats(0));
+        assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(60));
+        b.refund(&Money::sats(35));
+        assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(25));
+        assert!(b.reserve(&Money::sats(10)).is_ok());
     }
 }

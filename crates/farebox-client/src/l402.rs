@@ -15,7 +15,7 @@ use farebox_lightning::{LightningBackend, LightningError};
 use http::{HeaderValue, header::AUTHORIZATION};
 
 use crate::error::ClientError;
-use crate::wallet::{Offer, PaymentRequired, Proof, Wallet};
+use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// Pays L402 invoices from a Lightning backend.
 pub struct L402Wallet {
@@ -83,6 +83,7 @@ impl Wallet for L402Wallet {
             rail: "l402",
             price: Money::msats(amount_msat),
             max_fee: Money::msats(self.max_fee_msat),
+            funding: Funding::PerRequest,
             summary,
             details: Box::new(L402Offer {
                 macaroon: parsed.macaroon,

@@ -27,16 +27,18 @@ mod events;
 mod l402;
 mod middleware;
 mod mpp;
+pub mod mpp_session;
 mod wallet;
 mod x402;
 
-pub use budget::{Budget, Ledger, LedgerEntry, Reservation};
+pub use budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
 pub use error::ClientError;
 pub use events::{Event, Observer};
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;
-pub use mpp::MppWallet;
-pub use wallet::{Offer, PaymentRequired, Proof, Wallet};
+pub use mpp::{MppWallet, Sessions};
+pub use mpp_session::{ClosedSession, EvmSessionPolicy, LightningSessionPolicy};
+pub use wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 pub use x402::X402Wallet;
 
 /// A reqwest client with `payer` installed.

@@ -17,10 +17,10 @@ use http::{Extensions, HeaderName, HeaderValue, StatusCode};
 use reqwest::{Request, Response, Url};
 use reqwest_middleware::{Next, Result};
 
-use crate::budget::{Budget, Ledger, LedgerEntry, Reservation};
+use crate::budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
 use crate::error::ClientError;
 use crate::events::{Event, Observer};
-use crate::wallet::{Offer, PaymentRequired, Proof, Wallet};
+use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// An offer and the wallet that made it.
 type Candidate = (Arc<dyn Wallet>, Offer);
@@ -81,6 +81,7 @@ impl PaymentMiddleware {
 
     /// Adds a wallet; earlier wallets are preferred when several offers fit.
     pub fn wallet(mut self, wallet: impl Wallet) -> Self {
+        wallet.attach(&self.budget, &self.ledger);
         self.wallets.push(Arc::new(wallet));
         self
     }
@@ -153,10 +154,19 @@ impl PaymentMiddleware {
     ) -> std::result::Result<(&'a Candidate, Reservation), ClientError> {
         let mut refusal = None;
         for candidate in offers {
-            let worst = candidate.1.price.checked_add(&candidate.1.max_fee).map_err(|e| {
+            let offer = &candidate.1;
+            let worst = offer.price.checked_add(&offer.max_fee).map_err(|e| {
                 ClientError::InvalidChallenge(format!("fee and price in different assets: {e}"))
             })?;
-            match self.budget.reserve(&worst) {
+            let reserved = match &offer.funding {
+                Funding::PerRequest => self.budget.reserve(&worst),
+                Funding::Session { deposit } => {
+                    let outlay =
+                        deposit.clone().unwrap_or_else(|| Money::zero(worst.asset.clone()));
+                    self.budget.reserve_session(&worst, &outlay)
+                }
+            };
+            match reserved {
                 Ok(reservation) => return Ok((candidate, reservation)),
                 Err(e) => refusal = refusal.or(Some(e)),
             }
@@ -166,14 +176,39 @@ impl PaymentMiddleware {
     }
 
     fn record(&self, url: &Url, offer: &Offer, fee: Money, reference: String) {
-        self.ledger.record(LedgerEntry {
+        let entry = |kind, amount: &Money, fee: Money| LedgerEntry {
             at: SystemTime::now(),
             url: url.to_string(),
             rail: offer.rail,
-            amount: offer.price.clone(),
+            kind,
+            amount: amount.clone(),
             fee,
-            reference,
-        });
+            reference: reference.clone(),
+        };
+        match &offer.funding {
+            Funding::PerRequest => self.ledger.record(entry(EntryKind::Payment, &offer.price, fee)),
+            Funding::Session { deposit } => {
+                if let Some(deposit) = deposit {
+                    self.ledger.record(entry(EntryKind::Deposit, deposit, fee.clone()));
+                }
+                let none = Money::zero(offer.price.asset.clone());
+                self.ledger.record(entry(EntryKind::Session, &offer.price, none));
+            }
+        }
+    }
+
+    /// What a payment that went through cost the budget: the price and fee when paid by
+    /// itself, the deposit put up when drawn from a session.
+    fn outlay(offer: &Offer, fee: &Money) -> Money {
+        match &offer.funding {
+            Funding::PerRequest => {
+                offer.price.checked_add(fee).unwrap_or_else(|_| offer.price.clone())
+            }
+            Funding::Session { deposit } => deposit
+                .as_ref()
+                .and_then(|d| d.checked_add(fee).ok())
+                .unwrap_or_else(|| Money::zero(offer.price.asset.clone())),
+        }
     }
 
     async fn pay_and_retry(
@@ -216,8 +251,7 @@ impl PaymentMiddleware {
             Ok(p) => p,
             Err(e @ ClientError::PaidWithoutProof(_)) => {
                 // Money left (or may have): it counts, at the most it could have been.
-                let worst =
-                    offer.price.checked_add(&offer.max_fee).unwrap_or_else(|_| offer.price.clone());
+                let worst = Self::outlay(offer, &offer.max_fee);
                 self.budget.commit(reservation, &worst);
                 self.record(url, offer, Money::zero(offer.price.asset.clone()), "unknown".into());
                 return Err(err(e));
@@ -227,8 +261,7 @@ impl PaymentMiddleware {
                 return Err(err(e));
             }
         };
-        let spent = offer.price.checked_add(&proof.fee).unwrap_or_else(|_| offer.price.clone());
-        self.budget.commit(reservation, &spent);
+        self.budget.commit(reservation, &Self::outlay(offer, &proof.fee));
         self.record(url, offer, proof.fee.clone(), proof.reference.clone());
         self.emit(Event::Paid {
             rail: offer.rail,
@@ -246,6 +279,7 @@ impl PaymentMiddleware {
         apply_proof(&mut retry, &proof.headers);
         self.emit(Event::Retrying { url: url.to_string(), rail: offer.rail });
         let response = next.run(retry, extensions).await?;
+        wallet.answered(offer, response.status(), response.headers());
         self.emit(Event::Served { url: url.to_string(), status: response.status().as_u16() });
         if response.status() == StatusCode::PAYMENT_REQUIRED {
             self.forget_proof(url);

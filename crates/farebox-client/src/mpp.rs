@@ -9,6 +9,10 @@
 //!   server settles.
 //!
 //! The proof is `Authorization: Payment <b64url credential>`, good for one request.
+//!
+//! With [`MppWallet::evm_sessions`] / [`MppWallet::lightning_sessions`] the wallet also pays
+//! `intent="session"` challenges, and prefers them to charges: one deposit, many requests (see
+//! [`crate::mpp_session`]). [`MppWallet::sessions`] is a handle to close them.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -19,29 +23,109 @@ use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{PrivateKeySigner, U256};
 use farebox_lightning::{LightningBackend, LightningError, bolt11};
 use farebox_mpp::evm_charge::{self, EvmChargeRequest};
+use farebox_mpp::evm_session::{self, EvmSessionRequest, SessionPayload};
 use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
+use farebox_mpp::lightning_session::{
+    self, LightningSessionRequest, SessionPayload as LightningSessionPayload,
+};
 use farebox_mpp::{Challenge, Credential};
-use http::{HeaderValue, header::AUTHORIZATION};
+use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
+use reqwest::Url;
 
 use crate::error::ClientError;
-use crate::wallet::{Offer, PaymentRequired, Proof, Wallet};
+use crate::mpp_session::{
+    self, ClosedSession, EvmSessionPolicy, LightningSessionPolicy, OpenSession, SessionBook,
+    SessionKind, SharedBook, receipt_spent,
+};
+use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
-/// Pays MPP `charge` challenges over Lightning and/or EVM tokens.
-#[derive(Default)]
+/// Pays MPP `charge` challenges over Lightning and/or EVM tokens, and `session` challenges
+/// when sessions are enabled.
 pub struct MppWallet {
     lightning: Option<(Arc<dyn LightningBackend>, u64)>,
     evm: Option<PrivateKeySigner>,
+    evm_sessions: Option<EvmSessionPolicy>,
+    lightning_sessions: Option<LightningSessionPolicy>,
+    book: SharedBook,
+}
+
+impl Default for MppWallet {
+    fn default() -> Self {
+        MppWallet {
+            lightning: None,
+            evm: None,
+            evm_sessions: None,
+            lightning_sessions: None,
+            book: Arc::new(SessionBook::new()),
+        }
+    }
 }
 
 enum MppOffer {
-    Lightning { challenge: Challenge, request: LightningChargeRequest },
-    Evm { challenge: Challenge, request: EvmChargeRequest, valid_before: u64 },
+    Lightning {
+        challenge: Challenge,
+        request: LightningChargeRequest,
+    },
+    Evm {
+        challenge: Challenge,
+        request: EvmChargeRequest,
+        valid_before: u64,
+    },
+    EvmSession {
+        challenge: Challenge,
+        request: EvmSessionRequest,
+        url: Url,
+        origin: String,
+    },
+    LightningSession {
+        challenge: Challenge,
+        request: LightningSessionRequest,
+        url: Url,
+        origin: String,
+    },
+}
+
+/// A handle on a wallet's open sessions (it shares them with the wallet).
+#[derive(Clone)]
+pub struct Sessions {
+    book: SharedBook,
+}
+
+impl Sessions {
+    /// Closes every open session; refunds are credited back to the budget and recorded in
+    /// the ledger. One result per session.
+    pub async fn close_all(&self) -> Vec<Result<ClosedSession, ClientError>> {
+        self.book.close_all().await
+    }
+
+    /// How many sessions are open.
+    pub fn open_count(&self) -> usize {
+        self.book.lock().len()
+    }
 }
 
 impl MppWallet {
     /// A wallet that pays nothing until a method is added.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Pays EVM `session` challenges (needs [`Self::evm`]'s key): channels opened and topped up
+    /// through `policy.rpc`.
+    pub fn evm_sessions(mut self, policy: EvmSessionPolicy) -> Self {
+        self.evm_sessions = Some(policy);
+        self
+    }
+
+    /// Pays Lightning `session` challenges (needs [`Self::lightning`]'s node).
+    pub fn lightning_sessions(mut self, policy: LightningSessionPolicy) -> Self {
+        self.lightning_sessions = Some(policy);
+        self
+    }
+
+    /// A handle to close this wallet's sessions (they are also closed when the wallet drops).
+    pub fn sessions(&self) -> Sessions {
+        Sessions { book: self.book.clone() }
     }
 
     /// Pays `lightning` charges through `node`, spending at most `max_fee_msat` in routing fees.
@@ -82,6 +166,7 @@ impl MppWallet {
             rail: "mpp",
             price: Money::sats(request.amount_sat),
             max_fee: Money::msats(*max_fee_msat),
+            funding: Funding::PerRequest,
             summary: format!(
                 "MPP Lightning charge of {} for {}",
                 Money::sats(request.amount_sat),
@@ -125,6 +210,7 @@ impl MppWallet {
             rail: "mpp",
             summary: format!("MPP EVM charge of {price} for {}", challenge.realm),
             max_fee: Money::zero(price.asset.clone()),
+            funding: Funding::PerRequest,
             price,
             details: Box::new(MppOffer::Evm { challenge, request, valid_before }),
         }))
@@ -146,21 +232,54 @@ impl Wallet for MppWallet {
     }
 
     fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
-        let mut offers = Vec::new();
+        let (mut sessions, mut charges) = (Vec::new(), Vec::new());
         for auth in response.challenges.iter().filter(|c| c.scheme.eq_ignore_ascii_case("Payment"))
         {
             let challenge = Challenge::from_auth(auth)
                 .map_err(|e| ClientError::InvalidChallenge(format!("Payment challenge: {e}")))?;
-            let offer = match (challenge.method.as_str(), challenge.intent.as_str()) {
+            match (challenge.method.as_str(), challenge.intent.as_str()) {
                 (lightning_charge::METHOD, lightning_charge::INTENT) => {
-                    self.lightning_offer(challenge)?
+                    charges.extend(self.lightning_offer(challenge)?)
                 }
-                (evm_charge::METHOD, evm_charge::INTENT) => self.evm_offer(challenge)?,
-                _ => None,
-            };
-            offers.extend(offer);
+                (evm_charge::METHOD, evm_charge::INTENT) => {
+                    charges.extend(self.evm_offer(challenge)?)
+                }
+                (evm_session::METHOD, evm_session::INTENT) => {
+                    sessions.extend(self.evm_session_offer(challenge, &response.url)?)
+                }
+                (lightning_session::METHOD, lightning_session::INTENT) => {
+                    sessions.extend(self.lightning_session_offer(challenge, response)?)
+                }
+                _ => {}
+            }
         }
-        Ok(offers)
+        // A session pays many requests for one deposit: preferred when one is offered.
+        sessions.append(&mut charges);
+        Ok(sessions)
+    }
+
+    fn attach(&self, budget: &crate::Budget, ledger: &crate::Ledger) {
+        self.book.attach(budget, ledger);
+    }
+
+    fn answered(&self, offer: &Offer, status: StatusCode, headers: &HeaderMap) {
+        let (origin, method) = match offer.details.downcast_ref::<MppOffer>() {
+            Some(MppOffer::EvmSession { origin, .. }) => (origin, evm_session::METHOD),
+            Some(MppOffer::LightningSession { origin, .. }) => (origin, lightning_session::METHOD),
+            _ => return,
+        };
+        let mut open = self.book.lock();
+        if status == StatusCode::GONE {
+            // Closed or unknown on the server: the next request opens a new one.
+            open.retain(|s| !(s.origin == *origin && session_method(s) == method));
+            return;
+        }
+        if let Some(spent) = receipt_spent(headers, method)
+            && let Some(s) =
+                open.iter_mut().find(|s| s.origin == *origin && session_method(s) == method)
+        {
+            s.spent = s.spent.max(spent);
+        }
     }
 
     async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError> {
@@ -168,6 +287,13 @@ impl Wallet for MppWallet {
             ClientError::PaymentFailed("offer was not made by the MPP wallet".into())
         })?;
         match details {
+            MppOffer::EvmSession { challenge, request, url, origin } => {
+                self.pay_evm_session(offer, challenge, request, url, origin).await
+            }
+            MppOffer::LightningSession { challenge, request, url, origin } => {
+                let top_up = matches!(&offer.funding, Funding::Session { deposit: Some(_) });
+                self.pay_lightning_session(top_up, challenge, request, url, origin).await
+            }
             MppOffer::Lightning { challenge, request } => {
                 let Some((node, max_fee_msat)) = &self.lightning else {
                     return Err(ClientError::PaymentFailed("no Lightning node".into()));
@@ -223,4 +349,395 @@ impl Wallet for MppWallet {
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn session_method(s: &OpenSession) -> &'static str {
+    match s.kind {
+        SessionKind::Evm { .. } => evm_session::METHOD,
+        SessionKind::Lightning { .. } => lightning_session::METHOD,
+    }
+}
+
+fn origin_of(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+fn sensitive(credential: &Credential) -> Result<Vec<(http::HeaderName, HeaderValue)>, ClientError> {
+    let mut value = HeaderValue::from_str(&credential.to_authorization())
+        .map_err(|_| ClientError::PaymentFailed("the credential is not header-safe".into()))?;
+    value.set_sensitive(true);
+    Ok(vec![(AUTHORIZATION, value)])
+}
+
+impl MppWallet {
+    fn evm_session_offer(
+        &self,
+        challenge: Challenge,
+        url: &Url,
+    ) -> Result<Option<Offer>, ClientError> {
+        let (Some(policy), Some(_)) = (&self.evm_sessions, &self.evm) else { return Ok(None) };
+        let request = EvmSessionRequest::from_json(&challenge.request)
+            .map_err(|e| ClientError::InvalidChallenge(format!("MPP evm session request: {e}")))?;
+        if request.chain_id != policy.rpc.chain_id()
+            || !request.credential_types.iter().any(|t| t == evm_session::CREDENTIAL_HASH)
+        {
+            return Ok(None); // another chain, or only server-submitted opens
+        }
+        let price: u128 = request
+            .amount
+            .try_into()
+            .map_err(|_| ClientError::InvalidChallenge("MPP session price too large".into()))?;
+        let asset = mpp_session::evm_asset(&request, &policy.symbol);
+        let origin = origin_of(url);
+        let deposit = {
+            let open = self.book.lock();
+            match open.iter().find(|s| {
+                s.origin == origin
+                    && matches!(&s.kind, SessionKind::Evm { escrow, payee, .. }
+                        if *escrow == request.escrow && *payee == request.recipient)
+            }) {
+                None => Some(mpp_session::initial_deposit(policy, &request, price)),
+                Some(s) => match &s.kind {
+                    SessionKind::Evm { signed, .. } if signed + price > s.deposit.amount => {
+                        Some(mpp_session::top_up_amount(policy, &request, price))
+                    }
+                    _ => None,
+                },
+            }
+        };
+        let summary = match deposit {
+            Some(d) => format!(
+                "MPP EVM session for {}: {} per request from a deposit of {}",
+                challenge.realm,
+                Money::new(asset.clone(), price),
+                Money::new(asset.clone(), d)
+            ),
+            None => format!(
+                "MPP EVM session voucher for {} ({} per request)",
+                challenge.realm,
+                Money::new(asset.clone(), price)
+            ),
+        };
+        Ok(Some(Offer {
+            rail: "mpp",
+            price: Money::new(asset.clone(), price),
+            max_fee: Money::zero(asset.clone()),
+            funding: Funding::Session { deposit: deposit.map(|d| Money::new(asset, d)) },
+            summary,
+            details: Box::new(MppOffer::EvmSession {
+                challenge,
+                request,
+                url: url.clone(),
+                origin,
+            }),
+        }))
+    }
+
+    fn lightning_session_offer(
+        &self,
+        challenge: Challenge,
+        response: &PaymentRequired,
+    ) -> Result<Option<Offer>, ClientError> {
+        let url = &response.url;
+        let (Some(policy), Some((_, max_fee_msat))) = (&self.lightning_sessions, &self.lightning)
+        else {
+            return Ok(None);
+        };
+        let request = LightningSessionRequest::from_json(&challenge.request).map_err(|e| {
+            ClientError::InvalidChallenge(format!("MPP lightning session request: {e}"))
+        })?;
+        let Some(deposit_sat) = mpp_session::lightning_deposit(policy, &request) else {
+            return Ok(None); // a deposit above what this wallet puts up
+        };
+        let origin = origin_of(url);
+        let price_msat = u128::from(request.amount_sat) * 1000;
+        // With a session open: spend from it while it lasts (by the receipts seen, and unless
+        // the server just said it is short), else pay the 402's fresh deposit invoice to top
+        // it up. With none: pay it to open one.
+        let short = response
+            .body
+            .as_ref()
+            .and_then(|b| b["type"].as_str())
+            .is_some_and(|t| t.ends_with("/lightning/insufficient-balance"));
+        let balance = self.book.lock().iter().find_map(|s| {
+            (s.origin == origin && session_method(s) == lightning_session::METHOD)
+                .then(|| s.deposit.amount.saturating_sub(s.spent))
+        });
+        let (deposit, summary) = match balance {
+            Some(left) if left >= price_msat && !short => (
+                None,
+                format!(
+                    "MPP Lightning session for {}: {} from the balance",
+                    challenge.realm,
+                    Money::sats(request.amount_sat)
+                ),
+            ),
+            Some(_) => (
+                Some(Money::sats(deposit_sat)),
+                format!(
+                    "MPP Lightning session top-up of {} for {}",
+                    Money::sats(deposit_sat),
+                    challenge.realm
+                ),
+            ),
+            None => (
+                Some(Money::sats(deposit_sat)),
+                format!(
+                    "MPP Lightning session for {}: {} per request from a deposit of {}",
+                    challenge.realm,
+                    Money::sats(request.amount_sat),
+                    Money::sats(deposit_sat)
+                ),
+            ),
+        };
+        Ok(Some(Offer {
+            rail: "mpp",
+            price: Money::sats(request.amount_sat),
+            max_fee: Money::msats(*max_fee_msat),
+            funding: Funding::Session { deposit },
+            summary,
+            details: Box::new(MppOffer::LightningSession {
+                challenge,
+                request,
+                url: url.clone(),
+                origin,
+            }),
+        }))
+    }
+
+    async fn pay_evm_session(
+        &self,
+        offer: &Offer,
+        challenge: &Challenge,
+        request: &EvmSessionRequest,
+        url: &Url,
+        origin: &str,
+    ) -> Result<Proof, ClientError> {
+        let (Some(policy), Some(signer)) = (&self.evm_sessions, &self.evm) else {
+            return Err(ClientError::PaymentFailed("EVM sessions are not enabled".into()));
+        };
+        let _turn = self.book.paying.lock().await;
+        let price = offer.price.amount;
+        let planned = match &offer.funding {
+            Funding::Session { deposit } => deposit.as_ref().map(|d| d.amount),
+            Funding::PerRequest => None,
+        };
+        let domain = policy.rpc.voucher_domain(request.escrow);
+        let existing = {
+            let open = self.book.lock();
+            open.iter()
+                .position(|s| {
+                    s.origin == origin
+                        && matches!(&s.kind, SessionKind::Evm { escrow, payee, .. }
+                        if *escrow == request.escrow && *payee == request.recipient)
+                })
+                .map(|i| match &open[i].kind {
+                    SessionKind::Evm { channel, signed, .. } => {
+                        (i, *channel, *signed, open[i].deposit.amount)
+                    }
+                    SessionKind::Lightning { .. } => unreachable!("matched an EVM session"),
+                })
+        };
+        let (payload, reference) = match existing {
+            None => {
+                let deposit = planned.ok_or_else(|| {
+                    ClientError::PaymentFailed("no channel yet and no deposit planned".into())
+                })?;
+                let (tx, salt, channel) =
+                    mpp_session::open_channel(&policy.rpc, signer, request, deposit).await?;
+                self.book.lock().push(OpenSession {
+                    origin: origin.to_string(),
+                    url: url.clone(),
+                    challenge: challenge.clone(),
+                    deposit: Money::new(offer.price.asset.clone(), deposit),
+                    spent: 0,
+                    kind: SessionKind::Evm {
+                        channel,
+                        escrow: request.escrow,
+                        payee: request.recipient,
+                        domain,
+                        signer: Box::new(signer.clone()),
+                        signed: price,
+                    },
+                });
+                (
+                    mpp_session::open_payload(signer, &domain, tx, salt, channel, price),
+                    format!("{channel:#x}"),
+                )
+            }
+            Some((i, channel, signed, deposit)) => {
+                let need = signed + price;
+                if need > deposit {
+                    let amount = planned.ok_or_else(|| {
+                        ClientError::PaymentFailed(
+                            "the channel ran out since the offer was made; retry".into(),
+                        )
+                    })?;
+                    mpp_session::top_up_channel(&policy.rpc, signer, request, channel, amount)
+                        .await?;
+                }
+                let mut open = self.book.lock();
+                let s = &mut open[i];
+                if need > deposit {
+                    s.deposit.amount += planned.unwrap_or(0);
+                }
+                if let SessionKind::Evm { signed, .. } = &mut s.kind {
+                    *signed = need;
+                }
+                s.url = url.clone();
+                s.challenge = challenge.clone();
+                (
+                    SessionPayload::Voucher(mpp_session::signed_voucher(
+                        signer, &domain, channel, need,
+                    )),
+                    format!("{channel:#x}"),
+                )
+            }
+        };
+        let mut credential = Credential::new(challenge, payload.to_json());
+        credential.source =
+            Some(format!("did:pkh:eip155:{}:{:#x}", request.chain_id, signer.address()));
+        Ok(Proof {
+            headers: sensitive(&credential)?,
+            fee: Money::zero(offer.price.asset.clone()),
+            reference,
+            reusable: false,
+        })
+    }
+
+    /// Pays a Lightning session request: from the balance, or (`deposit`) by paying the
+    /// challenge's deposit invoice to open the session or top it up.
+    async fn pay_lightning_session(
+        &self,
+        deposit: bool,
+        challenge: &Challenge,
+        request: &LightningSessionRequest,
+        url: &Url,
+        origin: &str,
+    ) -> Result<Proof, ClientError> {
+        let (Some(policy), Some((node, max_fee_msat))) =
+            (&self.lightning_sessions, &self.lightning)
+        else {
+            return Err(ClientError::PaymentFailed("Lightning sessions are not enabled".into()));
+        };
+        let _turn = self.book.paying.lock().await;
+        let existing = {
+            let open = self.book.lock();
+            open.iter().find_map(|s| match &s.kind {
+                SessionKind::Lightning { id, preimage } if s.origin == origin => {
+                    Some((*id, *preimage))
+                }
+                _ => None,
+            })
+        };
+        if let (Some((id, preimage)), false) = (existing, deposit) {
+            return bearer_proof(challenge, id, preimage, Money::msats(0));
+        }
+        let invoice = request.deposit_invoice.as_deref().ok_or_else(|| {
+            ClientError::InvalidChallenge("the session challenge has no deposit invoice".into())
+        })?;
+        let parsed = bolt11::parse_invoice(invoice)
+            .map_err(|e| ClientError::InvalidChallenge(format!("MPP deposit invoice: {e}")))?;
+        let deposit_sat = request.deposit_sat.unwrap_or(0);
+        if parsed.payment_hash != request.payment_hash
+            || parsed.amount_msat != Some(deposit_sat.saturating_mul(1000))
+        {
+            return Err(ClientError::InvalidChallenge(
+                "the deposit invoice is not the one the challenge names".into(),
+            ));
+        }
+        let paid = node.pay(invoice, *max_fee_msat).await.map_err(|e| match e {
+            LightningError::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
+            other => ClientError::PaymentFailed(other.to_string()),
+        })?;
+        if !farebox_lightning::preimage_matches(&paid.preimage, &request.payment_hash) {
+            return Err(ClientError::PaidWithoutProof(
+                "the deposit's preimage does not match".into(),
+            ));
+        }
+        let fee = Money::msats(paid.fee_msat);
+        let (id, preimage) = match existing {
+            Some((id, preimage)) => {
+                // Top the open session up with the deposit just paid, then spend from it.
+                let top_up = LightningSessionPayload::TopUp {
+                    session_id: id,
+                    top_up_preimage: paid.preimage,
+                };
+                let payload = top_up.to_json();
+                let (status, _, body) = self
+                    .book
+                    .control(url, lightning_session::METHOD, challenge.clone(), |_| payload.clone())
+                    .await
+                    .map_err(|e| {
+                        ClientError::PaidWithoutProof(format!("sending the top-up: {e}"))
+                    })?;
+                if status != StatusCode::OK {
+                    return Err(ClientError::PaidWithoutProof(format!(
+                        "the server refused the top-up (status {status}): {}",
+                        body["detail"].as_str().unwrap_or("no detail")
+                    )));
+                }
+                if let Some(s) =
+                    self.book.lock().iter_mut().find(|s| {
+                        s.origin == origin && session_method(s) == lightning_session::METHOD
+                    })
+                {
+                    s.deposit.amount += u128::from(deposit_sat) * 1000;
+                    s.url = url.clone();
+                    s.challenge = challenge.clone();
+                }
+                (id, preimage)
+            }
+            None => {
+                let refund = node
+                    .create_amountless_invoice(
+                        format!("refund of an MPP session with {}", challenge.realm),
+                        policy.return_invoice_expiry,
+                    )
+                    .await
+                    .map_err(|e| {
+                        ClientError::PaidWithoutProof(format!("creating the return invoice: {e}"))
+                    })?;
+                let open = LightningSessionPayload::Open {
+                    preimage: paid.preimage,
+                    return_invoice: refund.bolt11,
+                };
+                self.book.lock().push(OpenSession {
+                    origin: origin.to_string(),
+                    url: url.clone(),
+                    challenge: challenge.clone(),
+                    deposit: Money::sats(deposit_sat),
+                    spent: 0,
+                    kind: SessionKind::Lightning {
+                        id: request.payment_hash,
+                        preimage: paid.preimage,
+                    },
+                });
+                let credential = Credential::new(challenge, open.to_json());
+                let headers = sensitive(&credential)
+                    .map_err(|e| ClientError::PaidWithoutProof(e.to_string()))?;
+                return Ok(Proof {
+                    headers,
+                    fee,
+                    reference: hex::encode(request.payment_hash),
+                    reusable: false,
+                });
+            }
+        };
+        bearer_proof(challenge, id, preimage, fee)
+            .map_err(|e| ClientError::PaidWithoutProof(e.to_string()))
+    }
+}
+
+/// The bearer proof of a Lightning session: it pays every later request too, so it is sent up
+/// front until the balance runs out.
+fn bearer_proof(
+    challenge: &Challenge,
+    id: [u8; 32],
+    preimage: [u8; 32],
+    fee: Money,
+) -> Result<Proof, ClientError> {
+    let bearer = LightningSessionPayload::Bearer { session_id: id, preimage };
+    let credential = Credential::new(challenge, bearer.to_json());
+    Ok(Proof { headers: sensitive(&credential)?, fee, reference: hex::encode(id), reusable: true })
 }

@@ -10,7 +10,9 @@ use std::fmt;
 use async_trait::async_trait;
 use farebox_core::Money;
 use farebox_core::auth::AuthChallenge;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::budget::{Budget, Ledger};
 
 use crate::error::ClientError;
 
@@ -27,6 +29,19 @@ pub struct PaymentRequired {
     pub body: Option<serde_json::Value>,
 }
 
+/// How an offer is funded, which decides what the budget counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Funding {
+    /// The price (plus fees) leaves the wallet with this payment: it counts against both the
+    /// per-request limit and the total.
+    PerRequest,
+    /// The price is drawn from a session deposit the budget has already counted; it only has
+    /// to fit the per-request limit. `deposit` is what this payment puts up now (opening the
+    /// session or topping it up), counted against the total and given back, as far as it is
+    /// refunded, when the session closes.
+    Session { deposit: Option<Money> },
+}
+
 /// Something a wallet can pay.
 pub struct Offer {
     pub rail: &'static str,
@@ -34,6 +49,8 @@ pub struct Offer {
     pub price: Money,
     /// The most the wallet may spend on top of `price` (e.g. Lightning routing fees).
     pub max_fee: Money,
+    /// Paid per request, or drawn from a session deposit.
+    pub funding: Funding,
     /// A line for people: what is being paid for and how.
     pub summary: String,
     /// Wallet-private data needed to pay (the invoice, the requirements…).
@@ -46,6 +63,7 @@ impl fmt::Debug for Offer {
             .field("rail", &self.rail)
             .field("price", &self.price)
             .field("max_fee", &self.max_fee)
+            .field("funding", &self.funding)
             .field("summary", &self.summary)
             .finish_non_exhaustive()
     }
@@ -87,4 +105,12 @@ pub trait Wallet: Send + Sync + 'static {
 
     /// Pays `offer`.
     async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError>;
+
+    /// Called once when the wallet is added to a [`PaymentMiddleware`](crate::PaymentMiddleware):
+    /// the budget and ledger it pays under (a session wallet credits refunds back to them).
+    fn attach(&self, _budget: &Budget, _ledger: &Ledger) {}
+
+    /// The server's answer to a request retried with this wallet's proof for `offer` (status
+    /// and headers, e.g. a receipt naming what a session has spent).
+    fn answered(&self, _offer: &Offer, _status: StatusCode, _headers: &HeaderMap) {}
 }

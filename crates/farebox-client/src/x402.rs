@@ -18,7 +18,7 @@ use http::{HeaderName, HeaderValue};
 use serde_json::json;
 
 use crate::error::ClientError;
-use crate::wallet::{Offer, PaymentRequired, Proof, Wallet};
+use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// Signs x402 `exact` payments with an EVM key.
 pub struct X402Wallet {
@@ -159,6 +159,7 @@ impl Wallet for X402Wallet {
                 ),
                 price,
                 max_fee: Money::zero(asset),
+                funding: Funding::PerRequest,
                 details: Box::new(requirement),
             });
         }
