@@ -90,10 +90,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         replay(&base, evm).await?;
     }
 
-    step(7, "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402");
+    let mut session_captured = 0;
+    if let Some(evm) = &evm {
+        step(
+            7,
+            "An MPP session on the same chain: one deposit into an escrow channel, then each request paid with a signed voucher (no transaction), then a close that refunds the unspent deposit",
+        );
+        session_captured = session(&base, evm).await?;
+    }
+
+    step(8, "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402");
     forged(&base).await?;
 
-    step(8, "A price above the budget is refused before any payment is made");
+    step(9, "A price above the budget is refused before any payment is made");
     match client.get(format!("{base}/premium")).send().await {
         Err(e) => match ClientError::from_middleware(&e) {
             Some(err @ ClientError::OverBudget { .. }) => {
@@ -137,14 +146,82 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             evm.balance(evm.pay_to).await?,
         );
         anyhow::ensure!(
-            evm.balance(evm.pay_to).await? == Money::new(usdc, 2 * 50_000),
-            "the API should have received 0.1 USDC (one /report paid by the client, one by the replay step)"
+            evm.balance(evm.pay_to).await? == Money::new(usdc, 2 * 50_000 + session_captured),
+            "the API should have received 0.1 USDC for two /report and what the session spent"
         );
     }
     println!(
         "\nDone: every proof above was checked by math (a preimage's sha256 and a macaroon's HMAC chain; an EIP-712 signature and the token's own rules on chain), not by an API key."
     );
     Ok(())
+}
+
+/// Five metered requests on one MPP session channel, then its close; returns what the API
+/// captured.
+async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<u128> {
+    use farebox_client::{EvmSessionPolicy, MppWallet};
+    let usdc = Asset::Token(evm.usdc());
+    const DEPOSIT: u128 = 10_000;
+    let budget =
+        Budget::new().allow(Money::new(usdc.clone(), 1_000), Money::new(usdc.clone(), 20_000))?;
+    let wallet = MppWallet::new()
+        .evm(evm.payer.clone())
+        .evm_sessions(EvmSessionPolicy::new(evm.rpc.clone()).deposit(DEPOSIT));
+    let sessions = wallet.sessions();
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let observer = move |event: &Event| match event {
+        // The first 402 in full; later ones are the same challenges again.
+        Event::PaymentRequired { .. } if shown.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+        }
+        Event::Paying { summary, .. } if summary.contains("from a deposit") => println!(
+            "    · approving and opening a channel in the escrow with that deposit (the last transactions until the close)"
+        ),
+        Event::Paying { .. } => {}
+        Event::Paid { reference, .. } => {
+            println!("    · signed an EIP-712 voucher on channel {}", short(reference))
+        }
+        Event::Retrying { .. } => {
+            println!("    → retrying with Authorization: Payment <voucher credential>")
+        }
+        other => narrate(other),
+    };
+    let payer = PaymentMiddleware::new(budget.clone()).wallet(wallet).observe(observer);
+    let client = farebox_client::paying_client(
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        payer,
+    );
+    let payer_before = evm.balance(evm.payer.address()).await?;
+    let api_before = evm.balance(evm.pay_to).await?;
+    for symbol in ["btc", "eth", "sol", "xau", "oil"] {
+        request(&client, &format!("{base}/ticks/{symbol}")).await?;
+    }
+    println!(
+        "    · on chain so far: {} in the escrow, nothing paid to the API yet",
+        evm.balance(evm.escrow).await?
+    );
+    let closed = sessions.close_all().await;
+    let closed = closed.into_iter().next().context("one session was open")??;
+    println!(
+        "    · closed: the API captured {}, the escrow refunded {} (transaction {})",
+        closed.spent,
+        closed.refunded,
+        short(&closed.reference)
+    );
+    let payer_after = evm.balance(evm.payer.address()).await?;
+    let api_after = evm.balance(evm.pay_to).await?;
+    println!(
+        "    · on chain: client {payer_before} → {payer_after}; API {api_before} → {api_after}"
+    );
+    anyhow::ensure!(
+        closed.spent == Money::new(usdc.clone(), 5 * 1_000)
+            && closed.refunded == Money::new(usdc.clone(), DEPOSIT - 5 * 1_000),
+        "five requests at 0.001 USDC should have cost 0.005 USDC of the 0.01 deposit"
+    );
+    anyhow::ensure!(
+        budget.spent(&usdc) == Money::new(usdc.clone(), 5 * 1_000),
+        "the budget should count what the session spent, the refund given back"
+    );
+    Ok(closed.spent.amount)
 }
 
 /// Pays /report once by hand with the x402 wallet and sends the very same header twice.
@@ -219,7 +296,9 @@ fn heading(stack: &Stack, evm: Option<&stack::Evm>) {
     println!(
         "(Lightning: embedded dev node, real BOLT11 signatures and preimages, simulated routing;"
     );
-    println!(" EVM: a local anvil chain with an EIP-3009 token and an in-process facilitator)\n");
+    println!(
+        " EVM: a local anvil chain with an EIP-3009 token, an in-process x402 facilitator and an MPP session escrow)\n"
+    );
     println!("  upstream API    http://{}  (free; the thing being sold)", stack.upstream);
     println!("  paid server     http://{}  (farebox paywall in front of it)", stack.server);
     for p in stack::PRICES {
@@ -269,8 +348,24 @@ async fn request(
         .get("payment-response")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| farebox_x402::decode_header::<farebox_x402::v2::SettleResponse>(v).ok());
+    let session = response
+        .headers()
+        .get("payment-receipt")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| farebox_mpp::PaymentReceipt::decode(v).ok())
+        .filter(|r| r.extensions.get("intent").and_then(|i| i.as_str()) == Some("session"));
     let body = response.text().await.unwrap_or_default();
     println!("    ← {status}  {}", body.trim());
+    if let Some(r) = session {
+        let field =
+            |k: &str| r.extensions.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        println!(
+            "      Payment-Receipt: channel {} accepted {} spent {} (base units)",
+            short(&r.reference),
+            field("acceptedCumulative"),
+            field("spent")
+        );
+    }
     if let Some(s) = settlement {
         println!(
             "      PAYMENT-RESPONSE: settled on {} in transaction {}",

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use farebox_core::{Asset, Money, Price, ReplayStore, Token};
+use farebox_core::{Asset, Money, Price, Token};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner, U256};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
+use farebox_mpp::{EvmSessionConfig, MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
 use farebox_x402::{X402Config, X402Rail};
@@ -40,6 +41,7 @@ pub const PRICES: &[DemoPrice] = &[
     DemoPrice { method: "GET", pattern: "/weather/*", sats: Some(25), usdc_units: None },
     DemoPrice { method: "GET", pattern: "/report", sats: None, usdc_units: Some(50_000) },
     DemoPrice { method: "GET", pattern: "/premium", sats: Some(1_000), usdc_units: None },
+    DemoPrice { method: "GET", pattern: "/ticks/*", sats: None, usdc_units: Some(1_000) },
 ];
 
 /// The local chain side of the demo.
@@ -49,8 +51,12 @@ pub struct Evm {
     pub token: Address,
     /// The client's account.
     pub payer: PrivateKeySigner,
-    /// The API provider's account (x402 `payTo`).
+    /// The API provider's account (x402 `payTo`, the payee of MPP session channels).
     pub pay_to: Address,
+    /// Its key: the payee closes session channels.
+    pub pay_to_key: PrivateKeySigner,
+    /// The MPP session escrow (`SessionEscrow`).
+    pub escrow: Address,
     /// The facilitator's gas key.
     pub gas: PrivateKeySigner,
 }
@@ -80,11 +86,14 @@ pub async fn start_evm() -> anyhow::Result<Evm> {
         .context("starting anvil (install it with `cargo xtask setup`)")?;
     let token = anvil.deploy_token("USDC", "2").await?;
     let accounts = anvil.accounts();
-    let (payer, pay_to, gas) =
-        (accounts[1].signer.clone(), accounts[2].address, accounts[3].signer.clone());
+    let (payer, pay_to_key, gas) =
+        (accounts[1].signer.clone(), accounts[2].signer.clone(), accounts[3].signer.clone());
     anvil.mint(token, payer.address(), U256::from(WALLET_OPENING_USDC)).await?;
     let rpc = EvmRpc::connect(anvil.url()).await?;
-    Ok(Evm { anvil, rpc, token, payer, pay_to, gas })
+    let escrow = rpc
+        .deploy_session_escrow(&accounts[0].signer, farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD)
+        .await?;
+    Ok(Evm { anvil, rpc, token, payer, pay_to: pay_to_key.address(), pay_to_key, escrow, gas })
 }
 
 pub struct Stack {
@@ -128,8 +137,7 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
     // The embedded default store: SQLite, so replay protection survives a restart.
     let store_path =
         std::env::temp_dir().join(format!("farebox-demo-{}.sqlite", std::process::id()));
-    let store: Arc<dyn ReplayStore> =
-        Arc::new(farebox_store::SqliteStore::open(&store_path).await?);
+    let store = Arc::new(farebox_store::SqliteStore::open(&store_path).await?);
 
     let mut master = [0u8; 32];
     rand_fill(&mut master);
@@ -158,6 +166,19 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
             offer_v1: true,
         };
         paywall = paywall.rail(X402Rail::new(config, Arc::new(facilitator), store.clone()));
+        // MPP sessions on the same token: channels in the escrow, accounting in the same store.
+        let session = EvmSessionConfig::new(
+            evm.rpc.clone(),
+            evm.pay_to_key.clone(),
+            evm.escrow,
+            evm.token,
+            "USDC",
+            token.decimals,
+        );
+        let mpp = MppRail::builder(MppConfig::new("farebox-demo", master.to_vec()), store.clone())
+            .evm_session(session, store.clone())
+            .build()?;
+        paywall = paywall.shared_rail(Arc::new(mpp));
         usdc = Some(token);
     }
     for p in PRICES {

@@ -32,12 +32,19 @@ pub fn router() -> Router {
             "/weather/{city}",
             get(|Path(city): Path<String>| async move { Json(weather(&city)) }),
         )
+        .route("/ticks/{symbol}", get(|Path(symbol): Path<String>| async move { Json(tick(&symbol)) }))
         .route(
             "/report",
             get(|| async {
                 Json(json!({ "report": "Q3 API revenue: per request, in sats and in USDC, no keys issued." }))
             }),
         )
+}
+
+fn tick(symbol: &str) -> Value {
+    // A made-up but stable quote per symbol: the demo's metered market-data feed.
+    let seed = symbol.bytes().fold(11u32, |h, b| h.wrapping_mul(33).wrapping_add(u32::from(b)));
+    json!({ "symbol": symbol, "price": f64::from(seed % 90_000) / 100.0 })
 }
 
 fn weather(city: &str) -> Value {

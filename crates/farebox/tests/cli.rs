@@ -27,7 +27,7 @@ fn the_demo_narrates_a_paid_exchange() {
         "· paid: preimage received",
         "← 200 OK  {\"joke\"",
         "· sending the saved l402 token up front",
-        "(invalid_preimage), 2 fresh challenges",
+        "(invalid_preimage), 3 fresh challenges",
         "refused by the client: over budget",
         "3 payments; 35 sat spent of a 500 sat budget",
         "Lightning: wallet 100000 sat → 99965 sat; server node received 35 sat",
@@ -38,7 +38,14 @@ fn the_demo_narrates_a_paid_exchange() {
         "PAYMENT-RESPONSE: settled on eip155:84532 in transaction 0x",
         "the API's account went from 0 USDC to 0.05 USDC",
         "→ again: 402 Payment Required (invalid_exact_evm_nonce_already_used)",
-        "USDC on chain: client 100 USDC → 99.9 USDC; API 0.1 USDC",
+        // An MPP session: one channel, five vouchers, a close that refunds the rest on chain.
+        "· offer: mpp 0.001 USDC — MPP EVM session for farebox-demo: 0.001 USDC per request from a deposit of 0.01 USDC",
+        "· approving and opening a channel in the escrow",
+        "Payment-Receipt: channel 0x",
+        "accepted 5000 spent 5000 (base units)",
+        "· on chain so far: 0.01 USDC in the escrow, nothing paid to the API yet",
+        "· closed: the API captured 0.005 USDC, the escrow refunded 0.005 USDC (transaction 0x",
+        "USDC on chain: client 100 USDC → 99.895 USDC; API 0.105 USDC",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
