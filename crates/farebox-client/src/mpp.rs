@@ -335,8 +335,7 @@ impl Wallet for MppWallet {
                 let signature = eip3009::sign(signer, &domain, &auth);
                 let mut credential =
                     Credential::new(challenge, evm_charge::payload(&auth, &signature));
-                credential.source =
-                    Some(format!("did:pkh:eip155:{}:{:#x}", request.chain_id, signer.address()));
+                credential.source = Some(evm_charge::source(request.chain_id, signer.address()));
                 proof(
                     &credential,
                     Money::zero(offer.price.asset.clone()),
@@ -595,8 +594,7 @@ impl MppWallet {
             }
         };
         let mut credential = Credential::new(challenge, payload.to_json());
-        credential.source =
-            Some(format!("did:pkh:eip155:{}:{:#x}", request.chain_id, signer.address()));
+        credential.source = Some(evm_charge::source(request.chain_id, signer.address()));
         Ok(Proof {
             headers: sensitive(&credential)?,
             fee: Money::zero(offer.price.asset.clone()),

@@ -15,16 +15,17 @@
 //! challenge-bound nonce `keccak256(utf8(challenge.id ‖ challenge.realm))` ([`challenge_nonce`]),
 //! so one signature pays one challenge only.
 //!
-//! Payload:
+//! Payload, flat as mppx (the reference SDK) writes and reads it:
 //!
 //! ```json
-//! {"type": "authorization", "signature": "0x<65 bytes>",
-//!  "authorization": {"from": "0x…", "to": "0x…", "value": "150", "validAfter": "0",
-//!                    "validBefore": "1767225600", "nonce": "0x<32 bytes>"}}
+//! {"type": "authorization", "from": "0x…", "to": "0x…", "value": "150", "validAfter": "0",
+//!  "validBefore": "1767225600", "nonce": "0x<32 bytes>", "signature": "0x<65 bytes>"}
 //! ```
 //!
-//! Numbers in `authorization` are decimal strings (as x402 and mppx write them); `0x` hex is also
-//! read.
+//! Reading also accepts the fields nested in an `authorization` object (the x402 shape, which
+//! early drafts used). Numbers are decimal strings (as x402 and mppx write them); `0x` hex is
+//! also read. mppx compares `source` with `did:pkh:eip155:<chainId>:<EIP-55 address>` as a
+//! string, so [`source`] writes the checksummed form.
 
 use farebox_evm::eip3009::TransferWithAuthorization;
 use farebox_evm::{Address, B256, U256};
@@ -162,23 +163,26 @@ impl EvmChargeRequest {
     }
 }
 
-/// The payload JSON of a signed authorization.
+/// The payload JSON of a signed authorization (mppx's flat shape).
 pub fn payload(auth: &TransferWithAuthorization, signature: &[u8]) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("type".into(), Value::String(CREDENTIAL_AUTHORIZATION.into()));
-    m.insert(
-        "authorization".into(),
-        json!({
-            "from": format!("{:#x}", auth.from),
-            "to": format!("{:#x}", auth.to),
-            "value": auth.value.to_string(),
-            "validAfter": auth.validAfter.to_string(),
-            "validBefore": auth.validBefore.to_string(),
-            "nonce": format!("{:#x}", auth.nonce),
-        }),
-    );
-    m.insert("signature".into(), Value::String(fields::hex0x(signature)));
+    let mut put = |k: &str, v: String| {
+        m.insert(k.into(), Value::String(v));
+    };
+    put("type", CREDENTIAL_AUTHORIZATION.into());
+    put("from", auth.from.to_string());
+    put("to", auth.to.to_string());
+    put("value", auth.value.to_string());
+    put("validAfter", auth.validAfter.to_string());
+    put("validBefore", auth.validBefore.to_string());
+    put("nonce", format!("{:#x}", auth.nonce));
+    put("signature", fields::hex0x(signature));
     m
+}
+
+/// The credential `source` of a payer: `did:pkh:eip155:<chainId>:<EIP-55 address>`.
+pub fn source(chain_id: u64, payer: Address) -> String {
+    format!("did:pkh:eip155:{chain_id}:{payer}")
 }
 
 /// The authorization and signature in a payload.
@@ -191,10 +195,13 @@ pub fn authorization_of(
             return Err(EvmChargeError::CredentialType(t.into()));
         }
     }
-    let a = payload
-        .get("authorization")
-        .and_then(Value::as_object)
-        .ok_or(EvmChargeError::Missing("payload.authorization"))?;
+    // Flat (mppx), or nested in `authorization` (the x402 shape).
+    let a = match payload.get("authorization") {
+        Some(nested) => {
+            nested.as_object().ok_or(EvmChargeError::Missing("payload.authorization"))?
+        }
+        None => payload,
+    };
     let nonce = fields::parse_b256(str_field(a, "nonce")?).ok_or(EvmChargeError::Nonce)?;
     let number = |name: &'static str| -> Result<U256, EvmChargeError> {
         match a.get(name) {
@@ -251,7 +258,23 @@ mod tests {
             nonce: challenge_nonce("id", "realm"),
         };
         let p = payload(&auth, &[7; 65]);
-        assert_eq!(authorization_of(&p).unwrap(), (auth, vec![7; 65]));
+        assert_eq!(p["from"], auth.from.to_string(), "flat, EIP-55, as mppx writes it");
+        assert_eq!(authorization_of(&p).unwrap(), (auth.clone(), vec![7; 65]));
+        // The nested (x402-shaped) form reads the same.
+        let mut nested = Map::new();
+        let inner: Map<String, Value> = p
+            .iter()
+            .filter(|(k, _)| *k != "type" && *k != "signature")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        nested.insert("type".into(), json!("authorization"));
+        nested.insert("authorization".into(), Value::Object(inner));
+        nested.insert("signature".into(), p["signature"].clone());
+        assert_eq!(authorization_of(&nested).unwrap(), (auth, vec![7; 65]));
+        assert_eq!(
+            source(84532, Address::repeat_byte(0xab)),
+            "did:pkh:eip155:84532:0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"
+        );
     }
 
     #[test]
