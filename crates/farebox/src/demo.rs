@@ -348,6 +348,11 @@ async fn request(
         .get("payment-response")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| farebox_x402::decode_header::<farebox_x402::v2::SettleResponse>(v).ok());
+    let l402 = response
+        .headers()
+        .get(farebox_l402::L402_RECEIPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| farebox_l402::L402Receipt::decode(v).ok());
     let session = response
         .headers()
         .get("payment-receipt")
@@ -356,6 +361,14 @@ async fn request(
         .filter(|r| r.extensions.get("intent").and_then(|i| i.as_str()) == Some("session"));
     let body = response.text().await.unwrap_or_default();
     println!("    ← {status}  {}", body.trim());
+    if let Some(r) = l402 {
+        println!(
+            "      L402-Receipt: {} paid to service {:?}, payment hash {}",
+            Money::msats(r.amount_msat),
+            r.service,
+            short(&hex::encode(r.payment_hash))
+        );
+    }
     if let Some(r) = session {
         let field =
             |k: &str| r.extensions.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();

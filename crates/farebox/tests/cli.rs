@@ -26,6 +26,7 @@ fn the_demo_narrates_a_paid_exchange() {
         "· paying 10 sat over l402",
         "· paid: preimage received",
         "← 200 OK  {\"joke\"",
+        "L402-Receipt: 10 sat paid to service \"demo\", payment hash ",
         "· sending the saved l402 token up front",
         "(invalid_preimage), 3 fresh challenges",
         "refused by the client: over budget",
