@@ -1,23 +1,30 @@
-//! `cargo xtask interop`: the official coinbase x402 SDKs against farebox, both ways, on anvil.
+//! `cargo xtask interop`: the official coinbase x402 SDKs and mppx (the reference MPP SDK)
+//! against farebox, both ways, on anvil.
 //!
-//! The peers are the npm packages pinned in `xtask/interop/package.json`, installed into
-//! `target/tools/interop/` (never into the repository; reinstalled only when that file changes)
-//! and driven by the small scripts beside it. Everything else runs in this process: anvil
-//! (chain id 84532, so x402 v1's `base-sepolia` lines up) with FareboxUSD("USDC", "2") deployed
-//! and the payer (dev account #1) funded, a farebox paywall with the x402 rail (in-process
-//! `LocalFacilitator` with gas key #3, `MemoryStore`, payTo = dev account #2, v1 offered too),
-//! and that facilitator's HTTP API for the official servers.
+//! The peers are the npm packages pinned in `xtask/interop/package.json` (the x402 SDKs) and
+//! `xtask/interop/mppx/package.json` (mppx; a project of its own, as its optional peers conflict
+//! with x402 v1's), installed into `target/tools/interop/` and `target/tools/interop-mppx/`
+//! (never into the repository; reinstalled only when a manifest changes) and driven by the
+//! small scripts beside each manifest. The chain and the farebox side: anvil (chain id
+//! 84532, so x402 v1's `base-sepolia` lines up) with FareboxUSD("USDC", "2") deployed and the
+//! payer (dev account #1) funded; a farebox paywall with the x402 rail (in-process
+//! `LocalFacilitator` with gas key #3, `MemoryStore`, payTo = dev account #2, v1 offered too); a
+//! farebox paywall with the MPP rail's `evm` charge (settling with gas key #4, recipient #2);
+//! and the real `farebox facilitator` binary (gas key #5, its own store) for the peers' servers.
 //!
-//! | case | payer | payee | facilitator |
+//! | case | payer | payee | settles |
 //! |---|---|---|---|
-//! | v2 `@x402/fetch` → farebox server | `@x402/fetch` 2.27.0 | farebox paywall | farebox, in-process |
-//! | v1 `x402-fetch` → farebox server | `x402-fetch` 1.2.0 | farebox paywall | farebox, in-process |
-//! | v2 farebox client → `@x402/express` | `PaymentMiddleware` + `X402Wallet` | `@x402/express` 2.27.0 | farebox over HTTP |
-//! | v1 farebox client → `x402-express` | `PaymentMiddleware` + `X402Wallet` | `x402-express` 1.2.0 | farebox over HTTP |
+//! | v2 `@x402/fetch` → farebox server | `@x402/fetch` 2.27.0 | farebox paywall (x402) | farebox, in-process |
+//! | v1 `x402-fetch` → farebox server | `x402-fetch` 1.2.0 | farebox paywall (x402) | farebox, in-process |
+//! | v2 farebox client → `@x402/express` | `PaymentMiddleware` + `X402Wallet` | `@x402/express` 2.27.0 | `farebox facilitator` |
+//! | v1 farebox client → `x402-express` | `PaymentMiddleware` + `X402Wallet` | `x402-express` 1.2.0 | `farebox facilitator` |
+//! | mppx client → farebox MPP server | `mppx` 0.11.0 `evm.charge` | farebox paywall (MPP `evm` charge) | farebox, in-process |
+//! | farebox client → mppx server | `PaymentMiddleware` + `MppWallet` | `mppx` 0.11.0 `evm.charge` | `farebox facilitator` (mppx's x402 bridge) |
 //!
 //! Each case passes when the request is answered 200 with the handler's body, the settlement
-//! header the payer saw carries a transaction hash whose receipt succeeded, and payTo's on-chain
-//! balance grew by exactly the price. One line per case, then `N passed, M failed`.
+//! header (or MPP receipt) the payer saw carries a transaction hash whose receipt succeeded, and
+//! the payee's on-chain balance grew by exactly the price. One line per case, then
+//! `N passed, M failed`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,13 +35,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use axum::http::Method;
-use farebox_client::{Budget, PaymentMiddleware, X402Wallet, paying_client};
+use farebox_client::{Budget, MppWallet, PaymentMiddleware, X402Wallet, paying_client};
 use farebox_core::{Asset, Money, Price, Token};
 use farebox_evm::anvil::{Anvil, DEV_KEYS};
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
+use farebox_mpp::{EvmChargeConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
-use farebox_x402::facilitator::http_server;
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
 use farebox_x402::{X402Config, X402Rail};
 use serde_json::Value;
@@ -53,6 +60,7 @@ const PRICE: u64 = 10_000;
 const FUNDING: u64 = 1_000_000_000;
 /// The handlers' bodies (the official servers' are in their scripts).
 const FAREBOX_BODY: &str = "paid content from farebox";
+const MPP_SECRET: &[u8] = b"the-farebox-interop-mpp-secret-32-bytes!";
 const V2_EXPRESS_BODY: &str = "paid content from @x402/express";
 const V1_EXPRESS_BODY: &str = "paid content from x402-express";
 
@@ -69,15 +77,18 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Installs the peers, runs every case, prints the summary; an error when any case failed.
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    let outcomes = match ensure_peers() {
+    let outcomes = match ensure_peers(&x402_peers())
+        .and_then(|x402| Ok((x402, ensure_peers(&mppx_peers())?)))
+    {
         Ok(peers) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            let outcomes =
-                runtime.block_on(async { tokio::time::timeout(RUN_TIMEOUT, cases(&peers)).await });
+            let outcomes = runtime.block_on(async {
+                tokio::time::timeout(RUN_TIMEOUT, cases(&peers.0, &peers.1)).await
+            });
             // Ends the servers' tasks; the guards have killed the child processes already.
             runtime.shutdown_timeout(Duration::from_secs(5));
             outcomes.unwrap_or_else(|_| {
@@ -102,7 +113,7 @@ pub fn run() -> Result<()> {
     eprintln!("xtask: interop took {:.1} s", started.elapsed().as_secs_f64());
     println!("{} passed, {failed} failed", outcomes.len() - failed);
     if failed > 0 {
-        bail!("{failed} x402 interop case(s) failed");
+        bail!("{failed} interop case(s) failed");
     }
     Ok(())
 }
@@ -111,26 +122,40 @@ const V2_FETCH: &str = "v2 @x402/fetch → farebox server";
 const V1_FETCH: &str = "v1 x402-fetch → farebox server";
 const V2_EXPRESS: &str = "v2 farebox client → @x402/express (farebox facilitator)";
 const V1_EXPRESS: &str = "v1 farebox client → x402-express (farebox facilitator)";
-const CASES: [&str; 4] = [V2_FETCH, V1_FETCH, V2_EXPRESS, V1_EXPRESS];
+const MPPX_CLIENT: &str = "mppx client → farebox MPP evm charge";
+const MPPX_SERVER: &str = "farebox client → mppx evm charge (farebox facilitator)";
+const CASES: [&str; 6] = [V2_FETCH, V1_FETCH, V2_EXPRESS, V1_EXPRESS, MPPX_CLIENT, MPPX_SERVER];
+const MPPX_BODY: &str = "paid content from mppx";
 
 // ---------------------------------------------------------------------------------------------
 // The peers: npm packages and scripts.
 
-fn scripts_dir() -> PathBuf {
-    tools::workspace_root().join("xtask").join("interop")
+/// One npm project of peers: where its manifest and scripts are, where it is installed.
+struct PeerSet {
+    scripts: PathBuf,
+    installed: PathBuf,
 }
 
-/// `target/tools/interop/`, npm's project directory for the peers.
-fn peers_dir() -> PathBuf {
-    tools::tools_dir().join("interop")
+fn x402_peers() -> PeerSet {
+    PeerSet {
+        scripts: tools::workspace_root().join("xtask").join("interop"),
+        installed: tools::tools_dir().join("interop"),
+    }
 }
 
-/// Installs the peers unless they were installed from this very package.json (its SHA-256 is
-/// kept beside them), then copies the scripts next to `node_modules/` so Node resolves the
+fn mppx_peers() -> PeerSet {
+    PeerSet {
+        scripts: tools::workspace_root().join("xtask").join("interop").join("mppx"),
+        installed: tools::tools_dir().join("interop-mppx"),
+    }
+}
+
+/// Installs a peer set unless it was installed from this very package.json (its SHA-256 is
+/// kept beside it), then copies the scripts next to `node_modules/` so Node resolves the
 /// packages from there. Returns that directory.
-fn ensure_peers() -> Result<PathBuf> {
-    let dir = peers_dir();
-    let manifest_path = scripts_dir().join("package.json");
+fn ensure_peers(set: &PeerSet) -> Result<PathBuf> {
+    let dir = set.installed.clone();
+    let manifest_path = set.scripts.join("package.json");
     let manifest = std::fs::read(&manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
     let hash = hex::encode(Sha256::digest(&manifest));
@@ -138,7 +163,7 @@ fn ensure_peers() -> Result<PathBuf> {
     let installed = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash)
         && dir.join("node_modules/.package-lock.json").is_file();
     if !installed {
-        eprintln!("xtask: installing the x402 interop peers into {}", dir.display());
+        eprintln!("xtask: installing the interop peers into {}", dir.display());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let _ = std::fs::remove_file(&stamp);
         std::fs::write(dir.join("package.json"), &manifest)?;
@@ -149,11 +174,11 @@ fn ensure_peers() -> Result<PathBuf> {
                 .current_dir(&dir),
             INSTALL_TIMEOUT,
         )
-        .context("installing the x402 peers with npm (is Node.js/npm installed?)")?;
+        .context("installing the interop peers with npm (is Node.js/npm installed?)")?;
         eprintln!("xtask: npm install took {:.1} s", started.elapsed().as_secs_f64());
         std::fs::write(&stamp, &hash)?;
     }
-    for entry in std::fs::read_dir(scripts_dir())? {
+    for entry in std::fs::read_dir(&set.scripts)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "mjs") {
             let target = dir.join(path.file_name().unwrap_or_default());
@@ -287,8 +312,58 @@ struct World {
     pay_to: Address,
     /// The farebox paywall (x402 rail, in-process facilitator) in front of `GET /paid`.
     farebox_server: SocketAddr,
-    /// The same facilitator's HTTP API.
-    facilitator: SocketAddr,
+    /// The farebox paywall with the MPP rail's `evm` charge in front of `GET /paid`.
+    mpp_server: SocketAddr,
+    /// The `farebox facilitator` process, for the peers' servers.
+    facilitator: FacilitatorProcess,
+}
+
+/// A running `farebox facilitator`, killed when dropped.
+struct FacilitatorProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for FacilitatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl FacilitatorProcess {
+    /// Builds and starts `farebox facilitator` on a free port, and waits for `GET /supported`.
+    async fn start(rpc_url: &str, key: &str) -> Result<Self> {
+        crate::run(crate::cargo().args(["build", "--quiet", "--package", "farebox"]))?;
+        let binary = tools::workspace_root().join("target").join("debug").join("farebox");
+        let port = free_port()?;
+        let log_dir = tools::workspace_root().join("target").join("interop");
+        std::fs::create_dir_all(&log_dir)?;
+        let log = std::fs::File::create(log_dir.join("farebox-facilitator.log"))?;
+        let child = Command::new(&binary)
+            .args(["facilitator", "--rpc", rpc_url, "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", "memory:"])
+            .env("FAREBOX_FACILITATOR_KEY", key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let process = FacilitatorProcess { child, url: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        loop {
+            let up = http.get(format!("{}/supported", process.url)).send().await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                return Ok(process);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "farebox facilitator not up after {SERVER_START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl World {
@@ -302,6 +377,7 @@ impl World {
         let accounts = anvil.accounts();
         let (payer_key, payer) = (DEV_KEYS[1], accounts[1].signer.clone());
         let (pay_to, gas) = (accounts[2].address, accounts[3].signer.clone());
+        let mpp_gas = accounts[4].signer.clone();
         anvil.mint(token, payer.address(), U256::from(FUNDING)).await.context("funding")?;
         let rpc_url = anvil.url().to_string();
         let rpc = EvmRpc::connect(&rpc_url).await?;
@@ -340,10 +416,27 @@ impl World {
             .layer(PaywallLayer::new(paywall));
         tokio::spawn(async move { axum::serve(listener, app).await });
 
+        // The MPP rail's `evm` charge: the same token, settled by the rail itself.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let facilitator_addr = listener.local_addr()?;
-        let api = http_server::router(facilitator);
-        tokio::spawn(async move { axum::serve(listener, api).await });
+        let mpp_server = listener.local_addr()?;
+        let evm = EvmChargeConfig::new(rpc.clone(), mpp_gas, token, "USDC", "2", 6, pay_to);
+        let price = Money::new(evm.asset(), PRICE.into());
+        let mpp = MppRail::builder(
+            MppConfig::new("farebox.interop", MPP_SECRET),
+            Arc::new(MemoryStore::new()),
+        )
+        .evm_charge(evm)
+        .build()?;
+        let paywall = Paywall::builder()
+            .rail(mpp)
+            .route(PricedRoute::new(Some(Method::GET), "/paid", Price::one(price))?)
+            .build()?;
+        let app = axum::Router::new()
+            .route("/paid", axum::routing::get(|| async { FAREBOX_BODY }))
+            .layer(PaywallLayer::new(paywall));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let facilitator = FacilitatorProcess::start(&rpc_url, DEV_KEYS[5]).await?;
 
         Ok(World {
             _anvil: anvil,
@@ -354,7 +447,8 @@ impl World {
             payer,
             pay_to,
             farebox_server,
-            facilitator: facilitator_addr,
+            mpp_server,
+            facilitator,
         })
     }
 
@@ -375,6 +469,14 @@ impl World {
         Ok(self.rpc.balance_of(self.token, self.pay_to).await?)
     }
 
+    fn budget(&self) -> Result<Budget> {
+        let usdc = self.usdc();
+        Ok(Budget::new().allow(
+            Money::new(usdc.clone(), u128::from(PRICE) * 10),
+            Money::new(usdc, u128::from(PRICE) * 100),
+        )?)
+    }
+
     /// The settlement `tx` succeeded on chain and payTo got exactly the price since `before`.
     async fn check_paid(&self, before: U256, tx: &str) -> Result<String> {
         let hash = TxHash::from_str(tx).with_context(|| format!("not a tx hash: {tx:?}"))?;
@@ -391,7 +493,7 @@ impl World {
     }
 }
 
-async fn cases(peers: &Path) -> Vec<(&'static str, Result<String>)> {
+async fn cases(peers: &Path, mppx: &Path) -> Vec<(&'static str, Result<String>)> {
     let world = match World::start().await {
         Ok(w) => w,
         Err(e) => {
@@ -424,7 +526,69 @@ async fn cases(peers: &Path) -> Vec<(&'static str, Result<String>)> {
             )
             .await,
         ),
+        (MPPX_CLIENT, mppx_client(&world, mppx).await),
+        (MPPX_SERVER, mppx_server(&world, mppx).await),
     ]
+}
+
+/// mppx's client pays the farebox MPP server's `evm` charge.
+async fn mppx_client(world: &World, peers: &Path) -> Result<String> {
+    let before = world.pay_to_balance().await?;
+    let url = format!("http://{}/paid", world.mpp_server);
+    let token = world.token_hex();
+    let out =
+        run_client(peers, "mppx_client.mjs", &[&url, &world.rpc_url, world.payer_key, &token])
+            .await?;
+    ensure!(out["status"] == 200, "mppx got {out}");
+    ensure!(out["body"] == FAREBOX_BODY, "mppx got body {}", out["body"]);
+    let receipt = &out["receipt"];
+    ensure!(receipt["status"] == "success" && receipt["method"] == "evm", "receipt {receipt}");
+    let tx = receipt["reference"].as_str().context("no reference in the receipt")?;
+    world.check_paid(before, tx).await
+}
+
+/// The farebox client pays an mppx server that settles through `farebox facilitator`.
+async fn mppx_server(world: &World, peers: &Path) -> Result<String> {
+    let port = free_port()?;
+    let (token, pay_to) = (world.token_hex(), format!("{:#x}", world.pay_to));
+    // The route's price in display units (6 decimals), as mppx takes it.
+    let amount = format!("{}.{:06}", PRICE / 1_000_000, PRICE % 1_000_000);
+    let args = [
+        port.to_string(),
+        world.rpc_url.clone(),
+        world.facilitator.url.clone(),
+        token,
+        pay_to,
+        amount,
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _server = start_server(peers, "mppx_server.mjs", &args).await?;
+
+    // mppx's challenges do not name the token's EIP-712 domain: the wallet is told it, as an
+    // mppx client would be.
+    let wallet =
+        MppWallet::new().evm(world.payer.clone()).evm_domain(CHAIN_ID, world.token, "USDC", "2");
+    let payer = PaymentMiddleware::new(world.budget()?).wallet(wallet);
+    let ledger = payer.ledger();
+    let client = paying_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?, payer);
+    let before = world.pay_to_balance().await?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}/paid"))
+        .send()
+        .await
+        .context("the farebox client's request")?;
+    let status = response.status();
+    let receipt = response
+        .headers()
+        .get("payment-receipt")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let text = response.text().await.unwrap_or_default();
+    ensure!(status == 200, "got {status}: {}", tail(&text, 5));
+    ensure!(text == MPPX_BODY, "got body {text:?}");
+    let receipt = PaymentReceipt::decode(&receipt.context("no Payment-Receipt")?)?;
+    ensure!(receipt.method == "evm", "receipt for method {}", receipt.method);
+    ensure!(ledger.entries().len() == 1, "the client's ledger has {:?}", ledger.entries());
+    world.check_paid(before, &receipt.reference).await
 }
 
 /// An official client pays the farebox server; `network` is what its settlement header names.
@@ -460,7 +624,7 @@ async fn official_server(
     body: &str,
 ) -> Result<String> {
     let port = free_port()?;
-    let facilitator = format!("http://{}", world.facilitator);
+    let facilitator = world.facilitator.url.clone();
     let token = world.token_hex();
     let pay_to = format!("{:#x}", world.pay_to);
     let price = PRICE.to_string();
@@ -468,12 +632,8 @@ async fn official_server(
         start_server(peers, script, &[&port.to_string(), &facilitator, &token, &pay_to, &price])
             .await?;
 
-    let usdc = world.usdc();
-    let budget = Budget::new().allow(
-        Money::new(usdc.clone(), u128::from(PRICE) * 10),
-        Money::new(usdc, u128::from(PRICE) * 100),
-    )?;
-    let payer = PaymentMiddleware::new(budget).wallet(X402Wallet::new(world.payer.clone()));
+    let payer =
+        PaymentMiddleware::new(world.budget()?).wallet(X402Wallet::new(world.payer.clone()));
     let ledger = payer.ledger();
     let client = paying_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?, payer);
 

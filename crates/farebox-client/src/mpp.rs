@@ -20,9 +20,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
-use farebox_evm::{PrivateKeySigner, U256};
+use farebox_evm::{Address, PrivateKeySigner, U256};
 use farebox_lightning::{LightningBackend, LightningError, bolt11};
-use farebox_mpp::evm_charge::{self, EvmChargeRequest};
+use farebox_mpp::evm_charge::{self, EvmChargeRequest, TokenName};
 use farebox_mpp::evm_session::{self, EvmSessionRequest, SessionPayload};
 use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
 use farebox_mpp::lightning_session::{
@@ -46,6 +46,8 @@ pub struct MppWallet {
     evm: Option<PrivateKeySigner>,
     evm_sessions: Option<EvmSessionPolicy>,
     lightning_sessions: Option<LightningSessionPolicy>,
+    /// EIP-712 domains of tokens whose challenges do not name theirs.
+    domains: Vec<(u64, Address, TokenName)>,
     book: SharedBook,
 }
 
@@ -56,6 +58,7 @@ impl Default for MppWallet {
             evm: None,
             evm_sessions: None,
             lightning_sessions: None,
+            domains: Vec::new(),
             book: Arc::new(SessionBook::new()),
         }
     }
@@ -70,6 +73,7 @@ enum MppOffer {
         challenge: Challenge,
         request: EvmChargeRequest,
         valid_before: u64,
+        domain: TokenName,
     },
     EvmSession {
         challenge: Challenge,
@@ -140,6 +144,38 @@ impl MppWallet {
         self
     }
 
+    /// The EIP-712 domain (`name`, `version`) of the EIP-3009 token `token` on `chain_id`, for
+    /// servers whose challenges do not name it (mppx's don't; its clients are configured the
+    /// same way). Known USDC deployments need no entry.
+    pub fn evm_domain(
+        mut self,
+        chain_id: u64,
+        token: Address,
+        name: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Self {
+        let name = TokenName { name: name.into(), version: version.into() };
+        self.domains.push((chain_id, token, name));
+        self
+    }
+
+    /// The EIP-712 domain to sign `request`'s authorization in: the challenge's, a configured
+    /// one, or a known USDC deployment's.
+    fn token_name(&self, request: &EvmChargeRequest) -> Option<TokenName> {
+        if let Some(named) = &request.authorization {
+            return Some(named.clone());
+        }
+        if let Some((_, _, name)) =
+            self.domains.iter().find(|(c, t, _)| *c == request.chain_id && *t == request.currency)
+        {
+            return Some(name.clone());
+        }
+        farebox_evm::usdc::KNOWN
+            .iter()
+            .find(|d| d.chain_id == request.chain_id && d.address == request.currency)
+            .map(|d| TokenName { name: d.name.into(), version: d.version.into() })
+    }
+
     fn lightning_offer(&self, challenge: Challenge) -> Result<Option<Offer>, ClientError> {
         let Some((_, max_fee_msat)) = &self.lightning else { return Ok(None) };
         let request = LightningChargeRequest::from_json(&challenge.request)
@@ -199,10 +235,18 @@ impl MppWallet {
             .amount
             .try_into()
             .map_err(|_| ClientError::InvalidChallenge("MPP amount too large".into()))?;
+        let Some(domain) = self.token_name(&request) else {
+            tracing::warn!(
+                token = %request.currency,
+                chain_id = request.chain_id,
+                "the MPP evm challenge names no EIP-712 domain for its token and none is configured (MppWallet::evm_domain)"
+            );
+            return Ok(None);
+        };
         let token = Token {
             network: farebox_evm::network::caip2(request.chain_id),
             address: format!("{:#x}", request.currency),
-            symbol: request.eip712_name.clone(),
+            symbol: domain.name.clone(),
             decimals: request.decimals,
         };
         let price = Money::new(Asset::Token(token), amount);
@@ -212,7 +256,7 @@ impl MppWallet {
             max_fee: Money::zero(price.asset.clone()),
             funding: Funding::PerRequest,
             price,
-            details: Box::new(MppOffer::Evm { challenge, request, valid_before }),
+            details: Box::new(MppOffer::Evm { challenge, request, valid_before, domain }),
         }))
     }
 }
@@ -314,7 +358,7 @@ impl Wallet for MppWallet {
                 proof(&credential, Money::msats(paid.fee_msat), hex_of(&request.payment_hash))
                     .map_err(|e| ClientError::PaidWithoutProof(e.to_string()))
             }
-            MppOffer::Evm { challenge, request, valid_before } => {
+            MppOffer::Evm { challenge, request, valid_before, domain } => {
                 let Some(signer) = &self.evm else {
                     return Err(ClientError::PaymentFailed("no EVM key".into()));
                 };
@@ -327,8 +371,8 @@ impl Wallet for MppWallet {
                     nonce: evm_charge::challenge_nonce(&challenge.id, &challenge.realm),
                 };
                 let domain = TokenDomain::new(
-                    request.eip712_name.clone(),
-                    request.eip712_version.clone(),
+                    domain.name.clone(),
+                    domain.version.clone(),
                     request.chain_id,
                     request.currency,
                 );

@@ -69,10 +69,17 @@ pub struct EvmChargeRequest {
     pub decimals: u8,
     /// Credential types the server accepts, in order of preference.
     pub credential_types: Vec<String>,
-    /// The token's EIP-712 domain name and version.
-    pub eip712_name: String,
-    pub eip712_version: String,
+    /// The token's EIP-712 domain name and version (`methodDetails.authorization`). farebox
+    /// servers write it; mppx servers do not (their clients are configured with it).
+    pub authorization: Option<TokenName>,
     pub description: Option<String>,
+}
+
+/// An EIP-3009 token's EIP-712 domain `name` and `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenName {
+    pub name: String,
+    pub version: String,
 }
 
 /// The challenge-bound EIP-3009 nonce: `keccak256(utf8(id ‖ realm))`.
@@ -116,9 +123,11 @@ impl EvmChargeRequest {
                 "chainId": self.chain_id,
                 "decimals": self.decimals,
                 "credentialTypes": self.credential_types,
-                "authorization": {"name": self.eip712_name, "version": self.eip712_version},
             },
         });
+        if let Some(a) = &self.authorization {
+            v["methodDetails"]["authorization"] = json!({"name": a.name, "version": a.version});
+        }
         if let (Some(d), Some(obj)) = (&self.description, v.as_object_mut()) {
             obj.insert("description".into(), Value::String(d.clone()));
         }
@@ -145,10 +154,18 @@ impl EvmChargeRequest {
             }
             Some(_) => return Err(EvmChargeError::Missing("methodDetails.credentialTypes")),
         };
-        let domain = details
-            .get("authorization")
-            .and_then(Value::as_object)
-            .ok_or(EvmChargeError::Missing("methodDetails.authorization"))?;
+        let authorization = match details.get("authorization") {
+            None => None,
+            Some(domain) => {
+                let domain = domain
+                    .as_object()
+                    .ok_or(EvmChargeError::Missing("methodDetails.authorization"))?;
+                Some(TokenName {
+                    name: str_field(domain, "name")?.to_string(),
+                    version: str_field(domain, "version")?.to_string(),
+                })
+            }
+        };
         Ok(EvmChargeRequest {
             amount,
             currency,
@@ -156,8 +173,7 @@ impl EvmChargeRequest {
             chain_id,
             decimals,
             credential_types,
-            eip712_name: str_field(domain, "name")?.to_string(),
-            eip712_version: str_field(domain, "version")?.to_string(),
+            authorization,
             description: obj.get("description").and_then(Value::as_str).map(str::to_owned),
         })
     }
@@ -241,14 +257,21 @@ mod tests {
             chain_id: 31_337,
             decimals: 2,
             credential_types: vec!["authorization".into()],
-            eip712_name: "USDC".into(),
-            eip712_version: "2".into(),
+            authorization: Some(TokenName { name: "USDC".into(), version: "2".into() }),
             description: None,
         };
         let v = r.to_json();
         assert_eq!(v["amount"], "150");
         assert_eq!(v["methodDetails"]["chainId"], 31_337);
         assert_eq!(EvmChargeRequest::from_json(&v).unwrap(), r);
+        // As mppx writes it: no domain; checksummed addresses.
+        let mppx = json!({"amount": "150", "currency": "0x1111111111111111111111111111111111111111",
+            "recipient": "0x2222222222222222222222222222222222222222",
+            "methodDetails": {"chainId": 31337, "credentialTypes": ["authorization"], "decimals": 2}});
+        assert_eq!(
+            EvmChargeRequest::from_json(&mppx).unwrap(),
+            EvmChargeRequest { authorization: None, ..r }
+        );
         let auth = TransferWithAuthorization {
             from: Address::repeat_byte(1),
             to: Address::repeat_byte(2),

@@ -707,8 +707,10 @@ impl MppRail {
             chain_id: cfg.rpc.chain_id(),
             decimals: cfg.decimals,
             credential_types: vec![evm_charge::CREDENTIAL_AUTHORIZATION.to_string()],
-            eip712_name: cfg.eip712_name.clone(),
-            eip712_version: cfg.eip712_version.clone(),
+            authorization: Some(evm_charge::TokenName {
+                name: cfg.eip712_name.clone(),
+                version: cfg.eip712_version.clone(),
+            }),
             description: resource.description.as_deref().map(str::to_owned),
         };
         let salt = self.salt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
