@@ -496,55 +496,10 @@ impl MppRail {
             record = self.channel_record(m, channel, true).await?;
             refuse_unless_open(&record, &channel)?;
         }
-        let data = data_of(&record)?;
-        check_signature(m, v, &data)?;
+        check_signature(m, v, &data_of(&record)?)?;
         let min_delta = m.config.min_voucher_delta;
-        let signature = crate::fields::hex0x(&v.signature);
         let outcome = update_session(&*m.sessions, NAMESPACE, &key(&channel), |r| {
-            refuse_unless_open(r, &channel)?;
-            let grows = v.cumulative_amount > r.accepted;
-            if v.cumulative_amount < r.accepted {
-                return Err(problem::verification_failed(format!(
-                    "the voucher goes backwards: {} is below the {} already accepted",
-                    v.cumulative_amount, r.accepted
-                )));
-            }
-            if grows && v.cumulative_amount - r.accepted < min_delta {
-                return Err(ProblemType::SessionDeltaTooSmall.error(format!(
-                    "the voucher adds {}, less than the minimum of {min_delta}",
-                    v.cumulative_amount - r.accepted
-                )));
-            }
-            if v.cumulative_amount > r.deposit {
-                return Err(ProblemType::SessionAmountExceedsDeposit
-                    .error(format!(
-                        "the voucher for {} exceeds the channel's deposit of {}",
-                        v.cumulative_amount, r.deposit
-                    ))
-                    .with_member("channelId", key(&channel))
-                    .with_member("requiredTopUp", (v.cumulative_amount - r.deposit).to_string()));
-            }
-            let mut next = r.clone();
-            if grows {
-                let mut data = data_of(r)?;
-                data.voucher_signature = Some(signature.clone());
-                next = with_data(r, &data);
-                next.accepted = v.cumulative_amount;
-            }
-            let available = next.accepted.saturating_sub(next.spent);
-            if available < price {
-                let short = ProblemType::SessionInsufficientBalance
-                    .error(format!(
-                        "the channel has {available} authorized and unspent, this request costs {price}: send a larger voucher"
-                    ))
-                    .with_member("channelId", key(&channel))
-                    .with_member("requiredTopUp", (price - available).to_string());
-                // A larger voucher that still does not cover the price is kept all the same.
-                return Ok(if grows { Update::Write(next, Err(short)) } else { Update::Keep(Err(short)) });
-            }
-            next.spent += price;
-            next.updated_at = time::unix_now();
-            Ok(Update::Write(next.clone(), Ok((next.accepted, next.spent))))
+            apply_voucher(r, v, price, min_delta)
         })
         .await?
         .ok_or_else(|| channel_gone(&channel))?;
@@ -918,14 +873,22 @@ fn refuse_unless_open(record: &SessionRecord, channel: &B256) -> Result<(), Paym
     if record.status == SessionStatus::Open { Ok(()) } else { Err(channel_gone(channel)) }
 }
 
-/// The voucher is signed by the channel's signer (from chain state), with low `s`.
 fn check_signature(m: &Method, v: &SignedVoucher, data: &ChannelData) -> Result<(), PaymentError> {
     let expected: Address = data
         .signer
         .parse()
         .map_err(|_| PaymentError::internal("mpp_session_state", "bad signer in channel record"))?;
-    let digest = m
-        .domain
+    check_voucher_signature(&m.domain, expected, v)
+}
+
+/// The voucher is signed, with low `s`, by `expected`: the channel's signer as chain state
+/// names it (never an address from the payload).
+pub fn check_voucher_signature(
+    domain: &VoucherDomain,
+    expected: Address,
+    v: &SignedVoucher,
+) -> Result<(), PaymentError> {
+    let digest = domain
         .signing_hash(&Voucher { channelId: v.channel_id, cumulativeAmount: v.cumulative_amount });
     match voucher::recover(&digest, &v.signature) {
         Ok(signer) if signer == expected => Ok(()),
@@ -938,8 +901,69 @@ fn check_signature(m: &Method, v: &SignedVoucher, data: &ChannelData) -> Result<
     }
 }
 
-/// A record for a channel as the chain has it: nothing accepted beyond what is settled.
-fn record_from_chain(
+/// What a (signature-checked) voucher does to a channel's record, for a request costing
+/// `price`: refused (backwards, below `min_delta`, above the deposit, channel not open), or
+/// accepted and `price` debited (the new record and `(accepted, spent)`), or a larger voucher
+/// kept though it does not cover the price (`session/insufficient-balance`). Pure: the rail
+/// applies it with a compare-and-swap.
+pub fn apply_voucher(
+    r: &SessionRecord,
+    v: &SignedVoucher,
+    price: u128,
+    min_delta: u128,
+) -> Result<Update<Result<(u128, u128), PaymentError>>, PaymentError> {
+    let channel = v.channel_id;
+    refuse_unless_open(r, &channel)?;
+    let grows = v.cumulative_amount > r.accepted;
+    if v.cumulative_amount < r.accepted {
+        return Err(problem::verification_failed(format!(
+            "the voucher goes backwards: {} is below the {} already accepted",
+            v.cumulative_amount, r.accepted
+        )));
+    }
+    if grows && v.cumulative_amount - r.accepted < min_delta {
+        return Err(ProblemType::SessionDeltaTooSmall.error(format!(
+            "the voucher adds {}, less than the minimum of {min_delta}",
+            v.cumulative_amount - r.accepted
+        )));
+    }
+    if v.cumulative_amount > r.deposit {
+        return Err(ProblemType::SessionAmountExceedsDeposit
+            .error(format!(
+                "the voucher for {} exceeds the channel's deposit of {}",
+                v.cumulative_amount, r.deposit
+            ))
+            .with_member("channelId", key(&channel))
+            .with_member("requiredTopUp", (v.cumulative_amount - r.deposit).to_string()));
+    }
+    let mut next = r.clone();
+    if grows {
+        let mut data = data_of(r)?;
+        data.voucher_signature = Some(crate::fields::hex0x(&v.signature));
+        next = with_data(r, &data);
+        next.accepted = v.cumulative_amount;
+    }
+    let available = next.accepted.saturating_sub(next.spent);
+    if available < price {
+        let short = ProblemType::SessionInsufficientBalance
+            .error(format!(
+                "the channel has {available} authorized and unspent, this request costs {price}: send a larger voucher"
+            ))
+            .with_member("channelId", key(&channel))
+            .with_member("requiredTopUp", (price - available).to_string());
+        // A larger voucher that still does not cover the price is kept all the same.
+        return Ok(if grows { Update::Write(next, Err(short)) } else { Update::Keep(Err(short)) });
+    }
+    next.spent += price;
+    next.updated_at = time::unix_now();
+    let spent = (next.accepted, next.spent);
+    Ok(Update::Write(next, Ok(spent)))
+}
+
+/// A record for a channel as the chain has it (what the server starts from when it adopts a
+/// channel): nothing accepted beyond what is settled, `signature` the voucher for `accepted`
+/// if one is known.
+pub fn record_from_chain(
     state: &Channel,
     signature: Option<String>,
 ) -> Result<SessionRecord, PaymentError> {

@@ -34,7 +34,7 @@
 //! `Payment-Receipt` whose `reference` is the transaction hash; a receipt that does not arrive in
 //! time leaves the record `Pending` with the hash and refuses the request (503) naming it.
 
-mod evm_session;
+pub mod evm_session;
 mod lightning_session;
 
 pub use evm_session::{EvmSessionConfig, MIN_GRACE_PERIOD, NAMESPACE as EVM_SESSION_NAMESPACE};
