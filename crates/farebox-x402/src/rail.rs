@@ -320,24 +320,42 @@ impl Rail for X402Rail {
         let answer = match self.facilitator.settle(&accepted.request).await {
             Ok(answer) => answer,
             Err(FacilitatorError::Unavailable(why)) => {
-                // Nothing was sent: the client keeps its authorization for a retry.
+                // Never sent: the client keeps its authorization for a retry.
                 self.store.release(NAMESPACE, &accepted.key).await?;
                 return Err(unavailable(FacilitatorError::Unavailable(why)));
             }
             Err(e) => {
-                // The transfer may have been sent: the nonce stays spent, the outcome pending.
-                self.store.update(NAMESPACE, &accepted.key, ProofState::Pending, None).await?;
+                // The transfer may have been sent: the nonce stays spent, the outcome pending,
+                // and the client is told whatever transaction hash is known.
+                let transaction = match &e {
+                    FacilitatorError::OutcomeUnknown { transaction, .. } => transaction.clone(),
+                    _ => None,
+                };
+                self.record(&accepted.key, ProofState::Pending, transaction.as_deref()).await;
+                let mut pending = SettleResponse::failure(
+                    Reason::SettlementPending,
+                    accepted.request.network().to_string(),
+                    Some(accepted.payer.clone()),
+                );
+                pending.transaction = transaction.clone().unwrap_or_default();
+                let header = self.settlement_header(&accepted.request, &pending, &accepted.payer);
+                let tx = transaction.map(|t| format!(" (transaction {t})")).unwrap_or_default();
                 return Err(PaymentError::unavailable(
                     "settlement_outcome_unknown",
-                    format!("{e}; the payment is recorded as pending and will not be taken twice"),
+                    format!(
+                        "{e}{tx}; the payment is recorded as pending and will not be taken twice"
+                    ),
                     Duration::from_secs(5),
-                ));
+                )
+                .with_header(header.0, header.1));
             }
         };
         let header = self.settlement_header(&accepted.request, &answer, &accepted.payer);
         let tx = (!answer.transaction.is_empty()).then_some(answer.transaction.as_str());
         if answer.success {
-            self.store.update(NAMESPACE, &accepted.key, ProofState::Settled, tx).await?;
+            // Paid: the content is delivered even if the record cannot be updated (it stays
+            // reserved, which still refuses the authorization a second time).
+            self.record(&accepted.key, ProofState::Settled, tx).await;
             return Ok(Receipt::new(payment.amount, answer.transaction.clone(), vec![header]));
         }
         let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
@@ -352,7 +370,7 @@ impl Rail for X402Rail {
                 answer.error_message.clone().unwrap_or_else(|| reason.message().to_string()),
             )
         };
-        self.store.update(NAMESPACE, &accepted.key, state, tx).await?;
+        self.record(&accepted.key, state, tx).await;
         Err(invalid(reason, detail).with_header(header.0, header.1))
     }
 
@@ -366,6 +384,14 @@ impl Rail for X402Rail {
 }
 
 impl X402Rail {
+    /// Records where a settlement stands. The facilitator's answer is what the client must be
+    /// told, so a store failure here is logged rather than turned into a 503 that would hide it.
+    async fn record(&self, key: &str, state: ProofState, tx: Option<&str>) {
+        if let Err(e) = self.store.update(NAMESPACE, key, state, tx).await {
+            tracing::error!(key, state = state.as_str(), tx = tx.unwrap_or(""), error = %e, "could not record an x402 settlement");
+        }
+    }
+
     /// Why a nonce cannot be used again, with the transaction hash when its settlement is known.
     async fn already_used(&self, key: &str) -> PaymentError {
         let record = self.store.get(NAMESPACE, key).await.ok().flatten();

@@ -8,12 +8,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
-use farebox_core::{Asset, Money, Price, ProofState, ReplayStore};
+use farebox_core::{Asset, Money, Price, ProofRecord, ProofState, ReplayStore, StoreError};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, Bytes, EvmRpc, ReceiptOutcome, U256};
@@ -815,4 +816,83 @@ async fn a_settlement_without_a_receipt_is_pending_then_reconciled() {
     let (status, _, body) = get(&s.app, "/data", header).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+}
+
+// ---- a store that fails after the transfer was broadcast ----
+
+/// A replay store whose `update` fails while `failing` is set (it went away mid-settlement).
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl ReplayStore for FlakyStore {
+    async fn reserve(&self, ns: &str, key: &str, expires_at: u64) -> Result<bool, StoreError> {
+        self.inner.reserve(ns, key, expires_at).await
+    }
+    async fn update(
+        &self,
+        ns: &str,
+        key: &str,
+        state: ProofState,
+        reference: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("scripted outage".into()));
+        }
+        self.inner.update(ns, key, state, reference).await
+    }
+    async fn release(&self, ns: &str, key: &str) -> Result<(), StoreError> {
+        self.inner.release(ns, key).await
+    }
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<ProofRecord>, StoreError> {
+        self.inner.get(ns, key).await
+    }
+    async fn pending(&self, ns: &str) -> Result<Vec<(String, ProofRecord)>, StoreError> {
+        self.inner.pending(ns).await
+    }
+    async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner.purge_expired(now).await
+    }
+}
+
+#[tokio::test]
+async fn a_facilitator_store_failure_after_broadcast_is_pending_with_the_hash() {
+    let chain = Chain::start().await;
+    let facilitator_store = Arc::new(FlakyStore::default());
+    facilitator_store.failing.store(true, Ordering::SeqCst);
+    let rail_store = Arc::new(MemoryStore::new());
+    let f = Arc::new(chain.facilitator(facilitator_store.clone()));
+    let s = server(&chain, f, rail_store.clone());
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(body["code"], "settlement_outcome_unknown", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success);
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
+    let tx = receipt.transaction.clone();
+    assert!(is_tx_hash(&tx), "the client is told the hash of the transfer: {tx:?}");
+
+    // The money did move.
+    chain.wait_mined(&tx).await;
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+    // The rail kept the nonce, pending with the hash, and refuses the payment again.
+    let pending = rail_store.pending(rail::NAMESPACE).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.reference.as_deref(), Some(tx.as_str()));
+    facilitator_store.failing.store(false, Ordering::SeqCst);
+    let (status, _, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    assert_eq!(s.served.load(Ordering::SeqCst), 1, "the handler ran once; its answer was withheld");
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
 }

@@ -11,6 +11,7 @@ use axum::body::Body;
 use farebox_core::{Asset, Money, Price, ReplayStore};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
+use farebox_x402::facilitator::http_client::RemoteFacilitator;
 use farebox_x402::facilitator::{Facilitator, FacilitatorError};
 use farebox_x402::facilitator_api::{
     SettleResponse, SupportedResponse, VerifyResponse, VersionedPayment,
@@ -81,6 +82,33 @@ struct World {
     store: Arc<MemoryStore>,
 }
 
+fn scripted() -> Arc<Scripted> {
+    Arc::new(Scripted {
+        verify: Mutex::new(Script::Ok),
+        settle: Mutex::new(Script::Ok),
+        settles: AtomicUsize::new(0),
+    })
+}
+
+/// Verifies with the scripted facilitator, settles with another (e.g. one over HTTP).
+struct Split {
+    verify: Arc<Scripted>,
+    settle: Arc<dyn Facilitator>,
+}
+
+#[async_trait]
+impl Facilitator for Split {
+    async fn verify(&self, r: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError> {
+        self.verify.verify(r).await
+    }
+    async fn settle(&self, r: &VersionedPayment) -> Result<SettleResponse, FacilitatorError> {
+        self.settle.settle(r).await
+    }
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        self.settle.supported().await
+    }
+}
+
 fn config() -> X402Config {
     X402Config {
         network: "eip155:84532".into(),
@@ -97,13 +125,14 @@ fn config() -> X402Config {
 }
 
 fn world() -> World {
-    let facilitator = Arc::new(Scripted {
-        verify: Mutex::new(Script::Ok),
-        settle: Mutex::new(Script::Ok),
-        settles: AtomicUsize::new(0),
-    });
+    let facilitator = scripted();
+    world_with(facilitator.clone(), facilitator)
+}
+
+/// The paywall with `settle` as the rail's facilitator; `scripted` is the one tests script.
+fn world_with(scripted: Arc<Scripted>, facilitator: Arc<dyn Facilitator>) -> World {
     let store = Arc::new(MemoryStore::new());
-    let rail = X402Rail::new(config(), facilitator.clone(), store.clone());
+    let rail = X402Rail::new(config(), facilitator, store.clone());
     let price = Price::one(Money::new(Asset::Token(config().token()), 10_000));
     let paywall = Paywall::builder()
         .rail(rail)
@@ -117,7 +146,7 @@ fn world() -> World {
             axum::routing::get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
         )
         .layer(PaywallLayer::new(paywall));
-    World { app, facilitator, store }
+    World { app, facilitator: scripted, store }
 }
 
 async fn send(
@@ -363,4 +392,166 @@ async fn a_v1_payment_is_answered_in_v1() {
         codec::decode_header(headers["x-payment-response"].to_str().unwrap()).unwrap();
     assert!(receipt.success);
     assert_eq!(receipt.network, "base-sepolia");
+}
+
+// ---- settlement through a facilitator over HTTP whose answer does not say what happened ----
+
+/// A facilitator HTTP API whose `/settle` answers `status` with `body`, or never answers in
+/// time when `status` is `None`.
+async fn settle_answering(status: Option<StatusCode>, body: &'static str) -> String {
+    let router = Router::new().route(
+        "/settle",
+        axum::routing::post(move || async move {
+            match status {
+                Some(status) => (status, [("content-type", "application/json")], body),
+                None => {
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    (StatusCode::OK, [("content-type", "application/json")], body)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}/")
+}
+
+fn remote(base: &str) -> Arc<dyn Facilitator> {
+    let http =
+        reqwest::Client::builder().timeout(std::time::Duration::from_millis(500)).build().unwrap();
+    Arc::new(RemoteFacilitator::with_client(base.parse().unwrap(), http))
+}
+
+fn split_world(settle: Arc<dyn Facilitator>) -> World {
+    let verify = scripted();
+    world_with(verify.clone(), Arc::new(Split { verify, settle }))
+}
+
+/// The 503 of a settlement whose outcome is unknown: the nonce stays reserved as pending, the
+/// client is told the transaction hash that is known, and the same payment is not served again.
+async fn assert_outcome_unknown(w: &World, payment: String, expected_tx: &str) {
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment.clone()))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(body["code"], "settlement_outcome_unknown", "{body}");
+    assert_ne!(body, "the data");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success);
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
+    assert_eq!(receipt.transaction, expected_tx);
+    assert_eq!(receipt.payer.map(|p| p.to_lowercase()), Some(PAYER.to_lowercase()));
+    let pending = w.store.pending("x402").await.unwrap();
+    assert_eq!(pending.len(), 1, "the nonce stays reserved, as pending");
+    let reference = (!expected_tx.is_empty()).then_some(expected_tx);
+    assert_eq!(pending[0].1.reference.as_deref(), reference);
+    // The same authorization again: refused, never served a second time for one payment.
+    let (status, _, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+}
+
+#[tokio::test]
+async fn a_5xx_from_settle_keeps_the_nonce_pending() {
+    for status in [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::SERVICE_UNAVAILABLE] {
+        let base = settle_answering(Some(status), r#"{"error":"boom"}"#).await;
+        let w = split_world(remote(&base));
+        let payment = v2_payment(&w, 20).await;
+        assert_outcome_unknown(&w, payment, "").await;
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_settle_body_with_a_transaction_passes_its_hash_to_the_client() {
+    let body = r#"{"success":false,"errorReason":"unexpected_settle_error","transaction":"0xabc123","network":"eip155:84532"}"#;
+    let base = settle_answering(Some(StatusCode::INTERNAL_SERVER_ERROR), body).await;
+    let w = split_world(remote(&base));
+    let payment = v2_payment(&w, 21).await;
+    assert_outcome_unknown(&w, payment, "0xabc123").await;
+}
+
+#[tokio::test]
+async fn a_settle_answer_lost_after_sending_keeps_the_nonce_pending() {
+    let base = settle_answering(None, "{}").await;
+    let w = split_world(remote(&base));
+    let payment = v2_payment(&w, 22).await;
+    assert_outcome_unknown(&w, payment, "").await;
+}
+
+#[tokio::test]
+async fn a_settle_that_cannot_connect_releases_the_nonce() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", listener.local_addr().unwrap())
+    }; // closed again
+    let w = split_world(remote(&closed));
+    let payment = v2_payment(&w, 23).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(body["code"], "facilitator_unavailable", "{body}");
+    assert!(!headers.contains_key("payment-response"), "nothing was sent");
+    assert!(w.store.pending("x402").await.unwrap().is_empty());
+}
+
+/// A facilitator that broadcast a transfer but lost track of it.
+struct Unknown;
+
+#[async_trait]
+impl Facilitator for Unknown {
+    async fn verify(&self, _: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError> {
+        Ok(VerifyResponse::valid(PAYER.into()))
+    }
+    async fn settle(&self, _: &VersionedPayment) -> Result<SettleResponse, FacilitatorError> {
+        Err(FacilitatorError::OutcomeUnknown {
+            detail: "broadcast, not recorded".into(),
+            transaction: Some("0xfeedbeef".into()),
+        })
+    }
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        Err(FacilitatorError::Unavailable("not scripted".into()))
+    }
+}
+
+#[tokio::test]
+async fn the_http_facilitator_answers_an_unknown_outcome_as_pending_with_its_hash() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = farebox_x402::facilitator::http_server::router(Arc::new(Unknown));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    // On the wire: a settle response a client of the x402 facilitator API recognises.
+    let w = world();
+    let payment = v2_payment(&w, 24).await;
+    let decoded: v2::PaymentPayload = codec::decode_header(&payment).unwrap();
+    let request = VersionedPayment::V2 {
+        payment_requirements: decoded.accepted.clone(),
+        payment_payload: decoded,
+    };
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/settle"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let answer: SettleResponse = res.json().await.unwrap();
+    assert!(!answer.success);
+    assert_eq!(answer.error_reason.as_deref(), Some("settlement_pending"));
+    assert_eq!(answer.transaction, "0xfeedbeef");
+    assert_eq!(answer.network, "eip155:84532");
+    assert_eq!(answer.payer.as_deref().map(str::to_lowercase), Some(PAYER.to_lowercase()));
+
+    // Through a rail: a 402 that withholds the content and carries the hash; the nonce pending.
+    let w = split_world(remote(&format!("http://{addr}/")));
+    let payment = v2_payment(&w, 25).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", payment))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "settlement_pending");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(receipt.transaction, "0xfeedbeef");
+    let pending = w.store.pending("x402").await.unwrap();
+    assert_eq!(pending[0].1.reference.as_deref(), Some("0xfeedbeef"));
 }

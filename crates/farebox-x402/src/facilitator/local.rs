@@ -338,19 +338,28 @@ impl Facilitator for LocalFacilitator {
             }
             Err(e) => {
                 // The node may have taken the transaction before failing to answer: pending, to
-                // be reconciled from authorizationState.
-                self.store
-                    .update(NAMESPACE, &key, ProofState::Pending, None)
-                    .await
-                    .map_err(store_unavailable)?;
-                return Err(FacilitatorError::OutcomeUnknown(e.to_string()));
+                // be reconciled from authorizationState. Whether or not that can be recorded, the
+                // caller must not take it for "nothing sent".
+                let detail =
+                    match self.store.update(NAMESPACE, &key, ProofState::Pending, None).await {
+                        Ok(()) => e.to_string(),
+                        Err(store) => format!("{e}; and recording it as pending failed: {store}"),
+                    };
+                return Err(FacilitatorError::outcome_unknown(detail));
             }
         };
         let tx_hex = format!("{tx:#x}");
-        self.store
-            .update(NAMESPACE, &key, ProofState::Pending, Some(&tx_hex))
-            .await
-            .map_err(store_unavailable)?;
+        if let Err(e) = self.store.update(NAMESPACE, &key, ProofState::Pending, Some(&tx_hex)).await
+        {
+            // Broadcast, but not recorded: the money may move, so this is no "unavailable" (which
+            // would let the caller release the authorization). The record stays reserved, which
+            // still refuses a second settlement of it.
+            tracing::error!(tx = %tx_hex, error = %e, "x402 settlement broadcast but not recorded");
+            return Err(FacilitatorError::OutcomeUnknown {
+                detail: format!("transfer {tx_hex} broadcast but not recorded: {e}"),
+                transaction: Some(tx_hex),
+            });
+        }
         let outcome = chain.rpc.wait_for_receipt(tx, self.receipt_timeout).await;
         let (state, answer) = match outcome {
             Ok(ReceiptOutcome::Success { .. }) => (
@@ -378,10 +387,11 @@ impl Facilitator for LocalFacilitator {
                 ),
             ),
         };
-        self.store
-            .update(NAMESPACE, &key, state, Some(&tx_hex))
-            .await
-            .map_err(store_unavailable)?;
+        if let Err(e) = self.store.update(NAMESPACE, &key, state, Some(&tx_hex)).await {
+            // The outcome is known: answer it. The record stays `Pending` with its hash, and
+            // `reconcile` resolves it from the chain later.
+            tracing::warn!(tx = %tx_hex, error = %e, "x402 settlement outcome not recorded; left pending");
+        }
         tracing::info!(tx = %tx_hex, network = %checked.requirement.network, state = state.as_str(), "x402 settlement");
         Ok(answer)
     }
