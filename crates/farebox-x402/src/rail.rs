@@ -12,6 +12,12 @@
 //! store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
 //! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
 //! the hash in `PAYMENT-RESPONSE`.
+//!
+//! [`X402Rail::reconcile`] resolves those pending records later, from the token's
+//! `authorizationState` on chain, read through the facilitator when it can
+//! ([`Facilitator::authorization_used`]; the in-process facilitator can) or through a
+//! [`ChainReader`] given with [`X402Rail::with_chain_reader`] (for a facilitator over HTTP). An
+//! application calls it periodically, as `farebox facilitator` reconciles its own records.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +31,8 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::exact_evm;
-use crate::facilitator::local::replay_key;
+use crate::facilitator::chain::ChainReader;
+use crate::facilitator::local::{parse_key, replay_key};
 use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::facilitator_api::{AnyPaymentPayload, SettleResponse, VersionedPayment};
 use crate::{Amount, Reason, codec, network, v1, v2};
@@ -80,6 +87,18 @@ pub struct X402Rail {
     asset: Asset,
     facilitator: Arc<dyn Facilitator>,
     store: Arc<dyn ReplayStore>,
+    reader: Option<ChainReader>,
+}
+
+/// What one [`X402Rail::reconcile`] run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Pending settlements found settled on chain (the authorization is used).
+    pub settled: usize,
+    /// Pending settlements that can no longer happen (unused past `validBefore`): failed.
+    pub failed: usize,
+    /// Still pending: not mined yet, or the chain could not be read for them.
+    pub unresolved: usize,
 }
 
 /// What `verify` hands to `settle`.
@@ -96,7 +115,60 @@ impl X402Rail {
         store: Arc<dyn ReplayStore>,
     ) -> Self {
         let asset = Asset::Token(config.token());
-        X402Rail { config, asset, facilitator, store }
+        X402Rail { config, asset, facilitator, store, reader: None }
+    }
+
+    /// Reads the chain with `reader` when reconciling, instead of asking the facilitator (which
+    /// cannot answer when it is reached over HTTP).
+    pub fn with_chain_reader(mut self, reader: ChainReader) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// Resolves this rail's `Pending` settlements (outcome unknown: a receipt that did not arrive,
+    /// an answer that was lost) from the chain: an authorization the token marks used was
+    /// settled; one still unused after its `validBefore` can no longer be, so it failed; anything
+    /// else stays pending. Call it periodically. A store or chain that cannot be reached is
+    /// [`FacilitatorError::Unavailable`]; records already resolved in this run stay resolved.
+    pub async fn reconcile(&self) -> Result<Reconciled, FacilitatorError> {
+        let store_down = |e: farebox_core::StoreError| FacilitatorError::Unavailable(e.to_string());
+        let mut done = Reconciled::default();
+        for (key, record) in self.store.pending(NAMESPACE).await.map_err(store_down)? {
+            let Some((network, token, from, nonce)) = parse_key(&key) else {
+                done.unresolved += 1;
+                continue;
+            };
+            let used = match &self.reader {
+                Some(reader) => reader.authorization_used(&network, token, from, nonce).await,
+                None => self.facilitator.authorization_used(&network, token, from, nonce).await,
+            };
+            let state = match used {
+                Ok(Some(true)) => ProofState::Settled,
+                Ok(Some(false)) if now_unix() > record.expires_at => ProofState::Failed,
+                Ok(_) => {
+                    done.unresolved += 1;
+                    continue;
+                }
+                Err(e @ FacilitatorError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not read an x402 authorization's state");
+                    done.unresolved += 1;
+                    continue;
+                }
+            };
+            self.store.update(NAMESPACE, &key, state, None).await.map_err(store_down)?;
+            tracing::info!(
+                key,
+                state = state.as_str(),
+                tx = record.reference.as_deref().unwrap_or(""),
+                "x402 settlement reconciled"
+            );
+            match state {
+                ProofState::Settled => done.settled += 1,
+                _ => done.failed += 1,
+            }
+        }
+        Ok(done)
     }
 
     pub fn config(&self) -> &X402Config {

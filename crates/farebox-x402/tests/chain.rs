@@ -21,11 +21,14 @@ use farebox_evm::{Address, B256, Bytes, EvmRpc, ReceiptOutcome, U256};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};
 use farebox_x402::exact_evm::{Authorization, ExactEvmPayload};
+use farebox_x402::facilitator::chain::ChainReader;
 use farebox_x402::facilitator::http_client::RemoteFacilitator;
 use farebox_x402::facilitator::local::{self, ChainAccess, LocalFacilitator};
 use farebox_x402::facilitator::{Facilitator, http_server};
 use farebox_x402::facilitator_api::{VerifyResponse, VersionedPayment};
-use farebox_x402::{Amount, Payload, Reason, X402Config, X402Rail, codec, rail, v1, v2};
+use farebox_x402::{
+    Amount, Payload, Reason, Reconciled, X402Config, X402Rail, codec, rail, v1, v2,
+};
 use http::{HeaderMap, Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -230,14 +233,19 @@ struct Server {
     app: Router,
     /// How many times a paid handler ran.
     served: Arc<AtomicUsize>,
+    rail: Arc<X402Rail>,
 }
 
 fn server(chain: &Chain, facilitator: Arc<dyn Facilitator>, store: Arc<dyn ReplayStore>) -> Server {
+    server_with(chain, X402Rail::new(chain.config(), facilitator, store))
+}
+
+fn server_with(chain: &Chain, rail: X402Rail) -> Server {
     let config = chain.config();
     let price = Price::one(Money::new(Asset::Token(config.token()), u128::from(PRICE)));
-    let rail = X402Rail::new(config, facilitator, store);
+    let rail = Arc::new(rail);
     let paywall = Paywall::builder()
-        .rail(rail)
+        .shared_rail(rail.clone())
         .route(PricedRoute::new(None, "/data", price.clone()).unwrap().describe("market data"))
         .route(PricedRoute::new(None, "/data-fails", price).unwrap().describe("market data"))
         .build()
@@ -260,7 +268,7 @@ fn server(chain: &Chain, facilitator: Arc<dyn Facilitator>, store: Arc<dyn Repla
             }),
         )
         .layer(PaywallLayer::new(paywall));
-    Server { app, served }
+    Server { app, served, rail }
 }
 
 async fn get(
@@ -895,4 +903,85 @@ async fn a_facilitator_store_failure_after_broadcast_is_pending_with_the_hash() 
     assert_eq!(body["code"], "settlement_pending", "{body}");
     assert_eq!(s.served.load(Ordering::SeqCst), 1, "the handler ran once; its answer was withheld");
     assert_eq!(chain.transfers_from(auth.from).await, 1);
+}
+
+// ---- the rail reconciles its own pending settlements ----
+
+/// A server whose rail settles through `farebox facilitator`'s HTTP API (its own store, receipts
+/// that never arrive in time: automine is off) and reads the chain itself to reconcile.
+#[tokio::test]
+async fn a_rail_behind_an_http_facilitator_reconciles_its_pending_settlement() {
+    let chain = Chain::start().await;
+    let _: Value = chain.rpc.request("evm_setAutomine", (false,)).await.unwrap();
+    let facilitator = chain
+        .facilitator(Arc::new(MemoryStore::new()))
+        .with_receipt_timeout(Duration::from_millis(1));
+    let addr = serve(http_server::router(Arc::new(facilitator))).await;
+    let store = Arc::new(MemoryStore::new());
+    let rail = X402Rail::new(chain.config(), Arc::new(remote(addr)), store.clone())
+        .with_chain_reader(ChainReader::new([chain.rpc.clone()]));
+    let s = server_with(&chain, rail);
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    let tx = receipt.transaction.clone();
+    assert!(is_tx_hash(&tx), "{tx}");
+
+    // In the mempool, not mined: the rail leaves it pending.
+    assert_eq!(
+        s.rail.reconcile().await.unwrap(),
+        Reconciled { unresolved: 1, ..Default::default() }
+    );
+    assert_eq!(store.pending(rail::NAMESPACE).await.unwrap().len(), 1);
+
+    chain.anvil.mine().await.unwrap();
+    chain.wait_mined(&tx).await;
+    assert_eq!(s.rail.reconcile().await.unwrap(), Reconciled { settled: 1, ..Default::default() });
+    assert!(store.pending(rail::NAMESPACE).await.unwrap().is_empty());
+    let sent: v2::PaymentPayload = codec::decode_header(&payment).unwrap();
+    let checked = farebox_x402::exact_evm::check_request(
+        &request_for(chain.requirement(), sent.payload),
+        now(),
+    )
+    .unwrap();
+    let record = store.get(rail::NAMESPACE, &local::replay_key(&checked)).await.unwrap().unwrap();
+    assert_eq!(record.state, ProofState::Settled);
+    assert_eq!(record.reference.as_deref(), Some(tx.as_str()));
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+
+    let (status, _, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+}
+
+/// With the in-process facilitator, the rail needs no reader of its own.
+#[tokio::test]
+async fn a_rail_with_a_local_facilitator_reconciles_through_it() {
+    let chain = Chain::start().await;
+    let _: Value = chain.rpc.request("evm_setAutomine", (false,)).await.unwrap();
+    let facilitator = chain
+        .facilitator(Arc::new(MemoryStore::new()))
+        .with_receipt_timeout(Duration::from_millis(1));
+    let store = Arc::new(MemoryStore::new());
+    let s = server(&chain, Arc::new(facilitator), store.clone());
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    let (_, headers, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        s.rail.reconcile().await.unwrap(),
+        Reconciled { unresolved: 1, ..Default::default() }
+    );
+    chain.anvil.mine().await.unwrap();
+    chain.wait_mined(&receipt.transaction).await;
+    assert_eq!(s.rail.reconcile().await.unwrap(), Reconciled { settled: 1, ..Default::default() });
+    assert!(store.pending(rail::NAMESPACE).await.unwrap().is_empty());
 }

@@ -16,7 +16,7 @@ use farebox_x402::facilitator::{Facilitator, FacilitatorError};
 use farebox_x402::facilitator_api::{
     SettleResponse, SupportedResponse, VerifyResponse, VersionedPayment,
 };
-use farebox_x402::{Payload, Reason, X402Config, X402Rail, codec, v1, v2};
+use farebox_x402::{Payload, Reason, Reconciled, X402Config, X402Rail, codec, v1, v2};
 use http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -38,6 +38,8 @@ struct Scripted {
     verify: Mutex<Script>,
     settle: Mutex<Script>,
     settles: AtomicUsize,
+    /// What `authorization_used` answers (reconciliation's view of the chain).
+    used: Mutex<Result<Option<bool>, FacilitatorError>>,
 }
 
 #[async_trait]
@@ -74,12 +76,25 @@ impl Facilitator for Scripted {
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         Err(FacilitatorError::Unavailable("not scripted".into()))
     }
+    async fn authorization_used(
+        &self,
+        network: &str,
+        token: farebox_evm::Address,
+        from: farebox_evm::Address,
+        _: farebox_evm::B256,
+    ) -> Result<Option<bool>, FacilitatorError> {
+        assert_eq!(network, "eip155:84532");
+        assert_eq!(token, ASSET.parse::<farebox_evm::Address>().unwrap());
+        assert_eq!(from, PAYER.parse::<farebox_evm::Address>().unwrap());
+        self.used.lock().unwrap().clone()
+    }
 }
 
 struct World {
     app: Router,
     facilitator: Arc<Scripted>,
     store: Arc<MemoryStore>,
+    rail: Arc<X402Rail>,
 }
 
 fn scripted() -> Arc<Scripted> {
@@ -87,6 +102,7 @@ fn scripted() -> Arc<Scripted> {
         verify: Mutex::new(Script::Ok),
         settle: Mutex::new(Script::Ok),
         settles: AtomicUsize::new(0),
+        used: Mutex::new(Ok(None)),
     })
 }
 
@@ -132,10 +148,10 @@ fn world() -> World {
 /// The paywall with `settle` as the rail's facilitator; `scripted` is the one tests script.
 fn world_with(scripted: Arc<Scripted>, facilitator: Arc<dyn Facilitator>) -> World {
     let store = Arc::new(MemoryStore::new());
-    let rail = X402Rail::new(config(), facilitator, store.clone());
+    let rail = Arc::new(X402Rail::new(config(), facilitator, store.clone()));
     let price = Price::one(Money::new(Asset::Token(config().token()), 10_000));
     let paywall = Paywall::builder()
-        .rail(rail)
+        .shared_rail(rail.clone())
         .route(PricedRoute::new(None, "/data", price).unwrap().describe("market data"))
         .build()
         .unwrap();
@@ -146,7 +162,7 @@ fn world_with(scripted: Arc<Scripted>, facilitator: Arc<dyn Facilitator>) -> Wor
             axum::routing::get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
         )
         .layer(PaywallLayer::new(paywall));
-    World { app, facilitator: scripted, store }
+    World { app, facilitator: scripted, store, rail }
 }
 
 async fn send(
@@ -554,4 +570,63 @@ async fn the_http_facilitator_answers_an_unknown_outcome_as_pending_with_its_has
     assert_eq!(receipt.transaction, "0xfeedbeef");
     let pending = w.store.pending("x402").await.unwrap();
     assert_eq!(pending[0].1.reference.as_deref(), Some("0xfeedbeef"));
+}
+
+// ---- reconciliation of the rail's own pending settlements ----
+
+#[tokio::test]
+async fn reconcile_settles_a_pending_payment_once_the_chain_says_so() {
+    let w = world();
+    *w.facilitator.settle.lock().unwrap() = Script::Pending;
+    let payment = v2_payment(&w, 30).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.clone()));
+    assert_eq!(send(&w.app, header.clone()).await.2["code"], "settlement_pending");
+
+    // The chain cannot be read, then the authorization is not used yet: still pending.
+    let unresolved = Reconciled { unresolved: 1, ..Default::default() };
+    assert_eq!(w.rail.reconcile().await.unwrap(), unresolved);
+    *w.facilitator.used.lock().unwrap() = Ok(Some(false));
+    assert_eq!(w.rail.reconcile().await.unwrap(), unresolved);
+    assert_eq!(w.store.pending("x402").await.unwrap().len(), 1);
+    // A node that is down is an error, and changes nothing.
+    *w.facilitator.used.lock().unwrap() = Err(FacilitatorError::Unavailable("down".into()));
+    assert!(matches!(w.rail.reconcile().await, Err(FacilitatorError::Unavailable(_))));
+    assert_eq!(w.store.pending("x402").await.unwrap().len(), 1);
+
+    // Mined: settled, with the hash it was sent as.
+    *w.facilitator.used.lock().unwrap() = Ok(Some(true));
+    assert_eq!(w.rail.reconcile().await.unwrap(), Reconciled { settled: 1, ..Default::default() });
+    assert!(w.store.pending("x402").await.unwrap().is_empty());
+    let record = w.store.get("x402", &key(30)).await.unwrap().unwrap();
+    assert_eq!(record.state, farebox_core::ProofState::Settled);
+    assert_eq!(record.reference.as_deref(), Some("0xfeed"));
+    assert_eq!(w.rail.reconcile().await.unwrap(), Reconciled::default(), "nothing left");
+
+    // The client now hears that the authorization was used, not that it is pending.
+    let (status, _, body) = send(&w.app, header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+    assert_eq!(w.facilitator.settles.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn reconcile_fails_a_pending_payment_that_expired_unused() {
+    let w = world();
+    let key = key(0xab);
+    assert!(w.store.reserve("x402", &key, now() - 1).await.unwrap());
+    w.store.update("x402", &key, farebox_core::ProofState::Pending, None).await.unwrap();
+    *w.facilitator.used.lock().unwrap() = Ok(Some(false));
+    assert_eq!(w.rail.reconcile().await.unwrap(), Reconciled { failed: 1, ..Default::default() });
+    let record = w.store.get("x402", &key).await.unwrap().unwrap();
+    assert_eq!(record.state, farebox_core::ProofState::Failed);
+}
+
+/// The rail's replay key of the test payload with `nonce_byte` (`network:token:payer:nonce`).
+fn key(nonce_byte: u8) -> String {
+    format!(
+        "eip155:84532:{}:{}:0x{}",
+        ASSET.to_lowercase(),
+        PAYER.to_lowercase(),
+        format!("{nonce_byte:02x}").repeat(32)
+    )
 }

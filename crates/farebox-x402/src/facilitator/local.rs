@@ -25,6 +25,7 @@ use farebox_core::{ProofState, ReplayStore};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
 
+use super::chain::mined_authorization_state;
 use super::{Facilitator, FacilitatorError};
 use crate::exact_evm::{self, CheckedPayment};
 use crate::facilitator_api::{
@@ -191,32 +192,6 @@ impl LocalFacilitator {
     }
 }
 
-/// `authorizationState(from, nonce)` as of the latest *mined* block. `EvmRpc::authorization_state`
-/// sends no block tag, and a node may then answer from its pending state (anvil does): a transfer
-/// still in the mempool would read as settled, and reconciliation must not trust it before it is
-/// mined.
-async fn mined_authorization_state(
-    rpc: &EvmRpc,
-    token: Address,
-    from: Address,
-    nonce: B256,
-) -> Result<bool, EvmError> {
-    let selector = alloy_primitives::keccak256("authorizationState(address,bytes32)");
-    let mut data = Vec::with_capacity(68);
-    data.extend_from_slice(&selector[..4]);
-    data.extend_from_slice(from.into_word().as_slice());
-    data.extend_from_slice(nonce.as_slice());
-    let call = serde_json::json!({
-        "to": format!("{token:#x}"),
-        "data": alloy_primitives::hex::encode_prefixed(&data),
-    });
-    let out: farebox_evm::Bytes = rpc.request("eth_call", (call, "latest".to_string())).await?;
-    match <[u8; 32]>::try_from(out.as_ref()) {
-        Ok(word) if word[..31].iter().all(|b| *b == 0) && word[31] <= 1 => Ok(word[31] == 1),
-        _ => Err(EvmError::InvalidResponse(format!("authorizationState returned {out}"))),
-    }
-}
-
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -235,7 +210,8 @@ pub fn replay_key(checked: &CheckedPayment) -> String {
     )
 }
 
-fn parse_key(key: &str) -> Option<(String, Address, Address, B256)> {
+/// The parts of a [`replay_key`]: network, token, payer, nonce.
+pub(crate) fn parse_key(key: &str) -> Option<(String, Address, Address, B256)> {
     let mut parts = key.rsplitn(4, ':');
     let nonce = parts.next()?.parse().ok()?;
     let from = parts.next()?.parse().ok()?;
@@ -394,6 +370,21 @@ impl Facilitator for LocalFacilitator {
         }
         tracing::info!(tx = %tx_hex, network = %checked.requirement.network, state = state.as_str(), "x402 settlement");
         Ok(answer)
+    }
+
+    async fn authorization_used(
+        &self,
+        network: &str,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> Result<Option<bool>, FacilitatorError> {
+        let Ok(chain) = self.chain(network) else { return Ok(None) };
+        match mined_authorization_state(&chain.rpc, token, from, nonce).await {
+            Ok(used) => Ok(Some(used)),
+            Err(e) if e.is_unavailable() => Err(FacilitatorError::Unavailable(e.to_string())),
+            Err(e) => Err(FacilitatorError::Protocol(e.to_string())),
+        }
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {

@@ -15,10 +15,12 @@
 //! ends in [`FacilitatorError::OutcomeUnknown`] (or [`FacilitatorError::Protocol`]) may have moved
 //! money, so its authorization stays reserved as pending until it is reconciled.
 
+pub mod chain;
 pub mod http_client;
 pub mod http_server;
 pub mod local;
 
+use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 
 use crate::facilitator_api::{SettleResponse, SupportedResponse, VerifyResponse, VersionedPayment};
@@ -65,4 +67,22 @@ pub trait Facilitator: Send + Sync + 'static {
 
     /// What this facilitator can verify and settle.
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError>;
+
+    /// Whether the EIP-3009 authorization `nonce` of `from` on `token` is used (or cancelled)
+    /// on `network` (CAIP-2), as of the latest mined block: the chain's ground truth that
+    /// reconciliation of a pending settlement rests on.
+    ///
+    /// `Ok(None)` when this facilitator cannot read that chain. That is the default, and what a
+    /// facilitator reached over HTTP answers (the facilitator API has no such call); a rail in
+    /// front of one reads the chain itself ([`chain::ChainReader`]).
+    async fn authorization_used(
+        &self,
+        network: &str,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> Result<Option<bool>, FacilitatorError> {
+        let _ = (network, token, from, nonce);
+        Ok(None)
+    }
 }
