@@ -238,7 +238,7 @@ impl X402Rail {
         credential: &PresentedCredential,
     ) -> Result<VersionedPayment, PaymentError> {
         let payment = AnyPaymentPayload::from_header(&credential.value)
-            .map_err(|e| invalid(Reason::InvalidPayload, format!("{}: {e}", credential.header)))?;
+            .map_err(|e| invalid(e.reason(), format!("{}: {e}", credential.header)))?;
         let expects_v2 = credential.header == PAYMENT_SIGNATURE;
         match (payment, expects_v2) {
             (AnyPaymentPayload::V2(payment_payload), true) => {

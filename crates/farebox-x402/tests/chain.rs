@@ -985,3 +985,114 @@ async fn a_rail_with_a_local_facilitator_reconciles_through_it() {
     assert_eq!(s.rail.reconcile().await.unwrap(), Reconciled { settled: 1, ..Default::default() });
     assert!(store.pending(rail::NAMESPACE).await.unwrap().is_empty());
 }
+
+// ---- bad input, case by case, through the paywall ----
+
+/// Re-encodes a v2 payment header after `change`.
+fn tampered(header: &str, change: impl FnOnce(&mut v2::PaymentPayload)) -> String {
+    let mut payment: v2::PaymentPayload = codec::decode_header(header).unwrap();
+    change(&mut payment);
+    codec::encode_header(&payment)
+}
+
+/// A refusal that asks for a new payment: 402, the exact reason, fresh requirements.
+async fn expect_402(chain: &Chain, app: &Router, header: (&str, &str), code: &str, case: &str) {
+    let (status, headers, body) = get(app, "/data", Some(header)).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{case}: {body}");
+    assert_eq!(body["code"], code, "{case}: {body}");
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    assert_eq!(required.accepts, vec![chain.requirement()], "{case}: fresh requirements");
+    assert!(!headers.contains_key("retry-after"), "{case}");
+}
+
+#[tokio::test]
+async fn each_bad_payment_gets_its_status_header_and_reason() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let app = &s.app;
+    let sig = "PAYMENT-SIGNATURE";
+
+    // Headers that are not a payment at all.
+    expect_402(&chain, app, (sig, "not base64!"), "invalid_payload", "malformed base64").await;
+    let not_json = "e25vdCBqc29u"; // `{not json`
+    expect_402(&chain, app, (sig, not_json), "invalid_payload", "malformed JSON").await;
+    let v9 = codec::encode_header(&json!({"x402Version": 9, "payload": {}}));
+    expect_402(&chain, app, (sig, &v9), "invalid_x402_version", "unknown x402Version").await;
+    expect_402(&chain, app, ("X-PAYMENT", &v9), "invalid_x402_version", "unknown, v1 header").await;
+
+    // Signed payments that do not pay this route.
+    let valid = pay_v2(&chain, app, &chain.authorization()).await;
+    let other_network = tampered(&valid, |p| p.accepted.network = "eip155:8453".into());
+    expect_402(&chain, app, (sig, &other_network), "invalid_network", "wrong network (v2)").await;
+    let v1_other_network = codec::encode_header(&v1::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        scheme: "exact".into(),
+        network: "base".into(),
+        payload: chain.payload(&chain.authorization()),
+    });
+    let case = "wrong network (v1)";
+    expect_402(&chain, app, ("X-PAYMENT", &v1_other_network), "invalid_network", case).await;
+
+    let auth =
+        TransferWithAuthorization { validBefore: U256::from(now() - 1), ..chain.authorization() };
+    let expired = pay_v2(&chain, app, &auth).await;
+    let code = "invalid_exact_evm_payload_authorization_valid_before";
+    expect_402(&chain, app, (sig, &expired), code, "expired").await;
+
+    let auth = TransferWithAuthorization {
+        validAfter: U256::from(now() + 60),
+        validBefore: U256::from(now() + 120),
+        ..chain.authorization()
+    };
+    let early = pay_v2(&chain, app, &auth).await;
+    let code = "invalid_exact_evm_payload_authorization_valid_after";
+    expect_402(&chain, app, (sig, &early), code, "not yet valid").await;
+
+    let auth = TransferWithAuthorization { to: chain.stranger().address, ..chain.authorization() };
+    let elsewhere = pay_v2(&chain, app, &auth).await;
+    let code = "invalid_exact_evm_payload_recipient_mismatch";
+    expect_402(&chain, app, (sig, &elsewhere), code, "wrong recipient").await;
+
+    let code = "invalid_exact_evm_payload_authorization_value_mismatch";
+    for (value, case) in [(PRICE - 1, "underpayment"), (PRICE + 1, "overpayment")] {
+        let auth = TransferWithAuthorization { value: U256::from(value), ..chain.authorization() };
+        let payment = pay_v2(&chain, app, &auth).await;
+        expect_402(&chain, app, (sig, &payment), code, case).await;
+    }
+
+    let auth = chain.authorization();
+    // Signed by another key, in the payer's name: only the signature gives it away.
+    let forged = tampered(&valid, |p| {
+        p.payload = chain.payload_signed(chain.stranger(), &chain.domain, &auth)
+    });
+    let code = "invalid_exact_evm_payload_signature";
+    expect_402(&chain, app, (sig, &forged), code, "forged signature").await;
+
+    // Nothing above was served or moved money.
+    assert_eq!(s.served.load(Ordering::SeqCst), 0);
+    assert_eq!(chain.gas_transactions().await, 0);
+
+    // A replay of a payment that was served.
+    let (status, _, body) = get(app, "/data", Some((sig, &valid))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let code = "invalid_exact_evm_nonce_already_used";
+    expect_402(&chain, app, (sig, &valid), code, "replay").await;
+    assert_eq!(s.served.load(Ordering::SeqCst), 1);
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+
+    // A facilitator that is down: 503 with Retry-After, never the content.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }; // closed again
+    let down = server(&chain, Arc::new(remote(closed)), Arc::new(MemoryStore::new()));
+    let payment = pay_v2(&chain, &down.app, &chain.authorization()).await;
+    let (status, headers, body) = get(&down.app, "/data", Some((sig, &payment))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(body["code"], "facilitator_unavailable", "{body}");
+    assert!(!headers.contains_key("payment-required"));
+    assert_eq!(down.served.load(Ordering::SeqCst), 0);
+}

@@ -38,6 +38,7 @@ struct Scripted {
     verify: Mutex<Script>,
     settle: Mutex<Script>,
     settles: AtomicUsize,
+    verifies: AtomicUsize,
     /// What `authorization_used` answers (reconciliation's view of the chain).
     used: Mutex<Result<Option<bool>, FacilitatorError>>,
 }
@@ -45,6 +46,7 @@ struct Scripted {
 #[async_trait]
 impl Facilitator for Scripted {
     async fn verify(&self, _: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError> {
+        self.verifies.fetch_add(1, Ordering::SeqCst);
         match *self.verify.lock().unwrap() {
             Script::Down => Err(FacilitatorError::Unavailable("scripted outage".into())),
             Script::Invalid => {
@@ -102,6 +104,7 @@ fn scripted() -> Arc<Scripted> {
         verify: Mutex::new(Script::Ok),
         settle: Mutex::new(Script::Ok),
         settles: AtomicUsize::new(0),
+        verifies: AtomicUsize::new(0),
         used: Mutex::new(Ok(None)),
     })
 }
@@ -313,17 +316,25 @@ async fn a_tampered_requirement_is_refused_without_asking_the_facilitator() {
 }
 
 #[tokio::test]
-async fn garbage_headers_get_a_402_with_a_reason() {
+async fn garbage_headers_get_a_402_with_their_exact_reason() {
     let w = world();
-    for (header, value) in [
-        ("PAYMENT-SIGNATURE", "not base64!"),
-        ("PAYMENT-SIGNATURE", "e30="),
-        ("X-PAYMENT", "eyJ4NDAyVmVyc2lvbiI6OX0="),
-    ] {
-        let (status, _, body) = send(&w.app, Some((header, value.into()))).await;
+    let v2_in_x_payment = v2_payment(&w, 11).await;
+    let cases = [
+        ("PAYMENT-SIGNATURE", "not base64!".to_string(), "invalid_payload"),
+        ("PAYMENT-SIGNATURE", "eyJ4NDAyVmVyc2lvbiI6Miw=".to_string(), "invalid_payload"), // truncated
+        ("PAYMENT-SIGNATURE", "e25vdCBqc29u".to_string(), "invalid_payload"), // `{not json`
+        ("PAYMENT-SIGNATURE", "e30=".to_string(), "invalid_x402_version"),    // `{}`
+        ("X-PAYMENT", "eyJ4NDAyVmVyc2lvbiI6OX0=".to_string(), "invalid_x402_version"), // version 9
+        ("PAYMENT-SIGNATURE", "eyJ4NDAyVmVyc2lvbiI6OX0=".to_string(), "invalid_x402_version"),
+        ("X-PAYMENT", v2_in_x_payment, "invalid_x402_version"),
+    ];
+    for (header, value, code) in cases {
+        let (status, headers, body) = send(&w.app, Some((header, value.clone()))).await;
         assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{header}: {value}");
-        assert!(body["code"].as_str().unwrap().starts_with("invalid_"), "{body}");
+        assert_eq!(body["code"], code, "{header}: {value}: {body}");
+        assert!(headers.contains_key("payment-required"), "fresh requirements: {header}: {value}");
     }
+    assert_eq!(w.facilitator.verifies.load(Ordering::SeqCst), 0, "never worth a facilitator call");
 }
 
 #[tokio::test]
