@@ -6,8 +6,9 @@
 //! `accepted` requirement a v2 client echoes can be compared for deep equality with the one
 //! rebuilt when it comes back.
 //!
-//! A payment is checked off-chain here first (cheap, and it yields the nonce), then verified by
-//! the facilitator, then its nonce is reserved in the replay store — so a replayed or concurrent
+//! A payment is checked off-chain here first (cheap, and it yields the nonce), then looked up in
+//! the replay store (a nonce already seen is refused without asking the facilitator), then
+//! verified by the facilitator, then its nonce is reserved in the replay store — so a replayed or concurrent
 //! duplicate is refused before the handler runs, across restarts and instances sharing the
 //! store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
 //! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
@@ -349,6 +350,14 @@ impl Rail for X402Rail {
         // Off-chain checks first: cheap, and a bad payment never costs a facilitator round trip.
         let checked = exact_evm::check_request(&request, now_unix())
             .map_err(|r| invalid(r.reason, r.reason.message()))?;
+        // A nonce this rail has already seen is refused from the store: a replay costs no
+        // facilitator round trip, and is refused even while the facilitator is down. (The
+        // reservation after verification below stays the atomic guard against a concurrent
+        // duplicate.)
+        let key = replay_key(&checked);
+        if self.store.get(NAMESPACE, &key).await?.is_some() {
+            return Err(self.already_used(&key).await);
+        }
         let answer = self.facilitator.verify(&request).await.map_err(unavailable)?;
         if !answer.is_valid {
             let reason = answer.reason().unwrap_or(Reason::UnexpectedVerifyError);
@@ -356,7 +365,6 @@ impl Rail for X402Rail {
                 // A node that simulates against its pending state sees the nonce of a transfer
                 // still in the mempool as used: if that transfer is our own pending settlement,
                 // say so, as when the replay store is what refuses it.
-                let key = replay_key(&checked);
                 if let Ok(Some(record)) = self.store.get(NAMESPACE, &key).await
                     && record.state == ProofState::Pending
                 {
@@ -367,7 +375,6 @@ impl Rail for X402Rail {
                 answer.invalid_message.clone().unwrap_or_else(|| reason.message().to_string());
             return Err(invalid(reason, detail));
         }
-        let key = replay_key(&checked);
         let expires_at = checked.payload.authorization.valid_before;
         if !self.store.reserve(NAMESPACE, &key, expires_at).await? {
             return Err(self.already_used(&key).await);

@@ -641,3 +641,33 @@ fn key(nonce_byte: u8) -> String {
         format!("{nonce_byte:02x}").repeat(32)
     )
 }
+
+#[tokio::test]
+async fn a_replay_is_refused_from_the_store_without_asking_the_facilitator() {
+    let w = world();
+    let payment = v2_payment(&w, 40).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment));
+    assert_eq!(send(&w.app, header.clone()).await.0, StatusCode::OK);
+    assert_eq!(w.facilitator.verifies.load(Ordering::SeqCst), 1);
+    // Even with the facilitator down, a replay is a replay (402), not a 503.
+    *w.facilitator.verify.lock().unwrap() = Script::Down;
+    let (status, headers, body) = send(&w.app, header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used");
+    assert!(headers.contains_key("payment-required"));
+    assert_eq!(w.facilitator.verifies.load(Ordering::SeqCst), 1, "the facilitator was not asked");
+    assert_eq!(w.facilitator.settles.load(Ordering::SeqCst), 1);
+
+    // A pending one likewise, with its transaction hash.
+    *w.facilitator.verify.lock().unwrap() = Script::Ok;
+    *w.facilitator.settle.lock().unwrap() = Script::Pending;
+    let payment = v2_payment(&w, 41).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment));
+    assert_eq!(send(&w.app, header.clone()).await.2["code"], "settlement_pending");
+    *w.facilitator.verify.lock().unwrap() = Script::Down;
+    let (status, _, body) = send(&w.app, header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "settlement_pending");
+    assert!(body["detail"].as_str().unwrap().contains("0xfeed"), "{body}");
+    assert_eq!(w.facilitator.verifies.load(Ordering::SeqCst), 2);
+}
