@@ -438,18 +438,24 @@ impl Rail for X402Rail {
             return Ok(Receipt::new(payment.amount, answer.transaction.clone(), vec![header]));
         }
         let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
-        let (state, detail) = if reason == Reason::SettlementPending {
-            (
-                ProofState::Pending,
-                format!("settlement sent as {} but not yet confirmed", answer.transaction),
-            )
-        } else {
-            (
-                ProofState::Failed,
-                answer.error_message.clone().unwrap_or_else(|| reason.message().to_string()),
-            )
-        };
-        self.record(&accepted.key, state, tx).await;
+        let detail = answer.error_message.clone().unwrap_or_else(|| reason.message().to_string());
+        if reason == Reason::SettlementPending {
+            let detail = format!("settlement sent as {} but not yet confirmed", answer.transaction);
+            self.record(&accepted.key, ProofState::Pending, tx).await;
+            return Err(invalid(reason, detail).with_header(header.0, header.1));
+        }
+        match tx {
+            // A transaction that failed: this authorization's settlement is over.
+            Some(_) => self.record(&accepted.key, ProofState::Failed, tx).await,
+            // Refused before anything was broadcast (e.g. at gas estimation, the payer's funds
+            // gone since verification): the payer's authorization stays usable, so the nonce is
+            // released rather than spent.
+            None => {
+                if let Err(e) = self.store.release(NAMESPACE, &accepted.key).await {
+                    tracing::warn!(key = %accepted.key, error = %e, "could not release an x402 reservation");
+                }
+            }
+        }
         Err(invalid(reason, detail).with_header(header.0, header.1))
     }
 

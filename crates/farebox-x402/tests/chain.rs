@@ -1096,3 +1096,94 @@ async fn each_bad_payment_gets_its_status_header_and_reason() {
     assert!(!headers.contains_key("payment-required"));
     assert_eq!(down.served.load(Ordering::SeqCst), 0);
 }
+
+// ---- a settlement refused at gas estimation ----
+
+/// Moves all of the payer's tokens to the stranger, as the payer spending them elsewhere.
+async fn drain_payer(chain: &Chain) {
+    let balance = U256::from(chain.balance(chain.payer().address).await);
+    let transfer = farebox_evm::contracts::FareboxUSD::transferCall {
+        to: chain.stranger().address,
+        value: balance,
+    };
+    let tx = chain.rpc.send_call(&chain.payer().signer, chain.token, &transfer).await.unwrap();
+    chain.wait_mined(&format!("{tx:#x}")).await;
+}
+
+#[tokio::test]
+async fn a_settle_refused_at_gas_estimation_keeps_the_authorization_usable() {
+    let chain = Chain::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let f = chain.facilitator(store.clone());
+    let request = chain.request(chain.payload(&chain.authorization()));
+    assert!(f.verify(&request).await.unwrap().is_valid);
+    drain_payer(&chain).await;
+
+    let refused = f.settle(&request).await.unwrap();
+    assert!(!refused.success);
+    assert_eq!(refused.error_reason.as_deref(), Some("insufficient_funds"), "{refused:?}");
+    assert_eq!(refused.transaction, "", "nothing was broadcast");
+    assert_eq!(chain.gas_transactions().await, 0);
+    let checked = farebox_x402::exact_evm::check_request(&request, now()).unwrap();
+    let key = local::replay_key(&checked);
+    assert_eq!(store.get(local::NAMESPACE, &key).await.unwrap(), None, "not marked used");
+
+    chain.anvil.mint(chain.token, chain.payer().address, U256::from(PRICE)).await.unwrap();
+    let settled = f.settle(&request).await.unwrap();
+    assert!(settled.success, "{settled:?}");
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+}
+
+#[tokio::test]
+async fn a_payer_whose_funds_left_before_settlement_can_pay_again_with_the_same_signature() {
+    let chain = Chain::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let facilitator = Arc::new(chain.facilitator(store.clone()));
+    let rail = X402Rail::new(chain.config(), facilitator, store.clone());
+    let price = Price::one(Money::new(Asset::Token(chain.config().token()), u128::from(PRICE)));
+    let paywall = Paywall::builder()
+        .rail(rail)
+        .route(PricedRoute::new(None, "/data", price).unwrap())
+        .build()
+        .unwrap();
+    // The first time it runs, the handler spends the payer's tokens elsewhere (as a payer could
+    // between verification and settlement).
+    let chain = Arc::new(chain);
+    let (drainer, drained) = (chain.clone(), Arc::new(AtomicBool::new(false)));
+    let app = Router::new()
+        .route(
+            "/data",
+            axum::routing::get(move || async move {
+                if !drained.swap(true, Ordering::SeqCst) {
+                    drain_payer(&drainer).await;
+                }
+                "the data"
+            }),
+        )
+        .layer(PaywallLayer::new(paywall));
+    let payment = pay_v2(&chain, &app, &chain.authorization()).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "insufficient_funds", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success && receipt.transaction.is_empty(), "{receipt:?}");
+    assert_eq!(chain.gas_transactions().await, 0, "nothing was broadcast");
+    let sent: v2::PaymentPayload = codec::decode_header(&payment).unwrap();
+    let request = request_for(chain.requirement(), sent.payload);
+    let key = local::replay_key(&farebox_x402::exact_evm::check_request(&request, now()).unwrap());
+    for namespace in [rail::NAMESPACE, local::NAMESPACE] {
+        assert_eq!(store.get(namespace, &key).await.unwrap(), None, "{namespace}: not marked used");
+    }
+
+    // Funded again, the same signed payment is accepted and settled.
+    chain.anvil.mint(chain.token, chain.payer().address, U256::from(PRICE)).await.unwrap();
+    let (status, headers, body) = get(&app, "/data", header).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success, "{receipt:?}");
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+}

@@ -32,6 +32,8 @@ enum Script {
     Down,
     Pending,
     Reverted,
+    /// Refused before broadcast (gas estimation): no transaction.
+    Refused,
 }
 
 struct Scripted {
@@ -65,6 +67,9 @@ impl Facilitator for Scripted {
                     SettleResponse::failure(Reason::SettlementPending, network, Some(PAYER.into()));
                 s.transaction = "0xfeed".into();
                 Ok(s)
+            }
+            Script::Refused => {
+                Ok(SettleResponse::failure(Reason::InsufficientFunds, network, Some(PAYER.into())))
             }
             Script::Reverted => {
                 let mut s =
@@ -670,4 +675,28 @@ async fn a_replay_is_refused_from_the_store_without_asking_the_facilitator() {
     assert_eq!(body["code"], "settlement_pending");
     assert!(body["detail"].as_str().unwrap().contains("0xfeed"), "{body}");
     assert_eq!(w.facilitator.verifies.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_settlement_refused_before_broadcast_leaves_the_authorization_usable() {
+    let w = world();
+    *w.facilitator.settle.lock().unwrap() = Script::Refused;
+    let payment = v2_payment(&w, 42).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment));
+    let (status, headers, body) = send(&w.app, header.clone()).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "insufficient_funds");
+    assert_ne!(body, "the data");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success);
+    assert_eq!(receipt.transaction, "");
+    assert_eq!(w.store.get("x402", &key(42)).await.unwrap(), None, "not marked used");
+
+    // The payer tops up; the same authorization then pays.
+    *w.facilitator.settle.lock().unwrap() = Script::Ok;
+    let (status, _, body) = send(&w.app, header).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let record = w.store.get("x402", &key(42)).await.unwrap().unwrap();
+    assert_eq!(record.state, farebox_core::ProofState::Settled);
 }

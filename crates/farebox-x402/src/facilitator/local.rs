@@ -11,7 +11,9 @@
 //!
 //! **Settle** = the same checks without the simulation, then a replay-store reservation of the
 //! authorization (concurrent `/settle` calls of one payment: exactly one sends a transaction;
-//! the others are told its state), then the transfer, then the receipt. A receipt that does not
+//! the others are told its state), then the transfer, then the receipt. A transfer refused at
+//! gas estimation was never broadcast: its reservation is released and the answer names the
+//! reason with an empty `transaction`. A receipt that does not
 //! arrive in time leaves the record `Pending` with its transaction hash and answers
 //! `settlement_pending`; [`LocalFacilitator::reconcile`] resolves pending records later from the
 //! chain's own ground truth, `authorizationState(from, nonce)`.
@@ -304,12 +306,11 @@ impl Facilitator for LocalFacilitator {
         let tx = match sent {
             Ok(tx) => tx,
             Err(EvmError::Reverted { reason }) => {
-                // Refused at gas estimation: nothing was broadcast.
+                // Refused at gas estimation: nothing was broadcast, so the authorization is as
+                // usable as before (e.g. once the payer has the funds again): forget it rather
+                // than marking it failed, which would refuse it for good.
                 let why = self.explain_revert(&reason, &checked, &chain.rpc).await;
-                self.store
-                    .update(NAMESPACE, &key, ProofState::Failed, None)
-                    .await
-                    .map_err(store_unavailable)?;
+                self.store.release(NAMESPACE, &key).await.map_err(store_unavailable)?;
                 return Ok(Self::settle_response(request, false, Some(why), None, payer));
             }
             Err(e) => {
