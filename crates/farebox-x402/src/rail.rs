@@ -231,9 +231,13 @@ impl X402Rail {
         })
     }
 
-    /// The facilitator request for a presented payment, rebuilt against this resource's
-    /// requirement of the same version.
-    fn request_for(
+    /// The facilitator request for a presented payment (`PAYMENT-SIGNATURE` or `X-PAYMENT`):
+    /// the header decoded, paired with this resource's requirement of the same version, rebuilt
+    /// here rather than trusted from the client. The first step of [`Rail::verify`], public so
+    /// that its cost can be measured (`benches/verify.rs`). A header that does not decode is
+    /// [`Reason::InvalidPayload`], a version that is unknown or does not match the header is
+    /// [`Reason::InvalidX402Version`].
+    pub fn payment_request(
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
@@ -346,7 +350,7 @@ impl Rail for X402Rail {
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
-        let request = self.request_for(resource, credential)?;
+        let request = self.payment_request(resource, credential)?;
         // Off-chain checks first: cheap, and a bad payment never costs a facilitator round trip.
         let checked = exact_evm::check_request(&request, now_unix())
             .map_err(|r| invalid(r.reason, r.reason.message()))?;

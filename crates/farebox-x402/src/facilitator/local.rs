@@ -2,7 +2,7 @@
 //! in-process.
 //!
 //! **Verify** = the off-chain checks of [`crate::exact_evm`], EIP-712 recovery of the signer
-//! (must be `authorization.from`), then ONE `eth_call` simulating `transferWithAuthorization`
+//! (must be `authorization.from`) — together [`OfflineVerifier`] — then ONE `eth_call` simulating `transferWithAuthorization`
 //! from the facilitator's address. The simulation covers at once what other facilitators ask in
 //! separate calls (nonce unused, balance, the token's own signature and time checks), so a valid
 //! payment costs one RPC round trip; a failed one is explained from the revert string, with a
@@ -49,52 +49,37 @@ pub struct LocalFacilitator {
     chains: HashMap<String, ChainAccess>,
     store: Arc<dyn ReplayStore>,
     receipt_timeout: Duration,
+    offline: OfflineVerifier,
+}
+
+/// The facilitator's checks that need no chain: every field check of
+/// [`exact_evm::check_request`], then the EIP-712 digest of the authorization and the recovery
+/// of its signer, which must be `authorization.from`.
+///
+/// [`LocalFacilitator`] runs exactly this before it asks its node anything; it is public so that
+/// its cost can be measured (`benches/verify.rs`) and so that a server can run it itself. Domain
+/// separators are computed once per token domain (name, version, chain id, contract) and
+/// cached.
+#[derive(Debug, Default)]
+pub struct OfflineVerifier {
     domains: RwLock<HashMap<(String, String, u64, Address), B256>>,
 }
 
-impl LocalFacilitator {
-    /// A facilitator for the given chains (by CAIP-2 id, from each node's chain id), recording
-    /// settlements in `store`.
-    pub fn new(chains: Vec<ChainAccess>, store: Arc<dyn ReplayStore>) -> Self {
-        let chains = chains
-            .into_iter()
-            .map(|c| (farebox_evm::network::caip2(c.rpc.chain_id()), c))
-            .collect();
-        LocalFacilitator {
-            chains,
-            store,
-            receipt_timeout: Duration::from_secs(20),
-            domains: RwLock::new(HashMap::new()),
-        }
+impl OfflineVerifier {
+    /// A verifier with an empty domain-separator cache.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// How long settlement waits for a receipt before answering `settlement_pending`.
-    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
-        self.receipt_timeout = timeout;
-        self
-    }
-
-    fn chain(&self, network: &str) -> Result<&ChainAccess, Reason> {
-        self.chains.get(network).ok_or(Reason::InvalidNetwork)
-    }
-
-    /// The EIP-712 domain separator of a requirement, computed once per token domain.
-    fn separator(&self, name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
-        let key = (name.to_string(), version.to_string(), chain_id, asset);
-        if let Some(s) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return *s;
-        }
-        let separator = TokenDomain::new(name, version, chain_id, asset).separator();
-        self.domains.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
-        separator
-    }
-
-    /// Everything but the chain: field checks, then the signer must be `authorization.from`.
-    fn check_offline(
+    /// Checks `request` as of `now_unix`. On success: the checked payment and the EIP-3009
+    /// message that was signed (what a transfer submits); otherwise the reason, with the payer
+    /// when the payload could be read.
+    pub fn check(
         &self,
         request: &VersionedPayment,
+        now_unix: u64,
     ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
-        let checked = exact_evm::check_request(request, now_unix())?;
+        let checked = exact_evm::check_request(request, now_unix)?;
         let req = &checked.requirement;
         let auth = &checked.payload.authorization;
         let payer = Some(auth.from);
@@ -118,6 +103,53 @@ impl LocalFacilitator {
             Ok(signer) if signer == auth.from => Ok((checked, message)),
             _ => Err(reject(Reason::InvalidSignature)),
         }
+    }
+
+    /// The EIP-712 domain separator of a requirement, computed once per token domain.
+    fn separator(&self, name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
+        let key = (name.to_string(), version.to_string(), chain_id, asset);
+        if let Some(s) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return *s;
+        }
+        let separator = TokenDomain::new(name, version, chain_id, asset).separator();
+        self.domains.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
+        separator
+    }
+}
+
+impl LocalFacilitator {
+    /// A facilitator for the given chains (by CAIP-2 id, from each node's chain id), recording
+    /// settlements in `store`.
+    pub fn new(chains: Vec<ChainAccess>, store: Arc<dyn ReplayStore>) -> Self {
+        let chains = chains
+            .into_iter()
+            .map(|c| (farebox_evm::network::caip2(c.rpc.chain_id()), c))
+            .collect();
+        LocalFacilitator {
+            chains,
+            store,
+            receipt_timeout: Duration::from_secs(20),
+            offline: OfflineVerifier::new(),
+        }
+    }
+
+    /// How long settlement waits for a receipt before answering `settlement_pending`.
+    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    fn chain(&self, network: &str) -> Result<&ChainAccess, Reason> {
+        self.chains.get(network).ok_or(Reason::InvalidNetwork)
+    }
+
+    /// The checks that need no chain, at the current time: [`OfflineVerifier::check`], exactly
+    /// as this facilitator runs them first in `/verify` and `/settle`.
+    pub fn check_offline(
+        &self,
+        request: &VersionedPayment,
+    ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
+        self.offline.check(request, now_unix())
     }
 
     /// Why a simulated or sent transfer reverted, from FiatToken's revert strings.
