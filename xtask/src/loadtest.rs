@@ -160,7 +160,7 @@ pub fn run_facilitator_bench() -> Result<()> {
     println!("farebox facilitator /verify: {CONNECTIONS} connections, {DURATION}");
     let total: usize = calls.values().sum();
     println!(
-        "  JSON-RPC requests per verify: {:.2} ({total} requests to anvil for {requests} verifies){}",
+        "  JSON-RPC requests per verify: {:.2} ({total} to anvil for {requests} verifies){}",
         total as f64 / requests,
         if non_2xx { "; WARNING: some answers were not 2xx" } else { "" }
     );

@@ -508,7 +508,8 @@ mod tests {
                             .await
                             .unwrap();
                         let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n",
                             answer.len()
                         );
                         if write_all(&socket, head.as_bytes()).await.is_err()

@@ -8,9 +8,9 @@
 //!
 //! A payment is checked off-chain here first (cheap, and it yields the nonce), then looked up in
 //! the replay store (a nonce already seen is refused without asking the facilitator), then
-//! verified by the facilitator, then its nonce is reserved in the replay store — so a replayed or concurrent
-//! duplicate is refused before the handler runs, across restarts and instances sharing the
-//! store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
+//! verified by the facilitator, then its nonce is reserved in the replay store — so a replayed
+//! or concurrent duplicate is refused before the handler runs, across restarts and instances
+//! sharing the store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
 //! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
 //! the hash in `PAYMENT-RESPONSE`.
 //!
@@ -456,7 +456,8 @@ impl Rail for X402Rail {
             // released rather than spent.
             None => {
                 if let Err(e) = self.store.release(NAMESPACE, &accepted.key).await {
-                    tracing::warn!(key = %accepted.key, error = %e, "could not release an x402 reservation");
+                    let key = &accepted.key;
+                    tracing::warn!(key, error = %e, "could not release an x402 reservation");
                 }
             }
         }
@@ -477,7 +478,8 @@ impl X402Rail {
     /// told, so a store failure here is logged rather than turned into a 503 that would hide it.
     async fn record(&self, key: &str, state: ProofState, tx: Option<&str>) {
         if let Err(e) = self.store.update(NAMESPACE, key, state, tx).await {
-            tracing::error!(key, state = state.as_str(), tx = tx.unwrap_or(""), error = %e, "could not record an x402 settlement");
+            let (state, tx) = (state.as_str(), tx.unwrap_or(""));
+            tracing::error!(key, state, tx, error = %e, "could not record an x402 settlement");
         }
     }
 

@@ -326,7 +326,8 @@ async fn garbage_headers_get_a_402_with_their_exact_reason() {
     let v2_in_x_payment = v2_payment(&w, 11).await;
     let cases = [
         ("PAYMENT-SIGNATURE", "not base64!".to_string(), "invalid_payload"),
-        ("PAYMENT-SIGNATURE", "eyJ4NDAyVmVyc2lvbiI6Miw=".to_string(), "invalid_payload"), // truncated
+        // `{"x402Version":2,`: truncated
+        ("PAYMENT-SIGNATURE", "eyJ4NDAyVmVyc2lvbiI6Miw=".to_string(), "invalid_payload"),
         ("PAYMENT-SIGNATURE", "e25vdCBqc29u".to_string(), "invalid_payload"), // `{not json`
         ("PAYMENT-SIGNATURE", "e30=".to_string(), "invalid_x402_version"),    // `{}`
         ("X-PAYMENT", "eyJ4NDAyVmVyc2lvbiI6OX0=".to_string(), "invalid_x402_version"), // version 9
@@ -496,7 +497,8 @@ async fn a_5xx_from_settle_keeps_the_nonce_pending() {
 
 #[tokio::test]
 async fn a_5xx_settle_body_with_a_transaction_passes_its_hash_to_the_client() {
-    let body = r#"{"success":false,"errorReason":"unexpected_settle_error","transaction":"0xabc123","network":"eip155:84532"}"#;
+    let body = r#"{"success":false,"errorReason":"unexpected_settle_error",
+                  "transaction":"0xabc123","network":"eip155:84532"}"#;
     let base = settle_answering(Some(StatusCode::INTERNAL_SERVER_ERROR), body).await;
     let w = split_world(remote(&base));
     let payment = v2_payment(&w, 21).await;

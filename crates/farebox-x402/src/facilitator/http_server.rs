@@ -79,7 +79,8 @@ async fn settle(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response 
     match f.settle(&request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(FacilitatorError::OutcomeUnknown { detail, transaction }) => {
-            tracing::warn!(%detail, tx = transaction.as_deref().unwrap_or(""), "settlement outcome unknown");
+            let tx = transaction.as_deref().unwrap_or("");
+            tracing::warn!(%detail, tx, "settlement outcome unknown");
             Json(pending(&request, transaction, detail)).into_response()
         }
         Err(e) => failure(e),

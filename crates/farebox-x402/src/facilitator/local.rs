@@ -1,9 +1,9 @@
 //! [`LocalFacilitator`]: verifies and settles `exact` EIP-3009 payments against EVM nodes,
 //! in-process.
 //!
-//! **Verify** = the off-chain checks of [`crate::exact_evm`], EIP-712 recovery of the signer
-//! (must be `authorization.from`) — together [`OfflineVerifier`] — then ONE `eth_call` simulating `transferWithAuthorization`
-//! from the facilitator's address. The simulation covers at once what other facilitators ask in
+//! **Verify** = the off-chain checks of [`crate::exact_evm`] and EIP-712 recovery of the signer
+//! (must be `authorization.from`), together [`OfflineVerifier`], then ONE `eth_call` simulating
+//! `transferWithAuthorization` from the facilitator's address. The simulation covers at once what other facilitators ask in
 //! separate calls (nonce unused, balance, the token's own signature and time checks), so a valid
 //! payment costs one RPC round trip; a failed one is explained from the revert string, with a
 //! second look (`authorizationState`, `balanceOf`) only when the string is not one of
@@ -399,7 +399,7 @@ impl Facilitator for LocalFacilitator {
         if let Err(e) = self.store.update(NAMESPACE, &key, state, Some(&tx_hex)).await {
             // The outcome is known: answer it. The record stays `Pending` with its hash, and
             // `reconcile` resolves it from the chain later.
-            tracing::warn!(tx = %tx_hex, error = %e, "x402 settlement outcome not recorded; left pending");
+            tracing::warn!(tx = %tx_hex, error = %e, "x402 settlement outcome not recorded");
         }
         tracing::info!(tx = %tx_hex, network = %checked.requirement.network, state = state.as_str(), "x402 settlement");
         Ok(answer)
