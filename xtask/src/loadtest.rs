@@ -3,8 +3,11 @@
 //! Everything shares this machine: anvil (chain id 84532, FareboxUSD deployed, the payer
 //! funded), the release-built `farebox facilitator` at its default info log level, and wrk with
 //! 16 connections POSTing one valid, signed `exact` payment to `/verify` for 10 s. RPC calls per
-//! verify are counted from anvil's own request log (`eth_call` lines per request served).
+//! verify are counted from anvil's own request log, which prints the method of every JSON-RPC
+//! request it serves on a line of its own: every method (`eth_call`, `eth_chainId`,
+//! `eth_getBlockByNumber`, …) is counted, per method and in total, over the run.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::Path;
@@ -49,10 +52,37 @@ fn wait_for_port(port: u16) -> Result<()> {
     Ok(())
 }
 
-fn count(log: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(log)
-        .map(|s| s.lines().filter(|l| l.trim() == needle).count())
-        .unwrap_or(0)
+/// Whether a log line is a JSON-RPC method name (`eth_call`, `net_version`, `anvil_mine`…).
+fn is_rpc_method(line: &str) -> bool {
+    let Some((namespace, method)) = line.split_once('_') else { return false };
+    !namespace.is_empty()
+        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// How many requests of each JSON-RPC method anvil's log shows.
+fn rpc_methods(log: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let line = line.trim();
+        if is_rpc_method(line) {
+            *counts.entry(line.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// `after - before`, per method, leaving out methods with no new calls.
+fn served_between(
+    before: &BTreeMap<String, usize>,
+    after: &BTreeMap<String, usize>,
+) -> BTreeMap<String, usize> {
+    after
+        .iter()
+        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0).min(*n)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 pub fn run_facilitator_bench() -> Result<()> {
@@ -111,7 +141,7 @@ pub fn run_facilitator_bench() -> Result<()> {
             "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[{body}]]\n"
         ),
     )?;
-    let calls_before = count(&anvil_log, "eth_call");
+    let calls_before = rpc_methods(&anvil_log);
     let out = Command::new("wrk")
         .args(["-t2", "-c", CONNECTIONS, "-d", DURATION, "--latency", "-s"])
         .arg(&script)
@@ -119,7 +149,7 @@ pub fn run_facilitator_bench() -> Result<()> {
         .output()
         .context("running wrk")?;
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    let calls = count(&anvil_log, "eth_call") - calls_before;
+    let calls = served_between(&calls_before, &rpc_methods(&anvil_log));
     expect_valid(&body_path, &verify_url)?;
     println!("{report}");
     let requests: f64 = report
@@ -128,11 +158,15 @@ pub fn run_facilitator_bench() -> Result<()> {
         .context("wrk printed no request count")?;
     let non_2xx = report.lines().any(|l| l.contains("Non-2xx"));
     println!("farebox facilitator /verify: {CONNECTIONS} connections, {DURATION}");
+    let total: usize = calls.values().sum();
     println!(
-        "  eth_call per verify: {:.2} ({calls} eth_calls for {requests} requests){}",
-        calls as f64 / requests,
+        "  JSON-RPC requests per verify: {:.2} ({total} to anvil for {requests} verifies){}",
+        total as f64 / requests,
         if non_2xx { "; WARNING: some answers were not 2xx" } else { "" }
     );
+    for (method, n) in &calls {
+        println!("    {method}: {:.2} per verify ({n})", *n as f64 / requests);
+    }
     Ok(())
 }
 
@@ -182,4 +216,38 @@ async fn prepare(url: &str) -> Result<String> {
         now + 3600,
         auth.nonce
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_json_rpc_method_in_anvils_log_is_counted() {
+        let dir = std::env::temp_dir().join(format!("farebox-loadtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("anvil.log");
+        let before = "eth_chainId\neth_call\n";
+        std::fs::write(&log, before).unwrap();
+        let first = rpc_methods(&log);
+        let text = format!(
+            "{before}eth_call\n    eth_call\neth_getBlockByNumber\neth_blockNumber\nnet_version\n\
+             \n    Transaction: 0x1234\n    Gas used: 21000\nListening on 127.0.0.1:8545\n\
+             anvil_mine\n"
+        );
+        std::fs::write(&log, text).unwrap();
+        let served = served_between(&first, &rpc_methods(&log));
+        let expected: BTreeMap<String, usize> = [
+            ("anvil_mine", 1),
+            ("eth_blockNumber", 1),
+            ("eth_call", 2),
+            ("eth_getBlockByNumber", 1),
+            ("net_version", 1),
+        ]
+        .into_iter()
+        .map(|(m, n)| (m.to_string(), n))
+        .collect();
+        assert_eq!(served, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -7,11 +7,15 @@
 //! the decoded reason (e.g. `FiatTokenV2: authorization is used or canceled`); other JSON-RPC
 //! errors are [`EvmError::Rpc`]. Every request has a timeout (default 10 s).
 //!
-//! Transactions sent through one [`EvmRpc`] are submitted one at a time (nonce assignment and
-//! submission happen under a lock), so concurrent settlements from one key do not collide on
-//! nonces. Several processes sharing one key still need separate keys or a nonce service.
+//! Transactions sent through one [`EvmRpc`] from one key are submitted one at a time (nonce
+//! assignment and submission happen under that key's lock), so concurrent settlements from one
+//! key do not collide on nonces; different keys do not wait for each other. Each key's signing
+//! provider is built once and reused (it knows the chain id, so a send asks the node only for
+//! the gas estimate, fees, the nonce, and the broadcast itself). Several processes sharing one
+//! key still need separate keys or a nonce service.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy::eips::BlockNumberOrTag;
@@ -67,7 +71,14 @@ struct Inner {
     chain_id: u64,
     client: RpcClient,
     provider: DynProvider,
-    send_lock: tokio::sync::Mutex<()>,
+    senders: Mutex<HashMap<Address, Arc<Sender>>>,
+}
+
+/// The signing provider of one key, and the lock its submissions take.
+#[derive(Debug)]
+struct Sender {
+    provider: DynProvider,
+    lock: tokio::sync::Mutex<()>,
 }
 
 impl EvmRpc {
@@ -100,7 +111,7 @@ impl EvmRpc {
                 chain_id,
                 client,
                 provider,
-                send_lock: tokio::sync::Mutex::new(()),
+                senders: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -269,15 +280,34 @@ impl EvmRpc {
             .ok_or_else(|| EvmError::Deploy(format!("{hash} created no contract")))
     }
 
-    /// Fills (nonce, gas, fees, chain id), signs and submits `tx` from `signer`.
+    /// Fills (gas, fees, nonce, chain id), signs and submits `tx` from `signer`.
     async fn send(&self, signer: &PrivateKeySigner, tx: TransactionRequest) -> Result<TxHash> {
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer.clone()))
-            .connect_client(self.inner.client.clone());
+        let sender = self.sender(signer);
         let tx = tx.with_from(signer.address());
-        let _guard = self.inner.send_lock.lock().await;
-        let pending = provider.send_transaction(tx).await.map_err(map_err)?;
+        let _guard = sender.lock.lock().await;
+        let pending = sender.provider.send_transaction(tx).await.map_err(map_err)?;
         Ok(*pending.tx_hash())
+    }
+
+    /// The signing provider of `signer`, built on first use. The nonce is asked of the node for
+    /// every transaction (never cached), so a transaction refused before broadcast (a gas
+    /// estimate that reverts) leaves no gap; the chain id is the one read at connection.
+    fn sender(&self, signer: &PrivateKeySigner) -> Arc<Sender> {
+        let mut senders = self.inner.senders.lock().unwrap_or_else(|e| e.into_inner());
+        senders
+            .entry(signer.address())
+            .or_insert_with(|| {
+                let provider = ProviderBuilder::new()
+                    .disable_recommended_fillers()
+                    .with_gas_estimation()
+                    .with_simple_nonce_management()
+                    .with_chain_id(self.inner.chain_id)
+                    .wallet(EthereumWallet::from(signer.clone()))
+                    .connect_client(self.inner.client.clone())
+                    .erased();
+                Arc::new(Sender { provider, lock: tokio::sync::Mutex::new(()) })
+            })
+            .clone()
     }
 
     /// Waits up to `timeout` for the receipt of `tx`. Never fails because of the wait itself:
@@ -389,4 +419,128 @@ fn decode_revert(data: &[u8]) -> Option<String> {
         return Some(format!("custom error 0x{}", alloy::hex::encode(&data[..4])));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::anvil::Anvil;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// Reads what is there (0 at end of stream).
+    async fn read_some(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            socket.readable().await?;
+            match socket.try_read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_all(socket: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            socket.writable().await?;
+            match socket.try_write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// An HTTP/1.1 JSON-RPC proxy to `upstream` that records every method it forwards.
+    async fn counting_proxy(upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let methods = Arc::new(Mutex::new(Vec::new()));
+        let seen = methods.clone();
+        let http = reqwest::Client::new();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (seen, http, upstream) = (seen.clone(), http.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match read_some(&socket, &mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match read_some(&socket, &mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let calls = json.as_array().cloned().unwrap_or_else(|| vec![json]);
+                        for call in calls {
+                            let method = call["method"].as_str().unwrap_or_default().to_string();
+                            seen.lock().unwrap().push(method);
+                        }
+                        let answer = http
+                            .post(&upstream)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                            .unwrap()
+                            .bytes()
+                            .await
+                            .unwrap();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n",
+                            answer.len()
+                        );
+                        if write_all(&socket, head.as_bytes()).await.is_err()
+                            || write_all(&socket, &answer).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, methods)
+    }
+
+    #[tokio::test]
+    async fn sends_from_one_key_reuse_its_provider_and_ask_the_nonce_each_time() {
+        let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
+        let token = anvil.deploy_token("USDC", "2").await.unwrap();
+        let (url, methods) = counting_proxy(anvil.url().to_string()).await;
+        let rpc = EvmRpc::connect(&url).await.unwrap();
+        let (minter, to) = (&anvil.accounts()[0].signer, anvil.accounts()[5].address);
+        for _ in 0..3 {
+            let mint = FareboxUSD::mintCall { to, amount: U256::from(7u64) };
+            let tx = rpc.send_call(minter, token, &mint).await.unwrap();
+            let outcome = rpc.wait_for_receipt(tx, WAIT).await.unwrap();
+            assert!(matches!(outcome, ReceiptOutcome::Success { .. }), "{outcome:?}");
+        }
+        assert_eq!(rpc.balance_of(token, to).await.unwrap(), U256::from(21u64));
+        let count = |m: &str| methods.lock().unwrap().iter().filter(|x| *x == m).count();
+        assert_eq!(count("eth_sendRawTransaction"), 3);
+        assert_eq!(count("eth_chainId"), 1, "the chain id is read once, at connection");
+        assert_eq!(count("eth_getTransactionCount"), 3, "the nonce is asked for each transaction");
+    }
 }

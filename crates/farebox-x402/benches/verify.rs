@@ -1,29 +1,34 @@
 //! The off-chain verification of an `exact` EVM payment as a server does it on every paid
-//! request, i.e. `LocalFacilitator`'s (private) `check_offline` path, rebuilt from the same
-//! public pieces in the same order:
+//! request, through the real code:
 //!
-//! 1. decode the `PAYMENT-SIGNATURE` header (base64 + JSON) and pair it with the route's
-//!    requirement (what `X402Rail::request_for` does);
-//! 2. `exact_evm::check_request` (scheme, domain, network, recipient, time window, exact value,
-//!    v2 deep equality of `accepted`);
-//! 3. the EIP-712 digest with the domain separator looked up in a `RwLock<HashMap>` cache keyed
-//!    as the facilitator keys it;
-//! 4. ecrecover (libsecp256k1) and the comparison with `authorization.from`.
+//! 1. `X402Rail::payment_request`: decode the `PAYMENT-SIGNATURE` header (base64 + JSON) and
+//!    pair it with the route's requirement, rebuilt from the rail's configuration;
+//! 2. `OfflineVerifier::check` (what `LocalFacilitator` runs before its one `eth_call`):
+//!    `exact_evm::check_request` (scheme, domain, network, recipient, time window, exact value,
+//!    v2 deep equality of `accepted`), the EIP-712 digest with the cached domain separator, and
+//!    ecrecover (libsecp256k1) compared with `authorization.from`.
+//!
+//! The pieces are also measured alone.
 //!
 //! `cargo bench -p farebox-x402 --bench verify -- --warm-up-time 1 --measurement-time 3`
 
-use std::collections::HashMap;
+// The measured closures return the rail's own `Result<_, PaymentError>`, as `verify` does.
+#![allow(clippy::result_large_err)]
+
 use std::hint::black_box;
-use std::sync::RwLock;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use farebox_core::{Asset, Money, PresentedCredential, Price, Resource};
 use farebox_evm::anvil::DEV_KEYS;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, Bytes, PrivateKeySigner, U256};
+use farebox_store::MemoryStore;
 use farebox_x402::exact_evm::{self, Authorization, ExactEvmPayload};
-use farebox_x402::facilitator_api::{AnyPaymentPayload, VersionedPayment};
-use farebox_x402::{Amount, Payload, Reason, codec, v2};
+use farebox_x402::facilitator::http_client::RemoteFacilitator;
+use farebox_x402::facilitator::local::OfflineVerifier;
+use farebox_x402::{Amount, Payload, X402Config, X402Rail, codec, v2};
 use serde_json::Map;
 
 const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
@@ -86,98 +91,79 @@ fn header(requirement: &v2::PaymentRequirements) -> String {
     })
 }
 
-type DomainCache = RwLock<HashMap<(String, String, u64, Address), B256>>;
-
-/// The facilitator's separator cache: one lookup per payment.
-fn separator(
-    cache: &DomainCache,
-    name: &str,
-    version: &str,
-    chain_id: u64,
-    asset: Address,
-) -> B256 {
-    let key = (name.to_string(), version.to_string(), chain_id, asset);
-    if let Some(s) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return *s;
-    }
-    let separator = TokenDomain::new(name, version, chain_id, asset).separator();
-    cache.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
-    separator
+/// The rail the route is priced on (its facilitator is never called here).
+fn rail() -> X402Rail {
+    let config = X402Config {
+        network: format!("eip155:{CHAIN_ID}"),
+        asset: ASSET.into(),
+        eip712_name: "USDC".into(),
+        eip712_version: "2".into(),
+        symbol: "USDC".into(),
+        decimals: 6,
+        pay_to: PAY_TO.into(),
+        max_timeout_seconds: 60,
+        public_url: "https://api.example.com".into(),
+        offer_v1: false,
+    };
+    let facilitator =
+        RemoteFacilitator::new("http://127.0.0.1:9/".parse().expect("a URL")).expect("a client");
+    X402Rail::new(config, Arc::new(facilitator), Arc::new(MemoryStore::new()))
 }
 
-fn decode(header: &str, requirement: &v2::PaymentRequirements) -> VersionedPayment {
-    match AnyPaymentPayload::from_header(header) {
-        Ok(AnyPaymentPayload::V2(payment_payload)) => VersionedPayment::V2 {
-            payment_payload: *payment_payload,
-            payment_requirements: requirement.clone(),
-        },
-        _ => panic!("not a v2 payment"),
+fn resource(rail: &X402Rail) -> Resource {
+    let asset = Asset::Token(rail.config().token());
+    Resource {
+        method: http::Method::GET,
+        path: "/data".into(),
+        route: "/data".into(),
+        price: Price::one(Money::new(asset, 10_000)),
+        description: None,
     }
 }
 
-/// Steps 2–4 on a decoded request: `check_offline`.
-fn check_offline(cache: &DomainCache, request: &VersionedPayment) -> Result<Address, Reason> {
-    let checked = exact_evm::check_request(request, now_unix()).map_err(|r| r.reason)?;
-    let req = &checked.requirement;
-    let auth = &checked.payload.authorization;
-    let (Some(name), Some(version)) = (&req.eip712_name, &req.eip712_version) else {
-        return Err(Reason::MissingEip712Domain);
-    };
-    let message = TransferWithAuthorization {
-        from: auth.from,
-        to: auth.to,
-        value: auth.value,
-        validAfter: U256::from(auth.valid_after),
-        validBefore: U256::from(auth.valid_before),
-        nonce: auth.nonce,
-    };
-    let digest =
-        eip3009::signing_hash(&separator(cache, name, version, req.chain_id, req.asset), &message);
-    match eip3009::recover(&digest, &checked.payload.signature) {
-        Ok(signer) if signer == auth.from => Ok(signer),
-        _ => Err(Reason::InvalidSignature),
+fn credential(header: &str) -> PresentedCredential {
+    PresentedCredential {
+        header: http::HeaderName::from_static("payment-signature"),
+        auth: None,
+        value: header.to_string(),
     }
 }
 
 fn bench(c: &mut Criterion) {
-    let requirement = requirement();
-    let header = header(&requirement);
-    let cache = DomainCache::default();
-    let request = decode(&header, &requirement);
-    assert!(check_offline(&cache, &request).is_ok(), "the benchmarked payment is valid");
-    let checked = exact_evm::check_request(&request, now_unix()).expect("valid");
-    let auth = &checked.payload.authorization;
-    let message = TransferWithAuthorization {
-        from: auth.from,
-        to: auth.to,
-        value: auth.value,
-        validAfter: U256::from(auth.valid_after),
-        validBefore: U256::from(auth.valid_before),
-        nonce: auth.nonce,
-    };
+    let rail = rail();
+    let resource = resource(&rail);
+    let requirement = rail.requirement_v2(&resource).expect("priced in the rail's asset");
+    assert_eq!(requirement, self::requirement(), "the bench signs what the rail offers");
+    let credential = credential(&header(&requirement));
+    let verifier = OfflineVerifier::new();
+    let request = rail.payment_request(&resource, &credential).expect("decodes");
+    let (checked, message) = verifier.check(&request, now_unix()).expect("the payment is valid");
     let asset = checked.requirement.asset;
-    let digest = eip3009::signing_hash(&separator(&cache, "USDC", "2", CHAIN_ID, asset), &message);
+    let separator = TokenDomain::new("USDC", "2", CHAIN_ID, asset).separator();
+    let digest = eip3009::signing_hash(&separator, &message);
 
     let mut group = c.benchmark_group("x402_verify");
-    group.bench_function("decode PAYMENT-SIGNATURE", |b| {
-        b.iter(|| decode(black_box(&header), &requirement))
+    group.bench_function("decode PAYMENT-SIGNATURE (X402Rail::payment_request)", |b| {
+        b.iter(|| rail.payment_request(&resource, black_box(&credential)))
     });
     group.bench_function("check_request", |b| {
         b.iter(|| exact_evm::check_request(black_box(&request), now_unix()))
     });
-    group.bench_function("digest (cached separator)", |b| {
-        b.iter(|| {
-            let sep = separator(&cache, black_box("USDC"), "2", CHAIN_ID, asset);
-            eip3009::signing_hash(&sep, black_box(&message))
-        })
+    group.bench_function("digest (precomputed separator)", |b| {
+        b.iter(|| eip3009::signing_hash(black_box(&separator), black_box(&message)))
     });
     group.bench_function("ecrecover", |b| {
         b.iter(|| eip3009::recover(black_box(&digest), black_box(&checked.payload.signature)))
     });
-    group.bench_function("full: decode + check_offline", |b| {
+    group.bench_function("OfflineVerifier::check", |b| {
+        b.iter(|| verifier.check(black_box(&request), now_unix()))
+    });
+    group.bench_function("full: payment_request + OfflineVerifier::check", |b| {
         b.iter(|| {
-            let request = decode(black_box(&header), &requirement);
-            check_offline(&cache, &request)
+            let request = rail.payment_request(&resource, black_box(&credential))?;
+            verifier.check(&request, now_unix()).map_err(|r| {
+                farebox_core::PaymentError::invalid(r.reason.as_str(), r.reason.message())
+            })
         })
     });
     group.finish();

@@ -173,18 +173,26 @@ pub enum AnyPaymentPayload {
 }
 
 impl AnyPaymentPayload {
-    /// Decodes a header value.
-    pub fn from_header(value: &str) -> Result<Self, CodecError> {
-        Self::from_json(&codec::decode_header_bytes(value)?)
+    /// Decodes a header value. A value that is not base64 or not JSON is
+    /// [`RequestError::Malformed`]; a missing or unknown `x402Version` is
+    /// [`RequestError::UnsupportedVersion`] (reason `invalid_x402_version`, so a client can tell
+    /// "speak another version" from "your payload is broken"); a payload that does not fit its
+    /// version is [`RequestError::InvalidPayload`].
+    pub fn from_header(value: &str) -> Result<Self, RequestError> {
+        let json = codec::decode_header_bytes(value).map_err(RequestError::Malformed)?;
+        Self::from_json(&json)
     }
 
-    /// Decodes JSON bytes.
-    pub fn from_json(json: &[u8]) -> Result<Self, CodecError> {
-        match probe_version(json)? {
-            Some(1) => codec::from_json(json).map(AnyPaymentPayload::V1),
-            Some(2) => codec::from_json(json).map(|p| AnyPaymentPayload::V2(Box::new(p))),
-            Some(v) => Err(CodecError::Shape(format!("unsupported x402Version {v}"))),
-            None => Err(CodecError::Shape("missing field `x402Version`".into())),
+    /// Decodes JSON bytes, with the errors of [`AnyPaymentPayload::from_header`].
+    pub fn from_json(json: &[u8]) -> Result<Self, RequestError> {
+        match probe_version(json).map_err(RequestError::Malformed)? {
+            Some(1) => codec::from_json(json)
+                .map(AnyPaymentPayload::V1)
+                .map_err(RequestError::InvalidPayload),
+            Some(2) => codec::from_json(json)
+                .map(|p| AnyPaymentPayload::V2(Box::new(p)))
+                .map_err(RequestError::InvalidPayload),
+            other => Err(RequestError::UnsupportedVersion(other)),
         }
     }
 

@@ -33,6 +33,6 @@ pub mod v2;
 mod wire;
 
 pub use codec::{CodecError, decode_header, encode_header};
-pub use rail::{X402Config, X402Rail};
+pub use rail::{Reconciled, X402Config, X402Rail};
 pub use reason::Reason;
 pub use wire::{Amount, AmountError, Payload, Version};

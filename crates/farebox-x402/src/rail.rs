@@ -6,12 +6,19 @@
 //! `accepted` requirement a v2 client echoes can be compared for deep equality with the one
 //! rebuilt when it comes back.
 //!
-//! A payment is checked off-chain here first (cheap, and it yields the nonce), then verified by
-//! the facilitator, then its nonce is reserved in the replay store — so a replayed or concurrent
-//! duplicate is refused before the handler runs, across restarts and instances sharing the
-//! store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
+//! A payment is checked off-chain here first (cheap, and it yields the nonce), then looked up in
+//! the replay store (a nonce already seen is refused without asking the facilitator), then
+//! verified by the facilitator, then its nonce is reserved in the replay store — so a replayed
+//! or concurrent duplicate is refused before the handler runs, across restarts and instances
+//! sharing the store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
 //! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
 //! the hash in `PAYMENT-RESPONSE`.
+//!
+//! [`X402Rail::reconcile`] resolves those pending records later, from the token's
+//! `authorizationState` on chain, read through the facilitator when it can
+//! ([`Facilitator::authorization_used`]; the in-process facilitator can) or through a
+//! [`ChainReader`] given with [`X402Rail::with_chain_reader`] (for a facilitator over HTTP). An
+//! application calls it periodically, as `farebox facilitator` reconciles its own records.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +32,8 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::exact_evm;
-use crate::facilitator::local::replay_key;
+use crate::facilitator::chain::ChainReader;
+use crate::facilitator::local::{parse_key, replay_key};
 use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::facilitator_api::{AnyPaymentPayload, SettleResponse, VersionedPayment};
 use crate::{Amount, Reason, codec, network, v1, v2};
@@ -80,6 +88,18 @@ pub struct X402Rail {
     asset: Asset,
     facilitator: Arc<dyn Facilitator>,
     store: Arc<dyn ReplayStore>,
+    reader: Option<ChainReader>,
+}
+
+/// What one [`X402Rail::reconcile`] run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Pending settlements found settled on chain (the authorization is used).
+    pub settled: usize,
+    /// Pending settlements that can no longer happen (unused past `validBefore`): failed.
+    pub failed: usize,
+    /// Still pending: not mined yet, or the chain could not be read for them.
+    pub unresolved: usize,
 }
 
 /// What `verify` hands to `settle`.
@@ -96,7 +116,60 @@ impl X402Rail {
         store: Arc<dyn ReplayStore>,
     ) -> Self {
         let asset = Asset::Token(config.token());
-        X402Rail { config, asset, facilitator, store }
+        X402Rail { config, asset, facilitator, store, reader: None }
+    }
+
+    /// Reads the chain with `reader` when reconciling, instead of asking the facilitator (which
+    /// cannot answer when it is reached over HTTP).
+    pub fn with_chain_reader(mut self, reader: ChainReader) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// Resolves this rail's `Pending` settlements (outcome unknown: a receipt that did not arrive,
+    /// an answer that was lost) from the chain: an authorization the token marks used was
+    /// settled; one still unused after its `validBefore` can no longer be, so it failed; anything
+    /// else stays pending. Call it periodically. A store or chain that cannot be reached is
+    /// [`FacilitatorError::Unavailable`]; records already resolved in this run stay resolved.
+    pub async fn reconcile(&self) -> Result<Reconciled, FacilitatorError> {
+        let store_down = |e: farebox_core::StoreError| FacilitatorError::Unavailable(e.to_string());
+        let mut done = Reconciled::default();
+        for (key, record) in self.store.pending(NAMESPACE).await.map_err(store_down)? {
+            let Some((network, token, from, nonce)) = parse_key(&key) else {
+                done.unresolved += 1;
+                continue;
+            };
+            let used = match &self.reader {
+                Some(reader) => reader.authorization_used(&network, token, from, nonce).await,
+                None => self.facilitator.authorization_used(&network, token, from, nonce).await,
+            };
+            let state = match used {
+                Ok(Some(true)) => ProofState::Settled,
+                Ok(Some(false)) if now_unix() > record.expires_at => ProofState::Failed,
+                Ok(_) => {
+                    done.unresolved += 1;
+                    continue;
+                }
+                Err(e @ FacilitatorError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not read an x402 authorization's state");
+                    done.unresolved += 1;
+                    continue;
+                }
+            };
+            self.store.update(NAMESPACE, &key, state, None).await.map_err(store_down)?;
+            tracing::info!(
+                key,
+                state = state.as_str(),
+                tx = record.reference.as_deref().unwrap_or(""),
+                "x402 settlement reconciled"
+            );
+            match state {
+                ProofState::Settled => done.settled += 1,
+                _ => done.failed += 1,
+            }
+        }
+        Ok(done)
     }
 
     pub fn config(&self) -> &X402Config {
@@ -158,15 +231,19 @@ impl X402Rail {
         })
     }
 
-    /// The facilitator request for a presented payment, rebuilt against this resource's
-    /// requirement of the same version.
-    fn request_for(
+    /// The facilitator request for a presented payment (`PAYMENT-SIGNATURE` or `X-PAYMENT`):
+    /// the header decoded, paired with this resource's requirement of the same version, rebuilt
+    /// here rather than trusted from the client. The first step of [`Rail::verify`], public so
+    /// that its cost can be measured (`benches/verify.rs`). A header that does not decode is
+    /// [`Reason::InvalidPayload`], a version that is unknown or does not match the header is
+    /// [`Reason::InvalidX402Version`].
+    pub fn payment_request(
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<VersionedPayment, PaymentError> {
         let payment = AnyPaymentPayload::from_header(&credential.value)
-            .map_err(|e| invalid(Reason::InvalidPayload, format!("{}: {e}", credential.header)))?;
+            .map_err(|e| invalid(e.reason(), format!("{}: {e}", credential.header)))?;
         let expects_v2 = credential.header == PAYMENT_SIGNATURE;
         match (payment, expects_v2) {
             (AnyPaymentPayload::V2(payment_payload), true) => {
@@ -273,10 +350,18 @@ impl Rail for X402Rail {
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
-        let request = self.request_for(resource, credential)?;
+        let request = self.payment_request(resource, credential)?;
         // Off-chain checks first: cheap, and a bad payment never costs a facilitator round trip.
         let checked = exact_evm::check_request(&request, now_unix())
             .map_err(|r| invalid(r.reason, r.reason.message()))?;
+        // A nonce this rail has already seen is refused from the store: a replay costs no
+        // facilitator round trip, and is refused even while the facilitator is down. (The
+        // reservation after verification below stays the atomic guard against a concurrent
+        // duplicate.)
+        let key = replay_key(&checked);
+        if self.store.get(NAMESPACE, &key).await?.is_some() {
+            return Err(self.already_used(&key).await);
+        }
         let answer = self.facilitator.verify(&request).await.map_err(unavailable)?;
         if !answer.is_valid {
             let reason = answer.reason().unwrap_or(Reason::UnexpectedVerifyError);
@@ -284,7 +369,6 @@ impl Rail for X402Rail {
                 // A node that simulates against its pending state sees the nonce of a transfer
                 // still in the mempool as used: if that transfer is our own pending settlement,
                 // say so, as when the replay store is what refuses it.
-                let key = replay_key(&checked);
                 if let Ok(Some(record)) = self.store.get(NAMESPACE, &key).await
                     && record.state == ProofState::Pending
                 {
@@ -295,7 +379,6 @@ impl Rail for X402Rail {
                 answer.invalid_message.clone().unwrap_or_else(|| reason.message().to_string());
             return Err(invalid(reason, detail));
         }
-        let key = replay_key(&checked);
         let expires_at = checked.payload.authorization.valid_before;
         if !self.store.reserve(NAMESPACE, &key, expires_at).await? {
             return Err(self.already_used(&key).await);
@@ -320,39 +403,64 @@ impl Rail for X402Rail {
         let answer = match self.facilitator.settle(&accepted.request).await {
             Ok(answer) => answer,
             Err(FacilitatorError::Unavailable(why)) => {
-                // Nothing was sent: the client keeps its authorization for a retry.
+                // Never sent: the client keeps its authorization for a retry.
                 self.store.release(NAMESPACE, &accepted.key).await?;
                 return Err(unavailable(FacilitatorError::Unavailable(why)));
             }
             Err(e) => {
-                // The transfer may have been sent: the nonce stays spent, the outcome pending.
-                self.store.update(NAMESPACE, &accepted.key, ProofState::Pending, None).await?;
+                // The transfer may have been sent: the nonce stays spent, the outcome pending,
+                // and the client is told whatever transaction hash is known.
+                let transaction = match &e {
+                    FacilitatorError::OutcomeUnknown { transaction, .. } => transaction.clone(),
+                    _ => None,
+                };
+                self.record(&accepted.key, ProofState::Pending, transaction.as_deref()).await;
+                let mut pending = SettleResponse::failure(
+                    Reason::SettlementPending,
+                    accepted.request.network().to_string(),
+                    Some(accepted.payer.clone()),
+                );
+                pending.transaction = transaction.clone().unwrap_or_default();
+                let header = self.settlement_header(&accepted.request, &pending, &accepted.payer);
+                let tx = transaction.map(|t| format!(" (transaction {t})")).unwrap_or_default();
                 return Err(PaymentError::unavailable(
                     "settlement_outcome_unknown",
-                    format!("{e}; the payment is recorded as pending and will not be taken twice"),
+                    format!(
+                        "{e}{tx}; the payment is recorded as pending and will not be taken twice"
+                    ),
                     Duration::from_secs(5),
-                ));
+                )
+                .with_header(header.0, header.1));
             }
         };
         let header = self.settlement_header(&accepted.request, &answer, &accepted.payer);
         let tx = (!answer.transaction.is_empty()).then_some(answer.transaction.as_str());
         if answer.success {
-            self.store.update(NAMESPACE, &accepted.key, ProofState::Settled, tx).await?;
+            // Paid: the content is delivered even if the record cannot be updated (it stays
+            // reserved, which still refuses the authorization a second time).
+            self.record(&accepted.key, ProofState::Settled, tx).await;
             return Ok(Receipt::new(payment.amount, answer.transaction.clone(), vec![header]));
         }
         let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
-        let (state, detail) = if reason == Reason::SettlementPending {
-            (
-                ProofState::Pending,
-                format!("settlement sent as {} but not yet confirmed", answer.transaction),
-            )
-        } else {
-            (
-                ProofState::Failed,
-                answer.error_message.clone().unwrap_or_else(|| reason.message().to_string()),
-            )
-        };
-        self.store.update(NAMESPACE, &accepted.key, state, tx).await?;
+        let detail = answer.error_message.clone().unwrap_or_else(|| reason.message().to_string());
+        if reason == Reason::SettlementPending {
+            let detail = format!("settlement sent as {} but not yet confirmed", answer.transaction);
+            self.record(&accepted.key, ProofState::Pending, tx).await;
+            return Err(invalid(reason, detail).with_header(header.0, header.1));
+        }
+        match tx {
+            // A transaction that failed: this authorization's settlement is over.
+            Some(_) => self.record(&accepted.key, ProofState::Failed, tx).await,
+            // Refused before anything was broadcast (e.g. at gas estimation, the payer's funds
+            // gone since verification): the payer's authorization stays usable, so the nonce is
+            // released rather than spent.
+            None => {
+                if let Err(e) = self.store.release(NAMESPACE, &accepted.key).await {
+                    let key = &accepted.key;
+                    tracing::warn!(key, error = %e, "could not release an x402 reservation");
+                }
+            }
+        }
         Err(invalid(reason, detail).with_header(header.0, header.1))
     }
 
@@ -366,6 +474,15 @@ impl Rail for X402Rail {
 }
 
 impl X402Rail {
+    /// Records where a settlement stands. The facilitator's answer is what the client must be
+    /// told, so a store failure here is logged rather than turned into a 503 that would hide it.
+    async fn record(&self, key: &str, state: ProofState, tx: Option<&str>) {
+        if let Err(e) = self.store.update(NAMESPACE, key, state, tx).await {
+            let (state, tx) = (state.as_str(), tx.unwrap_or(""));
+            tracing::error!(key, state, tx, error = %e, "could not record an x402 settlement");
+        }
+    }
+
     /// Why a nonce cannot be used again, with the transaction hash when its settlement is known.
     async fn already_used(&self, key: &str) -> PaymentError {
         let record = self.store.get(NAMESPACE, key).await.ok().flatten();

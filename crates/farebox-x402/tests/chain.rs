@@ -8,23 +8,27 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
-use farebox_core::{Asset, Money, Price, ProofState, ReplayStore};
+use farebox_core::{Asset, Money, Price, ProofRecord, ProofState, ReplayStore, StoreError};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, Bytes, EvmRpc, ReceiptOutcome, U256};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};
 use farebox_x402::exact_evm::{Authorization, ExactEvmPayload};
+use farebox_x402::facilitator::chain::ChainReader;
 use farebox_x402::facilitator::http_client::RemoteFacilitator;
 use farebox_x402::facilitator::local::{self, ChainAccess, LocalFacilitator};
 use farebox_x402::facilitator::{Facilitator, http_server};
 use farebox_x402::facilitator_api::{VerifyResponse, VersionedPayment};
-use farebox_x402::{Amount, Payload, Reason, X402Config, X402Rail, codec, rail, v1, v2};
+use farebox_x402::{
+    Amount, Payload, Reason, Reconciled, X402Config, X402Rail, codec, rail, v1, v2,
+};
 use http::{HeaderMap, Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -229,14 +233,19 @@ struct Server {
     app: Router,
     /// How many times a paid handler ran.
     served: Arc<AtomicUsize>,
+    rail: Arc<X402Rail>,
 }
 
 fn server(chain: &Chain, facilitator: Arc<dyn Facilitator>, store: Arc<dyn ReplayStore>) -> Server {
+    server_with(chain, X402Rail::new(chain.config(), facilitator, store))
+}
+
+fn server_with(chain: &Chain, rail: X402Rail) -> Server {
     let config = chain.config();
     let price = Price::one(Money::new(Asset::Token(config.token()), u128::from(PRICE)));
-    let rail = X402Rail::new(config, facilitator, store);
+    let rail = Arc::new(rail);
     let paywall = Paywall::builder()
-        .rail(rail)
+        .shared_rail(rail.clone())
         .route(PricedRoute::new(None, "/data", price.clone()).unwrap().describe("market data"))
         .route(PricedRoute::new(None, "/data-fails", price).unwrap().describe("market data"))
         .build()
@@ -259,7 +268,7 @@ fn server(chain: &Chain, facilitator: Arc<dyn Facilitator>, store: Arc<dyn Repla
             }),
         )
         .layer(PaywallLayer::new(paywall));
-    Server { app, served }
+    Server { app, served, rail }
 }
 
 async fn get(
@@ -815,4 +824,366 @@ async fn a_settlement_without_a_receipt_is_pending_then_reconciled() {
     let (status, _, body) = get(&s.app, "/data", header).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+}
+
+// ---- a store that fails after the transfer was broadcast ----
+
+/// A replay store whose `update` fails while `failing` is set (it went away mid-settlement).
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl ReplayStore for FlakyStore {
+    async fn reserve(&self, ns: &str, key: &str, expires_at: u64) -> Result<bool, StoreError> {
+        self.inner.reserve(ns, key, expires_at).await
+    }
+    async fn update(
+        &self,
+        ns: &str,
+        key: &str,
+        state: ProofState,
+        reference: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("scripted outage".into()));
+        }
+        self.inner.update(ns, key, state, reference).await
+    }
+    async fn release(&self, ns: &str, key: &str) -> Result<(), StoreError> {
+        self.inner.release(ns, key).await
+    }
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<ProofRecord>, StoreError> {
+        self.inner.get(ns, key).await
+    }
+    async fn pending(&self, ns: &str) -> Result<Vec<(String, ProofRecord)>, StoreError> {
+        self.inner.pending(ns).await
+    }
+    async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner.purge_expired(now).await
+    }
+}
+
+#[tokio::test]
+async fn a_facilitator_store_failure_after_broadcast_is_pending_with_the_hash() {
+    let chain = Chain::start().await;
+    let facilitator_store = Arc::new(FlakyStore::default());
+    facilitator_store.failing.store(true, Ordering::SeqCst);
+    let rail_store = Arc::new(MemoryStore::new());
+    let f = Arc::new(chain.facilitator(facilitator_store.clone()));
+    let s = server(&chain, f, rail_store.clone());
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(body["code"], "settlement_outcome_unknown", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success);
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
+    let tx = receipt.transaction.clone();
+    assert!(is_tx_hash(&tx), "the client is told the hash of the transfer: {tx:?}");
+
+    // The money did move.
+    chain.wait_mined(&tx).await;
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+    // The rail kept the nonce, pending with the hash, and refuses the payment again.
+    let pending = rail_store.pending(rail::NAMESPACE).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.reference.as_deref(), Some(tx.as_str()));
+    facilitator_store.failing.store(false, Ordering::SeqCst);
+    let (status, _, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    assert_eq!(s.served.load(Ordering::SeqCst), 1, "the handler ran once; its answer was withheld");
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+}
+
+// ---- the rail reconciles its own pending settlements ----
+
+/// A server whose rail settles through `farebox facilitator`'s HTTP API (its own store, receipts
+/// that never arrive in time: automine is off) and reads the chain itself to reconcile.
+#[tokio::test]
+async fn a_rail_behind_an_http_facilitator_reconciles_its_pending_settlement() {
+    let chain = Chain::start().await;
+    let _: Value = chain.rpc.request("evm_setAutomine", (false,)).await.unwrap();
+    let facilitator = chain
+        .facilitator(Arc::new(MemoryStore::new()))
+        .with_receipt_timeout(Duration::from_millis(1));
+    let addr = serve(http_server::router(Arc::new(facilitator))).await;
+    let store = Arc::new(MemoryStore::new());
+    let rail = X402Rail::new(chain.config(), Arc::new(remote(addr)), store.clone())
+        .with_chain_reader(ChainReader::new([chain.rpc.clone()]));
+    let s = server_with(&chain, rail);
+    let auth = chain.authorization();
+    let payment = pay_v2(&chain, &s.app, &auth).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    let tx = receipt.transaction.clone();
+    assert!(is_tx_hash(&tx), "{tx}");
+
+    // In the mempool, not mined: the rail leaves it pending.
+    assert_eq!(
+        s.rail.reconcile().await.unwrap(),
+        Reconciled { unresolved: 1, ..Default::default() }
+    );
+    assert_eq!(store.pending(rail::NAMESPACE).await.unwrap().len(), 1);
+
+    chain.anvil.mine().await.unwrap();
+    chain.wait_mined(&tx).await;
+    assert_eq!(s.rail.reconcile().await.unwrap(), Reconciled { settled: 1, ..Default::default() });
+    assert!(store.pending(rail::NAMESPACE).await.unwrap().is_empty());
+    let sent: v2::PaymentPayload = codec::decode_header(&payment).unwrap();
+    let checked = farebox_x402::exact_evm::check_request(
+        &request_for(chain.requirement(), sent.payload),
+        now(),
+    )
+    .unwrap();
+    let record = store.get(rail::NAMESPACE, &local::replay_key(&checked)).await.unwrap().unwrap();
+    assert_eq!(record.state, ProofState::Settled);
+    assert_eq!(record.reference.as_deref(), Some(tx.as_str()));
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+
+    let (status, _, body) = get(&s.app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["code"], "invalid_exact_evm_nonce_already_used", "{body}");
+    assert_eq!(chain.transfers_from(auth.from).await, 1);
+}
+
+/// With the in-process facilitator, the rail needs no reader of its own.
+#[tokio::test]
+async fn a_rail_with_a_local_facilitator_reconciles_through_it() {
+    let chain = Chain::start().await;
+    let _: Value = chain.rpc.request("evm_setAutomine", (false,)).await.unwrap();
+    let facilitator = chain
+        .facilitator(Arc::new(MemoryStore::new()))
+        .with_receipt_timeout(Duration::from_millis(1));
+    let store = Arc::new(MemoryStore::new());
+    let s = server(&chain, Arc::new(facilitator), store.clone());
+    let payment = pay_v2(&chain, &s.app, &chain.authorization()).await;
+    let (_, headers, body) = get(&s.app, "/data", Some(("PAYMENT-SIGNATURE", &payment))).await;
+    assert_eq!(body["code"], "settlement_pending", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        s.rail.reconcile().await.unwrap(),
+        Reconciled { unresolved: 1, ..Default::default() }
+    );
+    chain.anvil.mine().await.unwrap();
+    chain.wait_mined(&receipt.transaction).await;
+    assert_eq!(s.rail.reconcile().await.unwrap(), Reconciled { settled: 1, ..Default::default() });
+    assert!(store.pending(rail::NAMESPACE).await.unwrap().is_empty());
+}
+
+// ---- bad input, case by case, through the paywall ----
+
+/// Re-encodes a v2 payment header after `change`.
+fn tampered(header: &str, change: impl FnOnce(&mut v2::PaymentPayload)) -> String {
+    let mut payment: v2::PaymentPayload = codec::decode_header(header).unwrap();
+    change(&mut payment);
+    codec::encode_header(&payment)
+}
+
+/// A refusal that asks for a new payment: 402, the exact reason, fresh requirements.
+async fn expect_402(chain: &Chain, app: &Router, header: (&str, &str), code: &str, case: &str) {
+    let (status, headers, body) = get(app, "/data", Some(header)).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{case}: {body}");
+    assert_eq!(body["code"], code, "{case}: {body}");
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    assert_eq!(required.accepts, vec![chain.requirement()], "{case}: fresh requirements");
+    assert!(!headers.contains_key("retry-after"), "{case}");
+}
+
+#[tokio::test]
+async fn each_bad_payment_gets_its_status_header_and_reason() {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let app = &s.app;
+    let sig = "PAYMENT-SIGNATURE";
+
+    // Headers that are not a payment at all.
+    expect_402(&chain, app, (sig, "not base64!"), "invalid_payload", "malformed base64").await;
+    let not_json = "e25vdCBqc29u"; // `{not json`
+    expect_402(&chain, app, (sig, not_json), "invalid_payload", "malformed JSON").await;
+    let v9 = codec::encode_header(&json!({"x402Version": 9, "payload": {}}));
+    expect_402(&chain, app, (sig, &v9), "invalid_x402_version", "unknown x402Version").await;
+    expect_402(&chain, app, ("X-PAYMENT", &v9), "invalid_x402_version", "unknown, v1 header").await;
+
+    // Signed payments that do not pay this route.
+    let valid = pay_v2(&chain, app, &chain.authorization()).await;
+    let other_network = tampered(&valid, |p| p.accepted.network = "eip155:8453".into());
+    expect_402(&chain, app, (sig, &other_network), "invalid_network", "wrong network (v2)").await;
+    let v1_other_network = codec::encode_header(&v1::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        scheme: "exact".into(),
+        network: "base".into(),
+        payload: chain.payload(&chain.authorization()),
+    });
+    let case = "wrong network (v1)";
+    expect_402(&chain, app, ("X-PAYMENT", &v1_other_network), "invalid_network", case).await;
+
+    let auth =
+        TransferWithAuthorization { validBefore: U256::from(now() - 1), ..chain.authorization() };
+    let expired = pay_v2(&chain, app, &auth).await;
+    let code = "invalid_exact_evm_payload_authorization_valid_before";
+    expect_402(&chain, app, (sig, &expired), code, "expired").await;
+
+    let auth = TransferWithAuthorization {
+        validAfter: U256::from(now() + 60),
+        validBefore: U256::from(now() + 120),
+        ..chain.authorization()
+    };
+    let early = pay_v2(&chain, app, &auth).await;
+    let code = "invalid_exact_evm_payload_authorization_valid_after";
+    expect_402(&chain, app, (sig, &early), code, "not yet valid").await;
+
+    let auth = TransferWithAuthorization { to: chain.stranger().address, ..chain.authorization() };
+    let elsewhere = pay_v2(&chain, app, &auth).await;
+    let code = "invalid_exact_evm_payload_recipient_mismatch";
+    expect_402(&chain, app, (sig, &elsewhere), code, "wrong recipient").await;
+
+    let code = "invalid_exact_evm_payload_authorization_value_mismatch";
+    for (value, case) in [(PRICE - 1, "underpayment"), (PRICE + 1, "overpayment")] {
+        let auth = TransferWithAuthorization { value: U256::from(value), ..chain.authorization() };
+        let payment = pay_v2(&chain, app, &auth).await;
+        expect_402(&chain, app, (sig, &payment), code, case).await;
+    }
+
+    let auth = chain.authorization();
+    // Signed by another key, in the payer's name: only the signature gives it away.
+    let forged = tampered(&valid, |p| {
+        p.payload = chain.payload_signed(chain.stranger(), &chain.domain, &auth)
+    });
+    let code = "invalid_exact_evm_payload_signature";
+    expect_402(&chain, app, (sig, &forged), code, "forged signature").await;
+
+    // Nothing above was served or moved money.
+    assert_eq!(s.served.load(Ordering::SeqCst), 0);
+    assert_eq!(chain.gas_transactions().await, 0);
+
+    // A replay of a payment that was served.
+    let (status, _, body) = get(app, "/data", Some((sig, &valid))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let code = "invalid_exact_evm_nonce_already_used";
+    expect_402(&chain, app, (sig, &valid), code, "replay").await;
+    assert_eq!(s.served.load(Ordering::SeqCst), 1);
+    assert_eq!(chain.transfers_from(chain.payer().address).await, 1);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+
+    // A facilitator that is down: 503 with Retry-After, never the content.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }; // closed again
+    let down = server(&chain, Arc::new(remote(closed)), Arc::new(MemoryStore::new()));
+    let payment = pay_v2(&chain, &down.app, &chain.authorization()).await;
+    let (status, headers, body) = get(&down.app, "/data", Some((sig, &payment))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(body["code"], "facilitator_unavailable", "{body}");
+    assert!(!headers.contains_key("payment-required"));
+    assert_eq!(down.served.load(Ordering::SeqCst), 0);
+}
+
+// ---- a settlement refused at gas estimation ----
+
+/// Moves all of the payer's tokens to the stranger, as the payer spending them elsewhere.
+async fn drain_payer(chain: &Chain) {
+    let balance = U256::from(chain.balance(chain.payer().address).await);
+    let transfer = farebox_evm::contracts::FareboxUSD::transferCall {
+        to: chain.stranger().address,
+        value: balance,
+    };
+    let tx = chain.rpc.send_call(&chain.payer().signer, chain.token, &transfer).await.unwrap();
+    chain.wait_mined(&format!("{tx:#x}")).await;
+}
+
+#[tokio::test]
+async fn a_settle_refused_at_gas_estimation_keeps_the_authorization_usable() {
+    let chain = Chain::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let f = chain.facilitator(store.clone());
+    let request = chain.request(chain.payload(&chain.authorization()));
+    assert!(f.verify(&request).await.unwrap().is_valid);
+    drain_payer(&chain).await;
+
+    let refused = f.settle(&request).await.unwrap();
+    assert!(!refused.success);
+    assert_eq!(refused.error_reason.as_deref(), Some("insufficient_funds"), "{refused:?}");
+    assert_eq!(refused.transaction, "", "nothing was broadcast");
+    assert_eq!(chain.gas_transactions().await, 0);
+    let checked = farebox_x402::exact_evm::check_request(&request, now()).unwrap();
+    let key = local::replay_key(&checked);
+    assert_eq!(store.get(local::NAMESPACE, &key).await.unwrap(), None, "not marked used");
+
+    chain.anvil.mint(chain.token, chain.payer().address, U256::from(PRICE)).await.unwrap();
+    let settled = f.settle(&request).await.unwrap();
+    assert!(settled.success, "{settled:?}");
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+}
+
+#[tokio::test]
+async fn a_payer_whose_funds_left_before_settlement_can_pay_again_with_the_same_signature() {
+    let chain = Chain::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let facilitator = Arc::new(chain.facilitator(store.clone()));
+    let rail = X402Rail::new(chain.config(), facilitator, store.clone());
+    let price = Price::one(Money::new(Asset::Token(chain.config().token()), u128::from(PRICE)));
+    let paywall = Paywall::builder()
+        .rail(rail)
+        .route(PricedRoute::new(None, "/data", price).unwrap())
+        .build()
+        .unwrap();
+    // The first time it runs, the handler spends the payer's tokens elsewhere (as a payer could
+    // between verification and settlement).
+    let chain = Arc::new(chain);
+    let (drainer, drained) = (chain.clone(), Arc::new(AtomicBool::new(false)));
+    let app = Router::new()
+        .route(
+            "/data",
+            axum::routing::get(move || async move {
+                if !drained.swap(true, Ordering::SeqCst) {
+                    drain_payer(&drainer).await;
+                }
+                "the data"
+            }),
+        )
+        .layer(PaywallLayer::new(paywall));
+    let payment = pay_v2(&chain, &app, &chain.authorization()).await;
+    let header = Some(("PAYMENT-SIGNATURE", payment.as_str()));
+
+    let (status, headers, body) = get(&app, "/data", header).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert_eq!(body["code"], "insufficient_funds", "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(!receipt.success && receipt.transaction.is_empty(), "{receipt:?}");
+    assert_eq!(chain.gas_transactions().await, 0, "nothing was broadcast");
+    let sent: v2::PaymentPayload = codec::decode_header(&payment).unwrap();
+    let request = request_for(chain.requirement(), sent.payload);
+    let key = local::replay_key(&farebox_x402::exact_evm::check_request(&request, now()).unwrap());
+    for namespace in [rail::NAMESPACE, local::NAMESPACE] {
+        assert_eq!(store.get(namespace, &key).await.unwrap(), None, "{namespace}: not marked used");
+    }
+
+    // Funded again, the same signed payment is accepted and settled.
+    chain.anvil.mint(chain.token, chain.payer().address, U256::from(PRICE)).await.unwrap();
+    let (status, headers, body) = get(&app, "/data", header).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let receipt: v2::SettleResponse =
+        codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(receipt.success, "{receipt:?}");
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
 }

@@ -317,3 +317,32 @@ fn views_and_split_checks() {
     bad_amount.amount = farebox_x402::Amount::new("9".repeat(78)).unwrap();
     assert_eq!(RequirementView::from_v2(&bad_amount), Err(Reason::InvalidPaymentRequirements));
 }
+
+#[test]
+fn the_facilitators_offline_verifier_accepts_the_spec_signature_and_refuses_a_tampered_one() {
+    use farebox_x402::facilitator::local::OfflineVerifier;
+    use farebox_x402::facilitator_api::VersionedPayment;
+
+    let verifier = OfflineVerifier::new();
+    let (payment, req) = v2_case();
+    let request = |payment_payload| VersionedPayment::V2 {
+        payment_payload,
+        payment_requirements: req.clone(),
+    };
+    let (checked, message) = verifier.check(&request(payment.clone()), NOW).unwrap();
+    assert_eq!(checked.payload.payer(), PAYER, "the golden signature recovers to the payer");
+    assert_eq!(message.from, PAYER);
+    assert_eq!(message.value, U256::from(10_000u64));
+
+    // One unit more, same signature: the recovered signer is someone else.
+    let mut tampered = payment;
+    edit_payload(&mut tampered, |e| e.authorization.value = U256::from(10_001u64));
+    tampered.accepted.amount = 10_001u64.into();
+    let mut req = req.clone();
+    req.amount = 10_001u64.into();
+    let rejection = verifier
+        .check(&VersionedPayment::V2 { payment_payload: tampered, payment_requirements: req }, NOW)
+        .unwrap_err();
+    assert_eq!(rejection.reason, Reason::InvalidSignature);
+    assert_eq!(rejection.payer, Some(PAYER));
+}

@@ -191,9 +191,21 @@ fn any_payment_payload_dispatches_on_version() {
     assert!(matches!(v1p, AnyPaymentPayload::V1(v1::PaymentPayload { .. })));
     assert_eq!(codec::encode_header(&v1p), b64("v1_x_payment"));
     let v3 = codec::encode_header(&json!({"x402Version": 3}));
-    assert!(matches!(AnyPaymentPayload::from_header(&v3), Err(CodecError::Shape(_))));
+    let e = AnyPaymentPayload::from_header(&v3).unwrap_err();
+    assert_eq!(e, RequestError::UnsupportedVersion(Some(3)));
+    assert_eq!(e.reason(), Reason::InvalidX402Version);
     let none = codec::encode_header(&json!({"scheme": "exact"}));
-    assert!(matches!(AnyPaymentPayload::from_header(&none), Err(CodecError::Shape(_))));
-    assert!(matches!(AnyPaymentPayload::from_header("%%%"), Err(CodecError::Base64(_))));
+    let e = AnyPaymentPayload::from_header(&none).unwrap_err();
+    assert_eq!(e, RequestError::UnsupportedVersion(None));
+    assert_eq!(e.reason(), Reason::InvalidX402Version);
+    let e = AnyPaymentPayload::from_header("%%%").unwrap_err();
+    assert!(matches!(e, RequestError::Malformed(CodecError::Base64(_))), "{e}");
+    assert_eq!(e.reason(), Reason::InvalidPayload);
+    let e = AnyPaymentPayload::from_header(&codec::encode_header(&json!("text"))).unwrap_err();
+    assert!(matches!(e, RequestError::Malformed(CodecError::Shape(_))), "{e}");
+    let bad_v2 = codec::encode_header(&json!({"x402Version": 2, "accepted": 1}));
+    let e = AnyPaymentPayload::from_header(&bad_v2).unwrap_err();
+    assert!(matches!(e, RequestError::InvalidPayload(CodecError::Shape(_))), "{e}");
+    assert_eq!(e.reason(), Reason::InvalidPayload);
     let _: v2::PaymentPayload = decode_header(&b64("v2_payment_signature")).unwrap();
 }

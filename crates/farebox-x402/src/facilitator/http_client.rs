@@ -1,10 +1,18 @@
 //! [`RemoteFacilitator`]: a [`Facilitator`] reached over the facilitator HTTP API.
 //!
-//! A connection that cannot be made, a timeout before sending, or a 5xx is
-//! [`FacilitatorError::Unavailable`]; a `/settle` whose answer was lost after the request went
-//! out is [`FacilitatorError::OutcomeUnknown`] (the transfer may have been sent). A non-2xx
-//! answer that still carries a verify/settle body (x402-rs answers 400 for invalid payments) is
-//! read as that body.
+//! What an answer means depends on whether money can have moved:
+//!
+//! - A connection that cannot be made at all (refused, connect timeout) means the request was
+//!   never sent: [`FacilitatorError::Unavailable`], for every call.
+//! - `/verify` and `/supported` move no money: any other failure (a lost answer, a 5xx that is
+//!   not a response body) is also [`FacilitatorError::Unavailable`].
+//! - `/settle` may have broadcast a transfer once the request went out: a lost answer, or a 5xx
+//!   that does not report a successful settlement, is [`FacilitatorError::OutcomeUnknown`],
+//!   carrying the transaction hash when the 5xx body names one. The caller keeps the
+//!   authorization reserved as pending; it never releases it.
+//!
+//! A non-2xx answer below 500 that still carries a verify/settle body (x402-rs answers 400 for
+//! invalid payments) is read as that body.
 
 use std::time::Duration;
 
@@ -22,6 +30,22 @@ const MAX_RESPONSE: usize = 256 * 1024;
 pub struct RemoteFacilitator {
     base: reqwest::Url,
     http: reqwest::Client,
+}
+
+/// An answer as it arrived: its status and body.
+struct Answer {
+    status: reqwest::StatusCode,
+    body: Vec<u8>,
+}
+
+/// Why no answer arrived.
+enum NoAnswer {
+    /// The request never left: nothing can have happened.
+    NotSent(String),
+    /// The request went out (or may have), but the answer was lost.
+    Lost(String),
+    /// The answer is unusable whatever the call (too large).
+    Protocol(String),
 }
 
 impl RemoteFacilitator {
@@ -49,47 +73,45 @@ impl RemoteFacilitator {
         self.base.join(path).map_err(|e| FacilitatorError::Protocol(e.to_string()))
     }
 
-    async fn read<T: DeserializeOwned>(
-        &self,
-        response: reqwest::Response,
-        lost: fn(String) -> FacilitatorError,
-    ) -> Result<T, FacilitatorError> {
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, NoAnswer> {
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            // Never sent: nothing can have happened.
+            Err(e) if e.is_connect() || e.is_builder() => {
+                return Err(NoAnswer::NotSent(e.to_string()));
+            }
+            Err(e) => return Err(NoAnswer::Lost(e.to_string())),
+        };
         let status = response.status();
-        let mut response = response;
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_RESPONSE => {
                     body.extend_from_slice(&chunk)
                 }
-                Ok(Some(_)) => return Err(FacilitatorError::Protocol("response too large".into())),
+                Ok(Some(_)) => return Err(NoAnswer::Protocol("response too large".into())),
                 Ok(None) => break,
-                Err(e) => return Err(lost(format!("reading the answer: {e}"))),
+                Err(e) => return Err(NoAnswer::Lost(format!("reading the answer: {e}"))),
             }
         }
-        match serde_json::from_slice::<T>(&body) {
-            Ok(answer) => Ok(answer),
-            Err(_) if status.is_server_error() => {
-                Err(FacilitatorError::Unavailable(format!("facilitator answered {status}")))
-            }
-            Err(e) => Err(FacilitatorError::Protocol(format!("{status}: {e}"))),
-        }
+        Ok(Answer { status, body })
     }
 
-    async fn post<T: DeserializeOwned>(
+    /// A call that moves no money: every failure to get an answer is unavailability.
+    async fn harmless<T: DeserializeOwned>(
         &self,
-        path: &str,
-        request: &VersionedPayment,
-        lost: fn(String) -> FacilitatorError,
+        request: reqwest::RequestBuilder,
     ) -> Result<T, FacilitatorError> {
-        let sent = self.http.post(self.url(path)?).json(request).send().await;
-        match sent {
-            Ok(response) => self.read(response, lost).await,
-            // Never sent: nothing can have happened.
-            Err(e) if e.is_connect() || e.is_builder() => {
-                Err(FacilitatorError::Unavailable(e.to_string()))
-            }
-            Err(e) => Err(lost(e.to_string())),
+        let answer = self.exchange(request).await.map_err(|e| match e {
+            NoAnswer::NotSent(why) | NoAnswer::Lost(why) => FacilitatorError::Unavailable(why),
+            NoAnswer::Protocol(why) => FacilitatorError::Protocol(why),
+        })?;
+        match serde_json::from_slice::<T>(&answer.body) {
+            Ok(decoded) => Ok(decoded),
+            Err(_) if answer.status.is_server_error() => Err(FacilitatorError::Unavailable(
+                format!("facilitator answered {}", answer.status),
+            )),
+            Err(e) => Err(FacilitatorError::Protocol(format!("{}: {e}", answer.status))),
         }
     }
 }
@@ -97,21 +119,44 @@ impl RemoteFacilitator {
 #[async_trait]
 impl Facilitator for RemoteFacilitator {
     async fn verify(&self, request: &VersionedPayment) -> Result<VerifyResponse, FacilitatorError> {
-        // Nothing moves money at /verify: a lost answer is just unavailability.
-        self.post("verify", request, FacilitatorError::Unavailable).await
+        self.harmless(self.http.post(self.url("verify")?).json(request)).await
     }
 
     async fn settle(&self, request: &VersionedPayment) -> Result<SettleResponse, FacilitatorError> {
-        self.post("settle", request, FacilitatorError::OutcomeUnknown).await
+        let answer = match self.exchange(self.http.post(self.url("settle")?).json(request)).await {
+            Ok(answer) => answer,
+            Err(NoAnswer::NotSent(why)) => return Err(FacilitatorError::Unavailable(why)),
+            Err(NoAnswer::Lost(why)) => {
+                return Err(FacilitatorError::outcome_unknown(format!(
+                    "the settlement was sent but its answer was lost: {why}"
+                )));
+            }
+            Err(NoAnswer::Protocol(why)) => return Err(FacilitatorError::Protocol(why)),
+        };
+        let decoded = serde_json::from_slice::<SettleResponse>(&answer.body);
+        if answer.status.is_server_error() {
+            // The facilitator failed while settling: only a body that reports success is
+            // trusted; anything else may hide a broadcast transfer.
+            return match decoded {
+                Ok(settled) if settled.success => Ok(settled),
+                Ok(failed) => Err(FacilitatorError::OutcomeUnknown {
+                    detail: format!(
+                        "facilitator answered {} ({})",
+                        answer.status,
+                        failed.error_reason.as_deref().unwrap_or("no reason")
+                    ),
+                    transaction: (!failed.transaction.is_empty()).then_some(failed.transaction),
+                }),
+                Err(_) => Err(FacilitatorError::outcome_unknown(format!(
+                    "facilitator answered {}",
+                    answer.status
+                ))),
+            };
+        }
+        decoded.map_err(|e| FacilitatorError::Protocol(format!("{}: {e}", answer.status)))
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
-        let response = self
-            .http
-            .get(self.url("supported")?)
-            .send()
-            .await
-            .map_err(|e| FacilitatorError::Unavailable(e.to_string()))?;
-        self.read(response, FacilitatorError::Unavailable).await
+        self.harmless(self.http.get(self.url("supported")?)).await
     }
 }

@@ -5,6 +5,11 @@
 //! a 200 whose body says so (`isValid: false`, `success: false`); a body that is not a request
 //! is 400 `{"error": …}`; a facilitator that cannot answer (chain down) is 503 with
 //! `Retry-After`.
+//!
+//! A settlement whose outcome is unknown ([`FacilitatorError::OutcomeUnknown`]: the transfer may
+//! have been broadcast) is not a 503, which a client could read as "nothing happened": it is a
+//! 200 settle response, `success: false`, `errorReason: "settlement_pending"`, with the
+//! transaction hash when one is known, like a settlement whose receipt did not arrive in time.
 
 use std::sync::Arc;
 
@@ -17,7 +22,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::{Facilitator, FacilitatorError};
-use crate::facilitator_api::VersionedPayment;
+use crate::Reason;
+use crate::exact_evm::ExactEvmPayload;
+use crate::facilitator_api::{SettleResponse, VersionedPayment};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -43,7 +50,7 @@ fn parse(body: &[u8]) -> Result<VersionedPayment, Box<Response>> {
 
 fn failure(e: FacilitatorError) -> Response {
     let status = match e {
-        FacilitatorError::Unavailable(_) | FacilitatorError::OutcomeUnknown(_) => {
+        FacilitatorError::Unavailable(_) | FacilitatorError::OutcomeUnknown { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         FacilitatorError::Protocol(_) => StatusCode::BAD_GATEWAY,
@@ -71,8 +78,31 @@ async fn settle(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response 
     };
     match f.settle(&request).await {
         Ok(answer) => Json(answer).into_response(),
+        Err(FacilitatorError::OutcomeUnknown { detail, transaction }) => {
+            let tx = transaction.as_deref().unwrap_or("");
+            tracing::warn!(%detail, tx, "settlement outcome unknown");
+            Json(pending(&request, transaction, detail)).into_response()
+        }
         Err(e) => failure(e),
     }
+}
+
+/// The settle response of a settlement that may have been broadcast.
+fn pending(
+    request: &VersionedPayment,
+    transaction: Option<String>,
+    detail: String,
+) -> SettleResponse {
+    let payload = match request {
+        VersionedPayment::V1 { payment_payload, .. } => &payment_payload.payload,
+        VersionedPayment::V2 { payment_payload, .. } => &payment_payload.payload,
+    };
+    let payer = ExactEvmPayload::from_payload(payload).ok().map(|p| format!("{:#x}", p.payer()));
+    let mut answer =
+        SettleResponse::failure(Reason::SettlementPending, request.network().to_string(), payer);
+    answer.error_message = Some(format!("{}: {detail}", Reason::SettlementPending.message()));
+    answer.transaction = transaction.unwrap_or_default();
+    answer
 }
 
 async fn supported(State(f): State<Arc<dyn Facilitator>>) -> Response {

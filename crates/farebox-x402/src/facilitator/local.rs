@@ -1,9 +1,9 @@
 //! [`LocalFacilitator`]: verifies and settles `exact` EIP-3009 payments against EVM nodes,
 //! in-process.
 //!
-//! **Verify** = the off-chain checks of [`crate::exact_evm`], EIP-712 recovery of the signer
-//! (must be `authorization.from`), then ONE `eth_call` simulating `transferWithAuthorization`
-//! from the facilitator's address. The simulation covers at once what other facilitators ask in
+//! **Verify** = the off-chain checks of [`crate::exact_evm`] and EIP-712 recovery of the signer
+//! (must be `authorization.from`), together [`OfflineVerifier`], then ONE `eth_call` simulating
+//! `transferWithAuthorization` from the facilitator's address. The simulation covers at once what other facilitators ask in
 //! separate calls (nonce unused, balance, the token's own signature and time checks), so a valid
 //! payment costs one RPC round trip; a failed one is explained from the revert string, with a
 //! second look (`authorizationState`, `balanceOf`) only when the string is not one of
@@ -11,7 +11,9 @@
 //!
 //! **Settle** = the same checks without the simulation, then a replay-store reservation of the
 //! authorization (concurrent `/settle` calls of one payment: exactly one sends a transaction;
-//! the others are told its state), then the transfer, then the receipt. A receipt that does not
+//! the others are told its state), then the transfer, then the receipt. A transfer refused at
+//! gas estimation was never broadcast: its reservation is released and the answer names the
+//! reason with an empty `transaction`. A receipt that does not
 //! arrive in time leaves the record `Pending` with its transaction hash and answers
 //! `settlement_pending`; [`LocalFacilitator::reconcile`] resolves pending records later from the
 //! chain's own ground truth, `authorizationState(from, nonce)`.
@@ -25,6 +27,7 @@ use farebox_core::{ProofState, ReplayStore};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
 
+use super::chain::mined_authorization_state;
 use super::{Facilitator, FacilitatorError};
 use crate::exact_evm::{self, CheckedPayment};
 use crate::facilitator_api::{
@@ -46,52 +49,37 @@ pub struct LocalFacilitator {
     chains: HashMap<String, ChainAccess>,
     store: Arc<dyn ReplayStore>,
     receipt_timeout: Duration,
+    offline: OfflineVerifier,
+}
+
+/// The facilitator's checks that need no chain: every field check of
+/// [`exact_evm::check_request`], then the EIP-712 digest of the authorization and the recovery
+/// of its signer, which must be `authorization.from`.
+///
+/// [`LocalFacilitator`] runs exactly this before it asks its node anything; it is public so that
+/// its cost can be measured (`benches/verify.rs`) and so that a server can run it itself. Domain
+/// separators are computed once per token domain (name, version, chain id, contract) and
+/// cached.
+#[derive(Debug, Default)]
+pub struct OfflineVerifier {
     domains: RwLock<HashMap<(String, String, u64, Address), B256>>,
 }
 
-impl LocalFacilitator {
-    /// A facilitator for the given chains (by CAIP-2 id, from each node's chain id), recording
-    /// settlements in `store`.
-    pub fn new(chains: Vec<ChainAccess>, store: Arc<dyn ReplayStore>) -> Self {
-        let chains = chains
-            .into_iter()
-            .map(|c| (farebox_evm::network::caip2(c.rpc.chain_id()), c))
-            .collect();
-        LocalFacilitator {
-            chains,
-            store,
-            receipt_timeout: Duration::from_secs(20),
-            domains: RwLock::new(HashMap::new()),
-        }
+impl OfflineVerifier {
+    /// A verifier with an empty domain-separator cache.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// How long settlement waits for a receipt before answering `settlement_pending`.
-    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
-        self.receipt_timeout = timeout;
-        self
-    }
-
-    fn chain(&self, network: &str) -> Result<&ChainAccess, Reason> {
-        self.chains.get(network).ok_or(Reason::InvalidNetwork)
-    }
-
-    /// The EIP-712 domain separator of a requirement, computed once per token domain.
-    fn separator(&self, name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
-        let key = (name.to_string(), version.to_string(), chain_id, asset);
-        if let Some(s) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return *s;
-        }
-        let separator = TokenDomain::new(name, version, chain_id, asset).separator();
-        self.domains.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
-        separator
-    }
-
-    /// Everything but the chain: field checks, then the signer must be `authorization.from`.
-    fn check_offline(
+    /// Checks `request` as of `now_unix`. On success: the checked payment and the EIP-3009
+    /// message that was signed (what a transfer submits); otherwise the reason, with the payer
+    /// when the payload could be read.
+    pub fn check(
         &self,
         request: &VersionedPayment,
+        now_unix: u64,
     ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
-        let checked = exact_evm::check_request(request, now_unix())?;
+        let checked = exact_evm::check_request(request, now_unix)?;
         let req = &checked.requirement;
         let auth = &checked.payload.authorization;
         let payer = Some(auth.from);
@@ -115,6 +103,53 @@ impl LocalFacilitator {
             Ok(signer) if signer == auth.from => Ok((checked, message)),
             _ => Err(reject(Reason::InvalidSignature)),
         }
+    }
+
+    /// The EIP-712 domain separator of a requirement, computed once per token domain.
+    fn separator(&self, name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
+        let key = (name.to_string(), version.to_string(), chain_id, asset);
+        if let Some(s) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return *s;
+        }
+        let separator = TokenDomain::new(name, version, chain_id, asset).separator();
+        self.domains.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
+        separator
+    }
+}
+
+impl LocalFacilitator {
+    /// A facilitator for the given chains (by CAIP-2 id, from each node's chain id), recording
+    /// settlements in `store`.
+    pub fn new(chains: Vec<ChainAccess>, store: Arc<dyn ReplayStore>) -> Self {
+        let chains = chains
+            .into_iter()
+            .map(|c| (farebox_evm::network::caip2(c.rpc.chain_id()), c))
+            .collect();
+        LocalFacilitator {
+            chains,
+            store,
+            receipt_timeout: Duration::from_secs(20),
+            offline: OfflineVerifier::new(),
+        }
+    }
+
+    /// How long settlement waits for a receipt before answering `settlement_pending`.
+    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    fn chain(&self, network: &str) -> Result<&ChainAccess, Reason> {
+        self.chains.get(network).ok_or(Reason::InvalidNetwork)
+    }
+
+    /// The checks that need no chain, at the current time: [`OfflineVerifier::check`], exactly
+    /// as this facilitator runs them first in `/verify` and `/settle`.
+    pub fn check_offline(
+        &self,
+        request: &VersionedPayment,
+    ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
+        self.offline.check(request, now_unix())
     }
 
     /// Why a simulated or sent transfer reverted, from FiatToken's revert strings.
@@ -191,32 +226,6 @@ impl LocalFacilitator {
     }
 }
 
-/// `authorizationState(from, nonce)` as of the latest *mined* block. `EvmRpc::authorization_state`
-/// sends no block tag, and a node may then answer from its pending state (anvil does): a transfer
-/// still in the mempool would read as settled, and reconciliation must not trust it before it is
-/// mined.
-async fn mined_authorization_state(
-    rpc: &EvmRpc,
-    token: Address,
-    from: Address,
-    nonce: B256,
-) -> Result<bool, EvmError> {
-    let selector = alloy_primitives::keccak256("authorizationState(address,bytes32)");
-    let mut data = Vec::with_capacity(68);
-    data.extend_from_slice(&selector[..4]);
-    data.extend_from_slice(from.into_word().as_slice());
-    data.extend_from_slice(nonce.as_slice());
-    let call = serde_json::json!({
-        "to": format!("{token:#x}"),
-        "data": alloy_primitives::hex::encode_prefixed(&data),
-    });
-    let out: farebox_evm::Bytes = rpc.request("eth_call", (call, "latest".to_string())).await?;
-    match <[u8; 32]>::try_from(out.as_ref()) {
-        Ok(word) if word[..31].iter().all(|b| *b == 0) && word[31] <= 1 => Ok(word[31] == 1),
-        _ => Err(EvmError::InvalidResponse(format!("authorizationState returned {out}"))),
-    }
-}
-
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -235,7 +244,8 @@ pub fn replay_key(checked: &CheckedPayment) -> String {
     )
 }
 
-fn parse_key(key: &str) -> Option<(String, Address, Address, B256)> {
+/// The parts of a [`replay_key`]: network, token, payer, nonce.
+pub(crate) fn parse_key(key: &str) -> Option<(String, Address, Address, B256)> {
     let mut parts = key.rsplitn(4, ':');
     let nonce = parts.next()?.parse().ok()?;
     let from = parts.next()?.parse().ok()?;
@@ -328,29 +338,37 @@ impl Facilitator for LocalFacilitator {
         let tx = match sent {
             Ok(tx) => tx,
             Err(EvmError::Reverted { reason }) => {
-                // Refused at gas estimation: nothing was broadcast.
+                // Refused at gas estimation: nothing was broadcast, so the authorization is as
+                // usable as before (e.g. once the payer has the funds again): forget it rather
+                // than marking it failed, which would refuse it for good.
                 let why = self.explain_revert(&reason, &checked, &chain.rpc).await;
-                self.store
-                    .update(NAMESPACE, &key, ProofState::Failed, None)
-                    .await
-                    .map_err(store_unavailable)?;
+                self.store.release(NAMESPACE, &key).await.map_err(store_unavailable)?;
                 return Ok(Self::settle_response(request, false, Some(why), None, payer));
             }
             Err(e) => {
                 // The node may have taken the transaction before failing to answer: pending, to
-                // be reconciled from authorizationState.
-                self.store
-                    .update(NAMESPACE, &key, ProofState::Pending, None)
-                    .await
-                    .map_err(store_unavailable)?;
-                return Err(FacilitatorError::OutcomeUnknown(e.to_string()));
+                // be reconciled from authorizationState. Whether or not that can be recorded, the
+                // caller must not take it for "nothing sent".
+                let detail =
+                    match self.store.update(NAMESPACE, &key, ProofState::Pending, None).await {
+                        Ok(()) => e.to_string(),
+                        Err(store) => format!("{e}; and recording it as pending failed: {store}"),
+                    };
+                return Err(FacilitatorError::outcome_unknown(detail));
             }
         };
         let tx_hex = format!("{tx:#x}");
-        self.store
-            .update(NAMESPACE, &key, ProofState::Pending, Some(&tx_hex))
-            .await
-            .map_err(store_unavailable)?;
+        if let Err(e) = self.store.update(NAMESPACE, &key, ProofState::Pending, Some(&tx_hex)).await
+        {
+            // Broadcast, but not recorded: the money may move, so this is no "unavailable" (which
+            // would let the caller release the authorization). The record stays reserved, which
+            // still refuses a second settlement of it.
+            tracing::error!(tx = %tx_hex, error = %e, "x402 settlement broadcast but not recorded");
+            return Err(FacilitatorError::OutcomeUnknown {
+                detail: format!("transfer {tx_hex} broadcast but not recorded: {e}"),
+                transaction: Some(tx_hex),
+            });
+        }
         let outcome = chain.rpc.wait_for_receipt(tx, self.receipt_timeout).await;
         let (state, answer) = match outcome {
             Ok(ReceiptOutcome::Success { .. }) => (
@@ -378,12 +396,28 @@ impl Facilitator for LocalFacilitator {
                 ),
             ),
         };
-        self.store
-            .update(NAMESPACE, &key, state, Some(&tx_hex))
-            .await
-            .map_err(store_unavailable)?;
+        if let Err(e) = self.store.update(NAMESPACE, &key, state, Some(&tx_hex)).await {
+            // The outcome is known: answer it. The record stays `Pending` with its hash, and
+            // `reconcile` resolves it from the chain later.
+            tracing::warn!(tx = %tx_hex, error = %e, "x402 settlement outcome not recorded");
+        }
         tracing::info!(tx = %tx_hex, network = %checked.requirement.network, state = state.as_str(), "x402 settlement");
         Ok(answer)
+    }
+
+    async fn authorization_used(
+        &self,
+        network: &str,
+        token: Address,
+        from: Address,
+        nonce: B256,
+    ) -> Result<Option<bool>, FacilitatorError> {
+        let Ok(chain) = self.chain(network) else { return Ok(None) };
+        match mined_authorization_state(&chain.rpc, token, from, nonce).await {
+            Ok(used) => Ok(Some(used)),
+            Err(e) if e.is_unavailable() => Err(FacilitatorError::Unavailable(e.to_string())),
+            Err(e) => Err(FacilitatorError::Protocol(e.to_string())),
+        }
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
