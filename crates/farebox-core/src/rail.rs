@@ -208,6 +208,12 @@ pub trait Rail: Send + Sync + 'static {
     /// Releases what [`Rail::verify`] reserved when the request is not served (the handler
     /// failed), so that the same payment can be retried. Default: nothing to release.
     async fn release(&self, _resource: &Resource, _payment: Verified) {}
+
+    /// Periodic upkeep the server runs for every rail (e.g. every 10 s): resolve settlements
+    /// whose outcome was unknown, close idle sessions and refund them. Default: nothing to do.
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        Ok(())
+    }
 }
 
 /// Which rail owns the credential in `headers`, if any.

@@ -67,6 +67,30 @@ impl Paywall {
         &self.rails
     }
 
+    /// Runs every rail's [`Rail::maintain`] once; a rail that fails is logged and the others
+    /// still run.
+    pub async fn maintain(&self) {
+        for rail in &self.rails {
+            if let Err(e) = rail.maintain().await {
+                tracing::warn!(rail = rail.name(), code = e.code, detail = %e.detail, "rail upkeep failed");
+            }
+        }
+    }
+
+    /// Runs [`Self::maintain`] every `every` on the current tokio runtime until the returned
+    /// handle is aborted (or the runtime ends).
+    pub fn spawn_maintenance(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let paywall = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                paywall.maintain().await;
+            }
+        })
+    }
+
     /// Decides a priced request from its headers: find the credential, verify it, or refuse.
     pub(crate) async fn decide(&self, resource: &Resource, headers: &HeaderMap) -> Decision {
         let (rail, credential) = match credential_of(&self.rails, headers) {

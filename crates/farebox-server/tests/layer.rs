@@ -29,6 +29,7 @@ struct TestRail {
     settle_ok: Arc<AtomicBool>,
     settled: Arc<AtomicUsize>,
     released: Arc<AtomicUsize>,
+    maintained: Arc<AtomicUsize>,
 }
 
 impl TestRail {
@@ -41,6 +42,7 @@ impl TestRail {
             settle_ok: Arc::new(AtomicBool::new(true)),
             settled: Arc::default(),
             released: Arc::default(),
+            maintained: Arc::default(),
         }
     }
     fn down(&self) -> PaymentError {
@@ -127,6 +129,10 @@ impl Rail for TestRail {
     }
     async fn release(&self, _r: &Resource, _v: Verified) {
         self.released.fetch_add(1, Ordering::SeqCst);
+    }
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        self.maintained.fetch_add(1, Ordering::SeqCst);
+        if self.up.load(Ordering::SeqCst) { Ok(()) } else { Err(self.down()) }
     }
 }
 
@@ -511,4 +517,22 @@ async fn a_control_message_whose_settlement_fails_gets_a_fresh_402() {
     assert_eq!(json(&body)["code"], "settlement_failed");
     assert!(headers.get("x-test-receipt").is_none());
     assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn upkeep_runs_every_rail_even_when_one_fails() {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let usd = TestRail::new("usd", &["Usd"], usdc());
+    let paywall =
+        Arc::new(Paywall::builder().rail(sats.clone()).rail(usd.clone()).build().unwrap());
+    sats.up.store(false, Ordering::SeqCst); // its upkeep fails
+    paywall.maintain().await;
+    assert_eq!(
+        (sats.maintained.load(Ordering::SeqCst), usd.maintained.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    let task = paywall.spawn_maintenance(Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    assert!(usd.maintained.load(Ordering::SeqCst) >= 3, "runs periodically");
 }

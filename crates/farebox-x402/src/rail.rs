@@ -464,6 +464,18 @@ impl Rail for X402Rail {
         Err(invalid(reason, detail).with_header(header.0, header.1))
     }
 
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        let done = self.reconcile().await.map_err(unavailable)?;
+        if done.settled + done.failed > 0 {
+            tracing::info!(
+                settled = done.settled,
+                failed = done.failed,
+                "x402 pending settlements reconciled"
+            );
+        }
+        Ok(())
+    }
+
     async fn release(&self, _resource: &Resource, payment: Verified) {
         if let Ok(accepted) = payment.state.downcast::<Accepted>()
             && let Err(e) = self.store.release(NAMESPACE, &accepted.key).await

@@ -68,6 +68,8 @@ use crate::{evm_session as evm_session_wire, lightning_session as lightning_sess
 
 /// The replay-store namespace.
 pub const NAMESPACE: &str = "mpp";
+/// How long an unused EVM channel stays open by default: 30 days.
+pub const DEFAULT_EVM_IDLE_CLOSE: Duration = Duration::from_secs(30 * 86_400);
 /// Default challenge lifetime (both SDKs: 5 minutes).
 pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(300);
 /// How long a client should wait when the Lightning backend is down.
@@ -90,6 +92,9 @@ pub struct MppConfig {
     pub secret_key: Vec<u8>,
     /// How long a challenge (and its invoice) may be paid and redeemed.
     pub challenge_ttl: Duration,
+    /// How long an EVM session channel may sit unused before upkeep closes it, capturing what
+    /// was spent and refunding the rest (the drafts suggest 30 days).
+    pub evm_idle_close: Duration,
 }
 
 impl MppConfig {
@@ -99,6 +104,7 @@ impl MppConfig {
             realm: realm.into(),
             secret_key: secret_key.into(),
             challenge_ttl: DEFAULT_CHALLENGE_TTL,
+            evm_idle_close: DEFAULT_EVM_IDLE_CLOSE,
         }
     }
 }
@@ -292,6 +298,7 @@ pub struct MppRail {
     realm: String,
     key: ChallengeKey,
     ttl: Duration,
+    evm_idle_close: Duration,
     backend: Option<Arc<dyn LightningBackend>>,
     evm: Option<EvmMethod>,
     store: Arc<dyn ReplayStore>,
@@ -416,6 +423,7 @@ impl MppRail {
             realm: config.realm,
             key,
             ttl: config.challenge_ttl,
+            evm_idle_close: config.evm_idle_close,
             backend,
             evm,
             store,
@@ -964,6 +972,12 @@ impl Rail for MppRail {
         .with("challengeId", id);
         let headers = vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)];
         Ok(Receipt::new(payment.amount, payment.reference, headers))
+    }
+
+    /// Closes idle sessions (EVM channels after [`MppConfig::evm_idle_close`], Lightning
+    /// sessions after their idle timeout) and finishes interrupted closes.
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        self.close_idle_sessions(self.evm_idle_close).await.map(|_| ())
     }
 
     async fn release(&self, _resource: &Resource, payment: Verified) {
