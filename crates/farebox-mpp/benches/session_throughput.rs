@@ -168,7 +168,10 @@ async fn challenge_of(http: &reqwest::Client, url: &str) -> Challenge {
 async fn send(http: &reqwest::Client, url: &str, authorization: &str) -> u16 {
     let res = http.get(url).header("authorization", authorization).send().await.unwrap();
     let status = res.status().as_u16();
-    let _ = res.bytes().await;
+    let body = res.bytes().await.unwrap_or_default();
+    if status == 503 {
+        eprintln!("503: {}", String::from_utf8_lossy(&body));
+    }
     status
 }
 

@@ -489,6 +489,7 @@ impl MppRail {
         payer: Option<String>,
     ) -> Result<Verified, PaymentError> {
         let channel = v.channel_id;
+        let _turn = self.session_locks.turn(&key(&channel)).await;
         let mut record = self.channel_record(m, channel, false).await?;
         refuse_unless_open(&record, &channel)?;
         if v.cumulative_amount > record.deposit {

@@ -373,6 +373,7 @@ impl MppRail {
         price_msat: u64,
         now: u64,
     ) -> Result<Verified, PaymentError> {
+        let _turn = self.session_locks.turn(&id_of(&session)).await;
         self.open_session(m, &session, now).await?;
         let price = u128::from(price_msat);
         let (spent, deposit) = update_session(&*m.sessions, NAMESPACE, &id_of(&session), |r| {

@@ -36,6 +36,7 @@
 
 pub mod evm_session;
 mod lightning_session;
+mod locks;
 
 pub use evm_session::{EvmSessionConfig, MIN_GRACE_PERIOD, NAMESPACE as EVM_SESSION_NAMESPACE};
 pub use lightning_session::{LightningSessionConfig, NAMESPACE as LIGHTNING_SESSION_NAMESPACE};
@@ -304,6 +305,8 @@ pub struct MppRail {
     store: Arc<dyn ReplayStore>,
     evm_session: Option<evm_session::Method>,
     lightning_session: Option<lightning_session::Method>,
+    /// Orders the requests of one session within this process.
+    session_locks: locks::SessionLocks,
     /// Seeds [`OPAQUE_SALT`]: the rail's start time in nanoseconds, then a counter.
     salt: std::sync::atomic::AtomicU64,
 }
@@ -430,6 +433,7 @@ impl MppRail {
             evm_session: evm_session.map(|(c, s)| evm_session::Method::new(c, s)),
             lightning_session: lightning_session
                 .map(|(config, sessions)| lightning_session::Method { config, sessions }),
+            session_locks: locks::SessionLocks::default(),
             salt: std::sync::atomic::AtomicU64::new(seed),
         })
     }
