@@ -64,4 +64,11 @@ pub struct Resource {
     pub price: Price,
     /// A short description for people and for protocol fields that carry one.
     pub description: Option<Arc<str>>,
+    /// The request's `Accept-Payment` header (the client's preferred methods and intents, as the
+    /// MPP core draft defines it), for rails that offer several to order and filter them by.
+    /// Only set when it is visible ASCII of at most [`MAX_ACCEPT_PAYMENT_LEN`] bytes.
+    pub accept_payment: Option<Arc<str>>,
 }
+
+/// Longest `Accept-Payment` header the server hands to rails; a longer one is ignored.
+pub const MAX_ACCEPT_PAYMENT_LEN: usize = 1024;

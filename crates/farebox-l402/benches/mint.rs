@@ -23,6 +23,7 @@ fn bench(c: &mut Criterion) {
         route: "/joke".into(),
         price: Price::one(Money::sats(10)),
         description: Some("a joke".into()),
+        accept_payment: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
 

@@ -45,6 +45,7 @@ fn bench(c: &mut Criterion) {
         route: Arc::from("/v1/weather/*"),
         price: Price::one(Money::sats(10)),
         description: None,
+        accept_payment: None,
     };
     let preimage = [0x20u8; 32];
     let hash: [u8; 32] = Sha256::digest(preimage).into();

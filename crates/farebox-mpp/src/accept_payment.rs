@@ -139,14 +139,19 @@ mod tests {
         // The most specific range wins: evm/charge is excluded though evm/* allows it.
         assert_eq!(select(Some("evm/*, evm/charge;q=0"), &OFFERS), [2]);
         assert_eq!(select(Some("*/*;q=0.1, */session;q=0.9"), &OFFERS), [2, 3, 0, 1]);
-        assert_eq!(select(Some("*/session;q=0"), &OFFERS), [0, 1]);
+        // Ranges name what is acceptable: an offer no range matches is not, so "no sessions"
+        // alone leaves nothing acceptable, and the header is ignored.
+        assert_eq!(select(Some("*/session;q=0"), &OFFERS), [0, 1, 2, 3]);
+        assert_eq!(select(Some("*/session;q=0, */*"), &OFFERS), [0, 1]);
         // The spec's example, case-insensitive.
         assert_eq!(select(Some("Tempo/charge, tempo/session;q=0, EVM/charge;q=0.8"), &OFFERS), [1]);
     }
 
     #[test]
     fn malformed_or_unmatched_headers_are_ignored() {
-        for bad in ["", "evm", "evm/charge;q=2", "evm/charge;q=0.1234", "e v m/charge", "evm/charge;q"] {
+        for bad in
+            ["", "evm", "evm/charge;q=2", "evm/charge;q=0.1234", "e v m/charge", "evm/charge;q"]
+        {
             assert_eq!(select(Some(bad), &OFFERS), [0, 1, 2, 3], "{bad:?}");
         }
         assert_eq!(select(Some("tempo/charge"), &OFFERS), [0, 1, 2, 3], "no match: everything");

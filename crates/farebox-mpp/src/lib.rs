@@ -18,6 +18,7 @@
 //!
 //! | module | for |
 //! |---|---|
+//! | [`accept_payment`] | the client's `Accept-Payment` preferences, and choosing offers by them |
 //! | [`jcs`] | RFC 8785 canonical JSON (integers only) and base64url without padding |
 //! | [`challenge`] | [`Challenge`]: writing and parsing `WWW-Authenticate: Payment`; [`ChallengeKey`]: the HMAC-bound id |
 //! | [`credential`] | [`Credential`]: `Authorization: Payment <token>` |
@@ -45,6 +46,7 @@
 //! preimage), `open` and `topUp` may not, and each of their challenges counts once.
 #![forbid(unsafe_code)]
 
+pub mod accept_payment;
 pub mod challenge;
 pub mod credential;
 pub mod digest;

@@ -16,7 +16,7 @@ use farebox_mpp::lightning_session::{LightningSessionRequest, SessionPayload};
 use farebox_mpp::{Challenge, Credential, LightningSessionConfig, MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use serde_json::Value;
 
 const PROBLEMS: &str = "https://paymentauth.org/problems/lightning/";
@@ -308,4 +308,36 @@ async fn idle_sessions_are_closed_and_refunded_by_the_server() {
 fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
+}
+
+#[tokio::test]
+async fn accept_payment_chooses_and_orders_the_offers() {
+    let w = world(Duration::from_secs(300));
+    let offers = |accept: Option<&'static str>| {
+        let app = w.app.clone();
+        async move {
+            let mut req = Request::get("/data");
+            if let Some(a) = accept {
+                req = req.header("accept-payment", a);
+            }
+            let res = tower::ServiceExt::oneshot(app, req.body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+            common::challenges(res.headers())
+                .into_iter()
+                .map(|c| format!("{}/{}", c.method, c.intent))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(offers(None).await, ["lightning/charge", "lightning/session"]);
+    assert_eq!(offers(Some("lightning/session")).await, ["lightning/session"]);
+    assert_eq!(
+        offers(Some("lightning/charge;q=0.5, */session")).await,
+        ["lightning/session", "lightning/charge"]
+    );
+    assert_eq!(offers(Some("*/*;q=0, lightning/charge")).await, ["lightning/charge"]);
+    // Nothing this server has, or a malformed header: every offer, as if none was sent.
+    assert_eq!(offers(Some("tempo/charge")).await, ["lightning/charge", "lightning/session"]);
+    assert_eq!(offers(Some("lightning")).await, ["lightning/charge", "lightning/session"]);
 }

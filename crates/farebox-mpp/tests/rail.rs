@@ -252,6 +252,7 @@ async fn an_expired_challenge_is_refused() {
         route: "/data".into(),
         price: Price::one(Money::sats(21)),
         description: None,
+        accept_payment: None,
     };
     let auth = credential.to_authorization();
     let expires = farebox_mpp::time::parse(challenge.expires.as_deref().unwrap()).unwrap();

@@ -84,10 +84,17 @@ where
                 let e = PaymentError::bad_request("non_canonical_path", why);
                 return Ok(problem_response(e.to_problem(), None, Vec::new()).map(Body::from));
             }
-            let Some((resource, timing)) = paywall.priced(request.method(), request.uri().path())
+            let Some((mut resource, timing)) =
+                paywall.priced(request.method(), request.uri().path())
             else {
                 return inner.call(request).await.map(|r| r.map(Body::new));
             };
+            resource.accept_payment = request
+                .headers()
+                .get("accept-payment")
+                .filter(|v| v.len() <= farebox_core::resource::MAX_ACCEPT_PAYMENT_LEN)
+                .and_then(|v| v.to_str().ok())
+                .map(Arc::from);
             let (rail, payment) = match paywall.decide(&resource, request.headers()).await {
                 Decision::Serve { rail, payment } => (rail, payment),
                 Decision::Refuse(response) => return Ok(response.map(Body::from)),

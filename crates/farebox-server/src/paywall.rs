@@ -46,6 +46,7 @@ impl Paywall {
             route: route.pattern.clone(),
             price: route.price.clone(),
             description: route.description.clone(),
+            accept_payment: None,
         };
         Some((resource, route.settle))
     }

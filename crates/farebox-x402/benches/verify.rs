@@ -118,6 +118,7 @@ fn resource(rail: &X402Rail) -> Resource {
         route: "/data".into(),
         price: Price::one(Money::new(asset, 10_000)),
         description: None,
+        accept_payment: None,
     }
 }
 

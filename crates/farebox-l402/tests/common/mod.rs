@@ -85,5 +85,6 @@ pub fn resource(method: &str, route: &str, price: Money) -> Resource {
         route: Arc::from(route),
         price: Price::one(price),
         description: None,
+        accept_payment: None,
     }
 }

@@ -870,19 +870,38 @@ impl Rail for MppRail {
         &["Payment"]
     }
 
+    /// One challenge per enabled method and intent the route's price allows, in this server's
+    /// order (Lightning charge, EVM charge, EVM session, Lightning session) or as the client's
+    /// `Accept-Payment` asks ([`crate::accept_payment`]); only the offers made are issued (no
+    /// invoice is created for an offer the client does not want).
     async fn challenge(&self, resource: &Resource) -> Result<Option<RailChallenge>, PaymentError> {
+        let mut offered: Vec<(Offered, (&str, &str))> = Vec::new();
+        if self.backend.is_some() {
+            offered.push((Offered::LightningCharge, (METHOD, INTENT)));
+        }
+        if self.evm.is_some() {
+            offered.push((Offered::EvmCharge, (evm_charge::METHOD, evm_charge::INTENT)));
+        }
+        if self.evm_session.is_some() {
+            offered
+                .push((Offered::EvmSession, (evm_session_wire::METHOD, evm_session_wire::INTENT)));
+        }
+        if self.lightning_session.is_some() {
+            offered.push((
+                Offered::LightningSession,
+                (lightning_session_wire::METHOD, lightning_session_wire::INTENT),
+            ));
+        }
+        let names: Vec<(&str, &str)> = offered.iter().map(|(_, n)| *n).collect();
         let mut lines = Vec::new();
-        if let Some(line) = self.lightning_challenge(resource).await? {
-            lines.push(line);
-        }
-        if let Some(line) = self.evm_challenge(resource)? {
-            lines.push(line);
-        }
-        if let Some(line) = self.evm_session_challenge(resource)? {
-            lines.push(line);
-        }
-        if let Some(line) = self.lightning_session_challenge(resource).await? {
-            lines.push(line);
+        for i in crate::accept_payment::select(resource.accept_payment.as_deref(), &names) {
+            let line = match offered[i].0 {
+                Offered::LightningCharge => self.lightning_challenge(resource).await?,
+                Offered::EvmCharge => self.evm_challenge(resource)?,
+                Offered::EvmSession => self.evm_session_challenge(resource)?,
+                Offered::LightningSession => self.lightning_session_challenge(resource).await?,
+            };
+            lines.extend(line);
         }
         if lines.is_empty() {
             return Ok(None);
