@@ -85,28 +85,31 @@ pub fn schema_files(dir: &str) -> Vec<String> {
 pub fn check_files(dir: &str) {
     let files = schema_files(dir);
     assert!(!files.is_empty(), "no schemas under {dir}");
-    for path in files {
-        let schema = load(&path);
-        if let Err(e) = jsonschema::meta::validate(&schema) {
-            panic!("{path} is not a valid schema: {e}");
-        }
-        assert_eq!(schema["$schema"], DRAFT, "{path}: $schema");
-        assert_eq!(schema["$id"], format!("{ID_BASE}{path}"), "{path}: $id");
-        for member in ["title", "description"] {
-            let text = schema[member].as_str().unwrap_or("");
-            assert!(!text.is_empty(), "{path}: no {member}");
-        }
-        for (kind, valid) in [("valid", true), ("invalid", false)] {
-            let file = root().join(format!("examples/{path}.{kind}.json"));
-            let examples = read_json(&file);
-            let examples = examples.as_array().unwrap_or_else(|| panic!("{}", file.display()));
-            assert!(!examples.is_empty(), "{}: no examples", file.display());
-            for e in examples {
-                let label = if valid { &e["source"] } else { &e["why"] };
-                assert!(label.is_string(), "{}: an example without source/why", file.display());
-                let errs = errors(&path, &e["instance"]);
-                assert_eq!(errs.is_empty(), valid, "{path} {kind} example {label}: {errs:?}");
-            }
+    files.iter().for_each(|path| check_file(path));
+}
+
+/// Checks the schema at `path` and its examples (see the module docs).
+pub fn check_file(path: &str) {
+    let schema = load(path);
+    if let Err(e) = jsonschema::meta::validate(&schema) {
+        panic!("{path} is not a valid schema: {e}");
+    }
+    assert_eq!(schema["$schema"], DRAFT, "{path}: $schema");
+    assert_eq!(schema["$id"], format!("{ID_BASE}{path}"), "{path}: $id");
+    for member in ["title", "description"] {
+        let text = schema[member].as_str().unwrap_or("");
+        assert!(!text.is_empty(), "{path}: no {member}");
+    }
+    for (kind, valid) in [("valid", true), ("invalid", false)] {
+        let file = root().join(format!("examples/{path}.{kind}.json"));
+        let examples = read_json(&file);
+        let examples = examples.as_array().unwrap_or_else(|| panic!("{}", file.display()));
+        assert!(!examples.is_empty(), "{}: no examples", file.display());
+        for e in examples {
+            let label = if valid { &e["source"] } else { &e["why"] };
+            assert!(label.is_string(), "{}: an example without source/why", file.display());
+            let errs = errors(path, &e["instance"]);
+            assert_eq!(errs.is_empty(), valid, "{path} {kind} example {label}: {errs:?}");
         }
     }
 }
@@ -119,7 +122,9 @@ pub fn check_shared_defs() {
         let Some(defs) = schema["$defs"].as_object() else { continue };
         for (name, def) in defs {
             match seen.get(name) {
-                Some((first, v)) => assert_eq!(v, def, "$defs/{name} differs in {first} and {path}"),
+                Some((first, v)) => {
+                    assert_eq!(v, def, "$defs/{name} differs in {first} and {path}")
+                }
                 None => {
                     seen.insert(name.clone(), (path.clone(), def.clone()));
                 }

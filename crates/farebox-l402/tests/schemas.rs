@@ -99,7 +99,8 @@ async fn a_paid_request_emits_only_schema_valid_objects() {
 
     // Paid: the receipt validates.
     let paid = wallet.pay(params[1]["invoice"].as_str().unwrap(), 0).await.unwrap();
-    let (status, headers, _) = send(&app, Some(&format_credential(&macaroon, &paid.preimage))).await;
+    let (status, headers, _) =
+        send(&app, Some(&format_credential(&macaroon, &paid.preimage))).await;
     assert_eq!(status, StatusCode::OK);
     let receipt = URL_SAFE_NO_PAD.decode(headers["l402-receipt"].to_str().unwrap()).unwrap();
     let receipt: Value = serde_json::from_slice(&receipt).unwrap();
@@ -107,8 +108,8 @@ async fn a_paid_request_emits_only_schema_valid_objects() {
 
     // A holder's attenuation with known caveats still fits the grammar; an unknown one does
     // not, and the server refuses that token with a problem body that validates.
-    let narrowed = attenuate(&macaroon, &[caveat::method("GET"), caveat::valid_until("weather", 1)])
-        .unwrap();
+    let narrowed =
+        attenuate(&macaroon, &[caveat::method("GET"), caveat::valid_until("weather", 1)]).unwrap();
     harness::assert_valid("l402/caveats", &caveats_of(&narrowed));
     let foreign = attenuate(&macaroon, &["tier=gold"]).unwrap();
     harness::assert_invalid("l402/caveats", &caveats_of(&foreign));
