@@ -1,0 +1,181 @@
+//! The L402 probe: `WWW-Authenticate: L402` / `LSAT` challenges (macaroon + BOLT11 invoice),
+//! credentials `Authorization: L402 <macaroon>:<preimage hex>`.
+//!
+//! Forgeries need no wallet: the challenge's own macaroon with a preimage that did not pay it, a
+//! macaroon with an altered signature. A paid token (one payment of the discovery invoice,
+//! made once and kept) serves `paid` and `reuse`, and makes the tampered-macaroon check sharp:
+//! it carries the right preimage, so only the HMAC chain can refuse it.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use farebox_core::auth::{self, AuthChallenge};
+use farebox_lightning::bolt11;
+use http::header::AUTHORIZATION;
+use serde_json::{Map, Value};
+
+use super::{Artifact, Credential, Probe, Unable, oversized, value, www_authenticate};
+use crate::check::Attempt;
+use crate::{Exchange, Wallets};
+
+/// The L402 probe. Keeps the token it paid for.
+#[derive(Default)]
+pub struct L402Probe {
+    paid: Mutex<Option<(String, [u8; 32])>>,
+}
+
+fn challenges(exchange: &Exchange) -> Vec<AuthChallenge> {
+    auth::parse_challenges(www_authenticate(&exchange.headers))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.scheme.eq_ignore_ascii_case("L402") || c.scheme.eq_ignore_ascii_case("LSAT"))
+        .collect()
+}
+
+fn first(exchange: &Exchange) -> Result<farebox_l402::L402Challenge, Unable> {
+    let c = challenges(exchange);
+    let c = c.first().ok_or_else(|| Unable::Fail("no L402 challenge to answer".into()))?;
+    farebox_l402::parse_challenge(c).map_err(|e| Unable::Fail(format!("the L402 challenge: {e}")))
+}
+
+fn bearer(macaroon: &str, preimage: &[u8; 32]) -> Result<Credential, Unable> {
+    Ok(vec![(AUTHORIZATION, value(&farebox_l402::format_credential(macaroon, preimage))?)])
+}
+
+fn raw(text: &str) -> Result<Credential, Unable> {
+    Ok(vec![(AUTHORIZATION, value(text)?)])
+}
+
+impl L402Probe {
+    /// Pays the discovery invoice once and keeps the token.
+    async fn paid(
+        &self,
+        discovery: &Exchange,
+        wallets: &Wallets,
+    ) -> Result<(String, [u8; 32]), Unable> {
+        if let Some(token) = self.paid.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(token);
+        }
+        let Some(wallet) = &wallets.lightning else {
+            return Err(Unable::Skip("needs a Lightning wallet (--wallet lightning=…)".into()));
+        };
+        let c = first(discovery)?;
+        let paid = wallet
+            .pay(&c.invoice, 10_000)
+            .await
+            .map_err(|e| Unable::Fail(format!("paying the L402 invoice: {e}")))?;
+        let token = (c.macaroon, paid.preimage);
+        *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+        Ok(token)
+    }
+}
+
+#[async_trait]
+impl Probe for L402Probe {
+    fn rail(&self) -> &'static str {
+        "l402"
+    }
+
+    fn has_challenge(&self, exchange: &Exchange) -> bool {
+        !challenges(exchange).is_empty()
+    }
+
+    fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
+        if kind != "challenge" {
+            return Err(format!("no L402 artifact {kind:?}"));
+        }
+        Ok(challenges(exchange)
+            .into_iter()
+            .map(|c| {
+                let params: Map<String, Value> =
+                    c.params.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+                ("l402/challenge".to_string(), Value::Object(params))
+            })
+            .collect())
+    }
+
+    fn receipt(&self, exchange: &Exchange) -> Option<Result<Artifact, String>> {
+        let header = exchange.headers.get(farebox_l402::L402_RECEIPT)?;
+        Some(
+            header
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(v.trim_end_matches('='))
+                        .ok()
+                })
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .map(|v| ("l402/receipt".to_string(), v))
+                .ok_or_else(|| "L402-Receipt is not base64url JSON".to_string()),
+        )
+    }
+
+    fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String> {
+        match name {
+            "invoice_matches_macaroon" => {
+                let c = first(exchange).map_err(|e| format!("{e:?}"))?;
+                let invoice = bolt11::parse_invoice(&c.invoice)
+                    .map_err(|e| format!("the invoice is not valid BOLT11: {e}"))?;
+                if invoice.amount_msat.is_none() {
+                    return Err("the invoice names no amount".into());
+                }
+                if invoice.payment_hash != c.payment_hash {
+                    return Err(
+                        "the macaroon's identifier names another payment hash than the invoice"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
+            "lsat_and_l402" => {
+                let schemes: Vec<String> =
+                    challenges(exchange).iter().map(|c| c.scheme.to_ascii_uppercase()).collect();
+                if schemes.iter().any(|s| s == "LSAT") && schemes.iter().any(|s| s == "L402") {
+                    Ok(())
+                } else {
+                    Err(format!("challenge schemes {schemes:?}, expected both LSAT and L402"))
+                }
+            }
+            other => Err(format!("no L402 assertion {other:?}")),
+        }
+    }
+
+    async fn credential(
+        &self,
+        send: Attempt,
+        discovery: &Exchange,
+        wallets: &Wallets,
+    ) -> Result<Credential, Unable> {
+        match send {
+            Attempt::Malformed => raw("L402 !!not-a-macaroon!!:zz"),
+            Attempt::Truncated => {
+                let c = first(discovery)?;
+                raw(&format!("L402 {}:{}", &c.macaroon[..c.macaroon.len() / 2], "00".repeat(32)))
+            }
+            Attempt::Oversized => raw(&format!("L402 {}:{}", oversized(""), "00".repeat(32))),
+            Attempt::Forged => bearer(&first(discovery)?.macaroon, &rand::random()),
+            Attempt::Tampered => {
+                let (macaroon, preimage) = match self.paid(discovery, wallets).await {
+                    Ok(token) => token,
+                    // Without a wallet the preimage is wrong too; the check still holds.
+                    Err(Unable::Skip(_)) => (first(discovery)?.macaroon, rand::random()),
+                    Err(e) => return Err(e),
+                };
+                let mut bytes = farebox_l402::macaroon::decode_base64(&macaroon)
+                    .map_err(|e| Unable::Fail(format!("the challenge macaroon: {e}")))?;
+                // The signature is the last field of a V2 macaroon.
+                if let Some(last) = bytes.last_mut() {
+                    *last ^= 0x01;
+                }
+                bearer(&base64::engine::general_purpose::STANDARD.encode(&bytes), &preimage)
+            }
+            Attempt::Paid | Attempt::Replay => {
+                let (macaroon, preimage) = self.paid(discovery, wallets).await?;
+                bearer(&macaroon, &preimage)
+            }
+            other => Err(Unable::Skip(format!("{other:?} has no meaning for L402"))),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The MPP probe: `WWW-Authenticate: Payment` challenges, `Authorization: Payment <base64url
+//! JSON>` credentials, `Payment-Receipt`.
+//!
+//! Attacks are aimed at a `charge` challenge (single use, so that `replay` means something),
+//! preferably one the wallets can pay: `lightning` with a Lightning wallet, `evm` with an EVM
+//! key. Forged proofs need no wallet (a preimage that did not pay, an EIP-3009 authorization by
+//! a key that holds nothing); `paid` pays for real and `replay` sends that credential again.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use farebox_evm::U256;
+use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_mpp::evm_charge::{self, EvmChargeRequest};
+use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
+use farebox_mpp::{Challenge, Credential as MppCredential, jcs, time};
+use http::header::AUTHORIZATION;
+use serde_json::{Map, Value, json};
+
+use super::x402::random_key;
+use super::{Artifact, Credential, Probe, Unable, oversized, value, www_authenticate};
+use crate::check::Attempt;
+use crate::{Exchange, Wallets};
+
+/// The MPP probe. Keeps the credential it paid with, for `replay`.
+#[derive(Default)]
+pub struct MppProbe {
+    paid: Mutex<Option<Credential>>,
+}
+
+fn challenges(exchange: &Exchange) -> Vec<Challenge> {
+    let values = www_authenticate(&exchange.headers);
+    // One unparseable challenge must not hide the others: parse field by field.
+    values.iter().filter_map(|v| farebox_mpp::parse_www_authenticate([*v]).ok()).flatten().collect()
+}
+
+/// The schema of a method / intent's request and payload, if the suite has one.
+fn schema_name(c: &Challenge) -> Option<String> {
+    let name = format!("{}-{}", c.method, c.intent);
+    crate::schema::exists(&format!("mpp/request/{name}")).then_some(name)
+}
+
+/// The challenge to aim at: a charge the wallets can pay, else any charge, else the first.
+fn target(exchange: &Exchange, wallets: &Wallets) -> Result<Challenge, Unable> {
+    let all = challenges(exchange);
+    let payable = |c: &&Challenge| {
+        c.intent == "charge"
+            && ((c.method == "lightning" && wallets.lightning.is_some())
+                || (c.method == "evm" && wallets.evm.is_some()))
+    };
+    all.iter()
+        .find(payable)
+        .or_else(|| {
+            all.iter()
+                .find(|c| c.intent == "charge" && (c.method == "lightning" || c.method == "evm"))
+        })
+        .or_else(|| all.first())
+        .cloned()
+        .ok_or_else(|| Unable::Fail("no Payment challenge to answer".into()))
+}
+
+fn authorization(credential: &MppCredential) -> Result<Credential, Unable> {
+    Ok(vec![(AUTHORIZATION, value(&credential.to_authorization())?)])
+}
+
+/// A proof for `c` that does not pay: a random preimage, or an authorization signed by a key
+/// that holds nothing (bound to the challenge, so that only the money is missing).
+fn forged_payload(c: &Challenge) -> Result<Map<String, Value>, Unable> {
+    match (c.method.as_str(), c.intent.as_str()) {
+        ("lightning", "charge") => Ok(lightning_charge::payload(&rand::random())),
+        ("evm", "charge") => {
+            let request = EvmChargeRequest::from_json(&c.request)
+                .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
+            let key = random_key();
+            let (auth, domain) = evm_authorization(c, &request, key.address())?;
+            Ok(evm_charge::payload(&auth, &eip3009::sign(&key, &domain, &auth)))
+        }
+        (m, i) => Err(Unable::Skip(format!("no forgery for method {m:?} intent {i:?}"))),
+    }
+}
+
+fn evm_authorization(
+    c: &Challenge,
+    request: &EvmChargeRequest,
+    from: farebox_evm::Address,
+) -> Result<(TransferWithAuthorization, TokenDomain), Unable> {
+    let expires =
+        c.expires.as_deref().and_then(|e| time::parse(e).ok()).unwrap_or(time::unix_now() + 300);
+    let named = request.authorization.as_ref().ok_or_else(|| {
+        Unable::Skip("the evm challenge names no EIP-712 domain for its token".into())
+    })?;
+    let domain = TokenDomain::new(
+        named.name.clone(),
+        named.version.clone(),
+        request.chain_id,
+        request.currency,
+    );
+    let auth = TransferWithAuthorization {
+        from,
+        to: request.recipient,
+        value: request.amount,
+        validAfter: U256::ZERO,
+        validBefore: U256::from(expires),
+        nonce: evm_charge::challenge_nonce(&c.id, &c.realm),
+    };
+    Ok((auth, domain))
+}
+
+#[async_trait]
+impl Probe for MppProbe {
+    fn rail(&self) -> &'static str {
+        "mpp"
+    }
+
+    fn has_challenge(&self, exchange: &Exchange) -> bool {
+        !challenges(exchange).is_empty()
+    }
+
+    fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
+        let all = challenges(exchange);
+        match kind {
+            "challenge" => Ok(all
+                .iter()
+                .map(|c| {
+                    let mut params = json!({
+                        "id": c.id, "realm": c.realm, "method": c.method, "intent": c.intent,
+                        "request": c.request_b64,
+                    });
+                    for (k, v) in [
+                        ("expires", &c.expires),
+                        ("description", &c.description),
+                        ("digest", &c.digest),
+                        ("opaque", &c.opaque),
+                        ("header", &c.header),
+                    ] {
+                        if let Some(v) = v {
+                            params[k] = json!(v);
+                        }
+                    }
+                    ("mpp/challenge".to_string(), params)
+                })
+                .collect()),
+            "request" => {
+                let known: Vec<Artifact> = all
+                    .iter()
+                    .filter_map(|c| {
+                        schema_name(c).map(|n| (format!("mpp/request/{n}"), c.request.clone()))
+                    })
+                    .collect();
+                if known.is_empty() && !all.is_empty() {
+                    return Err("no challenge of a method and intent the suite knows".into());
+                }
+                Ok(known)
+            }
+            other => Err(format!("no MPP artifact {other:?}")),
+        }
+    }
+
+    fn receipt(&self, exchange: &Exchange) -> Option<Result<Artifact, String>> {
+        let header = exchange.headers.get("payment-receipt")?;
+        Some(
+            header
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(v.trim_end_matches('='))
+                        .ok()
+                })
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .map(|v| ("mpp/receipt".to_string(), v))
+                .ok_or_else(|| "Payment-Receipt is not base64url JSON".to_string()),
+        )
+    }
+
+    fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String> {
+        match name {
+            "expires_in_future" => {
+                let now = time::unix_now();
+                for c in challenges(exchange) {
+                    match c.expires.as_deref().map(time::parse) {
+                        None => {
+                            return Err(format!(
+                                "the {}/{} challenge has no expires",
+                                c.method, c.intent
+                            ));
+                        }
+                        Some(Err(e)) => return Err(format!("expires is not RFC 3339: {e}")),
+                        Some(Ok(t)) if t <= now => {
+                            return Err(format!("the challenge expired already ({t})"));
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+                Ok(())
+            }
+            other => Err(format!("no MPP assertion {other:?}")),
+        }
+    }
+
+    async fn credential(
+        &self,
+        send: Attempt,
+        discovery: &Exchange,
+        wallets: &Wallets,
+    ) -> Result<Credential, Unable> {
+        let raw =
+            |text: &str| -> Result<Credential, Unable> { Ok(vec![(AUTHORIZATION, value(text)?)]) };
+        match send {
+            Attempt::Malformed => raw("Payment !!not-base64url!!"),
+            Attempt::NotAnObject => raw(&format!("Payment {}", jcs::b64url_encode(b"[]"))),
+            Attempt::Oversized => raw(&format!("Payment {}", oversized(""))),
+            Attempt::Truncated => {
+                let c = target(discovery, wallets)?;
+                let token = MppCredential::new(&c, forged_payload(&c).unwrap_or_default()).encode();
+                raw(&format!("Payment {}", &token[..token.len() / 2]))
+            }
+            Attempt::Tampered => {
+                let mut c = target(discovery, wallets)?;
+                let payload = forged_payload(&c).unwrap_or_default();
+                // One character of the id changed: the binding no longer holds.
+                let mut id: Vec<char> = c.id.chars().collect();
+                if let Some(first) = id.first_mut() {
+                    *first = if *first == 'A' { 'B' } else { 'A' };
+                }
+                c.id = id.into_iter().collect();
+                authorization(&MppCredential::new(&c, payload))
+            }
+            Attempt::TamperedRequest => {
+                let mut c = target(discovery, wallets)?;
+                let payload = forged_payload(&c).unwrap_or_default();
+                let mut request = c.request.clone();
+                request["amount"] = json!("1");
+                c.request_b64 = jcs::encode_b64_jcs(&request)
+                    .map_err(|e| Unable::Fail(format!("re-encoding the request: {e}")))?;
+                authorization(&MppCredential::new(&c, payload))
+            }
+            Attempt::UnknownMethod => {
+                let mut c = target(discovery, wallets)?;
+                c.method = "nosuchmethod".into();
+                authorization(&MppCredential::new(&c, Map::new()))
+            }
+            Attempt::TwoCredentials => {
+                let c = target(discovery, wallets)?;
+                let one =
+                    authorization(&MppCredential::new(&c, forged_payload(&c).unwrap_or_default()))?;
+                Ok(one.iter().cloned().chain(one.iter().cloned()).collect())
+            }
+            Attempt::Forged => {
+                let c = target(discovery, wallets)?;
+                authorization(&MppCredential::new(&c, forged_payload(&c)?))
+            }
+            Attempt::Paid | Attempt::Replay => {
+                if let Some(kept) = self.paid.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    return Ok(kept);
+                }
+                if send == Attempt::Replay {
+                    return Err(Unable::Skip("no payment was made to replay".into()));
+                }
+                let c = target(discovery, wallets)?;
+                let credential = match (
+                    c.method.as_str(),
+                    c.intent.as_str(),
+                    &wallets.lightning,
+                    &wallets.evm,
+                ) {
+                    ("lightning", "charge", Some(wallet), _) => {
+                        let request =
+                            LightningChargeRequest::from_json(&c.request).map_err(|e| {
+                                Unable::Fail(format!("the lightning charge request: {e}"))
+                            })?;
+                        let paid = wallet
+                            .pay(&request.invoice, 10_000)
+                            .await
+                            .map_err(|e| Unable::Fail(format!("paying the charge invoice: {e}")))?;
+                        MppCredential::new(&c, lightning_charge::payload(&paid.preimage))
+                    }
+                    ("evm", "charge", _, Some(key)) => {
+                        let request = EvmChargeRequest::from_json(&c.request)
+                            .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
+                        let (auth, domain) = evm_authorization(&c, &request, key.address())?;
+                        let mut credential = MppCredential::new(
+                            &c,
+                            evm_charge::payload(&auth, &eip3009::sign(key, &domain, &auth)),
+                        );
+                        credential.source =
+                            Some(evm_charge::source(request.chain_id, key.address()));
+                        credential
+                    }
+                    (m, i, _, _) => {
+                        return Err(Unable::Skip(format!(
+                            "no wallet for the {m}/{i} challenge (--wallet lightning=… or evm=…)"
+                        )));
+                    }
+                };
+                let credential = authorization(&credential)?;
+                *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
+                Ok(credential)
+            }
+            other => Err(Unable::Skip(format!("{other:?} has no meaning for MPP"))),
+        }
+    }
+}

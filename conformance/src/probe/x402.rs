@@ -1,0 +1,294 @@
+//! The x402 probe: v2 (`PAYMENT-REQUIRED` / `PAYMENT-SIGNATURE` / `PAYMENT-RESPONSE`) and v1
+//! (the JSON body's `accepts` / `X-PAYMENT` / `X-PAYMENT-RESPONSE`), scheme `exact` on EVM.
+//!
+//! Every refusal check sends a payload that is well formed and signed, so that only the rule
+//! under test can refuse it: the authorization is signed with a throwaway key (it holds nothing,
+//! but the server must refuse the payload for the stated reason before that matters) with one
+//! field wrong — the amount, the recipient, the network, the time window, the signer. `paid`
+//! signs with the wallet key, which must be funded on the server's chain; `replay` sends that
+//! same payload again.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_evm::{Address, B256, PrivateKeySigner, U256};
+use http::HeaderName;
+use serde_json::{Value, json};
+
+use super::{Artifact, Credential, Probe, Unable, oversized, value};
+use crate::check::Attempt;
+use crate::{Exchange, Wallets};
+
+const PAYMENT_REQUIRED: &str = "payment-required";
+const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static("payment-signature");
+const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
+
+/// The x402 probe. Keeps the payment it made, for `replay`.
+#[derive(Default)]
+pub struct X402Probe {
+    paid: Mutex<Option<Credential>>,
+}
+
+/// The payment requirements of a 402, as sent.
+enum Required {
+    V2(Value),
+    V1(Value),
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn decode_b64_json(text: &str) -> Option<Value> {
+    let bytes = b64().decode(text.trim()).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn required(exchange: &Exchange) -> Option<Required> {
+    if let Some(h) = exchange.headers.get(PAYMENT_REQUIRED) {
+        return h.to_str().ok().and_then(decode_b64_json).map(Required::V2);
+    }
+    let body = exchange.json()?;
+    (body.get("x402Version").and_then(Value::as_u64) == Some(1) && body.get("accepts").is_some())
+        .then_some(Required::V1(body))
+}
+
+/// What an `exact` EVM requirement asks for.
+struct Terms {
+    requirement: Value,
+    chain_id: u64,
+    asset: Address,
+    pay_to: Address,
+    amount: U256,
+    name: String,
+    version: String,
+}
+
+fn chain_of(network: &str) -> Option<u64> {
+    farebox_x402::network::eip155_chain_id(network).or_else(|| {
+        farebox_x402::network::v1_to_caip2(network).and_then(farebox_x402::network::eip155_chain_id)
+    })
+}
+
+fn exact_evm(required: &Required) -> Option<Terms> {
+    let (accepts, amount_key) = match required {
+        Required::V2(r) => (r.get("accepts")?.as_array()?, "amount"),
+        Required::V1(r) => (r.get("accepts")?.as_array()?, "maxAmountRequired"),
+    };
+    accepts.iter().find_map(|q| {
+        if q.get("scheme")?.as_str()? != "exact" {
+            return None;
+        }
+        let extra = q.get("extra")?;
+        Some(Terms {
+            requirement: q.clone(),
+            chain_id: chain_of(q.get("network")?.as_str()?)?,
+            asset: q.get("asset")?.as_str()?.parse().ok()?,
+            pay_to: q.get("payTo")?.as_str()?.parse().ok()?,
+            amount: U256::from_str_radix(q.get(amount_key)?.as_str()?, 10).ok()?,
+            name: extra.get("name")?.as_str()?.to_string(),
+            version: extra.get("version")?.as_str()?.to_string(),
+        })
+    })
+}
+
+/// A key that holds nothing (a random scalar; a zero or out-of-range one is astronomically
+/// unlikely and retried).
+pub(crate) fn random_key() -> PrivateKeySigner {
+    loop {
+        if let Ok(key) = PrivateKeySigner::from_bytes(&B256::from(rand::random::<[u8; 32]>())) {
+            return key;
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A signed `exact` payload for `terms`, with `tweak` applied to the authorization and the
+/// requirement before signing (`from` is the signer unless the tweak changes it afterwards).
+fn payment(
+    required: &Required,
+    terms: &Terms,
+    signer: &PrivateKeySigner,
+    tweak: impl FnOnce(&mut TransferWithAuthorization, &mut Value, &mut u64),
+) -> (HeaderName, Value) {
+    let t = now();
+    let mut auth = TransferWithAuthorization {
+        from: signer.address(),
+        to: terms.pay_to,
+        value: terms.amount,
+        validAfter: U256::from(t.saturating_sub(600)),
+        validBefore: U256::from(t + 300),
+        nonce: B256::from(rand::random::<[u8; 32]>()),
+    };
+    let mut requirement = terms.requirement.clone();
+    let mut chain_id = terms.chain_id;
+    tweak(&mut auth, &mut requirement, &mut chain_id);
+    let domain = TokenDomain::new(terms.name.clone(), terms.version.clone(), chain_id, terms.asset);
+    let signature = eip3009::sign(signer, &domain, &auth);
+    let payload = json!({
+        "signature": format!("0x{}", hex::encode(signature)),
+        "authorization": {
+            "from": format!("{:#x}", auth.from), "to": format!("{:#x}", auth.to),
+            "value": auth.value.to_string(), "validAfter": auth.validAfter.to_string(),
+            "validBefore": auth.validBefore.to_string(), "nonce": format!("{:#x}", auth.nonce),
+        }
+    });
+    match required {
+        Required::V2(r) => {
+            let mut p = json!({"x402Version": 2, "accepted": requirement, "payload": payload});
+            if let Some(resource) = r.get("resource") {
+                p["resource"] = resource.clone();
+            }
+            (PAYMENT_SIGNATURE, p)
+        }
+        Required::V1(_) => (
+            X_PAYMENT,
+            json!({"x402Version": 1, "scheme": "exact", "network": requirement["network"], "payload": payload}),
+        ),
+    }
+}
+
+fn header(name: HeaderName, text: &str) -> Result<Credential, Unable> {
+    Ok(vec![(name, value(text)?)])
+}
+
+fn encode(name: HeaderName, payload: &Value) -> Result<Credential, Unable> {
+    header(name, &b64().encode(payload.to_string()))
+}
+
+#[async_trait]
+impl Probe for X402Probe {
+    fn rail(&self) -> &'static str {
+        "x402"
+    }
+
+    fn has_challenge(&self, exchange: &Exchange) -> bool {
+        required(exchange).is_some()
+    }
+
+    fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
+        if kind != "challenge" {
+            return Err(format!("no x402 artifact {kind:?}"));
+        }
+        match required(exchange) {
+            Some(Required::V2(v)) => Ok(vec![("x402/v2/payment-required".into(), v)]),
+            Some(Required::V1(v)) => Ok(vec![("x402/v1/payment-required".into(), v)]),
+            None => Err("PAYMENT-REQUIRED is not base64 JSON, and the body is no v1 answer".into()),
+        }
+    }
+
+    fn receipt(&self, exchange: &Exchange) -> Option<Result<Artifact, String>> {
+        let (name, schema) = if let Some(h) = exchange.headers.get("payment-response") {
+            (h, "x402/v2/settle-response")
+        } else {
+            (exchange.headers.get("x-payment-response")?, "x402/v1/settle-response")
+        };
+        Some(
+            name.to_str()
+                .ok()
+                .and_then(decode_b64_json)
+                .map(|v| (schema.to_string(), v))
+                .ok_or_else(|| "the settlement header is not base64 JSON".to_string()),
+        )
+    }
+
+    fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String> {
+        match name {
+            "exact_evm_offered" => {
+                let r = required(exchange).ok_or("no payment requirements")?;
+                exact_evm(&r).map(|_| ()).ok_or_else(|| {
+                    "no `exact` requirement on an eip155 network with extra.name and extra.version".into()
+                })
+            }
+            other => Err(format!("no x402 assertion {other:?}")),
+        }
+    }
+
+    async fn credential(
+        &self,
+        send: Attempt,
+        discovery: &Exchange,
+        wallets: &Wallets,
+    ) -> Result<Credential, Unable> {
+        let r = required(discovery)
+            .ok_or_else(|| Unable::Fail("no payment requirements to answer".into()))?;
+        let name = match r {
+            Required::V2(_) => PAYMENT_SIGNATURE,
+            Required::V1(_) => X_PAYMENT,
+        };
+        let terms = || {
+            exact_evm(&r).ok_or_else(|| Unable::Skip("no `exact` EVM requirement to answer".into()))
+        };
+        let throwaway = random_key();
+        let signed = |tweak: &dyn Fn(&mut TransferWithAuthorization, &mut Value, &mut u64)| -> Result<Credential, Unable> {
+            let (name, p) = payment(&r, &terms()?, &throwaway, |a, q, c| tweak(a, q, c));
+            encode(name, &p)
+        };
+        match send {
+            Attempt::Malformed => header(name, "!!not base64!!"),
+            Attempt::NotAnObject => header(name, &b64().encode("[1,2,3]")),
+            Attempt::Truncated => {
+                let (name, p) = payment(&r, &terms()?, &throwaway, |_, _, _| {});
+                let full = b64().encode(p.to_string());
+                header(name, &full[..full.len() / 2])
+            }
+            Attempt::Oversized => header(name, &oversized("")),
+            Attempt::UnknownVersion => {
+                let (name, mut p) = payment(&r, &terms()?, &throwaway, |_, _, _| {});
+                p["x402Version"] = json!(99);
+                encode(name, &p)
+            }
+            Attempt::Forged => signed(&|a, _, _| a.from = random_key().address()),
+            Attempt::WrongAmount => {
+                let t = terms()?;
+                if t.amount <= U256::from(1u8) {
+                    return Err(Unable::Skip("the price is too small to underpay".into()));
+                }
+                signed(&|a, _, _| a.value -= U256::from(1u8))
+            }
+            Attempt::Overpay => signed(&|a, _, _| a.value += U256::from(1u8)),
+            Attempt::WrongRecipient => signed(&|a, _, _| a.to = Address::repeat_byte(0x5e)),
+            Attempt::WrongNetwork => signed(&|_, q, chain| {
+                let other = if *chain == 1 { 10 } else { 1 };
+                *chain = other;
+                q["network"] = if matches!(r, Required::V2(_)) {
+                    json!(format!("eip155:{other}"))
+                } else {
+                    json!(if other == 1 { "ethereum" } else { "optimism" })
+                };
+            }),
+            Attempt::Expired => signed(&|a, _, _| {
+                a.validAfter = U256::from(now() - 3600);
+                a.validBefore = U256::from(now() - 60);
+            }),
+            Attempt::NotYetValid => signed(&|a, _, _| {
+                a.validAfter = U256::from(now() + 3600);
+                a.validBefore = U256::from(now() + 7200);
+            }),
+            Attempt::Paid | Attempt::Replay => {
+                if let Some(kept) = self.paid.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    return Ok(kept);
+                }
+                if send == Attempt::Replay {
+                    return Err(Unable::Skip("no payment was made to replay".into()));
+                }
+                let Some(key) = &wallets.evm else {
+                    return Err(Unable::Skip(
+                        "needs an EVM key funded on the server's chain (--wallet evm=…)".into(),
+                    ));
+                };
+                let (name, p) = payment(&r, &terms()?, key, |_, _, _| {});
+                let credential = encode(name, &p)?;
+                *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
+                Ok(credential)
+            }
+            other => Err(Unable::Skip(format!("{other:?} has no meaning for x402"))),
+        }
+    }
+}

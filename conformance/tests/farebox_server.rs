@@ -1,0 +1,124 @@
+//! farebox's own server passes its own suite, every rail on one route: L402 and MPP charges on
+//! the embedded Lightning dev network, x402 and the MPP `evm` charge on anvil, with wallets for
+//! the paid checks. Every MUST and SHOULD passes; what is skipped is said and expected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use farebox_conformance::{Outcome, Target, Wallets};
+use farebox_core::{Asset, Money, Price};
+use farebox_evm::U256;
+use farebox_evm::anvil::Anvil;
+use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
+use farebox_lightning::{DevNetwork, DevNode};
+use farebox_mpp::{EvmChargeConfig, MppConfig, MppRail};
+use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_store::MemoryStore;
+use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
+use farebox_x402::{X402Config, X402Rail};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farebox_passes_every_check_of_every_rail() {
+    let network = DevNetwork::new();
+    let server_node = Arc::new(DevNode::random(&network, 0));
+    let wallet_node = Arc::new(DevNode::random(&network, 10_000_000));
+    let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
+    let rpc = anvil.rpc().await.unwrap().clone();
+    let token = anvil.deploy_token("USDC", "2").await.unwrap();
+    let accounts = anvil.accounts();
+    let (payer, pay_to) = (accounts[1].signer.clone(), accounts[2].address);
+    anvil.mint(token, payer.address(), U256::from(10_000_000u64)).await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let l402 = L402Rail::new(
+        L402Config::new("conformance", Arc::new(DerivedRootKeys::new(&[7; 32]).unwrap())),
+        server_node.clone(),
+    )
+    .unwrap();
+    let facilitator = LocalFacilitator::new(
+        vec![ChainAccess { rpc: rpc.clone(), signer: accounts[3].signer.clone() }],
+        store.clone(),
+    );
+    let x402_config = X402Config {
+        network: farebox_evm::network::caip2(anvil.chain_id()),
+        asset: format!("{token:#x}"),
+        eip712_name: "USDC".into(),
+        eip712_version: "2".into(),
+        symbol: "USDC".into(),
+        decimals: 6,
+        pay_to: format!("{pay_to:#x}"),
+        max_timeout_seconds: 60,
+        public_url: base.clone(),
+        offer_v1: false,
+    };
+    let usdc = Asset::Token(x402_config.token());
+    let x402 = X402Rail::new(x402_config, Arc::new(facilitator), store.clone());
+    let evm = EvmChargeConfig::new(
+        rpc.clone(),
+        accounts[4].signer.clone(),
+        token,
+        "USDC",
+        "2",
+        6,
+        pay_to,
+    );
+    let mpp = MppRail::builder(
+        MppConfig::new("conformance.test", b"a-conformance-secret-of-32-bytes!!".to_vec()),
+        store,
+    )
+    .lightning(server_node.clone())
+    .evm_charge(evm)
+    .build()
+    .unwrap();
+    let price = Price::any_of([Money::sats(10), Money::new(usdc, 10_000)]).unwrap();
+    let paywall = Paywall::builder()
+        .rail(l402)
+        .rail(x402)
+        .rail(mpp)
+        .route(PricedRoute::new(None, "/data", price).unwrap())
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/data", axum::routing::get(|| async { "the data" }))
+        .layer(PaywallLayer::new(paywall));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut target = Target::new(format!("{base}/data").parse().unwrap());
+    target.wallets = Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer) };
+    let started = Instant::now();
+    let report = farebox_conformance::run(&target).await;
+    let took = started.elapsed();
+    println!("{}", report.table());
+
+    let failures: Vec<String> = report
+        .results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Fail(why) => Some(format!("{}: {why}", r.id)),
+            _ => None,
+        })
+        .collect();
+    assert!(failures.is_empty(), "farebox fails its own suite:\n{}", failures.join("\n"));
+    // Skipped: only what has no meaning for a rail, never for want of a wallet.
+    for r in &report.results {
+        if let Outcome::Skip(why) = &r.outcome {
+            assert!(!why.contains("wallet") && !why.contains("needs"), "{}: skipped ({why})", r.id);
+        }
+    }
+    for rail in ["l402", "x402", "mpp"] {
+        let passed =
+            report.results.iter().filter(|r| r.rail == rail && r.outcome == Outcome::Pass).count();
+        assert!(passed >= 10, "{rail}: only {passed} checks passed");
+    }
+    assert!(report.passed(true));
+    // What was paid: one L402 token, one x402 payment, one MPP charge.
+    assert_eq!(server_node.settled_invoices().len(), 2, "the L402 token and the MPP charge");
+    assert_eq!(
+        rpc.balance_of(token, pay_to).await.unwrap(),
+        U256::from(10_000u64),
+        "one x402 payment"
+    );
+    assert!(took < Duration::from_secs(30), "the whole suite took {took:?}");
+}
