@@ -120,7 +120,7 @@ pub fn select(header: Option<&str>, offers: &[(&str, &str)]) -> Vec<usize> {
         return all;
     }
     // A stable sort: equal weights keep the server's order.
-    chosen.sort_by(|a, b| b.1.cmp(&a.1));
+    chosen.sort_by_key(|&(_, q)| std::cmp::Reverse(q));
     chosen.into_iter().map(|(i, _)| i).collect()
 }
 

@@ -902,6 +902,10 @@ pub fn check_voucher_signature(
     }
 }
 
+/// The `(accepted, spent)` after a debit, or why the request cannot be paid (while the record
+/// may still be written: a larger voucher is kept).
+pub type VoucherOutcome = Result<(u128, u128), PaymentError>;
+
 /// What a (signature-checked) voucher does to a channel's record, for a request costing
 /// `price`: refused (backwards, below `min_delta`, above the deposit, channel not open), or
 /// accepted and `price` debited (the new record and `(accepted, spent)`), or a larger voucher
@@ -912,7 +916,7 @@ pub fn apply_voucher(
     v: &SignedVoucher,
     price: u128,
     min_delta: u128,
-) -> Result<Update<Result<(u128, u128), PaymentError>>, PaymentError> {
+) -> Result<Update<VoucherOutcome>, PaymentError> {
     let channel = v.channel_id;
     refuse_unless_open(r, &channel)?;
     let grows = v.cumulative_amount > r.accepted;
