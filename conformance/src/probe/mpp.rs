@@ -290,7 +290,7 @@ impl Probe for MppProbe {
                     }
                     (m, i, _, _) => {
                         return Err(Unable::Skip(format!(
-                            "no wallet for the {m}/{i} challenge (--wallet lightning=… or evm=…)"
+                            "no wallet for the {m}/{i} challenge (--wallet lightning=… or evm=env)"
                         )));
                     }
                 };

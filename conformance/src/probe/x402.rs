@@ -280,7 +280,7 @@ impl Probe for X402Probe {
                 }
                 let Some(key) = &wallets.evm else {
                     return Err(Unable::Skip(
-                        "needs an EVM key funded on the server's chain (--wallet evm=…)".into(),
+                        "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
                     ));
                 };
                 let (name, p) = payment(&r, &terms()?, key, |_, _, _| {});

@@ -5,8 +5,11 @@
 //! - `farebox demo --serve`: the same server and dev wallet kept running, for `farebox pay`.
 //! - `farebox pay <url>`: pays for one request from the command line with the dev wallet.
 //! - `farebox facilitator`: the x402 facilitator HTTP API over EVM nodes.
+//! - `farebox conformance <url>`: the conformance suite against a server; `--serve`: the
+//!   misbehaving reference server for testing clients.
 #![forbid(unsafe_code)]
 
+mod conformance;
 mod demo;
 mod devnet;
 mod facilitator;
@@ -21,7 +24,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "farebox",
     version,
-    about = "Paid HTTP APIs: L402 (Lightning) and x402 (USDC on EVM)"
+    about = "Paid HTTP APIs: L402 (Lightning), x402 (USDC on EVM) and MPP (charges and sessions)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +39,8 @@ enum Command {
     Pay(Box<pay::PayArgs>),
     /// Serve the x402 facilitator API (verify, settle, supported) over EVM nodes.
     Facilitator(Box<facilitator::FacilitatorArgs>),
+    /// Check a server against the L402, x402 and MPP conformance suite.
+    Conformance(Box<conformance::ConformanceArgs>),
 }
 
 #[tokio::main]
@@ -55,6 +60,11 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(*args).await,
         Command::Pay(args) => pay::run(*args).await,
         Command::Facilitator(args) => facilitator::run(*args).await,
+        Command::Conformance(args) => match conformance::run(*args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

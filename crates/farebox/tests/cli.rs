@@ -126,6 +126,35 @@ fn pay_pays_a_separately_running_server() {
     }
     assert_eq!(raw_head(host, "/joke"), 402, "HEAD is priced like GET");
 
+    // The conformance suite against the same server, paying with the same dev wallet.
+    let dir = std::env::temp_dir().join(format!("farebox-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, junit) = (dir.join("report.json"), dir.join("report.xml"));
+    let out = farebox()
+        .args(["conformance", url, "--wallet", &format!("lightning={wallet}")])
+        .args(["--json", json.to_str().unwrap(), "--junit", junit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "conformance failed:\n{table}");
+    for expected in [
+        "\nL402\n",
+        "PASS  MUST   l402.paid",
+        "PASS  MUST   x402.reject.forged",
+        "\nMPP\n",
+        "0 failed",
+    ] {
+        assert!(table.contains(expected), "missing {expected:?} in:\n{table}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["results"].as_array().unwrap().len() >= 50);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.starts_with("<?xml") && xml.contains("<testsuite name=\"l402\""), "{xml}");
+    // A server that is not there fails, with a non-zero exit code.
+    let out = farebox().args(["conformance", "http://127.0.0.1:9/joke"]).output().unwrap();
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+
     let out = farebox().args(["pay", url, "--wallet", "http://127.0.0.1:9"]).output().unwrap();
     assert!(!out.status.success());
     assert!(
