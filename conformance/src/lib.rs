@@ -72,6 +72,9 @@ pub struct Wallets {
     /// Signs EIP-3009 authorizations (x402 `exact`, MPP `evm` charge); must be funded on the
     /// server's chain.
     pub evm: Option<PrivateKeySigner>,
+    /// EIP-712 domains (`name`, `version`) of EIP-3009 tokens, by chain id and address, for MPP
+    /// `evm` challenges that do not name theirs (mppx's); known USDC deployments need none.
+    pub evm_domains: Vec<(u64, farebox_evm::Address, String, String)>,
 }
 
 /// What to run against.

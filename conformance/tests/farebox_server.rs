@@ -86,7 +86,8 @@ async fn farebox_passes_every_check_of_every_rail() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut target = Target::new(format!("{base}/data").parse().unwrap());
-    target.wallets = Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer) };
+    target.wallets =
+        Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer), evm_domains: Vec::new() };
     let started = Instant::now();
     let report = farebox_conformance::run(&target).await;
     let took = started.elapsed();

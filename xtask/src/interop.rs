@@ -124,7 +124,24 @@ const V2_EXPRESS: &str = "v2 farebox client → @x402/express (farebox facilitat
 const V1_EXPRESS: &str = "v1 farebox client → x402-express (farebox facilitator)";
 const MPPX_CLIENT: &str = "mppx client → farebox MPP evm charge";
 const MPPX_SERVER: &str = "farebox client → mppx evm charge (farebox facilitator)";
-const CASES: [&str; 6] = [V2_FETCH, V1_FETCH, V2_EXPRESS, V1_EXPRESS, MPPX_CLIENT, MPPX_SERVER];
+const CONFORMANCE_FAREBOX_X402: &str = "conformance: farebox x402 server";
+const CONFORMANCE_FAREBOX_MPP: &str = "conformance: farebox MPP server";
+const CONFORMANCE_V2_EXPRESS: &str = "conformance: @x402/express (v2)";
+const CONFORMANCE_V1_EXPRESS: &str = "conformance: x402-express (v1)";
+const CONFORMANCE_MPPX: &str = "conformance: mppx server";
+const CASES: [&str; 11] = [
+    V2_FETCH,
+    V1_FETCH,
+    V2_EXPRESS,
+    V1_EXPRESS,
+    MPPX_CLIENT,
+    MPPX_SERVER,
+    CONFORMANCE_FAREBOX_X402,
+    CONFORMANCE_FAREBOX_MPP,
+    CONFORMANCE_V2_EXPRESS,
+    CONFORMANCE_V1_EXPRESS,
+    CONFORMANCE_MPPX,
+];
 const MPPX_BODY: &str = "paid content from mppx";
 
 // ---------------------------------------------------------------------------------------------
@@ -528,7 +545,115 @@ async fn cases(peers: &Path, mppx: &Path) -> Vec<(&'static str, Result<String>)>
         ),
         (MPPX_CLIENT, mppx_client(&world, mppx).await),
         (MPPX_SERVER, mppx_server(&world, mppx).await),
+        (
+            CONFORMANCE_FAREBOX_X402,
+            conformance(
+                &world,
+                &format!("http://{}/paid", world.farebox_server),
+                "x402",
+                "farebox-x402",
+            )
+            .await,
+        ),
+        (
+            CONFORMANCE_FAREBOX_MPP,
+            conformance(&world, &format!("http://{}/paid", world.mpp_server), "mpp", "farebox-mpp")
+                .await,
+        ),
+        (
+            CONFORMANCE_V2_EXPRESS,
+            conformance_of_peer(&world, peers, "v2_express_server.mjs", "x402", "x402-express-v2")
+                .await,
+        ),
+        (
+            CONFORMANCE_V1_EXPRESS,
+            conformance_of_peer(&world, peers, "v1_express_server.mjs", "x402", "x402-express-v1")
+                .await,
+        ),
+        (
+            CONFORMANCE_MPPX,
+            conformance_of_peer(&world, mppx, "mppx_server.mjs", "mpp", "mppx").await,
+        ),
     ]
+}
+
+/// Starts a peer's server and runs the conformance suite against it.
+async fn conformance_of_peer(
+    world: &World,
+    peers: &Path,
+    script: &str,
+    rail: &str,
+    findings: &str,
+) -> Result<String> {
+    let port = free_port()?;
+    let (token, pay_to) = (world.token_hex(), format!("{:#x}", world.pay_to));
+    let args: Vec<String> = if script.starts_with("mppx") {
+        let amount = format!("{}.{:06}", PRICE / 1_000_000, PRICE % 1_000_000);
+        vec![
+            port.to_string(),
+            world.rpc_url.clone(),
+            world.facilitator.url.clone(),
+            token,
+            pay_to,
+            amount,
+        ]
+    } else {
+        vec![port.to_string(), world.facilitator.url.clone(), token, pay_to, PRICE.to_string()]
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _server = start_server(peers, script, &args).await?;
+    conformance(world, &format!("http://127.0.0.1:{port}/paid"), rail, findings).await
+}
+
+/// Runs the conformance suite for `rail` against `url`, paying with the payer's key, and
+/// compares what fails with what is known to fail (`conformance/findings/<findings>.json`):
+/// a new failure, or a known one that no longer fails, fails the case, so findings stay
+/// true. The table and the JUnit report go to `target/interop/conformance-<findings>.*`.
+async fn conformance(world: &World, url: &str, rail: &str, findings: &str) -> Result<String> {
+    let mut target = farebox_conformance::Target::new(url.parse()?);
+    target.rails = vec![rail.to_string()];
+    target.wallets.evm = Some(world.payer.clone());
+    target.wallets.evm_domains = vec![(CHAIN_ID, world.token, "USDC".into(), "2".into())];
+    let report = farebox_conformance::run(&target).await;
+    let dir = tools::workspace_root().join("target").join("interop");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("conformance-{findings}.txt")), report.table())?;
+    std::fs::write(dir.join(format!("conformance-{findings}.xml")), report.to_junit())?;
+    let failing: std::collections::BTreeSet<String> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, farebox_conformance::Outcome::Fail(_)))
+        .map(|r| r.id.clone())
+        .collect();
+    let known_path = tools::workspace_root()
+        .join("conformance")
+        .join("findings")
+        .join(format!("{findings}.json"));
+    let known: Value = serde_json::from_str(
+        &std::fs::read_to_string(&known_path)
+            .with_context(|| format!("reading {}", known_path.display()))?,
+    )?;
+    let expected: std::collections::BTreeSet<String> =
+        known["failing"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let (pass, fail, skip) = report.counts();
+    let new: Vec<&String> = failing.difference(&expected).collect();
+    let fixed: Vec<&String> = expected.difference(&failing).collect();
+    if !new.is_empty() || !fixed.is_empty() {
+        let detail: Vec<String> = new
+            .iter()
+            .filter_map(|id| report.get(id))
+            .map(|r| format!("{}: {:?}", r.id, r.outcome))
+            .collect();
+        bail!(
+            "conformance of {url} differs from {}: newly failing {new:?} ({}), no longer failing {fixed:?}",
+            known_path.display(),
+            detail.join("; ")
+        );
+    }
+    Ok(format!(
+        "{pass} passed, {fail} failed as known, {skip} skipped in {:.1} s",
+        report.elapsed.as_secs_f64()
+    ))
 }
 
 /// mppx's client pays the farebox MPP server's `evm` charge.

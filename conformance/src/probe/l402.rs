@@ -58,7 +58,9 @@ impl L402Probe {
             return Ok(token);
         }
         let Some(wallet) = &wallets.lightning else {
-            return Err(Unable::Skip("needs a Lightning wallet (--wallet lightning=<dev wallet URL>)".into()));
+            return Err(Unable::Skip(
+                "needs a Lightning wallet (--wallet lightning=<dev wallet URL>)".into(),
+            ));
         };
         let c = first(discovery)?;
         let paid = wallet

@@ -66,14 +66,14 @@ fn authorization(credential: &MppCredential) -> Result<Credential, Unable> {
 
 /// A proof for `c` that does not pay: a random preimage, or an authorization signed by a key
 /// that holds nothing (bound to the challenge, so that only the money is missing).
-fn forged_payload(c: &Challenge) -> Result<Map<String, Value>, Unable> {
+fn forged_payload(c: &Challenge, wallets: &Wallets) -> Result<Map<String, Value>, Unable> {
     match (c.method.as_str(), c.intent.as_str()) {
         ("lightning", "charge") => Ok(lightning_charge::payload(&rand::random())),
         ("evm", "charge") => {
             let request = EvmChargeRequest::from_json(&c.request)
                 .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
             let key = random_key();
-            let (auth, domain) = evm_authorization(c, &request, key.address())?;
+            let (auth, domain) = evm_authorization(c, &request, key.address(), wallets)?;
             Ok(evm_charge::payload(&auth, &eip3009::sign(&key, &domain, &auth)))
         }
         (m, i) => Err(Unable::Skip(format!("no forgery for method {m:?} intent {i:?}"))),
@@ -84,18 +84,37 @@ fn evm_authorization(
     c: &Challenge,
     request: &EvmChargeRequest,
     from: farebox_evm::Address,
+    wallets: &Wallets,
 ) -> Result<(TransferWithAuthorization, TokenDomain), Unable> {
     let expires =
         c.expires.as_deref().and_then(|e| time::parse(e).ok()).unwrap_or(time::unix_now() + 300);
-    let named = request.authorization.as_ref().ok_or_else(|| {
-        Unable::Skip("the evm challenge names no EIP-712 domain for its token".into())
-    })?;
-    let domain = TokenDomain::new(
-        named.name.clone(),
-        named.version.clone(),
-        request.chain_id,
-        request.currency,
-    );
+    // The challenge's domain, a configured one, or a known USDC deployment's.
+    let configured = || {
+        wallets
+            .evm_domains
+            .iter()
+            .find(|(chain, token, _, _)| *chain == request.chain_id && *token == request.currency)
+            .map(|(_, _, n, v)| (n.clone(), v.clone()))
+    };
+    let known = || {
+        farebox_evm::usdc::KNOWN
+            .iter()
+            .find(|d| d.chain_id == request.chain_id && d.address == request.currency)
+            .map(|d| (d.name.to_string(), d.version.to_string()))
+    };
+    let (name, version) = request
+        .authorization
+        .as_ref()
+        .map(|named| (named.name.clone(), named.version.clone()))
+        .or_else(configured)
+        .or_else(known)
+        .ok_or_else(|| {
+            Unable::Skip(
+                "the evm challenge names no EIP-712 domain for its token, and none is configured"
+                    .into(),
+            )
+        })?;
+    let domain = TokenDomain::new(name, version, request.chain_id, request.currency);
     let auth = TransferWithAuthorization {
         from,
         to: request.recipient,
@@ -213,12 +232,13 @@ impl Probe for MppProbe {
             Attempt::Oversized => raw(&format!("Payment {}", oversized(""))),
             Attempt::Truncated => {
                 let c = target(discovery, wallets)?;
-                let token = MppCredential::new(&c, forged_payload(&c).unwrap_or_default()).encode();
+                let token = MppCredential::new(&c, forged_payload(&c, wallets).unwrap_or_default())
+                    .encode();
                 raw(&format!("Payment {}", &token[..token.len() / 2]))
             }
             Attempt::Tampered => {
                 let mut c = target(discovery, wallets)?;
-                let payload = forged_payload(&c).unwrap_or_default();
+                let payload = forged_payload(&c, wallets).unwrap_or_default();
                 // One character of the id changed: the binding no longer holds.
                 let mut id: Vec<char> = c.id.chars().collect();
                 if let Some(first) = id.first_mut() {
@@ -229,7 +249,7 @@ impl Probe for MppProbe {
             }
             Attempt::TamperedRequest => {
                 let mut c = target(discovery, wallets)?;
-                let payload = forged_payload(&c).unwrap_or_default();
+                let payload = forged_payload(&c, wallets).unwrap_or_default();
                 let mut request = c.request.clone();
                 request["amount"] = json!("1");
                 c.request_b64 = jcs::encode_b64_jcs(&request)
@@ -243,13 +263,15 @@ impl Probe for MppProbe {
             }
             Attempt::TwoCredentials => {
                 let c = target(discovery, wallets)?;
-                let one =
-                    authorization(&MppCredential::new(&c, forged_payload(&c).unwrap_or_default()))?;
+                let one = authorization(&MppCredential::new(
+                    &c,
+                    forged_payload(&c, wallets).unwrap_or_default(),
+                ))?;
                 Ok(one.iter().cloned().chain(one.iter().cloned()).collect())
             }
             Attempt::Forged => {
                 let c = target(discovery, wallets)?;
-                authorization(&MppCredential::new(&c, forged_payload(&c)?))
+                authorization(&MppCredential::new(&c, forged_payload(&c, wallets)?))
             }
             Attempt::Paid | Attempt::Replay => {
                 if let Some(kept) = self.paid.lock().unwrap_or_else(|e| e.into_inner()).clone() {
@@ -279,7 +301,8 @@ impl Probe for MppProbe {
                     ("evm", "charge", _, Some(key)) => {
                         let request = EvmChargeRequest::from_json(&c.request)
                             .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
-                        let (auth, domain) = evm_authorization(&c, &request, key.address())?;
+                        let (auth, domain) =
+                            evm_authorization(&c, &request, key.address(), wallets)?;
                         let mut credential = MppCredential::new(
                             &c,
                             evm_charge::payload(&auth, &eip3009::sign(key, &domain, &auth)),
