@@ -98,20 +98,7 @@ impl Probe for L402Probe {
     }
 
     fn receipt(&self, exchange: &Exchange) -> Option<Result<Artifact, String>> {
-        let header = exchange.headers.get(farebox_l402::L402_RECEIPT)?;
-        Some(
-            header
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(v.trim_end_matches('='))
-                        .ok()
-                })
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-                .map(|v| ("l402/receipt".to_string(), v))
-                .ok_or_else(|| "L402-Receipt is not base64url JSON".to_string()),
-        )
+        super::b64url_json_header(exchange, "l402-receipt", "l402/receipt")
     }
 
     fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String> {

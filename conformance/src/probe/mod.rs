@@ -82,3 +82,27 @@ pub(crate) fn oversized(prefix: &str) -> String {
 pub(crate) fn value(text: &str) -> Result<http::HeaderValue, Unable> {
     http::HeaderValue::from_str(text).map_err(|_| Unable::Fail("not a header value".into()))
 }
+
+/// The header `name` decoded as base64url (padded or not) JSON, as an artifact for `schema`:
+/// how the receipts of L402 (farebox's) and MPP travel. `None` when the header is absent.
+pub(crate) fn b64url_json_header(
+    exchange: &Exchange,
+    name: &str,
+    schema: &str,
+) -> Option<Result<Artifact, String>> {
+    use base64::Engine as _;
+    let header = exchange.headers.get(name)?;
+    Some(
+        header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(v.trim_end_matches('='))
+                    .ok()
+            })
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .map(|v| (schema.to_string(), v))
+            .ok_or_else(|| format!("{name} is not base64url JSON")),
+    )
+}

@@ -9,7 +9,6 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use farebox_evm::U256;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_mpp::evm_charge::{self, EvmChargeRequest};
@@ -177,20 +176,7 @@ impl Probe for MppProbe {
     }
 
     fn receipt(&self, exchange: &Exchange) -> Option<Result<Artifact, String>> {
-        let header = exchange.headers.get("payment-receipt")?;
-        Some(
-            header
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(v.trim_end_matches('='))
-                        .ok()
-                })
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-                .map(|v| ("mpp/receipt".to_string(), v))
-                .ok_or_else(|| "Payment-Receipt is not base64url JSON".to_string()),
-        )
+        super::b64url_json_header(exchange, "payment-receipt", "mpp/receipt")
     }
 
     fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String> {

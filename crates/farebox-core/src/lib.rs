@@ -13,6 +13,7 @@
 //! | [`rail`] | the [`Rail`] trait, [`Challenge`], [`PresentedCredential`], [`Verified`], [`Receipt`], and credential routing |
 //! | [`error`] | [`PaymentError`] / [`ErrorKind`] and the RFC 9457 [`Problem`] body |
 //! | [`auth`] | the RFC 9110 auth-param grammar, bounded and linear-time |
+//! | [`time`] | RFC 3339 timestamps (UTC, seconds) written and parsed without a date library |
 //! | [`store`] | [`ReplayStore`]: single-use proofs recorded once; [`SessionStore`]: session balances; both across restarts and instances |
 //!
 //! ## How one 402 carries every rail
@@ -110,6 +111,7 @@ pub mod money;
 pub mod rail;
 pub mod resource;
 pub mod store;
+pub mod time;
 
 pub use error::{ErrorKind, PaymentError, Problem};
 pub use money::{Asset, Money, MoneyError, Token};

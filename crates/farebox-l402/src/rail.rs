@@ -329,15 +329,6 @@ fn header(text: String) -> Result<HeaderValue, PaymentError> {
         .map_err(|_| PaymentError::internal("l402_header", "challenge is not a valid header value"))
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[async_trait]
 impl Rail for L402Rail {
     fn name(&self) -> &'static str {
@@ -359,9 +350,13 @@ impl Rail for L402Rail {
             )
         })?;
         let memo = match &resource.description {
-            Some(d) => truncate(d, 639).to_string(),
+            Some(d) => farebox_lightning::bolt11::truncate_utf8(d, 639).to_string(),
             None => {
-                format!("L402 {} {}", self.verifier.config.service, truncate(&resource.route, 600))
+                format!(
+                    "L402 {} {}",
+                    self.verifier.config.service,
+                    farebox_lightning::bolt11::truncate_utf8(&resource.route, 600)
+                )
             }
         };
         let invoice = self

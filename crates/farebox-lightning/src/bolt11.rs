@@ -97,6 +97,16 @@ pub enum InvoiceDescription {
     Hash([u8; 32]),
 }
 
+/// `text` cut to at most `max` bytes on a character boundary: how a memo is fitted into the
+/// description field (at most [`MAX_DESCRIPTION_LEN`] bytes).
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A signature-checked BOLT11 invoice, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedInvoice {

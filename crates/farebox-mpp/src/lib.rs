@@ -30,7 +30,6 @@
 //! | [`evm_session`] | the `evm` method's `session` request and `open` / `voucher` / `topUp` / `close` payloads |
 //! | [`lightning_session`] | the `lightning` method's `session` request and `open` / `bearer` / `topUp` / `close` payloads |
 //! | [`rail`] | [`MppRail`], the farebox `Rail` (charges in `rail`, sessions in its `evm_session` and `lightning_session` submodules, accounting in a [`SessionStore`](farebox_core::SessionStore)) |
-//! | [`time`] | RFC 3339 for `expires` and receipt timestamps |
 //!
 //! Decisions where the specification and the SDKs differ (the SDKs win, for interop):
 //! the credential envelope is written in the SDKs' member order rather than JCS; the body digest
@@ -59,7 +58,8 @@ pub mod lightning_session;
 pub mod problem;
 pub mod rail;
 pub mod receipt;
-pub mod time;
+/// RFC 3339 timestamps (`expires`, receipt `timestamp`): the core's.
+pub use farebox_core::time;
 
 pub use challenge::{
     Challenge, ChallengeError, ChallengeKey, ChallengeParams, IdSlots, parse_www_authenticate,

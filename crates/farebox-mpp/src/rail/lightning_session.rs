@@ -41,7 +41,7 @@ use farebox_lightning::{InvoiceRequest, PaymentHash, bolt11, preimage_matches};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{BACKEND_RETRY_AFTER, MppRail, truncate};
+use super::{BACKEND_RETRY_AFTER, MppRail};
 use crate::lightning_session::{
     self, LightningSessionRequest, RefundStatus, SessionPayload, closed_body,
 };
@@ -144,7 +144,10 @@ impl MppRail {
         let invoice = backend
             .create_invoice(InvoiceRequest {
                 amount_msat: deposit_sat.saturating_mul(1000),
-                memo: format!("MPP session deposit, {}", truncate(&self.realm, 300)),
+                memo: format!(
+                    "MPP session deposit, {}",
+                    farebox_lightning::bolt11::truncate_utf8(&self.realm, 300)
+                ),
                 expiry: self.ttl,
             })
             .await

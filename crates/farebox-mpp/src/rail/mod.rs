@@ -332,15 +332,6 @@ fn to_header(text: String) -> Result<HeaderValue, PaymentError> {
         .map_err(|_| PaymentError::internal("mpp_header", "not a valid header value"))
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn credential_error(e: CredentialError) -> PaymentError {
     problem::malformed(format!("Payment credential: {e}"))
 }
@@ -1040,8 +1031,12 @@ impl MppRail {
             return Ok(None);
         }
         let memo = match &resource.description {
-            Some(d) => truncate(d, 639).to_string(),
-            None => format!("MPP {} {}", truncate(&self.realm, 30), truncate(&resource.route, 600)),
+            Some(d) => farebox_lightning::bolt11::truncate_utf8(d, 639).to_string(),
+            None => format!(
+                "MPP {} {}",
+                farebox_lightning::bolt11::truncate_utf8(&self.realm, 30),
+                farebox_lightning::bolt11::truncate_utf8(&resource.route, 600)
+            ),
         };
         let invoice = backend
             .create_invoice(InvoiceRequest { amount_msat, memo, expiry: self.ttl })

@@ -1,5 +1,5 @@
-//! RFC 3339 timestamps as MPP writes them (`expires`, receipt `timestamp`), without a date
-//! library.
+//! RFC 3339 timestamps as the rails write them (MPP `expires` and receipt `timestamp`, the
+//! `L402-Receipt` timestamp), without a date library.
 //!
 //! [`format()`] always writes UTC with second precision (`2025-01-06T12:00:00Z`), the form both
 //! SDKs emit. [`parse`] accepts RFC 3339 `date-time`: `T`/`t` separator (a space is refused),
