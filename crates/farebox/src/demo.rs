@@ -273,11 +273,21 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     let stack = stack::start(args.port, evm.as_ref()).await?;
     let wallet = stack::serve_wallet(stack.wallet_node.clone(), args.wallet_port).await?;
     heading(&stack, evm.as_ref());
-    println!("  dev wallet API  http://{wallet}  (pays invoices of this dev network)\n");
-    println!("Try it from another terminal:");
-    println!("    farebox pay http://{}/joke --wallet http://{wallet}", stack.server);
-    println!("    curl -i http://{}/joke      # the raw 402\n", stack.server);
-    println!("Ctrl-C stops.");
+    // One write, and no panic if nobody reads it: a script that reads up to the addresses and
+    // then closes the pipe must not take the server down with a failed print.
+    let server = &stack.server;
+    let banner = format!(
+        "  dev wallet API  http://{wallet}  (pays invoices of this dev network)\n\n\
+         Try it from another terminal:\n\
+         \x20   farebox pay http://{server}/joke --wallet http://{wallet}\n\
+         \x20   curl -i http://{server}/joke      # the raw 402\n\n\
+         Ctrl-C stops.\n"
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     // Stop on Ctrl-C or SIGTERM alike, so that the chain and the store are torn down by their
     // owners (a killed demo would leave its anvil running).
     tokio::select! {

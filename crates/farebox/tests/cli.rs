@@ -88,7 +88,8 @@ fn pay_pays_a_separately_running_server() {
     let serving = Serving(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut pay_line = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if line.trim_start().starts_with("farebox pay ") {
             pay_line = Some(line);
@@ -96,6 +97,8 @@ fn pay_pays_a_separately_running_server() {
         }
         assert!(Instant::now() < deadline, "serve did not print its addresses");
     }
+    // Keep reading what the server prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
     let pay_line = pay_line.expect("serve printed a `farebox pay` example");
     let words: Vec<&str> = pay_line.split_whitespace().collect();
     let (url, wallet) = (words[2], words[4]);
