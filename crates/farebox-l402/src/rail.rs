@@ -18,7 +18,7 @@ use farebox_core::money::Money;
 use farebox_core::{
     Challenge, PaymentError, PresentedCredential, Rail, Receipt, Resource, Verified,
 };
-use farebox_lightning::{InvoiceRequest, LightningBackend};
+use farebox_lightning::{InvoiceRequest, LightningBackend, create_checked_invoice};
 use http::HeaderValue;
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
@@ -359,27 +359,15 @@ impl Rail for L402Rail {
                 )
             }
         };
-        let invoice = self
-            .backend
-            .create_invoice(InvoiceRequest {
-                amount_msat,
-                memo,
-                expiry: self.verifier.config.invoice_expiry,
-            })
-            .await
-            .map_err(|e| {
-                PaymentError::unavailable(
-                    "lightning_unavailable",
-                    format!("cannot create an invoice: {e}"),
-                    BACKEND_RETRY_AFTER,
-                )
-            })?;
-        if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(PaymentError::internal(
-                "l402_invoice",
-                "the Lightning backend returned a malformed invoice",
-            ));
-        }
+        let request =
+            InvoiceRequest { amount_msat, memo, expiry: self.verifier.config.invoice_expiry };
+        let invoice = create_checked_invoice(&*self.backend, request).await.map_err(|e| {
+            PaymentError::unavailable(
+                "lightning_unavailable",
+                format!("cannot create an invoice: {e}"),
+                BACKEND_RETRY_AFTER,
+            )
+        })?;
         let token = self
             .verifier
             .mint_token(invoice.payment_hash, amount_msat, resource, unix_now()?)?

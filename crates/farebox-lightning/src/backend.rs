@@ -152,6 +152,20 @@ pub trait LightningBackend: Send + Sync + 'static {
     }
 }
 
+/// [`LightningBackend::create_invoice`], refusing what no client could pay: an empty invoice or
+/// one with characters BOLT11's bech32 never uses (a broken backend must not reach a challenge
+/// header, where it could break the header's grammar).
+pub async fn create_checked_invoice(
+    backend: &dyn LightningBackend,
+    request: InvoiceRequest,
+) -> Result<CreatedInvoice, LightningError> {
+    let invoice = backend.create_invoice(request).await?;
+    if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(LightningError::Unavailable("the backend returned a malformed invoice".into()));
+    }
+    Ok(invoice)
+}
+
 /// First delay of [`poll_for_settlement`].
 const POLL_FIRST: Duration = Duration::from_millis(10);
 /// Longest delay between two polls of [`poll_for_settlement`].

@@ -86,7 +86,7 @@ pub mod dev_node;
 
 pub use backend::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, Preimage, poll_for_settlement,
+    PaymentOutcome, Preimage, create_checked_invoice, poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{

@@ -564,3 +564,46 @@ async fn amountless_and_pay_amount_default_to_unsupported() {
     ));
     assert_eq!(payee.invoice_state(&any.payment_hash).await.unwrap(), InvoiceState::Open);
 }
+
+/// A node whose invoices come back with a header-breaking suffix.
+struct Garbling(DevNode);
+
+#[async_trait::async_trait]
+impl LightningBackend for Garbling {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<farebox_lightning::CreatedInvoice, LightningError> {
+        let mut invoice = self.0.create_invoice(request).await?;
+        invoice.bolt11.push_str("\r\nSet-Cookie: x=1");
+        Ok(invoice)
+    }
+    async fn invoice_state(
+        &self,
+        hash: &farebox_lightning::PaymentHash,
+    ) -> Result<InvoiceState, LightningError> {
+        self.0.invoice_state(hash).await
+    }
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, LightningError> {
+        self.0.pay(bolt11, max_fee_msat).await
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_invoice_from_the_backend_is_refused() {
+    let network = DevNetwork::new();
+    let good = DevNode::new(&network, [1; 32], 0);
+    let invoice = farebox_lightning::create_checked_invoice(&good, request(1_000, HOUR)).await;
+    assert!(invoice.unwrap().bolt11.starts_with("lnbcrt"));
+
+    let bad = Garbling(DevNode::new(&network, [3; 32], 0));
+    let err = farebox_lightning::create_checked_invoice(&bad, request(1_000, HOUR)).await;
+    assert!(
+        matches!(&err, Err(LightningError::Unavailable(m)) if m.contains("malformed")),
+        "{err:?}"
+    );
+}

@@ -141,17 +141,16 @@ impl MppRail {
             .deposit_sat
             .unwrap_or(price_sat.saturating_mul(m.config.deposit_units))
             .max(price_sat);
-        let invoice = backend
-            .create_invoice(InvoiceRequest {
-                amount_msat: deposit_sat.saturating_mul(1000),
-                memo: format!(
-                    "MPP session deposit, {}",
-                    farebox_lightning::bolt11::truncate_utf8(&self.realm, 300)
-                ),
-                expiry: self.ttl,
-            })
-            .await
-            .map_err(|e| {
+        let deposit = InvoiceRequest {
+            amount_msat: deposit_sat.saturating_mul(1000),
+            memo: format!(
+                "MPP session deposit, {}",
+                farebox_lightning::bolt11::truncate_utf8(&self.realm, 300)
+            ),
+            expiry: self.ttl,
+        };
+        let invoice =
+            farebox_lightning::create_checked_invoice(&**backend, deposit).await.map_err(|e| {
                 PaymentError::unavailable(
                     "lightning_unavailable",
                     format!("cannot create a deposit invoice: {e}"),

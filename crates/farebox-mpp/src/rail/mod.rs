@@ -53,7 +53,9 @@ use farebox_core::{
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
-use farebox_lightning::{InvoiceRequest, LightningBackend, bolt11, preimage_matches};
+use farebox_lightning::{
+    InvoiceRequest, LightningBackend, bolt11, create_checked_invoice, preimage_matches,
+};
 use http::HeaderValue;
 
 use crate::challenge::{
@@ -1038,22 +1040,14 @@ impl MppRail {
                 farebox_lightning::bolt11::truncate_utf8(&resource.route, 600)
             ),
         };
-        let invoice = backend
-            .create_invoice(InvoiceRequest { amount_msat, memo, expiry: self.ttl })
-            .await
-            .map_err(|e| {
-                PaymentError::unavailable(
-                    "lightning_unavailable",
-                    format!("cannot create an invoice: {e}"),
-                    BACKEND_RETRY_AFTER,
-                )
-            })?;
-        if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(PaymentError::internal(
-                "mpp_invoice",
-                "the Lightning backend returned a malformed invoice",
-            ));
-        }
+        let request = InvoiceRequest { amount_msat, memo, expiry: self.ttl };
+        let invoice = create_checked_invoice(&**backend, request).await.map_err(|e| {
+            PaymentError::unavailable(
+                "lightning_unavailable",
+                format!("cannot create an invoice: {e}"),
+                BACKEND_RETRY_AFTER,
+            )
+        })?;
         let network = bolt11::parse_invoice(&invoice.bolt11)
             .ok()
             .map(|p| lightning_charge::network_name(&p.currency).to_string());
