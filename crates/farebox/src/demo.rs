@@ -113,7 +113,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Ok(r) => anyhow::bail!("expected an over-budget refusal, got HTTP {}", r.status()),
     }
 
-    println!("\nLedger");
+    println!("\nLedger of the demo client (steps 6 and 7 paid with clients of their own)");
     let entries = ledger.entries();
     for e in &entries {
         println!(
