@@ -1,5 +1,7 @@
 //! The `farebox` command.
 //!
+//! - `farebox serve --config FILE`: the gateway: any HTTP API sold on every rail, from one TOML
+//!   file (`--check`: only check the file).
 //! - `farebox demo`: a demo API, a paid server in front of it and a client that pays for it over
 //!   L402, all in one process on embedded defaults, narrated step by step.
 //! - `farebox demo --serve`: the same server and dev wallet kept running, for `farebox pay`.
@@ -15,6 +17,7 @@ mod devnet;
 mod facilitator;
 mod pay;
 mod proxy;
+mod serve;
 mod stack;
 mod upstream;
 
@@ -33,6 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway in front of an API, from a TOML configuration.
+    Serve(Box<serve::ServeArgs>),
     /// Run the demo: an API, a paid server in front of it, and a client paying it in sats.
     Demo(Box<demo::DemoArgs>),
     /// Pay for one request with the dev wallet and print the response body.
@@ -47,8 +52,11 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Servers log what they do; the demo and `pay` keep the terminal for their own narration.
-    let default_level =
-        if matches!(cli.command, Command::Facilitator(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Facilitator(_) | Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -57,6 +65,10 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
+        Command::Serve(args) => match serve::run(*args).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Demo(args) => demo::run(*args).await,
         Command::Pay(args) => pay::run(*args).await,
         Command::Facilitator(args) => facilitator::run(*args).await,

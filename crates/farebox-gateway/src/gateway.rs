@@ -1,0 +1,845 @@
+//! The running gateway: the backends it opened, the routes and rails of the current
+//! configuration, and how a request goes through them.
+//!
+//! ```text
+//!  request ──► PaywallLayer (every rail, no route): non-canonical paths refused (400)
+//!                └─► ops prefix? ──► /healthz, /readyz, /metrics
+//!                └─► first route matching host, method, path? none ──► 404
+//!                      free route ──────────────────────────────► proxy
+//!                      priced: no credential and free tier left ─► proxy (free-tier header)
+//!                      priced: the route's PaywallLayer (its rails, its prices) ──► proxy
+//! ```
+//!
+//! Each priced route has a paywall of its own, holding only the rails it offers, so that a route
+//! can offer L402 and not MPP while both charge sats. The rails themselves are shared.
+//!
+//! A reload ([`Gateway::reload`]) builds a whole new set of routes and rails and swaps it in;
+//! requests in flight finish on the set they started with, connections stay open. Backends whose
+//! section did not change (the store, the dev Lightning network, EVM nodes, the demo upstream,
+//! random dev keys) are kept, so tokens and balances survive a reload. A configuration that fails
+//! to load or build is refused and the old one keeps serving.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use farebox_core::Receipt;
+use farebox_evm::EvmRpc;
+use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
+use farebox_server::{Paid, Paywall, PaywallLayer};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use tower::{Layer, ServiceExt};
+
+use crate::config::{
+    ChainSection, Cidr, Config, ConfigError, DEMO_UPSTREAM, Issue, LightningSection, Route, Settle,
+    UpstreamSection,
+};
+use crate::free_tier::{CounterDb, FreeTier};
+use crate::metrics::Metrics;
+use crate::proxy::{self, Forward, Upstream, UpstreamLatency, problem};
+
+/// What the embedding program lends the gateway.
+#[derive(Default)]
+pub struct GatewayOptions {
+    /// Served on loopback as the upstream named `demo` when the configuration names none.
+    pub demo_upstream: Option<axum::Router>,
+    /// The state directory when the configuration names none (before the environment).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The gateway. See the module docs.
+pub struct Gateway {
+    live: RwLock<Arc<Live>>,
+    backends: tokio::sync::Mutex<Backends>,
+    metrics: Arc<Metrics>,
+}
+
+/// The dev Lightning network the gateway runs.
+struct DevLightning {
+    section: LightningSection,
+    server: Arc<DevNode>,
+    wallet: Arc<DevNode>,
+}
+
+/// What survives a reload when its configuration did not change.
+struct Backends {
+    store: Option<(StoreKey, Arc<dyn farebox_store::Store>, CounterDb)>,
+    lightning: Option<DevLightning>,
+    chains: HashMap<String, (ChainSection, EvmRpc)>,
+    ephemeral: HashMap<&'static str, Vec<u8>>,
+    demo_router: Option<axum::Router>,
+    demo_addr: Option<SocketAddr>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(PartialEq, Eq)]
+enum StoreKey {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// The current configuration, built.
+struct Live {
+    config: Arc<Config>,
+    routes: Vec<LiveRoute>,
+    /// Every rail and no route: canonical paths, credential recognition, upkeep.
+    guard: Arc<Paywall>,
+    free_tier: Option<(FreeTier, Option<HeaderName>)>,
+    trusted: Vec<Cidr>,
+    /// The names the gateway writes upstream (a client's values under them are dropped).
+    reserved: Vec<HeaderName>,
+    headers: PaidHeaderNames,
+    store: Arc<dyn farebox_store::Store>,
+    counter_db: CounterDb,
+    lightning: Option<Arc<DevNode>>,
+    chains: Vec<(String, EvmRpc)>,
+    upstreams: Vec<Arc<Upstream>>,
+    _upkeep: Vec<AbortOnDrop>,
+}
+
+struct LiveRoute {
+    route: Route,
+    label: Arc<str>,
+    upstream: Arc<Upstream>,
+    paywall: Option<Arc<Paywall>>,
+}
+
+#[derive(Default)]
+struct PaidHeaderNames {
+    rail: Option<HeaderName>,
+    amount: Option<HeaderName>,
+    asset: Option<HeaderName>,
+    payer: Option<HeaderName>,
+    reference: Option<HeaderName>,
+    free_tier: Option<HeaderName>,
+}
+
+/// A task that ends with the configuration that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The route a response answered (a response extension, for metrics).
+#[derive(Clone)]
+struct RouteLabel(Arc<str>);
+
+/// The rail a paid response was paid with (a response extension, for metrics).
+#[derive(Clone, Copy)]
+struct PaidWith(&'static str);
+
+fn fail(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
+    let message = message.into();
+    let line_col = std::fs::read_to_string(&config.file)
+        .ok()
+        .and_then(|text| crate::config::locate(&text, key));
+    ConfigError {
+        file: config.file.clone(),
+        issues: vec![Issue { key: key.into(), message, line_col }],
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Gateway {
+    /// Opens the backends and builds the configuration. Refused with the key path when a backend
+    /// cannot be opened (an EVM node that does not answer, a store that cannot be opened).
+    pub async fn start(
+        config: Config,
+        options: GatewayOptions,
+    ) -> Result<Arc<Gateway>, ConfigError> {
+        let mut backends = Backends {
+            store: None,
+            lightning: None,
+            chains: HashMap::new(),
+            ephemeral: HashMap::new(),
+            demo_router: options.demo_upstream,
+            demo_addr: None,
+            state_dir: options.state_dir,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let live = build(Arc::new(config), &mut backends).await?;
+        Ok(Arc::new(Gateway {
+            live: RwLock::new(Arc::new(live)),
+            backends: tokio::sync::Mutex::new(backends),
+            metrics,
+        }))
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in `config`. On error nothing changes and the old configuration keeps serving.
+    pub async fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        let mut backends = self.backends.lock().await;
+        let live = build(Arc::new(config), &mut backends).await?;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Reads the configuration file again (the one the gateway runs) and swaps it in.
+    pub async fn reload_from_file(&self) -> Result<(), ConfigError> {
+        let file = self.live().config.file.clone();
+        let config = Config::load(&file)?;
+        self.reload(config).await
+    }
+
+    /// The configuration being served.
+    pub fn config(&self) -> Arc<Config> {
+        self.live().config.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The dev network's wallet node (what `farebox pay` pays from), with `[lightning] backend =
+    /// "dev"`.
+    pub async fn dev_wallet(&self) -> Option<Arc<DevNode>> {
+        self.backends.lock().await.lightning.as_ref().map(|l| l.wallet.clone())
+    }
+
+    /// The dev network's node that the gateway's invoices are paid to.
+    pub async fn dev_node(&self) -> Option<Arc<DevNode>> {
+        self.backends.lock().await.lightning.as_ref().map(|l| l.server.clone())
+    }
+
+    /// The main listener's service.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    /// The ops endpoints alone (for `[ops] listen`).
+    pub fn ops_router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle_ops).with_state(self.clone())
+    }
+
+    /// Serves on `listener` (and on `[ops] listen` when set) until `shutdown` resolves; then
+    /// stops accepting, lets requests in flight (and their settlements) finish for up to
+    /// `shutdown_grace_secs`, and returns.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let config = self.config();
+        let grace = Duration::from_secs(config.gateway.shutdown_grace_secs);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(addr) = config.ops.listen {
+            let ops = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "ops endpoints listening");
+            let app = self.ops_router().into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(
+                axum::serve(ops, app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
+            );
+        }
+        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        let main = axum::serve(listener, app).with_graceful_shutdown(wait(stopped.clone()));
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+            let _ = stop.send(true);
+        });
+        let deadline = async move {
+            wait(stopped).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            done = main.into_future() => done,
+            () = deadline => {
+                tracing::warn!("shutdown grace period over; exiting with requests still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where the gateway keeps its state.
+fn state_dir(config: &Config, fallback: Option<&Path>) -> PathBuf {
+    if let Some(dir) = &config.gateway.state_dir {
+        return config.base_dir().join(dir);
+    }
+    if let Some(dir) = fallback {
+        return dir.to_path_buf();
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("FAREBOX_STATE_DIR")
+        .or_else(|| env("STATE_DIRECTORY"))
+        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("farebox")))
+        .or_else(|| env("HOME").map(|d| d.join(".local/state/farebox")))
+        .unwrap_or_else(|| std::env::temp_dir().join("farebox"))
+}
+
+/// Builds a configuration, opening (or reusing) its backends.
+async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigError> {
+    let base = config.base_dir();
+    // The store, and the free-tier counters in the same database.
+    let key = match (&config.store.sqlite, &config.store.postgres) {
+        (_, Some(pg)) => StoreKey::Postgres(
+            pg.read(&base).map_err(|e| fail(&config, "store.postgres", e))?.expose().to_string(),
+        ),
+        (Some(file), None) => {
+            StoreKey::Sqlite(state_dir(&config, b.state_dir.as_deref()).join(file))
+        }
+        (None, None) => StoreKey::Sqlite(
+            state_dir(&config, b.state_dir.as_deref()).join("farebox-gateway.sqlite"),
+        ),
+    };
+    if b.store.as_ref().is_none_or(|(k, _, _)| *k != key) {
+        let opened = match &key {
+            StoreKey::Sqlite(path) => {
+                let store = farebox_store::SqliteStore::open(path)
+                    .await
+                    .map_err(|e| fail(&config, "store", e.to_string()))?;
+                let counters =
+                    CounterDb::sqlite(path).await.map_err(|e| fail(&config, "store", e))?;
+                tracing::info!(path = %path.display(), "store: SQLite");
+                (Arc::new(store) as Arc<dyn farebox_store::Store>, counters)
+            }
+            StoreKey::Postgres(url) => {
+                let store = farebox_store::PostgresStore::connect(url)
+                    .await
+                    .map_err(|e| fail(&config, "store.postgres", e.to_string()))?;
+                let counters = CounterDb::postgres(url)
+                    .await
+                    .map_err(|e| fail(&config, "store.postgres", e))?;
+                tracing::info!("store: PostgreSQL");
+                (Arc::new(store) as Arc<dyn farebox_store::Store>, counters)
+            }
+        };
+        b.store = Some((key, opened.0, opened.1));
+    }
+    let (_, store, counter_db) = b
+        .store
+        .as_ref()
+        .map(|(k, s, c)| (k, s.clone(), c.clone()))
+        .ok_or_else(|| fail(&config, "store", "not opened"))?;
+
+    // Lightning: the dev network, kept while its section is unchanged.
+    match &config.lightning {
+        None => b.lightning = None,
+        Some(section) => {
+            if b.lightning.as_ref().is_none_or(|l| l.section != *section) {
+                let network = DevNetwork::new();
+                let server = Arc::new(DevNode::random(&network, 0));
+                let wallet = Arc::new(DevNode::random(
+                    &network,
+                    section.dev.wallet_sats.saturating_mul(1000),
+                ));
+                tracing::info!("lightning: the embedded dev node (no real money)");
+                b.lightning = Some(DevLightning { section: section.clone(), server, wallet });
+            }
+        }
+    }
+    let lightning_node = b.lightning.as_ref().map(|l| l.server.clone());
+
+    // EVM nodes.
+    b.chains.retain(|name, (section, _)| config.chains.get(name) == Some(section));
+    for (name, section) in &config.chains {
+        if b.chains.contains_key(name) {
+            continue;
+        }
+        let (url, shown) = match (&section.rpc, &section.rpc_url) {
+            (Some(url), _) => (url.clone(), true),
+            (None, Some(secret)) => (
+                secret
+                    .read(&base)
+                    .map_err(|e| fail(&config, &format!("chains.{name}.rpc_url"), e))?
+                    .expose()
+                    .to_string(),
+                false,
+            ),
+            (None, None) => return Err(fail(&config, &format!("chains.{name}"), "no rpc")),
+        };
+        let rpc =
+            EvmRpc::connect_with_timeout(&url, Duration::from_secs(10)).await.map_err(|e| {
+                // A URL from a secret may carry an API key: say what failed, not where.
+                let why =
+                    if shown { e.to_string() } else { "the node does not answer".to_string() };
+                fail(
+                    &config,
+                    &format!("chains.{name}"),
+                    format!("cannot reach the chain's RPC node: {why}"),
+                )
+            })?;
+        if rpc.chain_id() != section.chain_id {
+            return Err(fail(
+                &config,
+                &format!("chains.{name}.chain_id"),
+                format!("the node is on chain {}, not {}", rpc.chain_id(), section.chain_id),
+            ));
+        }
+        b.chains.insert(name.clone(), (section.clone(), rpc));
+    }
+    let chains: HashMap<String, EvmRpc> =
+        b.chains.iter().map(|(k, (_, rpc))| (k.clone(), rpc.clone())).collect();
+
+    // Rails.
+    let public_url = config
+        .gateway
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.gateway.listen));
+    let ctx = crate::rails::RailContext {
+        lightning: lightning_node.clone().map(|n| n as Arc<dyn LightningBackend>),
+        store: store.clone(),
+        chains: &chains,
+        public_url,
+        ephemeral: &mut b.ephemeral,
+    };
+    let rails = crate::rails::build(&config, ctx).map_err(|(key, e)| fail(&config, &key, e))?;
+    let mut guard = Paywall::builder();
+    for (_, rail) in &rails {
+        guard = guard.shared_rail(rail.clone());
+    }
+    let guard = Arc::new(guard.build().map_err(|e| fail(&config, "rails", e.to_string()))?);
+
+    // Upstreams: the configured ones, or the embedded demo.
+    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+    if config.upstreams.is_empty() {
+        let addr = match (b.demo_addr, b.demo_router.clone()) {
+            (Some(addr), _) => addr,
+            (None, Some(router)) => {
+                let listener =
+                    tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| {
+                        fail(&config, "upstreams", format!("starting the demo upstream: {e}"))
+                    })?;
+                let addr =
+                    listener.local_addr().map_err(|e| fail(&config, "upstreams", e.to_string()))?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "demo upstream stopped");
+                    }
+                });
+                tracing::info!(%addr, "no [upstreams] configured: serving the demo API as upstream \"demo\"");
+                b.demo_addr = Some(addr);
+                addr
+            }
+            (None, None) => {
+                return Err(fail(
+                    &config,
+                    "upstreams",
+                    "configure at least one [upstreams.<name>] (no demo upstream is built in here)",
+                ));
+            }
+        };
+        let section = demo_section(addr);
+        let up =
+            Upstream::new(DEMO_UPSTREAM, &section).map_err(|e| fail(&config, "upstreams", e))?;
+        upstreams.insert(DEMO_UPSTREAM.into(), Arc::new(up));
+    }
+    for (name, section) in &config.upstreams {
+        let up = Upstream::new(name, section)
+            .map_err(|e| fail(&config, &format!("upstreams.{name}.url"), e))?;
+        upstreams.insert(name.clone(), Arc::new(up));
+    }
+
+    // Routes, each priced one with a paywall of its own rails.
+    let mut routes = Vec::new();
+    for route in config.checked_routes() {
+        let upstream = upstreams.get(&route.upstream).cloned().ok_or_else(|| {
+            fail(&config, &format!("routes[{}].upstream", route.index), "unknown upstream")
+        })?;
+        let paywall = if route.is_free() {
+            None
+        } else {
+            let mut builder = Paywall::builder();
+            for (name, rail) in &rails {
+                if route.rails.iter().any(|r| r == name) {
+                    builder = builder.shared_rail(rail.clone());
+                }
+            }
+            for priced in route.priced_routes() {
+                builder = builder.route(priced);
+            }
+            let key = format!("routes[{}]", route.index);
+            Some(Arc::new(builder.build().map_err(|e| fail(&config, &key, e.to_string()))?))
+        };
+        routes.push(LiveRoute { label: route.label().into(), route, upstream, paywall });
+    }
+
+    let free_tier = config.free_tier.as_ref().map(|ft| {
+        let header = ft.client_header.as_deref().and_then(|h| HeaderName::try_from(h).ok());
+        (FreeTier::new(counter_db.clone(), ft.requests, ft.window_secs), header)
+    });
+    let name = |s: &str| (!s.is_empty()).then(|| HeaderName::try_from(s).ok()).flatten();
+    let h = &config.upstream_headers;
+    let headers = PaidHeaderNames {
+        rail: name(&h.rail),
+        amount: name(&h.amount),
+        asset: name(&h.asset),
+        payer: name(&h.payer),
+        reference: name(&h.reference),
+        free_tier: name(&h.free_tier),
+    };
+    let reserved = [
+        &headers.rail,
+        &headers.amount,
+        &headers.asset,
+        &headers.payer,
+        &headers.reference,
+        &headers.free_tier,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+
+    let every = Duration::from_secs(config.gateway.maintenance_interval_secs);
+    let mut upkeep = vec![AbortOnDrop(guard.spawn_maintenance(every))];
+    if let Some((tier, _)) = &free_tier {
+        let tier = tier.clone();
+        upkeep.push(AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = tier.purge(unix_now()).await {
+                    tracing::warn!(error = %e, "free-tier counters not purged");
+                }
+            }
+        })));
+    }
+    Ok(Live {
+        trusted: config.trusted_proxies(),
+        chains: chains.into_iter().collect(),
+        config,
+        routes,
+        guard,
+        free_tier,
+        reserved,
+        headers,
+        store,
+        counter_db,
+        lightning: lightning_node,
+        upstreams: upstreams.into_values().collect(),
+        _upkeep: upkeep,
+    })
+}
+
+fn demo_section(addr: SocketAddr) -> UpstreamSection {
+    let text = format!("url = \"http://{addr}\"");
+    // The defaults of an [upstreams.<name>] section, with the demo's address.
+    toml::from_str(&text).unwrap_or_else(|_| UpstreamSection {
+        url: format!("http://{addr}"),
+        connect_timeout_ms: 2_000,
+        response_timeout_ms: 30_000,
+        max_request_bytes: 16 << 20,
+        max_response_bytes: 1 << 30,
+        max_buffered_bytes: 16 << 20,
+        preserve_host: false,
+        health_path: None,
+    })
+}
+
+/// Every request on the main listener.
+async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response<Body> {
+    let live = gw.live();
+    let started = Instant::now();
+    let inner = {
+        let (gw, live) = (gw.clone(), live.clone());
+        tower::service_fn(move |request: Request| {
+            let (gw, live) = (gw.clone(), live.clone());
+            async move { Ok::<_, Infallible>(dispatch(&gw, &live, peer, started, request).await) }
+        })
+    };
+    let response =
+        match PaywallLayer::shared(live.guard.clone()).layer(inner).oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    // Requests no route took (refused paths, 404s) count under "-".
+    let route = response.extensions().get::<RouteLabel>().map_or("-", |r| &r.0);
+    gw.metrics.request(route, response.status().as_u16());
+    response
+}
+
+/// The ops endpoints on their own listener.
+async fn handle_ops(State(gw): State<Arc<Gateway>>, request: Request) -> Response<Body> {
+    let live = gw.live();
+    ops(&gw, &live, request.uri().path()).await
+}
+
+async fn ops(gw: &Gateway, live: &Live, path: &str) -> Response<Body> {
+    match path.trim_end_matches('/') {
+        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" => ready(live).await,
+        "/metrics" => {
+            text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", gw.metrics.render())
+        }
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            "no_such_endpoint",
+            "ops endpoints: /healthz, /readyz, /metrics",
+        ),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Ready only when every backend answers: the store, the Lightning node, each EVM node and each
+/// upstream. The answer names each check and whether it passed (never a URL).
+async fn ready(live: &Live) -> Response<Body> {
+    const WITHIN: Duration = Duration::from_secs(3);
+    let mut checks: Vec<(String, Result<(), String>)> = Vec::new();
+    let store = async {
+        let replay =
+            tokio::time::timeout(WITHIN, live.store.get("farebox-gateway", "readyz")).await;
+        match replay {
+            Ok(Ok(_)) => live.counter_db.ping().await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    };
+    checks.push(("store".into(), store.await));
+    if let Some(node) = &live.lightning {
+        let up = if node.is_available() {
+            Ok(())
+        } else {
+            Err("the Lightning node is unavailable".into())
+        };
+        checks.push(("lightning".into(), up));
+    }
+    for (name, rpc) in &live.chains {
+        let r = match tokio::time::timeout(WITHIN, rpc.block_number()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("the node does not answer".into()),
+            Err(_) => Err("timed out".into()),
+        };
+        checks.push((format!("chain:{name}"), r));
+    }
+    for up in &live.upstreams {
+        checks.push((format!("upstream:{}", up.name), up.ready(WITHIN).await));
+    }
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": checks.iter().map(|(name, r)| serde_json::json!({
+            "name": name,
+            "ok": r.is_ok(),
+            "error": r.as_ref().err(),
+        })).collect::<Vec<_>>(),
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, "application/json", body.to_string())
+}
+
+/// Routes a canonical request: ops, a route, or 404.
+async fn dispatch(
+    gw: &Gateway,
+    live: &Arc<Live>,
+    peer: SocketAddr,
+    started: Instant,
+    request: Request,
+) -> Response<Body> {
+    let path = request.uri().path();
+    let prefix = &live.config.ops.prefix;
+    if live.config.ops.listen.is_none()
+        && let Some(rest) = path.strip_prefix(prefix.as_str())
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let rest = rest.to_string();
+        let mut response = ops(gw, live, &rest).await;
+        response.extensions_mut().insert(RouteLabel("ops".into()));
+        return response;
+    }
+    let host = proxy::request_host(&request);
+    let Some(index) =
+        live.routes.iter().position(|r| r.route.matches(host.as_deref(), request.method(), path))
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "no route of this gateway serves this request",
+        );
+    };
+    let route = &live.routes[index];
+    let mut response = if route.route.is_free() {
+        forward(&gw.metrics, live, index, peer, Vec::new(), request).await
+    } else {
+        priced(gw, live, index, peer, started, request).await
+    };
+    response.extensions_mut().insert(RouteLabel(route.label.clone()));
+    response
+}
+
+/// A priced route: the free tier, or its paywall in front of the proxy.
+async fn priced(
+    gw: &Gateway,
+    live: &Arc<Live>,
+    index: usize,
+    peer: SocketAddr,
+    started: Instant,
+    request: Request,
+) -> Response<Body> {
+    let route = &live.routes[index];
+    let label = route.label.clone();
+    let carries_credential =
+        request.headers().iter().any(|(n, v)| live.guard.is_payment_credential(n, v));
+    if let (Some((tier, header)), true, false) =
+        (&live.free_tier, route.route.free_tier, carries_credential)
+    {
+        let client = match header {
+            Some(h) => request
+                .headers()
+                .get(h)
+                .map(|v| format!("h:{}", String::from_utf8_lossy(v.as_bytes()))),
+            None => {
+                Some(format!("ip:{}", proxy::client_ip(request.headers(), peer, &live.trusted)))
+            }
+        };
+        if let Some(client) = client {
+            match tier.take(&client, unix_now()).await {
+                Ok(true) => {
+                    gw.metrics.free_tier(&label);
+                    let add = live
+                        .headers
+                        .free_tier
+                        .iter()
+                        .map(|n| (n.clone(), HeaderValue::from_static("1")))
+                        .collect();
+                    return forward(&gw.metrics, live, index, peer, add, request).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "free-tier counter unavailable: asking for payment");
+                    gw.metrics.backend_error("store");
+                }
+            }
+        }
+    }
+    let Some(paywall) = route.paywall.clone() else {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unpriced_route",
+            "this route has no paywall",
+        );
+    };
+    // The gateway routed this request as priced: a paywall that does not price it would serve
+    // it free. Never.
+    if paywall.resource_for(request.method(), request.uri().path()).is_none() {
+        tracing::error!(route = %label, "a priced route's paywall does not price the request; refused");
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unpriced_route",
+            "the route's price does not cover this request",
+        );
+    }
+    let inner = {
+        let live = live.clone();
+        let metrics = gw.metrics.clone();
+        tower::service_fn(move |request: Request| {
+            let (live, metrics) = (live.clone(), metrics.clone());
+            async move {
+                let paid = request.extensions().get::<Paid>().cloned();
+                let mut add = Vec::new();
+                if let Some(paid) = &paid {
+                    metrics.verification(paid.rail, started.elapsed());
+                    add = paid_headers(&live.headers, paid);
+                }
+                let mut response = forward(&metrics, &live, index, peer, add, request).await;
+                if let Some(paid) = paid {
+                    response.extensions_mut().insert(PaidWith(paid.rail));
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let response = match PaywallLayer::shared(paywall).layer(inner).oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    match response.status() {
+        StatusCode::PAYMENT_REQUIRED => gw.metrics.payment_required(&label),
+        StatusCode::SERVICE_UNAVAILABLE
+            if response.extensions().get::<UpstreamLatency>().is_none() =>
+        {
+            gw.metrics.backend_error("payment")
+        }
+        _ => {}
+    }
+    if let (Some(receipt), Some(PaidWith(rail))) =
+        (response.extensions().get::<Receipt>(), response.extensions().get::<PaidWith>())
+    {
+        gw.metrics.payment(rail, &label, &receipt.amount);
+    }
+    response
+}
+
+fn paid_headers(names: &PaidHeaderNames, paid: &Paid) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    let mut add = |name: &Option<HeaderName>, value: String| {
+        if let (Some(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
+            out.push((name.clone(), value));
+        }
+    };
+    add(&names.rail, paid.rail.to_string());
+    add(&names.amount, paid.amount.amount.to_string());
+    add(&names.asset, crate::rails::asset_label(&paid.amount));
+    add(&names.reference, paid.reference.clone());
+    if let Some(payer) = &paid.payer {
+        add(&names.payer, payer.clone());
+    }
+    out
+}
+
+/// Forwards to the route's upstream.
+async fn forward(
+    metrics: &Metrics,
+    live: &Live,
+    index: usize,
+    peer: SocketAddr,
+    add: Vec<(HeaderName, HeaderValue)>,
+    request: Request,
+) -> Response<Body> {
+    let route = &live.routes[index];
+    let guard = live.guard.clone();
+    let withhold = move |n: &HeaderName, v: &HeaderValue| guard.is_payment_credential(n, v);
+    let f = Forward {
+        upstream: &route.upstream,
+        peer,
+        trusted: &live.trusted,
+        hold_until_end: route.route.settle == Settle::AfterEnd,
+        withhold: &withhold,
+        reserved: &live.reserved,
+        add,
+    };
+    let response = proxy::forward(f, request).await;
+    match response.extensions().get::<UpstreamLatency>() {
+        Some(UpstreamLatency(took)) => metrics.upstream(&route.upstream.name, *took),
+        None if matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+        ) =>
+        {
+            metrics.backend_error("upstream")
+        }
+        None => {}
+    }
+    response
+}

@@ -1,0 +1,88 @@
+//! # farebox-gateway
+//!
+//! A reverse proxy that sells any HTTP API on every rail farebox has (L402, x402, MPP), from one
+//! TOML file: `farebox serve --config farebox.toml`.
+//!
+//! | module | for |
+//! |---|---|
+//! | [`config`] | the TOML schema, strict parsing, and every check made before start (with the file, line, column and key path of each problem) |
+//! | [`rails`] | the `[rails.*]` sections and the one function that builds them into rails |
+//! | [`gateway`] | the running gateway: backends, routes, the request path, reload, graceful shutdown |
+//! | [`proxy`] | forwarding: streaming bodies, hop-by-hop headers, `X-Forwarded-*`, WebSocket, timeouts |
+//! | [`free_tier`] | N free requests per client per window, counted in the shared database |
+//! | [`metrics`] | Prometheus counters and histograms |
+//!
+//! ## Decisions an operator should know
+//!
+//! * **When a priced response is charged** is the route's `settle`: `before-first-byte` (the
+//!   default) settles once the upstream's status and headers arrived with a status below 400,
+//!   then streams the body — a body that breaks off later was still paid for, and SSE and
+//!   WebSocket routes work this way; `after-end` holds the whole answer back (up to
+//!   `max_buffered_bytes`) and settles only once it is complete, so a broken body is a 502 that
+//!   costs nothing, at the price of not streaming; `before-upstream` settles before the upstream
+//!   is asked at all (routes with side effects).
+//! * **Ops endpoints** (`/healthz`, `/readyz`, `/metrics`) are on the main listener under the
+//!   reserved prefix `[ops] prefix` (default `/_farebox`, which no route can take), or only on a
+//!   listener of their own when `[ops] listen` is set (keep metrics off the public port that way).
+//! * **Requests no route matches are refused (404)**, never passed through free.
+//! * **`X-Forwarded-For`/`-Proto`/`-Host`** are written by the gateway and a client's own are
+//!   dropped, unless the peer is in `trusted_proxies`; `Forwarded` is not written, and a
+//!   client's is dropped likewise.
+//! * **Secrets** come from files or environment variables only (`key_file`, `key_env`).
+//! * **EVM rails need their chain at start**: the gateway refuses to start when a configured
+//!   `[chains.<name>]` node does not answer.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod free_tier;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
+pub mod rails;
+
+pub use config::{Config, ConfigError, Issue};
+pub use gateway::{Gateway, GatewayOptions};
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reloads `gateway`'s configuration file on every SIGHUP, for as long as the process runs. A
+/// configuration that is refused is logged, and the one in force keeps serving.
+pub fn reload_on_sighup(gateway: std::sync::Arc<Gateway>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reloading is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match gateway.reload_from_file().await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!("configuration refused; the previous one keeps serving:\n{e}")
+                }
+            }
+        }
+    });
+}
