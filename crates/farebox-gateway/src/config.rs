@@ -877,8 +877,18 @@ impl Config {
             issues.push("routes", "configure at least one [[routes]]");
         }
         let mut checked: Vec<Route> = Vec::new();
+        let ops_area = format!("{}/*", self.ops.prefix);
         for (i, section) in self.routes.iter().enumerate() {
             let Some(route) = self.check_route(i, section, issues) else { continue };
+            if self.ops.listen.is_none() && pattern_covers(&ops_area, &route.pattern) {
+                issues.push(
+                    format!("routes[{i}].path"),
+                    format!(
+                        "can never match: {} is reserved for the ops endpoints",
+                        self.ops.prefix
+                    ),
+                );
+            }
             if let Some(earlier) = checked.iter().find(|e| shadows(e, &route)) {
                 let what = if earlier.is_free() { "the free route" } else { "the route" };
                 issues.push(

@@ -191,9 +191,14 @@ impl Gateway {
     }
 
     /// Reads the configuration file again (the one the gateway runs) and swaps it in.
+    ///
+    /// The listeners stay as they are: `[gateway] listen` (as started, `--listen` included) and
+    /// `[ops] listen` are kept from the running configuration.
     pub async fn reload_from_file(&self) -> Result<(), ConfigError> {
-        let file = self.live().config.file.clone();
-        let config = Config::load(&file)?;
+        let running = self.live().config.clone();
+        let mut config = Config::load(&running.file)?;
+        config.gateway.listen = running.gateway.listen;
+        config.ops.listen = running.ops.listen;
         self.reload(config).await
     }
 

@@ -29,6 +29,10 @@
 //!   dropped, unless the peer is in `trusted_proxies`; `Forwarded` is not written, and a
 //!   client's is dropped likewise.
 //! * **Secrets** come from files or environment variables only (`key_file`, `key_env`).
+//! * **SIGHUP reloads** routes, prices, rails, upstreams and the free tier without dropping a
+//!   connection; the listeners stay as started, and backends whose section did not change (the
+//!   store, the dev Lightning network and the dev wallet `farebox serve` serves, EVM nodes) are
+//!   kept, so tokens and balances survive it.
 //! * **EVM rails need their chain at start**: the gateway refuses to start when a configured
 //!   `[chains.<name>]` node does not answer.
 #![forbid(unsafe_code)]

@@ -244,3 +244,16 @@ fn every_problem_is_reported_at_once() {
     assert!(e.has("routes[0].price") && e.has("routes[1].rails[0]"), "{e}");
     assert_eq!(e.to_string().lines().count(), e.issues.len());
 }
+
+#[test]
+fn routes_under_the_ops_prefix_are_refused() {
+    let e = refused(&with("[[routes]]\npath = \"/_farebox/metrics\"\nfree = true\n"));
+    assert!(e.has("routes[0].path"), "{e}");
+    // With the ops endpoints on a listener of their own, the prefix is free to use.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        &with("[ops]\nlisten = \"127.0.0.1:9\"\n\n[[routes]]\npath = \"/_farebox/metrics\"\nfree = true\n"),
+    )
+    .unwrap();
+}

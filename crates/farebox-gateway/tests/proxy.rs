@@ -296,3 +296,37 @@ free = true
     assert_eq!(reqwest::get(g.url("/closed")).await.unwrap().status(), 404);
     assert_eq!(g.upstream.count(), 1);
 }
+
+#[tokio::test]
+async fn ops_endpoints_can_live_on_a_listener_of_their_own() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let upstream = common::Upstream::default();
+    let upstream_addr = common::serve_router(common::upstream_router(upstream.clone())).await;
+    let text = format!(
+        "{}\n[ops]\nlisten = \"127.0.0.1:{port}\"\n{FREE_ALL}",
+        common::base_config(upstream_addr, "")
+    );
+    let g = common::start_with(upstream, upstream_addr, &text).await;
+    // On the main listener the prefix is an ordinary path, proxied like any other.
+    let main = reqwest::get(g.url("/_farebox/metrics")).await.unwrap();
+    assert_eq!(main.status(), 200);
+    assert_eq!(g.upstream.last().path, "/_farebox/metrics");
+    let mut ops = None;
+    for _ in 0..50 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            ops = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ops = ops.expect("the ops listener answers");
+    assert_eq!(ops.status(), 200);
+    assert!(
+        ops.text()
+            .await
+            .unwrap()
+            .contains("farebox_gateway_requests_total{route=\"/*\",status=\"200\"} 1")
+    );
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
