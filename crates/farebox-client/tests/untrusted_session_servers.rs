@@ -16,7 +16,9 @@ use common::{
     EvmChain, EvmSetup, FUNDS, PRICE, Payer, Server, Tamper, is_close_answer, kinds,
     lightning_server, lightning_wallet, set_body_member, set_receipt_member,
 };
-use farebox_client::{Budget, ClientError, EntryKind, LightningSessionPolicy, Overclaim};
+use farebox_client::{
+    Budget, ClientError, EntryKind, LightningSessionPolicy, MppWallet, Overclaim, PaymentMiddleware,
+};
 use farebox_core::{Asset, Money};
 use farebox_evm::escrow::TX_TIMEOUT;
 use farebox_evm::voucher::{self, Voucher};
@@ -133,6 +135,29 @@ async fn an_escrow_the_policy_does_not_pin_gets_no_approve_and_no_deposit() {
     assert_eq!(w.credentials.load(Ordering::SeqCst), 0);
     assert!(p.ledger.entries().is_empty());
     assert_eq!(budget.spent(&w.asset), w.money(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_session_leaves_another_wallets_offer_payable() {
+    // The server takes USDC in a session on an escrow the EVM wallet does not pin, or sats.
+    let network = DevNetwork::new();
+    let chain = EvmChain::start().await;
+    let other =
+        chain.rpc.deploy_session_escrow(&chain.anvil.accounts()[0].signer, 900).await.unwrap();
+    let receiver: Arc<dyn LightningBackend> = Arc::new(DevNode::random(&network, 0));
+    let setup = EvmSetup { escrow: Some(other), lightning: Some(receiver), ..EvmSetup::default() };
+    let w = chain.serve(setup).await;
+    let node = Arc::new(DevNode::random(&network, 100_000));
+    let budget = w.budget(PRICE, 50 * PRICE).allow(Money::sats(50), Money::sats(100)).unwrap();
+    let payer = PaymentMiddleware::new(budget)
+        .wallet(w.wallet(10 * PRICE))
+        .wallet(MppWallet::new().lightning(node.clone(), 1_000));
+    let client = farebox_client::paying_client(reqwest::Client::new(), payer);
+    let res = client.get(format!("{}/data", w.base)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "paid by the Lightning wallet");
+    assert_eq!(node.balance_msat(), 100_000 - 10_000);
+    assert_eq!(w.allowance(w.payer().address, other).await, 0);
+    assert_eq!(w.payer_nonce().await, U256::ZERO, "the EVM wallet sent nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

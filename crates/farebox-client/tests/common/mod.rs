@@ -128,6 +128,8 @@ pub struct EvmSetup {
     pub escrow: Option<Address>,
     /// The deposit its challenges suggest (default: 100 requests).
     pub suggested_deposit: Option<u128>,
+    /// Also sell `/data` for 10 sat, as Lightning charges received by this node.
+    pub lightning: Option<Arc<dyn farebox_lightning::LightningBackend>>,
     pub tamper: Option<Tamper>,
 }
 
@@ -171,23 +173,20 @@ impl EvmChain {
         );
         config.suggested_deposit = setup.suggested_deposit;
         let sessions = Arc::new(MemoryStore::new());
-        let rail = MppRail::builder(
+        let mut rail = MppRail::builder(
             MppConfig::new("api.example.com", SECRET),
             Arc::new(MemoryStore::new()),
         )
-        .evm_session(config, sessions.clone())
-        .build()
-        .unwrap();
+        .evm_session(config, sessions.clone());
+        let mut price = vec![Money::new(self.asset.clone(), PRICE)];
+        if let Some(node) = setup.lightning {
+            rail = rail.lightning(node);
+            price.push(Money::sats(10));
+        }
+        let price = Price::any_of(price).unwrap();
         let paywall = Paywall::builder()
-            .rail(rail)
-            .route(
-                PricedRoute::new(
-                    Some(Method::GET),
-                    "/data",
-                    Price::one(Money::new(self.asset.clone(), PRICE)),
-                )
-                .unwrap(),
-            )
+            .rail(rail.build().unwrap())
+            .route(PricedRoute::new(Some(Method::GET), "/data", price).unwrap())
             .build()
             .unwrap();
         let server = serve(paywall, setup.tamper).await;
