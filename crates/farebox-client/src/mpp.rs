@@ -494,16 +494,17 @@ impl MppWallet {
         }))
     }
 
-    /// The channel in use for `request` at `origin` (same escrow and payee, not halted): its
+    /// The channel in use for `request` at `origin` (same escrow, payee and token, not halted): its
     /// id, what was signed on it and its deposit.
     fn evm_channel(&self, origin: &str, request: &EvmSessionRequest) -> Option<(B256, u128, u128)> {
         let open = self.book.lock();
         open.iter().find_map(|s| match &s.kind {
-            SessionKind::Evm { channel, escrow, payee, signed, .. }
+            SessionKind::Evm { channel, escrow, payee, token, signed, .. }
                 if s.origin == origin
                     && !s.halted
                     && *escrow == request.escrow
-                    && *payee == request.recipient =>
+                    && *payee == request.recipient
+                    && *token == request.currency =>
             {
                 Some((*channel, *signed, s.deposit.amount))
             }
@@ -701,6 +702,7 @@ impl MppWallet {
                         channel,
                         escrow: request.escrow,
                         payee: request.recipient,
+                        token: request.currency,
                         domain,
                         signer: Box::new(signer.clone()),
                         rpc: rpc.clone(),

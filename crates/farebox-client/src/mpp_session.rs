@@ -230,6 +230,7 @@ pub(crate) enum SessionKind {
         channel: B256,
         escrow: Address,
         payee: Address,
+        token: Address,
         domain: VoucherDomain,
         /// Boxed: a key is large next to a Lightning session's two hashes.
         signer: Box<PrivateKeySigner>,
