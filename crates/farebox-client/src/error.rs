@@ -27,6 +27,24 @@ pub enum ClientError {
     /// The server refused the proof of a payment that was made; the ledger has the payment.
     #[error("the server refused the payment proof (status {status}): {detail}")]
     ProofRejected { status: u16, detail: String },
+    /// A session offer breaks the wallet's session policy (an escrow it does not allow, a
+    /// deposit above its cap, another chain). Nothing was paid.
+    #[error("session refused by the wallet's policy: {0}")]
+    SessionRefused(String),
+    /// A session server claimed more spent than the wallet ever signed for (in a receipt or a
+    /// 402). The wallet closed the session with a voucher for what it signed, so the server can
+    /// take no more.
+    #[error(
+        "the server claims {} spent on session {}, but the wallet signed only {}",
+        .0.claimed,
+        .0.session,
+        .0.signed
+    )]
+    Overclaimed(Box<Overclaim>),
+    /// A server said money came back (a session refund) that the chain or the wallet's own node
+    /// does not show. Nothing was credited to the budget.
+    #[error("a refund the server reported could not be verified: {0}")]
+    RefundUnproven(String),
     /// The request body is a stream and cannot be sent twice.
     #[error("the request body cannot be replayed after the 402; use a buffered body")]
     BodyNotReplayable,
@@ -34,6 +52,21 @@ pub enum ClientError {
     Config(String),
     #[error(transparent)]
     Http(#[from] reqwest::Error),
+}
+
+/// What a server claimed beyond what the wallet signed ([`ClientError::Overclaimed`]).
+#[derive(Debug, Clone)]
+pub struct Overclaim {
+    /// The channel id.
+    pub session: String,
+    /// What the server claimed spent (at least).
+    pub claimed: Money,
+    /// The most the wallet signed on the channel.
+    pub signed: Money,
+    /// Whether the close at what was signed went through; if not, the session stays in the
+    /// wallet, paying nothing more, for [`Sessions::close_all`](crate::Sessions::close_all) to
+    /// retry.
+    pub closed: bool,
 }
 
 impl ClientError {

@@ -32,7 +32,7 @@ mod wallet;
 mod x402;
 
 pub use budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
-pub use error::ClientError;
+pub use error::{ClientError, Overclaim};
 pub use events::{Event, Observer};
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;

@@ -220,10 +220,15 @@ impl PaymentMiddleware {
         next: Next<'_>,
     ) -> std::result::Result<Response, reqwest_middleware::Error> {
         let required = read_402(url, first).await?;
+        // A wallet that cannot pay (a challenge it cannot read, an offer its policy refuses)
+        // does not void another wallet's offers; its reason is what the caller hears when no
+        // wallet has any.
         let mut offers = Vec::new();
+        let mut refusal = None;
         for wallet in &self.wallets {
-            for offer in wallet.offers(&required).map_err(err)? {
-                offers.push((wallet.clone(), offer));
+            match wallet.offers(&required) {
+                Ok(made) => offers.extend(made.into_iter().map(|o| (wallet.clone(), o))),
+                Err(e) => refusal = refusal.or(Some(e)),
             }
         }
         self.emit(Event::PaymentRequired {
@@ -235,6 +240,9 @@ impl PaymentMiddleware {
                 .collect(),
         });
         if offers.is_empty() {
+            if let Some(refusal) = refusal {
+                return Err(err(refusal));
+            }
             let schemes: Vec<_> = required.challenges.iter().map(|c| c.scheme.clone()).collect();
             return Err(err(ClientError::NoPayableOffer(format!(
                 "the server offers {schemes:?}; this client has wallets for {:?}",
@@ -279,14 +287,22 @@ impl PaymentMiddleware {
         apply_proof(&mut retry, &proof.headers);
         self.emit(Event::Retrying { url: url.to_string(), rail: offer.rail });
         let response = next.run(retry, extensions).await?;
-        wallet.answered(offer, response.status(), response.headers());
         self.emit(Event::Served { url: url.to_string(), status: response.status().as_u16() });
-        if response.status() == StatusCode::PAYMENT_REQUIRED {
+        let status = response.status();
+        if status == StatusCode::PAYMENT_REQUIRED {
             self.forget_proof(url);
-            let status = response.status().as_u16();
-            let detail = problem_detail(response).await;
-            return Err(err(ClientError::ProofRejected { status, detail }));
+            let headers = response.headers().clone();
+            let problem = read_bounded(response)
+                .await
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            wallet.answered(offer, status, &headers, problem.as_ref()).await.map_err(err)?;
+            let detail = problem
+                .as_ref()
+                .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+                .unwrap_or_else(|| "no detail given".into());
+            return Err(err(ClientError::ProofRejected { status: status.as_u16(), detail }));
         }
+        wallet.answered(offer, status, response.headers(), None).await.map_err(err)?;
         Ok(response)
     }
 }
@@ -428,12 +444,4 @@ async fn read_bounded(mut response: Response) -> Option<Vec<u8>> {
         body.extend_from_slice(&chunk);
     }
     Some(body)
-}
-
-async fn problem_detail(response: Response) -> String {
-    read_bounded(response)
-        .await
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "no detail given".into())
 }

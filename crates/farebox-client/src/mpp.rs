@@ -14,27 +14,27 @@
 //! `intent="session"` challenges, and prefers them to charges: one deposit, many requests (see
 //! [`crate::mpp_session`]). [`MppWallet::sessions`] is a handle to close them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
-use farebox_evm::{Address, PrivateKeySigner, U256};
-use farebox_lightning::{LightningBackend, LightningError, bolt11};
+use farebox_evm::{Address, B256, PrivateKeySigner, U256};
+use farebox_lightning::{LightningBackend, LightningError, PaymentHash, Preimage, bolt11};
 use farebox_mpp::evm_charge::{self, EvmChargeRequest, TokenName};
 use farebox_mpp::evm_session::{self, EvmSessionRequest, SessionPayload};
 use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
 use farebox_mpp::lightning_session::{
     self, LightningSessionRequest, SessionPayload as LightningSessionPayload,
 };
-use farebox_mpp::{Challenge, Credential};
+use farebox_mpp::{Challenge, Credential, ProblemType};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::Url;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, Overclaim};
 use crate::mpp_session::{
-    self, ClosedSession, EvmSessionPolicy, LightningSessionPolicy, OpenSession, SessionBook,
+    self, ClosedSession, EvmSessionPolicy, LightningSessionPolicy, OpenSession, Plan, SessionBook,
     SessionKind, SharedBook, receipt_spent,
 };
 use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
@@ -80,6 +80,8 @@ enum MppOffer {
         request: EvmSessionRequest,
         url: Url,
         origin: String,
+        /// The channel and the cumulative amount the payment signed, once paid.
+        sent: OnceLock<(B256, u128)>,
     },
     LightningSession {
         challenge: Challenge,
@@ -277,6 +279,21 @@ impl Wallet for MppWallet {
 
     fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
         let (mut sessions, mut charges) = (Vec::new(), Vec::new());
+        // A session the policy refuses leaves the other offers (a charge) payable; its reason
+        // is the answer when nothing else is.
+        let mut refusal = None;
+        let mut session = |offer: Result<Option<Offer>, ClientError>| match offer {
+            Ok(offer) => {
+                sessions.extend(offer);
+                Ok(())
+            }
+            Err(e @ ClientError::SessionRefused(_)) => {
+                tracing::info!(error = %e, "skipping a session offer");
+                refusal = refusal.take().or(Some(e));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         for auth in response.challenges.iter().filter(|c| c.scheme.eq_ignore_ascii_case("Payment"))
         {
             let challenge = Challenge::from_auth(auth)
@@ -289,13 +306,16 @@ impl Wallet for MppWallet {
                     charges.extend(self.evm_offer(challenge)?)
                 }
                 (evm_session::METHOD, evm_session::INTENT) => {
-                    sessions.extend(self.evm_session_offer(challenge, &response.url)?)
+                    session(self.evm_session_offer(challenge, &response.url))?
                 }
                 (lightning_session::METHOD, lightning_session::INTENT) => {
-                    sessions.extend(self.lightning_session_offer(challenge, response)?)
+                    session(self.lightning_session_offer(challenge, response))?
                 }
                 _ => {}
             }
+        }
+        if let (true, true, Some(refusal)) = (sessions.is_empty(), charges.is_empty(), refusal) {
+            return Err(refusal);
         }
         // A session pays many requests for one deposit: preferred when one is offered.
         sessions.append(&mut charges);
@@ -306,24 +326,37 @@ impl Wallet for MppWallet {
         self.book.attach(budget, ledger);
     }
 
-    fn answered(&self, offer: &Offer, status: StatusCode, headers: &HeaderMap) {
+    async fn answered(
+        &self,
+        offer: &Offer,
+        status: StatusCode,
+        headers: &HeaderMap,
+        problem: Option<&serde_json::Value>,
+    ) -> Result<(), ClientError> {
         let (origin, method) = match offer.details.downcast_ref::<MppOffer>() {
-            Some(MppOffer::EvmSession { origin, .. }) => (origin, evm_session::METHOD),
+            Some(MppOffer::EvmSession { sent, .. }) => {
+                return match sent.get() {
+                    Some(&(channel, voucher)) => {
+                        self.evm_answered(channel, voucher, offer, status, headers, problem).await
+                    }
+                    None => Ok(()),
+                };
+            }
             Some(MppOffer::LightningSession { origin, .. }) => (origin, lightning_session::METHOD),
-            _ => return,
+            _ => return Ok(()),
         };
         let mut open = self.book.lock();
         if status == StatusCode::GONE {
             // Closed or unknown on the server: the next request opens a new one.
-            open.retain(|s| !(s.origin == *origin && session_method(s) == method));
-            return;
+            open.retain(|s| !(s.origin == *origin && s.method() == method));
+            return Ok(());
         }
         if let Some(spent) = receipt_spent(headers, method)
-            && let Some(s) =
-                open.iter_mut().find(|s| s.origin == *origin && session_method(s) == method)
+            && let Some(s) = open.iter_mut().find(|s| s.origin == *origin && s.method() == method)
         {
             s.spent = s.spent.max(spent);
         }
+        Ok(())
     }
 
     async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError> {
@@ -331,8 +364,8 @@ impl Wallet for MppWallet {
             ClientError::PaymentFailed("offer was not made by the MPP wallet".into())
         })?;
         match details {
-            MppOffer::EvmSession { challenge, request, url, origin } => {
-                self.pay_evm_session(offer, challenge, request, url, origin).await
+            MppOffer::EvmSession { challenge, request, url, origin, sent } => {
+                self.pay_evm_session(offer, challenge, request, url, origin, sent).await
             }
             MppOffer::LightningSession { challenge, request, url, origin } => {
                 let top_up = matches!(&offer.funding, Funding::Session { deposit: Some(_) });
@@ -394,13 +427,6 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn session_method(s: &OpenSession) -> &'static str {
-    match s.kind {
-        SessionKind::Evm { .. } => evm_session::METHOD,
-        SessionKind::Lightning { .. } => lightning_session::METHOD,
-    }
-}
-
 fn origin_of(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
@@ -421,7 +447,7 @@ impl MppWallet {
         let (Some(policy), Some(_)) = (&self.evm_sessions, &self.evm) else { return Ok(None) };
         let request = EvmSessionRequest::from_json(&challenge.request)
             .map_err(|e| ClientError::InvalidChallenge(format!("MPP evm session request: {e}")))?;
-        if request.chain_id != policy.rpc.chain_id()
+        if request.chain_id != policy.rpc().chain_id()
             || !request.credential_types.iter().any(|t| t == evm_session::CREDENTIAL_HASH)
         {
             return Ok(None); // another chain, or only server-submitted opens
@@ -430,50 +456,118 @@ impl MppWallet {
             .amount
             .try_into()
             .map_err(|_| ClientError::InvalidChallenge("MPP session price too large".into()))?;
-        let asset = mpp_session::evm_asset(&request, &policy.symbol);
+        let asset = mpp_session::evm_asset(&request, policy.ticker());
         let origin = origin_of(url);
-        let deposit = {
-            let open = self.book.lock();
-            match open.iter().find(|s| {
-                s.origin == origin
-                    && matches!(&s.kind, SessionKind::Evm { escrow, payee, .. }
-                        if *escrow == request.escrow && *payee == request.recipient)
-            }) {
-                None => Some(mpp_session::initial_deposit(policy, &request, price)),
-                Some(s) => match &s.kind {
-                    SessionKind::Evm { signed, .. } if signed + price > s.deposit.amount => {
-                        Some(mpp_session::top_up_amount(policy, &request, price))
-                    }
-                    _ => None,
-                },
-            }
-        };
-        let summary = match deposit {
-            Some(d) => format!(
-                "MPP EVM session for {}: {} per request from a deposit of {}",
-                challenge.realm,
-                Money::new(asset.clone(), price),
-                Money::new(asset.clone(), d)
+        let channel =
+            self.evm_channel(&origin, &request).map(|(_, signed, deposit)| (signed, deposit));
+        let plan = policy.plan(&request, price, channel)?;
+        let per_request = Money::new(asset.clone(), price);
+        let summary = match plan {
+            Plan::Voucher => format!(
+                "MPP EVM session voucher for {} ({per_request} per request)",
+                challenge.realm
             ),
-            None => format!(
-                "MPP EVM session voucher for {} ({} per request)",
+            Plan::TopUp(d) => format!(
+                "MPP EVM session top-up of {} for {} ({per_request} per request)",
+                Money::new(asset.clone(), d),
+                challenge.realm
+            ),
+            Plan::Open(d) | Plan::Reopen(d) => format!(
+                "MPP EVM session for {}: {per_request} per request from a deposit of {}",
                 challenge.realm,
-                Money::new(asset.clone(), price)
+                Money::new(asset.clone(), d)
             ),
         };
         Ok(Some(Offer {
             rail: "mpp",
-            price: Money::new(asset.clone(), price),
+            price: per_request,
             max_fee: Money::zero(asset.clone()),
-            funding: Funding::Session { deposit: deposit.map(|d| Money::new(asset, d)) },
+            funding: Funding::Session { deposit: plan.outlay().map(|d| Money::new(asset, d)) },
             summary,
             details: Box::new(MppOffer::EvmSession {
                 challenge,
                 request,
                 url: url.clone(),
                 origin,
+                sent: OnceLock::new(),
             }),
         }))
+    }
+
+    /// The channel in use for `request` at `origin` (same escrow, payee and token, not halted): its
+    /// id, what was signed on it and its deposit.
+    fn evm_channel(&self, origin: &str, request: &EvmSessionRequest) -> Option<(B256, u128, u128)> {
+        let open = self.book.lock();
+        open.iter().find_map(|s| match &s.kind {
+            SessionKind::Evm { channel, escrow, payee, token, signed, .. }
+                if s.origin == origin
+                    && !s.halted
+                    && *escrow == request.escrow
+                    && *payee == request.recipient
+                    && *token == request.currency =>
+            {
+                Some((*channel, *signed, s.deposit.amount))
+            }
+            _ => None,
+        })
+    }
+
+    /// Checks what the server answered a request paid with a voucher for `voucher` on
+    /// `channel`: a claim of more spent than the wallet ever signed closes the channel at what
+    /// was signed and is [`ClientError::Overclaimed`].
+    async fn evm_answered(
+        &self,
+        channel: B256,
+        voucher: u128,
+        offer: &Offer,
+        status: StatusCode,
+        headers: &HeaderMap,
+        problem: Option<&serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        let claim = mpp_session::evm_claim(status, headers, problem, voucher, offer.price.amount);
+        let signed = {
+            let mut open = self.book.lock();
+            let Some(i) = open.iter().position(
+                |s| matches!(&s.kind, SessionKind::Evm { channel: c, .. } if *c == channel),
+            ) else {
+                return Ok(());
+            };
+            if status == StatusCode::GONE {
+                // Closed or unknown on the server: the next request opens a new one.
+                open.remove(i);
+                return Ok(());
+            }
+            let SessionKind::Evm { signed, .. } = open[i].kind else { return Ok(()) };
+            match claim {
+                Some(claimed) if claimed > signed => signed,
+                _ => {
+                    if status.is_success()
+                        && let Some(spent) = receipt_spent(headers, evm_session::METHOD)
+                    {
+                        open[i].spent = open[i].spent.max(spent);
+                    }
+                    return Ok(());
+                }
+            }
+        };
+        let claimed = claim.unwrap_or_default();
+        tracing::warn!(
+            channel = %format!("{channel:#x}"),
+            claimed,
+            signed,
+            "the server claims more spent than the wallet signed; closing the channel at what was signed"
+        );
+        let closed = self.book.retire(&format!("{channel:#x}"), true).await;
+        if let Err(e) = &closed {
+            tracing::warn!(error = %e, "the close after an overclaim failed; it is retried at close_all");
+        }
+        let asset = offer.price.asset.clone();
+        Err(ClientError::Overclaimed(Box::new(Overclaim {
+            session: format!("{channel:#x}"),
+            claimed: Money::new(asset.clone(), claimed),
+            signed: Money::new(asset, signed),
+            closed: matches!(closed, Ok(Some(_))),
+        })))
     }
 
     fn lightning_session_offer(
@@ -489,25 +583,23 @@ impl MppWallet {
         let request = LightningSessionRequest::from_json(&challenge.request).map_err(|e| {
             ClientError::InvalidChallenge(format!("MPP lightning session request: {e}"))
         })?;
-        let Some(deposit_sat) = mpp_session::lightning_deposit(policy, &request) else {
-            return Ok(None); // a deposit above what this wallet puts up
+        let Some(deposit_sat) = mpp_session::lightning_deposit(policy, &request)? else {
+            return Ok(None);
         };
         let origin = origin_of(url);
         let price_msat = u128::from(request.amount_sat) * 1000;
         // With a session open: spend from it while it lasts (by the receipts seen, and unless
         // the server just said it is short), else pay the 402's fresh deposit invoice to top
-        // it up. With none: pay it to open one.
+        // it up (or, past the cap, to open a new one). With none: pay it to open one.
         let short = response
             .body
             .as_ref()
             .and_then(|b| b["type"].as_str())
-            .is_some_and(|t| t.ends_with("/lightning/insufficient-balance"));
-        let balance = self.book.lock().iter().find_map(|s| {
-            (s.origin == origin && session_method(s) == lightning_session::METHOD)
-                .then(|| s.deposit.amount.saturating_sub(s.spent))
-        });
-        let (deposit, summary) = match balance {
-            Some(left) if left >= price_msat && !short => (
+            .and_then(ProblemType::parse)
+            .is_some_and(|t| t == ProblemType::LightningInsufficientBalance);
+        let held = self.lightning_session(&origin).map(|(_, deposit, spent)| (deposit, spent));
+        let (deposit, summary) = match held {
+            Some((deposit, spent)) if deposit.saturating_sub(spent) >= price_msat && !short => (
                 None,
                 format!(
                     "MPP Lightning session for {}: {} from the balance",
@@ -515,7 +607,7 @@ impl MppWallet {
                     Money::sats(request.amount_sat)
                 ),
             ),
-            Some(_) => (
+            Some((deposit, _)) if !past_cap(policy, deposit, deposit_sat) => (
                 Some(Money::sats(deposit_sat)),
                 format!(
                     "MPP Lightning session top-up of {} for {}",
@@ -523,7 +615,7 @@ impl MppWallet {
                     challenge.realm
                 ),
             ),
-            None => (
+            _ => (
                 Some(Money::sats(deposit_sat)),
                 format!(
                     "MPP Lightning session for {}: {} per request from a deposit of {}",
@@ -548,6 +640,18 @@ impl MppWallet {
         }))
     }
 
+    /// The Lightning session open at `origin` (not halted): its id and preimage, deposit and
+    /// spent (msat).
+    fn lightning_session(&self, origin: &str) -> Option<((PaymentHash, Preimage), u128, u128)> {
+        let open = self.book.lock();
+        open.iter().find_map(|s| match &s.kind {
+            SessionKind::Lightning { id, preimage, .. } if s.origin == origin && !s.halted => {
+                Some(((*id, *preimage), s.deposit.amount, s.spent))
+            }
+            _ => None,
+        })
+    }
+
     async fn pay_evm_session(
         &self,
         offer: &Offer,
@@ -555,6 +659,7 @@ impl MppWallet {
         request: &EvmSessionRequest,
         url: &Url,
         origin: &str,
+        sent: &OnceLock<(B256, u128)>,
     ) -> Result<Proof, ClientError> {
         let (Some(policy), Some(signer)) = (&self.evm_sessions, &self.evm) else {
             return Err(ClientError::PaymentFailed("EVM sessions are not enabled".into()));
@@ -565,90 +670,93 @@ impl MppWallet {
             Funding::Session { deposit } => deposit.as_ref().map(|d| d.amount),
             Funding::PerRequest => None,
         };
-        let domain = policy.rpc.voucher_domain(request.escrow);
-        let existing = {
-            let open = self.book.lock();
-            open.iter()
-                .position(|s| {
-                    s.origin == origin
-                        && matches!(&s.kind, SessionKind::Evm { escrow, payee, .. }
-                        if *escrow == request.escrow && *payee == request.recipient)
-                })
-                .map(|i| match &open[i].kind {
-                    SessionKind::Evm { channel, signed, .. } => {
-                        (i, *channel, *signed, open[i].deposit.amount)
-                    }
-                    SessionKind::Lightning { .. } => unreachable!("matched an EVM session"),
-                })
-        };
-        let (payload, reference) = match existing {
-            None => {
-                let deposit = planned.ok_or_else(|| {
-                    ClientError::PaymentFailed("no channel yet and no deposit planned".into())
-                })?;
+        // Planned again under the lock, with the policy's checks, before anything moves.
+        let mut existing = self.evm_channel(origin, request);
+        let plan = policy.plan(request, price, existing.map(|(_, s, d)| (s, d)))?;
+        if plan.outlay() != planned {
+            return Err(ClientError::PaymentFailed(
+                "the session changed since the offer was made; retry".into(),
+            ));
+        }
+        let rpc = policy.rpc();
+        let domain = rpc.voucher_domain(request.escrow);
+        if let (Plan::Reopen(_), Some((channel, ..))) = (plan, existing) {
+            // Full: closed (at what was signed at most) before a new one is opened.
+            self.book.retire(&format!("{channel:#x}"), false).await.map_err(|e| {
+                ClientError::PaymentFailed(format!("closing the channel that reached its cap: {e}"))
+            })?;
+            existing = None;
+        }
+        let (payload, channel, amount) = match (plan, existing) {
+            (Plan::Open(deposit) | Plan::Reopen(deposit), None) => {
                 let (tx, salt, channel) =
-                    mpp_session::open_channel(&policy.rpc, signer, request, deposit).await?;
+                    mpp_session::open_channel(rpc, signer, request, deposit).await?;
                 self.book.lock().push(OpenSession {
                     origin: origin.to_string(),
                     url: url.clone(),
                     challenge: challenge.clone(),
                     deposit: Money::new(offer.price.asset.clone(), deposit),
                     spent: 0,
+                    halted: false,
                     kind: SessionKind::Evm {
                         channel,
                         escrow: request.escrow,
                         payee: request.recipient,
+                        token: request.currency,
                         domain,
                         signer: Box::new(signer.clone()),
+                        rpc: rpc.clone(),
                         signed: price,
                     },
                 });
-                (
-                    mpp_session::open_payload(signer, &domain, tx, salt, channel, price),
-                    format!("{channel:#x}"),
-                )
+                let open = mpp_session::open_payload(signer, &domain, tx, salt, channel, price);
+                (open, channel, price)
             }
-            Some((i, channel, signed, deposit)) => {
+            (Plan::Voucher | Plan::TopUp(_), Some((channel, signed, _))) => {
+                if let Plan::TopUp(amount) = plan {
+                    mpp_session::top_up_channel(rpc, signer, request, channel, amount).await?;
+                }
                 let need = signed + price;
-                if need > deposit {
-                    let amount = planned.ok_or_else(|| {
-                        ClientError::PaymentFailed(
-                            "the channel ran out since the offer was made; retry".into(),
-                        )
-                    })?;
-                    mpp_session::top_up_channel(&policy.rpc, signer, request, channel, amount)
-                        .await?;
-                }
                 let mut open = self.book.lock();
-                let s = &mut open[i];
-                if need > deposit {
-                    s.deposit.amount += planned.unwrap_or(0);
-                }
+                let reference = format!("{channel:#x}");
+                let Some(s) = open.iter_mut().find(|s| s.reference() == reference) else {
+                    // Closed meanwhile (a concurrent close_all): a top-up went into it.
+                    return Err(match plan {
+                        Plan::TopUp(_) => ClientError::PaidWithoutProof(format!(
+                            "channel {reference} was closed while it was topped up"
+                        )),
+                        _ => ClientError::PaymentFailed("the session closed meanwhile".into()),
+                    });
+                };
+                s.deposit.amount += plan.outlay().unwrap_or(0);
                 if let SessionKind::Evm { signed, .. } = &mut s.kind {
                     *signed = need;
                 }
                 s.url = url.clone();
                 s.challenge = challenge.clone();
-                (
-                    SessionPayload::Voucher(mpp_session::signed_voucher(
-                        signer, &domain, channel, need,
-                    )),
-                    format!("{channel:#x}"),
-                )
+                let voucher = mpp_session::signed_voucher(signer, &domain, channel, need);
+                (SessionPayload::Voucher(voucher), channel, need)
+            }
+            _ => {
+                return Err(ClientError::PaymentFailed(
+                    "the session changed since the offer was made; retry".into(),
+                ));
             }
         };
+        let _ = sent.set((channel, amount));
         let mut credential = Credential::new(challenge, payload.to_json());
         credential.source = Some(evm_charge::source(request.chain_id, signer.address()));
         Ok(Proof {
             headers: sensitive(&credential)?,
             fee: Money::zero(offer.price.asset.clone()),
-            reference,
+            reference: format!("{channel:#x}"),
             reusable: false,
         })
     }
 
     /// Pays a Lightning session request: from the balance, or (`deposit`) by paying the
-    /// challenge's deposit invoice to open the session or top it up.
+    /// challenge's deposit invoice to open the session or top it up; a top-up that would pass
+    /// the policy's cap closes the session and opens a new one instead.
     async fn pay_lightning_session(
         &self,
         deposit: bool,
@@ -663,24 +771,26 @@ impl MppWallet {
             return Err(ClientError::PaymentFailed("Lightning sessions are not enabled".into()));
         };
         let _turn = self.book.paying.lock().await;
-        let existing = {
-            let open = self.book.lock();
-            open.iter().find_map(|s| match &s.kind {
-                SessionKind::Lightning { id, preimage } if s.origin == origin => {
-                    Some((*id, *preimage))
-                }
-                _ => None,
-            })
-        };
-        if let (Some((id, preimage)), false) = (existing, deposit) {
+        let mut existing = self.lightning_session(origin);
+        if let (Some(((id, preimage), ..)), false) = (existing, deposit) {
             return bearer_proof(challenge, id, preimage, Money::msats(0));
+        }
+        let deposit_sat = mpp_session::lightning_deposit(policy, request)?.ok_or_else(|| {
+            ClientError::InvalidChallenge("the session challenge asks no usable deposit".into())
+        })?;
+        if let Some(((id, _), held, _)) = existing
+            && past_cap(policy, held, deposit_sat)
+        {
+            self.book.retire(&hex::encode(id), false).await.map_err(|e| {
+                ClientError::PaymentFailed(format!("closing the session that reached its cap: {e}"))
+            })?;
+            existing = None;
         }
         let invoice = request.deposit_invoice.as_deref().ok_or_else(|| {
             ClientError::InvalidChallenge("the session challenge has no deposit invoice".into())
         })?;
         let parsed = bolt11::parse_invoice(invoice)
             .map_err(|e| ClientError::InvalidChallenge(format!("MPP deposit invoice: {e}")))?;
-        let deposit_sat = request.deposit_sat.unwrap_or(0);
         if parsed.payment_hash != request.payment_hash
             || parsed.amount_msat != Some(deposit_sat.saturating_mul(1000))
         {
@@ -699,7 +809,7 @@ impl MppWallet {
         }
         let fee = Money::msats(paid.fee_msat);
         let (id, preimage) = match existing {
-            Some((id, preimage)) => {
+            Some(((id, preimage), ..)) => {
                 // Top the open session up with the deposit just paid, then spend from it.
                 let top_up = LightningSessionPayload::TopUp {
                     session_id: id,
@@ -719,11 +829,8 @@ impl MppWallet {
                         body["detail"].as_str().unwrap_or("no detail")
                     )));
                 }
-                if let Some(s) =
-                    self.book.lock().iter_mut().find(|s| {
-                        s.origin == origin && session_method(s) == lightning_session::METHOD
-                    })
-                {
+                let reference = hex::encode(id);
+                if let Some(s) = self.book.lock().iter_mut().find(|s| s.reference() == reference) {
                     s.deposit.amount += u128::from(deposit_sat) * 1000;
                     s.url = url.clone();
                     s.challenge = challenge.clone();
@@ -750,9 +857,13 @@ impl MppWallet {
                     challenge: challenge.clone(),
                     deposit: Money::sats(deposit_sat),
                     spent: 0,
+                    halted: false,
                     kind: SessionKind::Lightning {
                         id: request.payment_hash,
                         preimage: paid.preimage,
+                        refund: refund.payment_hash,
+                        node: node.clone(),
+                        refund_wait: policy.refund_wait,
                     },
                 });
                 let credential = Credential::new(challenge, open.to_json());
@@ -769,6 +880,11 @@ impl MppWallet {
         bearer_proof(challenge, id, preimage, fee)
             .map_err(|e| ClientError::PaidWithoutProof(e.to_string()))
     }
+}
+
+/// Whether adding `deposit_sat` to a session holding `held_msat` passes the policy's cap.
+fn past_cap(policy: &LightningSessionPolicy, held_msat: u128, deposit_sat: u64) -> bool {
+    held_msat + u128::from(deposit_sat) * 1000 > u128::from(policy.max_deposit_sat) * 1000
 }
 
 /// The bearer proof of a Lightning session: it pays every later request too, so it is sent up

@@ -110,7 +110,17 @@ pub trait Wallet: Send + Sync + 'static {
     /// the budget and ledger it pays under (a session wallet credits refunds back to them).
     fn attach(&self, _budget: &Budget, _ledger: &Ledger) {}
 
-    /// The server's answer to a request retried with this wallet's proof for `offer` (status
-    /// and headers, e.g. a receipt naming what a session has spent).
-    fn answered(&self, _offer: &Offer, _status: StatusCode, _headers: &HeaderMap) {}
+    /// The server's answer to a request retried with this wallet's proof for `offer`: status,
+    /// headers (e.g. a receipt naming what a session has spent) and, for a 402, its problem
+    /// body. An error (a server claiming what the wallet can disprove) is what the caller gets
+    /// instead of the response.
+    async fn answered(
+        &self,
+        _offer: &Offer,
+        _status: StatusCode,
+        _headers: &HeaderMap,
+        _problem: Option<&serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        Ok(())
+    }
 }

@@ -275,6 +275,28 @@ impl EvmRpc {
     }
 }
 
+/// What a payer reads back about its own channels.
+impl EvmRpc {
+    /// The `ChannelClosed` event `tx` emitted from `escrow` for `channel_id` (as
+    /// [`Self::escrow_opened_by`]; a mined transaction without one is
+    /// [`EvmError::InvalidResponse`]): what a close paid out and refunded, as the chain says it,
+    /// whatever the payee's answer claimed.
+    pub async fn escrow_closed_by(
+        &self,
+        escrow: Address,
+        tx: TxHash,
+        channel_id: B256,
+    ) -> Result<Option<SessionEscrow::ChannelClosed>> {
+        self.escrow_event_of(escrow, tx, |r| {
+            escrow_logs(r, escrow)
+                .filter_map(|log| SessionEscrow::ChannelClosed::decode_log(&log.inner).ok())
+                .map(|e| e.data)
+                .find(|e| e.channelId == channel_id)
+        })
+        .await
+    }
+}
+
 /// The id `SessionEscrow` gives a channel: `keccak256(abi.encode(payer, payee, token, salt,
 /// authorizedSigner, escrow, chainId))`, with the zero address for "the payer signs".
 pub fn channel_id(

@@ -164,9 +164,11 @@ async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<u128> {
     const DEPOSIT: u128 = 10_000;
     let budget =
         Budget::new().allow(Money::new(usdc.clone(), 1_000), Money::new(usdc.clone(), 20_000))?;
-    let wallet = MppWallet::new()
-        .evm(evm.payer.clone())
-        .evm_sessions(EvmSessionPolicy::new(evm.rpc.clone()).deposit(DEPOSIT));
+    let wallet = MppWallet::new().evm(evm.payer.clone()).evm_sessions(EvmSessionPolicy::new(
+        evm.rpc.clone(),
+        evm.escrow,
+        DEPOSIT,
+    ));
     let sessions = wallet.sessions();
     let shown = std::sync::atomic::AtomicBool::new(false);
     let observer = move |event: &Event| match event {
