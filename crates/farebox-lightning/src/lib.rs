@@ -83,6 +83,10 @@
 pub mod backend;
 pub mod bolt11;
 pub mod dev_node;
+#[cfg(feature = "lnd")]
+pub mod lnd;
+#[cfg(feature = "rest")]
+pub mod rest;
 
 pub use backend::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
