@@ -82,6 +82,8 @@
 
 pub mod backend;
 pub mod bolt11;
+#[cfg(feature = "cln")]
+pub mod cln;
 pub mod dev_node;
 #[cfg(feature = "lnd")]
 pub mod lnd;

@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -22,14 +22,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use common::{
-    Answer, FaultState, Faults, NodeTls, Server, b64, dead_port, lnd_tls, quick_timeouts, serve,
-};
+use common::scenarios::{MockNode, pair};
+use common::{Faults, NodeTls, Server, b64, lnd_tls, request, serve};
 use farebox_lightning::lnd::{LndBackend, Macaroon};
 use farebox_lightning::rest::{Endpoint, Timeouts, TlsTrust};
 use farebox_lightning::{
     DevNetwork, DevNode, InvoiceRequest, InvoiceState, LightningBackend, LightningError,
-    PaymentHash, parse_invoice, sha256,
+    PaymentHash, parse_invoice,
 };
 use serde_json::{Value, json};
 
@@ -411,7 +410,23 @@ struct Node {
 }
 
 impl Node {
-    async fn start(network: &DevNetwork, balance_msat: u64) -> Node {
+    /// A backend as an operator configures it: lnd's tls.cert pinned, a macaroon's bytes.
+    fn with_macaroon(&self, macaroon: &[u8], timeouts: Timeouts) -> LndBackend {
+        let endpoint = Endpoint::new(&self.url())
+            .unwrap()
+            .with_tls(TlsTrust::pinned_pem(self.tls.cert_pem.as_bytes()).unwrap())
+            .with_timeouts(timeouts);
+        LndBackend::new(endpoint, Macaroon::from_bytes(macaroon).unwrap()).unwrap()
+    }
+}
+
+const WRONG_MACAROON: &[u8] = b"\x02\x01\x03a macaroon from another node";
+
+impl MockNode for Node {
+    const PAY_PATH: &'static str = "/v2/router/send";
+    const SCHEME: &'static str = "https";
+
+    async fn start(network: &DevNetwork, balance_msat: u64) -> Self {
         let faults = Arc::new(Faults::default());
         let lnd = Arc::new(Lnd {
             node: DevNode::random(network, balance_msat),
@@ -433,126 +448,45 @@ impl Node {
         Node { lnd, tls, server }
     }
 
-    fn url(&self) -> String {
-        format!("https://{}", self.server.addr)
+    fn dev(&self) -> &DevNode {
+        &self.lnd.node
     }
 
     fn faults(&self) -> &Faults {
         &self.lnd.faults
     }
 
-    fn dev(&self) -> &DevNode {
-        &self.lnd.node
+    fn backend_with(&self, timeouts: Timeouts) -> Box<dyn LightningBackend> {
+        Box::new(self.with_macaroon(ADMIN_MACAROON, timeouts))
     }
 
-    /// A backend as an operator configures it: lnd's tls.cert pinned, a macaroon file's bytes.
-    fn backend_with(&self, macaroon: &[u8], timeouts: Timeouts) -> LndBackend {
-        let endpoint = Endpoint::new(&self.url())
+    fn refused_backend(&self) -> (Box<dyn LightningBackend>, String, String) {
+        let backend = self.with_macaroon(WRONG_MACAROON, Timeouts::default());
+        let debug = format!("{backend:?}");
+        (Box::new(backend), hex::encode(WRONG_MACAROON), debug)
+    }
+
+    fn backend_at(url: &str) -> Box<dyn LightningBackend> {
+        let endpoint = Endpoint::new(url)
             .unwrap()
-            .with_tls(TlsTrust::pinned_pem(self.tls.cert_pem.as_bytes()).unwrap())
-            .with_timeouts(timeouts);
-        LndBackend::new(endpoint, Macaroon::from_bytes(macaroon).unwrap()).unwrap()
+            .with_tls(TlsTrust::pinned_pem(lnd_tls().cert_pem.as_bytes()).unwrap());
+        Box::new(LndBackend::new(endpoint, Macaroon::from_bytes(ADMIN_MACAROON).unwrap()).unwrap())
     }
 
-    fn backend(&self) -> LndBackend {
-        self.backend_with(ADMIN_MACAROON, Timeouts::default())
+    fn url(&self) -> String {
+        format!("https://{}", self.server.addr)
     }
 }
 
-/// A receiving node (alice, no balance) and a paying one (bob) on one dev network.
-async fn pair(bob_balance_msat: u64) -> (DevNetwork, Node, Node) {
-    let network = DevNetwork::new();
-    let alice = Node::start(&network, 0).await;
-    let bob = Node::start(&network, bob_balance_msat).await;
-    (network, alice, bob)
-}
-
-fn request(amount_msat: u64) -> InvoiceRequest {
-    InvoiceRequest { amount_msat, memo: "GET /weather".into(), expiry: Duration::from_secs(600) }
-}
+scenario_tests!(Node);
+scenario_tests!(Node: amountless_invoice_is_paid_the_amount_the_payer_chooses);
 
 #[tokio::test]
-async fn invoice_paid_from_another_lnd_settles_with_the_payers_preimage() {
-    let (_network, alice, bob) = pair(1_000_000).await;
-    let (server, wallet) = (alice.backend(), bob.backend());
-
-    let invoice = server.create_invoice(request(21_000)).await.unwrap();
-    let parsed = parse_invoice(&invoice.bolt11).unwrap();
-    assert_eq!(parsed.payee, alice.dev().pubkey(), "signed by alice's node key");
-    assert_eq!(parsed.amount_msat, Some(21_000));
-    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
-
-    let paid = wallet.pay(&invoice.bolt11, 1_000).await.unwrap();
-    assert_eq!(sha256(&paid.preimage), invoice.payment_hash);
-    assert_eq!((paid.amount_msat, paid.fee_msat), (21_000, 0));
-    let settled = InvoiceState::Settled { preimage: paid.preimage, amount_msat: 21_000 };
-    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), settled);
-    assert_eq!(
-        server.wait_for_settlement(&invoice.payment_hash, Duration::from_secs(5)).await.unwrap(),
-        settled
-    );
-    assert_eq!((alice.dev().balance_msat(), bob.dev().balance_msat()), (21_000, 979_000));
-
-    // Paying again moves nothing: lnd answers "already paid" and the lookup hands back the
-    // earlier payment's proof.
-    let again = wallet.pay(&invoice.bolt11, 1_000).await.unwrap();
-    assert_eq!(again.preimage, paid.preimage);
-    assert_eq!((alice.dev().balance_msat(), bob.dev().balance_msat()), (21_000, 979_000));
-    assert_eq!(bob.dev().sent_payments().len(), 1);
-    // A hash the node never issued is unknown, not an error.
-    assert_eq!(server.invoice_state(&[3; 32]).await.unwrap(), InvoiceState::Unknown);
-}
-
-#[tokio::test]
-async fn settlement_arrives_through_the_invoice_subscription() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let server = alice.backend();
-    let invoice = server.create_invoice(request(5_000)).await.unwrap();
-
-    let hash = invoice.payment_hash;
-    let waiter =
-        tokio::spawn(
-            async move { server.wait_for_settlement(&hash, Duration::from_secs(30)).await },
-        );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let paid = bob.backend().pay(&invoice.bolt11, 0).await.unwrap();
-    let state = waiter.await.unwrap().unwrap();
-    assert_eq!(state, InvoiceState::Settled { preimage: paid.preimage, amount_msat: 5_000 });
+async fn settlement_is_pushed_by_the_subscription_not_polled() {
+    let alice = common::scenarios::a_waiter_sees_the_settlement::<Node>().await;
     assert_eq!(alice.faults().requests_to("/v2/invoices/subscribe/"), 1);
-    assert_eq!(
-        alice.faults().requests_to("/v1/invoice/"),
-        1,
-        "one lookup, then the stream; no polling"
-    );
-}
-
-#[tokio::test]
-async fn an_open_invoice_stays_open_until_the_wait_times_out() {
-    let network = DevNetwork::new();
-    let alice = Node::start(&network, 0).await;
-    let server = alice.backend();
-    let invoice = server.create_invoice(request(5_000)).await.unwrap();
-    let state = server.wait_for_settlement(&invoice.payment_hash, Duration::from_millis(300)).await;
-    assert_eq!(state.unwrap(), InvoiceState::Open);
-}
-
-#[tokio::test]
-async fn amountless_invoice_is_paid_the_amount_the_payer_chooses() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let server = alice.backend();
-    let invoice =
-        server.create_amountless_invoice("refund".into(), Duration::from_secs(600)).await.unwrap();
-    assert_eq!(parse_invoice(&invoice.bolt11).unwrap().amount_msat, None);
-
-    let wallet = bob.backend();
-    assert!(matches!(wallet.pay(&invoice.bolt11, 0).await, Err(LightningError::InvalidInvoice(_))));
-    let paid = wallet.pay_amount(&invoice.bolt11, 7_000, 0).await.unwrap();
-    assert_eq!(paid.amount_msat, 7_000);
-    assert_eq!(
-        server.invoice_state(&invoice.payment_hash).await.unwrap(),
-        InvoiceState::Settled { preimage: paid.preimage, amount_msat: 7_000 }
-    );
-    assert_eq!(alice.dev().balance_msat(), 7_000);
+    let lookups = alice.faults().requests_to("/v1/invoice/");
+    assert_eq!(lookups, 1, "one lookup, then the stream; no polling");
 }
 
 #[tokio::test]
@@ -575,223 +509,13 @@ async fn only_the_pinned_certificate_is_trusted_and_nothing_is_sent_to_another()
 }
 
 #[tokio::test]
-async fn a_node_that_is_down_is_unavailable_and_nothing_is_paid() {
-    let addr = dead_port().await;
-    let endpoint = Endpoint::new(&format!("https://{addr}"))
-        .unwrap()
-        .with_tls(TlsTrust::pinned_pem(lnd_tls().cert_pem.as_bytes()).unwrap());
-    let backend = LndBackend::new(endpoint, Macaroon::from_bytes(ADMIN_MACAROON).unwrap()).unwrap();
-    let network = DevNetwork::new();
-    let payee = DevNode::random(&network, 0);
-    let invoice = payee.create_invoice(request(1_000)).await.unwrap();
-
-    let errors = [
-        backend.create_invoice(request(1_000)).await.unwrap_err(),
-        backend.invoice_state(&invoice.payment_hash).await.unwrap_err(),
-        backend
-            .wait_for_settlement(&invoice.payment_hash, Duration::from_secs(1))
-            .await
-            .unwrap_err(),
-        backend.pay(&invoice.bolt11, 0).await.unwrap_err(),
-    ];
-    for err in errors {
-        assert!(matches!(err, LightningError::Unavailable(_)), "{err}");
-    }
-}
-
-#[tokio::test]
-async fn a_refused_macaroon_is_auth_refused_and_never_repeated() {
-    let (_network, alice, bob) = pair(100_000).await;
+async fn an_invoice_macaroon_receives_but_cannot_pay() {
+    let (_network, alice, bob) = pair::<Node>(100_000).await;
     let invoice = alice.backend().create_invoice(request(1_000)).await.unwrap();
-
-    let wrong = b"\x02\x01\x03a macaroon from another node";
-    let backend = alice.backend_with(wrong, Timeouts::default());
-    let errors = [
-        backend.create_invoice(request(1_000)).await.unwrap_err(),
-        backend.invoice_state(&invoice.payment_hash).await.unwrap_err(),
-        backend
-            .wait_for_settlement(&invoice.payment_hash, Duration::from_secs(1))
-            .await
-            .unwrap_err(),
-        bob.backend_with(wrong, Timeouts::default()).pay(&invoice.bolt11, 0).await.unwrap_err(),
-    ];
-    for err in errors {
-        assert!(matches!(err, LightningError::AuthRefused(_)), "{err}");
-        assert!(!err.to_string().contains(&hex::encode(wrong)), "the macaroon leaked: {err}");
-        assert!(!err.to_string().contains(&alice.server.addr.to_string()), "the URL leaked: {err}");
-    }
-    assert!(!format!("{backend:?}").contains(&hex::encode(wrong)));
-    assert!(!format!("{backend:?}").contains(&alice.server.addr.to_string()));
-
-    // An invoice macaroon receives but cannot pay: lnd answers "permission denied".
-    let receive_only = bob.backend_with(INVOICE_MACAROON, Timeouts::default());
+    let receive_only = bob.with_macaroon(INVOICE_MACAROON, Timeouts::default());
     receive_only.create_invoice(request(1_000)).await.unwrap();
+    // lnd's bakery answers "permission denied" (gRPC Unknown, HTTP 500).
     let err = receive_only.pay(&invoice.bolt11, 0).await.unwrap_err();
     assert!(matches!(err, LightningError::AuthRefused(_)), "{err}");
     assert_eq!(bob.dev().balance_msat(), 100_000, "nothing was paid");
-}
-
-#[tokio::test]
-async fn expired_invoices_are_expired_on_both_sides() {
-    let (network, alice, bob) = pair(100_000).await;
-    let server = alice.backend();
-
-    // Server side: lnd cancels an invoice once it expires.
-    network.set_time(SystemTime::now());
-    let invoice = server
-        .create_invoice(InvoiceRequest { expiry: Duration::from_secs(60), ..request(1_000) })
-        .await
-        .unwrap();
-    network.advance_time(Duration::from_secs(120));
-    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Expired);
-    assert_eq!(
-        server.wait_for_settlement(&invoice.payment_hash, Duration::from_secs(5)).await.unwrap(),
-        InvoiceState::Expired
-    );
-
-    // Payer side: an invoice past its expiry is refused before anything is sent.
-    network.set_time(SystemTime::now() - Duration::from_secs(7_200));
-    let stale = server
-        .create_invoice(InvoiceRequest { expiry: Duration::from_secs(3_600), ..request(1_000) })
-        .await
-        .unwrap();
-    network.use_system_time();
-    let err = bob.backend().pay(&stale.bolt11, 0).await.unwrap_err();
-    assert!(matches!(err, LightningError::InvalidInvoice(_)), "{err}");
-    assert_eq!(bob.faults().requests_to("/v2/router/send"), 0);
-    assert_eq!(bob.dev().balance_msat(), 100_000);
-}
-
-#[tokio::test]
-async fn failed_payments_are_payment_failed_and_the_invoice_stays_open() {
-    let network = DevNetwork::new();
-    let alice = Node::start(&network, 0).await;
-    let poor = Node::start(&network, 500).await;
-    let server = alice.backend();
-    let invoice = server.create_invoice(request(1_000)).await.unwrap();
-
-    let err = poor.backend().pay(&invoice.bolt11, 0).await.unwrap_err();
-    assert!(matches!(err, LightningError::PaymentFailed(_)), "{err}");
-    assert_eq!(server.invoice_state(&invoice.payment_hash).await.unwrap(), InvoiceState::Open);
-    assert_eq!(poor.dev().balance_msat(), 500);
-
-    // A payee on no route: an invoice signed by a key that is not on the network.
-    let stranger = DevNode::random(&DevNetwork::new(), 0);
-    let unroutable = stranger.create_invoice(request(100)).await.unwrap();
-    let err = poor.backend().pay(&unroutable.bolt11, 0).await.unwrap_err();
-    assert!(matches!(err, LightningError::PaymentFailed(_)), "{err}");
-
-    // A route that costs more than the fee limit.
-    network.set_routing_fee(50, 0);
-    let rich = Node::start(&network, 100_000).await;
-    let err = rich.backend().pay(&invoice.bolt11, 10).await.unwrap_err();
-    assert!(matches!(err, LightningError::PaymentFailed(_)), "{err}");
-    assert_eq!(rich.dev().balance_msat(), 100_000);
-}
-
-#[tokio::test]
-async fn a_slow_node_is_unavailable_for_reads_and_outcome_unknown_for_payments() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let invoice = alice.backend().create_invoice(request(1_000)).await.unwrap();
-
-    let slow = FaultState { slow_before: Some(Duration::from_secs(3)), ..FaultState::default() };
-    alice.faults().set(slow.clone());
-    bob.faults().set(slow);
-    let server = alice.backend_with(ADMIN_MACAROON, quick_timeouts());
-    for err in [
-        server.create_invoice(request(1_000)).await.unwrap_err(),
-        server.invoice_state(&invoice.payment_hash).await.unwrap_err(),
-    ] {
-        assert!(matches!(err, LightningError::Unavailable(_)), "{err}");
-    }
-    let err = bob
-        .backend_with(ADMIN_MACAROON, quick_timeouts())
-        .pay(&invoice.bolt11, 0)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, LightningError::OutcomeUnknown(_)), "{err}");
-    assert_eq!(bob.faults().requests_to("/v2/router/send"), 1, "sent once, never again");
-}
-
-#[tokio::test]
-async fn a_late_payment_answer_is_looked_up_not_sent_again() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let invoice = alice.backend().create_invoice(request(2_000)).await.unwrap();
-
-    bob.faults().set(FaultState {
-        only_path: Some("/v2/router/send".into()),
-        slow_after: Some(Duration::from_secs(4)),
-        ..FaultState::default()
-    });
-    let paid =
-        bob.backend_with(ADMIN_MACAROON, quick_timeouts()).pay(&invoice.bolt11, 0).await.unwrap();
-    assert_eq!(sha256(&paid.preimage), invoice.payment_hash);
-    assert_eq!(bob.faults().requests_to("/v2/router/send"), 1);
-    assert_eq!(bob.faults().requests_to("/v2/router/track/"), 1);
-    assert_eq!((alice.dev().balance_msat(), bob.dev().balance_msat()), (2_000, 98_000));
-}
-
-#[tokio::test]
-async fn a_payment_stream_cut_mid_payment_is_looked_up_not_sent_again() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let invoice = alice.backend().create_invoice(request(3_000)).await.unwrap();
-
-    bob.faults().set(FaultState {
-        only_path: Some("/v2/router/send".into()),
-        answer: Answer::Cut,
-        ..FaultState::default()
-    });
-    let paid = bob.backend().pay(&invoice.bolt11, 0).await.unwrap();
-    assert_eq!(sha256(&paid.preimage), invoice.payment_hash);
-    assert_eq!(paid.amount_msat, 3_000);
-    assert_eq!(bob.faults().requests_to("/v2/router/send"), 1);
-    assert_eq!(bob.dev().sent_payments().len(), 1);
-
-    // The same cut with the node unable to say what happened: outcome unknown, still sent once.
-    let second = alice.backend().create_invoice(request(4_000)).await.unwrap();
-    bob.faults().set(FaultState { answer: Answer::Cut, ..FaultState::default() });
-    let err = bob.backend().pay(&second.bolt11, 0).await.unwrap_err();
-    assert!(matches!(err, LightningError::OutcomeUnknown(_)), "{err}");
-    assert_eq!(bob.faults().requests_to("/v2/router/send"), 2);
-    assert_eq!(bob.dev().sent_payments().len(), 2, "the second invoice was paid exactly once");
-}
-
-#[tokio::test]
-async fn malformed_and_oversized_answers_are_refused() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let invoice = alice.backend().create_invoice(request(1_000)).await.unwrap();
-
-    for answer in [Answer::NotJson, Answer::Huge] {
-        alice.faults().set(FaultState { answer, ..FaultState::default() });
-        let server = alice.backend();
-        for err in [
-            server.create_invoice(request(1_000)).await.unwrap_err(),
-            server.invoice_state(&invoice.payment_hash).await.unwrap_err(),
-        ] {
-            assert!(matches!(err, LightningError::InvalidResponse(_)), "{answer:?}: {err}");
-        }
-    }
-    bob.faults().set(FaultState { answer: Answer::NotJson, ..FaultState::default() });
-    let err = bob.backend().pay(&invoice.bolt11, 0).await.unwrap_err();
-    assert!(matches!(err, LightningError::OutcomeUnknown(_)), "{err}");
-}
-
-#[tokio::test]
-async fn a_node_claiming_payment_without_the_preimage_is_not_believed() {
-    let (_network, alice, bob) = pair(100_000).await;
-    let invoice = alice.backend().create_invoice(request(1_000)).await.unwrap();
-
-    alice.faults().lie.store(true, Ordering::SeqCst);
-    let err = alice.backend().invoice_state(&invoice.payment_hash).await.unwrap_err();
-    assert!(matches!(err, LightningError::InvalidResponse(_)), "{err}");
-    let err = alice
-        .backend()
-        .wait_for_settlement(&invoice.payment_hash, Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, LightningError::InvalidResponse(_)), "{err}");
-
-    bob.faults().lie.store(true, Ordering::SeqCst);
-    let err = bob.backend().pay(&invoice.bolt11, 0).await.unwrap_err();
-    assert!(matches!(err, LightningError::OutcomeUnknown(_)), "{err}");
 }

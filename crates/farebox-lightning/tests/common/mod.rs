@@ -7,8 +7,10 @@
 //! and its payments move dev-network balances.
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,11 +36,12 @@ pub enum Answer {
     Cut,
 }
 
-/// Fault switches for one server. They apply to requests whose path starts with `only_path`
-/// (all requests when `None`).
+/// Fault switches for one server. They apply to requests whose path is `only_path` (all
+/// requests when `None`), except those whose path is in `except`.
 #[derive(Debug, Clone, Default)]
 pub struct FaultState {
     pub only_path: Option<String>,
+    pub except: Vec<String>,
     /// Delay before running the handler.
     pub slow_before: Option<Duration>,
     /// Delay after the handler ran, before answering (the node acted, its answer is late).
@@ -78,11 +81,18 @@ impl Faults {
         self.seen.lock().unwrap().iter().filter(|p| p.starts_with(prefix)).count()
     }
 
+    /// How many requests went to exactly `path`.
+    pub fn requests_exact(&self, path: &str) -> usize {
+        self.seen.lock().unwrap().iter().filter(|p| *p == path).count()
+    }
+
     fn for_path(&self, path: &str) -> FaultState {
         let state = self.state.lock().unwrap().clone();
-        match &state.only_path {
-            Some(prefix) if !path.starts_with(prefix.as_str()) => FaultState::default(),
-            _ => state,
+        let targeted = state.only_path.as_deref().is_none_or(|only| only == path);
+        if targeted && !state.except.iter().any(|e| e == path) {
+            state
+        } else {
+            FaultState::default()
         }
     }
 }
@@ -280,6 +290,15 @@ pub fn cln_tls() -> NodeTls {
     }
 }
 
+/// An invoice request for `amount_msat`, ten minutes to pay.
+pub fn request(amount_msat: u64) -> farebox_lightning::InvoiceRequest {
+    farebox_lightning::InvoiceRequest {
+        amount_msat,
+        memo: "GET /weather".into(),
+        expiry: Duration::from_secs(600),
+    }
+}
+
 /// Shortens a test: timeouts small enough that "slow" is a second, not a minute.
 pub fn quick_timeouts() -> farebox_lightning::rest::Timeouts {
     farebox_lightning::rest::Timeouts {
@@ -293,18 +312,4 @@ pub fn quick_timeouts() -> farebox_lightning::rest::Timeouts {
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// Counts how many times something happened (for asserting "exactly once").
-#[derive(Default)]
-pub struct Counter(AtomicUsize);
-
-impl Counter {
-    pub fn bump(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
 }
