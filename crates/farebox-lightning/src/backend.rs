@@ -84,6 +84,17 @@ pub enum LightningError {
     /// The request is out of range (zero amount, memo too long…).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The node refused farebox's credentials (an LND macaroon, a Core Lightning rune, an
+    /// LNbits API key) or they lack a permission the call needs. Retrying does not help: the
+    /// operator must fix the configuration. Callers fail closed, as for `Unavailable`.
+    #[error("lightning backend refused the credentials: {0}")]
+    AuthRefused(String),
+    /// The node answered, but not as its API documents: not JSON, over the size bound, fields
+    /// missing, or inconsistent with what was asked (an invoice for another hash or amount, a
+    /// preimage that does not hash to the payment hash). Callers fail closed. After a payment
+    /// was sent, an unreadable answer is [`LightningError::OutcomeUnknown`] instead.
+    #[error("lightning backend answered malformed data: {0}")]
+    InvalidResponse(String),
 }
 
 /// A Lightning node as farebox uses it.

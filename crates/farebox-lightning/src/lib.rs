@@ -10,6 +10,12 @@
 //!   [`ParsedInvoice`] (bounded input, never panics); [`sign_invoice`] signs new ones. Built on
 //!   `lightning-invoice` 0.34.1, with the current spec's stricter field-length rule added.
 //! * [`dev_node`]: [`DevNode`] and [`DevNetwork`], a node that needs no bitcoind, LND or CLN.
+//! * Real nodes, one cargo feature each so that a deployment compiles only its own:
+//!   `lnd` (`lnd::LndBackend`, lnd's REST API, TLS pinned to its `tls.cert`), `cln`
+//!   (`cln::ClnBackend`, Core Lightning's CLNRest with a rune) and `lnbits`
+//!   (`lnbits::LnbitsBackend`, one LNbits wallet's API key). They share `rest`: the endpoint,
+//!   TLS trust (`tls` feature, rustls), timeouts, credentials that never print, and bounded
+//!   readers.
 //!
 //! # Why the dev node is honest
 //!
@@ -51,38 +57,45 @@
 //! # }).unwrap();
 //! ```
 //!
-//! # Implementing a backend for another node
+//! # What every backend promises
 //!
-//! LND (REST), Core Lightning and LNbits backends are planned; each is a type implementing
-//! [`LightningBackend`]:
+//! The node backends hold to one contract, which callers (the L402 and MPP rails, the client's
+//! wallet) rely on to fail closed:
 //!
-//! * `create_invoice`: refuse `amount_msat == 0` and memos over 639 bytes with
-//!   [`LightningError::InvalidRequest`]; ask the node for an invoice (LND `POST /v1/invoices`,
-//!   CLN `invoice`, LNbits `POST /api/v1/payments` with `out: false`); return its BOLT11 and
-//!   payment hash. Parsing the returned string with [`parse_invoice`] and comparing the hash
-//!   and amount is a cheap guard against a misbehaving node.
-//! * `invoice_state`: map the node's state (LND `OPEN/SETTLED/CANCELED`, CLN
-//!   `unpaid/paid/expired`) onto [`InvoiceState`]; `Settled` must carry the preimage, and an
-//!   unknown hash is [`InvoiceState::Unknown`], not an error.
-//! * `pay`: [`parse_invoice`] first (refuse amountless and expired invoices before talking to the
-//!   node), pass `max_fee_msat` as the node's fee limit, and verify
-//!   `sha256(preimage) == payment_hash` on the answer before returning it. A receive-only
-//!   backend returns [`LightningError::Unsupported`].
-//! * `wait_for_settlement` (optional): the default polls `invoice_state`; override it when the
-//!   node can push settlements (LND `GET /v2/invoices/subscribe/{r_hash}`).
-//! * `create_amountless_invoice` and `pay_amount` (optional, default
-//!   [`LightningError::Unsupported`]): an invoice without an amount (LND `value: 0`, CLN
-//!   `amount_msat: "any"`) and paying one a chosen amount (LND `amt_msat`, CLN `amount_msat`).
-//!   `pay_amount` refuses a zero amount and an invoice naming a different amount with
-//!   [`LightningError::InvalidRequest`] before talking to the node.
-//! * Timeouts, connection errors and 5xx answers are [`LightningError::Unavailable`]: callers
-//!   treat it as "fail closed" (no access granted, payment not assumed). Never map an unknown
-//!   outcome to success.
+//! * `create_invoice`: refuses a zero amount, a memo over 639 bytes and a zero expiry with
+//!   [`LightningError::InvalidRequest`] before asking the node, and checks the node's answer: a
+//!   signed BOLT11 for the payment hash it names and exactly the amount asked, else
+//!   [`LightningError::InvalidResponse`].
+//! * `invoice_state`: `Settled` only with a preimage that hashes to the payment hash (LNbits, for
+//!   one, hands out preimages of unpaid invoices); a hash the node never issued is
+//!   [`InvoiceState::Unknown`], not an error.
+//! * `pay`: parses the invoice first (amountless and expired invoices are refused before
+//!   anything is sent), passes `max_fee_msat` as the node's fee limit, and returns only a
+//!   preimage that hashes to the payment hash. Paying an invoice the node already paid moves
+//!   nothing and returns that payment's proof.
+//! * Errors: a node that cannot be reached or is too slow is [`LightningError::Unavailable`]; a
+//!   refused macaroon, rune or key is [`LightningError::AuthRefused`]; an unreadable or
+//!   inconsistent answer is [`LightningError::InvalidResponse`]. Once a payment request may have
+//!   reached the node, a lost or unreadable answer is looked up on the node, never sent again,
+//!   and stays [`LightningError::OutcomeUnknown`] while the node cannot say.
+//! * No URL, macaroon, rune or API key in an error message or in `Debug` output.
+//!
+//! A backend for another node implements [`LightningBackend`] the same way;
+//! `wait_for_settlement` defaults to polling `invoice_state`, `create_amountless_invoice` and
+//! `pay_amount` to [`LightningError::Unsupported`].
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod bolt11;
+#[cfg(feature = "cln")]
+pub mod cln;
 pub mod dev_node;
+#[cfg(feature = "lnbits")]
+pub mod lnbits;
+#[cfg(feature = "lnd")]
+pub mod lnd;
+#[cfg(feature = "rest")]
+pub mod rest;
 
 pub use backend::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
