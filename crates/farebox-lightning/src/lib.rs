@@ -10,6 +10,8 @@
 //!   [`ParsedInvoice`] (bounded input, never panics); [`sign_invoice`] signs new ones. Built on
 //!   `lightning-invoice` 0.34.1, with the current spec's stricter field-length rule added.
 //! * [`dev_node`]: [`DevNode`] and [`DevNetwork`], a node that needs no bitcoind, LND or CLN.
+//! * `nwc` (feature `nwc`): Nostr Wallet Connect, a wallet client backend and a wallet service
+//!   in front of any backend, over real relays.
 //!
 //! # Why the dev node is honest
 //!
@@ -83,10 +85,13 @@
 pub mod backend;
 pub mod bolt11;
 pub mod dev_node;
+#[cfg(feature = "nwc")]
+pub mod nwc;
 
 pub use backend::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, Preimage, create_checked_invoice, poll_for_settlement,
+    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, NodeInfo,
+    PaymentHash, PaymentOutcome, Preimage, check_pay_amount, create_checked_invoice,
+    poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{
