@@ -22,18 +22,18 @@ struct Setup {
     wallet: NwcClient,
     // Kept alive for the whole run.
     _service: WalletService,
-    _relay: farebox_lightning::nwc::nostr_relay_builder::prelude::LocalRelay,
+    _relay: relay::LoopbackRelay,
 }
 
 fn setup(runtime: &Runtime) -> Setup {
     runtime.block_on(async {
-        let relay = relay::run_relay(relay::loopback_relay_builder(None)).await.unwrap();
+        let relay = relay::LoopbackRelay::start(relay::relay_builder(), None).await.unwrap();
         let network = DevNetwork::new();
         let payer = DevNode::random(&network, u64::MAX / 4);
         let shop = DevNode::random(&network, 0);
         let service = WalletService::start(
             Arc::new(payer),
-            vec![relay.url().await],
+            vec![relay.url().clone()],
             ServiceOptions::default(),
         )
         .await

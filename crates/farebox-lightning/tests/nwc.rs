@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use farebox_lightning::nwc::nostr::{Event, Kind, RelayUrl};
 use farebox_lightning::nwc::nostr_relay_builder::prelude::{
-    BoxedFuture, LocalRelay, PolicyResult, WritePolicy,
+    BoxedFuture, PolicyResult, WritePolicy,
 };
+use farebox_lightning::nwc::relay::LoopbackRelay;
 use farebox_lightning::nwc::wire::{
     KIND_REQUEST, KIND_RESPONSE, NotificationPayload, ResponsePayload, Transaction,
 };
@@ -43,12 +44,12 @@ fn service_opts() -> ServiceOptions {
     ServiceOptions { reconnect_interval: Duration::from_millis(100), ..ServiceOptions::default() }
 }
 
-async fn local_relay() -> LocalRelay {
-    relay::run_relay(relay::loopback_relay_builder(None)).await.unwrap()
+async fn local_relay() -> LoopbackRelay {
+    LoopbackRelay::start(relay::relay_builder(), None).await.unwrap()
 }
 
-async fn relay_with_policy(policy: impl WritePolicy + 'static) -> LocalRelay {
-    relay::run_relay(relay::loopback_relay_builder(None).write_policy(policy)).await.unwrap()
+async fn relay_with_policy(policy: impl WritePolicy + 'static) -> LoopbackRelay {
+    LoopbackRelay::start(relay::relay_builder().write_policy(policy), None).await.unwrap()
 }
 
 fn invoice_request(amount_msat: u64) -> InvoiceRequest {
@@ -208,7 +209,7 @@ fn lose_responses(armed: Arc<AtomicBool>, on_loss: impl Fn() + Send + Sync) -> i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_pays_a_dev_node_invoice_through_the_relay() {
     let relay = local_relay().await;
-    let w = world(vec![relay.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 1_000_000).await;
     let uri = w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let wallet = NwcClient::with_options(&uri, fast());
     assert_eq!(wallet.encryption().await.unwrap(), Encryption::Nip44V2);
@@ -232,7 +233,7 @@ async fn an_agent_pays_a_dev_node_invoice_through_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_issues_and_watches_invoices_over_nwc() {
     let relay = local_relay().await;
-    let url = relay.url().await;
+    let url = relay.url().clone();
     let w = world(vec![url.clone()], service_opts(), 1_000_000).await;
     // The shop's node behind its own wallet service on the same relay.
     let shop_service =
@@ -279,7 +280,7 @@ async fn a_server_issues_and_watches_invoices_over_nwc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balance_and_info_come_from_the_wallet() {
     let relay = local_relay().await;
-    let w = world(vec![relay.url().await], service_opts(), 777_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 777_000).await;
     let settings = ConnectionSettings {
         methods: [Method::GetBalance, Method::GetInfo].into_iter().collect(),
         ..ConnectionSettings::unrestricted("read-only")
@@ -300,7 +301,7 @@ async fn balance_and_info_come_from_the_wallet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uri_with_params_reordered_and_a_dead_relay_still_pays() {
     let (a, b) = (local_relay().await, local_relay().await);
-    let (url_a, url_b) = (a.url().await, b.url().await);
+    let (url_a, url_b) = (a.url().clone(), b.url().clone());
     let dead = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = RelayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
@@ -348,7 +349,7 @@ async fn a_relay_dropping_connections_mid_request_does_not_stop_the_payment() {
         PolicyResult::Accept
     }))
     .await;
-    let proxy = Proxy::start(relay_addr(&flaky.url().await)).await;
+    let proxy = Proxy::start(relay_addr(flaky.url())).await;
     // The proxy's cut is driven by the relay's policy.
     let mut cuts = cut.subscribe();
     let proxy_cut = proxy.cut.clone();
@@ -358,7 +359,7 @@ async fn a_relay_dropping_connections_mid_request_does_not_stop_the_payment() {
         }
     });
     let steady = local_relay().await;
-    let w = world(vec![proxy.url.clone(), steady.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![proxy.url.clone(), steady.url().clone()], service_opts(), 1_000_000).await;
     let uri = w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let wallet = NwcClient::with_options(&uri, fast());
     let invoice = w.shop.create_invoice(invoice_request(8_000)).await.unwrap();
@@ -378,7 +379,7 @@ async fn an_answer_lost_with_the_only_relay_is_looked_up_after_reconnecting() {
         let _ = cut.send(());
     }))
     .await;
-    let proxy = Proxy::start(relay_addr(&inner.url().await)).await;
+    let proxy = Proxy::start(relay_addr(inner.url())).await;
     let proxy_cut = proxy.cut.clone();
     let disarm = armed.clone();
     tokio::spawn(async move {
@@ -408,7 +409,7 @@ async fn an_answer_lost_with_the_only_relay_is_looked_up_after_reconnecting() {
 async fn a_wallet_that_never_answers_is_outcome_unknown_and_never_pays_twice() {
     let armed = Arc::new(AtomicBool::new(true));
     let relay = relay_with_policy(lose_responses(armed.clone(), || {})).await;
-    let w = world(vec![relay.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 1_000_000).await;
     let uri = w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let wallet = NwcClient::with_options(&uri, fast());
     let invoice = w.shop.create_invoice(invoice_request(9_000)).await.unwrap();
@@ -429,15 +430,21 @@ async fn a_wallet_that_never_answers_is_outcome_unknown_and_never_pays_twice() {
     assert_eq!(sha256(&paid.preimage), invoice.payment_hash);
     assert_eq!(w.service.requests_handled(Method::PayInvoice), 1);
     assert_eq!(w.backend.pays.load(Ordering::SeqCst), 1);
-    // Calls that move no money fail closed while the wallet is silent.
+    // A server whose wallet is silent fails closed: no invoice, no "paid", no "unknown".
     armed.store(true, Ordering::SeqCst);
     assert!(matches!(wallet.balance().await, Err(LightningError::Unavailable(_))));
+    let issue = wallet.create_invoice(invoice_request(1_000)).await;
+    assert!(matches!(issue, Err(LightningError::Unavailable(_))), "{issue:?}");
+    let state = wallet.invoice_state(&invoice.payment_hash).await;
+    assert!(matches!(state, Err(LightningError::Unavailable(_))), "{state:?}");
+    let waited = wallet.wait_for_settlement(&invoice.payment_hash, Duration::from_secs(5)).await;
+    assert!(matches!(waited, Err(LightningError::Unavailable(_))), "{waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_never_reached_the_wallet_is_sent_again_only_after_it_expired() {
     let relay = local_relay().await;
-    let direct = relay.url().await;
+    let direct = relay.url().clone();
     // The service reaches the relay through a proxy that can take it offline.
     let proxy = Proxy::start(relay_addr(&direct)).await;
     let w = world(vec![proxy.url.clone()], service_opts(), 1_000_000).await;
@@ -476,7 +483,7 @@ async fn a_replayed_request_is_acted_on_once() {
         PolicyResult::Accept
     }))
     .await;
-    let url = relay.url().await;
+    let url = relay.url().clone();
     let w = world(vec![url.clone()], service_opts(), 1_000_000).await;
     let uri = w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let wallet = NwcClient::with_options(&uri, fast());
@@ -497,7 +504,7 @@ async fn a_replayed_request_is_acted_on_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_never_pays_an_invoice_twice_even_for_a_fresh_client() {
     let relay = local_relay().await;
-    let w = world(vec![relay.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 1_000_000).await;
     let uri = w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let invoice = w.shop.create_invoice(invoice_request(3_000)).await.unwrap();
     NwcClient::with_options(&uri, fast()).pay(&invoice.bolt11, 0).await.unwrap();
@@ -511,7 +518,7 @@ async fn the_service_never_pays_an_invoice_twice_even_for_a_fresh_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_over_its_limit_is_quota_exceeded_and_a_poor_wallet_insufficient_balance() {
     let relay = local_relay().await;
-    let w = world(vec![relay.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 1_000_000).await;
     let budget = Budget { max_amount_msat: 50_000, renewal: BudgetRenewal::Daily };
     let uri = w
         .service
@@ -533,7 +540,7 @@ async fn a_budget_over_its_limit_is_quota_exceeded_and_a_poor_wallet_insufficien
     wallet.pay(&third.bolt11, 0).await.unwrap();
     assert_eq!(w.service.budget_used(&uri.wallet_pubkey), Some(30_000));
 
-    let poor = world(vec![relay.url().await], service_opts(), 15_000).await;
+    let poor = world(vec![relay.url().clone()], service_opts(), 15_000).await;
     let poor_uri =
         poor.service.create_connection(ConnectionSettings::unrestricted("p")).await.unwrap();
     let invoice = poor.shop.create_invoice(invoice_request(10_000)).await.unwrap();
@@ -545,7 +552,7 @@ async fn a_budget_over_its_limit_is_quota_exceeded_and_a_poor_wallet_insufficien
 async fn a_nip04_only_wallet_is_spoken_to_in_nip04() {
     let relay = local_relay().await;
     let opts = ServiceOptions { encryptions: vec![Encryption::Nip04], ..service_opts() };
-    let w = world(vec![relay.url().await], opts, 1_000_000).await;
+    let w = world(vec![relay.url().clone()], opts, 1_000_000).await;
     let uri =
         w.service.create_connection(ConnectionSettings::unrestricted("legacy")).await.unwrap();
     let wallet = NwcClient::with_options(&uri, fast());
@@ -561,7 +568,7 @@ async fn a_nip04_only_wallet_is_spoken_to_in_nip04() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_wallet_does_not_know_or_revoked_is_unauthorized() {
     let relay = local_relay().await;
-    let w = world(vec![relay.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 1_000_000).await;
     let issued =
         w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let invoice = w.shop.create_invoice(invoice_request(1_000)).await.unwrap();
@@ -586,7 +593,7 @@ async fn a_key_the_wallet_does_not_know_or_revoked_is_unauthorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_amount_pays_an_amountless_invoice_over_nwc() {
     let relay = local_relay().await;
-    let w = world(vec![relay.url().await], service_opts(), 1_000_000).await;
+    let w = world(vec![relay.url().clone()], service_opts(), 1_000_000).await;
     let uri = w.service.create_connection(ConnectionSettings::unrestricted("agent")).await.unwrap();
     let wallet = NwcClient::with_options(&uri, fast());
     let refund =

@@ -947,3 +947,52 @@ impl LightningBackend for NwcClient {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(state: Option<TxState>, preimage: &Preimage, settled_at: Option<u64>) -> Transaction {
+        Transaction {
+            state,
+            preimage: Some(hex::encode(preimage)),
+            payment_hash: hex::encode(crate::sha256(preimage)),
+            settled_at,
+            ..Transaction::default()
+        }
+    }
+
+    #[test]
+    fn only_a_settled_state_with_the_preimage_of_the_hash_counts_as_paid() {
+        let preimage = [7u8; 32];
+        let hash = crate::sha256(&preimage);
+        // A wallet knows the preimages of its own unpaid invoices.
+        assert_eq!(settled_preimage(&tx(Some(TxState::Pending), &preimage, None), &hash), None);
+        assert_eq!(settled_preimage(&tx(Some(TxState::Accepted), &preimage, None), &hash), None);
+        assert_eq!(
+            settled_preimage(&tx(Some(TxState::Settled), &preimage, Some(1)), &hash),
+            Some(preimage)
+        );
+        // No state: a settlement time says settled.
+        assert_eq!(settled_preimage(&tx(None, &preimage, Some(1)), &hash), Some(preimage));
+        assert_eq!(settled_preimage(&tx(None, &preimage, None), &hash), None);
+        // Settled, but with a preimage of something else.
+        let other = tx(Some(TxState::Settled), &[8u8; 32], Some(1));
+        assert_eq!(settled_preimage(&other, &hash), None);
+    }
+
+    #[test]
+    fn the_payment_book_forgets_settled_entries_but_never_unresolved_ones() {
+        let mut book = PaymentBook::default();
+        let first = book.slot([0u8; 32]);
+        *first.try_lock().unwrap() = PayState::Unresolved { expires_at: 1 };
+        drop(first);
+        for i in 1..=MAX_REMEMBERED_PAYMENTS {
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            book.slot(hash);
+        }
+        assert!(book.slots.len() <= MAX_REMEMBERED_PAYMENTS);
+        assert!(book.slots.contains_key(&[0u8; 32]), "the unresolved payment is kept");
+    }
+}

@@ -22,11 +22,11 @@
 //! use farebox_lightning::nwc::{relay, ConnectionSettings, NwcClient, ServiceOptions, WalletService};
 //! use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
 //!
-//! let relay = relay::run_relay(relay::loopback_relay_builder(None)).await?;
+//! let relay = relay::LoopbackRelay::start(relay::relay_builder(), None).await?;
 //! let network = DevNetwork::new();
 //! let wallet_node = DevNode::random(&network, 1_000_000);
 //! let service =
-//!     WalletService::start(Arc::new(wallet_node), vec![relay.url().await], ServiceOptions::default())
+//!     WalletService::start(Arc::new(wallet_node), vec![relay.url().clone()], ServiceOptions::default())
 //!         .await?;
 //! let uri = service.create_connection(ConnectionSettings::unrestricted("agent")).await?;
 //! let wallet = NwcClient::new(&uri);

@@ -353,8 +353,8 @@ impl WalletService {
         Some(state.spent_since(wallet_pubkey, period_start(unix_now(), renewal)))
     }
 
-    /// How many requests of `method` the service has acted on (answered with a result or an
-    /// error after decryption), across connections.
+    /// How many requests of `method` from authorized connections the service has acted on
+    /// (each request once, whatever the answer), across connections.
     pub fn requests_handled(&self, method: Method) -> u64 {
         self.inner.state().handled.get(&method).copied().unwrap_or(0)
     }
