@@ -85,6 +85,7 @@ fn pay_invoice_round_trip(c: &mut Criterion) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(500)
         .max(1);
+    let cpu_before = process_cpu();
     let mut samples: Vec<Duration> = runtime.block_on(async {
         let mut samples = Vec::with_capacity(payments);
         for _ in 0..payments {
@@ -92,6 +93,7 @@ fn pay_invoice_round_trip(c: &mut Criterion) {
         }
         samples
     });
+    let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     samples.sort();
     let at =
         |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
@@ -102,6 +104,23 @@ fn pay_invoice_round_trip(c: &mut Criterion) {
         at(0.99),
         samples[samples.len() - 1]
     );
+    // Wall time above depends on what else the machine runs; the CPU time does not.
+    if let Some(cpu) = cpu {
+        println!(
+            "nwc/pay_invoice_round_trip CPU (client + relay + wallet service + dev node, one \
+             process): {:?} per payment",
+            cpu / payments as u32
+        );
+    }
+}
+
+/// CPU time (user + system) of this process so far, from /proc (Linux; USER_HZ is 100).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 criterion_group!(benches, pay_invoice_round_trip);

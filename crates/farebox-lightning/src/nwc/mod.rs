@@ -16,22 +16,37 @@
 //! client only; requests, responses and notifications are built here on `nostr`'s NIP-44 and
 //! NIP-04 primitives.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), farebox_lightning::LightningError> {
+//! ```
+//! # let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+//! # runtime.block_on(async {
 //! use std::sync::Arc;
 //! use farebox_lightning::nwc::{relay, ConnectionSettings, NwcClient, ServiceOptions, WalletService};
-//! use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
+//! use farebox_lightning::{DevNetwork, DevNode, InvoiceRequest, LightningBackend};
 //!
+//! // A relay, a shop's node, and an agent's wallet node behind a wallet service.
 //! let relay = relay::LoopbackRelay::start(relay::relay_builder(), None).await?;
 //! let network = DevNetwork::new();
+//! let shop = DevNode::random(&network, 0);
 //! let wallet_node = DevNode::random(&network, 1_000_000);
 //! let service =
 //!     WalletService::start(Arc::new(wallet_node), vec![relay.url().clone()], ServiceOptions::default())
 //!         .await?;
+//!
+//! // The agent holds only the connection URI.
 //! let uri = service.create_connection(ConnectionSettings::unrestricted("agent")).await?;
 //! let wallet = NwcClient::new(&uri);
-//! println!("balance: {} msat", wallet.balance().await?);
-//! # Ok(()) }
+//! let invoice = shop
+//!     .create_invoice(InvoiceRequest {
+//!         amount_msat: 21_000,
+//!         memo: "GET /weather".into(),
+//!         expiry: std::time::Duration::from_secs(600),
+//!     })
+//!     .await?;
+//! let paid = wallet.pay(&invoice.bolt11, 1_000).await?;
+//! assert_eq!(farebox_lightning::sha256(&paid.preimage), invoice.payment_hash);
+//! assert_eq!(wallet.balance().await?, 1_000_000 - 21_000);
+//! # Ok::<(), farebox_lightning::LightningError>(())
+//! # }).unwrap();
 //! ```
 
 pub mod client;
