@@ -4,7 +4,7 @@
 //! serves the client's wallet. A node that only receives returns
 //! [`LightningError::Unsupported`] from [`LightningBackend::pay`].
 //!
-//! Three methods have default implementations, so a backend only writes what its node can do:
+//! Five methods have default implementations, so a backend only writes what its node can do:
 //!
 //! * [`LightningBackend::wait_for_settlement`] polls [`LightningBackend::invoice_state`] with a
 //!   short backoff; a backend with push notifications (LND's invoice subscription, the dev
@@ -12,6 +12,8 @@
 //! * [`LightningBackend::create_amountless_invoice`] and [`LightningBackend::pay_amount`] are
 //!   for "any amount" invoices, which MPP Lightning sessions use to refund a balance to a
 //!   client's return invoice. They default to [`LightningError::Unsupported`].
+//! * [`LightningBackend::balance`] and [`LightningBackend::info`] (a wallet's spendable balance
+//!   and what it says about itself) default to [`LightningError::Unsupported`] too.
 
 use std::time::Duration;
 
@@ -85,7 +87,8 @@ pub enum LightningError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// The node refused farebox's credentials (an LND macaroon, a Core Lightning rune, an
-    /// LNbits API key) or they lack a permission the call needs. Retrying does not help: the
+    /// LNbits API key, an NWC connection no wallet knows: NIP-47 `UNAUTHORIZED`) or they lack a
+    /// permission the call needs. Retrying does not help: the
     /// operator must fix the configuration. Callers fail closed, as for `Unavailable`.
     #[error("lightning backend refused the credentials: {0}")]
     AuthRefused(String),
@@ -95,6 +98,41 @@ pub enum LightningError {
     /// was sent, an unreadable answer is [`LightningError::OutcomeUnknown`] instead.
     #[error("lightning backend answered malformed data: {0}")]
     InvalidResponse(String),
+
+    // Refusals by a wallet that enforces policy for its user (NIP-47 error codes; other
+    // backends may use them too). In each case nothing was sent.
+    /// A spending limit the wallet enforces for this connection (a budget, a quota) would be
+    /// exceeded (NIP-47 `QUOTA_EXCEEDED`). An agent's budget logic treats it as "spent up",
+    /// unlike [`LightningError::InsufficientBalance`].
+    #[error("spending quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The wallet's balance does not cover the amount and its fee reserve (NIP-47
+    /// `INSUFFICIENT_BALANCE`).
+    #[error("insufficient balance: {0}")]
+    InsufficientBalance(String),
+    /// The wallet is throttling this client; retry after a pause (NIP-47 `RATE_LIMITED`).
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The credentials are accepted but not allowed this operation (NIP-47 `RESTRICTED`).
+    #[error("restricted: {0}")]
+    Restricted(String),
+}
+
+/// What a node or wallet says about itself ([`LightningBackend::info`]). Every field is the
+/// backend's own word, for display and diagnostics; nothing about money rests on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Human name of the node or wallet.
+    pub alias: Option<String>,
+    /// The node's public key, when it reveals one.
+    pub pubkey: Option<bitcoin::secp256k1::PublicKey>,
+    /// The chain it runs on.
+    pub network: Option<crate::bolt11::Currency>,
+    /// Height of the chain tip it last saw.
+    pub block_height: Option<u32>,
+    /// Operations these credentials may use, in the backend's own names (NWC: `pay_invoice`,
+    /// `make_invoice`…); empty when the backend does not say.
+    pub methods: Vec<String>,
 }
 
 /// A Lightning node as farebox uses it.
@@ -161,6 +199,18 @@ pub trait LightningBackend: Send + Sync + 'static {
         let _ = (bolt11, amount_msat, max_fee_msat);
         Err(LightningError::Unsupported("paying amountless invoices"))
     }
+
+    /// The balance these credentials may spend, in msat (NWC `get_balance`). The default
+    /// returns [`LightningError::Unsupported`].
+    async fn balance(&self) -> Result<u64, LightningError> {
+        Err(LightningError::Unsupported("balance"))
+    }
+
+    /// What the node or wallet says about itself (NWC `get_info`). The default returns
+    /// [`LightningError::Unsupported`].
+    async fn info(&self) -> Result<NodeInfo, LightningError> {
+        Err(LightningError::Unsupported("node info"))
+    }
 }
 
 /// [`LightningBackend::create_invoice`], refusing what no client could pay: an empty invoice or
@@ -173,6 +223,26 @@ pub async fn create_checked_invoice(
     let invoice = backend.create_invoice(request).await?;
     if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(LightningError::Unavailable("the backend returned a malformed invoice".into()));
+    }
+    Ok(invoice)
+}
+
+/// What [`LightningBackend::pay_amount`] checks before anything is sent: a non-zero amount, and
+/// an invoice that names no amount or exactly this one. Returns the parsed invoice.
+pub fn check_pay_amount(
+    bolt11: &str,
+    amount_msat: u64,
+) -> Result<crate::bolt11::ParsedInvoice, LightningError> {
+    if amount_msat == 0 {
+        return Err(LightningError::InvalidRequest("amount must be greater than zero".into()));
+    }
+    let invoice = crate::bolt11::parse_invoice(bolt11)?;
+    if let Some(asked) = invoice.amount_msat
+        && asked != amount_msat
+    {
+        return Err(LightningError::InvalidRequest(format!(
+            "the invoice asks for {asked} msat, not {amount_msat} msat"
+        )));
     }
     Ok(invoice)
 }

@@ -30,8 +30,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::backend::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, Preimage,
+    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, NodeInfo,
+    PaymentHash, PaymentOutcome, Preimage, check_pay_amount,
 };
 use crate::bolt11::{
     Currency, InvoiceParams, MAX_DESCRIPTION_LEN, ParsedInvoice, parse_invoice, sign_invoice_with,
@@ -376,13 +376,18 @@ impl DevNode {
     /// here, outside the lock).
     fn parse_regtest(bolt11: &str) -> Result<ParsedInvoice, LightningError> {
         let invoice = parse_invoice(bolt11)?;
+        Self::ensure_regtest(&invoice)?;
+        Ok(invoice)
+    }
+
+    fn ensure_regtest(invoice: &ParsedInvoice) -> Result<(), LightningError> {
         if invoice.currency != Currency::Regtest {
             return Err(LightningError::InvalidInvoice(format!(
                 "invoice is for {:?}, the dev network is regtest",
                 invoice.currency
             )));
         }
-        Ok(invoice)
+        Ok(())
     }
 
     /// Sends `amount_msat` for `invoice` (already parsed and checked against its own amount):
@@ -586,18 +591,25 @@ impl LightningBackend for DevNode {
         max_fee_msat: u64,
     ) -> Result<PaymentOutcome, LightningError> {
         self.ensure_available()?;
-        if amount_msat == 0 {
-            return Err(LightningError::InvalidRequest("amount must be greater than zero".into()));
-        }
-        let invoice = Self::parse_regtest(bolt11)?;
-        if let Some(asked) = invoice.amount_msat
-            && asked != amount_msat
-        {
-            return Err(LightningError::InvalidRequest(format!(
-                "the invoice asks for {asked} msat, not {amount_msat} msat"
-            )));
-        }
+        let invoice = check_pay_amount(bolt11, amount_msat)?;
+        Self::ensure_regtest(&invoice)?;
         self.send(&invoice, amount_msat, max_fee_msat)
+    }
+
+    async fn balance(&self) -> Result<u64, LightningError> {
+        self.ensure_available()?;
+        Ok(self.balance_msat())
+    }
+
+    async fn info(&self) -> Result<NodeInfo, LightningError> {
+        self.ensure_available()?;
+        Ok(NodeInfo {
+            alias: Some("farebox dev node".into()),
+            pubkey: Some(self.pubkey()),
+            network: Some(Currency::Regtest),
+            block_height: None,
+            methods: Vec::new(),
+        })
     }
 }
 

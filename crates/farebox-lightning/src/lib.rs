@@ -16,6 +16,8 @@
 //!   (`lnbits::LnbitsBackend`, one LNbits wallet's API key). They share `rest`: the endpoint,
 //!   TLS trust (`tls` feature, rustls), timeouts, credentials that never print, and bounded
 //!   readers.
+//! * `nwc` (feature `nwc`): Nostr Wallet Connect, a wallet client backend and a wallet service
+//!   in front of any backend, over real relays.
 //!
 //! # Why the dev node is honest
 //!
@@ -96,10 +98,13 @@ pub mod lnbits;
 pub mod lnd;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "nwc")]
+pub mod nwc;
 
 pub use backend::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, Preimage, create_checked_invoice, poll_for_settlement,
+    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, NodeInfo,
+    PaymentHash, PaymentOutcome, Preimage, check_pay_amount, create_checked_invoice,
+    poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{
