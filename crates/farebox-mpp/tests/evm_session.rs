@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::{Extension, Router};
 use farebox_core::{Money, Price, SessionStatus, SessionStore};
-use farebox_evm::anvil::{Anvil, DevAccount};
+use farebox_evm::anvil::{Anvil, DevAccount, counting_proxy};
 use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmRpc, TxHash, U256};
@@ -790,4 +790,31 @@ async fn the_handler_sees_the_on_chain_payer_not_the_credentials_source() {
     let (status, _, body) = send(&w.app, "/who", Some(&credential.to_authorization())).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, Value::String(format!("{:#x}", w.payer().address)));
+}
+
+#[tokio::test]
+async fn a_quiet_upkeep_tick_costs_two_rpc_calls_whatever_the_number_of_channels() {
+    let mut w = world().await;
+    for _ in 0..3 {
+        let channel = w.opened(DEPOSIT).await;
+        w.pay(channel, PRICE, 1).await;
+    }
+    let (url, seen) = counting_proxy(w.anvil.url()).await.unwrap();
+    w.config.rpc = EvmRpc::connect(&url).await.unwrap();
+    let sessions = w.sessions.clone();
+    w.restart(sessions);
+    let calls = || std::mem::take(&mut *seen.lock().unwrap());
+    calls();
+    // The first tick reads the latest block and every open channel.
+    w.paywall.maintain().await;
+    assert_eq!(calls(), ["eth_blockNumber", "eth_call", "eth_call", "eth_call"]);
+    // Then: the latest block and the close requests since the last one read.
+    for _ in 0..3 {
+        w.anvil.mine().await.unwrap();
+        w.paywall.maintain().await;
+        assert_eq!(calls(), ["eth_blockNumber", "eth_getLogs"]);
+    }
+    // No new block, nothing more to read.
+    w.paywall.maintain().await;
+    assert_eq!(calls(), ["eth_blockNumber"]);
 }
