@@ -23,6 +23,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -213,6 +214,16 @@ pub trait Rail: Send + Sync + 'static {
     /// whose outcome was unknown, close idle sessions and refund them. Default: nothing to do.
     async fn maintain(&self) -> Result<(), PaymentError> {
         Ok(())
+    }
+
+    /// How soon [`Rail::maintain`] must react to what happens on this rail's backend before
+    /// money is at risk (e.g. an escrow's grace period: a payer who asked the chain to close a
+    /// channel may withdraw once it has passed, so the payee must close first). The server
+    /// refuses to start upkeep at an interval that does not fit well inside it. It may read the
+    /// backend; an error means the deadline is unknown, and upkeep is not started. Default: no
+    /// deadline.
+    async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
+        Ok(None)
     }
 }
 

@@ -319,3 +319,100 @@ impl Drop for Anvil {
         self.stop();
     }
 }
+
+/// The methods a [`counting_proxy`] has forwarded, in order.
+pub type SeenMethods = Arc<Mutex<Vec<String>>>;
+
+/// Starts an HTTP/1.1 JSON-RPC proxy on loopback that forwards every call to `upstream` (e.g.
+/// [`Anvil::url`]) and records its method: for tests that count what an operation costs in RPC
+/// calls. Returns the proxy's URL and the methods seen; it runs until the runtime ends.
+pub async fn counting_proxy(upstream: &str) -> Result<(String, SeenMethods)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| EvmError::Anvil(format!("binding the proxy: {e}")))?;
+    let address =
+        listener.local_addr().map_err(|e| EvmError::Anvil(format!("the proxy's address: {e}")))?;
+    let methods = SeenMethods::default();
+    let (seen, upstream, http) = (methods.clone(), upstream.to_owned(), reqwest::Client::new());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (seen, http, upstream) = (seen.clone(), http.clone(), upstream.clone());
+            tokio::spawn(async move { proxy_connection(socket, seen, http, upstream).await });
+        }
+    });
+    Ok((format!("http://{address}"), methods))
+}
+
+/// Serves one keep-alive connection of [`counting_proxy`] until it ends or fails.
+async fn proxy_connection(
+    socket: tokio::net::TcpStream,
+    seen: SeenMethods,
+    http: reqwest::Client,
+    upstream: String,
+) -> Option<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = read_some(&socket, &mut chunk).await.ok().filter(|n| *n > 0)?;
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = read_some(&socket, &mut chunk).await.ok().filter(|n| *n > 0)?;
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let calls = json.as_array().cloned().unwrap_or_else(|| vec![json]);
+        let methods = calls.iter().map(|c| c["method"].as_str().unwrap_or_default().to_string());
+        seen.lock().unwrap_or_else(|e| e.into_inner()).extend(methods);
+        let answer = http
+            .post(&upstream)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()?;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        write_all(&socket, head.as_bytes()).await.ok()?;
+        write_all(&socket, &answer).await.ok()?;
+    }
+}
+
+/// Reads what is there (0 at end of stream).
+async fn read_some(socket: &tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn write_all(socket: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -16,11 +16,14 @@
 //! `closeWithCapture` pays only a `captureAmount` up to the voucher and refunds the rest;
 //! `requestClose` (payer) starts the grace period, `withdraw` (payer, after it) refunds the
 //! unsettled remainder; `topUp` (payer) raises the deposit and cancels a pending close request.
+//! [`EvmRpc::escrow_close_requests`] reads the `CloseRequested` events of a block range, which
+//! is how a payee watches for forced closes it must answer before the grace period ends.
 
 use std::time::Duration;
 
+use alloy::eips::BlockNumberOrTag;
 use alloy::primitives::{Address, B256, Bytes, TxHash};
-use alloy::rpc::types::TransactionReceipt;
+use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent};
 
@@ -132,6 +135,45 @@ impl EvmRpc {
         find(&receipt).map(Some).ok_or_else(|| {
             EvmError::InvalidResponse(format!("{tx} emitted no such event from {escrow}"))
         })
+    }
+
+    /// The channels whose close the payer requested (`CloseRequested` events of `escrow`) in
+    /// blocks `from..=to`, in log order (a channel may appear more than once): one
+    /// `eth_getLogs`. Providers cap the range one call may cover; keep it to a few thousand
+    /// blocks.
+    pub async fn escrow_close_requests(
+        &self,
+        escrow: Address,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<B256>> {
+        let filter = Filter::new()
+            .address(escrow)
+            .event_signature(SessionEscrow::CloseRequested::SIGNATURE_HASH)
+            .from_block(from)
+            .to_block(to);
+        let logs: Vec<alloy::rpc::types::Log> = self.request("eth_getLogs", (filter,)).await?;
+        Ok(logs
+            .iter()
+            .filter(|log| log.address() == escrow)
+            .filter_map(|log| SessionEscrow::CloseRequested::decode_log(&log.inner).ok())
+            .map(|e| e.data.channelId)
+            .collect())
+    }
+
+    /// How long ago, in chain time, `tx` was mined: the latest block's timestamp minus that of
+    /// the block including it. `Ok(None)` when it is not mined (or unknown).
+    pub async fn escrow_tx_age(&self, tx: TxHash) -> Result<Option<u64>> {
+        let receipt: Option<TransactionReceipt> =
+            self.request("eth_getTransactionReceipt", (tx,)).await?;
+        let Some(number) = receipt.and_then(|r| r.block_number) else { return Ok(None) };
+        let block: Option<alloy::rpc::types::Block> =
+            self.request("eth_getBlockByNumber", (BlockNumberOrTag::Number(number), false)).await?;
+        let mined = block
+            .ok_or_else(|| EvmError::InvalidResponse(format!("block {number} of {tx} is gone")))?
+            .header
+            .timestamp;
+        Ok(Some(self.block_timestamp().await?.saturating_sub(mined)))
     }
 
     /// The escrow's `closeGracePeriod()` in seconds.

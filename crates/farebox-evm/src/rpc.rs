@@ -423,112 +423,16 @@ fn decode_revert(data: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tokio::net::TcpStream;
-
     use super::*;
-    use crate::anvil::Anvil;
+    use crate::anvil::{Anvil, counting_proxy};
 
     const WAIT: Duration = Duration::from_secs(20);
-
-    /// Reads what is there (0 at end of stream).
-    async fn read_some(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            socket.readable().await?;
-            match socket.try_read(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
-    }
-
-    async fn write_all(socket: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-        while !data.is_empty() {
-            socket.writable().await?;
-            match socket.try_write(data) {
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// An HTTP/1.1 JSON-RPC proxy to `upstream` that records every method it forwards.
-    async fn counting_proxy(upstream: String) -> (String, Arc<Mutex<Vec<String>>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let methods = Arc::new(Mutex::new(Vec::new()));
-        let seen = methods.clone();
-        let http = reqwest::Client::new();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let (seen, http, upstream) = (seen.clone(), http.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 16 * 1024];
-                    loop {
-                        let head_end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            match read_some(&socket, &mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        while buf.len() < head_end + len {
-                            match read_some(&socket, &mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
-                        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        let calls = json.as_array().cloned().unwrap_or_else(|| vec![json]);
-                        for call in calls {
-                            let method = call["method"].as_str().unwrap_or_default().to_string();
-                            seen.lock().unwrap().push(method);
-                        }
-                        let answer = http
-                            .post(&upstream)
-                            .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await
-                            .unwrap()
-                            .bytes()
-                            .await
-                            .unwrap();
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                             content-length: {}\r\n\r\n",
-                            answer.len()
-                        );
-                        if write_all(&socket, head.as_bytes()).await.is_err()
-                            || write_all(&socket, &answer).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (url, methods)
-    }
 
     #[tokio::test]
     async fn sends_from_one_key_reuse_its_provider_and_ask_the_nonce_each_time() {
         let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
         let token = anvil.deploy_token("USDC", "2").await.unwrap();
-        let (url, methods) = counting_proxy(anvil.url().to_string()).await;
+        let (url, methods) = counting_proxy(anvil.url()).await.unwrap();
         let rpc = EvmRpc::connect(&url).await.unwrap();
         let (minter, to) = (&anvil.accounts()[0].signer, anvil.accounts()[5].address);
         for _ in 0..3 {

@@ -391,3 +391,39 @@ async fn a_capture_below_what_was_settled_reverts() {
     assert!(reason.contains("SessionEscrow: voucher below settled amount"), "{reason}");
     assert_eq!(rpc.escrow_close_grace_period(f.escrow).await.unwrap(), DEFAULT_CLOSE_GRACE_PERIOD);
 }
+
+#[tokio::test]
+async fn a_payee_finds_close_requests_in_a_block_range() {
+    let f = Fixture::new().await;
+    let rpc = f.rpc().await;
+    let payer = &f.payer().signer;
+    let (a, b) = (f.open(USDC, None).await, f.open(USDC, None).await);
+    let before = rpc.block_number().await.unwrap();
+    rpc.escrow_request_close(payer, f.escrow, b).await.unwrap();
+    f.top_up(b, USDC).await; // cancels it; the event stays in its block
+    rpc.escrow_request_close(payer, f.escrow, b).await.unwrap();
+    rpc.escrow_request_close(payer, f.escrow, a).await.unwrap();
+    let head = rpc.block_number().await.unwrap();
+    let found = rpc.escrow_close_requests(f.escrow, before + 1, head).await.unwrap();
+    assert_eq!(found, [b, b, a]);
+    assert!(rpc.escrow_close_requests(f.escrow, 0, before).await.unwrap().is_empty());
+    // Another escrow's events are not this one's.
+    let other = rpc
+        .deploy_session_escrow(&f.anvil.accounts()[0].signer, DEFAULT_CLOSE_GRACE_PERIOD)
+        .await
+        .unwrap();
+    assert!(rpc.escrow_close_requests(other, 0, head).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_age_of_a_transaction_is_measured_in_chain_time() {
+    let f = Fixture::new().await;
+    let rpc = f.rpc().await;
+    let (tx, _) = f.open_with_salt(USDC, B256::repeat_byte(0x77), None).await.unwrap();
+    assert!(rpc.escrow_tx_age(tx).await.unwrap().unwrap() < 5);
+    f.anvil.increase_time(3_600).await.unwrap();
+    f.anvil.mine().await.unwrap();
+    let age = rpc.escrow_tx_age(tx).await.unwrap().unwrap();
+    assert!((3_600..3_610).contains(&age), "{age}");
+    assert_eq!(rpc.escrow_tx_age(B256::repeat_byte(1)).await.unwrap(), None);
+}

@@ -507,7 +507,13 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
     .collect();
 
     let every = Duration::from_secs(config.gateway.maintenance_interval_secs);
-    let mut upkeep = vec![AbortOnDrop(guard.spawn_maintenance(every))];
+    // Refused at start when a rail cannot live with this interval (an MPP EVM escrow's grace
+    // period): its upkeep would answer a forced close too late.
+    let maintenance = guard
+        .spawn_maintenance(every)
+        .await
+        .map_err(|e| fail(&config, "gateway.maintenance_interval_secs", e.to_string()))?;
+    let mut upkeep = vec![AbortOnDrop(maintenance)];
     if let Some((tier, _)) = &free_tier {
         let tier = tier.clone();
         upkeep.push(AbortOnDrop(tokio::spawn(async move {

@@ -1,16 +1,18 @@
 //! MPP EVM sessions behind the paywall, on a real anvil with FareboxUSD and SessionEscrow: the
 //! payer opens a channel on chain, pays requests with cumulative vouchers, tops up and closes;
-//! every refusal is checked for its status and problem type. Each test starts its own anvil.
+//! every refusal is checked for its status and problem type; the server's upkeep answers a
+//! payer's forced close on chain and settles what was served. Each test starts its own anvil.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
+use axum::{Extension, Router};
 use farebox_core::{Money, Price, SessionStatus, SessionStore};
-use farebox_evm::anvil::{Anvil, DevAccount};
+use farebox_evm::anvil::{Anvil, DevAccount, counting_proxy};
 use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmRpc, TxHash, U256};
@@ -18,7 +20,7 @@ use farebox_mpp::evm_session::{
     EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher, TopUpPayload,
 };
 use farebox_mpp::{Challenge, Credential, EvmSessionConfig, MppConfig, MppRail};
-use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_server::{MaintenanceError, Paid, Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};
 use http::{HeaderMap, Request, StatusCode};
 use serde_json::Value;
@@ -40,6 +42,7 @@ struct World {
     replay: Arc<MemoryStore>,
     sessions: Arc<dyn SessionStore>,
     app: Router,
+    paywall: Arc<Paywall>,
     handled: Arc<AtomicUsize>,
 }
 
@@ -58,31 +61,37 @@ impl World {
 
     /// A server over `sessions` (a new one sees what an earlier one persisted).
     fn app(&self, sessions: Arc<dyn SessionStore>) -> Router {
-        let rail = MppRail::builder(MppConfig::new(REALM, common::SECRET), self.replay.clone())
-            .evm_session(self.config.clone(), sessions)
-            .build()
-            .unwrap();
-        let price = Price::one(Money::new(self.config.asset(), PRICE));
-        let paywall = Paywall::builder()
-            .rail(rail)
-            .route(PricedRoute::new(None, "/data", price.clone()).unwrap())
-            .route(PricedRoute::new(None, "/fails", price).unwrap())
-            .build()
-            .unwrap();
-        let handled = self.handled.clone();
-        Router::new()
-            .route(
-                "/data",
-                axum::routing::get(move || {
-                    handled.fetch_add(1, Ordering::SeqCst);
-                    async { "the data" }
-                }),
-            )
-            .route(
-                "/fails",
-                axum::routing::get(|| async { (StatusCode::BAD_GATEWAY, "upstream down") }),
-            )
-            .layer(PaywallLayer::new(paywall))
+        self.server(sessions).0
+    }
+
+    /// Replaces the server with a new one over `sessions`.
+    fn restart(&mut self, sessions: Arc<dyn SessionStore>) {
+        (self.app, self.paywall) = self.server(sessions.clone());
+        self.sessions = sessions;
+    }
+
+    fn server(&self, sessions: Arc<dyn SessionStore>) -> (Router, Arc<Paywall>) {
+        server(&self.config, &self.replay, &self.handled, sessions)
+    }
+
+    async fn channel(&self, channel: B256) -> farebox_evm::escrow::Channel {
+        self.rpc.escrow_channel(self.escrow, channel).await.unwrap()
+    }
+
+    /// Moves the chain's clock forward by `seconds` and mines a block.
+    async fn advance(&self, seconds: u64) {
+        self.anvil.increase_time(seconds).await.unwrap();
+        self.anvil.mine().await.unwrap();
+    }
+
+    /// Pays `count` more requests on `channel`, one voucher each, the first for `from + PRICE`.
+    async fn pay(&self, channel: B256, from: u128, count: u128) {
+        let c = self.challenge().await;
+        for n in 1..=count {
+            let v = SessionPayload::Voucher(self.voucher(self.payer(), channel, from + n * PRICE));
+            let (status, _, body) = send(&self.app, "/data", Some(&cred(&c, &v))).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
     }
 
     /// A fresh session challenge from the server.
@@ -136,6 +145,50 @@ impl World {
     }
 }
 
+/// A server paid with `config`'s channels, accounting in `sessions`, and its paywall (whose
+/// upkeep the tests run); `handled` counts what `/data` served.
+fn server(
+    config: &EvmSessionConfig,
+    replay: &Arc<MemoryStore>,
+    handled: &Arc<AtomicUsize>,
+    sessions: Arc<dyn SessionStore>,
+) -> (Router, Arc<Paywall>) {
+    let rail = MppRail::builder(MppConfig::new(REALM, common::SECRET), replay.clone())
+        .evm_session(config.clone(), sessions)
+        .build()
+        .unwrap();
+    let price = Price::one(Money::new(config.asset(), PRICE));
+    let paywall = Paywall::builder()
+        .rail(rail)
+        .route(PricedRoute::new(None, "/data", price.clone()).unwrap())
+        .route(PricedRoute::new(None, "/fails", price.clone()).unwrap())
+        .route(PricedRoute::new(None, "/who", price).unwrap())
+        .build()
+        .unwrap();
+    let paywall = Arc::new(paywall);
+    let handled = handled.clone();
+    let app = Router::new()
+        .route(
+            "/data",
+            axum::routing::get(move || {
+                handled.fetch_add(1, Ordering::SeqCst);
+                async { "the data" }
+            }),
+        )
+        .route(
+            "/fails",
+            axum::routing::get(|| async { (StatusCode::BAD_GATEWAY, "upstream down") }),
+        )
+        .route(
+            "/who",
+            axum::routing::get(|Extension(paid): Extension<Paid>| async move {
+                paid.payer.unwrap_or_default()
+            }),
+        )
+        .layer(PaywallLayer::shared(paywall.clone()));
+    (app, paywall)
+}
+
 async fn world() -> World {
     let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
     let rpc = anvil.rpc().await.unwrap().clone();
@@ -156,20 +209,10 @@ async fn world() -> World {
     let config = EvmSessionConfig { receipt_timeout: std::time::Duration::from_secs(2), ..config };
     let domain = rpc.voucher_domain(escrow);
     let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
-    let mut w = World {
-        anvil,
-        rpc,
-        token,
-        escrow,
-        domain,
-        config,
-        replay: Arc::new(MemoryStore::new()),
-        sessions: sessions.clone(),
-        app: Router::new(),
-        handled: Arc::default(),
-    };
-    w.app = w.app(sessions);
-    w
+    let replay = Arc::new(MemoryStore::new());
+    let handled = Arc::<AtomicUsize>::default();
+    let (app, paywall) = server(&config, &replay, &handled, sessions.clone());
+    World { anvil, rpc, token, escrow, domain, config, replay, sessions, app, paywall, handled }
 }
 
 /// A salt no other channel of this test run has.
@@ -538,4 +581,240 @@ async fn accepted_vouchers_survive_a_restart_and_idle_channels_are_closed() {
     assert_eq!(w.balance(w.payee()).await, 2 * PRICE);
     assert!(w.rpc.escrow_channel(w.escrow, channel).await.unwrap().finalized);
     assert_eq!(rail.close_idle_sessions(std::time::Duration::ZERO).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn payer_cannot_withdraw_what_was_spent_after_request_close() {
+    let w = world().await;
+    let payer_before = w.balance(w.payer().address).await;
+    // One channel served for its whole deposit, another for two fifths of it.
+    let whole = w.opened(DEPOSIT).await;
+    w.pay(whole, PRICE, 4).await;
+    let part = w.opened(DEPOSIT).await;
+    w.pay(part, PRICE, 1).await;
+    assert_eq!(w.handled.load(Ordering::SeqCst), 7);
+    w.paywall.maintain().await;
+    assert_eq!(w.balance(w.payee()).await, 0, "nothing to do before a close is requested");
+
+    // The payer asks the chain for a forced close of both and goes silent.
+    let payer = &w.payer().signer;
+    for channel in [whole, part] {
+        w.rpc.escrow_request_close(payer, w.escrow, channel).await.unwrap();
+    }
+    // The chain's clock runs through the grace period, the server's upkeep ticking along.
+    for _ in 0..7 {
+        w.advance(DEFAULT_CLOSE_GRACE_PERIOD / 6).await;
+        w.paywall.maintain().await;
+    }
+    // Past the grace period the payer withdraws what it can: nothing it was served for.
+    for channel in [whole, part] {
+        let _ = w.rpc.escrow_withdraw(payer, w.escrow, channel).await;
+        assert!(w.channel(channel).await.finalized);
+    }
+    assert_eq!(w.balance(w.payee()).await, DEPOSIT + 2 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, payer_before - DEPOSIT - 2 * PRICE);
+    assert_eq!(w.balance(w.escrow).await, 0);
+    for channel in [whole, part] {
+        let record = w.sessions.load_session("mpp-evm-session", &format!("{channel:#x}")).await;
+        assert_eq!(record.unwrap().unwrap().value.status, SessionStatus::Closed);
+    }
+}
+
+#[tokio::test]
+async fn a_close_requested_while_the_server_was_down_is_answered_when_it_starts() {
+    let mut w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    w.pay(channel, PRICE, 2).await;
+    w.paywall.maintain().await;
+    // The server stops (its store survives); meanwhile the payer asks for a forced close.
+    let sessions = w.sessions.clone();
+    w.app = Router::new();
+    w.rpc.escrow_request_close(&w.payer().signer, w.escrow, channel).await.unwrap();
+    w.advance(DEFAULT_CLOSE_GRACE_PERIOD / 2).await;
+    // Its first upkeep after the restart reads every channel it holds earnings on.
+    w.restart(sessions);
+    w.paywall.maintain().await;
+    assert!(w.channel(channel).await.finalized);
+    assert_eq!(w.balance(w.payee()).await, 3 * PRICE);
+    assert_eq!(w.balance(w.escrow).await, 0);
+}
+
+#[tokio::test]
+async fn upkeep_slower_than_a_third_of_the_escrow_grace_period_is_refused_at_start() {
+    let mut w = world().await;
+    let grace = Duration::from_secs(DEFAULT_CLOSE_GRACE_PERIOD);
+    let slow = w.paywall.spawn_maintenance(grace / 3 + Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(slow, MaintenanceError::TooSlow { rail: "mpp", deadline, .. } if deadline == grace),
+        "{slow}"
+    );
+    w.paywall.spawn_maintenance(grace / 3).await.unwrap().abort();
+    // An escrow whose grace period leaves the payee no time to close first: no upkeep at all.
+    let hasty = w.rpc.deploy_session_escrow(&w.anvil.accounts()[0].signer, 60).await.unwrap();
+    w.config.escrow = hasty;
+    let sessions = w.sessions.clone();
+    w.restart(sessions);
+    let refused = w.paywall.spawn_maintenance(Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(refused, MaintenanceError::Rail { rail: "mpp", .. }), "{refused}");
+}
+
+#[tokio::test]
+async fn served_vouchers_are_settled_on_chain_once_past_the_threshold() {
+    let mut w = world().await;
+    w.config.settle_threshold = Some(3 * PRICE);
+    let sessions = w.sessions.clone();
+    w.restart(sessions);
+    let channel = w.opened(10 * PRICE).await;
+    w.pay(channel, PRICE, 1).await;
+    w.paywall.maintain().await;
+    assert_eq!(w.channel(channel).await.settled, 0, "2 served: below the threshold");
+    w.pay(channel, 2 * PRICE, 1).await;
+    // The payer authorizes more than the next request costs.
+    let c = w.challenge().await;
+    let ahead = SessionPayload::Voucher(w.voucher(w.payer(), channel, 6 * PRICE));
+    assert_eq!(send(&w.app, "/data", Some(&cred(&c, &ahead))).await.0, StatusCode::OK);
+    w.paywall.maintain().await;
+    // Settled: what was served and signed for (3 of the 4 served), never the unserved part of
+    // the larger voucher; the channel stays open.
+    let state = w.channel(channel).await;
+    assert_eq!((state.settled, state.finalized), (3 * PRICE, false));
+    assert_eq!(w.balance(w.payee()).await, 3 * PRICE);
+    // Service goes on, and the close captures the rest of what was served.
+    assert_eq!(send(&w.app, "/data", Some(&cred(&c, &ahead))).await.0, StatusCode::OK);
+    let close = SessionPayload::Close(w.voucher(w.payer(), channel, 5 * PRICE));
+    let (status, _, body) = send(&w.app, "/data", Some(&cred(&c, &close))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(w.balance(w.payee()).await, 5 * PRICE);
+    assert_eq!(w.balance(w.escrow).await, 0);
+}
+
+#[tokio::test]
+async fn a_lost_session_record_does_not_make_spent_vouchers_spendable_again() {
+    let mut w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    w.pay(channel, PRICE, 2).await;
+    // The store loses the channel's record.
+    w.restart(Arc::new(MemoryStore::new()));
+    let c = w.challenge().await;
+    let last = SessionPayload::Voucher(w.voucher(w.payer(), channel, 3 * PRICE));
+    let again = send(&w.app, "/data", Some(&cred(&c, &last))).await;
+    refused(&again, StatusCode::PAYMENT_REQUIRED, "session/insufficient-balance");
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3);
+    // The next voucher pays for exactly one more request.
+    let next = SessionPayload::Voucher(w.voucher(w.payer(), channel, 4 * PRICE));
+    let (status, headers, _) = send(&w.app, "/data", Some(&cred(&c, &next))).await;
+    assert_eq!(status, StatusCode::OK);
+    let receipt = common::receipt(&headers);
+    assert_eq!(receipt.extensions["acceptedCumulative"], (4 * PRICE).to_string());
+    assert_eq!(receipt.extensions["spent"], (4 * PRICE).to_string());
+    let twice = send(&w.app, "/data", Some(&cred(&c, &next))).await;
+    refused(&twice, StatusCode::PAYMENT_REQUIRED, "session/insufficient-balance");
+    assert_eq!(w.handled.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_top_up_after_a_lost_record_does_not_make_spent_vouchers_spendable_again() {
+    let mut w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    w.pay(channel, PRICE, 2).await;
+    w.restart(Arc::new(MemoryStore::new()));
+    let payer = &w.payer().signer;
+    w.rpc.erc20_approve(payer, w.token, w.escrow, DEPOSIT).await.unwrap();
+    let tx = w.rpc.escrow_top_up(payer, w.escrow, channel, DEPOSIT).await.unwrap();
+    let c = w.challenge().await;
+    let top_up = SessionPayload::TopUp(TopUpPayload {
+        channel_id: channel,
+        hash: tx,
+        additional_deposit: DEPOSIT,
+    });
+    let (status, headers, _) = send(&w.app, "/data", Some(&cred(&c, &top_up))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(common::receipt(&headers).extensions["deposit"], (2 * DEPOSIT).to_string());
+    let last = SessionPayload::Voucher(w.voucher(w.payer(), channel, 3 * PRICE));
+    let again = send(&w.app, "/data", Some(&cred(&c, &last))).await;
+    refused(&again, StatusCode::PAYMENT_REQUIRED, "session/insufficient-balance");
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_replayed_open_after_a_lost_record_is_not_served_again() {
+    let mut w = world().await;
+    let (tx, salt, channel) = w.open_on_chain(DEPOSIT).await;
+    let open = |w: &World, amount| {
+        let voucher = w.voucher(w.payer(), channel, amount);
+        SessionPayload::Open(OpenPayload { hash: tx, salt, authorized_signer: None, voucher })
+    };
+    let c = w.challenge().await;
+    assert_eq!(send(&w.app, "/data", Some(&cred(&c, &open(&w, PRICE)))).await.0, StatusCode::OK);
+    w.pay(channel, PRICE, 2).await;
+    // The record is lost; later (longer than a challenge lives), the payer opens "again".
+    w.restart(Arc::new(MemoryStore::new()));
+    w.advance(2 * 300).await;
+    let c = w.challenge().await;
+    let replay = send(&w.app, "/data", Some(&cred(&c, &open(&w, 3 * PRICE)))).await;
+    refused(&replay, StatusCode::PAYMENT_REQUIRED, "session/insufficient-balance");
+    let first = send(&w.app, "/data", Some(&cred(&c, &open(&w, PRICE)))).await;
+    refused(&first, StatusCode::PAYMENT_REQUIRED, "verification-failed");
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3);
+    let (status, headers, _) = send(&w.app, "/data", Some(&cred(&c, &open(&w, 4 * PRICE)))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(common::receipt(&headers).extensions["spent"], (4 * PRICE).to_string());
+}
+
+#[tokio::test]
+async fn a_close_after_a_lost_record_captures_what_its_voucher_authorizes() {
+    let mut w = world().await;
+    let payer_before = w.balance(w.payer().address).await;
+    let channel = w.opened(DEPOSIT).await;
+    w.pay(channel, PRICE, 2).await;
+    w.restart(Arc::new(MemoryStore::new()));
+    let c = w.challenge().await;
+    let close = SessionPayload::Close(w.voucher(w.payer(), channel, 3 * PRICE));
+    let (status, _, body) = send(&w.app, "/data", Some(&cred(&c, &close))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["captured"], (3 * PRICE).to_string());
+    assert_eq!(w.balance(w.payee()).await, 3 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, payer_before - 3 * PRICE);
+}
+
+#[tokio::test]
+async fn the_handler_sees_the_on_chain_payer_not_the_credentials_source() {
+    let w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    let (_, headers, _) = send(&w.app, "/who", None).await;
+    let c = common::challenges(&headers).remove(0);
+    let stranger = w.anvil.accounts()[5].address;
+    let v = SessionPayload::Voucher(w.voucher(w.payer(), channel, 2 * PRICE));
+    let mut credential = Credential::new(&c, v.to_json());
+    credential.source = Some(format!("did:pkh:eip155:{}:{stranger:#x}", w.anvil.chain_id()));
+    let (status, _, body) = send(&w.app, "/who", Some(&credential.to_authorization())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Value::String(format!("{:#x}", w.payer().address)));
+}
+
+#[tokio::test]
+async fn a_quiet_upkeep_tick_costs_two_rpc_calls_whatever_the_number_of_channels() {
+    let mut w = world().await;
+    for _ in 0..3 {
+        let channel = w.opened(DEPOSIT).await;
+        w.pay(channel, PRICE, 1).await;
+    }
+    let (url, seen) = counting_proxy(w.anvil.url()).await.unwrap();
+    w.config.rpc = EvmRpc::connect(&url).await.unwrap();
+    let sessions = w.sessions.clone();
+    w.restart(sessions);
+    let calls = || std::mem::take(&mut *seen.lock().unwrap());
+    calls();
+    // The first tick reads the latest block and every open channel.
+    w.paywall.maintain().await;
+    assert_eq!(calls(), ["eth_blockNumber", "eth_call", "eth_call", "eth_call"]);
+    // Then: the latest block and the close requests since the last one read.
+    for _ in 0..3 {
+        w.anvil.mine().await.unwrap();
+        w.paywall.maintain().await;
+        assert_eq!(calls(), ["eth_blockNumber", "eth_getLogs"]);
+    }
+    // No new block, nothing more to read.
+    w.paywall.maintain().await;
+    assert_eq!(calls(), ["eth_blockNumber"]);
 }

@@ -39,5 +39,7 @@ mod paywall;
 mod routes;
 
 pub use layer::{Paid, PaywallLayer, PaywallService};
-pub use paywall::{Paywall, PaywallBuilder, PaywallError};
+pub use paywall::{
+    MaintenanceError, Paywall, PaywallBuilder, PaywallError, UPKEEP_INTERVALS_PER_DEADLINE,
+};
 pub use routes::{PricedRoute, RouteError};

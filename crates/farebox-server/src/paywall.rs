@@ -78,18 +78,49 @@ impl Paywall {
         }
     }
 
+    /// Checks that upkeep every `every` keeps every rail's [`Rail::upkeep_deadline`]: at most
+    /// [`UPKEEP_INTERVALS_PER_DEADLINE`] intervals must fit in each deadline.
+    pub async fn check_upkeep_interval(&self, every: Duration) -> Result<(), MaintenanceError> {
+        if every.is_zero() {
+            return Err(MaintenanceError::ZeroInterval);
+        }
+        for rail in &self.rails {
+            let deadline = rail
+                .upkeep_deadline()
+                .await
+                .map_err(|error| MaintenanceError::Rail { rail: rail.name(), error })?;
+            let Some(deadline) = deadline else { continue };
+            let longest = deadline / UPKEEP_INTERVALS_PER_DEADLINE;
+            if every > longest {
+                return Err(MaintenanceError::TooSlow {
+                    rail: rail.name(),
+                    every,
+                    deadline,
+                    longest,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Runs [`Self::maintain`] every `every` on the current tokio runtime until the returned
-    /// handle is aborted (or the runtime ends).
-    pub fn spawn_maintenance(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// handle is aborted (or the runtime ends), once [`Self::check_upkeep_interval`] has
+    /// accepted `every`: an interval a rail cannot live with is refused here, at start, rather
+    /// than found out when a payer has taken back what it spent.
+    pub async fn spawn_maintenance(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> Result<tokio::task::JoinHandle<()>, MaintenanceError> {
+        self.check_upkeep_interval(every).await?;
         let paywall = Arc::clone(self);
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 paywall.maintain().await;
             }
-        })
+        }))
     }
 
     /// Decides a priced request from its headers: find the credential, verify it, or refuse.
@@ -220,6 +251,30 @@ pub(crate) fn problem_response(
         }
     }
     response
+}
+
+/// How many upkeep intervals must fit in a rail's [`Rail::upkeep_deadline`]. Something upkeep
+/// must answer (a payer's forced close) may happen just after a tick, so it is seen up to one
+/// interval later (plus however long that tick takes); if that attempt fails (the node does not
+/// answer, the transaction is not mined in time) the next tick retries, up to two intervals
+/// later; the third interval is the margin for that transaction to be mined and for the chain's
+/// clock running ahead of ours. With fewer there is no room for a retry.
+pub const UPKEEP_INTERVALS_PER_DEADLINE: u32 = 3;
+
+/// Why upkeep was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error("the upkeep interval is zero")]
+    ZeroInterval,
+    #[error(
+        "upkeep every {every:?} is too slow for rail {rail:?}: it must react within {deadline:?}, so upkeep must run at least every {longest:?}"
+    )]
+    TooSlow { rail: &'static str, every: Duration, deadline: Duration, longest: Duration },
+    /// The rail cannot tell how soon upkeep must react (its backend does not answer), or its
+    /// backend is configured so that no upkeep could keep up (e.g. an escrow grace period too
+    /// short for the payee to close first).
+    #[error("rail {rail:?} cannot be maintained: {error}")]
+    Rail { rail: &'static str, error: PaymentError },
 }
 
 /// Builds a [`Paywall`].

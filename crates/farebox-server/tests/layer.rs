@@ -14,7 +14,7 @@ use farebox_core::{
     Asset, Challenge, ControlAnswer, Money, PaymentError, PresentedCredential, Price, Rail,
     Receipt, Resource, SettleTiming, Token, Verified,
 };
-use farebox_server::{Paid, Paywall, PaywallLayer, PricedRoute};
+use farebox_server::{MaintenanceError, Paid, Paywall, PaywallLayer, PricedRoute};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -531,8 +531,69 @@ async fn upkeep_runs_every_rail_even_when_one_fails() {
         (sats.maintained.load(Ordering::SeqCst), usd.maintained.load(Ordering::SeqCst)),
         (1, 1)
     );
-    let task = paywall.spawn_maintenance(Duration::from_millis(10));
+    let task = paywall.spawn_maintenance(Duration::from_millis(10)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     task.abort();
     assert!(usd.maintained.load(Ordering::SeqCst) >= 3, "runs periodically");
+}
+
+/// A rail that must be maintained within `deadline` (or cannot tell, when `None`).
+struct DeadlineRail {
+    deadline: Option<Duration>,
+}
+
+#[async_trait]
+impl Rail for DeadlineRail {
+    fn name(&self) -> &'static str {
+        "escrowed"
+    }
+    async fn challenge(&self, _r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+        Ok(None)
+    }
+    async fn verify(
+        &self,
+        _r: &Resource,
+        _c: &PresentedCredential,
+    ) -> Result<Verified, PaymentError> {
+        Err(PaymentError::invalid("test_bad_proof", "never paid"))
+    }
+    async fn settle(&self, _r: &Resource, _v: Verified) -> Result<Receipt, PaymentError> {
+        Err(PaymentError::invalid("test_bad_proof", "never paid"))
+    }
+    async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
+        self.deadline.map(Some).ok_or_else(|| {
+            PaymentError::unavailable("test_backend_down", "no deadline", Duration::from_secs(1))
+        })
+    }
+}
+
+#[tokio::test]
+async fn upkeep_slower_than_a_rail_can_live_with_is_refused_at_start() {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let deadline = Duration::from_secs(900);
+    let paywall = Arc::new(
+        Paywall::builder()
+            .rail(sats.clone())
+            .rail(DeadlineRail { deadline: Some(deadline) })
+            .build()
+            .unwrap(),
+    );
+    let too_slow = paywall.spawn_maintenance(Duration::from_secs(301)).await.unwrap_err();
+    assert!(matches!(too_slow, MaintenanceError::TooSlow { rail: "escrowed", .. }), "{too_slow}");
+    assert_eq!(
+        paywall.spawn_maintenance(Duration::ZERO).await.unwrap_err(),
+        MaintenanceError::ZeroInterval
+    );
+    // Nothing was started by the refusals.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sats.maintained.load(Ordering::SeqCst), 0);
+    // A third of the deadline is fine.
+    let task = paywall.spawn_maintenance(deadline / 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    task.abort();
+    assert_eq!(sats.maintained.load(Ordering::SeqCst), 1, "the first tick runs at once");
+    // A rail that cannot tell its deadline (its backend is down) keeps upkeep from starting.
+    let blind = Arc::new(Paywall::builder().rail(DeadlineRail { deadline: None }).build().unwrap());
+    let unknown = blind.spawn_maintenance(Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(unknown, MaintenanceError::Rail { rail: "escrowed", .. }));
 }

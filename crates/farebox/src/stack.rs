@@ -199,8 +199,10 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
         paywall = paywall.route(route);
     }
     let paywall = Arc::new(paywall.build()?);
-    // Upkeep: reconcile x402 settlements left pending, close idle MPP sessions.
-    paywall.spawn_maintenance(Duration::from_secs(10));
+    // Upkeep: reconcile x402 settlements left pending, answer forced closes of MPP channels
+    // before their grace period ends, close idle sessions. Refused if 10 s is not well inside
+    // the escrow's grace period.
+    paywall.spawn_maintenance(Duration::from_secs(10)).await?;
     let upstream_state = Upstream {
         base: format!("http://{upstream}/").parse()?,
         client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,

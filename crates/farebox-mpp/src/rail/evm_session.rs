@@ -34,11 +34,40 @@
 //!   a retried close.
 //!
 //! Unknown channels answer 410 `session/channel-not-found`, closed ones 410
-//! `session/channel-finalized`. A channel that exists on chain but not in the store (another
-//! instance's store was lost, or the client opened elsewhere) is adopted from chain state with
-//! `spent = settled`.
+//! `session/channel-finalized`.
+//!
+//! **A channel on chain that the store does not know** (its record was lost, or the payer
+//! opened it against another deployment) is adopted from chain state, and the voucher it comes
+//! with counts as *spent*: the server cannot know what that voucher already paid for, so only a
+//! larger one buys service. An `open` is fresh (its voucher buys service) only when its
+//! transaction was mined less than one challenge lifetime ago in chain time, so an old `open`
+//! replayed after a record loss is an adoption too; a `topUp` of an unknown channel is answered
+//! without adopting it. What a lost record still exposes: a payer who kept its older vouchers
+//! can present them in ascending order and be served each increment again, up to its highest
+//! voucher but never below what is settled on chain; `settle_threshold` bounds that.
+//!
+//! **Upkeep** (`Rail::maintain`). A payer may
+//! `requestClose` on chain and `withdraw` everything not settled once the escrow's grace period
+//! has passed; the payee must close first. `Rail::upkeep_deadline` states the grace period, and
+//! the paywall refuses to start upkeep that is not well inside it. Each tick:
+//! 1. *watches*: reads the escrow's `CloseRequested` events since the last block it read (one
+//!    `eth_blockNumber` and one `eth_getLogs`, the last [`REORG_DEPTH`] blocks read again so
+//!    that an event moved by a reorganisation is not missed) and, for each event on a channel
+//!    the store holds open, reads the channel (one `eth_call`) and ends its service
+//!    (`Closing`; a top-up that cancels the request on chain later does not reopen it). The
+//!    first tick after a start, a tick that finds more than [`MAX_LOG_BLOCKS`] blocks unread,
+//!    or one whose `eth_getLogs` fails reads instead every channel the store holds open (one
+//!    `eth_call` each, at most [`FULL_PASS_LIMIT`]).
+//! 2. *closes* `Closing` channels, and channels idle for `MppConfig::evm_idle_close`, with
+//!    `closeWithCapture` and the highest voucher, capturing `max(spent, settled)`: one
+//!    transaction each (also [`MppRail::close_idle_sessions`]).
+//! 3. *settles*, when [`EvmSessionConfig::settle_threshold`] is set, channels whose served but
+//!    unsettled amount reached it: one `eth_call` and one `settle` transaction each.
+//!
+//! So a quiet tick costs two RPC calls, whatever the number of channels.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use farebox_core::store::{Update, update_session};
@@ -65,6 +94,14 @@ use crate::time;
 pub const NAMESPACE: &str = "mpp-evm-session";
 /// The shortest forced-close grace period the server accepts an escrow with (the draft: 10 min).
 pub const MIN_GRACE_PERIOD: u64 = 600;
+/// Blocks whose `CloseRequested` events each upkeep tick reads again (a reorganisation may
+/// move an event into a block already read).
+pub const REORG_DEPTH: u64 = 64;
+/// The most blocks one upkeep tick reads events of; further behind, it reads channel state
+/// instead (providers cap the range of `eth_getLogs`).
+pub const MAX_LOG_BLOCKS: u64 = 2_000;
+/// The most channels a full pass over the store reads.
+pub const FULL_PASS_LIMIT: usize = 10_000;
 
 /// The `evm` session method: the escrow and token channels are opened in, the payee key that
 /// closes them, and the node to read them from.
@@ -87,6 +124,12 @@ pub struct EvmSessionConfig {
     pub state_ttl: Duration,
     /// How long an `open` or `topUp` transaction may take to be mined before the answer is 503.
     pub receipt_timeout: Duration,
+    /// Settle a channel on chain (`settle`, the channel stays open) once what it served beyond
+    /// what is settled reaches this; `None`: only closes move money. Counted on what was
+    /// *spent*, not on what vouchers authorize: the server is owed what it served, and a
+    /// settled amount can never go back to the payer (a close captures at least it), so it
+    /// settles with the highest voucher it holds that does not exceed what was spent.
+    pub settle_threshold: Option<u128>,
 }
 
 impl EvmSessionConfig {
@@ -110,6 +153,7 @@ impl EvmSessionConfig {
             min_voucher_delta: 0,
             state_ttl: Duration::from_secs(60),
             receipt_timeout: Duration::from_secs(20),
+            settle_threshold: None,
         }
     }
 
@@ -141,8 +185,13 @@ pub(crate) struct Method {
     pub asset: Asset,
     pub domain: VoucherDomain,
     pub sessions: std::sync::Arc<dyn SessionStore>,
-    /// Whether the escrow's grace period has been checked.
-    grace_ok: AtomicBool,
+    /// The escrow's grace period in seconds once read and found long enough; 0 before.
+    grace: AtomicU64,
+    /// The last block whose `CloseRequested` events upkeep has read; `None` until the first
+    /// tick, which reads channel state instead. Held through a tick: ticks take turns.
+    scanned: tokio::sync::Mutex<Option<u64>>,
+    /// Channels whose served but unsettled amount reached `settle_threshold`.
+    settle_due: std::sync::Mutex<HashSet<B256>>,
 }
 
 impl Method {
@@ -152,7 +201,16 @@ impl Method {
             domain: config.rpc.voucher_domain(config.escrow),
             config,
             sessions,
-            grace_ok: AtomicBool::new(false),
+            grace: AtomicU64::new(0),
+            scanned: tokio::sync::Mutex::new(None),
+            settle_due: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Notes `channel` for settlement if what it served beyond `settled` reached the threshold.
+    fn note_unsettled(&self, channel: B256, spent: u128, settled: u128) {
+        if self.config.settle_threshold.is_some_and(|t| spent.saturating_sub(settled) >= t) {
+            self.settle_due.lock().unwrap_or_else(|e| e.into_inner()).insert(channel);
         }
     }
 
@@ -176,6 +234,28 @@ struct ChannelData {
     /// The close being settled, once one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     close: Option<CloseIntent>,
+    /// The highest voucher held whose whole amount was spent: what settlement may redeem
+    /// without taking money for requests not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spent_voucher: Option<HeldVoucher>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeldVoucher {
+    amount: String,
+    signature: String,
+}
+
+impl ChannelData {
+    /// Keeps `amount` (signed by `signature`) as the spent voucher if it is higher.
+    fn note_spent_voucher(&mut self, amount: u128, signature: &str) {
+        let held = self.spent_voucher.as_ref().and_then(|v| v.amount.parse::<u128>().ok());
+        if amount > 0 && held.is_none_or(|h| h < amount) {
+            self.spent_voucher =
+                Some(HeldVoucher { amount: amount.to_string(), signature: signature.to_owned() });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,17 +385,16 @@ impl MppRail {
             SessionPayload::Open(open) => {
                 let price = price()?;
                 self.open_channel(m, &open, price).await?;
-                self.debit(m, &open.voucher, price, id, cred.source.clone()).await
+                self.debit(m, &open.voucher, price, id).await
             }
-            SessionPayload::Voucher(v) => {
-                self.debit(m, &v, price()?, id, cred.source.clone()).await
-            }
+            SessionPayload::Voucher(v) => self.debit(m, &v, price()?, id).await,
             SessionPayload::TopUp(t) => self.top_up(m, &t, id).await,
             SessionPayload::Close(v) => self.begin_close(m, &v, id).await,
         }
     }
 
-    /// Checks an `open` and records the channel (unless it is known already).
+    /// Checks an `open` and records the channel (unless it is known already): a fresh one with
+    /// nothing spent, an old one as an adoption (see the module docs).
     async fn open_channel(
         &self,
         m: &Method,
@@ -383,16 +462,52 @@ impl MppRail {
                     (price - state.deposit.saturating_sub(state.settled)).to_string(),
                 ));
         }
+        // A payer opens after it got a challenge and pays before the challenge expires; an
+        // open mined longer ago than a challenge lives is a channel this store has lost (or
+        // never had), whose voucher may have paid for requests already.
+        let age = rpc
+            .escrow_tx_age(open.hash)
+            .await
+            .map_err(|e| chain_error(e, "the open transaction"))?;
+        if age.is_none_or(|age| age > self.ttl.as_secs()) {
+            self.adopt(m, channel, &state, &open.voucher).await?;
+            return Ok(());
+        }
         let record = record_from_chain(&state, None)?;
         // A concurrent open of the same channel may have won: either way it is recorded.
         m.sessions.create_session(NAMESPACE, &key(&channel), &record).await?;
         Ok(())
     }
 
-    /// The escrow's forced-close grace period is long enough for the payee to close first.
-    async fn check_grace_period(&self, m: &Method) -> Result<(), PaymentError> {
-        if m.grace_ok.load(Ordering::Relaxed) {
-            return Ok(());
+    /// Records a channel the store does not know from its chain `state`, everything `v`
+    /// authorizes counted as spent (see the module docs). Nothing is recorded unless the
+    /// channel pays this server in its token and `v` is the channel signer's and within the
+    /// deposit.
+    async fn adopt(
+        &self,
+        m: &Method,
+        channel: B256,
+        state: &Channel,
+        v: &SignedVoucher,
+    ) -> Result<SessionRecord, PaymentError> {
+        let id = key(&channel);
+        check_ours(m, &channel, state)?;
+        check_voucher_signature(&m.domain, signer_of(state), v)?;
+        if v.cumulative_amount > state.deposit {
+            return Err(exceeds_deposit(&channel, v.cumulative_amount, state.deposit));
+        }
+        let record = record_from_chain(state, Some(v))?;
+        // A concurrent adoption may have won: its record is the one.
+        m.sessions.create_session(NAMESPACE, &id, &record).await?;
+        Ok(m.sessions.load_session(NAMESPACE, &id).await?.map(|v| v.value).unwrap_or(record))
+    }
+
+    /// The escrow's grace period in seconds, once checked to be long enough for the payee to
+    /// close first (read from the chain once).
+    async fn check_grace_period(&self, m: &Method) -> Result<u64, PaymentError> {
+        let known = m.grace.load(Ordering::Relaxed);
+        if known != 0 {
+            return Ok(known);
         }
         let grace = m
             .config
@@ -408,8 +523,16 @@ impl MppRail {
                 ),
             ));
         }
-        m.grace_ok.store(true, Ordering::Relaxed);
-        Ok(())
+        m.grace.store(grace, Ordering::Relaxed);
+        Ok(grace)
+    }
+
+    /// How soon upkeep must answer a forced close: the escrow's grace period.
+    pub(crate) async fn evm_session_upkeep_deadline(
+        &self,
+    ) -> Result<Option<Duration>, PaymentError> {
+        let Some(m) = &self.evm_session else { return Ok(None) };
+        Ok(Some(Duration::from_secs(self.check_grace_period(m).await?)))
     }
 
     async fn read_channel(&self, m: &Method, channel: B256) -> Result<Channel, PaymentError> {
@@ -427,55 +550,50 @@ impl MppRail {
         Ok(state)
     }
 
-    /// The channel's record, adopted from chain state when the store does not know it, and
-    /// refreshed from chain state when it is older than the TTL or `refresh` asks.
+    /// The channel's record; a channel the store does not know is adopted with `presented`
+    /// counted as spent ([`Self::adopt`]).
     async fn channel_record(
         &self,
         m: &Method,
         channel: B256,
         refresh: bool,
+        presented: &SignedVoucher,
     ) -> Result<SessionRecord, PaymentError> {
+        if let Some(record) = self.known_record(m, channel, refresh).await? {
+            return Ok(record);
+        }
+        let state = self.read_channel(m, channel).await?;
+        self.adopt(m, channel, &state, presented).await
+    }
+
+    /// The channel's record if the store has it, refreshed from chain state when it is older
+    /// than the TTL or `refresh` asks.
+    async fn known_record(
+        &self,
+        m: &Method,
+        channel: B256,
+        refresh: bool,
+    ) -> Result<Option<SessionRecord>, PaymentError> {
         let id = key(&channel);
         let Some(current) = m.sessions.load_session(NAMESPACE, &id).await? else {
-            let state = self.read_channel(m, channel).await?;
-            if state.payee != m.payee() || state.token != m.config.token {
-                return Err(ProblemType::SessionChannelNotFound
-                    .error("the channel does not pay this server in its token")
-                    .with_member("channelId", id));
-            }
-            let record = record_from_chain(&state, None)?;
-            m.sessions.create_session(NAMESPACE, &id, &record).await?;
-            return Ok(m
-                .sessions
-                .load_session(NAMESPACE, &id)
-                .await?
-                .map(|v| v.value)
-                .unwrap_or(record));
+            return Ok(None);
         };
         let data = data_of(&current.value)?;
         let stale = time::unix_now().saturating_sub(data.checked_at) > m.config.state_ttl.as_secs();
         if current.value.status != SessionStatus::Open || !(refresh || stale) {
-            return Ok(current.value);
+            return Ok(Some(current.value));
         }
         let state = self.read_channel(m, channel).await?;
         let now = time::unix_now();
         let updated = update_session(&*m.sessions, NAMESPACE, &id, |r| {
             let mut data = data_of(r)?;
             data.checked_at = now;
-            let mut next = with_data(r, &data);
-            next.deposit = state.deposit;
-            next.settled = next.settled.max(state.settled);
-            next.spent = next.spent.max(next.settled);
-            next.accepted = next.accepted.max(next.spent);
-            if state.finalized || state.closeRequestedAt != 0 {
-                // Finalized on chain, or the payer asked for a forced close: no more service.
-                next.status =
-                    if state.finalized { SessionStatus::Closed } else { SessionStatus::Closing };
-            }
+            let next = with_data(&synced(r, &state), &data);
             Ok::<_, PaymentError>(Update::Write(next.clone(), next))
         })
         .await?;
         updated
+            .map(Some)
             .ok_or_else(|| PaymentError::internal("mpp_session_state", "channel record vanished"))
     }
 
@@ -486,18 +604,18 @@ impl MppRail {
         v: &SignedVoucher,
         price: u128,
         challenge_id: String,
-        payer: Option<String>,
     ) -> Result<Verified, PaymentError> {
         let channel = v.channel_id;
         let _turn = self.session_locks.turn(&key(&channel)).await;
-        let mut record = self.channel_record(m, channel, false).await?;
+        let mut record = self.channel_record(m, channel, false, v).await?;
         refuse_unless_open(&record, &channel)?;
         if v.cumulative_amount > record.deposit {
             // Perhaps topped up on chain since we last looked.
-            record = self.channel_record(m, channel, true).await?;
+            record = self.channel_record(m, channel, true, v).await?;
             refuse_unless_open(&record, &channel)?;
         }
-        check_signature(m, v, &data_of(&record)?)?;
+        let data = data_of(&record)?;
+        check_signature(m, v, &data)?;
         let min_delta = m.config.min_voucher_delta;
         let outcome = update_session(&*m.sessions, NAMESPACE, &key(&channel), |r| {
             apply_voucher(r, v, price, min_delta)
@@ -505,9 +623,11 @@ impl MppRail {
         .await?
         .ok_or_else(|| channel_gone(&channel))?;
         let (accepted, spent) = outcome?;
+        m.note_unsettled(channel, spent, record.settled);
+        // Who paid is who the chain says owns the channel, never what the credential claims.
         Ok(Verified::new(
             Money::new(m.asset.clone(), price),
-            payer,
+            Some(data.payer),
             key(&channel),
             super::Held::EvmSession(Held::Debit { channel, challenge_id, price, accepted, spent }),
         ))
@@ -546,17 +666,26 @@ impl MppRail {
                 "the top-up transaction added another amount or to another channel",
             ));
         }
-        let record = self.channel_record(m, t.channel_id, true).await?;
-        refuse_unless_open(&record, &t.channel_id)?;
+        let deposit = match self.known_record(m, t.channel_id, true).await? {
+            Some(record) => {
+                refuse_unless_open(&record, &t.channel_id)?;
+                record.deposit
+            }
+            None => {
+                // Not adopted: only a voucher can say how much may have been spent already.
+                let state = self.read_channel(m, t.channel_id).await?;
+                check_ours(m, &t.channel_id, &state)?;
+                if state.finalized || state.closeRequestedAt != 0 {
+                    return Err(channel_gone(&t.channel_id));
+                }
+                state.deposit
+            }
+        };
         Ok(Verified::new(
             Money::zero(m.asset.clone()),
             None,
             key(&t.channel_id),
-            super::Held::EvmSession(Held::TopUp {
-                channel: t.channel_id,
-                challenge_id,
-                deposit: record.deposit,
-            }),
+            super::Held::EvmSession(Held::TopUp { channel: t.channel_id, challenge_id, deposit }),
         )
         .control())
     }
@@ -569,7 +698,7 @@ impl MppRail {
         challenge_id: String,
     ) -> Result<Verified, PaymentError> {
         let channel = v.channel_id;
-        let record = self.channel_record(m, channel, false).await?;
+        let record = self.channel_record(m, channel, false, v).await?;
         if record.status == SessionStatus::Closed {
             return Err(channel_gone(&channel));
         }
@@ -785,9 +914,10 @@ impl MppRail {
         Ok(())
     }
 
-    /// Closes channels idle since before `idle_before` (Unix seconds) and finishes closes that
-    /// were left half done, capturing `max(spent, settled)` of each with its highest voucher.
-    /// Returns how many channels were closed.
+    /// Closes channels whose payer asked the chain for a forced close and channels idle since
+    /// before `idle_before` (Unix seconds), and finishes closes that were left half done,
+    /// capturing `max(spent, settled)` of each with its highest voucher. Returns how many
+    /// channels were closed.
     pub(crate) async fn close_idle_evm_sessions(
         &self,
         idle_before: u64,
@@ -800,47 +930,221 @@ impl MppRail {
             m.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
         for (id, current) in closing.into_iter().chain(idle) {
             let Some(channel) = crate::fields::parse_b256(&id) else { continue };
-            let r = &current.value;
-            let data = data_of(r)?;
-            if data.close.is_none() {
-                let capture = r.spent.max(r.settled);
-                let Some(sig) =
-                    data.voucher_signature.clone().filter(|_| r.accepted >= capture && capture > 0)
-                else {
-                    continue; // nothing earned, or no voucher to close with
-                };
-                let intent = CloseIntent {
-                    amount: r.accepted.to_string(),
-                    signature: sig,
-                    capture: capture.to_string(),
-                    tx: None,
-                };
-                let wrote = update_session(&*m.sessions, NAMESPACE, &id, |now| {
-                    // Open and idle, or closing because the payer asked on chain: close it
-                    // before the payer's grace period ends.
-                    let mut d = data_of(now)?;
-                    if now.status == SessionStatus::Closed || d.close.is_some() {
-                        return Ok::<_, PaymentError>(Update::Keep(false));
-                    }
-                    d.close = Some(intent.clone());
-                    let mut next = with_data(now, &d);
-                    next.status = SessionStatus::Closing;
-                    Ok(Update::Write(next, true))
+            if data_of(&current.value)?.close.is_none() {
+                let due = update_session(&*m.sessions, NAMESPACE, &id, |now| {
+                    close_intent(now, idle_before)
                 })
                 .await?;
-                if wrote != Some(true) {
+                if due != Some(true) {
                     continue;
                 }
             }
             match self.finish_close(m, channel).await {
                 Ok(_) => closed += 1,
                 Err(e) => {
-                    tracing::warn!(channel = %id, code = e.code, detail = %e.detail, "could not close an idle channel")
+                    tracing::warn!(channel = %id, code = e.code, detail = %e.detail, "could not close a channel")
                 }
             }
         }
         Ok(closed)
     }
+
+    /// Upkeep's watch (see the module docs): stops the service of every channel whose payer
+    /// asked the chain for a forced close, so that [`Self::close_idle_evm_sessions`] closes it
+    /// with its highest voucher before the grace period ends. Reads the escrow's
+    /// `CloseRequested` events since the last tick, or every open channel's state on the first
+    /// tick, after a long gap, or when the node does not answer `eth_getLogs`.
+    pub(crate) async fn watch_evm_sessions(&self) -> Result<(), PaymentError> {
+        let Some(m) = &self.evm_session else { return Ok(()) };
+        let mut scanned = m.scanned.lock().await;
+        let rpc = &m.config.rpc;
+        let head = rpc.block_number().await.map_err(|e| chain_error(e, "the latest block"))?;
+        let logged = match *scanned {
+            Some(last) if head <= last => return Ok(()),
+            Some(last) if head - last <= MAX_LOG_BLOCKS => {
+                let from = (last + 1).saturating_sub(REORG_DEPTH);
+                match rpc.escrow_close_requests(m.config.escrow, from, head).await {
+                    Ok(channels) => Some(channels),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the escrow's close requests; reading every open channel instead");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match logged {
+            Some(channels) => {
+                let mut seen = HashSet::new();
+                for channel in channels.into_iter().filter(|c| seen.insert(*c)) {
+                    let known = m.sessions.load_session(NAMESPACE, &key(&channel)).await?;
+                    if let Some(record) = known {
+                        self.watch_channel(m, channel, &record.value).await?;
+                    }
+                }
+            }
+            None => {
+                let open = m
+                    .sessions
+                    .idle_sessions(NAMESPACE, SessionStatus::Open, u64::MAX, FULL_PASS_LIMIT)
+                    .await?;
+                if open.len() == FULL_PASS_LIMIT {
+                    tracing::warn!(
+                        limit = FULL_PASS_LIMIT,
+                        "more open channels than one pass reads; the most recently used were not checked"
+                    );
+                }
+                for (id, record) in open {
+                    let Some(channel) = crate::fields::parse_b256(&id) else { continue };
+                    self.watch_channel(m, channel, &record.value).await?;
+                }
+            }
+        }
+        *scanned = Some(head);
+        Ok(())
+    }
+
+    /// Brings an open channel's record up to date with its chain state (see
+    /// [`Self::sync_channel`]) and notes what it served beyond the settled amount for
+    /// settlement.
+    async fn watch_channel(
+        &self,
+        m: &Method,
+        channel: B256,
+        record: &SessionRecord,
+    ) -> Result<(), PaymentError> {
+        if record.status != SessionStatus::Open {
+            return Ok(());
+        }
+        m.note_unsettled(channel, record.spent, record.settled);
+        let state = m
+            .config
+            .rpc
+            .escrow_channel(m.config.escrow, channel)
+            .await
+            .map_err(|e| chain_error(e, "the channel"))?;
+        self.sync_channel(m, channel, &state).await
+    }
+
+    /// Writes what the chain `state` changes in the channel's record: a close the payer
+    /// requested ends its service, a deposit or settlement made elsewhere is taken in.
+    async fn sync_channel(
+        &self,
+        m: &Method,
+        channel: B256,
+        state: &Channel,
+    ) -> Result<(), PaymentError> {
+        update_session(&*m.sessions, NAMESPACE, &key(&channel), |r| {
+            let next = synced(r, state);
+            if (next.status, next.deposit, next.settled) == (r.status, r.deposit, r.settled) {
+                return Ok::<_, PaymentError>(Update::Keep(()));
+            }
+            Ok(Update::Write(SessionRecord { updated_at: time::unix_now(), ..next }, ()))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Upkeep's settlement (with [`EvmSessionConfig::settle_threshold`]): redeems on chain,
+    /// channel open, the highest wholly spent voucher of every channel whose served but
+    /// unsettled amount reached the threshold. A channel that fails is tried again next tick.
+    pub(crate) async fn settle_evm_sessions(&self) -> Result<(), PaymentError> {
+        let Some(m) = &self.evm_session else { return Ok(()) };
+        let Some(threshold) = m.config.settle_threshold else { return Ok(()) };
+        let due: Vec<B256> =
+            m.settle_due.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let mut failed = None;
+        for channel in due {
+            if let Err(e) = self.settle_channel(m, channel, threshold).await {
+                tracing::warn!(channel = %key(&channel), code = e.code, detail = %e.detail, "could not settle a channel");
+                m.settle_due.lock().unwrap_or_else(|e| e.into_inner()).insert(channel);
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn settle_channel(
+        &self,
+        m: &Method,
+        channel: B256,
+        threshold: u128,
+    ) -> Result<(), PaymentError> {
+        let id = key(&channel);
+        let Some(current) = m.sessions.load_session(NAMESPACE, &id).await? else {
+            return Ok(());
+        };
+        let r = current.value;
+        if r.status != SessionStatus::Open || r.spent.saturating_sub(r.settled) < threshold {
+            return Ok(());
+        }
+        let voucher = data_of(&r)?.spent_voucher.and_then(|v| {
+            let amount = v.amount.parse::<u128>().ok()?;
+            Some((amount, crate::fields::parse_blob(&v.signature)?))
+        });
+        // Only a voucher wholly spent: a settled amount never goes back to the payer.
+        let Some((amount, signature)) = voucher.filter(|(a, _)| *a <= r.spent && *a > r.settled)
+        else {
+            return Ok(());
+        };
+        let cfg = &m.config;
+        let state = self.read_channel(m, channel).await?;
+        if state.finalized || state.closeRequestedAt != 0 || state.settled >= amount {
+            // Closing or settled meanwhile: the record learns it, upkeep does the rest.
+            return self.sync_channel(m, channel, &state).await;
+        }
+        cfg.rpc
+            .escrow_settle(&cfg.payee, cfg.escrow, channel, amount, &signature)
+            .await
+            .map_err(|e| chain_error(e, "the settlement"))?;
+        update_session(&*m.sessions, NAMESPACE, &id, |r| {
+            let mut next = r.clone();
+            next.settled = next.settled.max(amount);
+            next.spent = next.spent.max(next.settled);
+            next.accepted = next.accepted.max(next.spent);
+            next.updated_at = time::unix_now();
+            Ok::<_, PaymentError>(Update::Write(next, ()))
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// What upkeep does with a channel it found closing (the payer asked on chain) or idle since
+/// before `idle_before`, as a [`update_session`] step: `true` when it recorded the close to
+/// send, capturing `max(spent, settled)` with the highest voucher.
+fn close_intent(r: &SessionRecord, idle_before: u64) -> Result<Update<bool>, PaymentError> {
+    let mut data = data_of(r)?;
+    let due = match r.status {
+        SessionStatus::Closing => true,
+        SessionStatus::Open => r.updated_at < idle_before,
+        SessionStatus::Closed => false,
+    };
+    if !due || data.close.is_some() {
+        // Not (or no longer) due, or another instance recorded its close already.
+        return Ok(Update::Keep(due && r.status == SessionStatus::Closing));
+    }
+    let capture = r.spent.max(r.settled);
+    let signature = data.voucher_signature.clone().filter(|_| r.accepted >= capture && capture > 0);
+    let Some(signature) = signature else {
+        // Nothing earned, or no voucher to claim it with: nothing to send. A channel its payer
+        // is closing is done with (the payer withdraws it all); an idle one goes to the back of
+        // the queue, so that it does not keep the others from their turn.
+        let mut next = with_data(r, &data);
+        if r.status == SessionStatus::Closing {
+            next.status = SessionStatus::Closed;
+        }
+        return Ok(Update::Write(next, false));
+    };
+    data.close = Some(CloseIntent {
+        amount: r.accepted.to_string(),
+        signature,
+        capture: capture.to_string(),
+        tx: None,
+    });
+    let mut next = with_data(r, &data);
+    next.status = SessionStatus::Closing;
+    Ok(Update::Write(next, true))
 }
 
 /// The outcome of a close.
@@ -933,20 +1237,17 @@ pub fn apply_voucher(
         )));
     }
     if v.cumulative_amount > r.deposit {
-        return Err(ProblemType::SessionAmountExceedsDeposit
-            .error(format!(
-                "the voucher for {} exceeds the channel's deposit of {}",
-                v.cumulative_amount, r.deposit
-            ))
-            .with_member("channelId", key(&channel))
-            .with_member("requiredTopUp", (v.cumulative_amount - r.deposit).to_string()));
+        return Err(exceeds_deposit(&channel, v.cumulative_amount, r.deposit));
     }
     let mut next = r.clone();
+    // The channel data is parsed and rewritten only when a voucher is kept.
+    let mut data = None;
+    let mut previous = None;
     if grows {
-        let mut data = data_of(r)?;
-        data.voucher_signature = Some(crate::fields::hex0x(&v.signature));
-        next = with_data(r, &data);
+        let mut d = data_of(r)?;
+        previous = d.voucher_signature.replace(crate::fields::hex0x(&v.signature));
         next.accepted = v.cumulative_amount;
+        data = Some(d);
     }
     let available = next.accepted.saturating_sub(next.spent);
     if available < price {
@@ -957,30 +1258,102 @@ pub fn apply_voucher(
             .with_member("channelId", key(&channel))
             .with_member("requiredTopUp", (price - available).to_string());
         // A larger voucher that still does not cover the price is kept all the same.
-        return Ok(if grows { Update::Write(next, Err(short)) } else { Update::Keep(Err(short)) });
+        return Ok(match data {
+            Some(d) => Update::Write(with_data(&next, &d), Err(short)),
+            None => Update::Keep(Err(short)),
+        });
     }
     next.spent += price;
     next.updated_at = time::unix_now();
+    // Remember the highest voucher now wholly spent: what settlement may redeem.
+    let wholly_spent = if next.accepted <= next.spent {
+        Some(next.accepted)
+    } else if grows && r.accepted <= next.spent {
+        Some(r.accepted)
+    } else {
+        None
+    };
+    if let Some(amount) = wholly_spent {
+        let mut d = match data.take() {
+            Some(d) => d,
+            None => data_of(r)?,
+        };
+        // The highest voucher's signature, or the one it replaced.
+        let signature =
+            if amount == next.accepted { d.voucher_signature.clone() } else { previous };
+        if let Some(signature) = signature {
+            d.note_spent_voucher(amount, &signature);
+        }
+        data = Some(d);
+    }
+    if let Some(d) = data {
+        next = with_data(&next, &d);
+    }
     let spent = (next.accepted, next.spent);
     Ok(Update::Write(next, Ok(spent)))
 }
 
-/// A record for a channel as the chain has it (what the server starts from when it adopts a
-/// channel): nothing accepted beyond what is settled, `signature` the voucher for `accepted`
-/// if one is known.
+fn exceeds_deposit(channel: &B256, amount: u128, deposit: u128) -> PaymentError {
+    ProblemType::SessionAmountExceedsDeposit
+        .error(format!("the voucher for {amount} exceeds the channel's deposit of {deposit}"))
+        .with_member("channelId", key(channel))
+        .with_member("requiredTopUp", (amount - deposit).to_string())
+}
+
+/// A channel on chain pays this server in its token, or it is none of this server's.
+fn check_ours(m: &Method, channel: &B256, state: &Channel) -> Result<(), PaymentError> {
+    if state.payee == m.payee() && state.token == m.config.token {
+        return Ok(());
+    }
+    Err(ProblemType::SessionChannelNotFound
+        .error("the channel does not pay this server in its token")
+        .with_member("channelId", key(channel)))
+}
+
+/// Who signs the channel's vouchers: its authorized signer, else its payer.
+fn signer_of(state: &Channel) -> Address {
+    if state.authorizedSigner == Address::ZERO { state.payer } else { state.authorizedSigner }
+}
+
+/// `r` brought up to date with the channel's chain `state`: its deposit, what is settled, and
+/// its status (finalized, or a close the payer requested: no more service).
+fn synced(r: &SessionRecord, state: &Channel) -> SessionRecord {
+    let mut next = r.clone();
+    next.deposit = state.deposit;
+    next.settled = next.settled.max(state.settled);
+    next.spent = next.spent.max(next.settled);
+    next.accepted = next.accepted.max(next.spent);
+    if next.status == SessionStatus::Open && state.finalized {
+        next.status = SessionStatus::Closed;
+    } else if next.status == SessionStatus::Open && state.closeRequestedAt != 0 {
+        next.status = SessionStatus::Closing;
+    }
+    next
+}
+
+/// A record for a channel as the chain has it: nothing accepted beyond what is settled, or,
+/// when the server adopts a channel it lost track of, everything `spent` authorizes counted as
+/// accepted and spent (a voucher at or below what is settled, or above the deposit, adds
+/// nothing). The caller has checked `spent`'s signature against the channel's signer.
 pub fn record_from_chain(
     state: &Channel,
-    signature: Option<String>,
+    spent: Option<&SignedVoucher>,
 ) -> Result<SessionRecord, PaymentError> {
-    let signer =
-        if state.authorizedSigner == Address::ZERO { state.payer } else { state.authorizedSigner };
-    let data = ChannelData {
+    let counted = spent
+        .filter(|v| v.cumulative_amount > state.settled && v.cumulative_amount <= state.deposit);
+    let signature = counted.map(|v| crate::fields::hex0x(&v.signature));
+    let mut data = ChannelData {
         payer: format!("{:#x}", state.payer),
-        signer: format!("{signer:#x}"),
-        voucher_signature: signature,
+        signer: format!("{:#x}", signer_of(state)),
+        voucher_signature: signature.clone(),
         checked_at: time::unix_now(),
         close: None,
+        spent_voucher: None,
     };
+    if let (Some(v), Some(signature)) = (counted, &signature) {
+        data.note_spent_voucher(v.cumulative_amount, signature);
+    }
+    let accepted = counted.map_or(state.settled, |v| v.cumulative_amount);
     let status = if state.finalized {
         SessionStatus::Closed
     } else if state.closeRequestedAt != 0 {
@@ -991,8 +1364,8 @@ pub fn record_from_chain(
     Ok(SessionRecord {
         status,
         deposit: state.deposit,
-        accepted: state.settled,
-        spent: state.settled,
+        accepted,
+        spent: accepted,
         settled: state.settled,
         data: serde_json::to_string(&data)
             .map_err(|e| PaymentError::internal("mpp_session_state", e.to_string()))?,

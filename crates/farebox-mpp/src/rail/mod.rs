@@ -990,10 +990,22 @@ impl Rail for MppRail {
         Ok(Receipt::new(payment.amount, payment.reference, headers))
     }
 
-    /// Closes idle sessions (EVM channels after [`MppConfig::evm_idle_close`], Lightning
-    /// sessions after their idle timeout) and finishes interrupted closes.
+    /// Watches EVM channels for forced closes, closes those and idle sessions (EVM channels
+    /// after [`MppConfig::evm_idle_close`], Lightning sessions after their idle timeout),
+    /// finishes interrupted closes, and settles EVM channels past their threshold (see
+    /// [`evm_session`]). Each step runs even when an earlier one failed.
     async fn maintain(&self) -> Result<(), PaymentError> {
-        self.close_idle_sessions(self.evm_idle_close).await.map(|_| ())
+        // Watch first: a forced close seen now is closed in this same tick.
+        let watched = self.watch_evm_sessions().await;
+        let closed = self.close_idle_sessions(self.evm_idle_close).await.map(|_| ());
+        let settled = self.settle_evm_sessions().await;
+        watched.and(closed).and(settled)
+    }
+
+    /// The escrow's grace period when EVM sessions are enabled: a payer who asked the chain
+    /// for a forced close may withdraw once it has passed.
+    async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
+        self.evm_session_upkeep_deadline().await
     }
 
     async fn release(&self, _resource: &Resource, payment: Verified) {
