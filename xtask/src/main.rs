@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask demo`: installs what the demo needs (anvil), then runs `farebox demo`.
 //! - `cargo xtask test`: installs what the tests need where it is missing (Debian packages, as
-//!   root), then runs every test of the workspace, doc tests included.
+//!   root), then runs every test of the workspace, doc tests included, then every fuzz target in
+//!   `fuzz/` over its seeds and for a bounded time (see `fuzz.rs`).
+//! - `cargo xtask fuzz`: only that fuzz step (`FAREBOX_FUZZ_SECONDS` per target, default 15).
 //! - `cargo xtask bench [FILTER]`: runs the criterion benchmarks with short, stable settings and
 //!   prints the medians; `cargo xtask bench facilitator` load-tests `farebox facilitator`'s
 //!   `/verify` with wrk against anvil.
@@ -26,6 +28,7 @@ use anyhow::{Context, Result, bail};
 
 mod chain;
 mod contracts;
+mod fuzz;
 mod interop;
 mod loadtest;
 mod tools;
@@ -65,9 +68,10 @@ fn main() -> ExitCode {
         Some("chain") => setup().and_then(|()| chain::run()),
         Some("demo") => setup().and_then(|()| demo(&args[1..])),
         Some("interop") => setup().and_then(|()| interop::run()),
+        Some("fuzz") => fuzz::run_all(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo [ARGS…] | test [ARGS…] | interop | bench [FILTER] | setup | contracts | chain>"
+                "usage: cargo xtask <demo [ARGS…] | test [ARGS…] | fuzz | interop | bench [FILTER] | setup | contracts | chain>"
             );
             return ExitCode::from(2);
         }
@@ -148,10 +152,12 @@ fn test(extra: &[String]) -> Result<()> {
     } else {
         run(cargo().arg("test").args(targets).args(extra))
     };
+    // Every parser of untrusted input under libFuzzer for a bounded time (even when tests failed).
+    let fuzzing = fuzz::run_all();
     // The official x402 SDKs against farebox, after the tests proper (and even when they failed):
     // its `N passed, M failed` is the run's closing line.
     let interop = interop::run();
-    tests.and(interop)
+    tests.and(fuzzing).and(interop)
 }
 
 /// The criterion benchmarks (matching `filter`), or with `facilitator` the `/verify` load test.

@@ -20,6 +20,11 @@
 //! Deviations from the letter of the RFC, all in the lenient direction: `1*SP` after the scheme
 //! also accepts horizontal tabs, and [`parse_credential`] accepts a credential that is neither
 //! token68 nor an auth-param list (L402's `L402 <macaroon>:<preimage>`) as an opaque token.
+//!
+//! Two readers of `WWW-Authenticate`: [`parse_challenges`] is strict (any deviation fails the
+//! whole value: what a conformance check of a server wants), [`read_challenges`] is what a
+//! client uses: liberal, so that one malformed challenge (or field line) does not hide the
+//! others, and it reports what it skipped. Both agree on every value the strict one accepts.
 
 use std::fmt;
 
@@ -242,6 +247,63 @@ pub fn parse_challenges<'a>(
         (None, Some(f)) => challenge_list(f),
         (None, None) => Ok(Vec::new()),
     }
+}
+
+/// What [`read_challenges`] makes of `WWW-Authenticate` field values: every challenge it could
+/// read, in order, and why each other one (or each ignored piece of one) was skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadChallenges {
+    pub challenges: Vec<AuthChallenge>,
+    /// `Syntax` offsets are into the field line the problem is in.
+    pub skipped: Vec<HeaderError>,
+}
+
+/// Reads `WWW-Authenticate` field values as a client should: liberally, so that one malformed
+/// challenge does not void the others. Every value [`parse_challenges`] accepts reads the same
+/// here, with nothing skipped. Beyond that:
+///
+/// * each field line is read on its own, so a broken line (an unterminated quote, say) cannot
+///   swallow the next;
+/// * a challenge that breaks the grammar (its scheme glued to other text, something after a
+///   token68, a parameter name used twice, more than [`MAX_PARAMS`] parameters) is skipped with
+///   all its parameters, up to the next element that starts a challenge;
+/// * a parameter value followed by stray text is read up to where it ends, and the rest of that
+///   list element ignored: `description="Pay "now" please"` reads `Pay ` (an unescaped quote, as
+///   the MPP conformance vectors have it);
+/// * a parameter without a usable value (`a=`, an unterminated or control-character-holding
+///   quoted string) is dropped and its challenge kept; so is a list element that is neither a
+///   parameter nor a challenge;
+/// * bounds as [`parse_challenges`]: lines past [`MAX_HEADER_LEN`] bytes in total and
+///   challenges past [`MAX_CHALLENGES`] are skipped. Time stays linear in the input.
+///
+/// Leniency costs the client nothing: whatever it reads, the server that wrote it could have
+/// written on purpose; what a challenge asks for is still checked by the rail that reads it.
+pub fn read_challenges<'a>(values: impl IntoIterator<Item = &'a str>) -> ReadChallenges {
+    let mut read = ReadChallenges::default();
+    let mut total = 0usize;
+    for line in values {
+        total = total.saturating_add(line.len());
+        if total > MAX_HEADER_LEN {
+            read.skipped.push(HeaderError::TooLarge);
+            break;
+        }
+        if !read_line(line, &mut read) {
+            break;
+        }
+    }
+    read
+}
+
+/// [`read_challenges`] over every `WWW-Authenticate` field of `headers`. A field that is not
+/// UTF-8 (obs-text, e.g. a Latin-1 description) is read with U+FFFD in place of the bytes that
+/// are not, rather than dropped.
+pub fn read_challenges_from(headers: &http::HeaderMap) -> ReadChallenges {
+    let lines: Vec<std::borrow::Cow<'_, str>> = headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    read_challenges(lines.iter().map(|l| l.as_ref()))
 }
 
 /// Parses one `Authorization` field value: `scheme [ 1*SP ( token68 / #auth-param ) ]`.
@@ -492,58 +554,14 @@ fn challenge_list(s: &str) -> Result<Vec<AuthChallenge>, HeaderError> {
             Some(_) => {}
         }
 
-        // Scan a run of token and token68 characters, remembering the first character that
-        // disqualifies it as each, then decide by what follows: `BWS "=" BWS (token / DQUOTE)`
-        // makes it a parameter name, anything else a token68.
-        let r0 = c.pos;
-        let mut not_token: Option<usize> = None;
-        let mut not_token68: Option<usize> = None;
-        while let Some(b) = c.peek() {
-            let (t, t68) = (is_tchar(b), is_token68_char(b));
-            if !t && !t68 {
-                break;
+        let (r0, r1) = match challenge_start(&mut c)? {
+            ChallengeStart::Token68(t) => {
+                ch.token68 = Some(t);
+                out.push(ch);
+                continue;
             }
-            if !t && not_token.is_none() {
-                not_token = Some(c.pos);
-            }
-            if !t68 && not_token68.is_none() {
-                not_token68 = Some(c.pos);
-            }
-            c.pos += 1;
-        }
-        let r1 = c.pos;
-        if r0 == r1 {
-            return Err(c.err("token68 or auth-param"));
-        }
-        c.skip_ows();
-        let is_param = c.peek() == Some(b'=') && {
-            c.pos += 1;
-            c.skip_ows();
-            c.peek().is_some_and(|b| b == b'"' || is_tchar(b))
+            ChallengeStart::Param(r0, r1) => (r0, r1),
         };
-
-        if !is_param {
-            if let Some(at) = not_token68 {
-                return Err(syntax(at, "token68 character or '='"));
-            }
-            c.pos = r1;
-            while c.peek() == Some(b'=') {
-                c.pos += 1;
-            }
-            ch.token68 = Some(s[r0..c.pos].to_owned());
-            c.skip_ows();
-            match c.peek() {
-                None | Some(b',') => {
-                    out.push(ch);
-                    continue;
-                }
-                Some(_) => return Err(c.err("',' or end after token68")),
-            }
-        }
-
-        if let Some(at) = not_token {
-            return Err(syntax(at, "token character in parameter name"));
-        }
         // `c` is at the first parameter's value.
         let (mut n0, mut n1) = (r0, r1);
         loop {
@@ -627,6 +645,223 @@ fn credential_params(c: &mut Cursor<'_>) -> Result<Option<Vec<(String, String)>>
         return Err(e);
     }
     Ok((!params.is_empty()).then_some(params))
+}
+
+// ---- the liberal reader -----------------------------------------------------------------------
+
+/// Where [`read_line`] is in a line's challenge list.
+enum Current {
+    /// Before the first challenge.
+    Nothing,
+    /// A challenge taking parameters.
+    Open(AuthChallenge),
+    /// A bare or token68 challenge, already kept: a parameter now belongs to no challenge.
+    Closed,
+    /// A malformed challenge: its parameters are skipped until the next challenge starts.
+    Skipping,
+}
+
+impl Cursor<'_> {
+    /// Moves to the end of the current list element: the next `,` outside a quoted string, or
+    /// the end (an unterminated quoted string runs to the end).
+    fn skip_element(&mut self) {
+        while let Some(b) = self.peek() {
+            match b {
+                b',' => return,
+                b'"' => self.skip_quoted(),
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// Moves past the quoted-string at the cursor, or to the end if it does not end.
+    fn skip_quoted(&mut self) {
+        self.pos += 1;
+        while let Some(b) = self.peek() {
+            self.pos += 1;
+            match b {
+                b'"' => return,
+                b'\\' => self.pos = (self.pos + 1).min(self.b.len()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A parameter value read liberally (the cursor is after `=` and BWS), then the rest of
+    /// the list element skipped. `Err` says why the parameter is not usable; text after a
+    /// usable value (an unescaped quote ended it early) is ignored.
+    fn param_value_liberal(&mut self) -> Result<String, HeaderError> {
+        let at = self.pos;
+        let value = match self.peek() {
+            Some(b'"') => self.quoted().inspect_err(|_| {
+                // Unterminated, or a character no quoted-string holds: find its end anyway.
+                self.pos = at;
+                self.skip_quoted();
+            }),
+            Some(b) if is_tchar(b) => {
+                let (a, z) = self.token();
+                Ok(self.s[a..z].to_owned())
+            }
+            _ => Err(syntax(at, "token or quoted-string parameter value")),
+        };
+        self.skip_element();
+        value
+    }
+}
+
+/// What follows `scheme 1*SP` in a list element.
+enum ChallengeStart {
+    Token68(String),
+    /// The first parameter's name (its span); the cursor is at its value.
+    Param(usize, usize),
+}
+
+/// Reads what follows `scheme 1*SP`: a token68 (up to the end of its list element) or the name
+/// of the first parameter, told apart by what follows the run of token / token68 characters:
+/// `BWS "=" BWS (token / DQUOTE)` makes it a parameter name, anything else a token68.
+fn challenge_start(c: &mut Cursor<'_>) -> Result<ChallengeStart, HeaderError> {
+    let r0 = c.pos;
+    // The first character that disqualifies the run as a token, and as a token68.
+    let (mut not_token, mut not_token68) = (None, None);
+    while let Some(b) = c.peek() {
+        let (t, t68) = (is_tchar(b), is_token68_char(b));
+        if !t && !t68 {
+            break;
+        }
+        if !t {
+            not_token.get_or_insert(c.pos);
+        }
+        if !t68 {
+            not_token68.get_or_insert(c.pos);
+        }
+        c.pos += 1;
+    }
+    let r1 = c.pos;
+    if r0 == r1 {
+        return Err(c.err("token68 or auth-param"));
+    }
+    c.skip_ows();
+    let is_param = c.peek() == Some(b'=') && {
+        c.pos += 1;
+        c.skip_ows();
+        c.peek().is_some_and(|b| b == b'"' || is_tchar(b))
+    };
+    if !is_param {
+        if let Some(at) = not_token68 {
+            return Err(syntax(at, "token68 character or '='"));
+        }
+        c.pos = r1;
+        while c.peek() == Some(b'=') {
+            c.pos += 1;
+        }
+        let token68 = c.s[r0..c.pos].to_owned();
+        c.skip_ows();
+        return match c.peek() {
+            None | Some(b',') => Ok(ChallengeStart::Token68(token68)),
+            Some(_) => Err(c.err("',' or end after token68")),
+        };
+    }
+    if let Some(at) = not_token {
+        return Err(syntax(at, "token character in parameter name"));
+    }
+    Ok(ChallengeStart::Param(r0, r1))
+}
+
+/// Keeps a finished challenge, if there is room; `false` once [`MAX_CHALLENGES`] are kept.
+fn keep(ch: AuthChallenge, read: &mut ReadChallenges, at: usize) -> bool {
+    if read.challenges.len() >= MAX_CHALLENGES {
+        read.skipped.push(syntax(at, "at most 64 challenges"));
+        return false;
+    }
+    read.challenges.push(ch);
+    true
+}
+
+/// Reads one field line into `read`; `false` once a challenge past [`MAX_CHALLENGES`] is met.
+fn read_line(line: &str, read: &mut ReadChallenges) -> bool {
+    let mut c = Cursor::new(line);
+    let mut current = Current::Nothing;
+    loop {
+        c.skip_list_separators();
+        let at = c.pos;
+        if c.at_end() {
+            break;
+        }
+        let (t0, t1) = c.token();
+        let had_ws = c.skip_ows();
+        match c.peek() {
+            _ if t0 == t1 => {
+                read.skipped.push(syntax(at, "auth-scheme or auth-param"));
+                c.skip_element();
+            }
+            // `name = value`: a parameter of the current challenge.
+            Some(b'=') => {
+                c.pos += 1;
+                c.skip_ows();
+                let value = c.param_value_liberal();
+                match (&mut current, value) {
+                    (Current::Skipping, _) => {}
+                    (_, Err(e)) => read.skipped.push(e),
+                    (Current::Open(ch), Ok(v)) => {
+                        if let Err(e) = push_param(&mut ch.params, &line[t0..t1], v, t0) {
+                            read.skipped.push(e);
+                            current = Current::Skipping;
+                        }
+                    }
+                    (Current::Nothing | Current::Closed, Ok(_)) => {
+                        read.skipped.push(syntax(at, "a challenge before its parameters"));
+                    }
+                }
+            }
+            // A token glued to something else: neither a parameter nor a challenge.
+            Some(b) if b != b',' && !had_ws => {
+                read.skipped.push(syntax(c.pos, "SP, '=' or ',' after a token"));
+                c.skip_element();
+            }
+            // A new challenge: bare (`scheme` then `,` or the end) or `scheme 1*SP ...`.
+            next => {
+                if let Current::Open(ch) = std::mem::replace(&mut current, Current::Skipping)
+                    && !keep(ch, read, at)
+                {
+                    return false;
+                }
+                let mut ch = AuthChallenge::new(&line[t0..t1]);
+                let start = match next {
+                    None | Some(b',') => Ok(None),
+                    Some(_) => challenge_start(&mut c).map(Some),
+                };
+                match start {
+                    Ok(None) => {
+                        current = Current::Closed;
+                        if !keep(ch, read, at) {
+                            return false;
+                        }
+                    }
+                    Ok(Some(ChallengeStart::Token68(t))) => {
+                        current = Current::Closed;
+                        if !keep(ch.with_token68(t), read, at) {
+                            return false;
+                        }
+                    }
+                    Ok(Some(ChallengeStart::Param(n0, n1))) => {
+                        match c.param_value_liberal() {
+                            Ok(v) => ch.params.push((line[n0..n1].to_owned(), v)),
+                            Err(e) => read.skipped.push(e),
+                        }
+                        current = Current::Open(ch);
+                    }
+                    Err(e) => {
+                        read.skipped.push(e);
+                        c.skip_element();
+                    }
+                }
+            }
+        }
+    }
+    match current {
+        Current::Open(ch) => keep(ch, read, c.pos),
+        _ => true,
+    }
 }
 
 #[cfg(test)]

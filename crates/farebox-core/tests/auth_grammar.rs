@@ -1,9 +1,10 @@
 //! RFC 9110 §11 auth grammar: real-world challenges and credentials, error offsets, bounds,
-//! hostile inputs, and property tests (write → parse round-trips, no panics).
+//! hostile inputs, the client's liberal reader, and property tests (write → parse round-trips,
+//! the liberal reader agreeing with the strict parser, no panics).
 
 use farebox_core::auth::{
     AuthChallenge, AuthCredential, HeaderError, MAX_CHALLENGES, MAX_HEADER_LEN, MAX_PARAMS,
-    parse_challenges, parse_credential, scheme_of,
+    parse_challenges, parse_credential, read_challenges, read_challenges_from, scheme_of,
 };
 use proptest::prelude::*;
 
@@ -240,6 +241,107 @@ fn hostile_inputs_finish() {
     assert_eq!(one(&",".repeat(n)), vec![]);
 }
 
+// ---- the client's liberal reader -------------------------------------------------------------
+
+fn read(lines: &[&str]) -> (Vec<AuthChallenge>, usize) {
+    let r = read_challenges(lines.iter().copied());
+    (r.challenges, r.skipped.len())
+}
+
+#[test]
+fn one_malformed_challenge_does_not_hide_the_others() {
+    // A duplicate parameter spoils the first Payment challenge only.
+    let line = r#"Payment id="a", realm="r", id="dup", Payment id="b", realm="r2", L402 macaroon="m", invoice="i""#;
+    assert!(parse_challenges([line]).is_err());
+    let (got, skipped) = read(&[line]);
+    assert_eq!(
+        got,
+        vec![
+            ch("Payment", &[("id", "b"), ("realm", "r2")]),
+            ch("L402", &[("macaroon", "m"), ("invoice", "i")])
+        ]
+    );
+    assert_eq!(skipped, 1);
+    // A scheme glued to a quoted string, a token68 with something after it, a parameter name
+    // with a `/`: each spoils its own challenge, with its parameters.
+    for bad in [r#"X"a" b="c""#, "X abc def, b=c", r#"X a/b="c", d="e""#] {
+        let line = format!("{bad}, Y k=\"v\"");
+        let (got, skipped) = read(&[line.as_str()]);
+        assert_eq!(got, vec![ch("Y", &[("k", "v")])], "{line}");
+        assert!(skipped >= 1, "{line}");
+    }
+}
+
+#[test]
+fn an_unescaped_quote_ends_the_value_and_the_rest_is_ignored() {
+    // mpp-tools `unescaped_quotes_in_description`.
+    let line = "Payment id=\"ch_special\", realm=\"api.example.com\", method=\"tempo\", intent=\"charge\", request=\"eyJhbW91bnQiOiIxMDAifQ\", description=\"Payment for \"Premium\" service \u{2014} 50% off!\"";
+    let (got, _) = read(&[line]);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].get("description"), Some("Payment for "));
+    assert_eq!(got[0].get("request"), Some("eyJhbW91bnQiOiIxMDAifQ"));
+    // Stray text with a comma inside quotes does not start a new element.
+    let (got, _) = read(&[r#"X a="Pay "now, please" ok", b="c", Y"#]);
+    assert_eq!(got, vec![ch("X", &[("a", "Pay "), ("b", "c")]), ch("Y", &[])]);
+}
+
+#[test]
+fn an_unterminated_parameter_is_dropped_and_its_challenge_kept() {
+    // mpp-tools `adversarial_unclosed_quoted_extension`: 12 000 backslashes, no closing quote.
+    let line = format!(
+        r#"Payment id="ch_redos", realm="api.example.com", method="tempo", intent="charge", request="e30", fuzz="{}"#,
+        "\\".repeat(12_000)
+    );
+    let (got, skipped) = read(&[line.as_str()]);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].params.len(), 5);
+    assert_eq!(got[0].get("fuzz"), None);
+    assert_eq!(skipped, 1);
+    // Missing values and control characters in quoted strings drop just that parameter.
+    let (got, skipped) = read(&["X k=v, a=, b=\"\u{1}\", c=d, =e"]);
+    assert_eq!(got, vec![ch("X", &[("k", "v"), ("c", "d")])]);
+    assert_eq!(skipped, 3);
+}
+
+#[test]
+fn a_broken_field_line_does_not_swallow_the_next() {
+    let lines = [r#"Payment id="a, realm="r""#, r#"Bearer realm="x""#, "Basic"];
+    assert!(parse_challenges(lines).is_err());
+    let (got, _) = read(&lines);
+    assert_eq!(got[1..], [ch("Bearer", &[("realm", "x")]), ch("Basic", &[])]);
+    // Parameters with no challenge before them belong to none.
+    let (got, skipped) = read(&["a=b, X c=d", "e=f", "Bearer, g=h"]);
+    assert_eq!(got, vec![ch("X", &[("c", "d")]), ch("Bearer", &[])]);
+    assert_eq!(skipped, 3);
+}
+
+#[test]
+fn the_liberal_reader_keeps_the_bounds() {
+    let many = vec!["S"; MAX_CHALLENGES + 5].join(", ");
+    let r = read_challenges([many.as_str(), "T"]);
+    assert_eq!(r.challenges.len(), MAX_CHALLENGES);
+    assert!(!r.skipped.is_empty());
+    let params: Vec<String> = (0..=MAX_PARAMS).map(|i| format!("p{i}=v")).collect();
+    let line = format!("X {}, Y", params.join(", "));
+    assert_eq!(read(&[line.as_str()]).0, vec![ch("Y", &[])]);
+    let big = format!("X a=\"{}\"", "v".repeat(MAX_HEADER_LEN));
+    let r = read_challenges(["Y", big.as_str(), "Z"]);
+    assert_eq!(r.challenges, vec![ch("Y", &[])]);
+    assert_eq!(r.skipped, vec![HeaderError::TooLarge]);
+}
+
+#[test]
+fn fields_that_are_not_utf8_are_still_read() {
+    let mut headers = http::HeaderMap::new();
+    headers.append(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_bytes(b"X a=\"caf\xe9\", b=c").unwrap(),
+    );
+    headers.append(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Y"));
+    let r = read_challenges_from(&headers);
+    assert_eq!(r.challenges, vec![ch("X", &[("a", "caf\u{fffd}"), ("b", "c")]), ch("Y", &[])]);
+}
+
 // ---- writing ---------------------------------------------------------------------------------
 
 #[test]
@@ -396,6 +498,12 @@ proptest! {
         prop_assert_eq!(&parse_challenges([joined.as_str()]).unwrap(), &chs);
         let tight = lines.join(",");
         prop_assert_eq!(&parse_challenges([tight.as_str()]).unwrap(), &chs);
+        // the liberal reader reads the same, skipping nothing
+        for input in [lines.iter().map(String::as_str).collect::<Vec<_>>(), vec![joined.as_str()], vec![tight.as_str()]] {
+            let r = read_challenges(input);
+            prop_assert_eq!(&r.challenges, &chs);
+            prop_assert!(r.skipped.is_empty());
+        }
         // each as a credential
         for c in &chs {
             let l = c.to_string();
@@ -412,6 +520,7 @@ proptest! {
 
     #[test]
     fn arbitrary_strings_never_panic(a in "\\PC*", b in any::<String>()) {
+        let _ = read_challenges([a.as_str(), b.as_str()]);
         let _ = parse_challenges([a.as_str()]);
         let _ = parse_challenges([a.as_str(), b.as_str()]);
         let _ = parse_credential(&a);
@@ -426,6 +535,14 @@ proptest! {
         let _ = parse_challenges([a.as_str(), b.as_str()]);
         let _ = parse_credential(&a);
         let _ = scheme_of(&a);
+        let liberal = read_challenges([a.as_str(), b.as_str()]);
+        prop_assert!(liberal.challenges.len() <= MAX_CHALLENGES);
+        // whatever parses strictly reads the same liberally, with nothing skipped
+        if let Ok(chs) = parse_challenges([a.as_str()]) {
+            let r = read_challenges([a.as_str()]);
+            prop_assert_eq!(&r.challenges, &chs);
+            prop_assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        }
         // whatever parses re-writes to something that parses to the same challenges
         if let Ok(chs) = parse_challenges([a.as_str()]) {
             for c in &chs {

@@ -19,14 +19,19 @@
 //!
 //! # Parsing
 //!
-//! [`parse_www_authenticate`] uses `farebox_core::auth` (bounded, linear time, quoted-string
-//! escapes, multiple challenges split only outside quoted strings) and then applies MPP's rules:
-//! strict on duplicate parameters, on empty or missing `id`/`realm`/`method`/`intent`/`request`,
-//! on a `method` that is not `1*LOWERALPHA`, an `intent` that is not `1*(ALPHA/DIGIT/"-")`, a
-//! `request` that is not base64url of a JSON object (at most [`MAX_REQUEST_LEN`] bytes), an
-//! `opaque` that is not base64url of a JSON string→string object, and an `expires` that is not
-//! RFC 3339; permissive on the scheme's case, whitespace, parameter order and unknown parameters
-//! (ignored).
+//! A client reads a server's 402 liberally and a server's challenges one by one:
+//! [`read_www_authenticate`] uses `farebox_core::auth::read_challenges` (bounded, linear time,
+//! quoted-string escapes, challenges split only outside quoted strings, one malformed challenge
+//! or field line skipped without hiding the others, a value with an unescaped quote read up to
+//! the quote) and then applies MPP's rules to each `Payment` challenge, skipping those that
+//! break them: strict on duplicate parameters, on empty or missing
+//! `id`/`realm`/`method`/`intent`/`request`, on a `method` that is not `1*LOWERALPHA`, an
+//! `intent` that is not `1*(ALPHA/DIGIT/"-")`, a `request` that is not base64url of a JSON
+//! object (at most [`MAX_REQUEST_LEN`] bytes), an `opaque` that is not base64url of a JSON
+//! string→string object, and an `expires` that is not RFC 3339; permissive on the scheme's
+//! case, whitespace, parameter order and unknown parameters (ignored).
+//! [`parse_www_authenticate`] is the same with a `Result`: the valid challenges, or why there
+//! are none.
 
 use std::collections::BTreeMap;
 
@@ -78,6 +83,10 @@ pub enum ChallengeError {
     OpaqueNotStringMap,
     #[error("expires is not RFC 3339: {0}")]
     Expires(String),
+    /// A `description` holding CR, LF or another control character: no header can carry it,
+    /// and rewriting it would hide a configuration error (or a header-injection attempt).
+    #[error("description holds a control character (CR, LF, ...) that a header cannot carry")]
+    DescriptionControl,
     #[error(transparent)]
     Jcs(#[from] JcsError),
 }
@@ -220,6 +229,7 @@ impl ChallengeKey {
     pub fn issue(&self, params: ChallengeParams) -> Result<Challenge, ChallengeError> {
         check_method(&params.method)?;
         check_intent(&params.intent)?;
+        check_description(params.description.as_deref())?;
         if !params.request.is_object() {
             return Err(ChallengeError::NotJson("request", "not an object".into()));
         }
@@ -305,10 +315,22 @@ fn check_intent(i: &str) -> Result<(), ChallengeError> {
     Ok(())
 }
 
-/// Replaces what a header cannot carry (controls, non-ASCII) with `?`: `description` is display
-/// text only and not bound by the id.
+/// Refuses a description with a control character other than HTAB (see
+/// [`ChallengeError::DescriptionControl`]).
+fn check_description(description: Option<&str>) -> Result<(), ChallengeError> {
+    match description {
+        Some(d) if d.chars().any(|c| c.is_control() && c != '\t') => {
+            Err(ChallengeError::DescriptionControl)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes non-ASCII display text with `?` in place of each character a header value cannot
+/// carry as text (`description` is display only and not bound by the id). Controls are kept,
+/// for [`check_description`] / [`AuthChallenge::validate`] to refuse.
 fn header_safe(text: &str) -> String {
-    text.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect()
+    text.chars().map(|c| if c.is_ascii() { c } else { '?' }).collect()
 }
 
 impl Challenge {
@@ -332,8 +354,9 @@ impl Challenge {
     }
 
     /// As an [`AuthChallenge`], parameters in MPPX's order: `id, realm, method, intent,
-    /// request, description, digest, expires, opaque, header`. A `description` with
-    /// characters a header cannot carry is written with `?` in their place.
+    /// request, description, digest, expires, opaque, header`. A `description`'s non-ASCII
+    /// characters are written as `?`; a control character in it makes the result invalid
+    /// (see [`Challenge::to_header_value`]).
     pub fn to_auth_challenge(&self) -> AuthChallenge {
         let mut a = AuthChallenge::new(SCHEME)
             .param("id", &self.id)
@@ -358,8 +381,10 @@ impl Challenge {
         a
     }
 
-    /// The `WWW-Authenticate` field value.
+    /// The `WWW-Authenticate` field value. A description with CR, LF or another control
+    /// character is refused ([`ChallengeError::DescriptionControl`]), never rewritten.
     pub fn to_header_value(&self) -> Result<HeaderValue, ChallengeError> {
+        check_description(self.description.as_deref())?;
         Ok(self.to_auth_challenge().to_header_value()?)
     }
 
@@ -371,7 +396,7 @@ impl Challenge {
         if a.token68.is_some() {
             return Err(ChallengeError::Token68);
         }
-        // `auth::parse_challenges` already refuses duplicate names.
+        // The `auth` readers already refuse duplicate names.
         let required = |name: &'static str| -> Result<String, ChallengeError> {
             match a.get(name) {
                 None => Err(ChallengeError::Missing(name)),
@@ -412,17 +437,58 @@ impl Challenge {
     }
 }
 
-/// Every `Payment` challenge in one or more `WWW-Authenticate` field values, in order.
-/// Challenges of other schemes (e.g. `L402`) are skipped; a malformed `Payment` challenge is an
-/// error.
+/// What [`read_www_authenticate`] finds: the valid `Payment` challenges, in order, and why each
+/// other one (or piece of the header) was skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentChallenges {
+    pub challenges: Vec<Challenge>,
+    pub skipped: Vec<ChallengeError>,
+}
+
+/// Every valid `Payment` challenge in one or more `WWW-Authenticate` field values, in order,
+/// read as a client should (see the module docs): a malformed challenge is skipped, and the
+/// rest are still seen. Challenges of other schemes (e.g. `L402`) are left out.
+pub fn read_www_authenticate<'a>(values: impl IntoIterator<Item = &'a str>) -> PaymentChallenges {
+    from_read(auth::read_challenges(values))
+}
+
+/// [`read_www_authenticate`] over every `WWW-Authenticate` field of a response, including
+/// fields that are not UTF-8 (see `farebox_core::auth::read_challenges_from`).
+pub fn read_www_authenticate_from(headers: &http::HeaderMap) -> PaymentChallenges {
+    from_read(auth::read_challenges_from(headers))
+}
+
+fn from_read(read: auth::ReadChallenges) -> PaymentChallenges {
+    let mut out = PaymentChallenges {
+        challenges: Vec::new(),
+        skipped: read.skipped.into_iter().map(ChallengeError::Header).collect(),
+    };
+    for a in read.challenges.iter().filter(|a| a.scheme.eq_ignore_ascii_case(SCHEME)) {
+        match Challenge::from_auth(a) {
+            Ok(c) => out.challenges.push(c),
+            Err(e) => out.skipped.push(e),
+        }
+    }
+    out
+}
+
+/// [`read_www_authenticate`] as a `Result`: the valid `Payment` challenges when there is one
+/// (malformed ones beside it are skipped), otherwise why there is none (the first problem with
+/// a `Payment` challenge, else the first problem with the header); no challenge at all and
+/// nothing malformed is an empty list.
 pub fn parse_www_authenticate<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<Challenge>, ChallengeError> {
-    auth::parse_challenges(values)?
-        .iter()
-        .filter(|a| a.scheme.eq_ignore_ascii_case(SCHEME))
-        .map(Challenge::from_auth)
-        .collect()
+    let read = read_www_authenticate(values);
+    if !read.challenges.is_empty() {
+        return Ok(read.challenges);
+    }
+    let mut skipped = read.skipped;
+    let about_payment = skipped.iter().position(|e| !matches!(e, ChallengeError::Header(_)));
+    match about_payment.or((!skipped.is_empty()).then_some(0)) {
+        Some(i) => Err(skipped.swap_remove(i)),
+        None => Ok(Vec::new()),
+    }
 }
 
 #[cfg(test)]
@@ -434,19 +500,21 @@ mod tests {
         ChallengeKey::new(b"test-vector-secret-minimum-32-byte-secret").unwrap()
     }
 
+    fn sample_params() -> ChallengeParams {
+        ChallengeParams {
+            realm: "api.example.com".into(),
+            method: "lightning".into(),
+            intent: "charge".into(),
+            request: json!({"amount": "21", "currency": "sat"}),
+            expires: Some("2030-01-01T00:00:00Z".into()),
+            description: Some("Café \"quoted\"".into()),
+            opaque: Some(BTreeMap::from([("route".into(), "/data".into())])),
+            ..Default::default()
+        }
+    }
+
     fn sample() -> Challenge {
-        key()
-            .issue(ChallengeParams {
-                realm: "api.example.com".into(),
-                method: "lightning".into(),
-                intent: "charge".into(),
-                request: json!({"amount": "21", "currency": "sat"}),
-                expires: Some("2030-01-01T00:00:00Z".into()),
-                description: Some("Café \"quoted\"".into()),
-                opaque: Some(BTreeMap::from([("route".into(), "/data".into())])),
-                ..Default::default()
-            })
-            .unwrap()
+        key().issue(sample_params()).unwrap()
     }
 
     #[test]
@@ -497,5 +565,25 @@ mod tests {
         assert_eq!(key().issue(p("Tempo", "charge")).unwrap_err(), ChallengeError::InvalidMethod);
         assert_eq!(key().issue(p("tempo", "ch arge")).unwrap_err(), ChallengeError::InvalidIntent);
         assert!(key().issue(ChallengeParams { request: json!(1.5), ..p("a", "b") }).is_err());
+    }
+
+    #[test]
+    fn a_description_with_a_line_break_is_refused_not_rewritten() {
+        for bad in ["Line one\r\nLine two", "a\nb", "a\rb", "nul\0", "del\u{7f}", "c1\u{85}"] {
+            let params = ChallengeParams { description: Some(bad.into()), ..sample_params() };
+            assert_eq!(
+                key().issue(params).unwrap_err(),
+                ChallengeError::DescriptionControl,
+                "{bad:?}"
+            );
+            // A challenge built by hand is refused when written.
+            let mut c = sample();
+            c.description = Some(bad.into());
+            assert_eq!(c.to_header_value().unwrap_err(), ChallengeError::DescriptionControl);
+        }
+        let tab = ChallengeParams { description: Some("a\tb".into()), ..sample_params() };
+        let c = key().issue(tab).unwrap();
+        let back = parse_www_authenticate([c.to_header_value().unwrap().to_str().unwrap()]);
+        assert_eq!(back.unwrap()[0].description.as_deref(), Some("a\tb"));
     }
 }

@@ -11,7 +11,8 @@
 //! `payload`, `source`; echoed challenge fields `id, realm, method, intent, request,
 //! description, digest, expires, opaque, header`), not JCS: only the echoed `request` and
 //! `opaque` strings must be byte-exact, and the server re-derives the id from them. Parsing
-//! accepts any member order, ignores unknown members, tolerates `=` padding, and normalizes a
+//! accepts any member order, ignores unknown members, tolerates full `=` padding (but no
+//! partial, surplus or non-canonical base64url: [`jcs::b64url_decode`]), and normalizes a
 //! legacy `opaque` sent as an object back to its base64url JCS form (as MPPX does).
 //!
 //! Bounds: the header value is at most [`MAX_CREDENTIAL_LEN`] bytes; the JSON nesting is bounded

@@ -1,8 +1,9 @@
-//! RFC 8785 JSON Canonicalization Scheme (JCS) for the values MPP signs, and base64url without
-//! padding.
+//! RFC 8785 JSON Canonicalization Scheme (JCS), and the one base64url decoder for MPP's
+//! untrusted input.
 //!
 //! MPP's challenge `request` and `opaque` auth-params are `base64url_nopad(JCS(json))`, and the
-//! challenge id is an HMAC over those wire strings, so the serialization must be byte-exact:
+//! challenge id is an HMAC over those wire strings, so the serialization must be byte-exact with
+//! every other implementation's:
 //!
 //! * object members sorted by their names' UTF-16 code units (RFC 8785 §3.2.3), not by UTF-8
 //!   bytes — the two orders differ only above U+FFFF vs U+E000..U+FFFF, but they do differ;
@@ -10,37 +11,45 @@
 //! * strings: `"` and `\` escaped, the control characters U+0000..U+001F as `\b \t \n \f \r` or
 //!   `\u00xx` (lowercase hex), everything else literal UTF-8 (no `\u` escaping of non-ASCII, no
 //!   HTML escaping of `<`, `>` or `&`);
-//! * numbers: **integers only**, in the range where a JSON number is an exact IEEE 754 double
-//!   (|n| ≤ 2^53 − 1), written in plain decimal — which is exactly what RFC 8785's ECMAScript
-//!   number serialization produces for them. Non-integers and larger integers are refused with
-//!   [`JcsError::UnsupportedNumber`]: MPP carries amounts as strings, so a float in a signed
-//!   value is a bug, and refusing it avoids implementing the ECMAScript double-to-string
-//!   algorithm.
+//! * numbers as ECMAScript's `Number.prototype.toString` writes the IEEE 754 double the JSON
+//!   number denotes (§3.2.2.3): shortest round-trip digits, `1e+21` and `1e-7` forms outside
+//!   [1e-6, 1e21), `-0` as `0`, `1.0` as `1`, and an integer beyond 2^53 rounded to the nearest
+//!   double (`9007199254740993` is written `9007199254740992`, as `JSON.parse` then
+//!   `JSON.stringify` do in a browser). The digits come from `ryu-js` (boa's ECMAScript-exact
+//!   Ryū); the tests check it against RFC 8785 Appendix B and against node's own output.
+//!
+//! Re-canonicalizing what another SDK sent reproduces its bytes only if the parse was exact:
+//! farebox turns on serde_json's `float_roundtrip` (correctly rounded float parsing; the default
+//! parser may miss by one ulp), so `canonicalize(parse(jcs_text)) == jcs_text` for any JCS text.
+//! Amounts in MPP are strings, so no money passes through a double here.
 //!
 //! Nesting is bounded by [`MAX_DEPTH`].
+//!
+//! [`b64url_decode`] is the only decoder MPP input goes through (challenge `request`/`opaque`,
+//! credentials, receipts), and it accepts exactly one spelling per byte string (see its docs).
 
 use base64::Engine as _;
+use base64::alphabet;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::Value;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde_json::{Number, Value};
 
 /// Deepest nesting of arrays/objects [`canonicalize`] accepts.
 pub const MAX_DEPTH: usize = 64;
 
-/// Largest integer magnitude JCS can carry exactly (2^53 − 1).
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
-/// A value JCS (as implemented here) cannot serialize.
+/// A value JCS cannot serialize.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JcsError {
-    /// A non-integer or an integer beyond ±(2^53 − 1).
-    #[error("JCS: unsupported number {0} (only integers with |n| <= 2^53-1 are canonicalized)")]
+    /// NaN or an infinity (RFC 8785 §3.2.2.3: an error). serde_json never holds one; this is
+    /// the guard should that change.
+    #[error("JCS: {0} is not a finite number")]
     UnsupportedNumber(String),
     /// Nesting deeper than [`MAX_DEPTH`].
     #[error("JCS: nesting deeper than {MAX_DEPTH}")]
     TooDeep,
 }
 
-/// A base64url string that does not decode.
+/// A base64url string that is not the canonical encoding of any bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid base64url: {0}")]
 pub struct Base64Error(pub String);
@@ -62,12 +71,36 @@ pub fn b64url_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Decodes base64url. Padding is not expected, but trailing `=` padding is tolerated (some
-/// clients add it); characters outside the URL-safe alphabet, non-canonical trailing bits and
-/// impossible lengths are errors.
+/// The padded form, for the one case [`b64url_decode`] tolerates: full `=` padding.
+const URL_SAFE_PADDED: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+
+/// Decodes base64url (RFC 4648 §5), canonical forms only, so that each byte string has one
+/// accepted spelling (plus its fully padded twin):
+///
+/// * no padding (what MPP writes), or exactly the padding RFC 4648 §3.2 puts there (`YQ==`,
+///   `YWI=`; some clients add it). Partial or surplus padding (`YQ=`, `YWI==`, `YWJj=`) is
+///   refused;
+/// * no length that no encoding has (`len % 4 == 1` once unpadded);
+/// * no non-zero bits after the last byte (`YR` is not another spelling of `YQ`);
+/// * only the URL-safe alphabet (`+` and `/` are refused), no whitespace.
 pub fn b64url_decode(text: &str) -> Result<Vec<u8>, Base64Error> {
-    let body = text.strip_suffix("==").or_else(|| text.strip_suffix('=')).unwrap_or(text);
-    URL_SAFE_NO_PAD.decode(body).map_err(|e| Base64Error(e.to_string()))
+    let engine = if text.ends_with('=') { &URL_SAFE_PADDED } else { &URL_SAFE_NO_PAD };
+    engine.decode(text).map_err(|e| Base64Error(e.to_string()))
+}
+
+/// ECMAScript's `Number::toString` of the double `n` denotes (RFC 8785 §3.2.2.3).
+fn write_number(n: &Number, out: &mut String) -> Result<(), JcsError> {
+    // serde_json keeps integers exact (u64 / i64); JSON has only doubles, so they are rounded
+    // to the nearest one first, as `JSON.parse` does. `as f64` rounds to nearest, ties to even.
+    let double = n.as_f64().filter(|d| d.is_finite());
+    let Some(double) = double else {
+        return Err(JcsError::UnsupportedNumber(n.to_string()));
+    };
+    out.push_str(ryu_js::Buffer::new().format_finite(double));
+    Ok(())
 }
 
 fn write_value(value: &Value, out: &mut String, depth: usize) -> Result<(), JcsError> {
@@ -75,15 +108,7 @@ fn write_value(value: &Value, out: &mut String, depth: usize) -> Result<(), JcsE
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64().filter(|&u| u <= MAX_SAFE_INTEGER) {
-                out.push_str(&u.to_string());
-            } else if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER) {
-                out.push_str(&i.to_string());
-            } else {
-                return Err(JcsError::UnsupportedNumber(n.to_string()));
-            }
-        }
+        Value::Number(n) => write_number(n, out)?,
         Value::String(s) => write_string(s, out),
         Value::Array(items) => {
             if depth >= MAX_DEPTH {
@@ -180,20 +205,16 @@ mod tests {
     }
 
     #[test]
-    fn integers_only() {
+    fn numbers_are_written_as_ecmascript_writes_them() {
+        let parsed: Value =
+            serde_json::from_str("[1.0, -0, 0.5e1, 1e21, 1e-7, 0.000001, 9007199254740993, 18446744073709551615, -1.5E-3]")
+                .unwrap();
         assert_eq!(
-            canonicalize(&json!([0, -1, 9007199254740991u64])).unwrap(),
-            "[0,-1,9007199254740991]"
+            canonicalize(&parsed).unwrap(),
+            "[1,0,5,1e+21,1e-7,0.000001,9007199254740992,18446744073709552000,-0.0015]"
         );
-        assert!(matches!(canonicalize(&json!(1.5)), Err(JcsError::UnsupportedNumber(_))));
-        assert!(matches!(
-            canonicalize(&json!(9007199254740992u64)),
-            Err(JcsError::UnsupportedNumber(_))
-        ));
-        assert!(matches!(
-            canonicalize(&json!(-9007199254740992i64)),
-            Err(JcsError::UnsupportedNumber(_))
-        ));
+        assert_eq!(canonicalize(&json!(-0.0)).unwrap(), "0");
+        assert_eq!(canonicalize(&json!(i64::MIN)).unwrap(), "-9223372036854776000");
     }
 
     #[test]
@@ -207,12 +228,23 @@ mod tests {
     }
 
     #[test]
-    fn base64url_round_trip_without_padding() {
+    fn base64url_accepts_one_spelling_per_byte_string() {
         assert_eq!(b64url_encode(b"\xfb\xff"), "-_8");
         assert_eq!(b64url_decode("-_8").unwrap(), b"\xfb\xff");
+        assert_eq!(b64url_decode("").unwrap(), b"");
+        // Full padding is tolerated, as some clients add it ...
         assert_eq!(b64url_decode("-_8=").unwrap(), b"\xfb\xff");
+        assert_eq!(b64url_decode("YQ==").unwrap(), b"a");
+        assert_eq!(b64url_decode("YWI=").unwrap(), b"ab");
+        // ... partial, surplus or misplaced padding is not.
+        for bad in ["YQ=", "YWI==", "YWJj=", "YWJj====", "YQ===", "=", "==", "Y=Q=", "YQ==YQ"] {
+            assert!(b64url_decode(bad).is_err(), "{bad}");
+        }
         assert!(b64url_decode("+/8").is_err(), "standard alphabet is refused");
         assert!(b64url_decode("-_9").is_err(), "non-canonical trailing bits");
-        assert!(b64url_decode("a").is_err());
+        assert!(b64url_decode("YR").is_err(), "non-canonical trailing bits");
+        assert!(b64url_decode("a").is_err(), "no encoding is 1 mod 4 long");
+        assert!(b64url_decode("YWJjZ").is_err(), "no encoding is 1 mod 4 long");
+        assert!(b64url_decode("YW Jj").is_err(), "whitespace");
     }
 }

@@ -19,7 +19,7 @@
 //! | module | for |
 //! |---|---|
 //! | [`accept_payment`] | the client's `Accept-Payment` preferences, and choosing offers by them |
-//! | [`jcs`] | RFC 8785 canonical JSON (integers only) and base64url without padding |
+//! | [`jcs`] | RFC 8785 canonical JSON and the one (canonical) base64url decoder |
 //! | [`challenge`] | [`Challenge`]: writing and parsing `WWW-Authenticate: Payment`; [`ChallengeKey`]: the HMAC-bound id |
 //! | [`credential`] | [`Credential`]: `Authorization: Payment <token>` |
 //! | [`receipt`] | [`PaymentReceipt`]: the `Payment-Receipt` header |
@@ -62,7 +62,8 @@ pub mod receipt;
 pub use farebox_core::time;
 
 pub use challenge::{
-    Challenge, ChallengeError, ChallengeKey, ChallengeParams, IdSlots, parse_www_authenticate,
+    Challenge, ChallengeError, ChallengeKey, ChallengeParams, IdSlots, PaymentChallenges,
+    parse_www_authenticate, read_www_authenticate, read_www_authenticate_from,
 };
 pub use credential::{Credential, CredentialError, EchoedChallenge};
 pub use evm_charge::EvmChargeRequest;

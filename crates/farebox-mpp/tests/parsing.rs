@@ -1,9 +1,16 @@
 //! `WWW-Authenticate: Payment` parsing: strict where the conformance vectors are strict
 //! (duplicates, empty or missing required params, bad request encoding), permissive where they
-//! are permissive (scheme case, whitespace, order, unknown params, other schemes alongside).
+//! are permissive (scheme case, whitespace, order, unknown params, other schemes alongside, an
+//! unescaped quote), and one bad challenge never hides the others. Base64url is canonical in
+//! every MPP header.
 
 use farebox_mpp::challenge::{ChallengeError, ChallengeKey, ChallengeParams};
-use farebox_mpp::{jcs, parse_www_authenticate};
+use farebox_mpp::credential::CredentialError;
+use farebox_mpp::receipt::ReceiptError;
+use farebox_mpp::{
+    Credential, PaymentReceipt, jcs, parse_www_authenticate, read_www_authenticate,
+    read_www_authenticate_from,
+};
 use serde_json::json;
 
 const REQ: &str = "eyJhbW91bnQiOiIxMDAwMDAwIn0"; // {"amount":"1000000"}
@@ -111,35 +118,136 @@ fn payment_keyword_inside_quotes_does_not_split() {
 #[test]
 fn several_offers_and_other_schemes() {
     let key = ChallengeKey::new(&[7; 32]).unwrap();
-    let mk = |m: &str| {
-        key.issue(ChallengeParams {
-            realm: "r".into(),
-            method: m.into(),
-            intent: "charge".into(),
-            request: json!({"amount": "1"}),
-            ..Default::default()
-        })
-        .unwrap()
-        .to_header_value()
-        .unwrap()
-    };
-    let (a, b) = (mk("lightning"), mk("tempo"));
-    let joined = format!(
-        "L402 macaroon=\"AgE=\", invoice=\"lnbc1\", {}, Bearer realm=\"x\"",
-        a.to_str().unwrap()
-    );
-    let v = parse_www_authenticate([joined.as_str(), b.to_str().unwrap()]).unwrap();
+    let (a, b) = (offer(&key, "lightning"), offer(&key, "tempo"));
+    let joined = format!("L402 macaroon=\"AgE=\", invoice=\"lnbc1\", {a}, Bearer realm=\"x\"");
+    let v = parse_www_authenticate([joined.as_str(), b.as_str()]).unwrap();
     assert_eq!(v.iter().map(|c| c.method.as_str()).collect::<Vec<_>>(), ["lightning", "tempo"]);
     assert!(v.iter().all(|c| key.verify_id(&c.slots(), &c.id)));
 }
 
 #[test]
-fn adversarial_backslashes_parse_fast() {
+fn adversarial_backslashes_parse_fast_and_the_challenge_is_kept() {
+    // mpp-tools `adversarial_unclosed_quoted_extension`: the unterminated extension is ignored.
     let text = format!(
         "Payment id=\"a\", realm=\"r\", method=\"tempo\", intent=\"charge\", request=\"{REQ}\", ext=\"{}",
         "\\".repeat(12_000)
     );
     let started = std::time::Instant::now();
-    let _ = parse_www_authenticate([text.as_str()]);
+    let c = one(&text).unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!((c.id.as_str(), c.request_b64.as_str()), ("a", REQ));
+}
+
+#[test]
+fn a_description_with_an_unescaped_quote_is_read_up_to_the_quote() {
+    // mpp-tools `unescaped_quotes_in_description`.
+    let c = one("Payment id=\"ch_special\", realm=\"api.example.com\", method=\"tempo\", intent=\"charge\", request=\"eyJhbW91bnQiOiIxMDAifQ\", description=\"Payment for \"Premium\" service \u{2014} 50% off!\"").unwrap();
+    assert_eq!(c.description.as_deref(), Some("Payment for "));
+    assert_eq!(c.request["amount"], "100");
+}
+
+fn offer(key: &ChallengeKey, method: &str) -> String {
+    key.issue(ChallengeParams {
+        realm: "r".into(),
+        method: method.into(),
+        intent: "charge".into(),
+        request: json!({"amount": "1"}),
+        ..Default::default()
+    })
+    .unwrap()
+    .to_header_value()
+    .unwrap()
+    .to_str()
+    .unwrap()
+    .to_owned()
+}
+
+#[test]
+fn one_malformed_payment_challenge_does_not_void_the_others() {
+    let key = ChallengeKey::new(&[7; 32]).unwrap();
+    let (lightning, evm) = (offer(&key, "lightning"), offer(&key, "evm"));
+    let no_id = format!(r#"Payment realm="r", method="tempo", intent="charge", request="{REQ}""#);
+    let bad_request =
+        r#"Payment id="x", realm="r", method="tempo", intent="charge", request="YQ=""#;
+    let duplicate = format!(
+        r#"Payment id="x", id="y", realm="r", method="tempo", intent="charge", request="{REQ}""#
+    );
+    let broken = r#"Payment id="x", realm="r, method="tempo""#;
+    // In one field line, in several, and with a broken line among them.
+    let one_line = format!("{no_id}, {lightning}, {bad_request}, {duplicate}, {evm}");
+    for lines in
+        [vec![one_line.as_str()], vec![&no_id, &lightning, broken, bad_request, &duplicate, &evm]]
+    {
+        let read = read_www_authenticate(lines.iter().copied());
+        let methods: Vec<&str> = read.challenges.iter().map(|c| c.method.as_str()).collect();
+        assert_eq!(methods, ["lightning", "evm"], "{lines:?}");
+        assert!(read.challenges.iter().all(|c| key.verify_id(&c.slots(), &c.id)));
+        assert!(read.skipped.len() >= 3, "{:?}", read.skipped);
+        assert!(read.skipped.contains(&ChallengeError::Missing("id")));
+        assert!(read.skipped.contains(&ChallengeError::NotBase64("request")));
+        assert_eq!(parse_www_authenticate(lines.iter().copied()).unwrap().len(), 2);
+    }
+    // With no valid one left, the Result says why.
+    assert_eq!(
+        parse_www_authenticate([no_id.as_str(), r#"Bearer realm="x"#]).unwrap_err(),
+        ChallengeError::Missing("id")
+    );
+}
+
+#[test]
+fn a_response_with_a_latin1_description_is_still_read() {
+    let key = ChallengeKey::new(&[7; 32]).unwrap();
+    let valid = offer(&key, "lightning");
+    let mut latin1 = valid.clone().into_bytes();
+    latin1.extend_from_slice(b", description=\"caf\xe9\"");
+    let mut headers = http::HeaderMap::new();
+    headers.append(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_bytes(&latin1).unwrap());
+    let read = read_www_authenticate_from(&headers);
+    assert_eq!(read.challenges.len(), 1);
+    assert!(key.verify_id(&read.challenges[0].slots(), &read.challenges[0].id));
+}
+
+#[test]
+fn base64url_with_misplaced_padding_is_refused_everywhere() {
+    // A request / opaque param with padding where none belongs.
+    for (param, value) in [("request", "e30=="), ("request", "YQ="), ("opaque", "e30==")] {
+        let text = format!(
+            r#"Payment id="a", realm="r", method="tempo", intent="charge", request="{REQ}", {param}="{value}""#
+        )
+        .replacen(&format!(r#"request="{REQ}", request"#), "request", 1);
+        assert_eq!(
+            one(&text).unwrap_err(),
+            ChallengeError::NotBase64(if param == "opaque" { "opaque" } else { "request" }),
+            "{text}"
+        );
+    }
+    // A credential: unpadded, or fully padded, decodes; anything else does not.
+    let token = (0..3)
+        .map(|n| {
+            let cred = json!({"challenge": {"id": "abc", "realm": "r", "method": "lightning", "intent": "charge", "request": "e30"}, "payload": {}, "source": "s".repeat(n)});
+            jcs::b64url_encode(cred.to_string().as_bytes())
+        })
+        .find(|t| t.len() % 4 == 2)
+        .unwrap();
+    assert_eq!(token.len() % 4, 2);
+    assert!(Credential::decode(&token).is_ok());
+    assert!(Credential::decode(&format!("{token}==")).is_ok());
+    for bad in
+        [format!("{token}="), format!("{token}==="), format!("{token}==A"), format!("{token}AAA")]
+    {
+        assert_eq!(Credential::decode(&bad).unwrap_err(), CredentialError::NotBase64, "{bad}");
+    }
+    // A receipt.
+    let receipt = PaymentReceipt::success("lightning", "2026-01-01T00:00:00Z".into(), "r".into());
+    let encoded = receipt.encode();
+    assert_eq!(PaymentReceipt::decode(&encoded).unwrap(), receipt);
+    let pad = match encoded.len() % 4 {
+        2 => "=",
+        3 => "==",
+        _ => "=",
+    };
+    assert_eq!(
+        PaymentReceipt::decode(&format!("{encoded}{pad}")).unwrap_err(),
+        ReceiptError::NotBase64
+    );
 }

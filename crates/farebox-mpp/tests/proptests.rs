@@ -1,7 +1,9 @@
 //! The parsers never panic, whatever they are given, and what farebox writes it reads back.
 
 use farebox_mpp::challenge::{ChallengeKey, ChallengeParams};
-use farebox_mpp::{Credential, PaymentReceipt, jcs, parse_www_authenticate, time};
+use farebox_mpp::{
+    Credential, PaymentReceipt, jcs, parse_www_authenticate, read_www_authenticate, time,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -35,6 +37,39 @@ proptest! {
         let _ = PaymentReceipt::decode(&jcs::b64url_encode(s.as_bytes()));
         let _ = time::parse(&s);
         let _ = jcs::b64url_decode(&s);
+    }
+
+    #[test]
+    fn a_valid_challenge_is_read_whatever_field_lines_surround_it(
+        before in "\\PC{0,120}",
+        after in "\\PC{0,120}",
+        desc in "[ -~]{0,40}",
+    ) {
+        let key = ChallengeKey::new(&[3; 32]).unwrap();
+        let c = key.issue(ChallengeParams {
+            realm: "r".into(),
+            method: "lightning".into(),
+            intent: "charge".into(),
+            request: json!({"amount": "1"}),
+            description: Some(desc),
+            ..Default::default()
+        }).unwrap();
+        let header = c.to_header_value().unwrap();
+        let read = read_www_authenticate([before.as_str(), header.to_str().unwrap(), after.as_str()]);
+        prop_assert!(read.challenges.contains(&c), "{:?}", read);
+    }
+
+    #[test]
+    fn canonical_base64url_has_one_spelling(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let text = jcs::b64url_encode(&bytes);
+        prop_assert_eq!(jcs::b64url_decode(&text).unwrap(), bytes.clone());
+        let padded = format!("{text}{}", "=".repeat((4 - text.len() % 4) % 4));
+        prop_assert_eq!(jcs::b64url_decode(&padded).unwrap(), bytes);
+        let surplus = format!("{padded}=");
+        prop_assert!(jcs::b64url_decode(&surplus).is_err());
+        if padded.len() > text.len() + 1 {
+            prop_assert!(jcs::b64url_decode(&padded[..padded.len() - 1]).is_err());
+        }
     }
 
     #[test]

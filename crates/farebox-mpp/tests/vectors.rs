@@ -1,5 +1,7 @@
 //! The MPP golden values (`specs/vectors/mpp/challenge_id.json`, from the mpp-tools conformance
-//! suite): challenge ids in the 7- and 8-slot forms, the receipt encoding, the body digest.
+//! suite): challenge ids in the 7- and 8-slot forms, the receipt encoding, the body digest; and
+//! RFC 8785 (JCS): its Appendix B numbers and §3.2 examples, ECMAScript's own number output
+//! (`data/jcs_numbers.txt`, written by node), and requests other SDKs canonicalized.
 
 use farebox_mpp::challenge::{ChallengeKey, ChallengeParams, IdSlots};
 use farebox_mpp::digest::{body_digest, digest_matches};
@@ -103,4 +105,113 @@ fn digest_vector() {
     assert_eq!(body_digest(body), d["sdk"].as_str().unwrap());
     assert!(digest_matches(d["sdk"].as_str().unwrap(), body));
     assert!(digest_matches(d["rfc9530"].as_str().unwrap(), body));
+}
+
+/// RFC 8785 Appendix B: IEEE 754 bits and ECMAScript's serialization of them.
+const RFC8785_APPENDIX_B: &[(u64, &str)] = &[
+    (0x0000000000000000, "0"),
+    (0x8000000000000000, "0"),
+    (0x0000000000000001, "5e-324"),
+    (0x8000000000000001, "-5e-324"),
+    (0x7fefffffffffffff, "1.7976931348623157e+308"),
+    (0xffefffffffffffff, "-1.7976931348623157e+308"),
+    (0x4340000000000000, "9007199254740992"),
+    (0xc340000000000000, "-9007199254740992"),
+    (0x4430000000000000, "295147905179352830000"),
+    (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+    (0x44b52d02c7e14af6, "1e+23"),
+    (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+    (0x444b1ae4d6e2ef4e, "999999999999999700000"),
+    (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+    (0x444b1ae4d6e2ef50, "1e+21"),
+    (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+    (0x3eb0c6f7a0b5ed8d, "0.000001"),
+    (0x41b3de4355555553, "333333333.3333332"),
+    (0x41b3de4355555554, "333333333.33333325"),
+    (0x41b3de4355555555, "333333333.3333333"),
+    (0x41b3de4355555556, "333333333.3333334"),
+    (0x41b3de4355555557, "333333333.33333343"),
+    (0xbecbf647612f3696, "-0.0000033333333333333333"),
+    (0x43143ff3c1cb0959, "1424953923781206.2"),
+];
+
+fn jcs_of_double(bits: u64) -> String {
+    let n = serde_json::Number::from_f64(f64::from_bits(bits)).expect("finite");
+    jcs::canonicalize(&Value::Number(n)).unwrap()
+}
+
+#[test]
+fn jcs_writes_the_rfc_8785_appendix_b_numbers() {
+    for &(bits, expected) in RFC8785_APPENDIX_B {
+        assert_eq!(jcs_of_double(bits), expected, "{bits:016x}");
+        // And a JCS number read back is written the same (the re-canonicalization case).
+        let parsed: Value = serde_json::from_str(expected).unwrap();
+        assert_eq!(jcs::canonicalize(&parsed).unwrap(), expected, "{bits:016x}");
+    }
+    // NaN and the infinities cannot be held by a JSON value at all: the parse refuses them.
+    assert!(serde_json::from_str::<Value>("1e400").is_err());
+}
+
+#[test]
+fn jcs_numbers_match_what_ecmascript_writes() {
+    let data = include_str!("data/jcs_numbers.txt");
+    let mut count = 0;
+    for line in data.lines() {
+        let (hex, expected) = line.split_once(',').unwrap();
+        let bits = u64::from_str_radix(hex, 16).unwrap();
+        assert_eq!(jcs_of_double(bits), expected, "{hex}");
+        let parsed: Value = serde_json::from_str(expected).unwrap();
+        assert_eq!(jcs::canonicalize(&parsed).unwrap(), expected, "re-read {hex}");
+        count += 1;
+    }
+    assert!(count > 4000, "{count}");
+}
+
+#[test]
+fn jcs_rfc_8785_examples() {
+    // §3.2.2 (the number, string and literal example).
+    let input = r#"{
+      "numbers": [333333333.33333329, 1E30, 4.50,
+                  2e-3, 0.000000000000000000000000001],
+      "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+      "literals": [null, true, false]
+    }"#;
+    let v: Value = serde_json::from_str(input).unwrap();
+    assert_eq!(
+        jcs::canonicalize(&v).unwrap(),
+        r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+    );
+    // §3.2.3 (property sorting by UTF-16 code units).
+    let input = r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#;
+    let v: Value = serde_json::from_str(input).unwrap();
+    assert_eq!(
+        jcs::canonicalize(&v).unwrap(),
+        "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\"\u{1f600}\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}"
+    );
+}
+
+#[test]
+fn requests_other_sdks_canonicalized_are_reproduced_byte_for_byte() {
+    // mpp-tools `www-authenticate.json` `nested_request` (a JSON number and a boolean inside).
+    let nested = "eyJjdXJyZW5jeSI6IjB4MjBjMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMSIsImRlcG9zaXQiOiIxMDAwMDAwMCIsImVzY3Jvd0NvbnRyYWN0IjoiMHgxMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExIiwibWV0aG9kRGV0YWlscyI6eyJjaGFpbklkIjo0MjQzMSwiZmVlUGF5ZXIiOnRydWV9LCJyZWNpcGllbnQiOiIweDIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIiLCJ2b3VjaGVyRW5kcG9pbnQiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbS92b3VjaGVycyJ9";
+    // Written by node (JSON.stringify over sorted keys) from a request with a float, an
+    // integer beyond 2^64, `1e21`, `1e-7`, `1.0` and `-0`.
+    let floats = "eyJhbW91bnQiOiIxMDAwIiwibWV0aG9kRGV0YWlscyI6eyJiaWciOjEyMzQ1Njc4OTAxMjM0NTY3MDAwLCJjaGFpbklkIjo4NDUzLCJleGFjdCI6MSwiZmVlUmF0aW8iOjAuMSwibmVnWmVybyI6MCwic2NhbGUiOjFlKzIxLCJ0aGlyZCI6MC4zMzMzMzMzMzMzMzMzMzMzLCJ0aW55IjoxZS03fSwicmVjaXBpZW50IjoiMHgxMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExIn0";
+    for wire in [nested, floats] {
+        let request = farebox_mpp::challenge::decode_request(wire).unwrap();
+        assert_eq!(jcs::encode_b64_jcs(&request).unwrap(), wire);
+    }
+    // So a challenge farebox issues for such a request carries the other SDK's bytes.
+    let key = ChallengeKey::new(&[9; 32]).unwrap();
+    let request = farebox_mpp::challenge::decode_request(floats).unwrap();
+    let issued = key
+        .issue(ChallengeParams {
+            realm: "r".into(),
+            method: "evm".into(),
+            intent: "charge".into(),
+            request,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(issued.request_b64, floats);
 }
