@@ -120,6 +120,6 @@ pub use rail::{
 };
 pub use resource::{Price, Resource};
 pub use store::{
-    ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus, SessionStore, StoreError,
-    Versioned,
+    Hold, HoldOutcome, ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus,
+    SessionStore, StoreError, Versioned,
 };
