@@ -24,7 +24,7 @@ use farebox_core::store::{Hold, HoldOutcome, ProofRecord, ProofState, ReplayStor
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::sql::{Backend, PROOF_COLUMNS, bounded, placeholders, record, to_db_time};
+use crate::sql::{Backend, PROOF_COLUMNS, bounded, record, to_db_time};
 use crate::{now_secs, validate_account, validate_key, validate_namespace, validate_reference};
 
 /// How long a request waits for a pooled connection.
@@ -275,46 +275,19 @@ impl ReplayStore for PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
-            let exists = sqlx::query(&placeholders(Backend::Postgres, crate::sql::EXISTS))
-                .bind(namespace)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err)?;
-            if exists.is_some() {
-                return Ok(HoldOutcome::Duplicate);
+            let outcome = crate::sql::reserve_locked::<sqlx::Postgres>(
+                &mut tx,
+                Backend::Postgres,
+                namespace,
+                key,
+                expires_at,
+                hold,
+            )
+            .await?;
+            if outcome == HoldOutcome::Reserved {
+                tx.commit().await.map_err(err)?;
             }
-            let now = to_db_time(now_secs());
-            let amounts: Vec<String> =
-                sqlx::query_scalar(&placeholders(Backend::Postgres, crate::sql::HELD))
-                    .bind(hold.account)
-                    .bind(now)
-                    .bind(to_db_time(hold.mark))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            if let Some(refused) = crate::refusal(crate::sql::total_held(&amounts)?, hold) {
-                return Ok(refused);
-            }
-            let inserted = sqlx::query(&placeholders(Backend::Postgres, crate::sql::INSERT_HELD))
-                .bind(namespace)
-                .bind(key)
-                .bind(to_db_time(expires_at))
-                .bind(now)
-                .bind(hold.account)
-                .bind(hold.amount.to_string())
-                .bind(to_db_time(hold.until))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            tx.commit().await.map_err(err)?;
-            // Another account's reservation of the same key can win between the check and the
-            // insert (its lock is not ours).
-            Ok(if inserted.rows_affected() == 1 {
-                HoldOutcome::Reserved
-            } else {
-                HoldOutcome::Duplicate
-            })
+            Ok(outcome)
         })
         .await
     }

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use farebox_core::store::{
-    ProofRecord, ProofState, SessionRecord, SessionStatus, StoreError, Versioned,
+    Hold, HoldOutcome, ProofRecord, ProofState, SessionRecord, SessionStatus, StoreError, Versioned,
 };
 
 use crate::OPERATION_TIMEOUT;
@@ -87,11 +87,13 @@ pub(crate) const HELD: &str = "SELECT hold_amount FROM farebox_proofs
 pub(crate) const SETTLED_MARK: &str =
     "SELECT COALESCE(MAX(settled_seq), 0) AS mark FROM farebox_proofs";
 
-/// A held reservation (binds: namespace, key, expires_at, now, account, amount, until).
+/// A held reservation (binds: namespace, key, expires_at, now, account, amount, until); a row
+/// comes back when it was inserted.
 pub(crate) const INSERT_HELD: &str = "INSERT INTO farebox_proofs
      (namespace, key, state, reference, expires_at, updated_at, hold_account, hold_amount, hold_until)
      VALUES (?, ?, 'reserved', NULL, ?, ?, ?, ?, ?)
-     ON CONFLICT (namespace, key) DO NOTHING";
+     ON CONFLICT (namespace, key) DO NOTHING
+     RETURNING 1 AS one";
 
 /// Whether a proof is recorded (binds: namespace, key).
 pub(crate) const EXISTS: &str =
@@ -109,6 +111,64 @@ pub(crate) fn update_sql(backend: Backend, next: &str) -> String {
          WHERE namespace = ? AND key = ?"
     );
     placeholders(backend, &sql).into_owned()
+}
+
+/// The steps of `ReplayStore::reserve_hold` once the caller's transaction serializes the
+/// reservations of `hold.account` (SQLite's write lock, PostgreSQL's advisory lock): a recorded
+/// key is a duplicate; a hold the account cannot take is refused; otherwise the key is inserted
+/// with its hold. Nothing is written unless the outcome is `Reserved`; the caller commits then.
+pub(crate) async fn reserve_locked<DB>(
+    conn: &mut DB::Connection,
+    backend: Backend,
+    namespace: &str,
+    key: &str,
+    expires_at: u64,
+    hold: &Hold<'_>,
+) -> Result<HoldOutcome, StoreError>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let err = |e| map_err(backend, e);
+    let exists = sqlx::query::<DB>(&placeholders(backend, EXISTS))
+        .bind(namespace)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?;
+    if exists.is_some() {
+        return Ok(HoldOutcome::Duplicate);
+    }
+    let now = to_db_time(crate::now_secs());
+    let amounts: Vec<String> = sqlx::query_scalar::<DB, String>(&placeholders(backend, HELD))
+        .bind(hold.account)
+        .bind(now)
+        .bind(to_db_time(hold.mark))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    if let Some(refused) = crate::refusal(total_held(&amounts)?, hold) {
+        return Ok(refused);
+    }
+    let inserted = sqlx::query::<DB>(&placeholders(backend, INSERT_HELD))
+        .bind(namespace)
+        .bind(key)
+        .bind(to_db_time(expires_at))
+        .bind(now)
+        .bind(hold.account)
+        .bind(hold.amount.to_string())
+        .bind(to_db_time(hold.until))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?;
+    // In PostgreSQL, another account's reservation of the same key can win between the check
+    // and the insert (its lock is not ours).
+    Ok(if inserted.is_some() { HoldOutcome::Reserved } else { HoldOutcome::Duplicate })
 }
 
 /// What the rows of [`HELD`] add up to (`None`: no rows, nothing held).

@@ -281,41 +281,21 @@ impl ReplayStore for SqliteStore {
         validate_key(namespace, key)?;
         validate_account(hold.account)?;
         bounded("reserve_hold", async {
+            // The write lock, taken first, serializes every reservation (any process).
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-            let exists = sqlx::query(crate::sql::EXISTS)
-                .bind(namespace)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err)?;
-            if exists.is_some() {
-                return Ok(HoldOutcome::Duplicate);
+            let outcome = crate::sql::reserve_locked::<sqlx::Sqlite>(
+                &mut tx,
+                Backend::Sqlite,
+                namespace,
+                key,
+                expires_at,
+                hold,
+            )
+            .await?;
+            if outcome == HoldOutcome::Reserved {
+                tx.commit().await.map_err(err)?;
             }
-            let now = to_db_time(now_secs());
-            let amounts: Vec<String> = sqlx::query_scalar(crate::sql::HELD)
-                .bind(hold.account)
-                .bind(now)
-                .bind(to_db_time(hold.mark))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-            if let Some(refused) = crate::refusal(crate::sql::total_held(&amounts)?, hold) {
-                return Ok(refused);
-            }
-            // The write lock makes the check above final: nobody can insert the key meanwhile.
-            sqlx::query(crate::sql::INSERT_HELD)
-                .bind(namespace)
-                .bind(key)
-                .bind(to_db_time(expires_at))
-                .bind(now)
-                .bind(hold.account)
-                .bind(hold.amount.to_string())
-                .bind(to_db_time(hold.until))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            tx.commit().await.map_err(err)?;
-            Ok(HoldOutcome::Reserved)
+            Ok(outcome)
         })
         .await
     }

@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
-use farebox_core::{Asset, Money, Price, ProofRecord, ProofState, ReplayStore, StoreError};
+use farebox_core::{
+    Asset, Hold, HoldOutcome, Money, Price, ProofRecord, ProofState, ReplayStore, StoreError,
+};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, Bytes, EvmRpc, ReceiptOutcome, U256};
@@ -863,6 +865,18 @@ impl ReplayStore for FlakyStore {
     }
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         self.inner.purge_expired(now).await
+    }
+    async fn settled_mark(&self) -> Result<u64, StoreError> {
+        self.inner.settled_mark().await
+    }
+    async fn reserve_hold(
+        &self,
+        ns: &str,
+        key: &str,
+        expires_at: u64,
+        hold: &Hold<'_>,
+    ) -> Result<HoldOutcome, StoreError> {
+        self.inner.reserve_hold(ns, key, expires_at, hold).await
     }
 }
 
