@@ -14,6 +14,10 @@
 //! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
 //! the hash in `PAYMENT-RESPONSE`.
 //!
+//! When a payment is refused, the fresh 402 says why: the reason code of the refusal in
+//! `PAYMENT-REQUIRED`'s `error` and in v1's body `error` (v1 spelling), instead of the "header
+//! is required" text a request without payment gets.
+//!
 //! [`X402Rail::reconcile`] resolves those pending records later, from the token's
 //! `authorizationState` on chain, read through the facilitator when it can
 //! ([`Facilitator::authorization_used`]; the in-process facilitator can) or through a
@@ -26,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use farebox_core::{
     Asset, Challenge, ErrorKind, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, ReplayStore, Resource, Token, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Token, Verified,
 };
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -315,11 +319,21 @@ impl Rail for X402Rail {
         &HEADERS
     }
 
-    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError> {
+    /// The 402's `error` says why this rail refused the request's payment, if it did.
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError> {
         let Some(v2_requirement) = self.requirement_v2(resource) else { return Ok(None) };
+        let why = Refusal::of(refusal, self.name()).map(|e| e.code);
+        let error = |version: u8, missing: &'static str| match why {
+            Some(code) => Reason::from_code(code).map_or(code, |r| r.as_str_for(version)),
+            None => missing,
+        };
         let required = v2::PaymentRequired {
             x402_version: crate::Version,
-            error: Some("PAYMENT-SIGNATURE header is required".into()),
+            error: Some(error(2, "PAYMENT-SIGNATURE header is required").into()),
             resource: v2::ResourceInfo {
                 url: self.url(resource),
                 description: Some(Self::description(resource)),
@@ -338,7 +352,7 @@ impl Rail for X402Rail {
                 .map_err(|e| PaymentError::internal("x402_body", e.to_string()))?;
             challenge.body_members = vec![
                 ("x402Version".into(), Value::from(1)),
-                ("error".into(), Value::String("X-PAYMENT header is required".into())),
+                ("error".into(), Value::from(error(1, "X-PAYMENT header is required"))),
                 ("accepts".into(), accepts),
             ];
         }

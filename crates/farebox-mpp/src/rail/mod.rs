@@ -49,7 +49,7 @@ use async_trait::async_trait;
 use farebox_core::{Asset, SessionStore, Token};
 use farebox_core::{
     Challenge as RailChallenge, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, ReplayStore, Resource, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Verified,
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
@@ -867,7 +867,11 @@ impl Rail for MppRail {
     /// order (Lightning charge, EVM charge, EVM session, Lightning session) or as the client's
     /// `Accept-Payment` asks ([`crate::accept_payment`]); only the offers made are issued (no
     /// invoice is created for an offer the client does not want).
-    async fn challenge(&self, resource: &Resource) -> Result<Option<RailChallenge>, PaymentError> {
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        _refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<RailChallenge>, PaymentError> {
         let mut offered: Vec<(Offered, (&str, &str))> = Vec::new();
         if self.backend.is_some() {
             offered.push((Offered::LightningCharge, (METHOD, INTENT)));
