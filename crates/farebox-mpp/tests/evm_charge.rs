@@ -265,3 +265,29 @@ async fn node_down_is_503() {
     assert!(headers.get("payment-receipt").is_none());
     assert!(w.store.get("mpp", &c.id).await.unwrap().is_none(), "nothing reserved");
 }
+
+// ---- the nonce another SDK derives ----
+
+#[tokio::test]
+async fn a_nonce_derived_as_a_json_array_is_served() {
+    let w = world().await;
+    let c = challenge(&w).await;
+    let mut auth = authorization(&w, &c);
+    auth.nonce = evm_charge::challenge_nonce_json(&c.id, &c.realm);
+    let (status, _, body) = send(&w.app, Some(&credential(&w, &c, &auth))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(balance(&w, w.recipient()).await, U256::from(PRICE));
+    assert!(w.rpc.authorization_state(w.token, auth.from, auth.nonce).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_json_array_nonce_of_another_challenge_is_refused() {
+    let w = world().await;
+    let c = challenge(&w).await;
+    let other = challenge(&w).await;
+    let mut auth = authorization(&w, &c);
+    auth.nonce = evm_charge::challenge_nonce_json(&other.id, &other.realm);
+    let (status, headers, body) = send(&w.app, Some(&credential(&w, &c, &auth))).await;
+    assert_problem(status, &headers, &body, "verification-failed");
+    assert_eq!(balance(&w, w.recipient()).await, U256::ZERO);
+}

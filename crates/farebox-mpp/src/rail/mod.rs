@@ -661,9 +661,10 @@ impl MppRail {
         let (auth, signature) = evm_charge::authorization_of(&cred.payload)
             .map_err(|e| problem::malformed(e.to_string()))?;
         let ch = &cred.challenge;
-        if auth.nonce != evm_charge::challenge_nonce(&ch.id, &ch.realm) {
+        if !evm_charge::challenge_nonces(&ch.id, &ch.realm).contains(&auth.nonce) {
             return Err(problem::verification_failed(
-                "the authorization's nonce is not keccak256(challenge.id ‖ challenge.realm)",
+                "the authorization's nonce is not bound to this challenge: expected \
+                 keccak256(challenge.id ‖ challenge.realm)",
             ));
         }
         if auth.to != cfg.recipient {
