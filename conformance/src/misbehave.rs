@@ -219,7 +219,7 @@ async fn wrong_price(State(s): State<Arc<Scenarios>>, request: Request<Body>) ->
     let resource = paywall.resource_for(&Method::GET, "/wrong-price-on-retry");
     let why = PaymentError::new(ErrorKind::PaymentRequired, "price_changed", "the price went up");
     match resource {
-        Some(r) => paywall.refusal(&r, &why).await.map(Body::from).into_response(),
+        Some(r) => paywall.refusal(&r, &why, None).await.map(Body::from).into_response(),
         None => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

@@ -47,7 +47,7 @@ async fn a_server_that_serves_any_credential_fails_the_musts() {
                 }
                 let resource = paywall.resource_for(&Method::GET, "/data").unwrap();
                 let why = PaymentError::new(ErrorKind::PaymentRequired, "payment_required", "pay");
-                paywall.refusal(&resource, &why).await.map(Body::from)
+                paywall.refusal(&resource, &why, None).await.map(Body::from)
             }
         }),
     );

@@ -40,7 +40,8 @@
 //!    client must pay (an invoice, payment requirements), bind it to the resource so it cannot be
 //!    replayed elsewhere, and return the header lines and body members. Use
 //!    [`auth::AuthChallenge`] to write `WWW-Authenticate` values; it quotes and escapes for you.
-//!    Return `Ok(None)` when your asset is not in the price.
+//!    Return `Ok(None)` when your asset is not in the price. When the 402 answers a credential
+//!    your rail refused, [`Refusal::of`] hands you the error, should your protocol carry a reason.
 //! 3. **Verify.** [`Rail::verify`] gets the [`PresentedCredential`] (already size-bounded and,
 //!    for `Authorization`, parsed into scheme and parameters). Check everything that proves
 //!    payment for *this* resource: signatures, amounts, recipient, time window, scope. Compare
@@ -70,7 +71,7 @@
 //! ```
 //! use async_trait::async_trait;
 //! use farebox_core::{auth::AuthChallenge, Challenge, PaymentError, PresentedCredential, Rail,
-//!                    Receipt, Resource, Verified};
+//!                    Receipt, Refusal, Resource, Verified};
 //!
 //! struct Voucher;
 //!
@@ -79,7 +80,8 @@
 //!     fn name(&self) -> &'static str { "voucher" }
 //!     fn auth_schemes(&self) -> &'static [&'static str] { &["Voucher"] }
 //!
-//!     async fn challenge(&self, r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+//!     async fn challenge(&self, r: &Resource, _: Option<&Refusal<'_>>)
+//!         -> Result<Option<Challenge>, PaymentError> {
 //!         let Some(price) = r.price.in_bitcoin() else { return Ok(None) };
 //!         let line = AuthChallenge::new("Voucher").param("amount_msat", price.amount.to_string());
 //!         let value = line.to_header_value().map_err(|e| PaymentError::internal("header", e.to_string()))?;
@@ -116,10 +118,10 @@ pub mod time;
 pub use error::{ErrorKind, PaymentError, Problem};
 pub use money::{Asset, Money, MoneyError, Token};
 pub use rail::{
-    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, SettleTiming, Verified,
+    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, Refusal, SettleTiming, Verified,
 };
 pub use resource::{Price, Resource};
 pub use store::{
-    ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus, SessionStore, StoreError,
-    Versioned,
+    Hold, HoldOutcome, ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus,
+    SessionStore, StoreError, Versioned,
 };

@@ -14,8 +14,9 @@
 //!                 ▼                               ▼                        ▼
 //!  402 + Rail::challenge() of every rail    Rail::verify()                400
 //!                                                 │ Ok(Verified)  Err(e) ──► e.kind decides:
-//!                                                 ▼                          402 + fresh challenges,
-//!                                           inner service                   503 + Retry-After, …
+//!                                                 ▼                          402 + fresh challenges
+//!                                           inner service                   (each rail told of the
+//!                                                 │                          Refusal), 503 + …
 //!                                                 │ status < 400
 //!                                                 ▼
 //!                                           Rail::settle() ──► Receipt headers on the response
@@ -161,6 +162,25 @@ pub struct ControlAnswer {
     pub body: Option<Value>,
 }
 
+/// Why a request is answered with fresh challenges after a credential was refused: handed to
+/// every rail's [`Rail::challenge`], so that the rail whose credential it was can say why in its
+/// own wire format (x402's `error` field, say), while the other rails simply offer themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    /// The [`Rail::name`] of the rail that refused the credential (in verify or in settle).
+    pub rail: &'a str,
+    /// Why.
+    pub error: &'a PaymentError,
+}
+
+impl<'a> Refusal<'a> {
+    /// The error, if the refusal is `rail`'s own: a rail states reasons for its own refusals
+    /// only.
+    pub fn of(refusal: Option<&Refusal<'a>>, rail: &str) -> Option<&'a PaymentError> {
+        refusal.filter(|r| r.rail == rail).map(|r| r.error)
+    }
+}
+
 /// When the server layer settles a verified payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SettleTiming {
@@ -190,8 +210,14 @@ pub trait Rail: Send + Sync + 'static {
     }
 
     /// The challenges for `resource`, or `Ok(None)` when this rail cannot charge any asset in its
-    /// price (the route is simply not offered on this rail).
-    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError>;
+    /// price (the route is simply not offered on this rail). `refusal` says which rail refused
+    /// the request's credential and why, when one did (`None`: no credential was presented);
+    /// see [`Refusal::of`].
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError>;
 
     /// Checks that `credential` pays for `resource`. Must not have side effects that charge
     /// the client; it may reserve (e.g. a nonce) so that a concurrent duplicate is refused.

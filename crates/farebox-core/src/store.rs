@@ -9,8 +9,31 @@
 //! outcome is unknown stays `Pending` with its transaction reference until a reconciler resolves
 //! it ([`pending`](ReplayStore::pending)).
 //!
+//! # Holds: no more in flight than the payer can pay
+//!
+//! A signed authorization (EIP-3009) proves that its payer *meant* to pay, not that the payer
+//! *can* pay every authorization it signed: a payer funded for one price can sign twenty, and
+//! each of them passes a simulation run before any of them settles. So a proof that draws on a
+//! payer's balance is reserved with a [`Hold`] ([`ReplayStore::reserve_hold`]): the amount it
+//! will take, held against what the payer's account has, in the store, so that every request,
+//! process and instance sharing the store sees what is already in flight. The reservation is
+//! refused ([`HoldOutcome::Insufficient`]) when the account's holds plus this amount exceed the
+//! balance read at verify — or, when no balance could be read (`balance: None`), when anything
+//! at all is held for the account: then at most one payment per payer and asset is in flight.
+//! [`reserve_funded`] is the one way rails use it: the balance is read only when that
+//! one-in-flight rule refuses, so an uncontended payment costs no extra chain read.
+//!
+//! What an account holds, the rule every store applies: the amounts of its records whose hold
+//! has not lapsed (`until` not past), and that are `Reserved` or `Pending` (in flight), or
+//! `Settled` after the caller's [`mark`](ReplayStore::settled_mark) (their transfer may be
+//! missing from the balance the caller read). `Failed` and released records hold nothing. Holds
+//! lapse after at most [`MAX_HOLD`], so a crash never strands one.
+//!
 //! Implementations live in `farebox-store` (in-memory, SQLite, PostgreSQL). Every store error
 //! is a reason to refuse the request (fail closed), never to serve it.
+
+use std::future::Future;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -60,6 +83,53 @@ pub struct ProofRecord {
     pub expires_at: u64,
     /// Unix seconds of the last change.
     pub updated_at: u64,
+    /// The account whose funds the proof holds, when it was reserved with a [`Hold`] (what a
+    /// reconciler reads to find the payer).
+    pub account: Option<String>,
+}
+
+/// The longest a [`Hold`] lasts: a hold whose payment was neither settled nor released by then
+/// (a crash between verify and settle) stops counting against its account.
+pub const MAX_HOLD: Duration = Duration::from_secs(10 * 60);
+
+/// A proof's claim on its payer's funds while its payment is in flight. See the [module
+/// docs](self#holds-no-more-in-flight-than-the-payer-can-pay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold<'a> {
+    /// Whose funds: one payer of one asset, e.g. `eip155:8453:0x<token>:0x<payer>` (lowercase).
+    /// Not namespaced: every rail charging that asset holds against the same account.
+    pub account: &'a str,
+    /// What the payment takes, in base units.
+    pub amount: u128,
+    /// The account's balance, read after [`Hold::mark`]; `None` when it could not be read (the
+    /// payment's own check, such as a simulation, only showed that `amount` was there).
+    pub balance: Option<u128>,
+    /// [`ReplayStore::settled_mark`] as read before the balance (or the simulation) was.
+    pub mark: u64,
+    /// Unix seconds after which the hold lapses (see [`Hold::until`]).
+    pub until: u64,
+}
+
+impl Hold<'_> {
+    /// When a hold taken `now` for a proof usable until `expires_at` lapses: at `expires_at`
+    /// (the payment can no longer happen) or after [`MAX_HOLD`], whichever comes first.
+    pub fn until(expires_at: u64, now: u64) -> u64 {
+        expires_at.min(now.saturating_add(MAX_HOLD.as_secs()))
+    }
+}
+
+/// What [`ReplayStore::reserve_hold`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// The key is recorded `Reserved` and the amount held.
+    Reserved,
+    /// The key is already recorded (a replay or a concurrent duplicate); nothing changed.
+    Duplicate,
+    /// The account's funds are taken by payments in flight (`held` in all); nothing changed.
+    Insufficient {
+        /// What the account's other holds add up to.
+        held: u128,
+    },
 }
 
 /// A store that could not do what was asked.
@@ -126,6 +196,56 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// be used, so the record no longer protects anything; a crash left them behind). Returns how
     /// many were deleted. Pending, settled and failed records are kept.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Where the store's history of settlements stands: every `Settled` transition is numbered
+    /// in order, and the mark is the highest number given. A caller reads it *before* it reads a
+    /// payer's balance and passes it in [`Hold::mark`]: a settlement numbered at or below the
+    /// mark was final (mined) before the balance was read, so the balance shows it; one above
+    /// may not, so it still counts as held.
+    async fn settled_mark(&self) -> Result<u64, StoreError>;
+
+    /// Like [`reserve`](Self::reserve), and holds `hold.amount` of `hold.account`'s funds until
+    /// the record is released, fails, or is settled (see the [module
+    /// docs](self#holds-no-more-in-flight-than-the-payer-can-pay) for what counts as held).
+    /// Reserves only if the key is new and either `held + amount <= balance`, or, with no
+    /// balance, nothing is held. Atomic across processes: two reservations for one account are
+    /// decided one after the other, each seeing the other's hold.
+    async fn reserve_hold(
+        &self,
+        namespace: &str,
+        key: &str,
+        expires_at: u64,
+        hold: &Hold<'_>,
+    ) -> Result<HoldOutcome, StoreError>;
+}
+
+/// Reserves `key` with `hold`, reading the account's balance only when needed: first as if the
+/// balance were unknown (at most one payment of the account in flight, no chain read), and when
+/// that is refused, with the balance `read_balance` returns (`Ok(None)`: it cannot be read, and
+/// the one-in-flight refusal stands). `hold.balance` is ignored. Read `hold.mark` before the
+/// payment's own check (its simulation), which is what makes the first step sound.
+pub async fn reserve_funded<S, F, Fut, E>(
+    store: &S,
+    namespace: &str,
+    key: &str,
+    expires_at: u64,
+    hold: Hold<'_>,
+    read_balance: F,
+) -> Result<HoldOutcome, E>
+where
+    S: ReplayStore + ?Sized,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<u128>, E>>,
+    E: From<StoreError>,
+{
+    let unknown = Hold { balance: None, ..hold };
+    let first = store.reserve_hold(namespace, key, expires_at, &unknown).await?;
+    if !matches!(first, HoldOutcome::Insufficient { .. }) {
+        return Ok(first);
+    }
+    let Some(balance) = read_balance().await? else { return Ok(first) };
+    let known = Hold { balance: Some(balance), ..unknown };
+    Ok(store.reserve_hold(namespace, key, expires_at, &known).await?)
 }
 
 /// Where a payment session stands.

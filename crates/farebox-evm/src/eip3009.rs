@@ -252,6 +252,23 @@ pub fn recover(digest: &B256, signature: &[u8]) -> Result<Address, SignatureErro
         .map_err(|_| SignatureError::Unrecoverable)
 }
 
+/// The account an EIP-3009 payment draws on: `eip155:<chain id>:<token>:<payer>`, addresses in
+/// lowercase hex. Rails name a payer's funds so when they hold them while a payment is in
+/// flight (`farebox_core::store::Hold`), so that every rail charging one token sees the others'
+/// holds.
+pub fn payer_account(chain_id: u64, token: Address, payer: Address) -> String {
+    format!("eip155:{chain_id}:{token:#x}:{payer:#x}")
+}
+
+/// The chain id, token and payer of a [`payer_account`].
+pub fn parse_payer_account(account: &str) -> Option<(u64, Address, Address)> {
+    let mut parts = account.strip_prefix("eip155:")?.split(':');
+    let chain_id = parts.next()?.parse().ok()?;
+    let token = parts.next()?.parse().ok()?;
+    let payer = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((chain_id, token, payer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +317,16 @@ mod tests {
             CANCEL_AUTHORIZATION_TYPEHASH
         );
         assert_eq!(SECP256K1_N >> 1, SECP256K1_HALF_N);
+    }
+
+    #[test]
+    fn payer_accounts_round_trip() {
+        let (token, payer) = (Address::repeat_byte(0xAB), Address::repeat_byte(0x0C));
+        let account = payer_account(84532, token, payer);
+        assert_eq!(account, format!("eip155:84532:{token:#x}:{payer:#x}"));
+        assert_eq!(account, account.to_lowercase());
+        assert_eq!(parse_payer_account(&account), Some((84532, token, payer)));
+        assert_eq!(parse_payer_account(&format!("{account}:extra")), None);
+        assert_eq!(parse_payer_account("eip155:1:0x12"), None);
     }
 }

@@ -189,6 +189,28 @@ impl EvmRpc {
         self.call(token, &FareboxUSD::authorizationStateCall { authorizer, nonce }, None).await
     }
 
+    /// [`authorization_state`](Self::authorization_state) as of the latest *mined* block. Without
+    /// a block tag a node may answer from its pending state (anvil does), where a transfer still
+    /// in the mempool already reads as used: what reconciling a settlement must not trust.
+    pub async fn mined_authorization_state(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool> {
+        let call = FareboxUSD::authorizationStateCall { authorizer, nonce };
+        let tx = TransactionRequest::default().with_to(token).with_input(call.abi_encode());
+        let out = self
+            .inner
+            .provider
+            .call(tx)
+            .block(BlockNumberOrTag::Latest.into())
+            .await
+            .map_err(map_err)?;
+        FareboxUSD::authorizationStateCall::abi_decode_returns(&out)
+            .map_err(|e| EvmError::InvalidResponse(format!("decoding the result: {e}")))
+    }
+
     /// The token's `name()` (its EIP-712 domain name for FiatToken).
     pub async fn token_name(&self, token: Address) -> Result<String> {
         self.call(token, &FareboxUSD::nameCall {}, None).await

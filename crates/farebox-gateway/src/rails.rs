@@ -453,12 +453,10 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRa
             offer_v1: x.offer_v1,
         };
         let replay: Arc<dyn farebox_core::ReplayStore> = store.clone();
-        let mut rail = farebox_x402::X402Rail::new(x402, facilitator, replay);
-        if x.facilitator.url.is_some() {
-            // A facilitator over HTTP cannot read the chain for reconciliation: read it here.
-            rail =
-                rail.with_chain_reader(farebox_x402::facilitator::chain::ChainReader::new([rpc]));
-        }
+        // The rail reads the chain itself: payers' balances, so that a payer may have several
+        // payments in flight when it can pay for them all, and authorization states when
+        // reconciling (which a facilitator over HTTP cannot do for it).
+        let rail = farebox_x402::X402Rail::new(x402, facilitator, replay).with_node(rpc);
         rails.push(("x402", Arc::new(rail)));
     }
     if let Some(m) = &config.rails.mpp {

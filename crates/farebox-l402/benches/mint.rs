@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("mint");
     group.bench_function("rail_challenge_with_dev_node_invoice", |b| {
-        b.iter(|| runtime.block_on(rail.challenge(black_box(&resource))).unwrap().unwrap())
+        b.iter(|| runtime.block_on(rail.challenge(black_box(&resource), None)).unwrap().unwrap())
     });
     let now = unix_now().unwrap();
     group.bench_function("macaroon_only", |b| {

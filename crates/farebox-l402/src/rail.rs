@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use farebox_core::money::Money;
 use farebox_core::{
-    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Resource, Verified,
+    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Verified,
 };
 use farebox_lightning::{InvoiceRequest, LightningBackend, create_checked_invoice};
 use http::HeaderValue;
@@ -339,7 +339,11 @@ impl Rail for L402Rail {
         credential::SCHEMES
     }
 
-    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError> {
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        _refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError> {
         let Some(price) = resource.price.in_bitcoin() else {
             return Ok(None);
         };

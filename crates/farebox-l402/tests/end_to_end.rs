@@ -27,7 +27,7 @@ async fn pay_and_retry_with_the_dev_node() {
     );
     let r = resource("GET", "/v1/weather/*", Money::sats(21));
 
-    let challenge = rail.challenge(&r).await.unwrap().unwrap();
+    let challenge = rail.challenge(&r, None).await.unwrap().unwrap();
     let values: Vec<&str> =
         challenge.www_authenticate.iter().map(|v| v.to_str().unwrap()).collect();
     let parsed = parse_challenges(values.iter().copied()).unwrap();
@@ -67,6 +67,6 @@ async fn pay_and_retry_with_the_dev_node() {
 
     // An unavailable node: 503, fail closed.
     server.set_available(false);
-    let e = rail.challenge(&r).await.unwrap_err();
+    let e = rail.challenge(&r, None).await.unwrap_err();
     assert_eq!((e.kind, e.code), (ErrorKind::Unavailable, "lightning_unavailable"));
 }

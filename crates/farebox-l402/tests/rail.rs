@@ -62,7 +62,7 @@ async fn code(rail: &L402Rail, r: &Resource, value: String) -> &'static str {
 async fn challenge_has_lsat_then_l402_with_the_same_token() {
     let (rail, _) = rail();
     assert_eq!(rail.auth_schemes(), ["L402", "LSAT"]);
-    let ch = rail.challenge(&ten_sat()).await.unwrap().unwrap();
+    let ch = rail.challenge(&ten_sat(), None).await.unwrap().unwrap();
     assert_eq!(ch.www_authenticate.len(), 2);
     let lines: Vec<&str> = ch.www_authenticate.iter().map(|h| h.to_str().unwrap()).collect();
     let invoice = vectors()["bolt11"]["invoice"].as_str().unwrap().to_string();
@@ -99,14 +99,14 @@ async fn challenge_has_lsat_then_l402_with_the_same_token() {
     let ok = verify(&rail, &ten_sat(), format_credential(mac, &preimage())).await.unwrap();
     assert_eq!(ok.amount, Money::sats(10));
     // Fresh token ids: two challenges differ.
-    let again = rail.challenge(&ten_sat()).await.unwrap().unwrap();
+    let again = rail.challenge(&ten_sat(), None).await.unwrap().unwrap();
     assert_ne!(again.www_authenticate[1], ch.www_authenticate[1]);
 }
 
 #[tokio::test]
 async fn challenge_client_side_parse() {
     let (rail, _) = rail();
-    let ch = rail.challenge(&ten_sat()).await.unwrap().unwrap();
+    let ch = rail.challenge(&ten_sat(), None).await.unwrap().unwrap();
     let line = ch.www_authenticate[1].to_str().unwrap();
     let mac = line.split('"').nth(1).unwrap();
     let invoice = vectors()["bolt11"]["invoice"].as_str().unwrap().to_string();
@@ -141,9 +141,9 @@ async fn no_bitcoin_price_no_challenge_and_backend_down_is_503() {
         decimals: 6,
     };
     let r = resource("GET", "/x", Money::new(farebox_core::Asset::Token(usdc), 10_000));
-    assert!(rail.challenge(&r).await.unwrap().is_none());
+    assert!(rail.challenge(&r, None).await.unwrap().is_none());
     backend.down.store(true, Ordering::SeqCst);
-    let e = rail.challenge(&ten_sat()).await.unwrap_err();
+    let e = rail.challenge(&ten_sat(), None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable);
     assert_eq!(e.code, "lightning_unavailable");
     assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(5)));

@@ -12,8 +12,10 @@
 //! `amount` is in the token's base units. The payer signs an EIP-3009 authorization in the
 //! token's EIP-712 domain (`methodDetails.authorization` names it) with `to = recipient`,
 //! `value = amount`, `validAfter = 0`, `validBefore = expires` (unix time) and the
-//! challenge-bound nonce `keccak256(utf8(challenge.id ‖ challenge.realm))` ([`challenge_nonce`]),
-//! so one signature pays one challenge only.
+//! challenge-bound nonce `keccak256(utf8(challenge.id ‖ challenge.realm))` ([`challenge_nonce`],
+//! the draft's form, which farebox signs), so one signature pays one challenge only. Servers
+//! also accept `keccak256` of the compact JSON array `["<id>","<realm>"]`, which another SDK
+//! signs ([`challenge_nonces`]): both forms are bound to the HMAC-checked id and realm.
 //!
 //! Payload, flat as mppx (the reference SDK) writes and reads it:
 //!
@@ -88,6 +90,18 @@ pub fn challenge_nonce(id: &str, realm: &str) -> B256 {
     bytes.extend_from_slice(id.as_bytes());
     bytes.extend_from_slice(realm.as_bytes());
     alloy_primitives::keccak256(bytes)
+}
+
+/// The nonce some SDKs sign instead: `keccak256` of the compact JSON array `["<id>","<realm>"]`
+/// (JSON-escaped strings, no spaces).
+pub fn challenge_nonce_json(id: &str, realm: &str) -> B256 {
+    alloy_primitives::keccak256(Value::from(vec![id, realm]).to_string())
+}
+
+/// Every nonce a server accepts for the challenge `id` of `realm`: the draft's
+/// [`challenge_nonce`], then [`challenge_nonce_json`].
+pub fn challenge_nonces(id: &str, realm: &str) -> [B256; 2] {
+    [challenge_nonce(id, realm), challenge_nonce_json(id, realm)]
 }
 
 fn str_field<'a>(
@@ -303,5 +317,18 @@ mod tests {
     #[test]
     fn nonce_is_keccak_of_the_concatenation() {
         assert_eq!(challenge_nonce("ab", "c"), alloy_primitives::keccak256(b"abc"));
+    }
+
+    #[test]
+    fn json_nonce_is_keccak_of_the_compact_escaped_array() {
+        assert_eq!(challenge_nonce_json("ab", "c"), alloy_primitives::keccak256(br#"["ab","c"]"#));
+        assert_eq!(
+            challenge_nonce_json("a\"b", "c\\d"),
+            alloy_primitives::keccak256(br#"["a\"b","c\\d"]"#)
+        );
+        assert_eq!(
+            challenge_nonces("ab", "c"),
+            [challenge_nonce("ab", "c"), challenge_nonce_json("ab", "c")]
+        );
     }
 }

@@ -4,11 +4,12 @@
 //!
 //! Each test starts its own anvil.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use farebox_core::{Money, Price, ProofState, ReplayStore};
+use axum::{Extension, Router};
+use farebox_core::{Money, Price, ProofState, Rail, ReplayStore};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, EvmRpc, U256};
@@ -17,7 +18,7 @@ use farebox_mpp::{
     Challenge, ChallengeParams, Credential, EvmChargeConfig, MppConfig, MppRail, PaymentReceipt,
     time,
 };
-use farebox_server::{Paywall, PaywallLayer, PricedRoute};
+use farebox_server::{Paid, Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 use http::{HeaderMap, Request, StatusCode};
 use serde_json::Value;
@@ -37,6 +38,8 @@ struct World {
     domain: TokenDomain,
     rail: Arc<MppRail>,
     store: Arc<MemoryStore>,
+    /// Who the paywall said paid, once per run of the handler.
+    paid_by: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl World {
@@ -50,10 +53,15 @@ impl World {
 }
 
 async fn world() -> World {
+    world_with(FUNDS, Duration::from_secs(20)).await
+}
+
+/// The payer holds `funds`; settlement waits `receipt_timeout` for receipts.
+async fn world_with(funds: u64, receipt_timeout: Duration) -> World {
     let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
     let rpc = anvil.rpc().await.unwrap().clone();
     let token = anvil.deploy_token("USDC", "2").await.unwrap();
-    anvil.mint(token, anvil.accounts()[1].address, U256::from(FUNDS)).await.unwrap();
+    anvil.mint(token, anvil.accounts()[1].address, U256::from(funds)).await.unwrap();
     let domain = TokenDomain::new("USDC", "2", anvil.chain_id(), token);
     let evm = EvmChargeConfig::new(
         rpc.clone(),
@@ -63,7 +71,8 @@ async fn world() -> World {
         "2",
         2,
         anvil.accounts()[2].address,
-    );
+    )
+    .with_receipt_timeout(receipt_timeout);
     let asset = evm.asset();
     let store = Arc::new(MemoryStore::new());
     let rail = Arc::new(
@@ -75,10 +84,25 @@ async fn world() -> World {
         .route(PricedRoute::new(None, "/data", Price::one(Money::new(asset, PRICE))).unwrap())
         .build()
         .unwrap();
+    let paid_by = Arc::new(Mutex::new(Vec::new()));
+    let runs = paid_by.clone();
     let app = Router::new()
-        .route("/data", axum::routing::get(|| async { "the data" }))
+        .route(
+            "/data",
+            axum::routing::get(move |Extension(paid): Extension<Paid>| {
+                runs.lock().unwrap().push(paid.payer);
+                async { "the data" }
+            }),
+        )
         .layer(PaywallLayer::new(paywall));
-    World { anvil, rpc, app, token, domain, rail, store }
+    World { anvil, rpc, app, token, domain, rail, store, paid_by }
+}
+
+impl World {
+    /// How many times the handler ran.
+    fn served(&self) -> usize {
+        self.paid_by.lock().unwrap().len()
+    }
 }
 
 async fn send(app: &Router, auth: Option<&str>) -> (StatusCode, HeaderMap, Value) {
@@ -264,4 +288,154 @@ async fn node_down_is_503() {
     assert!(headers.get("retry-after").is_some());
     assert!(headers.get("payment-receipt").is_none());
     assert!(w.store.get("mpp", &c.id).await.unwrap().is_none(), "nothing reserved");
+}
+
+// ---- a payer's payments in flight never take more than its balance ----
+
+/// `n` credentials of the payer, each for its own challenge, sent at once; returns how many
+/// were served (200).
+async fn pay_all_at_once(w: &World, n: usize) -> usize {
+    let mut credentials = Vec::new();
+    for _ in 0..n {
+        let c = challenge(w).await;
+        credentials.push(credential(w, &c, &authorization(w, &c)));
+    }
+    let tasks: Vec<_> = credentials
+        .into_iter()
+        .map(|cred| {
+            let app = w.app.clone();
+            tokio::spawn(async move { send(&app, Some(&cred)).await.0 })
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::OK {
+            served += 1;
+        }
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_charges_of_a_payer_funded_for_one_run_the_handler_once() {
+    let w = world_with(PRICE as u64, Duration::from_secs(20)).await;
+    let served = pay_all_at_once(&w, 20).await;
+    assert_eq!(w.served(), 1, "the handler ran once");
+    assert_eq!(served, 1);
+    assert_eq!(balance(&w, w.recipient()).await, U256::from(PRICE));
+    assert_eq!(balance(&w, w.payer().address).await, U256::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_charges_of_a_payer_funded_for_three_run_the_handler_at_most_thrice() {
+    let w = world_with(3 * PRICE as u64, Duration::from_secs(20)).await;
+    let served = pay_all_at_once(&w, 20).await;
+    let handled = w.served();
+    assert!((1..=3).contains(&handled), "the handler ran {handled} times");
+    assert_eq!(served, handled);
+    let paid = U256::from(handled as u128 * PRICE);
+    assert_eq!(balance(&w, w.recipient()).await, paid, "every run was paid");
+}
+
+#[tokio::test]
+async fn the_payer_is_who_signed_not_the_credentials_source() {
+    let w = world().await;
+    let c = challenge(&w).await;
+    let auth = authorization(&w, &c);
+    let signature = eip3009::sign(&w.payer().signer, &w.domain, &auth);
+    let someone_else = w.anvil.accounts()[5].address;
+    let mut cred = Credential::new(&c, evm_charge::payload(&auth, &signature));
+    cred.source = Some(evm_charge::source(w.anvil.chain_id(), someone_else));
+    let (status, _, body) = send(&w.app, Some(&cred.to_authorization())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let payer = format!("{:#x}", w.payer().address);
+    assert_eq!(*w.paid_by.lock().unwrap(), [Some(payer)]);
+}
+
+// ---- the nonce another SDK derives ----
+
+#[tokio::test]
+async fn a_nonce_derived_as_a_json_array_is_served() {
+    let w = world().await;
+    let c = challenge(&w).await;
+    let mut auth = authorization(&w, &c);
+    auth.nonce = evm_charge::challenge_nonce_json(&c.id, &c.realm);
+    let (status, _, body) = send(&w.app, Some(&credential(&w, &c, &auth))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(balance(&w, w.recipient()).await, U256::from(PRICE));
+    assert!(w.rpc.authorization_state(w.token, auth.from, auth.nonce).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_json_array_nonce_of_another_challenge_is_refused() {
+    let w = world().await;
+    let c = challenge(&w).await;
+    let other = challenge(&w).await;
+    let mut auth = authorization(&w, &c);
+    auth.nonce = evm_charge::challenge_nonce_json(&other.id, &other.realm);
+    let (status, headers, body) = send(&w.app, Some(&credential(&w, &c, &auth))).await;
+    assert_problem(status, &headers, &body, "verification-failed");
+    assert_eq!(balance(&w, w.recipient()).await, U256::ZERO);
+    assert_eq!(w.served(), 0);
+}
+
+// ---- settlements whose outcome was unknown ----
+
+/// Pays one challenge while the chain mines nothing: settlement times out with the transaction
+/// in the mempool. Returns the challenge id and the transaction hash the record keeps.
+async fn pay_while_nothing_is_mined(w: &World) -> (String, String) {
+    let c = challenge(w).await;
+    let (status, headers, body) =
+        send(&w.app, Some(&credential(w, &c, &authorization(w, &c)))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.get("payment-receipt").is_none());
+    let record = w.store.get("mpp", &c.id).await.unwrap().unwrap();
+    assert_eq!(record.state, ProofState::Pending);
+    let tx = record.reference.expect("the transaction hash is kept");
+    (c.id, tx)
+}
+
+async fn automine(w: &World, on: bool) {
+    let () = w.rpc.request("evm_setAutomine", (on,)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_settlement_mined_after_its_receipt_timed_out_is_settled_by_upkeep() {
+    let w = world_with(FUNDS, Duration::from_millis(500)).await;
+    automine(&w, false).await;
+    let (id, _) = pay_while_nothing_is_mined(&w).await;
+    assert_eq!(w.served(), 1, "served once the payment verified (settled after the response)");
+    // Not mined yet: upkeep leaves it pending.
+    w.rail.maintain().await.unwrap();
+    assert_eq!(w.store.get("mpp", &id).await.unwrap().unwrap().state, ProofState::Pending);
+    w.anvil.mine().await.unwrap();
+    w.rail.maintain().await.unwrap();
+    assert_eq!(w.store.get("mpp", &id).await.unwrap().unwrap().state, ProofState::Settled);
+    assert_eq!(balance(&w, w.recipient()).await, U256::from(PRICE));
+}
+
+#[tokio::test]
+async fn a_settlement_that_reverted_after_its_receipt_timed_out_is_failed_by_upkeep() {
+    let w = world_with(FUNDS, Duration::from_millis(500)).await;
+    automine(&w, false).await;
+    let (id, _) = pay_while_nothing_is_mined(&w).await;
+    // Before it is mined, the payer moves everything away with a higher tip (anvil orders a
+    // block by fees), so the settlement reverts.
+    let selector = &alloy_primitives::keccak256("transfer(address,uint256)")[..4];
+    let mut data = selector.to_vec();
+    data.extend_from_slice(w.anvil.accounts()[7].address.into_word().as_slice());
+    data.extend_from_slice(&U256::from(FUNDS).to_be_bytes::<32>());
+    let drain = serde_json::json!({
+        "from": format!("{:#x}", w.payer().address),
+        "to": format!("{:#x}", w.token),
+        "data": alloy_primitives::hex::encode_prefixed(&data),
+        "gas": "0x30000",
+        "maxPriorityFeePerGas": "0x174876e800", // 100 gwei
+        "maxFeePerGas": "0x2e90edd000",         // 200 gwei
+    });
+    let _: B256 = w.rpc.request("eth_sendTransaction", (drain,)).await.unwrap();
+    w.anvil.mine().await.unwrap();
+    w.rail.maintain().await.unwrap();
+    assert_eq!(w.store.get("mpp", &id).await.unwrap().unwrap().state, ProofState::Failed);
+    assert_eq!(balance(&w, w.recipient()).await, U256::ZERO, "nothing was paid");
 }

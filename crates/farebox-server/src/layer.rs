@@ -246,5 +246,5 @@ async fn settle_failed(
     error: PaymentError,
 ) -> Response<Body> {
     tracing::warn!(rail, code = error.code, detail = %error.detail, "settlement failed");
-    paywall.refusal(resource, &error).await.map(Body::from)
+    paywall.refusal(resource, &error, Some(rail)).await.map(Body::from)
 }

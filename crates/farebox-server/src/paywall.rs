@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use farebox_core::rail::credential_of;
 use farebox_core::{
-    Challenge, ErrorKind, PaymentError, Problem, Rail, Resource, SettleTiming, error::PROBLEM_JSON,
+    Challenge, ErrorKind, PaymentError, Problem, Rail, Refusal, Resource, SettleTiming,
+    error::PROBLEM_JSON,
 };
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -133,27 +134,31 @@ impl Paywall {
                     "payment_required",
                     format!("{} {} requires payment", resource.method, resource.path),
                 );
-                return Decision::Refuse(self.refusal(resource, &why).await);
+                return Decision::Refuse(self.refusal(resource, &why, None).await);
             }
-            Err(e) => return Decision::Refuse(self.refusal(resource, &e).await),
+            Err(e) => return Decision::Refuse(self.refusal(resource, &e, None).await),
         };
         match rail.verify(resource, &credential).await {
             Ok(payment) => Decision::Serve { rail, payment },
             Err(e) => {
                 tracing::info!(rail = rail.name(), code = e.code, path = %resource.path, "credential refused");
-                Decision::Refuse(self.refusal(resource, &e).await)
+                Decision::Refuse(self.refusal(resource, &e, Some(rail.name())).await)
             }
         }
     }
 
     /// The answer to a request that is not (or no longer) served: a 402 with every rail's fresh
-    /// challenge when the error calls for one, otherwise the error's own status.
+    /// challenge when the error calls for one, otherwise the error's own status. `refused_by`
+    /// names the rail that refused the request's credential (in verify or settle), which is told
+    /// so in its challenge ([`Refusal`]).
     pub async fn refusal(
         &self,
         resource: &Resource,
         error: &PaymentError,
+        refused_by: Option<&str>,
     ) -> http::Response<Vec<u8>> {
-        let mut response = self.refusal_without_error_headers(resource, error).await;
+        let refusal = refused_by.map(|rail| Refusal { rail, error });
+        let mut response = self.refusal_without_error_headers(resource, error, refusal).await;
         for (name, value) in &error.headers {
             response.headers_mut().append(name.clone(), value.clone());
         }
@@ -172,6 +177,7 @@ impl Paywall {
         &self,
         resource: &Resource,
         error: &PaymentError,
+        refusal: Option<Refusal<'_>>,
     ) -> http::Response<Vec<u8>> {
         if !error.kind.carries_challenges() {
             return problem_response(error.to_problem(), error.retry_after, Vec::new());
@@ -179,7 +185,7 @@ impl Paywall {
         let mut challenges = Vec::with_capacity(self.rails.len());
         let mut unavailable: Option<PaymentError> = None;
         for rail in &self.rails {
-            match rail.challenge(resource).await {
+            match rail.challenge(resource, refusal.as_ref()).await {
                 Ok(Some(c)) => challenges.push(c),
                 Ok(None) => {}
                 Err(e) => {

@@ -12,7 +12,7 @@ use axum::{Extension, Router};
 use farebox_core::auth::AuthChallenge;
 use farebox_core::{
     Asset, Challenge, ControlAnswer, Money, PaymentError, PresentedCredential, Price, Rail,
-    Receipt, Resource, SettleTiming, Token, Verified,
+    Receipt, Refusal, Resource, SettleTiming, Token, Verified,
 };
 use farebox_server::{MaintenanceError, Paid, Paywall, PaywallLayer, PricedRoute};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -62,7 +62,12 @@ impl Rail for TestRail {
     fn auth_schemes(&self) -> &'static [&'static str] {
         self.schemes
     }
-    async fn challenge(&self, r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+    /// Says which of its own refusals it answers in `x-refused: <rail>:<code>`.
+    async fn challenge(
+        &self,
+        r: &Resource,
+        refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError> {
         let Some(price) = r.price.in_asset(&self.asset) else {
             return Ok(None);
         };
@@ -70,12 +75,15 @@ impl Rail for TestRail {
             return Err(self.down());
         }
         let line = AuthChallenge::new(self.schemes[0]).param("amount", price.amount.to_string());
+        let mut headers =
+            vec![(HeaderName::from_static("x-test-rail"), HeaderValue::from_static(self.name))];
+        if let Some(e) = Refusal::of(refusal, self.name) {
+            let why = HeaderValue::from_str(&format!("{}:{}", self.name, e.code)).unwrap();
+            headers.push((HeaderName::from_static("x-refused"), why));
+        }
         Ok(Some(Challenge {
             www_authenticate: vec![line.to_header_value().unwrap()],
-            headers: vec![(
-                HeaderName::from_static("x-test-rail"),
-                HeaderValue::from_static(self.name),
-            )],
+            headers,
             body_members: vec![(
                 format!("{}_amount", self.name),
                 Value::from(price.amount.to_string()),
@@ -251,6 +259,26 @@ async fn an_invalid_credential_gets_a_fresh_402_saying_why() {
     assert_eq!(problem["type"], "https://farebox.dev/problems/test_bad_proof");
     assert_eq!(problem["detail"], "the proof is not 'paid'");
     assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn each_rail_is_told_of_its_own_refusals_only() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let refused = |headers: &http::HeaderMap| -> Vec<String> {
+        headers.get_all("x-refused").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    };
+    let (status, headers, _) = send(&f.app, "/paid/ok", &[]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert!(refused(&headers).is_empty(), "no credential, no refusal");
+    let (status, headers, _) = send(&f.app, "/paid/ok", &["Usd forged"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(refused(&headers), ["usd:test_bad_proof"]);
+    assert_eq!(headers.get_all("www-authenticate").iter().count(), 2, "both rails still offer");
+    // A refusal at settlement is handed over too.
+    f.sats.settle_ok.store(false, Ordering::SeqCst);
+    let (status, headers, _) = send(&f.app, "/paid/ok", &["Sats paid"]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(refused(&headers), ["sats:settlement_failed"]);
 }
 
 #[tokio::test]
@@ -460,8 +488,12 @@ async fn an_errors_own_headers_reach_the_client() {
         fn auth_schemes(&self) -> &'static [&'static str] {
             &["Sats"]
         }
-        async fn challenge(&self, r: &Resource) -> Result<Option<Challenge>, PaymentError> {
-            self.0.challenge(r).await
+        async fn challenge(
+            &self,
+            r: &Resource,
+            refusal: Option<&Refusal<'_>>,
+        ) -> Result<Option<Challenge>, PaymentError> {
+            self.0.challenge(r, refusal).await
         }
         async fn verify(
             &self,
@@ -547,7 +579,11 @@ impl Rail for DeadlineRail {
     fn name(&self) -> &'static str {
         "escrowed"
     }
-    async fn challenge(&self, _r: &Resource) -> Result<Option<Challenge>, PaymentError> {
+    async fn challenge(
+        &self,
+        _r: &Resource,
+        _refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError> {
         Ok(None)
     }
     async fn verify(

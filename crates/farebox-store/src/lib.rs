@@ -59,8 +59,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use farebox_core::store::{
-    MAX_SESSION_DATA_LEN, ProofRecord, ProofState, ReplayStore, SessionRecord, SessionStatus,
-    SessionStore, StoreError, Versioned,
+    Hold, HoldOutcome, MAX_SESSION_DATA_LEN, ProofRecord, ProofState, ReplayStore, SessionRecord,
+    SessionStatus, SessionStore, StoreError, Versioned,
 };
 
 /// A store that keeps both single-use proofs and session balances: what [`open`] returns, so
@@ -129,6 +129,21 @@ pub(crate) fn validate_key(namespace: &str, key: &str) -> Result<(), StoreError>
 
 pub(crate) fn validate_namespace(namespace: &str) -> Result<(), StoreError> {
     validate_part("namespace", namespace, MAX_KEY_LEN)
+}
+
+pub(crate) fn validate_account(account: &str) -> Result<(), StoreError> {
+    validate_part("account", account, MAX_KEY_LEN)
+}
+
+/// Whether `hold` must be refused, given what its account already holds (`None`: nothing):
+/// the rule of [`ReplayStore::reserve_hold`], the same in every backend.
+pub(crate) fn refusal(held: Option<u128>, hold: &Hold<'_>) -> Option<HoldOutcome> {
+    let total = held.unwrap_or(0);
+    let fits = match hold.balance {
+        None => held.is_none(),
+        Some(balance) => total.checked_add(hold.amount).is_some_and(|t| t <= balance),
+    };
+    (!fits).then_some(HoldOutcome::Insufficient { held: total })
 }
 
 /// Checks a session id and record against the rules every backend applies.

@@ -1,7 +1,11 @@
 //! [`PostgresStore`]: one store shared by several gateway instances.
 //!
 //! Reserve is a single `INSERT … ON CONFLICT DO NOTHING` on the primary key, so of any number of
-//! concurrent reserves of one key — from any instance — exactly one inserts the row. The schema
+//! concurrent reserves of one key — from any instance — exactly one inserts the row. A
+//! reservation with a hold runs in a transaction that first takes a transaction-scoped advisory
+//! lock on its account (`pg_advisory_xact_lock(HOLD_LOCKS, hashtext(account))`), so holds of one
+//! account are decided one after the other on every instance, each seeing the ones before.
+//! Settlements are numbered from a sequence (`farebox_settled_seq`). The schema
 //! is created idempotently on [`connect`](PostgresStore::connect) (`CREATE … IF NOT EXISTS`
 //! inside a transaction holding `pg_advisory_xact_lock`, so instances starting at once do not
 //! trip over each other).
@@ -16,12 +20,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use farebox_core::store::{ProofRecord, ProofState, ReplayStore, StoreError};
+use farebox_core::store::{Hold, HoldOutcome, ProofRecord, ProofState, ReplayStore, StoreError};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::sql::{Backend, bounded, record, to_db_time};
-use crate::{now_secs, validate_key, validate_namespace, validate_reference};
+use crate::sql::{Backend, PROOF_COLUMNS, bounded, record, to_db_time};
+use crate::{now_secs, validate_account, validate_key, validate_namespace, validate_reference};
 
 /// How long a request waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -30,6 +34,9 @@ const STATEMENT_TIMEOUT: &str = "5s";
 const MAX_CONNECTIONS: u32 = 8;
 /// `pg_advisory_xact_lock` key guarding schema creation ("farebox1").
 const SCHEMA_LOCK: i64 = 0x6661_7265_626f_7831;
+/// The first key of the two-key advisory locks taken per hold account ("fbhl"; two-key locks
+/// never collide with the one-key [`SCHEMA_LOCK`]).
+const HOLD_LOCKS: i32 = 0x6662_686c;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS farebox_proofs (
@@ -100,6 +107,15 @@ impl PostgresStore {
         for statement in SCHEMA.iter().chain(crate::sql::SESSION_SCHEMA) {
             sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
         }
+        for (name, kind) in crate::sql::HOLD_COLUMNS {
+            let alter =
+                format!("ALTER TABLE farebox_proofs ADD COLUMN IF NOT EXISTS {name} {kind}");
+            sqlx::query(&alter).execute(&mut *tx).await.map_err(err)?;
+        }
+        let sequence = "CREATE SEQUENCE IF NOT EXISTS farebox_settled_seq";
+        for statement in std::iter::once(&sequence).chain(crate::sql::HOLD_INDEXES) {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
+        }
         tx.commit().await.map_err(err)
     }
 
@@ -145,20 +161,20 @@ impl ReplayStore for PostgresStore {
     ) -> Result<(), StoreError> {
         validate_key(namespace, key)?;
         validate_reference(reference)?;
+        // A sequence number is handed out once and in order, even to transactions that commit
+        // out of order: what `settled_mark` relies on.
+        let sql = crate::sql::update_sql(Backend::Postgres, "nextval('farebox_settled_seq')");
         bounded("update", async {
-            let done = sqlx::query(
-                "UPDATE farebox_proofs
-                 SET state = $1, reference = COALESCE($2, reference), updated_at = $3
-                 WHERE namespace = $4 AND key = $5",
-            )
-            .bind(state.as_str())
-            .bind(reference)
-            .bind(to_db_time(now_secs()))
-            .bind(namespace)
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(err)?;
+            let done = sqlx::query(&sql)
+                .bind(state.as_str())
+                .bind(reference)
+                .bind(to_db_time(now_secs()))
+                .bind(state.as_str())
+                .bind(namespace)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("{namespace}/{key}")));
             }
@@ -187,24 +203,16 @@ impl ReplayStore for PostgresStore {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<ProofRecord>, StoreError> {
         validate_key(namespace, key)?;
         bounded("get", async {
-            let row = sqlx::query(
-                "SELECT state, reference, expires_at, updated_at FROM farebox_proofs
-                 WHERE namespace = $1 AND key = $2",
-            )
-            .bind(namespace)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err)?;
-            row.map(|row| {
-                record(
-                    row.try_get("state").map_err(err)?,
-                    row.try_get("reference").map_err(err)?,
-                    row.try_get("expires_at").map_err(err)?,
-                    row.try_get("updated_at").map_err(err)?,
-                )
-            })
-            .transpose()
+            let sql = format!(
+                "SELECT {PROOF_COLUMNS} FROM farebox_proofs WHERE namespace = $1 AND key = $2"
+            );
+            let row = sqlx::query(&sql)
+                .bind(namespace)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+            row.map(|row| record(&row, Backend::Postgres)).transpose()
         })
         .await
     }
@@ -212,26 +220,14 @@ impl ReplayStore for PostgresStore {
     async fn pending(&self, namespace: &str) -> Result<Vec<(String, ProofRecord)>, StoreError> {
         validate_namespace(namespace)?;
         bounded("pending", async {
-            let rows = sqlx::query(
-                "SELECT key, state, reference, expires_at, updated_at FROM farebox_proofs
-                 WHERE namespace = $1 AND state = 'pending' ORDER BY key",
-            )
-            .bind(namespace)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
+            let sql = format!(
+                "SELECT key, {PROOF_COLUMNS} FROM farebox_proofs
+                 WHERE namespace = $1 AND state = 'pending' ORDER BY key"
+            );
+            let rows =
+                sqlx::query(&sql).bind(namespace).fetch_all(&self.pool).await.map_err(err)?;
             rows.iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get("key").map_err(err)?,
-                        record(
-                            row.try_get("state").map_err(err)?,
-                            row.try_get("reference").map_err(err)?,
-                            row.try_get("expires_at").map_err(err)?,
-                            row.try_get("updated_at").map_err(err)?,
-                        )?,
-                    ))
-                })
+                .map(|row| Ok((row.try_get("key").map_err(err)?, record(row, Backend::Postgres)?)))
                 .collect()
         })
         .await
@@ -247,6 +243,51 @@ impl ReplayStore for PostgresStore {
             .await
             .map_err(err)?;
             Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn settled_mark(&self) -> Result<u64, StoreError> {
+        bounded("settled_mark", async {
+            let mark: i64 = sqlx::query_scalar(crate::sql::SETTLED_MARK)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+            crate::sql::from_db_time("settled mark", mark)
+        })
+        .await
+    }
+
+    async fn reserve_hold(
+        &self,
+        namespace: &str,
+        key: &str,
+        expires_at: u64,
+        hold: &Hold<'_>,
+    ) -> Result<HoldOutcome, StoreError> {
+        validate_key(namespace, key)?;
+        validate_account(hold.account)?;
+        bounded("reserve_hold", async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(HOLD_LOCKS)
+                .bind(hold.account)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let outcome = crate::sql::reserve_locked::<sqlx::Postgres>(
+                &mut tx,
+                Backend::Postgres,
+                namespace,
+                key,
+                expires_at,
+                hold,
+            )
+            .await?;
+            if outcome == HoldOutcome::Reserved {
+                tx.commit().await.map_err(err)?;
+            }
+            Ok(outcome)
         })
         .await
     }

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use farebox_core::store::{
-    ProofRecord, ProofState, SessionRecord, SessionStatus, StoreError, Versioned,
+    Hold, HoldOutcome, ProofRecord, ProofState, SessionRecord, SessionStatus, StoreError, Versioned,
 };
 
 use crate::OPERATION_TIMEOUT;
@@ -31,20 +31,156 @@ pub(crate) fn from_db_time(what: &str, t: i64) -> Result<u64, StoreError> {
     u64::try_from(t).map_err(|_| StoreError::Invalid(format!("negative {what} in store: {t}")))
 }
 
-pub(crate) fn record(
-    state: &str,
-    reference: Option<String>,
-    expires_at: i64,
-    updated_at: i64,
-) -> Result<ProofRecord, StoreError> {
+/// The columns of a proof row, as [`record`] reads them.
+pub(crate) const PROOF_COLUMNS: &str = "state, reference, expires_at, updated_at, hold_account";
+
+/// A proof row (selected with [`PROOF_COLUMNS`]).
+pub(crate) fn record<'r, R: sqlx::Row>(
+    row: &'r R,
+    backend: Backend,
+) -> Result<ProofRecord, StoreError>
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let e = |e| map_err(backend, e);
+    let state: String = row.try_get("state").map_err(e)?;
     Ok(ProofRecord {
-        state: ProofState::parse(state).ok_or_else(|| {
+        state: ProofState::parse(&state).ok_or_else(|| {
             StoreError::Invalid(format!("unknown proof state in store: {state:?}"))
         })?,
-        reference,
-        expires_at: from_db_time("expires_at", expires_at)?,
-        updated_at: from_db_time("updated_at", updated_at)?,
+        reference: row.try_get("reference").map_err(e)?,
+        expires_at: from_db_time("expires_at", row.try_get("expires_at").map_err(e)?)?,
+        updated_at: from_db_time("updated_at", row.try_get("updated_at").map_err(e)?)?,
+        account: row.try_get("hold_account").map_err(e)?,
     })
+}
+
+/// The columns holds add to `farebox_proofs` (stores made before holds get them by `ALTER
+/// TABLE`): whose funds, how much (decimal text: `u128`), until when, and the record's number
+/// in the order of settlements once settled (see `ReplayStore::settled_mark`).
+pub(crate) const HOLD_COLUMNS: &[(&str, &str)] = &[
+    ("hold_account", "TEXT"),
+    ("hold_amount", "TEXT"),
+    ("hold_until", "BIGINT"),
+    ("settled_seq", "BIGINT"),
+];
+
+/// Indexes for [`HELD`] and [`SETTLED_MARK`].
+pub(crate) const HOLD_INDEXES: &[&str] = &[
+    "CREATE INDEX IF NOT EXISTS farebox_proofs_holds
+        ON farebox_proofs (hold_account, hold_until) WHERE hold_account IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS farebox_proofs_settled_seq
+        ON farebox_proofs (settled_seq) WHERE settled_seq IS NOT NULL",
+];
+
+/// The amounts an account holds, for a caller that read its balance after a mark (binds:
+/// account, now, mark): the rule of `ReplayStore::reserve_hold`.
+pub(crate) const HELD: &str = "SELECT hold_amount FROM farebox_proofs
+     WHERE hold_account = ? AND hold_until >= ?
+       AND (state IN ('reserved', 'pending')
+            OR (state = 'settled' AND (settled_seq IS NULL OR settled_seq > ?)))";
+
+/// The highest settlement number given.
+pub(crate) const SETTLED_MARK: &str =
+    "SELECT COALESCE(MAX(settled_seq), 0) AS mark FROM farebox_proofs";
+
+/// A held reservation (binds: namespace, key, expires_at, now, account, amount, until); a row
+/// comes back when it was inserted.
+pub(crate) const INSERT_HELD: &str = "INSERT INTO farebox_proofs
+     (namespace, key, state, reference, expires_at, updated_at, hold_account, hold_amount, hold_until)
+     VALUES (?, ?, 'reserved', NULL, ?, ?, ?, ?, ?)
+     ON CONFLICT (namespace, key) DO NOTHING
+     RETURNING 1 AS one";
+
+/// Whether a proof is recorded (binds: namespace, key).
+pub(crate) const EXISTS: &str =
+    "SELECT 1 AS one FROM farebox_proofs WHERE namespace = ? AND key = ?";
+
+/// `UPDATE` of a proof's state that numbers its settlement (binds: state, reference, now,
+/// state again, namespace, key); `next` is the backend's expression for the next number.
+pub(crate) fn update_sql(backend: Backend, next: &str) -> String {
+    let sql = format!(
+        "UPDATE farebox_proofs
+         SET state = ?, reference = COALESCE(?, reference), updated_at = ?,
+             settled_seq = CASE
+                 WHEN ? = 'settled' AND hold_account IS NOT NULL AND settled_seq IS NULL
+                 THEN {next} ELSE settled_seq END
+         WHERE namespace = ? AND key = ?"
+    );
+    placeholders(backend, &sql).into_owned()
+}
+
+/// The steps of `ReplayStore::reserve_hold` once the caller's transaction serializes the
+/// reservations of `hold.account` (SQLite's write lock, PostgreSQL's advisory lock): a recorded
+/// key is a duplicate; a hold the account cannot take is refused; otherwise the key is inserted
+/// with its hold. Nothing is written unless the outcome is `Reserved`; the caller commits then.
+pub(crate) async fn reserve_locked<DB>(
+    conn: &mut DB::Connection,
+    backend: Backend,
+    namespace: &str,
+    key: &str,
+    expires_at: u64,
+    hold: &Hold<'_>,
+) -> Result<HoldOutcome, StoreError>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let err = |e| map_err(backend, e);
+    let exists = sqlx::query::<DB>(&placeholders(backend, EXISTS))
+        .bind(namespace)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?;
+    if exists.is_some() {
+        return Ok(HoldOutcome::Duplicate);
+    }
+    let now = to_db_time(crate::now_secs());
+    let amounts: Vec<String> = sqlx::query_scalar::<DB, String>(&placeholders(backend, HELD))
+        .bind(hold.account)
+        .bind(now)
+        .bind(to_db_time(hold.mark))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    if let Some(refused) = crate::refusal(total_held(&amounts)?, hold) {
+        return Ok(refused);
+    }
+    let inserted = sqlx::query::<DB>(&placeholders(backend, INSERT_HELD))
+        .bind(namespace)
+        .bind(key)
+        .bind(to_db_time(expires_at))
+        .bind(now)
+        .bind(hold.account)
+        .bind(hold.amount.to_string())
+        .bind(to_db_time(hold.until))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?;
+    // In PostgreSQL, another account's reservation of the same key can win between the check
+    // and the insert (its lock is not ours).
+    Ok(if inserted.is_some() { HoldOutcome::Reserved } else { HoldOutcome::Duplicate })
+}
+
+/// What the rows of [`HELD`] add up to (`None`: no rows, nothing held).
+pub(crate) fn total_held(amounts: &[String]) -> Result<Option<u128>, StoreError> {
+    let mut total = None::<u128>;
+    for text in amounts {
+        let amount = text
+            .parse::<u128>()
+            .map_err(|_| StoreError::Invalid(format!("bad hold amount in store: {text:?}")))?;
+        total = Some(total.unwrap_or(0).saturating_add(amount));
+    }
+    Ok(total)
 }
 
 /// Which backend an error came from; decides how database error codes are read.

@@ -4,7 +4,9 @@
 //! has been fsynced to the write-ahead log, so it survives a process crash and a power loss.
 //! Writers wait up to 5 s for each other (`busy_timeout`); reserve is a single
 //! `INSERT … ON CONFLICT DO NOTHING`, so of concurrent reserves of one key exactly one inserts
-//! the row — also across processes sharing the file.
+//! the row — also across processes sharing the file. A reservation with a hold reads what the
+//! account holds and inserts in one `BEGIN IMMEDIATE` transaction, which takes the database's
+//! write lock first: two of them (any processes) are decided one after the other.
 //!
 //! Several processes may share one file on one machine, but not over a network filesystem, and
 //! gateways on different machines need [`PostgresStore`](crate::PostgresStore).
@@ -14,14 +16,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use farebox_core::store::{ProofRecord, ProofState, ReplayStore, StoreError};
+use farebox_core::store::{Hold, HoldOutcome, ProofRecord, ProofState, ReplayStore, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::sql::{Backend, bounded, record, to_db_time};
-use crate::{now_secs, validate_key, validate_namespace, validate_reference};
+use crate::sql::{Backend, PROOF_COLUMNS, bounded, record, to_db_time};
+use crate::{now_secs, validate_account, validate_key, validate_namespace, validate_reference};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,12 +100,30 @@ impl SqliteStore {
         Self::with_schema(pool).await
     }
 
+    /// Creates what is missing of the schema, in one write transaction so that processes
+    /// opening one file at once do not trip over each other (and a store made before holds
+    /// gets their columns).
     async fn with_schema(pool: SqlitePool) -> Result<Self, StoreError> {
         bounded("creating the SQLite schema", async {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             for statement in SCHEMA.iter().chain(crate::sql::SESSION_SCHEMA) {
-                sqlx::query(statement).execute(&pool).await.map_err(err)?;
+                sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
             }
-            Ok(())
+            let columns: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info('farebox_proofs')")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            for (name, kind) in crate::sql::HOLD_COLUMNS {
+                if !columns.iter().any(|c| c == name) {
+                    let alter = format!("ALTER TABLE farebox_proofs ADD COLUMN {name} {kind}");
+                    sqlx::query(&alter).execute(&mut *tx).await.map_err(err)?;
+                }
+            }
+            for statement in crate::sql::HOLD_INDEXES {
+                sqlx::query(statement).execute(&mut *tx).await.map_err(err)?;
+            }
+            tx.commit().await.map_err(err)
         })
         .await?;
         Ok(Self { pool })
@@ -151,20 +171,23 @@ impl ReplayStore for SqliteStore {
     ) -> Result<(), StoreError> {
         validate_key(namespace, key)?;
         validate_reference(reference)?;
+        // Settlements are numbered under the write lock every SQLite write holds, so the
+        // numbers only grow.
+        let sql = crate::sql::update_sql(
+            Backend::Sqlite,
+            "(SELECT COALESCE(MAX(settled_seq), 0) + 1 FROM farebox_proofs)",
+        );
         bounded("update", async {
-            let done = sqlx::query(
-                "UPDATE farebox_proofs
-                 SET state = ?, reference = COALESCE(?, reference), updated_at = ?
-                 WHERE namespace = ? AND key = ?",
-            )
-            .bind(state.as_str())
-            .bind(reference)
-            .bind(to_db_time(now_secs()))
-            .bind(namespace)
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(err)?;
+            let done = sqlx::query(&sql)
+                .bind(state.as_str())
+                .bind(reference)
+                .bind(to_db_time(now_secs()))
+                .bind(state.as_str())
+                .bind(namespace)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("{namespace}/{key}")));
             }
@@ -193,24 +216,16 @@ impl ReplayStore for SqliteStore {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<ProofRecord>, StoreError> {
         validate_key(namespace, key)?;
         bounded("get", async {
-            let row = sqlx::query(
-                "SELECT state, reference, expires_at, updated_at FROM farebox_proofs
-                 WHERE namespace = ? AND key = ?",
-            )
-            .bind(namespace)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err)?;
-            row.map(|row| {
-                record(
-                    row.try_get("state").map_err(err)?,
-                    row.try_get("reference").map_err(err)?,
-                    row.try_get("expires_at").map_err(err)?,
-                    row.try_get("updated_at").map_err(err)?,
-                )
-            })
-            .transpose()
+            let sql = format!(
+                "SELECT {PROOF_COLUMNS} FROM farebox_proofs WHERE namespace = ? AND key = ?"
+            );
+            let row = sqlx::query(&sql)
+                .bind(namespace)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+            row.map(|row| record(&row, Backend::Sqlite)).transpose()
         })
         .await
     }
@@ -218,26 +233,14 @@ impl ReplayStore for SqliteStore {
     async fn pending(&self, namespace: &str) -> Result<Vec<(String, ProofRecord)>, StoreError> {
         validate_namespace(namespace)?;
         bounded("pending", async {
-            let rows = sqlx::query(
-                "SELECT key, state, reference, expires_at, updated_at FROM farebox_proofs
-                 WHERE namespace = ? AND state = 'pending' ORDER BY key",
-            )
-            .bind(namespace)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
+            let sql = format!(
+                "SELECT key, {PROOF_COLUMNS} FROM farebox_proofs
+                 WHERE namespace = ? AND state = 'pending' ORDER BY key"
+            );
+            let rows =
+                sqlx::query(&sql).bind(namespace).fetch_all(&self.pool).await.map_err(err)?;
             rows.iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get("key").map_err(err)?,
-                        record(
-                            row.try_get("state").map_err(err)?,
-                            row.try_get("reference").map_err(err)?,
-                            row.try_get("expires_at").map_err(err)?,
-                            row.try_get("updated_at").map_err(err)?,
-                        )?,
-                    ))
-                })
+                .map(|row| Ok((row.try_get("key").map_err(err)?, record(row, Backend::Sqlite)?)))
                 .collect()
         })
         .await
@@ -253,6 +256,46 @@ impl ReplayStore for SqliteStore {
             .await
             .map_err(err)?;
             Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn settled_mark(&self) -> Result<u64, StoreError> {
+        bounded("settled_mark", async {
+            let mark: i64 = sqlx::query_scalar(crate::sql::SETTLED_MARK)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+            crate::sql::from_db_time("settled mark", mark)
+        })
+        .await
+    }
+
+    async fn reserve_hold(
+        &self,
+        namespace: &str,
+        key: &str,
+        expires_at: u64,
+        hold: &Hold<'_>,
+    ) -> Result<HoldOutcome, StoreError> {
+        validate_key(namespace, key)?;
+        validate_account(hold.account)?;
+        bounded("reserve_hold", async {
+            // The write lock, taken first, serializes every reservation (any process).
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let outcome = crate::sql::reserve_locked::<sqlx::Sqlite>(
+                &mut tx,
+                Backend::Sqlite,
+                namespace,
+                key,
+                expires_at,
+                hold,
+            )
+            .await?;
+            if outcome == HoldOutcome::Reserved {
+                tx.commit().await.map_err(err)?;
+            }
+            Ok(outcome)
         })
         .await
     }

@@ -91,3 +91,14 @@ async fn postgres_sessions_behave_and_two_instances_debit_once_each() {
     let b = Arc::new(PostgresStore::connect(pg.url()).await.unwrap());
     assert_eq!(common::concurrent_debits(&[a, b], 32, "shared").await.spent, 32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_instances_hold_no_more_than_the_balance() {
+    let pg = start();
+    let a = Arc::new(PostgresStore::connect(pg.url()).await.unwrap());
+    common::holds_behave(Arc::clone(&a)).await;
+    let b = Arc::new(PostgresStore::connect(pg.url()).await.unwrap());
+    let both = [a, b];
+    assert_eq!(common::hold_race(&both, 32, "payer", 10, Some(50)).await, 5);
+    assert_eq!(common::hold_race(&both, 32, "other", 10, None).await, 1);
+}

@@ -93,3 +93,50 @@ async fn sqlite_sessions_survive_reopen_and_two_processes_debit_once_each() {
     let b = Arc::new(SqliteStore::open(&path).await.unwrap());
     assert_eq!(common::concurrent_debits(&[a, b], 24, "shared").await.spent, 24);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_holds_keep_payments_in_flight_within_the_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    common::holds_behave(Arc::new(SqliteStore::open(dir.path().join("holds.db")).await.unwrap()))
+        .await;
+    common::holds_behave(farebox_store::open("sqlite::memory:").await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_processes_on_one_file_hold_no_more_than_the_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("holds.db");
+    let a = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let both = [a, b];
+    assert_eq!(common::hold_race(&both, 32, "payer", 10, Some(50)).await, 5);
+    assert_eq!(common::hold_race(&both, 32, "other", 10, None).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_made_before_holds_gains_them_and_keeps_its_proofs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // The schema as it was before holds, with a spent proof in it.
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE farebox_proofs (namespace TEXT NOT NULL, key TEXT NOT NULL,
+             state TEXT NOT NULL, reference TEXT, expires_at INTEGER NOT NULL,
+             updated_at INTEGER NOT NULL, PRIMARY KEY (namespace, key))",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO farebox_proofs VALUES ('x402', 'old', 'settled', '0x1', 9, 9)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    assert!(!store.reserve("x402", "old", common::now() + 60).await.unwrap(), "still spent");
+    assert_eq!(store.get("x402", "old").await.unwrap().unwrap().account, None);
+    common::holds_behave(store).await;
+}

@@ -10,28 +10,43 @@
 //! the replay store (a nonce already seen is refused without asking the facilitator), then
 //! verified by the facilitator, then its nonce is reserved in the replay store — so a replayed
 //! or concurrent duplicate is refused before the handler runs, across restarts and instances
-//! sharing the store. Settlement runs after the handler succeeded; its outcome is recorded. A settlement whose
-//! outcome is unknown stays `Pending` with its transaction hash, and the client is told so with
-//! the hash in `PAYMENT-RESPONSE`.
+//! sharing the store. Settlement runs after the handler succeeded; its outcome is recorded. A
+//! settlement whose outcome is unknown stays `Pending` with its transaction hash, and the client
+//! is told so with the hash in `PAYMENT-RESPONSE`.
+//!
+//! The reservation also holds the payment's amount against its payer's funds
+//! ([`farebox_core::store::Hold`]): a facilitator's simulation shows that one authorization can
+//! be paid, not that twenty signed at once can. A payer's second payment while one is in flight
+//! is accepted only if the payer's token balance, read through the rail's own node
+//! ([`X402Rail::with_node`]), covers everything in flight; without a node (a facilitator over
+//! HTTP reports no balance) each payer has at most one payment in flight. Refusals say
+//! `insufficient_funds`.
+//!
+//! When a payment is refused, the fresh 402 says why: the reason code of the refusal in
+//! `PAYMENT-REQUIRED`'s `error` and in v1's body `error` (v1 spelling), instead of the "header
+//! is required" text a request without payment gets.
 //!
 //! [`X402Rail::reconcile`] resolves those pending records later, from the token's
 //! `authorizationState` on chain, read through the facilitator when it can
-//! ([`Facilitator::authorization_used`]; the in-process facilitator can) or through a
-//! [`ChainReader`] given with [`X402Rail::with_chain_reader`] (for a facilitator over HTTP). An
-//! application calls it periodically, as `farebox facilitator` reconciles its own records.
+//! ([`Facilitator::authorization_used`]; the in-process facilitator can) or through the rail's
+//! own node ([`X402Rail::with_node`], or a [`ChainReader`] given with
+//! [`X402Rail::with_chain_reader`]; for a facilitator over HTTP). [`Rail::maintain`] runs it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{
     Asset, Challenge, ErrorKind, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, ReplayStore, Resource, Token, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Token, Verified,
 };
+use farebox_evm::EvmRpc;
+use farebox_evm::eip3009::payer_account;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::exact_evm;
+use crate::exact_evm::{self, CheckedPayment};
 use crate::facilitator::chain::ChainReader;
 use crate::facilitator::local::{parse_key, replay_key};
 use crate::facilitator::{Facilitator, FacilitatorError};
@@ -89,6 +104,8 @@ pub struct X402Rail {
     facilitator: Arc<dyn Facilitator>,
     store: Arc<dyn ReplayStore>,
     reader: Option<ChainReader>,
+    /// The rail's own node for its network: payers' balances ([`X402Rail::with_node`]).
+    node: Option<EvmRpc>,
 }
 
 /// What one [`X402Rail::reconcile`] run did.
@@ -116,7 +133,7 @@ impl X402Rail {
         store: Arc<dyn ReplayStore>,
     ) -> Self {
         let asset = Asset::Token(config.token());
-        X402Rail { config, asset, facilitator, store, reader: None }
+        X402Rail { config, asset, facilitator, store, reader: None, node: None }
     }
 
     /// Reads the chain with `reader` when reconciling, instead of asking the facilitator (which
@@ -124,6 +141,16 @@ impl X402Rail {
     pub fn with_chain_reader(mut self, reader: ChainReader) -> Self {
         self.reader = Some(reader);
         self
+    }
+
+    /// Gives the rail a node of its network, to read with it: a payer's token balance when
+    /// another of its payments is in flight (one `balanceOf` call, only then), so a funded payer
+    /// may have several payments in flight at once (without a node: one); and authorization
+    /// states when reconciling ([`Self::with_chain_reader`]). A node of another chain is never
+    /// asked for balances.
+    pub fn with_node(self, rpc: EvmRpc) -> Self {
+        let reader = ChainReader::new([rpc.clone()]);
+        X402Rail { node: Some(rpc), ..self.with_chain_reader(reader) }
     }
 
     /// Resolves this rail's `Pending` settlements (outcome unknown: a receipt that did not arrive,
@@ -315,11 +342,21 @@ impl Rail for X402Rail {
         &HEADERS
     }
 
-    async fn challenge(&self, resource: &Resource) -> Result<Option<Challenge>, PaymentError> {
+    /// The 402's `error` says why this rail refused the request's payment, if it did.
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError> {
         let Some(v2_requirement) = self.requirement_v2(resource) else { return Ok(None) };
+        let why = Refusal::of(refusal, self.name()).map(|e| e.code);
+        let error = |version: u8, missing: &'static str| match why {
+            Some(code) => Reason::from_code(code).map_or(code, |r| r.as_str_for(version)),
+            None => missing,
+        };
         let required = v2::PaymentRequired {
             x402_version: crate::Version,
-            error: Some("PAYMENT-SIGNATURE header is required".into()),
+            error: Some(error(2, "PAYMENT-SIGNATURE header is required").into()),
             resource: v2::ResourceInfo {
                 url: self.url(resource),
                 description: Some(Self::description(resource)),
@@ -338,7 +375,7 @@ impl Rail for X402Rail {
                 .map_err(|e| PaymentError::internal("x402_body", e.to_string()))?;
             challenge.body_members = vec![
                 ("x402Version".into(), Value::from(1)),
-                ("error".into(), Value::String("X-PAYMENT header is required".into())),
+                ("error".into(), Value::from(error(1, "X-PAYMENT header is required"))),
                 ("accepts".into(), accepts),
             ];
         }
@@ -362,6 +399,8 @@ impl Rail for X402Rail {
         if self.store.get(NAMESPACE, &key).await?.is_some() {
             return Err(self.already_used(&key).await);
         }
+        // Read before the facilitator simulates (which reads the payer's balance): see `Hold`.
+        let mark = self.store.settled_mark().await?;
         let answer = self.facilitator.verify(&request).await.map_err(unavailable)?;
         if !answer.is_valid {
             let reason = answer.reason().unwrap_or(Reason::UnexpectedVerifyError);
@@ -379,13 +418,38 @@ impl Rail for X402Rail {
                 answer.invalid_message.clone().unwrap_or_else(|| reason.message().to_string());
             return Err(invalid(reason, detail));
         }
-        let expires_at = checked.payload.authorization.valid_before;
-        if !self.store.reserve(NAMESPACE, &key, expires_at).await? {
-            return Err(self.already_used(&key).await);
+        let auth = &checked.payload.authorization;
+        let amount = checked.requirement.amount.to::<u128>();
+        let account =
+            payer_account(checked.requirement.chain_id, checked.requirement.asset, auth.from);
+        let hold = Hold {
+            account: &account,
+            amount,
+            balance: None,
+            mark,
+            until: Hold::until(auth.valid_before, now_unix()),
+        };
+        let reserved =
+            reserve_funded(&*self.store, NAMESPACE, &key, auth.valid_before, hold, || {
+                self.balance(&checked)
+            })
+            .await?;
+        match reserved {
+            HoldOutcome::Reserved => {}
+            HoldOutcome::Duplicate => return Err(self.already_used(&key).await),
+            HoldOutcome::Insufficient { held } => {
+                return Err(invalid(
+                    Reason::InsufficientFunds,
+                    format!(
+                        "the payer's other payments in flight hold {held} base units of its \
+                         balance; pay again once they have settled"
+                    ),
+                ));
+            }
         }
-        let payer = format!("{:#x}", checked.payload.authorization.from);
+        let payer = format!("{:#x}", auth.from);
         Ok(Verified::new(
-            Money::new(self.asset.clone(), checked.requirement.amount.to::<u128>()),
+            Money::new(self.asset.clone(), amount),
             Some(payer.clone()),
             format!("{:#x}", checked.payload.authorization.nonce),
             Accepted { request, key, payer },
@@ -486,6 +550,24 @@ impl Rail for X402Rail {
 }
 
 impl X402Rail {
+    /// The payer's token balance, read through the rail's node (`None`: no node of this network).
+    async fn balance(&self, checked: &CheckedPayment) -> Result<Option<u128>, PaymentError> {
+        let Some(node) =
+            self.node.as_ref().filter(|n| n.chain_id() == checked.requirement.chain_id)
+        else {
+            return Ok(None);
+        };
+        let auth = &checked.payload.authorization;
+        let balance = node.balance_of(checked.requirement.asset, auth.from).await.map_err(|e| {
+            PaymentError::unavailable(
+                "evm_unavailable",
+                format!("cannot read the payer's balance: {e}"),
+                Duration::from_secs(5),
+            )
+        })?;
+        Ok(Some(u128::try_from(balance).unwrap_or(u128::MAX)))
+    }
+
     /// Records where a settlement stands. The facilitator's answer is what the client must be
     /// told, so a store failure here is logged rather than turned into a 503 that would hide it.
     async fn record(&self, key: &str, state: ProofState, tx: Option<&str>) {

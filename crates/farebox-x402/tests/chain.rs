@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
-use farebox_core::{Asset, Money, Price, ProofRecord, ProofState, ReplayStore, StoreError};
+use farebox_core::{
+    Asset, Hold, HoldOutcome, Money, PresentedCredential, Price, ProofRecord, ProofState, Rail,
+    ReplayStore, Resource, StoreError,
+};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, Bytes, EvmRpc, ReceiptOutcome, U256};
@@ -864,6 +867,18 @@ impl ReplayStore for FlakyStore {
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         self.inner.purge_expired(now).await
     }
+    async fn settled_mark(&self) -> Result<u64, StoreError> {
+        self.inner.settled_mark().await
+    }
+    async fn reserve_hold(
+        &self,
+        ns: &str,
+        key: &str,
+        expires_at: u64,
+        hold: &Hold<'_>,
+    ) -> Result<HoldOutcome, StoreError> {
+        self.inner.reserve_hold(ns, key, expires_at, hold).await
+    }
 }
 
 #[tokio::test]
@@ -1186,4 +1201,140 @@ async fn a_payer_whose_funds_left_before_settlement_can_pay_again_with_the_same_
         codec::decode_header(headers["payment-response"].to_str().unwrap()).unwrap();
     assert!(receipt.success, "{receipt:?}");
     assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+}
+
+// ---- a payer's payments in flight never take more than its balance ----
+
+/// A dev account holding `prices` × PRICE of the token (and nothing else of it).
+async fn payer_funded_for(chain: &Chain, prices: u64) -> Address {
+    let payer = chain.unfunded().address;
+    chain.anvil.mint(chain.token, payer, U256::from(prices * PRICE)).await.unwrap();
+    payer
+}
+
+/// Sends every `(header, payment)` to `/data` at once; returns how many were served (200).
+async fn all_at_once(app: &Router, payments: Vec<(&'static str, String)>) -> usize {
+    let tasks: Vec<_> = payments
+        .into_iter()
+        .map(|(header, payment)| {
+            let app = app.clone();
+            tokio::spawn(
+                async move { get(&app, "/data", Some((header, payment.as_str()))).await.0 },
+            )
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::OK {
+            served += 1;
+        }
+    }
+    served
+}
+
+/// `n` payments of PRICE by `payer`, each with its own nonce, `v1` or v2 as the client pays.
+async fn payments_of(
+    chain: &Chain,
+    app: &Router,
+    payer: Address,
+    n: usize,
+    v1: impl Fn(usize) -> bool,
+) -> Vec<(&'static str, String)> {
+    let mut payments = Vec::new();
+    for i in 0..n {
+        let auth = TransferWithAuthorization { from: payer, ..chain.authorization() };
+        payments.push(if v1(i) {
+            ("X-PAYMENT", pay_v1(chain, app, &auth).await)
+        } else {
+            ("PAYMENT-SIGNATURE", pay_v2(chain, app, &auth).await)
+        });
+    }
+    payments
+}
+
+/// Twenty concurrent payments (v1 or v2) of a payer funded for one price: one is served.
+async fn twenty_payments_of_a_payer_funded_for_one(v1: bool) {
+    let chain = Chain::start().await;
+    let (s, _, _) = local_server(&chain);
+    let payer = payer_funded_for(&chain, 1).await;
+    let payments = payments_of(&chain, &s.app, payer, 20, |_| v1).await;
+    let served = all_at_once(&s.app, payments).await;
+    assert_eq!(s.served.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(served, 1);
+    assert_eq!(chain.balance(chain.pay_to()).await, PRICE);
+    assert_eq!(chain.balance(payer).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_v2_payments_of_a_payer_funded_for_one_run_the_handler_once() {
+    twenty_payments_of_a_payer_funded_for_one(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_v1_payments_of_a_payer_funded_for_one_run_the_handler_once() {
+    twenty_payments_of_a_payer_funded_for_one(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_payments_of_a_payer_funded_for_three_run_the_handler_at_most_thrice() {
+    let chain = Chain::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let facilitator = Arc::new(chain.facilitator(store.clone()));
+    let rail = X402Rail::new(chain.config(), facilitator, store).with_node(chain.rpc.clone());
+    let s = server_with(&chain, rail);
+    let payer = payer_funded_for(&chain, 3).await;
+    let payments = payments_of(&chain, &s.app, payer, 20, |i| i % 2 == 1).await;
+    let served = all_at_once(&s.app, payments).await;
+    let handled = s.served.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&handled), "the handler ran {handled} times");
+    assert_eq!(served, handled);
+    assert_eq!(chain.balance(chain.pay_to()).await, handled as u64 * PRICE, "every run was paid");
+}
+
+#[tokio::test]
+async fn a_payer_may_have_as_many_payments_in_flight_as_its_balance_covers() {
+    let chain = Chain::start().await;
+    let payer = payer_funded_for(&chain, 3).await;
+    let store = Arc::new(MemoryStore::new());
+    let facilitator = Arc::new(chain.facilitator(store.clone()));
+    let with_node = X402Rail::new(chain.config(), facilitator.clone(), store.clone())
+        .with_node(chain.rpc.clone());
+    let s = server_with(&chain, X402Rail::new(chain.config(), facilitator, store));
+    let resource = Resource {
+        method: http::Method::GET,
+        path: "/data".into(),
+        route: "/data".into(),
+        price: Price::one(Money::new(Asset::Token(chain.config().token()), u128::from(PRICE))),
+        description: Some("market data".into()),
+        accept_payment: None,
+    };
+    let credential = |value: String| PresentedCredential {
+        header: http::HeaderName::from_static("payment-signature"),
+        auth: None,
+        value,
+    };
+    let mut payments = Vec::new();
+    for (_, payment) in payments_of(&chain, &s.app, payer, 5, |_| false).await {
+        payments.push(credential(payment));
+    }
+    // Verified, not settled: each holds PRICE of the payer's 3 × PRICE.
+    let mut held = Vec::new();
+    for payment in &payments[..3] {
+        held.push(with_node.verify(&resource, payment).await.unwrap());
+    }
+    let refused = with_node.verify(&resource, &payments[3]).await.unwrap_err();
+    assert_eq!(refused.code, "insufficient_funds", "{refused:?}");
+    // Released (its handler failed), a payment holds nothing any more.
+    with_node.release(&resource, held.pop().unwrap()).await;
+    with_node.verify(&resource, &payments[3]).await.unwrap();
+    // Without a node to read balances, a payer has one payment in flight at most.
+    let store = Arc::new(MemoryStore::new());
+    let s2 = server(&chain, Arc::new(chain.facilitator(store.clone())), store);
+    let one = payments_of(&chain, &s2.app, payer, 2, |_| false).await;
+    let first = s2.rail.verify(&resource, &credential(one[0].1.clone())).await.unwrap();
+    let second = s2.rail.verify(&resource, &credential(one[1].1.clone())).await.unwrap_err();
+    assert_eq!(second.code, "insufficient_funds", "{second:?}");
+    s2.rail.release(&resource, first).await;
+    s2.rail.verify(&resource, &credential(one[1].1.clone())).await.unwrap();
+    assert_eq!(chain.balance(chain.pay_to()).await, 0, "nothing was settled");
 }

@@ -195,10 +195,15 @@ fn now() -> u64 {
 
 /// A payload with well-formed fields (the signature is checked by the facilitator, scripted here).
 fn exact_payload(nonce_byte: u8) -> Payload {
+    payload_of(nonce_byte, "10000")
+}
+
+/// [`exact_payload`] authorizing `value`.
+fn payload_of(nonce_byte: u8, value: &str) -> Payload {
     Payload::from_serialize(&json!({
         "signature": format!("0x{}", "11".repeat(65)),
         "authorization": {
-            "from": PAYER, "to": PAY_TO, "value": "10000",
+            "from": PAYER, "to": PAY_TO, "value": value,
             "validAfter": (now() - 600).to_string(), "validBefore": (now() + 60).to_string(),
             "nonce": format!("0x{}", format!("{nonce_byte:02x}").repeat(32)),
         }
@@ -208,6 +213,11 @@ fn exact_payload(nonce_byte: u8) -> Payload {
 
 /// The client side: reads the 402's v2 requirement and echoes it.
 async fn v2_payment(w: &World, nonce_byte: u8) -> String {
+    v2_paying(w, exact_payload(nonce_byte)).await
+}
+
+/// The client side, paying the v2 requirement with `payload`.
+async fn v2_paying(w: &World, payload: Payload) -> String {
     let (status, headers, _) = send(&w.app, None).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let required: v2::PaymentRequired =
@@ -216,10 +226,31 @@ async fn v2_payment(w: &World, nonce_byte: u8) -> String {
         x402_version: farebox_x402::Version,
         resource: Some(required.resource.clone()),
         accepted: required.accepts[0].clone(),
-        payload: exact_payload(nonce_byte),
+        payload,
         extensions: None,
     };
     codec::encode_header(&payload)
+}
+
+/// The v1 client side: reads the 402 body's requirement and pays it with `payload`.
+async fn v1_paying(w: &World, payload: Payload) -> String {
+    let (_, _, body) = send(&w.app, None).await;
+    let accepts: Vec<v1::PaymentRequirements> =
+        serde_json::from_value(body["accepts"].clone()).unwrap();
+    let payment = v1::PaymentPayload {
+        x402_version: farebox_x402::Version,
+        scheme: accepts[0].scheme.clone(),
+        network: accepts[0].network.clone(),
+        payload,
+    };
+    codec::encode_header(&payment)
+}
+
+/// The `error` of a 402: v2's (`PAYMENT-REQUIRED`) and v1's (the body).
+fn errors(headers: &http::HeaderMap, body: &Value) -> (String, String) {
+    let required: v2::PaymentRequired =
+        codec::decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    (required.error.unwrap_or_default(), body["error"].as_str().unwrap_or_default().to_owned())
 }
 
 #[tokio::test]
@@ -296,6 +327,50 @@ async fn an_invalid_payment_gets_a_fresh_402_with_the_facilitators_reason() {
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(body["code"], "insufficient_funds");
     assert!(headers.contains_key("payment-required"), "fresh requirements");
+}
+
+#[tokio::test]
+async fn a_request_without_payment_is_told_which_header_to_send() {
+    let w = world();
+    let (status, headers, body) = send(&w.app, None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        errors(&headers, &body),
+        (
+            "PAYMENT-SIGNATURE header is required".to_owned(),
+            "X-PAYMENT header is required".to_owned()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_refused_payments_402_says_why_in_v2_and_v1() {
+    let w = world();
+    // Refused here (the value is not the price), in each version's spelling of the code.
+    let value_codes = (
+        "invalid_exact_evm_payload_authorization_value_mismatch".to_owned(),
+        "invalid_exact_evm_payload_authorization_value".to_owned(),
+    );
+    let underpaying = v2_paying(&w, payload_of(13, "9999")).await;
+    let (status, headers, body) = send(&w.app, Some(("PAYMENT-SIGNATURE", underpaying))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(errors(&headers, &body), value_codes);
+    let underpaying = v1_paying(&w, payload_of(14, "9999")).await;
+    let (status, headers, body) = send(&w.app, Some(("X-PAYMENT", underpaying))).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(errors(&headers, &body), value_codes);
+    // Refused by the facilitator.
+    *w.facilitator.verify.lock().unwrap() = Script::Invalid;
+    let funds = ("insufficient_funds".to_owned(), "insufficient_funds".to_owned());
+    for (header, payment) in [
+        ("PAYMENT-SIGNATURE", v2_payment(&w, 15).await),
+        ("X-PAYMENT", v1_paying(&w, exact_payload(16)).await),
+    ] {
+        let (status, headers, body) = send(&w.app, Some((header, payment))).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(errors(&headers, &body), funds, "{header}");
+    }
+    assert_eq!(w.facilitator.settles.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

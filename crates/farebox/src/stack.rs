@@ -165,7 +165,10 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
             public_url: format!("http://{server}"),
             offer_v1: true,
         };
-        paywall = paywall.rail(X402Rail::new(config, Arc::new(facilitator), store.clone()));
+        // With the node, a payer may have several payments in flight when its balance covers
+        // them all (without it, one at a time).
+        let rail = X402Rail::new(config, Arc::new(facilitator), store.clone());
+        paywall = paywall.rail(rail.with_node(evm.rpc.clone()));
         // MPP sessions on the same token: channels in the escrow, accounting in the same store.
         let session = EvmSessionConfig::new(
             evm.rpc.clone(),

@@ -27,12 +27,17 @@
 //! **EVM charge.** For a route priced in the configured token, the challenge is
 //! `method="evm", intent="charge"` (see [`crate::evm_charge`]). Verify runs the same envelope
 //! checks (id, realm, expiry, route binding), then: amount covers the price, the authorization's
-//! `nonce == keccak256(id ‖ realm)`, `to == recipient`, `value == amount`, `validAfter <= now <
-//! validBefore`, the EIP-712 signer is `from`, and one `eth_call` simulates the transfer from
-//! the gas key (a node that cannot answer: 503). Then the challenge id is reserved. Settle sends
-//! `transferWithAuthorization` with the gas key and waits for its receipt: success answers a
-//! `Payment-Receipt` whose `reference` is the transaction hash; a receipt that does not arrive in
-//! time leaves the record `Pending` with the hash and refuses the request (503) naming it.
+//! nonce is bound to the challenge (`keccak256(id ‖ realm)`, or the JSON-array form other SDKs
+//! sign), `to == recipient`, `value == amount`, `validAfter <= now < validBefore`, the EIP-712
+//! signer is `from` (who the payment's payer is, whatever the credential's `source` says), the
+//! challenge is unused, and one `eth_call` simulates the transfer from the gas key (a node that
+//! cannot answer: 503). Then the challenge id is reserved with a hold on the payer's funds
+//! ([`farebox_core::store::Hold`]): a second payment of one payer while one is in flight is
+//! accepted only if the payer's balance (one more `balanceOf`, only then) covers both. Settle
+//! sends `transferWithAuthorization` with the gas key and waits for its receipt: success answers
+//! a `Payment-Receipt` whose `reference` is the transaction hash; a receipt that does not arrive
+//! in time leaves the record `Pending` with the hash and refuses the request (503) naming it.
+//! [`Rail::maintain`] resolves pending records later ([`MppRail::reconcile_evm_charges`]).
 
 pub mod evm_session;
 mod lightning_session;
@@ -46,13 +51,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{Asset, SessionStore, Token};
 use farebox_core::{
     Challenge as RailChallenge, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, ReplayStore, Resource, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Verified,
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
-use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, U256};
+use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
 use farebox_lightning::{
     InvoiceRequest, LightningBackend, bolt11, create_checked_invoice, preimage_matches,
 };
@@ -332,6 +338,15 @@ fn receipt_header(
 fn to_header(text: String) -> Result<HeaderValue, PaymentError> {
     HeaderValue::try_from(text)
         .map_err(|_| PaymentError::internal("mpp_header", "not a valid header value"))
+}
+
+/// A chain that cannot answer (fail closed: 503).
+fn chain_unavailable(e: EvmError) -> PaymentError {
+    PaymentError::unavailable(
+        "evm_unavailable",
+        format!("cannot reach the chain to check the payment: {e}"),
+        BACKEND_RETRY_AFTER,
+    )
 }
 
 fn credential_error(e: CredentialError) -> PaymentError {
@@ -661,9 +676,10 @@ impl MppRail {
         let (auth, signature) = evm_charge::authorization_of(&cred.payload)
             .map_err(|e| problem::malformed(e.to_string()))?;
         let ch = &cred.challenge;
-        if auth.nonce != evm_charge::challenge_nonce(&ch.id, &ch.realm) {
+        if !evm_charge::challenge_nonces(&ch.id, &ch.realm).contains(&auth.nonce) {
             return Err(problem::verification_failed(
-                "the authorization's nonce is not keccak256(challenge.id ‖ challenge.realm)",
+                "the authorization's nonce is not bound to this challenge: expected \
+                 keccak256(challenge.id ‖ challenge.realm)",
             ));
         }
         if auth.to != cfg.recipient {
@@ -764,6 +780,112 @@ impl MppRail {
             .map_err(|e| PaymentError::internal("mpp_challenge", e.to_string()))
     }
 
+    /// Reserves an `evm` charge's challenge id, after the chain has shown that the transfer
+    /// would go through, with a hold on the payer's funds: refused when the challenge was used,
+    /// or when the payer's payments in flight would take more than its balance.
+    async fn reserve_evm_charge(
+        &self,
+        id: &str,
+        auth: &TransferWithAuthorization,
+        signature: &[u8],
+        amount: &Money,
+        challenge_expires_at: u64,
+        now: u64,
+    ) -> Result<(), PaymentError> {
+        let Some(evm) = &self.evm else {
+            return Err(PaymentError::internal("mpp_state", "evm method not enabled"));
+        };
+        let cfg = &evm.config;
+        // A used challenge is refused without asking the chain.
+        if self.store.get(NAMESPACE, id).await?.is_some() {
+            return Err(problem::used_challenge());
+        }
+        // Read before the simulation reads the payer's balance: see `Hold`.
+        let mark = self.store.settled_mark().await?;
+        self.simulate(evm, auth, signature).await?;
+        // Kept while the challenge or the authorization can be used: reconciliation fails a
+        // pending settlement only once its authorization has expired.
+        let valid_before = u64::try_from(auth.validBefore).unwrap_or(u64::MAX);
+        let expires_at = challenge_expires_at.max(valid_before);
+        let account = eip3009::payer_account(cfg.rpc.chain_id(), cfg.token, auth.from);
+        let hold = Hold {
+            account: &account,
+            amount: amount.amount,
+            balance: None,
+            mark,
+            until: Hold::until(expires_at, now),
+        };
+        let balance = || async {
+            let balance =
+                cfg.rpc.balance_of(cfg.token, auth.from).await.map_err(chain_unavailable)?;
+            Ok::<_, PaymentError>(Some(u128::try_from(balance).unwrap_or(u128::MAX)))
+        };
+        match reserve_funded(&*self.store, NAMESPACE, id, expires_at, hold, balance).await? {
+            HoldOutcome::Reserved => Ok(()),
+            HoldOutcome::Duplicate => Err(problem::used_challenge()),
+            HoldOutcome::Insufficient { held } => Err(problem::verification_failed(format!(
+                "the payer's other payments in flight hold {held} base units of its balance; \
+                 pay again once they have settled"
+            ))),
+        }
+    }
+
+    /// Resolves `evm` charges whose settlement outcome was unknown (`Pending`: a receipt that
+    /// did not arrive in time, a node that failed while taking the transaction) from the chain:
+    /// the transaction's receipt when its hash is known (success: settled; reverted: failed);
+    /// otherwise the authorization's state as of the latest mined block (used, under either
+    /// nonce form of the challenge: settled; still unused once the authorization has expired:
+    /// failed). Anything else stays pending. Returns how many were resolved; a chain that cannot
+    /// be reached stops the run (records resolved so far stay resolved). [`Rail::maintain`]
+    /// runs it.
+    pub async fn reconcile_evm_charges(&self) -> Result<usize, PaymentError> {
+        let Some(evm) = &self.evm else { return Ok(0) };
+        let cfg = &evm.config;
+        let mut resolved = 0;
+        for (id, record) in self.store.pending(NAMESPACE).await? {
+            let Some((chain_id, token, payer)) =
+                record.account.as_deref().and_then(eip3009::parse_payer_account)
+            else {
+                continue; // not an evm charge with a hold
+            };
+            if chain_id != cfg.rpc.chain_id() || token != cfg.token {
+                continue;
+            }
+            let mined = match record.reference.as_deref().and_then(|r| r.parse::<TxHash>().ok()) {
+                Some(tx) => cfg.rpc.wait_for_receipt(tx, Duration::ZERO).await,
+                None => Ok(ReceiptOutcome::Unknown),
+            };
+            let state = match mined {
+                Ok(ReceiptOutcome::Success { .. }) => ProofState::Settled,
+                Ok(ReceiptOutcome::Reverted { .. }) => ProofState::Failed,
+                _ => {
+                    let mut used = false;
+                    for nonce in evm_charge::challenge_nonces(&id, &self.realm) {
+                        match cfg.rpc.mined_authorization_state(token, payer, nonce).await {
+                            Ok(u) => used |= u,
+                            Err(e) if e.is_unavailable() => return Err(chain_unavailable(e)),
+                            Err(e) => {
+                                tracing::warn!(challenge = %id, error = %e, "cannot read an authorization's state");
+                            }
+                        }
+                    }
+                    if used {
+                        ProofState::Settled
+                    } else if time::unix_now() > record.expires_at {
+                        ProofState::Failed
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            self.store.update(NAMESPACE, &id, state, None).await?;
+            let tx = record.reference.as_deref().unwrap_or("");
+            tracing::info!(challenge = %id, state = state.as_str(), tx, "MPP evm charge reconciled");
+            resolved += 1;
+        }
+        Ok(resolved)
+    }
+
     /// One `eth_call` simulating the transfer from the gas key: nonce unused, balance, the
     /// token's own signature and time checks.
     async fn simulate(
@@ -779,11 +901,7 @@ impl MppRail {
             .await;
         match simulated {
             Ok(()) => Ok(()),
-            Err(e) if e.is_unavailable() => Err(PaymentError::unavailable(
-                "evm_unavailable",
-                format!("cannot reach the chain to check the payment: {e}"),
-                BACKEND_RETRY_AFTER,
-            )),
+            Err(e) if e.is_unavailable() => Err(chain_unavailable(e)),
             Err(EvmError::Reverted { reason }) => {
                 Err(problem::verification_failed(format!("the transfer would fail: {reason}")))
             }
@@ -867,7 +985,11 @@ impl Rail for MppRail {
     /// order (Lightning charge, EVM charge, EVM session, Lightning session) or as the client's
     /// `Accept-Payment` asks ([`crate::accept_payment`]); only the offers made are issued (no
     /// invoice is created for an offer the client does not want).
-    async fn challenge(&self, resource: &Resource) -> Result<Option<RailChallenge>, PaymentError> {
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        _refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<RailChallenge>, PaymentError> {
         let mut offered: Vec<(Offered, (&str, &str))> = Vec::new();
         if self.backend.is_some() {
             offered.push((Offered::LightningCharge, (METHOD, INTENT)));
@@ -918,32 +1040,29 @@ impl Rail for MppRail {
         }
         let (amount, checked) = self.check_charge(resource, &cred, offered, now)?;
         let expires_at = cred.challenge.expires.as_deref().and_then(|e| time::parse(e).ok());
+        let expires_at = expires_at.unwrap_or(now).saturating_add(1);
         let id = cred.challenge.id.clone();
-        if !self.store.reserve(NAMESPACE, &id, expires_at.unwrap_or(now).saturating_add(1)).await? {
-            return Err(problem::used_challenge());
-        }
-        if let (Checked::Evm(auth, signature), Some(evm)) = (&checked, &self.evm)
-            && let Err(e) = self.simulate(evm, auth, signature).await
-        {
-            // Nothing was sent: the payer may retry the same credential once the cause is gone.
-            if let Err(e) = self.store.release(NAMESPACE, &id).await {
-                tracing::warn!(error = %e, "could not release an MPP reservation");
-            }
-            return Err(e);
-        }
-        let (reference, evm) = match checked {
+        let (auth, signature) = match checked {
+            Checked::Evm(auth, signature) => (auth, signature),
             Checked::Lightning => {
+                if !self.store.reserve(NAMESPACE, &id, expires_at).await? {
+                    return Err(problem::used_challenge());
+                }
                 let request = decode_request(&cred.challenge.request)
                     .ok()
                     .and_then(|r| LightningChargeRequest::from_json(&r).ok());
-                (request.map(|r| hex::encode(r.payment_hash)).unwrap_or_default(), None)
-            }
-            Checked::Evm(auth, signature) => {
-                (format!("{:#x}", auth.nonce), Some((auth, signature)))
+                let reference = request.map(|r| hex::encode(r.payment_hash)).unwrap_or_default();
+                // A preimage proves that the invoice was paid, not by whom; `source` is only
+                // the client's word.
+                let accepted = Held::Charge(Accepted { challenge_id: id, evm: None });
+                return Ok(Verified::new(amount, None, reference, accepted));
             }
         };
-        let accepted = Held::Charge(Accepted { challenge_id: id, evm });
-        Ok(Verified::new(amount, cred.source, reference, accepted))
+        self.reserve_evm_charge(&id, &auth, &signature, &amount, expires_at, now).await?;
+        // The payer is who signed the authorization, whatever `source` says.
+        let (payer, reference) = (format!("{:#x}", auth.from), format!("{:#x}", auth.nonce));
+        let accepted = Held::Charge(Accepted { challenge_id: id, evm: Some((auth, signature)) });
+        Ok(Verified::new(amount, Some(payer), reference, accepted))
     }
 
     async fn settle(
@@ -990,16 +1109,19 @@ impl Rail for MppRail {
         Ok(Receipt::new(payment.amount, payment.reference, headers))
     }
 
-    /// Watches EVM channels for forced closes, closes those and idle sessions (EVM channels
-    /// after [`MppConfig::evm_idle_close`], Lightning sessions after their idle timeout),
-    /// finishes interrupted closes, and settles EVM channels past their threshold (see
-    /// [`evm_session`]). Each step runs even when an earlier one failed.
+    /// Resolves `evm` charges whose settlement outcome was unknown
+    /// ([`MppRail::reconcile_evm_charges`]), watches EVM channels for forced closes, closes
+    /// those and idle sessions (EVM channels after [`MppConfig::evm_idle_close`], Lightning
+    /// sessions after their idle timeout), finishes interrupted closes, and settles EVM channels
+    /// past their threshold (see [`evm_session`]). Each step runs even when an earlier one
+    /// failed; the first error is reported.
     async fn maintain(&self) -> Result<(), PaymentError> {
-        // Watch first: a forced close seen now is closed in this same tick.
+        let reconciled = self.reconcile_evm_charges().await;
+        // Watch before closing: a forced close seen now is closed in this same tick.
         let watched = self.watch_evm_sessions().await;
         let closed = self.close_idle_sessions(self.evm_idle_close).await.map(|_| ());
         let settled = self.settle_evm_sessions().await;
-        watched.and(closed).and(settled)
+        reconciled.and(watched).and(closed).and(settled)
     }
 
     /// The escrow's grace period when EVM sessions are enabled: a payer who asked the chain

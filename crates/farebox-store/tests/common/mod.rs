@@ -280,3 +280,139 @@ pub async fn sessions_behave<S: SessionStore + ?Sized>(store: Arc<S>) {
     // Concurrent debits on one session all land, once each.
     assert_eq!(concurrent_debits(&[Arc::clone(&store)], 48, "hot").await.spent, 48);
 }
+
+use farebox_core::store::{Hold, HoldOutcome};
+
+/// `n` concurrent reservations of distinct keys holding `price` each of one account over
+/// `stores` (round robin), against `balance` (`None`: unknown); returns how many were reserved.
+pub async fn hold_race<S: ReplayStore + ?Sized>(
+    stores: &[Arc<S>],
+    n: usize,
+    account: &str,
+    price: u128,
+    balance: Option<u128>,
+) -> usize {
+    let far = now() + 3600;
+    let mark = stores[0].settled_mark().await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            let barrier = Arc::clone(&barrier);
+            let account = account.to_owned();
+            tokio::spawn(async move {
+                let hold = Hold { account: &account, amount: price, balance, mark, until: far };
+                barrier.wait().await;
+                store.reserve_hold("x402", &format!("{account}-{i}"), far, &hold).await
+            })
+        })
+        .collect();
+    let mut reserved = 0;
+    for t in tasks {
+        match t.await.expect("task").expect("reserve_hold") {
+            HoldOutcome::Reserved => reserved += 1,
+            HoldOutcome::Insufficient { .. } => {}
+            HoldOutcome::Duplicate => panic!("distinct keys are never duplicates"),
+        }
+    }
+    reserved
+}
+
+/// The hold half of the suite (see `ReplayStore::reserve_hold`), against a fresh store.
+pub async fn holds_behave<S: ReplayStore + ?Sized>(store: Arc<S>) {
+    use HoldOutcome::{Duplicate, Insufficient, Reserved};
+    let s = &*store;
+    let far = now() + 3600;
+    let mark = s.settled_mark().await.unwrap();
+    let hold = |account, amount, balance| Hold { account, amount, balance, mark, until: far };
+    let reserve = |ns: &'static str, key: &'static str, h: Hold<'static>| async move {
+        s.reserve_hold(ns, key, far, &h).await.unwrap()
+    };
+
+    // Balance unknown: one payment of the account in flight, no more.
+    assert_eq!(reserve("x402", "a1", hold("acct-a", 100, None)).await, Reserved);
+    let rec = s.get("x402", "a1").await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.account.as_deref()), (ProofState::Reserved, Some("acct-a")));
+    assert_eq!(reserve("x402", "a2", hold("acct-a", 100, None)).await, Insufficient { held: 100 });
+    assert_eq!(s.get("x402", "a2").await.unwrap(), None, "a refused hold records nothing");
+    // A known balance: as many as it covers.
+    assert_eq!(reserve("x402", "a2", hold("acct-a", 100, Some(250))).await, Reserved);
+    assert_eq!(
+        reserve("x402", "a3", hold("acct-a", 100, Some(250))).await,
+        Insufficient { held: 200 }
+    );
+    assert_eq!(reserve("x402", "a3", hold("acct-a", 100, Some(300))).await, Reserved);
+    // A recorded key is a duplicate, whatever the balance; plain reserve sees it too.
+    assert_eq!(reserve("x402", "a1", hold("acct-a", 1, Some(u128::MAX))).await, Duplicate);
+    assert!(!s.reserve("x402", "a1", far).await.unwrap());
+    // Accounts are separate; namespaces are not: every rail holds against the same funds.
+    assert_eq!(reserve("mpp", "b1", hold("acct-b", 100, None)).await, Reserved);
+    assert_eq!(
+        reserve("mpp", "a4", hold("acct-a", 100, Some(300))).await,
+        Insufficient { held: 300 }
+    );
+    // A balance below the amount refuses even with nothing held.
+    assert_eq!(
+        reserve("x402", "c1", hold("acct-c", 100, Some(99))).await,
+        Insufficient { held: 0 }
+    );
+
+    // Released and failed payments hold nothing; pending ones still do.
+    s.release("x402", "a3").await.unwrap();
+    s.update("x402", "a2", ProofState::Failed, Some("0xreverted")).await.unwrap();
+    s.update("x402", "a1", ProofState::Pending, Some("0xsent")).await.unwrap();
+    assert_eq!(
+        reserve("x402", "a5", hold("acct-a", 100, Some(150))).await,
+        Insufficient { held: 100 }
+    );
+    assert_eq!(reserve("x402", "a5", hold("acct-a", 50, Some(150))).await, Reserved);
+
+    // Settled: held for a balance read before the settlement, not for one read after it.
+    let before = s.settled_mark().await.unwrap();
+    s.update("x402", "a1", ProofState::Settled, None).await.unwrap();
+    let after = s.settled_mark().await.unwrap();
+    assert!(after > before, "a settlement with a hold is numbered");
+    let stale = Hold { mark: before, ..hold("acct-a", 50, Some(150)) };
+    assert_eq!(
+        s.reserve_hold("x402", "a6", far, &stale).await.unwrap(),
+        Insufficient { held: 150 }
+    );
+    let fresh = Hold { mark: after, ..hold("acct-a", 50, Some(100)) };
+    assert_eq!(s.reserve_hold("x402", "a6", far, &fresh).await.unwrap(), Reserved);
+    // Settling again keeps the number; settling a record without a hold gives none.
+    s.update("x402", "a1", ProofState::Settled, Some("0xmined")).await.unwrap();
+    assert!(s.reserve("x402", "plain", far).await.unwrap());
+    s.update("x402", "plain", ProofState::Settled, None).await.unwrap();
+    assert_eq!(s.settled_mark().await.unwrap(), after);
+    assert_eq!(s.get("x402", "plain").await.unwrap().unwrap().account, None);
+
+    // A lapsed hold (its request crashed) counts no more.
+    let lapsed = Hold { until: now() - 10, ..hold("acct-d", 100, None) };
+    assert_eq!(s.reserve_hold("x402", "d1", far, &lapsed).await.unwrap(), Reserved);
+    assert_eq!(reserve("x402", "d2", hold("acct-d", 100, None)).await, Reserved);
+    assert_eq!(
+        s.get("x402", "d1").await.unwrap().unwrap().state,
+        ProofState::Reserved,
+        "the proof itself stays spent"
+    );
+
+    // Amounts are u128 end to end.
+    let big = u128::MAX / 2;
+    assert_eq!(reserve("x402", "e1", hold("acct-e", big, Some(u128::MAX))).await, Reserved);
+    assert_eq!(reserve("x402", "e2", hold("acct-e", big, Some(u128::MAX))).await, Reserved);
+    assert_eq!(
+        reserve("x402", "e3", hold("acct-e", 2, Some(u128::MAX))).await,
+        Insufficient { held: big * 2 }
+    );
+
+    // Accounts are validated like keys.
+    for bad in ["", "a\0b"] {
+        let h = Hold { account: bad, ..hold("x", 1, None) };
+        assert!(matches!(s.reserve_hold("x402", "f1", far, &h).await, Err(StoreError::Invalid(_))));
+    }
+
+    // Concurrency: of 40 payments of one account, exactly as many as the balance covers.
+    let shared = [Arc::clone(&store)];
+    assert_eq!(hold_race(&shared, 40, "race-known", 10, Some(30)).await, 3);
+    assert_eq!(hold_race(&shared, 40, "race-unknown", 10, None).await, 1);
+}
