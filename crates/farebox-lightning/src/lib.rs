@@ -59,8 +59,8 @@
 //! * `create_invoice`: refuse `amount_msat == 0` and memos over 639 bytes with
 //!   [`LightningError::InvalidRequest`]; ask the node for an invoice (LND `POST /v1/invoices`,
 //!   CLN `invoice`, LNbits `POST /api/v1/payments` with `out: false`); return its BOLT11 and
-//!   payment hash. Parsing the returned string with [`parse_invoice`] and comparing the hash
-//!   and amount is a cheap guard against a misbehaving node.
+//!   payment hash. Rails take invoices through [`create_checked_invoice`], which parses the
+//!   returned string and compares amount, hash, network, expiry and memo with what was asked.
 //! * `invoice_state`: map the node's state (LND `OPEN/SETTLED/CANCELED`, CLN
 //!   `unpaid/paid/expired`) onto [`InvoiceState`]; `Settled` must carry the preimage, and an
 //!   unknown hash is [`InvoiceState::Unknown`], not an error.
@@ -85,8 +85,9 @@ pub mod bolt11;
 pub mod dev_node;
 
 pub use backend::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, Preimage, create_checked_invoice, poll_for_settlement,
+    CreatedInvoice, InvoiceCheckError, InvoiceMismatch, InvoiceRequest, InvoiceState,
+    LightningBackend, LightningError, NetworkPin, PaymentHash, PaymentOutcome, Preimage,
+    create_checked_invoice, poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{

@@ -341,3 +341,109 @@ async fn accept_payment_chooses_and_orders_the_offers() {
     assert_eq!(offers(Some("tempo/charge")).await, ["lightning/charge", "lightning/session"]);
     assert_eq!(offers(Some("lightning")).await, ["lightning/charge", "lightning/session"]);
 }
+
+/// A backend that hands out invoices for half the amount asked once `cheat` is set (re-signed,
+/// so the invoice itself is valid BOLT11), and the invoices it handed out.
+struct Cheapskate {
+    node: DevNode,
+    cheat: std::sync::atomic::AtomicBool,
+    issued: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl LightningBackend for Cheapskate {
+    async fn create_invoice(
+        &self,
+        request: farebox_lightning::InvoiceRequest,
+    ) -> Result<farebox_lightning::CreatedInvoice, farebox_lightning::LightningError> {
+        let mut invoice = self.node.create_invoice(request.clone()).await?;
+        if self.cheat.load(Ordering::SeqCst) {
+            let mut params = farebox_lightning::InvoiceParams::new(
+                invoice.payment_hash,
+                Some(request.amount_msat / 2),
+                request.memo,
+            );
+            params.expiry = request.expiry;
+            let key = farebox_lightning::SecretKey::from_slice(&[7; 32]).unwrap();
+            invoice.bolt11 = farebox_lightning::sign_invoice(&params, &key)?;
+        }
+        self.issued.lock().unwrap().push(invoice.bolt11.clone());
+        Ok(invoice)
+    }
+    async fn invoice_state(
+        &self,
+        hash: &farebox_lightning::PaymentHash,
+    ) -> Result<farebox_lightning::InvoiceState, farebox_lightning::LightningError> {
+        self.node.invoice_state(hash).await
+    }
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, farebox_lightning::LightningError> {
+        self.node.pay(bolt11, max_fee_msat).await
+    }
+}
+
+#[tokio::test]
+async fn a_cheaper_invoice_from_the_node_never_reaches_a_client() {
+    use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
+    let network = DevNetwork::new();
+    let liar = Arc::new(Cheapskate {
+        node: DevNode::random(&network, 0),
+        cheat: false.into(),
+        issued: Default::default(),
+    });
+    let honest = DevNode::random(&network, 0);
+    let sessions = Arc::new(MemoryStore::new());
+    let mpp = MppRail::builder(
+        MppConfig::new("api.example.com", common::SECRET),
+        Arc::new(MemoryStore::new()),
+    )
+    .lightning(liar.clone())
+    .lightning_session(LightningSessionConfig::default(), sessions)
+    .build()
+    .unwrap();
+    let keys = Arc::new(DerivedRootKeys::new(&[0x5a; 32]).unwrap());
+    let l402 = |backend: Arc<dyn LightningBackend>| {
+        L402Rail::new(L402Config::new("api", keys.clone()), backend).unwrap()
+    };
+    let app = |rails: Vec<Arc<dyn farebox_core::Rail>>| {
+        let mut paywall = Paywall::builder();
+        for rail in rails {
+            paywall = paywall.shared_rail(rail);
+        }
+        let route = PricedRoute::new(None, "/data", Price::one(Money::sats(PRICE_SAT))).unwrap();
+        Router::new()
+            .route("/data", axum::routing::get(|| async { "the data" }))
+            .layer(PaywallLayer::new(paywall.route(route).build().unwrap()))
+    };
+    let mpp: Arc<dyn farebox_core::Rail> = Arc::new(mpp);
+    let with_honest_l402 = app(vec![mpp.clone(), Arc::new(l402(Arc::new(honest)))]);
+    let all_liars = app(vec![mpp, Arc::new(l402(liar.clone()))]);
+
+    // Honest, the MPP offers are there (which pins the node's network).
+    let (status, headers, _) = send(&with_honest_l402, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(common::challenges(&headers).len(), 2);
+
+    liar.cheat.store(true, Ordering::SeqCst);
+    liar.issued.lock().unwrap().clear();
+    // The lying node's rail is left out; the other rail still offers.
+    let (status, headers, body) = send(&with_honest_l402, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let lines: Vec<&str> =
+        headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("L")), "{lines:?}");
+    // Nobody offers anything: refused, never free, and none of the lies in the answer.
+    let (status, headers, body2) = send(&all_liars, "/data", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.get("www-authenticate").is_none());
+    let issued = liar.issued.lock().unwrap().clone();
+    assert!(!issued.is_empty());
+    for invoice in issued {
+        for text in [body.to_string(), body2.to_string(), format!("{lines:?}")] {
+            assert!(!text.contains(&invoice), "a cheaper invoice reached the client");
+        }
+    }
+}

@@ -150,13 +150,15 @@ impl MppRail {
             expiry: self.ttl,
         };
         let invoice =
-            farebox_lightning::create_checked_invoice(&**backend, deposit).await.map_err(|e| {
-                PaymentError::unavailable(
-                    "lightning_unavailable",
-                    format!("cannot create a deposit invoice: {e}"),
-                    BACKEND_RETRY_AFTER,
-                )
-            })?;
+            farebox_lightning::create_checked_invoice(&**backend, deposit, &self.invoice_network)
+                .await
+                .map_err(|e| {
+                    PaymentError::unavailable(
+                        "lightning_unavailable",
+                        format!("cannot create a deposit invoice: {e}"),
+                        BACKEND_RETRY_AFTER,
+                    )
+                })?;
         let request = LightningSessionRequest {
             amount_sat: price_sat,
             unit_type: Some("request".into()),
