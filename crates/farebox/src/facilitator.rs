@@ -39,8 +39,10 @@ pub async fn run(args: FacilitatorArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("--key is not a hex secp256k1 private key"))?;
     let mut chains = Vec::new();
     for url in &args.rpcs {
-        let rpc = EvmRpc::connect(url).await.with_context(|| format!("connecting to {url}"))?;
-        tracing::info!(chain_id = rpc.chain_id(), url, "chain connected");
+        // The URL may carry an API key: only its redacted form is shown.
+        let shown = farebox_evm::rpc::redact_url(url);
+        let rpc = EvmRpc::connect(url).await.with_context(|| format!("connecting to {shown}"))?;
+        tracing::info!(chain_id = rpc.chain_id(), url = %shown, "chain connected");
         chains.push(ChainAccess { rpc, signer: signer.clone() });
     }
     let store = farebox_store::open(&args.store)
