@@ -558,6 +558,19 @@ fn lenient_path(target: &str) -> String {
             }
         }
     }
+    // Old IIS: the overlong encoding of '/' is a '/'.
+    let mut fixed = Vec::with_capacity(bytes.len());
+    let mut k = 0;
+    while k < bytes.len() {
+        if bytes[k..].starts_with(&[0xC0, 0xAF]) {
+            fixed.push(b'/');
+            k += 2;
+        } else {
+            fixed.push(bytes[k]);
+            k += 1;
+        }
+    }
+    let bytes = fixed;
     let text = String::from_utf8_lossy(&bytes).to_lowercase();
     let text: String = text
         .split(['?', '#', '\0'])
@@ -572,13 +585,12 @@ fn lenient_path(target: &str) -> String {
         .collect();
     let mut out: Vec<&str> = Vec::new();
     for segment in text.split('/') {
-        let segment = segment.split(';').next().unwrap().trim_end_matches(['.', ' ']);
-        match segment {
+        match segment.split(';').next().unwrap() {
             "" | "." => {}
-            ".." if text.split('/').any(|s| s.starts_with("..")) => {
+            ".." => {
                 out.pop();
             }
-            s => out.push(s),
+            s => out.push(s.trim_end_matches(['.', ' '])),
         }
     }
     format!("/{}", out.join("/"))
@@ -679,7 +691,7 @@ async fn no_spelling_of_a_priced_path_reaches_a_lenient_upstream_unpaid() {
         "/%6Aoke",
         "/%4Aoke",
         "/joke%2F",
-        "/joke%2f..",
+        "/x%2F..%2Fjoke",
         "/joke.",
         "/joke%20",
         "/joke%00",
@@ -697,6 +709,9 @@ async fn no_spelling_of_a_priced_path_reaches_a_lenient_upstream_unpaid() {
         "/api/%2e%2e/api/data",
     ];
     for target in refused {
+        let reads_as = lenient_path(target);
+        let priced = reads_as == "/joke" || reads_as.starts_with("/api/");
+        assert!(priced, "{target} reads as {reads_as}: no way around a price to test");
         let status = call("GET", target, &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{target}");
     }
