@@ -33,7 +33,10 @@
 //! [`PricedRoute::case_sensitive`].
 //!
 //! The request itself is forwarded unchanged: the upstream sees what the client sent, and the
-//! paywall priced it by the canonical form above.
+//! paywall priced it by the canonical form above. Method-override headers
+//! (`X-HTTP-Method-Override` and kin) are priced as the method they name. Not covered: an
+//! upstream that serves `/joke.json` as `/joke` (Spring's suffix pattern matching, off by
+//! default since 5.3) — turn that off, or price the resource with a `/*` route.
 //!
 //! # When a route settles
 //!
