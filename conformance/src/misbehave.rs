@@ -23,13 +23,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use farebox_core::{ErrorKind, Money, PaymentError, Price};
+use farebox_core::{
+    Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal,
+    Resource,
+    Verified,
+};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::bolt11::{InvoiceParams, sign_invoice};
-use farebox_lightning::{
-    CreatedInvoice, Currency, DevNode, InvoiceRequest, InvoiceState, LightningBackend,
-    LightningError, PaymentHash, PaymentOutcome,
-};
+use farebox_lightning::{Currency, DevNode, InvoiceRequest, LightningBackend, LightningError};
 use http::{Method, Request};
 use serde_json::json;
 
@@ -93,42 +94,41 @@ enum Lie {
     Expired,
 }
 
-/// A dev node whose invoices lie as told; the rest is the node's.
+/// The L402 rail of a scenario, whose challenges lie as told; the rest is the rail's. (The rail
+/// itself checks every invoice its node hands it, so the lie is told after it: in the header.)
 struct Lying {
+    rail: L402Rail,
     node: Arc<DevNode>,
     lie: Lie,
-    memo: &'static str,
 }
 
-#[async_trait]
-impl LightningBackend for Lying {
-    async fn create_invoice(
-        &self,
-        request: InvoiceRequest,
-    ) -> Result<CreatedInvoice, LightningError> {
-        let memo = format!("scenario {}", self.memo);
-        let real = self
-            .node
-            .create_invoice(InvoiceRequest { memo: memo.clone(), ..request.clone() })
-            .await?;
+impl Lying {
+    /// The invoice to show instead of `real`, for the same amount and memo.
+    async fn lie_about(&self, real: &str) -> Result<String, LightningError> {
+        let parsed = farebox_lightning::parse_invoice(real)?;
+        let memo = match parsed.description {
+            farebox_lightning::InvoiceDescription::Direct(d) => d,
+            farebox_lightning::InvoiceDescription::Hash(_) => String::new(),
+        };
+        let amount_msat = parsed.amount_msat.unwrap_or(1_000);
         match self.lie {
-            Lie::None => Ok(real),
+            Lie::None => Ok(real.to_string()),
             // Another real invoice of the node: payable, so a client that pays it anyway shows in
             // the report, but not for the payment hash the macaroon names.
             Lie::OtherHash => {
-                let other = self.node.create_invoice(InvoiceRequest { memo, ..request }).await?;
-                Ok(CreatedInvoice { bolt11: other.bolt11, payment_hash: real.payment_hash })
+                let request = InvoiceRequest { amount_msat, memo, expiry: parsed.expiry };
+                Ok(self.node.create_invoice(request).await?.bolt11)
             }
             // The real payment hash in an invoice created two hours ago with a one-minute expiry,
             // signed by a key of its own (the signature is valid; only the time is wrong).
             Lie::Expired => {
                 let key = farebox_lightning::SecretKey::from_slice(&rand::random::<[u8; 32]>())
                     .map_err(|e| LightningError::InvalidRequest(e.to_string()))?;
-                let bolt11 = sign_invoice(
+                sign_invoice(
                     &InvoiceParams {
                         currency: Currency::Regtest,
-                        payment_hash: real.payment_hash,
-                        amount_msat: Some(request.amount_msat),
+                        payment_hash: parsed.payment_hash,
+                        amount_msat: Some(amount_msat),
                         description: memo,
                         expiry: Duration::from_secs(60),
                         min_final_cltv_expiry_delta: 18,
@@ -136,21 +136,66 @@ impl LightningBackend for Lying {
                         timestamp: SystemTime::now() - Duration::from_secs(7200),
                     },
                     &key,
-                )?;
-                Ok(CreatedInvoice { bolt11, payment_hash: real.payment_hash })
+                )
             }
         }
     }
+}
 
-    async fn invoice_state(
-        &self,
-        payment_hash: &PaymentHash,
-    ) -> Result<InvoiceState, LightningError> {
-        self.node.invoice_state(payment_hash).await
+#[async_trait]
+impl Rail for Lying {
+    fn name(&self) -> &'static str {
+        self.rail.name()
     }
 
-    async fn pay(&self, bolt11: &str, max_fee_msat: u64) -> Result<PaymentOutcome, LightningError> {
-        self.node.pay(bolt11, max_fee_msat).await
+    fn auth_schemes(&self) -> &'static [&'static str] {
+        self.rail.auth_schemes()
+    }
+
+    async fn challenge(
+        &self,
+        resource: &Resource,
+        refusal: Option<&Refusal<'_>>,
+    ) -> Result<Option<Challenge>, PaymentError> {
+        let Some(mut challenge) = self.rail.challenge(resource, refusal).await? else {
+            return Ok(None);
+        };
+        let unavailable = |e: LightningError| {
+            PaymentError::unavailable("lie_failed", e.to_string(), Duration::from_secs(1))
+        };
+        // Every line carries the same invoice: one lie for all of them.
+        let mut lie: Option<(String, String)> = None;
+        for line in &mut challenge.www_authenticate {
+            let text = line.to_str().unwrap_or_default().to_string();
+            let Some(real) = text.split("invoice=\"").nth(1).and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            if lie.is_none() {
+                lie = Some((real.to_string(), self.lie_about(real).await.map_err(unavailable)?));
+            }
+            if let Some((real, told)) = &lie {
+                *line = http::HeaderValue::from_str(&text.replace(real.as_str(), told))
+                    .map_err(|e| PaymentError::internal("lie_failed", e.to_string()))?;
+            }
+        }
+        Ok(Some(challenge))
+    }
+
+    async fn verify(
+        &self,
+        resource: &Resource,
+        credential: &PresentedCredential,
+    ) -> Result<Verified, PaymentError> {
+        self.rail.verify(resource, credential).await
+    }
+
+    async fn settle(
+        &self,
+        resource: &Resource,
+        payment: Verified,
+    ) -> Result<Receipt, PaymentError> {
+        self.rail.settle(resource, payment).await
     }
 }
 
@@ -167,13 +212,15 @@ fn paywall(
     path: &str,
     sats: u64,
 ) -> anyhow::Result<farebox_server::Paywall> {
-    let backend = Arc::new(Lying { node: node.clone(), lie, memo });
     let rail = L402Rail::new(
         L402Config::new("misbehave", Arc::new(DerivedRootKeys::new(&[0x42; 32])?)),
-        backend,
+        node.clone(),
     )?;
+    let rail = Lying { rail, node: node.clone(), lie };
+    // The scenario's name is the invoice's memo: what the report counts payments by.
     let route =
-        farebox_server::PricedRoute::new(Some(Method::GET), path, Price::one(Money::sats(sats)))?;
+        farebox_server::PricedRoute::new(Some(Method::GET), path, Price::one(Money::sats(sats)))?
+            .describe(&format!("scenario {memo}"));
     Ok(farebox_server::Paywall::builder().rail(rail).route(route).build()?)
 }
 

@@ -8,7 +8,7 @@ use crate::eip3009::SignatureError;
 pub enum EvmError {
     /// The node could not be reached, timed out or answered with an HTTP error. Callers fail
     /// closed (HTTP 503 with `Retry-After`); the payment was neither accepted nor refused.
-    #[error("EVM node unavailable: {0}")]
+    #[error("EVM RPC unavailable: {0}")]
     Unavailable(String),
     /// The call or transaction reverted; `reason` is the decoded `Error(string)` /
     /// `Panic(uint256)` when there is one, the node's message otherwise.
@@ -31,7 +31,7 @@ pub enum EvmError {
     /// The RPC URL is not a valid http(s) URL.
     #[error("invalid RPC URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL given.
+        /// The URL given, redacted ([`crate::rpc::redact_url`]).
         url: String,
         /// Why it was refused.
         reason: String,

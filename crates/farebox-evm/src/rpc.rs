@@ -7,6 +7,12 @@
 //! the decoded reason (e.g. `FiatTokenV2: authorization is used or canceled`); other JSON-RPC
 //! errors are [`EvmError::Rpc`]. Every request has a timeout (default 10 s).
 //!
+//! **The URL is a secret.** Hosted RPC URLs carry API keys in the path or the query
+//! (`https://base-mainnet.g.alchemy.com/v2/<key>`), so nothing this module produces shows more of
+//! it than [`redact_url`] does: errors drop the URL that reqwest puts in its messages, and the
+//! body of an HTTP error answer (which may echo the path) is not kept; `Debug` of an [`EvmRpc`]
+//! shows the redacted URL. Only [`EvmRpc::url`] hands the URL out.
+//!
 //! Transactions sent through one [`EvmRpc`] from one key are submitted one at a time (nonce
 //! assignment and submission happen under that key's lock), so concurrent settlements from one
 //! key do not collide on nonces; different keys do not wait for each other. Each key's signing
@@ -23,10 +29,11 @@ use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::client::RpcClient;
+use alloy::rpc::json_rpc::{RequestPacket, ResponsePacket};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Panic, Revert, SolCall, SolError};
-use alloy::transports::{RpcError, TransportErrorKind};
+use alloy::transports::{RpcError, TransportError, TransportErrorKind, TransportFut};
 
 use crate::contracts::{
     FareboxUSD, TransferWithAuthorizationBytesCall, TransferWithAuthorizationVrsCall,
@@ -60,12 +67,40 @@ pub enum ReceiptOutcome {
 }
 
 /// A JSON-RPC client for one chain. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EvmRpc {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for EvmRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvmRpc")
+            .field("url", &redact_url(&self.inner.url))
+            .field("chain_id", &self.inner.chain_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` as it may be shown in errors, logs and `Debug` output: scheme, host and port, with the
+/// user info, path and query (where hosted RPCs put API keys) replaced by `…`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return "<an unparsable URL>".into();
+    };
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = parsed.path() != "/"
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some();
+    format!(
+        "{}://{}{port}/{}",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or(""),
+        if hidden { "…" } else { "" }
+    )
+}
+
 struct Inner {
     url: String,
     chain_id: u64,
@@ -75,7 +110,6 @@ struct Inner {
 }
 
 /// The signing provider of one key, and the lock its submissions take.
-#[derive(Debug)]
 struct Sender {
     provider: DynProvider,
     lock: tokio::sync::Mutex<()>,
@@ -90,16 +124,15 @@ impl EvmRpc {
     /// Connects to `url` with a per-request `timeout` and reads the chain id.
     pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Self> {
         let invalid =
-            |reason: &str| EvmError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+            |reason: &str| EvmError::InvalidUrl { url: redact_url(url), reason: reason.to_owned() };
         let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(invalid("the scheme must be http or https"));
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| EvmError::Unavailable(format!("building the HTTP client: {e}")))?;
-        let client = RpcClient::new_http_with_client(http, parsed);
+        let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| {
+            EvmError::Unavailable(format!("building the HTTP client: {}", e.without_url()))
+        })?;
+        let client = RpcClient::new(QuietHttp { http, url: parsed }, false);
         let provider = ProviderBuilder::new()
             .disable_recommended_fillers()
             .connect_client(client.clone())
@@ -116,7 +149,7 @@ impl EvmRpc {
         })
     }
 
-    /// The RPC URL.
+    /// The RPC URL, which may carry an API key: show [`redact_url`] of it instead.
     pub fn url(&self) -> &str {
         &self.inner.url
     }
@@ -405,17 +438,103 @@ pub fn transfer_with_authorization_input(
     Ok(input.into())
 }
 
-/// Maps an alloy transport result error onto [`EvmError`].
+/// Maps an alloy transport result error onto [`EvmError`], without the URL (see the module
+/// docs).
 pub(crate) fn map_err(e: RpcError<TransportErrorKind>) -> EvmError {
     match e {
         RpcError::ErrorResp(payload) => {
             map_error_response(payload.code, payload.message.to_string(), payload.as_revert_data())
         }
-        RpcError::Transport(kind) => EvmError::Unavailable(kind.to_string()),
+        RpcError::Transport(kind) => EvmError::Unavailable(transport_error(kind)),
         RpcError::NullResp => EvmError::InvalidResponse("null response".into()),
         RpcError::DeserError { err, .. } => EvmError::InvalidResponse(err.to_string()),
-        other => EvmError::Rpc { code: 0, message: other.to_string() },
+        other => EvmError::Rpc { code: 0, message: without_urls(&other.to_string()) },
     }
+}
+
+/// JSON-RPC over HTTP, as alloy's own reqwest transport does it but without the span that
+/// transport opens around every call with the full URL as a field (any debug-level log line
+/// inside it would print the key).
+#[derive(Clone)]
+struct QuietHttp {
+    http: reqwest::Client,
+    url: reqwest::Url,
+}
+
+impl tower::Service<RequestPacket> for QuietHttp {
+    type Response = ResponsePacket;
+    type Error = TransportError;
+    type Future = TransportFut<'static>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: RequestPacket) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let body = serde_json::to_vec(&request).map_err(TransportError::ser_err)?;
+            let reply = this
+                .http
+                .post(this.url)
+                .headers(request.headers())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| TransportErrorKind::custom(e.without_url()))?;
+            let status = reply.status();
+            let body =
+                reply.bytes().await.map_err(|e| TransportErrorKind::custom(e.without_url()))?;
+            let answer = serde_json::from_slice::<ResponsePacket>(&body);
+            match answer {
+                Ok(answer) => Ok(answer),
+                // A JSON-RPC answer under an HTTP error status is still the node's answer; any
+                // other body of an error status is not kept (it may echo the URL).
+                Err(_) if !status.is_success() => {
+                    Err(TransportErrorKind::http_error(status.as_u16(), String::new()))
+                }
+                Err(e) => Err(TransportError::deser_err(e, String::from_utf8_lossy(&body))),
+            }
+        })
+    }
+}
+
+/// What went wrong reaching the node, in words that cannot carry the URL: reqwest's own message
+/// without its URL, an HTTP error's status without its body.
+fn transport_error(kind: TransportErrorKind) -> String {
+    let text = match kind {
+        TransportErrorKind::Custom(e) => match e.downcast::<reqwest::Error>() {
+            Ok(e) => e.without_url().to_string(),
+            Err(other) => other.to_string(),
+        },
+        TransportErrorKind::HttpError(e)
+        | TransportErrorKind::HttpErrorWithRetryAfter { error: e, .. } => {
+            format!("the EVM RPC answered HTTP {}", e.status)
+        }
+        other => other.to_string(),
+    };
+    without_urls(&text)
+}
+
+/// `text` with anything that looks like an http(s) URL redacted: a last guard for messages whose
+/// origin this module does not control.
+fn without_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("http://").into_iter().chain(rest.find("https://")).min() {
+        out.push_str(&rest[..at]);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .map_or(rest.len(), |n| at + n);
+        out.push_str(&redact_url(&rest[at..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn map_error_response(code: i64, message: String, revert_data: Option<Bytes>) -> EvmError {
@@ -449,6 +568,36 @@ mod tests {
     use crate::anvil::{Anvil, counting_proxy};
 
     const WAIT: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn urls_are_shown_without_what_may_carry_a_key() {
+        for (url, shown) in [
+            ("https://base-mainnet.g.alchemy.com/v2/KEY", "https://base-mainnet.g.alchemy.com/…"),
+            ("https://rpc.example/?apikey=KEY", "https://rpc.example/…"),
+            ("http://user:KEY@127.0.0.1:8545/", "http://127.0.0.1:8545/…"),
+            ("http://127.0.0.1:8545/", "http://127.0.0.1:8545/"),
+            ("http://127.0.0.1:8545", "http://127.0.0.1:8545/"),
+            ("not a url KEY", "<an unparsable URL>"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let text = "error sending request for url (https://h.example/v2/KEY?x=KEY): refused";
+        assert_eq!(
+            without_urls(text),
+            "error sending request for url (https://h.example/…): refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_be_reached_is_reported_without_its_url() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let url = format!("http://{closed}/v2/SECRET-KEY?apikey=SECRET-QUERY");
+        let err = EvmRpc::connect(&url).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(!format!("{err} {err:?}").contains("SECRET"), "{err} {err:?}");
+        let err = EvmRpc::connect("ftp://h/SECRET").await.unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("SECRET"), "{err:?}");
+    }
 
     #[tokio::test]
     async fn sends_from_one_key_reuse_its_provider_and_ask_the_nonce_each_time() {

@@ -473,6 +473,7 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRa
                 deposit_units: s.deposit_units,
                 idle_timeout: Duration::from_secs(s.idle_timeout_secs),
                 max_refund_fee_msat: s.max_refund_fee_msat,
+                ..Default::default()
             };
             builder = builder.lightning_session(policy, sessions.clone());
         }

@@ -18,7 +18,7 @@ use farebox_core::money::Money;
 use farebox_core::{
     Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Verified,
 };
-use farebox_lightning::{InvoiceRequest, LightningBackend, create_checked_invoice};
+use farebox_lightning::{InvoiceRequest, LightningBackend, NetworkPin, create_checked_invoice};
 use http::HeaderValue;
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
@@ -301,6 +301,8 @@ impl L402Verifier {
 pub struct L402Rail {
     verifier: L402Verifier,
     backend: Arc<dyn LightningBackend>,
+    /// The network the backend's invoices are on, pinned by the first one.
+    network: NetworkPin,
 }
 
 impl std::fmt::Debug for L402Rail {
@@ -315,7 +317,7 @@ impl L402Rail {
         config: L402Config,
         backend: Arc<dyn LightningBackend>,
     ) -> Result<Self, ConfigError> {
-        Ok(L402Rail { verifier: L402Verifier::new(config)?, backend })
+        Ok(L402Rail { verifier: L402Verifier::new(config)?, backend, network: NetworkPin::new() })
     }
 
     /// The synchronous minting/verification half.
@@ -365,13 +367,14 @@ impl Rail for L402Rail {
         };
         let request =
             InvoiceRequest { amount_msat, memo, expiry: self.verifier.config.invoice_expiry };
-        let invoice = create_checked_invoice(&*self.backend, request).await.map_err(|e| {
-            PaymentError::unavailable(
-                "lightning_unavailable",
-                format!("cannot create an invoice: {e}"),
-                BACKEND_RETRY_AFTER,
-            )
-        })?;
+        let invoice =
+            create_checked_invoice(&*self.backend, request, &self.network).await.map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot create an invoice: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
         let token = self
             .verifier
             .mint_token(invoice.payment_hash, amount_msat, resource, unix_now()?)?

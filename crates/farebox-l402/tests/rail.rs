@@ -65,7 +65,10 @@ async fn challenge_has_lsat_then_l402_with_the_same_token() {
     let ch = rail.challenge(&ten_sat(), None).await.unwrap().unwrap();
     assert_eq!(ch.www_authenticate.len(), 2);
     let lines: Vec<&str> = ch.www_authenticate.iter().map(|h| h.to_str().unwrap()).collect();
-    let invoice = vectors()["bolt11"]["invoice"].as_str().unwrap().to_string();
+    let invoice = lines[0].split('"').nth(3).unwrap();
+    let parsed = farebox_lightning::parse_invoice(invoice).unwrap();
+    assert_eq!(parsed.payment_hash.to_vec(), hex_field(&vectors(), "payment_hash"));
+    assert_eq!(parsed.amount_msat, Some(10_000));
     for (line, scheme) in lines.iter().zip(["LSAT", "L402"]) {
         let rest = line.strip_prefix(&format!("{scheme} macaroon=\"")).expect(line);
         let (mac, rest) = rest.split_once('"').unwrap();

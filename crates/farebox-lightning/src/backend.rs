@@ -213,16 +213,124 @@ pub trait LightningBackend: Send + Sync + 'static {
     }
 }
 
-/// [`LightningBackend::create_invoice`], refusing what no client could pay: an empty invoice or
-/// one with characters BOLT11's bech32 never uses (a broken backend must not reach a challenge
-/// header, where it could break the header's grammar).
+/// Why [`create_checked_invoice`] gave no invoice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvoiceCheckError {
+    /// The backend did not create one.
+    #[error(transparent)]
+    Backend(#[from] LightningError),
+    /// The backend created one that is not what was asked: it must not reach a client.
+    #[error("the Lightning node returned an invoice that is not what was asked: {0}")]
+    Mismatch(#[from] InvoiceMismatch),
+}
+
+/// How an invoice from a backend differs from what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvoiceMismatch {
+    /// Not a BOLT11 string at all (empty, or characters bech32 never uses).
+    #[error("it is not BOLT11 text")]
+    Malformed,
+    /// It does not parse, or its signature does not verify.
+    #[error("it does not parse: {0}")]
+    Unparseable(String),
+    /// Another amount (a cheaper invoice would sell the resource for less).
+    #[error("it is for {got:?} msat, {asked} msat were asked")]
+    Amount { asked: u64, got: Option<u64> },
+    /// Its payment hash is not the one the backend reported (the one a rail binds its proof to).
+    #[error("its payment hash is not the one the node reported")]
+    PaymentHash,
+    /// Another network than the one the rail's invoices are on.
+    #[error("it is for {got:?}, the rail's invoices are for {expected:?}")]
+    Network { expected: crate::Currency, got: crate::Currency },
+    /// It expires sooner than asked.
+    #[error("it can be paid for {left} s, {asked} s were asked")]
+    Expiry { asked: u64, left: u64 },
+    /// Its description is not the memo that was asked for.
+    #[error("its description is not the memo asked for")]
+    Description,
+}
+
+/// The Bitcoin network a rail's invoices must be on: fixed by configuration, or pinned by the
+/// first invoice the backend creates (so that a backend that switches networks, or is swapped
+/// for one on another network, is noticed).
+#[derive(Debug, Default)]
+pub struct NetworkPin(std::sync::OnceLock<crate::Currency>);
+
+impl NetworkPin {
+    /// Pinned by the first invoice checked against it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fixed to `network`.
+    pub fn fixed(network: crate::Currency) -> Self {
+        NetworkPin(std::sync::OnceLock::from(network))
+    }
+
+    /// The network, once known.
+    pub fn get(&self) -> Option<&crate::Currency> {
+        self.0.get()
+    }
+
+    fn check(&self, got: &crate::Currency) -> Result<(), InvoiceMismatch> {
+        let expected = self.0.get_or_init(|| got.clone());
+        if expected == got {
+            Ok(())
+        } else {
+            Err(InvoiceMismatch::Network { expected: expected.clone(), got: got.clone() })
+        }
+    }
+}
+
+/// How far an invoice's expiry may fall short of what was asked: BOLT11 counts whole seconds
+/// from a timestamp the node took a moment earlier, on a clock that may differ a little.
+const EXPIRY_SLACK_SECS: u64 = 30;
+
+/// [`LightningBackend::create_invoice`], then the invoice checked against what was asked before
+/// anyone sees it: BOLT11 text a challenge header can carry, a valid signature, the amount asked,
+/// the payment hash the backend reported, the rail's `network`, an expiry no shorter than asked
+/// (less a small slack) from now, and the memo as its description when one was given. A backend
+/// that answers anything else (broken, compromised, or a man in the middle of its API) is an
+/// [`InvoiceCheckError::Mismatch`]: the caller fails closed and offers no such invoice.
 pub async fn create_checked_invoice(
     backend: &dyn LightningBackend,
     request: InvoiceRequest,
-) -> Result<CreatedInvoice, LightningError> {
+    network: &NetworkPin,
+) -> Result<CreatedInvoice, InvoiceCheckError> {
+    let (asked_msat, asked_expiry) = (request.amount_msat, request.expiry.as_secs());
+    let memo_hash = (!request.memo.is_empty()).then(|| crate::sha256(request.memo.as_bytes()));
+    let memo = request.memo.clone();
     let invoice = backend.create_invoice(request).await?;
+    // Before parsing: nothing else may reach a header, where it could break the grammar.
     if invoice.bolt11.is_empty() || !invoice.bolt11.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(LightningError::Unavailable("the backend returned a malformed invoice".into()));
+        return Err(InvoiceMismatch::Malformed.into());
+    }
+    let parsed = crate::bolt11::parse_bolt11(&invoice.bolt11)
+        .map_err(|e| InvoiceMismatch::Unparseable(e.to_string()))?;
+    if parsed.amount_msat != Some(asked_msat) {
+        return Err(InvoiceMismatch::Amount { asked: asked_msat, got: parsed.amount_msat }.into());
+    }
+    if parsed.payment_hash != invoice.payment_hash {
+        return Err(InvoiceMismatch::PaymentHash.into());
+    }
+    network.check(&parsed.currency)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = parsed.expires_at().saturating_sub(now);
+    if left.saturating_add(EXPIRY_SLACK_SECS) < asked_expiry {
+        return Err(InvoiceMismatch::Expiry { asked: asked_expiry, left }.into());
+    }
+    if let Some(memo_hash) = memo_hash {
+        let same = match &parsed.description {
+            crate::InvoiceDescription::Direct(d) => *d == memo,
+            crate::InvoiceDescription::Hash(h) => *h == memo_hash,
+        };
+        if !same {
+            return Err(InvoiceMismatch::Description.into());
+        }
     }
     Ok(invoice)
 }

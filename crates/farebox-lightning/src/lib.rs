@@ -67,7 +67,9 @@
 //! * `create_invoice`: refuses a zero amount, a memo over 639 bytes and a zero expiry with
 //!   [`LightningError::InvalidRequest`] before asking the node, and checks the node's answer: a
 //!   signed BOLT11 for the payment hash it names and exactly the amount asked, else
-//!   [`LightningError::InvalidResponse`].
+//!   [`LightningError::InvalidResponse`]. Rails take invoices through [`create_checked_invoice`],
+//!   which parses the returned string and compares amount, hash, network, expiry and memo with
+//!   what was asked.
 //! * `invoice_state`: `Settled` only with a preimage that hashes to the payment hash (LNbits, for
 //!   one, hands out preimages of unpaid invoices); a hash the node never issued is
 //!   [`InvoiceState::Unknown`], not an error.
@@ -102,9 +104,9 @@ pub mod rest;
 pub mod nwc;
 
 pub use backend::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, NodeInfo,
-    PaymentHash, PaymentOutcome, Preimage, check_pay_amount, create_checked_invoice,
-    poll_for_settlement,
+    CreatedInvoice, InvoiceCheckError, InvoiceMismatch, InvoiceRequest, InvoiceState,
+    LightningBackend, LightningError, NetworkPin, NodeInfo, PaymentHash, PaymentOutcome, Preimage,
+    check_pay_amount, create_checked_invoice, poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{

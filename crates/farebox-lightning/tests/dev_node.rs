@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use farebox_lightning::{
-    Currency, DevNetwork, DevNode, InvoiceParams, InvoiceRequest, InvoiceState, LightningBackend,
-    LightningError, parse_invoice, preimage_matches, sha256, sign_invoice,
+    Currency, DevNetwork, DevNode, InvoiceCheckError, InvoiceMismatch, InvoiceParams,
+    InvoiceRequest, InvoiceState, LightningBackend, LightningError, NetworkPin, parse_invoice,
+    preimage_matches, sha256, sign_invoice,
 };
 
 fn request(amount_msat: u64, expiry: Duration) -> InvoiceRequest {
@@ -306,8 +307,30 @@ async fn works_as_a_trait_object() {
 
 /// A backend that implements only the required methods (delegating to a dev node), so the
 /// trait's default `wait_for_settlement`, `create_amountless_invoice` and `pay_amount` are the
-/// ones under test. Its invoices get `.1` appended (empty but for a backend gone wrong).
-struct Minimal(DevNode, &'static str);
+/// ones under test. Its invoices are tampered with as `.1` says (not at all but for a backend gone
+/// wrong).
+struct Minimal(DevNode, Tamper);
+
+/// What a [`Minimal`] backend does to the node's invoices.
+#[derive(Clone, Copy, Debug)]
+enum Tamper {
+    None,
+    /// Appends text to the BOLT11 string.
+    Append(&'static str),
+    /// Hands out a re-signed variant of the invoice.
+    Lie(Lie),
+}
+
+/// What a lying backend changes in the invoices it hands out.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    Cheaper,
+    OtherHash,
+    Mainnet,
+    ShortExpiry,
+    OtherMemo,
+    Stale,
+}
 
 #[async_trait::async_trait]
 impl LightningBackend for Minimal {
@@ -315,8 +338,28 @@ impl LightningBackend for Minimal {
         &self,
         request: InvoiceRequest,
     ) -> Result<farebox_lightning::CreatedInvoice, LightningError> {
-        let mut invoice = self.0.create_invoice(request).await?;
-        invoice.bolt11.push_str(self.1);
+        let mut invoice = self.0.create_invoice(request.clone()).await?;
+        let lie = match self.1 {
+            Tamper::None => return Ok(invoice),
+            Tamper::Append(text) => {
+                invoice.bolt11.push_str(text);
+                return Ok(invoice);
+            }
+            Tamper::Lie(lie) => lie,
+        };
+        let mut params =
+            InvoiceParams::new(invoice.payment_hash, Some(request.amount_msat), request.memo);
+        params.expiry = request.expiry;
+        match lie {
+            Lie::Cheaper => params.amount_msat = Some(request.amount_msat / 2),
+            Lie::OtherHash => params.payment_hash = [9; 32],
+            Lie::Mainnet => params.currency = Currency::Bitcoin,
+            Lie::ShortExpiry => params.expiry = request.expiry / 10,
+            Lie::OtherMemo => params.description = "pay someone else".into(),
+            Lie::Stale => params.timestamp -= request.expiry / 2,
+        }
+        let key = farebox_lightning::SecretKey::from_slice(&[7; 32]).unwrap();
+        invoice.bolt11 = sign_invoice(&params, &key)?;
         Ok(invoice)
     }
     async fn invoice_state(
@@ -340,7 +383,7 @@ fn receivers(network: &DevNetwork) -> Vec<(&'static str, Arc<dyn LightningBacken
     let polled = DevNode::random(network, 0);
     vec![
         ("dev node", Arc::new(dev.clone()) as Arc<dyn LightningBackend>, dev),
-        ("default", Arc::new(Minimal(polled.clone(), "")), polled),
+        ("default", Arc::new(Minimal(polled.clone(), Tamper::None)), polled),
     ]
 }
 
@@ -553,7 +596,7 @@ async fn pay_amount_refusals() {
 #[tokio::test]
 async fn amountless_and_pay_amount_default_to_unsupported() {
     let network = DevNetwork::new();
-    let minimal = Minimal(DevNode::random(&network, 10_000), "");
+    let minimal = Minimal(DevNode::random(&network, 10_000), Tamper::None);
     let payee = DevNode::random(&network, 0);
     let any = payee.create_amountless_invoice("any".into(), HOUR).await.unwrap();
     assert!(matches!(
@@ -571,13 +614,60 @@ async fn amountless_and_pay_amount_default_to_unsupported() {
 async fn a_malformed_invoice_from_the_backend_is_refused() {
     let network = DevNetwork::new();
     let good = DevNode::new(&network, [1; 32], 0);
-    let invoice = farebox_lightning::create_checked_invoice(&good, request(1_000, HOUR)).await;
+    let pin = NetworkPin::new();
+    let invoice =
+        farebox_lightning::create_checked_invoice(&good, request(1_000, HOUR), &pin).await;
     assert!(invoice.unwrap().bolt11.starts_with("lnbcrt"));
 
-    let bad = Minimal(DevNode::new(&network, [3; 32], 0), "\r\nSet-Cookie: x=1");
-    let err = farebox_lightning::create_checked_invoice(&bad, request(1_000, HOUR)).await;
-    assert!(
-        matches!(&err, Err(LightningError::Unavailable(m)) if m.contains("malformed")),
-        "{err:?}"
-    );
+    let bad = Minimal(DevNode::new(&network, [3; 32], 0), Tamper::Append("\r\nSet-Cookie: x=1"));
+    let err = farebox_lightning::create_checked_invoice(&bad, request(1_000, HOUR), &pin).await;
+    assert_eq!(err, Err(InvoiceCheckError::Mismatch(InvoiceMismatch::Malformed)));
+}
+
+#[tokio::test]
+async fn an_invoice_that_is_not_what_was_asked_never_leaves_the_check() {
+    let network = DevNetwork::new();
+    let node = DevNode::random(&network, 0);
+    let regtest = || NetworkPin::fixed(Currency::Regtest);
+    let asked = || request(10_000, HOUR);
+    for (lie, pin) in [
+        (Lie::Cheaper, regtest()),
+        (Lie::OtherHash, regtest()),
+        (Lie::Mainnet, regtest()),
+        (Lie::ShortExpiry, regtest()),
+        (Lie::OtherMemo, regtest()),
+        (Lie::Stale, regtest()),
+    ] {
+        let got = farebox_lightning::create_checked_invoice(
+            &Minimal(node.clone(), Tamper::Lie(lie)),
+            asked(),
+            &pin,
+        )
+        .await;
+        let mismatch = match got {
+            Err(InvoiceCheckError::Mismatch(m)) => m,
+            other => panic!("{lie:?}: {other:?}"),
+        };
+        let expected = match lie {
+            Lie::Cheaper => {
+                matches!(mismatch, InvoiceMismatch::Amount { asked: 10_000, got: Some(5_000) })
+            }
+            Lie::OtherHash => mismatch == InvoiceMismatch::PaymentHash,
+            Lie::Mainnet => matches!(mismatch, InvoiceMismatch::Network { .. }),
+            Lie::ShortExpiry | Lie::Stale => matches!(mismatch, InvoiceMismatch::Expiry { .. }),
+            Lie::OtherMemo => mismatch == InvoiceMismatch::Description,
+        };
+        assert!(expected, "{lie:?}: {mismatch:?}");
+    }
+    // Unpinned, the first invoice pins the network; a later one on another network is refused.
+    let pin = NetworkPin::new();
+    assert!(farebox_lightning::create_checked_invoice(&node, asked(), &pin).await.is_ok());
+    assert_eq!(pin.get(), Some(&Currency::Regtest));
+    let liar = Minimal(node.clone(), Tamper::Lie(Lie::Mainnet));
+    let got = farebox_lightning::create_checked_invoice(&liar, asked(), &pin).await;
+    assert!(matches!(got, Err(InvoiceCheckError::Mismatch(InvoiceMismatch::Network { .. }))));
+    // A backend that is down is a backend error, not a mismatch.
+    node.set_available(false);
+    let got = farebox_lightning::create_checked_invoice(&node, asked(), &pin).await;
+    assert!(matches!(got, Err(InvoiceCheckError::Backend(LightningError::Unavailable(_)))));
 }

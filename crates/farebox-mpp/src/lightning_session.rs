@@ -25,7 +25,9 @@
 //! ```
 //!
 //! A successful `topUp` is answered `200 {"status":"ok"}`, a `close` `200 {"status":"closed",
-//! "refundSats":N,"refundStatus":"succeeded"|"failed"|"skipped"}`; neither runs the handler.
+//! "refundSats":N,"refundStatus":"succeeded"|"failed"|"skipped"}` (farebox adds `"pending"` while
+//! another close of the session is paying the refund and `"unknown"` when its outcome is not
+//! known); neither runs the handler.
 
 use farebox_lightning::{PaymentHash, Preimage};
 use serde_json::{Map, Value, json};
@@ -231,9 +233,15 @@ impl SessionPayload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundStatus {
     Succeeded,
+    /// Not paid (no route, refused); the server keeps the balance.
     Failed,
     /// Nothing was left to refund.
     Skipped,
+    /// Being paid by another close of the same session (farebox's value beside the draft's).
+    Pending,
+    /// Attempted, outcome unknown (the node's answer was lost, or the server stopped while
+    /// paying); never paid again automatically (farebox's value beside the draft's).
+    Unknown,
 }
 
 impl RefundStatus {
@@ -242,7 +250,16 @@ impl RefundStatus {
             RefundStatus::Succeeded => "succeeded",
             RefundStatus::Failed => "failed",
             RefundStatus::Skipped => "skipped",
+            RefundStatus::Pending => "pending",
+            RefundStatus::Unknown => "unknown",
         }
+    }
+
+    /// Reads [`Self::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Succeeded, Self::Failed, Self::Skipped, Self::Pending, Self::Unknown]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 

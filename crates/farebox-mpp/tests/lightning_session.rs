@@ -341,3 +341,325 @@ async fn accept_payment_chooses_and_orders_the_offers() {
     assert_eq!(offers(Some("tempo/charge")).await, ["lightning/charge", "lightning/session"]);
     assert_eq!(offers(Some("lightning")).await, ["lightning/charge", "lightning/session"]);
 }
+
+#[tokio::test]
+async fn a_cheaper_invoice_from_the_node_never_reaches_a_client() {
+    use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
+    let network = DevNetwork::new();
+    let liar = Arc::new(TestNode::new(DevNode::random(&network, 0), Paying::Slowly));
+    let honest = DevNode::random(&network, 0);
+    let sessions = Arc::new(MemoryStore::new());
+    let mpp = MppRail::builder(
+        MppConfig::new("api.example.com", common::SECRET),
+        Arc::new(MemoryStore::new()),
+    )
+    .lightning(liar.clone())
+    .lightning_session(LightningSessionConfig::default(), sessions)
+    .build()
+    .unwrap();
+    let keys = Arc::new(DerivedRootKeys::new(&[0x5a; 32]).unwrap());
+    let l402 = |backend: Arc<dyn LightningBackend>| {
+        L402Rail::new(L402Config::new("api", keys.clone()), backend).unwrap()
+    };
+    let app = |rails: Vec<Arc<dyn farebox_core::Rail>>| {
+        let mut paywall = Paywall::builder();
+        for rail in rails {
+            paywall = paywall.shared_rail(rail);
+        }
+        let route = PricedRoute::new(None, "/data", Price::one(Money::sats(PRICE_SAT))).unwrap();
+        Router::new()
+            .route("/data", axum::routing::get(|| async { "the data" }))
+            .layer(PaywallLayer::new(paywall.route(route).build().unwrap()))
+    };
+    let mpp: Arc<dyn farebox_core::Rail> = Arc::new(mpp);
+    let with_honest_l402 = app(vec![mpp.clone(), Arc::new(l402(Arc::new(honest)))]);
+    let all_liars = app(vec![mpp, Arc::new(l402(liar.clone()))]);
+
+    // Honest, the MPP offers are there (which pins the node's network).
+    let (status, headers, _) = send(&with_honest_l402, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(common::challenges(&headers).len(), 2);
+
+    liar.cheat.store(true, Ordering::SeqCst);
+    liar.issued.lock().unwrap().clear();
+    // The lying node's rail is left out; the other rail still offers.
+    let (status, headers, body) = send(&with_honest_l402, "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let lines: Vec<&str> =
+        headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("L")), "{lines:?}");
+    // Nobody offers anything: refused, never free, and none of the lies in the answer.
+    let (status, headers, body2) = send(&all_liars, "/data", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.get("www-authenticate").is_none());
+    let issued = liar.issued.lock().unwrap().clone();
+    assert!(!issued.is_empty());
+    for invoice in issued {
+        for text in [body.to_string(), body2.to_string(), format!("{lines:?}")] {
+            assert!(!text.contains(&invoice), "a cheaper invoice reached the client");
+        }
+    }
+}
+
+/// How [`TestNode`] pays refunds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Paying {
+    /// Pays after a pause, so that concurrent closes overlap.
+    Slowly,
+    /// Pays, then never answers: the server stops between paying and recording.
+    ThenHangs,
+    /// Pays, then reports the outcome as unknown (the node's answer was lost).
+    ThenLosesTheAnswer,
+}
+
+/// The server's node, counting the refunds it is asked to pay, and handing out invoices for
+/// half the amount asked once `cheat` is set (re-signed, so each is valid BOLT11).
+struct TestNode {
+    node: DevNode,
+    paying: Paying,
+    paid_msat: std::sync::Mutex<Vec<u64>>,
+    cheat: std::sync::atomic::AtomicBool,
+    issued: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestNode {
+    fn new(node: DevNode, paying: Paying) -> Self {
+        TestNode {
+            node,
+            paying,
+            paid_msat: Default::default(),
+            cheat: false.into(),
+            issued: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LightningBackend for TestNode {
+    async fn create_invoice(
+        &self,
+        request: farebox_lightning::InvoiceRequest,
+    ) -> Result<farebox_lightning::CreatedInvoice, farebox_lightning::LightningError> {
+        let mut invoice = self.node.create_invoice(request.clone()).await?;
+        if self.cheat.load(Ordering::SeqCst) {
+            let mut params = farebox_lightning::InvoiceParams::new(
+                invoice.payment_hash,
+                Some(request.amount_msat / 2),
+                request.memo,
+            );
+            params.expiry = request.expiry;
+            let key = farebox_lightning::SecretKey::from_slice(&[7; 32]).unwrap();
+            invoice.bolt11 = farebox_lightning::sign_invoice(&params, &key)?;
+        }
+        self.issued.lock().unwrap().push(invoice.bolt11.clone());
+        Ok(invoice)
+    }
+    async fn invoice_state(
+        &self,
+        hash: &farebox_lightning::PaymentHash,
+    ) -> Result<farebox_lightning::InvoiceState, farebox_lightning::LightningError> {
+        self.node.invoice_state(hash).await
+    }
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, farebox_lightning::LightningError> {
+        self.node.pay(bolt11, max_fee_msat).await
+    }
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, farebox_lightning::LightningError> {
+        if self.paying == Paying::Slowly {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every attempt counts: a real node need not refuse a second payment the way the dev
+        // node refuses to pay an invoice twice.
+        self.paid_msat.lock().unwrap().push(amount_msat);
+        let paid = self.node.pay_amount(bolt11, amount_msat, max_fee_msat).await?;
+        match self.paying {
+            Paying::Slowly => Ok(paid),
+            Paying::ThenHangs => std::future::pending().await,
+            Paying::ThenLosesTheAnswer => {
+                Err(farebox_lightning::LightningError::OutcomeUnknown("connection reset".into()))
+            }
+        }
+    }
+}
+
+/// Two server instances (each with its own connection to one SQLite file) in front of one node.
+struct Instances {
+    apps: [Router; 2],
+    rails: [Arc<MppRail>; 2],
+    backend: Arc<TestNode>,
+    wallet: DevNode,
+    sessions: Arc<farebox_store::SqliteStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_instances(paying: Paying, config: LightningSessionConfig) -> Instances {
+    let network = DevNetwork::new();
+    let backend = Arc::new(TestNode::new(DevNode::random(&network, 0), paying));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("farebox.sqlite");
+    let mut apps = Vec::new();
+    let mut rails = Vec::new();
+    for _ in 0..2 {
+        let store = Arc::new(farebox_store::SqliteStore::open(&path).await.unwrap());
+        let rail = Arc::new(
+            MppRail::builder(MppConfig::new("api.example.com", common::SECRET), store.clone())
+                .lightning(backend.clone())
+                .lightning_session(config.clone(), store)
+                .build()
+                .unwrap(),
+        );
+        let paywall = Paywall::builder()
+            .shared_rail(rail.clone())
+            .route(PricedRoute::new(None, "/data", Price::one(Money::sats(PRICE_SAT))).unwrap())
+            .build()
+            .unwrap();
+        apps.push(
+            Router::new()
+                .route("/data", axum::routing::get(|| async { "the data" }))
+                .layer(PaywallLayer::new(paywall)),
+        );
+        rails.push(rail);
+    }
+    let sessions = Arc::new(farebox_store::SqliteStore::open(&path).await.unwrap());
+    Instances {
+        apps: apps.try_into().unwrap_or_else(|_| unreachable!()),
+        rails: rails.try_into().unwrap_or_else(|_| unreachable!()),
+        backend,
+        wallet: DevNode::random(&network, 1_000_000),
+        sessions,
+        _dir: dir,
+    }
+}
+
+/// Opens a session on the first instance: its close credential and a bearer one.
+async fn open_on(i: &Instances) -> ([u8; 32], String, String) {
+    let (status, headers, _) = send(&i.apps[0], "/data", None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let (c, r) = session_challenge_of(&headers);
+    let paid = i.wallet.pay(r.deposit_invoice.as_deref().unwrap(), 1_000).await.unwrap();
+    let refund = i
+        .wallet
+        .create_amountless_invoice("refund".into(), Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    let open = SessionPayload::Open { preimage: paid.preimage, return_invoice: refund.bolt11 };
+    assert_eq!(send(&i.apps[0], "/data", Some(&cred(&c, &open))).await.0, StatusCode::OK);
+    let session = r.payment_hash;
+    let close = SessionPayload::Close { session_id: session, preimage: paid.preimage };
+    let bearer = SessionPayload::Bearer { session_id: session, preimage: paid.preimage };
+    (session, cred(&c, &close), cred(&c, &bearer))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_is_refunded_once_however_many_close_it() {
+    let config = LightningSessionConfig {
+        deposit_sat: Some(DEPOSIT_SAT),
+        idle_timeout: Duration::from_secs(1),
+        ..LightningSessionConfig::default()
+    };
+    let i = two_instances(Paying::Slowly, config).await;
+    let wallet_before = i.wallet.balance_msat();
+    let (session, close, bearer) = open_on(&i).await;
+    // Idle past its timeout: the upkeep and a bearer request will want to close it too.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+
+    let mut answers = Vec::new();
+    let mut ticks = Vec::new();
+    for n in 0..6 {
+        let (app, close, bearer) = (i.apps[n % 2].clone(), close.clone(), bearer.clone());
+        answers.push(tokio::spawn(async move {
+            let auth = if n == 5 { bearer } else { close };
+            send(&app, "/data", Some(&auth)).await
+        }));
+        let rail = i.rails[n % 2].clone();
+        ticks.push(tokio::spawn(async move {
+            rail.close_idle_sessions(Duration::from_secs(86_400)).await.unwrap()
+        }));
+    }
+    for answer in answers {
+        let (status, _, body) = answer.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                assert_eq!(body["refundStatus"], "succeeded", "{body}");
+                assert_eq!(body["refundSats"], DEPOSIT_SAT - PRICE_SAT, "{body}");
+            }
+            StatusCode::PAYMENT_REQUIRED => {
+                assert_eq!(body["type"], format!("{PROBLEMS}session-closed"), "{body}")
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    for tick in ticks {
+        tick.await.unwrap();
+    }
+    assert_eq!(*i.backend.paid_msat.lock().unwrap(), [(DEPOSIT_SAT - PRICE_SAT) * 1000]);
+    assert_eq!(i.wallet.balance_msat(), wallet_before - PRICE_SAT * 1000);
+    let record = i.sessions.load_session("mpp-lightning-session", &hex::encode(session)).await;
+    let record = record.unwrap().unwrap().value;
+    assert_eq!(
+        (record.status, record.settled),
+        (SessionStatus::Closed, u128::from(PRICE_SAT) * 1000)
+    );
+    // Later ticks on either instance change nothing.
+    for rail in &i.rails {
+        assert_eq!(rail.close_idle_sessions(Duration::from_secs(86_400)).await.unwrap(), 0);
+    }
+    assert_eq!(i.backend.paid_msat.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_interrupted_after_paying_is_never_paid_again() {
+    let config = LightningSessionConfig {
+        deposit_sat: Some(DEPOSIT_SAT),
+        refund_claim_timeout: Duration::from_secs(1),
+        ..LightningSessionConfig::default()
+    };
+    let i = two_instances(Paying::ThenHangs, config).await;
+    let (session, close, _) = open_on(&i).await;
+    // The first instance pays, then stops before it can record it.
+    let interrupted =
+        tokio::time::timeout(Duration::from_millis(500), send(&i.apps[0], "/data", Some(&close)));
+    assert!(interrupted.await.is_err(), "the close never answered");
+    assert_eq!(i.backend.paid_msat.lock().unwrap().len(), 1);
+
+    // The other instance's upkeep and the client's retried close do not pay again; once the
+    // claim is older than its timeout, the refund is recorded as unknown.
+    assert_eq!(i.rails[1].close_idle_sessions(Duration::from_secs(86_400)).await.unwrap(), 0);
+    let (status, _, body) = send(&i.apps[1], "/data", Some(&close)).await;
+    assert_eq!((status, &body["refundStatus"]), (StatusCode::OK, &"pending".into()), "{body}");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(i.rails[1].close_idle_sessions(Duration::from_secs(86_400)).await.unwrap(), 1);
+    assert_eq!(i.rails[0].close_idle_sessions(Duration::from_secs(86_400)).await.unwrap(), 0);
+    let record = i.sessions.load_session("mpp-lightning-session", &hex::encode(session)).await;
+    let record = record.unwrap().unwrap().value;
+    assert_eq!(record.status, SessionStatus::Closed);
+    assert!(record.data.contains("\"unknown\""), "{}", record.data);
+    refused(&send(&i.apps[1], "/data", Some(&close)).await, "session-closed");
+    assert_eq!(i.backend.paid_msat.lock().unwrap().len(), 1, "paid once");
+}
+
+#[tokio::test]
+async fn a_refund_whose_answer_was_lost_is_reported_unknown_and_not_retried() {
+    let config = LightningSessionConfig {
+        deposit_sat: Some(DEPOSIT_SAT),
+        ..LightningSessionConfig::default()
+    };
+    let i = two_instances(Paying::ThenLosesTheAnswer, config).await;
+    let (_, close, _) = open_on(&i).await;
+    let (status, _, body) = send(&i.apps[0], "/data", Some(&close)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["refundStatus"], "unknown");
+    for rail in &i.rails {
+        rail.close_idle_sessions(Duration::from_secs(86_400)).await.unwrap();
+    }
+    refused(&send(&i.apps[1], "/data", Some(&close)).await, "session-closed");
+    assert_eq!(i.backend.paid_msat.lock().unwrap().len(), 1);
+}

@@ -1,4 +1,8 @@
 //! The tower [`Layer`] and [`Service`] that put a [`Paywall`] in front of any HTTP service.
+//!
+//! Which requests are priced, and which paths are refused before anything else happens, is the
+//! business of [`crate::routes`]; this file applies it to each request and runs the settlement
+//! around the inner service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -84,9 +88,11 @@ where
                 let e = PaymentError::bad_request("non_canonical_path", why);
                 return Ok(problem_response(e.to_problem(), None, Vec::new()).map(Body::from));
             }
-            let Some((mut resource, timing)) =
-                paywall.priced(request.method(), request.uri().path())
-            else {
+            let path = request.uri().path();
+            let priced = method_overrides(request.headers())
+                .chain(std::iter::once(request.method().clone()))
+                .find_map(|method| paywall.priced(&method, path));
+            let Some((mut resource, timing)) = priced else {
                 return inner.call(request).await.map(|r| r.map(Body::new));
             };
             resource.accept_payment = request
@@ -151,6 +157,19 @@ where
             Ok(with_receipt(response.map(Body::new), receipt))
         })
     }
+}
+
+/// Headers some frameworks take to mean "handle this request as another method" (Symfony,
+/// Express's `method-override`, Google's APIs): a priced `DELETE` must not be reachable free as
+/// a `POST` carrying one. Such a request is priced as the method it names first.
+const METHOD_OVERRIDES: [&str; 3] =
+    ["x-http-method-override", "x-http-method", "x-method-override"];
+
+fn method_overrides(headers: &http::HeaderMap) -> impl Iterator<Item = http::Method> + '_ {
+    METHOD_OVERRIDES
+        .iter()
+        .flat_map(|name| headers.get_all(*name))
+        .filter_map(|v| http::Method::from_bytes(v.as_bytes().trim_ascii()).ok())
 }
 
 /// Puts the receipt's headers on a successful response and keeps shared caches away from it.

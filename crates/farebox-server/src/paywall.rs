@@ -49,7 +49,7 @@ impl Paywall {
             description: route.description.clone(),
             accept_payment: None,
         };
-        Some((resource, route.settle))
+        Some((resource, route.settle_timing(method)))
     }
 
     /// Whether a request header field carries a payment credential for one of the rails (so that

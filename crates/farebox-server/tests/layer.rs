@@ -633,3 +633,238 @@ async fn upkeep_slower_than_a_rail_can_live_with_is_refused_at_start() {
     let unknown = blind.spawn_maintenance(Duration::from_secs(1)).await.unwrap_err();
     assert!(matches!(unknown, MaintenanceError::Rail { rail: "escrowed", .. }));
 }
+
+/// How a lenient upstream reads a request target: percent-decoded, cut at `?`, `#` or NUL,
+/// backslashes as slashes, Unicode lower case, fullwidth forms and look-alike slashes as ASCII,
+/// `;` parameters and trailing dots and spaces dropped from each segment, dot segments resolved
+/// and empty ones skipped (Tomcat, Spring, IIS and friends, all at once).
+fn lenient_path(target: &str) -> String {
+    let mut bytes = Vec::new();
+    let raw = target.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = target.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (raw[i], hex) {
+            (b'%', Some(b)) => {
+                bytes.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Old IIS: the overlong encoding of '/' is a '/'.
+    let mut fixed = Vec::with_capacity(bytes.len());
+    let mut k = 0;
+    while k < bytes.len() {
+        if bytes[k..].starts_with(&[0xC0, 0xAF]) {
+            fixed.push(b'/');
+            k += 2;
+        } else {
+            fixed.push(bytes[k]);
+            k += 1;
+        }
+    }
+    let bytes = fixed;
+    let text = String::from_utf8_lossy(&bytes).to_lowercase();
+    let text: String = text
+        .split(['?', '#', '\0'])
+        .next()
+        .unwrap_or("")
+        .chars()
+        .map(|c| match c {
+            '\\' | '\u{2215}' | '\u{2044}' => '/',
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap(),
+            c => c,
+        })
+        .collect();
+    let mut out: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment.split(';').next().unwrap() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s.trim_end_matches(['.', ' '])),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// A service that serves `/joke` and `/api/…` to whoever asks however they spell it, counting
+/// what it served without a [`Paid`] extension.
+#[derive(Clone)]
+struct Lenient {
+    unpaid: Arc<AtomicUsize>,
+    paid: Arc<AtomicUsize>,
+}
+
+impl tower::Service<Request<Body>> for Lenient {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let path = lenient_path(request.uri().path());
+        let method = ["x-http-method-override", "x-http-method"]
+            .iter()
+            .find_map(|h| request.headers().get(*h))
+            .map(|v| v.to_str().unwrap().trim().to_ascii_uppercase())
+            .unwrap_or_else(|| request.method().as_str().to_ascii_uppercase());
+        let priced = (method == "GET" && path == "/joke")
+            || path == "/api"
+            || path.starts_with("/api/")
+            || (method == "DELETE" && path == "/account");
+        if priced {
+            let counter = if request.extensions().get::<Paid>().is_some() {
+                &self.paid
+            } else {
+                &self.unpaid
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        std::future::ready(Ok(http::Response::new(Body::from(path))))
+    }
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_priced_path_reaches_a_lenient_upstream_unpaid() {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let price = || Price::one(Money::sats(5));
+    let paywall = Paywall::builder()
+        .rail(sats.clone())
+        .route(PricedRoute::new(Some(Method::GET), "/joke", price()).unwrap())
+        .route(PricedRoute::new(None, "/api/*", price()).unwrap())
+        .route(PricedRoute::new(Some(Method::DELETE), "/account", price()).unwrap())
+        .build()
+        .unwrap();
+    let upstream = Lenient { unpaid: Arc::default(), paid: Arc::default() };
+    let svc = tower::Layer::layer(&PaywallLayer::new(paywall), upstream.clone());
+    let call = |method: &str, target: &str, headers: &[(&str, &str)]| {
+        let svc = svc.clone();
+        let mut req = Request::builder().method(method).uri(target);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Body::empty()).expect(target);
+        async move { svc.oneshot(req).await.unwrap().status() }
+    };
+
+    // Spellings that are priced as the route they name: refused unpaid, served when paid.
+    let priced = [
+        ("GET", "/JOKE", None),
+        ("GET", "/Joke/", None),
+        ("GET", "/joke;x=1", None),
+        ("GET", "/joke;jsessionid=ABC/", None),
+        ("GET", "/joke%3Bx=1", None),
+        ("GET", "/joke%3F.css", None),
+        ("GET", "/joke/", None),
+        ("GET", "http://localhost/joke", None),
+        ("GET", "/api;v=2/data", None),
+        ("GET", "/API/data", None),
+        ("get", "/joke", None),
+        ("delete", "/account", None),
+        ("POST", "/account", Some(("x-http-method-override", "DELETE"))),
+        ("POST", "/account", Some(("x-http-method", " delete "))),
+    ];
+    for (method, target, header) in priced {
+        let headers: Vec<_> = header.into_iter().collect();
+        let status = call(method, target, &headers).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{method} {target} {headers:?}");
+        let mut paid = headers.clone();
+        paid.push(("authorization", "Sats paid"));
+        assert_eq!(call(method, target, &paid).await, StatusCode::OK, "{method} {target}");
+    }
+    // Spellings that are refused outright, paid or not.
+    let refused = [
+        "//joke",
+        "/%6Aoke",
+        "/%4Aoke",
+        "/joke%2F",
+        "/x%2F..%2Fjoke",
+        "/joke.",
+        "/joke%20",
+        "/joke%00",
+        "/joke%00.css",
+        "/x/..;/joke",
+        "/x/../joke",
+        "/./joke",
+        "/.;/joke",
+        "/%2e/joke",
+        "/jo%E2%84%AAe",
+        "/%EF%BD%8Aoke",
+        "/x%E2%88%95..%E2%88%95joke",
+        "/joke%C0%AF",
+        "/api//data",
+        "/api/%2e%2e/api/data",
+    ];
+    for target in refused {
+        let reads_as = lenient_path(target);
+        let priced = reads_as == "/joke" || reads_as.starts_with("/api/");
+        assert!(priced, "{target} reads as {reads_as}: no way around a price to test");
+        let status = call("GET", target, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{target}");
+    }
+    assert_eq!(upstream.unpaid.load(Ordering::SeqCst), 0, "served unpaid");
+    assert_eq!(upstream.paid.load(Ordering::SeqCst), priced.len());
+    // What is neither priced nor refused still passes through free.
+    assert_eq!(call("GET", "/jokes", &[]).await, StatusCode::OK);
+    assert_eq!(call("GET", "/caf%C3%A9", &[]).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_case_sensitive_route_leaves_other_cases_to_the_upstream() {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let route = PricedRoute::new(Some(Method::GET), "/joke", Price::one(Money::sats(5)))
+        .unwrap()
+        .case_sensitive(true);
+    let paywall = Paywall::builder().rail(sats).route(route).build().unwrap();
+    let app = Router::new().fallback(|| async { "free" }).layer(PaywallLayer::new(paywall));
+    assert_eq!(send(&app, "/JOKE", &[]).await.0, StatusCode::OK);
+    assert_eq!(send(&app, "/joke;x", &[]).await.0, StatusCode::PAYMENT_REQUIRED);
+}
+
+#[tokio::test]
+async fn a_post_route_settles_before_its_handler_runs() {
+    let sats = TestRail::new("sats", &["Sats"], Asset::Bitcoin);
+    let paywall = Paywall::builder()
+        .rail(sats.clone())
+        .route(PricedRoute::new(None, "/order", Price::one(Money::sats(5))).unwrap())
+        .build()
+        .unwrap();
+    // The handler records how many settlements it saw when it ran.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (settled, log) = (sats.settled.clone(), seen.clone());
+    let app = Router::new()
+        .fallback(move || {
+            log.lock().unwrap().push(settled.load(Ordering::SeqCst));
+            async { "ordered" }
+        })
+        .layer(PaywallLayer::new(paywall));
+    let post = |auth: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = Request::post("/order").header("authorization", auth);
+            app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap().status()
+        }
+    };
+    assert_eq!(post("Sats paid").await, StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), [1], "the money moved before the order was taken");
+
+    sats.settle_ok.store(false, Ordering::SeqCst);
+    assert_eq!(post("Sats paid").await, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(seen.lock().unwrap().len(), 1, "a failed settlement never runs the handler");
+
+    // GET on the same method-less route still settles after a successful answer.
+    sats.settle_ok.store(true, Ordering::SeqCst);
+    assert_eq!(send(&app, "/order", &["Sats paid"]).await.0, StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), [1, 1], "GET ran before its settlement");
+    assert_eq!(sats.settled.load(Ordering::SeqCst), 2);
+}

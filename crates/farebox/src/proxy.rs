@@ -42,14 +42,6 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn url_for(&self, uri: &http::Uri) -> reqwest::Url {
-        let mut url = self.base.clone();
-        let path = format!("{}{}", self.base.path().trim_end_matches('/'), uri.path());
-        url.set_path(&path);
-        url.set_query(uri.query());
-        url
-    }
-
     fn forwards(&self, name: &HeaderName, value: &http::HeaderValue) -> bool {
         !is_hop_by_hop(name) && !self.paywall.is_payment_credential(name, value)
     }
@@ -60,7 +52,8 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(body, MAX_FORWARD_BODY).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
     };
-    let mut outbound = up.client.request(parts.method, up.url_for(&parts.uri)).body(body);
+    let mut outbound =
+        up.client.request(parts.method, upstream_url(&up.base, &parts.uri)).body(body);
     for (name, value) in &parts.headers {
         if up.forwards(name, value) {
             outbound = outbound.header(name, value);
@@ -69,7 +62,7 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     let mut reply = match outbound.send().await {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(error = %e, "upstream unreachable");
+            tracing::warn!(error = %e.without_url(), "upstream unreachable");
             return (StatusCode::BAD_GATEWAY, "upstream unreachable\n").into_response();
         }
     };
@@ -92,7 +85,7 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
             }
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(error = %e, "upstream body failed");
+                tracing::warn!(error = %e.without_url(), "upstream body failed");
                 return (StatusCode::BAD_GATEWAY, "upstream response failed\n").into_response();
             }
         }
@@ -100,6 +93,56 @@ pub async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     response.body(Body::from(bytes)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
+/// The upstream URL of a request: `base`'s path followed by the request's path, byte for byte
+/// (the path the paywall priced; the paywall refused the spellings a URL parser would rewrite,
+/// such as dot segments and backslashes), and the request's query.
+fn upstream_url(base: &reqwest::Url, uri: &http::Uri) -> reqwest::Url {
+    let mut url = base.clone();
+    let path = format!("{}{}", base.path().trim_end_matches('/'), uri.path());
+    url.set_path(&path);
+    url.set_query(uri.query());
+    url
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_gets_exactly_the_path_that_was_priced() {
+        for base in ["http://127.0.0.1:9/", "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/"] {
+            let base: reqwest::Url = base.parse().unwrap();
+            let prefix = base.path().trim_end_matches('/').to_string();
+            for target in [
+                "/joke",
+                "/JOKE",
+                "/joke/",
+                "/joke;x=1",
+                "/joke;jsessionid=A/b",
+                "/joke%3Bx",
+                "/joke%3F.css",
+                "/caf%C3%A9",
+                "/caf%c3%a9",
+                "/a%25b",
+                "/a%20b",
+                "/a%2Fb",
+                "/a'b",
+                "/a:b@c",
+                "/%7Euser",
+                "http://other.example/joke",
+            ] {
+                let uri: http::Uri = target.parse().unwrap();
+                let url = upstream_url(&base, &uri);
+                assert_eq!(url.path(), format!("{prefix}{}", uri.path()), "{base} {target}");
+                assert_eq!(url.host_str(), Some("127.0.0.1"), "{target}");
+                assert_eq!(url.query(), None);
+            }
+            let uri: http::Uri = "/joke?q=%2e%2e/x&y=;z#".parse().unwrap();
+            assert_eq!(upstream_url(&base, &uri).query(), Some("q=%2e%2e/x&y=;z"));
+        }
+    }
 }

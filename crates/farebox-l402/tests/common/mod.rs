@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use farebox_core::{Money, Price, Resource};
 use farebox_lightning::{
-    CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome,
+    CreatedInvoice, InvoiceParams, InvoiceRequest, InvoiceState, LightningBackend, LightningError,
+    PaymentHash, PaymentOutcome, SecretKey, sign_invoice,
 };
 use serde_json::Value;
 
@@ -31,8 +31,8 @@ pub fn preimage() -> [u8; 32] {
     arr32(&hex_field(&vectors(), "preimage"))
 }
 
-/// A backend that always returns the reference BOLT11 invoice (payment hash 72dbb733…), or fails
-/// when told to.
+/// A backend whose invoices all have the reference payment hash (72dbb733…, whose preimage the
+/// vectors know), or that fails when told to.
 pub struct FixedBackend {
     pub down: AtomicBool,
 }
@@ -54,12 +54,13 @@ impl LightningBackend for FixedBackend {
         }
         assert!(request.amount_msat > 0);
         let v = vectors();
-        Ok(CreatedInvoice {
-            bolt11: v["bolt11"]["invoice"].as_str().unwrap().to_string(),
-            payment_hash: arr32(
-                &hex::decode(v["bolt11"]["payment_hash"].as_str().unwrap()).unwrap(),
-            ),
-        })
+        let payment_hash =
+            arr32(&hex::decode(v["bolt11"]["payment_hash"].as_str().unwrap()).unwrap());
+        // A fresh invoice for what was asked, under the reference payment hash.
+        let mut params = InvoiceParams::new(payment_hash, Some(request.amount_msat), request.memo);
+        params.expiry = request.expiry;
+        let key = SecretKey::from_slice(&[0x11; 32]).unwrap();
+        Ok(CreatedInvoice { bolt11: sign_invoice(&params, &key)?, payment_hash })
     }
 
     async fn invoice_state(

@@ -27,8 +27,19 @@
 //!   "refundSats":N,"refundStatus":…}` without the handler.
 //!
 //! [`MppRail::close_idle_sessions`] closes and refunds sessions idle past the timeout, and
-//! finishes closes interrupted by a crash (paying an invoice twice is impossible, so a retried
-//! refund cannot pay twice).
+//! finishes closes interrupted before their refund was claimed.
+//!
+//! **A refund is paid at most once.** Closes race: the client's close (twice, say, on a retry),
+//! the idle close of a bearer request, the upkeep tick, on any number of instances sharing the
+//! store. Whoever moves the record from "no refund" to `refundStatus: pending` (one
+//! compare-and-swap, which also marks the session closing and fixes the amount) is the only one
+//! who pays; the others wait briefly for its outcome and report it. The intent is recorded before
+//! the payment, so a crash between paying and recording cannot lead to a second payment: the
+//! backend cannot look outgoing payments up, so a claim whose outcome was never recorded is
+//! marked `unknown` by the upkeep after [`LightningSessionConfig::refund_claim_timeout`] and
+//! left to the operator (logged as an error), never paid again. A payment whose outcome the
+//! backend reports as unknown is recorded the same way. `pending` and `unknown` are farebox's
+//! `refundStatus` values beside the draft's `succeeded`, `failed` and `skipped`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,7 +48,7 @@ use farebox_core::store::{Update, update_session};
 use farebox_core::{
     ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Verified,
 };
-use farebox_lightning::{InvoiceRequest, PaymentHash, bolt11, preimage_matches};
+use farebox_lightning::{InvoiceRequest, LightningError, PaymentHash, bolt11, preimage_matches};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -65,6 +76,10 @@ pub struct LightningSessionConfig {
     pub idle_timeout: Duration,
     /// The most the server spends in routing fees on a refund.
     pub max_refund_fee_msat: u64,
+    /// How long after a refund was claimed the upkeep stops waiting for the claimant (which may
+    /// have crashed, perhaps after paying) and records the refund as `unknown`. Longer than any
+    /// payment attempt of the backend.
+    pub refund_claim_timeout: Duration,
 }
 
 impl Default for LightningSessionConfig {
@@ -74,6 +89,7 @@ impl Default for LightningSessionConfig {
             deposit_units: 20,
             idle_timeout: Duration::from_secs(300),
             max_refund_fee_msat: 10_000,
+            refund_claim_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -88,11 +104,29 @@ pub(crate) struct Method {
 #[serde(rename_all = "camelCase")]
 struct SessionData {
     return_invoice: String,
+    /// What the close refunds, set when the refund is claimed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refund_sat: Option<u64>,
+    /// [`RefundStatus`]: `pending` from the claim until the outcome is recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refund_status: Option<String>,
+    /// Unix seconds of the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refund_claimed_at: Option<u64>,
 }
+
+/// Who pays a session's refund, as the claiming compare-and-swap decided.
+enum Claim {
+    /// This caller: pay `.0` sat to the return invoice `.1`.
+    Mine(u64, String),
+    /// Nothing to pay; the session is closed.
+    Done(u64, RefundStatus),
+    /// Another caller claimed it (or it is closed, or not open when only open ones were asked).
+    Taken,
+}
+
+/// How long a close waits for another close's refund to be recorded before answering `pending`.
+const CLAIMANT_WAIT: Duration = Duration::from_secs(5);
 
 fn data_of(record: &SessionRecord) -> Result<SessionData, PaymentError> {
     serde_json::from_str(&record.data)
@@ -150,13 +184,15 @@ impl MppRail {
             expiry: self.ttl,
         };
         let invoice =
-            farebox_lightning::create_checked_invoice(&**backend, deposit).await.map_err(|e| {
-                PaymentError::unavailable(
-                    "lightning_unavailable",
-                    format!("cannot create a deposit invoice: {e}"),
-                    BACKEND_RETRY_AFTER,
-                )
-            })?;
+            farebox_lightning::create_checked_invoice(&**backend, deposit, &self.invoice_network)
+                .await
+                .map_err(|e| {
+                    PaymentError::unavailable(
+                        "lightning_unavailable",
+                        format!("cannot create a deposit invoice: {e}"),
+                        BACKEND_RETRY_AFTER,
+                    )
+                })?;
         let request = LightningSessionRequest {
             amount_sat: price_sat,
             unit_type: Some("request".into()),
@@ -350,12 +386,7 @@ impl MppRail {
         session: &PaymentHash,
         now: u64,
     ) -> Result<SessionRecord, PaymentError> {
-        let record = m
-            .sessions
-            .load_session(NAMESPACE, &id_of(session))
-            .await?
-            .ok_or_else(|| session_not_found(session))?
-            .value;
+        let record = load(m, session).await?;
         if record.status != SessionStatus::Open {
             return Err(session_closed(session));
         }
@@ -483,7 +514,10 @@ impl MppRail {
         }
     }
 
-    /// Marks the session closed and pays what is left to its return invoice, once.
+    /// Closes the session and pays what is left to its return invoice, at most once across
+    /// concurrent closes, upkeep ticks and instances (see the module docs): the refund is claimed
+    /// by one compare-and-swap before anything is paid, and only the claimant pays. Another
+    /// caller waits a moment for the claimant's outcome and reports it (or `pending`).
     async fn close_lightning_session(
         &self,
         m: &Method,
@@ -492,69 +526,149 @@ impl MppRail {
         only_if_open: bool,
     ) -> Result<(u64, RefundStatus), PaymentError> {
         let id = id_of(session);
-        // Closing first: no request may draw on a balance being refunded.
-        let record = update_session(&*m.sessions, NAMESPACE, &id, |r| {
-            if r.status == SessionStatus::Closed
-                || (only_if_open && r.status != SessionStatus::Open)
-            {
-                return Ok::<_, PaymentError>(Update::Keep(None));
+        let claim = update_session(&*m.sessions, NAMESPACE, &id, |r| {
+            let data = data_of(r)?;
+            if r.status == SessionStatus::Closed || data.refund_status.is_some() {
+                return Ok(Update::Keep(Claim::Taken));
             }
+            if only_if_open && r.status != SessionStatus::Open {
+                return Ok(Update::Keep(Claim::Taken));
+            }
+            let refund_sat = u64::try_from(r.available() / 1000).unwrap_or(u64::MAX);
             let mut next = r.clone();
-            next.status = SessionStatus::Closing;
             next.updated_at = now;
-            Ok(Update::Write(next.clone(), Some(next)))
+            let mut data = data;
+            data.refund_sat = Some(refund_sat);
+            data.refund_claimed_at = Some(now);
+            if refund_sat == 0 {
+                // Nothing to pay: closed in the same step.
+                data.refund_status = Some(RefundStatus::Skipped.as_str().into());
+                next.status = SessionStatus::Closed;
+                next.settled = next.deposit;
+                next.data = serde_json::to_string(&data).unwrap_or_default();
+                return Ok(Update::Write(next, Claim::Done(0, RefundStatus::Skipped)));
+            }
+            // Closing first (no request may draw on a balance being refunded), and the intent to
+            // pay recorded before paying: whoever writes this is the only one who pays.
+            data.refund_status = Some(RefundStatus::Pending.as_str().into());
+            let invoice = data.return_invoice.clone();
+            next.status = SessionStatus::Closing;
+            next.data = serde_json::to_string(&data).unwrap_or_default();
+            Ok::<_, PaymentError>(Update::Write(next, Claim::Mine(refund_sat, invoice)))
         })
         .await?
         .ok_or_else(|| session_not_found(session))?;
-        let Some(record) = record else {
-            let r = m
-                .sessions
-                .load_session(NAMESPACE, &id)
-                .await?
-                .ok_or_else(|| session_not_found(session))?;
-            let data = data_of(&r.value)?;
-            return match (data.refund_sat, data.refund_status.as_deref()) {
-                (Some(sat), Some("succeeded")) => Ok((sat, RefundStatus::Succeeded)),
-                (Some(sat), Some("failed")) => Ok((sat, RefundStatus::Failed)),
-                (Some(sat), _) => Ok((sat, RefundStatus::Skipped)),
-                _ => Err(session_closed(session)),
-            };
+        let (refund_sat, invoice) = match claim {
+            Claim::Mine(refund_sat, invoice) => (refund_sat, invoice),
+            Claim::Done(sat, status) => return Ok((sat, status)),
+            Claim::Taken => return self.refund_outcome(m, session).await,
         };
-        let refund_sat = u64::try_from(record.available() / 1000).unwrap_or(u64::MAX);
-        let status = if refund_sat == 0 {
-            RefundStatus::Skipped
-        } else {
-            let data = data_of(&record)?;
-            let backend = self.backend.as_ref().ok_or_else(|| {
-                PaymentError::internal("mpp_state", "Lightning sessions without a backend")
-            })?;
-            match backend
-                .pay_amount(&data.return_invoice, refund_sat * 1000, m.config.max_refund_fee_msat)
-                .await
-            {
-                Ok(_) => RefundStatus::Succeeded,
-                Err(e) if e.to_string().contains("already paid") => RefundStatus::Succeeded,
-                Err(e) => {
-                    tracing::warn!(session = %id, error = %e, "session refund failed");
-                    RefundStatus::Failed
-                }
-            }
-        };
+        let status = self.pay_refund(m, &id, &invoice, refund_sat).await;
         let refunded =
-            if status == RefundStatus::Succeeded { u128::from(refund_sat) * 1000 } else { 0 };
+            if status == RefundStatus::Failed { 0 } else { u128::from(refund_sat) * 1000 };
         update_session(&*m.sessions, NAMESPACE, &id, |r| {
             let mut data = data_of(r)?;
-            data.refund_sat = Some(refund_sat);
             data.refund_status = Some(status.as_str().into());
             let mut next = r.clone();
             next.data = serde_json::to_string(&data).unwrap_or_default();
             next.status = SessionStatus::Closed;
+            // What the server keeps: everything when the refund failed; when its outcome is
+            // unknown, what was left counts as gone.
             next.settled = next.deposit - refunded;
             Ok::<_, PaymentError>(Update::Write(next, ()))
         })
         .await?;
         tracing::info!(session = %id, refund_sat, status = status.as_str(), "Lightning session closed");
         Ok((refund_sat, status))
+    }
+
+    /// Pays a claimed refund, once: whatever happens, it is never tried again.
+    async fn pay_refund(
+        &self,
+        m: &Method,
+        id: &str,
+        invoice: &str,
+        refund_sat: u64,
+    ) -> RefundStatus {
+        let Some(backend) = self.backend.as_ref() else {
+            tracing::error!(session = %id, "Lightning sessions without a backend: refund not paid");
+            return RefundStatus::Failed;
+        };
+        match backend.pay_amount(invoice, refund_sat * 1000, m.config.max_refund_fee_msat).await {
+            Ok(_) => RefundStatus::Succeeded,
+            // The money may have left: recorded as such, and never paid again automatically.
+            Err(e @ LightningError::OutcomeUnknown(_)) => {
+                tracing::error!(session = %id, refund_sat, error = %e, "session refund outcome unknown; not retried");
+                RefundStatus::Unknown
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "session refund failed");
+                RefundStatus::Failed
+            }
+        }
+    }
+
+    /// The refund outcome of a session someone else claimed: its status once recorded (waiting a
+    /// moment for a claimant that is paying now), `pending` while the claimant is still at it.
+    async fn refund_outcome(
+        &self,
+        m: &Method,
+        session: &PaymentHash,
+    ) -> Result<(u64, RefundStatus), PaymentError> {
+        let mut pause = Duration::from_millis(10);
+        let deadline = tokio::time::Instant::now() + CLAIMANT_WAIT;
+        loop {
+            let data = data_of(&load(m, session).await?)?;
+            let status = data.refund_status.as_deref().and_then(RefundStatus::parse);
+            match (data.refund_sat, status) {
+                (Some(sat), Some(status)) if status != RefundStatus::Pending => {
+                    return Ok((sat, status));
+                }
+                (Some(sat), Some(_)) if tokio::time::Instant::now() >= deadline => {
+                    return Ok((sat, RefundStatus::Pending));
+                }
+                (Some(_), Some(_)) => {}
+                // Only when this call asked to close open sessions only, and it is not open.
+                _ => return Err(session_closed(session)),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Refunds whose claimant vanished (a crash after claiming, perhaps after paying) are
+    /// recorded as `unknown` once the claim is older than the configured timeout: never paid
+    /// again, left to the operator, and the session closed.
+    async fn expire_refund_claim(
+        &self,
+        m: &Method,
+        id: &str,
+        now: u64,
+    ) -> Result<bool, PaymentError> {
+        let stale_before = now.saturating_sub(m.config.refund_claim_timeout.as_secs());
+        let expired = update_session(&*m.sessions, NAMESPACE, id, |r| {
+            let mut data = data_of(r)?;
+            let pending = data.refund_status.as_deref() == Some(RefundStatus::Pending.as_str());
+            if r.status != SessionStatus::Closing
+                || !pending
+                || data.refund_claimed_at.is_none_or(|at| at >= stale_before)
+            {
+                return Ok(Update::Keep(false));
+            }
+            data.refund_status = Some(RefundStatus::Unknown.as_str().into());
+            let refunded = u128::from(data.refund_sat.unwrap_or(0)) * 1000;
+            let mut next = r.clone();
+            next.data = serde_json::to_string(&data).unwrap_or_default();
+            next.status = SessionStatus::Closed;
+            next.settled = next.deposit.saturating_sub(refunded);
+            next.updated_at = now;
+            Ok::<_, PaymentError>(Update::Write(next, true))
+        })
+        .await?;
+        if expired == Some(true) {
+            tracing::error!(session = %id, "a session refund was claimed but its outcome never recorded; marked unknown, not paid again");
+        }
+        Ok(expired == Some(true))
     }
 
     /// Closes and refunds Lightning sessions idle past the timeout, and finishes interrupted
@@ -570,10 +684,18 @@ impl MppRail {
         let idle =
             m.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
         let mut closed = 0;
-        for (id, _) in closing.into_iter().chain(idle) {
+        for (id, record) in closing.into_iter().chain(idle) {
             let Some(session) = crate::fields::parse_hash(&id) else { continue };
-            match self.close_lightning_session(m, &session, now, false).await {
-                Ok(_) => closed += 1,
+            let claimed = data_of(&record.value).is_ok_and(|d| d.refund_status.is_some());
+            let outcome = if claimed {
+                // Claimed by a close that is paying, or that crashed: never paid from here.
+                self.expire_refund_claim(m, &id, now).await
+            } else {
+                self.close_lightning_session(m, &session, now, false).await.map(|_| true)
+            };
+            match outcome {
+                Ok(true) => closed += 1,
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(session = %id, code = e.code, "could not close an idle session")
                 }
@@ -581,6 +703,12 @@ impl MppRail {
         }
         Ok(closed)
     }
+}
+
+/// The record of `session`.
+async fn load(m: &Method, session: &PaymentHash) -> Result<SessionRecord, PaymentError> {
+    let record = m.sessions.load_session(NAMESPACE, &id_of(session)).await?;
+    Ok(record.ok_or_else(|| session_not_found(session))?.value)
 }
 
 fn sats(msat: u128) -> u64 {

@@ -309,6 +309,8 @@ pub struct MppRail {
     ttl: Duration,
     evm_idle_close: Duration,
     backend: Option<Arc<dyn LightningBackend>>,
+    /// The network the backend's invoices are on, pinned by the first one.
+    invoice_network: farebox_lightning::NetworkPin,
     evm: Option<EvmMethod>,
     store: Arc<dyn ReplayStore>,
     evm_session: Option<evm_session::Method>,
@@ -436,6 +438,7 @@ impl MppRail {
             ttl: config.challenge_ttl,
             evm_idle_close: config.evm_idle_close,
             backend,
+            invoice_network: farebox_lightning::NetworkPin::new(),
             evm,
             store,
             evm_session: evm_session.map(|(c, s)| evm_session::Method::new(c, s)),
@@ -1175,13 +1178,15 @@ impl MppRail {
             ),
         };
         let request = InvoiceRequest { amount_msat, memo, expiry: self.ttl };
-        let invoice = create_checked_invoice(&**backend, request).await.map_err(|e| {
-            PaymentError::unavailable(
-                "lightning_unavailable",
-                format!("cannot create an invoice: {e}"),
-                BACKEND_RETRY_AFTER,
-            )
-        })?;
+        let invoice = create_checked_invoice(&**backend, request, &self.invoice_network)
+            .await
+            .map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot create an invoice: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
         let network = bolt11::parse_invoice(&invoice.bolt11)
             .ok()
             .map(|p| lightning_charge::network_name(&p.currency).to_string());

@@ -13,6 +13,11 @@
 //!
 //! A non-2xx answer below 500 that still carries a verify/settle body (x402-rs answers 400 for
 //! invalid payments) is read as that body.
+//!
+//! A facilitator that asks for one (`farebox facilitator --token-file`) gets a bearer token on
+//! every call ([`RemoteFacilitator::with_bearer_token`]). The base URL may carry a key too, so
+//! neither it nor the token appears in errors or `Debug` output (reqwest's messages are taken
+//! without their URL).
 
 use std::time::Duration;
 
@@ -26,10 +31,21 @@ use crate::facilitator_api::{SettleResponse, SupportedResponse, VerifyResponse, 
 const MAX_RESPONSE: usize = 256 * 1024;
 
 /// A facilitator at `base` (e.g. `http://127.0.0.1:8404/`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteFacilitator {
     base: reqwest::Url,
     http: reqwest::Client,
+    /// `Authorization: Bearer …`, marked sensitive.
+    bearer: Option<reqwest::header::HeaderValue>,
+}
+
+impl std::fmt::Debug for RemoteFacilitator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteFacilitator")
+            .field("base", &farebox_evm::rpc::redact_url(self.base.as_str()))
+            .field("bearer", &self.bearer.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// An answer as it arrived: its status and body.
@@ -56,7 +72,7 @@ impl RemoteFacilitator {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| FacilitatorError::Protocol(e.to_string()))?;
+            .map_err(|e| FacilitatorError::Protocol(e.without_url().to_string()))?;
         Ok(Self::with_client(base, http))
     }
 
@@ -66,21 +82,36 @@ impl RemoteFacilitator {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        RemoteFacilitator { base, http }
+        RemoteFacilitator { base, http, bearer: None }
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every call, for a facilitator whose API needs it.
+    /// A token that cannot be a header value (control characters) is refused.
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, FacilitatorError> {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| {
+                FacilitatorError::Protocol("the bearer token is not header text".into())
+            })?;
+        value.set_sensitive(true);
+        self.bearer = Some(value);
+        Ok(self)
     }
 
     fn url(&self, path: &str) -> Result<reqwest::Url, FacilitatorError> {
         self.base.join(path).map_err(|e| FacilitatorError::Protocol(e.to_string()))
     }
 
-    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, NoAnswer> {
+    async fn exchange(&self, mut request: reqwest::RequestBuilder) -> Result<Answer, NoAnswer> {
+        if let Some(bearer) = &self.bearer {
+            request = request.header(reqwest::header::AUTHORIZATION, bearer.clone());
+        }
         let mut response = match request.send().await {
             Ok(response) => response,
             // Never sent: nothing can have happened.
             Err(e) if e.is_connect() || e.is_builder() => {
-                return Err(NoAnswer::NotSent(e.to_string()));
+                return Err(NoAnswer::NotSent(e.without_url().to_string()));
             }
-            Err(e) => return Err(NoAnswer::Lost(e.to_string())),
+            Err(e) => return Err(NoAnswer::Lost(e.without_url().to_string())),
         };
         let status = response.status();
         let mut body = Vec::new();
@@ -91,7 +122,9 @@ impl RemoteFacilitator {
                 }
                 Ok(Some(_)) => return Err(NoAnswer::Protocol("response too large".into())),
                 Ok(None) => break,
-                Err(e) => return Err(NoAnswer::Lost(format!("reading the answer: {e}"))),
+                Err(e) => {
+                    return Err(NoAnswer::Lost(format!("reading the answer: {}", e.without_url())));
+                }
             }
         }
         Ok(Answer { status, body })

@@ -10,9 +10,14 @@
 //! have been broadcast) is not a 503, which a client could read as "nothing happened": it is a
 //! 200 settle response, `success: false`, `errorReason: "settlement_pending"`, with the
 //! transaction hash when one is known, like a settlement whose receipt did not arrive in time.
+//!
+//! [`router_with_token`] asks every call but `/health` for `Authorization: Bearer <token>`
+//! (compared in constant time, as hashes); a call without it, or with another, is `401` with
+//! `WWW-Authenticate: Bearer`.
 
 use std::sync::Arc;
 
+use alloy_primitives::{B256, keccak256};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use super::{Facilitator, FacilitatorError};
 use crate::Reason;
@@ -29,15 +35,77 @@ use crate::facilitator_api::{SettleResponse, VersionedPayment};
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The routes, to serve or to nest under a prefix.
+/// The routes, to serve or to nest under a prefix, open to any caller.
 pub fn router(facilitator: Arc<dyn Facilitator>) -> Router {
+    api(facilitator).merge(health())
+}
+
+/// [`router`], with every route but `/health` for holders of `token` only.
+pub fn router_with_token(facilitator: Arc<dyn Facilitator>, token: ApiToken) -> Router {
+    let token = Arc::new(token);
+    api(facilitator)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            let token = token.clone();
+            async move { authorize(&token, request, next).await }
+        }))
+        .merge(health())
+}
+
+fn api(facilitator: Arc<dyn Facilitator>) -> Router {
     Router::new()
         .route("/verify", post(verify))
         .route("/settle", post(settle))
         .route("/supported", get(supported))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(facilitator)
+}
+
+fn health() -> Router {
+    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+}
+
+/// The bearer token an API asks for, kept as its hash only.
+pub struct ApiToken(B256);
+
+impl ApiToken {
+    /// The token `text` (surrounding whitespace, such as a file's final newline, is not part of
+    /// it). `None` for an empty one.
+    pub fn new(text: &str) -> Option<Self> {
+        let text = text.trim();
+        (!text.is_empty()).then(|| ApiToken(keccak256(text.as_bytes())))
+    }
+
+    /// Whether an `Authorization` value carries this token, compared in constant time.
+    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        let presented = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| keccak256(token.trim().as_bytes()));
+        presented.is_some_and(|p| bool::from(p.as_slice().ct_eq(self.0.as_slice())))
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(…)")
+    }
+}
+
+async fn authorize(
+    token: &ApiToken,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if token.admits(request.headers().get(header::AUTHORIZATION)) {
+        return next.run(request).await;
+    }
+    let body = Json(json!({"error": "this facilitator needs its bearer token"}));
+    let mut response = (StatusCode::UNAUTHORIZED, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"facilitator\""));
+    response
 }
 
 /// The request, or the 400 that answers a body that is not one (boxed: a `Response` is large).

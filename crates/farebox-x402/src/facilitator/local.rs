@@ -17,8 +17,16 @@
 //! arrive in time leaves the record `Pending` with its transaction hash and answers
 //! `settlement_pending`; [`LocalFacilitator::reconcile`] resolves pending records later from the
 //! chain's own ground truth, `authorizationState(from, nonce)`.
+//!
+//! **Whom it settles for.** A facilitator pays gas for every settlement, so it takes a
+//! [`FacilitatorPolicy`]: the networks, tokens and payees it verifies and settles for. Anything
+//! else is refused before its signature is even checked, in the spec's shape (`200`,
+//! `isValid: false` / `success: false`): `invalid_network` for a network, and
+//! `invalid_payment_requirements` for a token or a payee it does not serve. Nothing a caller
+//! sends makes it keep state: the EIP-712 domain-separator cache holds at most
+//! [`MAX_CACHED_DOMAINS`] entries (others are computed each time).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,7 +58,43 @@ pub struct LocalFacilitator {
     store: Arc<dyn ReplayStore>,
     receipt_timeout: Duration,
     offline: OfflineVerifier,
+    policy: FacilitatorPolicy,
 }
+
+/// The networks, tokens and payees a [`LocalFacilitator`] verifies and settles for. Each list is
+/// an allowlist when given; `None` allows all (of the networks it has a node for).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FacilitatorPolicy {
+    /// CAIP-2 networks (`eip155:8453`).
+    pub networks: Option<HashSet<String>>,
+    /// Token contracts, each on one CAIP-2 network.
+    pub assets: Option<HashSet<(String, Address)>>,
+    /// Payees (`payTo`).
+    pub payees: Option<HashSet<Address>>,
+}
+
+impl FacilitatorPolicy {
+    /// Why `requirement` is not served, if it is not.
+    fn refuses(&self, requirement: &exact_evm::RequirementView) -> Option<Reason> {
+        if !allowed(&self.networks, &requirement.network) {
+            return Some(Reason::InvalidNetwork);
+        }
+        let asset = (requirement.network.clone(), requirement.asset);
+        if !allowed(&self.assets, &asset) || !allowed(&self.payees, &requirement.pay_to) {
+            return Some(Reason::InvalidPaymentRequirements);
+        }
+        None
+    }
+}
+
+/// Whether `item` is on `list`, when there is one.
+fn allowed<T: std::hash::Hash + Eq>(list: &Option<HashSet<T>>, item: &T) -> bool {
+    list.as_ref().is_none_or(|l| l.contains(item))
+}
+
+/// Most EIP-712 domain separators an [`OfflineVerifier`] keeps: the domains it serves are few,
+/// and a caller choosing new `extra.name` values must not grow its memory.
+pub const MAX_CACHED_DOMAINS: usize = 64;
 
 /// The facilitator's checks that need no chain: every field check of
 /// [`exact_evm::check_request`], then the EIP-712 digest of the authorization and the recovery
@@ -79,7 +123,15 @@ impl OfflineVerifier {
         request: &VersionedPayment,
         now_unix: u64,
     ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
-        let checked = exact_evm::check_request(request, now_unix)?;
+        self.check_signature(exact_evm::check_request(request, now_unix)?)
+    }
+
+    /// The second half of [`Self::check`]: the EIP-712 recovery of a payment whose fields
+    /// passed [`exact_evm::check_request`].
+    pub fn check_signature(
+        &self,
+        checked: CheckedPayment,
+    ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
         let req = &checked.requirement;
         let auth = &checked.payload.authorization;
         let payer = Some(auth.from);
@@ -105,15 +157,24 @@ impl OfflineVerifier {
         }
     }
 
-    /// The EIP-712 domain separator of a requirement, computed once per token domain.
+    /// The EIP-712 domain separator of a requirement, computed once per token domain while the
+    /// cache has room ([`MAX_CACHED_DOMAINS`]).
     fn separator(&self, name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
         let key = (name.to_string(), version.to_string(), chain_id, asset);
         if let Some(s) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return *s;
         }
         let separator = TokenDomain::new(name, version, chain_id, asset).separator();
-        self.domains.write().unwrap_or_else(|e| e.into_inner()).insert(key, separator);
+        let mut domains = self.domains.write().unwrap_or_else(|e| e.into_inner());
+        if domains.len() < MAX_CACHED_DOMAINS {
+            domains.insert(key, separator);
+        }
         separator
+    }
+
+    /// How many domain separators are cached.
+    pub fn cached_domains(&self) -> usize {
+        self.domains.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -130,7 +191,14 @@ impl LocalFacilitator {
             store,
             receipt_timeout: Duration::from_secs(20),
             offline: OfflineVerifier::new(),
+            policy: FacilitatorPolicy::default(),
         }
+    }
+
+    /// Serves only what `policy` allows (see the module docs).
+    pub fn with_policy(mut self, policy: FacilitatorPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// How long settlement waits for a receipt before answering `settlement_pending`.
@@ -143,13 +211,20 @@ impl LocalFacilitator {
         self.chains.get(network).ok_or(Reason::InvalidNetwork)
     }
 
-    /// The checks that need no chain, at the current time: [`OfflineVerifier::check`], exactly
-    /// as this facilitator runs them first in `/verify` and `/settle`.
+    /// The checks that need no chain, at the current time, exactly as this facilitator runs them
+    /// first in `/verify` and `/settle`: the fields, the policy, then [`OfflineVerifier`]'s
+    /// signature check.
     pub fn check_offline(
         &self,
         request: &VersionedPayment,
     ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
-        self.offline.check(request, now_unix())
+        let checked = exact_evm::check_request(request, now_unix())?;
+        // Before the signature: what this facilitator does not serve costs it nothing.
+        if let Some(reason) = self.policy.refuses(&checked.requirement) {
+            let payer = Some(checked.payload.authorization.from);
+            return Err(exact_evm::Rejection { reason, payer });
+        }
+        self.offline.check_signature(checked)
     }
 
     /// Why a simulated or sent transfer reverted, from FiatToken's revert strings.
@@ -423,7 +498,9 @@ impl Facilitator for LocalFacilitator {
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         let mut kinds = Vec::new();
         let mut signers = Vec::new();
-        for (caip2, chain) in &self.chains {
+        let served =
+            |caip2: &String| self.policy.networks.as_ref().is_none_or(|n| n.contains(caip2));
+        for (caip2, chain) in self.chains.iter().filter(|(caip2, _)| served(caip2)) {
             kinds.push(SupportedKind {
                 x402_version: 2,
                 scheme: exact_evm::SCHEME.into(),
@@ -446,5 +523,22 @@ impl Facilitator for LocalFacilitator {
             extensions: Vec::new(),
             signers: [("eip155:*".to_string(), signers)].into_iter().collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_supplied_domains_do_not_grow_the_cache() {
+        let verifier = OfflineVerifier::new();
+        let asset = Address::repeat_byte(7);
+        for i in 0..10 * MAX_CACHED_DOMAINS {
+            let a = verifier.separator(&format!("name {i}"), "2", 8453, asset);
+            let b = verifier.separator(&format!("name {i}"), "2", 8453, asset);
+            assert_eq!(a, b, "cached or not, the same separator");
+        }
+        assert_eq!(verifier.cached_domains(), MAX_CACHED_DOMAINS);
     }
 }
