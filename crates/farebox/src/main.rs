@@ -6,11 +6,11 @@
 //!   L402, all in one process on embedded defaults, narrated step by step.
 //! - `farebox demo --serve`: the same server and dev wallet kept running, for `farebox pay`.
 //! - `farebox pay <url>`: pays for one request from the command line with the dev wallet.
-//! - `farebox token attenuate|inspect`: narrow an L402 token to hand it to another agent; read
-//!   what a token allows.
 //! - `farebox facilitator`: the x402 facilitator HTTP API over EVM nodes.
 //! - `farebox conformance <url>`: the conformance suite against a server; `--serve`: the
 //!   misbehaving reference server for testing clients.
+//! - `farebox token attenuate|inspect`: narrow an L402 token to hand it to another agent; read
+//!   what a token allows.
 #![forbid(unsafe_code)]
 
 mod conformance;
@@ -45,12 +45,12 @@ enum Command {
     Demo(Box<demo::DemoArgs>),
     /// Pay for one request with the dev wallet and print the response body.
     Pay(Box<pay::PayArgs>),
-    /// Narrow an L402 token for another agent, or show what a token allows.
-    Token(Box<token::TokenArgs>),
     /// Serve the x402 facilitator API (verify, settle, supported) over EVM nodes.
     Facilitator(Box<facilitator::FacilitatorArgs>),
     /// Check a server against the L402, x402 and MPP conformance suite.
     Conformance(Box<conformance::ConformanceArgs>),
+    /// Narrow an L402 token for another agent, or show what a token allows.
+    Token(Box<token::TokenArgs>),
 }
 
 #[tokio::main]
@@ -76,13 +76,13 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Demo(args) => demo::run(*args).await,
         Command::Pay(args) => pay::run(*args).await,
-        Command::Token(args) => token::run(*args),
         Command::Facilitator(args) => facilitator::run(*args).await,
         Command::Conformance(args) => match conformance::run(*args).await {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Command::Token(args) => token::run(*args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
