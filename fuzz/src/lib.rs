@@ -112,6 +112,11 @@ pub fn l402_credential(data: &[u8]) {
         assert_eq!(again.to_owned(), owned);
         let _ = Identifier::decode(m.identifier());
         let _ = m.verify_signature(&[0x5a; 32]);
+        // Caveats as the verifier and `farebox token inspect` read them.
+        for c in m.caveats() {
+            let _ = farebox_l402::caveat::parse(c.id);
+        }
+        let _ = farebox_l402::caveat::Allowed::of(m.caveats().map(|c| c.id)).allows_nothing();
     }
     let Ok(text) = std::str::from_utf8(data) else {
         return;

@@ -409,7 +409,10 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRa
         let master = key_of("l402", "rails.l402.root_key", l.root_key.as_ref())?;
         let keys = farebox_l402::DerivedRootKeys::new(&master)
             .map_err(|e| fail("rails.l402.root_key", e.to_string()))?;
-        let rail = farebox_l402::L402Rail::new(l402_config(l, keys), lightning_of("rails.l402")?)
+        // Revocations and request-limited tokens are shared by every instance through the store.
+        let tokens: Arc<dyn farebox_core::SessionStore> = store.clone();
+        let config = l402_config(l, keys).with_store(tokens);
+        let rail = farebox_l402::L402Rail::new(config, lightning_of("rails.l402")?)
             .map_err(|e| fail("rails.l402", e.to_string()))?;
         rails.push(("l402", Arc::new(rail)));
     }

@@ -7,11 +7,14 @@
 //! * [`macaroon`]: the V2 binary codec (byte-compatible with go-macaroon, Aperture's library)
 //!   and the HMAC-SHA256 signature chain with libmacaroons' key derivation;
 //! * [`identifier`]: the 66-byte L402 macaroon identifier;
-//! * [`caveat`]: the `condition=value` caveats farebox mints and the fail-closed checker;
+//! * [`caveat`]: the `condition=value` caveats farebox mints, the ones a holder appends to
+//!   delegate a narrower token (path, method, expiry, request limit), and the fail-closed checker;
 //! * [`root_key`]: where per-token root keys come from;
 //! * [`credential`]: the header wire format, server and client side;
 //! * [`rail`]: [`L402Rail`], farebox-core's `Rail` for L402, and its synchronous
 //!   [`L402Verifier`];
+//! * [`tokens`]: what the rail keeps per token in the server's store: revocations and request
+//!   counters ([`TokenStore`]);
 //! * [`receipt`]: the `L402-Receipt` response header.
 //!
 //! # The receipt
@@ -52,9 +55,11 @@ pub mod macaroon;
 pub mod rail;
 pub mod receipt;
 pub mod root_key;
+pub mod tokens;
 
 pub use credential::{L402Challenge, attenuate, format_credential, parse_challenge};
 pub use identifier::Identifier;
-pub use rail::{ConfigError, L402Config, L402Rail, L402Verifier, VerifiedToken};
+pub use rail::{ConfigError, L402Config, L402Rail, L402Verifier, RevokeError, VerifiedToken};
 pub use receipt::{L402_RECEIPT, L402Receipt, ReceiptError};
 pub use root_key::{DerivedRootKeys, RootKeys};
+pub use tokens::TokenStore;

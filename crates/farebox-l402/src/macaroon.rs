@@ -310,12 +310,25 @@ impl<'a> Macaroon<'a> {
 
     /// As [`Macaroon::verify_signature`], with the already derived signing key.
     pub fn verify_signature_with_key(&self, key: &[u8; 32]) -> Result<(), MacaroonError> {
+        self.verify_signature_inspecting(key, |_, _| {})
+    }
+
+    /// As [`Macaroon::verify_signature_with_key`], showing `each` every caveat with the chain's
+    /// signature through it: the signature of the token a holder had right after appending that
+    /// caveat. It is a bearer secret (it can be extended into a valid token), so whatever is kept
+    /// of it must be a one-way function of it. Only meaningful once the whole chain verified.
+    pub fn verify_signature_inspecting(
+        &self,
+        key: &[u8; 32],
+        mut each: impl FnMut(&'a [u8], &[u8; 32]),
+    ) -> Result<(), MacaroonError> {
         let mut sig = hmac_sha256(key, self.identifier);
         for (i, c) in self.caveats().enumerate() {
             if !c.is_first_party() {
                 return Err(MacaroonError::ThirdPartyCaveat(i));
             }
             sig = hmac_sha256(&sig, c.id);
+            each(c.id, &sig);
         }
         if bool::from(sig.ct_eq(&self.signature)) {
             Ok(())

@@ -6,15 +6,20 @@
 //!
 //! Verification ([`L402Verifier::verify_token`], synchronous and allocation-light) goes in this
 //! order: parse; decode each macaroon and its identifier; `sha256(preimage) == payment_hash` in
-//! constant time, before anything else; root key; HMAC chain; every caveat. A preimage is final,
-//! so settling only builds the receipt (the [`L402_RECEIPT`] header). Invalid credentials are [`PaymentError::invalid`]: the
-//! server answers with a fresh 402 (as Aperture does), not the spec's 401.
+//! constant time, before anything else; root key; HMAC chain; every caveat. [`L402Rail`] then
+//! asks its [`TokenStore`], when it has one ([`L402Config::with_store`]), whether the token id is
+//! revoked and counts the request against each `farebox_max_requests` caveat; without a store a
+//! token carrying such a caveat is refused (it could not be counted). A preimage is final, so
+//! settling only builds the receipt (the [`L402_RECEIPT`] header). Invalid credentials are
+//! [`PaymentError::invalid`]: the server answers with a fresh 402 (as Aperture does), not the
+//! spec's 401.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use farebox_core::money::Money;
+use farebox_core::store::{SessionStore, StoreError};
 use farebox_core::{
     Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Verified,
 };
@@ -28,10 +33,11 @@ use crate::caveat::{self, CaveatContext};
 use crate::credential::{self, CredentialError};
 use crate::identifier::{Identifier, IdentifierError};
 use crate::macaroon::{
-    MAX_MACAROON_LEN, Macaroon, MacaroonError, OwnedMacaroon, decode_base64_into,
+    MAX_MACAROON_LEN, Macaroon, MacaroonError, OwnedMacaroon, decode_base64_into, derive_key,
 };
 use crate::receipt::{L402_RECEIPT, L402Receipt};
 use crate::root_key::RootKeys;
+use crate::tokens::{Counter, Counters, TokenStore};
 
 /// How long minted tokens stay valid, by default.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -57,6 +63,9 @@ pub struct L402Config {
     pub capabilities: Vec<String>,
     /// Macaroon location.
     pub location: String,
+    /// Revocations and request counters; `None`: nothing can be revoked, and tokens carrying a
+    /// `farebox_max_requests` caveat are refused.
+    pub token_store: Option<TokenStore>,
 }
 
 impl L402Config {
@@ -69,7 +78,15 @@ impl L402Config {
             invoice_expiry: DEFAULT_INVOICE_EXPIRY,
             capabilities: Vec::new(),
             location: DEFAULT_LOCATION.into(),
+            token_store: None,
         }
+    }
+
+    /// Keeps revocations and request counters in `store` (shared by every instance that must
+    /// agree on them; see [`crate::tokens`]).
+    pub fn with_store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.token_store = Some(TokenStore::new(store));
+        self
     }
 }
 
@@ -81,6 +98,7 @@ impl std::fmt::Debug for L402Config {
             .field("invoice_expiry", &self.invoice_expiry)
             .field("capabilities", &self.capabilities)
             .field("location", &self.location)
+            .field("token_store", &self.token_store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +121,8 @@ pub struct VerifiedToken {
     pub token_id: [u8; 32],
     /// The smallest `farebox_amount_msat` caveat: what was paid.
     pub amount_msat: u64,
+    /// One counter per `farebox_max_requests` caveat, for the rail to count.
+    pub counters: Counters,
 }
 
 /// Mints and verifies L402 tokens, synchronously; [`L402Rail`] wraps it with the Lightning
@@ -216,8 +236,24 @@ impl L402Verifier {
         Ok(m)
     }
 
-    /// Verifies an `Authorization` value for `resource` at `now_unix`.
+    /// Verifies an `Authorization` value for `resource` at `now_unix`, from the token alone: a
+    /// token carrying a `farebox_max_requests` caveat is refused, since nothing here counts
+    /// requests, and revocations are not looked up ([`L402Rail`] does both).
     pub fn verify_token(
+        &self,
+        authorization: &str,
+        resource: &Resource,
+        now_unix: u64,
+    ) -> Result<VerifiedToken, PaymentError> {
+        let token = self.verify_uncounted(authorization, resource, now_unix)?;
+        if !token.counters.is_empty() {
+            return Err(no_counter());
+        }
+        Ok(token)
+    }
+
+    /// As [`L402Verifier::verify_token`], leaving the request limits to the caller to count.
+    fn verify_uncounted(
         &self,
         authorization: &str,
         resource: &Resource,
@@ -245,6 +281,7 @@ impl L402Verifier {
             service: &self.config.service,
             capabilities: &self.config.capabilities,
             route: &resource.route,
+            path: &resource.path,
             method: resource.method.as_str(),
             price_msat,
             now_unix,
@@ -286,15 +323,52 @@ impl L402Verifier {
         let root = self.config.root_keys.root_key(&id).ok_or_else(|| {
             invalid("invalid_signature", "the token's root key is unknown or revoked")
         })?;
-        mac.verify_signature(&root).map_err(macaroon_error)?;
-        let amount_msat = caveat::check(mac.caveats().map(|c| c.id), ctx)
+        // The chain signature through each request-limit caveat names its counter.
+        let mut through = [[0u8; 32]; caveat::MAX_REQUEST_LIMITS];
+        let mut limits_seen = 0;
+        mac.verify_signature_inspecting(&derive_key(&root), |c, sig| {
+            if c.strip_prefix(caveat::COND_MAX_REQUESTS.as_bytes())
+                .is_some_and(|v| v.first() == Some(&b'='))
+            {
+                if let Some(slot) = through.get_mut(limits_seen) {
+                    *slot = *sig;
+                }
+                limits_seen += 1;
+            }
+        })
+        .map_err(macaroon_error)?;
+        let grant = caveat::check(mac.caveats().map(|c| c.id), ctx)
             .map_err(|e| PaymentError::invalid(e.code(), e.to_string()))?;
+        let mut counters = Counters::default();
+        for (&max, sig) in grant.limits.as_slice().iter().zip(&through) {
+            counters.push(Counter::new(max, sig));
+        }
+        if counters.as_slice().len() != limits_seen {
+            return Err(PaymentError::internal("l402_limits", "request limits out of step"));
+        }
         Ok(Some(VerifiedToken {
             payment_hash: id.payment_hash,
             token_id: id.token_id,
-            amount_msat,
+            amount_msat: grant.amount_msat,
+            counters,
         }))
     }
+}
+
+fn no_counter() -> PaymentError {
+    PaymentError::invalid(
+        "unknown_caveat",
+        "farebox_max_requests needs a store to count requests, and this server keeps none",
+    )
+}
+
+/// Why a token id could not be revoked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    #[error("this L402 rail keeps no store (L402Config::with_store), so it cannot revoke tokens")]
+    NoStore,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The L402 rail.
@@ -323,6 +397,24 @@ impl L402Rail {
     /// The synchronous minting/verification half.
     pub fn verifier(&self) -> &L402Verifier {
         &self.verifier
+    }
+}
+
+/// Revocation: what a gateway's admin API calls.
+impl L402Rail {
+    /// The revocations and request counters, when the rail has a store.
+    pub fn token_store(&self) -> Option<&TokenStore> {
+        self.verifier.config.token_store.as_ref()
+    }
+
+    /// Revokes `token_id` (see [`TokenStore::revoke`]).
+    pub async fn revoke(&self, token_id: &[u8; 32]) -> Result<(), RevokeError> {
+        Ok(self.token_store().ok_or(RevokeError::NoStore)?.revoke(token_id).await?)
+    }
+
+    /// Whether `token_id` is revoked (see [`TokenStore::is_revoked`]).
+    pub async fn is_revoked(&self, token_id: &[u8; 32]) -> Result<bool, RevokeError> {
+        Ok(self.token_store().ok_or(RevokeError::NoStore)?.is_revoked(token_id).await?)
     }
 }
 
@@ -392,7 +484,20 @@ impl Rail for L402Rail {
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
-        let token = self.verifier.verify_token(&credential.value, resource, unix_now()?)?;
+        let token = self.verifier.verify_uncounted(&credential.value, resource, unix_now()?)?;
+        match self.token_store() {
+            None if token.counters.is_empty() => {}
+            None => return Err(no_counter()),
+            // Counting reads the record, revocation included.
+            Some(tokens) if !token.counters.is_empty() => {
+                tokens.count(&token.token_id, &token.counters).await?;
+            }
+            Some(tokens) => {
+                if tokens.is_revoked(&token.token_id).await? {
+                    return Err(crate::tokens::revoked_error());
+                }
+            }
+        }
         Ok(Verified::new(
             Money::msats(token.amount_msat),
             None,
@@ -425,5 +530,21 @@ impl Rail for L402Rail {
             payment.reference,
             vec![(L402_RECEIPT, receipt.to_header_value())],
         ))
+    }
+
+    /// Gives back the requests counted against the token's limits: this one was not served.
+    async fn release(&self, _resource: &Resource, payment: Verified) {
+        let (Some(token), Some(tokens)) =
+            (payment.state.downcast_ref::<VerifiedToken>(), self.token_store())
+        else {
+            return;
+        };
+        if token.counters.is_empty() {
+            return;
+        }
+        // Failing to give it back only costs the holder a request (fail closed).
+        if let Err(e) = tokens.uncount(&token.token_id, &token.counters).await {
+            tracing::warn!(error = %e, "could not give back an L402 request count");
+        }
     }
 }

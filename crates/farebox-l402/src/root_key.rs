@@ -5,10 +5,12 @@
 //! implementation should keep its keys in memory.
 //!
 //! [`DerivedRootKeys`] needs no store at all: `root_key = HMAC-SHA256(master_secret,
-//! "farebox-l402-root-key" ‖ token_id)`. The trade-off: a single token cannot be revoked (only the
-//! master secret can be rotated, which revokes every token), and the master secret is a single
-//! point of failure. Aperture instead stores a random key per token under `sha256(identifier)`,
-//! which allows revocation by deleting it; a store-backed [`RootKeys`] can do the same.
+//! "farebox-l402-root-key" ‖ token_id)`. The trade-off: a single token cannot be revoked by
+//! deleting its key (only the master secret can be rotated, which revokes every token), so single
+//! tokens are revoked by listing their ids instead ([`crate::tokens`]); and the master secret is a
+//! single point of failure. Aperture instead stores a random key per token under
+//! `sha256(identifier)`, which allows revocation by deleting it; a store-backed [`RootKeys`] can
+//! do the same.
 
 use std::fmt;
 

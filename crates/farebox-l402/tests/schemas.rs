@@ -108,8 +108,16 @@ async fn a_paid_request_emits_only_schema_valid_objects() {
 
     // A holder's attenuation with known caveats still fits the grammar; an unknown one does
     // not, and the server refuses that token with a problem body that validates.
-    let narrowed =
-        attenuate(&macaroon, &[caveat::method("GET"), caveat::valid_until("weather", 1)]).unwrap();
+    let narrowed = attenuate(
+        &macaroon,
+        &[
+            caveat::method("GET"),
+            caveat::valid_until("weather", 1),
+            caveat::path("/v1/weather/oslo"),
+            caveat::max_requests(3),
+        ],
+    )
+    .unwrap();
     harness::assert_valid("l402/caveats", &caveats_of(&narrowed));
     let foreign = attenuate(&macaroon, &["tier=gold"]).unwrap();
     harness::assert_invalid("l402/caveats", &caveats_of(&foreign));
@@ -129,4 +137,65 @@ async fn caveats_with_capabilities_fit_the_grammar() {
     let minted = caveats_of(params[0]["macaroon"].as_str().unwrap());
     assert!(minted.as_array().unwrap().contains(&json!("weather_capabilities=read,write")));
     harness::assert_valid("l402/caveats", &minted);
+}
+
+/// The schema's path-pattern grammar and the verifier's agree, caveat for caveat.
+#[test]
+fn path_caveat_grammar_matches_the_verifier() {
+    let base = ["services=weather:0", "farebox_amount_msat=10000"];
+    for pattern in [
+        "/*",
+        "/",
+        "/weather/oslo",
+        "/weather/*",
+        "/weather/oslo/",
+        "/a/b/c/*",
+        "/s%C3%A3o/*",
+        "/a.b/c",
+        "/...x",
+        "/.well-known/x",
+        "/a:b@c/~x!$&'()+,=",
+        "",
+        "a",
+        "//*",
+        "/a//b",
+        "/a/../b",
+        "/a/./b",
+        "/..",
+        "/.",
+        "/a/..",
+        "/a/../*",
+        "/a?b",
+        "/a#b",
+        "/a;b",
+        "/a*",
+        "/a/*/b",
+        "/a b",
+        "/a\\b",
+        "/a/*/",
+        "/a/./",
+        "/a\"b",
+        "/a<b>",
+        "/\u{e9}",
+    ] {
+        let c = caveat::path(pattern);
+        let accepted = caveat::parse(c.as_bytes()).is_ok();
+        assert_eq!(accepted, caveat::check_path_pattern(pattern).is_ok(), "{pattern:?}");
+        let list = json!([base[0], base[1], c]);
+        assert_eq!(harness::errors("l402/caveats", &list).is_empty(), accepted, "{pattern:?}");
+    }
+    let long = caveat::path(&format!("/{}", "a".repeat(caveat::MAX_PATTERN_LEN - 1)));
+    assert!(caveat::parse(long.as_bytes()).is_ok());
+    assert!(harness::errors("l402/caveats", &json!([base[0], base[1], long])).is_empty());
+    let too_long = format!("{long}a");
+    assert!(caveat::parse(too_long.as_bytes()).is_err());
+    assert!(!harness::errors("l402/caveats", &json!([base[0], base[1], too_long])).is_empty());
+    // At most four request limits.
+    let limits = |n| {
+        let mut v = vec![json!(base[0]), json!(base[1])];
+        v.extend((0..n).map(|i| json!(caveat::max_requests(i + 1))));
+        Value::Array(v)
+    };
+    harness::assert_valid("l402/caveats", &limits(caveat::MAX_REQUEST_LIMITS as u64));
+    harness::assert_invalid("l402/caveats", &limits(caveat::MAX_REQUEST_LIMITS as u64 + 1));
 }

@@ -9,6 +9,8 @@
 //! - `farebox facilitator`: the x402 facilitator HTTP API over EVM nodes.
 //! - `farebox conformance <url>`: the conformance suite against a server; `--serve`: the
 //!   misbehaving reference server for testing clients.
+//! - `farebox token attenuate|inspect`: narrow an L402 token to hand it to another agent; read
+//!   what a token allows.
 #![forbid(unsafe_code)]
 
 mod conformance;
@@ -19,6 +21,7 @@ mod pay;
 mod proxy;
 mod serve;
 mod stack;
+mod token;
 mod upstream;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +49,8 @@ enum Command {
     Facilitator(Box<facilitator::FacilitatorArgs>),
     /// Check a server against the L402, x402 and MPP conformance suite.
     Conformance(Box<conformance::ConformanceArgs>),
+    /// Narrow an L402 token for another agent, or show what a token allows.
+    Token(Box<token::TokenArgs>),
 }
 
 #[tokio::main]
@@ -77,6 +82,7 @@ async fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Command::Token(args) => token::run(*args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -141,8 +141,9 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
 
     let mut master = [0u8; 32];
     rand_fill(&mut master);
+    // The store also keeps L402 revocations and the counts of request-limited delegations.
     let l402 = L402Rail::new(
-        L402Config::new("demo", Arc::new(DerivedRootKeys::new(&master)?)),
+        L402Config::new("demo", Arc::new(DerivedRootKeys::new(&master)?)).with_store(store.clone()),
         server_node.clone(),
     )?;
     let mut paywall = Paywall::builder().rail(l402);
