@@ -22,24 +22,38 @@
 #![forbid(unsafe_code)]
 
 mod budget;
+mod budget_store;
 mod error;
 mod events;
 mod l402;
 mod middleware;
 mod mpp;
 pub mod mpp_session;
+mod policy;
+#[cfg(feature = "sqlite")]
+mod sqlite_store;
 mod wallet;
 mod x402;
 
-pub use budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
+pub use budget::{
+    Budget, Cap, Caps, DAY, EntryKind, HOUR, Ledger, LedgerEntry, Reservation, Scope, window_name,
+};
+pub use budget_store::{
+    BudgetStore, Claim, Clock, LedgerFilter, ManualClock, MemoryStore, Spend, SystemClock,
+    Unsettled, Usage,
+};
 pub use error::{ClientError, Overclaim};
 pub use events::{Event, Observer};
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;
 pub use mpp::{MppWallet, Sessions};
 pub use mpp_session::{ClosedSession, EvmSessionPolicy, LightningSessionPolicy};
+pub use policy::{Choice, Policy, Quote, QuotedOffer};
 pub use wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 pub use x402::X402Wallet;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite_store::SqliteStore;
 
 /// A reqwest client with `payer` installed.
 pub fn paying_client(
