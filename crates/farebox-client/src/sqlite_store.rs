@@ -493,7 +493,10 @@ mod tests {
         let b = open();
         assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(18), "8 spent, 10 of unknown outcome");
         let refused = b.reserve(&Money::sats(10)).err();
-        assert!(matches!(refused, Some(ClientError::OverBudget { .. })), "18 counted: 7 left of 25");
+        assert!(
+            matches!(refused, Some(ClientError::OverBudget { .. })),
+            "18 counted: 7 left of 25"
+        );
         let r = b.reserve(&Money::sats(7)).unwrap();
         b.release(r);
         assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(18));

@@ -237,19 +237,47 @@ async fn session_policy(chain: &wallet_file::ChainConfig) -> Result<EvmSessionPo
     Ok(policy)
 }
 
+/// The request to send: what `pay` and `quote` share.
 #[derive(clap::Args)]
-pub struct PayArgs {
+pub struct RequestArgs {
     /// The URL to request.
-    url: String,
+    pub url: String,
     /// HTTP method.
     #[arg(short = 'X', long, default_value = "GET")]
-    method: String,
+    pub method: String,
     /// Request body (sent as-is).
     #[arg(short = 'd', long)]
-    data: Option<String>,
+    pub data: Option<String>,
     /// Extra request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
-    headers: Vec<String>,
+    pub headers: Vec<String>,
+}
+
+impl RequestArgs {
+    /// The request, or why the flags do not make one.
+    pub fn build(&self, client: &reqwest::Client) -> Result<reqwest::Request, Failure> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| Failure::bad_input(format!("URL {:?}: {e}", self.url)))?;
+        let method = reqwest::Method::from_bytes(self.method.as_bytes())
+            .map_err(|_| Failure::bad_input(format!("method {:?}", self.method)))?;
+        let mut request = client.request(method, url);
+        for h in &self.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| Failure::bad_input(format!("header {h:?} is not `Name: value`")))?;
+            request = request.header(name.trim(), value.trim());
+        }
+        if let Some(data) = &self.data {
+            request = request.body(data.clone());
+        }
+        request.build().map_err(|e| Failure::bad_input(e.to_string()))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct PayArgs {
+    #[command(flatten)]
+    request: RequestArgs,
     #[command(flatten)]
     wallet: WalletArgs,
     /// The most this call may pay, fees and any session deposit included: `50sat`,
@@ -268,31 +296,6 @@ pub struct PayArgs {
     /// End stderr with one JSON line: what was paid, or the error and its exit code.
     #[arg(long)]
     json: bool,
-}
-
-/// A request to send, from the common flags of `pay` and `quote`.
-pub fn request(
-    client: &reqwest::Client,
-    method: &str,
-    url: &str,
-    headers: &[String],
-    data: Option<String>,
-) -> Result<reqwest::Request, Failure> {
-    let url =
-        reqwest::Url::parse(url).map_err(|e| Failure::bad_input(format!("URL {url:?}: {e}")))?;
-    let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|_| Failure::bad_input(format!("method {method:?}")))?;
-    let mut request = client.request(method, url);
-    for h in headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| Failure::bad_input(format!("header {h:?} is not `Name: value`")))?;
-        request = request.header(name.trim(), value.trim());
-    }
-    if let Some(data) = data {
-        request = request.body(data);
-    }
-    request.build().map_err(|e| Failure::bad_input(e.to_string()))
 }
 
 /// The `--max` amounts, in the wallet's units.
@@ -386,7 +389,7 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-    let request = request(&http, &args.method, &args.url, &args.headers, args.data)?;
+    let request = args.request.build(&http)?;
     let client = farebox_client::paying_client(http, middleware);
     let sent = client.execute(request).await;
     // A session opened for this call is closed before exiting, so its unspent deposit comes
@@ -411,9 +414,10 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
             close.await;
             return Err(match ClientError::from_middleware(&e) {
                 Some(typed) => Failure::from_client_ref(typed),
-                None => {
-                    Failure::new(Exit::ServerError, format!("{} {}: {e}", args.method, args.url))
-                }
+                None => Failure::new(
+                    Exit::ServerError,
+                    format!("{} {}: {e}", args.request.method, args.request.url),
+                ),
             });
         }
     };
@@ -426,7 +430,7 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
     if !status.is_success() {
         return Err(Failure::new(
             Exit::ServerError,
-            format!("{} {} answered {status}", args.method, args.url),
+            format!("{} {} answered {status}", args.request.method, args.request.url),
         ));
     }
     Ok(status.as_u16())

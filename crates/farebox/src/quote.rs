@@ -12,21 +12,12 @@ use farebox_client::Quote;
 use farebox_core::{Asset, Money};
 use serde_json::json;
 
-use crate::pay::{self, Exit, Failure, Payer, WalletArgs};
+use crate::pay::{self, Exit, Failure, Payer, RequestArgs, WalletArgs};
 
 #[derive(clap::Args)]
 pub struct QuoteArgs {
-    /// The URL to price.
-    url: String,
-    /// HTTP method.
-    #[arg(short = 'X', long, default_value = "GET")]
-    method: String,
-    /// Request body (sent as-is).
-    #[arg(short = 'd', long)]
-    data: Option<String>,
-    /// Extra request header, `Name: value` (repeatable).
-    #[arg(short = 'H', long = "header")]
-    headers: Vec<String>,
+    #[command(flatten)]
+    request: RequestArgs,
     #[command(flatten)]
     wallet: WalletArgs,
     /// Quote as `pay --max AMOUNT` would choose (repeatable).
@@ -62,7 +53,7 @@ async fn quote(args: &QuoteArgs) -> Result<Exit, Failure> {
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-    let request = pay::request(&http, &args.method, &args.url, &args.headers, args.data.clone())?;
+    let request = args.request.build(&http)?;
     let quote = middleware.quote(&http, request).await?;
     let exit = match (&quote.choice, &quote.refusal) {
         (None, Some(refusal)) => Exit::of_client(refusal),

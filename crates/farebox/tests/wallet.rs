@@ -369,3 +369,175 @@ fn wallet_init_writes_a_private_annotated_file_once() {
     assert_eq!(run().status.code(), Some(2), "never overwritten");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine\n");
 }
+
+/// One EVM chain (anvil) with the token and the session escrow, a gateway selling `/report`
+/// for 0.05 USDC over x402 and MPP (charge and session), and a wallet file with the payer's key:
+/// `farebox pay` pays each rail as the policy prefers, and the ledger shows the session's
+/// deposit, payment and refund with the close transaction as evidence.
+#[test]
+fn pay_uses_the_wallet_file_for_x402_mpp_charges_and_sessions_on_chain() {
+    use farebox_evm::anvil::Anvil;
+    use farebox_evm::{Address, EvmRpc, U256};
+    const CHAIN_ID: u64 = 84532;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let anvil = Anvil::builder().chain_id(CHAIN_ID).start().expect("anvil (cargo xtask setup)");
+    let accounts = anvil.accounts().to_vec();
+    let (payer, payee, gas) = (&accounts[1], &accounts[2], &accounts[3]);
+    let (token, escrow, rpc) = runtime.block_on(async {
+        let token = anvil.deploy_token("USDC", "2").await.unwrap();
+        anvil.mint(token, payer.address, U256::from(1_000_000u64)).await.unwrap();
+        let rpc = EvmRpc::connect(anvil.url()).await.unwrap();
+        let escrow = rpc
+            .deploy_session_escrow(
+                &accounts[0].signer,
+                farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD,
+            )
+            .await
+            .unwrap();
+        (token, escrow, rpc)
+    });
+    let balance = |who: Address| -> u128 {
+        runtime.block_on(rpc.balance_of(token, who)).unwrap().try_into().unwrap()
+    };
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = |name: &str, value: &str| {
+        let path = keys.path().join(name);
+        write_private(&path, value);
+        path.display().to_string()
+    };
+    let (gas_key, payee_key) = (key("gas.key", gas.key), key("payee.key", payee.key));
+    let g = Gateway::start(&format!(
+        r#"
+[chains.local]
+chain_id = {CHAIN_ID}
+rpc = "{rpc}"
+
+[assets.usdc]
+chain = "local"
+address = "{token:#x}"
+symbol = "USDC"
+decimals = 6
+eip712_name = "USDC"
+eip712_version = "2"
+
+[rails.x402]
+asset = "usdc"
+pay_to = "{payee:#x}"
+facilitator = {{ gas_key = {{ key_file = "{gas_key}" }} }}
+
+[rails.mpp.evm_charge]
+asset = "usdc"
+recipient = "{payee:#x}"
+gas_key = {{ key_file = "{gas_key}" }}
+
+[rails.mpp.evm_session]
+asset = "usdc"
+escrow = "{escrow:#x}"
+payee_key = {{ key_file = "{payee_key}" }}
+suggested_deposit = "0.2 usdc"
+
+[[routes]]
+path = "/report"
+price = "0.05 usdc"
+rails = ["x402", "mpp"]
+"#,
+        rpc = anvil.url(),
+        payee = payee.address,
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("evm.key"), payer.key);
+    // `mpp` alone would rank sessions with charges; listing `mpp-session` after puts them last.
+    let wallet = |first: &str| {
+        let path = dir.path().join(format!("{first}.toml"));
+        let prefer = format!("\"{first}\", \"mpp-session\"");
+        write_private(
+            &path,
+            &format!(
+                r#"
+[evm]
+key_file = "evm.key"
+
+[[evm.chains]]
+chain_id = {CHAIN_ID}
+rpc = "{rpc}"
+escrows = ["{escrow:#x}"]
+max_deposit = "0.5 usdc"
+
+[assets.usdc]
+network = "eip155:{CHAIN_ID}"
+address = "{token:#x}"
+symbol = "USDC"
+decimals = 6
+
+[budget.usdc]
+per_request = "0.10 usdc"
+total = "1 usdc"
+
+[policy]
+prefer = [{prefer}]
+"#,
+                rpc = anvil.url()
+            ),
+        );
+        path
+    };
+    let pay = |prefer: &str| {
+        let out =
+            farebox(&wallet(prefer)).args(["pay", &g.url("/report"), "--json"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{prefer}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stdout.is_empty(), "the report is served");
+        json_line(&out)
+    };
+
+    let paid = pay("x402");
+    assert_eq!(paid["paid"][0]["rail"], "x402");
+    assert_eq!(balance(payee.address), 50_000);
+    let paid = pay("mpp");
+    assert_eq!(paid["paid"][0]["rail"], "mpp");
+    assert_eq!(balance(payee.address), 100_000);
+    pay("mpp-session");
+    // The session was closed before pay exited: the payee captured what was signed, the rest
+    // of the deposit came back.
+    assert_eq!(balance(payee.address), 150_000);
+    assert_eq!(balance(payer.address), 1_000_000 - 150_000);
+
+    let entries = ledger_json(&wallet("x402"), &[]);
+    let kinds: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["rail"].as_str().unwrap(),
+                e["kind"].as_str().unwrap(),
+                e["amount"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("x402", "payment", "50000"),
+            ("mpp", "payment", "50000"),
+            ("mpp", "deposit", "200000"),
+            ("mpp", "session", "50000"),
+            ("mpp", "refund", "150000"),
+        ]
+    );
+    assert!(entries[0]["receipt"].is_string(), "x402's PAYMENT-RESPONSE is kept: {}", entries[0]);
+    let refund = &entries[4];
+    let close_tx = refund["reference"].as_str().unwrap();
+    assert!(close_tx.starts_with("0x") && close_tx.len() == 66, "the close transaction: {refund}");
+    // What the budget counts: two charges and what the session kept.
+    let out = farebox(&wallet("x402")).args(["wallet", "budget"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("counted 0.15 USDC"), "{text}");
+    drop(g);
+    drop(anvil);
+}
