@@ -3,10 +3,16 @@
 //! Pays for HTTP requests that answer `402 Payment Required`, within a budget.
 //!
 //! [`PaymentMiddleware`] is a `reqwest_middleware` middleware: on a 402 it collects the offers
-//! its [`Wallet`]s can pay, keeps the first one the [`Budget`] allows (per-request and total
-//! limits per asset, checked *before* paying), pays, retries once with the proof, and records
-//! the payment in the [`Ledger`]. Reusable proofs (L402 tokens) are kept per origin and sent up
-//! front next time, so a service is paid once per token, not once per request.
+//! its [`Wallet`]s can pay, ranks them by its [`Policy`] (rail preference, allowed hosts, a cap
+//! per call), keeps the first one the [`Budget`] allows ([`Caps`] per asset: per request, per
+//! host, per rolling window and in total, reserved *before* paying), pays, retries once with the
+//! proof, and records the payment in the [`Ledger`]. [`PaymentMiddleware::quote`] makes the same
+//! choice and pays nothing. Reusable proofs (L402 tokens) are kept per origin and sent up front
+//! next time, so a service is paid once per token, not once per request.
+//!
+//! The budget and the ledger live in a [`BudgetStore`]: [`MemoryStore`] by default, or
+//! [`SqliteStore`] (feature `sqlite`, on by default) so that caps hold across processes and
+//! restarts.
 //!
 //! ```no_run
 //! # async fn run(node: std::sync::Arc<dyn farebox_lightning::LightningBackend>) -> Result<(), Box<dyn std::error::Error>> {

@@ -14,7 +14,10 @@
 //! case, and [`BudgetStore::unsettled`] lists it.
 //!
 //! The file is created readable by its owner only (it holds proofs of payment). Several
-//! processes on one machine may share it, not over a network filesystem.
+//! processes on one machine may share it, not over a network filesystem. Calls are synchronous
+//! (a transaction takes milliseconds, or waits for another writer up to [`BUSY_TIMEOUT`]), so
+//! the middleware's thread waits for them: fine for a command or an agent, and a server paying
+//! many requests at once should keep its budget in one process.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -500,6 +503,22 @@ mod tests {
         let r = b.reserve(&Money::sats(7)).unwrap();
         b.release(r);
         assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(18));
+    }
+
+    #[test]
+    fn a_reservation_left_by_a_stopped_process_is_listed_as_unsettled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wallet.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let b = Budget::with_store(store.clone()).allow(Money::sats(10), Money::sats(100)).unwrap();
+        std::mem::forget(b.reserve_at("api.example", &Money::sats(10), &Money::sats(10)).unwrap());
+        assert!(store.unsettled().unwrap().is_empty(), "this process is still paying");
+        // As if another process had reserved it and stopped (no such pid on Linux).
+        Connection::open(&path).unwrap().execute("UPDATE spends SET owner = 4194304", []).unwrap();
+        let left = store.unsettled().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].host.as_str(), left[0].amount), ("api.example", 10_000));
+        assert_eq!(b.spent(&Asset::Bitcoin), Money::sats(10), "and still counted");
     }
 
     #[test]
