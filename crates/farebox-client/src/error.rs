@@ -45,6 +45,14 @@ pub enum ClientError {
     /// does not show. Nothing was credited to the budget.
     #[error("a refund the server reported could not be verified: {0}")]
     RefundUnproven(String),
+    /// Something the client needs in order to pay cannot answer: the wallet's Lightning node,
+    /// its chain, or the budget store. Nothing was paid (fail closed).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The payment policy refuses to pay this host or offer (a host not on the allowed list).
+    /// Nothing was paid.
+    #[error("refused by the payment policy: {0}")]
+    PolicyRefused(String),
     /// The request body is a stream and cannot be sent twice.
     #[error("the request body cannot be replayed after the 402; use a buffered body")]
     BodyNotReplayable,
@@ -70,6 +78,17 @@ pub struct Overclaim {
 }
 
 impl ClientError {
+    /// How a wallet reports a Lightning backend's failure to pay: an unknown outcome may have
+    /// moved money, a node that cannot be reached moved none.
+    pub fn from_lightning(e: farebox_lightning::LightningError) -> Self {
+        use farebox_lightning::LightningError as L;
+        match e {
+            L::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
+            L::Unavailable(why) => ClientError::Unavailable(format!("Lightning node: {why}")),
+            other => ClientError::PaymentFailed(other.to_string()),
+        }
+    }
+
     /// The typed error inside a middleware error, if it came from farebox.
     pub fn from_middleware(err: &reqwest_middleware::Error) -> Option<&ClientError> {
         match err {

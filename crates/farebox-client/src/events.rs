@@ -16,6 +16,8 @@ pub enum Event {
         challenges: Vec<String>,
         offers: Vec<(&'static str, Money, String)>,
     },
+    /// The client chose an offer (reserved in the budget): which, and why this one.
+    Chose { rail: &'static str, price: Money, reason: String },
     /// The client chose an offer and is paying it.
     Paying { rail: &'static str, price: Money, summary: String },
     /// The payment went through.

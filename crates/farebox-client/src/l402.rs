@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use farebox_core::Money;
+use farebox_lightning::LightningBackend;
 use farebox_lightning::bolt11::{self, InvoiceDescription};
-use farebox_lightning::{LightningBackend, LightningError};
 use http::{HeaderValue, header::AUTHORIZATION};
 
 use crate::error::ClientError;
@@ -85,6 +85,8 @@ impl Wallet for L402Wallet {
             max_fee: Money::msats(self.max_fee_msat),
             funding: Funding::PerRequest,
             summary,
+            payee: Some(invoice.payee.to_string()),
+            buys: token_terms(&parsed.macaroon),
             details: Box::new(L402Offer {
                 macaroon: parsed.macaroon,
                 invoice: parsed.invoice,
@@ -97,11 +99,11 @@ impl Wallet for L402Wallet {
         let details = offer.details.downcast_ref::<L402Offer>().ok_or_else(|| {
             ClientError::PaymentFailed("offer was not made by the L402 wallet".into())
         })?;
-        let paid =
-            self.node.pay(&details.invoice, self.max_fee_msat).await.map_err(|e| match e {
-                LightningError::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
-                other => ClientError::PaymentFailed(other.to_string()),
-            })?;
+        let paid = self
+            .node
+            .pay(&details.invoice, self.max_fee_msat)
+            .await
+            .map_err(ClientError::from_lightning)?;
         // A wallet is not trusted to return the right preimage: a wrong one would be refused by
         // the server after the money left, so catch it here and say which side is at fault.
         if !farebox_lightning::preimage_matches(&paid.preimage, &details.payment_hash) {
@@ -123,6 +125,28 @@ impl Wallet for L402Wallet {
             reusable: true,
         })
     }
+}
+
+/// What a token is good for, from its macaroon's first-party caveats (`route=…`,
+/// `…_valid_until=<unix>` shown as a date).
+fn token_terms(macaroon: &str) -> Option<String> {
+    let bytes = farebox_l402::macaroon::decode_base64(macaroon).ok()?;
+    let decoded = farebox_l402::macaroon::Macaroon::decode(&bytes).ok()?;
+    let terms: Vec<String> = decoded
+        .caveats()
+        .filter(|c| c.is_first_party())
+        .map(|c| {
+            let text = String::from_utf8_lossy(c.id).into_owned();
+            match text.split_once('=') {
+                Some((key, value)) if key.ends_with("_valid_until") => match value.trim().parse() {
+                    Ok(unix) => format!("{key}={}", farebox_core::time::format(unix)),
+                    Err(_) => text,
+                },
+                _ => text,
+            }
+        })
+        .collect();
+    (!terms.is_empty()).then(|| format!("a token with caveats {}", terms.join(", ")))
 }
 
 fn hex_of(bytes: &[u8]) -> String {

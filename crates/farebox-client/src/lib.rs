@@ -3,10 +3,16 @@
 //! Pays for HTTP requests that answer `402 Payment Required`, within a budget.
 //!
 //! [`PaymentMiddleware`] is a `reqwest_middleware` middleware: on a 402 it collects the offers
-//! its [`Wallet`]s can pay, keeps the first one the [`Budget`] allows (per-request and total
-//! limits per asset, checked *before* paying), pays, retries once with the proof, and records
-//! the payment in the [`Ledger`]. Reusable proofs (L402 tokens) are kept per origin and sent up
-//! front next time, so a service is paid once per token, not once per request.
+//! its [`Wallet`]s can pay, ranks them by its [`Policy`] (rail preference, allowed hosts, a cap
+//! per call), keeps the first one the [`Budget`] allows ([`Caps`] per asset: per request, per
+//! host, per rolling window and in total, reserved *before* paying), pays, retries once with the
+//! proof, and records the payment in the [`Ledger`]. [`PaymentMiddleware::quote`] makes the same
+//! choice and pays nothing. Reusable proofs (L402 tokens) are kept per origin and sent up front
+//! next time, so a service is paid once per token, not once per request.
+//!
+//! The budget and the ledger live in a [`BudgetStore`]: [`MemoryStore`] by default, or
+//! [`SqliteStore`] (feature `sqlite`, on by default) so that caps hold across processes and
+//! restarts.
 //!
 //! ```no_run
 //! # async fn run(node: std::sync::Arc<dyn farebox_lightning::LightningBackend>) -> Result<(), Box<dyn std::error::Error>> {
@@ -22,24 +28,38 @@
 #![forbid(unsafe_code)]
 
 mod budget;
+mod budget_store;
 mod error;
 mod events;
 mod l402;
 mod middleware;
 mod mpp;
 pub mod mpp_session;
+mod policy;
+#[cfg(feature = "sqlite")]
+mod sqlite_store;
 mod wallet;
 mod x402;
 
-pub use budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
+pub use budget::{
+    Budget, Cap, Caps, DAY, EntryKind, HOUR, Ledger, LedgerEntry, Reservation, Scope, window_name,
+};
+pub use budget_store::{
+    BudgetStore, Claim, Clock, LedgerFilter, ManualClock, MemoryStore, Spend, SystemClock,
+    Unsettled, Usage,
+};
 pub use error::{ClientError, Overclaim};
 pub use events::{Event, Observer};
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;
 pub use mpp::{MppWallet, Sessions};
 pub use mpp_session::{ClosedSession, EvmSessionPolicy, LightningSessionPolicy};
+pub use policy::{Choice, Policy, Quote, QuotedOffer};
 pub use wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 pub use x402::X402Wallet;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite_store::SqliteStore;
 
 /// A reqwest client with `payer` installed.
 pub fn paying_client(

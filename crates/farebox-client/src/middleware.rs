@@ -1,8 +1,10 @@
 //! [`PaymentMiddleware`]: a reqwest middleware that pays for 402s.
 //!
-//! On a 402 it asks each wallet for offers, reserves the first the budget allows (price plus the
-//! most the rail may add in fees), pays it, retries once with the proof, and records the payment
-//! in the ledger. A second 402 after paying is [`ClientError::ProofRejected`], never a second
+//! On a 402 it asks each wallet for offers, ranks them by its [`Policy`] (rails in order of
+//! preference, then wallet order), reserves the first the policy and the budget allow (price
+//! plus the most the rail may add in fees), pays it, retries once with the proof, and records
+//! the payment in the ledger (with the proof, and the server's receipt once it answers).
+//! [`PaymentMiddleware::quote`] makes the same choice without paying. A second 402 after paying is [`ClientError::ProofRejected`], never a second
 //! payment. Reusable proofs (L402 tokens) are saved per origin and path as soon as they are
 //! bought and sent up front on later requests; concurrent first requests to one path wait for
 //! one payment instead of each making their own.
@@ -20,6 +22,7 @@ use reqwest_middleware::{Next, Result};
 use crate::budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
 use crate::error::ClientError;
 use crate::events::{Event, Observer};
+use crate::policy::{Choice, Policy, Quote, QuotedOffer};
 use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// An offer and the wallet that made it.
@@ -44,6 +47,7 @@ pub struct PaymentMiddleware {
     wallets: Vec<Arc<dyn Wallet>>,
     budget: Budget,
     ledger: Ledger,
+    policy: Policy,
     observer: Option<Arc<dyn Observer>>,
     saved: Mutex<HashMap<String, Vec<SavedProof>>>,
     /// One payment at a time per origin and path.
@@ -58,6 +62,19 @@ fn origin_of(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
 
+/// The host a payment goes to, as caps and the ledger name it: `host` or `host:port` when the
+/// port is not the scheme's default.
+pub(crate) fn host_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// Response headers in which servers return a receipt for a payment (MPP, x402 v2, L402).
+const RECEIPT_HEADERS: [&str; 3] = ["payment-receipt", "payment-response", "l402-receipt"];
+
 /// How many leading path segments two paths share.
 fn shared_segments(a: &str, b: &str) -> usize {
     a.split('/')
@@ -68,11 +85,13 @@ fn shared_segments(a: &str, b: &str) -> usize {
 }
 
 impl PaymentMiddleware {
+    /// Pays within `budget`, recording payments in the ledger kept in the budget's store.
     pub fn new(budget: Budget) -> Self {
         PaymentMiddleware {
             wallets: Vec::new(),
+            ledger: budget.ledger(),
             budget,
-            ledger: Ledger::default(),
+            policy: Policy::default(),
             observer: None,
             saved: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -83,6 +102,12 @@ impl PaymentMiddleware {
     pub fn wallet(mut self, wallet: impl Wallet) -> Self {
         wallet.attach(&self.budget, &self.ledger);
         self.wallets.push(Arc::new(wallet));
+        self
+    }
+
+    /// Chooses among offers, and refuses hosts and prices, by `policy`.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -146,53 +171,167 @@ impl PaymentMiddleware {
         in_flight.entry(format!("{}{}", origin_of(url), url.path())).or_default().clone()
     }
 
-    /// Reserves the first offer, in wallet order, that the budget allows. When none fits, the
-    /// budget's refusal of the first is what the caller hears.
-    fn choose<'a>(
-        &self,
-        offers: &'a [Candidate],
-    ) -> std::result::Result<(&'a Candidate, Reservation), ClientError> {
+    /// The offers every wallet makes for `required`, in wallet order, and the first reason a
+    /// wallet gave for making none (a challenge it cannot read, an offer its policy refuses).
+    fn offers(&self, required: &PaymentRequired) -> (Vec<Candidate>, Option<ClientError>) {
+        // A wallet that cannot pay does not void another wallet's offers; its reason is what
+        // the caller hears when no wallet has any.
+        let mut offers = Vec::new();
         let mut refusal = None;
-        for candidate in offers {
-            let offer = &candidate.1;
-            let worst = offer.price.checked_add(&offer.max_fee).map_err(|e| {
-                ClientError::InvalidChallenge(format!("fee and price in different assets: {e}"))
-            })?;
-            let reserved = match &offer.funding {
-                Funding::PerRequest => self.budget.reserve(&worst),
-                Funding::Session { deposit } => {
-                    let outlay =
-                        deposit.clone().unwrap_or_else(|| Money::zero(worst.asset.clone()));
-                    self.budget.reserve_session(&worst, &outlay)
-                }
-            };
-            match reserved {
-                Ok(reservation) => return Ok((candidate, reservation)),
+        for wallet in &self.wallets {
+            match wallet.offers(required) {
+                Ok(made) => offers.extend(made.into_iter().map(|o| (wallet.clone(), o))),
                 Err(e) => refusal = refusal.or(Some(e)),
             }
         }
-        Err(refusal
+        (offers, refusal)
+    }
+
+    fn no_offer(&self, required: &PaymentRequired, refusal: Option<ClientError>) -> ClientError {
+        refusal.unwrap_or_else(|| {
+            let schemes: Vec<_> = required.challenges.iter().map(|c| c.scheme.clone()).collect();
+            ClientError::NoPayableOffer(format!(
+                "the server offers {schemes:?}; this client has wallets for {:?}",
+                self.wallets.iter().map(|w| w.rail()).collect::<Vec<_>>()
+            ))
+        })
+    }
+
+    /// The worst case of an offer: what it costs per request (price and fee bound) and what it
+    /// puts up now (the same, or a session's deposit).
+    fn worst_case(offer: &Offer) -> std::result::Result<(Money, Money), ClientError> {
+        let worst = offer.price.checked_add(&offer.max_fee).map_err(|e| {
+            ClientError::InvalidChallenge(format!("fee and price in different assets: {e}"))
+        })?;
+        let outlay = match &offer.funding {
+            Funding::PerRequest => worst.clone(),
+            Funding::Session { deposit } => {
+                deposit.clone().unwrap_or_else(|| Money::zero(worst.asset.clone()))
+            }
+        };
+        Ok((worst, outlay))
+    }
+
+    /// Reserves the first offer, in the policy's order, that the policy and the budget allow.
+    /// When none fits, the refusal of the first is what the caller hears.
+    fn choose<'a>(
+        &self,
+        host: &str,
+        offers: &'a [Candidate],
+    ) -> std::result::Result<(&'a Candidate, Reservation, String), ClientError> {
+        let order = self.policy.rank(offers.iter().map(|(_, o)| o));
+        let mut refusals = Vec::new();
+        for &i in &order {
+            let candidate = &offers[i];
+            let offer = &candidate.1;
+            let reserved = Self::worst_case(offer).and_then(|(worst, outlay)| {
+                self.policy.allows(host, &worst, &outlay)?;
+                self.budget.reserve_at(host, &worst, &outlay)
+            });
+            match reserved {
+                Ok(reservation) => {
+                    let reason = self.policy.reason(offer, &refusals);
+                    return Ok((candidate, reservation, reason));
+                }
+                Err(e) => refusals.push((offer, e)),
+            }
+        }
+        Err(refusals
+            .into_iter()
+            .next()
+            .map(|(_, e)| e)
             .unwrap_or_else(|| ClientError::NoPayableOffer("no wallet can pay any offer".into())))
     }
 
-    fn record(&self, url: &Url, offer: &Offer, fee: Money, reference: String) {
+    /// What paying for `request` would take, without paying: every offer of the 402 (if it
+    /// is one) with whether the policy and the budget allow it, and the one a payment would
+    /// choose, and why. Nothing is paid or reserved; a reusable proof already bought is not
+    /// sent, so a quote shows the price even where one is held.
+    pub async fn quote(
+        &self,
+        client: &reqwest::Client,
+        request: Request,
+    ) -> std::result::Result<Quote, ClientError> {
+        let url = request.url().clone();
+        let response = client.execute(request).await?;
+        let status = response.status().as_u16();
+        if response.status() != StatusCode::PAYMENT_REQUIRED {
+            return Ok(Quote { url: url.to_string(), status, ..Quote::default() });
+        }
+        let required = read_402(&url, response).await.map_err(|e| match e {
+            reqwest_middleware::Error::Reqwest(e) => ClientError::Http(e),
+            other => ClientError::InvalidChallenge(other.to_string()),
+        })?;
+        let challenges = challenge_lines(&required.headers);
+        let (offers, refusal) = self.offers(&required);
+        let host = host_of(&url);
+        let order = self.policy.rank(offers.iter().map(|(_, o)| o));
+        let mut quoted: Vec<QuotedOffer> = offers
+            .iter()
+            .map(|(_, offer)| {
+                let verdict = Self::worst_case(offer).and_then(|(worst, outlay)| {
+                    self.policy.allows(&host, &worst, &outlay)?;
+                    self.budget.check_at(&host, &worst, &outlay)
+                });
+                QuotedOffer::new(offer, verdict.err())
+            })
+            .collect();
+        let chosen = order.iter().copied().find(|&i| quoted[i].refused.is_none());
+        let mut choice = None;
+        if let Some(i) = chosen {
+            let skipped: Vec<_> = order
+                .iter()
+                .take_while(|&&j| j != i)
+                .map(|&j| {
+                    let why = quoted[j].refused.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                    (&offers[j].1, why)
+                })
+                .collect();
+            choice =
+                Some(Choice { index: i, reason: self.policy.reason_text(&offers[i].1, &skipped) });
+        }
+        for (rank, &i) in order.iter().enumerate() {
+            quoted[i].rank = rank;
+        }
+        let refusal = match (&choice, offers.is_empty()) {
+            (Some(_), _) => None,
+            (None, true) => Some(Arc::new(self.no_offer(&required, refusal))),
+            (None, false) => order.first().and_then(|&i| quoted[i].refused.clone()),
+        };
+        Ok(Quote { url: url.to_string(), status, challenges, offers: quoted, choice, refusal })
+    }
+
+    fn entries(
+        &self,
+        url: &Url,
+        offer: &Offer,
+        fee: Money,
+        reference: &str,
+        proof: Option<String>,
+    ) -> Vec<LedgerEntry> {
         let entry = |kind, amount: &Money, fee: Money| LedgerEntry {
+            id: 0,
             at: SystemTime::now(),
+            host: host_of(url),
             url: url.to_string(),
-            rail: offer.rail,
+            rail: offer.rail.to_string(),
             kind,
             amount: amount.clone(),
             fee,
-            reference: reference.clone(),
+            reference: reference.to_string(),
+            proof: proof.clone(),
+            receipt: None,
         };
         match &offer.funding {
-            Funding::PerRequest => self.ledger.record(entry(EntryKind::Payment, &offer.price, fee)),
+            Funding::PerRequest => vec![entry(EntryKind::Payment, &offer.price, fee)],
             Funding::Session { deposit } => {
+                let mut entries = Vec::new();
                 if let Some(deposit) = deposit {
-                    self.ledger.record(entry(EntryKind::Deposit, deposit, fee.clone()));
+                    entries.push(entry(EntryKind::Deposit, deposit, fee.clone()));
                 }
                 let none = Money::zero(offer.price.asset.clone());
-                self.ledger.record(entry(EntryKind::Session, &offer.price, none));
+                entries.push(entry(EntryKind::Session, &offer.price, none));
+                entries
             }
         }
     }
@@ -220,17 +359,7 @@ impl PaymentMiddleware {
         next: Next<'_>,
     ) -> std::result::Result<Response, reqwest_middleware::Error> {
         let required = read_402(url, first).await?;
-        // A wallet that cannot pay (a challenge it cannot read, an offer its policy refuses)
-        // does not void another wallet's offers; its reason is what the caller hears when no
-        // wallet has any.
-        let mut offers = Vec::new();
-        let mut refusal = None;
-        for wallet in &self.wallets {
-            match wallet.offers(&required) {
-                Ok(made) => offers.extend(made.into_iter().map(|o| (wallet.clone(), o))),
-                Err(e) => refusal = refusal.or(Some(e)),
-            }
-        }
+        let (offers, refusal) = self.offers(&required);
         self.emit(Event::PaymentRequired {
             url: url.to_string(),
             challenges: challenge_lines(&required.headers),
@@ -240,28 +369,25 @@ impl PaymentMiddleware {
                 .collect(),
         });
         if offers.is_empty() {
-            if let Some(refusal) = refusal {
-                return Err(err(refusal));
-            }
-            let schemes: Vec<_> = required.challenges.iter().map(|c| c.scheme.clone()).collect();
-            return Err(err(ClientError::NoPayableOffer(format!(
-                "the server offers {schemes:?}; this client has wallets for {:?}",
-                self.wallets.iter().map(|w| w.rail()).collect::<Vec<_>>()
-            ))));
+            return Err(err(self.no_offer(&required, refusal)));
         }
-        let ((wallet, offer), reservation) = self.choose(&offers).map_err(err)?;
+        let host = host_of(url);
+        let ((wallet, offer), reservation, reason) = self.choose(&host, &offers).map_err(err)?;
+        self.emit(Event::Chose { rail: offer.rail, price: offer.price.clone(), reason });
         self.emit(Event::Paying {
             rail: offer.rail,
             price: offer.price.clone(),
             summary: offer.summary.clone(),
         });
+        let session = matches!(offer.funding, Funding::Session { .. });
         let proof: Proof = match wallet.pay(offer).await {
             Ok(p) => p,
             Err(e @ ClientError::PaidWithoutProof(_)) => {
                 // Money left (or may have): it counts, at the most it could have been.
                 let worst = Self::outlay(offer, &offer.max_fee);
-                self.budget.commit(reservation, &worst);
-                self.record(url, offer, Money::zero(offer.price.asset.clone()), "unknown".into());
+                let none = Money::zero(offer.price.asset.clone());
+                let entries = self.entries(url, offer, none, "unknown", None);
+                self.budget.commit_with(reservation, &worst, None, &entries);
                 return Err(err(e));
             }
             Err(e) => {
@@ -269,8 +395,20 @@ impl PaymentMiddleware {
                 return Err(err(e));
             }
         };
-        self.budget.commit(reservation, &Self::outlay(offer, &proof.fee));
-        self.record(url, offer, proof.fee.clone(), proof.reference.clone());
+        let proof_text = proof
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let entries =
+            self.entries(url, offer, proof.fee.clone(), &proof.reference, Some(proof_text));
+        let ids = self.budget.commit_with(
+            reservation,
+            &Self::outlay(offer, &proof.fee),
+            session.then_some(proof.reference.as_str()),
+            &entries,
+        );
         self.emit(Event::Paid {
             rail: offer.rail,
             price: offer.price.clone(),
@@ -301,6 +439,9 @@ impl PaymentMiddleware {
                 .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
                 .unwrap_or_else(|| "no detail given".into());
             return Err(err(ClientError::ProofRejected { status: status.as_u16(), detail }));
+        }
+        if let (Some(id), Some(receipt)) = (ids.last(), receipt_of(response.headers())) {
+            self.ledger.add_receipt(*id, &receipt);
         }
         wallet.answered(offer, status, response.headers(), None).await.map_err(err)?;
         Ok(response)
@@ -376,6 +517,14 @@ impl PaymentMiddleware {
         }
         Ok((response, saved))
     }
+}
+
+/// The server's receipt for a payment, as `Header: value`, if it sent one.
+fn receipt_of(headers: &http::HeaderMap) -> Option<String> {
+    RECEIPT_HEADERS.iter().find_map(|name| {
+        let value = headers.get(*name)?;
+        Some(format!("{name}: {}", String::from_utf8_lossy(value.as_bytes())))
+    })
 }
 
 /// The 402's challenge header lines as sent (`Name: value`), for people to read.

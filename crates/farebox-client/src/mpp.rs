@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, PrivateKeySigner, U256};
-use farebox_lightning::{LightningBackend, LightningError, PaymentHash, Preimage, bolt11};
+use farebox_lightning::{LightningBackend, PaymentHash, Preimage, bolt11};
 use farebox_mpp::evm_charge::{self, EvmChargeRequest, TokenName};
 use farebox_mpp::evm_session::{self, EvmSessionRequest, SessionPayload};
 use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
@@ -210,6 +210,8 @@ impl MppWallet {
                 Money::sats(request.amount_sat),
                 challenge.realm
             ),
+            payee: Some(invoice.payee.to_string()),
+            buys: Some(buys(&challenge, None)),
             details: Box::new(MppOffer::Lightning { challenge, request }),
         }))
     }
@@ -258,9 +260,27 @@ impl MppWallet {
             max_fee: Money::zero(price.asset.clone()),
             funding: Funding::PerRequest,
             price,
+            payee: Some(format!("{:#x}", request.recipient)),
+            buys: Some(buys(&challenge, None)),
             details: Box::new(MppOffer::Evm { challenge, request, valid_before, domain }),
         }))
     }
+}
+
+/// What an MPP challenge sells: its intent in `realm`, its description, and for a session
+/// the deposit this payment puts up.
+fn buys(challenge: &Challenge, deposit: Option<Money>) -> String {
+    let mut text = format!("{} {} in {}", challenge.method, challenge.intent, challenge.realm);
+    if let Some(d) = challenge.description.as_deref().filter(|d| !d.is_empty()) {
+        text.push_str(&format!(": {d}"));
+    }
+    if let Some(deposit) = deposit {
+        text.push_str(&format!("; puts up a deposit of {deposit}, refunded as unspent at close"));
+    }
+    if let Some(expires) = &challenge.expires {
+        text.push_str(&format!("; offer expires {expires}"));
+    }
+    text
 }
 
 fn proof(credential: &Credential, fee: Money, reference: String) -> Result<Proof, ClientError> {
@@ -375,11 +395,10 @@ impl Wallet for MppWallet {
                 let Some((node, max_fee_msat)) = &self.lightning else {
                     return Err(ClientError::PaymentFailed("no Lightning node".into()));
                 };
-                let paid =
-                    node.pay(&request.invoice, *max_fee_msat).await.map_err(|e| match e {
-                        LightningError::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
-                        other => ClientError::PaymentFailed(other.to_string()),
-                    })?;
+                let paid = node
+                    .pay(&request.invoice, *max_fee_msat)
+                    .await
+                    .map_err(ClientError::from_lightning)?;
                 if !farebox_lightning::preimage_matches(&paid.preimage, &request.payment_hash) {
                     return Err(ClientError::PaidWithoutProof(
                         "the wallet returned a preimage that does not match the invoice's payment hash"
@@ -482,6 +501,8 @@ impl MppWallet {
             rail: "mpp",
             price: per_request,
             max_fee: Money::zero(asset.clone()),
+            payee: Some(format!("{:#x}", request.recipient)),
+            buys: Some(buys(&challenge, plan.outlay().map(|d| Money::new(asset.clone(), d)))),
             funding: Funding::Session { deposit: plan.outlay().map(|d| Money::new(asset, d)) },
             summary,
             details: Box::new(MppOffer::EvmSession {
@@ -629,6 +650,8 @@ impl MppWallet {
             rail: "mpp",
             price: Money::sats(request.amount_sat),
             max_fee: Money::msats(*max_fee_msat),
+            payee: None,
+            buys: Some(buys(&challenge, deposit.clone())),
             funding: Funding::Session { deposit },
             summary,
             details: Box::new(MppOffer::LightningSession {
@@ -798,10 +821,7 @@ impl MppWallet {
                 "the deposit invoice is not the one the challenge names".into(),
             ));
         }
-        let paid = node.pay(invoice, *max_fee_msat).await.map_err(|e| match e {
-            LightningError::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
-            other => ClientError::PaymentFailed(other.to_string()),
-        })?;
+        let paid = node.pay(invoice, *max_fee_msat).await.map_err(ClientError::from_lightning)?;
         if !farebox_lightning::preimage_matches(&paid.preimage, &request.payment_hash) {
             return Err(ClientError::PaidWithoutProof(
                 "the deposit's preimage does not match".into(),

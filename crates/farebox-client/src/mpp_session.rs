@@ -369,20 +369,26 @@ impl SessionBook {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// The refund goes back to the budget, off the session's deposits, and into the ledger
+    /// with its evidence, in one step.
     fn credit(&self, closed: &ClosedSession) {
-        let Some((budget, ledger)) = self.accounts.get() else { return };
-        if closed.refunded.amount > 0 {
-            budget.refund(&closed.refunded);
-        }
-        ledger.record(LedgerEntry {
+        let Some((budget, _)) = self.accounts.get() else { return };
+        let host =
+            Url::parse(&closed.url).map(|u| crate::middleware::host_of(&u)).unwrap_or_default();
+        let entry = LedgerEntry {
+            id: 0,
             at: std::time::SystemTime::now(),
+            host,
             url: closed.url.clone(),
-            rail: "mpp",
+            rail: "mpp".into(),
             kind: EntryKind::Refund,
             amount: closed.refunded.clone(),
             fee: Money::zero(closed.refunded.asset.clone()),
             reference: closed.reference.clone(),
-        });
+            proof: None,
+            receipt: None,
+        };
+        budget.refund_session(&closed.session, &entry);
     }
 
     /// Closes one session (already taken out of the book) and credits the evidenced refund.

@@ -53,6 +53,11 @@ pub struct Offer {
     pub funding: Funding,
     /// A line for people: what is being paid for and how.
     pub summary: String,
+    /// Who is paid, as the challenge names them (a node's public key, an address), when it does.
+    pub payee: Option<String>,
+    /// What the price buys, as the challenge says (the route and lifetime a token is good for,
+    /// the resource, a session's deposit), for people to consent to.
+    pub buys: Option<String>,
     /// Wallet-private data needed to pay (the invoice, the requirements…).
     pub details: Box<dyn Any + Send + Sync>,
 }
@@ -65,6 +70,8 @@ impl fmt::Debug for Offer {
             .field("max_fee", &self.max_fee)
             .field("funding", &self.funding)
             .field("summary", &self.summary)
+            .field("payee", &self.payee)
+            .field("buys", &self.buys)
             .finish_non_exhaustive()
     }
 }

@@ -118,6 +118,14 @@ fn requirements(response: &PaymentRequired) -> Result<Vec<Requirement>, ClientEr
     Ok(accepts.into_iter().map(Requirement::V1).collect())
 }
 
+/// The resource a requirement prices, with its description when it has one.
+fn resource_text(url: &str, description: Option<&String>) -> String {
+    match description.filter(|d| !d.is_empty()) {
+        Some(d) => format!("{url} ({d})"),
+        None => url.to_string(),
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -147,9 +155,11 @@ impl Wallet for X402Wallet {
                 .try_into()
                 .map_err(|_| ClientError::InvalidChallenge("amount too large".into()))?;
             let price = Money::new(asset.clone(), amount);
-            let version = match requirement {
-                Requirement::V1(_) => 1,
-                Requirement::V2 { .. } => 2,
+            let (version, buys) = match &requirement {
+                Requirement::V1(q) => (1, resource_text(&q.resource, Some(&q.description))),
+                Requirement::V2 { resource, .. } => {
+                    (2, resource_text(&resource.url, resource.description.as_ref()))
+                }
             };
             offers.push(Offer {
                 rail: "x402",
@@ -160,6 +170,8 @@ impl Wallet for X402Wallet {
                 price,
                 max_fee: Money::zero(asset),
                 funding: Funding::PerRequest,
+                payee: Some(format!("{:#x}", t.pay_to)),
+                buys: Some(buys),
                 details: Box::new(requirement),
             });
         }

@@ -137,7 +137,8 @@ async fn a_failed_payment_spends_nothing() {
     let (client, ledger, budget) = client(&w, 100, 1000);
     let err = client.get(format!("{}/cheap", w.base)).send().await.unwrap_err();
     let typed = ClientError::from_middleware(&err).expect("typed error");
-    assert!(matches!(typed, ClientError::PaymentFailed(_)), "{typed}");
+    // A wallet node that cannot be reached is told apart from a payment that failed.
+    assert!(matches!(typed, ClientError::Unavailable(_)), "{typed}");
     assert!(ledger.entries().is_empty());
     assert_eq!(budget.spent(&Asset::Bitcoin), Money::sats(0));
     // The reservation was released: the full budget is usable once the wallet is back.

@@ -5,7 +5,11 @@
 //! - `farebox demo`: a demo API, a paid server in front of it and a client that pays for it over
 //!   L402, all in one process on embedded defaults, narrated step by step.
 //! - `farebox demo --serve`: the same server and dev wallet kept running, for `farebox pay`.
-//! - `farebox pay <url>`: pays for one request from the command line with the dev wallet.
+//! - `farebox pay <url>`: pays for one request from the wallet file, within its caps (or with
+//!   the dev wallet alone, `--wallet URL`). Exit codes: [`pay::Exit`].
+//! - `farebox quote <url>`: every offer and the one `pay` would choose, paying nothing.
+//! - `farebox ledger`: the wallet's payments, refunds and session closes (`--csv`, `--json`).
+//! - `farebox wallet init`: writes an annotated wallet file; `wallet budget`: what is left.
 //! - `farebox facilitator`: the x402 facilitator HTTP API over EVM nodes.
 //! - `farebox conformance <url>`: the conformance suite against a server; `--serve`: the
 //!   misbehaving reference server for testing clients.
@@ -17,12 +21,15 @@ mod conformance;
 mod demo;
 mod devnet;
 mod facilitator;
+mod ledger;
 mod pay;
 mod proxy;
+mod quote;
 mod serve;
 mod stack;
 mod token;
 mod upstream;
+mod wallet_file;
 
 use clap::{Parser, Subcommand};
 
@@ -43,14 +50,32 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run the demo: an API, a paid server in front of it, and a client paying it in sats.
     Demo(Box<demo::DemoArgs>),
-    /// Pay for one request with the dev wallet and print the response body.
+    /// Pay for one request from the wallet file and print the response body.
     Pay(Box<pay::PayArgs>),
+    /// Show every offer for a request and which one `pay` would choose; pays nothing.
+    Quote(Box<quote::QuoteArgs>),
+    /// Print the wallet's ledger (payments, deposits, refunds), or export it.
+    Ledger(Box<ledger::LedgerArgs>),
+    /// The wallet file: `init` writes one, `budget` shows what each cap has left.
+    #[command(subcommand)]
+    Wallet(ledger::WalletCommand),
     /// Serve the x402 facilitator API (verify, settle, supported) over EVM nodes.
     Facilitator(Box<facilitator::FacilitatorArgs>),
     /// Check a server against the L402, x402 and MPP conformance suite.
     Conformance(Box<conformance::ConformanceArgs>),
     /// Narrow an L402 token for another agent, or show what a token allows.
     Token(Box<token::TokenArgs>),
+}
+
+/// The exit code of a wallet command (its failures carry `pay`'s codes).
+fn exit_of(outcome: Result<(), pay::Failure>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            std::process::ExitCode::from(f.exit.code())
+        }
+    }
 }
 
 #[tokio::main]
@@ -75,7 +100,10 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::Demo(args) => demo::run(*args).await,
-        Command::Pay(args) => pay::run(*args).await,
+        Command::Pay(args) => return std::process::ExitCode::from(pay::run(*args).await),
+        Command::Quote(args) => return std::process::ExitCode::from(quote::run(*args).await),
+        Command::Ledger(args) => return exit_of(ledger::run(*args)),
+        Command::Wallet(command) => return exit_of(ledger::wallet(command)),
         Command::Facilitator(args) => facilitator::run(*args).await,
         Command::Conformance(args) => match conformance::run(*args).await {
             Ok(true) => Ok(()),

@@ -1,91 +1,462 @@
-//! `farebox pay <url>`: pays for one request with a dev wallet and prints the body.
+//! `farebox pay <url>`: pays for one request from the wallet file, within its caps, and prints
+//! the body.
 //!
-//! The steps go to stderr, the response body to stdout, so `farebox pay … | jq` works.
+//! What was offered, what was chosen and why, and what was paid go to stderr; the response body
+//! to stdout, so `farebox pay … | jq` works. Each way of failing has its own exit code
+//! ([`Exit`]); with `--json`, stderr ends with one JSON line saying what happened, for agents.
+//!
+//! Without a wallet file, `--wallet URL` pays with the dev wallet of `farebox demo --serve` /
+//! `farebox serve` within `--max-sats`, in memory (as before wallet files existed).
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-use farebox_client::{Budget, ClientError, Event, L402Wallet, PaymentMiddleware};
+use farebox_client::{
+    Budget, ClientError, Event, EvmSessionPolicy, L402Wallet, LightningSessionPolicy, MppWallet,
+    PaymentMiddleware, Sessions, SqliteStore, X402Wallet,
+};
 use farebox_core::Money;
+use serde_json::json;
 
-use crate::devnet::RemoteDevWallet;
+use crate::wallet_file::{self, WalletConfig, WalletFileError};
+
+/// How `farebox pay` ends, as its exit code. Documented in the README; agents branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Served (2xx), paid or free.
+    Ok = 0,
+    /// Something unexpected.
+    Failed = 1,
+    /// Bad input: URL, header, amount or unit; a missing, invalid or insecure wallet file.
+    BadInput = 2,
+    /// Over a cap of the budget, or `--max`. Nothing paid.
+    OverBudget = 3,
+    /// No wallet for any offered rail, or the policy refuses (host, session escrow or
+    /// deposit). Nothing paid.
+    NoPayableOffer = 4,
+    /// The server refused the proof of a payment that was made. Spent and in the ledger.
+    ProofRefused = 5,
+    /// A backend is down: the Lightning node, the EVM node, the budget store. Nothing paid.
+    BackendDown = 6,
+    /// The payment's outcome is unknown: money may have left. Counted at its most and in the
+    /// ledger; do not retry blindly.
+    OutcomeUnknown = 7,
+    /// The server failed: unreachable, an unreadable challenge, an error status, a claim
+    /// about money the wallet disproved.
+    ServerError = 8,
+    /// The wallet tried and the payment failed (no route…). Nothing spent.
+    PaymentFailed = 9,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The error's name in `--json` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Failed => "failed",
+            Exit::BadInput => "bad_input",
+            Exit::OverBudget => "over_budget",
+            Exit::NoPayableOffer => "no_payable_offer",
+            Exit::ProofRefused => "proof_refused",
+            Exit::BackendDown => "backend_down",
+            Exit::OutcomeUnknown => "outcome_unknown",
+            Exit::ServerError => "server_error",
+            Exit::PaymentFailed => "payment_failed",
+        }
+    }
+
+    pub fn of_client(e: &ClientError) -> Exit {
+        match e {
+            ClientError::OverBudget { .. } => Exit::OverBudget,
+            ClientError::NoPayableOffer(_)
+            | ClientError::SessionRefused(_)
+            | ClientError::PolicyRefused(_) => Exit::NoPayableOffer,
+            ClientError::ProofRejected { .. } => Exit::ProofRefused,
+            ClientError::Unavailable(_) => Exit::BackendDown,
+            ClientError::PaidWithoutProof(_) => Exit::OutcomeUnknown,
+            ClientError::InvalidChallenge(_)
+            | ClientError::Overclaimed(_)
+            | ClientError::RefundUnproven(_)
+            | ClientError::Http(_) => Exit::ServerError,
+            ClientError::PaymentFailed(_) => Exit::PaymentFailed,
+            ClientError::BodyNotReplayable | ClientError::Config(_) => Exit::BadInput,
+            _ => Exit::Failed,
+        }
+    }
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Failure { exit, message: message.into() }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(Exit::BadInput, message)
+    }
+}
+
+impl From<WalletFileError> for Failure {
+    fn from(e: WalletFileError) -> Self {
+        // Every wallet file problem (missing, invalid, insecure, a kind not built in) is the
+        // caller's to fix.
+        Failure::new(Exit::BadInput, e.to_string())
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::new(Exit::of_client(&e), e.to_string())
+    }
+}
+
+/// Which wallet to use: the file, or the dev wallet alone.
+#[derive(clap::Args, Clone)]
+pub struct WalletArgs {
+    /// The wallet file (default: $FAREBOX_WALLET, $XDG_CONFIG_HOME/farebox/wallet.toml,
+    /// ~/.config/farebox/wallet.toml).
+    #[arg(long = "wallet-file", value_name = "PATH")]
+    pub wallet_file: Option<PathBuf>,
+    /// The dev wallet API that pays Lightning (printed by `farebox demo --serve`); overrides
+    /// the wallet file's [lightning]. Without a wallet file, the only wallet, in memory.
+    #[arg(long, env = "FAREBOX_DEV_WALLET")]
+    pub wallet: Option<reqwest::Url>,
+}
+
+impl WalletArgs {
+    /// The wallet file's configuration, or (none there, `--wallet` or no file at all) the dev
+    /// wallet's. `max_sats` caps the dev wallet without a file.
+    pub fn config(&self, max_sats: u64, max_fee_sats: u64) -> Result<WalletConfig, Failure> {
+        let path = self.wallet_file.clone().or_else(wallet_file::default_path);
+        let dev_url = || {
+            self.wallet.clone().unwrap_or_else(|| {
+                reqwest::Url::parse("http://127.0.0.1:8403").expect("a valid URL")
+            })
+        };
+        match path {
+            Some(path) if path.exists() || self.wallet_file.is_some() => {
+                let mut config = WalletConfig::load(&path)?;
+                if let Some(url) = &self.wallet {
+                    config.lightning = Some(wallet_file::LightningConfig::Dev { url: url.clone() });
+                }
+                Ok(config)
+            }
+            _ => Ok(WalletConfig::dev(dev_url(), max_sats, max_fee_sats)),
+        }
+    }
+}
+
+/// A payment middleware built from a wallet configuration, with what `pay` needs after.
+pub struct Payer {
+    pub middleware: PaymentMiddleware,
+    pub sessions: Option<Sessions>,
+    /// Why a wallet the file names could not be used (printed; the others still pay).
+    pub skipped: Vec<String>,
+}
+
+/// Builds the wallets, the budget (in the wallet's store) and the policy of `config`; `max`
+/// caps one call.
+pub async fn payer(config: &WalletConfig, max: &[Money]) -> Result<Payer, Failure> {
+    let budget = if config.store.as_os_str().is_empty() {
+        Budget::new()
+    } else {
+        if config.store.exists() {
+            wallet_file::check_private(&config.store)?;
+        }
+        Budget::with_store(Arc::new(SqliteStore::open(&config.store)?))
+    };
+    let budget = config.caps.iter().cloned().fold(budget, Budget::limit);
+    let mut policy = config.policy.clone();
+    for m in max {
+        policy = policy.max_per_call(m.clone());
+    }
+    let mut middleware = PaymentMiddleware::new(budget.clone()).policy(policy);
+    let mut skipped = Vec::new();
+    let max_fee_msat = config.max_fee.as_msat().unwrap_or(0);
+    let mut mpp = MppWallet::new();
+    let mut mpp_used = false;
+    if let Some(lightning) = &config.lightning {
+        let node = wallet_file::lightning_backend(lightning)?;
+        middleware = middleware.wallet(L402Wallet::new(node.clone(), max_fee_msat));
+        let mut sessions = LightningSessionPolicy::default();
+        if let Some(cap) = &config.session_max_deposit {
+            sessions.max_deposit_sat = u64::try_from(cap.amount / 1000).unwrap_or(u64::MAX);
+        }
+        mpp = mpp.lightning(node, max_fee_msat).lightning_sessions(sessions);
+        mpp_used = true;
+    }
+    if let Some(evm) = &config.evm {
+        let signer = evm.signer()?;
+        middleware = middleware.wallet(X402Wallet::new(signer.clone()));
+        mpp = mpp.evm(signer);
+        mpp_used = true;
+        // Sessions on the first chain with escrows (one session chain per wallet for now).
+        if let Some(chain) = evm.chains.iter().find(|c| !c.escrows.is_empty()) {
+            match session_policy(chain).await {
+                Ok(policy) => mpp = mpp.evm_sessions(policy),
+                Err(why) => {
+                    skipped.push(format!("MPP sessions on chain {}: {why}", chain.chain_id))
+                }
+            }
+        }
+    }
+    let mut sessions = None;
+    if mpp_used {
+        sessions = Some(mpp.sessions());
+        middleware = middleware.wallet(mpp);
+    }
+    Ok(Payer { middleware, sessions, skipped })
+}
+
+async fn session_policy(chain: &wallet_file::ChainConfig) -> Result<EvmSessionPolicy, String> {
+    let url = chain.rpc_url().map_err(|e| e.to_string())?;
+    // The URL may carry an API key: errors name the chain, never the URL.
+    let rpc = farebox_evm::EvmRpc::connect_with_timeout(&url, Duration::from_secs(10))
+        .await
+        .map_err(|_| "its node does not answer".to_string())?;
+    if rpc.chain_id() != chain.chain_id {
+        return Err(format!("its node is on chain {}", rpc.chain_id()));
+    }
+    let max = chain.max_deposit.as_ref().ok_or("no max_deposit")?;
+    let mut policy = EvmSessionPolicy::new(rpc, chain.escrows[0], max.amount)
+        .symbol(max.asset.symbol().to_string());
+    for escrow in &chain.escrows[1..] {
+        policy = policy.allow_escrow(*escrow);
+    }
+    Ok(policy)
+}
+
+/// The request to send: what `pay` and `quote` share.
+#[derive(clap::Args)]
+pub struct RequestArgs {
+    /// The URL to request.
+    pub url: String,
+    /// HTTP method.
+    #[arg(short = 'X', long, default_value = "GET")]
+    pub method: String,
+    /// Request body (sent as-is).
+    #[arg(short = 'd', long)]
+    pub data: Option<String>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+}
+
+impl RequestArgs {
+    /// The request, or why the flags do not make one.
+    pub fn build(&self, client: &reqwest::Client) -> Result<reqwest::Request, Failure> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| Failure::bad_input(format!("URL {:?}: {e}", self.url)))?;
+        let method = reqwest::Method::from_bytes(self.method.as_bytes())
+            .map_err(|_| Failure::bad_input(format!("method {:?}", self.method)))?;
+        let mut request = client.request(method, url);
+        for h in &self.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| Failure::bad_input(format!("header {h:?} is not `Name: value`")))?;
+            request = request.header(name.trim(), value.trim());
+        }
+        if let Some(data) = &self.data {
+            request = request.body(data.clone());
+        }
+        request.build().map_err(|e| Failure::bad_input(e.to_string()))
+    }
+}
 
 #[derive(clap::Args)]
 pub struct PayArgs {
-    /// The URL to request.
-    url: reqwest::Url,
-    /// HTTP method.
-    #[arg(short = 'X', long, default_value = "GET")]
-    method: reqwest::Method,
-    /// Request body (sent as-is).
-    #[arg(short = 'd', long)]
-    data: Option<String>,
-    /// Extra request header, `Name: value` (repeatable).
-    #[arg(short = 'H', long = "header")]
-    headers: Vec<String>,
-    /// The dev wallet API that pays (printed by `farebox demo --serve`).
-    #[arg(long, env = "FAREBOX_DEV_WALLET", default_value = "http://127.0.0.1:8403")]
-    wallet: reqwest::Url,
-    /// Most to pay for this request, in sats (routing fees included).
-    #[arg(long, default_value_t = 100)]
-    max_sats: u64,
-    /// Most Lightning routing fee, in sats.
-    #[arg(long, default_value_t = 10)]
-    max_fee_sats: u64,
-    /// Print nothing but the body.
+    #[command(flatten)]
+    request: RequestArgs,
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// The most this call may pay, fees and any session deposit included: `50sat`,
+    /// `0.01USDC` (repeatable, one per asset; offers in other assets are then refused).
+    #[arg(long = "max", value_name = "AMOUNT")]
+    max: Vec<String>,
+    /// Most to pay for this request, in sats (routing fees included); `--max <N>sat`.
+    #[arg(long)]
+    max_sats: Option<u64>,
+    /// Most Lightning routing fee, in sats (overrides the wallet file's).
+    #[arg(long)]
+    max_fee_sats: Option<u64>,
+    /// Print nothing but the body (and, with --json, the JSON line).
     #[arg(short, long)]
     quiet: bool,
+    /// End stderr with one JSON line: what was paid, or the error and its exit code.
+    #[arg(long)]
+    json: bool,
 }
 
-pub async fn run(args: PayArgs) -> anyhow::Result<()> {
-    let budget = Budget::new().allow(Money::sats(args.max_sats), Money::sats(args.max_sats))?;
-    let wallet = L402Wallet::new(
-        Arc::new(RemoteDevWallet::new(args.wallet.clone())),
-        args.max_fee_sats.saturating_mul(1000),
-    );
-    let mut payer = PaymentMiddleware::new(budget).wallet(wallet);
-    if !args.quiet {
-        payer = payer.observe(|e: &Event| match e {
-            Event::PaymentRequired { offers, .. } => {
-                eprintln!("402 Payment Required");
-                for (rail, price, summary) in offers {
-                    eprintln!("  offer: {rail} {price} — {summary}");
+/// The `--max` amounts, in the wallet's units.
+pub fn max_amounts(
+    config: &WalletConfig,
+    max: &[String],
+    max_sats: Option<u64>,
+) -> Result<Vec<Money>, Failure> {
+    let mut amounts = Vec::new();
+    for text in max {
+        amounts.extend(config.units().parse_all(text).map_err(Failure::bad_input)?);
+    }
+    amounts.extend(max_sats.map(Money::sats));
+    Ok(amounts)
+}
+
+/// What was paid, for the JSON line.
+type PaidLog = Arc<Mutex<Vec<serde_json::Value>>>;
+
+pub async fn run(args: PayArgs) -> u8 {
+    let json = args.json;
+    let paid: PaidLog = Arc::default();
+    let outcome = pay(args, paid.clone()).await;
+    let paid = paid.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match outcome {
+        Ok(status) => {
+            if json {
+                eprintln!("{}", json!({ "ok": true, "status": status, "paid": paid }));
+            }
+            Exit::Ok.code()
+        }
+        Err(f) => {
+            if json {
+                eprintln!(
+                    "{}",
+                    json!({
+                        "ok": false,
+                        "error": f.exit.name(),
+                        "exit": f.exit.code(),
+                        "message": f.message,
+                        "paid": paid,
+                    })
+                );
+            } else {
+                eprintln!("error: {}", f.message);
+            }
+            f.exit.code()
+        }
+    }
+}
+
+async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
+    let config =
+        args.wallet.config(args.max_sats.unwrap_or(100), args.max_fee_sats.unwrap_or(10))?;
+    let mut config = config;
+    if let Some(fee) = args.max_fee_sats {
+        config.max_fee = Money::sats(fee);
+    }
+    let max = if config.path.as_os_str().is_empty() {
+        max_amounts(&config, &args.max, None)?
+    } else {
+        max_amounts(&config, &args.max, args.max_sats)?
+    };
+    let Payer { mut middleware, sessions, skipped, .. } = payer(&config, &max).await?;
+    let quiet = args.quiet;
+    if !quiet {
+        for why in &skipped {
+            eprintln!("note: {why}");
+        }
+        if config.path.as_os_str().is_empty() {
+            eprintln!(
+                "note: no wallet file; paying with the dev wallet, in memory (`farebox wallet init` writes one)"
+            );
+        }
+    }
+    let log = paid.clone();
+    middleware = middleware.observe(move |e: &Event| {
+        if let Event::Paid { rail, price, fee, reference } = e {
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(json!({
+                "rail": rail,
+                "amount": price.to_string(),
+                "fee": fee.to_string(),
+                "reference": reference,
+            }));
+        }
+        if !quiet {
+            narrate(e);
+        }
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    let request = args.request.build(&http)?;
+    let client = farebox_client::paying_client(http, middleware);
+    let sent = client.execute(request).await;
+    // A session opened for this call is closed before exiting, so its unspent deposit comes
+    // back (and the refund is in the ledger) now rather than when the server gives up on it.
+    let close = async {
+        if let Some(sessions) = &sessions {
+            for closed in sessions.close_all().await {
+                match closed {
+                    Ok(c) if !quiet => eprintln!(
+                        "closed session {}: spent {}, refunded {} (evidence {})",
+                        c.session, c.spent, c.refunded, c.reference
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("warning: a session could not be closed: {e}"),
                 }
             }
-            Event::Paid { rail, price, fee, reference } => {
-                eprintln!("paid {price} over {rail} (fee {fee}), payment hash {reference}")
-            }
-            Event::Served { status, .. } => eprintln!("retried with the proof: HTTP {status}"),
-            _ => {}
-        });
-    }
-    let client = farebox_client::paying_client(
-        reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
-        payer,
-    );
-    let mut request = client.request(args.method.clone(), args.url.clone());
-    for h in &args.headers {
-        let (name, value) =
-            h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;
-        request = request.header(name.trim(), value.trim());
-    }
-    if let Some(data) = args.data {
-        request = request.body(data);
-    }
-    let response = match request.send().await {
+        }
+    };
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
-            if let Some(typed) = ClientError::from_middleware(&e) {
-                anyhow::bail!("{typed}");
-            }
-            return Err(e).with_context(|| format!("{} {}", args.method, args.url));
+            close.await;
+            return Err(match ClientError::from_middleware(&e) {
+                Some(typed) => Failure::from_client_ref(typed),
+                None => Failure::new(
+                    Exit::ServerError,
+                    format!("{} {}: {e}", args.request.method, args.request.url),
+                ),
+            });
         }
     };
     let status = response.status();
-    let body = response.bytes().await?;
+    let body = response.bytes().await;
+    close.await;
+    let body = body.map_err(|e| Failure::new(Exit::ServerError, e.to_string()))?;
     use std::io::Write;
-    std::io::stdout().write_all(&body)?;
-    anyhow::ensure!(status.is_success(), "{} {} answered {status}", args.method, args.url);
-    Ok(())
+    std::io::stdout().write_all(&body).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    if !status.is_success() {
+        return Err(Failure::new(
+            Exit::ServerError,
+            format!("{} {} answered {status}", args.request.method, args.request.url),
+        ));
+    }
+    Ok(status.as_u16())
+}
+
+impl Failure {
+    fn from_client_ref(e: &ClientError) -> Self {
+        Failure::new(Exit::of_client(e), e.to_string())
+    }
+}
+
+/// What was offered, chosen and paid, for people (stderr).
+fn narrate(e: &Event) {
+    match e {
+        Event::PaymentRequired { offers, .. } => {
+            eprintln!("402 Payment Required; offers this wallet can pay:");
+            for (rail, price, summary) in offers {
+                eprintln!("  offer: {rail} {price} — {summary}");
+            }
+        }
+        Event::Chose { rail, price, reason } => eprintln!("chose {rail} {price}: {reason}"),
+        Event::Paid { rail, price, fee, reference } => {
+            eprintln!("paid {price} over {rail} (fee {fee}), reference {reference}")
+        }
+        Event::ReusingProof { rail, .. } => eprintln!("sending a {rail} proof bought earlier"),
+        Event::Served { status, .. } => eprintln!("retried with the proof: HTTP {status}"),
+        _ => {}
+    }
 }
