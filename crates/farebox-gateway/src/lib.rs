@@ -65,6 +65,8 @@ pub mod proxy;
 pub mod rails;
 pub mod ratelimit;
 pub mod revocation;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{Config, ConfigError, Issue};
 pub use gateway::{Gateway, GatewayOptions};
