@@ -1,5 +1,5 @@
-//! Payment credentials built by hand from a gateway's 402, for tests and load tests that must
-//! hold the credential itself: to replay it against several instances, or to pre-sign many
+//! Payment credentials built by hand from a gateway's 402 (and the configuration sections of an
+//! x402 rail on a test chain), for tests and load tests that must hold the credential itself: to replay it against several instances, or to pre-sign many
 //! before a benchmark. (Paying clients keep their credentials to themselves.) Feature
 //! `testing`; nothing here is used by the gateway.
 //!
@@ -144,4 +144,36 @@ pub fn mpp_evm_voucher(
     let mut credential = Credential::new(challenge, payload.to_json());
     credential.source = Some(evm_charge::source(chain_id, payer.address()));
     credential.to_authorization()
+}
+
+/// The `[chains.local]`, `[assets.usdc]` and `[rails.x402]` sections of an anvil chain at `rpc`
+/// with the token `token`, paying `pay_to`, settled with the key in `gas_key`.
+pub fn x402_sections(
+    chain_id: u64,
+    rpc: &str,
+    token: &str,
+    pay_to: &str,
+    gas_key: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+[chains.local]
+chain_id = {chain_id}
+rpc = "{rpc}"
+
+[assets.usdc]
+chain = "local"
+address = "{token}"
+symbol = "USDC"
+decimals = 6
+eip712_name = "USDC"
+eip712_version = "2"
+
+[rails.x402]
+asset = "usdc"
+pay_to = "{pay_to}"
+facilitator = {{ gas_key = {{ key_file = "{}" }} }}
+"#,
+        gas_key.display()
+    )
 }

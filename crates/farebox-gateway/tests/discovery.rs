@@ -89,7 +89,7 @@ rails = ["l402", "mpp"]
             "listen = \"127.0.0.1:0\"",
             "listen = \"127.0.0.1:0\"\npublic_url = \"https://api.example.com\""
         ),
-        x402 = common::x402_sections(
+        x402 = farebox_gateway::testing::x402_sections(
             CHAIN_ID,
             anvil.url(),
             &format!("{token:#x}"),

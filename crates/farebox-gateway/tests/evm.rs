@@ -34,7 +34,7 @@ price = ["50 sat", "0.05 usdc"]
 rails = ["l402", "x402"]
 "#,
         base = common::base_config(upstream_addr, ""),
-        x402 = common::x402_sections(
+        x402 = farebox_gateway::testing::x402_sections(
             CHAIN_ID,
             anvil.url(),
             &format!("{token:#x}"),

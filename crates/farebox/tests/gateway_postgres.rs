@@ -129,23 +129,7 @@ shutdown_grace_secs = 2
 [store]
 postgres = {{ key_file = "{pg_url}" }}
 
-[chains.local]
-chain_id = {CHAIN_ID}
-rpc = "{rpc_url}"
-
-[assets.usdc]
-chain = "local"
-address = "{token:#x}"
-symbol = "USDC"
-decimals = 6
-eip712_name = "USDC"
-eip712_version = "2"
-
-[rails.x402]
-asset = "usdc"
-pay_to = "{payee:#x}"
-facilitator = {{ gas_key = {{ key_file = "{gas_key}" }} }}
-
+{x402}
 [rails.mpp]
 realm = "shared"
 secret = {{ key_file = "{secret}" }}
@@ -194,9 +178,15 @@ rails = ["x402"]
 free_tier = true
 "#,
         pg_url = file("pg.url", pg.url()),
-        rpc_url = anvil.url(),
+        x402 = testing::x402_sections(
+            CHAIN_ID,
+            anvil.url(),
+            &format!("{token:#x}"),
+            &format!("{:#x}", payee.address),
+            Path::new(&file("gas.key", gas.key)),
+        ),
         payee = payee.address,
-        gas_key = file("gas.key", gas.key),
+        gas_key = dir.path().join("gas.key").display(),
         secret = file("mpp.secret", &"42".repeat(32)),
         payee_key = file("payee.key", payee.key),
     );

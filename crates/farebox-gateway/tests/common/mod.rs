@@ -244,38 +244,6 @@ pub fn paying(
     )
 }
 
-/// The `[chains.local]`, `[assets.usdc]` and `[rails.x402]` sections of an anvil chain at `rpc`
-/// with the token `token`, paying `pay_to`, settled with the key in `gas_key`.
-pub fn x402_sections(
-    chain_id: u64,
-    rpc: &str,
-    token: &str,
-    pay_to: &str,
-    gas_key: &std::path::Path,
-) -> String {
-    format!(
-        r#"
-[chains.local]
-chain_id = {chain_id}
-rpc = "{rpc}"
-
-[assets.usdc]
-chain = "local"
-address = "{token}"
-symbol = "USDC"
-decimals = 6
-eip712_name = "USDC"
-eip712_version = "2"
-
-[rails.x402]
-asset = "usdc"
-pay_to = "{pay_to}"
-facilitator = {{ gas_key = {{ key_file = "{}" }} }}
-"#,
-        gas_key.display()
-    )
-}
-
 pub fn write_config(
     dir: &std::path::Path,
     text: &str,
