@@ -333,40 +333,62 @@ impl GatewayDb {
         let run = async {
             on_pool!(self, |pool| {
                 let mut tx = pool.begin().await?;
-                let mut out = Vec::with_capacity(events.len());
-                // Added revenue per key, in key order (the same lock order in every instance).
-                let mut added: BTreeMap<(&str, &str, &str), (u128, i64)> = BTreeMap::new();
-                for e in events {
+                // Each token once per batch, in key order (the same lock order in every
+                // instance): where it first appears, how often, and when last.
+                let mut tokens: BTreeMap<&str, (usize, i64, i64)> = BTreeMap::new();
+                for (i, e) in events.iter().enumerate() {
                     if let Some(token) = &e.token_id {
-                        let first = sqlx::query(
-                            "INSERT INTO farebox_gateway_l402_tokens
+                        let slot = tokens.entry(token).or_insert((i, 0, e.at_ms));
+                        slot.1 += 1;
+                        slot.2 = slot.2.max(e.at_ms);
+                    }
+                }
+                // `None`: still to be logged as a payment.
+                let mut out: Vec<Option<Recorded>> = events
+                    .iter()
+                    .map(|e| e.token_id.as_ref().map(|_| Recorded::TokenUse))
+                    .collect();
+                for (token, (first, uses, last)) in &tokens {
+                    let e = &events[*first];
+                    let new = sqlx::query(
+                        "INSERT INTO farebox_gateway_l402_tokens
                            (token_id, payment_hash, route, asset, amount, first_ms, last_ms, uses)
-                         VALUES ($1, $2, $3, $4, $5, $6, $6, 1)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                          ON CONFLICT (token_id) DO NOTHING",
-                        )
-                        .bind(token)
-                        .bind(&e.reference)
-                        .bind(&e.route)
-                        .bind(&e.asset)
-                        .bind(&e.amount)
-                        .bind(e.at_ms)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                            == 1;
-                        if !first {
-                            sqlx::query(
-                                "UPDATE farebox_gateway_l402_tokens SET uses = uses + 1,
-                               last_ms = CASE WHEN last_ms < $2 THEN $2 ELSE last_ms END
+                    )
+                    .bind(*token)
+                    .bind(&e.reference)
+                    .bind(&e.route)
+                    .bind(&e.asset)
+                    .bind(&e.amount)
+                    .bind(e.at_ms)
+                    .bind(*last)
+                    .bind(*uses)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if new {
+                        // The token's first use anywhere: that is when it was paid for.
+                        out[*first] = None;
+                    } else {
+                        sqlx::query(
+                            "UPDATE farebox_gateway_l402_tokens SET uses = uses + $2,
+                               last_ms = CASE WHEN last_ms < $3 THEN $3 ELSE last_ms END
                              WHERE token_id = $1",
-                            )
-                            .bind(token)
-                            .bind(e.at_ms)
-                            .execute(&mut *tx)
-                            .await?;
-                            out.push(Recorded::TokenUse);
-                            continue;
-                        }
+                        )
+                        .bind(*token)
+                        .bind(*uses)
+                        .bind(*last)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                // Added revenue per key, in key order.
+                let mut added: BTreeMap<(&str, &str, &str), (u128, i64)> = BTreeMap::new();
+                for (e, slot) in events.iter().zip(out.iter_mut()) {
+                    if slot.is_some() {
+                        continue;
                     }
                     let path: String = e.path.chars().take(MAX_LOGGED_PATH).collect();
                     let inserted = sqlx::query(
@@ -391,14 +413,14 @@ impl GatewayDb {
                 .await?
                 .rows_affected();
                     if inserted == 0 {
-                        out.push(Recorded::Duplicate);
+                        *slot = Some(Recorded::Duplicate);
                         continue;
                     }
                     let amount = e.amount.parse::<u128>().unwrap_or(0);
-                    let slot = added.entry((&e.rail, &e.route, &e.asset)).or_insert((0, 0));
-                    slot.0 = slot.0.saturating_add(amount);
-                    slot.1 += 1;
-                    out.push(Recorded::Payment);
+                    let sum = added.entry((&e.rail, &e.route, &e.asset)).or_insert((0, 0));
+                    sum.0 = sum.0.saturating_add(amount);
+                    sum.1 += 1;
+                    *slot = Some(Recorded::Payment);
                 }
                 for ((rail, route, asset), (amount, payments)) in added {
                     sqlx::query(
@@ -442,7 +464,9 @@ impl GatewayDb {
                     }
                 }
                 tx.commit().await?;
-                Ok::<_, sqlx::Error>(out)
+                Ok::<_, sqlx::Error>(
+                    out.into_iter().map(|r| r.unwrap_or(Recorded::Duplicate)).collect(),
+                )
             })
         };
         bounded("recording payments", run).await

@@ -1068,12 +1068,20 @@ async fn priced(
     response
 }
 
-/// A payment log id: 16 random bytes in hex.
+/// A payment log id: a random prefix per process and a counter (unique across instances
+/// without a random draw per request), in hex.
 fn random_id() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use rand::RngCore;
+        let mut bytes = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    });
+    format!("{prefix}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn paid_headers(names: &PaidHeaderNames, paid: &Paid) -> Vec<(HeaderName, HeaderValue)> {
