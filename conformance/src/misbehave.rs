@@ -25,8 +25,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use farebox_core::{
     Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal,
-    Resource,
-    Verified,
+    Resource, Verified,
 };
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::bolt11::{InvoiceParams, sign_invoice};

@@ -7,7 +7,8 @@
 //! - `cargo xtask fuzz`: only that fuzz step (`FAREBOX_FUZZ_SECONDS` per target, default 15).
 //! - `cargo xtask bench [FILTER]`: runs the criterion benchmarks with short, stable settings and
 //!   prints the medians; `cargo xtask bench facilitator` load-tests `farebox facilitator`'s
-//!   `/verify` with wrk against anvil.
+//!   `/verify` with wrk against anvil; `cargo xtask bench gateway` compares `farebox serve` (free,
+//!   L402, x402 and MPP session routes) with nginx as a reverse proxy, installing wrk and nginx.
 //! - `cargo xtask interop`: the official coinbase x402 SDKs (npm, pinned in
 //!   `xtask/interop/package.json`, installed into `target/tools/interop/`) pay a farebox server
 //!   and are paid by the farebox client through farebox's facilitator, on anvil. `test` runs it
@@ -40,6 +41,15 @@ const APT_PACKAGES: &[(&str, Probe)] = &[
     ("pkg-config", Probe::Command("pkg-config", &["--version"])),
     ("libsodium-dev", Probe::Command("pkg-config", &["--exists", "libsodium"])),
     ("postgresql", Probe::Dir("/usr/lib/postgresql")),
+    // The gateway's status page test renders it in headless Chromium.
+    ("chromium", Probe::Command("chromium", &["--version"])),
+];
+
+/// Debian packages `cargo xtask bench gateway` installs when missing: wrk, the load
+/// generator, and nginx, the trivial upstream and the plain reverse proxy compared with.
+const BENCH_APT_PACKAGES: &[(&str, Probe)] = &[
+    ("wrk", Probe::Command("sh", &["-c", "command -v wrk"])),
+    ("nginx", Probe::Command("sh", &["-c", "command -v nginx || test -x /usr/sbin/nginx"])),
 ];
 
 enum Probe {
@@ -111,8 +121,13 @@ fn setup() -> Result<()> {
 
 /// Installs the Debian packages that are missing.
 fn setup_apt() -> Result<()> {
+    install_apt(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing.
+fn install_apt(packages: &[(&str, Probe)]) -> Result<()> {
     let missing: Vec<&str> =
-        APT_PACKAGES.iter().filter(|(_, probe)| !probe.present()).map(|(pkg, _)| *pkg).collect();
+        packages.iter().filter(|(_, probe)| !probe.present()).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -164,6 +179,10 @@ fn test(extra: &[String]) -> Result<()> {
 fn bench(filter: &[String]) -> Result<()> {
     if filter.first().map(String::as_str) == Some("facilitator") {
         return loadtest::run_facilitator_bench();
+    }
+    if filter.first().map(String::as_str) == Some("gateway") {
+        install_apt(BENCH_APT_PACKAGES)?;
+        return loadtest::run_gateway_bench();
     }
     run(cargo()
         .args(["bench", "--workspace", "--bench", "*", "--"]) // bench targets only: libtest rejects criterion's flags

@@ -46,6 +46,10 @@ pub struct Config {
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
     pub free_tier: Option<FreeTierSection>,
+    pub rate_limit: Option<RateLimitSection>,
+    pub admin: Option<AdminSection>,
+    #[serde(default)]
+    pub discovery: DiscoverySection,
     #[serde(default)]
     pub upstream_headers: UpstreamHeaders,
     #[serde(default)]
@@ -74,6 +78,11 @@ pub struct GatewaySection {
     /// How often rail upkeep runs (x402 reconciliation, idle MPP sessions).
     #[serde(default = "default_maintenance")]
     pub maintenance_interval_secs: u64,
+    /// The name this instance writes into the payment log (default: its listen address).
+    pub instance: Option<String>,
+    /// How long the payment log keeps a payment (revenue totals are kept for good).
+    #[serde(default = "default_payment_log_days")]
+    pub payment_log_days: u64,
 }
 
 impl Default for GatewaySection {
@@ -85,6 +94,8 @@ impl Default for GatewaySection {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: default_shutdown_grace(),
             maintenance_interval_secs: default_maintenance(),
+            instance: None,
+            payment_log_days: default_payment_log_days(),
         }
     }
 }
@@ -97,6 +108,9 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_maintenance() -> u64 {
     10
+}
+fn default_payment_log_days() -> u64 {
+    90
 }
 
 /// `[ops]`: health, readiness and metrics.
@@ -118,6 +132,121 @@ impl Default for OpsSection {
 
 fn default_ops_prefix() -> String {
     "/_farebox".into()
+}
+
+/// `[admin]`: the admin API and status page, on a listener of their own.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: SocketAddr,
+    /// The bearer token every admin request but the status page's shell must carry.
+    pub token: SecretSource,
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// `[discovery]`: `/openapi.json`, `/llms.txt` and `/discovery/resources` on the main listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The service's name (default: the public URL's host).
+    pub title: Option<String>,
+    /// The API's version, as OpenAPI's `info.version` (default "1.0.0").
+    pub version: Option<String>,
+    pub description: Option<String>,
+    /// At most 5, lower case (`data`, `compute`, `developer-tools`…).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    pub homepage: Option<String>,
+    pub api_reference: Option<String>,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        DiscoverySection {
+            enabled: true,
+            title: None,
+            version: None,
+            description: None,
+            categories: Vec::new(),
+            homepage: None,
+            api_reference: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `requests` per `window_secs`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateSection {
+    pub requests: u64,
+    pub window_secs: u64,
+}
+
+impl RateSection {
+    pub fn limit(&self) -> crate::ratelimit::Limit {
+        crate::ratelimit::Limit {
+            requests: self.requests,
+            window: std::time::Duration::from_secs(self.window_secs),
+        }
+    }
+}
+
+/// `[rate_limit]` (every route), or a route's own `rate_limit`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub per_ip: Option<RateSection>,
+    pub per_token: Option<RateSection>,
+}
+
+/// A route's `pricer`: where its price comes from (see [`crate::pricer`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PricerSection {
+    /// `http://host:port/path`, answering POSTed request facts with a price.
+    pub url: String,
+    #[serde(default = "default_pricer_timeout")]
+    pub timeout_ms: u64,
+    /// How long an answer is kept per request facts (0: not kept).
+    #[serde(default)]
+    pub cache_ttl_secs: u64,
+    /// Request headers the pricer is told (lower case names).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The price when the pricer fails (with `on_pricer_error = "fallback"`).
+    pub fallback: Option<PriceSpec>,
+}
+
+fn default_pricer_timeout() -> u64 {
+    500
+}
+
+/// What a dynamically priced route does when its pricer fails.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPricerError {
+    /// Charge the pricer's `fallback` price.
+    Fallback,
+    /// Answer 503 with `Retry-After`.
+    Refuse,
+    /// Serve without payment.
+    Free,
+}
+
+/// A checked dynamic price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicPrice {
+    pub pricer: PricerSection,
+    pub fallback: Option<Price>,
+    pub on_error: OnPricerError,
 }
 
 /// A secret's source: a file or an environment variable, never the configuration itself.
@@ -440,6 +569,12 @@ pub struct RouteSection {
     /// Whether `[free_tier]` applies here (off unless asked for).
     #[serde(default)]
     pub free_tier: bool,
+    /// A price from an HTTP pricer instead of `price`/`prices`.
+    pub pricer: Option<PricerSection>,
+    /// When the pricer fails: `fallback`, `refuse` or `free`.
+    pub on_pricer_error: Option<OnPricerError>,
+    /// This route's own rate limits (replacing `[rate_limit]`'s).
+    pub rate_limit: Option<RateLimitSection>,
 }
 
 /// A checked route, ready for the runtime.
@@ -459,11 +594,15 @@ pub struct Route {
     pub settle: Settle,
     pub description: Option<String>,
     pub free_tier: bool,
+    /// A price from a pricer (then `prices` is empty).
+    pub dynamic: Option<DynamicPrice>,
+    /// The route's own rate limits.
+    pub rate_limit: RateLimitSection,
 }
 
 impl Route {
     pub fn is_free(&self) -> bool {
-        self.prices.is_empty()
+        self.prices.is_empty() && self.dynamic.is_none()
     }
 
     /// A label for logs and metrics: `[host]` `pattern`.
@@ -474,23 +613,26 @@ impl Route {
         }
     }
 
-    /// The price table the paywall gets for this route.
+    /// The price table the paywall gets for this route (empty for a dynamic price).
     pub fn priced_routes(&self) -> Vec<PricedRoute> {
+        self.prices
+            .iter()
+            .filter_map(|(method, price)| self.priced_route(method.clone(), price.clone()))
+            .collect()
+    }
+
+    /// This route at `price` for `method` (`None`: every method), as the paywall prices it.
+    pub fn priced_route(&self, method: Option<Method>, price: Price) -> Option<PricedRoute> {
         let timing = match self.settle {
             Settle::BeforeUpstream => farebox_core::SettleTiming::BeforeServe,
             Settle::BeforeFirstByte | Settle::AfterEnd => farebox_core::SettleTiming::AfterResponse,
         };
-        self.prices
-            .iter()
-            .filter_map(|(method, price)| {
-                let route = PricedRoute::new(method.clone(), &self.pattern, price.clone()).ok()?;
-                let route = match &self.description {
-                    Some(d) => route.describe(d),
-                    None => route,
-                };
-                Some(route.settle(timing))
-            })
-            .collect()
+        let route = PricedRoute::new(method, &self.pattern, price).ok()?;
+        let route = match &self.description {
+            Some(d) => route.describe(d),
+            None => route,
+        };
+        Some(route.settle(timing))
     }
 
     /// Whether this route takes `method` for `host` on `path` (canonical, as the layer checked).
@@ -851,6 +993,51 @@ impl Config {
                 issues.push("free_tier.client_header", "not a valid header name");
             }
         }
+        if let Some(rl) = &self.rate_limit {
+            for (what, rate) in [("per_ip", rl.per_ip), ("per_token", rl.per_token)] {
+                if let Some(rate) = rate {
+                    check_rate(&rate, &format!("rate_limit.{what}"), issues);
+                }
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if admin.listen == self.gateway.listen || Some(admin.listen) == self.ops.listen {
+                issues.push("admin.listen", "must differ from gateway.listen and ops.listen");
+            }
+            match admin.token.read(&base) {
+                Ok(t) if t.expose().len() >= MIN_ADMIN_TOKEN => {}
+                Ok(_) => issues.push(
+                    "admin.token",
+                    format!("the token must be at least {MIN_ADMIN_TOKEN} characters"),
+                ),
+                Err(e) => issues.push("admin.token", e),
+            }
+        }
+        let d = &self.discovery;
+        if d.categories.len() > 5 {
+            issues.push("discovery.categories", "at most 5");
+        }
+        for (i, c) in d.categories.iter().enumerate() {
+            if c.is_empty()
+                || !c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                issues.push(
+                    format!("discovery.categories[{i}]"),
+                    "lower case letters, digits and '-'",
+                );
+            }
+        }
+        for (what, url) in [("homepage", &d.homepage), ("api_reference", &d.api_reference)] {
+            if let Some(url) = url
+                && reqwest::Url::parse(url)
+                    .map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
+                issues.push(format!("discovery.{what}"), "must be an http:// or https:// URL");
+            }
+        }
+        if self.gateway.payment_log_days == 0 {
+            issues.push("gateway.payment_log_days", "must be at least 1");
+        }
         for (what, name) in self.upstream_headers.names() {
             if !name.is_empty() {
                 match HeaderName::try_from(name) {
@@ -963,7 +1150,15 @@ impl Config {
         };
         let configured = self.rails.names();
         let mut prices: Vec<(Option<Method>, Price, String)> = Vec::new();
+        let mut dynamic = None;
         match (r.free, &r.price, &r.prices) {
+            (false, None, None) if r.pricer.is_some() => {}
+            (_, _, _) if r.pricer.is_some() => {
+                issues.push(
+                    format!("{key}.pricer"),
+                    "give a pricer, a price, per-method prices or free = true, one of them",
+                );
+            }
             (true, None, None) => {
                 if r.rails.is_some() {
                     issues.push(format!("{key}.rails"), "a free route offers no rails");
@@ -1014,6 +1209,12 @@ impl Config {
             }
             _ => issues.push(key.clone(), "give exactly one of price, prices or free = true"),
         }
+        if r.on_pricer_error.is_some() && r.pricer.is_none() {
+            issues.push(
+                format!("{key}.on_pricer_error"),
+                "only a route with a pricer has pricer errors",
+            );
+        }
         let rails: Vec<String> = if r.free {
             Vec::new()
         } else {
@@ -1038,6 +1239,44 @@ impl Config {
                 }
             }
         };
+        if let Some(p) = &r.pricer {
+            let pkey = format!("{key}.pricer");
+            match reqwest::Url::parse(&p.url) {
+                Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {}
+                _ => issues.push(
+                    format!("{pkey}.url"),
+                    "an http:// URL (the pricer runs beside the gateway)",
+                ),
+            }
+            if p.timeout_ms == 0 || p.timeout_ms > 60_000 {
+                issues.push(format!("{pkey}.timeout_ms"), "between 1 and 60000");
+            }
+            for (j, h) in p.headers.iter().enumerate() {
+                if HeaderName::try_from(h.as_str()).is_err() {
+                    issues.push(format!("{pkey}.headers[{j}]"), "not a valid header name");
+                }
+            }
+            let fallback = p
+                .fallback
+                .as_ref()
+                .and_then(|f| self.check_price(f, &format!("{pkey}.fallback"), issues));
+            let on_error = match (r.on_pricer_error, &p.fallback) {
+                (Some(OnPricerError::Fallback), None) => {
+                    issues.push(
+                        format!("{key}.on_pricer_error"),
+                        "\"fallback\" needs pricer.fallback",
+                    );
+                    OnPricerError::Refuse
+                }
+                (Some(e), _) => e,
+                (None, Some(_)) => OnPricerError::Fallback,
+                (None, None) => OnPricerError::Refuse,
+            };
+            if let Some(f) = &fallback {
+                prices.push((None, f.clone(), format!("{pkey}.fallback")));
+            }
+            dynamic = Some(DynamicPrice { pricer: p.clone(), fallback, on_error });
+        }
         // Every amount of every price must be chargeable by some rail the route offers.
         for (_, price, pkey) in &prices {
             for offer in price.offers() {
@@ -1052,6 +1291,18 @@ impl Config {
                         ),
                     );
                 }
+            }
+        }
+        if dynamic.is_some() {
+            // The fallback was only checked above; a dynamic route has no static prices.
+            prices.clear();
+        }
+        for (what, rate) in [
+            ("per_ip", r.rate_limit.and_then(|l| l.per_ip)),
+            ("per_token", r.rate_limit.and_then(|l| l.per_token)),
+        ] {
+            if let Some(rate) = rate {
+                check_rate(&rate, &format!("{key}.rate_limit.{what}"), issues);
             }
         }
         if r.free_tier && (r.free || self.free_tier.is_none()) {
@@ -1076,6 +1327,8 @@ impl Config {
             settle: r.settle,
             description: r.description.clone(),
             free_tier: r.free_tier && !r.free,
+            dynamic,
+            rate_limit: r.rate_limit.unwrap_or_default(),
         })
     }
 
@@ -1100,6 +1353,15 @@ impl Config {
                 None
             }
         }
+    }
+}
+
+fn check_rate(rate: &RateSection, key: &str, issues: &mut Issues) {
+    if rate.requests == 0 {
+        issues.push(format!("{key}.requests"), "must be at least 1");
+    }
+    if rate.window_secs == 0 || rate.window_secs > 86_400 {
+        issues.push(format!("{key}.window_secs"), "between 1 and 86400");
     }
 }
 

@@ -34,15 +34,24 @@ use farebox_evm::EvmRpc;
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
 use farebox_server::{Paid, Paywall, PaywallLayer};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use sha2::{Digest, Sha256};
 use tower::{Layer, ServiceExt};
 
+use crate::admin::AdminToken;
+use crate::config::RateLimitSection;
 use crate::config::{
     ChainSection, Cidr, Config, ConfigError, DEMO_UPSTREAM, Issue, LightningSection, Route, Settle,
     UpstreamSection,
 };
-use crate::free_tier::{CounterDb, FreeTier};
+use crate::db::{GatewayDb, PaymentRow};
+use crate::discovery::Discovery;
+use crate::free_tier::FreeTier;
 use crate::metrics::Metrics;
+use crate::payments::PaymentLog;
+use crate::pricer::{Priced, Pricer};
 use crate::proxy::{self, Forward, Upstream, UpstreamLatency, problem};
+use crate::ratelimit::{Key, RateLimiter, Scope};
+use crate::revocation::{RevocationList, Revoker, StoreRevoker};
 
 /// What the embedding program lends the gateway.
 #[derive(Default)]
@@ -69,7 +78,7 @@ struct DevLightning {
 
 /// What survives a reload when its configuration did not change.
 struct Backends {
-    store: Option<(StoreKey, Arc<dyn farebox_store::Store>, CounterDb)>,
+    store: Option<(StoreKey, Arc<dyn farebox_store::Store>, GatewayDb)>,
     lightning: Option<DevLightning>,
     chains: HashMap<String, (ChainSection, EvmRpc)>,
     ephemeral: HashMap<&'static str, Vec<u8>>,
@@ -85,18 +94,28 @@ enum StoreKey {
 }
 
 /// The current configuration, built.
-struct Live {
-    config: Arc<Config>,
+pub(crate) struct Live {
+    pub(crate) config: Arc<Config>,
     routes: Vec<LiveRoute>,
     /// Every rail and no route: canonical paths, credential recognition, upkeep.
-    guard: Arc<Paywall>,
+    pub(crate) guard: Arc<Paywall>,
     free_tier: Option<(FreeTier, Option<HeaderName>)>,
     trusted: Vec<Cidr>,
     /// The names the gateway writes upstream (a client's values under them are dropped).
     reserved: Vec<HeaderName>,
     headers: PaidHeaderNames,
-    store: Arc<dyn farebox_store::Store>,
-    counter_db: CounterDb,
+    pub(crate) store: Arc<dyn farebox_store::Store>,
+    /// The gateway's own tables (free tier, payment log, revocations).
+    pub(crate) db: GatewayDb,
+    pub(crate) payments: PaymentLog,
+    pub(crate) revocations: Arc<RevocationList>,
+    pub(crate) revoker: Arc<dyn Revoker>,
+    limiter: Arc<RateLimiter>,
+    limits: RateLimitSection,
+    pub(crate) admin_token: Option<AdminToken>,
+    discovery: Option<Discovery>,
+    /// This instance's name in the payment log.
+    pub(crate) instance: String,
     lightning: Option<Arc<DevNode>>,
     chains: Vec<(String, EvmRpc)>,
     upstreams: Vec<Arc<Upstream>>,
@@ -107,7 +126,16 @@ struct LiveRoute {
     route: Route,
     label: Arc<str>,
     upstream: Arc<Upstream>,
-    paywall: Option<Arc<Paywall>>,
+    pricing: Pricing,
+}
+
+/// How a route is charged.
+enum Pricing {
+    Free,
+    /// Its paywall: its rails at its configured prices.
+    Static(Arc<Paywall>),
+    /// A paywall per price its pricer names.
+    Dynamic(Arc<Pricer>),
 }
 
 #[derive(Default)]
@@ -133,9 +161,9 @@ impl Drop for AbortOnDrop {
 #[derive(Clone)]
 struct RouteLabel(Arc<str>);
 
-/// The rail a paid response was paid with (a response extension, for metrics).
-#[derive(Clone, Copy)]
-struct PaidWith(&'static str);
+/// What a paid response was paid with (a response extension, for metrics and the payment log).
+#[derive(Clone)]
+struct PaidWith(Paid);
 
 fn fail(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
     let message = message.into();
@@ -169,7 +197,7 @@ impl Gateway {
             state_dir: options.state_dir,
         };
         let metrics = Arc::new(Metrics::new());
-        let live = build(Arc::new(config), &mut backends).await?;
+        let live = build(Arc::new(config), &mut backends, &metrics).await?;
         Ok(Arc::new(Gateway {
             live: RwLock::new(Arc::new(live)),
             backends: tokio::sync::Mutex::new(backends),
@@ -177,14 +205,14 @@ impl Gateway {
         }))
     }
 
-    fn live(&self) -> Arc<Live> {
+    pub(crate) fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Swaps in `config`. On error nothing changes and the old configuration keeps serving.
     pub async fn reload(&self, config: Config) -> Result<(), ConfigError> {
         let mut backends = self.backends.lock().await;
-        let live = build(Arc::new(config), &mut backends).await?;
+        let live = build(Arc::new(config), &mut backends, &self.metrics).await?;
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
         tracing::info!("configuration reloaded");
         Ok(())
@@ -199,6 +227,9 @@ impl Gateway {
         let mut config = Config::load(&running.file)?;
         config.gateway.listen = running.gateway.listen;
         config.ops.listen = running.ops.listen;
+        if let (Some(new), Some(old)) = (&mut config.admin, &running.admin) {
+            new.listen = old.listen;
+        }
         self.reload(config).await
     }
 
@@ -220,6 +251,22 @@ impl Gateway {
     /// The dev network's node that the gateway's invoices are paid to.
     pub async fn dev_node(&self) -> Option<Arc<DevNode>> {
         self.backends.lock().await.lightning.as_ref().map(|l| l.server.clone())
+    }
+
+    /// Waits until the payments answered so far are in the payment log (or `within` passed).
+    pub async fn flush_payments(&self, within: Duration) -> bool {
+        self.live().payments.flush(within).await
+    }
+
+    /// The OpenAPI document `/openapi.json` serves (`None` with discovery off).
+    pub fn openapi(&self) -> Option<serde_json::Value> {
+        let live = self.live();
+        serde_json::from_slice(live.discovery.as_ref()?.openapi_json()).ok()
+    }
+
+    /// The admin listener's service (`[admin] listen`).
+    pub fn admin_router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(crate::admin::handle).with_state(self.clone())
     }
 
     /// The main listener's service.
@@ -246,6 +293,16 @@ impl Gateway {
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        if let Some(admin) = &config.admin {
+            let listener = tokio::net::TcpListener::bind(admin.listen).await?;
+            tracing::info!(addr = %admin.listen, "admin API and status page listening");
+            let app = self.admin_router().into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(wait(stopped.clone()))
+                    .into_future(),
+            );
+        }
         if let Some(addr) = config.ops.listen {
             let ops = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, "ops endpoints listening");
@@ -292,7 +349,11 @@ fn state_dir(config: &Config, fallback: Option<&Path>) -> PathBuf {
 }
 
 /// Builds a configuration, opening (or reusing) its backends.
-async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigError> {
+async fn build(
+    config: Arc<Config>,
+    b: &mut Backends,
+    metrics: &Arc<Metrics>,
+) -> Result<Live, ConfigError> {
     let base = config.base_dir();
     // The store, and the free-tier counters in the same database.
     let key = match (&config.store.sqlite, &config.store.postgres) {
@@ -313,7 +374,7 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
                     .await
                     .map_err(|e| fail(&config, "store", e.to_string()))?;
                 let counters =
-                    CounterDb::sqlite(path).await.map_err(|e| fail(&config, "store", e))?;
+                    GatewayDb::sqlite(path).await.map_err(|e| fail(&config, "store", e))?;
                 tracing::info!(path = %path.display(), "store: SQLite");
                 (Arc::new(store) as Arc<dyn farebox_store::Store>, counters)
             }
@@ -321,7 +382,7 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
                 let store = farebox_store::PostgresStore::connect(url)
                     .await
                     .map_err(|e| fail(&config, "store.postgres", e.to_string()))?;
-                let counters = CounterDb::postgres(url)
+                let counters = GatewayDb::postgres(url)
                     .await
                     .map_err(|e| fail(&config, "store.postgres", e))?;
                 tracing::info!("store: PostgreSQL");
@@ -330,7 +391,7 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
         };
         b.store = Some((key, opened.0, opened.1));
     }
-    let (_, store, counter_db) = b
+    let (_, store, db) = b
         .store
         .as_ref()
         .map(|(k, s, c)| (k, s.clone(), c.clone()))
@@ -405,7 +466,7 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
         lightning: lightning_node.clone().map(|n| n as Arc<dyn LightningBackend>),
         store: store.clone(),
         chains: &chains,
-        public_url,
+        public_url: public_url.clone(),
         ephemeral: &mut b.ephemeral,
     };
     let rails = crate::rails::build(&config, ctx).map_err(|(key, e)| fail(&config, &key, e))?;
@@ -455,33 +516,42 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
         upstreams.insert(name.clone(), Arc::new(up));
     }
 
-    // Routes, each priced one with a paywall of its own rails.
+    // Routes, each priced one with a paywall of its own rails (or a pricer that builds them).
     let mut routes = Vec::new();
     for route in config.checked_routes() {
         let upstream = upstreams.get(&route.upstream).cloned().ok_or_else(|| {
             fail(&config, &format!("routes[{}].upstream", route.index), "unknown upstream")
         })?;
-        let paywall = if route.is_free() {
-            None
+        let key = format!("routes[{}]", route.index);
+        let route_rails: Vec<Arc<dyn farebox_core::Rail>> = rails
+            .iter()
+            .filter(|(name, _)| route.rails.iter().any(|r| r == name))
+            .map(|(_, rail)| rail.clone())
+            .collect();
+        let pricing = if route.is_free() {
+            Pricing::Free
+        } else if route.dynamic.is_some() {
+            let pricer = Pricer::new(config.clone(), &route, route_rails)
+                .map_err(|e| fail(&config, &format!("{key}.pricer"), e))?;
+            Pricing::Dynamic(Arc::new(pricer))
         } else {
             let mut builder = Paywall::builder();
-            for (name, rail) in &rails {
-                if route.rails.iter().any(|r| r == name) {
-                    builder = builder.shared_rail(rail.clone());
-                }
+            for rail in route_rails {
+                builder = builder.shared_rail(rail);
             }
             for priced in route.priced_routes() {
                 builder = builder.route(priced);
             }
-            let key = format!("routes[{}]", route.index);
-            Some(Arc::new(builder.build().map_err(|e| fail(&config, &key, e.to_string()))?))
+            Pricing::Static(Arc::new(
+                builder.build().map_err(|e| fail(&config, &key, e.to_string()))?,
+            ))
         };
-        routes.push(LiveRoute { label: route.label().into(), route, upstream, paywall });
+        routes.push(LiveRoute { label: route.label().into(), route, upstream, pricing });
     }
 
     let free_tier = config.free_tier.as_ref().map(|ft| {
         let header = ft.client_header.as_deref().and_then(|h| HeaderName::try_from(h).ok());
-        (FreeTier::new(counter_db.clone(), ft.requests, ft.window_secs), header)
+        (FreeTier::new(db.clone(), ft.requests, ft.window_secs), header)
     });
     let name = |s: &str| (!s.is_empty()).then(|| HeaderName::try_from(s).ok()).flatten();
     let h = &config.upstream_headers;
@@ -506,6 +576,33 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
     .cloned()
     .collect();
 
+    // Operations: the payment log, revocations, the admin token, discovery.
+    let payments = PaymentLog::start(db.clone(), metrics.clone());
+    let revocations = RevocationList::load(&db).await.map_err(|e| fail(&config, "store", e))?;
+    let revoker: Arc<dyn Revoker> = Arc::new(StoreRevoker::new(db.clone(), revocations.clone()));
+    let admin_token = match &config.admin {
+        Some(admin) => Some(AdminToken::new(
+            admin.token.read(&base).map_err(|e| fail(&config, "admin.token", e))?.expose(),
+        )),
+        None => None,
+    };
+    let discovery = if config.discovery.enabled {
+        let checked: Vec<Route> = routes.iter().map(|r| r.route.clone()).collect();
+        let x402 = rails.iter().find(|(n, _)| *n == "x402").map(|(_, r)| r);
+        Some(
+            Discovery::build(crate::discovery::Input {
+                config: &config,
+                routes: &checked,
+                public_url: &public_url,
+                x402,
+                loaded_at: unix_now(),
+            })
+            .await,
+        )
+    } else {
+        None
+    };
+
     let every = Duration::from_secs(config.gateway.maintenance_interval_secs);
     // Refused at start when a rail cannot live with this interval (an MPP EVM escrow's grace
     // period): its upkeep would answer a forced close too late.
@@ -514,21 +611,45 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
         .await
         .map_err(|e| fail(&config, "gateway.maintenance_interval_secs", e.to_string()))?;
     let mut upkeep = vec![AbortOnDrop(maintenance)];
-    if let Some((tier, _)) = &free_tier {
-        let tier = tier.clone();
+    let limiter = Arc::new(RateLimiter::new());
+    {
+        let (db, list, limiter) = (db.clone(), revocations.clone(), limiter.clone());
+        let keep_ms = i64::try_from(config.gateway.payment_log_days.saturating_mul(86_400_000))
+            .unwrap_or(i64::MAX);
+        let tier = free_tier.as_ref().map(|(t, _)| t.clone());
+        let metrics = metrics.clone();
         upkeep.push(AbortOnDrop(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut refresh = tokio::time::interval(crate::revocation::REFRESH);
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_sweep = Instant::now();
             loop {
-                tick.tick().await;
-                if let Err(e) = tier.purge(unix_now()).await {
+                refresh.tick().await;
+                if let Err(e) = list.refresh(&db).await {
+                    tracing::warn!(error = %e, "revocations not refreshed");
+                    metrics.backend_error("store");
+                }
+                if last_sweep.elapsed() < every {
+                    continue;
+                }
+                last_sweep = Instant::now();
+                limiter.purge();
+                if let Some(tier) = &tier
+                    && let Err(e) = tier.purge(unix_now()).await
+                {
                     tracing::warn!(error = %e, "free-tier counters not purged");
+                }
+                if let Err(e) = db.purge_payments(crate::now_ms().saturating_sub(keep_ms)).await {
+                    tracing::warn!(error = %e, "old payment log rows not purged");
                 }
             }
         })));
     }
+    let instance =
+        config.gateway.instance.clone().unwrap_or_else(|| config.gateway.listen.to_string());
     Ok(Live {
         trusted: config.trusted_proxies(),
         chains: chains.into_iter().collect(),
+        limits: config.rate_limit.unwrap_or_default(),
         config,
         routes,
         guard,
@@ -536,7 +657,14 @@ async fn build(config: Arc<Config>, b: &mut Backends) -> Result<Live, ConfigErro
         reserved,
         headers,
         store,
-        counter_db,
+        db,
+        payments,
+        revocations,
+        revoker,
+        limiter,
+        admin_token,
+        discovery,
+        instance,
         lightning: lightning_node,
         upstreams: upstreams.into_values().collect(),
         _upkeep: upkeep,
@@ -622,7 +750,7 @@ async fn ready(live: &Live) -> Response<Body> {
         let replay =
             tokio::time::timeout(WITHIN, live.store.get("farebox-gateway", "readyz")).await;
         match replay {
-            Ok(Ok(_)) => live.counter_db.ping().await,
+            Ok(Ok(_)) => live.db.ping().await,
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
@@ -660,7 +788,7 @@ async fn ready(live: &Live) -> Response<Body> {
     text(status, "application/json", body.to_string())
 }
 
-/// Routes a canonical request: ops, a route, or 404.
+/// Routes a canonical request: ops, discovery, a route, or 404.
 async fn dispatch(
     gw: &Gateway,
     live: &Arc<Live>,
@@ -679,6 +807,12 @@ async fn dispatch(
         response.extensions_mut().insert(RouteLabel("ops".into()));
         return response;
     }
+    if let Some(discovery) = &live.discovery
+        && let Some(mut response) = discovery.serve(request.method(), path, request.uri().query())
+    {
+        response.extensions_mut().insert(RouteLabel("discovery".into()));
+        return response;
+    }
     let host = proxy::request_host(&request);
     let Some(index) =
         live.routes.iter().position(|r| r.route.matches(host.as_deref(), request.method(), path))
@@ -690,22 +824,81 @@ async fn dispatch(
         );
     };
     let route = &live.routes[index];
-    let mut response = if route.route.is_free() {
-        forward(&gw.metrics, live, index, peer, Vec::new(), request).await
-    } else {
-        priced(gw, live, index, peer, started, request).await
+    let token = crate::revocation::presented_token(request.headers());
+    let mut response = match rate_limit(gw, live, index, peer, token.as_ref(), &request) {
+        Some(refused) => refused,
+        None => match &route.pricing {
+            Pricing::Free => forward(&gw.metrics, live, index, peer, Vec::new(), request).await,
+            _ => priced(gw, live, index, peer, started, token, host, request).await,
+        },
     };
     response.extensions_mut().insert(RouteLabel(route.label.clone()));
     response
 }
 
+/// Counts the request against its route's rate limits; the 429 when one is exceeded.
+fn rate_limit(
+    gw: &Gateway,
+    live: &Live,
+    index: usize,
+    peer: SocketAddr,
+    token: Option<&farebox_l402::Identifier>,
+    request: &Request,
+) -> Option<Response<Body>> {
+    let route = &live.routes[index];
+    let own = route.route.rate_limit;
+    let pick = |own: Option<crate::config::RateSection>,
+                global: Option<crate::config::RateSection>| {
+        match (own, global) {
+            (Some(l), _) => Some((Scope::Route(index), l.limit())),
+            (None, Some(l)) => Some((Scope::Global, l.limit())),
+            (None, None) => None,
+        }
+    };
+    let mut checks = Vec::with_capacity(2);
+    if let Some((scope, limit)) = pick(own.per_ip, live.limits.per_ip) {
+        let ip = proxy::client_ip(request.headers(), peer, &live.trusted);
+        checks.push(("per_ip", scope, Key::Ip(ip), limit));
+    }
+    if let Some((scope, limit)) = pick(own.per_token, live.limits.per_token) {
+        let key = match token {
+            Some(id) => Some(id.token_id),
+            None => request
+                .headers()
+                .iter()
+                .find(|(n, v)| live.guard.is_payment_credential(n, v))
+                .map(|(_, v)| Sha256::digest(v.as_bytes()).into()),
+        };
+        if let Some(key) = key {
+            checks.push(("per_token", scope, Key::Token(key), limit));
+        }
+    }
+    for (what, scope, key, limit) in checks {
+        if let Err(limited) = live.limiter.check(scope, key, limit) {
+            gw.metrics.rate_limited(&route.label, what);
+            let mut r = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests ({what} limit of this route); retry later"),
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs()));
+            return Some(r);
+        }
+    }
+    None
+}
+
 /// A priced route: the free tier, or its paywall in front of the proxy.
+#[allow(clippy::too_many_arguments)]
 async fn priced(
     gw: &Gateway,
     live: &Arc<Live>,
     index: usize,
     peer: SocketAddr,
     started: Instant,
+    token: Option<farebox_l402::Identifier>,
+    host: Option<String>,
     request: Request,
 ) -> Response<Body> {
     let route = &live.routes[index];
@@ -744,38 +937,102 @@ async fn priced(
             }
         }
     }
-    let Some(paywall) = route.paywall.clone() else {
-        return problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "unpriced_route",
-            "this route has no paywall",
-        );
+    let paywall = match &route.pricing {
+        Pricing::Static(paywall) => paywall.clone(),
+        Pricing::Dynamic(pricer) => {
+            let facts =
+                pricer.facts(request.method(), request.uri(), host.as_deref(), request.headers());
+            let (priced, outcome) = pricer.price(request.method(), &facts).await;
+            match outcome {
+                Ok(true) => gw.metrics.pricer(&label, "cached"),
+                Ok(false) => gw.metrics.pricer(&label, "priced"),
+                Err(e) => {
+                    tracing::warn!(route = %label, error = %e, "the pricer gave no price");
+                    gw.metrics.pricer(&label, "failed");
+                    gw.metrics.backend_error("pricer");
+                }
+            }
+            match priced {
+                Priced::At(paywall) => paywall,
+                Priced::Free => {
+                    return forward(&gw.metrics, live, index, peer, Vec::new(), request).await;
+                }
+                Priced::Refused => {
+                    let mut r = problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "pricer_unavailable",
+                        "this route's price cannot be determined right now; try again shortly",
+                    );
+                    r.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        HeaderValue::from(crate::pricer::RETRY_AFTER.as_secs()),
+                    );
+                    return r;
+                }
+            }
+        }
+        Pricing::Free => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unpriced_route",
+                "this route has no paywall",
+            );
+        }
     };
     // The gateway routed this request as priced: a paywall that does not price it would serve
     // it free. Never.
-    if paywall.resource_for(request.method(), request.uri().path()).is_none() {
+    let Some(resource) = paywall.resource_for(request.method(), request.uri().path()) else {
         tracing::error!(route = %label, "a priced route's paywall does not price the request; refused");
         return problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "unpriced_route",
             "the route's price does not cover this request",
         );
+    };
+    // A revoked L402 token is refused like any refused credential, before the rail sees it.
+    if let Some(id) = &token {
+        match live.revocations.status(&id.token_id) {
+            crate::revocation::Status::Valid => {}
+            crate::revocation::Status::Revoked => {
+                let why = farebox_core::PaymentError::invalid(
+                    "token_revoked",
+                    "this L402 token was revoked",
+                );
+                let refusal = paywall.refusal(&resource, &why, Some("l402")).await;
+                gw.metrics.payment_required(&label);
+                return refusal.map(Body::from);
+            }
+            crate::revocation::Status::Unknown => {
+                gw.metrics.backend_error("store");
+                let mut r = problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "revocations_unavailable",
+                    "the gateway cannot check L402 revocations right now; try again shortly",
+                );
+                r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
+        }
     }
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
     let inner = {
         let live = live.clone();
         let metrics = gw.metrics.clone();
+        let label = label.clone();
         tower::service_fn(move |request: Request| {
-            let (live, metrics) = (live.clone(), metrics.clone());
+            let (live, metrics, label) = (live.clone(), metrics.clone(), label.clone());
             async move {
                 let paid = request.extensions().get::<Paid>().cloned();
                 let mut add = Vec::new();
                 if let Some(paid) = &paid {
                     metrics.verification(paid.rail, started.elapsed());
+                    metrics.paid_request(paid.rail, &label);
                     add = paid_headers(&live.headers, paid);
                 }
                 let mut response = forward(&metrics, &live, index, peer, add, request).await;
                 if let Some(paid) = paid {
-                    response.extensions_mut().insert(PaidWith(paid.rail));
+                    response.extensions_mut().insert(PaidWith(paid));
                 }
                 Ok::<_, Infallible>(response)
             }
@@ -794,12 +1051,43 @@ async fn priced(
         }
         _ => {}
     }
-    if let (Some(receipt), Some(PaidWith(rail))) =
+    if let (Some(receipt), Some(PaidWith(paid))) =
         (response.extensions().get::<Receipt>(), response.extensions().get::<PaidWith>())
+        && receipt.amount.amount > 0
     {
-        gw.metrics.payment(rail, &label, &receipt.amount);
+        let l402 = token.filter(|_| paid.rail == "l402");
+        live.payments.record(PaymentRow {
+            id: random_id(),
+            at_ms: crate::now_ms(),
+            rail: paid.rail.to_string(),
+            route: label.to_string(),
+            method,
+            path,
+            asset: crate::rails::asset_label(&receipt.amount),
+            amount: receipt.amount.amount.to_string(),
+            reference: receipt.reference.clone(),
+            payer: paid.payer.clone(),
+            token_id: l402.map(|id| hex::encode(id.token_id)),
+            instance: live.instance.clone(),
+        });
     }
     response
+}
+
+/// A payment log id: a random prefix per process and a counter (unique across instances
+/// without a random draw per request), in hex.
+fn random_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use rand::RngCore;
+        let mut bytes = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    });
+    format!("{prefix}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn paid_headers(names: &PaidHeaderNames, paid: &Paid) -> Vec<(HeaderName, HeaderValue)> {

@@ -10,6 +10,13 @@
 //! | [`gateway`] | the running gateway: backends, routes, the request path, reload, graceful shutdown |
 //! | [`proxy`] | forwarding: streaming bodies, hop-by-hop headers, `X-Forwarded-*`, WebSocket, timeouts |
 //! | [`free_tier`] | N free requests per client per window, counted in the shared database |
+//! | [`pricer`] | dynamic prices from an HTTP pricer the operator runs, cached, with a fallback |
+//! | [`ratelimit`] | per-IP and per-token rate limits (429), in memory per instance |
+//! | [`discovery`] | `/openapi.json` (MPP discovery), `/discovery/resources` (x402 Bazaar), `/llms.txt` |
+//! | [`admin`] | the admin API and the status page, on their own listener, behind a bearer token |
+//! | [`payments`] | the payment log the admin API and the status page read, written off the request path |
+//! | [`revocation`] | revoking L402 tokens on every instance within a second |
+//! | [`db`] | the gateway's own tables in the store's database, and their migrations |
 //! | [`metrics`] | Prometheus counters and histograms |
 //!
 //! ## Decisions an operator should know
@@ -24,6 +31,14 @@
 //! * **Ops endpoints** (`/healthz`, `/readyz`, `/metrics`) are on the main listener under the
 //!   reserved prefix `[ops] prefix` (default `/_farebox`, which no route can take), or only on a
 //!   listener of their own when `[ops] listen` is set (keep metrics off the public port that way).
+//! * **Discovery** (`/openapi.json`, `/discovery/resources`, `/llms.txt`) is generated from the
+//!   configuration and takes those three paths before any route (`[discovery] enabled = false`
+//!   gives them back to the routes).
+//! * **The admin API and status page** are only on `[admin] listen`, behind a bearer token.
+//! * **Rate limits** are counted in memory per instance (see [`ratelimit`] for why); the free
+//!   tier, the payment log and L402 revocations are in the shared database.
+//! * **An L402 token is one payment**: revenue and the payment log count it once, at its first
+//!   use on any instance; every request it pays for counts as a paid request.
 //! * **Requests no route matches are refused (404)**, never passed through free.
 //! * **`X-Forwarded-For`/`-Proto`/`-Host`** are written by the gateway and a client's own are
 //!   dropped, unless the peer is in `trusted_proxies`; `Forwarded` is not written, and a
@@ -37,15 +52,31 @@
 //!   `[chains.<name>]` node does not answer.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod db;
+pub mod discovery;
 pub mod free_tier;
 pub mod gateway;
 pub mod metrics;
+pub mod payments;
+pub mod pricer;
 pub mod proxy;
 pub mod rails;
+pub mod ratelimit;
+pub mod revocation;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{Config, ConfigError, Issue};
 pub use gateway::{Gateway, GatewayOptions};
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {

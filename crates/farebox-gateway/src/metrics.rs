@@ -5,12 +5,19 @@
 //! |---|---|---|
 //! | `farebox_gateway_requests_total` | `route`, `status` | every answered request |
 //! | `farebox_gateway_payment_required_total` | `route` | 402 answers |
-//! | `farebox_gateway_payments_total` | `rail`, `route` | settled payments |
+//! | `farebox_gateway_paid_requests_total` | `rail`, `route` | requests served for a payment credential (an L402 token's every use) |
+//! | `farebox_gateway_payments_total` | `rail`, `route` | payments taken, as the payment log records them (an L402 token once, at its first use on any instance) |
 //! | `farebox_gateway_revenue_total` | `rail`, `route`, `asset` | what they paid, in the asset's base units (msat for Bitcoin) |
+//! | `farebox_gateway_rate_limited_total` | `route`, `limit` | requests refused by a rate limit (`per_ip`, `per_token`) |
+//! | `farebox_gateway_pricer_requests_total` | `route`, `outcome` | dynamic prices: `cached`, `priced`, `failed` |
 //! | `farebox_gateway_free_tier_requests_total` | `route` | requests served by the free tier |
 //! | `farebox_gateway_backend_errors_total` | `backend` | a backend that could not answer (`store`, `upstream`, `payment` for a rail's 503) |
 //! | `farebox_gateway_verification_seconds` | `rail` | from the request's arrival until its payment was verified |
 //! | `farebox_gateway_upstream_seconds` | `upstream` | from forwarding until the upstream's headers arrived |
+//!
+//! Payments and revenue are counted when the payment log has recorded them (a fraction of a
+//! second after the answer), by the instance that recorded them, so that the sum over every
+//! instance sharing a database counts each payment once.
 //!
 //! Routes are labelled by their host and pattern (`/weather/*`), never by request path, so the
 //! number of series is bounded by the configuration.
@@ -19,8 +26,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
-
-use farebox_core::Money;
 
 /// Upper bounds of the latency histograms' buckets, in seconds.
 const BUCKETS: [f64; 12] =
@@ -54,7 +59,12 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "402 Payment Required answers, by route.",
     ),
-    ("farebox_gateway_payments_total", "counter", "Settled payments, by rail and route."),
+    (
+        "farebox_gateway_paid_requests_total",
+        "counter",
+        "Requests served for a payment credential, by rail and route.",
+    ),
+    ("farebox_gateway_payments_total", "counter", "Payments taken, by rail and route."),
     (
         "farebox_gateway_revenue_total",
         "counter",
@@ -64,6 +74,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "farebox_gateway_free_tier_requests_total",
         "counter",
         "Requests served by the free tier, by route.",
+    ),
+    (
+        "farebox_gateway_rate_limited_total",
+        "counter",
+        "Requests refused by a rate limit, by route and limit.",
+    ),
+    (
+        "farebox_gateway_pricer_requests_total",
+        "counter",
+        "Dynamic prices by route and outcome (cached, priced, failed).",
     ),
     (
         "farebox_gateway_backend_errors_total",
@@ -118,17 +138,41 @@ impl Metrics {
         self.add("farebox_gateway_payment_required_total", vec![("route", route.into())], 1);
     }
 
-    pub fn payment(&self, rail: &str, route: &str, amount: &Money) {
+    pub fn paid_request(&self, rail: &str, route: &str) {
+        self.add(
+            "farebox_gateway_paid_requests_total",
+            vec![("rail", rail.into()), ("route", route.into())],
+            1,
+        );
+    }
+
+    /// A payment the payment log recorded; `asset` as [`crate::rails::asset_label`] spells it.
+    pub fn payment(&self, rail: &str, route: &str, asset: &str, amount: u128) {
         self.add(
             "farebox_gateway_payments_total",
             vec![("rail", rail.into()), ("route", route.into())],
             1,
         );
-        let asset = crate::rails::asset_label(amount);
         self.add(
             "farebox_gateway_revenue_total",
-            vec![("rail", rail.into()), ("route", route.into()), ("asset", asset)],
-            amount.amount,
+            vec![("rail", rail.into()), ("route", route.into()), ("asset", asset.into())],
+            amount,
+        );
+    }
+
+    pub fn rate_limited(&self, route: &str, limit: &'static str) {
+        self.add(
+            "farebox_gateway_rate_limited_total",
+            vec![("route", route.into()), ("limit", limit.into())],
+            1,
+        );
+    }
+
+    pub fn pricer(&self, route: &str, outcome: &'static str) {
+        self.add(
+            "farebox_gateway_pricer_requests_total",
+            vec![("route", route.into()), ("outcome", outcome.into())],
+            1,
         );
     }
 
@@ -221,7 +265,7 @@ mod tests {
         let m = Metrics::new();
         m.request("/joke", 200);
         m.request("/joke", 200);
-        m.payment("l402", "/joke", &Money::sats(10));
+        m.payment("l402", "/joke", "msat", 10_000);
         m.upstream("demo", Duration::from_millis(3));
         m.request("/a\"b", 404);
         let text = m.render();

@@ -27,32 +27,20 @@ async fn x402_from_the_config_is_paid_and_settled_on_chain() {
     std::fs::write(&gas_key, gas.key).unwrap();
     let text = format!(
         r#"{base}
-[chains.local]
-chain_id = {CHAIN_ID}
-rpc = "{rpc}"
-
-[assets.usdc]
-chain = "local"
-address = "{token:#x}"
-symbol = "USDC"
-decimals = 6
-eip712_name = "USDC"
-eip712_version = "2"
-
-[rails.x402]
-asset = "usdc"
-pay_to = "{pay_to:#x}"
-facilitator = {{ gas_key = {{ key_file = "{gas_key}" }} }}
-
+{x402}
 [[routes]]
 path = "/report"
 price = ["50 sat", "0.05 usdc"]
 rails = ["l402", "x402"]
 "#,
         base = common::base_config(upstream_addr, ""),
-        rpc = anvil.url(),
-        pay_to = pay_to.address,
-        gas_key = gas_key.display(),
+        x402 = farebox_gateway::testing::x402_sections(
+            CHAIN_ID,
+            anvil.url(),
+            &format!("{token:#x}"),
+            &format!("{:#x}", pay_to.address),
+            &gas_key
+        ),
     );
     let g = common::start_with(upstream.clone(), upstream_addr, &text).await;
 

@@ -98,10 +98,10 @@ pub mod dev_node;
 pub mod lnbits;
 #[cfg(feature = "lnd")]
 pub mod lnd;
-#[cfg(feature = "rest")]
-pub mod rest;
 #[cfg(feature = "nwc")]
 pub mod nwc;
+#[cfg(feature = "rest")]
+pub mod rest;
 
 pub use backend::{
     CreatedInvoice, InvoiceCheckError, InvoiceMismatch, InvoiceRequest, InvoiceState,

@@ -7,6 +7,7 @@
 //!
 //! This crate holds the wire formats and the checks that need neither a chain nor a signature:
 //!
+//! - [`bazaar`]: the discovery extension every `PAYMENT-REQUIRED` carries.
 //! - [`codec`]: the header encoding (standard base64 of compact JSON), bounded and typed.
 //! - [`v1`]: protocol version 1 (`X-PAYMENT`, network names, `maxAmountRequired`).
 //! - [`v2`]: protocol version 2 (`PAYMENT-REQUIRED` / `PAYMENT-SIGNATURE` / `PAYMENT-RESPONSE`,
@@ -21,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bazaar;
 pub mod codec;
 pub mod exact_evm;
 pub mod facilitator;

@@ -364,7 +364,7 @@ impl Rail for X402Rail {
                 other: Map::new(),
             },
             accepts: vec![v2_requirement],
-            extensions: None,
+            extensions: crate::bazaar::extensions(resource),
         };
         let header = HeaderValue::from_str(&codec::encode_header(&required))
             .map_err(|e| PaymentError::internal("x402_header", e.to_string()))?;

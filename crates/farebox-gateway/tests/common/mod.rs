@@ -224,15 +224,24 @@ impl Running {
     /// A client paying L402 from the dev wallet, up to 1000 sat.
     pub async fn payer(&self) -> reqwest_middleware::ClientWithMiddleware {
         let wallet = self.gateway.dev_wallet().await.expect("dev lightning");
-        let budget = Budget::new().allow(Money::sats(1_000), Money::sats(10_000)).unwrap();
-        let payer = PaymentMiddleware::new(budget).wallet(L402Wallet::new(wallet, 1_000));
-        farebox_client::paying_client(reqwest::Client::new(), payer)
+        paying(L402Wallet::new(wallet, 1_000))
     }
 
     /// Writes `text` as the configuration file and loads it.
     pub fn config(&self, text: &str) -> Result<Config, farebox_gateway::ConfigError> {
         write_config(self.dir.path(), text)
     }
+}
+
+/// A client paying with `wallet`, up to 1000 sat a payment and 10000 sat in all.
+pub fn paying(
+    wallet: impl farebox_client::Wallet + 'static,
+) -> reqwest_middleware::ClientWithMiddleware {
+    let budget = Budget::new().allow(Money::sats(1_000), Money::sats(10_000)).unwrap();
+    farebox_client::paying_client(
+        reqwest::Client::new(),
+        PaymentMiddleware::new(budget).wallet(wallet),
+    )
 }
 
 pub fn write_config(

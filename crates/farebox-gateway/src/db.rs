@@ -1,0 +1,604 @@
+//! The gateway's own tables, in the same database as the store (the SQLite file or the
+//! PostgreSQL database), so that every instance sharing the store shares them too:
+//!
+//! | table | what |
+//! |---|---|
+//! | `farebox_gateway_free_tier` | free-tier uses per client and window ([`crate::free_tier`]) |
+//! | `farebox_gateway_payments` | the payment log: one row per payment taken (an L402 token counts once, at its first use) |
+//! | `farebox_gateway_revenue` | revenue per rail, route and asset, in base units |
+//! | `farebox_gateway_l402_tokens` | L402 tokens seen paid: first and last use, uses |
+//! | `farebox_gateway_revocations` | revoked L402 token ids ([`crate::revocation`]) |
+//!
+//! The migrations below run when the gateway starts, each once, even when instances start
+//! together. Every query is written once, with `$n` placeholders, which both SQLite (through
+//! sqlx) and PostgreSQL read. Amounts are `u128` base units, stored as decimal text (SQLite has
+//! no wider integer than 64 bits); revenue is added with a compare-and-swap on a version column,
+//! so concurrent instances never lose an addition.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Versioned schema changes, applied once each, in order; one statement each (PostgreSQL
+/// prepares statements one at a time).
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS farebox_gateway_free_tier (
+            client       TEXT   NOT NULL,
+            window_start BIGINT NOT NULL,
+            used         BIGINT NOT NULL,
+            PRIMARY KEY (client, window_start)
+        )",
+    ),
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS farebox_gateway_payments (
+            id        TEXT   PRIMARY KEY,
+            at_ms     BIGINT NOT NULL,
+            rail      TEXT   NOT NULL,
+            route     TEXT   NOT NULL,
+            method    TEXT   NOT NULL,
+            path      TEXT   NOT NULL,
+            asset     TEXT   NOT NULL,
+            amount    TEXT   NOT NULL,
+            reference TEXT   NOT NULL,
+            payer     TEXT,
+            token_id  TEXT,
+            instance  TEXT   NOT NULL
+        )",
+    ),
+    (
+        3,
+        "CREATE INDEX IF NOT EXISTS farebox_gateway_payments_at ON farebox_gateway_payments (at_ms)",
+    ),
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS farebox_gateway_revenue (
+            rail     TEXT   NOT NULL,
+            route    TEXT   NOT NULL,
+            asset    TEXT   NOT NULL,
+            amount   TEXT   NOT NULL,
+            payments BIGINT NOT NULL,
+            version  BIGINT NOT NULL,
+            PRIMARY KEY (rail, route, asset)
+        )",
+    ),
+    (
+        5,
+        "CREATE TABLE IF NOT EXISTS farebox_gateway_l402_tokens (
+            token_id     TEXT   PRIMARY KEY,
+            payment_hash TEXT   NOT NULL,
+            route        TEXT   NOT NULL,
+            asset        TEXT   NOT NULL,
+            amount       TEXT   NOT NULL,
+            first_ms     BIGINT NOT NULL,
+            last_ms      BIGINT NOT NULL,
+            uses         BIGINT NOT NULL
+        )",
+    ),
+    (
+        6,
+        "CREATE INDEX IF NOT EXISTS farebox_gateway_l402_tokens_last ON farebox_gateway_l402_tokens (last_ms)",
+    ),
+    (
+        7,
+        "CREATE TABLE IF NOT EXISTS farebox_gateway_revocations (
+            token_id   TEXT   PRIMARY KEY,
+            revoked_ms BIGINT NOT NULL
+        )",
+    ),
+    (
+        8,
+        "CREATE INDEX IF NOT EXISTS farebox_gateway_revocations_at ON farebox_gateway_revocations (revoked_ms)",
+    ),
+];
+
+/// How long one statement (or a migration) may take.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest request path kept in the payment log.
+const MAX_LOGGED_PATH: usize = 512;
+
+/// The database the gateway's tables are in.
+#[derive(Clone)]
+pub enum GatewayDb {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds: the queries are the same text
+/// on both databases, only the connection types differ.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            GatewayDb::Sqlite($pool) => $body,
+            GatewayDb::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// A database error, as text (the gateway logs it and answers 503 or refuses the free tier).
+pub type DbError = String;
+
+fn db_err(e: sqlx::Error) -> DbError {
+    e.to_string()
+}
+
+async fn bounded<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(r) => r.map_err(db_err),
+        Err(_) => Err(format!("{what} timed out")),
+    }
+}
+
+/// One payment taken (a row of the payment log), as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentRow {
+    pub id: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub rail: String,
+    /// The route's label (`[host]pattern`).
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    /// `msat`, or the token's CAIP-19 id (`eip155:84532/erc20:0x…`).
+    pub asset: String,
+    /// In base units of `asset`, as decimal text.
+    pub amount: String,
+    pub reference: String,
+    pub payer: Option<String>,
+    /// The L402 token's id (hex), for L402 payments.
+    pub token_id: Option<String>,
+    /// The gateway instance that took it.
+    pub instance: String,
+}
+
+/// Revenue of one rail on one route in one asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevenueRow {
+    pub rail: String,
+    pub route: String,
+    pub asset: String,
+    pub amount: u128,
+    pub payments: u64,
+}
+
+/// An L402 token seen paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRow {
+    pub token_id: String,
+    pub payment_hash: String,
+    pub route: String,
+    pub asset: String,
+    pub amount: String,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub uses: i64,
+    /// When it was revoked (Unix milliseconds), if it was.
+    pub revoked_ms: Option<i64>,
+}
+
+/// What [`GatewayDb::record`] made of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new payment: logged, and added to the revenue.
+    Payment,
+    /// Another use of an L402 token already paid for: counted on the token only.
+    TokenUse,
+    /// Already recorded (a retried batch).
+    Duplicate,
+}
+
+impl GatewayDb {
+    /// Opens the SQLite file at `path` (the store's) and runs the migrations.
+    pub async fn sqlite(path: &std::path::Path) -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let db = GatewayDb::Sqlite(pool);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Connects to PostgreSQL at `url` and runs the migrations.
+    pub async fn postgres(url: &str) -> Result<Self, DbError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| "not a valid PostgreSQL URL".to_string())?
+            .application_name("farebox-gateway")
+            .options([("statement_timeout", "5s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(TIMEOUT)
+            .connect_lazy_with(options);
+        let db = GatewayDb::Postgres(pool);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        // Each migration is claimed by inserting its version, so it runs once even when
+        // instances start together (PostgreSQL also serialises them with an advisory lock).
+        macro_rules! migrate {
+            ($tx:expr) => {{
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS farebox_gateway_migrations (version BIGINT PRIMARY KEY)",
+                )
+                .execute(&mut *$tx)
+                .await?;
+                for (version, sql) in MIGRATIONS {
+                    let claim = "INSERT INTO farebox_gateway_migrations (version) VALUES ($1) \
+                                 ON CONFLICT DO NOTHING";
+                    let claimed =
+                        sqlx::query(claim).bind(i64::from(*version)).execute(&mut *$tx).await?;
+                    if claimed.rows_affected() == 1 {
+                        sqlx::query(sql).execute(&mut *$tx).await?;
+                    }
+                }
+            }};
+        }
+        let run = async {
+            match self {
+                GatewayDb::Sqlite(pool) => {
+                    let mut tx = pool.begin().await?;
+                    migrate!(tx);
+                    tx.commit().await
+                }
+                GatewayDb::Postgres(pool) => {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock(7402402)").execute(&mut *tx).await?;
+                    migrate!(tx);
+                    tx.commit().await
+                }
+            }
+        };
+        match tokio::time::timeout(TIMEOUT * 2, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("migrating the gateway tables: {e}")),
+            Err(_) => Err("migrating the gateway tables timed out".into()),
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        bounded("ping", async {
+            on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop))
+        })
+        .await
+    }
+
+    // ---- free tier ----
+
+    /// Adds one use for `client` in the window starting at `window_start`; returns the uses.
+    pub(crate) async fn bump_free_tier(
+        &self,
+        client: &str,
+        window_start: i64,
+    ) -> Result<i64, DbError> {
+        let sql = "INSERT INTO farebox_gateway_free_tier (client, window_start, used) VALUES ($1, $2, 1)
+                   ON CONFLICT (client, window_start) DO UPDATE SET used = farebox_gateway_free_tier.used + 1
+                   RETURNING used";
+        bounded("the free-tier counter", async {
+            on_pool!(self, |pool| sqlx::query_scalar(sql)
+                .bind(client)
+                .bind(window_start)
+                .fetch_one(pool)
+                .await)
+        })
+        .await
+    }
+
+    /// Deletes the free-tier counters of windows that started before `before`.
+    pub(crate) async fn purge_free_tier(&self, before: i64) -> Result<u64, DbError> {
+        let sql = "DELETE FROM farebox_gateway_free_tier WHERE window_start < $1";
+        bounded("purging the free tier", async {
+            on_pool!(self, |pool| sqlx::query(sql)
+                .bind(before)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+        })
+        .await
+    }
+
+    // ---- payments ----
+
+    /// Records a batch of payment events in one transaction: a payment is logged and added to
+    /// the revenue; an L402 token is a payment at its first use only (the token paid once),
+    /// every later use is counted on the token. Returns what each event was, in order.
+    /// Retrying a batch after an error is safe: event ids make it idempotent.
+    pub async fn record(&self, events: &[PaymentRow]) -> Result<Vec<Recorded>, DbError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run = async {
+            on_pool!(self, |pool| {
+                let mut tx = pool.begin().await?;
+                // Each token once per batch, in key order (the same lock order in every
+                // instance): where it first appears, how often, and when last.
+                let mut tokens: BTreeMap<&str, (usize, i64, i64)> = BTreeMap::new();
+                for (i, e) in events.iter().enumerate() {
+                    if let Some(token) = &e.token_id {
+                        let slot = tokens.entry(token).or_insert((i, 0, e.at_ms));
+                        slot.1 += 1;
+                        slot.2 = slot.2.max(e.at_ms);
+                    }
+                }
+                // `None`: still to be logged as a payment.
+                let mut out: Vec<Option<Recorded>> = events
+                    .iter()
+                    .map(|e| e.token_id.as_ref().map(|_| Recorded::TokenUse))
+                    .collect();
+                for (token, (first, uses, last)) in &tokens {
+                    let e = &events[*first];
+                    let new = sqlx::query(
+                        "INSERT INTO farebox_gateway_l402_tokens
+                           (token_id, payment_hash, route, asset, amount, first_ms, last_ms, uses)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (token_id) DO NOTHING",
+                    )
+                    .bind(*token)
+                    .bind(&e.reference)
+                    .bind(&e.route)
+                    .bind(&e.asset)
+                    .bind(&e.amount)
+                    .bind(e.at_ms)
+                    .bind(*last)
+                    .bind(*uses)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if new {
+                        // The token's first use anywhere: that is when it was paid for.
+                        out[*first] = None;
+                    } else {
+                        sqlx::query(
+                            "UPDATE farebox_gateway_l402_tokens SET uses = uses + $2,
+                               last_ms = CASE WHEN last_ms < $3 THEN $3 ELSE last_ms END
+                             WHERE token_id = $1",
+                        )
+                        .bind(*token)
+                        .bind(*uses)
+                        .bind(*last)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                // Added revenue per key, in key order.
+                let mut added: BTreeMap<(&str, &str, &str), (u128, i64)> = BTreeMap::new();
+                for (e, slot) in events.iter().zip(out.iter_mut()) {
+                    if slot.is_some() {
+                        continue;
+                    }
+                    let path: String = e.path.chars().take(MAX_LOGGED_PATH).collect();
+                    let inserted = sqlx::query(
+                    "INSERT INTO farebox_gateway_payments
+                       (id, at_ms, rail, route, method, path, asset, amount, reference, payer, token_id, instance)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&e.id)
+                .bind(e.at_ms)
+                .bind(&e.rail)
+                .bind(&e.route)
+                .bind(&e.method)
+                .bind(path)
+                .bind(&e.asset)
+                .bind(&e.amount)
+                .bind(&e.reference)
+                .bind(&e.payer)
+                .bind(&e.token_id)
+                .bind(&e.instance)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                    if inserted == 0 {
+                        *slot = Some(Recorded::Duplicate);
+                        continue;
+                    }
+                    let amount = e.amount.parse::<u128>().unwrap_or(0);
+                    let sum = added.entry((&e.rail, &e.route, &e.asset)).or_insert((0, 0));
+                    sum.0 = sum.0.saturating_add(amount);
+                    sum.1 += 1;
+                    *slot = Some(Recorded::Payment);
+                }
+                for ((rail, route, asset), (amount, payments)) in added {
+                    sqlx::query(
+                    "INSERT INTO farebox_gateway_revenue (rail, route, asset, amount, payments, version)
+                     VALUES ($1, $2, $3, '0', 0, 0) ON CONFLICT DO NOTHING",
+                )
+                .bind(rail)
+                .bind(route)
+                .bind(asset)
+                .execute(&mut *tx)
+                .await?;
+                    // Compare-and-swap: another instance may add to the same row meanwhile.
+                    loop {
+                        let (current, version): (String, i64) = sqlx::query_as(
+                            "SELECT amount, version FROM farebox_gateway_revenue
+                         WHERE rail = $1 AND route = $2 AND asset = $3",
+                        )
+                        .bind(rail)
+                        .bind(route)
+                        .bind(asset)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let total = current.parse::<u128>().unwrap_or(0).saturating_add(amount);
+                        let swapped = sqlx::query(
+                            "UPDATE farebox_gateway_revenue
+                         SET amount = $4, payments = payments + $5, version = version + 1
+                         WHERE rail = $1 AND route = $2 AND asset = $3 AND version = $6",
+                        )
+                        .bind(rail)
+                        .bind(route)
+                        .bind(asset)
+                        .bind(total.to_string())
+                        .bind(payments)
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if swapped == 1 {
+                            break;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(
+                    out.into_iter().map(|r| r.unwrap_or(Recorded::Duplicate)).collect(),
+                )
+            })
+        };
+        bounded("recording payments", run).await
+    }
+
+    /// The latest `limit` payments, newest first.
+    pub async fn recent_payments(&self, limit: u32) -> Result<Vec<PaymentRow>, DbError> {
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+        );
+        let sql = "SELECT id, at_ms, rail, route, method, path, asset, amount, reference, payer, token_id, instance
+                   FROM farebox_gateway_payments ORDER BY at_ms DESC, id DESC LIMIT $1";
+        let rows: Vec<Row> = bounded("listing payments", async {
+            on_pool!(self, |pool| sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await)
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PaymentRow {
+                id: r.0,
+                at_ms: r.1,
+                rail: r.2,
+                route: r.3,
+                method: r.4,
+                path: r.5,
+                asset: r.6,
+                amount: r.7,
+                reference: r.8,
+                payer: r.9,
+                token_id: r.10,
+                instance: r.11,
+            })
+            .collect())
+    }
+
+    /// Revenue per rail, route and asset, since the tables were created.
+    pub async fn revenue(&self) -> Result<Vec<RevenueRow>, DbError> {
+        let sql = "SELECT rail, route, asset, amount, payments FROM farebox_gateway_revenue
+                   ORDER BY rail, route, asset";
+        let rows: Vec<(String, String, String, String, i64)> = bounded("reading revenue", async {
+            on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await)
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(rail, route, asset, amount, payments)| RevenueRow {
+                rail,
+                route,
+                asset,
+                amount: amount.parse().unwrap_or(0),
+                payments: u64::try_from(payments).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Deletes payment log rows older than `before_ms` (revenue totals stay).
+    pub async fn purge_payments(&self, before_ms: i64) -> Result<u64, DbError> {
+        let sql = "DELETE FROM farebox_gateway_payments WHERE at_ms < $1";
+        bounded("purging payments", async {
+            on_pool!(self, |pool| sqlx::query(sql)
+                .bind(before_ms)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+        })
+        .await
+    }
+
+    // ---- L402 tokens and revocations ----
+
+    /// The L402 tokens used most recently, with their revocation.
+    pub async fn tokens(&self, limit: u32) -> Result<Vec<TokenRow>, DbError> {
+        type Row = (String, String, String, String, String, i64, i64, i64, Option<i64>);
+        let sql =
+            "SELECT t.token_id, t.payment_hash, t.route, t.asset, t.amount, t.first_ms, t.last_ms,
+                          t.uses, r.revoked_ms
+                   FROM farebox_gateway_l402_tokens t
+                   LEFT JOIN farebox_gateway_revocations r ON r.token_id = t.token_id
+                   ORDER BY t.last_ms DESC, t.token_id LIMIT $1";
+        let rows: Vec<Row> = bounded("listing tokens", async {
+            on_pool!(self, |pool| sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await)
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TokenRow {
+                token_id: r.0,
+                payment_hash: r.1,
+                route: r.2,
+                asset: r.3,
+                amount: r.4,
+                first_ms: r.5,
+                last_ms: r.6,
+                uses: r.7,
+                revoked_ms: r.8,
+            })
+            .collect())
+    }
+
+    /// Records `token_id` (hex) as revoked at `at_ms`; revoking twice keeps the first time.
+    pub async fn revoke(&self, token_id: &str, at_ms: i64) -> Result<(), DbError> {
+        let sql = "INSERT INTO farebox_gateway_revocations (token_id, revoked_ms) VALUES ($1, $2)
+                   ON CONFLICT (token_id) DO NOTHING";
+        bounded("revoking", async {
+            on_pool!(self, |pool| sqlx::query(sql)
+                .bind(token_id)
+                .bind(at_ms)
+                .execute(pool)
+                .await
+                .map(drop))
+        })
+        .await
+    }
+
+    /// Token ids revoked at or after `since_ms`.
+    pub async fn revoked_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, DbError> {
+        let sql =
+            "SELECT token_id, revoked_ms FROM farebox_gateway_revocations WHERE revoked_ms >= $1";
+        bounded("reading revocations", async {
+            on_pool!(self, |pool| sqlx::query_as(sql).bind(since_ms).fetch_all(pool).await)
+        })
+        .await
+    }
+}
