@@ -573,13 +573,12 @@ async fn read_402(
     response: Response,
 ) -> std::result::Result<PaymentRequired, reqwest_middleware::Error> {
     let headers = response.headers().clone();
-    let challenges = headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| auth::parse_challenges([v]).ok())
-        .flatten()
-        .collect();
+    // Liberal: a malformed challenge (or field line) is skipped, and the others stay payable.
+    let read = auth::read_challenges_from(&headers);
+    for skipped in &read.skipped {
+        tracing::debug!(error = %skipped, "skipping an unreadable challenge");
+    }
+    let challenges = read.challenges;
     let body = read_bounded(response).await.and_then(|b| serde_json::from_slice(&b).ok());
     Ok(PaymentRequired { url: url.clone(), challenges, headers, body })
 }

@@ -299,39 +299,40 @@ impl Wallet for MppWallet {
 
     fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
         let (mut sessions, mut charges) = (Vec::new(), Vec::new());
-        // A session the policy refuses leaves the other offers (a charge) payable; its reason
-        // is the answer when nothing else is.
-        let mut refusal = None;
-        let mut session = |offer: Result<Option<Offer>, ClientError>| match offer {
-            Ok(offer) => {
-                sessions.extend(offer);
-                Ok(())
-            }
-            Err(e @ ClientError::SessionRefused(_)) => {
-                tracing::info!(error = %e, "skipping a session offer");
-                refusal = refusal.take().or(Some(e));
-                Ok(())
-            }
-            Err(e) => Err(e),
+        // One challenge that cannot be paid (malformed, expired, refused by the session policy)
+        // does not void the others; its reason is the answer only when nothing else is payable.
+        let mut refusal: Option<ClientError> = None;
+        let mut skip = |e: ClientError| {
+            tracing::info!(error = %e, "skipping a Payment challenge");
+            refusal.get_or_insert(e);
         };
         for auth in response.challenges.iter().filter(|c| c.scheme.eq_ignore_ascii_case("Payment"))
         {
-            let challenge = Challenge::from_auth(auth)
-                .map_err(|e| ClientError::InvalidChallenge(format!("Payment challenge: {e}")))?;
-            match (challenge.method.as_str(), challenge.intent.as_str()) {
+            let challenge = match Challenge::from_auth(auth) {
+                Ok(challenge) => challenge,
+                Err(e) => {
+                    skip(ClientError::InvalidChallenge(format!("Payment challenge: {e}")));
+                    continue;
+                }
+            };
+            let (offers, kind) = match (challenge.method.as_str(), challenge.intent.as_str()) {
                 (lightning_charge::METHOD, lightning_charge::INTENT) => {
-                    charges.extend(self.lightning_offer(challenge)?)
+                    (self.lightning_offer(challenge), &mut charges)
                 }
                 (evm_charge::METHOD, evm_charge::INTENT) => {
-                    charges.extend(self.evm_offer(challenge)?)
+                    (self.evm_offer(challenge), &mut charges)
                 }
                 (evm_session::METHOD, evm_session::INTENT) => {
-                    session(self.evm_session_offer(challenge, &response.url))?
+                    (self.evm_session_offer(challenge, &response.url), &mut sessions)
                 }
                 (lightning_session::METHOD, lightning_session::INTENT) => {
-                    session(self.lightning_session_offer(challenge, response))?
+                    (self.lightning_session_offer(challenge, response), &mut sessions)
                 }
-                _ => {}
+                _ => continue,
+            };
+            match offers {
+                Ok(offer) => kind.extend(offer),
+                Err(e) => skip(e),
             }
         }
         if let (true, true, Some(refusal)) = (sessions.is_empty(), charges.is_empty(), refusal) {

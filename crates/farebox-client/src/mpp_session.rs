@@ -590,11 +590,11 @@ fn rejected(status: StatusCode, body: &serde_json::Value) -> ClientError {
 
 /// The session challenges of a response.
 pub(crate) fn session_challenges(headers: &HeaderMap) -> Vec<Challenge> {
-    let values =
-        headers.get_all(http::header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok());
-    farebox_mpp::parse_www_authenticate(values)
-        .map(|all| all.into_iter().filter(|c| c.intent == "session").collect())
-        .unwrap_or_default()
+    farebox_mpp::read_www_authenticate_from(headers)
+        .challenges
+        .into_iter()
+        .filter(|c| c.intent == "session")
+        .collect()
 }
 
 /// The token asset of an EVM session request.

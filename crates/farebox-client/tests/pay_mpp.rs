@@ -173,3 +173,58 @@ async fn pays_an_evm_charge_on_anvil() {
     assert_eq!(ledger.entries().len(), 1);
     assert_eq!(rpc.balance_of(token, recipient).await.unwrap(), U256::from(150u64));
 }
+
+/// Prepends unpayable `Payment` challenges to every 402: one on a field line of its own whose
+/// quote never ends, and one well-formed whose request is not base64url JSON.
+async fn with_broken_challenges_first(
+    response: axum::response::Response,
+) -> axum::response::Response {
+    if response.status() != http::StatusCode::PAYMENT_REQUIRED {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let good: Vec<_> =
+        parts.headers.get_all(http::header::WWW_AUTHENTICATE).iter().cloned().collect();
+    parts.headers.remove(http::header::WWW_AUTHENTICATE);
+    for bad in [
+        r#"Payment id="unterminated, realm="api.example.com", method="lightning", intent="charge""#,
+        r#"Payment id="bad-request", realm="api.example.com", method="lightning", intent="charge", request="!!not-base64url!!", expires="2099-01-01T00:00:00Z""#,
+    ] {
+        parts.headers.append(http::header::WWW_AUTHENTICATE, bad.parse().unwrap());
+    }
+    for value in good {
+        parts.headers.append(http::header::WWW_AUTHENTICATE, value);
+    }
+    axum::response::Response::from_parts(parts, body)
+}
+
+#[tokio::test]
+async fn a_malformed_payment_challenge_does_not_keep_the_client_from_paying_the_others() {
+    let network = DevNetwork::new();
+    let server_node = Arc::new(DevNode::new(&network, [1; 32], 0));
+    let wallet_node = Arc::new(DevNode::new(&network, [2; 32], 1_000_000));
+    let rail = MppRail::new(
+        MppConfig::new("api.example.com", SECRET),
+        server_node.clone(),
+        Arc::new(MemoryStore::new()),
+    )
+    .unwrap();
+    let paywall =
+        Paywall::builder().rail(rail).route(route("/cheap", Money::sats(10))).build().unwrap();
+    let app = Router::new()
+        .route("/cheap", get(|| async { "cheap" }))
+        .layer(PaywallLayer::new(paywall))
+        .layer(axum::middleware::map_response(with_broken_challenges_first));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let budget = Budget::new().allow(Money::sats(100), Money::sats(1000)).unwrap();
+    let (client, ledger) = paying(&budget, MppWallet::new().lightning(wallet_node.clone(), 0));
+    let res = client.get(format!("{base}/cheap")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "cheap");
+    assert_eq!(ledger.entries().len(), 1);
+    assert_eq!(wallet_node.balance_msat(), 1_000_000 - 10_000);
+    assert_eq!(server_node.balance_msat(), 10_000);
+}
