@@ -12,7 +12,7 @@
 //! | `GET /api/payments?limit=N` | the payment log, newest first (N ≤ 500, default 50) |
 //! | `GET /api/sessions?limit=N` | MPP sessions that are open or closing, per namespace (`mpp-evm-session`, `mpp-lightning-session`) |
 //! | `GET /api/l402/tokens?limit=N` | L402 tokens seen paid, most recently used first, with their revocation |
-//! | `POST /api/l402/tokens/{token_id}/revoke` | revokes a token (64 hex digits) on every instance within a second ([`crate::revocation`]) |
+//! | `POST /api/l402/tokens/{token_id}/revoke` | revokes a token (64 hex digits) on every instance within a second (through the L402 rail: `farebox_l402::tokens`) |
 //! | `POST /api/sessions/{namespace}/{id}/close` | closes a session: marks it `closing` (no more service on any instance) and runs the MPP rail's upkeep at once, which settles it the way it settles idle sessions (an EVM channel is closed on chain capturing what was spent; a Lightning session refunds the rest to its return invoice) |
 //!
 //! Amounts are decimal strings of base units with the asset, its decimals and symbol, and a
@@ -223,16 +223,20 @@ async fn sessions(live: &Live, limit: u32) -> Result<Value, StoreError> {
 
 async fn tokens(live: &Live, limit: u32) -> Result<Value, String> {
     let rows = live.db.tokens(limit).await?;
-    Ok(Value::Array(
-        rows.iter()
-            .map(|t| {
-                let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
-                v["revoked"] = json!(t.revoked_ms.is_some());
-                v["money"] = amount_json(&live.config, &t.asset, t.amount.parse().unwrap_or(0));
-                v
-            })
-            .collect(),
-    ))
+    let mut out = Vec::with_capacity(rows.len());
+    for t in &rows {
+        let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+        // Whether it is revoked is the L402 rail's to say (from the store, cached briefly).
+        let mut id = [0u8; 32];
+        let revoked = match (&live.l402, hex::decode_to_slice(&t.token_id, &mut id)) {
+            (Some(rail), Ok(())) => rail.is_revoked(&id).await.map_err(|e| e.to_string())?,
+            _ => false,
+        };
+        v["revoked"] = json!(revoked);
+        v["money"] = amount_json(&live.config, &t.asset, t.amount.parse().unwrap_or(0));
+        out.push(v);
+    }
+    Ok(Value::Array(out))
 }
 
 /// Every request on the admin listener.
@@ -305,7 +309,14 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
                     "a token id is 64 hex digits (the token_id of the macaroon identifier)",
                 );
             }
-            match live.revoker.revoke(&token_id).await {
+            let Some(rail) = &live.l402 else {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "no_l402_rail",
+                    "this gateway offers no L402 rail, so it has no tokens to revoke",
+                );
+            };
+            match rail.revoke(&token_id).await.map_err(|e| e.to_string()) {
                 Ok(()) => {
                     tracing::info!(token_id = %hex::encode(token_id), "L402 token revoked");
                     json_answer(

@@ -7,7 +7,6 @@
 //! | `farebox_gateway_payments` | the payment log: one row per payment taken (an L402 token counts once, at its first use) |
 //! | `farebox_gateway_revenue` | revenue per rail, route and asset, in base units |
 //! | `farebox_gateway_l402_tokens` | L402 tokens seen paid: first and last use, uses |
-//! | `farebox_gateway_revocations` | revoked L402 token ids ([`crate::revocation`]) |
 //!
 //! The migrations below run when the gateway starts, each once, even when instances start
 //! together. Every query is written once, with `$n` placeholders, which both SQLite (through
@@ -86,17 +85,6 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (
         6,
         "CREATE INDEX IF NOT EXISTS farebox_gateway_l402_tokens_last ON farebox_gateway_l402_tokens (last_ms)",
-    ),
-    (
-        7,
-        "CREATE TABLE IF NOT EXISTS farebox_gateway_revocations (
-            token_id   TEXT   PRIMARY KEY,
-            revoked_ms BIGINT NOT NULL
-        )",
-    ),
-    (
-        8,
-        "CREATE INDEX IF NOT EXISTS farebox_gateway_revocations_at ON farebox_gateway_revocations (revoked_ms)",
     ),
 ];
 
@@ -185,8 +173,6 @@ pub struct TokenRow {
     pub first_ms: i64,
     pub last_ms: i64,
     pub uses: i64,
-    /// When it was revoked (Unix milliseconds), if it was.
-    pub revoked_ms: Option<i64>,
 }
 
 /// What [`GatewayDb::record`] made of one event.
@@ -546,17 +532,14 @@ impl GatewayDb {
         .await
     }
 
-    // ---- L402 tokens and revocations ----
+    // ---- L402 tokens ----
 
-    /// The L402 tokens used most recently, with their revocation.
+    /// The L402 tokens used most recently.
     pub async fn tokens(&self, limit: u32) -> Result<Vec<TokenRow>, DbError> {
-        type Row = (String, String, String, String, String, i64, i64, i64, Option<i64>);
-        let sql =
-            "SELECT t.token_id, t.payment_hash, t.route, t.asset, t.amount, t.first_ms, t.last_ms,
-                          t.uses, r.revoked_ms
-                   FROM farebox_gateway_l402_tokens t
-                   LEFT JOIN farebox_gateway_revocations r ON r.token_id = t.token_id
-                   ORDER BY t.last_ms DESC, t.token_id LIMIT $1";
+        type Row = (String, String, String, String, String, i64, i64, i64);
+        let sql = "SELECT token_id, payment_hash, route, asset, amount, first_ms, last_ms, uses
+                   FROM farebox_gateway_l402_tokens
+                   ORDER BY last_ms DESC, token_id LIMIT $1";
         let rows: Vec<Row> = bounded("listing tokens", async {
             on_pool!(self, |pool| sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await)
         })
@@ -572,33 +555,7 @@ impl GatewayDb {
                 first_ms: r.5,
                 last_ms: r.6,
                 uses: r.7,
-                revoked_ms: r.8,
             })
             .collect())
-    }
-
-    /// Records `token_id` (hex) as revoked at `at_ms`; revoking twice keeps the first time.
-    pub async fn revoke(&self, token_id: &str, at_ms: i64) -> Result<(), DbError> {
-        let sql = "INSERT INTO farebox_gateway_revocations (token_id, revoked_ms) VALUES ($1, $2)
-                   ON CONFLICT (token_id) DO NOTHING";
-        bounded("revoking", async {
-            on_pool!(self, |pool| sqlx::query(sql)
-                .bind(token_id)
-                .bind(at_ms)
-                .execute(pool)
-                .await
-                .map(drop))
-        })
-        .await
-    }
-
-    /// Token ids revoked at or after `since_ms`.
-    pub async fn revoked_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, DbError> {
-        let sql =
-            "SELECT token_id, revoked_ms FROM farebox_gateway_revocations WHERE revoked_ms >= $1";
-        bounded("reading revocations", async {
-            on_pool!(self, |pool| sqlx::query_as(sql).bind(since_ms).fetch_all(pool).await)
-        })
-        .await
     }
 }

@@ -51,7 +51,6 @@ use crate::payments::PaymentLog;
 use crate::pricer::{Priced, Pricer};
 use crate::proxy::{self, Forward, Upstream, UpstreamLatency, problem};
 use crate::ratelimit::{Key, RateLimiter, Scope};
-use crate::revocation::{RevocationList, Revoker, StoreRevoker};
 
 /// What the embedding program lends the gateway.
 #[derive(Default)]
@@ -105,11 +104,11 @@ pub(crate) struct Live {
     reserved: Vec<HeaderName>,
     headers: PaidHeaderNames,
     pub(crate) store: Arc<dyn farebox_store::Store>,
-    /// The gateway's own tables (free tier, payment log, revocations).
+    /// The gateway's own tables (free tier, payment log).
     pub(crate) db: GatewayDb,
     pub(crate) payments: PaymentLog,
-    pub(crate) revocations: Arc<RevocationList>,
-    pub(crate) revoker: Arc<dyn Revoker>,
+    /// The L402 rail, which keeps revocations in the store (the admin API revokes through it).
+    pub(crate) l402: Option<Arc<farebox_l402::L402Rail>>,
     limiter: Arc<RateLimiter>,
     limits: RateLimitSection,
     pub(crate) admin_token: Option<AdminToken>,
@@ -469,7 +468,8 @@ async fn build(
         public_url: public_url.clone(),
         ephemeral: &mut b.ephemeral,
     };
-    let rails = crate::rails::build(&config, ctx).map_err(|(key, e)| fail(&config, &key, e))?;
+    let crate::rails::Rails { all: rails, l402 } =
+        crate::rails::build(&config, ctx).map_err(|(key, e)| fail(&config, &key, e))?;
     let mut guard = Paywall::builder();
     for (_, rail) in &rails {
         guard = guard.shared_rail(rail.clone());
@@ -576,10 +576,8 @@ async fn build(
     .cloned()
     .collect();
 
-    // Operations: the payment log, revocations, the admin token, discovery.
+    // Operations: the payment log, the admin token, discovery.
     let payments = PaymentLog::start(db.clone(), metrics.clone());
-    let revocations = RevocationList::load(&db).await.map_err(|e| fail(&config, "store", e))?;
-    let revoker: Arc<dyn Revoker> = Arc::new(StoreRevoker::new(db.clone(), revocations.clone()));
     let admin_token = match &config.admin {
         Some(admin) => Some(AdminToken::new(
             admin.token.read(&base).map_err(|e| fail(&config, "admin.token", e))?.expose(),
@@ -613,25 +611,15 @@ async fn build(
     let mut upkeep = vec![AbortOnDrop(maintenance)];
     let limiter = Arc::new(RateLimiter::new());
     {
-        let (db, list, limiter) = (db.clone(), revocations.clone(), limiter.clone());
+        let (db, limiter) = (db.clone(), limiter.clone());
         let keep_ms = i64::try_from(config.gateway.payment_log_days.saturating_mul(86_400_000))
             .unwrap_or(i64::MAX);
         let tier = free_tier.as_ref().map(|(t, _)| t.clone());
-        let metrics = metrics.clone();
         upkeep.push(AbortOnDrop(tokio::spawn(async move {
-            let mut refresh = tokio::time::interval(crate::revocation::REFRESH);
-            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_sweep = Instant::now();
+            let mut sweep = tokio::time::interval(every);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                refresh.tick().await;
-                if let Err(e) = list.refresh(&db).await {
-                    tracing::warn!(error = %e, "revocations not refreshed");
-                    metrics.backend_error("store");
-                }
-                if last_sweep.elapsed() < every {
-                    continue;
-                }
-                last_sweep = Instant::now();
+                sweep.tick().await;
                 limiter.purge();
                 if let Some(tier) = &tier
                     && let Err(e) = tier.purge(unix_now()).await
@@ -659,8 +647,7 @@ async fn build(
         store,
         db,
         payments,
-        revocations,
-        revoker,
+        l402,
         limiter,
         admin_token,
         discovery,
@@ -824,7 +811,7 @@ async fn dispatch(
         );
     };
     let route = &live.routes[index];
-    let token = crate::revocation::presented_token(request.headers());
+    let token = crate::l402_token::presented_token(request.headers());
     let mut response = match rate_limit(gw, live, index, peer, token.as_ref(), &request) {
         Some(refused) => refused,
         None => match &route.pricing {
@@ -981,38 +968,13 @@ async fn priced(
     };
     // The gateway routed this request as priced: a paywall that does not price it would serve
     // it free. Never.
-    let Some(resource) = paywall.resource_for(request.method(), request.uri().path()) else {
+    if paywall.resource_for(request.method(), request.uri().path()).is_none() {
         tracing::error!(route = %label, "a priced route's paywall does not price the request; refused");
         return problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "unpriced_route",
             "the route's price does not cover this request",
         );
-    };
-    // A revoked L402 token is refused like any refused credential, before the rail sees it.
-    if let Some(id) = &token {
-        match live.revocations.status(&id.token_id) {
-            crate::revocation::Status::Valid => {}
-            crate::revocation::Status::Revoked => {
-                let why = farebox_core::PaymentError::invalid(
-                    "token_revoked",
-                    "this L402 token was revoked",
-                );
-                let refusal = paywall.refusal(&resource, &why, Some("l402")).await;
-                gw.metrics.payment_required(&label);
-                return refusal.map(Body::from);
-            }
-            crate::revocation::Status::Unknown => {
-                gw.metrics.backend_error("store");
-                let mut r = problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "revocations_unavailable",
-                    "the gateway cannot check L402 revocations right now; try again shortly",
-                );
-                r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return r;
-            }
-        }
     }
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();

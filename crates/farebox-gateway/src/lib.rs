@@ -15,7 +15,7 @@
 //! | [`discovery`] | `/openapi.json` (MPP discovery), `/discovery/resources` (x402 Bazaar), `/llms.txt` |
 //! | [`admin`] | the admin API and the status page, on their own listener, behind a bearer token |
 //! | [`payments`] | the payment log the admin API and the status page read, written off the request path |
-//! | [`revocation`] | revoking L402 tokens on every instance within a second |
+//! | [`l402_token`] | the L402 token a request presents (rate limits and the payment log count by it) |
 //! | [`db`] | the gateway's own tables in the store's database, and their migrations |
 //! | [`metrics`] | Prometheus counters and histograms |
 //!
@@ -36,7 +36,8 @@
 //!   gives them back to the routes).
 //! * **The admin API and status page** are only on `[admin] listen`, behind a bearer token.
 //! * **Rate limits** are counted in memory per instance (see [`ratelimit`] for why); the free
-//!   tier, the payment log and L402 revocations are in the shared database.
+//!   tier and the payment log are in the shared database; L402 revocations are in the store, kept
+//!   by the L402 rail, which checks them on every verify.
 //! * **An L402 token is one payment**: revenue and the payment log count it once, at its first
 //!   use on any instance; every request it pays for counts as a paid request.
 //! * **Requests no route matches are refused (404)**, never passed through free.
@@ -58,13 +59,13 @@ pub mod db;
 pub mod discovery;
 pub mod free_tier;
 pub mod gateway;
+pub mod l402_token;
 pub mod metrics;
 pub mod payments;
 pub mod pricer;
 pub mod proxy;
 pub mod rails;
 pub mod ratelimit;
-pub mod revocation;
 #[cfg(feature = "testing")]
 pub mod testing;
 

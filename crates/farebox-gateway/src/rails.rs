@@ -374,7 +374,14 @@ pub(crate) type BuildError = (String, String);
 pub(crate) type NamedRail = (&'static str, Arc<dyn Rail>);
 
 /// Builds the configured rails, in challenge order, with their names.
-pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRail>, BuildError> {
+/// What [`build`] makes: every rail, and the L402 rail again, typed, for the admin API's
+/// revocations.
+pub(crate) struct Rails {
+    pub all: Vec<NamedRail>,
+    pub l402: Option<Arc<farebox_l402::L402Rail>>,
+}
+
+pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, BuildError> {
     let base = config.base_dir();
     let RailContext { lightning, store, chains, public_url, ephemeral } = ctx;
     let fail = |key: &str, e: String| (key.to_string(), e);
@@ -405,6 +412,7 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRa
     };
 
     let mut rails: Vec<NamedRail> = Vec::new();
+    let mut l402 = None;
     if let Some(l) = &config.rails.l402 {
         let master = key_of("l402", "rails.l402.root_key", l.root_key.as_ref())?;
         let keys = farebox_l402::DerivedRootKeys::new(&master)
@@ -412,9 +420,12 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRa
         // Revocations and request-limited tokens are shared by every instance through the store.
         let tokens: Arc<dyn farebox_core::SessionStore> = store.clone();
         let config = l402_config(l, keys).with_store(tokens);
-        let rail = farebox_l402::L402Rail::new(config, lightning_of("rails.l402")?)
-            .map_err(|e| fail("rails.l402", e.to_string()))?;
-        rails.push(("l402", Arc::new(rail)));
+        let rail = Arc::new(
+            farebox_l402::L402Rail::new(config, lightning_of("rails.l402")?)
+                .map_err(|e| fail("rails.l402", e.to_string()))?,
+        );
+        l402 = Some(rail.clone());
+        rails.push(("l402", rail));
     }
     if let Some(x) = &config.rails.x402 {
         let (rpc, token) = chain_of("rails.x402.asset", &x.asset)?;
@@ -518,7 +529,7 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Vec<NamedRa
         let rail = builder.build().map_err(|e| fail("rails.mpp", e.to_string()))?;
         rails.push(("mpp", Arc::new(rail)));
     }
-    Ok(rails)
+    Ok(Rails { all: rails, l402 })
 }
 
 fn random_key() -> Vec<u8> {

@@ -212,7 +212,7 @@ async fn a_revoked_token_is_refused_on_every_instance_within_a_second() {
     assert_eq!(status_with(&b, &token).await, 200, "a token bought on A serves on B");
     assert_eq!(status_with(&b, &other).await, 200);
     assert!(a.gateway.flush_payments(Duration::from_secs(10)).await);
-    let id = farebox_gateway::revocation::presented_token(&{
+    let id = farebox_gateway::l402_token::presented_token(&{
         let mut h = http::HeaderMap::new();
         h.insert("authorization", token.parse().unwrap());
         h

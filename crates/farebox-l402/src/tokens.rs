@@ -44,8 +44,9 @@ use crate::caveat::MAX_REQUEST_LIMITS;
 
 /// The session-store namespace of token records.
 pub const NAMESPACE: &str = "l402-token";
-/// How old a cached "not revoked" may be.
-pub const REVOCATION_STALENESS: Duration = Duration::from_secs(1);
+/// How old a cached "not revoked" may be: half a second, so that a revocation holds on every
+/// instance within a second, a request's own time included.
+pub const REVOCATION_STALENESS: Duration = Duration::from_millis(500);
 /// Most token ids whose revocation state an instance caches.
 pub const MAX_CACHED_TOKENS: usize = 100_000;
 /// The domain-separation prefix of counter keys.
