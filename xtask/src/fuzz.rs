@@ -9,6 +9,10 @@
 //!   assertion failures of the round-trip properties, hangs, runaway allocation) libFuzzer
 //!   catches without it, while instrumented runs go twice as fast. `RUSTC_BOOTSTRAP=1` lets the
 //!   stable compiler take cargo-fuzz's nightly flags.
+//! - The targets are built in the dev profile (`--dev`: no optimisation, overflow checks on).
+//!   Optimised, the build alone took longer than all the fuzzing CI can afford; at a few seconds
+//!   per target, compiling the dependencies at opt-level 3 costs more than it buys in
+//!   executions, and overflow checks catch arithmetic a release build would let wrap.
 //! - `FAREBOX_FUZZ_SECONDS` sets the fuzzing time per target (default [`DEFAULT_SECONDS`]; `0`
 //!   replays the seeds only).
 //!
@@ -24,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, run, succeeds};
 
 /// Seconds of fuzzing per target after its seeds, unless `FAREBOX_FUZZ_SECONDS` says otherwise.
-pub(crate) const DEFAULT_SECONDS: u64 = 15;
+pub(crate) const DEFAULT_SECONDS: u64 = 10;
 
 /// Longest one input may take before libFuzzer reports it as a hang, in seconds.
 const INPUT_TIMEOUT_SECONDS: u64 = 10;
@@ -57,7 +61,7 @@ pub(crate) fn run_all() -> Result<()> {
         bail!("cargo fuzz list found no fuzz targets");
     }
     let started = Instant::now();
-    run(&mut cargo_fuzz(&["build", "-s", "none"]))?;
+    run(&mut cargo_fuzz(&["build", "--dev", "-s", "none"]))?;
     eprintln!("xtask: fuzz targets built in {:.0?}", started.elapsed());
 
     let mut crashed = Vec::new();
@@ -72,7 +76,7 @@ pub(crate) fn run_all() -> Result<()> {
         let mut libfuzzer_args = vec![timeout.as_str(), "-rss_limit_mb=2048"];
         // With no time to fuzz, only the corpus is run (`-runs=0` stops after loading it).
         libfuzzer_args.push(if seconds == 0 { "-runs=0" } else { budget.as_str() });
-        let mut cmd = cargo_fuzz(&["run", "-s", "none", target, &corpus, &seeds, "--"]);
+        let mut cmd = cargo_fuzz(&["run", "--dev", "-s", "none", target, &corpus, &seeds, "--"]);
         cmd.args(&libfuzzer_args);
         let clean = run(&mut cmd).is_ok();
         if !clean {
@@ -99,7 +103,7 @@ pub(crate) fn run_all() -> Result<()> {
         .iter()
         .map(|(t, input)| match input {
             Some(p) => format!(
-                "{t} ({}; replay: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none {t} {})",
+                "{t} ({}; replay: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --dev -s none {t} {})",
                 p.display(),
                 p.display()
             ),
