@@ -89,8 +89,7 @@ struct FetchParams {
     headers: Option<BTreeMap<String, String>>,
     /// The request body, sent as-is.
     body: Option<String>,
-    /// The most this call may pay, fees and any session deposit included, e.g. "50 sat" or
-    /// "0.01 USDC"; offers in other assets are then refused. The wallet's caps apply anyway.
+    /// The most this call may pay, fees and deposits included: "50 sat", "0.01 USDC".
     max_price: Option<String>,
 }
 
@@ -104,14 +103,54 @@ struct BudgetParams {
 /// A tool's refusal: `pay`'s error name as `code`, its exit code, why, and what was paid
 /// before it failed (a proof the server refused was still paid for).
 fn refusal(f: &Failure, paid: Vec<Value>) -> CallToolResult {
+    refusal_with(f, json!({ "paid": paid }))
+}
+
+/// [`refusal`] added to `answer` (which says what was paid).
+fn refusal_with(f: &Failure, mut answer: Value) -> CallToolResult {
     tracing::info!(code = f.exit.name(), "refused: {}", f.message);
-    CallToolResult::structured_error(json!({
-        "ok": false,
-        "code": f.exit.name(),
-        "exit": f.exit.code(),
-        "message": f.message,
+    answer["ok"] = json!(false);
+    answer["code"] = json!(f.exit.name());
+    answer["exit"] = json!(f.exit.code());
+    answer["message"] = json!(f.message);
+    CallToolResult::structured_error(answer)
+}
+
+/// What the server answered, and what was paid for it.
+fn response_json(fetched: &pay::Fetched, paid: Vec<Value>) -> Value {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &fetched.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    let (body, encoding) = body_text(&fetched.body, fetched.truncated);
+    json!({
+        "ok": true,
+        "status": fetched.status.as_u16(),
+        "headers": headers,
+        "body": body,
+        "body_encoding": encoding,
+        "body_truncated": fetched.truncated,
         "paid": paid,
-    }))
+    })
+}
+
+/// The body as text when it is UTF-8, else as base64; and which.
+fn body_text(body: &[u8], truncated: bool) -> (String, &'static str) {
+    match std::str::from_utf8(body) {
+        Ok(text) => (text.to_string(), "text"),
+        // Cut inside a character by the size limit: what came is text all the same.
+        Err(e) if truncated && e.error_len().is_none() => {
+            (String::from_utf8_lossy(&body[..e.valid_up_to()]).into_owned(), "text")
+        }
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(body), "base64"),
+    }
 }
 
 fn request(
@@ -149,7 +188,7 @@ impl WalletServer {
     }
 
     #[tool(
-        description = "Make an HTTP request, paying for it from the wallet if the server answers 402 (L402, x402 or MPP), within the wallet's caps and `max_price`. Returns the status, headers and body (text, or base64 when `body_encoding` is base64; at most 256 KiB) and what was paid (rail, amount, fee, reference). On failure `isError` is set and `code` says why: over_budget, no_payable_offer, proof_refused, backend_down, outcome_unknown, server_error, payment_failed, bad_input, failed.",
+        description = "Make an HTTP request, paying for it from the wallet if the server answers 402 (L402, x402 or MPP), within the wallet's caps and `max_price` (offers in another asset than max_price's are refused). Returns the status, headers and body (text, or base64 when `body_encoding` is base64; at most 256 KiB) and what was paid (rail, amount, fee, reference). On failure `isError` is set and `code` says why: over_budget, no_payable_offer, proof_refused, backend_down, outcome_unknown, server_error, payment_failed, bad_input, failed.",
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = true)
     )]
     async fn fetch(
@@ -181,44 +220,11 @@ impl WalletServer {
         for p in &paid {
             tracing::info!(rail = %p["rail"], amount = %p["amount"], "paid");
         }
-        let mut headers: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in &fetched.headers {
-            let value = String::from_utf8_lossy(value.as_bytes());
-            headers
-                .entry(name.as_str().to_string())
-                .and_modify(|v| {
-                    v.push_str(", ");
-                    v.push_str(&value);
-                })
-                .or_insert_with(|| value.into_owned());
-        }
-        let (body, encoding) = match std::str::from_utf8(&fetched.body) {
-            Ok(text) => (text.to_string(), "text"),
-            // Cut inside a character by the limit: what came is text all the same.
-            Err(e) if fetched.truncated && e.error_len().is_none() => {
-                (String::from_utf8_lossy(&fetched.body[..e.valid_up_to()]).into_owned(), "text")
-            }
-            Err(_) => (base64::engine::general_purpose::STANDARD.encode(&fetched.body), "base64"),
-        };
-        let mut answer = json!({
-            "ok": true,
-            "status": fetched.status.as_u16(),
-            "headers": headers,
-            "body": body,
-            "body_encoding": encoding,
-            "body_truncated": fetched.truncated,
-            "paid": paid,
-        });
+        let answer = response_json(&fetched, paid);
         Ok(match fetched.check_status(&request) {
             Ok(()) => CallToolResult::structured(answer),
-            Err(f) => {
-                // The server's error, with its answer: the agent may read why.
-                answer["ok"] = json!(false);
-                answer["code"] = json!(f.exit.name());
-                answer["exit"] = json!(f.exit.code());
-                answer["message"] = json!(f.message);
-                CallToolResult::structured_error(answer)
-            }
+            // The server's error, with its answer: the agent may read why.
+            Err(f) => refusal_with(&f, answer),
         })
     }
 
@@ -283,5 +289,23 @@ fn without_query(url: &str) -> String {
             u.to_string()
         }
         Err(_) => "(not a URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_not_utf8_comes_as_base64_and_text_cut_by_the_limit_as_text() {
+        assert_eq!(body_text(b"{\"a\":1}", false), ("{\"a\":1}".to_string(), "text"));
+        assert_eq!(body_text(&[0xff, 0x00, 0x10], false), ("/wAQ".to_string(), "base64"));
+        // "é" is two bytes; the limit kept only the first.
+        assert_eq!(body_text(&[b'a', 0xc3], true), ("a".to_string(), "text"));
+        assert_eq!(
+            body_text(&[b'a', 0xc3], false).1,
+            "base64",
+            "a whole body cut short is not text"
+        );
     }
 }

@@ -392,6 +392,26 @@ total = "1 usdc"
     assert_eq!(recent, [("l402", "10000"), ("mpp", "10000"), ("x402", "50000"), ("mpp", "50000")]);
     // No proof (a bearer token) among them.
     assert!(budget["recent"].as_array().unwrap().iter().all(|e| e.get("proof").is_none()));
+
+    // A wallet whose Lightning node is down and that has no key for USDC: each refusal says
+    // which, and nothing is paid.
+    let down = dir.path().join("down.toml");
+    write_private(
+        &down,
+        "[lightning]\nkind = \"dev\"\nurl = \"http://127.0.0.1:9\"\n\n[budget.sat]\nper_request = \"20 sat\"\ntotal = \"100 sat\"\n",
+    );
+    let answer = run_client(&down, json!([fetch("/joke"), fetch("/report")]));
+    let codes: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["isError"], true, "{r}");
+            r["structured"]["code"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(codes, ["backend_down", "no_payable_offer"]);
+    assert_eq!(g.payments(), 4);
     drop(g);
     drop(anvil);
 }
