@@ -4,77 +4,17 @@
 //! one `farebox serve` gateway selling a route on each rail (L402 and MPP over the gateway's dev
 //! Lightning node, x402 and MPP's EVM charge over USDC on anvil), and prints what it got.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use farebox_evm::anvil::Anvil;
 use farebox_evm::{Address, EvmRpc, U256};
 use serde_json::{Value, json};
+use support::{Gateway, write_private};
 
 const CHAIN_ID: u64 = 84532;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn get(url: &str) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async { reqwest::get(url).await.ok()?.text().await.ok() })
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// A `farebox serve` process, stopped when dropped.
-struct Gateway {
-    child: Child,
-    base: String,
-    wallet: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    fn metric(&self, name: &str, labels: &str) -> u64 {
-        let text = get(&format!("{}/_farebox/metrics", self.base)).expect("metrics");
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// Settled payments, as the server counts them.
-    fn payments(&self) -> u64 {
-        self.metric("farebox_gateway_payments_total", "")
-    }
-
-    /// Requests to `route` its upstream answered 200: the handler ran.
-    fn served(&self, route: &str) -> u64 {
-        self.metric("farebox_gateway_requests_total", &format!("route=\"{route}\",status=\"200\""))
-    }
-
-    fn wallet_msat(&self) -> u64 {
-        let text = get(&format!("{}/v1/balance", self.wallet)).expect("wallet balance");
-        serde_json::from_str::<Value>(&text).unwrap()["balance_msat"].as_u64().unwrap()
-    }
-}
 
 /// `tests/mcp/` installed with npm into `target/tools/mcp/` (again only when its package.json
 /// changed), the script copied beside `node_modules/`.
@@ -147,10 +87,7 @@ fn an_agent_pays_every_rail_through_mcp_within_its_caps() {
     let dir = tempfile::tempdir().unwrap();
     let gas_key = dir.path().join("gas.key");
     write_private(&gas_key, gas.key);
-    let (port, wallet_port) = (free_port(), free_port());
-    let config = dir.path().join("farebox.toml");
-    std::fs::write(
-        &config,
+    let g = Gateway::spawn(|port, wallet_port| {
         format!(
             r#"
 [gateway]
@@ -219,30 +156,9 @@ rails = ["mpp"]
             rpc = anvil.url(),
             gas_key = gas_key.display(),
             payee = payee.address,
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_farebox"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("FAREBOX_STATE_DIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let g = Gateway {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        wallet: format!("http://127.0.0.1:{wallet_port}"),
-    };
-    let start = Instant::now();
-    while get(&format!("{}/health", g.base)).is_none()
-        || get(&format!("{}/v1/balance", g.wallet)).is_none()
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let url = |path: &str| format!("{}{path}", g.base);
+        )
+    });
+    let url = |path: &str| g.url(path);
 
     // The agent's wallet: the dev node for Lightning, the payer's key for USDC. Each sat
     // payment reserves 10 sat plus a 1 sat fee bound, so 25 sat holds two.
