@@ -26,6 +26,7 @@ use rmcp::model::CallToolResult;
 use rmcp::{ErrorData, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::RwLock;
 
 use crate::pay::{self, Exit, Failure, PaidLog, RequestArgs, WalletArgs};
 use crate::wallet_file::WalletConfig;
@@ -54,12 +55,16 @@ pub async fn run(args: McpArgs) -> Result<(), Failure> {
     // One budget for the server's life: with a store it is the store's, without one (the dev
     // wallet) its caps still hold across calls.
     let budget = pay::budget(&config)?;
-    let server = WalletServer { config: Arc::new(config), budget };
+    let in_flight = Arc::new(RwLock::new(()));
+    let server = WalletServer { config: Arc::new(config), budget, in_flight: in_flight.clone() };
     let service = server
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| Failure::new(Exit::Failed, format!("MCP handshake: {e}")))?;
-    service.waiting().await.map_err(|e| Failure::new(Exit::Failed, format!("MCP: {e}")))?;
+    let served = service.waiting().await;
+    // Payments under way finish before the process exits.
+    let _ = in_flight.write().await;
+    served.map_err(|e| Failure::new(Exit::Failed, format!("MCP: {e}")))?;
     Ok(())
 }
 
@@ -67,6 +72,8 @@ pub async fn run(args: McpArgs) -> Result<(), Failure> {
 struct WalletServer {
     config: Arc<WalletConfig>,
     budget: Budget,
+    /// Each `fetch` under way holds a read guard; `run` takes the write lock before exiting.
+    in_flight: Arc<RwLock<()>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -200,18 +207,27 @@ impl WalletServer {
         let request = request(p.url, p.method, headers, p.body);
         tracing::info!(method = %request.method, url = %without_query(&request.url), "fetch");
         let paid = PaidLog::default();
-        let outcome = async {
+        // A payment under way runs to its end (paid, ledger written, sessions closed) even if
+        // the client cancels the call or goes away: its own task, which `run` waits for.
+        let (config, budget, log) = (self.config.clone(), self.budget.clone(), paid.clone());
+        let in_flight = self.in_flight.clone().read_owned().await;
+        let request = Arc::new(request);
+        let sent = request.clone();
+        let task = tokio::spawn(async move {
+            let _in_flight = in_flight;
             let max = match &p.max_price {
-                Some(text) => pay::max_amounts(&self.config, std::slice::from_ref(text), None)?,
+                Some(text) => pay::max_amounts(&config, std::slice::from_ref(text), None)?,
                 None => Vec::new(),
             };
-            let payer = pay::payer_within(&self.config, self.budget.clone(), &max).await?;
+            let payer = pay::payer_within(&config, budget, &max).await?;
             for why in &payer.skipped {
                 tracing::warn!("{why}");
             }
-            pay::send(payer, &request, true, MAX_BODY, &paid).await
-        }
-        .await;
+            pay::send(payer, &sent, true, MAX_BODY, &log).await
+        });
+        let outcome = task
+            .await
+            .unwrap_or_else(|e| Err(Failure::new(Exit::Failed, format!("the payment task: {e}"))));
         let paid = paid.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let fetched = match outcome {
             Ok(fetched) => fetched,
