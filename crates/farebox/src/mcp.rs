@@ -3,7 +3,7 @@
 //!
 //! Three tools, on the same wallet file, policy, persistent budget and ledger as `farebox pay`
 //! (and through the same code: [`pay::send`] pays, [`quote::ask`] quotes):
-//! - `quote` (url, method): every offer of the server's 402 and which one `fetch` would choose
+//! - `quote` (url, method, max_price): every offer of the server's 402 and which one `fetch` would choose
 //!   and why; pays nothing.
 //! - `fetch` (method, url, headers, body, max_price): the response (status, headers, body as
 //!   text, or base64 when not UTF-8, at most [`MAX_BODY`] bytes) and what was paid; or a
@@ -83,6 +83,8 @@ struct QuoteParams {
     url: String,
     /// The HTTP method (default GET).
     method: Option<String>,
+    /// Quote as `fetch` would choose with this `max_price`.
+    max_price: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -160,6 +162,11 @@ fn body_text(body: &[u8], truncated: bool) -> (String, &'static str) {
     }
 }
 
+/// `max_price` in the wallet's units (one amount per asset the unit names).
+fn max_price(config: &WalletConfig, text: Option<&String>) -> Result<Vec<Money>, Failure> {
+    pay::max_amounts(config, text.map(std::slice::from_ref).unwrap_or_default(), None)
+}
+
 fn request(
     url: String,
     method: Option<String>,
@@ -181,7 +188,8 @@ impl WalletServer {
     ) -> Result<CallToolResult, ErrorData> {
         let request = request(p.url, p.method, Vec::new(), None);
         let asked = async {
-            let payer = pay::payer_within(&self.config, self.budget.clone(), &[]).await?;
+            let max = max_price(&self.config, p.max_price.as_ref())?;
+            let payer = pay::payer_within(&self.config, self.budget.clone(), &max).await?;
             let (quote, exit) = quote::ask(&payer, &request).await?;
             Ok::<_, Failure>((quote::to_json(&quote, &payer.skipped), exit))
         };
@@ -215,10 +223,7 @@ impl WalletServer {
         let sent = request.clone();
         let task = tokio::spawn(async move {
             let _in_flight = in_flight;
-            let max = match &p.max_price {
-                Some(text) => pay::max_amounts(&config, std::slice::from_ref(text), None)?,
-                None => Vec::new(),
-            };
+            let max = max_price(&config, p.max_price.as_ref())?;
             let payer = pay::payer_within(&config, budget, &max).await?;
             for why in &payer.skipped {
                 tracing::warn!("{why}");

@@ -205,6 +205,7 @@ total = "1 usdc"
         &wallet,
         json!([
             { "name": "quote", "arguments": { "url": url("/joke") } },
+            { "name": "quote", "arguments": { "url": url("/joke"), "max_price": "10 sat" } },
             { "name": "fetch", "arguments": { "url": url("/health"), "method": "GET" } },
             fetch("/joke"),
             fetch("/weather/oslo"),
@@ -226,6 +227,7 @@ total = "1 usdc"
     let is_error = |i: usize| results[i]["isError"].as_bool().unwrap();
 
     // The quote: the offer, the choice, nothing paid.
+    assert!(answer["capabilities"]["tools"].is_object(), "{}", answer["capabilities"]);
     let quote = result(0);
     assert!(!is_error(0), "{quote}");
     assert_eq!(quote["status"], 402);
@@ -236,17 +238,21 @@ total = "1 usdc"
         (Some("l402"), Some("10000"))
     );
 
+    // Under a max of 10 sat, the 1 sat fee bound puts the offer over: what fetch would answer.
+    assert_eq!(result(1)["code"], "over_budget", "{}", result(1));
+    assert!(result(1)["choice"].is_null());
+
     // A free route is fetched and nothing is paid.
-    assert!(!is_error(1));
-    assert_eq!(result(1)["status"], 200);
-    assert_eq!(result(1)["paid"], json!([]));
+    assert!(!is_error(2));
+    assert_eq!(result(2)["status"], 200);
+    assert_eq!(result(2)["paid"], json!([]));
 
     // Each rail paid, and served the handler's body.
     for (i, rail, amount, body) in [
-        (2, "l402", "10 sat", "joke"),
-        (3, "mpp", "10 sat", "temperature_c"),
-        (4, "x402", "0.05 USDC", "report"),
-        (5, "mpp", "0.05 USDC", "symbol"),
+        (3, "l402", "10 sat", "joke"),
+        (4, "mpp", "10 sat", "temperature_c"),
+        (5, "x402", "0.05 USDC", "report"),
+        (6, "mpp", "0.05 USDC", "symbol"),
     ] {
         let r = result(i);
         assert!(!is_error(i), "{r}");
@@ -265,7 +271,7 @@ total = "1 usdc"
     }
 
     // Both refusals: over budget, machine-readable, nothing paid.
-    for i in [6, 7] {
+    for i in [7, 8] {
         let r = result(i);
         assert!(is_error(i), "{r}");
         assert_eq!(r["code"], "over_budget", "{r}");
@@ -280,8 +286,8 @@ total = "1 usdc"
     assert_eq!(balance(payer.address), 900_000);
 
     // The budget: what each asset counted, what the totals have left, and the ledger's entries.
-    let budget = result(8);
-    assert!(!is_error(8), "{budget}");
+    let budget = result(9);
+    assert!(!is_error(9), "{budget}");
     let asset = |symbol: &str| {
         budget["assets"].as_array().unwrap().iter().find(|a| a["symbol"] == symbol).unwrap().clone()
     };

@@ -37,7 +37,8 @@ for (const call of plan.calls) {
 console.log(
   JSON.stringify({
     server: client.getServerVersion(),
-    protocol: transport.protocolVersion ?? null,
+    capabilities: client.getServerCapabilities(),
+    instructions: client.getInstructions() ?? null,
     tools,
     results,
   }),
