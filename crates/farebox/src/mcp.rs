@@ -3,8 +3,8 @@
 //!
 //! Three tools, on the same wallet file, policy, persistent budget and ledger as `farebox pay`
 //! (and through the same code: [`pay::send`] pays, [`quote::ask`] quotes):
-//! - `quote` (url, method, max_price): every offer of the server's 402 and which one `fetch` would choose
-//!   and why; pays nothing.
+//! - `quote` (url, method, max_price): every offer of the server's 402 and which one `fetch`
+//!   would choose and why; pays nothing.
 //! - `fetch` (method, url, headers, body, max_price): the response (status, headers, body as
 //!   text, or base64 when not UTF-8, at most [`MAX_BODY`] bytes) and what was paid; or a
 //!   refusal whose `code` is `pay`'s error name ([`Exit::name`]), with `isError` set.

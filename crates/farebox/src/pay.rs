@@ -529,3 +529,22 @@ fn narrate(e: &Event) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &'static str) -> reqwest::Response {
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_cut_there_and_said_to_be() {
+        let mut r = response("0123456789");
+        assert_eq!(read_bounded(&mut r, 4).await.unwrap(), (b"0123".to_vec(), true));
+        let mut r = response("0123456789");
+        assert_eq!(read_bounded(&mut r, 10).await.unwrap(), (b"0123456789".to_vec(), false));
+        let mut r = response("");
+        assert_eq!(read_bounded(&mut r, 0).await.unwrap(), (Vec::new(), false));
+    }
+}
