@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::{Address, EvmRpc, U256};
 use serde_json::{Value, json};
-use support::{Gateway, write_private};
+use support::{Gateway, Process, free_port, wait_for, write_private};
 
 const CHAIN_ID: u64 = 84532;
 
@@ -87,19 +87,8 @@ fn an_agent_pays_every_rail_through_mcp_within_its_caps() {
     let dir = tempfile::tempdir().unwrap();
     let gas_key = dir.path().join("gas.key");
     write_private(&gas_key, gas.key);
-    let g = Gateway::spawn(|port, wallet_port| {
-        format!(
-            r#"
-[gateway]
-listen = "127.0.0.1:{port}"
-
-[lightning]
-backend = "dev"
-
-[lightning.dev]
-wallet_sats = 100000
-wallet_listen = "127.0.0.1:{wallet_port}"
-
+    let g = Gateway::spawn(&format!(
+        r#"
 [chains.local]
 chain_id = {CHAIN_ID}
 rpc = "{rpc}"
@@ -130,10 +119,6 @@ recipient = "{payee:#x}"
 gas_key = {{ key_file = "{gas_key}" }}
 
 [[routes]]
-path = "/health"
-free = true
-
-[[routes]]
 path = "/joke"
 price = "10 sat"
 rails = ["l402"]
@@ -153,11 +138,10 @@ path = "/ticks/*"
 price = "0.05 usdc"
 rails = ["mpp"]
 "#,
-            rpc = anvil.url(),
-            gas_key = gas_key.display(),
-            payee = payee.address,
-        )
-    });
+        rpc = anvil.url(),
+        gas_key = gas_key.display(),
+        payee = payee.address,
+    ));
     let url = |path: &str| g.url(path);
 
     // The agent's wallet: the dev node for Lightning, the payer's key for USDC. Each sat
@@ -334,6 +318,37 @@ total = "1 usdc"
         .collect();
     assert_eq!(codes, ["backend_down", "no_payable_offer"]);
     assert_eq!(g.payments(), 4);
+
+    // The conformance suite's misbehaving server: `/loop` answers 402 to a valid proof.
+    let (port, wallet_port) = (free_port(), free_port());
+    let _misbehaving = Process::spawn(Command::new(env!("CARGO_BIN_EXE_farebox")).args([
+        "conformance",
+        "--serve",
+        "--port",
+        &port.to_string(),
+        "--wallet-port",
+        &wallet_port.to_string(),
+    ]));
+    let (base, dev) =
+        (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{wallet_port}"));
+    wait_for(&[format!("{base}/_report"), format!("{dev}/v1/balance")]);
+    let refused = dir.path().join("refused.toml");
+    write_private(
+        &refused,
+        &format!(
+            "[lightning]\nkind = \"dev\"\nurl = \"{dev}\"\nmax_fee = \"1 sat\"\n\n[budget.sat]\nper_request = \"20 sat\"\ntotal = \"100 sat\"\n"
+        ),
+    );
+    let answer = run_client(
+        &refused,
+        json!([{ "name": "fetch", "arguments": { "url": format!("{base}/loop") } }]),
+    );
+    let r = &answer["results"][0];
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["structured"]["code"], "proof_refused", "{r}");
+    let paid = &r["structured"]["paid"];
+    assert_eq!(paid.as_array().map(Vec::len), Some(1), "paid once, and says so: {r}");
+    assert_eq!(paid[0]["amount"], "10 sat");
     drop(g);
     drop(anvil);
 }

@@ -18,19 +18,8 @@ fn farebox(wallet: &Path) -> Command {
 /// A `farebox serve` gateway selling `/joke` for 10 sat over L402 (and MPP's lightning charge),
 /// with the dev wallet's API, plus `extra` configuration.
 fn gateway(extra: &str) -> Gateway {
-    Gateway::spawn(|port, wallet_port| {
-        format!(
-            r#"
-[gateway]
-listen = "127.0.0.1:{port}"
-
-[lightning]
-backend = "dev"
-
-[lightning.dev]
-wallet_sats = 100000
-wallet_listen = "127.0.0.1:{wallet_port}"
-
+    Gateway::spawn(&format!(
+        r#"
 [rails.l402]
 service = "wallet-test"
 
@@ -39,16 +28,11 @@ realm = "wallet-test"
 lightning = true
 
 [[routes]]
-path = "/health"
-free = true
-
-[[routes]]
 path = "/joke"
 price = "10 sat"
 {extra}
 "#
-        )
-    })
+    ))
 }
 
 /// A private wallet file in `dir` paying with `g`'s dev wallet within the given `[budget.sat]`

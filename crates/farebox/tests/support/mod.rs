@@ -27,60 +27,88 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// A `farebox serve` process whose configuration serves `/health` free and runs the dev
-/// Lightning node with its wallet API; stopped (SIGTERM, then SIGKILL) when dropped.
+/// A child process, stopped when dropped, pass or fail: SIGTERM first, so that it tears down
+/// what it started (its own anvil…); SIGKILL only if it does not exit in time.
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn spawn(command: &mut Command) -> Process {
+        Process(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until every URL of `urls` answers 200.
+pub fn wait_for(urls: &[String]) {
+    let start = Instant::now();
+    while !urls.iter().all(|u| get(u).map(|r| r.0) == Some(200)) {
+        assert!(start.elapsed() < Duration::from_secs(60), "{urls:?} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `farebox serve` process serving `/health` free and running the dev Lightning node with its
+/// wallet API; stopped when dropped.
 pub struct Gateway {
-    child: Child,
+    _process: Process,
     pub base: String,
     /// The dev wallet's API.
     pub wallet: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Gateway {
-    /// Starts the gateway with the configuration `config(port, wallet_port)` and waits until it
-    /// and its dev wallet answer.
-    pub fn spawn(config: impl FnOnce(u16, u16) -> String) -> Gateway {
+    /// Starts the gateway on a free port with the dev Lightning node and `/health`, plus
+    /// `config` (rails, routes…), and waits until it and its dev wallet answer.
+    pub fn spawn(config: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let (port, wallet_port) = (free_port(), free_port());
         let path = dir.path().join("farebox.toml");
-        std::fs::write(&path, config(port, wallet_port)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_farebox"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("FAREBOX_STATE_DIR", dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let base = format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:{port}"
+
+[lightning]
+backend = "dev"
+
+[lightning.dev]
+wallet_sats = 100000
+wallet_listen = "127.0.0.1:{wallet_port}"
+
+[[routes]]
+path = "/health"
+free = true
+"#
+        );
+        std::fs::write(&path, base + config).unwrap();
+        let process = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_farebox"))
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("FAREBOX_STATE_DIR", dir.path()),
+        );
         let g = Gateway {
-            child,
+            _process: process,
             base: format!("http://127.0.0.1:{port}"),
             wallet: format!("http://127.0.0.1:{wallet_port}"),
             _dir: dir,
         };
-        let start = Instant::now();
-        while get(&g.url("/health")).map(|r| r.0) != Some(200)
-            || get(&format!("{}/v1/balance", g.wallet)).is_none()
-        {
-            assert!(start.elapsed() < Duration::from_secs(60), "the gateway did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(&[g.url("/health"), format!("{}/v1/balance", g.wallet)]);
         g
     }
 
