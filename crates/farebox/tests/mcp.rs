@@ -296,8 +296,10 @@ total = "1 usdc"
         .map(|e| (e["rail"].as_str().unwrap(), e["amount"].as_str().unwrap()))
         .collect();
     assert_eq!(recent, [("l402", "10000"), ("mpp", "10000"), ("x402", "50000"), ("mpp", "50000")]);
-    // No proof (a bearer token) among them.
+    // No proof (a bearer token) among them, and the wallet's key nowhere in what the agent saw.
     assert!(budget["recent"].as_array().unwrap().iter().all(|e| e.get("proof").is_none()));
+    let key = payer.key.trim_start_matches("0x");
+    assert!(!answer.to_string().to_lowercase().contains(&key.to_lowercase()));
 
     // A wallet whose Lightning node is down and that has no key for USDC: each refusal says
     // which, and nothing is paid.
