@@ -117,7 +117,7 @@ fn asset_text(a: &Asset) -> String {
     }
 }
 
-fn entry_json(e: &LedgerEntry, proofs: bool) -> serde_json::Value {
+pub fn entry_json(e: &LedgerEntry, proofs: bool) -> serde_json::Value {
     let mut v = json!({
         "id": e.id,
         "time": farebox_core::time::format(unix(e.at)),

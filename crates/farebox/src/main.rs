@@ -13,6 +13,8 @@
 //! - `farebox facilitator`: the x402 facilitator HTTP API over EVM nodes.
 //! - `farebox conformance <url>`: the conformance suite against a server; `--serve`: the
 //!   misbehaving reference server for testing clients.
+//! - `farebox mcp`: the wallet as a Model Context Protocol server over stdio (tools `quote`,
+//!   `fetch`, `budget`), for LLM agents.
 //! - `farebox token attenuate|inspect`: narrow an L402 token to hand it to another agent; read
 //!   what a token allows.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ mod demo;
 mod devnet;
 mod facilitator;
 mod ledger;
+mod mcp;
 mod pay;
 mod proxy;
 mod quote;
@@ -63,6 +66,8 @@ enum Command {
     Facilitator(Box<facilitator::FacilitatorArgs>),
     /// Check a server against the L402, x402 and MPP conformance suite.
     Conformance(Box<conformance::ConformanceArgs>),
+    /// Serve the wallet to an LLM agent over MCP (stdio): tools quote, fetch, budget.
+    Mcp(Box<mcp::McpArgs>),
     /// Narrow an L402 token for another agent, or show what a token allows.
     Token(Box<token::TokenArgs>),
 }
@@ -104,6 +109,7 @@ async fn main() -> std::process::ExitCode {
         Command::Quote(args) => return std::process::ExitCode::from(quote::run(*args).await),
         Command::Ledger(args) => return exit_of(ledger::run(*args)),
         Command::Wallet(command) => return exit_of(ledger::wallet(command)),
+        Command::Mcp(args) => return exit_of(mcp::run(*args).await),
         Command::Facilitator(args) => facilitator::run(*args).await,
         Command::Conformance(args) => match conformance::run(*args).await {
             Ok(true) => Ok(()),

@@ -165,9 +165,8 @@ pub struct Payer {
     pub skipped: Vec<String>,
 }
 
-/// Builds the wallets, the budget (in the wallet's store) and the policy of `config`; `max`
-/// caps one call.
-pub async fn payer(config: &WalletConfig, max: &[Money]) -> Result<Payer, Failure> {
+/// The budget of `config`: its caps over the wallet's store (in memory without a store).
+pub fn budget(config: &WalletConfig) -> Result<Budget, Failure> {
     let budget = if config.store.as_os_str().is_empty() {
         Budget::new()
     } else {
@@ -176,7 +175,22 @@ pub async fn payer(config: &WalletConfig, max: &[Money]) -> Result<Payer, Failur
         }
         Budget::with_store(Arc::new(SqliteStore::open(&config.store)?))
     };
-    let budget = config.caps.iter().cloned().fold(budget, Budget::limit);
+    Ok(config.caps.iter().cloned().fold(budget, Budget::limit))
+}
+
+/// Builds the wallets, the budget (in the wallet's store) and the policy of `config`; `max`
+/// caps one call.
+pub async fn payer(config: &WalletConfig, max: &[Money]) -> Result<Payer, Failure> {
+    payer_within(config, budget(config)?, max).await
+}
+
+/// [`payer`] spending from `budget` (a long-running process keeps one, so that an in-memory
+/// budget holds across its calls).
+pub async fn payer_within(
+    config: &WalletConfig,
+    budget: Budget,
+    max: &[Money],
+) -> Result<Payer, Failure> {
     let mut policy = config.policy.clone();
     for m in max {
         policy = policy.max_per_call(m.clone());
@@ -312,8 +326,8 @@ pub fn max_amounts(
     Ok(amounts)
 }
 
-/// What was paid, for the JSON line.
-type PaidLog = Arc<Mutex<Vec<serde_json::Value>>>;
+/// What was paid (rail, amount, fee, reference), for the JSON line and the MCP `fetch` result.
+pub type PaidLog = Arc<Mutex<Vec<serde_json::Value>>>;
 
 pub async fn run(args: PayArgs) -> u8 {
     let json = args.json;
@@ -359,10 +373,10 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
     } else {
         max_amounts(&config, &args.max, args.max_sats)?
     };
-    let Payer { mut middleware, sessions, skipped, .. } = payer(&config, &max).await?;
+    let payer = payer(&config, &max).await?;
     let quiet = args.quiet;
     if !quiet {
-        for why in &skipped {
+        for why in &payer.skipped {
             eprintln!("note: {why}");
         }
         if config.path.as_os_str().is_empty() {
@@ -371,6 +385,51 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
             );
         }
     }
+    let fetched = send(payer, &args.request, quiet, usize::MAX, &paid).await?;
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(&fetched.body)
+        .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    fetched.check_status(&args.request)?;
+    Ok(fetched.status.as_u16())
+}
+
+/// What a paid (or free) request came back with.
+pub struct Fetched {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    /// At most the limit [`send`] was given.
+    pub body: Vec<u8>,
+    /// The body was longer than that limit; the rest was not read.
+    pub truncated: bool,
+}
+
+impl Fetched {
+    /// A status other than 2xx is the server's failure (exit 8), after any payment.
+    pub fn check_status(&self, request: &RequestArgs) -> Result<(), Failure> {
+        if self.status.is_success() {
+            return Ok(());
+        }
+        Err(Failure::new(
+            Exit::ServerError,
+            format!("{} {} answered {}", request.method, request.url, self.status),
+        ))
+    }
+}
+
+/// Sends `request`, paying with `payer` when the server asks: the one payment path of
+/// `farebox pay` and of the MCP `fetch` tool. Each payment is appended to `paid` (also when the
+/// call fails later); unless `quiet`, what was offered, chosen and paid is narrated to stderr.
+/// Reads at most `body_limit` bytes of the body. Sessions opened for the call are closed before
+/// returning, so their unspent deposit comes back now.
+pub async fn send(
+    payer: Payer,
+    request: &RequestArgs,
+    quiet: bool,
+    body_limit: usize,
+    paid: &PaidLog,
+) -> Result<Fetched, Failure> {
+    let Payer { mut middleware, sessions, .. } = payer;
     let log = paid.clone();
     middleware = middleware.observe(move |e: &Event| {
         if let Event::Paid { rail, price, fee, reference } = e {
@@ -389,10 +448,10 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-    let request = args.request.build(&http)?;
+    let built = request.build(&http)?;
     let client = farebox_client::paying_client(http, middleware);
-    let sent = client.execute(request).await;
-    // A session opened for this call is closed before exiting, so its unspent deposit comes
+    let sent = client.execute(built).await;
+    // A session opened for this call is closed before returning, so its unspent deposit comes
     // back (and the refund is in the ledger) now rather than when the server gives up on it.
     let close = async {
         if let Some(sessions) = &sessions {
@@ -408,7 +467,7 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
             }
         }
     };
-    let response = match sent {
+    let mut response = match sent {
         Ok(r) => r,
         Err(e) => {
             close.await;
@@ -416,24 +475,34 @@ async fn pay(args: PayArgs, paid: PaidLog) -> Result<u16, Failure> {
                 Some(typed) => Failure::from_client_ref(typed),
                 None => Failure::new(
                     Exit::ServerError,
-                    format!("{} {}: {e}", args.request.method, args.request.url),
+                    format!("{} {}: {e}", request.method, request.url),
                 ),
             });
         }
     };
     let status = response.status();
-    let body = response.bytes().await;
+    let headers = std::mem::take(response.headers_mut());
+    let body = read_bounded(&mut response, body_limit).await;
     close.await;
-    let body = body.map_err(|e| Failure::new(Exit::ServerError, e.to_string()))?;
-    use std::io::Write;
-    std::io::stdout().write_all(&body).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-    if !status.is_success() {
-        return Err(Failure::new(
-            Exit::ServerError,
-            format!("{} {} answered {status}", args.request.method, args.request.url),
-        ));
+    let (body, truncated) = body.map_err(|e| Failure::new(Exit::ServerError, e.to_string()))?;
+    Ok(Fetched { status, headers, body, truncated })
+}
+
+/// At most `limit` bytes of the body, and whether there was more.
+async fn read_bounded(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
     }
-    Ok(status.as_u16())
+    Ok((body, false))
 }
 
 impl Failure {
@@ -458,5 +527,24 @@ fn narrate(e: &Event) {
         Event::ReusingProof { rail, .. } => eprintln!("sending a {rail} proof bought earlier"),
         Event::Served { status, .. } => eprintln!("retried with the proof: HTTP {status}"),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &'static str) -> reqwest::Response {
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_cut_there_and_said_to_be() {
+        let mut r = response("0123456789");
+        assert_eq!(read_bounded(&mut r, 4).await.unwrap(), (b"0123".to_vec(), true));
+        let mut r = response("0123456789");
+        assert_eq!(read_bounded(&mut r, 10).await.unwrap(), (b"0123456789".to_vec(), false));
+        let mut r = response("");
+        assert_eq!(read_bounded(&mut r, 0).await.unwrap(), (Vec::new(), false));
     }
 }

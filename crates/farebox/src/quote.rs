@@ -48,17 +48,9 @@ pub async fn run(args: QuoteArgs) -> u8 {
 async fn quote(args: &QuoteArgs) -> Result<Exit, Failure> {
     let config = args.wallet.config(100, 10)?;
     let max = pay::max_amounts(&config, &args.max, None)?;
-    let Payer { middleware, skipped, .. } = pay::payer(&config, &max).await?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-    let request = args.request.build(&http)?;
-    let quote = middleware.quote(&http, request).await?;
-    let exit = match (&quote.choice, &quote.refusal) {
-        (None, Some(refusal)) => Exit::of_client(refusal),
-        _ => Exit::Ok,
-    };
+    let payer = pay::payer(&config, &max).await?;
+    let (quote, exit) = ask(&payer, &args.request).await?;
+    let skipped = payer.skipped;
     if args.json {
         println!("{}", to_json(&quote, &skipped));
     } else {
@@ -67,8 +59,24 @@ async fn quote(args: &QuoteArgs) -> Result<Exit, Failure> {
     Ok(exit)
 }
 
+/// Sends `request` without paying: every offer, and what `payer` would choose, with the exit
+/// code `pay` would end with before paying. What `farebox quote` and the MCP `quote` tool share.
+pub async fn ask(payer: &Payer, request: &RequestArgs) -> Result<(Quote, Exit), Failure> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    let request = request.build(&http)?;
+    let quote = payer.middleware.quote(&http, request).await?;
+    let exit = match (&quote.choice, &quote.refusal) {
+        (None, Some(refusal)) => Exit::of_client(refusal),
+        _ => Exit::Ok,
+    };
+    Ok((quote, exit))
+}
+
 /// An amount with its asset, as JSON: base units exactly, and for people.
-fn money(m: &Money) -> serde_json::Value {
+pub fn money(m: &Money) -> serde_json::Value {
     let asset = match &m.asset {
         Asset::Bitcoin => {
             json!({ "kind": "bitcoin", "unit": "msat", "decimals": 3, "symbol": "sat" })
@@ -82,7 +90,7 @@ fn money(m: &Money) -> serde_json::Value {
     json!({ "amount": m.amount.to_string(), "display": m.to_string(), "asset": asset })
 }
 
-fn to_json(quote: &Quote, skipped: &[String]) -> serde_json::Value {
+pub fn to_json(quote: &Quote, skipped: &[String]) -> serde_json::Value {
     let offers: Vec<_> = quote
         .offers
         .iter()

@@ -1,9 +1,13 @@
 //! The `farebox` command as a person runs it: the demo's narration, and `farebox pay` against a
 //! `farebox demo --serve` in another process (the dev wallet reached over its HTTP API).
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::Process;
 
 fn farebox() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_farebox"));
@@ -60,25 +64,6 @@ fn the_demo_narrates_a_paid_exchange() {
     );
 }
 
-/// Stops the serving process when the test ends, pass or fail: SIGTERM first, so that it tears
-/// down its own anvil; SIGKILL only if it does not exit in time.
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn pay_pays_a_separately_running_server() {
     let mut child = farebox()
@@ -88,7 +73,7 @@ fn pay_pays_a_separately_running_server() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let serving = Serving(child);
+    let serving = Process(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut pay_line = None;
     let mut lines = BufReader::new(stdout).lines();

@@ -2,9 +2,12 @@
 //! wallet file within caps shared by every process, `ledger`, and the exit codes, against a
 //! `farebox serve` gateway in another process paid through its dev wallet.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+
+use support::{Gateway, write_private};
 
 fn farebox(wallet: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_farebox"));
@@ -12,61 +15,11 @@ fn farebox(wallet: &Path) -> Command {
     command
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn get(url: &str) -> Option<(u16, String)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let r = reqwest::get(url).await.ok()?;
-        Some((r.status().as_u16(), r.text().await.ok()?))
-    })
-}
-
 /// A `farebox serve` gateway selling `/joke` for 10 sat over L402 (and MPP's lightning charge),
-/// with the dev wallet's API; stopped when dropped.
-struct Gateway {
-    child: Child,
-    base: String,
-    wallet: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    fn start(extra: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, wallet_port) = (free_port(), free_port());
-        let config = dir.path().join("farebox.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[gateway]
-listen = "127.0.0.1:{port}"
-
-[lightning]
-backend = "dev"
-
-[lightning.dev]
-wallet_sats = 100000
-wallet_listen = "127.0.0.1:{wallet_port}"
-
+/// with the dev wallet's API, plus `extra` configuration.
+fn gateway(extra: &str) -> Gateway {
+    Gateway::spawn(&format!(
+        r#"
 [rails.l402]
 service = "wallet-test"
 
@@ -75,60 +28,11 @@ realm = "wallet-test"
 lightning = true
 
 [[routes]]
-path = "/health"
-free = true
-
-[[routes]]
 path = "/joke"
 price = "10 sat"
 {extra}
 "#
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_farebox"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("FAREBOX_STATE_DIR", dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let g = Gateway {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            wallet: format!("http://127.0.0.1:{wallet_port}"),
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while get(&format!("{}/health", g.base)).map(|r| r.0) != Some(200)
-            || get(&format!("{}/v1/balance", g.wallet)).is_none()
-        {
-            assert!(start.elapsed() < Duration::from_secs(60), "the gateway did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        g
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Settled payments, as the server counts them.
-    fn payments(&self) -> u64 {
-        let (_, text) = get(&self.url("/_farebox/metrics")).expect("metrics");
-        text.lines()
-            .filter(|l| l.starts_with("farebox_gateway_payments_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// What the dev wallet holds, msat.
-    fn wallet_msat(&self) -> u64 {
-        let (_, text) = get(&format!("{}/v1/balance", self.wallet)).expect("wallet balance");
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["balance_msat"].as_u64().unwrap()
-    }
+    ))
 }
 
 /// A private wallet file in `dir` paying with `g`'s dev wallet within the given `[budget.sat]`
@@ -145,12 +49,6 @@ fn wallet_file(dir: &Path, g: &Gateway, budget: &str, extra: &str) -> PathBuf {
     path
 }
 
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn ledger_json(wallet: &Path, args: &[&str]) -> Vec<serde_json::Value> {
     let out = farebox(wallet).arg("ledger").args(args).arg("--json").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -165,7 +63,7 @@ fn json_line(out: &Output) -> serde_json::Value {
 
 #[test]
 fn twenty_processes_against_a_cap_of_five_payments_pay_exactly_five() {
-    let g = Gateway::start("");
+    let g = gateway("");
     let dir = tempfile::tempdir().unwrap();
     // Each payment reserves 10 sat plus a 1 sat fee bound: 55 sat holds five at most.
     let wallet = wallet_file(dir.path(), &g, "per_request = \"20 sat\"\ntotal = \"55 sat\"", "");
@@ -222,7 +120,7 @@ fn twenty_processes_against_a_cap_of_five_payments_pay_exactly_five() {
 
 #[test]
 fn a_quote_shows_every_offer_and_the_choice_and_pays_nothing() {
-    let g = Gateway::start("");
+    let g = gateway("");
     let dir = tempfile::tempdir().unwrap();
     let wallet = wallet_file(
         dir.path(),
@@ -271,7 +169,7 @@ fn a_quote_shows_every_offer_and_the_choice_and_pays_nothing() {
 
 #[test]
 fn pay_exit_codes_tell_an_agent_what_to_do() {
-    let g = Gateway::start("");
+    let g = gateway("");
     let dir = tempfile::tempdir().unwrap();
     let wallet = wallet_file(dir.path(), &g, "per_request = \"100 sat\"\ntotal = \"1000 sat\"", "");
     let pay = |args: &[&str]| farebox(&wallet).arg("pay").args(args).output().unwrap();
@@ -408,7 +306,7 @@ fn pay_uses_the_wallet_file_for_x402_mpp_charges_and_sessions_on_chain() {
         path.display().to_string()
     };
     let (gas_key, payee_key) = (key("gas.key", gas.key), key("payee.key", payee.key));
-    let g = Gateway::start(&format!(
+    let g = gateway(&format!(
         r#"
 [chains.local]
 chain_id = {CHAIN_ID}
