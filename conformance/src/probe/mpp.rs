@@ -18,7 +18,7 @@ use http::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 
 use super::x402::random_key;
-use super::{Artifact, Credential, Probe, Unable, oversized, value, www_authenticate};
+use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value, www_authenticate};
 use crate::check::Attempt;
 use crate::{Exchange, Wallets};
 
@@ -40,16 +40,18 @@ fn schema_name(c: &Challenge) -> Option<String> {
     crate::schema::exists(&format!("mpp/request/{name}")).then_some(name)
 }
 
+/// Whether the wallets can pay `c`.
+fn payable(c: &Challenge, wallets: &Wallets) -> bool {
+    c.intent == "charge"
+        && ((c.method == "lightning" && wallets.lightning.is_some())
+            || (c.method == "evm" && wallets.evm.is_some()))
+}
+
 /// The challenge to aim at: a charge the wallets can pay, else any charge, else the first.
 fn target(exchange: &Exchange, wallets: &Wallets) -> Result<Challenge, Unable> {
     let all = challenges(exchange);
-    let payable = |c: &&Challenge| {
-        c.intent == "charge"
-            && ((c.method == "lightning" && wallets.lightning.is_some())
-                || (c.method == "evm" && wallets.evm.is_some()))
-    };
     all.iter()
-        .find(payable)
+        .find(|c| payable(c, wallets))
         .or_else(|| {
             all.iter()
                 .find(|c| c.intent == "charge" && (c.method == "lightning" || c.method == "evm"))
@@ -133,6 +135,21 @@ impl Probe for MppProbe {
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         !challenges(exchange).is_empty()
+    }
+
+    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+        let c = target(discovery, wallets).ok().filter(|c| payable(c, wallets))?;
+        if c.method == "lightning" {
+            let request = LightningChargeRequest::from_json(&c.request).ok()?;
+            let invoice = farebox_lightning::bolt11::parse_invoice(&request.invoice).ok()?;
+            return Some(Quote::msat("mpp.paid", invoice.amount_msat?));
+        }
+        let request = EvmChargeRequest::from_json(&c.request).ok()?;
+        Some(Quote::token("mpp.paid", request.amount, request.chain_id, request.currency))
+    }
+
+    fn stated_reason(&self, exchange: &Exchange) -> Option<String> {
+        super::body_reason(exchange)
     }
 
     fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
@@ -267,6 +284,16 @@ impl Probe for MppProbe {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
                 let c = target(discovery, wallets)?;
+                match self.quote(discovery, wallets) {
+                    Some(quote) => quote.allowed(&wallets.max_price)?,
+                    None if payable(&c, wallets) => {
+                        return Err(Unable::Fail(format!(
+                            "the {}/{} request does not say what it costs",
+                            c.method, c.intent
+                        )));
+                    }
+                    None => {}
+                }
                 let credential = match (
                     c.method.as_str(),
                     c.intent.as_str(),
@@ -298,7 +325,7 @@ impl Probe for MppProbe {
                         credential
                     }
                     (m, i, _, _) => {
-                        return Err(Unable::Skip(format!(
+                        return Err(Unable::NotRun(format!(
                             "no wallet for the {m}/{i} challenge (--wallet lightning=… or evm=env)"
                         )));
                     }

@@ -105,11 +105,9 @@ async fn main() -> std::process::ExitCode {
         Command::Ledger(args) => return exit_of(ledger::run(*args)),
         Command::Wallet(command) => return exit_of(ledger::wallet(command)),
         Command::Facilitator(args) => facilitator::run(*args).await,
-        Command::Conformance(args) => match conformance::run(*args).await {
-            Ok(true) => Ok(()),
-            Ok(false) => return std::process::ExitCode::FAILURE,
-            Err(e) => Err(e),
-        },
+        Command::Conformance(args) => {
+            return std::process::ExitCode::from(conformance::run(*args).await);
+        }
         Command::Token(args) => token::run(*args),
     };
     match outcome {
