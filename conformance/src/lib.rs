@@ -46,7 +46,7 @@ use farebox_lightning::LightningBackend;
 use http::{HeaderMap, StatusCode};
 
 pub use check::{Check, Level};
-pub use report::{CheckResult, Outcome, Report, Tally, Verdict};
+pub use report::{CheckResult, Outcome, Report, Tally, Trace, Verdict};
 
 /// Largest response body the runner reads.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -167,17 +167,16 @@ pub async fn run_checks(
         let offered = probe.has_challenge(&discovery);
         for check in checks.iter().filter(|c| c.rail == rail) {
             let started = Instant::now();
-            let (outcome, reason) = if !offered {
-                (Outcome::Skip(format!("the server offers no {rail} challenge")), None)
+            let (outcome, reason, exchanges) = if !offered {
+                (Outcome::Skip(format!("the server offers no {rail} challenge")), None, Vec::new())
             } else if let Some(why) = unmet(check, &report.results) {
-                (Outcome::Inconclusive(why), None)
+                (Outcome::Inconclusive(why), None, Vec::new())
             } else {
                 run_one(&http, &target.url, check, probe.as_ref(), &discovery, &target.wallets)
                     .await
             };
-            report
-                .results
-                .push(CheckResult::new(check, outcome, started.elapsed()).with_reason(reason));
+            let result = CheckResult::new(check, outcome, started.elapsed());
+            report.results.push(result.with_reason(reason).with_exchanges(exchanges));
         }
     }
     report.elapsed = started.elapsed();
@@ -244,7 +243,10 @@ fn unmet(check: &Check, so_far: &[CheckResult]) -> Option<String> {
     }
 }
 
-/// Runs one check: its outcome, and the reason the server stated in its answer.
+/// What one check found: its outcome, the reason the server stated, what was exchanged.
+type Found = (Outcome, Option<String>, Vec<report::Trace>);
+
+/// Runs one check.
 async fn run_one(
     http: &reqwest::Client,
     url: &reqwest::Url,
@@ -252,21 +254,26 @@ async fn run_one(
     probe: &dyn probe::Probe,
     discovery: &Exchange,
     wallets: &Wallets,
-) -> (Outcome, Option<String>) {
-    let exchange = if check.send == check::Attempt::None {
-        discovery.clone()
+) -> Found {
+    let (exchange, credential) = if check.send == check::Attempt::None {
+        (discovery.clone(), Vec::new())
     } else {
         let credential = match probe.credential(check.send, discovery, wallets).await {
             Ok(c) => c,
-            Err(probe::Unable::Skip(why)) => return (Outcome::Skip(why), None),
-            Err(probe::Unable::NotRun(why)) => return (Outcome::NotRun(why), None),
-            Err(probe::Unable::Fail(why)) => return (Outcome::Fail(why), None),
+            Err(probe::Unable::Skip(why)) => return (Outcome::Skip(why), None, Vec::new()),
+            Err(probe::Unable::NotRun(why)) => return (Outcome::NotRun(why), None, Vec::new()),
+            Err(probe::Unable::Fail(why)) => return (Outcome::Fail(why), None, Vec::new()),
         };
         match send(http, url, &credential).await {
-            Ok(e) => e,
-            Err(e) => return (Outcome::Fail(format!("the server did not answer: {e}")), None),
+            Ok(e) => (e, credential),
+            Err(e) => {
+                let trace = report::Trace::new(url.as_str(), &credential, None);
+                let why = format!("the server did not answer: {e}");
+                return (Outcome::Fail(why), None, vec![trace]);
+            }
         }
     };
+    let trace = report::Trace::new(url.as_str(), &credential, Some(&exchange));
     let stated =
         if check.send == check::Attempt::None { None } else { probe.stated_reason(&exchange) };
     let refused = !exchange.status.is_success();
@@ -282,7 +289,7 @@ async fn run_one(
         Ok(()) => Outcome::Pass,
         Err(why) => Outcome::Fail(why),
     };
-    (outcome, stated)
+    (outcome, stated, vec![trace])
 }
 
 /// GETs `url` with `headers`; the body is read up to [`MAX_BODY`].

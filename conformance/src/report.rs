@@ -63,6 +63,9 @@ pub struct CheckResult {
     pub title: String,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The requests the check sent and the answers it got, secrets redacted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exchanges: Vec<Trace>,
     /// The reason the server stated in its answer, as it stated it (x402 `error`, a problem
     /// type or code), when it stated one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,9 +82,16 @@ impl CheckResult {
             spec: check.spec.clone(),
             title: check.title.clone(),
             outcome,
+            exchanges: Vec::new(),
             reason: None,
             millis: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// The result with the exchanges it made.
+    pub fn with_exchanges(mut self, exchanges: Vec<Trace>) -> Self {
+        self.exchanges = exchanges;
+        self
     }
 
     /// The result with the reason the server stated.
@@ -89,6 +99,77 @@ impl CheckResult {
         self.reason = reason;
         self
     }
+}
+
+/// One request of a check and the answer to it, as the report shows them: credentials and
+/// cookies redacted (their scheme and length kept), bodies cut at [`TRACE_BODY`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trace {
+    pub method: String,
+    pub url: String,
+    pub request_headers: Vec<(String, String)>,
+    /// `None` when the server did not answer (see the check's detail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: String,
+}
+
+/// How much of a response body a trace keeps.
+pub const TRACE_BODY: usize = 4096;
+
+/// Headers whose values are secrets: a paid credential is a bearer token, a cookie may be one.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "payment-signature",
+    "x-payment",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+];
+
+impl Trace {
+    /// The trace of a GET of `url` with `headers`, answered by `answer` (if it was).
+    pub fn new(
+        url: &str,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+        answer: Option<&crate::Exchange>,
+    ) -> Self {
+        let request_headers = headers.iter().map(|(n, v)| redacted(n.as_str(), v)).collect();
+        let (status, response_headers, response_body) = match answer {
+            None => (None, Vec::new(), String::new()),
+            Some(a) => {
+                let headers = a.headers.iter().map(|(n, v)| redacted(n.as_str(), v)).collect();
+                let cut = &a.body[..a.body.len().min(TRACE_BODY)];
+                let mut body = String::from_utf8_lossy(cut).into_owned();
+                if a.body.len() > TRACE_BODY {
+                    let _ = write!(body, "… ({} bytes in all)", a.body.len());
+                }
+                (Some(a.status.as_u16()), headers, body)
+            }
+        };
+        Trace {
+            method: "GET".into(),
+            url: url.into(),
+            request_headers,
+            status,
+            response_headers,
+            response_body,
+        }
+    }
+}
+
+/// A header for the report: a secret one as its scheme (if any) and its length only.
+fn redacted(name: &str, value: &http::HeaderValue) -> (String, String) {
+    let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    if !SECRET_HEADERS.contains(&name) {
+        return (name.into(), text);
+    }
+    let scheme = match text.split_once(' ') {
+        Some((scheme, _)) if name.ends_with("authorization") => format!("{scheme} "),
+        _ => String::new(),
+    };
+    (name.into(), format!("{scheme}<redacted, {} bytes>", text.len()))
 }
 
 /// How many checks ended each way.
@@ -182,6 +263,11 @@ impl Report {
     /// (a rail skipped as a whole, e.g. not offered, in one line), then what to add to run
     /// the checks that did not run.
     pub fn table(&self) -> String {
+        self.table_with(false)
+    }
+
+    /// [`Report::table`], with every request and answer of each check under it when `verbose`.
+    pub fn table_with(&self, verbose: bool) -> String {
         let mut out = format!("farebox conformance: {}\n", self.target);
         let verdict = self.verdict(false);
         let _ = writeln!(out, "verdict: {}", verdict_line(verdict, self.error.as_deref()));
@@ -220,6 +306,11 @@ impl Report {
                     r.title,
                     r.spec
                 );
+                if verbose {
+                    for t in &r.exchanges {
+                        trace_lines(&mut out, t);
+                    }
+                }
             }
         }
         let t = self.tally();
@@ -316,6 +407,29 @@ impl Report {
         }
         out.push_str("</testsuites>\n");
         out
+    }
+}
+
+/// A trace for people, indented under its check.
+fn trace_lines(out: &mut String, t: &Trace) {
+    let _ = writeln!(out, "        → {} {}", t.method, t.url);
+    for (name, value) in &t.request_headers {
+        let _ = writeln!(out, "          {name}: {value}");
+    }
+    match t.status {
+        None => {
+            let _ = writeln!(out, "        ← no answer");
+        }
+        Some(status) => {
+            let _ = writeln!(out, "        ← {status}");
+            for (name, value) in &t.response_headers {
+                let _ = writeln!(out, "          {name}: {value}");
+            }
+            if !t.response_body.is_empty() {
+                let _ =
+                    writeln!(out, "          {}", t.response_body.replace('\n', "\n          "));
+            }
+        }
     }
 }
 

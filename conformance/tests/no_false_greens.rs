@@ -202,3 +202,40 @@ async fn a_refusal_for_another_reason_than_the_rule_proves_nothing() {
     }
     assert_eq!(report.verdict(false), Verdict::Fail);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_report_carries_every_exchange_with_secrets_redacted() {
+    let network = DevNetwork::new();
+    let (url, node) = lightning_server(&network).await;
+    let wallet = Arc::new(DevNode::random(&network, 1_000_000));
+    let report = farebox_conformance::run(&with_wallet(url, wallet)).await;
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    let result = |id: &str| {
+        json["results"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap().clone()
+    };
+    // The first request: no credential, a 402 with its challenges.
+    let discover = &result("l402.discover")["exchanges"][0];
+    assert_eq!(discover["status"], 402);
+    let challenge = discover["response_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h[0] == "www-authenticate" && h[1].as_str().unwrap().starts_with("L402 "));
+    assert!(challenge, "{discover}");
+    // The paid request: sent with its credential, answered 200 with the body.
+    let paid = &result("l402.paid")["exchanges"][0];
+    assert_eq!(paid["status"], 200);
+    assert_eq!(paid["response_body"], "the data");
+    assert_eq!(paid["request_headers"][0][0], "authorization");
+    // A refusal: the answer's body is there to read.
+    let refused = &result("mpp.reject.malformed")["exchanges"][0];
+    assert!(refused["status"].as_u64().unwrap() >= 400);
+    assert!(!refused["response_body"].as_str().unwrap().is_empty());
+    // No credential that paid is in the report, in any form.
+    let text = report.to_json() + &report.table_with(true);
+    for invoice in node.settled_invoices() {
+        let preimage = hex::encode(invoice.preimage);
+        assert!(!text.contains(&preimage), "a preimage is in the report");
+    }
+    assert!(report.table_with(true).contains("← 402"));
+}

@@ -41,6 +41,10 @@ pub struct ConformanceArgs {
     /// Write the report as JUnit XML to this file.
     #[arg(long)]
     junit: Option<std::path::PathBuf>,
+    /// Show every request and answer of each check under it (secrets redacted); the JSON
+    /// report carries them always.
+    #[arg(long, short)]
+    verbose: bool,
     /// Fail on SHOULD failures too.
     #[arg(long)]
     strict: bool,
@@ -84,7 +88,7 @@ async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
     }
     say_what_it_pays(&target).await;
     let report = farebox_conformance::run(&target).await;
-    print!("{}", report.table());
+    print!("{}", report.table_with(args.verbose));
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing {}", path.display()))?;
