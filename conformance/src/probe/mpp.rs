@@ -65,17 +65,19 @@ fn authorization(credential: &MppCredential) -> Result<Credential, Unable> {
     Ok(vec![(AUTHORIZATION, value(&credential.to_authorization())?)])
 }
 
-/// A proof for `c` that does not pay: a random preimage, or an authorization signed by a key
-/// that holds nothing (bound to the challenge, so that only the money is missing).
+/// A proof for `c` that does not pay and is wrong in that one way: a random preimage, or the
+/// payer's authorization (the funded wallet key's, when there is one) signed by someone else,
+/// bound to the challenge. A validly signed authorization from an empty key would be refused
+/// for want of funds, which proves nothing about signature checks.
 fn forged_payload(c: &Challenge, wallets: &Wallets) -> Result<Map<String, Value>, Unable> {
     match (c.method.as_str(), c.intent.as_str()) {
         ("lightning", "charge") => Ok(lightning_charge::payload(&rand::random())),
         ("evm", "charge") => {
             let request = EvmChargeRequest::from_json(&c.request)
                 .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
-            let key = random_key();
-            let (auth, domain) = evm_authorization(c, &request, key.address(), wallets)?;
-            Ok(evm_charge::payload(&auth, &eip3009::sign(&key, &domain, &auth)))
+            let from = wallets.evm.as_ref().map_or_else(|| random_key().address(), |k| k.address());
+            let (auth, domain) = evm_authorization(c, &request, from, wallets)?;
+            Ok(evm_charge::payload(&auth, &eip3009::sign(&random_key(), &domain, &auth)))
         }
         (m, i) => Err(Unable::Skip(format!("no forgery for method {m:?} intent {i:?}"))),
     }
