@@ -153,6 +153,14 @@ async fn paid_checks_spend_no_more_than_max_price() {
 
 /// An x402 server that refuses every payment with the reason `code`.
 async fn x402_refusing_with(code: &'static str) -> reqwest::Url {
+    x402_refusing_and_keeping(code, Arc::default()).await
+}
+
+/// [`x402_refusing_with`], keeping every payment header it is sent in `kept`.
+async fn x402_refusing_and_keeping(
+    code: &'static str,
+    kept: Arc<std::sync::Mutex<Vec<String>>>,
+) -> reqwest::Url {
     let required = |error: &str| {
         let body = json!({
             "x402Version": 2, "error": error,
@@ -168,7 +176,11 @@ async fn x402_refusing_with(code: &'static str) -> reqwest::Url {
     let app = axum::Router::new().route(
         "/data",
         axum::routing::get(move |request: Request<Body>| async move {
-            let error = if request.headers().contains_key("payment-signature") { code } else { "" };
+            let payment = request.headers().get("payment-signature");
+            if let Some(p) = payment.and_then(|p| p.to_str().ok()) {
+                kept.lock().unwrap().push(p.to_owned());
+            }
+            let error = if payment.is_some() { code } else { "" };
             let mut response = http::Response::new(Body::from("{}"));
             *response.status_mut() = StatusCode::PAYMENT_REQUIRED;
             let header = HeaderValue::from_str(&required(error)).unwrap();
@@ -238,4 +250,30 @@ async fn the_json_report_carries_every_exchange_with_secrets_redacted() {
         assert!(!text.contains(&preimage), "a preimage is in the report");
     }
     assert!(report.table_with(true).contains("← 402"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_payments_name_addresses_as_reference_clients_do() {
+    use base64::Engine as _;
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = x402_refusing_and_keeping("invalid_payload", kept.clone()).await;
+    farebox_conformance::run(&Target::new(url)).await;
+    let payloads: Vec<serde_json::Value> = kept
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    let mut addresses = 0;
+    for p in &payloads {
+        let Some(auth) = p["payload"]["authorization"].as_object() else { continue };
+        for field in ["from", "to"] {
+            let text = auth[field].as_str().unwrap();
+            let address: farebox_evm::Address = text.parse().unwrap();
+            assert_eq!(text, address.to_checksum(None), "{field} is EIP-55 checksummed");
+            addresses += 1;
+        }
+    }
+    assert!(addresses >= 16, "the signed refusals were sent: {addresses}");
 }

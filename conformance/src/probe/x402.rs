@@ -135,7 +135,8 @@ fn payment(
     let payload = json!({
         "signature": format!("0x{}", hex::encode(signature)),
         "authorization": {
-            "from": format!("{:#x}", auth.from), "to": format!("{:#x}", auth.to),
+            // EIP-55 checksummed, as the reference clients send them.
+            "from": auth.from.to_checksum(None), "to": auth.to.to_checksum(None),
             "value": auth.value.to_string(), "validAfter": auth.validAfter.to_string(),
             "validBefore": auth.validBefore.to_string(), "nonce": format!("{:#x}", auth.nonce),
         }
