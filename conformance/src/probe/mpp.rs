@@ -326,9 +326,14 @@ impl Probe for MppProbe {
                             Some(evm_charge::source(request.chain_id, key.address()));
                         credential
                     }
+                    (m, "charge", _, _) => {
+                        return Err(Unable::NotRun(format!(
+                            "no wallet for the {m}/charge challenge (--wallet lightning=… or evm=env)"
+                        )));
+                    }
                     (m, i, _, _) => {
                         return Err(Unable::NotRun(format!(
-                            "no wallet for the {m}/{i} challenge (--wallet lightning=… or evm=env)"
+                            "the server offers no charge the suite pays (it offers {m}/{i}); the suite does not pay {i} intents yet"
                         )));
                     }
                 };
