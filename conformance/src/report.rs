@@ -341,7 +341,10 @@ impl Report {
 
     /// The report as JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        value["verdict"] = serde_json::to_value(self.verdict(false)).unwrap_or_default();
+        value["verdict_strict"] = serde_json::to_value(self.verdict(true)).unwrap_or_default();
+        serde_json::to_string_pretty(&value).unwrap_or_default()
     }
 
     /// The report as JUnit XML: a test suite per rail, a test case per check; failures of SHOULD
@@ -358,9 +361,17 @@ impl Report {
         let _ = writeln!(
             out,
             "<testsuites name=\"farebox conformance\" tests=\"{}\" failures=\"{fail}\" skipped=\"{skip}\" time=\"{:.3}\">",
-            self.results.len(),
+            self.results.len() + usize::from(self.error.is_some()),
             self.elapsed.as_secs_f64()
         );
+        // A run that could not start is an error in CI, not an empty (green) suite.
+        if let Some(error) = &self.error {
+            let _ = writeln!(
+                out,
+                "  <testsuite name=\"run\" tests=\"1\" errors=\"1\">\n    <testcase classname=\"run\" name=\"the suite runs\">\n      <error message=\"{}\"/>\n    </testcase>\n  </testsuite>",
+                xml(error)
+            );
+        }
         for rail in rails {
             let of: Vec<&CheckResult> = self.results.iter().filter(|r| r.rail == rail).collect();
             let failures = of.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_))).count();

@@ -65,6 +65,9 @@ async fn a_url_that_does_not_answer_402_fails_the_run() {
     assert_eq!(report.verdict(false), Verdict::Error, "{}", report.table());
     assert_ne!(report.verdict(false).exit_status(), 0);
     assert!(report.results.is_empty(), "nothing was checked, so nothing is reported as checked");
+    assert!(report.to_junit().contains("<error message="), "CI sees an error, not an empty suite");
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["verdict"], "error");
     // Nor does a URL where nothing answers.
     let nothing = "http://127.0.0.1:9/data".parse().unwrap();
     let report = farebox_conformance::run(&Target::new(nothing)).await;
