@@ -25,6 +25,17 @@ pub enum Level {
     MAY,
 }
 
+impl Level {
+    /// The level as RFC 2119 spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::MUST => "MUST",
+            Level::SHOULD => "SHOULD",
+            Level::MAY => "MAY",
+        }
+    }
+}
+
 /// What a check sends. Which of these a rail supports is up to its probe; the others are
 /// skipped with the reason the probe gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,6 +110,12 @@ pub struct Expect {
     /// their JSON Schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// The reason codes a specification or a reference implementation names for this refusal
+    /// (x402 `invalidReason` codes): a refusal whose stated reason is another code was refused
+    /// for something else than the rule under test, and fails; one refused for want of funds
+    /// proves nothing, and is inconclusive. A reason that is not a code is only reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason: Vec<String>,
     /// A rail-specific assertion of the probe, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assert: Option<String>,
@@ -115,6 +132,10 @@ pub struct Check {
     pub spec: String,
     pub title: String,
     pub send: Attempt,
+    /// The id of a check this one builds on (`replay` sends what `paid` paid): unless that
+    /// check passed, this one is inconclusive rather than run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<String>,
     pub expect: Expect,
 }
 
@@ -144,6 +165,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Check>, CheckFileError> {
         }
         if !c.id.starts_with(&format!("{}.", c.rail)) {
             return Err(err(format!("check {:?} does not start with its rail {:?}", c.id, c.rail)));
+        }
+        if let Some(before) = &c.requires
+            && !seen.contains(before.as_str())
+        {
+            return Err(err(format!("check {:?} requires {before:?}, not before it", c.id)));
         }
     }
     Ok(checks)

@@ -54,6 +54,15 @@ pub fn evaluate(expect: &Expect, probe: &dyn Probe, exchange: &Exchange) -> Resu
                 .push(format!("{name}: {:?}, expected it to contain {token}", values.join(", ")));
         }
     }
+    if let Some(stated) = probe.stated_reason(exchange).filter(|s| is_code(s))
+        && !expect.reason.is_empty()
+        && !expect.reason.contains(&stated)
+    {
+        failures.push(format!(
+            "refused for {stated}, not for the rule under test ({})",
+            expect.reason.join(" or ")
+        ));
+    }
     if expect.no_receipt && probe.receipt(exchange).is_some() {
         failures.push(format!("a {} receipt on an answer that paid for nothing", probe.rail()));
     }
@@ -108,4 +117,16 @@ pub fn problem(exchange: &Exchange) -> Result<String, String> {
 
 fn list(statuses: &[u16]) -> String {
     statuses.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ")
+}
+
+/// Whether a stated reason is a machine code (`invalid_x402_version`), not prose.
+pub fn is_code(reason: &str) -> bool {
+    reason.contains('_')
+        && reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Whether a stated reason says the payer could not pay: then a refusal proves nothing about
+/// the rule under test.
+pub fn for_want_of_funds(reason: &str) -> bool {
+    reason == "insufficient_funds"
 }

@@ -23,8 +23,10 @@
 //!
 //! Checks that need money (`paid`, `replay`) run only with a wallet ([`Wallets`]): a Lightning
 //! backend (the dev wallet of `farebox demo --serve`, or any node) and/or an EVM key funded on
-//! the server's chain. Without one they are skipped, with the reason. A rail the server does not
-//! offer is skipped as a whole. Nothing in the suite needs more than the URL and, for paid
+//! the server's chain. Without one they do not run, and the verdict is incomplete, not a pass
+//! ([`Verdict`]); a check whose prerequisite failed (`replay` after `paid`) is inconclusive. A
+//! rail the server does not offer is skipped as a whole, unless it was asked for; a URL that
+//! does not answer 402 is an error, not a green run. Nothing in the suite needs more than the URL and, for paid
 //! checks, the wallet: it runs against any implementation.
 
 #![forbid(unsafe_code)]
@@ -44,7 +46,7 @@ use farebox_lightning::LightningBackend;
 use http::{HeaderMap, StatusCode};
 
 pub use check::{Check, Level};
-pub use report::{CheckResult, Outcome, Report};
+pub use report::{CheckResult, Outcome, Report, Tally, Trace, Verdict};
 
 /// Largest response body the runner reads.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -75,6 +77,8 @@ pub struct Wallets {
     /// EIP-712 domains (`name`, `version`) of EIP-3009 tokens, by chain id and address, for MPP
     /// `evm` challenges that do not name theirs (mppx's); known USDC deployments need none.
     pub evm_domains: Vec<(u64, farebox_evm::Address, String, String)>,
+    /// The most one payment may cost; a paid check that would pay more does not run.
+    pub max_price: probe::MaxPrice,
 }
 
 /// What to run against.
@@ -109,49 +113,140 @@ pub fn probes() -> Vec<Box<dyn probe::Probe>> {
     ]
 }
 
+/// What the paid checks of a run against `target` would pay (one payment per rail with a
+/// wallet), read from the server's 402, to say before the run; an error when the suite could
+/// not run at all. A quote over [`Wallets::max_price`] is not paid: its check does not run.
+pub async fn plan(target: &Target) -> Result<Vec<probe::Quote>, String> {
+    let probes = probes();
+    let http = client(target);
+    let discovery = discover(&http, target, &probes).await?;
+    Ok(probes
+        .iter()
+        .filter(|p| target.rails.is_empty() || target.rails.iter().any(|r| r == p.rail()))
+        .filter(|p| p.has_challenge(&discovery))
+        .filter_map(|p| p.quote(&discovery, &target.wallets))
+        .collect())
+}
+
 /// Runs every check of the suite against `target`.
 pub async fn run(target: &Target) -> Report {
     run_checks(target, &check::all(), &probes()).await
 }
 
 /// Runs `checks` with `probes` against `target`.
+///
+/// The run is an error (no results, [`Report::error`] says why) when it could check nothing:
+/// the URL does not answer, answers something other than 402, or offers no challenge the suite
+/// knows, or a rail asked for in [`Target::rails`] is unknown or not offered.
 pub async fn run_checks(
     target: &Target,
     checks: &[Check],
     probes: &[Box<dyn probe::Probe>],
 ) -> Report {
     let started = Instant::now();
-    let http = reqwest::Client::builder()
-        .timeout(target.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
-    let mut results = Vec::with_capacity(checks.len());
-    let discovery = send(&http, &target.url, &[]).await;
+    let http = client(target);
+    let mut report = Report {
+        target: target.url.to_string(),
+        error: None,
+        results: Vec::with_capacity(checks.len()),
+        elapsed: Duration::ZERO,
+    };
+    let discovery = match discover(&http, target, probes).await {
+        Ok(d) => d,
+        Err(why) => {
+            report.error = Some(why);
+            report.elapsed = started.elapsed();
+            return report;
+        }
+    };
     for probe in probes {
         let rail = probe.rail();
-        let mine: Vec<&Check> = checks.iter().filter(|c| c.rail == rail).collect();
         if !target.rails.is_empty() && !target.rails.iter().any(|r| r == rail) {
             continue;
         }
-        let offered = discovery.as_ref().is_ok_and(|d| probe.has_challenge(d));
-        for check in mine {
+        let offered = probe.has_challenge(&discovery);
+        for check in checks.iter().filter(|c| c.rail == rail) {
             let started = Instant::now();
-            let outcome = match &discovery {
-                Err(e) => Outcome::Fail(format!("the server did not answer: {e}")),
-                Ok(_) if !offered => {
-                    Outcome::Skip(format!("the server offers no {rail} challenge"))
-                }
-                Ok(d) => {
-                    run_one(&http, &target.url, check, probe.as_ref(), d, &target.wallets).await
-                }
+            let (outcome, reason, exchanges) = if !offered {
+                (Outcome::Skip(format!("the server offers no {rail} challenge")), None, Vec::new())
+            } else if let Some(why) = unmet(check, &report.results) {
+                (Outcome::Inconclusive(why), None, Vec::new())
+            } else {
+                run_one(&http, &target.url, check, probe.as_ref(), &discovery, &target.wallets)
+                    .await
             };
-            results.push(CheckResult::new(check, outcome, started.elapsed()));
+            let result = CheckResult::new(check, outcome, started.elapsed());
+            report.results.push(result.with_reason(reason).with_exchanges(exchanges));
         }
     }
-    Report { target: target.url.to_string(), results, elapsed: started.elapsed() }
+    report.elapsed = started.elapsed();
+    report
 }
 
+/// The runner's HTTP client: the target's timeout, no redirects followed.
+fn client(target: &Target) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(target.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+/// The request without a credential, which must be a 402 with a challenge of every rail asked
+/// for (of some rail the suite knows, when none is asked for).
+async fn discover(
+    http: &reqwest::Client,
+    target: &Target,
+    probes: &[Box<dyn probe::Probe>],
+) -> Result<Exchange, String> {
+    let known: Vec<&str> = probes.iter().map(|p| p.rail()).collect();
+    if let Some(unknown) = target.rails.iter().find(|r| !known.contains(&r.as_str())) {
+        return Err(format!("no rail {unknown:?} in the suite (it knows {})", known.join(", ")));
+    }
+    let discovery = send(http, &target.url, &[])
+        .await
+        .map_err(|e| format!("{} did not answer: {e}", target.url))?;
+    if discovery.status != StatusCode::PAYMENT_REQUIRED {
+        return Err(format!(
+            "{} answered {} without payment, not 402 Payment Required: give the URL of a priced resource",
+            target.url, discovery.status
+        ));
+    }
+    let offered: Vec<&str> =
+        probes.iter().filter(|p| p.has_challenge(&discovery)).map(|p| p.rail()).collect();
+    let offered_text =
+        if offered.is_empty() { "none the suite knows".to_string() } else { offered.join(", ") };
+    if let Some(missing) = target.rails.iter().find(|r| !offered.contains(&r.as_str())) {
+        return Err(format!(
+            "the server offers no {missing} challenge at {} (it offers {offered_text})",
+            target.url
+        ));
+    }
+    if offered.is_empty() {
+        return Err(format!(
+            "{} answered 402 with no challenge of any rail the suite knows ({})",
+            target.url,
+            known.join(", ")
+        ));
+    }
+    Ok(discovery)
+}
+
+/// Why `check` cannot prove anything, when a check it builds on did not pass.
+fn unmet(check: &Check, so_far: &[CheckResult]) -> Option<String> {
+    let before = check.requires.as_deref()?;
+    let outcome = so_far.iter().find(|r| r.id == before).map(|r| &r.outcome);
+    match outcome {
+        Some(Outcome::Pass) => None,
+        Some(Outcome::Fail(_)) => Some(format!("{before} failed, so this proves nothing")),
+        Some(_) | None => Some(format!("{before} did not run, so there is nothing to send")),
+    }
+}
+
+/// What one check found: its outcome, the reason the server stated, what was exchanged.
+type Found = (Outcome, Option<String>, Vec<report::Trace>);
+
+/// Runs one check.
 async fn run_one(
     http: &reqwest::Client,
     url: &reqwest::Url,
@@ -159,24 +254,42 @@ async fn run_one(
     probe: &dyn probe::Probe,
     discovery: &Exchange,
     wallets: &Wallets,
-) -> Outcome {
-    let exchange = if check.send == check::Attempt::None {
-        discovery.clone()
+) -> Found {
+    let (exchange, credential) = if check.send == check::Attempt::None {
+        (discovery.clone(), Vec::new())
     } else {
         let credential = match probe.credential(check.send, discovery, wallets).await {
             Ok(c) => c,
-            Err(probe::Unable::Skip(why)) => return Outcome::Skip(why),
-            Err(probe::Unable::Fail(why)) => return Outcome::Fail(why),
+            Err(probe::Unable::Skip(why)) => return (Outcome::Skip(why), None, Vec::new()),
+            Err(probe::Unable::NotRun(why)) => return (Outcome::NotRun(why), None, Vec::new()),
+            Err(probe::Unable::Fail(why)) => return (Outcome::Fail(why), None, Vec::new()),
         };
         match send(http, url, &credential).await {
-            Ok(e) => e,
-            Err(e) => return Outcome::Fail(format!("the server did not answer: {e}")),
+            Ok(e) => (e, credential),
+            Err(e) => {
+                let trace = report::Trace::new(url.as_str(), &credential, None);
+                let why = format!("the server did not answer: {e}");
+                return (Outcome::Fail(why), None, vec![trace]);
+            }
         }
     };
-    match expect::evaluate(&check.expect, probe, &exchange) {
+    let trace = report::Trace::new(url.as_str(), &credential, Some(&exchange));
+    let stated =
+        if check.send == check::Attempt::None { None } else { probe.stated_reason(&exchange) };
+    let refused = !exchange.status.is_success();
+    let outcome = match expect::evaluate(&check.expect, probe, &exchange) {
+        // A refusal for want of funds says nothing of the rule under test, nor of a paid check.
+        _ if refused && stated.as_deref().is_some_and(expect::for_want_of_funds) => {
+            Outcome::Inconclusive(if check.send == check::Attempt::Paid {
+                "the server says the payer has insufficient funds: fund the wallet's key on the server's chain and asset".into()
+            } else {
+                "refused for want of funds, which proves nothing of the rule under test: give a funded wallet".into()
+            })
+        }
         Ok(()) => Outcome::Pass,
         Err(why) => Outcome::Fail(why),
-    }
+    };
+    (outcome, stated, vec![trace])
 }
 
 /// GETs `url` with `headers`; the body is read up to [`MAX_BODY`].

@@ -87,7 +87,7 @@ async fn farebox_passes_every_check_of_every_rail() {
 
     let mut target = Target::new(format!("{base}/data").parse().unwrap());
     target.wallets =
-        Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer), evm_domains: Vec::new() };
+        Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer), ..Wallets::default() };
     let started = Instant::now();
     let report = farebox_conformance::run(&target).await;
     let took = started.elapsed();

@@ -15,7 +15,7 @@ use farebox_lightning::bolt11;
 use http::header::AUTHORIZATION;
 use serde_json::{Map, Value};
 
-use super::{Artifact, Credential, Probe, Unable, oversized, value, www_authenticate};
+use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value, www_authenticate};
 use crate::check::Attempt;
 use crate::{Exchange, Wallets};
 
@@ -58,11 +58,15 @@ impl L402Probe {
             return Ok(token);
         }
         let Some(wallet) = &wallets.lightning else {
-            return Err(Unable::Skip(
+            return Err(Unable::NotRun(
                 "needs a Lightning wallet (--wallet lightning=<dev wallet URL>)".into(),
             ));
         };
         let c = first(discovery)?;
+        let quote = self
+            .quote(discovery, wallets)
+            .ok_or_else(|| Unable::Fail("the L402 invoice is not BOLT11 with an amount".into()))?;
+        quote.allowed(&wallets.max_price)?;
         let paid = wallet
             .pay(&c.invoice, 10_000)
             .await
@@ -81,6 +85,16 @@ impl Probe for L402Probe {
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         !challenges(exchange).is_empty()
+    }
+
+    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+        wallets.lightning.as_ref()?;
+        let invoice = bolt11::parse_invoice(&first(discovery).ok()?.invoice).ok()?;
+        Some(Quote::msat("l402.paid", invoice.amount_msat?))
+    }
+
+    fn stated_reason(&self, exchange: &Exchange) -> Option<String> {
+        super::body_reason(exchange)
     }
 
     fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
@@ -146,12 +160,9 @@ impl Probe for L402Probe {
             Attempt::Oversized => raw(&format!("L402 {}:{}", oversized(""), "00".repeat(32))),
             Attempt::Forged => bearer(&first(discovery)?.macaroon, &rand::random()),
             Attempt::Tampered => {
-                let (macaroon, preimage) = match self.paid(discovery, wallets).await {
-                    Ok(token) => token,
-                    // Without a wallet the preimage is wrong too; the check still holds.
-                    Err(Unable::Skip(_)) => (first(discovery)?.macaroon, rand::random()),
-                    Err(e) => return Err(e),
-                };
+                // The paid token with its macaroon altered: without a payment the preimage
+                // would be wrong too, and a refusal would not show the macaroon is checked.
+                let (macaroon, preimage) = self.paid(discovery, wallets).await?;
                 let mut bytes = farebox_l402::macaroon::decode_base64(&macaroon)
                     .map_err(|e| Unable::Fail(format!("the challenge macaroon: {e}")))?;
                 // The signature is the last field of a V2 macaroon.

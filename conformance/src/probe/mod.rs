@@ -13,18 +13,137 @@ use async_trait::async_trait;
 use http::HeaderMap;
 use serde_json::Value;
 
+use farebox_evm::{Address, U256};
+
 use crate::check::Attempt;
 use crate::{Exchange, Wallets};
 
 /// What a probe could not do for a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unable {
-    /// The check does not apply (no wallet for a paid check, a send this rail has no meaning
-    /// for, no offer of the kind it needs): reported as skipped with the reason.
+    /// The check does not apply (a send this rail has no meaning for, no offer of the kind it
+    /// needs): reported as skipped with the reason.
     Skip(String),
+    /// The check applies but the tester did not give what it needs (a wallet for a paid
+    /// check): reported as not run, saying what to add.
+    NotRun(String),
     /// The server's answer made the check impossible where it should have been possible
     /// (no challenge to attack): reported as failed.
     Fail(String),
+}
+
+/// What a paid check would pay, read from what the payment itself commits to (the BOLT11
+/// invoice's amount, the amount of the authorization to sign), never from a server's prose.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Quote {
+    /// The check that pays.
+    pub check: String,
+    /// The amount, in millisatoshi for Lightning, in base units for a token.
+    pub amount: u128,
+    /// `msat`, or the token as `<CAIP-2 chain>/<address>`.
+    pub unit: String,
+}
+
+impl Quote {
+    /// A Lightning payment of `msat`.
+    pub fn msat(check: &str, msat: u64) -> Self {
+        Quote { check: check.into(), amount: u128::from(msat), unit: "msat".into() }
+    }
+
+    /// A payment of `units` of the token `address` on chain `chain_id`.
+    pub fn token(check: &str, units: U256, chain_id: u64, address: Address) -> Self {
+        Quote {
+            check: check.into(),
+            amount: u128::try_from(units).unwrap_or(u128::MAX),
+            unit: format!("eip155:{chain_id}/{address:#x}"),
+        }
+    }
+
+    /// Whether the cap lets the paid check make this payment.
+    pub fn within(&self, max: &MaxPrice) -> bool {
+        if self.unit == "msat" {
+            self.amount <= u128::from(max.sats) * 1000
+        } else {
+            self.amount <= max.token_units
+        }
+    }
+
+    /// The amount for people: `10 sat`, `10000 token units (0.01 at 6 decimals) of …`.
+    pub fn describe(&self) -> String {
+        if self.unit == "msat" {
+            let (sat, msat) = (self.amount / 1000, self.amount % 1000);
+            return if msat == 0 { format!("{sat} sat") } else { format!("{sat}.{msat:03} sat") };
+        }
+        format!("{} base units ({} at 6 decimals) of {}", self.amount, six(self.amount), self.unit)
+    }
+
+    /// `Ok` when within `max`; otherwise the check does not run, saying how to let it.
+    pub fn allowed(&self, max: &MaxPrice) -> Result<(), Unable> {
+        if self.within(max) {
+            return Ok(());
+        }
+        Err(Unable::NotRun(format!(
+            "would pay {}, more than --max-price allows ({}); raise --max-price to run it",
+            self.describe(),
+            max.describe()
+        )))
+    }
+}
+
+/// `units` at 6 decimals (USDC), for people.
+fn six(units: u128) -> String {
+    let (whole, frac) = (units / 1_000_000, units % 1_000_000);
+    let frac = format!("{frac:06}");
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() { whole.to_string() } else { format!("{whole}.{frac}") }
+}
+
+/// The most one payment of a paid check may cost. Token amounts are capped in base units, read
+/// as USDC's 6 decimals on the command line (`0.05usdc` is 50000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MaxPrice {
+    pub sats: u64,
+    pub token_units: u128,
+}
+
+impl Default for MaxPrice {
+    /// 100 sat and 0.05 USDC: enough for a test price, little to lose.
+    fn default() -> Self {
+        MaxPrice { sats: 100, token_units: 50_000 }
+    }
+}
+
+impl MaxPrice {
+    /// The cap for people.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} sat, {} token base units ({} USDC)",
+            self.sats,
+            self.token_units,
+            six(self.token_units)
+        )
+    }
+
+    /// Applies one `--max-price` value: `<whole>sat` or `<decimal>usdc` (case-insensitive).
+    pub fn set(&mut self, text: &str) -> Result<(), String> {
+        let t = text.trim().to_ascii_lowercase();
+        let bad = || format!("--max-price {text}: expected e.g. 100sat or 0.05usdc");
+        if let Some(n) = t.strip_suffix("sats").or_else(|| t.strip_suffix("sat")) {
+            self.sats = n.trim().parse().map_err(|_| bad())?;
+        } else if let Some(n) = t.strip_suffix("usdc") {
+            let token = farebox_core::Token {
+                network: String::new(),
+                address: String::new(),
+                symbol: String::new(),
+                decimals: 6,
+            };
+            let money = farebox_core::Money::parse_token(n, token).map_err(|_| bad())?;
+            self.token_units = money.amount;
+        } else {
+            return Err(bad());
+        }
+        Ok(())
+    }
 }
 
 /// Headers a probe wants on a request.
@@ -53,6 +172,14 @@ pub trait Probe: Send + Sync {
     /// A rail-specific assertion by name, on the 402 the discovery request got.
     fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String>;
 
+    /// What this rail's paid check would pay with `wallets`, read from the 402; `None` when
+    /// no wallet given can pay any of its offers.
+    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote>;
+
+    /// The reason the server stated for refusing `exchange` (x402 `error` or code, MPP problem
+    /// type, L402 problem code), as it stated it.
+    fn stated_reason(&self, exchange: &Exchange) -> Option<String>;
+
     /// The request headers that make `send`, built from the 402 the discovery request got.
     /// `paid` proofs are kept by the probe for a later `replay`.
     async fn credential(
@@ -61,6 +188,16 @@ pub trait Probe: Send + Sync {
         discovery: &Exchange,
         wallets: &Wallets,
     ) -> Result<Credential, Unable>;
+}
+
+/// The reason a JSON body states: its `code`, problem `type`, `error` or `invalidReason`
+/// member, the first present, as a string.
+pub(crate) fn body_reason(exchange: &Exchange) -> Option<String> {
+    let body = exchange.json()?;
+    ["code", "type", "error", "invalidReason"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_str))
+        .map(|s| s.chars().take(200).collect())
 }
 
 /// The values of every `WWW-Authenticate` field.

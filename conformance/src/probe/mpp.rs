@@ -18,7 +18,7 @@ use http::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 
 use super::x402::random_key;
-use super::{Artifact, Credential, Probe, Unable, oversized, value, www_authenticate};
+use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value, www_authenticate};
 use crate::check::Attempt;
 use crate::{Exchange, Wallets};
 
@@ -40,16 +40,18 @@ fn schema_name(c: &Challenge) -> Option<String> {
     crate::schema::exists(&format!("mpp/request/{name}")).then_some(name)
 }
 
+/// Whether the wallets can pay `c`.
+fn payable(c: &Challenge, wallets: &Wallets) -> bool {
+    c.intent == "charge"
+        && ((c.method == "lightning" && wallets.lightning.is_some())
+            || (c.method == "evm" && wallets.evm.is_some()))
+}
+
 /// The challenge to aim at: a charge the wallets can pay, else any charge, else the first.
 fn target(exchange: &Exchange, wallets: &Wallets) -> Result<Challenge, Unable> {
     let all = challenges(exchange);
-    let payable = |c: &&Challenge| {
-        c.intent == "charge"
-            && ((c.method == "lightning" && wallets.lightning.is_some())
-                || (c.method == "evm" && wallets.evm.is_some()))
-    };
     all.iter()
-        .find(payable)
+        .find(|c| payable(c, wallets))
         .or_else(|| {
             all.iter()
                 .find(|c| c.intent == "charge" && (c.method == "lightning" || c.method == "evm"))
@@ -63,17 +65,19 @@ fn authorization(credential: &MppCredential) -> Result<Credential, Unable> {
     Ok(vec![(AUTHORIZATION, value(&credential.to_authorization())?)])
 }
 
-/// A proof for `c` that does not pay: a random preimage, or an authorization signed by a key
-/// that holds nothing (bound to the challenge, so that only the money is missing).
+/// A proof for `c` that does not pay and is wrong in that one way: a random preimage, or the
+/// payer's authorization (the funded wallet key's, when there is one) signed by someone else,
+/// bound to the challenge. A validly signed authorization from an empty key would be refused
+/// for want of funds, which proves nothing about signature checks.
 fn forged_payload(c: &Challenge, wallets: &Wallets) -> Result<Map<String, Value>, Unable> {
     match (c.method.as_str(), c.intent.as_str()) {
         ("lightning", "charge") => Ok(lightning_charge::payload(&rand::random())),
         ("evm", "charge") => {
             let request = EvmChargeRequest::from_json(&c.request)
                 .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
-            let key = random_key();
-            let (auth, domain) = evm_authorization(c, &request, key.address(), wallets)?;
-            Ok(evm_charge::payload(&auth, &eip3009::sign(&key, &domain, &auth)))
+            let from = wallets.evm.as_ref().map_or_else(|| random_key().address(), |k| k.address());
+            let (auth, domain) = evm_authorization(c, &request, from, wallets)?;
+            Ok(evm_charge::payload(&auth, &eip3009::sign(&random_key(), &domain, &auth)))
         }
         (m, i) => Err(Unable::Skip(format!("no forgery for method {m:?} intent {i:?}"))),
     }
@@ -133,6 +137,21 @@ impl Probe for MppProbe {
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         !challenges(exchange).is_empty()
+    }
+
+    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+        let c = target(discovery, wallets).ok().filter(|c| payable(c, wallets))?;
+        if c.method == "lightning" {
+            let request = LightningChargeRequest::from_json(&c.request).ok()?;
+            let invoice = farebox_lightning::bolt11::parse_invoice(&request.invoice).ok()?;
+            return Some(Quote::msat("mpp.paid", invoice.amount_msat?));
+        }
+        let request = EvmChargeRequest::from_json(&c.request).ok()?;
+        Some(Quote::token("mpp.paid", request.amount, request.chain_id, request.currency))
+    }
+
+    fn stated_reason(&self, exchange: &Exchange) -> Option<String> {
+        super::body_reason(exchange)
     }
 
     fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
@@ -267,6 +286,16 @@ impl Probe for MppProbe {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
                 let c = target(discovery, wallets)?;
+                match self.quote(discovery, wallets) {
+                    Some(quote) => quote.allowed(&wallets.max_price)?,
+                    None if payable(&c, wallets) => {
+                        return Err(Unable::Fail(format!(
+                            "the {}/{} request does not say what it costs",
+                            c.method, c.intent
+                        )));
+                    }
+                    None => {}
+                }
                 let credential = match (
                     c.method.as_str(),
                     c.intent.as_str(),
@@ -297,9 +326,14 @@ impl Probe for MppProbe {
                             Some(evm_charge::source(request.chain_id, key.address()));
                         credential
                     }
+                    (m, "charge", _, _) => {
+                        return Err(Unable::NotRun(format!(
+                            "no wallet for the {m}/charge challenge (--wallet lightning=… or evm=env)"
+                        )));
+                    }
                     (m, i, _, _) => {
-                        return Err(Unable::Skip(format!(
-                            "no wallet for the {m}/{i} challenge (--wallet lightning=… or evm=env)"
+                        return Err(Unable::NotRun(format!(
+                            "the server offers no charge the suite pays (it offers {m}/{i}); the suite does not pay {i} intents yet"
                         )));
                     }
                 };

@@ -2,11 +2,12 @@
 //! (the JSON body's `accepts` / `X-PAYMENT` / `X-PAYMENT-RESPONSE`), scheme `exact` on EVM.
 //!
 //! Every refusal check sends a payload that is well formed and signed, so that only the rule
-//! under test can refuse it: the authorization is signed with a throwaway key (it holds nothing,
-//! but the server must refuse the payload for the stated reason before that matters) with one
-//! field wrong — the amount, the recipient, the network, the time window, the signer. `paid`
-//! signs with the wallet key, which must be funded on the server's chain; `replay` sends that
-//! same payload again.
+//! under test can refuse it: the authorization is signed by the wallet key (funded on the
+//! server's chain) with one field wrong — the amount, the recipient, the network, the time
+//! window, the version, the signer (the payer's authorization signed by someone else). Without
+//! a wallet key a throwaway key signs, and a refusal may then be for want of funds: the report
+//! shows the reason the server stated, and a stated reason that is not the rule's fails the
+//! check. `paid` signs with the wallet key; `replay` sends that same payload again.
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +19,7 @@ use farebox_evm::{Address, B256, PrivateKeySigner, U256};
 use http::HeaderName;
 use serde_json::{Value, json};
 
-use super::{Artifact, Credential, Probe, Unable, oversized, value};
+use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value};
 use crate::check::Attempt;
 use crate::{Exchange, Wallets};
 
@@ -134,7 +135,8 @@ fn payment(
     let payload = json!({
         "signature": format!("0x{}", hex::encode(signature)),
         "authorization": {
-            "from": format!("{:#x}", auth.from), "to": format!("{:#x}", auth.to),
+            // EIP-55 checksummed, as the reference clients send them.
+            "from": auth.from.to_checksum(None), "to": auth.to.to_checksum(None),
             "value": auth.value.to_string(), "validAfter": auth.validAfter.to_string(),
             "validBefore": auth.validBefore.to_string(), "nonce": format!("{:#x}", auth.nonce),
         }
@@ -170,6 +172,22 @@ impl Probe for X402Probe {
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         required(exchange).is_some()
+    }
+
+    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+        wallets.evm.as_ref()?;
+        let t = exact_evm(&required(discovery)?)?;
+        Some(Quote::token("x402.paid", t.amount, t.chain_id, t.asset))
+    }
+
+    fn stated_reason(&self, exchange: &Exchange) -> Option<String> {
+        let stated = match required(exchange) {
+            Some(Required::V2(r)) | Some(Required::V1(r)) => {
+                r.get("error").and_then(Value::as_str).map(str::to_owned)
+            }
+            None => None,
+        };
+        stated.or_else(|| super::body_reason(exchange))
     }
 
     fn artifacts(&self, exchange: &Exchange, kind: &str) -> Result<Vec<Artifact>, String> {
@@ -225,26 +243,40 @@ impl Probe for X402Probe {
         let terms = || {
             exact_evm(&r).ok_or_else(|| Unable::Skip("no `exact` EVM requirement to answer".into()))
         };
-        let throwaway = random_key();
+        // Refusals are signed by the funded key when there is one (and a wrongly accepted
+        // overpayment would stay within the cap), so that only the rule under test can refuse
+        // them; otherwise by a key that holds nothing.
+        let funded = wallets.evm.clone().filter(|_| {
+            exact_evm(&r).is_some_and(|t| {
+                let over = t.amount.saturating_add(U256::from(1u8));
+                Quote::token("", over, t.chain_id, t.asset).within(&wallets.max_price)
+            })
+        });
+        let signer = funded.unwrap_or_else(random_key);
         let signed = |tweak: &dyn Fn(&mut TransferWithAuthorization, &mut Value, &mut u64)| -> Result<Credential, Unable> {
-            let (name, p) = payment(&r, &terms()?, &throwaway, |a, q, c| tweak(a, q, c));
+            let (name, p) = payment(&r, &terms()?, &signer, |a, q, c| tweak(a, q, c));
             encode(name, &p)
         };
         match send {
             Attempt::Malformed => header(name, "!!not base64!!"),
             Attempt::NotAnObject => header(name, &b64().encode("[1,2,3]")),
             Attempt::Truncated => {
-                let (name, p) = payment(&r, &terms()?, &throwaway, |_, _, _| {});
+                let (name, p) = payment(&r, &terms()?, &signer, |_, _, _| {});
                 let full = b64().encode(p.to_string());
                 header(name, &full[..full.len() / 2])
             }
             Attempt::Oversized => header(name, &oversized("")),
             Attempt::UnknownVersion => {
-                let (name, mut p) = payment(&r, &terms()?, &throwaway, |_, _, _| {});
+                let (name, mut p) = payment(&r, &terms()?, &signer, |_, _, _| {});
                 p["x402Version"] = json!(99);
                 encode(name, &p)
             }
-            Attempt::Forged => signed(&|a, _, _| a.from = random_key().address()),
+            // The payer's own authorization, signed by someone else.
+            Attempt::Forged => {
+                let from = signer.address();
+                let (name, p) = payment(&r, &terms()?, &random_key(), |a, _, _| a.from = from);
+                encode(name, &p)
+            }
             Attempt::WrongAmount => {
                 let t = terms()?;
                 if t.amount <= U256::from(1u8) {
@@ -279,11 +311,14 @@ impl Probe for X402Probe {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
                 let Some(key) = &wallets.evm else {
-                    return Err(Unable::Skip(
+                    return Err(Unable::NotRun(
                         "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
                     ));
                 };
-                let (name, p) = payment(&r, &terms()?, key, |_, _, _| {});
+                let terms = terms()?;
+                Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
+                    .allowed(&wallets.max_price)?;
+                let (name, p) = payment(&r, &terms, key, |_, _, _| {});
                 let credential = encode(name, &p)?;
                 *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
                 Ok(credential)

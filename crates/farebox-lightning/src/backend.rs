@@ -236,13 +236,13 @@ pub enum InvoiceMismatch {
     #[error("it does not parse: {0}")]
     Unparseable(String),
     /// Another amount (a cheaper invoice would sell the resource for less).
-    #[error("it is for {got:?} msat, {asked} msat were asked")]
+    #[error("it is for {}, {asked} msat were asked", got.map_or("no amount".to_owned(), |g| format!("{g} msat")))]
     Amount { asked: u64, got: Option<u64> },
     /// Its payment hash is not the one the backend reported (the one a rail binds its proof to).
     #[error("its payment hash is not the one the node reported")]
     PaymentHash,
     /// Another network than the one the rail's invoices are on.
-    #[error("it is for {got:?}, the rail's invoices are for {expected:?}")]
+    #[error("it is an ln{got} invoice, the rail's invoices are ln{expected}")]
     Network { expected: crate::Currency, got: crate::Currency },
     /// It expires sooner than asked.
     #[error("it can be paid for {left} s, {asked} s were asked")]
@@ -391,5 +391,29 @@ where
         };
         tokio::time::sleep(pause).await;
         delay = (delay * 2).min(POLL_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These texts reach logs and refusals: no Rust formatting (`Some(…)`, variant names).
+    #[test]
+    fn invoice_mismatches_read_without_rust_formatting() {
+        let texts = [
+            InvoiceMismatch::Amount { asked: 10_000, got: Some(9_000) }.to_string(),
+            InvoiceMismatch::Amount { asked: 10_000, got: None }.to_string(),
+            InvoiceMismatch::Network {
+                expected: crate::Currency::Bitcoin,
+                got: crate::Currency::Regtest,
+            }
+            .to_string(),
+        ];
+        for text in texts {
+            for rust in ["Some(", "None", "Bitcoin", "Regtest"] {
+                assert!(!text.contains(rust), "{text}");
+            }
+        }
     }
 }

@@ -383,7 +383,7 @@ impl DevNode {
     fn ensure_regtest(invoice: &ParsedInvoice) -> Result<(), LightningError> {
         if invoice.currency != Currency::Regtest {
             return Err(LightningError::InvalidInvoice(format!(
-                "invoice is for {:?}, the dev network is regtest",
+                "invoice is an ln{} invoice, the dev network is regtest (lnbcrt)",
                 invoice.currency
             )));
         }

@@ -43,7 +43,7 @@ pub enum RequestError {
     #[error("malformed request body: {0}")]
     Malformed(CodecError),
     /// `x402Version` missing, or not 1 or 2.
-    #[error("unsupported x402Version {0:?}")]
+    #[error("{}", version_text(*.0))]
     UnsupportedVersion(Option<u64>),
     /// `paymentPayload` does not decode as that version's payload.
     #[error("invalid paymentPayload: {0}")]
@@ -53,7 +53,22 @@ pub enum RequestError {
     InvalidRequirements(CodecError),
 }
 
+/// What an unsupported `x402Version` was, in words (never Rust's `Some(99)`).
+fn version_text(version: Option<u64>) -> String {
+    match version {
+        Some(v) => format!("unsupported x402Version {v} (1 and 2 are supported)"),
+        None => "x402Version is missing".to_owned(),
+    }
+}
+
 impl RequestError {
+    /// Whether the body is a payment at all (an object with `paymentPayload` and
+    /// `paymentRequirements`): a payment that is merely invalid is answered in the protocol's
+    /// own terms (`isValid: false` with this reason), a body that is no payment is not.
+    pub fn is_invalid_payment(&self) -> bool {
+        !matches!(self, RequestError::Malformed(_))
+    }
+
     /// The reason code a facilitator answers with.
     pub fn reason(&self) -> Reason {
         match self {

@@ -724,13 +724,9 @@ async fn the_http_facilitator_serves_a_remote_rail() {
         "{supported:?}"
     );
 
-    // A malformed /verify body is a 400.
+    // A /verify body that is no payment at all is a 400.
     let http = reqwest::Client::new();
-    for body in [
-        "{not json",
-        r#"{"x402Version":2}"#,
-        r#"{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}"#,
-    ] {
+    for body in ["{not json", r#"{"x402Version":2}"#, "[1,2]"] {
         let res = http
             .post(format!("http://{addr}/verify"))
             .header("content-type", "application/json")
@@ -766,6 +762,49 @@ async fn the_http_facilitator_serves_a_remote_rail() {
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     let answer: VerifyResponse = res.json().await.unwrap();
     assert_eq!(answer.reason(), Some(Reason::InvalidSignature));
+}
+
+/// A payment the facilitator cannot take (an unknown version, a payload or requirements that do
+/// not decode) is answered in the protocol's terms on both endpoints: 200, `isValid: false` /
+/// `success: false`, a spec reason code, and words, not Rust's `Some(99)`.
+#[tokio::test]
+async fn an_unknown_x402_version_gets_is_valid_false_with_a_reason() {
+    let chain = Chain::start().await;
+    let local: Arc<dyn Facilitator> = Arc::new(chain.facilitator(Arc::new(MemoryStore::new())));
+    let addr = serve(http_server::router(local)).await;
+    let http = reqwest::Client::new();
+    let good = serde_json::to_value(chain.request(chain.payload(&chain.authorization()))).unwrap();
+    let mut unknown = good.clone();
+    unknown["x402Version"] = json!(99);
+    unknown["paymentPayload"]["x402Version"] = json!(99);
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("x402Version");
+    let mut bad_payload = good.clone();
+    bad_payload["paymentPayload"] = json!({});
+    let mut bad_requirements = good.clone();
+    bad_requirements["paymentRequirements"] = json!({"scheme": 7});
+    for (body, reason) in [
+        (&unknown, "invalid_x402_version"),
+        (&missing, "invalid_x402_version"),
+        (&bad_payload, "invalid_payload"),
+        (&bad_requirements, "invalid_payment_requirements"),
+    ] {
+        for (endpoint, valid, code, message) in [
+            ("verify", "isValid", "invalidReason", "invalidMessage"),
+            ("settle", "success", "errorReason", "errorMessage"),
+        ] {
+            let res =
+                http.post(format!("http://{addr}/{endpoint}")).json(body).send().await.unwrap();
+            assert_eq!(res.status(), reqwest::StatusCode::OK, "{endpoint} {reason}");
+            let answer: Value = res.json().await.unwrap();
+            assert_eq!(answer[valid], false, "{endpoint}: {answer}");
+            assert_eq!(answer[code], reason, "{endpoint}: {answer}");
+            let words = answer[message].as_str().unwrap();
+            assert!(!words.contains("Some(") && !words.contains("None"), "{words}");
+        }
+    }
+    // Nothing was settled.
+    assert_eq!(chain.balance(chain.pay_to()).await, 0);
 }
 
 // ---- pending, then reconciled ----

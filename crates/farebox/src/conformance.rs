@@ -2,7 +2,9 @@
 //! check; `farebox conformance --serve`: the misbehaving reference server, for testing clients.
 //!
 //! The table goes to stdout; `--json` and `--junit` write the report for CI as well. The exit
-//! code is 0 when every MUST passed (with `--strict`, every SHOULD too), 1 otherwise.
+//! status is the verdict's ([`farebox_conformance::Verdict`]): 0 pass, 1 fail, 2 error (the
+//! suite could not run, or a usage error), 3 incomplete (a MUST did not run or was
+//! inconclusive).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +25,26 @@ pub struct ConformanceArgs {
     rails: Vec<String>,
     /// A wallet for the paid checks (repeatable): `lightning=<dev wallet URL>` (the one
     /// `farebox demo --serve` prints) and/or `evm=env` to sign with the key in
-    /// FAREBOX_CONFORMANCE_EVM_KEY (funded on the server's chain).
+    /// FAREBOX_CONFORMANCE_EVM_KEY, or `evm=file:<path>` with the key in that file (funded on
+    /// the server's chain). A key itself on the command line is refused: every user of the
+    /// machine can read it there.
     #[arg(long = "wallet")]
     wallets: Vec<String>,
+    /// The most one payment of a paid check may cost (repeatable): `<n>sat` and/or
+    /// `<decimal>usdc` (token amounts in base units at 6 decimals). Default 100sat and
+    /// 0.05usdc. A paid check that would pay more does not run.
+    #[arg(long = "max-price")]
+    max_price: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// Write the report as JUnit XML to this file.
     #[arg(long)]
     junit: Option<std::path::PathBuf>,
+    /// Show every request and answer of each check under it (secrets redacted); the JSON
+    /// report carries them always.
+    #[arg(long, short)]
+    verbose: bool,
     /// Fail on SHOULD failures too.
     #[arg(long)]
     strict: bool,
@@ -49,18 +62,33 @@ pub struct ConformanceArgs {
     wallet_port: u16,
 }
 
-pub async fn run(args: ConformanceArgs) -> anyhow::Result<bool> {
+/// Runs the command; the exit status as documented above.
+pub async fn run(args: ConformanceArgs) -> u8 {
+    match run_inner(args).await {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            farebox_conformance::Verdict::Error.exit_status()
+        }
+    }
+}
+
+async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
     if args.serve {
         serve(&args).await?;
-        return Ok(true);
+        return Ok(0);
     }
     let url = args.url.clone().context("a URL to test")?;
     let mut target = Target::new(url);
     target.rails = args.rails.clone();
     target.timeout = Duration::from_secs(args.timeout);
     target.wallets = wallets(&args.wallets)?;
+    for cap in &args.max_price {
+        target.wallets.max_price.set(cap).map_err(anyhow::Error::msg)?;
+    }
+    say_what_it_pays(&target).await;
     let report = farebox_conformance::run(&target).await;
-    print!("{}", report.table());
+    print!("{}", report.table_with(args.verbose));
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -69,29 +97,69 @@ pub async fn run(args: ConformanceArgs) -> anyhow::Result<bool> {
         std::fs::write(path, report.to_junit())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(report.passed(args.strict))
+    Ok(report.verdict(args.strict).exit_status())
 }
 
+/// What the run will pay, before it pays anything.
+async fn say_what_it_pays(target: &Target) {
+    let max = &target.wallets.max_price;
+    let Ok(quotes) = farebox_conformance::plan(target).await else {
+        return; // the run reports why it cannot run
+    };
+    if quotes.is_empty() {
+        println!("this run pays nothing (no wallet for any rail the server offers)");
+        return;
+    }
+    println!("this run pays at most {} per payment (--max-price):", max.describe());
+    for q in &quotes {
+        let verb =
+            if q.within(max) { "pays" } else { "would pay, over the cap, so it will not run:" };
+        println!("  {} {verb} {}", q.check, q.describe());
+    }
+    if target.wallets.evm.is_some() {
+        println!(
+            "  x402 refusal checks are signed by your key: a server that wrongly accepts one may take up to its price (+1 base unit) each"
+        );
+    }
+    println!();
+}
+
+/// The wallets of `--wallet` values. Nothing of a value is ever repeated in an error: it may
+/// be a key.
 fn wallets(specs: &[String]) -> anyhow::Result<Wallets> {
     let mut wallets = Wallets::default();
     for spec in specs {
         match spec.split_once('=') {
             Some(("lightning", url)) => {
-                let url: reqwest::Url = url.parse().with_context(|| format!("--wallet {spec}"))?;
+                let url: reqwest::Url =
+                    url.parse().map_err(|_| anyhow::anyhow!("--wallet lightning=…: not a URL"))?;
                 wallets.lightning = Some(Arc::new(RemoteDevWallet::new(url)));
             }
             Some(("evm", "env")) => {
                 let key = std::env::var("FAREBOX_CONFORMANCE_EVM_KEY")
                     .context("--wallet evm=env: FAREBOX_CONFORMANCE_EVM_KEY is not set")?;
-                let key: PrivateKeySigner = key.trim().parse().map_err(|_| {
-                    anyhow::anyhow!("FAREBOX_CONFORMANCE_EVM_KEY is not a hex private key")
-                })?;
-                wallets.evm = Some(key);
+                wallets.evm = Some(evm_key(&key, "FAREBOX_CONFORMANCE_EVM_KEY")?);
             }
-            _ => bail!("--wallet {spec:?}: expected lightning=<dev wallet URL> or evm=env"),
+            Some(("evm", source)) if source.starts_with("file:") => {
+                let path = &source["file:".len()..];
+                let key = std::fs::read_to_string(path)
+                    .with_context(|| format!("--wallet evm=file:{path}: cannot read it"))?;
+                wallets.evm = Some(evm_key(&key, &format!("the key file {path}"))?);
+            }
+            Some(("evm", _)) => bail!(
+                "--wallet evm=…: a key on the command line is refused (every user of this machine can read a process's arguments, and shells keep them); put it in FAREBOX_CONFORMANCE_EVM_KEY and give --wallet evm=env, or in a file and give --wallet evm=file:<path>"
+            ),
+            _ => bail!(
+                "--wallet: expected lightning=<dev wallet URL>, evm=env or evm=file:<path> (the value is not repeated here: it may be a secret)"
+            ),
         }
     }
     Ok(wallets)
+}
+
+/// An EVM key from `text`, read from `source`; the error names the source, never the text.
+fn evm_key(text: &str, source: &str) -> anyhow::Result<PrivateKeySigner> {
+    text.trim().parse().map_err(|_| anyhow::anyhow!("{source} does not hold a hex private key"))
 }
 
 async fn serve(args: &ConformanceArgs) -> anyhow::Result<()> {

@@ -111,11 +111,9 @@ async fn main() -> std::process::ExitCode {
         Command::Wallet(command) => return exit_of(ledger::wallet(command)),
         Command::Mcp(args) => return exit_of(mcp::run(*args).await),
         Command::Facilitator(args) => facilitator::run(*args).await,
-        Command::Conformance(args) => match conformance::run(*args).await {
-            Ok(true) => Ok(()),
-            Ok(false) => return std::process::ExitCode::FAILURE,
-            Err(e) => Err(e),
-        },
+        Command::Conformance(args) => {
+            return std::process::ExitCode::from(conformance::run(*args).await);
+        }
         Command::Token(args) => token::run(*args),
     };
     match outcome {

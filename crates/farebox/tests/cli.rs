@@ -126,11 +126,13 @@ fn pay_pays_a_separately_running_server() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "conformance failed:\n{table}");
+    // Nothing fails, but with a Lightning wallet only the EVM checks that pay cannot run: the
+    // verdict is incomplete (3), not a pass.
+    assert_eq!(out.status.code(), Some(3), "conformance is incomplete:\n{table}");
     for expected in [
         "\nL402\n",
-        "PASS  MUST   l402.paid",
-        "PASS  MUST   x402.reject.forged",
+        "PASS    MUST   l402.paid",
+        "PASS    MUST   x402.reject.forged",
         "\nMPP\n",
         "0 failed",
     ] {

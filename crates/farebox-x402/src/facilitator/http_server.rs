@@ -2,9 +2,11 @@
 //! `GET /supported` (and `GET /health`).
 //!
 //! Status codes follow the TypeScript reference: an invalid payment or a failed settlement is
-//! a 200 whose body says so (`isValid: false`, `success: false`); a body that is not a request
-//! is 400 `{"error": …}`; a facilitator that cannot answer (chain down) is 503 with
-//! `Retry-After`.
+//! a 200 whose body says so (`isValid: false` / `success: false` with a spec reason code), and
+//! that includes a payment of an unknown `x402Version` or whose payload or requirements do not
+//! decode; only a body that is no payment at all (not a JSON object with `paymentPayload` and
+//! `paymentRequirements`) is 400 `{"error": …}`. A facilitator that cannot answer (chain down)
+//! is 503 with `Retry-After`.
 //!
 //! A settlement whose outcome is unknown ([`FacilitatorError::OutcomeUnknown`]: the transfer may
 //! have been broadcast) is not a 503, which a client could read as "nothing happened": it is a
@@ -30,7 +32,7 @@ use subtle::ConstantTimeEq;
 use super::{Facilitator, FacilitatorError};
 use crate::Reason;
 use crate::exact_evm::ExactEvmPayload;
-use crate::facilitator_api::{SettleResponse, VersionedPayment};
+use crate::facilitator_api::{SettleResponse, VerifyResponse, VersionedPayment};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -108,12 +110,27 @@ async fn authorize(
     response
 }
 
-/// The request, or the 400 that answers a body that is not one (boxed: a `Response` is large).
-fn parse(body: &[u8]) -> Result<VersionedPayment, Box<Response>> {
+/// The request, or the answer to a body that is not a valid one (boxed: a `Response` is large):
+/// for an invalid payment, the protocol's own refusal that `refused` builds from the reason,
+/// the message and the network the body claims; for a body that is no payment, a 400.
+fn parse<T: serde::Serialize>(
+    body: &[u8],
+    refused: impl FnOnce(Reason, String, String) -> T,
+) -> Result<VersionedPayment, Box<Response>> {
     VersionedPayment::from_json(body).map_err(|e| {
+        if e.is_invalid_payment() {
+            let network = claimed_network(body).unwrap_or_default();
+            return Box::new(Json(refused(e.reason(), e.to_string(), network)).into_response());
+        }
         let body = Json(json!({"error": e.to_string(), "reason": e.reason().as_str()}));
         Box::new((StatusCode::BAD_REQUEST, body).into_response())
     })
+}
+
+/// `paymentRequirements.network` of a body that did not decode, if it names one.
+fn claimed_network(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(value.get("paymentRequirements")?.get("network")?.as_str()?.to_owned())
 }
 
 fn failure(e: FacilitatorError) -> Response {
@@ -129,7 +146,12 @@ fn failure(e: FacilitatorError) -> Response {
 }
 
 async fn verify(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
-    let request = match parse(&body) {
+    let refused = |reason, message, _network| {
+        let mut answer = VerifyResponse::invalid(reason, 2, None);
+        answer.invalid_message = Some(message);
+        answer
+    };
+    let request = match parse(&body, refused) {
         Ok(r) => r,
         Err(response) => return *response,
     };
@@ -140,7 +162,12 @@ async fn verify(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response 
 }
 
 async fn settle(State(f): State<Arc<dyn Facilitator>>, body: Bytes) -> Response {
-    let request = match parse(&body) {
+    let refused = |reason, message, network| {
+        let mut answer = SettleResponse::failure(reason, network, None);
+        answer.error_message = Some(message);
+        answer
+    };
+    let request = match parse(&body, refused) {
         Ok(r) => r,
         Err(response) => return *response,
     };

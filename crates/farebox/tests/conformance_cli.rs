@@ -1,0 +1,58 @@
+//! `farebox conformance` as a tester runs it: secrets never on the command line or in its
+//! output, and an exit status that says what the run concluded.
+
+use std::process::Command;
+
+fn farebox() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_farebox"))
+}
+
+const KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+
+#[test]
+fn a_key_on_the_command_line_is_refused_without_being_printed() {
+    for wallet in [
+        format!("evm=0x{KEY}"),
+        format!("evm={KEY}"),
+        format!("evm=0x{KEY}zz"),
+        format!("ethereum=0x{KEY}"),
+        format!("0x{KEY}"),
+    ] {
+        let out = farebox()
+            .args(["conformance", "http://127.0.0.1:9/data", "--wallet", &wallet])
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{wallet}: {all}");
+        assert!(!all.contains(KEY) && !all.contains(&KEY[..16]), "the key was printed: {all}");
+    }
+}
+
+#[test]
+fn a_key_file_that_holds_no_key_is_named_but_not_printed() {
+    let dir = std::env::temp_dir().join(format!("farebox-conformance-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, format!("{KEY}zz\n")).unwrap();
+    let out = farebox()
+        .args(["conformance", "http://127.0.0.1:9/data", "--wallet"])
+        .arg(format!("evm=file:{}", file.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains(&KEY[..16]), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_url_that_does_not_answer_ends_the_run_with_the_error_status() {
+    let out = farebox().args(["conformance", "http://127.0.0.1:9/data"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("ERROR"), "{stdout}");
+}
