@@ -49,6 +49,11 @@ pub enum ClientError {
     /// its chain, or the budget store. Nothing was paid (fail closed).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The wallet's Lightning backend refused farebox's credentials (a macaroon, rune, API key
+    /// or NWC connection it does not know) or does not allow this operation. Nothing was paid;
+    /// retrying does not help until the wallet's configuration is fixed.
+    #[error("the wallet refused: {0}")]
+    WalletRefused(String),
     /// The payment policy refuses to pay this host or offer (a host not on the allowed list).
     /// Nothing was paid.
     #[error("refused by the payment policy: {0}")]
@@ -83,8 +88,14 @@ impl ClientError {
     pub fn from_lightning(e: farebox_lightning::LightningError) -> Self {
         use farebox_lightning::LightningError as L;
         match e {
+            // Money may have left: counted at its most, never paid again on a guess.
             L::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
-            L::Unavailable(why) => ClientError::Unavailable(format!("Lightning node: {why}")),
+            // Nothing was sent (after a send, a lost or garbled answer is OutcomeUnknown): the
+            // node is down, slow, throttling or broken; another try later may work.
+            e @ (L::Unavailable(_) | L::InvalidResponse(_) | L::RateLimited(_)) => {
+                ClientError::Unavailable(format!("Lightning wallet: {e}"))
+            }
+            e @ (L::AuthRefused(_) | L::Restricted(_)) => ClientError::WalletRefused(e.to_string()),
             other => ClientError::PaymentFailed(other.to_string()),
         }
     }
