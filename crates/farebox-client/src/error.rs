@@ -108,3 +108,26 @@ impl ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use farebox_lightning::LightningError as L;
+
+    #[test]
+    fn lightning_failures_map_to_errors_an_agent_can_act_on() {
+        let e = |l| ClientError::from_lightning(l);
+        // Nothing was sent: the node is down or broken; try later.
+        for down in
+            [L::Unavailable("x".into()), L::InvalidResponse("x".into()), L::RateLimited("x".into())]
+        {
+            assert!(matches!(e(down), ClientError::Unavailable(_)));
+        }
+        // The credentials are refused: fix the configuration, retrying does not help.
+        assert!(matches!(e(L::AuthRefused("x".into())), ClientError::WalletRefused(_)));
+        assert!(matches!(e(L::Restricted("x".into())), ClientError::WalletRefused(_)));
+        // Money may have left: counted, never paid again on a guess.
+        assert!(matches!(e(L::OutcomeUnknown("x".into())), ClientError::PaidWithoutProof(_)));
+        assert!(matches!(e(L::PaymentFailed("x".into())), ClientError::PaymentFailed(_)));
+    }
+}
