@@ -49,6 +49,11 @@ pub enum ClientError {
     /// its chain, or the budget store. Nothing was paid (fail closed).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The wallet's Lightning backend refused farebox's credentials (a macaroon, rune, API key
+    /// or NWC connection it does not know) or does not allow this operation. Nothing was paid;
+    /// retrying does not help until the wallet's configuration is fixed.
+    #[error("the wallet refused: {0}")]
+    WalletRefused(String),
     /// The payment policy refuses to pay this host or offer (a host not on the allowed list).
     /// Nothing was paid.
     #[error("refused by the payment policy: {0}")]
@@ -83,8 +88,14 @@ impl ClientError {
     pub fn from_lightning(e: farebox_lightning::LightningError) -> Self {
         use farebox_lightning::LightningError as L;
         match e {
+            // Money may have left: counted at its most, never paid again on a guess.
             L::OutcomeUnknown(why) => ClientError::PaidWithoutProof(why),
-            L::Unavailable(why) => ClientError::Unavailable(format!("Lightning node: {why}")),
+            // Nothing was sent (after a send, a lost or garbled answer is OutcomeUnknown): the
+            // node is down, slow, throttling or broken; another try later may work.
+            e @ (L::Unavailable(_) | L::InvalidResponse(_) | L::RateLimited(_)) => {
+                ClientError::Unavailable(format!("Lightning wallet: {e}"))
+            }
+            e @ (L::AuthRefused(_) | L::Restricted(_)) => ClientError::WalletRefused(e.to_string()),
             other => ClientError::PaymentFailed(other.to_string()),
         }
     }
@@ -95,5 +106,28 @@ impl ClientError {
             reqwest_middleware::Error::Middleware(e) => e.downcast_ref(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use farebox_lightning::LightningError as L;
+
+    #[test]
+    fn lightning_failures_map_to_errors_an_agent_can_act_on() {
+        let e = |l| ClientError::from_lightning(l);
+        // Nothing was sent: the node is down or broken; try later.
+        for down in
+            [L::Unavailable("x".into()), L::InvalidResponse("x".into()), L::RateLimited("x".into())]
+        {
+            assert!(matches!(e(down), ClientError::Unavailable(_)));
+        }
+        // The credentials are refused: fix the configuration, retrying does not help.
+        assert!(matches!(e(L::AuthRefused("x".into())), ClientError::WalletRefused(_)));
+        assert!(matches!(e(L::Restricted("x".into())), ClientError::WalletRefused(_)));
+        // Money may have left: counted, never paid again on a guess.
+        assert!(matches!(e(L::OutcomeUnknown("x".into())), ClientError::PaidWithoutProof(_)));
+        assert!(matches!(e(L::PaymentFailed("x".into())), ClientError::PaymentFailed(_)));
     }
 }

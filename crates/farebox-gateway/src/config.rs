@@ -325,13 +325,19 @@ pub struct StoreSection {
     pub postgres: Option<SecretSource>,
 }
 
-/// `[lightning]`: the node that makes and checks invoices.
+/// `[lightning]`: the node that makes and checks invoices. `backend` picks one; its own table
+/// (`[lightning.nwc]`, `[lightning.lnd]`…) says where it is, its credential always from a file
+/// or the environment.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LightningSection {
     pub backend: LightningBackendKind,
     #[serde(default)]
     pub dev: DevLightning,
+    pub nwc: Option<NwcLightning>,
+    pub lnd: Option<LndLightning>,
+    pub cln: Option<ClnLightning>,
+    pub lnbits: Option<LnbitsLightning>,
 }
 
 /// Which Lightning backend.
@@ -340,6 +346,220 @@ pub struct LightningSection {
 pub enum LightningBackendKind {
     /// The embedded dev node: real BOLT11 invoices, simulated network, no real money.
     Dev,
+    /// A wallet over Nostr Wallet Connect (it must offer `make_invoice` and `lookup_invoice`).
+    Nwc,
+    /// LND's REST API.
+    Lnd,
+    /// Core Lightning's CLNRest.
+    Cln,
+    /// One LNbits wallet.
+    Lnbits,
+}
+
+/// `[lightning.nwc]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NwcLightning {
+    /// The `nostr+walletconnect://` URI.
+    pub uri: SecretSource,
+}
+
+/// `[lightning.lnd]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LndLightning {
+    pub url: String,
+    /// `invoice.macaroon` (binary or hex in `key_file`, hex in `key_env`).
+    pub macaroon: SecretSource,
+    /// LND's `tls.cert`, pinned; without it, publicly trusted roots.
+    pub tls_cert_file: Option<PathBuf>,
+}
+
+/// `[lightning.cln]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClnLightning {
+    pub url: String,
+    pub rune: SecretSource,
+    /// CLNRest's `ca.pem`; without it, publicly trusted roots.
+    pub ca_cert_file: Option<PathBuf>,
+}
+
+/// `[lightning.lnbits]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LnbitsLightning {
+    pub url: String,
+    /// The wallet's invoice (read) key: enough to issue and check invoices.
+    pub key: SecretSource,
+}
+
+/// Why the `[lightning]` backend could not be built: the key at fault and what is wrong.
+pub type BackendError = (String, String);
+
+impl LightningSection {
+    /// The configured backend, when it is not the dev node, built from its table (nothing
+    /// connects yet). The one place both the load-time check and the gateway build it.
+    pub fn remote_backend(
+        &self,
+        base: &Path,
+    ) -> Result<Option<std::sync::Arc<dyn farebox_lightning::LightningBackend>>, BackendError> {
+        let missing = |name: &str| {
+            (format!("lightning.{name}"), format!("required with backend = \"{name}\""))
+        };
+        match self.backend {
+            LightningBackendKind::Dev => Ok(None),
+            LightningBackendKind::Nwc => {
+                let nwc = self.nwc.as_ref().ok_or_else(|| missing("nwc"))?;
+                remote::nwc(nwc, base).map(Some)
+            }
+            LightningBackendKind::Lnd => {
+                let lnd = self.lnd.as_ref().ok_or_else(|| missing("lnd"))?;
+                remote::lnd(lnd, base).map(Some)
+            }
+            LightningBackendKind::Cln => {
+                let cln = self.cln.as_ref().ok_or_else(|| missing("cln"))?;
+                remote::cln(cln, base).map(Some)
+            }
+            LightningBackendKind::Lnbits => {
+                let lnbits = self.lnbits.as_ref().ok_or_else(|| missing("lnbits"))?;
+                remote::lnbits(lnbits, base).map(Some)
+            }
+        }
+    }
+}
+
+/// Each real backend, compiled in by the gateway feature of the same name.
+mod remote {
+    // What a build without some backend features leaves unused.
+    #![allow(dead_code, unused_imports, unused_variables)]
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use farebox_lightning::LightningBackend;
+
+    use super::{BackendError, ClnLightning, LnbitsLightning, LndLightning, NwcLightning};
+
+    type Built = Result<Arc<dyn LightningBackend>, BackendError>;
+
+    fn not_built(kind: &str) -> BackendError {
+        (
+            "lightning.backend".into(),
+            format!("\"{kind}\" is not built into this gateway (cargo feature `{kind}`)"),
+        )
+    }
+
+    #[cfg(feature = "rest")]
+    fn endpoint(
+        key: &str,
+        url: &str,
+        cert: Option<(&Path, bool)>,
+        base: &Path,
+    ) -> Result<farebox_lightning::rest::Endpoint, BackendError> {
+        let endpoint = farebox_lightning::rest::Endpoint::new(url)
+            .map_err(|e| (format!("{key}.url"), e.to_string()))?;
+        match cert {
+            None => Ok(endpoint),
+            #[cfg(feature = "tls")]
+            Some((path, pinned)) => {
+                use farebox_lightning::rest::TlsTrust;
+                let path = base.join(path);
+                let trust = if pinned {
+                    TlsTrust::pinned_pem_file(path)
+                } else {
+                    TlsTrust::roots_pem_file(path)
+                };
+                let key =
+                    format!("{key}.{}", if pinned { "tls_cert_file" } else { "ca_cert_file" });
+                Ok(endpoint.with_tls(trust.map_err(|e| (key, e.to_string()))?))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => Err((format!("{key}.url"), "certificates need the `tls` feature".into())),
+        }
+    }
+
+    #[cfg(feature = "rest")]
+    fn secret(
+        key: &str,
+        source: &super::SecretSource,
+        base: &Path,
+    ) -> Result<farebox_lightning::rest::Secret, BackendError> {
+        let text = source.read(base).map_err(|e| (key.to_string(), e))?;
+        farebox_lightning::rest::Secret::new(text.expose())
+            .map_err(|e| (key.to_string(), e.to_string()))
+    }
+
+    pub fn nwc(nwc: &NwcLightning, base: &Path) -> Built {
+        #[cfg(feature = "nwc")]
+        {
+            let key = "lightning.nwc.uri";
+            let uri = nwc.uri.read(base).map_err(|e| (key.to_string(), e))?;
+            let uri: farebox_lightning::nwc::ConnectionUri = uri
+                .expose()
+                .parse()
+                .map_err(|e: farebox_lightning::nwc::UriError| (key.to_string(), e.to_string()))?;
+            Ok(Arc::new(farebox_lightning::nwc::NwcClient::new(&uri)))
+        }
+        #[cfg(not(feature = "nwc"))]
+        Err(not_built("nwc"))
+    }
+
+    pub fn lnd(lnd: &LndLightning, base: &Path) -> Built {
+        #[cfg(feature = "lnd")]
+        {
+            use farebox_lightning::lnd::{LndBackend, Macaroon};
+            let key = "lightning.lnd.macaroon";
+            let macaroon = match (&lnd.macaroon.key_file, &lnd.macaroon.key_env) {
+                // lnd writes invoice.macaroon in binary; hosted nodes hand out its hex.
+                (Some(file), None) => Macaroon::from_file(base.join(file)),
+                _ => {
+                    let hex_text = lnd.macaroon.read(base).map_err(|e| (key.to_string(), e))?;
+                    let bytes = hex::decode(hex_text.expose())
+                        .map_err(|_| (key.to_string(), "not hex".to_string()))?;
+                    Macaroon::from_bytes(bytes)
+                }
+            }
+            .map_err(|e| (key.to_string(), e.to_string()))?;
+            let cert = lnd.tls_cert_file.as_deref().map(|p| (p, true));
+            let endpoint = endpoint("lightning.lnd", &lnd.url, cert, base)?;
+            Ok(Arc::new(
+                LndBackend::new(endpoint, macaroon)
+                    .map_err(|e| (key.to_string(), e.to_string()))?,
+            ))
+        }
+        #[cfg(not(feature = "lnd"))]
+        Err(not_built("lnd"))
+    }
+
+    pub fn cln(cln: &ClnLightning, base: &Path) -> Built {
+        #[cfg(feature = "cln")]
+        {
+            let rune = secret("lightning.cln.rune", &cln.rune, base)?;
+            let cert = cln.ca_cert_file.as_deref().map(|p| (p, false));
+            let endpoint = endpoint("lightning.cln", &cln.url, cert, base)?;
+            Ok(Arc::new(
+                farebox_lightning::cln::ClnBackend::new(endpoint, rune)
+                    .map_err(|e| ("lightning.cln".to_string(), e.to_string()))?,
+            ))
+        }
+        #[cfg(not(feature = "cln"))]
+        Err(not_built("cln"))
+    }
+
+    pub fn lnbits(lnbits: &LnbitsLightning, base: &Path) -> Built {
+        #[cfg(feature = "lnbits")]
+        {
+            use farebox_lightning::lnbits::{LnbitsBackend, LnbitsKey};
+            let key = secret("lightning.lnbits.key", &lnbits.key, base)?;
+            let endpoint = endpoint("lightning.lnbits", &lnbits.url, None, base)?;
+            Ok(Arc::new(
+                LnbitsBackend::new(endpoint, LnbitsKey::Invoice(key))
+                    .map_err(|e| ("lightning.lnbits".to_string(), e.to_string()))?,
+            ))
+        }
+        #[cfg(not(feature = "lnbits"))]
+        Err(not_built("lnbits"))
+    }
 }
 
 /// `[lightning.dev]`: the embedded dev network.
@@ -928,6 +1148,11 @@ impl Config {
                 Err(e) => issues.push("store.postgres", e),
             },
             _ => {}
+        }
+        if let Some(lightning) = &self.lightning
+            && let Err((key, why)) = lightning.remote_backend(&base)
+        {
+            issues.push(key, why);
         }
         for (name, chain) in &self.chains {
             let key = format!("chains.{name}");

@@ -68,11 +68,12 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
 }
 
-/// The dev Lightning network the gateway runs.
+/// The Lightning backend the gateway runs: the configured node, or the dev network.
 struct DevLightning {
     section: LightningSection,
-    server: Arc<DevNode>,
-    wallet: Arc<DevNode>,
+    backend: Arc<dyn LightningBackend>,
+    /// With `backend = "dev"`: the node invoices are paid to and the dev wallet.
+    dev: Option<(Arc<DevNode>, Arc<DevNode>)>,
 }
 
 /// What survives a reload when its configuration did not change.
@@ -115,7 +116,7 @@ pub(crate) struct Live {
     discovery: Option<Discovery>,
     /// This instance's name in the payment log.
     pub(crate) instance: String,
-    lightning: Option<Arc<DevNode>>,
+    lightning: Option<Arc<dyn LightningBackend>>,
     chains: Vec<(String, EvmRpc)>,
     upstreams: Vec<Arc<Upstream>>,
     _upkeep: Vec<AbortOnDrop>,
@@ -244,12 +245,16 @@ impl Gateway {
     /// The dev network's wallet node (what `farebox pay` pays from), with `[lightning] backend =
     /// "dev"`.
     pub async fn dev_wallet(&self) -> Option<Arc<DevNode>> {
-        self.backends.lock().await.lightning.as_ref().map(|l| l.wallet.clone())
+        self.dev_nodes().await.map(|(_, wallet)| wallet)
     }
 
     /// The dev network's node that the gateway's invoices are paid to.
     pub async fn dev_node(&self) -> Option<Arc<DevNode>> {
-        self.backends.lock().await.lightning.as_ref().map(|l| l.server.clone())
+        self.dev_nodes().await.map(|(node, _)| node)
+    }
+
+    async fn dev_nodes(&self) -> Option<(Arc<DevNode>, Arc<DevNode>)> {
+        self.backends.lock().await.lightning.as_ref().and_then(|l| l.dev.clone())
     }
 
     /// Waits until the payments answered so far are in the payment log (or `within` passed).
@@ -401,18 +406,34 @@ async fn build(
         None => b.lightning = None,
         Some(section) => {
             if b.lightning.as_ref().is_none_or(|l| l.section != *section) {
-                let network = DevNetwork::new();
-                let server = Arc::new(DevNode::random(&network, 0));
-                let wallet = Arc::new(DevNode::random(
-                    &network,
-                    section.dev.wallet_sats.saturating_mul(1000),
-                ));
-                tracing::info!("lightning: the embedded dev node (no real money)");
-                b.lightning = Some(DevLightning { section: section.clone(), server, wallet });
+                let remote = section
+                    .remote_backend(&config.base_dir())
+                    .map_err(|(key, why)| fail(&config, &key, why))?;
+                b.lightning = Some(match remote {
+                    Some(backend) => {
+                        tracing::info!(backend = ?section.backend, "lightning: a real node");
+                        DevLightning { section: section.clone(), backend, dev: None }
+                    }
+                    None => {
+                        let network = DevNetwork::new();
+                        let server = Arc::new(DevNode::random(&network, 0));
+                        let wallet = Arc::new(DevNode::random(
+                            &network,
+                            section.dev.wallet_sats.saturating_mul(1000),
+                        ));
+                        tracing::info!("lightning: the embedded dev node (no real money)");
+                        let backend = server.clone() as Arc<dyn LightningBackend>;
+                        DevLightning {
+                            section: section.clone(),
+                            backend,
+                            dev: Some((server, wallet)),
+                        }
+                    }
+                });
             }
         }
     }
-    let lightning_node = b.lightning.as_ref().map(|l| l.server.clone());
+    let lightning_node = b.lightning.as_ref().map(|l| l.backend.clone());
 
     // EVM nodes.
     b.chains.retain(|name, (section, _)| config.chains.get(name) == Some(section));
@@ -462,7 +483,7 @@ async fn build(
         .clone()
         .unwrap_or_else(|| format!("http://{}", config.gateway.listen));
     let ctx = crate::rails::RailContext {
-        lightning: lightning_node.clone().map(|n| n as Arc<dyn LightningBackend>),
+        lightning: lightning_node.clone(),
         store: store.clone(),
         chains: &chains,
         public_url: public_url.clone(),
@@ -744,10 +765,11 @@ async fn ready(live: &Live) -> Response<Body> {
     };
     checks.push(("store".into(), store.await));
     if let Some(node) = &live.lightning {
-        let up = if node.is_available() {
-            Ok(())
-        } else {
-            Err("the Lightning node is unavailable".into())
+        // A lookup of a hash no one issued: any answer (Unknown) means the node is there.
+        let up = match tokio::time::timeout(WITHIN, node.invoice_state(&[0; 32])).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("the Lightning node is unavailable".into()),
+            Err(_) => Err("timed out".into()),
         };
         checks.push(("lightning".into(), up));
     }

@@ -485,6 +485,22 @@ impl Rail for L402Rail {
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
         let token = self.verifier.verify_uncounted(&credential.value, resource, unix_now()?)?;
+        // The preimage matched the token; a backend that leaks preimages must also say paid.
+        let settled = farebox_lightning::confirm_settled(&*self.backend, &token.payment_hash)
+            .await
+            .map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot confirm the payment with the Lightning node: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
+        if !settled {
+            return Err(invalid(
+                "invalid_preimage",
+                "the Lightning node does not report this token's invoice as paid",
+            ));
+        }
         match self.token_store() {
             None if token.counters.is_empty() => {}
             None => return Err(no_counter()),

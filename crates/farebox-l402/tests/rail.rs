@@ -434,3 +434,68 @@ async fn attenuation_is_enforced() {
         Money::sats(10)
     );
 }
+
+/// A node that, like LNbits, hands out the preimages of unpaid invoices: the rail must ask it
+/// whether the invoice is paid.
+#[derive(Default)]
+struct LeakyNode {
+    paid: std::sync::atomic::AtomicBool,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl farebox_lightning::LightningBackend for LeakyNode {
+    async fn create_invoice(
+        &self,
+        _: farebox_lightning::InvoiceRequest,
+    ) -> Result<farebox_lightning::CreatedInvoice, farebox_lightning::LightningError> {
+        Err(farebox_lightning::LightningError::Unsupported("not asked in this test"))
+    }
+
+    async fn invoice_state(
+        &self,
+        _: &farebox_lightning::PaymentHash,
+    ) -> Result<farebox_lightning::InvoiceState, farebox_lightning::LightningError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(farebox_lightning::LightningError::Unavailable("down".into()));
+        }
+        Ok(if self.paid.load(Ordering::SeqCst) {
+            farebox_lightning::InvoiceState::Settled { preimage: preimage(), amount_msat: 10_000 }
+        } else {
+            farebox_lightning::InvoiceState::Open
+        })
+    }
+
+    async fn pay(
+        &self,
+        _: &str,
+        _: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, farebox_lightning::LightningError> {
+        Err(farebox_lightning::LightningError::Unsupported("receive only"))
+    }
+
+    fn preimage_proves_payment(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_leaked_preimage_of_an_unpaid_invoice_buys_nothing_and_a_silent_node_is_503() {
+    let node = Arc::new(LeakyNode::default());
+    let config = L402Config::new("svc", Arc::new(DerivedRootKeys::new(&MASTER).unwrap()));
+    let rail = L402Rail::new(config, node.clone()).unwrap();
+    let r = ten_sat();
+    let credential = || format_credential(&token_for(&rail, &r, 10_000), &preimage());
+    // The right preimage, but the invoice is unpaid: refused.
+    assert_eq!(code(&rail, &r, credential()).await, "invalid_preimage");
+    // The node cannot say: 503 with Retry-After, never served on the preimage alone.
+    node.down.store(true, Ordering::SeqCst);
+    let e = verify(&rail, &r, credential()).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable);
+    assert!(e.retry_after.is_some());
+    // Paid: served.
+    node.down.store(false, Ordering::SeqCst);
+    node.paid.store(true, Ordering::SeqCst);
+    let v = verify(&rail, &r, credential()).await.unwrap();
+    assert_eq!(v.amount, Money::msats(10_000));
+}

@@ -211,6 +211,64 @@ pub trait LightningBackend: Send + Sync + 'static {
     async fn info(&self) -> Result<NodeInfo, LightningError> {
         Err(LightningError::Unsupported("node info"))
     }
+
+    /// Whether holding the preimage of one of this backend's invoices proves it was paid. True
+    /// when only the payer can learn it (the node reveals it by settling). False for a backend
+    /// that hands preimages of unpaid invoices to whoever asks (LNbits): rails then confirm
+    /// settlement with the backend ([`confirm_paid`]) before serving.
+    fn preimage_proves_payment(&self) -> bool {
+        true
+    }
+}
+
+/// Whether a presented preimage proves that an invoice of `backend` was paid
+/// ([`confirm_paid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentProof {
+    /// Paid: serve.
+    Proven,
+    /// `sha256(preimage)` is not the payment hash.
+    WrongPreimage,
+    /// The preimage is right, but the backend (one that leaks preimages) does not report the
+    /// invoice settled: unpaid, expired or unknown.
+    NotSettled,
+}
+
+/// The one rule for accepting a Lightning preimage as payment, used by the L402 rail and MPP's
+/// Lightning charge and session: the preimage must hash to the payment hash and, when
+/// `backend` can reveal preimages of unpaid invoices
+/// ([`LightningBackend::preimage_proves_payment`] is false), the backend must report the
+/// invoice settled with that preimage. A backend that cannot answer is the error: callers fail
+/// closed (503), never serve on the preimage alone.
+pub async fn confirm_paid(
+    backend: &dyn LightningBackend,
+    preimage: &Preimage,
+    payment_hash: &PaymentHash,
+) -> Result<PaymentProof, LightningError> {
+    if !crate::preimage_matches(preimage, payment_hash) {
+        return Ok(PaymentProof::WrongPreimage);
+    }
+    Ok(if confirm_settled(backend, payment_hash).await? {
+        PaymentProof::Proven
+    } else {
+        PaymentProof::NotSettled
+    })
+}
+
+/// The second half of [`confirm_paid`], for a verifier that has already matched the preimage
+/// with the payment hash (the L402 token check): true when `backend`'s preimages prove payment,
+/// else whether it reports the invoice settled.
+pub async fn confirm_settled(
+    backend: &dyn LightningBackend,
+    payment_hash: &PaymentHash,
+) -> Result<bool, LightningError> {
+    if backend.preimage_proves_payment() {
+        return Ok(true);
+    }
+    Ok(matches!(
+        backend.invoice_state(payment_hash).await?,
+        InvoiceState::Settled { preimage, .. } if crate::preimage_matches(&preimage, payment_hash)
+    ))
 }
 
 /// Why [`create_checked_invoice`] gave no invoice.

@@ -260,6 +260,13 @@ impl DevNode {
         self.with_state(|_, node| node.available).unwrap_or(false)
     }
 
+    /// The preimage of one of this node's invoices, paid or not: an inspection hook (like
+    /// [`Self::balance_msat`]) for mocking nodes that hand preimages of unpaid invoices to whoever
+    /// asks, as LNbits does.
+    pub fn leaked_preimage(&self, payment_hash: &PaymentHash) -> Option<Preimage> {
+        self.with_state(|_, node| node.invoices.get(payment_hash).map(|rec| rec.preimage)).flatten()
+    }
+
     /// Invoices this node has been paid, oldest first.
     pub fn settled_invoices(&self) -> Vec<SettledInvoice> {
         let mut settled = self

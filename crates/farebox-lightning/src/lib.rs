@@ -105,8 +105,9 @@ pub mod rest;
 
 pub use backend::{
     CreatedInvoice, InvoiceCheckError, InvoiceMismatch, InvoiceRequest, InvoiceState,
-    LightningBackend, LightningError, NetworkPin, NodeInfo, PaymentHash, PaymentOutcome, Preimage,
-    check_pay_amount, create_checked_invoice, poll_for_settlement,
+    LightningBackend, LightningError, NetworkPin, NodeInfo, PaymentHash, PaymentOutcome,
+    PaymentProof, Preimage, check_pay_amount, confirm_paid, confirm_settled,
+    create_checked_invoice, poll_for_settlement,
 };
 pub use bitcoin::secp256k1::{PublicKey, SecretKey};
 pub use bolt11::{

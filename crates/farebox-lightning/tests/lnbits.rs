@@ -105,10 +105,12 @@ impl Lnbits {
                     ("success".to_string(), Some(hex::encode(preimage)))
                 }
                 InvoiceState::Expired => ("failed".to_string(), None),
-                // LNbits stores a preimage with each invoice and hands it out while pending; the
-                // mock cannot know the dev node's, so it hands out another.
+                // LNbits stores a preimage with each invoice and hands it out while pending.
                 _ if self.faults.lie() => ("success".to_string(), Some(hex::encode([0x42; 32]))),
-                _ => ("pending".to_string(), Some(hex::encode(sha256(&record.hash)))),
+                _ => {
+                    let node = &self.wallets[record.wallet].node;
+                    ("pending".to_string(), node.leaked_preimage(&record.hash).map(hex::encode))
+                }
             }
         } else {
             (record.status.clone(), record.preimage.clone())
@@ -514,4 +516,37 @@ async fn amountless_invoices_are_unsupported_and_named_amounts_are_paid() {
     let invoice = server.create_invoice(request(3_000)).await.unwrap();
     let paid = bob.backend().pay_amount(&invoice.bolt11, 3_000, 10_000).await.unwrap();
     assert_eq!(paid.amount_msat, 3_000);
+}
+
+#[tokio::test]
+async fn a_preimage_lnbits_reveals_for_an_unpaid_invoice_is_not_taken_as_payment() {
+    use farebox_lightning::{PaymentProof, confirm_paid};
+    let (_network, shop, payer) = pair::<Node>(100_000).await;
+    let server = shop.with_key(shop.invoice_key(0), Timeouts::default());
+    assert!(!server.preimage_proves_payment());
+    let invoice = server.create_invoice(request(5_000)).await.unwrap();
+
+    // Anyone may ask LNbits for an invoice's status, without a key: it names the preimage.
+    let url = format!("{}/api/v1/payments/{}", shop.url(), hex::encode(invoice.payment_hash));
+    let answer: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(answer["paid"], json!(false));
+    let leaked: [u8; 32] =
+        hex::decode(answer["preimage"].as_str().unwrap()).unwrap().try_into().unwrap();
+    assert_eq!(sha256(&leaked), invoice.payment_hash, "the leaked preimage is the real one");
+    let proof = confirm_paid(&server, &leaked, &invoice.payment_hash).await.unwrap();
+    assert_eq!(proof, PaymentProof::NotSettled, "unpaid: refused");
+    assert_eq!(
+        confirm_paid(&server, &[7; 32], &invoice.payment_hash).await.unwrap(),
+        PaymentProof::WrongPreimage
+    );
+
+    // LNbits cannot answer: no verdict, so the rails answer 503 and serve nothing.
+    shop.faults().set(common::FaultState { answer: common::Answer::NotJson, ..Default::default() });
+    assert!(confirm_paid(&server, &leaked, &invoice.payment_hash).await.is_err());
+    shop.faults().clear();
+
+    let paid = payer.backend().pay(&invoice.bolt11, 10_000).await.unwrap();
+    assert_eq!(paid.preimage, leaked);
+    let proof = confirm_paid(&server, &paid.preimage, &invoice.payment_hash).await.unwrap();
+    assert_eq!(proof, PaymentProof::Proven, "paid: served");
 }

@@ -340,3 +340,81 @@ async fn config_is_checked() {
     zero.challenge_ttl = std::time::Duration::ZERO;
     assert!(MppRail::new(zero, backend, store).is_err());
 }
+
+/// A node that, like LNbits, reveals the preimages of unpaid invoices (and can go down).
+struct LeakyNode {
+    node: DevNode,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl LightningBackend for LeakyNode {
+    async fn create_invoice(
+        &self,
+        request: farebox_lightning::InvoiceRequest,
+    ) -> Result<farebox_lightning::CreatedInvoice, farebox_lightning::LightningError> {
+        self.node.create_invoice(request).await
+    }
+
+    async fn invoice_state(
+        &self,
+        hash: &farebox_lightning::PaymentHash,
+    ) -> Result<farebox_lightning::InvoiceState, farebox_lightning::LightningError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(farebox_lightning::LightningError::Unavailable("down".into()));
+        }
+        self.node.invoice_state(hash).await
+    }
+
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+    ) -> Result<farebox_lightning::PaymentOutcome, farebox_lightning::LightningError> {
+        self.node.pay(bolt11, max_fee_msat).await
+    }
+
+    fn preimage_proves_payment(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_leaked_preimage_of_an_unpaid_invoice_is_refused_and_the_paid_one_served() {
+    let network = DevNetwork::new();
+    let server = DevNode::random(&network, 0);
+    let wallet = DevNode::random(&network, 10_000_000);
+    let leaky = Arc::new(LeakyNode { node: server.clone(), down: Default::default() });
+    let store = Arc::new(MemoryStore::new());
+    let mpp =
+        MppRail::new(MppConfig::new("api.example.com", SECRET), leaky.clone(), store).unwrap();
+    let paywall = Paywall::builder()
+        .rail(mpp)
+        .route(PricedRoute::new(None, "/data", Price::one(Money::sats(21))).unwrap())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/data", axum::routing::get(|| async { "the data" }))
+        .layer(PaywallLayer::new(paywall));
+
+    let (status, headers, _) = send(&app, "/data", &[]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let challenge = payment_challenge(&headers);
+    let request = LightningChargeRequest::from_json(&challenge.request).unwrap();
+    let leaked = server.leaked_preimage(&request.payment_hash).unwrap();
+    let auth = Credential::new(&challenge, lightning_charge::payload(&leaked)).to_authorization();
+    // Unpaid: the right preimage buys nothing.
+    let (status, headers, body) = send(&app, "/data", std::slice::from_ref(&auth)).await;
+    assert_problem(status, &headers, &body, "verification-failed");
+    // The node cannot say: 503 with Retry-After.
+    leaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, headers, _) = send(&app, "/data", std::slice::from_ref(&auth)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    leaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Paid: the same credential is served.
+    wallet.pay(&request.invoice, 0).await.unwrap();
+    let (status, _, body) = send(&app, "/data", &[auth]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "the data");
+}

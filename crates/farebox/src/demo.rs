@@ -43,8 +43,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     heading(&stack, evm.as_ref());
 
     let mut budget = Budget::new().allow(Money::sats(100), Money::sats(500))?;
-    let mut payer = PaymentMiddleware::new(budget.clone())
-        .wallet(L402Wallet::new(stack.wallet_node.clone(), 1_000));
+    // The L402 half pays as an agent pays Alby Hub: over Nostr Wallet Connect, through a relay.
+    let nwc = stack::NwcWallet::start(stack.wallet_node.clone(), 0).await?;
+    println!(
+        "  L402 payments go over Nostr Wallet Connect: an in-process relay at {} and the dev node's NIP-47 wallet service\n",
+        nwc.relay_url()
+    );
+    let mut payer =
+        PaymentMiddleware::new(budget.clone()).wallet(L402Wallet::new(nwc.client(), 1_000));
     if let Some(evm) = &evm {
         let usdc = Asset::Token(evm.usdc());
         budget = budget.allow(Money::new(usdc.clone(), 100_000), Money::new(usdc, 1_000_000))?;
@@ -274,14 +280,20 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     let evm = stack::start_evm().await.ok();
     let stack = stack::start(args.port, evm.as_ref()).await?;
     let wallet = stack::serve_wallet(stack.wallet_node.clone(), args.wallet_port).await?;
+    let nwc = stack::NwcWallet::start(stack.wallet_node.clone(), 0).await?;
     heading(&stack, evm.as_ref());
     // One write, and no panic if nobody reads it: a script that reads up to the addresses and
     // then closes the pipe must not take the server down with a failed print.
     let server = &stack.server;
+    let (relay, uri) = (nwc.relay_url(), nwc.uri.expose_secret());
     let banner = format!(
-        "  dev wallet API  http://{wallet}  (pays invoices of this dev network)\n\n\
+        "  dev wallet API  http://{wallet}  (pays invoices of this dev network)\n\
+         \x20 NWC wallet      relay {relay}, the same dev wallet over Nostr Wallet Connect;\n\
+         \x20                 its connection URI (a secret; printed once, never logged):\n\
+         \x20   {uri}\n\n\
          Try it from another terminal:\n\
          \x20   farebox pay http://{server}/joke --wallet http://{wallet}\n\
+         \x20   FAREBOX_NWC_URI='<the URI above>' farebox pay http://{server}/joke --wallet nwc\n\
          \x20   curl -i http://{server}/joke      # the raw 402\n\n\
          Ctrl-C stops.\n"
     );
@@ -296,6 +308,7 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
+    nwc.shutdown().await;
     drop(stack);
     drop(evm);
     Ok(())

@@ -47,6 +47,9 @@ pub enum Exit {
     ServerError = 8,
     /// The wallet tried and the payment failed (no route…). Nothing spent.
     PaymentFailed = 9,
+    /// The Lightning wallet refused farebox's credentials (macaroon, rune, key, NWC
+    /// connection) or this operation. Nothing paid; fix the wallet's configuration.
+    WalletRefused = 10,
 }
 
 impl Exit {
@@ -67,6 +70,7 @@ impl Exit {
             Exit::OutcomeUnknown => "outcome_unknown",
             Exit::ServerError => "server_error",
             Exit::PaymentFailed => "payment_failed",
+            Exit::WalletRefused => "wallet_refused",
         }
     }
 
@@ -84,6 +88,7 @@ impl Exit {
             | ClientError::RefundUnproven(_)
             | ClientError::Http(_) => Exit::ServerError,
             ClientError::PaymentFailed(_) => Exit::PaymentFailed,
+            ClientError::WalletRefused(_) => Exit::WalletRefused,
             ClientError::BodyNotReplayable | ClientError::Config(_) => Exit::BadInput,
             _ => Exit::Failed,
         }
@@ -109,7 +114,7 @@ impl Failure {
 
 impl From<WalletFileError> for Failure {
     fn from(e: WalletFileError) -> Self {
-        // Every wallet file problem (missing, invalid, insecure, a kind not built in) is the
+        // Every wallet file problem (missing, invalid, insecure, a secret not set) is the
         // caller's to fix.
         Failure::new(Exit::BadInput, e.to_string())
     }
@@ -128,10 +133,51 @@ pub struct WalletArgs {
     /// ~/.config/farebox/wallet.toml).
     #[arg(long = "wallet-file", value_name = "PATH")]
     pub wallet_file: Option<PathBuf>,
-    /// The dev wallet API that pays Lightning (printed by `farebox demo --serve`); overrides
-    /// the wallet file's [lightning]. Without a wallet file, the only wallet, in memory.
+    /// The Lightning wallet, overriding the wallet file's [lightning]: the dev wallet API's
+    /// URL (printed by `farebox demo --serve`), or `nwc` for Nostr Wallet Connect with the URI
+    /// from $FAREBOX_NWC_URI, else from the private file $FAREBOX_NWC_URI_FILE (never argv).
+    /// Without a wallet file, the only wallet, in memory.
     #[arg(long, env = "FAREBOX_DEV_WALLET")]
-    pub wallet: Option<reqwest::Url>,
+    pub wallet: Option<WalletChoice>,
+}
+
+/// `--wallet`: a dev wallet URL, or `nwc`.
+#[derive(Debug, Clone)]
+pub enum WalletChoice {
+    Dev(reqwest::Url),
+    Nwc,
+}
+
+impl std::str::FromStr for WalletChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("nwc") {
+            return Ok(WalletChoice::Nwc);
+        }
+        reqwest::Url::parse(s)
+            .map(WalletChoice::Dev)
+            .map_err(|e| format!("expected `nwc` or the dev wallet's URL: {e}"))
+    }
+}
+
+impl WalletChoice {
+    fn lightning(&self) -> wallet_file::LightningConfig {
+        use wallet_file::{LightningConfig, SecretSource};
+        match self {
+            WalletChoice::Dev(url) => LightningConfig::Dev { url: url.clone() },
+            WalletChoice::Nwc => {
+                let file = std::env::var_os("FAREBOX_NWC_URI_FILE")
+                    .filter(|_| std::env::var_os("FAREBOX_NWC_URI").is_none_or(|v| v.is_empty()));
+                LightningConfig::Nwc {
+                    uri: match file {
+                        Some(path) => SecretSource::File(path.into()),
+                        None => SecretSource::Env("FAREBOX_NWC_URI".into()),
+                    },
+                }
+            }
+        }
+    }
 }
 
 impl WalletArgs {
@@ -139,21 +185,17 @@ impl WalletArgs {
     /// wallet's. `max_sats` caps the dev wallet without a file.
     pub fn config(&self, max_sats: u64, max_fee_sats: u64) -> Result<WalletConfig, Failure> {
         let path = self.wallet_file.clone().or_else(wallet_file::default_path);
-        let dev_url = || {
-            self.wallet.clone().unwrap_or_else(|| {
-                reqwest::Url::parse("http://127.0.0.1:8403").expect("a valid URL")
-            })
-        };
-        match path {
-            Some(path) if path.exists() || self.wallet_file.is_some() => {
-                let mut config = WalletConfig::load(&path)?;
-                if let Some(url) = &self.wallet {
-                    config.lightning = Some(wallet_file::LightningConfig::Dev { url: url.clone() });
-                }
-                Ok(config)
+        let mut config = match path {
+            Some(path) if path.exists() || self.wallet_file.is_some() => WalletConfig::load(&path)?,
+            _ => {
+                let url = reqwest::Url::parse("http://127.0.0.1:8403").expect("a valid URL");
+                WalletConfig::dev(url, max_sats, max_fee_sats)
             }
-            _ => Ok(WalletConfig::dev(dev_url(), max_sats, max_fee_sats)),
+        };
+        if let Some(choice) = &self.wallet {
+            config.lightning = Some(choice.lightning());
         }
+        Ok(config)
     }
 }
 

@@ -234,3 +234,99 @@ fn rand_fill(buf: &mut [u8]) {
     use rand::RngCore;
     rand::rngs::OsRng.fill_bytes(buf);
 }
+
+/// The dev wallet as an agent's real wallet is reached: behind a Nostr Wallet Connect wallet
+/// service, through a relay running in this process (a real websocket on loopback).
+pub struct NwcWallet {
+    /// The connection URI: a secret, never logged.
+    pub uri: farebox_lightning::nwc::ConnectionUri,
+    service: farebox_lightning::nwc::WalletService,
+    relay: farebox_lightning::nwc::relay::LoopbackRelay,
+}
+
+impl NwcWallet {
+    /// A relay on `port` (0: any free port) and a wallet service in front of `wallet`, with one
+    /// unrestricted connection.
+    pub async fn start(wallet: Arc<DevNode>, port: u16) -> anyhow::Result<NwcWallet> {
+        use farebox_lightning::nwc::{ConnectionSettings, ServiceOptions, WalletService, relay};
+        let port = (port != 0).then_some(port);
+        let relay = relay::LoopbackRelay::start(relay::relay_builder(), port).await?;
+        let service =
+            WalletService::start(wallet, vec![relay.url().clone()], ServiceOptions::default())
+                .await?;
+        let uri = service.create_connection(ConnectionSettings::unrestricted("farebox")).await?;
+        Ok(NwcWallet { uri, service, relay })
+    }
+
+    /// A wallet client on the connection.
+    pub fn client(&self) -> Arc<farebox_lightning::nwc::NwcClient> {
+        Arc::new(farebox_lightning::nwc::NwcClient::new(&self.uri))
+    }
+
+    /// The relay's URL.
+    pub fn relay_url(&self) -> String {
+        self.relay.url().to_string()
+    }
+
+    pub async fn shutdown(&self) {
+        self.service.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wallet_file::{LightningConfig, SecretSource, lightning_backend};
+    use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_wallet_on_nwc_pays_an_l402_server_through_arelay() {
+        let stack = start(0, None).await.unwrap();
+        let nwc = NwcWallet::start(stack.wallet_node.clone(), 0).await.unwrap();
+        // The URI is configured as a user does: a private file the wallet file names.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nwc.uri");
+        std::fs::write(&path, nwc.uri.expose_secret()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let node =
+            lightning_backend(&LightningConfig::Nwc { uri: SecretSource::File(path) }).unwrap();
+        let budget = Budget::new().allow(Money::sats(100), Money::sats(500)).unwrap();
+        let payer = PaymentMiddleware::new(budget).wallet(L402Wallet::new(node, 1_000));
+        let client = farebox_client::paying_client(reqwest::Client::new(), payer);
+        let before = stack.wallet_node.balance_msat();
+        let answer = client.get(format!("http://{}/joke", stack.server)).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(stack.server_node.balance_msat(), 10_000, "the server was paid 10 sat");
+        assert_eq!(stack.wallet_node.balance_msat(), before - 10_000, "from the NWC wallet");
+
+        // The wallet service gone: nothing paid, a typed "backend down" error, no payment.
+        nwc.shutdown().await;
+        let node = Arc::new(farebox_lightning::nwc::NwcClient::with_options(
+            &nwc.uri,
+            farebox_lightning::nwc::NwcOptions {
+                timeout: Duration::from_millis(1500),
+                connect_timeout: Duration::from_secs(3),
+                ..Default::default()
+            },
+        ));
+        let budget = Budget::new().allow(Money::sats(100), Money::sats(500)).unwrap();
+        let payer = PaymentMiddleware::new(budget).wallet(L402Wallet::new(node, 1_000));
+        let client = farebox_client::paying_client(reqwest::Client::new(), payer);
+        let err = client.get(format!("http://{}/joke", stack.server)).send().await.unwrap_err();
+        let typed = farebox_client::ClientError::from_middleware(&err);
+        assert!(
+            matches!(
+                typed,
+                Some(
+                    farebox_client::ClientError::Unavailable(_)
+                        | farebox_client::ClientError::PaidWithoutProof(_)
+                )
+            ),
+            "{err}"
+        );
+        assert_eq!(stack.server_node.balance_msat(), 10_000, "nothing more was paid");
+    }
+}

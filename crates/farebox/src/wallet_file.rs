@@ -44,11 +44,6 @@ pub enum WalletFileError {
     Invalid { path: PathBuf, why: String },
     #[error("{key}: {why}")]
     Key { key: String, why: String },
-    /// A Lightning wallet kind this build does not pay with yet.
-    #[error(
-        "lightning.kind = \"{0}\" is configured correctly but not built into this farebox yet; use kind = \"dev\""
-    )]
-    NotBuiltIn(&'static str),
 }
 
 fn key_err(key: impl Into<String>, why: impl Into<String>) -> WalletFileError {
@@ -328,37 +323,73 @@ pub enum LightningConfig {
     Lnbits { url: String, key: SecretSource },
 }
 
-impl LightningConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LightningConfig::Dev { .. } => "dev",
-            LightningConfig::Nwc { .. } => "nwc",
-            LightningConfig::Lnd { .. } => "lnd",
-            LightningConfig::Cln { .. } => "cln",
-            LightningConfig::Lnbits { .. } => "lnbits",
-        }
-    }
-}
-
-/// The one place a Lightning wallet is built from its configuration. NWC, LND, CLN and LNbits
-/// backends are being added to `farebox-lightning`; until they are built in, their
-/// configuration is checked (the secret's file is private, its variable set) and refused with
-/// [`WalletFileError::NotBuiltIn`].
+/// The one place a Lightning wallet is built from its configuration. Secrets are read here,
+/// from their private file or their environment variable, and go straight into the backend
+/// (whose `Debug` and errors never show them). LND's `tls_cert_file` is pinned (it is
+/// self-signed); CLNRest's is its CA (`ca.pem`); without one, the platform's roots.
 pub fn lightning_backend(
     config: &LightningConfig,
 ) -> Result<Arc<dyn LightningBackend>, WalletFileError> {
-    match config {
-        LightningConfig::Dev { url } => {
-            Ok(Arc::new(crate::devnet::RemoteDevWallet::new(url.clone())))
+    use farebox_lightning::rest::{Endpoint, Secret, TlsTrust};
+    let node = |e: farebox_lightning::rest::ConfigError| key_err("lightning", e.to_string());
+    let endpoint = |url: &str, trust: Option<TlsTrust>| -> Result<Endpoint, WalletFileError> {
+        let endpoint = Endpoint::new(url).map_err(|e| key_err("lightning.url", e.to_string()))?;
+        Ok(match trust {
+            Some(trust) => endpoint.with_tls(trust),
+            None => endpoint,
+        })
+    };
+    let cert = |path: &Option<PathBuf>,
+                pinned: bool|
+     -> Result<Option<TlsTrust>, WalletFileError> {
+        let Some(path) = path else { return Ok(None) };
+        let trust =
+            if pinned { TlsTrust::pinned_pem_file(path) } else { TlsTrust::roots_pem_file(path) };
+        trust.map(Some).map_err(|e| key_err("lightning.tls_cert_file", e.to_string()))
+    };
+    let secret = |source: &SecretSource, key: &str| -> Result<Secret, WalletFileError> {
+        Secret::new(source.read()?).map_err(|e| key_err(key, e.to_string()))
+    };
+    Ok(match config {
+        LightningConfig::Dev { url } => Arc::new(crate::devnet::RemoteDevWallet::new(url.clone())),
+        LightningConfig::Nwc { uri } => {
+            let uri = farebox_lightning::nwc::ConnectionUri::from_str(&uri.read()?)
+                .map_err(|e| key_err("lightning.uri", e.to_string()))?;
+            Arc::new(farebox_lightning::nwc::NwcClient::new(&uri))
         }
-        LightningConfig::Nwc { uri: secret }
-        | LightningConfig::Lnd { macaroon: secret, .. }
-        | LightningConfig::Cln { rune: secret, .. }
-        | LightningConfig::Lnbits { key: secret, .. } => {
-            secret.read()?;
-            Err(WalletFileError::NotBuiltIn(config.kind()))
+        LightningConfig::Lnd { url, macaroon, tls_cert } => {
+            use farebox_lightning::lnd::{LndBackend, Macaroon};
+            let macaroon = match macaroon {
+                // lnd writes admin.macaroon in binary; hosted nodes hand out its hex.
+                SecretSource::File(path) => {
+                    check_private(path)?;
+                    Macaroon::from_file(path)
+                }
+                SecretSource::Env(_) => Macaroon::from_bytes(
+                    hex::decode(macaroon.read()?)
+                        .map_err(|_| key_err("lightning.macaroon", "not hex"))?,
+                ),
+            }
+            .map_err(|e| key_err("lightning.macaroon", e.to_string()))?;
+            Arc::new(
+                LndBackend::new(endpoint(url, cert(tls_cert, true)?)?, macaroon).map_err(node)?,
+            )
         }
-    }
+        LightningConfig::Cln { url, rune, tls_cert } => Arc::new(
+            farebox_lightning::cln::ClnBackend::new(
+                endpoint(url, cert(tls_cert, false)?)?,
+                secret(rune, "lightning.rune")?,
+            )
+            .map_err(node)?,
+        ),
+        LightningConfig::Lnbits { url, key } => Arc::new(
+            farebox_lightning::lnbits::LnbitsBackend::new(
+                endpoint(url, None)?,
+                farebox_lightning::lnbits::LnbitsKey::Admin(secret(key, "lightning.key")?),
+            )
+            .map_err(node)?,
+        ),
+    })
 }
 
 /// An EVM chain the wallet opens sessions on.
@@ -814,7 +845,7 @@ mod tests {
         init(&path).unwrap();
         let config = WalletConfig::load(&path).unwrap();
         assert_eq!(config.store, dir.path().join("farebox").join("wallet.db"));
-        assert_eq!(config.lightning.as_ref().map(LightningConfig::kind), Some("dev"));
+        assert!(matches!(config.lightning, Some(LightningConfig::Dev { .. })));
         assert!(matches!(init(&path), Err(WalletFileError::Exists(_))), "never overwritten");
     }
 
@@ -838,28 +869,57 @@ mod tests {
         assert!(evm.signer().is_ok());
     }
 
-    #[test]
-    fn other_lightning_kinds_are_checked_then_refused_as_not_built_in() {
+    #[tokio::test]
+    async fn every_lightning_kind_is_built_from_its_file_or_variable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wallet.toml");
-        let write = |text: &str| {
+        let write = |name: &str, text: &str| {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::write(&path, text).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let file = dir.path().join(name);
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         };
-        write("[lightning]\nkind = \"nwc\"\nuri_env = \"FAREBOX_TEST_NWC_URI_UNSET\"\n");
-        let config = WalletConfig::load(&path).unwrap();
-        let lightning = config.lightning.unwrap();
-        assert!(matches!(lightning_backend(&lightning), Err(WalletFileError::Key { .. })));
+        let load = |text: &str| {
+            write("wallet.toml", text);
+            WalletConfig::load(&path).unwrap().lightning.unwrap()
+        };
+        // An unset variable is a key error naming it, not a panic or a silent dev wallet.
+        let nwc = load("[lightning]\nkind = \"nwc\"\nuri_env = \"FAREBOX_TEST_NWC_URI_UNSET\"\n");
+        assert!(matches!(lightning_backend(&nwc), Err(WalletFileError::Key { .. })));
         write(
-            "[lightning]\nkind = \"lnd\"\nurl = \"https://127.0.0.1:8080\"\nmacaroon_env = \"PATH\"\n",
+            "nwc.uri",
+            "nostr+walletconnect://b889ff5b1513b641e2a139f661a661364979c5beee91842f8f0ef42ab558e9d4?relay=ws%3A%2F%2F127.0.0.1%3A1&secret=71a8c14c1407c113601079c4302dab36460f0ccd0ad506f1f2dc73b5100e4f3c",
         );
-        let lightning = WalletConfig::load(&path).unwrap().lightning.unwrap();
-        assert!(matches!(lightning_backend(&lightning), Err(WalletFileError::NotBuiltIn("lnd"))));
+        let nwc = load("[lightning]\nkind = \"nwc\"\nuri_file = \"nwc.uri\"\n");
+        lightning_backend(&nwc).unwrap();
+
+        let macaroon = "0201036c6e6402f801030a10";
+        write("admin.macaroon", macaroon);
+        let lnd = load(
+            "[lightning]\nkind = \"lnd\"\nurl = \"http://127.0.0.1:1\"\nmacaroon_file = \"admin.macaroon\"\n",
+        );
+        lightning_backend(&lnd).unwrap();
+        write("cln.rune", "rune-secret-value");
+        let cln = load(
+            "[lightning]\nkind = \"cln\"\nurl = \"http://127.0.0.1:1\"\nrune_file = \"cln.rune\"\n",
+        );
+        lightning_backend(&cln).unwrap();
+        write("lnbits.key", "lnbits-admin-key");
+        let lnbits = load(
+            "[lightning]\nkind = \"lnbits\"\nurl = \"https://lnbits.example.com\"\nkey_file = \"lnbits.key\"\n",
+        );
+        lightning_backend(&lnbits).unwrap();
+        // A TLS certificate that is not there is an error naming the key.
+        let lnd = load(
+            "[lightning]\nkind = \"lnd\"\nurl = \"https://127.0.0.1:8080\"\nmacaroon_file = \"admin.macaroon\"\ntls_cert_file = \"missing.cert\"\n",
+        );
+        assert!(
+            matches!(lightning_backend(&lnd), Err(WalletFileError::Key { key, .. }) if key == "lightning.tls_cert_file")
+        );
         // A secret inline, or a key of another kind, is refused.
-        write("[lightning]\nkind = \"nwc\"\nuri = \"nostr+walletconnect://x\"\n");
+        write("wallet.toml", "[lightning]\nkind = \"nwc\"\nuri = \"nostr+walletconnect://x\"\n");
         assert!(WalletConfig::load(&path).is_err());
-        write("[lightning]\nkind = \"dev\"\nrune_env = \"X\"\n");
+        write("wallet.toml", "[lightning]\nkind = \"dev\"\nrune_env = \"X\"\n");
         assert!(WalletConfig::load(&path).is_err());
     }
 }

@@ -75,10 +75,13 @@ fn pay_pays_a_separately_running_server() {
     let stdout = child.stdout.take().unwrap();
     let serving = Process(child);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut pay_line = None;
+    let (mut pay_line, mut nwc_uri) = (None, None);
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if line.trim_start().starts_with("nostr+walletconnect://") {
+            nwc_uri = Some(line.trim().to_string());
+        }
         if line.trim_start().starts_with("farebox pay ") {
             pay_line = Some(line);
             break;
@@ -97,6 +100,22 @@ fn pay_pays_a_separately_running_server() {
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the body on stdout");
     assert!(body["joke"].is_string());
     assert!(stderr.contains("paid 10 sat over l402"), "{stderr}");
+
+    // The same wallet over Nostr Wallet Connect, with the URI the server printed, from the
+    // environment (never argv).
+    let nwc_uri = nwc_uri.expect("serve printed an NWC connection URI");
+    let out = farebox()
+        .args(["pay", url, "--wallet", "nwc"])
+        .env("FAREBOX_NWC_URI", &nwc_uri)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pay over NWC failed: {stderr}");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the body on stdout");
+    assert!(body["joke"].is_string());
+    assert!(!stderr.contains(&nwc_uri), "the URI is never printed by pay");
+    let out = farebox().args(["pay", url, "--wallet", "nwc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no URI set: bad input, nothing paid");
 
     let premium = url.replace("/joke", "/premium");
     let out = farebox()

@@ -240,7 +240,7 @@ impl MppRail {
             SessionPayload::Open { preimage, return_invoice } => {
                 let price = price_msat()?;
                 let expires = self.fresh_challenge(cred, now)?;
-                if !preimage_matches(&preimage, &request.payment_hash) {
+                if !self.lightning_paid(&preimage, &request.payment_hash).await? {
                     return Err(invalid_preimage());
                 }
                 let deposit_sat = request.deposit_sat.ok_or_else(|| {
@@ -274,7 +274,7 @@ impl MppRail {
             }
             SessionPayload::TopUp { session_id, top_up_preimage } => {
                 let expires = self.fresh_challenge(cred, now)?;
-                if !preimage_matches(&top_up_preimage, &request.payment_hash) {
+                if !self.lightning_paid(&top_up_preimage, &request.payment_hash).await? {
                     return Err(invalid_preimage());
                 }
                 let added = request.deposit_sat.ok_or_else(|| {
@@ -716,7 +716,8 @@ fn sats(msat: u128) -> u64 {
 }
 
 fn invalid_preimage() -> PaymentError {
-    ProblemType::LightningInvalidPreimage.error("sha256(preimage) does not match")
+    ProblemType::LightningInvalidPreimage
+        .error("sha256(preimage) does not match, or the Lightning node does not report it paid")
 }
 
 fn session_not_found(session: &PaymentHash) -> PaymentError {

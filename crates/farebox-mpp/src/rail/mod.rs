@@ -59,9 +59,7 @@ use farebox_core::{
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
-use farebox_lightning::{
-    InvoiceRequest, LightningBackend, bolt11, create_checked_invoice, preimage_matches,
-};
+use farebox_lightning::{InvoiceRequest, LightningBackend, bolt11, create_checked_invoice};
 use http::HeaderValue;
 
 use crate::challenge::{
@@ -298,7 +296,10 @@ struct Accepted {
 
 /// What a credential pays, once checked.
 enum Checked {
-    Lightning,
+    Lightning {
+        preimage: farebox_lightning::Preimage,
+        payment_hash: farebox_lightning::PaymentHash,
+    },
     Evm(TransferWithAuthorization, Vec<u8>),
 }
 
@@ -340,6 +341,31 @@ fn receipt_header(
 fn to_header(text: String) -> Result<HeaderValue, PaymentError> {
     HeaderValue::try_from(text)
         .map_err(|_| PaymentError::internal("mpp_header", "not a valid header value"))
+}
+
+impl MppRail {
+    /// Whether `preimage` proves the invoice `payment_hash` of this rail's backend was paid
+    /// (farebox_lightning's one rule: with a backend that leaks preimages, the node must also
+    /// report it settled). `Ok(false)`: refuse; a node that cannot say is a 503.
+    async fn lightning_paid(
+        &self,
+        preimage: &farebox_lightning::Preimage,
+        payment_hash: &farebox_lightning::PaymentHash,
+    ) -> Result<bool, PaymentError> {
+        let Some(backend) = &self.backend else {
+            return Err(problem::method_unsupported("the lightning method is not enabled"));
+        };
+        let proof = farebox_lightning::confirm_paid(&**backend, preimage, payment_hash)
+            .await
+            .map_err(|e| {
+                PaymentError::unavailable(
+                    "lightning_unavailable",
+                    format!("cannot confirm the payment with the Lightning node: {e}"),
+                    BACKEND_RETRY_AFTER,
+                )
+            })?;
+        Ok(proof == farebox_lightning::PaymentProof::Proven)
+    }
 }
 
 /// A chain that cannot answer (fail closed: 503).
@@ -635,12 +661,9 @@ impl MppRail {
         }
         let preimage = lightning_charge::preimage_of(&cred.payload)
             .map_err(|e| problem::malformed(e.to_string()))?;
-        if !preimage_matches(&preimage, &request.payment_hash) {
-            return Err(problem::verification_failed(
-                "sha256(preimage) is not the payment hash of the challenge's invoice",
-            ));
-        }
-        Ok((Money::msats(paid_msat), Checked::Lightning))
+        // Whether the preimage proves payment is checked after, with the node when need be.
+        let checked = Checked::Lightning { preimage, payment_hash: request.payment_hash };
+        Ok((Money::msats(paid_msat), checked))
     }
 
     /// The `evm` charge checks after the envelope: the request is ours, covers the price, and
@@ -1042,19 +1065,23 @@ impl Rail for MppRail {
             Offered::EvmCharge | Offered::LightningCharge => {}
         }
         let (amount, checked) = self.check_charge(resource, &cred, offered, now)?;
+        if let Checked::Lightning { preimage, payment_hash } = &checked
+            && !self.lightning_paid(preimage, payment_hash).await?
+        {
+            return Err(problem::verification_failed(
+                "sha256(preimage) is not the challenge's payment hash, or the node does not report it paid",
+            ));
+        }
         let expires_at = cred.challenge.expires.as_deref().and_then(|e| time::parse(e).ok());
         let expires_at = expires_at.unwrap_or(now).saturating_add(1);
         let id = cred.challenge.id.clone();
         let (auth, signature) = match checked {
             Checked::Evm(auth, signature) => (auth, signature),
-            Checked::Lightning => {
+            Checked::Lightning { payment_hash, .. } => {
                 if !self.store.reserve(NAMESPACE, &id, expires_at).await? {
                     return Err(problem::used_challenge());
                 }
-                let request = decode_request(&cred.challenge.request)
-                    .ok()
-                    .and_then(|r| LightningChargeRequest::from_json(&r).ok());
-                let reference = request.map(|r| hex::encode(r.payment_hash)).unwrap_or_default();
+                let reference = hex::encode(payment_hash);
                 // A preimage proves that the invoice was paid, not by whom; `source` is only
                 // the client's word.
                 let accepted = Held::Charge(Accepted { challenge_id: id, evm: None });
