@@ -418,3 +418,18 @@ async fn a_leaked_preimage_of_an_unpaid_invoice_is_refused_and_the_paid_one_serv
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "the data");
 }
+
+/// A Lightning session's deposit preimage is its bearer secret: a backend that reveals
+/// preimages (LNbits, to whoever asks about the session id) would let anyone spend or close it.
+#[tokio::test]
+async fn lightning_sessions_on_a_backend_that_reveals_preimages_are_refused_at_start() {
+    let network = DevNetwork::new();
+    let leaky =
+        Arc::new(LeakyNode { node: DevNode::random(&network, 0), down: Default::default() });
+    let sessions = Arc::new(MemoryStore::new());
+    let built = MppRail::builder(MppConfig::new("api.example.com", SECRET), sessions.clone())
+        .lightning(leaky)
+        .lightning_session(farebox_mpp::LightningSessionConfig::default(), sessions)
+        .build();
+    assert!(matches!(built, Err(farebox_mpp::ConfigError::SessionBackendRevealsPreimages)));
+}

@@ -215,6 +215,11 @@ pub enum ConfigError {
     NoMethod,
     #[error("Lightning sessions need a Lightning backend")]
     SessionWithoutBackend,
+    /// A Lightning session's deposit preimage is its bearer secret; a backend that hands out
+    /// preimages of invoices (LNbits, to anyone who asks about the payment hash, which is the
+    /// session id) would let others spend or close the session.
+    #[error("Lightning sessions need a backend that keeps preimages secret; this one reveals them")]
+    SessionBackendRevealsPreimages,
 }
 
 /// Builds an [`MppRail`] method by method (see [`MppRail::builder`]).
@@ -430,8 +435,14 @@ impl MppRail {
         if backend.is_none() && evm.is_none() && evm_session.is_none() {
             return Err(ConfigError::NoMethod);
         }
-        if lightning_session.is_some() && backend.is_none() {
-            return Err(ConfigError::SessionWithoutBackend);
+        if lightning_session.is_some() {
+            match &backend {
+                None => return Err(ConfigError::SessionWithoutBackend),
+                Some(b) if !b.preimage_proves_payment() => {
+                    return Err(ConfigError::SessionBackendRevealsPreimages);
+                }
+                Some(_) => {}
+            }
         }
         let key = ChallengeKey::new(&config.secret_key)?;
         if config.realm.is_empty()
