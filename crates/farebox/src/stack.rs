@@ -280,7 +280,7 @@ mod tests {
     use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_wallet_on_nwc_pays_an_l402_server_through_arelay() {
+    async fn a_wallet_on_nwc_pays_an_l402_server_through_a_relay() {
         let stack = start(0, None).await.unwrap();
         let nwc = NwcWallet::start(stack.wallet_node.clone(), 0).await.unwrap();
         // The URI is configured as a user does: a private file the wallet file names.
