@@ -2,10 +2,8 @@
 //! ([`crate::db`]) by a task of its own, so that a paid request never waits for the write.
 //!
 //! A paid answer hands its payment to [`PaymentLog::record`] (a bounded channel) and goes on.
-//! The writer gathers what arrives within [`COALESCE`] of the first payment (or until a
-//! [`PaymentLog::flush`]) and records it in one transaction: under load that is one commit (one
-//! fsync) per [`COALESCE`] instead of one per request or two, which had halved the throughput of
-//! L402 routes, where every request is logged. When the database cannot answer, the batch is
+//! The writer takes whatever has queued up meanwhile and records it in one transaction; under
+//! load batches grow by themselves, with no timer. When the database cannot answer, the batch is
 //! kept and retried every [`RETRY`] (at most [`MAX_PENDING`] payments are held; beyond, the
 //! oldest are dropped and counted as backend errors). The money itself is not at stake there:
 //! the rails' own records (the replay store, the chain, the Lightning node) are the books; this
@@ -31,9 +29,6 @@ pub const MAX_PENDING: usize = 64 * 1024;
 const MAX_BATCH: usize = 1024;
 /// How often a failed batch is retried.
 pub const RETRY: Duration = Duration::from_secs(1);
-/// How long the writer gathers payments after the first before writing them (the admin API and
-/// the status page, which polls every second, see them that much later).
-pub const COALESCE: Duration = Duration::from_millis(50);
 
 enum Msg {
     Paid(Box<PaymentRow>),
@@ -109,19 +104,7 @@ async fn writer(db: GatewayDb, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Msg
             Next::Due
         };
         match next {
-            Next::Msg(m) => {
-                let first = pending.is_empty() && retry_at.is_none();
-                take(m, &mut pending, &mut waiting);
-                // Gather for a moment after the first payment, unless someone waits on a flush.
-                let until = tokio::time::Instant::now() + COALESCE;
-                while first && open && waiting.is_empty() && pending.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(m)) => take(m, &mut pending, &mut waiting),
-                        Ok(None) => open = false,
-                        Err(_) => break,
-                    }
-                }
-            }
+            Next::Msg(m) => take(m, &mut pending, &mut waiting),
             Next::Closed if pending.is_empty() => break,
             Next::Closed => open = false,
             Next::Due => {}
