@@ -156,6 +156,19 @@ fn payment(
     }
 }
 
+/// A payment of `terms` signed by the wallet key, within the cap.
+fn pay(required: &Required, terms: &Terms, wallets: &Wallets) -> Result<Credential, Unable> {
+    let Some(key) = &wallets.evm else {
+        return Err(Unable::NotRun(
+            "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
+        ));
+    };
+    Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
+        .allowed(&wallets.max_price)?;
+    let (name, p) = payment(required, terms, key, |_, _, _| {});
+    encode(name, &p)
+}
+
 fn header(name: HeaderName, text: &str) -> Result<Credential, Unable> {
     Ok(vec![(name, value(text)?)])
 }
@@ -310,19 +323,12 @@ impl Probe for X402Probe {
                 if send == Attempt::Replay {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
-                let Some(key) = &wallets.evm else {
-                    return Err(Unable::NotRun(
-                        "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
-                    ));
-                };
-                let terms = terms()?;
-                Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
-                    .allowed(&wallets.max_price)?;
-                let (name, p) = payment(&r, &terms, key, |_, _, _| {});
-                let credential = encode(name, &p)?;
+                let credential = pay(&r, &terms()?, wallets)?;
                 *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
                 Ok(credential)
             }
+            // A second payment, made for a race of copies: not kept for `replay`.
+            Attempt::Fresh => pay(&r, &terms()?, wallets),
             other => Err(Unable::Skip(format!("{other:?} has no meaning for x402"))),
         }
     }
