@@ -82,6 +82,9 @@ pub enum Attempt {
     /// A real payment made for this check alone, answering a fresh 402 (not kept for
     /// `replay`): what a flow check sends to another route or several times at once.
     Fresh,
+    /// A real payment like `fresh`, its addresses written in lowercase hex rather than
+    /// EIP-55 (as some clients send them).
+    LowercaseHex,
     /// A challenge echoed with another realm (the proof otherwise as `forged`'s).
     OtherRealm,
     /// No credential, with an `Accept-Payment` preference for one of the offers (MPP).
@@ -93,7 +96,7 @@ pub enum Attempt {
 impl Attempt {
     /// Whether the attempt spends the tester's money (at most once each).
     pub fn pays(self) -> bool {
-        matches!(self, Attempt::Paid | Attempt::Fresh)
+        matches!(self, Attempt::Paid | Attempt::Fresh | Attempt::LowercaseHex)
     }
 }
 

@@ -117,14 +117,15 @@ async fn farebox_passes_every_check_of_every_rail() {
         assert!(passed >= 10, "{rail}: only {passed} checks passed");
     }
     assert!(report.passed(true));
-    // What was paid: one L402 token; x402's `paid` and one payment raced by eight copies;
+    // What was paid: one L402 token; x402's `paid`, one payment raced by eight copies and one
+    // in lowercase hex;
     // MPP's `paid`, one raced, and one answering /data's challenge refused on /other (a
     // Lightning proof is paid before it is shown).
     assert_eq!(server_node.settled_invoices().len(), 4, "the L402 token and three MPP charges");
     assert_eq!(
         rpc.balance_of(token, pay_to).await.unwrap(),
-        U256::from(20_000u64),
-        "two x402 payments, each settled once"
+        U256::from(30_000u64),
+        "three x402 payments (paid, raced, lowercase hex), each settled once"
     );
     assert!(took < Duration::from_secs(30), "the whole suite took {took:?}");
 }

@@ -156,13 +156,16 @@ fn payment(
     }
 }
 
+/// Why a paying check does not run without a key.
+fn no_key() -> Unable {
+    Unable::NotRun(
+        "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
+    )
+}
+
 /// A payment of `terms` signed by the wallet key, within the cap.
 fn pay(required: &Required, terms: &Terms, wallets: &Wallets) -> Result<Credential, Unable> {
-    let Some(key) = &wallets.evm else {
-        return Err(Unable::NotRun(
-            "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
-        ));
-    };
+    let key = wallets.evm.as_ref().ok_or_else(no_key)?;
     Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
         .allowed(&wallets.max_price)?;
     let (name, p) = payment(required, terms, key, |_, _, _| {});
@@ -329,6 +332,19 @@ impl Probe for X402Probe {
             }
             // A second payment, made for a race of copies: not kept for `replay`.
             Attempt::Fresh => pay(&r, &terms()?, wallets),
+            Attempt::LowercaseHex => {
+                let key = wallets.evm.as_ref().ok_or_else(no_key)?;
+                let terms = terms()?;
+                Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
+                    .allowed(&wallets.max_price)?;
+                let (name, mut p) = payment(&r, &terms, key, |_, _, _| {});
+                let authorization = &mut p["payload"]["authorization"];
+                for field in ["from", "to"] {
+                    let lower = authorization[field].as_str().unwrap_or_default().to_lowercase();
+                    authorization[field] = json!(lower);
+                }
+                encode(name, &p)
+            }
             other => Err(Unable::Skip(format!("{other:?} has no meaning for x402"))),
         }
     }
