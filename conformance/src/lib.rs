@@ -334,7 +334,9 @@ impl Run<'_> {
             return self.judge(check, probe, &url, &[], vec![self.discovery.clone()]);
         }
         if check.send == Attempt::DiscoveryDocument {
-            let Some(doc) = self.server.openapi.as_ref().filter(|e| e.status != 404) else {
+            // Published means served: a 404, or a 402 of a server that prices every path, is
+            // no document.
+            let Some(doc) = self.server.openapi.as_ref().filter(|e| e.status.is_success()) else {
                 return unable_found(probe::Unable::Skip(
                     "the server publishes no /openapi.json".into(),
                 ));

@@ -223,10 +223,14 @@ impl Probe for X402Probe {
         } else {
             (exchange.headers.get("x-payment-response")?, "x402/v1/settle-response")
         };
+        let decoded = name.to_str().ok().and_then(decode_b64_json);
+        // A settlement that failed is reported in the same header (`success: false`, as the
+        // TypeScript SDK answers a copy whose settlement lost a race): that is no receipt.
+        if decoded.as_ref().is_some_and(|v| v.get("success") == Some(&Value::Bool(false))) {
+            return None;
+        }
         Some(
-            name.to_str()
-                .ok()
-                .and_then(decode_b64_json)
+            decoded
                 .map(|v| (schema.to_string(), v))
                 .ok_or_else(|| "the settlement header is not base64 JSON".to_string()),
         )
