@@ -79,6 +79,39 @@ pub enum Attempt {
     Paid,
     /// The proof of the last `paid` check, sent again.
     Replay,
+    /// A real payment made for this check alone, answering a fresh 402 (not kept for
+    /// `replay`): what a flow check sends to another route or several times at once.
+    Fresh,
+    /// A real payment like `fresh`, its addresses written in lowercase hex rather than
+    /// EIP-55 (as some clients send them).
+    LowercaseHex,
+    /// A challenge echoed with another realm (the proof otherwise as `forged`'s).
+    OtherRealm,
+    /// No credential, with an `Accept-Payment` preference for one of the offers (MPP).
+    AcceptPayment,
+    /// No credential: `GET /openapi.json` at the server's origin, the discovery document.
+    DiscoveryDocument,
+}
+
+impl Attempt {
+    /// Whether the attempt spends the tester's money (at most once each).
+    pub fn pays(self) -> bool {
+        matches!(self, Attempt::Paid | Attempt::Fresh | Attempt::LowercaseHex)
+    }
+}
+
+/// Where a check sends its credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Destination {
+    /// The URL under test.
+    #[default]
+    Same,
+    /// The URL under test with its query string changed.
+    ChangedQuery,
+    /// Another priced route of the server (`--other-url`, or one its discovery document
+    /// lists); skipped when the server has none to offer.
+    OtherRoute,
 }
 
 /// What the answer must show.
@@ -119,6 +152,10 @@ pub struct Expect {
     /// A rail-specific assertion of the probe, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assert: Option<String>,
+    /// Of the check's concurrent copies, exactly one is served; every other is refused
+    /// without a receipt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub served_once: bool,
 }
 
 /// One check.
@@ -132,11 +169,33 @@ pub struct Check {
     pub spec: String,
     pub title: String,
     pub send: Attempt,
+    /// Where the credential goes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub to: Destination,
+    /// How many copies of the request are sent at once (a race for one payment); 1 when
+    /// absent, at most [`MAX_COPIES`].
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub copies: u8,
     /// The id of a check this one builds on (`replay` sends what `paid` paid): unless that
     /// check passed, this one is inconclusive rather than run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,
     pub expect: Expect,
+}
+
+/// The most copies a check may send at once.
+pub const MAX_COPIES: u8 = 16;
+
+fn one() -> u8 {
+    1
+}
+
+fn is_one(n: &u8) -> bool {
+    *n == 1
+}
+
+fn is_default(to: &Destination) -> bool {
+    *to == Destination::Same
 }
 
 /// The suite's check files, compiled in.
@@ -165,6 +224,15 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Check>, CheckFileError> {
         }
         if !c.id.starts_with(&format!("{}.", c.rail)) {
             return Err(err(format!("check {:?} does not start with its rail {:?}", c.id, c.rail)));
+        }
+        if c.copies == 0 || c.copies > MAX_COPIES {
+            return Err(err(format!("check {:?}: copies must be 1 to {MAX_COPIES}", c.id)));
+        }
+        if (c.copies > 1) != c.expect.served_once {
+            return Err(err(format!(
+                "check {:?}: several copies go with served_once, and only they",
+                c.id
+            )));
         }
         if let Some(before) = &c.requires
             && !seen.contains(before.as_str())

@@ -91,6 +91,9 @@ pub struct Target {
     pub wallets: Wallets,
     /// Timeout of each request.
     pub timeout: Duration,
+    /// Another priced route of the same server, for the cross-route checks. Without it the
+    /// runner looks for one in the server's discovery document (`/openapi.json`).
+    pub other_url: Option<reqwest::Url>,
 }
 
 impl Target {
@@ -100,6 +103,7 @@ impl Target {
             rails: Vec::new(),
             wallets: Wallets::default(),
             timeout: Duration::from_secs(20),
+            other_url: None,
         }
     }
 }
@@ -113,18 +117,31 @@ pub fn probes() -> Vec<Box<dyn probe::Probe>> {
     ]
 }
 
-/// What the paid checks of a run against `target` would pay (one payment per rail with a
-/// wallet), read from the server's 402, to say before the run; an error when the suite could
+/// What the paid checks of a run against `target` would pay (one payment per paying check of a
+/// rail with a wallet), read from the server's 402, to say before the run; an error when the suite could
 /// not run at all. A quote over [`Wallets::max_price`] is not paid: its check does not run.
 pub async fn plan(target: &Target) -> Result<Vec<probe::Quote>, String> {
     let probes = probes();
     let http = client(target);
     let discovery = discover(&http, target, &probes).await?;
+    let server = Server::learn(&http, target).await;
+    // A check sent to another route runs only when there is one.
+    let checks: Vec<Check> = check::all()
+        .into_iter()
+        .filter(|c| c.to != check::Destination::OtherRoute || server.other_route.is_some())
+        .collect();
     Ok(probes
         .iter()
         .filter(|p| target.rails.is_empty() || target.rails.iter().any(|r| r == p.rail()))
         .filter(|p| p.has_challenge(&discovery))
-        .filter_map(|p| p.quote(&discovery, &target.wallets))
+        .filter_map(|p| Some((p, p.quote(&discovery, &target.wallets)?)))
+        .flat_map(|(p, quote)| {
+            // Each paying check pays at most once: the copies of a race answer one payment.
+            checks
+                .iter()
+                .filter(|c| c.rail == p.rail() && c.send.pays())
+                .map(move |c| probe::Quote { check: c.id.clone(), ..quote.clone() })
+        })
         .collect())
 }
 
@@ -159,6 +176,7 @@ pub async fn run_checks(
             return report;
         }
     };
+    let server = Server::learn(&http, target).await;
     for probe in probes {
         let rail = probe.rail();
         if !target.rails.is_empty() && !target.rails.iter().any(|r| r == rail) {
@@ -172,8 +190,8 @@ pub async fn run_checks(
             } else if let Some(why) = unmet(check, &report.results) {
                 (Outcome::Inconclusive(why), None, Vec::new())
             } else {
-                run_one(&http, &target.url, check, probe.as_ref(), &discovery, &target.wallets)
-                    .await
+                let run = Run { http: &http, target, server: &server, discovery: &discovery };
+                run.check(check, probe.as_ref()).await
             };
             let result = CheckResult::new(check, outcome, started.elapsed());
             report.results.push(result.with_reason(reason).with_exchanges(exchanges));
@@ -246,50 +264,212 @@ fn unmet(check: &Check, so_far: &[CheckResult]) -> Option<String> {
 /// What one check found: its outcome, the reason the server stated, what was exchanged.
 type Found = (Outcome, Option<String>, Vec<report::Trace>);
 
-/// Runs one check.
-async fn run_one(
-    http: &reqwest::Client,
-    url: &reqwest::Url,
-    check: &Check,
-    probe: &dyn probe::Probe,
-    discovery: &Exchange,
-    wallets: &Wallets,
-) -> Found {
-    let (exchange, credential) = if check.send == check::Attempt::None {
-        (discovery.clone(), Vec::new())
-    } else {
-        let credential = match probe.credential(check.send, discovery, wallets).await {
-            Ok(c) => c,
-            Err(probe::Unable::Skip(why)) => return (Outcome::Skip(why), None, Vec::new()),
-            Err(probe::Unable::NotRun(why)) => return (Outcome::NotRun(why), None, Vec::new()),
-            Err(probe::Unable::Fail(why)) => return (Outcome::Fail(why), None, Vec::new()),
+/// What the runner learnt of the server besides the URL under test, once per run.
+struct Server {
+    /// `GET /openapi.json` at the URL's origin, when it answered at all.
+    openapi: Option<Exchange>,
+    /// Another priced route: the one given, or the first other priced path the discovery
+    /// document lists.
+    other_route: Option<reqwest::Url>,
+}
+
+impl Server {
+    async fn learn(http: &reqwest::Client, target: &Target) -> Server {
+        let openapi = match target.url.join("/openapi.json") {
+            Ok(url) => send(http, &url, &[]).await.ok(),
+            Err(_) => None,
         };
-        match send(http, url, &credential).await {
-            Ok(e) => (e, credential),
-            Err(e) => {
-                let trace = report::Trace::new(url.as_str(), &credential, None);
-                let why = format!("the server did not answer: {e}");
-                return (Outcome::Fail(why), None, vec![trace]);
+        let listed = || {
+            let doc = openapi.as_ref().filter(|e| e.status.is_success())?.json()?;
+            let path = doc["paths"].as_object()?.iter().find_map(|(path, item)| {
+                let get = item.get("get")?;
+                let priced = get.get("x-payment-info").is_some()
+                    || get.get("responses").and_then(|r| r.get("402")).is_some();
+                (priced && !path.contains('{') && path != target.url.path()).then_some(path)
+            })?;
+            target.url.join(path).ok()
+        };
+        let other_route = target.other_url.clone().or_else(listed);
+        Server { openapi, other_route }
+    }
+}
+
+/// One run's context: how to reach the server and what it said first.
+struct Run<'a> {
+    http: &'a reqwest::Client,
+    target: &'a Target,
+    server: &'a Server,
+    /// The 402 the request without a credential got.
+    discovery: &'a Exchange,
+}
+
+/// `url` with its query string changed: a `conformance` parameter added, or changed when
+/// there is one already.
+fn changed_query(url: &reqwest::Url) -> reqwest::Url {
+    let mut changed = url.clone();
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "conformance")
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    let before = url.query_pairs().find(|(k, _)| k == "conformance").map(|(_, v)| v.into_owned());
+    let value = if before.as_deref() == Some("2") { "3" } else { "2" };
+    changed.query_pairs_mut().clear().extend_pairs(kept).append_pair("conformance", value);
+    changed
+}
+
+impl Run<'_> {
+    /// Runs one check.
+    async fn check(&self, check: &Check, probe: &dyn probe::Probe) -> Found {
+        use check::{Attempt, Destination};
+        let url = match check.to {
+            Destination::Same => self.target.url.clone(),
+            Destination::ChangedQuery => changed_query(&self.target.url),
+            Destination::OtherRoute => match self.other_route(probe).await {
+                Ok(url) => url,
+                Err(unable) => return unable_found(unable),
+            },
+        };
+        if check.send == Attempt::None {
+            return self.judge(check, probe, &url, &[], vec![self.discovery.clone()]);
+        }
+        if check.send == Attempt::DiscoveryDocument {
+            // Published means served: a 404, or a 402 of a server that prices every path, is
+            // no document.
+            let Some(doc) = self.server.openapi.as_ref().filter(|e| e.status.is_success()) else {
+                return unable_found(probe::Unable::Skip(
+                    "the server publishes no /openapi.json".into(),
+                ));
+            };
+            let url = self.target.url.join("/openapi.json").unwrap_or(url);
+            return self.judge(check, probe, &url, &[], vec![doc.clone()]);
+        }
+        // A fresh payment answers a fresh 402: a challenge may be good for one payment only.
+        let fresh;
+        let answering = if check.send == Attempt::Fresh {
+            fresh = match send(self.http, &self.target.url, &[]).await {
+                Ok(e) if probe.has_challenge(&e) => e,
+                Ok(e) => {
+                    let why = format!(
+                        "a second request got {} without a {} challenge",
+                        e.status,
+                        probe.rail()
+                    );
+                    return unable_found(probe::Unable::Fail(why));
+                }
+                Err(e) => {
+                    return unable_found(probe::Unable::Fail(format!(
+                        "the server did not answer: {e}"
+                    )));
+                }
+            };
+            &fresh
+        } else {
+            self.discovery
+        };
+        let credential = match probe.credential(check.send, answering, &self.target.wallets).await {
+            Ok(c) => c,
+            Err(unable) => return unable_found(unable),
+        };
+        let copies = (0..check.copies).map(|_| send(self.http, &url, &credential));
+        let mut answers = Vec::with_capacity(usize::from(check.copies));
+        for answer in futures_util::future::join_all(copies).await {
+            match answer {
+                Ok(e) => answers.push(e),
+                Err(e) => {
+                    let trace = report::Trace::new(url.as_str(), &credential, None);
+                    let why = format!("the server did not answer: {e}");
+                    return (Outcome::Fail(why), None, vec![trace]);
+                }
             }
         }
-    };
-    let trace = report::Trace::new(url.as_str(), &credential, Some(&exchange));
-    let stated =
-        if check.send == check::Attempt::None { None } else { probe.stated_reason(&exchange) };
-    let refused = !exchange.status.is_success();
-    let outcome = match expect::evaluate(&check.expect, probe, &exchange) {
-        // A refusal for want of funds says nothing of the rule under test, nor of a paid check.
-        _ if refused && stated.as_deref().is_some_and(expect::for_want_of_funds) => {
-            Outcome::Inconclusive(if check.send == check::Attempt::Paid {
-                "the server says the payer has insufficient funds: fund the wallet's key on the server's chain and asset".into()
-            } else {
-                "refused for want of funds, which proves nothing of the rule under test: give a funded wallet".into()
-            })
+        self.judge(check, probe, &url, &credential, answers)
+    }
+
+    /// Another priced route offering this rail, or why there is none to test with.
+    async fn other_route(&self, probe: &dyn probe::Probe) -> Result<reqwest::Url, probe::Unable> {
+        let Some(url) = &self.server.other_route else {
+            return Err(probe::Unable::Skip(
+                "no other priced route known (give --other-url, or publish /openapi.json)".into(),
+            ));
+        };
+        match send(self.http, url, &[]).await {
+            Ok(e) if e.status == StatusCode::PAYMENT_REQUIRED && probe.has_challenge(&e) => {
+                Ok(url.clone())
+            }
+            Ok(e) => Err(probe::Unable::Skip(format!(
+                "the other route {url} answered {} without a {} challenge",
+                e.status,
+                probe.rail()
+            ))),
+            Err(e) => {
+                Err(probe::Unable::Skip(format!("the other route {url} did not answer: {e}")))
+            }
         }
-        Ok(()) => Outcome::Pass,
-        Err(why) => Outcome::Fail(why),
+    }
+
+    /// The outcome of `check` from what its request(s) got.
+    fn judge(
+        &self,
+        check: &Check,
+        probe: &dyn probe::Probe,
+        url: &reqwest::Url,
+        credential: &[(http::HeaderName, http::HeaderValue)],
+        answers: Vec<Exchange>,
+    ) -> Found {
+        let traces =
+            answers.iter().map(|e| report::Trace::new(url.as_str(), credential, Some(e))).collect();
+        let sent = !credential.is_empty();
+        let refused: Vec<&Exchange> = answers.iter().filter(|e| !e.status.is_success()).collect();
+        let stated = refused.first().copied().filter(|_| sent).and_then(|e| probe.stated_reason(e));
+        let verdict = if check.expect.served_once {
+            served_once(probe, &answers)
+        } else {
+            // One request: its answer is the one judged.
+            answers
+                .first()
+                .map_or(Err("no answer".into()), |e| expect::evaluate(&check.expect, probe, e))
+        };
+        let outcome = match verdict {
+            // A refusal for want of funds says nothing of the rule under test, nor of a paid check.
+            _ if !refused.is_empty()
+                && stated.as_deref().is_some_and(expect::for_want_of_funds) =>
+            {
+                Outcome::Inconclusive(if check.send.pays() {
+                    "the server says the payer has insufficient funds: fund the wallet's key on the server's chain and asset".into()
+                } else {
+                    "refused for want of funds, which proves nothing of the rule under test: give a funded wallet".into()
+                })
+            }
+            Ok(()) => Outcome::Pass,
+            Err(why) => Outcome::Fail(why),
+        };
+        (outcome, stated, traces)
+    }
+}
+
+/// Of a race of copies of one payment, exactly one is served and none of the others carries
+/// a receipt.
+fn served_once(probe: &dyn probe::Probe, answers: &[Exchange]) -> Result<(), String> {
+    let served = answers.iter().filter(|e| e.status.is_success()).count();
+    let receipts =
+        answers.iter().filter(|e| !e.status.is_success() && probe.receipt(e).is_some()).count();
+    match (served, receipts) {
+        (1, 0) => Ok(()),
+        (1, n) => Err(format!("{n} refused copies carry a {} receipt", probe.rail())),
+        (0, _) => Err(format!("none of {} copies of one payment was served", answers.len())),
+        (n, _) => Err(format!("{n} of {} copies of one payment were served", answers.len())),
+    }
+}
+
+/// The result of a check the probe could not make.
+fn unable_found(unable: probe::Unable) -> Found {
+    let outcome = match unable {
+        probe::Unable::Skip(why) => Outcome::Skip(why),
+        probe::Unable::NotRun(why) => Outcome::NotRun(why),
+        probe::Unable::Fail(why) => Outcome::Fail(why),
     };
-    (outcome, stated, vec![trace])
+    (outcome, None, Vec::new())
 }
 
 /// GETs `url` with `headers`; the body is read up to [`MAX_BODY`].

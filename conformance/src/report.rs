@@ -487,6 +487,8 @@ mod tests {
             spec: "spec <§1>".into(),
             title: "a \"title\"".into(),
             send: Attempt::None,
+            to: Default::default(),
+            copies: 1,
             requires: None,
             expect: Expect::default(),
         }

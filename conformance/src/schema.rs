@@ -9,6 +9,7 @@ use serde_json::Value;
 
 /// Every schema, by its path under `specs/schemas` without `.json`.
 pub const SCHEMAS: &[(&str, &str)] = &[
+    ("discovery/openapi", include_str!("../../specs/schemas/discovery/openapi.json")),
     ("l402/caveats", include_str!("../../specs/schemas/l402/caveats.json")),
     ("l402/challenge", include_str!("../../specs/schemas/l402/challenge.json")),
     ("l402/receipt", include_str!("../../specs/schemas/l402/receipt.json")),

@@ -77,15 +77,18 @@ async fn farebox_passes_every_check_of_every_rail() {
         .rail(l402)
         .rail(x402)
         .rail(mpp)
-        .route(PricedRoute::new(None, "/data", price).unwrap())
+        .route(PricedRoute::new(None, "/data", price.clone()).unwrap())
+        .route(PricedRoute::new(None, "/other", price).unwrap())
         .build()
         .unwrap();
     let app = axum::Router::new()
         .route("/data", axum::routing::get(|| async { "the data" }))
+        .route("/other", axum::routing::get(|| async { "other data" }))
         .layer(PaywallLayer::new(paywall));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut target = Target::new(format!("{base}/data").parse().unwrap());
+    target.other_url = Some(format!("{base}/other").parse().unwrap());
     target.wallets =
         Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer), ..Wallets::default() };
     let started = Instant::now();
@@ -114,12 +117,15 @@ async fn farebox_passes_every_check_of_every_rail() {
         assert!(passed >= 10, "{rail}: only {passed} checks passed");
     }
     assert!(report.passed(true));
-    // What was paid: one L402 token, one x402 payment, one MPP charge.
-    assert_eq!(server_node.settled_invoices().len(), 2, "the L402 token and the MPP charge");
+    // What was paid: one L402 token; x402's `paid`, one payment raced by eight copies and one
+    // in lowercase hex;
+    // MPP's `paid`, one raced, and one answering /data's challenge refused on /other (a
+    // Lightning proof is paid before it is shown).
+    assert_eq!(server_node.settled_invoices().len(), 4, "the L402 token and three MPP charges");
     assert_eq!(
         rpc.balance_of(token, pay_to).await.unwrap(),
-        U256::from(10_000u64),
-        "one x402 payment"
+        U256::from(30_000u64),
+        "three x402 payments (paid, raced, lowercase hex), each settled once"
     );
     assert!(took < Duration::from_secs(30), "the whole suite took {took:?}");
 }

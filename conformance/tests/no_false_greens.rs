@@ -101,7 +101,7 @@ async fn must_checks_that_could_not_run_make_the_verdict_incomplete() {
     println!("{}", report.table());
     assert_eq!(report.verdict(false), Verdict::Incomplete);
     assert_eq!(report.verdict(false).exit_status(), 3);
-    for id in ["l402.paid", "mpp.paid"] {
+    for id in ["l402.paid", "mpp.paid", "mpp.flow.concurrent_copies"] {
         assert!(matches!(report.get(id).unwrap().outcome, Outcome::NotRun(_)), "{id}");
     }
     // What builds on them is not passed either.
@@ -135,23 +135,28 @@ async fn paid_checks_spend_no_more_than_max_price() {
     let mut target = with_wallet(url, wallet);
     target.wallets.max_price.set("9sat").unwrap();
     let quotes = farebox_conformance::plan(&target).await.unwrap();
-    assert_eq!(quotes.len(), 2, "the run says up front what each rail would pay: {quotes:?}");
+    // L402's `paid`; MPP's `paid` and the new payment its race of copies answers.
+    assert_eq!(
+        quotes.len(),
+        3,
+        "the run says up front what each paying check would pay: {quotes:?}"
+    );
     assert!(quotes.iter().all(|q| q.amount == 10_000 && !q.within(&target.wallets.max_price)));
     let report = farebox_conformance::run(&target).await;
     println!("{}", report.table());
     assert!(node.settled_invoices().is_empty(), "nothing paid over the cap");
-    for id in ["l402.paid", "mpp.paid"] {
+    for id in ["l402.paid", "mpp.paid", "mpp.flow.concurrent_copies"] {
         assert!(matches!(report.get(id).unwrap().outcome, Outcome::NotRun(_)), "{id}");
     }
     assert_eq!(report.verdict(false), Verdict::Incomplete);
 
-    // At the price, each rail pays once.
+    // At the price, each paying check pays once.
     target.wallets.max_price.set("10sat").unwrap();
     let report = farebox_conformance::run(&target).await;
     assert_eq!(report.verdict(true), Verdict::Pass, "{}", report.table());
-    assert_eq!(node.settled_invoices().len(), 2);
+    assert_eq!(node.settled_invoices().len(), 3);
     let paid: u64 = node.settled_invoices().iter().map(|i| i.amount_msat).sum();
-    assert_eq!(paid, 20_000);
+    assert_eq!(paid, 30_000);
 }
 
 /// An x402 server that refuses every payment with the reason `code`.

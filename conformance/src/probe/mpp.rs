@@ -22,10 +22,12 @@ use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value, www_au
 use crate::check::Attempt;
 use crate::{Exchange, Wallets};
 
-/// The MPP probe. Keeps the credential it paid with, for `replay`.
+/// The MPP probe. Keeps the credential it paid with, for `replay`, and the preference it
+/// sent in `Accept-Payment`, to judge the answer.
 #[derive(Default)]
 pub struct MppProbe {
     paid: Mutex<Option<Credential>>,
+    preferred: Mutex<Option<(String, String)>>,
 }
 
 fn challenges(exchange: &Exchange) -> Vec<Challenge> {
@@ -129,6 +131,61 @@ fn evm_authorization(
     Ok((auth, domain))
 }
 
+impl MppProbe {
+    /// Pays the charge of `discovery` the wallets can pay, within the cap.
+    async fn pay(&self, discovery: &Exchange, wallets: &Wallets) -> Result<Credential, Unable> {
+        let c = target(discovery, wallets)?;
+        match self.quote(discovery, wallets) {
+            Some(quote) => quote.allowed(&wallets.max_price)?,
+            None if payable(&c, wallets) => {
+                return Err(Unable::Fail(format!(
+                    "the {}/{} request does not say what it costs",
+                    c.method, c.intent
+                )));
+            }
+            None => {}
+        }
+        let credential = match (
+            c.method.as_str(),
+            c.intent.as_str(),
+            &wallets.lightning,
+            &wallets.evm,
+        ) {
+            ("lightning", "charge", Some(wallet), _) => {
+                let request = LightningChargeRequest::from_json(&c.request)
+                    .map_err(|e| Unable::Fail(format!("the lightning charge request: {e}")))?;
+                let paid = wallet
+                    .pay(&request.invoice, 10_000)
+                    .await
+                    .map_err(|e| Unable::Fail(format!("paying the charge invoice: {e}")))?;
+                MppCredential::new(&c, lightning_charge::payload(&paid.preimage))
+            }
+            ("evm", "charge", _, Some(key)) => {
+                let request = EvmChargeRequest::from_json(&c.request)
+                    .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
+                let (auth, domain) = evm_authorization(&c, &request, key.address(), wallets)?;
+                let mut credential = MppCredential::new(
+                    &c,
+                    evm_charge::payload(&auth, &eip3009::sign(key, &domain, &auth)),
+                );
+                credential.source = Some(evm_charge::source(request.chain_id, key.address()));
+                credential
+            }
+            (m, "charge", _, _) => {
+                return Err(Unable::NotRun(format!(
+                    "no wallet for the {m}/charge challenge (--wallet lightning=… or evm=env)"
+                )));
+            }
+            (m, i, _, _) => {
+                return Err(Unable::NotRun(format!(
+                    "the server offers no charge the suite pays (it offers {m}/{i}); the suite does not pay {i} intents yet"
+                )));
+            }
+        };
+        authorization(&credential)
+    }
+}
+
 #[async_trait]
 impl Probe for MppProbe {
     fn rail(&self) -> &'static str {
@@ -190,6 +247,11 @@ impl Probe for MppProbe {
                 }
                 Ok(known)
             }
+            // The discovery document (`GET /openapi.json`), the MPP discovery draft's.
+            "discovery" => exchange
+                .json()
+                .map(|doc| vec![("discovery/openapi".to_string(), doc)])
+                .ok_or_else(|| "/openapi.json is not JSON".to_string()),
             other => Err(format!("no MPP artifact {other:?}")),
         }
     }
@@ -218,6 +280,21 @@ impl Probe for MppProbe {
                     }
                 }
                 Ok(())
+            }
+            "accept_payment_honoured" => {
+                let Some((method, intent)) =
+                    self.preferred.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                else {
+                    return Err("no preference was sent".into());
+                };
+                match challenges(exchange).first() {
+                    Some(c) if c.method == method && c.intent == intent => Ok(()),
+                    Some(c) => Err(format!(
+                        "asked for {method}/{intent} first, the first challenge is {}/{}",
+                        c.method, c.intent
+                    )),
+                    None => Err("no Payment challenge on the answer".into()),
+                }
             }
             other => Err(format!("no MPP assertion {other:?}")),
         }
@@ -285,61 +362,32 @@ impl Probe for MppProbe {
                 if send == Attempt::Replay {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
-                let c = target(discovery, wallets)?;
-                match self.quote(discovery, wallets) {
-                    Some(quote) => quote.allowed(&wallets.max_price)?,
-                    None if payable(&c, wallets) => {
-                        return Err(Unable::Fail(format!(
-                            "the {}/{} request does not say what it costs",
-                            c.method, c.intent
-                        )));
-                    }
-                    None => {}
-                }
-                let credential = match (
-                    c.method.as_str(),
-                    c.intent.as_str(),
-                    &wallets.lightning,
-                    &wallets.evm,
-                ) {
-                    ("lightning", "charge", Some(wallet), _) => {
-                        let request =
-                            LightningChargeRequest::from_json(&c.request).map_err(|e| {
-                                Unable::Fail(format!("the lightning charge request: {e}"))
-                            })?;
-                        let paid = wallet
-                            .pay(&request.invoice, 10_000)
-                            .await
-                            .map_err(|e| Unable::Fail(format!("paying the charge invoice: {e}")))?;
-                        MppCredential::new(&c, lightning_charge::payload(&paid.preimage))
-                    }
-                    ("evm", "charge", _, Some(key)) => {
-                        let request = EvmChargeRequest::from_json(&c.request)
-                            .map_err(|e| Unable::Fail(format!("the evm charge request: {e}")))?;
-                        let (auth, domain) =
-                            evm_authorization(&c, &request, key.address(), wallets)?;
-                        let mut credential = MppCredential::new(
-                            &c,
-                            evm_charge::payload(&auth, &eip3009::sign(key, &domain, &auth)),
-                        );
-                        credential.source =
-                            Some(evm_charge::source(request.chain_id, key.address()));
-                        credential
-                    }
-                    (m, "charge", _, _) => {
-                        return Err(Unable::NotRun(format!(
-                            "no wallet for the {m}/charge challenge (--wallet lightning=… or evm=env)"
-                        )));
-                    }
-                    (m, i, _, _) => {
-                        return Err(Unable::NotRun(format!(
-                            "the server offers no charge the suite pays (it offers {m}/{i}); the suite does not pay {i} intents yet"
-                        )));
-                    }
-                };
-                let credential = authorization(&credential)?;
+                let credential = self.pay(discovery, wallets).await?;
                 *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
                 Ok(credential)
+            }
+            Attempt::Fresh => self.pay(discovery, wallets).await,
+            Attempt::OtherRealm => {
+                let mut c = target(discovery, wallets)?;
+                let payload = forged_payload(&c, wallets).unwrap_or_default();
+                c.realm = format!("another.{}", c.realm);
+                authorization(&MppCredential::new(&c, payload))
+            }
+            Attempt::AcceptPayment => {
+                // The offer the server lists last: a preference that changes the order only
+                // if the server honours it.
+                let all = challenges(discovery);
+                let kinds: Vec<(String, String)> =
+                    all.iter().map(|c| (c.method.clone(), c.intent.clone())).collect();
+                let first =
+                    kinds.first().ok_or_else(|| Unable::Fail("no Payment challenge".into()))?;
+                let preferred =
+                    kinds.iter().rev().find(|k| *k != first).cloned().ok_or_else(|| {
+                        Unable::Skip("the server makes one kind of offer: nothing to prefer".into())
+                    })?;
+                let header = format!("{}/{}", preferred.0, preferred.1);
+                *self.preferred.lock().unwrap_or_else(|e| e.into_inner()) = Some(preferred);
+                Ok(vec![(http::HeaderName::from_static("accept-payment"), value(&header)?)])
             }
             other => Err(Unable::Skip(format!("{other:?} has no meaning for MPP"))),
         }

@@ -156,6 +156,22 @@ fn payment(
     }
 }
 
+/// Why a paying check does not run without a key.
+fn no_key() -> Unable {
+    Unable::NotRun(
+        "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
+    )
+}
+
+/// A payment of `terms` signed by the wallet key, within the cap.
+fn pay(required: &Required, terms: &Terms, wallets: &Wallets) -> Result<Credential, Unable> {
+    let key = wallets.evm.as_ref().ok_or_else(no_key)?;
+    Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
+        .allowed(&wallets.max_price)?;
+    let (name, p) = payment(required, terms, key, |_, _, _| {});
+    encode(name, &p)
+}
+
 fn header(name: HeaderName, text: &str) -> Result<Credential, Unable> {
     Ok(vec![(name, value(text)?)])
 }
@@ -207,10 +223,14 @@ impl Probe for X402Probe {
         } else {
             (exchange.headers.get("x-payment-response")?, "x402/v1/settle-response")
         };
+        let decoded = name.to_str().ok().and_then(decode_b64_json);
+        // A settlement that failed is reported in the same header (`success: false`, as the
+        // TypeScript SDK answers a copy whose settlement lost a race): that is no receipt.
+        if decoded.as_ref().is_some_and(|v| v.get("success") == Some(&Value::Bool(false))) {
+            return None;
+        }
         Some(
-            name.to_str()
-                .ok()
-                .and_then(decode_b64_json)
+            decoded
                 .map(|v| (schema.to_string(), v))
                 .ok_or_else(|| "the settlement header is not base64 JSON".to_string()),
         )
@@ -310,18 +330,24 @@ impl Probe for X402Probe {
                 if send == Attempt::Replay {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
-                let Some(key) = &wallets.evm else {
-                    return Err(Unable::NotRun(
-                        "needs an EVM key funded on the server's chain (--wallet evm=env with FAREBOX_CONFORMANCE_EVM_KEY)".into(),
-                    ));
-                };
+                let credential = pay(&r, &terms()?, wallets)?;
+                *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
+                Ok(credential)
+            }
+            // A second payment, made for a race of copies: not kept for `replay`.
+            Attempt::Fresh => pay(&r, &terms()?, wallets),
+            Attempt::LowercaseHex => {
+                let key = wallets.evm.as_ref().ok_or_else(no_key)?;
                 let terms = terms()?;
                 Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
                     .allowed(&wallets.max_price)?;
-                let (name, p) = payment(&r, &terms, key, |_, _, _| {});
-                let credential = encode(name, &p)?;
-                *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
-                Ok(credential)
+                let (name, mut p) = payment(&r, &terms, key, |_, _, _| {});
+                let authorization = &mut p["payload"]["authorization"];
+                for field in ["from", "to"] {
+                    let lower = authorization[field].as_str().unwrap_or_default().to_lowercase();
+                    authorization[field] = json!(lower);
+                }
+                encode(name, &p)
             }
             other => Err(Unable::Skip(format!("{other:?} has no meaning for x402"))),
         }

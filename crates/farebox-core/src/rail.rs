@@ -262,14 +262,17 @@ pub trait Rail: Send + Sync + 'static {
 pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
     rails: &'r [R],
     headers: &HeaderMap,
-) -> Result<Option<(&'r R, PresentedCredential)>, PaymentError> {
+) -> Result<Option<(&'r R, PresentedCredential)>, Box<UnreadableCredential<'r, R>>> {
     let mut found: Option<(&R, PresentedCredential)> = None;
     let mut take = |rail: &'r R, cred: PresentedCredential| {
         if found.is_some() {
-            return Err(PaymentError::bad_request(
-                "multiple_credentials",
-                "the request carries more than one payment credential; send exactly one",
-            ));
+            return Err(Box::new(UnreadableCredential {
+                rail: None,
+                error: PaymentError::bad_request(
+                    "multiple_credentials",
+                    "the request carries more than one payment credential; send exactly one",
+                ),
+            }));
         }
         found = Some((rail, cred));
         Ok(())
@@ -283,9 +286,13 @@ pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
         }) else {
             continue;
         };
-        let text = header_text(value)?;
+        let unreadable = |error| Box::new(UnreadableCredential { rail: Some(rail), error });
+        let text = header_text(value).map_err(unreadable)?;
         let parsed = auth::parse_credential(text).map_err(|e| {
-            PaymentError::invalid("malformed_credential", format!("Authorization header: {e}"))
+            unreadable(PaymentError::invalid(
+                "malformed_credential",
+                format!("Authorization header: {e}"),
+            ))
         })?;
         take(
             rail,
@@ -299,7 +306,8 @@ pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
     for rail in rails {
         for name in rail.as_ref().credential_headers() {
             for value in headers.get_all(name) {
-                let text = header_text(value)?;
+                let text = header_text(value)
+                    .map_err(|error| Box::new(UnreadableCredential { rail: Some(rail), error }))?;
                 take(
                     rail,
                     PresentedCredential {
@@ -312,6 +320,21 @@ pub fn credential_of<'r, R: AsRef<dyn Rail> + 'r>(
         }
     }
     Ok(found)
+}
+
+/// A payment credential the request carries but that cannot be taken as it is: too large, not
+/// text, not the auth grammar, or one of several.
+pub struct UnreadableCredential<'r, R> {
+    /// The rail whose scheme or header it came in, which the refusal's challenge should tell
+    /// why (x402's `error`); `None` when the request is ambiguous (several credentials).
+    pub rail: Option<&'r R>,
+    pub error: PaymentError,
+}
+
+impl<R> fmt::Debug for UnreadableCredential<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnreadableCredential").field("error", &self.error).finish_non_exhaustive()
+    }
 }
 
 fn header_text(value: &HeaderValue) -> Result<&str, PaymentError> {

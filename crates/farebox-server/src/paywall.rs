@@ -136,7 +136,10 @@ impl Paywall {
                 );
                 return Decision::Refuse(self.refusal(resource, &why, None).await);
             }
-            Err(e) => return Decision::Refuse(self.refusal(resource, &e, None).await),
+            Err(e) => {
+                let by = e.rail.map(|rail| rail.name());
+                return Decision::Refuse(self.refusal(resource, &e.error, by).await);
+            }
         };
         match rail.verify(resource, &credential).await {
             Ok(payment) => Decision::Serve { rail, payment },

@@ -282,6 +282,20 @@ async fn each_rail_is_told_of_its_own_refusals_only() {
 }
 
 #[tokio::test]
+async fn a_rail_is_told_when_its_credential_could_not_even_be_read() {
+    let f = fixture(SettleTiming::AfterResponse);
+    let refused = |headers: &http::HeaderMap| -> Vec<String> {
+        headers.get_all("x-refused").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    };
+    // Too large for any rail to parse, but in the `Sats` scheme: the sats rail says why.
+    let big = format!("Sats {}", "a".repeat(20_000));
+    let (status, headers, _) = send(&f.app, "/paid/ok", &[&big]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(refused(&headers), ["sats:credential_too_large"]);
+    assert_eq!(f.handler_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn two_credentials_are_refused_with_400() {
     let f = fixture(SettleTiming::AfterResponse);
     let (status, headers, body) = send(&f.app, "/paid/ok", &["Sats paid", "Usd paid"]).await;

@@ -20,6 +20,10 @@ pub struct ConformanceArgs {
     /// A priced URL of the server under test (it must answer 402 without a credential).
     #[arg(required_unless_present = "serve")]
     url: Option<reqwest::Url>,
+    /// Another priced URL of the same server, for the cross-route checks (default: one the
+    /// server's /openapi.json lists, if it publishes one).
+    #[arg(long)]
+    other_url: Option<reqwest::Url>,
     /// Only these rails: l402, x402, mpp (repeatable; default: every rail the server offers).
     #[arg(long = "rail")]
     rails: Vec<String>,
@@ -81,6 +85,7 @@ async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
     let url = args.url.clone().context("a URL to test")?;
     let mut target = Target::new(url);
     target.rails = args.rails.clone();
+    target.other_url = args.other_url.clone();
     target.timeout = Duration::from_secs(args.timeout);
     target.wallets = wallets(&args.wallets)?;
     for cap in &args.max_price {
