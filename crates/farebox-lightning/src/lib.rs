@@ -18,6 +18,8 @@
 //!   readers.
 //! * `nwc` (feature `nwc`): Nostr Wallet Connect, a wallet client backend and a wallet service
 //!   in front of any backend, over real relays.
+//! * `testing` (feature `testing`): loopback LND, CLNRest and LNbits servers on dev nodes, for
+//!   tests and benchmarks that pay through those nodes' REST APIs.
 //!
 //! # Why the dev node is honest
 //!
@@ -102,6 +104,8 @@ pub mod lnd;
 pub mod nwc;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::{
     CreatedInvoice, InvoiceCheckError, InvoiceMismatch, InvoiceRequest, InvoiceState,
