@@ -10,6 +10,8 @@
 //!   [`ParsedInvoice`] (bounded input, never panics); [`sign_invoice`] signs new ones. Built on
 //!   `lightning-invoice` 0.34.1, with the current spec's stricter field-length rule added.
 //! * [`dev_node`]: [`DevNode`] and [`DevNetwork`], a node that needs no bitcoind, LND or CLN.
+//!   `dev_wallet` (feature `dev`) serves a dev node's wallet over HTTP and pays through such a
+//!   wallet in another process (`dev_wallet::RemoteDevWallet`).
 //! * Real nodes, one cargo feature each so that a deployment compiles only its own:
 //!   `lnd` (`lnd::LndBackend`, lnd's REST API, TLS pinned to its `tls.cert`), `cln`
 //!   (`cln::ClnBackend`, Core Lightning's CLNRest with a rune) and `lnbits`
@@ -96,6 +98,8 @@ pub mod bolt11;
 #[cfg(feature = "cln")]
 pub mod cln;
 pub mod dev_node;
+#[cfg(feature = "dev")]
+pub mod dev_wallet;
 #[cfg(feature = "lnbits")]
 pub mod lnbits;
 #[cfg(feature = "lnd")]
