@@ -10,6 +10,8 @@
 //!   [`ParsedInvoice`] (bounded input, never panics); [`sign_invoice`] signs new ones. Built on
 //!   `lightning-invoice` 0.34.1, with the current spec's stricter field-length rule added.
 //! * [`dev_node`]: [`DevNode`] and [`DevNetwork`], a node that needs no bitcoind, LND or CLN.
+//!   `dev_wallet` (feature `dev`) serves a dev node's wallet over HTTP and pays through such a
+//!   wallet in another process (`dev_wallet::RemoteDevWallet`).
 //! * Real nodes, one cargo feature each so that a deployment compiles only its own:
 //!   `lnd` (`lnd::LndBackend`, lnd's REST API, TLS pinned to its `tls.cert`), `cln`
 //!   (`cln::ClnBackend`, Core Lightning's CLNRest with a rune) and `lnbits`
@@ -18,6 +20,8 @@
 //!   readers.
 //! * `nwc` (feature `nwc`): Nostr Wallet Connect, a wallet client backend and a wallet service
 //!   in front of any backend, over real relays.
+//! * `testing` (feature `testing`): loopback LND, CLNRest and LNbits servers on dev nodes, for
+//!   tests and benchmarks that pay through those nodes' REST APIs.
 //!
 //! # Why the dev node is honest
 //!
@@ -94,6 +98,8 @@ pub mod bolt11;
 #[cfg(feature = "cln")]
 pub mod cln;
 pub mod dev_node;
+#[cfg(feature = "dev")]
+pub mod dev_wallet;
 #[cfg(feature = "lnbits")]
 pub mod lnbits;
 #[cfg(feature = "lnd")]
@@ -102,6 +108,8 @@ pub mod lnd;
 pub mod nwc;
 #[cfg(feature = "rest")]
 pub mod rest;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::{
     CreatedInvoice, InvoiceCheckError, InvoiceMismatch, InvoiceRequest, InvoiceState,

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use farebox_conformance::{Target, Wallets};
 use farebox_evm::PrivateKeySigner;
 
-use crate::devnet::RemoteDevWallet;
+use farebox_lightning::dev_wallet::RemoteDevWallet;
 
 #[derive(clap::Args)]
 pub struct ConformanceArgs {

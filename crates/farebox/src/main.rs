@@ -21,7 +21,6 @@
 
 mod conformance;
 mod demo;
-mod devnet;
 mod facilitator;
 mod ledger;
 mod mcp;

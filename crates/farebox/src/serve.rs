@@ -66,7 +66,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding the dev wallet API on {addr}"))?;
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(wallet_listener, crate::devnet::router(wallet)).await {
+            if let Err(e) =
+                axum::serve(wallet_listener, farebox_lightning::dev_wallet::router(wallet)).await
+            {
                 tracing::error!(error = %e, "dev wallet API stopped");
             }
         });

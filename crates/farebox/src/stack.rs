@@ -226,7 +226,7 @@ pub async fn serve_wallet(wallet: Arc<DevNode>, port: u16) -> anyhow::Result<Soc
         .await
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     let addr = listener.local_addr()?;
-    tokio::spawn(serve(listener, crate::devnet::router(wallet)));
+    tokio::spawn(serve(listener, farebox_lightning::dev_wallet::router(wallet)));
     Ok(addr)
 }
 

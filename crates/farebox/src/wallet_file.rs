@@ -351,7 +351,9 @@ pub fn lightning_backend(
         Secret::new(source.read()?).map_err(|e| key_err(key, e.to_string()))
     };
     Ok(match config {
-        LightningConfig::Dev { url } => Arc::new(crate::devnet::RemoteDevWallet::new(url.clone())),
+        LightningConfig::Dev { url } => {
+            Arc::new(farebox_lightning::dev_wallet::RemoteDevWallet::new(url.clone()))
+        }
         LightningConfig::Nwc { uri } => {
             let uri = farebox_lightning::nwc::ConnectionUri::from_str(&uri.read()?)
                 .map_err(|e| key_err("lightning.uri", e.to_string()))?;

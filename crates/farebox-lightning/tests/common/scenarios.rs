@@ -12,7 +12,9 @@ use farebox_lightning::{
     parse_invoice, sha256,
 };
 
-use super::{Answer, FaultState, Faults, quick_timeouts, request};
+use farebox_lightning::testing::{Answer, FaultState, Faults};
+
+use super::{quick_timeouts, request};
 
 /// Fee limit used by the scenarios: above LNbits' default 2-sat reserve for these amounts.
 pub const MAX_FEE_MSAT: u64 = 10_000;
@@ -156,7 +158,7 @@ pub async fn amountless_invoice_is_paid_the_amount_the_payer_chooses<N: MockNode
 
 /// Connection refused: every call is `Unavailable`, nothing is paid.
 pub async fn a_node_that_is_down_is_unavailable<N: MockNode>() {
-    let addr = super::dead_port().await;
+    let addr = farebox_lightning::testing::dead_port().await;
     let backend = N::backend_at(&format!("{}://{addr}", N::SCHEME));
     let payee = DevNode::random(&DevNetwork::new(), 0);
     let invoice = payee.create_invoice(request(1_000)).await.unwrap();

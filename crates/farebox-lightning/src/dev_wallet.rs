@@ -1,5 +1,7 @@
-//! The dev wallet over HTTP, so that `farebox pay` in one process can pay invoices of the dev
-//! node that `farebox demo --serve` runs in another.
+//! The dev wallet over HTTP (feature `dev`), so that `farebox pay` in one process can pay
+//! invoices of the dev node that `farebox serve` or `farebox demo --serve` runs in another:
+//! [`router`] serves a [`DevNode`](crate::DevNode)'s wallet API, [`RemoteDevWallet`] is the
+//! [`LightningBackend`] that pays through it.
 //!
 //! Only the network is simulated: the serving process owns a real dev node that signed the
 //! invoice and holds the preimage; the wallet node that pays lives there too, and this API lets
@@ -25,13 +27,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use farebox_lightning::{
+
+use crate::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,
-    PaymentOutcome, parse_invoice, preimage_matches,
+    PaymentOutcome, check_pay_amount, parse_invoice, preimage_matches,
 };
-use http::StatusCode;
 use serde_json::{Value, json};
 
 /// Largest request body the dev wallet API reads (an invoice is at most 7089 bytes).
@@ -41,7 +44,7 @@ pub const MAX_WALLET_REQUEST: usize = 16 * 1024;
 const MAX_INVOICE_EXPIRY: Duration = Duration::from_secs(365 * 86_400);
 
 /// The routes of the dev wallet API, paying from (and receiving into) `wallet`.
-pub fn router(wallet: Arc<farebox_lightning::DevNode>) -> Router {
+pub fn router(wallet: Arc<crate::DevNode>) -> Router {
     Router::new()
         .route("/v1/pay", post(pay))
         .route("/v1/invoices/amountless", post(amountless_invoice))
@@ -85,10 +88,7 @@ fn optional_u64(body: &Value, key: &str) -> Result<Option<u64>, Answer> {
     }
 }
 
-async fn pay(
-    State(wallet): State<Arc<farebox_lightning::DevNode>>,
-    Json(body): Json<Value>,
-) -> Answer {
+async fn pay(State(wallet): State<Arc<crate::DevNode>>, Json(body): Json<Value>) -> Answer {
     let Some(invoice) = body.get("invoice").and_then(Value::as_str) else {
         return refused(StatusCode::BAD_REQUEST, "missing \"invoice\"");
     };
@@ -116,7 +116,7 @@ async fn pay(
 }
 
 async fn amountless_invoice(
-    State(wallet): State<Arc<farebox_lightning::DevNode>>,
+    State(wallet): State<Arc<crate::DevNode>>,
     Json(body): Json<Value>,
 ) -> Answer {
     let Some(memo) = body.get("memo").and_then(Value::as_str) else {
@@ -146,7 +146,7 @@ async fn amountless_invoice(
     }
 }
 
-async fn balance(State(wallet): State<Arc<farebox_lightning::DevNode>>) -> Json<Value> {
+async fn balance(State(wallet): State<Arc<crate::DevNode>>) -> Json<Value> {
     Json(json!({ "balance_msat": wallet.balance_msat() }))
 }
 
@@ -161,6 +161,7 @@ pub struct RemoteDevWallet {
 const MAX_WALLET_REPLY: usize = 16 * 1024;
 
 impl RemoteDevWallet {
+    /// A wallet paying through the dev wallet API at `base` (e.g. `http://127.0.0.1:8403/`).
     pub fn new(base: reqwest::Url) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -315,17 +316,7 @@ impl LightningBackend for RemoteDevWallet {
         max_fee_msat: u64,
     ) -> Result<PaymentOutcome, LightningError> {
         // The checks that need no wallet, made before asking it (it makes them again).
-        if amount_msat == 0 {
-            return Err(LightningError::InvalidRequest("amount must be greater than zero".into()));
-        }
-        let invoice = parse_invoice(bolt11)?;
-        if let Some(asked) = invoice.amount_msat
-            && asked != amount_msat
-        {
-            return Err(LightningError::InvalidRequest(format!(
-                "the invoice asks for {asked} msat, not {amount_msat} msat"
-            )));
-        }
+        let invoice = check_pay_amount(bolt11, amount_msat)?;
         let body =
             json!({ "invoice": bolt11, "amount_msat": amount_msat, "max_fee_msat": max_fee_msat });
         self.post_payment(body, Some(&invoice.payment_hash)).await
@@ -335,7 +326,7 @@ impl LightningBackend for RemoteDevWallet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use farebox_lightning::{DevNetwork, DevNode};
+    use crate::{DevNetwork, DevNode};
 
     /// A wallet node served on loopback, a server node on the same network, and a
     /// [`RemoteDevWallet`] talking to the wallet's API.
