@@ -91,12 +91,61 @@ pub enum Attempt {
     AcceptPayment,
     /// No credential: `GET /openapi.json` at the server's origin, the discovery document.
     DiscoveryDocument,
+    /// Opens a payment channel of the tester's own on chain (a deposit of two requests) and
+    /// pays the first request with its first voucher (an MPP `session`).
+    SessionOpen,
+    /// The session's next voucher: what was signed plus the price.
+    SessionVoucher,
+    /// A voucher for what was already signed: it adds nothing.
+    SessionVoucherEqual,
+    /// A voucher for less than was already signed.
+    SessionVoucherLower,
+    /// A voucher for more than the channel holds.
+    SessionVoucherAboveDeposit,
+    /// A voucher, validly signed by the payer, for a channel that was never opened.
+    SessionOtherChannel,
+    /// Adds two requests' worth to the channel on chain and tells the server.
+    SessionTopUp,
+    /// Closes the session with a voucher for what was signed; the remainder must come back
+    /// on chain.
+    SessionClose,
+    /// A voucher on the channel after it was closed.
+    SessionClosedChannel,
 }
 
 impl Attempt {
     /// Whether the attempt spends the tester's money (at most once each).
     pub fn pays(self) -> bool {
-        matches!(self, Attempt::Paid | Attempt::Fresh | Attempt::LowercaseHex)
+        matches!(
+            self,
+            Attempt::Paid
+                | Attempt::Fresh
+                | Attempt::LowercaseHex
+                | Attempt::SessionOpen
+                | Attempt::SessionTopUp
+        )
+    }
+
+    /// Whether the credential answers a 402 of its own rather than the run's first: a
+    /// challenge may be good for one payment only.
+    pub fn answers_a_fresh_challenge(self) -> bool {
+        matches!(self, Attempt::Fresh) || self.is_session()
+    }
+
+    /// Whether the attempt is a step of the run's own payment session.
+    pub fn is_session(self) -> bool {
+        matches!(
+            self,
+            Attempt::SessionOpen
+                | Attempt::SessionVoucher
+                | Attempt::SessionVoucherEqual
+                | Attempt::SessionVoucherLower
+                | Attempt::SessionVoucherAboveDeposit
+                | Attempt::SessionOtherChannel
+                | Attempt::SessionTopUp
+                | Attempt::SessionClose
+                | Attempt::SessionClosedChannel
+        )
     }
 }
 

@@ -79,6 +79,9 @@ pub struct Wallets {
     pub evm_domains: Vec<(u64, farebox_evm::Address, String, String)>,
     /// The most one payment may cost; a paid check that would pay more does not run.
     pub max_price: probe::MaxPrice,
+    /// A node of the server's chain, through which the `evm` key opens, tops up and watches
+    /// its own payment channel (MPP `session` checks).
+    pub evm_rpc: Option<farebox_evm::EvmRpc>,
 }
 
 /// What to run against.
@@ -134,13 +137,12 @@ pub async fn plan(target: &Target) -> Result<Vec<probe::Quote>, String> {
         .iter()
         .filter(|p| target.rails.is_empty() || target.rails.iter().any(|r| r == p.rail()))
         .filter(|p| p.has_challenge(&discovery))
-        .filter_map(|p| Some((p, p.quote(&discovery, &target.wallets)?)))
-        .flat_map(|(p, quote)| {
+        .flat_map(|p| {
             // Each paying check pays at most once: the copies of a race answer one payment.
-            checks
-                .iter()
-                .filter(|c| c.rail == p.rail() && c.send.pays())
-                .map(move |c| probe::Quote { check: c.id.clone(), ..quote.clone() })
+            checks.iter().filter(|c| c.rail == p.rail() && c.send.pays()).filter_map(|c| {
+                let quote = p.quote(c.send, &discovery, &target.wallets)?;
+                Some(probe::Quote { check: c.id.clone(), ..quote })
+            })
         })
         .collect())
 }
@@ -187,8 +189,8 @@ pub async fn run_checks(
             let started = Instant::now();
             let (outcome, reason, exchanges) = if !offered {
                 (Outcome::Skip(format!("the server offers no {rail} challenge")), None, Vec::new())
-            } else if let Some(why) = unmet(check, &report.results) {
-                (Outcome::Inconclusive(why), None, Vec::new())
+            } else if let Some(outcome) = unmet(check, &report.results) {
+                (outcome, None, Vec::new())
             } else {
                 let run = Run { http: &http, target, server: &server, discovery: &discovery };
                 run.check(check, probe.as_ref()).await
@@ -250,15 +252,21 @@ async fn discover(
     Ok(discovery)
 }
 
-/// Why `check` cannot prove anything, when a check it builds on did not pass.
-fn unmet(check: &Check, so_far: &[CheckResult]) -> Option<String> {
+/// The outcome of `check` when a check it builds on did not pass: skipped like it when that
+/// one had no meaning for the server (a session it does not offer), else inconclusive.
+fn unmet(check: &Check, so_far: &[CheckResult]) -> Option<Outcome> {
     let before = check.requires.as_deref()?;
     let outcome = so_far.iter().find(|r| r.id == before).map(|r| &r.outcome);
-    match outcome {
-        Some(Outcome::Pass) => None,
-        Some(Outcome::Fail(_)) => Some(format!("{before} failed, so this proves nothing")),
-        Some(_) | None => Some(format!("{before} did not run, so there is nothing to send")),
-    }
+    Some(match outcome {
+        Some(Outcome::Pass) => return None,
+        Some(Outcome::Skip(why)) => Outcome::Skip(why.clone()),
+        Some(Outcome::Fail(_)) => {
+            Outcome::Inconclusive(format!("{before} failed, so this proves nothing"))
+        }
+        Some(_) | None => {
+            Outcome::Inconclusive(format!("{before} did not run, so there is nothing to send"))
+        }
+    })
 }
 
 /// What one check found: its outcome, the reason the server stated, what was exchanged.
@@ -346,7 +354,7 @@ impl Run<'_> {
         }
         // A fresh payment answers a fresh 402: a challenge may be good for one payment only.
         let fresh;
-        let answering = if check.send == Attempt::Fresh {
+        let answering = if check.send.answers_a_fresh_challenge() {
             fresh = match send(self.http, &self.target.url, &[]).await {
                 Ok(e) if probe.has_challenge(&e) => e,
                 Ok(e) => {
@@ -383,7 +391,12 @@ impl Run<'_> {
                 }
             }
         }
-        self.judge(check, probe, &url, &credential, answers)
+        let learnt = probe.answered(check.send, &answers, &self.target.wallets).await;
+        let (outcome, stated, traces) = self.judge(check, probe, &url, &credential, answers);
+        match (outcome, learnt) {
+            (Outcome::Pass, Err(why)) => (Outcome::Fail(why), stated, traces),
+            (outcome, _) => (outcome, stated, traces),
+        }
     }
 
     /// Another priced route offering this rail, or why there is none to test with.

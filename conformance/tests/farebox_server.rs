@@ -9,9 +9,10 @@ use farebox_conformance::{Outcome, Target, Wallets};
 use farebox_core::{Asset, Money, Price};
 use farebox_evm::U256;
 use farebox_evm::anvil::Anvil;
+use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
-use farebox_mpp::{EvmChargeConfig, MppConfig, MppRail};
+use farebox_mpp::{EvmChargeConfig, EvmSessionConfig, MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
@@ -27,6 +28,8 @@ async fn farebox_passes_every_check_of_every_rail() {
     let token = anvil.deploy_token("USDC", "2").await.unwrap();
     let accounts = anvil.accounts();
     let (payer, pay_to) = (accounts[1].signer.clone(), accounts[2].address);
+    let escrow =
+        rpc.deploy_session_escrow(&accounts[0].signer, DEFAULT_CLOSE_GRACE_PERIOD).await.unwrap();
     anvil.mint(token, payer.address(), U256::from(10_000_000u64)).await.unwrap();
     let store = Arc::new(MemoryStore::new());
 
@@ -64,12 +67,15 @@ async fn farebox_passes_every_check_of_every_rail() {
         6,
         pay_to,
     );
+    let session =
+        EvmSessionConfig::new(rpc.clone(), accounts[2].signer.clone(), escrow, token, "USDC", 6);
     let mpp = MppRail::builder(
         MppConfig::new("conformance.test", b"a-conformance-secret-of-32-bytes!!".to_vec()),
-        store,
+        store.clone(),
     )
     .lightning(server_node.clone())
     .evm_charge(evm)
+    .evm_session(session, store)
     .build()
     .unwrap();
     let price = Price::any_of([Money::sats(10), Money::new(usdc, 10_000)]).unwrap();
@@ -89,8 +95,12 @@ async fn farebox_passes_every_check_of_every_rail() {
 
     let mut target = Target::new(format!("{base}/data").parse().unwrap());
     target.other_url = Some(format!("{base}/other").parse().unwrap());
-    target.wallets =
-        Wallets { lightning: Some(wallet_node.clone()), evm: Some(payer), ..Wallets::default() };
+    target.wallets = Wallets {
+        lightning: Some(wallet_node.clone()),
+        evm: Some(payer.clone()),
+        evm_rpc: Some(rpc.clone()),
+        ..Wallets::default()
+    };
     let started = Instant::now();
     let report = farebox_conformance::run(&target).await;
     let took = started.elapsed();
@@ -122,10 +132,17 @@ async fn farebox_passes_every_check_of_every_rail() {
     // MPP's `paid`, one raced, and one answering /data's challenge refused on /other (a
     // Lightning proof is paid before it is shown).
     assert_eq!(server_node.settled_invoices().len(), 4, "the L402 token and three MPP charges");
+    // The session: 40 000 deposited, three requests served, closed with a voucher for 30 000.
     assert_eq!(
         rpc.balance_of(token, pay_to).await.unwrap(),
-        U256::from(30_000u64),
-        "three x402 payments (paid, raced, lowercase hex), each settled once"
+        U256::from(60_000u64),
+        "three x402 payments (paid, raced, lowercase hex), each settled once, and three session requests"
     );
+    assert_eq!(
+        rpc.balance_of(token, payer.address()).await.unwrap(),
+        U256::from(10_000_000u64 - 60_000),
+        "the payer paid those and got the rest of its session deposit back"
+    );
+    assert_eq!(rpc.balance_of(token, escrow).await.unwrap(), U256::ZERO, "nothing left in escrow");
     assert!(took < Duration::from_secs(30), "the whole suite took {took:?}");
 }

@@ -14,6 +14,29 @@ use farebox_server::{Paywall, PricedRoute};
 use farebox_store::MemoryStore;
 use http::{Method, Request};
 
+/// Serves `/data`: the paywall's 402 to a request without a credential, and the data to any
+/// request with one. Returns the URL.
+async fn serve_lax(paywall: Arc<Paywall>) -> String {
+    let app = axum::Router::new().route(
+        "/data",
+        axum::routing::get(move |request: Request<Body>| {
+            let paywall = paywall.clone();
+            async move {
+                if request.headers().contains_key(http::header::AUTHORIZATION) {
+                    return http::Response::new(Body::from("served without checking"));
+                }
+                let resource = paywall.resource_for(&Method::GET, "/data").unwrap();
+                let why = PaymentError::new(ErrorKind::PaymentRequired, "payment_required", "pay");
+                paywall.refusal(&resource, &why, None).await.map(Body::from)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/data", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_serves_any_credential_fails_the_musts() {
     let network = DevNetwork::new();
@@ -37,23 +60,7 @@ async fn a_server_that_serves_any_credential_fails_the_musts() {
             .build()
             .unwrap(),
     );
-    let app = axum::Router::new().route(
-        "/data",
-        axum::routing::get(move |request: Request<Body>| {
-            let paywall = paywall.clone();
-            async move {
-                if request.headers().contains_key(http::header::AUTHORIZATION) {
-                    return http::Response::new(Body::from("served without checking"));
-                }
-                let resource = paywall.resource_for(&Method::GET, "/data").unwrap();
-                let why = PaymentError::new(ErrorKind::PaymentRequired, "payment_required", "pay");
-                paywall.refusal(&resource, &why, None).await.map(Body::from)
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/data", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = serve_lax(paywall).await;
 
     let report = farebox_conformance::run(&Target::new(url.parse().unwrap())).await;
     println!("{}", report.table());
@@ -86,4 +93,65 @@ async fn a_server_that_serves_any_credential_fails_the_musts() {
     assert!(
         matches!(&report.get("x402.discover").unwrap().outcome, Outcome::Skip(why) if why.contains("no x402"))
     );
+}
+
+/// The session checks catch a server that serves any voucher: it opens nothing, checks no
+/// amount, and a "close" it answers leaves the tester's deposit in escrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_server_that_serves_any_voucher_fails_the_session_musts() {
+    use farebox_evm::U256;
+    use farebox_evm::anvil::Anvil;
+    use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+    use farebox_mpp::EvmSessionConfig;
+
+    let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
+    let rpc = anvil.rpc().await.unwrap().clone();
+    let token = anvil.deploy_token("USDC", "2").await.unwrap();
+    let accounts = anvil.accounts();
+    let payer = accounts[1].signer.clone();
+    anvil.mint(token, payer.address(), U256::from(1_000_000u64)).await.unwrap();
+    let escrow =
+        rpc.deploy_session_escrow(&accounts[0].signer, DEFAULT_CLOSE_GRACE_PERIOD).await.unwrap();
+    let session =
+        EvmSessionConfig::new(rpc.clone(), accounts[2].signer.clone(), escrow, token, "USDC", 6);
+    let price = Price::one(Money::new(session.asset(), 10_000));
+    let store = Arc::new(MemoryStore::new());
+    let mpp = MppRail::builder(
+        MppConfig::new("lax.test", b"a-lax-server-secret-of-32-bytes!!!".to_vec()),
+        store.clone(),
+    )
+    .evm_session(session, store)
+    .build()
+    .unwrap();
+    let paywall = Arc::new(
+        Paywall::builder()
+            .rail(mpp)
+            .route(PricedRoute::new(None, "/data", price).unwrap())
+            .build()
+            .unwrap(),
+    );
+    let url = serve_lax(paywall).await;
+
+    let mut target = Target::new(url.parse().unwrap());
+    target.rails = vec!["mpp".into()];
+    target.wallets.evm = Some(payer.clone());
+    target.wallets.evm_rpc = Some(rpc.clone());
+    let report = farebox_conformance::run(&target).await;
+    println!("{}", report.table());
+    // Served it is, but with no receipt; and whatever it should refuse it serves.
+    assert_eq!(report.get("mpp.session.open").unwrap().outcome, Outcome::Pass);
+    for id in [
+        "mpp.session.voucher",
+        "mpp.session.voucher_equal",
+        "mpp.session.voucher_lower",
+        "mpp.session.voucher_above_deposit",
+        "mpp.session.other_channel",
+        "mpp.session.close",
+    ] {
+        let r = report.get(id).unwrap();
+        assert!(matches!(r.outcome, Outcome::Fail(_)), "{id}: {:?}", r.outcome);
+    }
+    // The close failed on what the chain shows: the deposit is still in escrow.
+    assert_eq!(rpc.balance_of(token, escrow).await.unwrap(), U256::from(40_000u64));
+    assert_eq!(rpc.balance_of(token, payer.address()).await.unwrap(), U256::from(960_000u64));
 }

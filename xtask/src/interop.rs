@@ -613,6 +613,7 @@ async fn conformance(world: &World, url: &str, rail: &str, findings: &str) -> Re
     let mut target = farebox_conformance::Target::new(url.parse()?);
     target.rails = vec![rail.to_string()];
     target.wallets.evm = Some(world.payer.clone());
+    target.wallets.evm_rpc = Some(world.rpc.clone());
     target.wallets.evm_domains = vec![(CHAIN_ID, world.token, "USDC".into(), "2".into())];
     let report = farebox_conformance::run(&target).await;
     let dir = tools::workspace_root().join("target").join("interop");

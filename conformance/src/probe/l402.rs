@@ -64,7 +64,7 @@ impl L402Probe {
         };
         let c = first(discovery)?;
         let quote = self
-            .quote(discovery, wallets)
+            .quote(Attempt::Paid, discovery, wallets)
             .ok_or_else(|| Unable::Fail("the L402 invoice is not BOLT11 with an amount".into()))?;
         quote.allowed(&wallets.max_price)?;
         let paid = wallet
@@ -87,7 +87,7 @@ impl Probe for L402Probe {
         !challenges(exchange).is_empty()
     }
 
-    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+    fn quote(&self, _send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
         wallets.lightning.as_ref()?;
         let invoice = bolt11::parse_invoice(&first(discovery).ok()?.invoice).ok()?;
         Some(Quote::msat("l402.paid", invoice.amount_msat?))

@@ -172,9 +172,9 @@ pub trait Probe: Send + Sync {
     /// A rail-specific assertion by name, on the 402 the discovery request got.
     fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String>;
 
-    /// What this rail's paid check would pay with `wallets`, read from the 402; `None` when
-    /// no wallet given can pay any of its offers.
-    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote>;
+    /// What a check sending `send` (one that [`Attempt::pays`]) would pay with `wallets`, read
+    /// from the 402; `None` when no wallet given can pay any of its offers.
+    fn quote(&self, send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote>;
 
     /// The reason the server stated for refusing `exchange` (x402 `error` or code, MPP problem
     /// type, L402 problem code), as it stated it.
@@ -188,6 +188,18 @@ pub trait Probe: Send + Sync {
         discovery: &Exchange,
         wallets: &Wallets,
     ) -> Result<Credential, Unable>;
+
+    /// The answers the credential of `send` got, before they are judged: what the probe
+    /// learns from them (which steps of a session were served) and what only the chain can
+    /// show about them (`Err` fails the check: a close that returned too little).
+    async fn answered(
+        &self,
+        _send: Attempt,
+        _answers: &[Exchange],
+        _wallets: &Wallets,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The reason a JSON body states: its `code`, problem `type`, `error` or `invalidReason`

@@ -190,7 +190,7 @@ impl Probe for X402Probe {
         required(exchange).is_some()
     }
 
-    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+    fn quote(&self, _send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
         wallets.evm.as_ref()?;
         let t = exact_evm(&required(discovery)?)?;
         Some(Quote::token("x402.paid", t.amount, t.chain_id, t.asset))

@@ -31,7 +31,9 @@ pub struct ConformanceArgs {
     /// `farebox demo --serve` prints) and/or `evm=env` to sign with the key in
     /// FAREBOX_CONFORMANCE_EVM_KEY, or `evm=file:<path>` with the key in that file (funded on
     /// the server's chain). A key itself on the command line is refused: every user of the
-    /// machine can read it there.
+    /// machine can read it there. `evm-rpc=env` (FAREBOX_CONFORMANCE_EVM_RPC),
+    /// `evm-rpc=file:<path>` or `evm-rpc=<URL with no path or query>` names a node of the
+    /// server's chain, through which the MPP session checks open and close their own channel.
     #[arg(long = "wallet")]
     wallets: Vec<String>,
     /// The most one payment of a paid check may cost (repeatable): `<n>sat` and/or
@@ -87,7 +89,7 @@ async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
     target.rails = args.rails.clone();
     target.other_url = args.other_url.clone();
     target.timeout = Duration::from_secs(args.timeout);
-    target.wallets = wallets(&args.wallets)?;
+    target.wallets = wallets(&args.wallets).await?;
     for cap in &args.max_price {
         target.wallets.max_price.set(cap).map_err(anyhow::Error::msg)?;
     }
@@ -131,7 +133,7 @@ async fn say_what_it_pays(target: &Target) {
 
 /// The wallets of `--wallet` values. Nothing of a value is ever repeated in an error: it may
 /// be a key.
-fn wallets(specs: &[String]) -> anyhow::Result<Wallets> {
+async fn wallets(specs: &[String]) -> anyhow::Result<Wallets> {
     let mut wallets = Wallets::default();
     for spec in specs {
         match spec.split_once('=') {
@@ -151,15 +153,50 @@ fn wallets(specs: &[String]) -> anyhow::Result<Wallets> {
                     .with_context(|| format!("--wallet evm=file:{path}: cannot read it"))?;
                 wallets.evm = Some(evm_key(&key, &format!("the key file {path}"))?);
             }
+            Some(("evm-rpc", source)) => {
+                let url = rpc_url(source)?;
+                let rpc = farebox_evm::EvmRpc::connect(&url)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("--wallet evm-rpc=…: the node does not answer"))?;
+                wallets.evm_rpc = Some(rpc);
+            }
             Some(("evm", _)) => bail!(
                 "--wallet evm=…: a key on the command line is refused (every user of this machine can read a process's arguments, and shells keep them); put it in FAREBOX_CONFORMANCE_EVM_KEY and give --wallet evm=env, or in a file and give --wallet evm=file:<path>"
             ),
             _ => bail!(
-                "--wallet: expected lightning=<dev wallet URL>, evm=env or evm=file:<path> (the value is not repeated here: it may be a secret)"
+                "--wallet: expected lightning=<dev wallet URL>, evm=env, evm=file:<path> or evm-rpc=env|file:<path>|<URL> (the value is not repeated here: it may be a secret)"
             ),
         }
     }
     Ok(wallets)
+}
+
+/// The node URL of `--wallet evm-rpc=…`. Hosted nodes carry their API key in the path or the
+/// query, so a URL on the command line may have neither; the error never repeats the URL.
+fn rpc_url(source: &str) -> anyhow::Result<String> {
+    let url = match source {
+        "env" => std::env::var("FAREBOX_CONFORMANCE_EVM_RPC")
+            .context("--wallet evm-rpc=env: FAREBOX_CONFORMANCE_EVM_RPC is not set")?,
+        _ if source.starts_with("file:") => {
+            let path = &source["file:".len()..];
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--wallet evm-rpc=file:{path}: cannot read it"))?
+        }
+        literal => {
+            let url: reqwest::Url =
+                literal.parse().map_err(|_| anyhow::anyhow!("--wallet evm-rpc=…: not a URL"))?;
+            if !matches!(url.path(), "" | "/")
+                || url.query().is_some()
+                || !url.username().is_empty()
+            {
+                bail!(
+                    "--wallet evm-rpc=…: a URL with a path, a query or credentials may hold an API key, and is refused on the command line; put it in FAREBOX_CONFORMANCE_EVM_RPC and give --wallet evm-rpc=env"
+                );
+            }
+            literal.to_string()
+        }
+    };
+    Ok(url.trim().to_string())
 }
 
 /// An EVM key from `text`, read from `source`; the error names the source, never the text.

@@ -18,16 +18,7 @@ fn a_key_on_the_command_line_is_refused_without_being_printed() {
         format!("ethereum=0x{KEY}"),
         format!("0x{KEY}"),
     ] {
-        let out = farebox()
-            .args(["conformance", "http://127.0.0.1:9/data", "--wallet", &wallet])
-            .output()
-            .unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(2), "{wallet}: {all}");
+        let all = refused(&wallet);
         assert!(!all.contains(KEY) && !all.contains(&KEY[..16]), "the key was printed: {all}");
     }
 }
@@ -55,4 +46,30 @@ fn a_url_that_does_not_answer_ends_the_run_with_the_error_status() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("ERROR"), "{stdout}");
+}
+
+#[test]
+fn a_node_url_that_may_hold_an_api_key_is_refused_on_the_command_line_without_being_printed() {
+    let secret = "k3y0f4h0st3dn0d3";
+    for wallet in [
+        format!("evm-rpc=https://base.example/v2/{secret}"),
+        format!("evm-rpc=https://base.example/?apikey={secret}"),
+        format!("evm-rpc=https://user:{secret}@base.example"),
+    ] {
+        let all = refused(&wallet);
+        assert!(!all.contains(secret), "the node URL was printed: {all}");
+    }
+}
+
+/// Runs the suite with `--wallet <wallet>`, which must be refused as a usage error (exit 2);
+/// returns everything the command printed.
+fn refused(wallet: &str) -> String {
+    let out = farebox()
+        .args(["conformance", "http://127.0.0.1:9/data", "--wallet", wallet])
+        .output()
+        .unwrap();
+    let all =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{wallet}: {all}");
+    all
 }

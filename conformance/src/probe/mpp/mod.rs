@@ -6,6 +6,8 @@
 //! key. Forged proofs need no wallet (a preimage that did not pay, an EIP-3009 authorization by
 //! a key that holds nothing); `paid` pays for real and `replay` sends that credential again.
 
+mod evm_session;
+
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -28,6 +30,8 @@ use crate::{Exchange, Wallets};
 pub struct MppProbe {
     paid: Mutex<Option<Credential>>,
     preferred: Mutex<Option<(String, String)>>,
+    /// The payment session the run opened, for its later steps.
+    session: Mutex<Option<evm_session::Session>>,
 }
 
 fn challenges(exchange: &Exchange) -> Vec<Challenge> {
@@ -135,7 +139,7 @@ impl MppProbe {
     /// Pays the charge of `discovery` the wallets can pay, within the cap.
     async fn pay(&self, discovery: &Exchange, wallets: &Wallets) -> Result<Credential, Unable> {
         let c = target(discovery, wallets)?;
-        match self.quote(discovery, wallets) {
+        match self.quote(Attempt::Paid, discovery, wallets) {
             Some(quote) => quote.allowed(&wallets.max_price)?,
             None if payable(&c, wallets) => {
                 return Err(Unable::Fail(format!(
@@ -178,7 +182,7 @@ impl MppProbe {
             }
             (m, i, _, _) => {
                 return Err(Unable::NotRun(format!(
-                    "the server offers no charge the suite pays (it offers {m}/{i}); the suite does not pay {i} intents yet"
+                    "the server offers no charge the suite pays (it offers {m}/{i}; the mpp.session checks pay evm sessions)"
                 )));
             }
         };
@@ -196,7 +200,10 @@ impl Probe for MppProbe {
         !challenges(exchange).is_empty()
     }
 
-    fn quote(&self, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+    fn quote(&self, send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
+        if send.is_session() {
+            return evm_session::quote(send, discovery, wallets);
+        }
         let c = target(discovery, wallets).ok().filter(|c| payable(c, wallets))?;
         if c.method == "lightning" {
             let request = LightningChargeRequest::from_json(&c.request).ok()?;
@@ -389,7 +396,46 @@ impl Probe for MppProbe {
                 *self.preferred.lock().unwrap_or_else(|e| e.into_inner()) = Some(preferred);
                 Ok(vec![(http::HeaderName::from_static("accept-payment"), value(&header)?)])
             }
+            Attempt::SessionOpen => {
+                let c = evm_session::challenge(discovery)
+                    .ok_or_else(|| Unable::Skip("the server offers no evm session".into()))?;
+                let (session, credential) = evm_session::open(&c, wallets).await?;
+                *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+                Ok(credential)
+            }
+            send if send.is_session() => {
+                let c = evm_session::challenge(discovery)
+                    .ok_or_else(|| Unable::Skip("the server offers no evm session".into()))?;
+                let Some(mut session) = self.session() else {
+                    return Err(Unable::Skip("no session was opened".into()));
+                };
+                let credential = evm_session::step(send, &mut session, &c, wallets).await;
+                *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+                credential
+            }
             other => Err(Unable::Skip(format!("{other:?} has no meaning for MPP"))),
         }
+    }
+
+    async fn answered(
+        &self,
+        send: Attempt,
+        answers: &[Exchange],
+        wallets: &Wallets,
+    ) -> Result<(), String> {
+        if !send.is_session() {
+            return Ok(());
+        }
+        let Some(mut session) = self.session() else { return Ok(()) };
+        let learnt = evm_session::answered(send, &mut session, answers, wallets).await;
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        learnt
+    }
+}
+
+impl MppProbe {
+    /// The session the run opened, if any.
+    fn session(&self) -> Option<evm_session::Session> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
