@@ -391,12 +391,22 @@ impl Run<'_> {
                 }
             }
         }
-        let learnt = probe.answered(check.send, &answers, &self.target.wallets).await;
-        let (outcome, stated, traces) = self.judge(check, probe, &url, &credential, answers);
-        match (outcome, learnt) {
-            (Outcome::Pass, Err(why)) => (Outcome::Fail(why), stated, traces),
-            (outcome, _) => (outcome, stated, traces),
+        let wallets = &self.target.wallets;
+        let learnt = probe.answered(check.send, &answers, wallets).await;
+        let (outcome, stated, traces) = match self.judge(check, probe, &url, &credential, answers) {
+            (Outcome::Pass, stated, traces) if learnt.is_err() => {
+                (Outcome::Fail(learnt.err().unwrap_or_default()), stated, traces)
+            }
+            found => found,
+        };
+        // A paid check that failed may say more of the tester's wallet than of the server.
+        if check.send.pays()
+            && matches!(outcome, Outcome::Fail(_))
+            && let Some(cause) = probe.wallet_cause(check.send, answering, wallets).await
+        {
+            return (Outcome::Inconclusive(cause), stated, traces);
         }
+        (outcome, stated, traces)
     }
 
     /// Another priced route offering this rail, or why there is none to test with.
@@ -481,6 +491,7 @@ fn unable_found(unable: probe::Unable) -> Found {
         probe::Unable::Skip(why) => Outcome::Skip(why),
         probe::Unable::NotRun(why) => Outcome::NotRun(why),
         probe::Unable::Fail(why) => Outcome::Fail(why),
+        probe::Unable::WalletCause(why) => Outcome::Inconclusive(why),
     };
     (outcome, None, Vec::new())
 }

@@ -30,6 +30,9 @@ pub enum Unable {
     /// The server's answer made the check impossible where it should have been possible
     /// (no challenge to attack): reported as failed.
     Fail(String),
+    /// The tester's wallet could not pay (its node refused, it holds too little): reported
+    /// as inconclusive, saying so, since it says nothing of the server.
+    WalletCause(String),
 }
 
 /// What a paid check would pay, read from what the payment itself commits to (the BOLT11
@@ -199,6 +202,52 @@ pub trait Probe: Send + Sync {
         _wallets: &Wallets,
     ) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Why the tester's wallet, rather than the server, may be why the paying check `send`
+    /// failed, read from the tester's own node: by default, a key that holds less of a token
+    /// on the server's chain than the payment (unfunded, or funded on another chain or in
+    /// another asset). `None` when the wallet is not to blame, or nothing can tell.
+    async fn wallet_cause(
+        &self,
+        send: Attempt,
+        answering: &Exchange,
+        wallets: &Wallets,
+    ) -> Option<String> {
+        let quote = self.quote(send, answering, wallets)?;
+        evm_wallet_cause(&quote, wallets).await
+    }
+}
+
+/// A key that holds less of the quoted token, on the quote's chain, than the quote: read
+/// from the tester's node (`--wallet evm-rpc`), when it is on that chain.
+async fn evm_wallet_cause(quote: &Quote, wallets: &Wallets) -> Option<String> {
+    let (key, rpc) = (wallets.evm.as_ref()?, wallets.evm_rpc.as_ref()?);
+    let (chain, token) = quote.unit.strip_prefix("eip155:")?.split_once('/')?;
+    let (chain, token): (u64, Address) = (chain.parse().ok()?, token.parse().ok()?);
+    if rpc.chain_id() != chain {
+        return None;
+    }
+    let held = rpc.balance_of(token, key.address()).await.ok()?;
+    (held < U256::from(quote.amount)).then(|| {
+        format!(
+            "the tester's key {} holds {held} base units of {token} on chain {chain}, the payment needs {}: fund it there (the wallet, not the server, is the cause)",
+            key.address(),
+            quote.amount
+        )
+    })
+}
+
+/// A Lightning wallet's failure to pay the server's invoice: an invoice that is not valid is
+/// the server's fault, anything else (no balance, no route, the node down) the wallet's.
+pub(crate) fn lightning_payment_failed(what: &str, e: farebox_lightning::LightningError) -> Unable {
+    match e {
+        farebox_lightning::LightningError::InvalidInvoice(_) => {
+            Unable::Fail(format!("paying {what}: {e}"))
+        }
+        e => Unable::WalletCause(format!(
+            "the tester's Lightning wallet could not pay {what} ({e}): the wallet, not the server, may be the cause"
+        )),
     }
 }
 

@@ -139,8 +139,10 @@ fn credential(
     authorization(&credential)
 }
 
+/// A transaction of the tester's that failed: the tester's key or node, not the server, is
+/// the cause (too little of the token, a node that is down).
 fn chain_failure(what: &str, e: impl std::fmt::Display) -> Unable {
-    Unable::Fail(format!("{what} on the tester's node: {e}"))
+    Unable::WalletCause(format!("{what} failed on the tester's node: {e}"))
 }
 
 /// Opens a channel of `2p` on chain and pays the first request with a voucher for `p`.

@@ -161,7 +161,7 @@ impl MppProbe {
                 let paid = wallet
                     .pay(&request.invoice, 10_000)
                     .await
-                    .map_err(|e| Unable::Fail(format!("paying the charge invoice: {e}")))?;
+                    .map_err(|e| super::lightning_payment_failed("the charge invoice", e))?;
                 MppCredential::new(&c, lightning_charge::payload(&paid.preimage))
             }
             ("evm", "charge", _, Some(key)) => {
