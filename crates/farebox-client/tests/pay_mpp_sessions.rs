@@ -143,3 +143,92 @@ async fn dropping_the_client_closes_its_channel() {
     );
     assert_eq!(closed.await.unwrap().len(), 1);
 }
+
+// ---- One round trip per request ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evm_sessions_later_requests_each_take_one_http_request() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(5 * PRICE));
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2, "the first: a 402, then the open");
+    // Each later request carries its voucher: the server sees it once.
+    p.served(&w.base, 4).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(w.served.load(Ordering::SeqCst), 5);
+    let k = kinds(&p.ledger);
+    assert_eq!(k.iter().filter(|k| **k == EntryKind::Session).count(), 5);
+    assert_eq!(budget.spent(&w.asset), w.money(5 * PRICE), "the deposit, no more");
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(5 * PRICE));
+    assert_eq!(w.balance(w.payee()).await, 5 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_sent_up_front_on_an_expired_challenge_is_paid_once_after_the_402() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(5 * PRICE));
+    p.served(&w.base, 1).await;
+    // The next voucher arrives under an expired challenge: the server answers 402, and the
+    // client pays that 402's challenge instead, once.
+    w.expire_next.store(1, Ordering::SeqCst);
+    p.served(&w.base, 1).await;
+    assert_eq!(w.expire_next.load(Ordering::SeqCst), 0, "the up-front voucher was sent");
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2);
+    assert_eq!(w.served.load(Ordering::SeqCst), 2);
+    let sessions = kinds(&p.ledger).iter().filter(|k| **k == EntryKind::Session).count();
+    assert_eq!(sessions, 2, "the refused voucher is not in the ledger");
+    // And up front again under the new challenge.
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2 + 1);
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(3 * PRICE), "three responses, three prices");
+    assert_eq!(w.balance(w.payee()).await, 3 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - 3 * PRICE);
+    assert_eq!(budget.spent(&w.asset), w.money(3 * PRICE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_up_front_requests_never_pay_for_more_than_was_served() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 40 * PRICE);
+    let p = Arc::new(Payer::new(&budget, w.wallet(20 * PRICE)));
+    p.served(&w.base, 1).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (p, base) = (p.clone(), w.base.clone());
+            tokio::spawn(async move { p.get(&base).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok(200) = t.await.unwrap() {
+            ok += 1;
+        }
+    }
+    let served = w.served.load(Ordering::SeqCst);
+    assert_eq!(served, 1 + ok, "every response the caller got was served once");
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(served as u128 * PRICE));
+    assert_eq!(w.balance(w.payee()).await, served as u128 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - served as u128 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lightning_sessions_bearer_proof_goes_up_front_once_bought() {
+    let network = DevNetwork::new();
+    let wallet = Arc::new(DevNode::random(&network, 1_000_000));
+    let Server { base, served, requests, .. } =
+        lightning_server(Arc::new(DevNode::random(&network, 0)), 40, None).await;
+    let budget = Budget::new().allow(Money::sats(50), Money::sats(100)).unwrap();
+    let p = Payer::new(&budget, lightning_wallet(wallet, LightningSessionPolicy::default()));
+    // The open, then the first bearer request, each answer a 402.
+    p.served(&base, 2).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
+    // From then on the bearer proof is sent with the request.
+    p.served(&base, 2).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 6);
+    assert_eq!(served.load(Ordering::SeqCst), 4);
+}

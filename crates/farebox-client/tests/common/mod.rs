@@ -20,7 +20,9 @@ use farebox_core::{Asset, Money, Price};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::{Address, EvmRpc, U256};
-use farebox_mpp::{EvmSessionConfig, MppConfig, MppRail, PaymentReceipt};
+use farebox_mpp::{
+    ChallengeKey, ChallengeParams, Credential, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt,
+};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 use http::Method;
@@ -42,6 +44,11 @@ pub struct Server {
     pub served: Arc<AtomicUsize>,
     /// How many requests carried an `Authorization` header (a credential).
     pub credentials: Arc<AtomicUsize>,
+    /// How many HTTP requests arrived, paid or not.
+    pub requests: Arc<AtomicUsize>,
+    /// How many of the next credentials arrive with their challenge expired (re-issued by the
+    /// server's key a minute in the past), as from a client whose clock runs behind.
+    pub expire_next: Arc<AtomicUsize>,
 }
 
 /// Serves `/data` behind `paywall`, counting handler calls and credentials, with `tamper`
@@ -49,8 +56,10 @@ pub struct Server {
 pub async fn serve(paywall: Paywall, tamper: Option<Tamper>) -> Server {
     let served = Arc::new(AtomicUsize::new(0));
     let credentials = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let expire_next = Arc::new(AtomicUsize::new(0));
     let counter = served.clone();
-    let seen = credentials.clone();
+    let (seen, arrived, expire) = (credentials.clone(), requests.clone(), expire_next.clone());
     let app = Router::new()
         .route(
             "/data",
@@ -60,8 +69,17 @@ pub async fn serve(paywall: Paywall, tamper: Option<Tamper>) -> Server {
             }),
         )
         .layer(PaywallLayer::new(paywall))
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+        .layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
             let (tamper, seen) = (tamper.clone(), seen.clone());
+            arrived.fetch_add(1, Ordering::SeqCst);
+            if let Some(value) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+                && expire
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                let expired = expired_credential(value);
+                req.headers_mut().insert(AUTHORIZATION, expired.parse().unwrap());
+            }
             async move {
                 if req.headers().contains_key(AUTHORIZATION) {
                     seen.fetch_add(1, Ordering::SeqCst);
@@ -78,7 +96,32 @@ pub async fn serve(paywall: Paywall, tamper: Option<Tamper>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { base, served, credentials }
+    Server { base, served, credentials, requests, expire_next }
+}
+
+/// The `Authorization: Payment` credential `value` with its challenge re-issued by this
+/// server's key as expired a minute ago (payload and source unchanged).
+fn expired_credential(value: &str) -> String {
+    use farebox_mpp::challenge::{decode_opaque, decode_request};
+    let cred = Credential::decode(farebox_mpp::credential::payment_token(value).unwrap()).unwrap();
+    let ch = &cred.challenge;
+    let challenge = ChallengeKey::new(SECRET)
+        .unwrap()
+        .issue(ChallengeParams {
+            realm: ch.realm.clone(),
+            method: ch.method.clone(),
+            intent: ch.intent.clone(),
+            request: decode_request(&ch.request).unwrap(),
+            expires: Some(farebox_mpp::time::format(farebox_mpp::time::unix_now() - 60)),
+            description: None,
+            digest: None,
+            opaque: ch.opaque.as_deref().map(|o| decode_opaque(o).unwrap()),
+            header: None,
+        })
+        .unwrap();
+    let mut again = Credential::new(&challenge, cred.payload.clone());
+    again.source = cred.source.clone();
+    again.to_authorization()
 }
 
 /// Sets `name` in the response's `Payment-Receipt` (if it has one).
@@ -144,6 +187,8 @@ pub struct EvmWorld {
     pub base: String,
     pub served: Arc<AtomicUsize>,
     pub credentials: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub expire_next: Arc<AtomicUsize>,
 }
 
 impl EvmChain {
@@ -200,6 +245,8 @@ impl EvmChain {
             base: server.base,
             served: server.served,
             credentials: server.credentials,
+            requests: server.requests,
+            expire_next: server.expire_next,
         }
     }
 }
