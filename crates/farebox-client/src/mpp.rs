@@ -580,14 +580,24 @@ impl MppWallet {
                 open.remove(i);
                 return Ok(());
             }
-            let SessionKind::Evm { signed, .. } = open[i].kind else { return Ok(()) };
+            let s = &mut open[i];
+            let SessionKind::Evm { signed, .. } = &mut s.kind else { return Ok(()) };
             match claim {
-                Some(claimed) if claimed > signed => signed,
+                Some(claimed) if claimed > *signed => *signed,
                 _ => {
+                    // A voucher whose challenge was refused (sent up front under one that went
+                    // stale) authorized nothing: unless a later one was signed meanwhile, the
+                    // next voucher signs its amount again. Opens and top-ups are left alone.
+                    if mpp_session::evm_challenge_refused(status, problem)
+                        && *signed == voucher
+                        && matches!(offer.funding, Funding::Session { deposit: None })
+                    {
+                        *signed = voucher.saturating_sub(offer.price.amount);
+                    }
                     if status.is_success()
                         && let Some(spent) = receipt_spent(headers, evm_session::METHOD)
                     {
-                        open[i].spent = open[i].spent.max(spent);
+                        s.spent = s.spent.max(spent);
                     }
                     return Ok(());
                 }

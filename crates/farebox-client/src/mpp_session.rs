@@ -808,6 +808,27 @@ pub(crate) fn receipt_spent(headers: &HeaderMap, method: &str) -> Option<u128> {
     }
 }
 
+/// Whether a 402 to an EVM session voucher refused its *challenge* (expired, issued for
+/// another route, below the route's price): the server decides that before it looks at the
+/// voucher, so the voucher authorized nothing and the next one signs the same cumulative
+/// amount again instead of adding to it. A server that kept it anyway gains nothing by that.
+/// Any other refusal (a `session/insufficient-balance` keeps the voucher) counts as signed.
+pub(crate) fn evm_challenge_refused(
+    status: StatusCode,
+    problem: Option<&serde_json::Value>,
+) -> bool {
+    let kind = problem.and_then(|p| p["type"].as_str()).and_then(ProblemType::parse);
+    status == StatusCode::PAYMENT_REQUIRED
+        && matches!(
+            kind,
+            Some(
+                ProblemType::PaymentExpired
+                    | ProblemType::InvalidChallenge
+                    | ProblemType::PaymentInsufficient
+            )
+        )
+}
+
 /// The most an EVM session answer claims the channel has consumed or been authorized for: a
 /// receipt's `spent` and `acceptedCumulative`, or, for a 402 `session/insufficient-balance` to
 /// a request that sent `voucher` for `price`, the spending its `requiredTopUp` implies (the

@@ -9,7 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{FUNDS, PRICE, Payer, Server, evm_world, kinds, lightning_server, lightning_wallet};
+use common::{
+    EvmChain, EvmSetup, FUNDS, PRICE, Payer, Server, evm_world, kinds, lightning_server,
+    lightning_wallet,
+};
 use farebox_client::{Budget, ClientError, EntryKind, LightningSessionPolicy};
 use farebox_core::{Asset, Money, SessionStore};
 use farebox_lightning::{DevNetwork, DevNode};
@@ -180,9 +183,13 @@ async fn a_voucher_sent_up_front_on_an_expired_challenge_is_paid_once_after_the_
     assert_eq!(w.served.load(Ordering::SeqCst), 2);
     let sessions = kinds(&p.ledger).iter().filter(|k| **k == EntryKind::Session).count();
     assert_eq!(sessions, 2, "the refused voucher is not in the ledger");
+    // It is signed again under the fresh challenge, not added to: the highest voucher the
+    // server holds (what it could settle) is what it served.
+    assert_eq!(w.held(&p).await, (2 * PRICE, 2 * PRICE));
     // And up front again under the new challenge.
     p.served(&w.base, 1).await;
     assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2 + 1);
+    assert_eq!(w.held(&p).await, (3 * PRICE, 3 * PRICE));
     let closed = p.close().await.unwrap();
     assert_eq!(closed.spent, w.money(3 * PRICE), "three responses, three prices");
     assert_eq!(w.balance(w.payee()).await, 3 * PRICE);
@@ -231,4 +238,30 @@ async fn a_lightning_sessions_bearer_proof_goes_up_front_once_bought() {
     p.served(&base, 2).await;
     assert_eq!(requests.load(Ordering::SeqCst), 6);
     assert_eq!(served.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_price_rise_the_next_request_pays_the_new_price_once() {
+    let w = EvmChain::start()
+        .await
+        .serve(EvmSetup { repriced: Some(2 * PRICE), ..EvmSetup::default() })
+        .await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(10 * PRICE));
+    p.served(&w.base, 2).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 3);
+    // The price doubles: the voucher sent up front under the old challenge is refused (402),
+    // and the new challenge is paid, once; then up front again at the new price.
+    w.repriced.store(true, Ordering::SeqCst);
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 3 + 2);
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 3 + 2 + 1);
+    assert_eq!(w.served.load(Ordering::SeqCst), 4);
+    let paid = 2 * PRICE + 2 * 2 * PRICE;
+    assert_eq!(w.held(&p).await, (paid, paid), "no lower price, nothing unearned");
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(paid));
+    assert_eq!(w.balance(w.payee()).await, paid);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - paid);
 }
