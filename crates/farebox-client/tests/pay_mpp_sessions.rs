@@ -241,6 +241,32 @@ async fn a_lightning_sessions_bearer_proof_goes_up_front_once_bought() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_the_up_front_voucher_and_its_retry_costs_one_retry_and_nothing_more() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(5 * PRICE));
+    p.served(&w.base, 1).await;
+    // Both the up-front voucher and the one paying the 402 arrive under expired challenges:
+    // the request fails as rejected after exactly one retry; nothing was served.
+    w.expire_next.store(2, Ordering::SeqCst);
+    let err = p.get(&w.base).await.unwrap_err();
+    assert!(
+        matches!(ClientError::from_middleware(&err), Some(ClientError::ProofRejected { .. })),
+        "{err}"
+    );
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2, "no loop");
+    assert_eq!(w.served.load(Ordering::SeqCst), 1);
+    assert_eq!(w.held(&p).await, (PRICE, PRICE), "neither refused voucher was kept");
+    // The next request pays one price for one response.
+    p.served(&w.base, 1).await;
+    assert_eq!(w.held(&p).await, (2 * PRICE, 2 * PRICE));
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(2 * PRICE));
+    assert_eq!(w.balance(w.payee()).await, 2 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - 2 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_price_rise_the_next_request_pays_the_new_price_once() {
     let w = EvmChain::start()
         .await
