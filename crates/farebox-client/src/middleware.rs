@@ -7,7 +7,11 @@
 //! [`PaymentMiddleware::quote`] makes the same choice without paying. A second 402 after paying is [`ClientError::ProofRejected`], never a second
 //! payment. Reusable proofs (L402 tokens) are saved per origin and path as soon as they are
 //! bought and sent up front on later requests; concurrent first requests to one path wait for
-//! one payment instead of each making their own.
+//! one payment instead of each making their own. A wallet may also pay a request before the
+//! server asks ([`Wallet::up_front`]: a session's next voucher under a live challenge): it is
+//! reserved like any offer, sent with the request, committed to the budget and the ledger only
+//! once the server accepts it, and released if the server answers 402 (or 410), whose
+//! challenge is then paid the usual way — one response, one payment.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +43,13 @@ struct SavedProof {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The path it was bought for.
     path: String,
+}
+
+/// The answer to a request sent without a payment the server took: as received, or a 402
+/// already read (after an up-front payment it refused).
+enum Unpaid {
+    Response(Response),
+    Read(PaymentRequired),
 }
 
 /// Pays for 402 responses within a budget. Build with [`PaymentMiddleware::new`] and add to a
@@ -350,15 +361,128 @@ impl PaymentMiddleware {
         }
     }
 
+    /// Commits `reservation` for `offer` paid with `proof`: what it cost the budget, and its
+    /// ledger entries (their ids).
+    fn record(
+        &self,
+        url: &Url,
+        offer: &Offer,
+        proof: &Proof,
+        reservation: Reservation,
+    ) -> Vec<u64> {
+        let proof_text = proof
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let entries =
+            self.entries(url, offer, proof.fee.clone(), &proof.reference, Some(proof_text));
+        let session = matches!(offer.funding, Funding::Session { .. });
+        let ids = self.budget.commit_with(
+            reservation,
+            &Self::outlay(offer, &proof.fee),
+            session.then_some(proof.reference.as_str()),
+            &entries,
+        );
+        self.emit(Event::Paid {
+            rail: offer.rail,
+            price: offer.price.clone(),
+            fee: proof.fee.clone(),
+            reference: proof.reference.clone(),
+        });
+        ids
+    }
+
+    /// The first offer a wallet makes to pay `req` up front, reserved: `None` when no wallet
+    /// has one, or the policy or the budget refuses it (the 402 path then says why).
+    fn up_front(&self, req: &Request) -> Option<(Arc<dyn Wallet>, Offer, Reservation)> {
+        let url = req.url();
+        let candidate = self
+            .wallets
+            .iter()
+            .find_map(|w| w.up_front(req.method(), url).map(|offer| (w.clone(), offer)))?;
+        let candidates = [candidate];
+        match self.choose(&host_of(url), &candidates) {
+            Ok((_, reservation, _)) => {
+                let [(wallet, offer)] = candidates;
+                Some((wallet, offer, reservation))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "not paying up front");
+                None
+            }
+        }
+    }
+
+    /// Sends `req` with an up-front payment of `offer` (reserved as `reservation`). What the
+    /// server accepted is committed and its answer returned (`Ok`); what it refused (402, or
+    /// 410 for a session it no longer has) is released, never counted, and handed back
+    /// (`Err`) with the refusal's 402 when it was one, for the usual path to pay.
+    async fn send_up_front(
+        &self,
+        mut req: Request,
+        (wallet, offer, reservation): (Arc<dyn Wallet>, Offer, Reservation),
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<std::result::Result<Response, Option<PaymentRequired>>> {
+        let url = req.url().clone();
+        self.emit(Event::Paying {
+            rail: offer.rail,
+            price: offer.price.clone(),
+            summary: offer.summary.clone(),
+        });
+        let proof = match wallet.pay(&offer).await {
+            Ok(proof) => proof,
+            Err(e) => {
+                // Nothing moved for a proof that was not made: the request goes out unpaid.
+                tracing::debug!(error = %e, "the up-front payment was not made");
+                self.budget.release(reservation);
+                let response = next.run(req, extensions).await?;
+                return Ok(match response.status() {
+                    StatusCode::PAYMENT_REQUIRED => Err(Some(read_402(&url, response).await?)),
+                    _ => Ok(response),
+                });
+            }
+        };
+        apply_proof(&mut req, &proof.headers);
+        let response = match next.run(req, extensions).await {
+            Ok(response) => response,
+            Err(e) => {
+                // Lost on the way: whether the server took it is unknown, so it counts.
+                self.record(&url, &offer, &proof, reservation);
+                return Err(e);
+            }
+        };
+        let status = response.status();
+        self.emit(Event::Served { url: url.to_string(), status: status.as_u16() });
+        if status == StatusCode::PAYMENT_REQUIRED || status == StatusCode::GONE {
+            self.budget.release(reservation);
+            let required = match status {
+                StatusCode::PAYMENT_REQUIRED => Some(read_402(&url, response).await?),
+                _ => None,
+            };
+            let problem = required.as_ref().and_then(|r| r.body.as_ref());
+            let headers = required.as_ref().map(|r| r.headers.clone()).unwrap_or_default();
+            wallet.answered(&offer, status, &headers, problem).await.map_err(err)?;
+            return Ok(Err(required));
+        }
+        let ids = self.record(&url, &offer, &proof, reservation);
+        if let (Some(id), Some(receipt)) = (ids.last(), receipt_of(response.headers())) {
+            self.ledger.add_receipt(*id, &receipt);
+        }
+        wallet.answered(&offer, status, response.headers(), None).await.map_err(err)?;
+        Ok(Ok(response))
+    }
+
     async fn pay_and_retry(
         &self,
         url: &Url,
         retry: Request,
-        first: Response,
+        required: PaymentRequired,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> std::result::Result<Response, reqwest_middleware::Error> {
-        let required = read_402(url, first).await?;
         let (offers, refusal) = self.offers(&required);
         self.emit(Event::PaymentRequired {
             url: url.to_string(),
@@ -379,7 +503,6 @@ impl PaymentMiddleware {
             price: offer.price.clone(),
             summary: offer.summary.clone(),
         });
-        let session = matches!(offer.funding, Funding::Session { .. });
         let proof: Proof = match wallet.pay(offer).await {
             Ok(p) => p,
             Err(e @ ClientError::PaidWithoutProof(_)) => {
@@ -395,26 +518,7 @@ impl PaymentMiddleware {
                 return Err(err(e));
             }
         };
-        let proof_text = proof
-            .headers
-            .iter()
-            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let entries =
-            self.entries(url, offer, proof.fee.clone(), &proof.reference, Some(proof_text));
-        let ids = self.budget.commit_with(
-            reservation,
-            &Self::outlay(offer, &proof.fee),
-            session.then_some(proof.reference.as_str()),
-            &entries,
-        );
-        self.emit(Event::Paid {
-            rail: offer.rail,
-            price: offer.price.clone(),
-            fee: proof.fee.clone(),
-            reference: proof.reference.clone(),
-        });
+        let ids = self.record(url, offer, &proof, reservation);
         // Saved at once: if the retry is lost to the network, the next attempt reuses what was
         // bought instead of paying again.
         if proof.reusable {
@@ -458,16 +562,41 @@ impl reqwest_middleware::Middleware for PaymentMiddleware {
     ) -> Result<Response> {
         let url = req.url().clone();
         let retry = req.try_clone();
-        let (first, used) = self.send_with_saved_proof(req, &url, extensions, next.clone()).await?;
-        if first.status() != StatusCode::PAYMENT_REQUIRED {
-            return Ok(first);
-        }
-        if origin_of(first.url()) != origin_of(&url) {
-            return Err(err(ClientError::InvalidChallenge(format!(
-                "the 402 came from {} after a redirect; a proof for another origin would not be sent back there",
-                origin_of(first.url())
-            ))));
-        }
+        // A session's later request pays up front when its body can be sent again (should the
+        // server refuse it, the 402 is paid the usual way).
+        let up_front = retry.as_ref().and_then(|_| self.up_front(&req));
+        let (first, used) = match (up_front, &retry) {
+            (Some(chosen), Some(retry)) => {
+                let again = retry.try_clone().ok_or_else(|| err(ClientError::BodyNotReplayable))?;
+                match self.send_up_front(req, chosen, extensions, next.clone()).await? {
+                    Ok(response) => return Ok(response),
+                    Err(Some(required)) => (Unpaid::Read(required), None),
+                    Err(None) => {
+                        let (response, used) = self
+                            .send_with_saved_proof(again, &url, extensions, next.clone())
+                            .await?;
+                        (Unpaid::Response(response), used)
+                    }
+                }
+            }
+            _ => {
+                let (response, used) =
+                    self.send_with_saved_proof(req, &url, extensions, next.clone()).await?;
+                (Unpaid::Response(response), used)
+            }
+        };
+        let first = match first {
+            Unpaid::Response(response) if response.status() != StatusCode::PAYMENT_REQUIRED => {
+                return Ok(response);
+            }
+            Unpaid::Response(response) if origin_of(response.url()) != origin_of(&url) => {
+                return Err(err(ClientError::InvalidChallenge(format!(
+                    "the 402 came from {} after a redirect; a proof for another origin would not be sent back there",
+                    origin_of(response.url())
+                ))));
+            }
+            unpaid => unpaid,
+        };
         let Some(retry) = retry else {
             return Err(err(ClientError::BodyNotReplayable));
         };
@@ -485,9 +614,12 @@ impl reqwest_middleware::Middleware for PaymentMiddleware {
             if response.status() != StatusCode::PAYMENT_REQUIRED {
                 return Ok(response);
             }
-            response
+            read_402(&url, response).await?
         } else {
-            first
+            match first {
+                Unpaid::Response(response) => read_402(&url, response).await?,
+                Unpaid::Read(required) => required,
+            }
         };
         self.pay_and_retry(&url, retry, first, extensions, next).await
     }

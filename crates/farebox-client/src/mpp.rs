@@ -355,7 +355,13 @@ impl Wallet for MppWallet {
         problem: Option<&serde_json::Value>,
     ) -> Result<(), ClientError> {
         let (origin, method) = match offer.details.downcast_ref::<MppOffer>() {
-            Some(MppOffer::EvmSession { sent, .. }) => {
+            Some(MppOffer::EvmSession { sent, challenge, url, .. }) => {
+                if status == StatusCode::PAYMENT_REQUIRED {
+                    // Refused under this challenge: the path's next request asks first.
+                    for s in self.book.lock().iter_mut() {
+                        s.kind.forget_challenge(url.path(), &challenge.id);
+                    }
+                }
                 return match sent.get() {
                     Some(&(channel, voucher)) => {
                         self.evm_answered(channel, voucher, offer, status, headers, problem).await
@@ -378,6 +384,21 @@ impl Wallet for MppWallet {
             s.spent = s.spent.max(spent);
         }
         Ok(())
+    }
+
+    /// A voucher for the next request on an open EVM channel at `url`'s origin, under the
+    /// challenge `url`'s path was last paid under while it is live; only when the channel
+    /// covers it as it stands (a top-up or a new channel waits for the server's 402).
+    fn up_front(&self, method: &http::Method, url: &Url) -> Option<Offer> {
+        let origin = origin_of(url);
+        let now = farebox_mpp::time::unix_now();
+        let challenge = self.book.lock().iter().find_map(|s| {
+            (s.origin == origin && !s.halted)
+                .then(|| s.kind.live_for(method, url.path(), now).cloned())
+                .flatten()
+        })?;
+        let offer = self.evm_session_offer(challenge, url).ok().flatten()?;
+        matches!(offer.funding, Funding::Session { deposit: None }).then_some(offer)
     }
 
     async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError> {
@@ -559,14 +580,24 @@ impl MppWallet {
                 open.remove(i);
                 return Ok(());
             }
-            let SessionKind::Evm { signed, .. } = open[i].kind else { return Ok(()) };
+            let s = &mut open[i];
+            let SessionKind::Evm { signed, .. } = &mut s.kind else { return Ok(()) };
             match claim {
-                Some(claimed) if claimed > signed => signed,
+                Some(claimed) if claimed > *signed => *signed,
                 _ => {
+                    // A voucher whose challenge was refused (sent up front under one that went
+                    // stale) authorized nothing: unless a later one was signed meanwhile, the
+                    // next voucher signs its amount again. Opens and top-ups are left alone.
+                    if mpp_session::evm_challenge_refused(status, problem)
+                        && *signed == voucher
+                        && matches!(offer.funding, Funding::Session { deposit: None })
+                    {
+                        *signed = voucher.saturating_sub(offer.price.amount);
+                    }
                     if status.is_success()
                         && let Some(spent) = receipt_spent(headers, evm_session::METHOD)
                     {
-                        open[i].spent = open[i].spent.max(spent);
+                        s.spent = s.spent.max(spent);
                     }
                     return Ok(());
                 }
@@ -731,6 +762,7 @@ impl MppWallet {
                         signer: Box::new(signer.clone()),
                         rpc: rpc.clone(),
                         signed: price,
+                        live: vec![(url.path().to_string(), challenge.clone())],
                     },
                 });
                 let open = mpp_session::open_payload(signer, &domain, tx, salt, channel, price);
@@ -758,6 +790,7 @@ impl MppWallet {
                 }
                 s.url = url.clone();
                 s.challenge = challenge.clone();
+                s.kind.paid_under(url.path(), challenge);
                 let voucher = mpp_session::signed_voucher(signer, &domain, channel, need);
                 (SessionPayload::Voucher(voucher), channel, need)
             }

@@ -4,7 +4,10 @@
 //! - **EVM** (`method="evm", intent="session"`): the first request approves and opens a channel
 //!   in the server's escrow, and pays with a first voucher for one request. Every later request
 //!   signs a voucher for `signed + price`; when that would pass the deposit the wallet tops the
-//!   channel up on chain first (the server re-reads the deposit). Vouchers never leave the
+//!   channel up on chain first (the server re-reads the deposit). While the challenge a path
+//!   was last paid under is live, the next request to it carries its voucher up front under
+//!   that challenge (one HTTP round trip instead of two; a top-up still waits for a 402); if
+//!   the server refuses it (expired, restarted with another key), its 402 is paid as usual. Vouchers never leave the
 //!   budget: the deposit and top-ups do, and the part the server did not spend comes back at
 //!   close.
 //! - **Lightning** (`method="lightning", intent="session"`): the first request pays the deposit
@@ -45,6 +48,7 @@ use farebox_mpp::evm_session::{
     self, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
 };
 use farebox_mpp::lightning_session::{self, LightningSessionRequest, SessionPayload as LnPayload};
+use farebox_mpp::rail::OPAQUE_HTTP_METHOD;
 use farebox_mpp::{Challenge, Credential, PaymentReceipt, ProblemType};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::Url;
@@ -238,6 +242,9 @@ pub(crate) enum SessionKind {
         rpc: EvmRpc,
         /// The highest cumulative amount signed so far.
         signed: u128,
+        /// The challenge each path was last paid under, newest last: the next request to the
+        /// path sends its voucher up front under it while it is live ([`live_for`]).
+        live: Vec<(String, Challenge)>,
     },
     Lightning {
         id: PaymentHash,
@@ -263,6 +270,47 @@ impl OpenSession {
             SessionKind::Evm { .. } => evm_session::METHOD,
             SessionKind::Lightning { .. } => lightning_session::METHOD,
         }
+    }
+}
+
+/// How long before its expiry a challenge stops being used up front: a voucher sent under one
+/// about to expire would likely be refused, and cost a round trip more than asking.
+pub(crate) const UP_FRONT_MARGIN: Duration = Duration::from_secs(10);
+/// The most paths per channel whose challenge is kept for up-front vouchers.
+const MAX_LIVE_PATHS: usize = 16;
+
+impl SessionKind {
+    /// Keeps `challenge` as the one `path` was last paid under.
+    pub fn paid_under(&mut self, path: &str, challenge: &Challenge) {
+        if let SessionKind::Evm { live, .. } = self {
+            live.retain(|(p, _)| p != path);
+            if live.len() >= MAX_LIVE_PATHS {
+                live.remove(0);
+            }
+            live.push((path.to_string(), challenge.clone()));
+        }
+    }
+
+    /// Forgets the challenge `path` was paid under if it is `id` (the server refused it).
+    pub fn forget_challenge(&mut self, path: &str, id: &str) {
+        if let SessionKind::Evm { live, .. } = self {
+            live.retain(|(p, c)| !(p == path && c.id == id));
+        }
+    }
+
+    /// The challenge a `method` request to `path` can send its voucher under up front, at
+    /// `now` (Unix seconds): the one the path was last paid under, if it expires no sooner
+    /// than [`UP_FRONT_MARGIN`] from now and binds this HTTP method where it names one
+    /// (farebox servers do, in `opaque`). The server checks all of it again; this only saves
+    /// sending what it would refuse.
+    pub fn live_for(&self, method: &http::Method, path: &str, now: u64) -> Option<&Challenge> {
+        let SessionKind::Evm { live, .. } = self else { return None };
+        let (_, challenge) = live.iter().find(|(p, _)| p == path)?;
+        let expires =
+            challenge.expires.as_deref().and_then(|e| farebox_mpp::time::parse(e).ok())?;
+        let binds = challenge.opaque_map().ok()?.and_then(|mut o| o.remove(OPAQUE_HTTP_METHOD));
+        let fits = binds.is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
+        (expires >= now.saturating_add(UP_FRONT_MARGIN.as_secs()) && fits).then_some(challenge)
     }
 }
 
@@ -758,6 +806,27 @@ pub(crate) fn receipt_spent(headers: &HeaderMap, method: &str) -> Option<u128> {
         evm_session::METHOD => spent.parse().ok(),
         _ => spent.parse::<u64>().ok().map(|sat| u128::from(sat) * 1000),
     }
+}
+
+/// Whether a 402 to an EVM session voucher refused its *challenge* (expired, issued for
+/// another route, below the route's price): the server decides that before it looks at the
+/// voucher, so the voucher authorized nothing and the next one signs the same cumulative
+/// amount again instead of adding to it. A server that kept it anyway gains nothing by that.
+/// Any other refusal (a `session/insufficient-balance` keeps the voucher) counts as signed.
+pub(crate) fn evm_challenge_refused(
+    status: StatusCode,
+    problem: Option<&serde_json::Value>,
+) -> bool {
+    let kind = problem.and_then(|p| p["type"].as_str()).and_then(ProblemType::parse);
+    status == StatusCode::PAYMENT_REQUIRED
+        && matches!(
+            kind,
+            Some(
+                ProblemType::PaymentExpired
+                    | ProblemType::InvalidChallenge
+                    | ProblemType::PaymentInsufficient
+            )
+        )
 }
 
 /// The most an EVM session answer claims the channel has consumed or been authorized for: a

@@ -113,6 +113,16 @@ pub trait Wallet: Send + Sync + 'static {
     /// Pays `offer`.
     async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError>;
 
+    /// An offer this wallet can pay for a `method` request to `url` before the server asks:
+    /// a session's next request, under a challenge of an earlier 402 for the same path that is
+    /// still live, so the request goes out with its proof and costs one round trip. `None`
+    /// (the default) when it has none. The middleware treats it as any offer (the policy and
+    /// the budget decide; it is reserved before it is paid, committed once the server accepts
+    /// it, released if the server refuses it, and then the 402 is paid the usual way).
+    fn up_front(&self, _method: &http::Method, _url: &reqwest::Url) -> Option<Offer> {
+        None
+    }
+
     /// Called once when the wallet is added to a [`PaymentMiddleware`](crate::PaymentMiddleware):
     /// the budget and ledger it pays under (a session wallet credits refunds back to them).
     fn attach(&self, _budget: &Budget, _ledger: &Ledger) {}

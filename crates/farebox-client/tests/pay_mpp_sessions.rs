@@ -9,7 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{FUNDS, PRICE, Payer, Server, evm_world, kinds, lightning_server, lightning_wallet};
+use common::{
+    EvmChain, EvmSetup, FUNDS, PRICE, Payer, Server, evm_world, kinds, lightning_server,
+    lightning_wallet,
+};
 use farebox_client::{Budget, ClientError, EntryKind, LightningSessionPolicy};
 use farebox_core::{Asset, Money, SessionStore};
 use farebox_lightning::{DevNetwork, DevNode};
@@ -142,4 +145,149 @@ async fn dropping_the_client_closes_its_channel() {
         10,
     );
     assert_eq!(closed.await.unwrap().len(), 1);
+}
+
+// ---- One round trip per request ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evm_sessions_later_requests_each_take_one_http_request() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(5 * PRICE));
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2, "the first: a 402, then the open");
+    // Each later request carries its voucher: the server sees it once.
+    p.served(&w.base, 4).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(w.served.load(Ordering::SeqCst), 5);
+    let k = kinds(&p.ledger);
+    assert_eq!(k.iter().filter(|k| **k == EntryKind::Session).count(), 5);
+    assert_eq!(budget.spent(&w.asset), w.money(5 * PRICE), "the deposit, no more");
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(5 * PRICE));
+    assert_eq!(w.balance(w.payee()).await, 5 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_sent_up_front_on_an_expired_challenge_is_paid_once_after_the_402() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(5 * PRICE));
+    p.served(&w.base, 1).await;
+    // The next voucher arrives under an expired challenge: the server answers 402, and the
+    // client pays that 402's challenge instead, once.
+    w.expire_next.store(1, Ordering::SeqCst);
+    p.served(&w.base, 1).await;
+    assert_eq!(w.expire_next.load(Ordering::SeqCst), 0, "the up-front voucher was sent");
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2);
+    assert_eq!(w.served.load(Ordering::SeqCst), 2);
+    let sessions = kinds(&p.ledger).iter().filter(|k| **k == EntryKind::Session).count();
+    assert_eq!(sessions, 2, "the refused voucher is not in the ledger");
+    // It is signed again under the fresh challenge, not added to: the highest voucher the
+    // server holds (what it could settle) is what it served.
+    assert_eq!(w.held(&p).await, (2 * PRICE, 2 * PRICE));
+    // And up front again under the new challenge.
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2 + 1);
+    assert_eq!(w.held(&p).await, (3 * PRICE, 3 * PRICE));
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(3 * PRICE), "three responses, three prices");
+    assert_eq!(w.balance(w.payee()).await, 3 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - 3 * PRICE);
+    assert_eq!(budget.spent(&w.asset), w.money(3 * PRICE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_up_front_requests_never_pay_for_more_than_was_served() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 40 * PRICE);
+    let p = Arc::new(Payer::new(&budget, w.wallet(20 * PRICE)));
+    p.served(&w.base, 1).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (p, base) = (p.clone(), w.base.clone());
+            tokio::spawn(async move { p.get(&base).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok(200) = t.await.unwrap() {
+            ok += 1;
+        }
+    }
+    let served = w.served.load(Ordering::SeqCst);
+    assert_eq!(served, 1 + ok, "every response the caller got was served once");
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(served as u128 * PRICE));
+    assert_eq!(w.balance(w.payee()).await, served as u128 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - served as u128 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lightning_sessions_bearer_proof_goes_up_front_once_bought() {
+    let network = DevNetwork::new();
+    let wallet = Arc::new(DevNode::random(&network, 1_000_000));
+    let Server { base, served, requests, .. } =
+        lightning_server(Arc::new(DevNode::random(&network, 0)), 40, None).await;
+    let budget = Budget::new().allow(Money::sats(50), Money::sats(100)).unwrap();
+    let p = Payer::new(&budget, lightning_wallet(wallet, LightningSessionPolicy::default()));
+    // The open, then the first bearer request, each answer a 402.
+    p.served(&base, 2).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
+    // From then on the bearer proof is sent with the request.
+    p.served(&base, 2).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 6);
+    assert_eq!(served.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_the_up_front_voucher_and_its_retry_costs_one_retry_and_nothing_more() {
+    let w = evm_world().await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(5 * PRICE));
+    p.served(&w.base, 1).await;
+    // Both the up-front voucher and the one paying the 402 arrive under expired challenges:
+    // the request fails as rejected after exactly one retry; nothing was served.
+    w.expire_next.store(2, Ordering::SeqCst);
+    let err = p.get(&w.base).await.unwrap_err();
+    assert!(
+        matches!(ClientError::from_middleware(&err), Some(ClientError::ProofRejected { .. })),
+        "{err}"
+    );
+    assert_eq!(w.requests.load(Ordering::SeqCst), 2 + 2, "no loop");
+    assert_eq!(w.served.load(Ordering::SeqCst), 1);
+    assert_eq!(w.held(&p).await, (PRICE, PRICE), "neither refused voucher was kept");
+    // The next request pays one price for one response.
+    p.served(&w.base, 1).await;
+    assert_eq!(w.held(&p).await, (2 * PRICE, 2 * PRICE));
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(2 * PRICE));
+    assert_eq!(w.balance(w.payee()).await, 2 * PRICE);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - 2 * PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_price_rise_the_next_request_pays_the_new_price_once() {
+    let w = EvmChain::start()
+        .await
+        .serve(EvmSetup { repriced: Some(2 * PRICE), ..EvmSetup::default() })
+        .await;
+    let budget = w.budget(10 * PRICE, 20 * PRICE);
+    let p = Payer::new(&budget, w.wallet(10 * PRICE));
+    p.served(&w.base, 2).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 3);
+    // The price doubles: the voucher sent up front under the old challenge is refused (402),
+    // and the new challenge is paid, once; then up front again at the new price.
+    w.repriced.store(true, Ordering::SeqCst);
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 3 + 2);
+    p.served(&w.base, 1).await;
+    assert_eq!(w.requests.load(Ordering::SeqCst), 3 + 2 + 1);
+    assert_eq!(w.served.load(Ordering::SeqCst), 4);
+    let paid = 2 * PRICE + 2 * 2 * PRICE;
+    assert_eq!(w.held(&p).await, (paid, paid), "no lower price, nothing unearned");
+    let closed = p.close().await.unwrap();
+    assert_eq!(closed.spent, w.money(paid));
+    assert_eq!(w.balance(w.payee()).await, paid);
+    assert_eq!(w.balance(w.payer().address).await, FUNDS - paid);
 }

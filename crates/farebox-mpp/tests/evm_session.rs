@@ -94,9 +94,14 @@ impl World {
         }
     }
 
-    /// A fresh session challenge from the server.
+    /// A fresh session challenge from the server, for `/data`.
     async fn challenge(&self) -> Challenge {
-        let (status, headers, _) = send(&self.app, "/data", None).await;
+        self.challenge_for("/data").await
+    }
+
+    /// A fresh session challenge from the server, for `path`.
+    async fn challenge_for(&self, path: &str) -> Challenge {
+        let (status, headers, _) = send(&self.app, path, None).await;
         assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
         let values: Vec<&str> =
             headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
@@ -163,16 +168,27 @@ fn server(
         .route(PricedRoute::new(None, "/data", price.clone()).unwrap())
         .route(PricedRoute::new(None, "/fails", price.clone()).unwrap())
         .route(PricedRoute::new(None, "/who", price).unwrap())
+        .route(
+            PricedRoute::new(None, "/dear", Price::one(Money::new(config.asset(), 2 * PRICE)))
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let paywall = Arc::new(paywall);
-    let handled = handled.clone();
+    let (handled, dear) = (handled.clone(), handled.clone());
     let app = Router::new()
         .route(
             "/data",
             axum::routing::get(move || {
                 handled.fetch_add(1, Ordering::SeqCst);
                 async { "the data" }
+            }),
+        )
+        .route(
+            "/dear",
+            axum::routing::get(move || {
+                dear.fetch_add(1, Ordering::SeqCst);
+                async { "the dear data" }
             }),
         )
         .route(
@@ -329,7 +345,8 @@ async fn vouchers_are_monotonic_and_an_equal_one_only_spends_what_is_left() {
     // A request whose handler fails is not charged: the voucher stays accepted, the debit is
     // given back, and an equal voucher (the client's retry) is then served.
     let three = SessionPayload::Voucher(w.voucher(w.payer(), channel, 3 * PRICE));
-    let (status, _, _) = send(&w.app, "/fails", Some(&cred(&c, &three))).await;
+    let fails = w.challenge_for("/fails").await;
+    let (status, _, _) = send(&w.app, "/fails", Some(&cred(&fails, &three))).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let (status, headers, _) = send(&w.app, "/data", Some(&cred(&c, &three))).await;
     assert_eq!(status, StatusCode::OK);
@@ -817,4 +834,123 @@ async fn a_quiet_upkeep_tick_costs_two_rpc_calls_whatever_the_number_of_channels
     // No new block, nothing more to read.
     w.paywall.maintain().await;
     assert_eq!(calls(), ["eth_blockNumber"]);
+}
+
+// ---- Up front: a later request carries its voucher, echoing a challenge issued earlier ----
+
+/// `c` re-issued by this server (key [`common::SECRET`]) with `amount` per request.
+fn priced_at(c: &Challenge, amount: u128) -> Challenge {
+    let mut request = c.request.clone();
+    request["amount"] = amount.to_string().into();
+    farebox_mpp::ChallengeKey::new(common::SECRET)
+        .unwrap()
+        .issue(farebox_mpp::ChallengeParams {
+            realm: c.realm.clone(),
+            method: c.method.clone(),
+            intent: c.intent.clone(),
+            request,
+            expires: c.expires.clone(),
+            description: None,
+            digest: None,
+            opaque: c.opaque_map().unwrap(),
+            header: None,
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_live_challenge_pays_later_requests_up_front_and_each_voucher_once() {
+    let w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    // The challenge the opening request was paid under still pays: no further 402.
+    let c = w.challenge().await;
+    for n in 2..=3 {
+        let v = SessionPayload::Voucher(w.voucher(w.payer(), channel, n * PRICE));
+        let (status, headers, _) = send(&w.app, "/data", Some(&cred(&c, &v))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(common::receipt(&headers).extensions["spent"], (n * PRICE).to_string());
+    }
+    // The same voucher up front again: nothing left of what it authorized.
+    let three = SessionPayload::Voucher(w.voucher(w.payer(), channel, 3 * PRICE));
+    refused(
+        &send(&w.app, "/data", Some(&cred(&c, &three))).await,
+        StatusCode::PAYMENT_REQUIRED,
+        "session/insufficient-balance",
+    );
+    // One not above what was accepted: refused as going backwards.
+    let two = SessionPayload::Voucher(w.voucher(w.payer(), channel, 2 * PRICE));
+    refused(
+        &send(&w.app, "/data", Some(&cred(&c, &two))).await,
+        StatusCode::PAYMENT_REQUIRED,
+        "verification-failed",
+    );
+    // The challenge expired: refused before the voucher is looked at, nothing accepted.
+    let four = SessionPayload::Voucher(w.voucher(w.payer(), channel, 4 * PRICE));
+    refused(
+        &send(&w.app, "/data", Some(&cred(&common::expired(&c, 1), &four))).await,
+        StatusCode::PAYMENT_REQUIRED,
+        "payment-expired",
+    );
+    let record = w.sessions.load_session("mpp-evm-session", &format!("{channel:#x}")).await;
+    let record = record.unwrap().unwrap().value;
+    assert_eq!((record.accepted, record.spent), (3 * PRICE, 3 * PRICE));
+    assert_eq!(w.handled.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_cheaper_routes_challenge_does_not_pay_for_a_dearer_route() {
+    let w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    let cheap = w.challenge().await; // issued for /data at PRICE
+    let v = SessionPayload::Voucher(w.voucher(w.payer(), channel, 3 * PRICE));
+    refused(
+        &send(&w.app, "/dear", Some(&cred(&cheap, &v))).await,
+        StatusCode::PAYMENT_REQUIRED,
+        "invalid-challenge",
+    );
+    // Bound to the right route but at a lower price than the route's (as a challenge issued
+    // before a price rise would be): refused too.
+    let dear = w.challenge_for("/dear").await;
+    refused(
+        &send(&w.app, "/dear", Some(&cred(&priced_at(&dear, PRICE), &v))).await,
+        StatusCode::PAYMENT_REQUIRED,
+        "payment-insufficient",
+    );
+    let record = w.sessions.load_session("mpp-evm-session", &format!("{channel:#x}")).await;
+    assert_eq!(record.unwrap().unwrap().value.accepted, PRICE, "no refused voucher was kept");
+    // Its own challenge pays it, debiting its price.
+    let (status, headers, _) = send(&w.app, "/dear", Some(&cred(&dear, &v))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(common::receipt(&headers).extensions["spent"], (3 * PRICE).to_string());
+    assert_eq!(w.handled.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn concurrent_up_front_vouchers_never_serve_more_than_they_pay_for() {
+    let w = world().await;
+    let channel = w.opened(DEPOSIT).await;
+    let c = w.challenge().await;
+    // Eight requests at once, each with the next voucher, in any order; the deposit pays four.
+    let tasks: Vec<_> = (2..=9)
+        .map(|n| {
+            let auth = cred(&c, &SessionPayload::Voucher(w.voucher(w.payer(), channel, n * PRICE)));
+            let app = w.app.clone();
+            tokio::spawn(async move { send(&app, "/data", Some(&auth)).await.0 })
+        })
+        .collect();
+    let mut served = 0u128;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => served += 1,
+            StatusCode::PAYMENT_REQUIRED => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let record = w.sessions.load_session("mpp-evm-session", &format!("{channel:#x}")).await;
+    let record = record.unwrap().unwrap().value;
+    assert!(record.accepted <= DEPOSIT);
+    assert!(record.spent <= record.accepted, "never served beyond what vouchers authorize");
+    assert_eq!(record.spent, (1 + served) * PRICE, "each served request debited once");
+    assert_eq!(w.handled.load(Ordering::SeqCst) as u128, 1 + served);
+    assert!(served >= 1);
 }

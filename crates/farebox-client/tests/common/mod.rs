@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -16,11 +16,13 @@ use farebox_client::{
     Budget, ClientError, EntryKind, EvmSessionPolicy, Ledger, MppWallet, PaymentMiddleware,
     Sessions,
 };
-use farebox_core::{Asset, Money, Price};
+use farebox_core::{Asset, Money, Price, SessionStore};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::{Address, EvmRpc, U256};
-use farebox_mpp::{EvmSessionConfig, MppConfig, MppRail, PaymentReceipt};
+use farebox_mpp::{
+    ChallengeKey, ChallengeParams, Credential, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt,
+};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 use http::Method;
@@ -42,43 +44,108 @@ pub struct Server {
     pub served: Arc<AtomicUsize>,
     /// How many requests carried an `Authorization` header (a credential).
     pub credentials: Arc<AtomicUsize>,
+    /// How many HTTP requests arrived, paid or not.
+    pub requests: Arc<AtomicUsize>,
+    /// How many of the next credentials arrive with their challenge expired (re-issued by the
+    /// server's key a minute in the past), as from a client whose clock runs behind.
+    pub expire_next: Arc<AtomicUsize>,
+    /// Set: requests are priced by the second paywall given to [`serve_repriced`] (the
+    /// operator changed the price; channel records and challenge key stay).
+    pub repriced: Arc<AtomicBool>,
 }
 
 /// Serves `/data` behind `paywall`, counting handler calls and credentials, with `tamper`
 /// applied to every answer.
 pub async fn serve(paywall: Paywall, tamper: Option<Tamper>) -> Server {
+    serve_repriced(paywall, None, tamper).await
+}
+
+/// [`serve`], switching to `repriced` (if any) once [`Server::repriced`] is set.
+pub async fn serve_repriced(
+    paywall: Paywall,
+    repriced: Option<Paywall>,
+    tamper: Option<Tamper>,
+) -> Server {
     let served = Arc::new(AtomicUsize::new(0));
     let credentials = Arc::new(AtomicUsize::new(0));
-    let counter = served.clone();
-    let seen = credentials.clone();
-    let app = Router::new()
-        .route(
-            "/data",
-            get(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async { "data" }
-            }),
-        )
-        .layer(PaywallLayer::new(paywall))
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let (tamper, seen) = (tamper.clone(), seen.clone());
-            async move {
-                if req.headers().contains_key(AUTHORIZATION) {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                }
-                let response = next.run(req).await;
-                let Some(tamper) = tamper else { return response };
-                let (mut parts, body) = response.into_parts();
-                let mut bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
-                tamper(&mut parts, &mut bytes);
-                parts.headers.remove(CONTENT_LENGTH);
-                Response::from_parts(parts, Body::from(bytes))
+    let requests = Arc::new(AtomicUsize::new(0));
+    let expire_next = Arc::new(AtomicUsize::new(0));
+    let switched = Arc::new(AtomicBool::new(false));
+    let (seen, arrived, expire) = (credentials.clone(), requests.clone(), expire_next.clone());
+    let priced = |paywall: Paywall| {
+        let counter = served.clone();
+        Router::new()
+            .route(
+                "/data",
+                get(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { "data" }
+                }),
+            )
+            .layer(PaywallLayer::new(paywall))
+    };
+    let app = match repriced.map(priced) {
+        None => priced(paywall),
+        Some(dear) => {
+            let (cheap, switch) = (priced(paywall), switched.clone());
+            Router::new().fallback(move |req: Request| {
+                use tower::ServiceExt;
+                let app = if switch.load(Ordering::SeqCst) { dear.clone() } else { cheap.clone() };
+                async move { app.oneshot(req).await.unwrap() }
+            })
+        }
+    };
+    let app = app.layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
+        let (tamper, seen) = (tamper.clone(), seen.clone());
+        arrived.fetch_add(1, Ordering::SeqCst);
+        if let Some(value) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+            && expire.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            let expired = expired_credential(value);
+            req.headers_mut().insert(AUTHORIZATION, expired.parse().unwrap());
+        }
+        async move {
+            if req.headers().contains_key(AUTHORIZATION) {
+                seen.fetch_add(1, Ordering::SeqCst);
             }
-        }));
+            let response = next.run(req).await;
+            let Some(tamper) = tamper else { return response };
+            let (mut parts, body) = response.into_parts();
+            let mut bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+            tamper(&mut parts, &mut bytes);
+            parts.headers.remove(CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(bytes))
+        }
+    }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { base, served, credentials }
+    Server { base, served, credentials, requests, expire_next, repriced: switched }
+}
+
+/// The `Authorization: Payment` credential `value` with its challenge re-issued by this
+/// server's key as expired a minute ago (payload and source unchanged).
+fn expired_credential(value: &str) -> String {
+    use farebox_mpp::challenge::{decode_opaque, decode_request};
+    let cred = Credential::decode(farebox_mpp::credential::payment_token(value).unwrap()).unwrap();
+    let ch = &cred.challenge;
+    let challenge = ChallengeKey::new(SECRET)
+        .unwrap()
+        .issue(ChallengeParams {
+            realm: ch.realm.clone(),
+            method: ch.method.clone(),
+            intent: ch.intent.clone(),
+            request: decode_request(&ch.request).unwrap(),
+            expires: Some(farebox_mpp::time::format(farebox_mpp::time::unix_now() - 60)),
+            description: None,
+            digest: None,
+            opaque: ch.opaque.as_deref().map(|o| decode_opaque(o).unwrap()),
+            header: None,
+        })
+        .unwrap();
+    let mut again = Credential::new(&challenge, cred.payload.clone());
+    again.source = cred.source.clone();
+    again.to_authorization()
 }
 
 /// Sets `name` in the response's `Payment-Receipt` (if it has one).
@@ -131,6 +198,8 @@ pub struct EvmSetup {
     /// Also sell `/data` for 10 sat, as Lightning charges received by this node.
     pub lightning: Option<Arc<dyn farebox_lightning::LightningBackend>>,
     pub tamper: Option<Tamper>,
+    /// A price per request the server switches to when [`EvmWorld::repriced`] is set.
+    pub repriced: Option<u128>,
 }
 
 /// A chain and an EVM session server on it (payee: account 2).
@@ -144,6 +213,9 @@ pub struct EvmWorld {
     pub base: String,
     pub served: Arc<AtomicUsize>,
     pub credentials: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub expire_next: Arc<AtomicUsize>,
+    pub repriced: Arc<AtomicBool>,
 }
 
 impl EvmChain {
@@ -173,23 +245,27 @@ impl EvmChain {
         );
         config.suggested_deposit = setup.suggested_deposit;
         let sessions = Arc::new(MemoryStore::new());
-        let mut rail = MppRail::builder(
-            MppConfig::new("api.example.com", SECRET),
-            Arc::new(MemoryStore::new()),
-        )
-        .evm_session(config, sessions.clone());
-        let mut price = vec![Money::new(self.asset.clone(), PRICE)];
-        if let Some(node) = setup.lightning {
-            rail = rail.lightning(node);
-            price.push(Money::sats(10));
-        }
-        let price = Price::any_of(price).unwrap();
-        let paywall = Paywall::builder()
-            .rail(rail.build().unwrap())
-            .route(PricedRoute::new(Some(Method::GET), "/data", price).unwrap())
-            .build()
-            .unwrap();
-        let server = serve(paywall, setup.tamper).await;
+        let replays = Arc::new(MemoryStore::new());
+        // One rail per price, sharing the channel records, the replay store and the key: the
+        // same server before and after its operator changes the price.
+        let paywall = |per_request: u128| {
+            let mut rail =
+                MppRail::builder(MppConfig::new("api.example.com", SECRET), replays.clone())
+                    .evm_session(config.clone(), sessions.clone());
+            let mut price = vec![Money::new(self.asset.clone(), per_request)];
+            if let Some(node) = &setup.lightning {
+                rail = rail.lightning(node.clone());
+                price.push(Money::sats(10));
+            }
+            let price = Price::any_of(price).unwrap();
+            Paywall::builder()
+                .rail(rail.build().unwrap())
+                .route(PricedRoute::new(Some(Method::GET), "/data", price).unwrap())
+                .build()
+                .unwrap()
+        };
+        let server =
+            serve_repriced(paywall(PRICE), setup.repriced.map(paywall), setup.tamper).await;
         EvmWorld {
             anvil: self.anvil,
             rpc: self.rpc,
@@ -200,6 +276,9 @@ impl EvmChain {
             base: server.base,
             served: server.served,
             credentials: server.credentials,
+            requests: server.requests,
+            expire_next: server.expire_next,
+            repriced: server.repriced,
         }
     }
 }
@@ -222,6 +301,14 @@ impl EvmWorld {
     /// Transactions the payer has sent.
     pub async fn payer_nonce(&self) -> U256 {
         self.rpc.request("eth_getTransactionCount", (self.payer().address, "latest")).await.unwrap()
+    }
+
+    /// What the server holds of `p`'s (one) channel: the voucher accepted and what it spent.
+    pub async fn held(&self, p: &Payer) -> (u128, u128) {
+        let channel = &p.ledger.entries()[0].reference;
+        let record = self.sessions.load_session("mpp-evm-session", channel).await.unwrap();
+        let record = record.expect("the server knows the channel").value;
+        (record.accepted, record.spent)
     }
 
     pub fn payer(&self) -> &DevAccount {

@@ -9,7 +9,12 @@
 //! the debit is persisted before the handler runs and credited back if the handler fails.
 //!
 //! **Verification**, per action, after the envelope (id, realm, unexpired challenge, the
-//! request names this server's token, payee, chain and escrow):
+//! request names this server's token, payee, chain and escrow; for `open` and `voucher`, which
+//! are billed, also a challenge issued for this route and method whose `amount` is at least the
+//! route's price: [`MppRail::live_for`]). A challenge is not used up by a voucher: a wallet
+//! sends its next voucher up front with the next request, echoing the challenge it last paid
+//! under while that is unexpired, and the voucher itself is what cannot be replayed (it must
+//! add to what was accepted, or the unspent balance must cover the price):
 //! - `open`: the transaction's receipt carries a `ChannelOpened` for the payload's channel from
 //!   this escrow (reverted: 409 `session/transaction-reverted`; not mined yet: 503); the channel
 //!   on chain pays this payee in this token, is not finalized, has no close pending, and holds
@@ -375,10 +380,21 @@ impl MppRail {
         }
         let payload = SessionPayload::from_json(&cred.payload)
             .map_err(|e| problem::malformed(format!("session payload: {e}")))?;
+        // A billed request (open, voucher) pays this route's price under a challenge issued
+        // for this route at no lower a price: the same checks whether the credential answers
+        // a 402 or comes up front on a later request (the wallet reuses a live challenge).
         let price = || {
-            resource.price.in_asset(&m.asset).map(|p| p.amount).ok_or_else(|| {
+            Self::live_for(ch, resource, now)?;
+            let price = resource.price.in_asset(&m.asset).map(|p| p.amount).ok_or_else(|| {
                 problem::invalid_challenge("this route has no price in the channel's token")
-            })
+            })?;
+            if request.amount < U256::from(price) {
+                return Err(problem::insufficient(format!(
+                    "the challenge charges {} per request, this route costs {price}",
+                    request.amount
+                )));
+            }
+            Ok(price)
         };
         let id = ch.id.clone();
         match payload {

@@ -605,6 +605,35 @@ impl MppRail {
         Ok(expires)
     }
 
+    /// What every paid credential's challenge must be, whatever the method and intent, and
+    /// whether it is presented after a 402 or up front on a session's later request: unexpired
+    /// (`payment-expired`) and issued for this route and HTTP method (`invalid-challenge`).
+    /// The id and realm are checked by [`Self::decode`]; the price by each intent, against its
+    /// request.
+    pub(crate) fn live_for(
+        ch: &EchoedChallenge,
+        resource: &Resource,
+        now_unix: u64,
+    ) -> Result<u64, PaymentError> {
+        let expires = Self::unexpired(ch, now_unix)?;
+        let opaque = ch
+            .opaque
+            .as_deref()
+            .map(decode_opaque)
+            .transpose()
+            .map_err(|e| problem::invalid_challenge(format!("challenge opaque: {e}")))?
+            .unwrap_or_default();
+        if opaque.get(OPAQUE_ROUTE).map(String::as_str) != Some(&resource.route)
+            || opaque.get(OPAQUE_HTTP_METHOD).map(String::as_str) != Some(resource.method.as_str())
+        {
+            return Err(problem::invalid_challenge(format!(
+                "the challenge was issued for another route, not {} {}",
+                resource.method, resource.route
+            )));
+        }
+        Ok(expires)
+    }
+
     fn check(
         &self,
         resource: &Resource,
@@ -633,22 +662,7 @@ impl MppRail {
             }
         };
         let ch = &cred.challenge;
-        Self::unexpired(ch, now_unix)?;
-        let opaque = ch
-            .opaque
-            .as_deref()
-            .map(decode_opaque)
-            .transpose()
-            .map_err(|e| problem::invalid_challenge(format!("challenge opaque: {e}")))?
-            .unwrap_or_default();
-        if opaque.get(OPAQUE_ROUTE).map(String::as_str) != Some(&resource.route)
-            || opaque.get(OPAQUE_HTTP_METHOD).map(String::as_str) != Some(resource.method.as_str())
-        {
-            return Err(problem::invalid_challenge(format!(
-                "the challenge was issued for another route, not {} {}",
-                resource.method, resource.route
-            )));
-        }
+        Self::live_for(ch, resource, now_unix)?;
         let request = decode_request(&ch.request)
             .map_err(|e| problem::invalid_challenge(format!("challenge request: {e}")))?;
         if evm {
