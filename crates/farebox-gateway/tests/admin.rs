@@ -256,6 +256,41 @@ async fn a_revoked_token_is_refused_on_every_instance_within_a_second() {
     assert_eq!(admin_a.post("/api/l402/tokens/not-hex/revoke").await.status(), 400);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_used_on_every_instance_is_one_payment_between_them_as_soon_as_served() {
+    let keys = tempfile::tempdir().unwrap();
+    let shared = keys.path().join("shared.sqlite");
+    let shared = shared.to_str().unwrap();
+    let (a, admin_a) = start_admin(&keys, ROUTES, Some(shared)).await;
+    let (b, _admin_b) = start_admin(&keys, ROUTES, Some(shared)).await;
+    let token = buy_token(&a).await;
+    // Its first paid answer on both instances at once, then again on each.
+    let (on_a, on_b) = tokio::join!(status_with(&a, &token), status_with(&b, &token));
+    assert_eq!((on_a, on_b), (200, 200));
+    assert_eq!(status_with(&b, &token).await, 200);
+    assert_eq!(status_with(&a, &token).await, 200);
+    // Counted as served, without waiting for the payment log.
+    let payments = |g: &common::Running| {
+        g.gateway.metrics().counter("farebox_gateway_payments_total", &[("route", "/joke")])
+    };
+    let revenue = |g: &common::Running| {
+        g.gateway.metrics().counter("farebox_gateway_revenue_total", &[("route", "/joke")])
+    };
+    assert_eq!(payments(&a) + payments(&b), 1, "one token bought, four requests served");
+    assert_eq!(revenue(&a) + revenue(&b), 10_000);
+    let paid = |g: &common::Running| {
+        g.gateway.metrics().counter("farebox_gateway_paid_requests_total", &[("route", "/joke")])
+    };
+    assert_eq!(paid(&a) + paid(&b), 4);
+
+    assert!(a.gateway.flush_payments(Duration::from_secs(10)).await);
+    assert!(b.gateway.flush_payments(Duration::from_secs(10)).await);
+    let logged = admin_a.get("/api/payments?limit=10").await;
+    assert_eq!(logged["payments"].as_array().unwrap().len(), 1, "{logged}");
+    let tokens = admin_a.get("/api/l402/tokens").await;
+    assert_eq!(tokens["tokens"][0]["uses"], 4, "{tokens}");
+}
+
 const RATE_LIMITED: &str = r#"
 [rate_limit]
 per_ip = { requests = 3, window_secs = 60 }
