@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::serve::ListenerExt as _;
 use farebox_core::Receipt;
 use farebox_evm::EvmRpc;
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
@@ -305,7 +306,7 @@ impl Gateway {
             tracing::info!(addr = %admin.listen, "admin API and status page listening");
             let app = self.admin_router().into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(
-                axum::serve(listener, app)
+                axum::serve(listener.tap_io(no_delay), app)
                     .with_graceful_shutdown(wait(stopped.clone()))
                     .into_future(),
             );
@@ -315,11 +316,14 @@ impl Gateway {
             tracing::info!(%addr, "ops endpoints listening");
             let app = self.ops_router().into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(
-                axum::serve(ops, app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
+                axum::serve(ops.tap_io(no_delay), app)
+                    .with_graceful_shutdown(wait(stopped.clone()))
+                    .into_future(),
             );
         }
         let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        let main = axum::serve(listener, app).with_graceful_shutdown(wait(stopped.clone()));
+        let main = axum::serve(listener.tap_io(no_delay), app)
+            .with_graceful_shutdown(wait(stopped.clone()));
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -336,6 +340,14 @@ impl Gateway {
                 Ok(())
             }
         }
+    }
+}
+
+/// Answers go out as soon as they are written: with Nagle's algorithm a response written in two
+/// parts (headers, then a streamed body) can wait for the client's delayed ACK.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
 }
 
