@@ -87,6 +87,9 @@ struct Backends {
     demo_router: Option<axum::Router>,
     demo_addr: Option<SocketAddr>,
     state_dir: Option<PathBuf>,
+    /// The payment log writers of this configuration and of those a reload replaced that are
+    /// still writing: a shutdown drains them all.
+    writers: Vec<crate::payments::Writer>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -199,6 +202,7 @@ impl Gateway {
             demo_router: options.demo_upstream,
             demo_addr: None,
             state_dir: options.state_dir,
+            writers: Vec::new(),
         };
         let metrics = Arc::new(Metrics::new());
         let live = build(Arc::new(config), &mut backends, &metrics).await?;
@@ -289,7 +293,8 @@ impl Gateway {
 
     /// Serves on `listener` (and on `[ops] listen` when set) until `shutdown` resolves; then
     /// stops accepting, lets requests in flight (and their settlements) finish for up to
-    /// `shutdown_grace_secs`, and returns.
+    /// `shutdown_grace_secs`, writes the payment log (for up to [`LOG_DRAIN`] more), and
+    /// returns.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
@@ -333,15 +338,33 @@ impl Gateway {
             wait(stopped).await;
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
+        let served = tokio::select! {
             done = main.into_future() => done,
             () = deadline => {
                 tracing::warn!("shutdown grace period over; exiting with requests still in flight");
                 Ok(())
             }
+        };
+        self.drain_payment_logs().await;
+        served
+    }
+
+    /// Writes what every payment log holds before the process ends: a writer commits what it
+    /// gathered every 50 ms, and what it holds when the process exits would be lost.
+    async fn drain_payment_logs(&self) {
+        let backends = self.backends.lock().await;
+        let deadline = tokio::time::Instant::now() + LOG_DRAIN;
+        for writer in &backends.writers {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !writer.drain(left).await {
+                tracing::warn!("payment log: payments not written before exit");
+            }
         }
     }
 }
+
+/// How long a shutdown waits for the payment log to write what it holds.
+pub const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 /// Answers go out as soon as they are written: with Nagle's algorithm a response written in two
 /// parts (headers, then a streamed body) can wait for the client's delayed ACK.
@@ -614,6 +637,8 @@ async fn build(
 
     // Operations: the payment log, the admin token, discovery.
     let payments = PaymentLog::start(db.clone(), metrics.clone());
+    b.writers.retain(|w| !w.has_ended());
+    b.writers.push(payments.writer());
     let admin_token = match &config.admin {
         Some(admin) => Some(AdminToken::new(
             admin.token.read(&base).map_err(|e| fail(&config, "admin.token", e))?.expose(),

@@ -42,7 +42,7 @@
 //!   paid answer on any instance; every request it pays for counts as a paid request.
 //! * **The payment log is written 50 ms at a time** (one commit per batch): a crash loses the
 //!   log entries of the last 50 ms, never a payment's protection against replay, which is the
-//!   rails' business (see [`payments`]). The Prometheus counters count each paid answer as it
+//!   rails' business (see [`payments`]); a graceful shutdown writes them before it ends. The Prometheus counters count each paid answer as it
 //!   is given.
 //! * **Requests no route matches are refused (404)**, never passed through free.
 //! * **`X-Forwarded-For`/`-Proto`/`-Host`** are written by the gateway and a client's own are

@@ -11,6 +11,8 @@
 //!
 //! **Durability.** What is queued lives in memory until its commit: a crash loses the entries
 //! of the last [`COALESCE`] (and, while the database is unreachable, those held for a retry).
+//! A graceful shutdown loses none: once no request is in flight, `Gateway::serve` drains every
+//! writer ([`Writer::drain`]) before it returns.
 //! Nothing else depends on this log. The money is not at stake: the rails' own records (the
 //! replay store, the chain, the Lightning node, the L402 token store) are the books and decide
 //! what is served; no rail reads this log, so a lost entry never lets a payment be replayed.
@@ -28,7 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::db::{GatewayDb, Kind, Logged, Recorded};
 use crate::metrics::Metrics;
@@ -56,14 +58,26 @@ enum Msg {
 pub struct PaymentLog {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
+    /// Closed when the writer ends.
+    running: watch::Receiver<()>,
 }
 
 impl PaymentLog {
     /// Starts the writer over `db`.
     pub fn start(db: GatewayDb, metrics: Arc<Metrics>) -> PaymentLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(db, metrics.clone(), rx));
-        PaymentLog { tx, metrics }
+        let (alive, running) = watch::channel(());
+        let counted = metrics.clone();
+        tokio::spawn(async move {
+            writer(db, counted, rx).await;
+            drop(alive);
+        });
+        PaymentLog { tx, metrics, running }
+    }
+
+    /// The writer, as a shutdown waits on it, without keeping it running.
+    pub fn writer(&self) -> Writer {
+        Writer { tx: self.tx.downgrade(), running: self.running.clone() }
     }
 
     /// Queues a payment; never waits. A full queue drops it (logged, counted as an error).
@@ -76,11 +90,44 @@ impl PaymentLog {
 
     /// Waits until everything queued before this call is written (or `within` passed).
     pub async fn flush(&self, within: Duration) -> bool {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_err() {
-            return false;
-        }
-        matches!(tokio::time::timeout(within, wait).await, Ok(Ok(())))
+        tokio::time::timeout(within, flush(&self.tx)).await.unwrap_or(false)
+    }
+}
+
+/// Waits until everything queued on `tx` before this call is written.
+async fn flush(tx: &mpsc::Sender<Msg>) -> bool {
+    let (done, wait) = oneshot::channel();
+    tx.send(Msg::Flush(done)).await.is_ok() && wait.await.is_ok()
+}
+
+/// A payment log's writer, held by a shutdown that must not end before it has written what it
+/// was given (see the module docs), and that must not keep it running either (a configuration
+/// that a reload replaced ends its writer once its last request is answered).
+pub struct Writer {
+    tx: mpsc::WeakSender<Msg>,
+    running: watch::Receiver<()>,
+}
+
+impl Writer {
+    /// Whether the writer has ended (everything it was given is written, or given up).
+    pub fn has_ended(&self) -> bool {
+        self.running.has_changed().is_err()
+    }
+
+    /// Waits until everything queued so far is written (or `within` passed): a flush while the
+    /// log is in use, else the writer's end, which comes once it has written what it holds.
+    pub async fn drain(&self, within: Duration) -> bool {
+        let drained = async {
+            match self.tx.upgrade() {
+                Some(tx) => flush(&tx).await,
+                None => {
+                    let mut running = self.running.clone();
+                    while running.changed().await.is_ok() {}
+                    true
+                }
+            }
+        };
+        tokio::time::timeout(within, drained).await.unwrap_or(false)
     }
 }
 
@@ -211,15 +258,20 @@ mod tests {
         }
     }
 
+    /// A database in a temporary directory, and metrics.
+    async fn open() -> (tempfile::TempDir, GatewayDb, Arc<Metrics>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = GatewayDb::sqlite(&dir.path().join("g.sqlite")).await.unwrap();
+        (dir, db, Arc::new(Metrics::new()))
+    }
+
     fn logged(row: PaymentRow, kind: Kind) -> Logged {
         Logged { row, kind }
     }
 
     #[tokio::test]
     async fn an_l402_token_is_one_payment_however_often_it_is_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = GatewayDb::sqlite(&dir.path().join("g.sqlite")).await.unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let (_dir, db, metrics) = open().await;
         let log = PaymentLog::start(db.clone(), metrics.clone());
         // The request path claims the token's first paid answer, and only that one.
         assert!(db.claim_token(&row("a", "l402", Some("t1"))).await.unwrap());
@@ -246,9 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_the_request_path_could_not_claim_is_one_payment_counted_by_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = GatewayDb::sqlite(&dir.path().join("g.sqlite")).await.unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let (_dir, db, metrics) = open().await;
         let log = PaymentLog::start(db.clone(), metrics.clone());
         assert!(db.claim_token(&row("a", "l402", Some("t1"))).await.unwrap());
         log.record(logged(row("a", "l402", Some("t1")), Kind::Payment));
@@ -265,5 +315,23 @@ mod tests {
         let mut uses: Vec<i64> = db.tokens(10).await.unwrap().iter().map(|t| t.uses).collect();
         uses.sort();
         assert_eq!(uses, [2, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_drained_writer_has_written_what_it_was_given_in_use_or_replaced() {
+        let (_dir, db, metrics) = open().await;
+        // In use: the drain is a flush, well within the 50 ms the writer would gather.
+        let log = PaymentLog::start(db.clone(), metrics.clone());
+        log.record(logged(row("a", "mpp", None), Kind::Payment));
+        let writer = log.writer();
+        assert!(writer.drain(Duration::from_secs(5)).await);
+        assert_eq!(db.recent_payments(10).await.unwrap().len(), 1);
+        assert!(!writer.has_ended(), "the log is still in use");
+        // Replaced (a reload): its last sender is gone; the drain waits for the writer's end.
+        log.record(logged(row("b", "mpp", None), Kind::Payment));
+        drop(log);
+        assert!(writer.drain(Duration::from_secs(5)).await);
+        assert!(writer.has_ended());
+        assert_eq!(db.recent_payments(10).await.unwrap().len(), 2);
     }
 }
