@@ -634,8 +634,18 @@ fn expect_status(url: &str, header: Option<(&str, &str)>, want: u16) -> Result<(
 /// (settled on anvil), (d) paid requests on one MPP EVM session (one voucher for the whole
 /// deposit, each request debiting the price), (e) nginx as a plain reverse proxy; all against
 /// the same trivial nginx upstream on loopback, with wrk, in one run.
+///
+/// `FAREBOX_BENCH_BINARY=<path>` measures that `farebox` binary instead of building one (to
+/// compare two builds, each against nginx in its own run).
 pub fn run_gateway_bench() -> Result<()> {
-    run(cargo().args(["build", "--profile", "bench", "--quiet", "--package", "farebox"]))?;
+    let binary = match std::env::var_os("FAREBOX_BENCH_BINARY") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => {
+            run(cargo().args(["build", "--profile", "bench", "--quiet", "--package", "farebox"]))?;
+            tools::workspace_root().join("target/release/farebox")
+        }
+    };
+    eprintln!("xtask: measuring {}", binary.display());
     let dir = tools::workspace_root().join("target/loadtest/gateway");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("nginx-tmp"))?;
@@ -676,7 +686,7 @@ pub fn run_gateway_bench() -> Result<()> {
     let config = dir.join("farebox.toml");
     std::fs::write(&config, gateway_config(&dir, listen, wallet, upstream, &anvil_url, &chain)?)?;
     let _gateway = Guard(
-        Command::new(tools::workspace_root().join("target/release/farebox"))
+        Command::new(&binary)
             .arg("serve")
             .arg("--config")
             .arg(&config)

@@ -6,7 +6,7 @@
 //! | `farebox_gateway_free_tier` | free-tier uses per client and window ([`crate::free_tier`]) |
 //! | `farebox_gateway_payments` | the payment log: one row per payment taken (an L402 token counts once, at its first use) |
 //! | `farebox_gateway_revenue` | revenue per rail, route and asset, in base units |
-//! | `farebox_gateway_l402_tokens` | L402 tokens seen paid: first and last use, uses |
+//! | `farebox_gateway_l402_tokens` | L402 tokens seen paid: first and last use, uses; a token's row is inserted by the claim of its first paid answer ([`GatewayDb::claim_token`]), which is what makes it a payment once on every instance |
 //!
 //! The migrations below run when the gateway starts, each once, even when instances start
 //! together. Every query is written once, with `$n` placeholders, which both SQLite (through
@@ -112,6 +112,29 @@ macro_rules! on_pool {
     };
 }
 
+/// Inserts the row of the L402 token `$token` for the paid answer `$row` unless it exists
+/// (see [`GatewayDb::claim_token`]); `$ex` is a pool or a transaction of either database.
+macro_rules! claim_token_on {
+    ($ex:expr, $token:expr, $row:expr) => {{
+        let row: &PaymentRow = $row;
+        sqlx::query(
+            "INSERT INTO farebox_gateway_l402_tokens
+               (token_id, payment_hash, route, asset, amount, first_ms, last_ms, uses)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, 0)
+             ON CONFLICT (token_id) DO NOTHING",
+        )
+        .bind($token)
+        .bind(&row.reference)
+        .bind(&row.route)
+        .bind(&row.asset)
+        .bind(&row.amount)
+        .bind(row.at_ms)
+        .execute($ex)
+        .await
+        .map(|r| r.rows_affected() == 1)
+    }};
+}
+
 /// A database error, as text (the gateway logs it and answers 503 or refuses the free tier).
 pub type DbError = String;
 
@@ -152,6 +175,26 @@ pub struct PaymentRow {
     pub instance: String,
 }
 
+/// A paid answer, as the request path hands it to the payment log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub row: PaymentRow,
+    pub kind: Kind,
+}
+
+/// What the request path made of a paid answer (and counted in the metrics when it answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A payment: counted when answered, then logged and added to the revenue. For L402, the
+    /// token's first paid answer, claimed with [`GatewayDb::claim_token`].
+    Payment,
+    /// Another paid answer for an L402 token already claimed: counted on the token only.
+    TokenUse,
+    /// An L402 answer whose token could not be claimed when it was answered (the database did not
+    /// answer): the payment log claims it, and it is a payment if that claim is the first.
+    Unclaimed,
+}
+
 /// Revenue of one rail on one route in one asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevenueRow {
@@ -175,7 +218,7 @@ pub struct TokenRow {
     pub uses: i64,
 }
 
-/// What [`GatewayDb::record`] made of one event.
+/// What [`GatewayDb::record`] made of one paid answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// A new payment: logged, and added to the revenue.
@@ -308,11 +351,26 @@ impl GatewayDb {
 
     // ---- payments ----
 
-    /// Records a batch of payment events in one transaction: a payment is logged and added to
-    /// the revenue; an L402 token is a payment at its first use only (the token paid once),
-    /// every later use is counted on the token. Returns what each event was, in order.
+    /// Claims the first paid answer of the L402 token in `payment` (its `token_id`): inserts the
+    /// token's row, with no use counted yet, unless one exists. `true` for the one claim, on any
+    /// instance sharing the database, that created it: that answer is when the token was paid
+    /// for. The payment log counts the uses later ([`GatewayDb::record`]).
+    pub async fn claim_token(&self, payment: &PaymentRow) -> Result<bool, DbError> {
+        let Some(token) = &payment.token_id else {
+            return Ok(false);
+        };
+        bounded("claiming an L402 token", async {
+            on_pool!(self, |pool| claim_token_on!(pool, token, payment))
+        })
+        .await
+    }
+
+    /// Records a batch of paid answers in one transaction: a [`Kind::Payment`] is logged and
+    /// added to the revenue, and every L402 answer is counted as a use of its token. A
+    /// [`Kind::Unclaimed`] answer's token is claimed here (see [`GatewayDb::claim_token`]) and
+    /// is a payment when that claim is the first. Returns what each event was, in order.
     /// Retrying a batch after an error is safe: event ids make it idempotent.
-    pub async fn record(&self, events: &[PaymentRow]) -> Result<Vec<Recorded>, DbError> {
+    pub async fn record(&self, events: &[Logged]) -> Result<Vec<Recorded>, DbError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -320,59 +378,46 @@ impl GatewayDb {
             on_pool!(self, |pool| {
                 let mut tx = pool.begin().await?;
                 // Each token once per batch, in key order (the same lock order in every
-                // instance): where it first appears, how often, and when last.
-                let mut tokens: BTreeMap<&str, (usize, i64, i64)> = BTreeMap::new();
+                // instance): how often it was used, when last, and its first unclaimed answer.
+                let mut tokens: BTreeMap<&str, (i64, i64, Option<usize>)> = BTreeMap::new();
                 for (i, e) in events.iter().enumerate() {
-                    if let Some(token) = &e.token_id {
-                        let slot = tokens.entry(token).or_insert((i, 0, e.at_ms));
-                        slot.1 += 1;
-                        slot.2 = slot.2.max(e.at_ms);
+                    if let Some(token) = &e.row.token_id {
+                        let slot = tokens.entry(token).or_insert((0, e.row.at_ms, None));
+                        slot.0 += 1;
+                        slot.1 = slot.1.max(e.row.at_ms);
+                        if e.kind == Kind::Unclaimed && slot.2.is_none() {
+                            slot.2 = Some(i);
+                        }
                     }
                 }
                 // `None`: still to be logged as a payment.
                 let mut out: Vec<Option<Recorded>> = events
                     .iter()
-                    .map(|e| e.token_id.as_ref().map(|_| Recorded::TokenUse))
+                    .map(|e| match e.kind {
+                        Kind::Payment => None,
+                        Kind::TokenUse | Kind::Unclaimed => Some(Recorded::TokenUse),
+                    })
                     .collect();
-                for (token, (first, uses, last)) in &tokens {
-                    let e = &events[*first];
-                    let new = sqlx::query(
-                        "INSERT INTO farebox_gateway_l402_tokens
-                           (token_id, payment_hash, route, asset, amount, first_ms, last_ms, uses)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                         ON CONFLICT (token_id) DO NOTHING",
+                for (token, (uses, last, unclaimed)) in &tokens {
+                    if let Some(first) = unclaimed
+                        && claim_token_on!(&mut *tx, *token, &events[*first].row)?
+                    {
+                        out[*first] = None;
+                    }
+                    sqlx::query(
+                        "UPDATE farebox_gateway_l402_tokens SET uses = uses + $2,
+                           last_ms = CASE WHEN last_ms < $3 THEN $3 ELSE last_ms END
+                         WHERE token_id = $1",
                     )
                     .bind(*token)
-                    .bind(&e.reference)
-                    .bind(&e.route)
-                    .bind(&e.asset)
-                    .bind(&e.amount)
-                    .bind(e.at_ms)
-                    .bind(*last)
                     .bind(*uses)
+                    .bind(*last)
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if new {
-                        // The token's first use anywhere: that is when it was paid for.
-                        out[*first] = None;
-                    } else {
-                        sqlx::query(
-                            "UPDATE farebox_gateway_l402_tokens SET uses = uses + $2,
-                               last_ms = CASE WHEN last_ms < $3 THEN $3 ELSE last_ms END
-                             WHERE token_id = $1",
-                        )
-                        .bind(*token)
-                        .bind(*uses)
-                        .bind(*last)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    .await?;
                 }
                 // Added revenue per key, in key order.
                 let mut added: BTreeMap<(&str, &str, &str), (u128, i64)> = BTreeMap::new();
-                for (e, slot) in events.iter().zip(out.iter_mut()) {
+                for (Logged { row: e, .. }, slot) in events.iter().zip(out.iter_mut()) {
                     if slot.is_some() {
                         continue;
                     }

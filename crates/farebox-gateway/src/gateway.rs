@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::serve::ListenerExt as _;
 use farebox_core::Receipt;
 use farebox_evm::EvmRpc;
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
@@ -43,9 +44,10 @@ use crate::config::{
     ChainSection, Cidr, Config, ConfigError, DEMO_UPSTREAM, Issue, LightningSection, Route, Settle,
     UpstreamSection,
 };
-use crate::db::{GatewayDb, PaymentRow};
+use crate::db::{GatewayDb, Kind, Logged, PaymentRow};
 use crate::discovery::Discovery;
 use crate::free_tier::FreeTier;
+use crate::l402_token::SeenTokens;
 use crate::metrics::Metrics;
 use crate::payments::PaymentLog;
 use crate::pricer::{Priced, Pricer};
@@ -85,6 +87,9 @@ struct Backends {
     demo_router: Option<axum::Router>,
     demo_addr: Option<SocketAddr>,
     state_dir: Option<PathBuf>,
+    /// The payment log writers of this configuration and of those a reload replaced that are
+    /// still writing: a shutdown drains them all.
+    writers: Vec<crate::payments::Writer>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -108,6 +113,8 @@ pub(crate) struct Live {
     /// The gateway's own tables (free tier, payment log).
     pub(crate) db: GatewayDb,
     pub(crate) payments: PaymentLog,
+    /// The L402 credentials served and the tokens whose first paid answer is claimed.
+    seen: SeenTokens,
     /// The L402 rail, which keeps revocations in the store (the admin API revokes through it).
     pub(crate) l402: Option<Arc<farebox_l402::L402Rail>>,
     limiter: Arc<RateLimiter>,
@@ -195,6 +202,7 @@ impl Gateway {
             demo_router: options.demo_upstream,
             demo_addr: None,
             state_dir: options.state_dir,
+            writers: Vec::new(),
         };
         let metrics = Arc::new(Metrics::new());
         let live = build(Arc::new(config), &mut backends, &metrics).await?;
@@ -285,7 +293,8 @@ impl Gateway {
 
     /// Serves on `listener` (and on `[ops] listen` when set) until `shutdown` resolves; then
     /// stops accepting, lets requests in flight (and their settlements) finish for up to
-    /// `shutdown_grace_secs`, and returns.
+    /// `shutdown_grace_secs`, writes the payment log (for up to [`LOG_DRAIN`] more), and
+    /// returns.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
@@ -302,7 +311,7 @@ impl Gateway {
             tracing::info!(addr = %admin.listen, "admin API and status page listening");
             let app = self.admin_router().into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(
-                axum::serve(listener, app)
+                axum::serve(listener.tap_io(no_delay), app)
                     .with_graceful_shutdown(wait(stopped.clone()))
                     .into_future(),
             );
@@ -312,11 +321,14 @@ impl Gateway {
             tracing::info!(%addr, "ops endpoints listening");
             let app = self.ops_router().into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(
-                axum::serve(ops, app).with_graceful_shutdown(wait(stopped.clone())).into_future(),
+                axum::serve(ops.tap_io(no_delay), app)
+                    .with_graceful_shutdown(wait(stopped.clone()))
+                    .into_future(),
             );
         }
         let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        let main = axum::serve(listener, app).with_graceful_shutdown(wait(stopped.clone()));
+        let main = axum::serve(listener.tap_io(no_delay), app)
+            .with_graceful_shutdown(wait(stopped.clone()));
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -326,13 +338,39 @@ impl Gateway {
             wait(stopped).await;
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
+        let served = tokio::select! {
             done = main.into_future() => done,
             () = deadline => {
                 tracing::warn!("shutdown grace period over; exiting with requests still in flight");
                 Ok(())
             }
+        };
+        self.drain_payment_logs().await;
+        served
+    }
+
+    /// Writes what every payment log holds before the process ends: a writer commits what it
+    /// gathered every 50 ms, and what it holds when the process exits would be lost.
+    async fn drain_payment_logs(&self) {
+        let backends = self.backends.lock().await;
+        let deadline = tokio::time::Instant::now() + LOG_DRAIN;
+        for writer in &backends.writers {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !writer.drain(left).await {
+                tracing::warn!("payment log: payments not written before exit");
+            }
         }
+    }
+}
+
+/// How long a shutdown waits for the payment log to write what it holds.
+pub const LOG_DRAIN: Duration = Duration::from_secs(5);
+
+/// Answers go out as soon as they are written: with Nagle's algorithm a response written in two
+/// parts (headers, then a streamed body) can wait for the client's delayed ACK.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
 }
 
@@ -599,6 +637,8 @@ async fn build(
 
     // Operations: the payment log, the admin token, discovery.
     let payments = PaymentLog::start(db.clone(), metrics.clone());
+    b.writers.retain(|w| !w.has_ended());
+    b.writers.push(payments.writer());
     let admin_token = match &config.admin {
         Some(admin) => Some(AdminToken::new(
             admin.token.read(&base).map_err(|e| fail(&config, "admin.token", e))?.expose(),
@@ -668,6 +708,7 @@ async fn build(
         store,
         db,
         payments,
+        seen: SeenTokens::new(),
         l402,
         limiter,
         admin_token,
@@ -833,16 +874,39 @@ async fn dispatch(
         );
     };
     let route = &live.routes[index];
-    let token = crate::l402_token::presented_token(request.headers());
-    let mut response = match rate_limit(gw, live, index, peer, token.as_ref(), &request) {
+    let l402 = crate::l402_token::l402_credential(request.headers()).map(|(value, key)| match live
+        .seen
+        .served(&key)
+    {
+        Some(id) => Presented { key, id: Some(id), value: None },
+        None => Presented { key, id: None, value: Some(value.clone()) },
+    });
+    let mut response = match rate_limit(gw, live, index, peer, l402.as_ref(), &request) {
         Some(refused) => refused,
         None => match &route.pricing {
             Pricing::Free => forward(&gw.metrics, live, index, peer, Vec::new(), request).await,
-            _ => priced(gw, live, index, peer, started, token, host, request).await,
+            _ => priced(gw, live, index, peer, started, l402, host, request).await,
         },
     };
     response.extensions_mut().insert(RouteLabel(route.label.clone()));
     response
+}
+
+/// The L402 credential a request presents.
+struct Presented {
+    /// The SHA-256 of its `Authorization` value.
+    key: [u8; 32],
+    /// Its identifier, when the gateway served a paid answer for this value before.
+    id: Option<farebox_l402::Identifier>,
+    /// The value, when it was not served before (its identifier is read once it is).
+    value: Option<HeaderValue>,
+}
+
+impl Presented {
+    /// The identifier it claims (not verified unless served before).
+    fn claimed_id(&self) -> Option<farebox_l402::Identifier> {
+        self.id.or_else(|| crate::l402_token::token_in(self.value.as_ref()?))
+    }
 }
 
 /// Counts the request against its route's rate limits; the 429 when one is exceeded.
@@ -851,7 +915,7 @@ fn rate_limit(
     live: &Live,
     index: usize,
     peer: SocketAddr,
-    token: Option<&farebox_l402::Identifier>,
+    l402: Option<&Presented>,
     request: &Request,
 ) -> Option<Response<Body>> {
     let route = &live.routes[index];
@@ -870,7 +934,7 @@ fn rate_limit(
         checks.push(("per_ip", scope, Key::Ip(ip), limit));
     }
     if let Some((scope, limit)) = pick(own.per_token, live.limits.per_token) {
-        let key = match token {
+        let key = match l402.and_then(Presented::claimed_id) {
             Some(id) => Some(id.token_id),
             None => request
                 .headers()
@@ -906,7 +970,7 @@ async fn priced(
     index: usize,
     peer: SocketAddr,
     started: Instant,
-    token: Option<farebox_l402::Identifier>,
+    l402: Option<Presented>,
     host: Option<String>,
     request: Request,
 ) -> Response<Body> {
@@ -1039,8 +1103,12 @@ async fn priced(
         (response.extensions().get::<Receipt>(), response.extensions().get::<PaidWith>())
         && receipt.amount.amount > 0
     {
-        let l402 = token.filter(|_| paid.rail == "l402");
-        live.payments.record(PaymentRow {
+        // The rail verified this credential: its identifier is read once per value.
+        let token = l402.filter(|_| paid.rail == "l402").and_then(|p| match p.id {
+            Some(id) => Some(id),
+            None => live.seen.serve(p.key, p.value.as_ref()?),
+        });
+        let row = PaymentRow {
             id: random_id(),
             at_ms: crate::now_ms(),
             rail: paid.rail.to_string(),
@@ -1051,11 +1119,44 @@ async fn priced(
             amount: receipt.amount.amount.to_string(),
             reference: receipt.reference.clone(),
             payer: paid.payer.clone(),
-            token_id: l402.map(|id| hex::encode(id.token_id)),
+            token_id: token.map(|id| hex::encode(id.token_id)),
             instance: live.instance.clone(),
-        });
+        };
+        let kind = payment_kind(gw, live, token, &row).await;
+        if kind == Kind::Payment {
+            gw.metrics.payment(&row.rail, &row.route, &row.asset, receipt.amount.amount);
+        }
+        live.payments.record(Logged { row, kind });
     }
     response
+}
+
+/// Whether a paid answer is a payment: always, except for an L402 token, which is a payment at
+/// its first paid answer on any instance (claimed in the token table, once per token here).
+async fn payment_kind(
+    gw: &Gateway,
+    live: &Live,
+    token: Option<farebox_l402::Identifier>,
+    row: &PaymentRow,
+) -> Kind {
+    let Some(id) = token else {
+        return Kind::Payment;
+    };
+    if live.seen.is_claimed(&id.token_id) {
+        return Kind::TokenUse;
+    }
+    match live.db.claim_token(row).await {
+        Ok(first) => {
+            live.seen.claimed(id.token_id);
+            if first { Kind::Payment } else { Kind::TokenUse }
+        }
+        Err(e) => {
+            // Served all the same (the rail verified the payment); the payment log claims it.
+            tracing::warn!(error = %e, "L402 token claim unavailable: left to the payment log");
+            gw.metrics.backend_error("store");
+            Kind::Unclaimed
+        }
+    }
 }
 
 /// A payment log id: a random prefix per process and a counter (unique across instances

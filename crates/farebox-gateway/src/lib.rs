@@ -14,8 +14,8 @@
 //! | [`ratelimit`] | per-IP and per-token rate limits (429), in memory per instance |
 //! | [`discovery`] | `/openapi.json` (MPP discovery), `/discovery/resources` (x402 Bazaar), `/llms.txt` |
 //! | [`admin`] | the admin API and the status page, on their own listener, behind a bearer token |
-//! | [`payments`] | the payment log the admin API and the status page read, written off the request path |
-//! | [`l402_token`] | the L402 token a request presents (rate limits and the payment log count by it) |
+//! | [`payments`] | the payment log the admin API and the status page read, written off the request path, 50 ms per commit |
+//! | [`l402_token`] | the L402 token a request presents (rate limits and the payment log count by it), and the tokens this instance has served |
 //! | [`db`] | the gateway's own tables in the store's database, and their migrations |
 //! | [`metrics`] | Prometheus counters and histograms |
 //!
@@ -39,7 +39,11 @@
 //!   tier and the payment log are in the shared database; L402 revocations are in the store, kept
 //!   by the L402 rail, which checks them on every verify.
 //! * **An L402 token is one payment**: revenue and the payment log count it once, at its first
-//!   use on any instance; every request it pays for counts as a paid request.
+//!   paid answer on any instance; every request it pays for counts as a paid request.
+//! * **The payment log is written 50 ms at a time** (one commit per batch): a crash loses the
+//!   log entries of the last 50 ms, never a payment's protection against replay, which is the
+//!   rails' business (see [`payments`]); a graceful shutdown writes them before it ends. The Prometheus counters count each paid answer as it
+//!   is given.
 //! * **Requests no route matches are refused (404)**, never passed through free.
 //! * **`X-Forwarded-For`/`-Proto`/`-Host`** are written by the gateway and a client's own are
 //!   dropped, unless the peer is in `trusted_proxies`; `Forwarded` is not written, and a

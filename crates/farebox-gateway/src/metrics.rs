@@ -6,7 +6,7 @@
 //! | `farebox_gateway_requests_total` | `route`, `status` | every answered request |
 //! | `farebox_gateway_payment_required_total` | `route` | 402 answers |
 //! | `farebox_gateway_paid_requests_total` | `rail`, `route` | requests served for a payment credential (an L402 token's every use) |
-//! | `farebox_gateway_payments_total` | `rail`, `route` | payments taken, as the payment log records them (an L402 token once, at its first use on any instance) |
+//! | `farebox_gateway_payments_total` | `rail`, `route` | payments taken (an L402 token once, at its first paid answer on any instance) |
 //! | `farebox_gateway_revenue_total` | `rail`, `route`, `asset` | what they paid, in the asset's base units (msat for Bitcoin) |
 //! | `farebox_gateway_rate_limited_total` | `route`, `limit` | requests refused by a rate limit (`per_ip`, `per_token`) |
 //! | `farebox_gateway_pricer_requests_total` | `route`, `outcome` | dynamic prices: `cached`, `priced`, `failed` |
@@ -15,9 +15,10 @@
 //! | `farebox_gateway_verification_seconds` | `rail` | from the request's arrival until its payment was verified |
 //! | `farebox_gateway_upstream_seconds` | `upstream` | from forwarding until the upstream's headers arrived |
 //!
-//! Payments and revenue are counted when the payment log has recorded them (a fraction of a
-//! second after the answer), by the instance that recorded them, so that the sum over every
-//! instance sharing a database counts each payment once.
+//! Payments and revenue are counted by the instance that gives the paid answer, as it decides
+//! it (before the answer leaves), so that they never lag it; an L402 token by the instance whose
+//! claim of its first paid answer was the first (see [`crate::payments`]), so that the sum over
+//! every instance sharing a database counts each payment once.
 //!
 //! Routes are labelled by their host and pattern (`/weather/*`), never by request path, so the
 //! number of series is bounded by the configuration.
@@ -146,7 +147,7 @@ impl Metrics {
         );
     }
 
-    /// A payment the payment log recorded; `asset` as [`crate::rails::asset_label`] spells it.
+    /// A payment taken; `asset` as [`crate::rails::asset_label`] spells it.
     pub fn payment(&self, rail: &str, route: &str, asset: &str, amount: u128) {
         self.add(
             "farebox_gateway_payments_total",

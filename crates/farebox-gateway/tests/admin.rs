@@ -199,13 +199,19 @@ async fn status_with(g: &common::Running, credential: &str) -> u16 {
         .as_u16()
 }
 
+/// Two gateways with admin listeners on one SQLite file in `keys`.
+async fn two_instances(
+    keys: &tempfile::TempDir,
+) -> ((common::Running, Admin), (common::Running, Admin)) {
+    let shared = keys.path().join("shared.sqlite");
+    let shared = shared.to_str().unwrap();
+    (start_admin(keys, ROUTES, Some(shared)).await, start_admin(keys, ROUTES, Some(shared)).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_token_is_refused_on_every_instance_within_a_second() {
     let keys = tempfile::tempdir().unwrap();
-    let shared = keys.path().join("shared.sqlite");
-    let shared = shared.to_str().unwrap();
-    let (a, admin_a) = start_admin(&keys, ROUTES, Some(shared)).await;
-    let (b, _admin_b) = start_admin(&keys, ROUTES, Some(shared)).await;
+    let ((a, admin_a), (b, _admin_b)) = two_instances(&keys).await;
     let token = buy_token(&a).await;
     let other = buy_token(&a).await;
     assert_eq!(status_with(&a, &token).await, 200);
@@ -254,6 +260,81 @@ async fn a_revoked_token_is_refused_on_every_instance_within_a_second() {
     assert_eq!(status_with(&b, &other).await, 200);
     assert_eq!(row(&admin_a.get("/api/l402/tokens").await).unwrap()["revoked"], true);
     assert_eq!(admin_a.post("/api/l402/tokens/not-hex/revoke").await.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_used_on_every_instance_is_one_payment_between_them_as_soon_as_served() {
+    let keys = tempfile::tempdir().unwrap();
+    let ((a, admin_a), (b, _admin_b)) = two_instances(&keys).await;
+    let token = buy_token(&a).await;
+    // Its first paid answer on both instances at once, then again on each.
+    let (on_a, on_b) = tokio::join!(status_with(&a, &token), status_with(&b, &token));
+    assert_eq!((on_a, on_b), (200, 200));
+    assert_eq!(status_with(&b, &token).await, 200);
+    assert_eq!(status_with(&a, &token).await, 200);
+    // Counted as served, without waiting for the payment log.
+    let payments = |g: &common::Running| {
+        g.gateway.metrics().counter("farebox_gateway_payments_total", &[("route", "/joke")])
+    };
+    let revenue = |g: &common::Running| {
+        g.gateway.metrics().counter("farebox_gateway_revenue_total", &[("route", "/joke")])
+    };
+    assert_eq!(payments(&a) + payments(&b), 1, "one token bought, four requests served");
+    assert_eq!(revenue(&a) + revenue(&b), 10_000);
+    let paid = |g: &common::Running| {
+        g.gateway.metrics().counter("farebox_gateway_paid_requests_total", &[("route", "/joke")])
+    };
+    assert_eq!(paid(&a) + paid(&b), 4);
+
+    assert!(a.gateway.flush_payments(Duration::from_secs(10)).await);
+    assert!(b.gateway.flush_payments(Duration::from_secs(10)).await);
+    let logged = admin_a.get("/api/payments?limit=10").await;
+    assert_eq!(logged["payments"].as_array().unwrap().len(), 1, "{logged}");
+    let tokens = admin_a.get("/api/l402/tokens").await;
+    assert_eq!(tokens["tokens"][0]["uses"], 4, "{tokens}");
+}
+
+/// A payment answered an instant before a graceful shutdown is in the payment log when the
+/// gateway starts again: the shutdown writes what the log gathered (it commits every 50 ms).
+/// The first gateway runs on a runtime of its own, dropped as soon as `serve` returns, as the
+/// `farebox serve` process exits then; its admin listener keeps its state alive until then, as
+/// the process's other tasks do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_served_just_before_shutdown_is_in_the_payment_log_after_a_restart() {
+    let keys = tempfile::tempdir().unwrap();
+    let shared = keys.path().join("shared.sqlite");
+    let (served, logged_on_return) = {
+        let (keys, shared) = (keys.path().to_path_buf(), shared.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let keys = tempfile::TempDir::new_in(keys).unwrap();
+                let (mut g, _admin) = start_admin(&keys, ROUTES, shared.to_str()).await;
+                let token = buy_token(&g).await;
+                assert_eq!(status_with(&g, &token).await, 200);
+                g.stop.take().unwrap().send(()).unwrap();
+                (&mut g.served).await.unwrap().unwrap();
+                // What the next process finds, read as `serve` returns, with the gateway alive.
+                let db = farebox_gateway::db::GatewayDb::sqlite(&shared).await.unwrap();
+                let logged = db.recent_payments(10).await.unwrap().len();
+                (g.gateway.metrics().counter("farebox_gateway_payments_total", &[]), logged)
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(served, 1, "one payment served before the shutdown");
+    assert_eq!(logged_on_return, 1, "the payment log was written before `serve` returned");
+
+    let (_g, admin) = start_admin(&keys, ROUTES, shared.to_str()).await;
+    let logged = admin.get("/api/payments?limit=10").await;
+    let logged = logged["payments"].as_array().unwrap();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["rail"], "l402");
+    assert_eq!(logged[0]["money"]["amount"], "10000");
+    let status = admin.get("/api/status").await;
+    assert_eq!(status["revenue"][0]["payments"], 1, "{status}");
+    assert_eq!(status["revenue"][0]["money"]["amount"], "10000", "{status}");
 }
 
 const RATE_LIMITED: &str = r#"

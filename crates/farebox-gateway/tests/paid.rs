@@ -89,6 +89,28 @@ async fn a_paid_route_is_served_once_paid_over_l402_and_the_upstream_learns_by_w
 }
 
 #[tokio::test]
+async fn the_payment_counters_show_a_paid_answer_as_soon_as_it_is_served() {
+    let g = start("", ROUTES).await;
+    let client = g.payer().await;
+    assert_eq!(client.get(g.url("/joke")).send().await.unwrap().status(), 200);
+    // No flush of the payment log: the counters count the answer as it is given.
+    let text = reqwest::get(g.url("/_farebox/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("farebox_gateway_payments_total{rail=\"l402\",route=\"/joke\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "farebox_gateway_revenue_total{rail=\"l402\",route=\"/joke\",asset=\"msat\"} 10000"
+    ));
+    // The token again: another paid request, not another payment.
+    assert_eq!(client.get(g.url("/joke")).send().await.unwrap().status(), 200);
+    let m = g.gateway.metrics();
+    assert_eq!(m.counter("farebox_gateway_payments_total", &[("route", "/joke")]), 1);
+    assert_eq!(m.counter("farebox_gateway_revenue_total", &[("route", "/joke")]), 10_000);
+    assert_eq!(m.counter("farebox_gateway_paid_requests_total", &[("route", "/joke")]), 2);
+}
+
+#[tokio::test]
 async fn per_method_prices_charge_each_method_its_own() {
     let g = start("", ROUTES).await;
     let node = g.gateway.dev_node().await.unwrap();
