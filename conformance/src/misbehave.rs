@@ -14,6 +14,8 @@
 //! | `/loop` | answers 402 to every credential, paid or not | pays once, then stops |
 //! | `/pricey` | 1,000,000 sat | refuses when over its budget |
 
+pub mod evm;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
