@@ -73,3 +73,74 @@ fn refused(wallet: &str) -> String {
     assert_eq!(out.status.code(), Some(2), "{wallet}: {all}");
     all
 }
+
+/// `farebox conformance --client`, with `farebox pay` as the client under test (a command that
+/// takes the URL last and writes one JSON line): every x402 and MPP scenario of the misbehaving
+/// server is paid, on chain, what a correct client pays.
+#[test]
+fn the_client_suite_passes_farebox_pay_on_every_chain_scenario() {
+    let dir = std::env::temp_dir().join(format!("farebox-client-suite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The chain, its token and the funded key are the suite's: the wallet file is written from
+    // what it passes in the environment, once, readable by its owner only.
+    let script = dir.join("client.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"set -e
+wallet="{dir}/wallet.toml"
+if [ ! -f "$wallet" ]; then
+  umask 077
+  cat > "$wallet" <<TOML
+[evm]
+key_env = "FAREBOX_CLIENT_KEY"
+[assets.usdc]
+network = "eip155:$FAREBOX_CLIENT_CHAIN_ID"
+address = "$FAREBOX_CLIENT_TOKEN"
+symbol = "USDC"
+decimals = 6
+[budget.usdc]
+per_request = "0.10 usdc"
+total = "10 usdc"
+TOML
+fi
+exec "{farebox}" pay --json --wallet-file "$wallet" "$1"
+"#,
+            dir = dir.display(),
+            farebox = env!("CARGO_BIN_EXE_farebox"),
+        ),
+    )
+    .unwrap();
+    let report = dir.join("report.json");
+    let out = farebox()
+        .args(["conformance", "--client"])
+        .arg(format!("sh {}", script.display()))
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 15, "{report:#}");
+    let paid = |path: &str| {
+        let s = scenarios.iter().find(|s| s["path"] == path).unwrap();
+        s["paid"].as_str().unwrap().parse::<u128>().unwrap()
+    };
+    // 0.01 USDC for each scenario a correct client pays once; nothing to the redirects'
+    // other origin or to the pricey routes.
+    for path in ["/x402/ok", "/x402/loop", "/x402/price-raised-on-retry", "/mpp/ok", "/mpp/loop"] {
+        assert_eq!(paid(path), 10_000, "{path}: {report:#}");
+    }
+    for path in ["/x402/redirect", "/mpp/redirect", "/x402/pricey", "/mpp/pricey"] {
+        assert_eq!(paid(path), 0, "{path}: {report:#}");
+    }
+    assert_eq!(report["spent"], "110000", "what left the key on chain: {report:#}");
+    // What farebox pay said it paid is in the report, as it said it.
+    let ok = scenarios.iter().find(|s| s["path"] == "/x402/ok").unwrap();
+    assert_eq!(ok["client"]["line"]["status"], 200, "{ok:#}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
