@@ -16,6 +16,7 @@
 //! | `FAREBOX_CLIENT_KEY` | `{key}` | the client's funded key (a public anvil development key) |
 //! | `FAREBOX_CLIENT_TOKEN` | `{token}` | the token: EIP-3009, EIP-712 domain "USDC" version "2", 6 decimals |
 //! | `FAREBOX_CLIENT_CHAIN_ID` | `{chain_id}` | 84532 |
+//! | `FAREBOX_CLIENT_ESCROWS` | `{escrows}` | the session escrows a client's policy should allow, comma-separated |
 //!
 //! The command runs under `sh -c`; a placeholder becomes a quoted reference to its variable, so
 //! no value is ever spliced into the shell's text.
@@ -40,6 +41,8 @@ pub struct ClientEnv {
     pub key: String,
     pub token: String,
     pub chain_id: u64,
+    /// The session escrows the client should allow (not the foreign-escrow scenario's).
+    pub escrows: Vec<String>,
 }
 
 impl ClientEnv {
@@ -50,6 +53,7 @@ impl ClientEnv {
             key: chain.payer_key().to_string(),
             token: format!("{:#x}", chain.token()),
             chain_id: crate::misbehave::evm::CHAIN_ID,
+            escrows: chain.allowed_escrows().iter().map(|e| format!("{e:#x}")).collect(),
         }
     }
 }
@@ -112,12 +116,13 @@ impl CommandClient {
     }
 }
 
-const PLACEHOLDERS: [(&str, &str); 5] = [
+const PLACEHOLDERS: [(&str, &str); 6] = [
     ("{url}", "FAREBOX_CLIENT_URL"),
     ("{rpc}", "FAREBOX_CLIENT_RPC"),
     ("{key}", "FAREBOX_CLIENT_KEY"),
     ("{token}", "FAREBOX_CLIENT_TOKEN"),
     ("{chain_id}", "FAREBOX_CLIENT_CHAIN_ID"),
+    ("{escrows}", "FAREBOX_CLIENT_ESCROWS"),
 ];
 
 /// The last line of `text` that is a JSON object.
@@ -150,6 +155,7 @@ impl ClientUnderTest for CommandClient {
             .env("FAREBOX_CLIENT_KEY", &env.key)
             .env("FAREBOX_CLIENT_TOKEN", &env.token)
             .env("FAREBOX_CLIENT_CHAIN_ID", env.chain_id.to_string())
+            .env("FAREBOX_CLIENT_ESCROWS", env.escrows.join(","))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -316,7 +322,8 @@ impl ClientReport {
     }
 }
 
-/// Runs `client` against each scenario of `server` on `rails` (`x402`, `mpp`; empty: all), in
+/// Runs `client` against each scenario of `server` on `rails` (`x402`, `mpp`, `mpp-session`;
+/// empty: all), in
 /// order, measuring each scenario's payees on chain before and after.
 pub async fn run(
     server: &EvmServer,

@@ -5,19 +5,24 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use farebox_client::{Budget, ClientError, Ledger, MppWallet, PaymentMiddleware, X402Wallet};
+use farebox_client::{
+    Budget, ClientError, EntryKind, EvmSessionPolicy, Ledger, MppWallet, PaymentMiddleware,
+    Sessions, X402Wallet,
+};
 use farebox_conformance::clients::{self, ClientEnv, ClientReport, ClientRun, ClientUnderTest};
 use farebox_conformance::misbehave::evm::{
     CHAIN_ID, Chain, EVM_SCENARIOS, EvmServer, FUNDING, PRICE, PRICEY,
 };
 use farebox_core::{Asset, Money, Token};
-use farebox_evm::PrivateKeySigner;
+use farebox_evm::{Address, EvmRpc, PrivateKeySigner};
 use serde_json::json;
 
 /// farebox's client, in-process: USDC within 0.10 a request and 10 in all.
 struct FareboxClient {
     client: reqwest_middleware::ClientWithMiddleware,
     ledger: Ledger,
+    /// Its MPP sessions, closed after each request (as `farebox pay` closes them).
+    sessions: Sessions,
     /// How many times a refused payment is paid again (a correct client: never).
     retries: usize,
 }
@@ -43,12 +48,33 @@ impl FareboxClient {
             .allow(Money::new(usdc.clone(), per_request), Money::new(usdc, total))
             .unwrap();
         let key: PrivateKeySigner = env.key.parse().unwrap();
-        let payer = PaymentMiddleware::new(budget)
-            .wallet(X402Wallet::new(key.clone()))
-            .wallet(MppWallet::new().evm(key));
+        let escrows: Vec<Address> = env.escrows.iter().map(|e| e.parse().unwrap()).collect();
+        let rpc = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(EvmRpc::connect(&env.rpc))
+        })
+        .unwrap();
+        let mut policy = EvmSessionPolicy::new(rpc, escrows[0], 100_000).deposit(50_000);
+        for escrow in &escrows[1..] {
+            policy = policy.allow_escrow(*escrow);
+        }
+        let mpp = MppWallet::new().evm(key.clone()).evm_sessions(policy);
+        let sessions = mpp.sessions();
+        let payer = PaymentMiddleware::new(budget).wallet(X402Wallet::new(key)).wallet(mpp);
         let ledger = payer.ledger();
         let client = farebox_client::paying_client(reqwest::Client::new(), payer);
-        FareboxClient { client, ledger, retries: 0 }
+        FareboxClient { client, ledger, sessions, retries: 0 }
+    }
+}
+
+/// The client's typed refusal, for assertions that do not depend on wording.
+fn kind_of(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::ProofRejected { .. } => "proof_rejected",
+        ClientError::InvalidChallenge(_) => "invalid_challenge",
+        ClientError::OverBudget { .. } => "over_budget",
+        ClientError::Overclaimed(_) => "overclaimed",
+        ClientError::SessionRefused(_) => "session_refused",
+        _ => "other",
     }
 }
 
@@ -64,11 +90,14 @@ impl ClientUnderTest for FareboxClient {
                 }
                 Err(e) => match ClientError::from_middleware(&e) {
                     Some(ClientError::ProofRejected { .. }) if tries < self.retries => tries += 1,
-                    Some(e) => break json!({ "error": e.to_string() }),
+                    Some(e) => break json!({ "error": e.to_string(), "kind": kind_of(e) }),
                     None => break json!({ "error": e.to_string() }),
                 },
             }
         };
+        for closed in self.sessions.close_all().await {
+            closed.expect("the session closes");
+        }
         ClientRun { exit: Some(0), line: Some(line), ..Default::default() }
     }
 }
@@ -105,9 +134,25 @@ async fn farebox_client_pays_each_chain_scenario_what_a_correct_client_pays() {
     assert_eq!(report.spent, Some(paid_scenarios * PRICE));
     let left = chain.balance(chain.payer()).await.unwrap();
     assert_eq!(left, FUNDING - paid_scenarios * PRICE);
-    // The client counts what it signed, not what an inflated settlement claims.
-    let ledger: u128 = client.ledger.entries().iter().map(|e| e.amount.amount).sum();
-    assert_eq!(ledger, paid_scenarios * PRICE, "{:?}", client.ledger.entries());
+    // The client counts what it signed and what the chain refunded, not what an inflated
+    // settlement, receipt or close answer claims: its ledger's net outlay is the chain's.
+    let entries = client.ledger.entries();
+    let sum = |kind: EntryKind| -> u128 {
+        entries.iter().filter(|e| e.kind == kind).map(|e| e.amount.amount).sum()
+    };
+    let net = sum(EntryKind::Payment) + sum(EntryKind::Deposit) - sum(EntryKind::Refund);
+    assert_eq!(net, paid_scenarios * PRICE, "{entries:?}");
+    // Three sessions opened (the foreign escrow was refused before any deposit), each closed
+    // with one request's worth spent.
+    assert_eq!(sum(EntryKind::Deposit), 3 * 50_000, "{entries:?}");
+    assert_eq!(sum(EntryKind::Refund), 3 * 40_000, "{entries:?}");
+    // Each lie was noticed for what it is.
+    let kind = |p: &str| by_path(p).client.line.as_ref().unwrap()["kind"].clone();
+    assert_eq!(kind("/mpp/session/overclaimed-receipt"), "overclaimed");
+    assert_eq!(kind("/mpp/session/foreign-escrow"), "session_refused");
+    assert_eq!(kind("/x402/redirect"), "invalid_challenge");
+    assert_eq!(kind("/mpp/loop"), "proof_rejected");
+    assert_eq!(kind("/x402/pricey"), "over_budget");
 }
 
 /// The suite can fail: a client that pays again after a refusal, with a budget of thousands,

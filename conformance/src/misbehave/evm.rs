@@ -22,8 +22,9 @@ use farebox_core::{
     Resource, Verified,
 };
 use farebox_evm::anvil::{Anvil, DEV_KEYS};
+use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner, U256};
-use farebox_mpp::{EvmChargeConfig, MppConfig, MppRail, PaymentReceipt};
+use farebox_mpp::{EvmChargeConfig, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
@@ -160,6 +161,34 @@ pub const EVM_SCENARIOS: &[EvmScenario] = &[
         correct: &[PRICE],
     },
     EvmScenario {
+        path: "/mpp/session/ok",
+        rail: "mpp-session",
+        misbehaviour: "none (0.01 USDC a request, evm session)",
+        correct_client: "opens a channel in an escrow it allows, pays one voucher, closes the channel (the rest comes back)",
+        correct: &[PRICE],
+    },
+    EvmScenario {
+        path: "/mpp/session/overclaimed-receipt",
+        rail: "mpp-session",
+        misbehaviour: "the Payment-Receipt claims 100 times more spent than the client signed",
+        correct_client: "signs no more than it owes, closes at what it signed",
+        correct: &[PRICE],
+    },
+    EvmScenario {
+        path: "/mpp/session/inflated-refund",
+        rail: "mpp-session",
+        misbehaviour: "the close answer claims a refund 100 times what the chain shows",
+        correct_client: "pays one voucher and closes (and counts the refund the chain shows)",
+        correct: &[PRICE],
+    },
+    EvmScenario {
+        path: "/mpp/session/foreign-escrow",
+        rail: "mpp-session",
+        misbehaviour: "the channel is to be opened in an escrow the client's policy does not allow",
+        correct_client: "refuses before depositing",
+        correct: &[0],
+    },
+    EvmScenario {
         path: "/x402/pricey",
         rail: "x402",
         misbehaviour: "5,000 USDC",
@@ -193,7 +222,26 @@ pub struct Chain {
     rpc: EvmRpc,
     token: Address,
     payer: PrivateKeySigner,
+    sessions: Vec<SessionSetup>,
 }
+
+/// A session scenario's payee (who closes channels, so a funded account) and its own escrow,
+/// so that what its channels still hold is that escrow's balance.
+struct SessionSetup {
+    path: &'static str,
+    payee: PrivateKeySigner,
+    escrow: Address,
+}
+
+/// The session scenarios and the development accounts that are their payees.
+const SESSION_PAYEES: [(&str, usize); 4] = [
+    ("/mpp/session/ok", 5),
+    ("/mpp/session/overclaimed-receipt", 6),
+    ("/mpp/session/inflated-refund", 7),
+    ("/mpp/session/foreign-escrow", 8),
+];
+/// The one whose escrow clients must not allow.
+const FOREIGN_ESCROW: &str = "/mpp/session/foreign-escrow";
 
 impl Chain {
     /// Starts anvil (chain id [`CHAIN_ID`]), deploys FareboxUSD("USDC", "2") and funds the
@@ -209,7 +257,19 @@ impl Chain {
         let payer: PrivateKeySigner = DEV_KEYS[1].parse()?;
         anvil.mint(token, payer.address(), U256::from(FUNDING)).await?;
         let rpc = EvmRpc::connect(anvil.url()).await?;
-        Ok(Chain { anvil, rpc, token, payer })
+        let deployer: PrivateKeySigner = DEV_KEYS[0].parse()?;
+        let mut sessions = Vec::new();
+        for (path, account) in SESSION_PAYEES {
+            let escrow = rpc.deploy_session_escrow(&deployer, DEFAULT_CLOSE_GRACE_PERIOD).await?;
+            sessions.push(SessionSetup { path, payee: DEV_KEYS[account].parse()?, escrow });
+        }
+        Ok(Chain { anvil, rpc, token, payer, sessions })
+    }
+
+    /// The escrows a client's session policy should allow (every session scenario's but the
+    /// foreign one's).
+    pub fn allowed_escrows(&self) -> Vec<Address> {
+        self.sessions.iter().filter(|s| s.path != FOREIGN_ESCROW).map(|s| s.escrow).collect()
     }
 
     /// The node's URL.
@@ -243,8 +303,13 @@ impl Chain {
         u128::try_from(balance).map_err(|_| anyhow::anyhow!("a balance past u128"))
     }
 
-    /// What `scenario` has been paid so far, on chain: the balances of its payees.
+    /// What `scenario` has been paid so far, on chain: the balances of its payees; for a
+    /// session, also what its escrow still holds (deposits not yet refunded).
     pub async fn paid(&self, scenario: &EvmScenario) -> anyhow::Result<u128> {
+        if let Some(session) = self.sessions.iter().find(|s| s.path == scenario.path) {
+            let payee = self.balance(session.payee.address()).await?;
+            return Ok(payee.saturating_add(self.balance(session.escrow).await?));
+        }
         let mut total = 0u128;
         for n in 0..2 {
             total = total.saturating_add(self.balance(payee(scenario.path, n)).await?);
@@ -350,6 +415,32 @@ impl Rails {
         (Arc::new(X402Rail::new(config, self.facilitator.clone(), self.store.clone())), unit)
     }
 
+    /// An honest MPP rail with `evm` sessions in the escrow of the session scenario `path`.
+    fn session(&self, chain: &Chain, path: &str) -> anyhow::Result<(Arc<dyn Rail>, Money)> {
+        let setup = chain
+            .sessions
+            .iter()
+            .find(|s| s.path == path)
+            .ok_or_else(|| anyhow::anyhow!("no session scenario {path}"))?;
+        let config = EvmSessionConfig::new(
+            self.rpc.clone(),
+            setup.payee.clone(),
+            setup.escrow,
+            self.token,
+            "USDC",
+            6,
+        );
+        let unit = Money::new(config.asset(), 1);
+        let store = Arc::new(MemoryStore::new());
+        let rail = MppRail::builder(
+            MppConfig::new("farebox.misbehave", secret_of(setup.payee.address()).to_vec()),
+            store.clone(),
+        )
+        .evm_session(config, store)
+        .build()?;
+        Ok((Arc::new(rail), unit))
+    }
+
     /// An honest MPP rail with the `evm` charge, paying `recipient`. Each has a secret of its
     /// own, so that it verifies only its own challenges.
     fn mpp(&self, recipient: Address) -> anyhow::Result<(Arc<dyn Rail>, Money)> {
@@ -363,18 +454,24 @@ impl Rails {
             recipient,
         );
         let unit = Money::new(evm.asset(), 1);
-        let secret = Sha256::new()
-            .chain_update(b"farebox misbehaving server mpp secret\0")
-            .chain_update(recipient.as_slice())
-            .finalize();
         let rail = MppRail::builder(
-            MppConfig::new("farebox.misbehave", secret.to_vec()),
+            MppConfig::new("farebox.misbehave", secret_of(recipient).to_vec()),
             Arc::new(MemoryStore::new()),
         )
         .evm_charge(evm)
         .build()?;
         Ok((Arc::new(rail), unit))
     }
+}
+
+/// The MPP secret of the rail paying `recipient`: each its own, so that a rail verifies only
+/// its own challenges.
+fn secret_of(recipient: Address) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"farebox misbehaving server mpp secret\0")
+        .chain_update(recipient.as_slice())
+        .finalize()
+        .into()
 }
 
 /// How a scenario's rail lies.
@@ -388,8 +485,11 @@ enum Lie {
     /// rail's.
     ContradictingBody,
     /// The settlement header (x402 `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE`, MPP
-    /// `Payment-Receipt`) claims [`INFLATION`] times what was paid.
+    /// `Payment-Receipt`) claims [`INFLATION`] times what was paid (a session receipt: times
+    /// what was spent).
     InflatedReceipt,
+    /// A session close's answer claims [`INFLATION`] times the refund.
+    InflatedRefund,
 }
 
 /// A rail around honest ones that lies as told. Challenges are the `shown` rail's at the
@@ -468,10 +568,18 @@ fn inflate(
                     answer["amount"] = Value::String(claimed.clone());
                     farebox_x402::codec::try_encode_header(&answer).map_err(lie_failed)?
                 }
-                "payment-receipt" => PaymentReceipt::decode(text)
-                    .map_err(lie_failed)?
-                    .with("amount", claimed.clone())
-                    .encode(),
+                "payment-receipt" => {
+                    let receipt = PaymentReceipt::decode(text).map_err(lie_failed)?;
+                    // A session receipt says what was spent so far: claim 100 times that.
+                    let spent = receipt.extensions.get("spent").and_then(Value::as_str);
+                    match spent.and_then(|s| s.parse::<u128>().ok()) {
+                        Some(spent) => {
+                            receipt.with("spent", spent.saturating_mul(INFLATION).to_string())
+                        }
+                        None => receipt.with("amount", claimed.clone()),
+                    }
+                    .encode()
+                }
                 _ => return Ok((name, value)),
             };
             Ok((name, HeaderValue::from_str(&told).map_err(lie_failed)?))
@@ -550,8 +658,19 @@ impl Rail for Misbehaving {
     ) -> Result<Receipt, PaymentError> {
         let held = payment.state.downcast::<Held>().map_err(|_| lie_failed("not held here"))?;
         let mut receipt = held.rail.settle(&held.resource, held.inner).await?;
-        if self.lie == Lie::InflatedReceipt {
-            receipt.headers = inflate(receipt.headers, receipt.amount.amount)?;
+        match self.lie {
+            Lie::InflatedReceipt => {
+                receipt.headers = inflate(receipt.headers, receipt.amount.amount)?
+            }
+            Lie::InflatedRefund => {
+                if let Some(body) = receipt.answer.as_mut().and_then(|a| a.body.as_mut())
+                    && let Some(refund) =
+                        body["refunded"].as_str().and_then(|r| r.parse::<u128>().ok())
+                {
+                    body["refunded"] = Value::String(refund.saturating_mul(INFLATION).to_string());
+                }
+            }
+            _ => {}
         }
         Ok(receipt)
     }
@@ -644,6 +763,16 @@ fn routers(
     main = main.merge(paid_route(path, rail, &unit, PRICE)?);
     main = main.merge(redirect("/x402/redirect", elsewhere));
     main = main.merge(redirect("/mpp/redirect", elsewhere));
+    for (path, lie) in [
+        ("/mpp/session/ok", Lie::None),
+        ("/mpp/session/overclaimed-receipt", Lie::InflatedReceipt),
+        ("/mpp/session/inflated-refund", Lie::InflatedRefund),
+        (FOREIGN_ESCROW, Lie::None),
+    ] {
+        let (rail, unit) = rails.session(chain, path)?;
+        let rail = Misbehaving { shown: rail.clone(), later: rail, factor: 1, lie };
+        main = main.merge(paid_route(path, rail, &unit, PRICE)?);
+    }
 
     // The other origin: honest, paying the redirect scenarios' second payees.
     let (rail, unit) = rails.x402(payee("/x402/redirect", 1), elsewhere, true);

@@ -91,6 +91,7 @@ fn the_client_suite_passes_farebox_pay_on_every_chain_scenario() {
 wallet="{dir}/wallet.toml"
 if [ ! -f "$wallet" ]; then
   umask 077
+  escrows=$(echo "$FAREBOX_CLIENT_ESCROWS" | sed 's/[^,][^,]*/"&"/g')
   cat > "$wallet" <<TOML
 [evm]
 key_env = "FAREBOX_CLIENT_KEY"
@@ -99,6 +100,11 @@ network = "eip155:$FAREBOX_CLIENT_CHAIN_ID"
 address = "$FAREBOX_CLIENT_TOKEN"
 symbol = "USDC"
 decimals = 6
+[[evm.chains]]
+chain_id = $FAREBOX_CLIENT_CHAIN_ID
+rpc = "$FAREBOX_CLIENT_RPC"
+escrows = [$escrows]
+max_deposit = "0.05 usdc"
 [budget.usdc]
 per_request = "0.10 usdc"
 total = "10 usdc"
@@ -125,20 +131,23 @@ exec "{farebox}" pay --json --wallet-file "$wallet" "$1"
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 15, "{report:#}");
+    assert_eq!(scenarios.len(), 19, "{report:#}");
     let paid = |path: &str| {
         let s = scenarios.iter().find(|s| s["path"] == path).unwrap();
         s["paid"].as_str().unwrap().parse::<u128>().unwrap()
     };
-    // 0.01 USDC for each scenario a correct client pays once; nothing to the redirects'
-    // other origin or to the pricey routes.
-    for path in ["/x402/ok", "/x402/loop", "/x402/price-raised-on-retry", "/mpp/ok", "/mpp/loop"] {
+    // 0.01 USDC for each scenario a correct client pays once (a session: what its channel
+    // captured, the rest refunded); nothing to the redirects' other origin, to an escrow the
+    // wallet does not allow, or to the pricey routes.
+    for path in
+        ["/x402/ok", "/x402/loop", "/x402/price-raised-on-retry", "/mpp/ok", "/mpp/session/ok"]
+    {
         assert_eq!(paid(path), 10_000, "{path}: {report:#}");
     }
-    for path in ["/x402/redirect", "/mpp/redirect", "/x402/pricey", "/mpp/pricey"] {
+    for path in ["/x402/redirect", "/mpp/redirect", "/mpp/session/foreign-escrow", "/x402/pricey"] {
         assert_eq!(paid(path), 0, "{path}: {report:#}");
     }
-    assert_eq!(report["spent"], "110000", "what left the key on chain: {report:#}");
+    assert_eq!(report["spent"], "140000", "what left the key on chain: {report:#}");
     // What farebox pay said it paid is in the report, as it said it.
     let ok = scenarios.iter().find(|s| s["path"] == "/x402/ok").unwrap();
     assert_eq!(ok["client"]["line"]["status"], 200, "{ok:#}");
