@@ -218,8 +218,8 @@ pub struct ClientReport {
     pub spent: Option<u128>,
 }
 
-/// Base units of the 6-decimal token as a decimal string.
-fn usdc(amount: u128) -> String {
+/// Base units of the scenarios' 6-decimal token as a decimal string (`0.010000`).
+pub fn usdc(amount: u128) -> String {
     format!("{}.{:06}", amount / 1_000_000, amount % 1_000_000)
 }
 
