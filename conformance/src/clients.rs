@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::misbehave::evm::{Chain, EVM_SCENARIOS, EvmScenario, EvmServer};
+use crate::misbehave::evm::{Chain, EvmScenario, EvmServer, scenarios_on};
 
 /// How long one run of a client may take before it is killed.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -334,9 +334,7 @@ pub async fn run(
     let env = ClientEnv::of(chain);
     let start = chain.balance(chain.payer()).await.ok();
     let mut outcomes = Vec::new();
-    for scenario in
-        EVM_SCENARIOS.iter().filter(|s| rails.is_empty() || rails.iter().any(|r| r == s.rail))
-    {
+    for scenario in scenarios_on(rails) {
         let before = chain.paid(scenario).await.ok();
         let url = format!("{}{}", server.url, scenario.path);
         let run = client.fetch(&url, &env).await;

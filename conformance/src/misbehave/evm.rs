@@ -204,6 +204,11 @@ pub const EVM_SCENARIOS: &[EvmScenario] = &[
     },
 ];
 
+/// The scenarios on `rails` (`x402`, `mpp`, `mpp-session`; none named: all), in order.
+pub fn scenarios_on(rails: &[String]) -> impl Iterator<Item = &'static EvmScenario> + '_ {
+    EVM_SCENARIOS.iter().filter(move |s| rails.is_empty() || rails.iter().any(|r| r == s.rail))
+}
+
 /// The `n`th address scenario `path` is paid to. Derived from the path, so that nobody holds
 /// its key and only the scenario pays it.
 pub fn payee(path: &str, n: u8) -> Address {

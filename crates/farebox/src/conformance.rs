@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use farebox_conformance::clients::{self, CommandClient};
-use farebox_conformance::misbehave::evm::{CHAIN_ID, Chain, EVM_SCENARIOS, EvmServer};
+use farebox_conformance::misbehave::evm::{CHAIN_ID, Chain, EvmServer, scenarios_on};
 use farebox_conformance::{Target, Wallets};
 use farebox_evm::PrivateKeySigner;
 
@@ -71,7 +71,8 @@ pub struct ConformanceArgs {
     /// on a fresh anvil (`cargo xtask setup` installs it). The command finds the chain, its
     /// funded key and the token in FAREBOX_CLIENT_RPC, _KEY, _TOKEN, _CHAIN_ID (or `{rpc}`,
     /// `{key}`, `{token}`, `{chain_id}`) and prints one JSON line, e.g. `{"status":200,...}`.
-    /// Exit status 0 when every scenario was paid what a correct client pays, 1 otherwise.
+    /// Each run may take six times --timeout. Exit status 0 when every scenario was paid what
+    /// a correct client pays, 1 otherwise. --rail x402, mpp or mpp-session picks scenarios.
     #[arg(long, conflicts_with_all = ["url", "serve"], value_name = "COMMAND")]
     client: Option<String>,
     /// Port of the misbehaving server with --serve.
@@ -243,7 +244,7 @@ async fn serve(args: &ConformanceArgs) -> anyhow::Result<()> {
         Ok(chain) => {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port.saturating_add(2)));
             let server = EvmServer::bind(Arc::new(chain), addr).await?;
-            print_chain(&server, "\nx402 and MPP scenarios (report: GET /_report)");
+            print_chain(&server, "\nx402 and MPP scenarios (report: GET /_report)", &[]);
             Some(server)
         }
         Err(e) => {
@@ -259,8 +260,9 @@ async fn serve(args: &ConformanceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the chain scenarios are and what a client pays them with.
-fn print_chain(server: &EvmServer, title: &str) {
+/// Where the chain scenarios are (those on `rails`; none named: all) and what a client pays
+/// them with.
+fn print_chain(server: &EvmServer, title: &str, rails: &[String]) {
     let chain = server.chain();
     println!("{title}      {}", server.url);
     println!("  chain   {} (anvil, chain id {CHAIN_ID})", chain.rpc_url());
@@ -269,7 +271,7 @@ fn print_chain(server: &EvmServer, title: &str) {
         chain.token()
     );
     println!("  payer   {:#x}, anvil's public development key #1", chain.payer());
-    for s in EVM_SCENARIOS {
+    for s in scenarios_on(rails) {
         println!("  {:<34} {} — a correct client {}", s.path, s.misbehaviour, s.correct_client);
     }
 }
@@ -279,7 +281,7 @@ fn print_chain(server: &EvmServer, title: &str) {
 async fn test_client(command: &str, args: &ConformanceArgs) -> anyhow::Result<u8> {
     let chain = Chain::start().await.context("starting anvil (`cargo xtask setup` installs it)")?;
     let server = EvmServer::start(Arc::new(chain)).await?;
-    print_chain(&server, "the misbehaving server's x402 and MPP scenarios");
+    print_chain(&server, "the misbehaving server's x402 and MPP scenarios", &args.rails);
     println!();
     let client = CommandClient::new(command).timeout(Duration::from_secs(args.timeout.max(1) * 6));
     let report = clients::run(&server, &client, &args.rails).await;

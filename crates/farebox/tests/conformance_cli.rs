@@ -153,3 +153,78 @@ exec "{farebox}" pay --json --wallet-file "$wallet" "$1"
     assert_eq!(ok["client"]["line"]["status"], 200, "{ok:#}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--serve` serves the x402 and MPP scenarios beside the L402 ones: a client pays one with the
+/// funded key it prints, and the report reads what each scenario was paid from the chain.
+#[test]
+fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = farebox()
+        .args(["conformance", "--serve", "--port", &port.to_string(), "--wallet-port"])
+        .arg((port + 1).to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = Killed(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut url = None;
+    while url.is_none() {
+        let line =
+            rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the chain scenarios");
+        assert!(!line.contains("not served"), "{line}");
+        if line.starts_with("x402 and MPP scenarios") {
+            url = line.split_whitespace().last().map(str::to_string);
+        }
+    }
+    let url = url.unwrap();
+    assert_eq!(url, format!("http://127.0.0.1:{}", port + 2));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let report: serde_json::Value =
+            reqwest::get(format!("{url}/_report")).await.unwrap().json().await.unwrap();
+        let usdc = farebox_core::Asset::Token(farebox_core::Token {
+            network: "eip155:84532".into(),
+            address: report["token"].as_str().unwrap().into(),
+            symbol: "USDC".into(),
+            decimals: 6,
+        });
+        let key: farebox_evm::PrivateKeySigner = farebox_evm::anvil::DEV_KEYS[1].parse().unwrap();
+        let budget = farebox_client::Budget::new()
+            .allow(
+                farebox_core::Money::new(usdc.clone(), 100_000),
+                farebox_core::Money::new(usdc, 1_000_000),
+            )
+            .unwrap();
+        let payer = farebox_client::PaymentMiddleware::new(budget)
+            .wallet(farebox_client::X402Wallet::new(key));
+        let client = farebox_client::paying_client(reqwest::Client::new(), payer);
+        let served = client.get(format!("{url}/x402/ok")).send().await.unwrap();
+        assert_eq!(served.status(), 200);
+
+        let report: serde_json::Value =
+            reqwest::get(format!("{url}/_report")).await.unwrap().json().await.unwrap();
+        for scenario in report["scenarios"].as_array().unwrap() {
+            let paid = if scenario["path"] == "/x402/ok" { "10000" } else { "0" };
+            assert_eq!(scenario["paid"], paid, "{scenario}");
+        }
+    });
+}
