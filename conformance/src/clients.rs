@@ -159,6 +159,8 @@ impl ClientUnderTest for CommandClient {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A group of its own, so that a timeout ends whatever the shell started too.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn();
         let child = match child {
@@ -170,7 +172,9 @@ impl ClientUnderTest for CommandClient {
                 };
             }
         };
-        // On a timeout the future, and with it the child (kill_on_drop), is dropped.
+        let group = child.id();
+        // On a timeout the future, and with it the shell (kill_on_drop), is dropped; the rest
+        // of its group is killed here.
         let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(Ok(output)) => output,
             Ok(Err(e)) => {
@@ -180,6 +184,13 @@ impl ClientUnderTest for CommandClient {
                 };
             }
             Err(_) => {
+                if let Some(group) = group {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{group}")])
+                        .stderr(Stdio::null())
+                        .status()
+                        .await;
+                }
                 let error = format!("killed after {:?}", self.timeout);
                 return ClientRun { error: Some(error), ..Default::default() };
             }
@@ -345,4 +356,69 @@ pub async fn run(
     let end = chain.balance(chain.payer()).await.ok();
     let spent = start.zip(end).map(|(s, e)| s.saturating_sub(e));
     ClientReport { outcomes, spent }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> ClientEnv {
+        ClientEnv {
+            rpc: "http://127.0.0.1:8545".into(),
+            key: "0xkey".into(),
+            token: "0xtoken".into(),
+            chain_id: 84_532,
+            escrows: vec!["0xa".into(), "0xb".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_url_goes_last_unless_placed_and_values_reach_the_command_unspliced() {
+        // A URL with shell syntax in it arrives as one argument, verbatim.
+        let url = "http://127.0.0.1:1/x?a=1&b=$(touch /tmp/nope)";
+        let printf = r#"printf '{"argv":"%s","rpc":"%s","escrows":"%s"}\n'"#;
+        let appended =
+            CommandClient::new(format!("{printf} {{rpc}} \"$FAREBOX_CLIENT_ESCROWS\" x"));
+        let run = appended.fetch(url, &env()).await;
+        // printf cycles its format: the last line is the one with the appended URL.
+        let line = run.line.unwrap();
+        assert_eq!(line["argv"], url, "{line}");
+        assert_eq!(run.exit, Some(0));
+        let placed = CommandClient::new(format!("{printf} {{url}} {{rpc}} {{escrows}}"));
+        let line = placed.fetch(url, &env()).await.line.unwrap();
+        assert_eq!(
+            line,
+            json!({"argv": url, "rpc": "http://127.0.0.1:8545", "escrows": "0xa,0xb"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_json_line_on_stderr_counts_when_stdout_has_none_and_a_slow_client_is_killed() {
+        let pay_like =
+            CommandClient::new(r#"echo body; echo '{"ok":true,"status":200}' >&2; true"#);
+        let run = pay_like.fetch("http://x", &env()).await;
+        assert_eq!(run.status(), Some(200));
+
+        // A client that hangs is killed, with whatever it started.
+        let pid_file =
+            std::env::temp_dir().join(format!("farebox-slow-client-{}", std::process::id()));
+        let slow =
+            CommandClient::new(format!("sleep 30 & echo $! > '{}'; wait;", pid_file.display()))
+                .timeout(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let run = slow.fetch("http://x", &env()).await;
+        assert!(run.error.is_some() && run.exit.is_none(), "{run:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let sleeper = std::fs::read_to_string(&pid_file).unwrap();
+        std::fs::remove_file(&pid_file).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Gone, or dead and waiting to be reaped (a container's init may be slow to).
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/status", sleeper.trim())).unwrap_or_default();
+        let running = state.lines().any(|l| l.starts_with("State:") && !l.contains("Z (zombie)"));
+        assert!(!running, "the client's sleep {sleeper} outlived it: {state}");
+
+        let silent = CommandClient::new("echo not json; exit 3;").fetch("http://x", &env()).await;
+        assert_eq!((silent.exit, silent.line), (Some(3), None));
+    }
 }
