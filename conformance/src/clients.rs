@@ -27,7 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::misbehave::evm::{Chain, EvmScenario, EvmServer, scenarios_on};
+use crate::Verdict;
+use crate::misbehave::evm::{Chain, EvmScenario, EvmServer, baseline, scenarios_on};
 
 /// How long one run of a client may take before it is killed.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -205,6 +206,29 @@ impl ClientUnderTest for CommandClient {
     }
 }
 
+/// How a scenario went for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// The chain shows it paid what a correct client pays.
+    Pass,
+    /// It paid something else.
+    Fail,
+    /// Not judged: the chain did not answer, or the client paid nothing where nothing is right
+    /// but it did not pay its rail's honest scenario either (it cannot pay that rail, so its
+    /// refusal proves nothing).
+    Inconclusive,
+}
+
+impl Judgement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Judgement::Pass => "pass",
+            Judgement::Fail => "fail",
+            Judgement::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// One scenario's outcome.
 #[derive(Debug, Clone)]
 pub struct ScenarioOutcome {
@@ -213,11 +237,31 @@ pub struct ScenarioOutcome {
     /// answer, and the scenario is not judged).
     pub paid: Option<u128>,
     pub client: ClientRun,
+    pub judgement: Judgement,
 }
 
 impl ScenarioOutcome {
     pub fn passed(&self) -> bool {
-        self.paid.is_some_and(|p| self.scenario.is_correct(p))
+        self.judgement == Judgement::Pass
+    }
+}
+
+/// Judges each outcome: a payment that is correct passes, unless it is a refusal to pay on a
+/// rail whose honest scenario the client did not pay (or that did not run).
+fn judge(outcomes: &mut [ScenarioOutcome]) {
+    let paid_correctly = |o: &ScenarioOutcome| o.paid.is_some_and(|p| o.scenario.is_correct(p));
+    let can_pay: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| baseline(o.scenario.rail) == Some(o.scenario.path) && paid_correctly(o))
+        .map(|o| o.scenario.rail)
+        .collect();
+    for o in outcomes.iter_mut() {
+        o.judgement = match o.paid {
+            None => Judgement::Inconclusive,
+            Some(_) if !paid_correctly(o) => Judgement::Fail,
+            Some(0) if !can_pay.contains(&o.scenario.rail) => Judgement::Inconclusive,
+            Some(_) => Judgement::Pass,
+        };
     }
 }
 
@@ -235,8 +279,29 @@ pub fn usdc(amount: u128) -> String {
 }
 
 impl ClientReport {
+    fn count(&self, judgement: Judgement) -> usize {
+        self.outcomes.iter().filter(|o| o.judgement == judgement).count()
+    }
+
     pub fn failed(&self) -> usize {
-        self.outcomes.iter().filter(|o| !o.passed()).count()
+        self.count(Judgement::Fail)
+    }
+
+    pub fn inconclusive(&self) -> usize {
+        self.count(Judgement::Inconclusive)
+    }
+
+    /// Fail if a scenario failed; else incomplete if one was inconclusive; error if none ran.
+    pub fn verdict(&self) -> Verdict {
+        if self.outcomes.is_empty() {
+            Verdict::Error
+        } else if self.failed() > 0 {
+            Verdict::Fail
+        } else if self.inconclusive() > 0 {
+            Verdict::Incomplete
+        } else {
+            Verdict::Pass
+        }
     }
 
     /// What the scenarios were paid in all.
@@ -251,11 +316,16 @@ impl ClientReport {
 
     /// A table for people, with the verdict first.
     pub fn table(&self) -> String {
-        let failed = self.failed();
+        let (failed, inconclusive) = (self.failed(), self.inconclusive());
+        let verdict = match self.verdict() {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Error => "ERROR (no scenario ran)",
+            Verdict::Incomplete => "INCOMPLETE",
+        };
         let mut out = format!(
-            "client suite: {} ({} passed, {failed} failed); USDC paid in all {}\n\n",
-            if failed == 0 { "PASS" } else { "FAIL" },
-            self.outcomes.len() - failed,
+            "client suite: {verdict} ({} passed, {failed} failed, {inconclusive} inconclusive); USDC paid in all {}\n\n",
+            self.outcomes.len() - failed - inconclusive,
             self.spent.map_or("unknown".into(), usdc),
         );
         out.push_str(&format!(
@@ -278,7 +348,11 @@ impl ClientReport {
             };
             out.push_str(&format!(
                 "{:<4} {:<32} {:>10} {:>10} {:>6}  {}\n",
-                if o.passed() { "ok" } else { "FAIL" },
+                match o.judgement {
+                    Judgement::Pass => "ok",
+                    Judgement::Fail => "FAIL",
+                    Judgement::Inconclusive => "?",
+                },
                 o.scenario.path,
                 o.paid.map_or("unknown".into(), usdc),
                 correct.join("|"),
@@ -290,6 +364,11 @@ impl ClientReport {
                 let e: String = e.chars().take(160).collect();
                 out.push_str(&format!("       client: {e}\n"));
             }
+        }
+        if inconclusive > 0 {
+            out.push_str(
+                "\n?: not judged: the chain did not answer, or nothing was paid where nothing is right by a client that did not pay the rail's honest scenario either\n",
+            );
         }
         if !self.all_accounted() {
             out.push_str(&format!(
@@ -315,7 +394,7 @@ impl ClientReport {
                     "correct_client": o.scenario.correct_client,
                     "correct_paid": o.scenario.correct.iter().map(u128::to_string).collect::<Vec<_>>(),
                     "paid": o.paid.map(|p| p.to_string()),
-                    "passed": o.passed(),
+                    "judgement": o.judgement.as_str(),
                     "client": {
                         "exit": o.client.exit,
                         "line": o.client.line,
@@ -326,7 +405,7 @@ impl ClientReport {
             })
             .collect();
         json!({
-            "passed": self.failed() == 0,
+            "verdict": format!("{:?}", self.verdict()).to_lowercase(),
             "spent": self.spent.map(|s| s.to_string()),
             "scenarios": scenarios,
         })
@@ -351,8 +430,10 @@ pub async fn run(
         let run = client.fetch(&url, &env).await;
         let after = chain.paid(scenario).await.ok();
         let paid = before.zip(after).map(|(b, a)| a.saturating_sub(b));
-        outcomes.push(ScenarioOutcome { scenario: *scenario, paid, client: run });
+        let judgement = Judgement::Inconclusive;
+        outcomes.push(ScenarioOutcome { scenario: *scenario, paid, client: run, judgement });
     }
+    judge(&mut outcomes);
     let end = chain.balance(chain.payer()).await.ok();
     let spent = start.zip(end).map(|(s, e)| s.saturating_sub(e));
     ClientReport { outcomes, spent }

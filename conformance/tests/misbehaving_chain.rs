@@ -9,7 +9,10 @@ use farebox_client::{
     Budget, ClientError, EntryKind, EvmSessionPolicy, Ledger, MppWallet, PaymentMiddleware,
     Sessions, X402Wallet,
 };
-use farebox_conformance::clients::{self, ClientEnv, ClientReport, ClientRun, ClientUnderTest};
+use farebox_conformance::Verdict;
+use farebox_conformance::clients::{
+    self, ClientEnv, ClientReport, ClientRun, ClientUnderTest, Judgement,
+};
 use farebox_conformance::misbehave::evm::{
     CHAIN_ID, Chain, EVM_SCENARIOS, EvmServer, FUNDING, PRICE, PRICEY,
 };
@@ -185,4 +188,32 @@ async fn a_careless_client_fails_the_scenarios_that_punish_carelessness() {
     );
     let left = chain.balance(chain.payer()).await.unwrap();
     assert_eq!(Some(FUNDING - left), report.spent);
+}
+
+/// A client that pays nothing: its refusals prove nothing, so the scenarios where paying
+/// nothing is right are inconclusive rather than passed, and the honest ones fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cannot_pay_gets_no_credit_for_refusing() {
+    struct Nothing;
+    #[async_trait]
+    impl ClientUnderTest for Nothing {
+        async fn fetch(&self, _url: &str, _env: &ClientEnv) -> ClientRun {
+            ClientRun { exit: Some(1), line: Some(json!({ "status": 402 })), ..Default::default() }
+        }
+    }
+    let chain = Arc::new(Chain::start().await.expect("anvil (`cargo xtask setup` installs it)"));
+    let server = EvmServer::start(chain.clone()).await.unwrap();
+    let report = clients::run(&server, &Nothing, &[]).await;
+    println!("{}", report.table());
+    for o in &report.outcomes {
+        let expected =
+            if o.scenario.correct.contains(&0) { Judgement::Inconclusive } else { Judgement::Fail };
+        assert_eq!(o.judgement, expected, "{}", o.scenario.path);
+        assert_eq!(o.paid, Some(0), "{}", o.scenario.path);
+    }
+    assert_eq!(report.verdict(), Verdict::Fail);
+    assert_eq!(report.spent, Some(0));
+    // On one rail alone, with only refusals that could be right, it is not a pass either.
+    let only_refusals = clients::run(&server, &Nothing, &["mpp-session".into()]).await;
+    assert!(only_refusals.inconclusive() > 0 && only_refusals.verdict() != Verdict::Pass);
 }

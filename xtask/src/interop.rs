@@ -633,7 +633,10 @@ async fn client_suite(
         .outcomes
         .iter()
         .filter(|o| !o.passed())
-        .map(|o| (o.scenario.path.to_string(), format!("paid {:?}", o.paid)))
+        .map(|o| {
+            let paid = o.paid.map_or("unknown".into(), clients::usdc);
+            (o.scenario.path.to_string(), format!("{}, paid {paid}", o.judgement.as_str()))
+        })
         .collect();
     compare_with_findings(findings, failing)?;
     let failed = report.failed();

@@ -204,6 +204,17 @@ pub const EVM_SCENARIOS: &[EvmScenario] = &[
     },
 ];
 
+/// The honest scenario of `rail`: a client that does not pay it correctly cannot pay that
+/// rail at all, so its refusals elsewhere on the rail prove nothing.
+pub fn baseline(rail: &str) -> Option<&'static str> {
+    match rail {
+        "x402" => Some("/x402/ok"),
+        "mpp" => Some("/mpp/ok"),
+        "mpp-session" => Some("/mpp/session/ok"),
+        _ => None,
+    }
+}
+
 /// The scenarios on `rails` (`x402`, `mpp`, `mpp-session`; none named: all), in order.
 pub fn scenarios_on(rails: &[String]) -> impl Iterator<Item = &'static EvmScenario> + '_ {
     EVM_SCENARIOS.iter().filter(move |s| rails.is_empty() || rails.iter().any(|r| r == s.rail))

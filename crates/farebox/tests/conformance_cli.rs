@@ -228,3 +228,12 @@ fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
         }
     });
 }
+
+/// `--client` on a rail with no client scenarios is an error, not an empty pass.
+#[test]
+fn the_client_suite_on_a_rail_without_scenarios_is_an_error() {
+    let out =
+        farebox().args(["conformance", "--client", "true", "--rail", "l402"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+}
