@@ -2,9 +2,10 @@
 //! FareboxUSD (an EIP-3009 token) deployed, the client's key funded, x402 settled by an
 //! in-process facilitator and MPP `evm` charges by the MPP rail itself.
 //!
-//! Every scenario pays to addresses of its own ([`payee`]), nobody holds their keys, so what a
-//! scenario was paid is their token balance on chain: the server measures it, whatever the
-//! client says. The lies are told by [`Misbehaving`], a rail around the real one: a price or a
+//! Every charge scenario pays to addresses of its own ([`payee`]), nobody holds their keys, so
+//! what a scenario was paid is their token balance on chain: the server measures it, whatever
+//! the client says. A session scenario has a payee account (which closes channels) and an
+//! escrow of its own: it was paid what its payee captured plus what its escrow still holds. The lies are told by `Misbehaving`, a rail around the real one: a price or a
 //! recipient changed after a payment, a 402 body that contradicts the header, a settlement that
 //! claims more than was signed. A client that pays what it should not is let through (its
 //! payment is settled), so that the chain shows it.
