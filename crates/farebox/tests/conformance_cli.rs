@@ -178,23 +178,26 @@ fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _server = Killed(child);
+    let mut server = Killed(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let mut url = None;
-    while url.is_none() {
+    let (mut url, mut chain) = (None, None);
+    while url.is_none() || chain.is_none() {
         let line =
             rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the chain scenarios");
         assert!(!line.contains("not served"), "{line}");
         if line.starts_with("x402 and MPP scenarios") {
             url = line.split_whitespace().last().map(str::to_string);
         }
+        if line.trim_start().starts_with("chain ") {
+            chain = line.split_whitespace().nth(1).map(str::to_string);
+        }
     }
-    let url = url.unwrap();
+    let (url, chain) = (url.unwrap(), chain.unwrap());
     assert_eq!(url, format!("http://127.0.0.1:{}", port + 2));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -227,6 +230,17 @@ fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
             assert_eq!(scenario["paid"], paid, "{scenario}");
         }
     });
+
+    // Stopped as a person stops it, it takes its chain with it.
+    let pid = server.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "--serve did not stop on SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let chain = chain.trim_start_matches("http://");
+    assert!(std::net::TcpStream::connect(chain).is_err(), "anvil at {chain} outlived --serve");
 }
 
 /// `--client` on a rail with no client scenarios is an error, not an empty pass.
