@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod clients;
 pub mod expect;
 pub mod misbehave;
 pub mod probe;

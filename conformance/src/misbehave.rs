@@ -13,6 +13,29 @@
 //! | `/expired-invoice` | the invoice expired before it was sent | refuses before paying |
 //! | `/loop` | answers 402 to every credential, paid or not | pays once, then stops |
 //! | `/pricey` | 1,000,000 sat | refuses when over its budget |
+//!
+//! The x402 and MPP scenarios are on a real chain, in [`evm`] (anvil, an EIP-3009 token, the
+//! client's key funded); what each was paid is read from the chain (for a session, what its
+//! payee captured plus what its own escrow still holds):
+//!
+//! | path | misbehaviour | a correct client pays |
+//! |---|---|---|
+//! | `/x402/ok`, `/mpp/ok` | none: 0.01 USDC (MPP: `evm` charge) | 0.01 once, and is served |
+//! | `/x402/price-raised-on-retry`, `/mpp/price-raised-on-retry` | settles, then 402 at twice the price | 0.01, then reports the refusal |
+//! | `/x402/pay-to-changed-on-retry`, `/mpp/recipient-changed-on-retry` | settles, then 402 naming another recipient | 0.01, then reports the refusal |
+//! | `/x402/body-contradicts-header` | the body's requirements contradict `PAYMENT-REQUIRED` | 0.01 as the header asks, or nothing |
+//! | `/x402/loop`, `/mpp/loop` | settles every payment and answers 402 again | 0.01, then stops |
+//! | `/x402/redirect`, `/mpp/redirect` | 307 to another origin that asks for payment | nothing |
+//! | `/x402/inflated-settlement`, `/mpp/inflated-receipt` | the settlement claims 100 times what was paid | 0.01 (and counts 0.01) |
+//! | `/x402/pricey`, `/mpp/pricey` | 5,000 USDC | nothing |
+//! | `/mpp/session/ok` | none: 0.01 USDC a request, `evm` session | 0.01: opens a channel in an escrow it allows, pays one voucher, closes (the rest comes back) |
+//! | `/mpp/session/overclaimed-receipt` | the receipt claims 100 times more spent than was signed | 0.01: signs no more, closes at what it signed |
+//! | `/mpp/session/inflated-refund` | the close answer claims 100 times the refund the chain shows | 0.01 (and counts the chain's refund) |
+//! | `/mpp/session/foreign-escrow` | the channel is to go to an escrow the client's policy does not allow | nothing |
+//!
+//! [`crate::clients`] runs a client under test (any command) against each of them.
+
+pub mod evm;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

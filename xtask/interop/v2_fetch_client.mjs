@@ -1,5 +1,7 @@
 // x402 v2 client (@x402/fetch 2.27.0) paying a farebox server.
-// usage: node v2_fetch_client.mjs <url> <rpc> <payer key> <token>
+// usage: node v2_fetch_client.mjs <url> <rpc> <payer key> <token> [<cap>]
+// <cap>: the most one payment may be, in the token's base units (default: uncapped, as
+// @x402/core leaves a listed asset without `maxAmountPerPayment`).
 // Prints one JSON line: {status, body, paymentResponse} (paymentResponse decoded from
 // PAYMENT-RESPONSE). Exits 1 on any error.
 import { x402Client, wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
@@ -7,9 +9,9 @@ import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { createPublicClient, http } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 
-const [url, rpc, key, token] = process.argv.slice(2);
+const [url, rpc, key, token, cap] = process.argv.slice(2);
 if (!token) {
-  console.error("usage: node v2_fetch_client.mjs <url> <rpc> <payer key> <token>");
+  console.error("usage: node v2_fetch_client.mjs <url> <rpc> <payer key> <token> [<cap>]");
   process.exit(2);
 }
 const publicClient = createPublicClient({ transport: http(rpc) });
@@ -19,7 +21,9 @@ const account = privateKeyToAccount(key);
 // (default assets only, at most $1) must allow it explicitly.
 const client = new x402Client()
   .register("eip155:*", new ExactEvmScheme(account, { rpcUrl: rpc }))
-  .setSpendControls({ allowedAssets: [{ network, asset: token }] });
+  .setSpendControls({
+    allowedAssets: [{ network, asset: token, ...(cap ? { maxAmountPerPayment: cap } : {}) }],
+  });
 const paidFetch = wrapFetchWithPayment(fetch, client);
 const response = await paidFetch(url, { signal: AbortSignal.timeout(60_000) });
 const body = await response.text();

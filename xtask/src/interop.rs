@@ -25,6 +25,14 @@
 //! header (or MPP receipt) the payer saw carries a transaction hash whose receipt succeeded, and
 //! the payee's on-chain balance grew by exactly the price. One line per case, then
 //! `N passed, M failed`.
+//!
+//! The conformance cases run the server suite against farebox's and the peers' servers; the
+//! client-suite cases run the peers' clients (`@x402/fetch` with a 0.10 USDC cap per payment,
+//! `x402-fetch` with its 1 USDC cap, mppx's `evm` charge, which has no cap to set) against the
+//! misbehaving server's x402 and MPP scenarios, each on a fresh anvil
+//! (`farebox_conformance::clients`). Both compare what fails with the peer's findings in
+//! `conformance/findings/`: a finding is recorded, not a failure; a new one, or one that no
+//! longer holds, fails the case.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -129,7 +137,10 @@ const CONFORMANCE_FAREBOX_MPP: &str = "conformance: farebox MPP server";
 const CONFORMANCE_V2_EXPRESS: &str = "conformance: @x402/express (v2)";
 const CONFORMANCE_V1_EXPRESS: &str = "conformance: x402-express (v1)";
 const CONFORMANCE_MPPX: &str = "conformance: mppx server";
-const CASES: [&str; 11] = [
+const CLIENT_SUITE_V2_FETCH: &str = "client suite: @x402/fetch (v2)";
+const CLIENT_SUITE_V1_FETCH: &str = "client suite: x402-fetch (v1)";
+const CLIENT_SUITE_MPPX: &str = "client suite: mppx client (evm charge)";
+const CASES: [&str; 14] = [
     V2_FETCH,
     V1_FETCH,
     V2_EXPRESS,
@@ -141,6 +152,9 @@ const CASES: [&str; 11] = [
     CONFORMANCE_V2_EXPRESS,
     CONFORMANCE_V1_EXPRESS,
     CONFORMANCE_MPPX,
+    CLIENT_SUITE_V2_FETCH,
+    CLIENT_SUITE_V1_FETCH,
+    CLIENT_SUITE_MPPX,
 ];
 const MPPX_BODY: &str = "paid content from mppx";
 
@@ -574,7 +588,93 @@ async fn cases(peers: &Path, mppx: &Path) -> Vec<(&'static str, Result<String>)>
             CONFORMANCE_MPPX,
             conformance_of_peer(&world, mppx, "mppx_server.mjs", "mpp", "mppx").await,
         ),
+        (
+            CLIENT_SUITE_V2_FETCH,
+            client_suite(peers, "v2_fetch_client.mjs", "100000", "x402", "client-x402-fetch-v2")
+                .await,
+        ),
+        (
+            CLIENT_SUITE_V1_FETCH,
+            client_suite(peers, "v1_fetch_client.mjs", "", "x402", "client-x402-fetch-v1").await,
+        ),
+        (CLIENT_SUITE_MPPX, client_suite(mppx, "mppx_client.mjs", "", "mpp", "client-mppx").await),
     ]
+}
+
+/// Runs a peer's client `script` (`extra` after its usual arguments) against the misbehaving
+/// server's scenarios on `rail`, on a chain of its own, and compares the scenarios it fails
+/// with its findings. The table and the JSON report go to
+/// `target/interop/client-suite-<findings>.*`.
+async fn client_suite(
+    peers: &Path,
+    script: &str,
+    extra: &str,
+    rail: &str,
+    findings: &str,
+) -> Result<String> {
+    use farebox_conformance::clients::{self, CommandClient};
+    use farebox_conformance::misbehave::evm::{Chain, EvmServer};
+    let anvil = Anvil::builder().binary(tools::anvil_path()).chain_id(CHAIN_ID).start()?;
+    let server = EvmServer::start(Arc::new(Chain::on(anvil).await?)).await?;
+    let script = peers.join(script);
+    let command = format!(
+        "cd '{}' && node '{}' {{url}} {{rpc}} {{key}} {{token}} {extra}",
+        peers.display(),
+        script.display()
+    );
+    let client = CommandClient::new(command).timeout(SCRIPT_TIMEOUT);
+    let report = clients::run(&server, &client, &[rail.to_string()]).await;
+    let dir = tools::workspace_root().join("target").join("interop");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("client-suite-{findings}.txt")), report.table())?;
+    let json = serde_json::to_string_pretty(&report.to_json())?;
+    std::fs::write(dir.join(format!("client-suite-{findings}.json")), json)?;
+    let failing = report
+        .outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| {
+            let paid = o.paid.map_or("unknown".into(), clients::usdc);
+            (o.scenario.path.to_string(), format!("{}, paid {paid}", o.judgement.as_str()))
+        })
+        .collect();
+    compare_with_findings(findings, failing)?;
+    let failed = report.failed();
+    Ok(format!(
+        "{} passed, {failed} failed as known; the client paid {} USDC in all",
+        report.outcomes.len() - failed,
+        report.spent.map_or("an unknown amount of".into(), clients::usdc)
+    ))
+}
+
+/// Compares what failed (id, detail) with `conformance/findings/<findings>.json`'s `failing`:
+/// an error naming what newly fails and what no longer does, when they differ.
+fn compare_with_findings(
+    findings: &str,
+    failing: std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let known_path = tools::workspace_root()
+        .join("conformance")
+        .join("findings")
+        .join(format!("{findings}.json"));
+    let known: Value = serde_json::from_str(
+        &std::fs::read_to_string(&known_path)
+            .with_context(|| format!("reading {}", known_path.display()))?,
+    )?;
+    let expected: std::collections::BTreeSet<&String> =
+        known["failing"].as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    let new: Vec<String> = failing
+        .iter()
+        .filter(|(id, _)| !expected.contains(id))
+        .map(|(id, detail)| format!("{id} ({detail})"))
+        .collect();
+    let fixed: Vec<&&String> = expected.iter().filter(|id| !failing.contains_key(**id)).collect();
+    ensure!(
+        new.is_empty() && fixed.is_empty(),
+        "differs from {}: newly failing {new:?}, no longer failing {fixed:?}",
+        known_path.display()
+    );
+    Ok(())
 }
 
 /// Starts a peer's server and runs the conformance suite against it.
@@ -620,37 +720,16 @@ async fn conformance(world: &World, url: &str, rail: &str, findings: &str) -> Re
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("conformance-{findings}.txt")), report.table())?;
     std::fs::write(dir.join(format!("conformance-{findings}.xml")), report.to_junit())?;
-    let failing: std::collections::BTreeSet<String> = report
+    let failing = report
         .results
         .iter()
-        .filter(|r| matches!(r.outcome, farebox_conformance::Outcome::Fail(_)))
-        .map(|r| r.id.clone())
+        .filter_map(|r| match &r.outcome {
+            farebox_conformance::Outcome::Fail(why) => Some((r.id.clone(), why.clone())),
+            _ => None,
+        })
         .collect();
-    let known_path = tools::workspace_root()
-        .join("conformance")
-        .join("findings")
-        .join(format!("{findings}.json"));
-    let known: Value = serde_json::from_str(
-        &std::fs::read_to_string(&known_path)
-            .with_context(|| format!("reading {}", known_path.display()))?,
-    )?;
-    let expected: std::collections::BTreeSet<String> =
-        known["failing"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    compare_with_findings(findings, failing).with_context(|| format!("conformance of {url}"))?;
     let (pass, fail, skip) = report.counts();
-    let new: Vec<&String> = failing.difference(&expected).collect();
-    let fixed: Vec<&String> = expected.difference(&failing).collect();
-    if !new.is_empty() || !fixed.is_empty() {
-        let detail: Vec<String> = new
-            .iter()
-            .filter_map(|id| report.get(id))
-            .map(|r| format!("{}: {:?}", r.id, r.outcome))
-            .collect();
-        bail!(
-            "conformance of {url} differs from {}: newly failing {new:?} ({}), no longer failing {fixed:?}",
-            known_path.display(),
-            detail.join("; ")
-        );
-    }
     Ok(format!(
         "{pass} passed, {fail} failed as known, {skip} skipped in {:.1} s",
         report.elapsed.as_secs_f64()

@@ -11,8 +11,9 @@
 //!   L402, x402 and MPP session routes) with nginx as a reverse proxy, installing wrk and nginx.
 //! - `cargo xtask interop`: the official coinbase x402 SDKs (npm, pinned in
 //!   `xtask/interop/package.json`, installed into `target/tools/interop/`) pay a farebox server
-//!   and are paid by the farebox client through farebox's facilitator, on anvil. `test` runs it
-//!   last.
+//!   and are paid by the farebox client through farebox's facilitator, on anvil; the
+//!   conformance suite runs against their servers and its client suite against their clients
+//!   (findings in `conformance/findings/`). `test` runs it last.
 //! - `cargo xtask setup`: only the installation step (Debian packages, and anvil from npm into
 //!   `target/tools/`).
 //! - `cargo xtask contracts`: compiles `contracts/*.sol` with npm `solc` (installed into

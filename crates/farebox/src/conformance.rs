@@ -1,5 +1,8 @@
 //! `farebox conformance <url>`: runs the conformance suite against a server and reports check by
-//! check; `farebox conformance --serve`: the misbehaving reference server, for testing clients.
+//! check; `farebox conformance --serve`: the misbehaving reference server, for testing clients;
+//! `farebox conformance --client '<command>'`: runs a client (any command that takes a URL and
+//! prints one JSON line) against the server's x402 and MPP scenarios on a fresh anvil and
+//! reports per scenario what it paid, on chain, against what a correct client pays.
 //!
 //! The table goes to stdout; `--json` and `--junit` write the report for CI as well. The exit
 //! status is the verdict's ([`farebox_conformance::Verdict`]): 0 pass, 1 fail, 2 error (the
@@ -10,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use farebox_conformance::clients::{self, CommandClient};
+use farebox_conformance::misbehave::evm::{CHAIN_ID, Chain, EvmServer, scenarios_on};
 use farebox_conformance::{Target, Wallets};
 use farebox_evm::PrivateKeySigner;
 
@@ -18,7 +23,7 @@ use farebox_lightning::dev_wallet::RemoteDevWallet;
 #[derive(clap::Args)]
 pub struct ConformanceArgs {
     /// A priced URL of the server under test (it must answer 402 without a credential).
-    #[arg(required_unless_present = "serve")]
+    #[arg(required_unless_present_any = ["serve", "client"])]
     url: Option<reqwest::Url>,
     /// Another priced URL of the same server, for the cross-route checks (default: one the
     /// server's /openapi.json lists, if it publishes one).
@@ -57,9 +62,21 @@ pub struct ConformanceArgs {
     /// Seconds each request may take.
     #[arg(long, default_value_t = 20)]
     timeout: u64,
-    /// Serve the misbehaving reference server (and its dev wallet) instead, for clients.
+    /// Serve the misbehaving reference server (and its dev wallet) instead, for clients. With
+    /// anvil installed (`cargo xtask setup`, or FAREBOX_ANVIL), its x402 and MPP scenarios too.
     #[arg(long, conflicts_with = "url")]
     serve: bool,
+    /// Test a client instead: run this command (under `sh -c`, the scenario's URL appended
+    /// or put where `{url}` is) against each x402 and MPP scenario of the misbehaving server,
+    /// on a fresh anvil (`cargo xtask setup` installs it). The command finds the chain, its
+    /// funded key and the token in FAREBOX_CLIENT_RPC, _KEY, _TOKEN, _CHAIN_ID (or `{rpc}`,
+    /// `{key}`, `{token}`, `{chain_id}`) and prints one JSON line, e.g. `{"status":200,...}`.
+    /// Each run may take six times --timeout. Exit status 0 when every scenario was paid what
+    /// a correct client pays, 1 when one was not, 3 when one could not be judged (the client
+    /// paid nothing where that is right, but could not pay the rail's honest scenario either).
+    /// --rail x402, mpp or mpp-session picks scenarios.
+    #[arg(long, conflicts_with_all = ["url", "serve"], value_name = "COMMAND")]
+    client: Option<String>,
     /// Port of the misbehaving server with --serve.
     #[arg(long, default_value_t = 8412)]
     port: u16,
@@ -83,6 +100,9 @@ async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
     if args.serve {
         serve(&args).await?;
         return Ok(0);
+    }
+    if let Some(command) = &args.client {
+        return test_client(command, &args).await;
     }
     let url = args.url.clone().context("a URL to test")?;
     let mut target = Target::new(url);
@@ -221,10 +241,58 @@ async fn serve(args: &ConformanceArgs) -> anyhow::Result<()> {
     for s in farebox_conformance::misbehave::SCENARIOS {
         println!("  {:<24} {} — a correct client {}", s.path, s.misbehaviour, s.correct_client);
     }
+    // The chain scenarios, when anvil is there to run them on.
+    let _chain_server = match Chain::start().await {
+        Ok(chain) => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port.saturating_add(2)));
+            let server = EvmServer::bind(Arc::new(chain), addr).await?;
+            print_chain(&server, "\nx402 and MPP scenarios (report: GET /_report)", &[]);
+            Some(server)
+        }
+        Err(e) => {
+            println!("\nx402 and MPP scenarios: not served ({e:#})");
+            None
+        }
+    };
     println!("\nCtrl-C stops.");
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+/// Where the chain scenarios are (those on `rails`; none named: all) and what a client pays
+/// them with.
+fn print_chain(server: &EvmServer, title: &str, rails: &[String]) {
+    let chain = server.chain();
+    println!("{title}      {}", server.url);
+    println!("  chain   {} (anvil, chain id {CHAIN_ID})", chain.rpc_url());
+    println!(
+        "  token   {:#x} (EIP-3009, EIP-712 \"USDC\" version \"2\", 6 decimals)",
+        chain.token()
+    );
+    println!("  payer   {:#x}, anvil's public development key #1", chain.payer());
+    for s in scenarios_on(rails) {
+        println!("  {:<34} {} — a correct client {}", s.path, s.misbehaviour, s.correct_client);
+    }
+}
+
+/// `--client`: the client suite on a fresh anvil; the exit status is its verdict's.
+async fn test_client(command: &str, args: &ConformanceArgs) -> anyhow::Result<u8> {
+    if scenarios_on(&args.rails).next().is_none() {
+        bail!("--rail: the client scenarios are on x402, mpp and mpp-session");
+    }
+    let chain = Chain::start().await.context("starting anvil (`cargo xtask setup` installs it)")?;
+    let server = EvmServer::start(Arc::new(chain)).await?;
+    print_chain(&server, "the misbehaving server's x402 and MPP scenarios", &args.rails);
+    println!();
+    let client = CommandClient::new(command).timeout(Duration::from_secs(args.timeout.max(1) * 6));
+    let report = clients::run(&server, &client, &args.rails).await;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.to_json())?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.verdict().exit_status())
 }
