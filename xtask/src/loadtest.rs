@@ -42,6 +42,31 @@ impl Drop for Guard {
     }
 }
 
+/// nginx, stopped through its master on drop: killing the master alone leaves its workers
+/// running (and spinning) after the benchmark.
+struct Nginx {
+    child: Guard,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let conf = self.dir.join("nginx.conf");
+        let stopped = Command::new("nginx")
+            .args(["-s", "stop", "-c"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if stopped {
+            // The master exits once its workers have; `Guard` then finds it gone.
+            let _ = self.child.0.wait();
+        }
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -653,17 +678,20 @@ pub fn run_gateway_bench() -> Result<()> {
 
     let (upstream, proxy) = (free_port()?, free_port()?);
     std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, upstream, proxy))?;
-    let _nginx = Guard(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("nginx.err"))?)
-            .spawn()
-            .context("starting nginx")?,
-    );
+    let _nginx = Nginx {
+        child: Guard(
+            Command::new("nginx")
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-p")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(File::create(dir.join("nginx.err"))?)
+                .spawn()
+                .context("starting nginx")?,
+        ),
+        dir: dir.clone(),
+    };
     wait_for_port(upstream)?;
     wait_for_port(proxy)?;
 
