@@ -157,6 +157,20 @@ pub(crate) fn cargo() -> Command {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    // Style and lints first: they take seconds to minutes and fail for what a reviewer would.
+    // rustup installs both components with the toolchain; a toolchain without them says so.
+    for (component, args) in [
+        ("rustfmt", &["fmt", "--all", "--check"][..]),
+        ("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"][..]),
+    ] {
+        if succeeds(cargo().args([args[0], "--version"])) {
+            run(cargo().args(args))?;
+        } else {
+            eprintln!(
+                "xtask: {component} is not installed (rustup component add {component}): not run"
+            );
+        }
+    }
     // Each criterion benchmark once, in test mode: they must keep working; timing is `bench`'s job.
     run(cargo().args(["test", "--workspace", "--benches"]))?;
     // The crate docs' examples must keep compiling and passing (nextest does not run doc tests).

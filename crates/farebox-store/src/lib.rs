@@ -17,6 +17,10 @@
 //! | [`SqliteStore`] | `sqlite://<path>`, `sqlite::memory:` | one gateway instance (the embedded default). Survives process restarts and crashes. |
 //! | [`PostgresStore`] | `postgres://…`, `postgresql://…` | several gateway instances that must share replay protection. |
 //!
+//! [`SqliteStore`] and [`PostgresStore`] are the cargo features `sqlite` and `postgres`, both on
+//! by default: a build with one off does not compile its driver, and [`open`] refuses its URLs
+//! with [`StoreError::Invalid`].
+//!
 //! Two instances with separate SQLite files (or memory stores) do **not** protect each other: a
 //! proof refused by one can be spent at the other. Deploy PostgreSQL as soon as there is more
 //! than one instance.
@@ -70,15 +74,20 @@ pub trait Store: ReplayStore + SessionStore {}
 impl<T: ReplayStore + SessionStore> Store for T {}
 
 pub mod memory;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 /// Longest namespace or key, in bytes.
@@ -99,26 +108,53 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url == "memory:" || url == "memory://" {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
-        return Ok(Arc::new(SqliteStore::in_memory().await?));
-    }
-    if let Some(rest) = url.strip_prefix("sqlite://") {
-        let path = rest.split('?').next().unwrap_or_default();
-        if path.is_empty() {
-            return Err(StoreError::Invalid(
-                "sqlite URL without a path (use sqlite://<path> or sqlite::memory:)".into(),
-            ));
-        }
-        return Ok(Arc::new(SqliteStore::open(path).await?));
+    if url.starts_with("sqlite:") {
+        return open_sqlite(url).await;
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresStore::connect(url).await?));
+        return open_postgres(url).await;
     }
     let scheme = url.split(':').next().unwrap_or_default();
     Err(StoreError::Invalid(format!(
         "unknown store URL scheme {scheme:?}: expected memory:, sqlite://<path>, sqlite::memory: \
          or postgres://…"
     )))
+}
+
+/// A `sqlite:` URL's store.
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+        return Ok(Arc::new(SqliteStore::in_memory().await?));
+    }
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Err(StoreError::Invalid(
+            "sqlite URL not understood (use sqlite://<path> or sqlite::memory:)".into(),
+        ));
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(StoreError::Invalid(
+            "sqlite URL without a path (use sqlite://<path> or sqlite::memory:)".into(),
+        ));
+    }
+    Ok(Arc::new(SqliteStore::open(path).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Invalid("this build has no SQLite store (cargo feature `sqlite`)".into()))
+}
+
+/// A `postgres://` URL's store.
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(PostgresStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Invalid("this build has no PostgreSQL store (cargo feature `postgres`)".into()))
 }
 
 /// Checks a namespace and key against the rules every backend applies.

@@ -186,7 +186,9 @@ pub(crate) fn total_held(amounts: &[String]) -> Result<Option<u128>, StoreError>
 /// Which backend an error came from; decides how database error codes are read.
 #[derive(Clone, Copy)]
 pub(crate) enum Backend {
+    #[cfg(feature = "sqlite")]
     Sqlite,
+    #[cfg(feature = "postgres")]
     Postgres,
 }
 
@@ -216,11 +218,13 @@ pub(crate) fn map_err(backend: Backend, e: sqlx::Error) -> StoreError {
 fn transient_db_code(backend: Backend, code: &str) -> bool {
     match backend {
         // Primary result code = extended code & 0xff.
+        #[cfg(feature = "sqlite")]
         Backend::Sqlite => match code.parse::<i64>() {
             // BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
             Ok(c) => matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15),
             Err(_) => false,
         },
+        #[cfg(feature = "postgres")]
         Backend::Postgres => {
             // 08: connection exception; 53: insufficient resources; 57: operator intervention
             // (shutdown, statement timeout / cancel); 58: system error; 40001/40P01:
@@ -300,7 +304,9 @@ pub(crate) fn to_db_version(version: u64) -> Result<i64, StoreError> {
 /// `sql` with its `?` placeholders numbered for `backend` (`$1`, `$2`, … for PostgreSQL).
 pub(crate) fn placeholders(backend: Backend, sql: &str) -> std::borrow::Cow<'_, str> {
     match backend {
+        #[cfg(feature = "sqlite")]
         Backend::Sqlite => std::borrow::Cow::Borrowed(sql),
+        #[cfg(feature = "postgres")]
         Backend::Postgres => {
             let mut out = String::with_capacity(sql.len() + 16);
             let mut n = 0;
