@@ -1,5 +1,7 @@
 //! `cargo xtask contracts`: compiles `contracts/*.sol` with solc 0.8.37 (npm `solc`, through its
-//! standard-JSON API) and writes one artifact per contract to `contracts/out/<Name>.json`:
+//! standard-JSON API) and writes one artifact per contract to
+//! `crates/farebox-evm/artifacts/<Name>.json` (inside the crate that builds its bindings from
+//! them, so that the crate reads nothing outside its folder):
 //! `abi`, `bytecode`, `deployedBytecode`, the compiler version and the settings used.
 //!
 //! The artifacts are committed: `farebox-evm` generates its bindings from them at compile time,
@@ -17,9 +19,8 @@ use crate::{run, tools};
 const COMPILE_JS: &str = r#"'use strict';
 const fs = require('fs');
 const path = require('path');
-const [solcDir, contractsDir] = process.argv.slice(2);
+const [solcDir, contractsDir, outDir] = process.argv.slice(2);
 const solc = require(solcDir);
-const outDir = path.join(contractsDir, 'out');
 const sources = {};
 for (const f of fs.readdirSync(contractsDir).filter((f) => f.endsWith('.sol')).sort()) {
   sources[f] = { content: fs.readFileSync(path.join(contractsDir, f), 'utf8') };
@@ -63,6 +64,7 @@ pub fn compile() -> Result<()> {
     let script = tools::tools_dir().join("compile-contracts.js");
     std::fs::write(&script, COMPILE_JS).with_context(|| format!("writing {}", script.display()))?;
     let contracts = tools::workspace_root().join("contracts");
-    run(Command::new("node").arg(&script).arg(&solc).arg(&contracts))
+    let artifacts = tools::workspace_root().join("crates/farebox-evm/artifacts");
+    run(Command::new("node").arg(&script).arg(&solc).arg(&contracts).arg(&artifacts))
         .context("compiling contracts (is Node.js installed?)")
 }

@@ -17,7 +17,8 @@
 //! - `cargo xtask setup`: only the installation step (Debian packages, and anvil from npm into
 //!   `target/tools/`).
 //! - `cargo xtask contracts`: compiles `contracts/*.sol` with npm `solc` (installed into
-//!   `target/tools/`) and writes the artifacts to `contracts/out/`, which are committed so that
+//!   `target/tools/`) and writes the artifacts to `crates/farebox-evm/artifacts/`, which are
+//!   committed so that
 //!   `cargo build` needs no Node.
 //! - `cargo xtask chain`: a local chain for demos: anvil on 127.0.0.1:8545 (chain id 84532) with
 //!   FareboxUSD deployed and test accounts funded, until Ctrl-C.

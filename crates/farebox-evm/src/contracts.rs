@@ -1,6 +1,6 @@
 //! Bindings for the project's Solidity contracts, generated at compile time from the committed
-//! artifacts in `contracts/out/` (rebuild them with `cargo xtask contracts`), so the ABI has one
-//! source.
+//! artifacts in this crate's `artifacts/` folder (rebuild them with `cargo xtask contracts`), so
+//! the ABI has one source.
 //!
 //! [`FareboxUSD`] is the project's EIP-3009 test token that follows FiatTokenV2_2's rules
 //! (`contracts/FareboxUSD.sol`). Its call types work against real USDC too: the function
@@ -15,14 +15,14 @@ sol!(
     #[allow(missing_docs)]
     #[derive(Debug, PartialEq, Eq)]
     FareboxUSD,
-    "../../contracts/out/FareboxUSD.json"
+    "artifacts/FareboxUSD.json"
 );
 
 sol!(
     #[allow(missing_docs)]
     #[derive(Debug, PartialEq, Eq)]
     SessionEscrow,
-    "../../contracts/out/SessionEscrow.json"
+    "artifacts/SessionEscrow.json"
 );
 
 /// `transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)`,

@@ -7,7 +7,7 @@
 //! | [`usdc`] | known USDC deployments (address, EIP-712 name / version, decimals), as defaults |
 //! | [`eip3009`] | `TransferWithAuthorization`: EIP-712 domain, digest, signing, recovery |
 //! | [`voucher`] | MPP EVM session vouchers: EIP-712 `Voucher(bytes32,uint128)`, signing, recovery |
-//! | [`contracts`] | bindings for the project's Solidity contracts, from `contracts/out/*.json` |
+//! | [`contracts`] | bindings for the project's Solidity contracts, from `artifacts/*.json` |
 //! | [`escrow`] | helpers on [`EvmRpc`] for the `SessionEscrow` payment-channel contract |
 //! | [`rpc`] | [`EvmRpc`], a JSON-RPC client: reads, one-call simulation, settlement, receipts |
 //! | [`anvil`] | a launcher for a local anvil chain, for tests and the demo |

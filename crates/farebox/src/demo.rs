@@ -1,9 +1,12 @@
 //! `farebox demo`: the whole exchange, narrated.
 //!
 //! One process runs a free upstream API, the paid server in front of it (the paywall with the
-//! L402 rail and the embedded Lightning dev node), and a client whose dev wallet pays. Every step
-//! of the protocol is printed as it happens: the 402 and its challenges, the invoice, the
-//! payment, the retry with the proof, the response and the ledger.
+//! L402, x402 and MPP rails, the embedded Lightning dev node and, when anvil is installed, a local
+//! chain with an EIP-3009 token, an x402 facilitator and an MPP session escrow), and a client that
+//! pays: in sats through the dev node's wallet over Nostr Wallet Connect (a relay in process), in
+//! USDC with x402, and on one MPP session channel (deposit, vouchers, close with its refund).
+//! Every step of the protocol is printed as it happens: the 402 and its challenges, the invoice,
+//! the payment, the retry with the proof, the response and the ledger.
 
 use std::time::Duration;
 
@@ -316,7 +319,7 @@ async fn serve(args: DemoArgs) -> anyhow::Result<()> {
 
 fn heading(stack: &Stack, evm: Option<&stack::Evm>) {
     println!(
-        "farebox demo: an HTTP API paid for per request, in sats over L402 and in USDC over x402"
+        "farebox demo: an HTTP API paid for per request, in sats over L402 and in USDC over x402 and an MPP session"
     );
     println!(
         "(Lightning: embedded dev node, real BOLT11 signatures and preimages, simulated routing;"

@@ -11,7 +11,7 @@
 //! **Verification**, per action, after the envelope (id, realm, unexpired challenge, the
 //! request names this server's token, payee, chain and escrow; for `open` and `voucher`, which
 //! are billed, also a challenge issued for this route and method whose `amount` is at least the
-//! route's price: [`MppRail::live_for`]). A challenge is not used up by a voucher: a wallet
+//! route's price: `MppRail::live_for`). A challenge is not used up by a voucher: a wallet
 //! sends its next voucher up front with the next request, echoing the challenge it last paid
 //! under while that is unexpired, and the voucher itself is what cannot be replayed (it must
 //! add to what was accepted, or the unspent balance must cover the price):

@@ -1,7 +1,13 @@
-//! [`MppRail`]: MPP's `Payment` scheme with the `charge` intent over Lightning and over EVM
-//! tokens (EIP-3009), as a farebox [`Rail`]. The rail offers the methods its configuration
-//! enables: `lightning` when it has a Lightning backend, `evm` when it has an
-//! [`EvmChargeConfig`].
+//! [`MppRail`]: MPP's `Payment` scheme as a farebox [`Rail`], with both intents: one-off
+//! `charge` payments over Lightning and over EVM tokens (EIP-3009), and `session` payments on an
+//! EVM payment channel (cumulative signed vouchers, [`evm_session`]) or a Lightning prepaid
+//! balance. The rail offers the method × intent pairs its builder was given: `lightning`/`charge`
+//! with a Lightning backend, `evm`/`charge` with an [`EvmChargeConfig`], `evm`/`session` with an
+//! [`EvmSessionConfig`], `lightning`/`session` with a [`LightningSessionConfig`].
+//!
+//! What every paid credential's challenge must be, whatever the pair, is checked in one place
+//! (`MppRail::live_for`: unexpired, issued for this route and HTTP method; the id and realm by
+//! the credential's decoding). This page details the charges; each session file details its own.
 //!
 //! **Challenge.** For a route priced in Bitcoin (whole satoshis), the backend creates an invoice
 //! for the price and the rail issues one challenge `method="lightning", intent="charge"` whose
