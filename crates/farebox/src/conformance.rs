@@ -83,6 +83,10 @@ pub struct ConformanceArgs {
     /// Port of its dev wallet API with --serve.
     #[arg(long, default_value_t = 8413)]
     wallet_port: u16,
+    /// Port of the x402 and MPP (chain) scenarios with --serve. 0 for any free port, as for
+    /// the other two.
+    #[arg(long, default_value_t = 8414)]
+    chain_port: u16,
 }
 
 /// Runs the command; the exit status as documented above.
@@ -244,7 +248,7 @@ async fn serve(args: &ConformanceArgs) -> anyhow::Result<()> {
     // The chain scenarios, when anvil is there to run them on.
     let _chain_server = match Chain::start().await {
         Ok(chain) => {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port.saturating_add(2)));
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.chain_port));
             let server = EvmServer::bind(Arc::new(chain), addr).await?;
             print_chain(&server, "\nx402 and MPP scenarios (report: GET /_report)", &[]);
             Some(server)

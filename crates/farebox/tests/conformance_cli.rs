@@ -169,10 +169,9 @@ impl Drop for Killed {
 #[test]
 fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
     use std::io::BufRead;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Any free ports: the test reads where each listens from what the command prints.
     let mut child = farebox()
-        .args(["conformance", "--serve", "--port", &port.to_string(), "--wallet-port"])
-        .arg((port + 1).to_string())
+        .args(["conformance", "--serve", "--port", "0", "--wallet-port", "0", "--chain-port", "0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -198,7 +197,7 @@ fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
         }
     }
     let (url, chain) = (url.unwrap(), chain.unwrap());
-    assert_eq!(url, format!("http://127.0.0.1:{}", port + 2));
+    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"), "{url}");
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
