@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// Port of the dev wallet API with --serve.
     #[arg(long, default_value_t = 8403)]
     wallet_port: u16,
+    /// Also write what the demo measured (each request's status, payments, amounts, and the
+    /// balances read from the Lightning nodes and the chain) as JSON to this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "serve")]
+    facts: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -66,21 +70,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         payer,
     );
 
+    // What a script or a test reads back (`--facts`): statuses, amounts, balances.
+    let mut requests = Vec::new();
+    let mut facts = serde_json::Map::new();
+
     step(1, "A free route passes straight through");
-    request(&client, &format!("{base}/health")).await?;
+    requests.push(request(&client, &format!("{base}/health")).await?);
 
     step(
         2,
         "A priced route: the server answers 402 with every rail's challenge; the client pays the first it can (Lightning) and retries",
     );
-    request(&client, &format!("{base}/joke")).await?;
+    requests.push(request(&client, &format!("{base}/joke")).await?);
 
     step(3, "The L402 token is reusable: the same route again costs nothing more");
-    request(&client, &format!("{base}/joke")).await?;
+    requests.push(request(&client, &format!("{base}/joke")).await?);
 
     step(4, "Another route has its own price (tokens are scoped to the route they bought)");
-    request(&client, &format!("{base}/weather/lisbon")).await?;
-    request(&client, &format!("{base}/weather/oslo")).await?;
+    requests.push(request(&client, &format!("{base}/weather/lisbon")).await?);
+    requests.push(request(&client, &format!("{base}/weather/oslo")).await?);
 
     if let Some(evm) = &evm {
         step(
@@ -88,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "A route priced in USDC only: x402 — the client signs an EIP-3009 authorization, the facilitator verifies it and settles it on the local chain",
         );
         let before = evm.balance(evm.pay_to).await?;
-        request(&client, &format!("{base}/report")).await?;
+        requests.push(request(&client, &format!("{base}/report")).await?);
         let after = evm.balance(evm.pay_to).await?;
         println!("    · on chain: the API's account went from {before} to {after}");
 
@@ -96,7 +104,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             6,
             "The same signed authorization sent twice: the second is refused before the handler runs",
         );
-        replay(&base, evm).await?;
+        let replayed = replay(&base, evm).await?;
+        facts.insert(
+            "x402".into(),
+            serde_json::json!({
+                "api_before": before.amount,
+                "api_after": after.amount,
+                "same_authorization_twice": replayed,
+            }),
+        );
     }
 
     let mut session_captured = 0;
@@ -105,17 +121,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             7,
             "An MPP session on the same chain: one deposit into an escrow channel, then each request paid with a signed voucher (no transaction), then a close that refunds the unspent deposit",
         );
-        session_captured = session(&base, evm).await?;
+        let (captured, session_facts) = session(&base, evm).await?;
+        session_captured = captured;
+        facts.insert("session".into(), session_facts);
     }
 
     step(8, "A forged proof (right macaroon, wrong preimage) is refused with a fresh 402");
-    forged(&base).await?;
+    facts.insert("forged_proof".into(), forged(&base).await?.into());
 
     step(9, "A price above the budget is refused before any payment is made");
     match client.get(format!("{base}/premium")).send().await {
         Err(e) => match ClientError::from_middleware(&e) {
             Some(err @ ClientError::OverBudget { .. }) => {
-                println!("    refused by the client: {err}")
+                println!("    refused by the client: {err}");
+                facts.insert("over_budget_refused".into(), true.into());
             }
             _ => anyhow::bail!("expected an over-budget refusal, got {e}"),
         },
@@ -142,22 +161,51 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Money::msats(stack.wallet_node.balance_msat()),
         Money::msats(stack.server_node.balance_msat()),
     );
+    facts.insert(
+        "lightning".into(),
+        serde_json::json!({
+            "payments": entries.iter().filter(|e| e.rail == "l402").count(),
+            "spent_msat": spent.amount,
+            "wallet_before_msat": stack::WALLET_OPENING_SATS * 1000,
+            "wallet_after_msat": stack.wallet_node.balance_msat(),
+            "server_received_msat": stack.server_node.balance_msat(),
+        }),
+    );
+    facts.insert(
+        "requests".into(),
+        requests
+            .iter()
+            .map(|(url, status)| serde_json::json!({"url": url, "status": status}))
+            .collect(),
+    );
     anyhow::ensure!(
         spent == Money::sats(10 + 25),
         "the demo should have spent 35 sat, spent {spent}"
     );
     if let Some(evm) = &evm {
         let usdc = Asset::Token(evm.usdc());
+        let (client_after, api) =
+            (evm.balance(evm.payer.address()).await?, evm.balance(evm.pay_to).await?);
         println!(
-            "    USDC on chain: client {} → {}; API {}",
+            "    USDC on chain: client {} → {client_after}; API {api}",
             Money::new(usdc.clone(), stack::WALLET_OPENING_USDC),
-            evm.balance(evm.payer.address()).await?,
-            evm.balance(evm.pay_to).await?,
+        );
+        facts.insert(
+            "usdc".into(),
+            serde_json::json!({
+                "client_before": stack::WALLET_OPENING_USDC,
+                "client_after": client_after.amount,
+                "api": api.amount,
+            }),
         );
         anyhow::ensure!(
             evm.balance(evm.pay_to).await? == Money::new(usdc, 2 * 50_000 + session_captured),
             "the API should have received 0.1 USDC for two /report and what the session spent"
         );
+    }
+    if let Some(path) = &args.facts {
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(facts))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
         "\nDone: every proof above was checked by math (a preimage's sha256 and a macaroon's HMAC chain; an EIP-712 signature and the token's own rules on chain), not by an API key."
@@ -166,8 +214,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Five metered requests on one MPP session channel, then its close; returns what the API
-/// captured.
-async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<u128> {
+/// captured, and the session's facts (statuses, what was captured and refunded, balances).
+async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<(u128, serde_json::Value)> {
     use farebox_client::{EvmSessionPolicy, MppWallet};
     let usdc = Asset::Token(evm.usdc());
     const DEPOSIT: u128 = 10_000;
@@ -203,8 +251,9 @@ async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<u128> {
     );
     let payer_before = evm.balance(evm.payer.address()).await?;
     let api_before = evm.balance(evm.pay_to).await?;
+    let mut statuses = Vec::new();
     for symbol in ["btc", "eth", "sol", "xau", "oil"] {
-        request(&client, &format!("{base}/ticks/{symbol}")).await?;
+        statuses.push(request(&client, &format!("{base}/ticks/{symbol}")).await?.1);
     }
     println!(
         "    · on chain so far: {} in the escrow, nothing paid to the API yet",
@@ -232,11 +281,22 @@ async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<u128> {
         budget.spent(&usdc) == Money::new(usdc.clone(), 5 * 1_000),
         "the budget should count what the session spent, the refund given back"
     );
-    Ok(closed.spent.amount)
+    let facts = serde_json::json!({
+        "statuses": statuses,
+        "deposit": DEPOSIT,
+        "captured": closed.spent.amount,
+        "refunded": closed.refunded.amount,
+        "payer_before": payer_before.amount,
+        "payer_after": payer_after.amount,
+        "api_before": api_before.amount,
+        "api_after": api_after.amount,
+    });
+    Ok((closed.spent.amount, facts))
 }
 
-/// Pays /report once by hand with the x402 wallet and sends the very same header twice.
-async fn replay(base: &str, evm: &stack::Evm) -> anyhow::Result<()> {
+/// Pays /report once by hand with the x402 wallet and sends the very same header twice; the
+/// two statuses.
+async fn replay(base: &str, evm: &stack::Evm) -> anyhow::Result<Vec<u16>> {
     use farebox_client::Wallet;
     let http = reqwest::Client::new();
     let url = format!("{base}/report");
@@ -252,6 +312,7 @@ async fn replay(base: &str, evm: &stack::Evm) -> anyhow::Result<()> {
         wallet.offers(&required)?.into_iter().next().context("no x402 offer for /report")?;
     let proof = wallet.pay(&offer).await?;
     let (name, value) = proof.headers.first().cloned().context("an x402 proof has a header")?;
+    let mut statuses = Vec::new();
     for attempt in ["first", "again"] {
         let response = http.get(&url).header(name.clone(), value.clone()).send().await?;
         let status = response.status();
@@ -269,8 +330,9 @@ async fn replay(base: &str, evm: &stack::Evm) -> anyhow::Result<()> {
             status.as_u16() == expected,
             "{attempt} send of one authorization: expected {expected}, got {status}"
         );
+        statuses.push(status.as_u16());
     }
-    Ok(())
+    Ok(statuses)
 }
 
 async fn serve(args: DemoArgs) -> anyhow::Result<()> {
@@ -364,10 +426,11 @@ fn step(n: u32, what: &str) {
     println!("\n[{n}] {what}");
 }
 
+/// One request through the paying client, narrated; its path and status.
 async fn request(
     client: &reqwest_middleware::ClientWithMiddleware,
     url: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(String, u16)> {
     println!("    → GET {url}");
     let response = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = response.status();
@@ -415,11 +478,13 @@ async fn request(
         );
     }
     anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
-    Ok(())
+    let path = url.parse::<reqwest::Url>().map_or_else(|_| url.to_string(), |u| u.path().into());
+    Ok((path, status.as_u16()))
 }
 
 /// Sends the challenge's own macaroon with a made-up preimage and shows the server's answer.
-async fn forged(base: &str) -> anyhow::Result<()> {
+/// The status the forged proof got.
+async fn forged(base: &str) -> anyhow::Result<u16> {
     let http = reqwest::Client::new();
     let url = format!("{base}/joke");
     let first = http.get(&url).send().await?;
@@ -448,7 +513,7 @@ async fn forged(base: &str) -> anyhow::Result<()> {
         problem["code"].as_str().unwrap_or("?")
     );
     anyhow::ensure!(status == 402, "a forged proof must be refused");
-    Ok(())
+    Ok(status.as_u16())
 }
 
 /// Prints each client step.
