@@ -394,12 +394,11 @@ impl Run<'_> {
         }
         let wallets = &self.target.wallets;
         let learnt = probe.answered(check.send, &answers, wallets).await;
-        let (outcome, stated, traces) = match self.judge(check, probe, &url, &credential, answers) {
-            (Outcome::Pass, stated, traces) if learnt.is_err() => {
-                (Outcome::Fail(learnt.err().unwrap_or_default()), stated, traces)
-            }
-            found => found,
-        };
+        let (outcome, stated, traces) =
+            match (self.judge(check, probe, &url, &credential, answers), learnt) {
+                ((Outcome::Pass, stated, traces), Err(why)) => (Outcome::Fail(why), stated, traces),
+                (found, _) => found,
+            };
         // A paid check that failed may say more of the tester's wallet than of the server.
         if check.send.pays()
             && matches!(outcome, Outcome::Fail(_))
