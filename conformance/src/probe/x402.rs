@@ -10,7 +10,6 @@
 //! check. `paid` signs with the wallet key; `replay` sends that same payload again.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -106,8 +105,14 @@ pub(crate) fn random_key() -> PrivateKeySigner {
     }
 }
 
+/// The clock, once [`clock_works`] said it reads after 1970 (every signing path asks first).
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    farebox_core::time::unix_now().unwrap_or_default()
+}
+
+/// A tester whose clock reads before 1970 cannot sign a valid window: the check is not run.
+fn clock_works() -> Result<(), Unable> {
+    farebox_core::time::unix_now().map(drop).map_err(|e| Unable::NotRun(e.to_string()))
 }
 
 /// A signed `exact` payload for `terms`, with `tweak` applied to the authorization and the
@@ -168,6 +173,7 @@ fn pay(required: &Required, terms: &Terms, wallets: &Wallets) -> Result<Credenti
     let key = wallets.evm.as_ref().ok_or_else(no_key)?;
     Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
         .allowed(&wallets.max_price)?;
+    clock_works()?;
     let (name, p) = payment(required, terms, key, |_, _, _| {});
     encode(name, &p)
 }
@@ -273,6 +279,7 @@ impl Probe for X402Probe {
             })
         });
         let signer = funded.unwrap_or_else(random_key);
+        clock_works()?;
         let signed = |tweak: &dyn Fn(&mut TransferWithAuthorization, &mut Value, &mut u64)| -> Result<Credential, Unable> {
             let (name, p) = payment(&r, &terms()?, &signer, |a, q, c| tweak(a, q, c));
             encode(name, &p)

@@ -67,6 +67,13 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
 }
 
+/// A clock before 1970: no deadline can be judged, so nothing is paid.
+impl From<farebox_core::time::ClockError> for ClientError {
+    fn from(e: farebox_core::time::ClockError) -> Self {
+        ClientError::PaymentFailed(e.to_string())
+    }
+}
+
 /// What a server claimed beyond what the wallet signed ([`ClientError::Overclaimed`]).
 #[derive(Debug, Clone)]
 pub struct Overclaim {

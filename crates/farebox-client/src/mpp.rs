@@ -232,7 +232,7 @@ impl MppWallet {
         };
         let valid_before = farebox_mpp::time::parse(expires)
             .map_err(|e| ClientError::InvalidChallenge(format!("MPP expires: {e}")))?;
-        if valid_before <= farebox_mpp::time::unix_now() {
+        if valid_before <= farebox_mpp::time::unix_now()? {
             return Err(ClientError::InvalidChallenge("the MPP challenge has expired".into()));
         }
         let amount: u128 = request
@@ -391,7 +391,7 @@ impl Wallet for MppWallet {
     /// covers it as it stands (a top-up or a new channel waits for the server's 402).
     fn up_front(&self, method: &http::Method, url: &Url) -> Option<Offer> {
         let origin = origin_of(url);
-        let now = farebox_mpp::time::unix_now();
+        let now = farebox_mpp::time::unix_now().ok()?;
         let challenge = self.book.lock().iter().find_map(|s| {
             (s.origin == origin && !s.halted)
                 .then(|| s.kind.live_for(method, url.path(), now).cloned())

@@ -7,8 +7,6 @@
 //! a random 32-byte nonce). Nothing moves until the server's facilitator settles; the signature
 //! is the proof, sent once in `PAYMENT-SIGNATURE` (v2) or `X-PAYMENT` (v1).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use async_trait::async_trait;
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
@@ -126,10 +124,6 @@ fn resource_text(url: &str, description: Option<&String>) -> String {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 #[async_trait]
 impl Wallet for X402Wallet {
     fn rail(&self) -> &'static str {
@@ -184,7 +178,7 @@ impl Wallet for X402Wallet {
         })?;
         let t = terms(requirement)
             .ok_or_else(|| ClientError::InvalidChallenge("unusable x402 requirement".into()))?;
-        let now = now_unix();
+        let now = farebox_core::time::unix_now()?;
         let nonce = B256::from(rand::random::<[u8; 32]>());
         let auth = TransferWithAuthorization {
             from: self.signer.address(),

@@ -6,6 +6,12 @@
 //! optional fractional seconds (truncated to the second; a deadline is never extended past the
 //! written second), and `Z`/`z` or a numeric offset. Leap seconds (`:60`) are read as `:59`.
 //! Anything else is an error: callers fail closed on an unparseable `expires`.
+//!
+//! [`unix_now`] is the one clock of the workspace, with one failure rule: a system clock that
+//! reads before 1970 is a [`ClockError`], never a zero. A zero "now" would make every expiry
+//! lie in the future (an expired token, challenge or invoice accepted), so whoever asks fails
+//! closed: a rail answers an internal error (`PaymentError: From<ClockError>`), a store
+//! refuses the write, a wallet does not pay.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,9 +20,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[error("not an RFC 3339 date-time: {0}")]
 pub struct TimeError(pub &'static str);
 
-/// Current Unix time in seconds (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// The system clock reads before 1970: nothing that depends on time can be decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system clock reads before 1970")]
+pub struct ClockError;
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> Result<u64, ClockError> {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).map_err(|_| ClockError)
+}
+
+/// Current Unix time in milliseconds.
+pub fn unix_now_ms() -> Result<u64, ClockError> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_err(|_| ClockError)
+}
+
+impl From<ClockError> for crate::PaymentError {
+    fn from(e: ClockError) -> Self {
+        crate::PaymentError::internal("clock", e.to_string())
+    }
+}
+
+impl From<ClockError> for crate::StoreError {
+    fn from(e: ClockError) -> Self {
+        crate::StoreError::Invalid(e.to_string())
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).

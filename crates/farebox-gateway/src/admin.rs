@@ -267,7 +267,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
             let answer = async {
                 Ok::<_, String>(json!({
                     "instance": live.instance,
-                    "now_ms": crate::now_ms(),
+                    "now_ms": crate::now_ms().map_err(|e| e.to_string())?,
                     "revenue": revenue(&live).await?,
                     "payments": payments(&live, STATUS_ROWS).await?,
                     "sessions": sessions(&live, STATUS_ROWS).await.map_err(|e| e.to_string())?,

@@ -31,6 +31,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::serve::ListenerExt as _;
 use farebox_core::Receipt;
+use farebox_core::time::unix_now;
 use farebox_evm::EvmRpc;
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
 use farebox_server::{Paid, Paywall, PaywallLayer};
@@ -181,10 +182,6 @@ fn fail(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
         file: config.file.clone(),
         issues: vec![Issue { key: key.into(), message, line_col }],
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Gateway {
@@ -654,7 +651,7 @@ async fn build(
                 routes: &checked,
                 public_url: &public_url,
                 x402,
-                loaded_at: unix_now(),
+                loaded_at: unix_now().map_err(|e| fail(&config, "gateway", e.to_string()))?,
             })
             .await,
         )
@@ -683,11 +680,13 @@ async fn build(
                 sweep.tick().await;
                 limiter.purge();
                 if let Some(tier) = &tier
-                    && let Err(e) = tier.purge(unix_now()).await
+                    && let Ok(now) = unix_now()
+                    && let Err(e) = tier.purge(now).await
                 {
                     tracing::warn!(error = %e, "free-tier counters not purged");
                 }
-                if let Err(e) = db.purge_payments(crate::now_ms().saturating_sub(keep_ms)).await {
+                let Ok(now_ms) = crate::now_ms() else { continue };
+                if let Err(e) = db.purge_payments(now_ms.saturating_sub(keep_ms)).await {
                     tracing::warn!(error = %e, "old payment log rows not purged");
                 }
             }
@@ -991,7 +990,12 @@ async fn priced(
             }
         };
         if let Some(client) = client {
-            match tier.take(&client, unix_now()).await {
+            // A clock before 1970 cannot count a window: payment is asked for.
+            let taken = match unix_now() {
+                Ok(now) => tier.take(&client, now).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match taken {
                 Ok(true) => {
                     gw.metrics.free_tier(&label);
                     let add = live
@@ -1110,7 +1114,8 @@ async fn priced(
         });
         let row = PaymentRow {
             id: random_id(),
-            at_ms: crate::now_ms(),
+            // The rail has read the clock to verify this payment already.
+            at_ms: crate::now_ms().unwrap_or_default(),
             rail: paid.rail.to_string(),
             route: label.to_string(),
             method,

@@ -76,11 +76,9 @@ pub mod testing;
 pub use config::{Config, ConfigError, Issue};
 pub use gateway::{Gateway, GatewayOptions};
 
-/// Unix milliseconds now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Unix milliseconds now, as the database stores them.
+pub(crate) fn now_ms() -> Result<i64, farebox_core::time::ClockError> {
+    farebox_core::time::unix_now_ms().map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use farebox_core::time::unix_now;
 use farebox_core::{Money, Price, Rail, Resource};
-use farebox_l402::rail::unix_now;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
 

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
+use farebox_core::time::unix_now;
 use farebox_core::{Money, PresentedCredential, Price, Rail, Resource};
 use farebox_l402::identifier::Identifier;
 use farebox_l402::macaroon::OwnedMacaroon;
-use farebox_l402::rail::unix_now;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail, RootKeys, caveat, format_credential};
 use farebox_lightning::{
     CreatedInvoice, InvoiceRequest, InvoiceState, LightningBackend, LightningError, PaymentHash,

@@ -15,7 +15,7 @@
 //! spec's 401.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use farebox_core::money::Money;
@@ -158,14 +158,6 @@ fn identifier_error(e: IdentifierError) -> PaymentError {
             invalid("malformed_credential", format!("L402 identifier: {e}"))
         }
     }
-}
-
-/// Current unix time in seconds; a clock before 1970 is a misconfiguration, not "never expired".
-pub fn unix_now() -> Result<u64, PaymentError> {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .map_err(|_| PaymentError::internal("clock", "system clock is before 1970"))
 }
 
 impl L402Verifier {
@@ -469,7 +461,12 @@ impl Rail for L402Rail {
             })?;
         let token = self
             .verifier
-            .mint_token(invoice.payment_hash, amount_msat, resource, unix_now()?)?
+            .mint_token(
+                invoice.payment_hash,
+                amount_msat,
+                resource,
+                farebox_core::time::unix_now()?,
+            )?
             .to_base64();
         // LSAT first: old loop/pool clients only look at the first WWW-Authenticate line.
         let www_authenticate = vec![
@@ -484,7 +481,11 @@ impl Rail for L402Rail {
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
-        let token = self.verifier.verify_uncounted(&credential.value, resource, unix_now()?)?;
+        let token = self.verifier.verify_uncounted(
+            &credential.value,
+            resource,
+            farebox_core::time::unix_now()?,
+        )?;
         // The preimage matched the token; a backend that leaks preimages must also say paid.
         let settled = farebox_lightning::confirm_settled(&*self.backend, &token.payment_hash)
             .await
@@ -539,7 +540,7 @@ impl Rail for L402Rail {
             payment_hash: token.payment_hash,
             amount_msat: token.amount_msat,
             service: self.verifier.config.service.clone(),
-            timestamp: unix_now()?,
+            timestamp: farebox_core::time::unix_now()?,
         };
         Ok(Receipt::new(
             payment.amount,

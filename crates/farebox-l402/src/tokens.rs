@@ -151,16 +151,16 @@ pub(crate) fn revoked_error() -> PaymentError {
     PaymentError::invalid("revoked", "this token has been revoked")
 }
 
-fn record(status: SessionStatus, data: String) -> SessionRecord {
-    SessionRecord {
+fn record(status: SessionStatus, data: String) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
         status,
         deposit: 0,
         accepted: 0,
         spent: 0,
         settled: 0,
         data,
-        updated_at: time::unix_now(),
-    }
+        updated_at: time::unix_now()?,
+    })
 }
 
 impl TokenStore {
@@ -176,7 +176,7 @@ impl TokenStore {
             Ok::<_, StoreError>(if r.status == SessionStatus::Closed {
                 Update::Keep(())
             } else {
-                Update::Write(record(SessionStatus::Closed, r.data.clone()), ())
+                Update::Write(record(SessionStatus::Closed, r.data.clone())?, ())
             })
         })
         .await?;
@@ -243,7 +243,7 @@ impl TokenStore {
                     "this token has too many request-limited delegations to count",
                 ));
             }
-            Ok(Update::Write(record(SessionStatus::Open, text), ()))
+            Ok(Update::Write(record(SessionStatus::Open, text)?, ()))
         })
         .await?;
         self.remember(token_id, false);
@@ -281,7 +281,7 @@ impl TokenStore {
             if let Some(out) = update_session(&*self.store, NAMESPACE, &id, &mut step).await? {
                 return Ok(out);
             }
-            match step(&record(SessionStatus::Open, String::new()))? {
+            match step(&record(SessionStatus::Open, String::new())?)? {
                 Update::Keep(out) => return Ok(out),
                 Update::Write(new, out) => {
                     if self.store.create_session(NAMESPACE, &id, &new).await? {

@@ -13,10 +13,10 @@ use axum::body::Body;
 use axum::extract::Request as AxumRequest;
 use axum::http::StatusCode as AxumStatus;
 use farebox_core::auth::parse_challenges;
+use farebox_core::time::unix_now;
 use farebox_core::{Money, Price};
 use farebox_l402::identifier::Identifier;
 use farebox_l402::macaroon::{Macaroon, decode_base64};
-use farebox_l402::rail::unix_now;
 use farebox_l402::tokens::REVOCATION_STALENESS;
 use farebox_l402::{
     DerivedRootKeys, L402Config, L402Rail, attenuate, caveat, format_credential, parse_challenge,

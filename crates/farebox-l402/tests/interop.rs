@@ -122,8 +122,8 @@ fn crate_third_party_caveat_decodes_but_is_refused() {
 
 use std::sync::Arc;
 
+use farebox_core::time::unix_now;
 use farebox_core::{ErrorKind, Money};
-use farebox_l402::rail::unix_now;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Verifier, RootKeys, format_credential};
 
 /// A root-key source that knows one key (the vector's).

@@ -13,9 +13,9 @@ use axum::routing::get;
 use base64::Engine as _;
 use common::hex_field;
 use farebox_core::auth::parse_challenges;
+use farebox_core::time::unix_now;
 use farebox_core::{Money, Price};
 use farebox_l402::macaroon::decode_base64;
-use farebox_l402::rail::unix_now;
 use farebox_l402::{
     DerivedRootKeys, L402Config, L402Rail, L402Receipt, format_credential, parse_challenge,
 };

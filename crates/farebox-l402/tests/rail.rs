@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use base64::Engine as _;
 use common::*;
 use farebox_core::auth::AuthCredential;
+use farebox_core::time::unix_now;
 use farebox_core::{ErrorKind, Money, PresentedCredential, Rail, Resource};
 use farebox_l402::identifier::Identifier;
 use farebox_l402::macaroon::{Macaroon, decode_base64};
-use farebox_l402::rail::unix_now;
 use farebox_l402::{
     DerivedRootKeys, L402_RECEIPT, L402Config, L402Rail, L402Receipt, RootKeys, attenuate,
     format_credential,

@@ -374,9 +374,9 @@ pub async fn create_checked_invoice(
         return Err(InvoiceMismatch::PaymentHash.into());
     }
     network.check(&parsed.currency)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // A clock before 1970 cannot tell how long the invoice lasts: it is not handed out.
+    let now =
+        farebox_core::time::unix_now().map_err(|e| LightningError::Unavailable(e.to_string()))?;
     let left = parsed.expires_at().saturating_sub(now);
     if left.saturating_add(EXPIRY_SLACK_SECS) < asked_expiry {
         return Err(InvoiceMismatch::Expiry { asked: asked_expiry, left }.into());

@@ -44,7 +44,7 @@ use crate::backend::{
 use crate::rest::{
     ConfigError, Endpoint, Lookup, RestClient, Secret, Transport, Unresolved, ceil_secs,
     check_created_invoice, check_invoice_request, check_payable, decode, hex32, lenient_u64,
-    proven_payment, proven_settlement, sensitive_header, settle_unresolved, unix_now,
+    passed, proven_payment, proven_settlement, sensitive_header, settle_unresolved,
 };
 
 /// `pay` error codes that mean the payment is over and did not happen (lightning-pay(7)).
@@ -255,9 +255,7 @@ fn state_of(invoice: &Invoice, payment_hash: &PaymentHash) -> Result<InvoiceStat
             invoice.amount_received_msat.unwrap_or(0),
         ),
         "expired" => Ok(InvoiceState::Expired),
-        "unpaid" if invoice.expires_at.is_some_and(|at| unix_now() > at) => {
-            Ok(InvoiceState::Expired)
-        }
+        "unpaid" if invoice.expires_at.is_some_and(passed) => Ok(InvoiceState::Expired),
         "unpaid" => Ok(InvoiceState::Open),
         _ => Err(LightningError::InvalidResponse("unknown invoice status".into())),
     }

@@ -281,7 +281,7 @@ impl LndBackend {
             "OPEN" => {
                 let expires_at =
                     invoice.creation_date.unwrap_or(0).saturating_add(invoice.expiry.unwrap_or(0));
-                if invoice.creation_date.is_some() && rest::unix_now() > expires_at {
+                if invoice.creation_date.is_some() && rest::passed(expires_at) {
                     Ok(InvoiceState::Expired)
                 } else {
                     Ok(InvoiceState::Open)

@@ -807,13 +807,11 @@ pub(crate) fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs().saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
-/// Unix seconds now.
+/// Whether the clock says `deadline` has passed (a clock before 1970 says it has not, so an
+/// invoice stays open: not paid, and nothing is served for it).
 #[cfg(any(feature = "lnd", feature = "cln"))]
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+pub(crate) fn passed(deadline: u64) -> bool {
+    farebox_core::time::unix_now().is_ok_and(|now| now > deadline)
 }
 
 /// Integers that nodes write either as JSON numbers or as strings (LND renders int64 and

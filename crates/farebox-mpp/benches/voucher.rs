@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
                 "methodDetails": {"chainId": 84532, "escrowContract": format!("{escrow:#x}"),
                                   "minVoucherDelta": "0", "credentialTypes": ["hash"], "decimals": 6}
             }),
-            expires: Some(time::format(time::unix_now() + 300)),
+            expires: Some(time::format(time::unix_now().unwrap() + 300)),
             opaque: Some([("route".to_string(), "/v1/*".to_string())].into()),
             ..Default::default()
         })
@@ -58,8 +58,8 @@ fn bench(c: &mut Criterion) {
         spent: amount - price,
         settled: 0,
         data: json!({"payer": format!("{:#x}", payer.address()), "signer": format!("{:#x}", payer.address()),
-                     "checkedAt": time::unix_now()}).to_string(),
-        updated_at: time::unix_now(),
+                     "checkedAt": time::unix_now().unwrap()}).to_string(),
+        updated_at: time::unix_now().unwrap(),
     };
     let signer = payer.address();
 

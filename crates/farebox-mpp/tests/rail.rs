@@ -126,7 +126,7 @@ async fn one_402_offers_payment_next_to_l402() {
     assert_eq!(c.description.as_deref(), Some("market data"));
     assert!(w.rail.key().verify_id(&c.slots(), &c.id));
     let expires = farebox_mpp::time::parse(c.expires.as_deref().unwrap()).unwrap();
-    let now = farebox_mpp::time::unix_now();
+    let now = farebox_mpp::time::unix_now().unwrap();
     assert!(expires > now && expires <= now + 301);
     assert_eq!(c.opaque_map().unwrap().unwrap()["route"], "/data");
     assert_eq!(c.request["amount"], "21");

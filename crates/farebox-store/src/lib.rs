@@ -225,12 +225,9 @@ fn validate_part(what: &str, value: &str, max: usize) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Unix seconds now.
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Unix seconds now; a clock before 1970 refuses the write (see [`farebox_core::time`]).
+pub(crate) fn now_secs() -> Result<u64, StoreError> {
+    Ok(farebox_core::time::unix_now()?)
 }
 
 /// Unix seconds as stored (clamped to `i64::MAX`).

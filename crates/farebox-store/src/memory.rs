@@ -99,7 +99,7 @@ impl ReplayStore for MemoryStore {
         if records.map.contains_key(&slot) {
             return Ok(false);
         }
-        records.map.insert(slot, reserved(expires_at, None, 0, 0));
+        records.map.insert(slot, reserved(expires_at, None, 0, 0, now_secs()?));
         Ok(true)
     }
 
@@ -117,11 +117,11 @@ impl ReplayStore for MemoryStore {
         if records.map.contains_key(&slot) {
             return Ok(HoldOutcome::Duplicate);
         }
-        let held = records.held(hold.account, hold.mark, now_secs());
+        let held = records.held(hold.account, hold.mark, now_secs()?);
         if let Some(outcome) = crate::refusal(held, hold) {
             return Ok(outcome);
         }
-        let entry = reserved(expires_at, Some(hold.account), hold.amount, hold.until);
+        let entry = reserved(expires_at, Some(hold.account), hold.amount, hold.until, now_secs()?);
         records.map.insert(slot.clone(), entry);
         records.by_account.entry(hold.account.to_owned()).or_default().insert(slot);
         Ok(HoldOutcome::Reserved)
@@ -157,7 +157,7 @@ impl ReplayStore for MemoryStore {
         if let Some(r) = reference {
             record.reference = Some(r.to_owned());
         }
-        record.updated_at = clamp_time(now_secs());
+        record.updated_at = clamp_time(now_secs()?);
         if numbered {
             records.settled_seq = next_seq;
         }
@@ -204,13 +204,13 @@ impl ReplayStore for MemoryStore {
 }
 
 /// A newly reserved proof, holding `amount` of `account` until `until` when it has an account.
-fn reserved(expires_at: u64, account: Option<&str>, amount: u128, until: u64) -> Entry {
+fn reserved(expires_at: u64, account: Option<&str>, amount: u128, until: u64, now: u64) -> Entry {
     Entry {
         record: ProofRecord {
             state: ProofState::Reserved,
             reference: None,
             expires_at: clamp_time(expires_at),
-            updated_at: clamp_time(now_secs()),
+            updated_at: clamp_time(now),
             account: account.map(str::to_owned),
         },
         amount,

@@ -143,7 +143,7 @@ impl ReplayStore for PostgresStore {
             .bind(namespace)
             .bind(key)
             .bind(to_db_time(expires_at))
-            .bind(to_db_time(now_secs()))
+            .bind(to_db_time(now_secs()?))
             .execute(&self.pool)
             .await
             .map_err(err)?;
@@ -168,7 +168,7 @@ impl ReplayStore for PostgresStore {
             let done = sqlx::query(&sql)
                 .bind(state.as_str())
                 .bind(reference)
-                .bind(to_db_time(now_secs()))
+                .bind(to_db_time(now_secs()?))
                 .bind(state.as_str())
                 .bind(namespace)
                 .bind(key)

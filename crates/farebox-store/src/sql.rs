@@ -144,7 +144,7 @@ where
     if exists.is_some() {
         return Ok(HoldOutcome::Duplicate);
     }
-    let now = to_db_time(crate::now_secs());
+    let now = to_db_time(crate::now_secs()?);
     let amounts: Vec<String> = sqlx::query_scalar::<DB, String>(&placeholders(backend, HELD))
         .bind(hold.account)
         .bind(now)

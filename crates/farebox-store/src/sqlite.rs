@@ -153,7 +153,7 @@ impl ReplayStore for SqliteStore {
             .bind(namespace)
             .bind(key)
             .bind(to_db_time(expires_at))
-            .bind(to_db_time(now_secs()))
+            .bind(to_db_time(now_secs()?))
             .execute(&self.pool)
             .await
             .map_err(err)?;
@@ -181,7 +181,7 @@ impl ReplayStore for SqliteStore {
             let done = sqlx::query(&sql)
                 .bind(state.as_str())
                 .bind(reference)
-                .bind(to_db_time(now_secs()))
+                .bind(to_db_time(now_secs()?))
                 .bind(state.as_str())
                 .bind(namespace)
                 .bind(key)

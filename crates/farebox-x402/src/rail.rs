@@ -33,7 +33,9 @@
 //! [`X402Rail::with_chain_reader`]; for a facilitator over HTTP). [`Rail::maintain`] runs it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use farebox_core::time::unix_now;
 
 use async_trait::async_trait;
 use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
@@ -172,7 +174,7 @@ impl X402Rail {
             };
             let state = match used {
                 Ok(Some(true)) => ProofState::Settled,
-                Ok(Some(false)) if now_unix() > record.expires_at => ProofState::Failed,
+                Ok(Some(false)) if unix_now()? > record.expires_at => ProofState::Failed,
                 Ok(_) => {
                     done.unresolved += 1;
                     continue;
@@ -315,10 +317,6 @@ impl X402Rail {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn invalid(reason: Reason, detail: impl Into<String>) -> PaymentError {
     PaymentError::invalid(reason.as_str(), detail)
 }
@@ -389,7 +387,7 @@ impl Rail for X402Rail {
     ) -> Result<Verified, PaymentError> {
         let request = self.payment_request(resource, credential)?;
         // Off-chain checks first: cheap, and a bad payment never costs a facilitator round trip.
-        let checked = exact_evm::check_request(&request, now_unix())
+        let checked = exact_evm::check_request(&request, unix_now()?)
             .map_err(|r| invalid(r.reason, r.reason.message()))?;
         // A nonce this rail has already seen is refused from the store: a replay costs no
         // facilitator round trip, and is refused even while the facilitator is down. (The
@@ -427,7 +425,7 @@ impl Rail for X402Rail {
             amount,
             balance: None,
             mark,
-            until: Hold::until(auth.valid_before, now_unix()),
+            until: Hold::until(auth.valid_before, unix_now()?),
         };
         let reserved =
             reserve_funded(&*self.store, NAMESPACE, &key, auth.valid_before, hold, || {

@@ -253,7 +253,7 @@ fn attenuate(args: AttenuateArgs) -> anyhow::Result<()> {
             Some([one]) => *one,
             _ => bail!("--expires needs a token for exactly one service"),
         };
-        let until = farebox_core::time::unix_now().saturating_add(secs);
+        let until = farebox_core::time::unix_now()?.saturating_add(secs);
         if let Some(&(_, earlier)) = allowed.valid_until.iter().find(|(s, _)| *s == service)
             && earlier <= until
         {
@@ -405,7 +405,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let bytes = decode(&token)?;
     let mac = Macaroon::decode(&bytes)?;
     let id = Identifier::decode(mac.identifier())?;
-    let now = farebox_core::time::unix_now();
+    let now = farebox_core::time::unix_now()?;
     let allowed = Allowed::of(mac.caveats().map(|c| c.id));
     let caveats: Vec<(String, String)> = mac
         .caveats()

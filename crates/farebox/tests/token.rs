@@ -6,9 +6,9 @@ use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use farebox_core::time::unix_now;
 use farebox_core::{Money, PresentedCredential, Price, Rail, Resource};
 use farebox_l402::identifier::Identifier;
-use farebox_l402::rail::unix_now;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail, L402Verifier, format_credential};
 use farebox_lightning::{DevNetwork, DevNode};
 use serde_json::Value;

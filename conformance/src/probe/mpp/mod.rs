@@ -95,8 +95,10 @@ fn evm_authorization(
     from: farebox_evm::Address,
     wallets: &Wallets,
 ) -> Result<(TransferWithAuthorization, TokenDomain), Unable> {
-    let expires =
-        c.expires.as_deref().and_then(|e| time::parse(e).ok()).unwrap_or(time::unix_now() + 300);
+    let expires = match c.expires.as_deref().and_then(|e| time::parse(e).ok()) {
+        Some(t) => t,
+        None => time::unix_now().map_err(|e| Unable::NotRun(e.to_string()))? + 300,
+    };
     // The challenge's domain, a configured one, or a known USDC deployment's.
     let configured = || {
         wallets
@@ -270,7 +272,7 @@ impl Probe for MppProbe {
     fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String> {
         match name {
             "expires_in_future" => {
-                let now = time::unix_now();
+                let now = time::unix_now().map_err(|e| e.to_string())?;
                 for c in challenges(exchange) {
                     match c.expires.as_deref().map(time::parse) {
                         None => {

@@ -136,7 +136,7 @@ fn expired_credential(value: &str) -> String {
             method: ch.method.clone(),
             intent: ch.intent.clone(),
             request: decode_request(&ch.request).unwrap(),
-            expires: Some(farebox_mpp::time::format(farebox_mpp::time::unix_now() - 60)),
+            expires: Some(farebox_mpp::time::format(farebox_mpp::time::unix_now().unwrap() - 60)),
             description: None,
             digest: None,
             opaque: ch.opaque.as_deref().map(|o| decode_opaque(o).unwrap()),

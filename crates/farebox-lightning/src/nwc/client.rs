@@ -41,7 +41,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use nostr::{
@@ -361,7 +361,8 @@ impl NwcClient {
             Ok(None) => {
                 let safe_after =
                     expires_at.saturating_add(self.inner.opts.expiration_grace.as_secs());
-                if unix_now() > safe_after {
+                // A clock before 1970 never concludes "not paid".
+                if farebox_core::time::unix_now().is_ok_and(|now| now > safe_after) {
                     Resolution::NotPaid
                 } else {
                     Resolution::Unknown(format!(
@@ -400,10 +401,6 @@ fn settled_preimage(tx: &Transaction, hash: &PaymentHash) -> Option<Preimage> {
 fn to_value<T: serde::Serialize>(params: &T) -> Value {
     // These parameter structs have only strings and integers: serialising cannot fail.
     serde_json::to_value(params).unwrap_or(Value::Null)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Inner {
@@ -855,7 +852,12 @@ impl LightningBackend for NwcClient {
                 ));
             }
             Some(TxState::Expired | TxState::Failed) => InvoiceState::Expired,
-            _ if tx.expires_at.is_some_and(|at| unix_now() > at) => InvoiceState::Expired,
+            _ if tx
+                .expires_at
+                .is_some_and(|at| farebox_core::time::unix_now().is_ok_and(|now| now > at)) =>
+            {
+                InvoiceState::Expired
+            }
             _ => InvoiceState::Open,
         })
     }

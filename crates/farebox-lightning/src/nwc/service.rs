@@ -27,7 +27,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nostr::{Event, EventId, Filter, Keys, Kind, PublicKey, RelayUrl, SubscriptionId, Tag};
 use nostr_relay_pool::{
@@ -350,7 +350,8 @@ impl WalletService {
         let state = self.inner.state();
         let connection = state.connections.get(wallet_pubkey)?;
         let renewal = connection.settings.budget.map_or(BudgetRenewal::Never, |b| b.renewal);
-        Some(state.spent_since(wallet_pubkey, period_start(unix_now(), renewal)))
+        let now = farebox_core::time::unix_now().ok()?;
+        Some(state.spent_since(wallet_pubkey, period_start(now, renewal)))
     }
 
     /// How many requests of `method` from authorized connections the service has acted on
@@ -396,7 +397,8 @@ impl Inner {
 
     /// Handles one request event end to end.
     async fn handle(self: Arc<Self>, event: Event) {
-        let now = unix_now();
+        // A clock before 1970 cannot judge expirations or budgets: no request is answered.
+        let Ok(now) = farebox_core::time::unix_now() else { return };
         if event.kind != Kind::Custom(KIND_REQUEST) {
             return;
         }
@@ -566,7 +568,9 @@ impl Inner {
             _ => {}
         }
         let hash = invoice.payment_hash;
-        let now = unix_now();
+        let Ok(now) = farebox_core::time::unix_now() else {
+            return refuse(ErrorCode::Internal, "the wallet's clock reads before 1970");
+        };
         {
             let mut state = self.state();
             if let Some(previous) = state.outgoing.get(&hash)
@@ -628,7 +632,7 @@ impl Inner {
                 record.state = TxState::Settled;
                 record.fee_msat = paid.fee_msat;
                 record.preimage = Some(paid.preimage);
-                record.settled_at = Some(unix_now());
+                record.settled_at = farebox_core::time::unix_now().ok();
                 let tx = record.to_transaction(&hash);
                 drop(state);
                 self.notify(wallet, "payment_sent", &tx);
@@ -667,11 +671,13 @@ impl Inner {
         let expiry = params.expiry.map_or(DEFAULT_EXPIRY, Duration::from_secs);
         let request =
             InvoiceRequest { amount_msat: params.amount, memo: description.clone(), expiry };
+        let Ok(created_at) = farebox_core::time::unix_now() else {
+            return refuse(ErrorCode::Internal, "the wallet's clock reads before 1970");
+        };
         let created = match self.backend.create_invoice(request).await {
             Ok(created) => created,
             Err(e) => return refuse(ErrorCode::for_error(&e), e.to_string()),
         };
-        let created_at = unix_now();
         let incoming = Incoming {
             bolt11: created.bolt11.clone(),
             description,
@@ -781,7 +787,9 @@ impl Inner {
     ) -> Option<Transaction> {
         let mut state = self.state();
         let incoming = state.connections.get_mut(wallet)?.invoices.get_mut(hash)?;
-        incoming.settled_at.get_or_insert_with(unix_now);
+        if incoming.settled_at.is_none() {
+            incoming.settled_at = farebox_core::time::unix_now().ok();
+        }
         Some(Transaction {
             amount: amount_msat,
             ..incoming.to_transaction(hash, TxState::Settled, Some(preimage))
@@ -871,10 +879,6 @@ fn network_name(currency: &Currency) -> &'static str {
         Currency::Signet => "signet",
         Currency::Regtest | Currency::Simnet => "regtest",
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 const DAY: u64 = 86_400;

@@ -280,12 +280,10 @@ fn data_of(record: &SessionRecord) -> Result<ChannelData, PaymentError> {
         .map_err(|e| PaymentError::internal("mpp_session_state", format!("channel record: {e}")))
 }
 
-fn with_data(record: &SessionRecord, data: &ChannelData) -> SessionRecord {
-    SessionRecord {
-        data: serde_json::to_string(data).unwrap_or_default(),
-        updated_at: time::unix_now(),
-        ..record.clone()
-    }
+fn with_data(record: &SessionRecord, data: &ChannelData) -> Result<SessionRecord, PaymentError> {
+    let data = serde_json::to_string(data)
+        .map_err(|e| PaymentError::internal("mpp_session_state", format!("channel record: {e}")))?;
+    Ok(SessionRecord { data, updated_at: time::unix_now()?, ..record.clone() })
 }
 
 fn key(channel: &B256) -> String {
@@ -595,16 +593,17 @@ impl MppRail {
             return Ok(None);
         };
         let data = data_of(&current.value)?;
-        let stale = time::unix_now().saturating_sub(data.checked_at) > m.config.state_ttl.as_secs();
+        let stale =
+            time::unix_now()?.saturating_sub(data.checked_at) > m.config.state_ttl.as_secs();
         if current.value.status != SessionStatus::Open || !(refresh || stale) {
             return Ok(Some(current.value));
         }
         let state = self.read_channel(m, channel).await?;
-        let now = time::unix_now();
+        let now = time::unix_now()?;
         let updated = update_session(&*m.sessions, NAMESPACE, &id, |r| {
             let mut data = data_of(r)?;
             data.checked_at = now;
-            let next = with_data(&synced(r, &state), &data);
+            let next = with_data(&synced(r, &state), &data)?;
             Ok::<_, PaymentError>(Update::Write(next.clone(), next))
         })
         .await?;
@@ -748,7 +747,7 @@ impl MppRail {
                 capture: capture.to_string(),
                 tx: None,
             });
-            let mut next = with_data(r, &data);
+            let mut next = with_data(r, &data)?;
             next.status = SessionStatus::Closing;
             Ok(Update::Write(next, ()))
         })
@@ -771,7 +770,7 @@ impl MppRail {
     ) -> Result<farebox_core::Receipt, PaymentError> {
         let m = self.evm_session_method()?;
         let chain_id = m.config.rpc.chain_id();
-        let now = time::format(time::unix_now());
+        let now = time::format(time::unix_now()?);
         match held {
             Held::Debit { channel, challenge_id, accepted, spent, .. } => {
                 let receipt = session_receipt(now, channel, challenge_id, chain_id)
@@ -826,7 +825,7 @@ impl MppRail {
         let released = update_session(&*m.sessions, NAMESPACE, &key(channel), |r| {
             let mut next = r.clone();
             next.spent = next.spent.saturating_sub(*price).max(next.settled);
-            next.updated_at = time::unix_now();
+            next.updated_at = time::unix_now()?;
             Ok::<_, PaymentError>(Update::Write(next, ()))
         })
         .await;
@@ -921,7 +920,7 @@ impl MppRail {
             if let (Some(close), Some(tx)) = (data.close.as_mut(), &tx) {
                 close.tx = Some(tx.clone());
             }
-            let mut next = with_data(r, &data);
+            let mut next = with_data(r, &data)?;
             next.status = SessionStatus::Closed;
             next.settled = next.settled.max(settled);
             Ok::<_, PaymentError>(Update::Write(next, ()))
@@ -1055,7 +1054,7 @@ impl MppRail {
             if (next.status, next.deposit, next.settled) == (r.status, r.deposit, r.settled) {
                 return Ok::<_, PaymentError>(Update::Keep(()));
             }
-            Ok(Update::Write(SessionRecord { updated_at: time::unix_now(), ..next }, ()))
+            Ok(Update::Write(SessionRecord { updated_at: time::unix_now()?, ..next }, ()))
         })
         .await?;
         Ok(())
@@ -1118,7 +1117,7 @@ impl MppRail {
             next.settled = next.settled.max(amount);
             next.spent = next.spent.max(next.settled);
             next.accepted = next.accepted.max(next.spent);
-            next.updated_at = time::unix_now();
+            next.updated_at = time::unix_now()?;
             Ok::<_, PaymentError>(Update::Write(next, ()))
         })
         .await?;
@@ -1146,7 +1145,7 @@ fn close_intent(r: &SessionRecord, idle_before: u64) -> Result<Update<bool>, Pay
         // Nothing earned, or no voucher to claim it with: nothing to send. A channel its payer
         // is closing is done with (the payer withdraws it all); an idle one goes to the back of
         // the queue, so that it does not keep the others from their turn.
-        let mut next = with_data(r, &data);
+        let mut next = with_data(r, &data)?;
         if r.status == SessionStatus::Closing {
             next.status = SessionStatus::Closed;
         }
@@ -1158,7 +1157,7 @@ fn close_intent(r: &SessionRecord, idle_before: u64) -> Result<Update<bool>, Pay
         capture: capture.to_string(),
         tx: None,
     });
-    let mut next = with_data(r, &data);
+    let mut next = with_data(r, &data)?;
     next.status = SessionStatus::Closing;
     Ok(Update::Write(next, true))
 }
@@ -1275,12 +1274,12 @@ pub fn apply_voucher(
             .with_member("requiredTopUp", (price - available).to_string());
         // A larger voucher that still does not cover the price is kept all the same.
         return Ok(match data {
-            Some(d) => Update::Write(with_data(&next, &d), Err(short)),
+            Some(d) => Update::Write(with_data(&next, &d)?, Err(short)),
             None => Update::Keep(Err(short)),
         });
     }
     next.spent += price;
-    next.updated_at = time::unix_now();
+    next.updated_at = time::unix_now()?;
     // Remember the highest voucher now wholly spent: what settlement may redeem.
     let wholly_spent = if next.accepted <= next.spent {
         Some(next.accepted)
@@ -1303,7 +1302,7 @@ pub fn apply_voucher(
         data = Some(d);
     }
     if let Some(d) = data {
-        next = with_data(&next, &d);
+        next = with_data(&next, &d)?;
     }
     let spent = (next.accepted, next.spent);
     Ok(Update::Write(next, Ok(spent)))
@@ -1362,7 +1361,7 @@ pub fn record_from_chain(
         payer: format!("{:#x}", state.payer),
         signer: format!("{:#x}", signer_of(state)),
         voucher_signature: signature.clone(),
-        checked_at: time::unix_now(),
+        checked_at: time::unix_now()?,
         close: None,
         spent_voucher: None,
     };
@@ -1385,6 +1384,6 @@ pub fn record_from_chain(
         settled: state.settled,
         data: serde_json::to_string(&data)
             .map_err(|e| PaymentError::internal("mpp_session_state", e.to_string()))?,
-        updated_at: time::unix_now(),
+        updated_at: time::unix_now()?,
     })
 }

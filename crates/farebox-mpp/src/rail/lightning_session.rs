@@ -450,7 +450,7 @@ impl MppRail {
         amount: Money,
     ) -> Result<farebox_core::Receipt, PaymentError> {
         let m = self.lightning_session_method()?;
-        let now = time::format(time::unix_now());
+        let now = time::format(time::unix_now()?);
         let receipt = |session: &PaymentHash| {
             PaymentReceipt::success(lightning_session::METHOD, now.clone(), id_of(session))
                 .with("sessionId", id_of(session))
@@ -480,7 +480,7 @@ impl MppRail {
             }
             Held::Close { session } => {
                 let (refund_sat, status) =
-                    self.close_lightning_session(m, session, time::unix_now(), false).await?;
+                    self.close_lightning_session(m, session, time::unix_now()?, false).await?;
                 let r = receipt(session)
                     .with("refundSats", refund_sat)
                     .with("refundStatus", status.as_str());

@@ -513,7 +513,7 @@ impl MppRail {
     /// crash or an unreachable chain left half done. Call it periodically (e.g. every minute);
     /// returns how many sessions were closed.
     pub async fn close_idle_sessions(&self, evm_idle: Duration) -> Result<usize, PaymentError> {
-        let now = time::unix_now();
+        let now = time::unix_now()?;
         // Idle for at least `evm_idle`: last changed at or before `now - evm_idle`.
         let idle_before = now.saturating_sub(evm_idle.as_secs()).saturating_add(1);
         let evm = self.close_idle_evm_sessions(idle_before).await?;
@@ -817,7 +817,7 @@ impl MppRail {
         if let Some(salt) = salt {
             opaque.insert(OPAQUE_SALT.to_string(), salt);
         }
-        let expires = time::unix_now().saturating_add(self.ttl.as_secs());
+        let expires = time::unix_now()?.saturating_add(self.ttl.as_secs());
         let challenge = self
             .key
             .issue(ChallengeParams {
@@ -928,7 +928,7 @@ impl MppRail {
                     }
                     if used {
                         ProofState::Settled
-                    } else if time::unix_now() > record.expires_at {
+                    } else if time::unix_now()? > record.expires_at {
                         ProofState::Failed
                     } else {
                         continue;
@@ -1086,7 +1086,7 @@ impl Rail for MppRail {
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verified, PaymentError> {
-        let now = time::unix_now();
+        let now = time::unix_now()?;
         let (cred, offered) = self.decode(&credential.value)?;
         match offered {
             Offered::EvmSession => return self.verify_evm_session(resource, &cred, now).await,
@@ -1146,7 +1146,7 @@ impl Rail for MppRail {
             let tx = self.settle_evm(&id, auth, signature).await?;
             let receipt = PaymentReceipt::success(
                 evm_charge::METHOD,
-                time::format(time::unix_now()),
+                time::format(time::unix_now()?),
                 tx.clone(),
             )
             .with("challengeId", id);
@@ -1162,7 +1162,7 @@ impl Rail for MppRail {
         }
         let receipt = PaymentReceipt::success(
             METHOD,
-            time::format(time::unix_now()),
+            time::format(time::unix_now()?),
             payment.reference.clone(),
         )
         .with("challengeId", id);

@@ -48,7 +48,7 @@ pub fn expired(c: &Challenge, secs_ago: u64) -> Challenge {
             method: c.method.clone(),
             intent: c.intent.clone(),
             request: c.request.clone(),
-            expires: Some(time::format(time::unix_now() - secs_ago)),
+            expires: Some(time::format(time::unix_now().unwrap() - secs_ago)),
             description: None,
             digest: None,
             opaque: c.opaque_map().unwrap(),

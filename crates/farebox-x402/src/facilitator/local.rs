@@ -28,7 +28,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use farebox_core::time::unix_now;
 
 use async_trait::async_trait;
 use farebox_core::{ProofState, ReplayStore};
@@ -218,7 +220,12 @@ impl LocalFacilitator {
         &self,
         request: &VersionedPayment,
     ) -> Result<(CheckedPayment, TransferWithAuthorization), exact_evm::Rejection> {
-        let checked = exact_evm::check_request(request, now_unix())?;
+        // A clock before 1970 decides nothing: refused as an unexpected error.
+        let now = unix_now().map_err(|_| exact_evm::Rejection {
+            reason: crate::Reason::UnexpectedVerifyError,
+            payer: None,
+        })?;
+        let checked = exact_evm::check_request(request, now)?;
         // Before the signature: what this facilitator does not serve costs it nothing.
         if let Some(reason) = self.policy.refuses(&checked.requirement) {
             let payer = Some(checked.payload.authorization.from);
@@ -289,7 +296,7 @@ impl LocalFacilitator {
             };
             let state = if used {
                 ProofState::Settled
-            } else if now_unix() > record.expires_at {
+            } else if unix_now()? > record.expires_at {
                 ProofState::Failed
             } else {
                 continue;
@@ -299,10 +306,6 @@ impl LocalFacilitator {
         }
         Ok(changed)
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn store_unavailable(e: farebox_core::StoreError) -> FacilitatorError {

@@ -47,6 +47,13 @@ pub enum FacilitatorError {
     Protocol(String),
 }
 
+/// A clock before 1970 decides nothing: no settlement is judged failed by it.
+impl From<farebox_core::time::ClockError> for FacilitatorError {
+    fn from(e: farebox_core::time::ClockError) -> Self {
+        FacilitatorError::Unavailable(e.to_string())
+    }
+}
+
 impl FacilitatorError {
     /// [`FacilitatorError::OutcomeUnknown`] without a known transaction.
     pub fn outcome_unknown(detail: impl Into<String>) -> Self {
