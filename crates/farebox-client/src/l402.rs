@@ -121,7 +121,7 @@ impl Wallet for L402Wallet {
         Ok(Proof {
             headers: vec![(AUTHORIZATION, value)],
             fee: Money::msats(paid.fee_msat),
-            reference: hex_of(&paid.payment_hash),
+            reference: hex::encode(paid.payment_hash),
             reusable: true,
         })
     }
@@ -147,8 +147,4 @@ fn token_terms(macaroon: &str) -> Option<String> {
         })
         .collect();
     (!terms.is_empty()).then(|| format!("a token with caveats {}", terms.join(", ")))
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

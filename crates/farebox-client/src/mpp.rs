@@ -429,7 +429,7 @@ impl Wallet for MppWallet {
                 }
                 let credential =
                     Credential::new(challenge, lightning_charge::payload(&paid.preimage));
-                proof(&credential, Money::msats(paid.fee_msat), hex_of(&request.payment_hash))
+                proof(&credential, Money::msats(paid.fee_msat), hex::encode(request.payment_hash))
                     .map_err(|e| ClientError::PaidWithoutProof(e.to_string()))
             }
             MppOffer::Evm { challenge, request, valid_before, domain } => {
@@ -462,10 +462,6 @@ impl Wallet for MppWallet {
             }
         }
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn origin_of(url: &Url) -> String {

@@ -191,7 +191,7 @@ impl Wallet for X402Wallet {
         let domain = TokenDomain::new(t.name.clone(), t.version.clone(), t.chain_id, t.asset);
         let signature = eip3009::sign(&self.signer, &domain, &auth);
         let payload = Payload::from_serialize(&json!({
-            "signature": format!("0x{}", hex_of(&signature)),
+            "signature": format!("0x{}", hex::encode(signature)),
             "authorization": {
                 "from": format!("{:#x}", auth.from),
                 "to": format!("{:#x}", auth.to),
@@ -233,8 +233,4 @@ impl Wallet for X402Wallet {
             reusable: false,
         })
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
