@@ -44,18 +44,16 @@ async fn farebox_passes_every_check_of_every_rail() {
         vec![ChainAccess { rpc: rpc.clone(), signer: accounts[3].signer.clone() }],
         store.clone(),
     );
-    let x402_config = X402Config {
-        network: farebox_evm::network::caip2(anvil.chain_id()),
-        asset: format!("{token:#x}"),
-        eip712_name: "USDC".into(),
-        eip712_version: "2".into(),
-        symbol: "USDC".into(),
-        decimals: 6,
-        pay_to: format!("{pay_to:#x}"),
-        max_timeout_seconds: 60,
-        public_url: base.clone(),
-        offer_v1: false,
-    };
+    let x402_config = X402Config::builder()
+        .network(farebox_evm::network::caip2(anvil.chain_id()))
+        .asset(format!("{token:#x}"))
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .pay_to(format!("{pay_to:#x}"))
+        .max_timeout_seconds(60)
+        .public_url(base.clone())
+        .offer_v1(false)
+        .build()
+        .unwrap();
     let usdc = Asset::Token(x402_config.token());
     let x402 = X402Rail::new(x402_config, Arc::new(facilitator), store.clone());
     let evm = EvmChargeConfig::new(

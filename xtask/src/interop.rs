@@ -421,18 +421,15 @@ impl World {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let farebox_server = listener.local_addr()?;
-        let config = X402Config {
-            network: NETWORK.into(),
-            asset: format!("{token:#x}"),
-            eip712_name: "USDC".into(),
-            eip712_version: "2".into(),
-            symbol: "USDC".into(),
-            decimals: 6,
-            pay_to: format!("{pay_to:#x}"),
-            max_timeout_seconds: 60,
-            public_url: format!("http://{farebox_server}"),
-            offer_v1: true,
-        };
+        let config = X402Config::builder()
+            .network(NETWORK)
+            .asset(format!("{token:#x}"))
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .pay_to(format!("{pay_to:#x}"))
+            .max_timeout_seconds(60)
+            .public_url(format!("http://{farebox_server}"))
+            .offer_v1(true)
+            .build()?;
         let price = Money::new(Asset::Token(config.token()), PRICE.into());
         let rail = X402Rail::new(config, facilitator.clone(), store);
         let paywall = Paywall::builder()

@@ -415,21 +415,23 @@ impl Rails {
     }
 
     /// An honest x402 rail paying `pay_to`, whose resource URLs are on `origin`.
-    fn x402(&self, pay_to: Address, origin: &str, offer_v1: bool) -> (Arc<dyn Rail>, Money) {
-        let config = X402Config {
-            network: format!("eip155:{CHAIN_ID}"),
-            asset: format!("{:#x}", self.token),
-            eip712_name: "USDC".into(),
-            eip712_version: "2".into(),
-            symbol: "USDC".into(),
-            decimals: 6,
-            pay_to: format!("{pay_to:#x}"),
-            max_timeout_seconds: 60,
-            public_url: origin.to_string(),
-            offer_v1,
-        };
+    fn x402(
+        &self,
+        pay_to: Address,
+        origin: &str,
+        offer_v1: bool,
+    ) -> anyhow::Result<(Arc<dyn Rail>, Money)> {
+        let config = X402Config::builder()
+            .network(format!("eip155:{CHAIN_ID}"))
+            .asset(format!("{:#x}", self.token))
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .pay_to(format!("{pay_to:#x}"))
+            .max_timeout_seconds(60)
+            .public_url(origin.to_string())
+            .offer_v1(offer_v1)
+            .build()?;
         let unit = Money::new(farebox_core::Asset::Token(config.token()), 1);
-        (Arc::new(X402Rail::new(config, self.facilitator.clone(), self.store.clone())), unit)
+        Ok((Arc::new(X402Rail::new(config, self.facilitator.clone(), self.store.clone())), unit))
     }
 
     /// An honest MPP rail with `evm` sessions in the escrow of the session scenario `path`.
@@ -768,14 +770,14 @@ fn routers(
     url: &str,
     elsewhere: &str,
 ) -> anyhow::Result<(Router, Router)> {
-    let x402 = |pay_to| Ok(rails.x402(pay_to, url, true));
+    let x402 = |pay_to| rails.x402(pay_to, url, true);
     let mpp = |pay_to| rails.mpp(pay_to);
     let mut main = rail_routes("/x402", &x402, "pay-to-changed-on-retry", "inflated-settlement")?;
     main = main.merge(rail_routes("/mpp", &mpp, "recipient-changed-on-retry", "inflated-receipt")?);
     // x402 only: the 402 body (v1's place) says otherwise than the header (v2's).
     let path = "/x402/body-contradicts-header";
     let ((shown, unit), (later, _)) =
-        (rails.x402(payee(path, 0), url, false), rails.x402(payee(path, 1), url, false));
+        (rails.x402(payee(path, 0), url, false)?, rails.x402(payee(path, 1), url, false)?);
     let rail = Misbehaving { shown, later, factor: 2, lie: Lie::ContradictingBody };
     main = main.merge(paid_route(path, rail, &unit, PRICE)?);
     main = main.merge(redirect("/x402/redirect", elsewhere));
@@ -792,7 +794,7 @@ fn routers(
     }
 
     // The other origin: honest, paying the redirect scenarios' second payees.
-    let (rail, unit) = rails.x402(payee("/x402/redirect", 1), elsewhere, true);
+    let (rail, unit) = rails.x402(payee("/x402/redirect", 1), elsewhere, true)?;
     let mut other = paid_route("/x402/redirect", Misbehaving::honest(rail), &unit, PRICE)?;
     let (rail, unit) = rails.mpp(payee("/mpp/redirect", 1))?;
     other = other.merge(paid_route("/mpp/redirect", Misbehaving::honest(rail), &unit, PRICE)?);

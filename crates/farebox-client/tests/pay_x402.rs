@@ -76,18 +76,16 @@ async fn world(v1_only: bool) -> World {
         vec![ChainAccess { rpc: rpc.clone(), signer: anvil.accounts()[3].signer.clone() }],
         store.clone(),
     );
-    let config = X402Config {
-        network: format!("eip155:{CHAIN_ID}"),
-        asset: token.to_checksum(None),
-        eip712_name: "USDC".into(),
-        eip712_version: "2".into(),
-        symbol: "USDC".into(),
-        decimals: 6,
-        pay_to: pay_to.to_checksum(None),
-        max_timeout_seconds: 60,
-        public_url: "http://127.0.0.1".into(),
-        offer_v1: true,
-    };
+    let config = X402Config::builder()
+        .network(format!("eip155:{CHAIN_ID}"))
+        .asset(token.to_checksum(None))
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .pay_to(pay_to.to_checksum(None))
+        .max_timeout_seconds(60)
+        .public_url("http://127.0.0.1")
+        .offer_v1(true)
+        .build()
+        .unwrap();
     let asset = Asset::Token(config.token());
     let rail = X402Rail::new(config, Arc::new(facilitator), store);
     let route = |path: &str, amount| {

@@ -1179,8 +1179,8 @@ impl Config {
                     format!("no [chains.{}] is configured", asset.chain),
                 );
             }
-            if !is_evm_address(&asset.address) {
-                issues.push(format!("{key}.address"), "must be a 0x-prefixed 20-byte hex address");
+            if let Some(problem) = address_problem(&asset.address, false) {
+                issues.push(format!("{key}.address"), problem);
             }
             if asset.decimals > 30 {
                 issues.push(format!("{key}.decimals"), "must be at most 30");
@@ -1607,9 +1607,16 @@ fn shadows(earlier: &Route, later: &Route) -> bool {
     host_covers && methods_cover && pattern_covers(&earlier.pattern, &later.pattern)
 }
 
-pub(crate) fn is_evm_address(text: &str) -> bool {
-    text.strip_prefix("0x")
-        .is_some_and(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+/// What is wrong with an address (as [`farebox_evm::address`] reads them), if anything; one
+/// that `receives` money must not be the zero address either.
+pub(crate) fn address_problem(text: &str, receives: bool) -> Option<String> {
+    match farebox_evm::address::parse_address(text) {
+        Err(e) => Some(e.to_string()),
+        Ok(a) if receives && a.is_zero() => {
+            Some("is the zero address: what is paid to it is burnt".into())
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Whether `asset` is a token of the configured `[assets.<name>]`.

@@ -21,7 +21,9 @@ use farebox_evm::{Address, EvmRpc, PrivateKeySigner};
 use farebox_lightning::LightningBackend;
 use serde::Deserialize;
 
-use crate::config::{Config, Issues, LightningBackendKind, SecretSource, asset_is, is_evm_address};
+use crate::config::{
+    Config, Issues, LightningBackendKind, SecretSource, address_problem, asset_is,
+};
 
 /// The rails the gateway can configure.
 pub const KNOWN: &[&str] = &["l402", "x402", "mpp"];
@@ -261,8 +263,8 @@ pub(crate) fn check(config: &Config, issues: &mut Issues) {
     }
     if let Some(x) = &config.rails.x402 {
         check_asset(config, "rails.x402.asset", &x.asset, true, issues);
-        if !is_evm_address(&x.pay_to) {
-            issues.push("rails.x402.pay_to", "must be a 0x-prefixed 20-byte hex address");
+        if let Some(problem) = address_problem(&x.pay_to, true) {
+            issues.push("rails.x402.pay_to", problem);
         }
         match (&x.facilitator.url, &x.facilitator.gas_key) {
             (Some(url), None) => {
@@ -300,21 +302,15 @@ pub(crate) fn check(config: &Config, issues: &mut Issues) {
         }
         if let Some(e) = &m.evm_charge {
             check_asset(config, "rails.mpp.evm_charge.asset", &e.asset, true, issues);
-            if !is_evm_address(&e.recipient) {
-                issues.push(
-                    "rails.mpp.evm_charge.recipient",
-                    "must be a 0x-prefixed 20-byte hex address",
-                );
+            if let Some(problem) = address_problem(&e.recipient, true) {
+                issues.push("rails.mpp.evm_charge.recipient", problem);
             }
             check_evm_key(config, "rails.mpp.evm_charge.gas_key", &e.gas_key, issues);
         }
         if let Some(e) = &m.evm_session {
             check_asset(config, "rails.mpp.evm_session.asset", &e.asset, false, issues);
-            if !is_evm_address(&e.escrow) {
-                issues.push(
-                    "rails.mpp.evm_session.escrow",
-                    "must be a 0x-prefixed 20-byte hex address",
-                );
+            if let Some(problem) = address_problem(&e.escrow, true) {
+                issues.push("rails.mpp.evm_session.escrow", problem);
             }
             check_evm_key(config, "rails.mpp.evm_session.payee_key", &e.payee_key, issues);
             if let Some(d) = &e.suggested_deposit
@@ -454,18 +450,21 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, Buil
                     return Err(fail("rails.x402.facilitator", "give url or gas_key".into()));
                 }
             };
-        let x402 = farebox_x402::X402Config {
-            network: token.network.clone(),
-            asset: token.address.clone(),
-            eip712_name: asset.eip712_name.clone().unwrap_or_default(),
-            eip712_version: asset.eip712_version.clone().unwrap_or_default(),
-            symbol: token.symbol.clone(),
-            decimals: token.decimals,
-            pay_to: x.pay_to.clone(),
-            max_timeout_seconds: x.max_timeout_secs,
-            public_url: public_url.clone(),
-            offer_v1: x.offer_v1,
-        };
+        let x402 = farebox_x402::X402Config::builder()
+            .network(token.network.clone())
+            .asset(token.address.clone())
+            .eip712_domain(
+                asset.eip712_name.clone().unwrap_or_default(),
+                asset.eip712_version.clone().unwrap_or_default(),
+            )
+            .symbol(token.symbol.clone())
+            .decimals(token.decimals)
+            .pay_to(x.pay_to.clone())
+            .max_timeout_seconds(x.max_timeout_secs)
+            .public_url(public_url.clone())
+            .offer_v1(x.offer_v1)
+            .build()
+            .map_err(|e| fail("rails.x402", e.to_string()))?;
         let replay: Arc<dyn farebox_core::ReplayStore> = store.clone();
         // The rail reads the chain itself: payers' balances, so that a payer may have several
         // payments in flight when it can pay for them all, and authorization states when

@@ -257,3 +257,35 @@ fn routes_under_the_ops_prefix_are_refused() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_payee_that_would_lose_the_money_is_refused_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let gas_key = dir.path().join("gas.key");
+    std::fs::write(&gas_key, "11".repeat(32)).unwrap();
+    let config_paying = |pay_to: &str| {
+        let usdc = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+        let rpc = "http://127.0.0.1:9";
+        with(&farebox_gateway::testing::x402_sections(84532, rpc, usdc, pay_to, &gas_key))
+    };
+    let payee = farebox_evm::Address::repeat_byte(0xab).to_checksum(None);
+    // One letter of the EIP-55 checksum in the other case: a mistyped address.
+    let at = payee.rfind(|c: char| c.is_ascii_alphabetic() && c != 'x').unwrap();
+    let mut mistyped = payee.clone();
+    let flipped = if payee.as_bytes()[at].is_ascii_uppercase() {
+        payee[at..=at].to_ascii_lowercase()
+    } else {
+        payee[at..=at].to_ascii_uppercase()
+    };
+    mistyped.replace_range(at..=at, &flipped);
+    for pay_to in ["0x0000000000000000000000000000000000000000", &mistyped, "alice.eth"] {
+        let e = refused_in(dir.path(), &config_paying(pay_to));
+        assert!(e.has("rails.x402.pay_to"), "{pay_to}: {e}");
+    }
+    // The same payee, checksummed or in lowercase, is accepted.
+    for pay_to in [payee.clone(), payee.to_lowercase()] {
+        if let Err(e) = common::write_config(dir.path(), &config_paying(&pay_to)) {
+            assert!(!e.has("rails.x402.pay_to"), "{pay_to}: {e}");
+        }
+    }
+}

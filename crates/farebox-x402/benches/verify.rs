@@ -93,18 +93,16 @@ fn header(requirement: &v2::PaymentRequirements) -> String {
 
 /// The rail the route is priced on (its facilitator is never called here).
 fn rail() -> X402Rail {
-    let config = X402Config {
-        network: format!("eip155:{CHAIN_ID}"),
-        asset: ASSET.into(),
-        eip712_name: "USDC".into(),
-        eip712_version: "2".into(),
-        symbol: "USDC".into(),
-        decimals: 6,
-        pay_to: PAY_TO.into(),
-        max_timeout_seconds: 60,
-        public_url: "https://api.example.com".into(),
-        offer_v1: false,
-    };
+    let config = X402Config::builder()
+        .network(format!("eip155:{CHAIN_ID}"))
+        .asset(ASSET)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .pay_to(PAY_TO)
+        .max_timeout_seconds(60)
+        .public_url("https://api.example.com")
+        .offer_v1(false)
+        .build()
+        .unwrap();
     let facilitator =
         RemoteFacilitator::new("http://127.0.0.1:9/".parse().expect("a URL")).expect("a client");
     X402Rail::new(config, Arc::new(facilitator), Arc::new(MemoryStore::new()))

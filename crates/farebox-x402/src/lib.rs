@@ -24,6 +24,7 @@
 
 pub mod bazaar;
 pub mod codec;
+pub mod config;
 pub mod exact_evm;
 pub mod facilitator;
 pub mod facilitator_api;
@@ -35,6 +36,7 @@ pub mod v2;
 mod wire;
 
 pub use codec::{CodecError, decode_header, encode_header};
-pub use rail::{Reconciled, X402Config, X402Rail};
+pub use config::{X402Config, X402ConfigBuilder, X402ConfigError};
+pub use rail::{Reconciled, X402Rail};
 pub use reason::Reason;
 pub use wire::{Amount, AmountError, Payload, Version};

@@ -37,11 +37,13 @@ use std::time::Duration;
 
 use farebox_core::time::unix_now;
 
+use crate::config::X402Config;
+
 use async_trait::async_trait;
 use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{
     Asset, Challenge, ErrorKind, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, Refusal, ReplayStore, Resource, Token, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Verified,
 };
 use farebox_evm::EvmRpc;
 use farebox_evm::eip3009::payer_account;
@@ -63,41 +65,6 @@ const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
 const PAYMENT_REQUIRED: HeaderName = HeaderName::from_static("payment-required");
 const PAYMENT_RESPONSE: HeaderName = HeaderName::from_static("payment-response");
 const X_PAYMENT_RESPONSE: HeaderName = HeaderName::from_static("x-payment-response");
-
-/// What an x402 deployment charges in and pays to.
-#[derive(Debug, Clone)]
-pub struct X402Config {
-    /// CAIP-2 network, e.g. `eip155:84532`.
-    pub network: String,
-    /// The token contract.
-    pub asset: String,
-    /// The token's EIP-712 domain name and version (`"USDC"`/`"2"` on Base Sepolia).
-    pub eip712_name: String,
-    pub eip712_version: String,
-    /// For display and for parsing human prices.
-    pub symbol: String,
-    pub decimals: u8,
-    /// Who is paid.
-    pub pay_to: String,
-    /// How long a signed authorization may take to arrive (the client's `validBefore` window).
-    pub max_timeout_seconds: u64,
-    /// The public base URL of the server (`https://api.example.com`), for `resource.url`.
-    pub public_url: String,
-    /// Offer v1 (`X-PAYMENT`) as well as v2. v1 needs a network with a v1 name.
-    pub offer_v1: bool,
-}
-
-impl X402Config {
-    /// The asset this rail charges in, as the core's price table names it.
-    pub fn token(&self) -> Token {
-        Token {
-            network: self.network.clone(),
-            address: self.asset.clone(),
-            symbol: self.symbol.clone(),
-            decimals: self.decimals,
-        }
-    }
-}
 
 /// The x402 rail. See the module docs.
 pub struct X402Rail {
@@ -207,13 +174,13 @@ impl X402Rail {
 
     fn extra(&self) -> Map<String, Value> {
         let mut extra = Map::new();
-        extra.insert("name".into(), Value::String(self.config.eip712_name.clone()));
-        extra.insert("version".into(), Value::String(self.config.eip712_version.clone()));
+        extra.insert("name".into(), Value::String(self.config.eip712_name().to_string()));
+        extra.insert("version".into(), Value::String(self.config.eip712_version().to_string()));
         extra
     }
 
     fn url(&self, resource: &Resource) -> String {
-        format!("{}{}", self.config.public_url.trim_end_matches('/'), resource.path)
+        format!("{}{}", self.config.public_url().trim_end_matches('/'), resource.path)
     }
 
     fn description(resource: &Resource) -> String {
@@ -228,11 +195,11 @@ impl X402Rail {
         let price = resource.price.in_asset(&self.asset)?;
         Some(v2::PaymentRequirements {
             scheme: exact_evm::SCHEME.into(),
-            network: self.config.network.clone(),
+            network: self.config.network().to_string(),
             amount: Amount::from(price.amount),
-            asset: self.config.asset.clone(),
-            pay_to: self.config.pay_to.clone(),
-            max_timeout_seconds: self.config.max_timeout_seconds,
+            asset: self.config.asset().to_string(),
+            pay_to: self.config.pay_to().to_string(),
+            max_timeout_seconds: self.config.max_timeout_seconds(),
             extra: Some(self.extra()),
             other: Map::new(),
         })
@@ -240,22 +207,22 @@ impl X402Rail {
 
     /// The v1 requirement, when v1 is offered and the network has a v1 name.
     pub fn requirement_v1(&self, resource: &Resource) -> Option<v1::PaymentRequirements> {
-        if !self.config.offer_v1 {
+        if !self.config.offer_v1() {
             return None;
         }
-        let name = network::caip2_to_v1(&self.config.network)?;
+        let name = network::caip2_to_v1(self.config.network())?;
         let price = resource.price.in_asset(&self.asset)?;
         Some(v1::PaymentRequirements {
             scheme: exact_evm::SCHEME.into(),
             network: name.into(),
             max_amount_required: Amount::from(price.amount),
-            asset: self.config.asset.clone(),
-            pay_to: self.config.pay_to.clone(),
+            asset: self.config.asset().to_string(),
+            pay_to: self.config.pay_to().to_string(),
             resource: self.url(resource),
             description: Self::description(resource),
             mime_type: Some("application/json".into()),
             output_schema: None,
-            max_timeout_seconds: self.config.max_timeout_seconds,
+            max_timeout_seconds: self.config.max_timeout_seconds(),
             extra: Some(self.extra()),
         })
     }

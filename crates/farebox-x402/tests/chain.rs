@@ -99,18 +99,16 @@ impl Chain {
     }
 
     fn config(&self) -> X402Config {
-        X402Config {
-            network: format!("eip155:{CHAIN_ID}"),
-            asset: self.token.to_checksum(None),
-            eip712_name: "USDC".into(),
-            eip712_version: "2".into(),
-            symbol: "USDC".into(),
-            decimals: 6,
-            pay_to: self.pay_to().to_checksum(None),
-            max_timeout_seconds: 60,
-            public_url: "https://api.example.com".into(),
-            offer_v1: true,
-        }
+        X402Config::builder()
+            .network(format!("eip155:{CHAIN_ID}"))
+            .asset(self.token.to_checksum(None))
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .pay_to(self.pay_to().to_checksum(None))
+            .max_timeout_seconds(60)
+            .public_url("https://api.example.com")
+            .offer_v1(true)
+            .build()
+            .unwrap()
     }
 
     /// The v2 requirement the rail offers (the same function of the config as `X402Rail`).

@@ -110,18 +110,16 @@ fn now() -> u64 {
 }
 
 fn config(token: Address, pay_to: Address) -> X402Config {
-    X402Config {
-        network: format!("eip155:{CHAIN_ID}"),
-        asset: token.to_checksum(None),
-        eip712_name: "USDC".into(),
-        eip712_version: "2".into(),
-        symbol: "USDC".into(),
-        decimals: 6,
-        pay_to: pay_to.to_checksum(None),
-        max_timeout_seconds: 60,
-        public_url: "https://api.example.com".into(),
-        offer_v1: false,
-    }
+    X402Config::builder()
+        .network(format!("eip155:{CHAIN_ID}"))
+        .asset(token.to_checksum(None))
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .pay_to(pay_to.to_checksum(None))
+        .max_timeout_seconds(60)
+        .public_url("https://api.example.com")
+        .offer_v1(false)
+        .build()
+        .unwrap()
 }
 
 fn paid_app(rail: X402Rail, token: Address) -> Router {
@@ -137,7 +135,7 @@ fn paid_app(rail: X402Rail, token: Address) -> Router {
 }
 
 fn rail_token(token: Address) -> farebox_core::Token {
-    config(token, Address::ZERO).token()
+    config(token, Address::repeat_byte(0x77)).token()
 }
 
 /// An authorization of PRICE from `payer` to `to` in `domain`, signed as a client signs it.

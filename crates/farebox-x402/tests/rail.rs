@@ -134,18 +134,16 @@ impl Facilitator for Split {
 }
 
 fn config() -> X402Config {
-    X402Config {
-        network: "eip155:84532".into(),
-        asset: ASSET.into(),
-        eip712_name: "USDC".into(),
-        eip712_version: "2".into(),
-        symbol: "USDC".into(),
-        decimals: 6,
-        pay_to: PAY_TO.into(),
-        max_timeout_seconds: 60,
-        public_url: "https://api.example.com".into(),
-        offer_v1: true,
-    }
+    X402Config::builder()
+        .network("eip155:84532")
+        .asset(ASSET)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .pay_to(PAY_TO)
+        .max_timeout_seconds(60)
+        .public_url("https://api.example.com")
+        .offer_v1(true)
+        .build()
+        .unwrap()
 }
 
 fn world() -> World {

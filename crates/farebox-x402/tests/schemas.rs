@@ -86,18 +86,16 @@ impl Facilitator for Scripted {
 }
 
 fn paywalled(facilitator: Arc<Scripted>) -> Router {
-    let config = X402Config {
-        network: "eip155:84532".into(),
-        asset: ASSET.into(),
-        eip712_name: "USDC".into(),
-        eip712_version: "2".into(),
-        symbol: "USDC".into(),
-        decimals: 6,
-        pay_to: PAY_TO.into(),
-        max_timeout_seconds: 60,
-        public_url: "https://api.example.com".into(),
-        offer_v1: true,
-    };
+    let config = X402Config::builder()
+        .network("eip155:84532")
+        .asset(ASSET)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .pay_to(PAY_TO)
+        .max_timeout_seconds(60)
+        .public_url("https://api.example.com")
+        .offer_v1(true)
+        .build()
+        .unwrap();
     let price = Price::one(Money::new(Asset::Token(config.token()), 10_000));
     let rail = X402Rail::new(config, facilitator, Arc::new(MemoryStore::new()));
     let paywall = Paywall::builder()

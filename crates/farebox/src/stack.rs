@@ -154,18 +154,17 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
             store.clone(),
         );
         let token = evm.usdc();
-        let config = X402Config {
-            network: token.network.clone(),
-            asset: token.address.clone(),
-            eip712_name: "USDC".into(),
-            eip712_version: "2".into(),
-            symbol: token.symbol.clone(),
-            decimals: token.decimals,
-            pay_to: format!("{:#x}", evm.pay_to),
-            max_timeout_seconds: 60,
-            public_url: format!("http://{server}"),
-            offer_v1: true,
-        };
+        let config = X402Config::builder()
+            .network(token.network.clone())
+            .asset(token.address.clone())
+            .eip712_domain("USDC", "2")
+            .symbol(token.symbol.clone())
+            .decimals(token.decimals)
+            .pay_to(format!("{:#x}", evm.pay_to))
+            .max_timeout_seconds(60)
+            .public_url(format!("http://{server}"))
+            .offer_v1(true)
+            .build()?;
         // With the node, a payer may have several payments in flight when its balance covers
         // them all (without it, one at a time).
         let rail = X402Rail::new(config, Arc::new(facilitator), store.clone());
