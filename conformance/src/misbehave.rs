@@ -48,7 +48,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use farebox_core::{
     Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal,
-    Resource, Verified,
+    Resource, Verdict, Verified,
 };
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::bolt11::{InvoiceParams, sign_invoice};
@@ -208,7 +208,7 @@ impl Rail for Lying {
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         self.rail.verify(resource, credential).await
     }
 

@@ -20,7 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use farebox_core::{
     Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal,
-    Resource, Verified,
+    Resource, Verdict, Verified,
 };
 use farebox_evm::anvil::{Anvil, DEV_KEYS};
 use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
@@ -644,8 +644,8 @@ impl Rail for Misbehaving {
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
-        let (rail, resource, inner) = match self.shown.verify(resource, credential).await {
+    ) -> Result<Verdict, PaymentError> {
+        let (rail, resource, verdict) = match self.shown.verify(resource, credential).await {
             Ok(v) => (self.shown.clone(), resource.clone(), v),
             Err(refused) => {
                 let later = scaled(resource, self.factor);
@@ -655,6 +655,8 @@ impl Rail for Misbehaving {
                 }
             }
         };
+        let control = matches!(verdict, Verdict::Control(_));
+        let inner = verdict.into_verified();
         if self.lie == Lie::SettleThenRefuse {
             rail.settle(&resource, inner).await?;
             return Err(PaymentError::new(
@@ -663,11 +665,10 @@ impl Rail for Misbehaving {
                 "payment required",
             ));
         }
-        let mut verified =
-            Verified::new(inner.amount.clone(), inner.payer.clone(), inner.reference.clone(), ());
-        verified.control = inner.control;
-        verified.state = Box::new(Held { rail, resource, inner });
-        Ok(verified)
+        let (amount, payer, reference) =
+            (inner.amount.clone(), inner.payer.clone(), inner.reference.clone());
+        let verified = Verified::new(amount, payer, reference, Held { rail, resource, inner });
+        Ok(if control { Verdict::Control(verified) } else { Verdict::Payment(verified) })
     }
 
     async fn settle(

@@ -59,9 +59,9 @@
 //!    versioned record per session, changed only through [`store::update_session`], so that
 //!    concurrent requests, restarts and several instances never spend the same balance twice.
 //!    Debit the request's price in `verify` (persisted before the handler runs) and credit it
-//!    back in `release`. Messages that only manage the session (top up, close) are returned as
-//!    [`Verified::control`]: the server settles them and answers with [`Receipt::answer`]
-//!    without calling the handler.
+//!    back in `release`. Messages that only manage the session (top up, close) are verified as
+//!    [`Verdict::Control`] (not [`Verdict::Payment`]): the server settles them and answers with
+//!    [`Receipt::answer`] without calling the handler.
 //! 6. **Test it like the built-in rails.** Exercise the trait directly with a [`Resource`], and
 //!    run it behind `farebox-server` to see the 402 your clients will meet.
 //!
@@ -71,7 +71,7 @@
 //! ```
 //! use async_trait::async_trait;
 //! use farebox_core::{auth::AuthChallenge, Challenge, PaymentError, PresentedCredential, Rail,
-//!                    Receipt, Refusal, Resource, Verified};
+//!                    Receipt, Refusal, Resource, Verdict, Verified};
 //!
 //! struct Voucher;
 //!
@@ -88,14 +88,14 @@
 //!         Ok(Some(Challenge { www_authenticate: vec![value], ..Default::default() }))
 //!     }
 //!
-//!     async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verified, PaymentError> {
+//!     async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verdict, PaymentError> {
 //!         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
-//!             Some("open-sesame") => Ok(Verified::new(
+//!             Some("open-sesame") => Ok(Verdict::Payment(Verified::new(
 //!                 r.price.in_bitcoin().cloned().expect("challenged in bitcoin"),
 //!                 None,
 //!                 "voucher",
 //!                 (),
-//!             )),
+//!             ))),
 //!             _ => Err(PaymentError::invalid("bad_voucher", "unknown voucher")),
 //!         }
 //!     }
@@ -118,7 +118,8 @@ pub mod time;
 pub use error::{ErrorKind, PaymentError, Problem};
 pub use money::{Asset, Money, MoneyError, Token};
 pub use rail::{
-    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, Refusal, SettleTiming, Verified,
+    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, Refusal, SettleTiming, Verdict,
+    Verified,
 };
 pub use resource::{Price, Resource};
 pub use store::{

@@ -82,10 +82,6 @@ pub struct Verified {
     pub reference: String,
     /// Rail-private data needed to settle (e.g. a signed authorization).
     pub state: Box<dyn Any + Send + Sync>,
-    /// A payment-control message (a session top-up or close) rather than payment for the
-    /// request: the server settles it and answers itself with [`Receipt::answer`]; the protected
-    /// handler is not called and nothing is billed for the resource.
-    pub control: bool,
 }
 
 impl Verified {
@@ -96,19 +92,46 @@ impl Verified {
         reference: impl Into<String>,
         state: impl Any + Send + Sync,
     ) -> Self {
-        Verified {
-            amount,
-            payer,
-            reference: reference.into(),
-            state: Box::new(state),
-            control: false,
+        Verified { amount, payer, reference: reference.into(), state: Box::new(state) }
+    }
+
+    /// This payment as a payment-control message ([`Verdict::Control`]).
+    pub fn control(self) -> Verdict {
+        Verdict::Control(self)
+    }
+}
+
+/// What [`Rail::verify`] found a credential to be.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Payment for the request: settled around the handler, as the route's [`SettleTiming`]
+    /// says.
+    Payment(Verified),
+    /// A payment-control message (a session top-up or close) rather than payment for the
+    /// request: the server settles it and answers itself with [`Receipt::answer`]; the protected
+    /// handler is not called and nothing is billed for the resource.
+    Control(Verified),
+}
+
+impl Verdict {
+    /// The verified payment, whatever it is for.
+    pub fn verified(&self) -> &Verified {
+        match self {
+            Verdict::Payment(v) | Verdict::Control(v) => v,
         }
     }
 
-    /// Marks this as a payment-control message, answered without the handler.
-    pub fn control(mut self) -> Self {
-        self.control = true;
-        self
+    /// The verified payment, whatever it is for.
+    pub fn into_verified(self) -> Verified {
+        match self {
+            Verdict::Payment(v) | Verdict::Control(v) => v,
+        }
+    }
+}
+
+impl From<Verified> for Verdict {
+    fn from(payment: Verified) -> Self {
+        Verdict::Payment(payment)
     }
 }
 
@@ -118,7 +141,6 @@ impl fmt::Debug for Verified {
             .field("amount", &self.amount)
             .field("payer", &self.payer)
             .field("reference", &self.reference)
-            .field("control", &self.control)
             .finish_non_exhaustive()
     }
 }
@@ -132,7 +154,7 @@ pub struct Receipt {
     pub reference: String,
     /// Headers to add to the successful response (e.g. `Payment-Receipt`, `PAYMENT-RESPONSE`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// For a payment-control message ([`Verified::control`]): the answer the server sends in
+    /// For a payment-control message ([`Verdict::Control`]): the answer the server sends in
     /// place of the handler's. `None` answers `204 No Content`.
     pub answer: Option<ControlAnswer>,
 }
@@ -225,7 +247,7 @@ pub trait Rail: Send + Sync + 'static {
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
-    ) -> Result<Verified, PaymentError>;
+    ) -> Result<Verdict, PaymentError>;
 
     /// Settles a verified payment and returns the receipt for the response. For rails whose proof
     /// is already final (a Lightning preimage) this only builds the receipt.

@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use farebox_core::money::Money;
 use farebox_core::store::{SessionStore, StoreError};
 use farebox_core::{
-    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Verified,
+    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Verdict,
+    Verified,
 };
 use farebox_lightning::{InvoiceRequest, LightningBackend, NetworkPin, create_checked_invoice};
 use http::HeaderValue;
@@ -480,7 +481,7 @@ impl Rail for L402Rail {
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let token = self.verifier.verify_uncounted(
             &credential.value,
             resource,
@@ -515,12 +516,12 @@ impl Rail for L402Rail {
                 }
             }
         }
-        Ok(Verified::new(
+        Ok(Verdict::Payment(Verified::new(
             Money::msats(token.amount_msat),
             None,
             hex::encode(token.payment_hash),
             token,
-        ))
+        )))
     }
 
     /// A preimage is final, so settling only writes the receipt: an [`L402_RECEIPT`] header

@@ -47,7 +47,10 @@ async fn pay_and_retry_with_the_dev_node() {
     let rails = [rail.clone()];
     let (owner, presented) = credential_of(&rails, &headers).unwrap().expect("an L402 credential");
     assert_eq!(owner.name(), "l402");
-    let verified = owner.verify(&r, &presented).await.unwrap();
+    let farebox_core::Verdict::Payment(verified) = owner.verify(&r, &presented).await.unwrap()
+    else {
+        panic!("an L402 token is payment, not control");
+    };
     assert_eq!(verified.amount, Money::sats(21));
     assert_eq!(verified.reference, hex::encode(paid.payment_hash));
     let receipt = owner.settle(&r, verified).await.unwrap();

@@ -48,7 +48,10 @@ async fn verify(
     r: &Resource,
     value: String,
 ) -> Result<farebox_core::Verified, farebox_core::PaymentError> {
-    rail.verify(r, &presented(value)).await
+    rail.verify(r, &presented(value)).await.map(|verdict| match verdict {
+        farebox_core::Verdict::Payment(payment) => payment,
+        farebox_core::Verdict::Control(_) => panic!("an L402 token is payment, not control"),
+    })
 }
 
 async fn code(rail: &L402Rail, r: &Resource, value: String) -> &'static str {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use farebox_core::{Money, PaymentError, Rail, Receipt, Resource, SettleTiming, Verified};
+use farebox_core::{Money, PaymentError, Rail, Receipt, Resource, SettleTiming, Verdict, Verified};
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
@@ -102,16 +102,17 @@ where
                 .and_then(|v| v.to_str().ok())
                 .map(Arc::from);
             let (rail, payment) = match paywall.decide(&resource, request.headers()).await {
-                Decision::Serve { rail, payment } => (rail, payment),
+                Decision::Serve { rail, verdict: Verdict::Payment(payment) } => (rail, payment),
+                Decision::Serve { rail, verdict: Verdict::Control(message) } => {
+                    // A session top-up or close: settled and answered here; the handler never
+                    // sees it.
+                    return Ok(match rail.settle(&resource, message).await {
+                        Ok(receipt) => control_answer(rail.name(), receipt),
+                        Err(e) => settle_failed(&paywall, &resource, rail.name(), e).await,
+                    });
+                }
                 Decision::Refuse(response) => return Ok(response.map(Body::from)),
             };
-            if payment.control {
-                // A session top-up or close: settled and answered here; the handler never sees it.
-                return Ok(match rail.settle(&resource, payment).await {
-                    Ok(receipt) => control_answer(rail.name(), receipt),
-                    Err(e) => settle_failed(&paywall, &resource, rail.name(), e).await,
-                });
-            }
             request.extensions_mut().insert(Paid {
                 rail: rail.name(),
                 amount: payment.amount.clone(),

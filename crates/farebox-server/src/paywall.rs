@@ -23,7 +23,7 @@ pub struct Paywall {
 /// What the layer should do with a priced request.
 pub(crate) enum Decision {
     /// A rail verified a credential: serve, then settle with that rail.
-    Serve { rail: Arc<dyn Rail>, payment: farebox_core::Verified },
+    Serve { rail: Arc<dyn Rail>, verdict: farebox_core::Verdict },
     /// Answer without calling the handler (a 402, 400 or 503).
     Refuse(http::Response<Vec<u8>>),
 }
@@ -142,7 +142,7 @@ impl Paywall {
             }
         };
         match rail.verify(resource, &credential).await {
-            Ok(payment) => Decision::Serve { rail, payment },
+            Ok(verdict) => Decision::Serve { rail, verdict },
             Err(e) => {
                 tracing::info!(rail = rail.name(), code = e.code, path = %resource.path, "credential refused");
                 Decision::Refuse(self.refusal(resource, &e, Some(rail.name())).await)

@@ -12,7 +12,7 @@ use axum::{Extension, Router};
 use farebox_core::auth::AuthChallenge;
 use farebox_core::{
     Asset, Challenge, ControlAnswer, Money, PaymentError, PresentedCredential, Price, Rail,
-    Receipt, Refusal, Resource, SettleTiming, Token, Verified,
+    Receipt, Refusal, Resource, SettleTiming, Token, Verdict, Verified,
 };
 use farebox_server::{MaintenanceError, Paid, Paywall, PaywallLayer, PricedRoute};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -90,21 +90,17 @@ impl Rail for TestRail {
             )],
         }))
     }
-    async fn verify(
-        &self,
-        r: &Resource,
-        c: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
+    async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verdict, PaymentError> {
         if !self.up.load(Ordering::SeqCst) {
             return Err(self.down());
         }
         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
-            Some("paid") => Ok(Verified::new(
+            Some("paid") => Ok(Verdict::Payment(Verified::new(
                 r.price.in_asset(&self.asset).unwrap().clone(),
                 Some("tester".into()),
                 "ref-1",
                 (),
-            )),
+            ))),
             Some("close") | Some("topup") => Ok(Verified::new(
                 r.price.in_asset(&self.asset).unwrap().clone(),
                 Some("tester".into()),
@@ -513,7 +509,7 @@ async fn an_errors_own_headers_reach_the_client() {
             &self,
             r: &Resource,
             c: &PresentedCredential,
-        ) -> Result<Verified, PaymentError> {
+        ) -> Result<Verdict, PaymentError> {
             self.0.verify(r, c).await
         }
         async fn settle(&self, _: &Resource, _: Verified) -> Result<Receipt, PaymentError> {
@@ -604,7 +600,7 @@ impl Rail for DeadlineRail {
         &self,
         _r: &Resource,
         _c: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         Err(PaymentError::invalid("test_bad_proof", "never paid"))
     }
     async fn settle(&self, _r: &Resource, _v: Verified) -> Result<Receipt, PaymentError> {

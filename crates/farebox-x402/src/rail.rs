@@ -43,7 +43,7 @@ use async_trait::async_trait;
 use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{
     Asset, Challenge, ErrorKind, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, Refusal, ReplayStore, Resource, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Verdict, Verified,
 };
 use farebox_evm::EvmRpc;
 use farebox_evm::eip3009::payer_account;
@@ -351,7 +351,7 @@ impl Rail for X402Rail {
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let request = self.payment_request(resource, credential)?;
         // Off-chain checks first: cheap, and a bad payment never costs a facilitator round trip.
         let checked = exact_evm::check_request(&request, unix_now()?)
@@ -413,12 +413,12 @@ impl Rail for X402Rail {
             }
         }
         let payer = format!("{:#x}", auth.from);
-        Ok(Verified::new(
+        Ok(Verdict::Payment(Verified::new(
             Money::new(self.asset.clone(), amount),
             Some(payer.clone()),
             format!("{:#x}", checked.payload.authorization.nonce),
             Accepted { request, key, payer },
-        ))
+        )))
     }
 
     async fn settle(

@@ -1362,7 +1362,7 @@ async fn a_payer_may_have_as_many_payments_in_flight_as_its_balance_covers() {
     let refused = with_node.verify(&resource, &payments[3]).await.unwrap_err();
     assert_eq!(refused.code, "insufficient_funds", "{refused:?}");
     // Released (its handler failed), a payment holds nothing any more.
-    with_node.release(&resource, held.pop().unwrap()).await;
+    with_node.release(&resource, held.pop().unwrap().into_verified()).await;
     with_node.verify(&resource, &payments[3]).await.unwrap();
     // Without a node to read balances, a payer has one payment in flight at most.
     let store = Arc::new(MemoryStore::new());
@@ -1371,7 +1371,7 @@ async fn a_payer_may_have_as_many_payments_in_flight_as_its_balance_covers() {
     let first = s2.rail.verify(&resource, &credential(one[0].1.clone())).await.unwrap();
     let second = s2.rail.verify(&resource, &credential(one[1].1.clone())).await.unwrap_err();
     assert_eq!(second.code, "insufficient_funds", "{second:?}");
-    s2.rail.release(&resource, first).await;
+    s2.rail.release(&resource, first.into_verified()).await;
     s2.rail.verify(&resource, &credential(one[1].1.clone())).await.unwrap();
     assert_eq!(chain.balance(chain.pay_to()).await, 0, "nothing was settled");
 }

@@ -78,7 +78,7 @@ use std::time::Duration;
 use farebox_core::store::{Update, update_session};
 use farebox_core::{
     Asset, ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Token,
-    Verified,
+    Verdict, Verified,
 };
 use farebox_evm::escrow::{self, Channel};
 use farebox_evm::voucher::{self, Voucher, VoucherDomain};
@@ -356,7 +356,7 @@ impl MppRail {
         resource: &farebox_core::Resource,
         cred: &crate::Credential,
         now: u64,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let m = self.evm_session_method()?;
         let ch = &cred.challenge;
         Self::unexpired(ch, now)?;
@@ -619,7 +619,7 @@ impl MppRail {
         v: &SignedVoucher,
         price: u128,
         challenge_id: String,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let channel = v.channel_id;
         let _turn = self.session_locks.turn(&key(&channel)).await;
         let mut record = self.channel_record(m, channel, false, v).await?;
@@ -640,12 +640,12 @@ impl MppRail {
         let (accepted, spent) = outcome?;
         m.note_unsettled(channel, spent, record.settled);
         // Who paid is who the chain says owns the channel, never what the credential claims.
-        Ok(Verified::new(
+        Ok(Verdict::Payment(Verified::new(
             Money::new(m.asset.clone(), price),
             Some(data.payer),
             key(&channel),
             super::Held::EvmSession(Held::Debit { channel, challenge_id, price, accepted, spent }),
-        ))
+        )))
     }
 
     /// Takes an on-chain top-up into account.
@@ -654,7 +654,7 @@ impl MppRail {
         m: &Method,
         t: &TopUpPayload,
         challenge_id: String,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let rpc = &m.config.rpc;
         let mut event = rpc
             .escrow_topped_up_by(m.config.escrow, t.hash)
@@ -711,7 +711,7 @@ impl MppRail {
         m: &Method,
         v: &SignedVoucher,
         challenge_id: String,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let channel = v.channel_id;
         let record = self.channel_record(m, channel, false, v).await?;
         if record.status == SessionStatus::Closed {

@@ -46,7 +46,8 @@ use std::time::{Duration, SystemTime};
 
 use farebox_core::store::{Update, update_session};
 use farebox_core::{
-    ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Verified,
+    ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Verdict,
+    Verified,
 };
 use farebox_lightning::{InvoiceRequest, LightningError, PaymentHash, bolt11, preimage_matches};
 use serde::{Deserialize, Serialize};
@@ -218,7 +219,7 @@ impl MppRail {
         resource: &farebox_core::Resource,
         cred: &crate::Credential,
         now: u64,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let m = self.lightning_session_method()?;
         let ch = &cred.challenge;
         let request = crate::challenge::decode_request(&ch.request)
@@ -405,7 +406,7 @@ impl MppRail {
         session: PaymentHash,
         price_msat: u64,
         now: u64,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let _turn = self.session_locks.turn(&id_of(&session)).await;
         self.open_session(m, &session, now).await?;
         let price = u128::from(price_msat);
@@ -431,7 +432,7 @@ impl MppRail {
         })
         .await?
         .ok_or_else(|| session_not_found(&session))?;
-        Ok(Verified::new(
+        Ok(Verdict::Payment(Verified::new(
             Money::msats(price_msat),
             None,
             id_of(&session),
@@ -441,7 +442,7 @@ impl MppRail {
                 spent_msat: spent,
                 deposit_msat: deposit,
             }),
-        ))
+        )))
     }
 
     pub(crate) async fn settle_lightning_session(

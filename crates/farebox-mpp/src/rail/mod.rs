@@ -61,7 +61,7 @@ use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{Asset, SessionStore, Token};
 use farebox_core::{
     Challenge as RailChallenge, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, Refusal, ReplayStore, Resource, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Verdict, Verified,
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
@@ -1085,7 +1085,7 @@ impl Rail for MppRail {
         &self,
         resource: &Resource,
         credential: &PresentedCredential,
-    ) -> Result<Verified, PaymentError> {
+    ) -> Result<Verdict, PaymentError> {
         let now = time::unix_now()?;
         let (cred, offered) = self.decode(&credential.value)?;
         match offered {
@@ -1116,14 +1116,14 @@ impl Rail for MppRail {
                 // A preimage proves that the invoice was paid, not by whom; `source` is only
                 // the client's word.
                 let accepted = Held::Charge(Accepted { challenge_id: id, evm: None });
-                return Ok(Verified::new(amount, None, reference, accepted));
+                return Ok(Verdict::Payment(Verified::new(amount, None, reference, accepted)));
             }
         };
         self.reserve_evm_charge(&id, &auth, &signature, &amount, expires_at, now).await?;
         // The payer is who signed the authorization, whatever `source` says.
         let (payer, reference) = (format!("{:#x}", auth.from), format!("{:#x}", auth.nonce));
         let accepted = Held::Charge(Accepted { challenge_id: id, evm: Some((auth, signature)) });
-        Ok(Verified::new(amount, Some(payer), reference, accepted))
+        Ok(Verdict::Payment(Verified::new(amount, Some(payer), reference, accepted)))
     }
 
     async fn settle(
