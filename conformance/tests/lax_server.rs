@@ -9,6 +9,7 @@ use farebox_conformance::{Level, Outcome, Target};
 use farebox_core::{ErrorKind, Money, PaymentError, Price};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
+use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::{MppConfig, MppRail};
 use farebox_server::{Paywall, PricedRoute};
 use farebox_store::MemoryStore;
@@ -101,8 +102,8 @@ async fn a_server_that_serves_any_credential_fails_the_musts() {
 async fn a_session_server_that_serves_any_voucher_fails_the_session_musts() {
     use farebox_evm::U256;
     use farebox_evm::anvil::Anvil;
-    use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
     use farebox_mpp::EvmSessionConfig;
+    use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 
     let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
     let rpc = anvil.rpc().await.unwrap().clone();

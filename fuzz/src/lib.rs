@@ -16,8 +16,8 @@ use farebox_l402::{
     DerivedRootKeys, L402Config, L402Receipt, L402Verifier, identifier::Identifier,
 };
 use farebox_mpp::{
-    Challenge, ChallengeKey, Credential, PaymentReceipt, evm_charge, evm_session, jcs,
-    lightning_charge, lightning_session,
+    Challenge, ChallengeKey, Credential, PaymentReceipt, evm::charge as evm_charge, evm::session as evm_session, jcs,
+    lightning::charge as lightning_charge, lightning::session as lightning_session,
 };
 use farebox_x402::facilitator_api::{AnyPaymentPayload, VersionedPayment};
 use farebox_x402::{codec, exact_evm, v1, v2};

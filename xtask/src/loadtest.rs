@@ -27,6 +27,7 @@ use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{B256, EvmRpc, PrivateKeySigner, U256};
 
 use crate::{cargo, run, tools};
+use farebox_mpp::evm::escrow::EscrowRpc;
 
 const CHAIN_ID: u64 = 84_532;
 const CONNECTIONS: &str = "16";
@@ -527,7 +528,7 @@ async fn prepare_chain(url: &str) -> Result<ChainSetup> {
     let tx = rpc.send_call(&deployer, token, &mint).await?;
     rpc.wait_for_receipt(tx, Duration::from_secs(30)).await?;
     let escrow = rpc
-        .deploy_session_escrow(&deployer, farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD)
+        .deploy_session_escrow(&deployer, farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD)
         .await?;
     Ok(ChainSetup { rpc, token, escrow, payer })
 }

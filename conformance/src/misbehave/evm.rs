@@ -23,8 +23,9 @@ use farebox_core::{
     Resource, Verdict, Verified,
 };
 use farebox_evm::anvil::{Anvil, DEV_KEYS};
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner, U256};
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::{EvmChargeConfig, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;

@@ -22,11 +22,11 @@ use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, PrivateKeySigner, U256};
 use farebox_lightning::{LightningBackend, PaymentHash, Preimage, bolt11};
-use farebox_mpp::evm_charge::{self, EvmChargeRequest, TokenName};
-use farebox_mpp::evm_session::{self, EvmSessionRequest, SessionPayload};
-use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
-use farebox_mpp::lightning_session::{
-    self, LightningSessionRequest, SessionPayload as LightningSessionPayload,
+use farebox_mpp::evm::charge::{self as evm_charge, EvmChargeRequest, TokenName};
+use farebox_mpp::evm::session::{self as evm_session, EvmSessionRequest, SessionPayload};
+use farebox_mpp::lightning::charge::{self as lightning_charge, LightningChargeRequest};
+use farebox_mpp::lightning::session::{
+    self as lightning_session, LightningSessionRequest, SessionPayload as LightningSessionPayload,
 };
 use farebox_mpp::{Challenge, Credential, ProblemType};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
@@ -38,6 +38,7 @@ use crate::mpp_session::{
     SessionKind, SharedBook, receipt_spent,
 };
 use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
+use farebox_mpp::evm::escrow::EscrowRpc;
 
 /// Pays MPP `charge` challenges over Lightning and/or EVM tokens, and `session` challenges
 /// when sessions are enabled.

@@ -41,13 +41,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use farebox_core::{Asset, Money, Token};
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, TxHash};
 use farebox_lightning::{InvoiceState, LightningBackend, PaymentHash, Preimage};
-use farebox_mpp::evm_session::{
-    self, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
+use farebox_mpp::evm::session::{
+    self as evm_session, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
 };
-use farebox_mpp::lightning_session::{self, LightningSessionRequest, SessionPayload as LnPayload};
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
+use farebox_mpp::lightning::session::{
+    self as lightning_session, LightningSessionRequest, SessionPayload as LnPayload,
+};
 use farebox_mpp::rail::OPAQUE_HTTP_METHOD;
 use farebox_mpp::{Challenge, Credential, PaymentReceipt, ProblemType};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
@@ -55,6 +57,7 @@ use reqwest::Url;
 
 use crate::budget::{Budget, EntryKind, Ledger, LedgerEntry};
 use crate::error::ClientError;
+use farebox_mpp::evm::escrow::EscrowRpc;
 
 /// How long dropping a wallet may block to close its sessions.
 pub const DROP_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);

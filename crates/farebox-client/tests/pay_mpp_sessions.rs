@@ -16,6 +16,7 @@ use common::{
 use farebox_client::{Budget, ClientError, EntryKind, LightningSessionPolicy};
 use farebox_core::{Asset, Money, SessionStore};
 use farebox_lightning::{DevNetwork, DevNode};
+use farebox_mpp::evm::escrow::EscrowRpc;
 
 // ---- Lightning ----
 

@@ -20,14 +20,15 @@ use farebox_client::{
     Budget, ClientError, EntryKind, LightningSessionPolicy, MppWallet, Overclaim, PaymentMiddleware,
 };
 use farebox_core::{Asset, Money};
-use farebox_evm::escrow::TX_TIMEOUT;
-use farebox_evm::voucher::{self, Voucher};
 use farebox_evm::{Bytes, TxHash, U256};
 use farebox_lightning::{
     CreatedInvoice, DevNetwork, DevNode, InvoiceRequest, InvoiceState, LightningBackend,
     LightningError, PaymentHash, PaymentOutcome,
 };
 use farebox_mpp::ProblemType;
+use farebox_mpp::evm::escrow::EscrowRpc;
+use farebox_mpp::evm::escrow::TX_TIMEOUT;
+use farebox_mpp::evm::voucher::{self, Voucher};
 use http::StatusCode;
 use serde_json::json;
 

@@ -6,9 +6,7 @@
 //! | [`network`] | CAIP-2 `eip155:<id>` ids, x402 v1 network names, the known networks |
 //! | [`usdc`] | known USDC deployments (address, EIP-712 name / version, decimals), as defaults |
 //! | [`eip3009`] | `TransferWithAuthorization`: EIP-712 domain, digest, signing, recovery |
-//! | [`voucher`] | MPP EVM session vouchers: EIP-712 `Voucher(bytes32,uint128)`, signing, recovery |
 //! | [`contracts`] | bindings for the project's Solidity contracts, from `artifacts/*.json` |
-//! | [`escrow`] | helpers on [`EvmRpc`] for the `SessionEscrow` payment-channel contract |
 //! | [`rpc`] | [`EvmRpc`], a JSON-RPC client: reads, one-call simulation, settlement, receipts |
 //! | [`anvil`] | a launcher for a local anvil chain, for tests and the demo |
 //!
@@ -36,11 +34,9 @@ pub mod anvil;
 pub mod contracts;
 pub mod eip3009;
 mod error;
-pub mod escrow;
 pub mod network;
 pub mod rpc;
 pub mod usdc;
-pub mod voucher;
 
 pub use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 pub use alloy::signers::local::PrivateKeySigner;

@@ -30,7 +30,7 @@ use alloy::primitives::{Address, B256, Bytes, TxHash, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::client::RpcClient;
 use alloy::rpc::json_rpc::{RequestPacket, ResponsePacket};
-use alloy::rpc::types::TransactionRequest;
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Panic, Revert, SolCall, SolError};
 use alloy::transports::{RpcError, TransportError, TransportErrorKind, TransportFut};
@@ -40,6 +40,9 @@ use crate::contracts::{
 };
 use crate::eip3009::{self, TransferWithAuthorization};
 use crate::error::{EvmError, Result};
+
+/// How long [`EvmRpc::erc20_approve`] waits for its receipt.
+pub const MINED_WITHIN: Duration = Duration::from_secs(30);
 
 /// The default timeout of one JSON-RPC request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -298,6 +301,47 @@ impl EvmRpc {
     ) -> Result<TxHash> {
         self.send(signer, TransactionRequest::default().with_to(to).with_input(call.abi_encode()))
             .await
+    }
+
+    /// Sends `call` to `to` from `signer` and waits up to `timeout` for a successful receipt:
+    /// a mined revert is [`EvmError::Reverted`] with the contract's reason, no receipt in time
+    /// [`EvmError::Unavailable`].
+    pub async fn send_mined<C: SolCall>(
+        &self,
+        signer: &PrivateKeySigner,
+        to: Address,
+        call: &C,
+        timeout: Duration,
+    ) -> Result<(TxHash, TransactionReceipt)> {
+        let hash = self.send_call(signer, to, call).await?;
+        match self.wait_for_receipt(hash, timeout).await? {
+            ReceiptOutcome::Success { .. } => {}
+            ReceiptOutcome::Reverted { reason, .. } => {
+                return Err(EvmError::Reverted {
+                    reason: reason.unwrap_or_else(|| format!("{hash} reverted")),
+                });
+            }
+            ReceiptOutcome::Unknown => {
+                return Err(EvmError::Unavailable(format!("no receipt for {hash}")));
+            }
+        }
+        let receipt: Option<TransactionReceipt> =
+            self.request("eth_getTransactionReceipt", (hash,)).await?;
+        let receipt = receipt
+            .ok_or_else(|| EvmError::InvalidResponse(format!("receipt of {hash} disappeared")))?;
+        Ok((hash, receipt))
+    }
+
+    /// ERC-20 `approve(spender, amount)` from `signer`, mined (within [`MINED_WITHIN`]).
+    pub async fn erc20_approve(
+        &self,
+        signer: &PrivateKeySigner,
+        token: Address,
+        spender: Address,
+        amount: u128,
+    ) -> Result<TxHash> {
+        let call = FareboxUSD::approveCall { spender, value: U256::from(amount) };
+        self.send_mined(signer, token, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// Deploys a contract (`init_code` = creation bytecode followed by the ABI-encoded

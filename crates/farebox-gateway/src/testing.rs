@@ -10,10 +10,10 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, PrivateKeySigner, U256};
-use farebox_mpp::evm_session::{SessionPayload, SignedVoucher};
-use farebox_mpp::{Challenge, Credential, EvmChargeRequest, evm_charge};
+use farebox_mpp::evm::session::{SessionPayload, SignedVoucher};
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
+use farebox_mpp::{Challenge, Credential, EvmChargeRequest, evm::charge as evm_charge};
 use http::HeaderMap;
 use serde_json::{Value, json};
 

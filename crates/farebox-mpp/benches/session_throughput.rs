@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use farebox_core::{Money, Price, SessionStore};
 use farebox_evm::anvil::Anvil;
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
-use farebox_evm::voucher::{self, Voucher};
 use farebox_evm::{B256, U256};
-use farebox_mpp::evm_session::{OpenPayload, SessionPayload, SignedVoucher};
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
+use farebox_mpp::evm::session::{OpenPayload, SessionPayload, SignedVoucher};
+use farebox_mpp::evm::voucher::{self, Voucher};
 use farebox_mpp::{Challenge, Credential, EvmSessionConfig, MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};

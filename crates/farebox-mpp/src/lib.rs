@@ -25,10 +25,8 @@
 //! | [`receipt`] | [`PaymentReceipt`]: the `Payment-Receipt` header |
 //! | [`problem`] | MPP problem types (`https://paymentauth.org/problems/…`) as `PaymentError`s |
 //! | [`digest`] | the `digest` body binding (SDK and RFC 9530 forms) |
-//! | [`lightning_charge`] | the `lightning` method's `charge` request and payload |
-//! | [`evm_charge`] | the `evm` method's `charge` request and EIP-3009 `authorization` payload |
-//! | [`evm_session`] | the `evm` method's `session` request and `open` / `voucher` / `topUp` / `close` payloads |
-//! | [`lightning_session`] | the `lightning` method's `session` request and `open` / `bearer` / `topUp` / `close` payloads |
+//! | [`lightning`] | the `lightning` method: its `charge` and `session` requests and payloads |
+//! | [`evm`] | the `evm` method: its `charge` and `session` requests and payloads, session vouchers, the escrow contract's calls |
 //! | [`rail`] | [`MppRail`], the farebox `Rail` (charges in `rail`, sessions in its `evm_session` and `lightning_session` submodules, accounting in a [`SessionStore`](farebox_core::SessionStore)) |
 //!
 //! Decisions where the specification and the SDKs differ (the SDKs win, for interop):
@@ -49,12 +47,10 @@ pub mod accept_payment;
 pub mod challenge;
 pub mod credential;
 pub mod digest;
-pub mod evm_charge;
-pub mod evm_session;
+pub mod evm;
 mod fields;
 pub mod jcs;
-pub mod lightning_charge;
-pub mod lightning_session;
+pub mod lightning;
 pub mod problem;
 pub mod rail;
 pub mod receipt;
@@ -66,8 +62,8 @@ pub use challenge::{
     parse_www_authenticate, read_www_authenticate, read_www_authenticate_from,
 };
 pub use credential::{Credential, CredentialError, EchoedChallenge};
-pub use evm_charge::EvmChargeRequest;
-pub use lightning_charge::LightningChargeRequest;
+pub use evm::charge::EvmChargeRequest;
+pub use lightning::charge::LightningChargeRequest;
 pub use problem::ProblemType;
 pub use rail::{
     ConfigError, EvmChargeConfig, EvmSessionConfig, LightningSessionConfig, MppConfig, MppRail,

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use farebox_core::{Money, Price, SessionStore};
 use farebox_evm::anvil::Anvil;
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{B256, EvmRpc, PrivateKeySigner, U256};
-use farebox_mpp::evm_session::{OpenPayload, SessionPayload, SignedVoucher};
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
+use farebox_mpp::evm::session::{OpenPayload, SessionPayload, SignedVoucher};
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_mpp::{Challenge, Credential, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};

@@ -13,7 +13,7 @@ use farebox_core::{Money, Price, ProofState, Rail, ReplayStore};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, EvmRpc, U256};
-use farebox_mpp::evm_charge::{self, EvmChargeRequest};
+use farebox_mpp::evm::charge::{self as evm_charge, EvmChargeRequest};
 use farebox_mpp::{
     Challenge, ChallengeParams, Credential, EvmChargeConfig, MppConfig, MppRail, PaymentReceipt,
     time,

@@ -13,12 +13,13 @@ use axum::body::Body;
 use axum::{Extension, Router};
 use farebox_core::{Money, Price, SessionStatus, SessionStore};
 use farebox_evm::anvil::{Anvil, DevAccount, counting_proxy};
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmRpc, TxHash, U256};
-use farebox_mpp::evm_session::{
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
+use farebox_mpp::evm::session::{
     EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher, TopUpPayload,
 };
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_mpp::{Challenge, Credential, EvmSessionConfig, MppConfig, MppRail};
 use farebox_server::{MaintenanceError, Paid, Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};
@@ -74,7 +75,7 @@ impl World {
         server(&self.config, &self.replay, &self.handled, sessions)
     }
 
-    async fn channel(&self, channel: B256) -> farebox_evm::escrow::Channel {
+    async fn channel(&self, channel: B256) -> farebox_mpp::evm::escrow::Channel {
         self.rpc.escrow_channel(self.escrow, channel).await.unwrap()
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use farebox_core::{Money, Price, SessionStatus, SessionStore};
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend, Preimage};
-use farebox_mpp::lightning_session::{LightningSessionRequest, SessionPayload};
+use farebox_mpp::lightning::session::{LightningSessionRequest, SessionPayload};
 use farebox_mpp::{Challenge, Credential, LightningSessionConfig, MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;

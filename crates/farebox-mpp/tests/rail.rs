@@ -8,7 +8,7 @@ use axum::body::Body;
 use farebox_core::{Money, Price, ReplayStore};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend, bolt11};
-use farebox_mpp::lightning_charge::{self, LightningChargeRequest};
+use farebox_mpp::lightning::charge::{self as lightning_charge, LightningChargeRequest};
 use farebox_mpp::{Challenge, Credential, MppConfig, MppRail, PaymentReceipt, jcs};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;

@@ -19,17 +19,18 @@ use farebox_core::auth::parse_challenges;
 use farebox_core::{Money, Price};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, U256};
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
-use farebox_mpp::evm_session::{
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
+use farebox_mpp::evm::session::{
     OpenPayload, SessionPayload as EvmPayload, SignedVoucher, TopUpPayload,
 };
-use farebox_mpp::lightning_session::{LightningSessionRequest, SessionPayload as LnPayload};
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
+use farebox_mpp::lightning::session::{LightningSessionRequest, SessionPayload as LnPayload};
 use farebox_mpp::{
     Challenge, Credential, EvmChargeConfig, EvmSessionConfig, LightningSessionConfig, MppConfig,
-    MppRail, evm_charge, jcs, lightning_charge, time,
+    MppRail, evm::charge as evm_charge, jcs, lightning::charge as lightning_charge, time,
 };
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;

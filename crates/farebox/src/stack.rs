@@ -20,6 +20,7 @@ use farebox_x402::{X402Config, X402Rail};
 use http::Method;
 
 use crate::proxy::{self, Upstream};
+use farebox_mpp::evm::escrow::EscrowRpc;
 
 /// Sats the demo wallet starts with.
 pub const WALLET_OPENING_SATS: u64 = 100_000;
@@ -91,7 +92,10 @@ pub async fn start_evm() -> anyhow::Result<Evm> {
     anvil.mint(token, payer.address(), U256::from(WALLET_OPENING_USDC)).await?;
     let rpc = EvmRpc::connect(anvil.url()).await?;
     let escrow = rpc
-        .deploy_session_escrow(&accounts[0].signer, farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD)
+        .deploy_session_escrow(
+            &accounts[0].signer,
+            farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD,
+        )
         .await?;
     Ok(Evm { anvil, rpc, token, payer, pay_to: pay_to_key.address(), pay_to_key, escrow, gas })
 }

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use farebox_client::{Budget, EvmSessionPolicy, MppWallet, PaymentMiddleware};
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::anvil::Anvil;
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::{B256, U256};
 use farebox_gateway::testing;
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_store::testing::TestPostgres;
 
 const CHAIN_ID: u64 = 84532;

@@ -7,6 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use farebox_mpp::evm::escrow::EscrowRpc;
 use support::{Gateway, write_private};
 
 fn farebox(wallet: &Path) -> Command {
@@ -289,7 +290,7 @@ fn pay_uses_the_wallet_file_for_x402_mpp_charges_and_sessions_on_chain() {
         let escrow = rpc
             .deploy_session_escrow(
                 &accounts[0].signer,
-                farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD,
+                farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD,
             )
             .await
             .unwrap();

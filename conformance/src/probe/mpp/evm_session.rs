@@ -24,17 +24,19 @@
 
 use std::time::Duration;
 
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmRpc, PrivateKeySigner, U256};
-use farebox_mpp::evm_session::{
-    self, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher, TopUpPayload,
+use farebox_mpp::evm::session::{
+    self as evm_session, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
+    TopUpPayload,
 };
-use farebox_mpp::{Challenge, Credential as MppCredential, evm_charge};
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
+use farebox_mpp::{Challenge, Credential as MppCredential, evm::charge as evm_charge};
 
 use super::{authorization, challenges};
 use crate::check::Attempt;
 use crate::probe::{Credential, Quote, Unable};
 use crate::{Exchange, Wallets};
+use farebox_mpp::evm::escrow::EscrowRpc;
 
 /// How many requests' worth the channel is opened with, and topped up by.
 const DEPOSIT_REQUESTS: u128 = 2;

@@ -18,8 +18,9 @@ use farebox_client::{
 };
 use farebox_core::{Asset, Money, Price, SessionStore};
 use farebox_evm::anvil::{Anvil, DevAccount};
-use farebox_evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_evm::{Address, EvmRpc, U256};
+use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
+use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::{
     ChallengeKey, ChallengeParams, Credential, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt,
 };

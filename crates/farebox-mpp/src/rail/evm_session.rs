@@ -75,21 +75,21 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::evm::escrow::{self, Channel, EscrowRpc};
+use crate::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_core::store::{Update, update_session};
 use farebox_core::{
     Asset, ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Token,
     Verdict, Verified,
 };
-use farebox_evm::escrow::{self, Channel};
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, U256};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{BACKEND_RETRY_AFTER, MppRail};
-use crate::evm_session::{
-    self, CREDENTIAL_HASH, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
-    TopUpPayload, UNIT_REQUEST,
+use crate::evm::session::{
+    self as evm_session, CREDENTIAL_HASH, EvmSessionRequest, OpenPayload, SessionPayload,
+    SignedVoucher, TopUpPayload, UNIT_REQUEST,
 };
 use crate::problem::{self, ProblemType};
 use crate::receipt::PaymentReceipt;

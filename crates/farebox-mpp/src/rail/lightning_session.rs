@@ -54,8 +54,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{BACKEND_RETRY_AFTER, MppRail};
-use crate::lightning_session::{
-    self, LightningSessionRequest, RefundStatus, SessionPayload, closed_body,
+use crate::lightning::session::{
+    self as lightning_session, LightningSessionRequest, RefundStatus, SessionPayload, closed_body,
 };
 use crate::problem::ProblemType;
 use crate::receipt::PaymentReceipt;

@@ -31,7 +31,7 @@
 //! retried.
 //!
 //! **EVM charge.** For a route priced in the configured token, the challenge is
-//! `method="evm", intent="charge"` (see [`crate::evm_charge`]). Verify runs the same envelope
+//! `method="evm", intent="charge"` (see [`crate::evm::charge`]). Verify runs the same envelope
 //! checks (id, realm, expiry, route binding), then: amount covers the price, the authorization's
 //! nonce is bound to the challenge (`keccak256(id ‖ realm)`, or the JSON-array form other SDKs
 //! sign), `to == recipient`, `value == amount`, `validAfter <= now < validBefore`, the EIP-712
@@ -72,12 +72,12 @@ use crate::challenge::{
     ChallengeKey, ChallengeParams, SecretTooShort, decode_opaque, decode_request,
 };
 use crate::credential::{Credential, CredentialError, EchoedChallenge, payment_token};
-use crate::evm_charge::{self, EvmChargeRequest};
-use crate::lightning_charge::{self, INTENT, LightningChargeRequest, METHOD};
+use crate::evm::charge::{self as evm_charge, EvmChargeRequest};
+use crate::lightning::charge::{self as lightning_charge, INTENT, LightningChargeRequest, METHOD};
 use crate::problem;
 use crate::receipt::{PAYMENT_RECEIPT, PaymentReceipt};
 use crate::time;
-use crate::{evm_session as evm_session_wire, lightning_session as lightning_session_wire};
+use crate::{evm::session as evm_session_wire, lightning::session as lightning_session_wire};
 
 /// The replay-store namespace.
 pub const NAMESPACE: &str = "mpp";

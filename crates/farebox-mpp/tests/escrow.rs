@@ -2,9 +2,10 @@
 //! with a grace period, each test on its own anvil.
 
 use farebox_evm::anvil::{Anvil, DevAccount};
-use farebox_evm::escrow::{self, DEFAULT_CLOSE_GRACE_PERIOD};
-use farebox_evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, TxHash, U256};
+use farebox_mpp::evm::escrow::EscrowRpc;
+use farebox_mpp::evm::escrow::{self, DEFAULT_CLOSE_GRACE_PERIOD};
+use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
 
 const CHAIN_ID: u64 = 84_532;
 const USDC: u128 = 1_000_000;

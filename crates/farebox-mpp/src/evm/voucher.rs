@@ -12,7 +12,7 @@
 //! payee `min(cumulativeAmount, deposit) − settled`.
 //!
 //! ```
-//! use farebox_evm::voucher::{self, Voucher, VoucherDomain};
+//! use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
 //! use farebox_evm::{Address, B256, PrivateKeySigner};
 //!
 //! let payer: PrivateKeySigner =
@@ -27,7 +27,7 @@ use alloy::primitives::{Address, B256, U256, b256, keccak256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 
-use crate::eip3009::{self, SignatureError};
+use farebox_evm::eip3009::{self, SignatureError};
 
 sol! {
     /// A cumulative voucher for a payment channel (field names as in the EIP-712 type).

@@ -1,6 +1,6 @@
 //! The `session` intent with the `evm` method (`draft-evm-session-00`): a unidirectional
 //! payment channel in an escrow contract (`contracts/SessionEscrow.sol`), paid off chain with
-//! EIP-712 cumulative vouchers ([`farebox_evm::voucher`]).
+//! EIP-712 cumulative vouchers ([`crate::evm::voucher`]).
 //!
 //! Request (the challenge's `request` JSON):
 //!

@@ -1,8 +1,9 @@
-//! Thin helpers on [`EvmRpc`] for `SessionEscrow` (`contracts/SessionEscrow.sol`), the ERC-20
-//! payment-channel escrow of MPP EVM sessions: deploy, open, top up, settle / close with a
-//! voucher ([`crate::voucher`]), request a close, withdraw, and read a channel's state.
+//! The calls of `SessionEscrow` (`contracts/SessionEscrow.sol`), the ERC-20 payment-channel
+//! escrow of MPP EVM sessions, as methods on [`EvmRpc`] ([`EscrowRpc`]; bring the trait into
+//! scope): deploy, open, top up, settle / close with a voucher ([`super::voucher`]), request a
+//! close, withdraw, and read a channel's state.
 //!
-//! Transactions are sent with [`EvmRpc::send_call`] (gas is estimated first, so a call that
+//! Transactions are sent with [`EvmRpc::send_mined`] (gas is estimated first, so a call that
 //! would revert is refused with [`EvmError::Reverted`] and the contract's reason, e.g.
 //! `SessionEscrow: invalid voucher signer`, before anything is broadcast) and awaited for up to
 //! [`TX_TIMEOUT`]; a mined revert is [`EvmError::Reverted`] too, a missing receipt
@@ -16,7 +17,7 @@
 //! `closeWithCapture` pays only a `captureAmount` up to the voucher and refunds the rest;
 //! `requestClose` (payer) starts the grace period, `withdraw` (payer, after it) refunds the
 //! unsettled remainder; `topUp` (payer) raises the deposit and cancels a pending close request.
-//! [`EvmRpc::escrow_close_requests`] reads the `CloseRequested` events of a block range, which
+//! [`EscrowRpc::escrow_close_requests`] reads the `CloseRequested` events of a block range, which
 //! is how a payee watches for forced closes it must answer before the grace period ends.
 
 use std::time::Duration;
@@ -25,12 +26,14 @@ use alloy::eips::BlockNumberOrTag;
 use alloy::primitives::{Address, B256, Bytes, TxHash};
 use alloy::rpc::types::{Filter, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::{SolCall, SolEvent};
+use alloy::sol_types::SolEvent;
+use async_trait::async_trait;
+use farebox_evm::contracts::{SessionEscrow, session_escrow_deploy_code};
+use farebox_evm::{EvmError, EvmRpc};
 
-use crate::contracts::{FareboxUSD, SessionEscrow, session_escrow_deploy_code};
-use crate::error::{EvmError, Result};
-use crate::rpc::{EvmRpc, ReceiptOutcome};
-use crate::voucher::VoucherDomain;
+use super::voucher::VoucherDomain;
+
+type Result<T> = std::result::Result<T, EvmError>;
 
 /// A channel's on-chain state, as `getChannel` returns it.
 pub type Channel = SessionEscrow::Channel;
@@ -41,39 +44,31 @@ pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
 /// The grace period the MPP drafts use between `requestClose` and `withdraw`: 15 minutes.
 pub const DEFAULT_CLOSE_GRACE_PERIOD: u64 = 15 * 60;
 
-impl EvmRpc {
+/// `SessionEscrow`'s calls on an [`EvmRpc`].
+#[async_trait]
+pub trait EscrowRpc: Sync {
+    /// The node to call.
+    fn rpc(&self) -> &EvmRpc;
+
     /// Deploys a `SessionEscrow` with `close_grace_period` seconds from `signer`.
-    pub async fn deploy_session_escrow(
+    async fn deploy_session_escrow(
         &self,
         signer: &PrivateKeySigner,
         close_grace_period: u64,
     ) -> Result<Address> {
-        self.deploy(signer, session_escrow_deploy_code(close_grace_period), TX_TIMEOUT).await
+        self.rpc().deploy(signer, session_escrow_deploy_code(close_grace_period), TX_TIMEOUT).await
     }
 
     /// The voucher domain of `escrow` on this chain.
-    pub fn voucher_domain(&self, escrow: Address) -> VoucherDomain {
-        VoucherDomain::new(self.chain_id(), escrow)
-    }
-
-    /// ERC-20 `approve(spender, amount)` from `signer`, mined.
-    pub async fn erc20_approve(
-        &self,
-        signer: &PrivateKeySigner,
-        token: Address,
-        spender: Address,
-        amount: u128,
-    ) -> Result<TxHash> {
-        let call =
-            FareboxUSD::approveCall { spender, value: alloy::primitives::U256::from(amount) };
-        self.send_confirmed(signer, token, &call).await.map(|(hash, _)| hash)
+    fn voucher_domain(&self, escrow: Address) -> VoucherDomain {
+        VoucherDomain::new(self.rpc().chain_id(), escrow)
     }
 
     /// `open(payee, token, deposit, salt, authorizedSigner)` from `signer` (the payer, who
     /// approved `deposit` to the escrow), mined: the transaction hash and the new channel's id,
     /// read from its `ChannelOpened` event.
     #[allow(clippy::too_many_arguments)]
-    pub async fn escrow_open(
+    async fn escrow_open(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
@@ -90,7 +85,7 @@ impl EvmRpc {
             salt,
             authorizedSigner: authorized_signer.unwrap_or(Address::ZERO),
         };
-        let (hash, receipt) = self.send_confirmed(signer, escrow, &call).await?;
+        let (hash, receipt) = self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await?;
         let opened = opened_channel(&receipt, escrow)
             .ok_or_else(|| EvmError::InvalidResponse(format!("{hash}: no ChannelOpened event")))?;
         Ok((hash, opened.channelId))
@@ -98,21 +93,21 @@ impl EvmRpc {
 
     /// The `ChannelOpened` event `tx` emitted from `escrow`, once mined successfully: `Ok(None)`
     /// when the transaction is unknown or not mined yet, [`EvmError::Reverted`] when it failed.
-    pub async fn escrow_opened_by(
+    async fn escrow_opened_by(
         &self,
         escrow: Address,
         tx: TxHash,
     ) -> Result<Option<SessionEscrow::ChannelOpened>> {
-        self.escrow_event_of(escrow, tx, |r| opened_channel(r, escrow)).await
+        event_of(self.rpc(), escrow, tx, |r| opened_channel(r, escrow)).await
     }
 
     /// The `ToppedUp` event `tx` emitted from `escrow` (as [`Self::escrow_opened_by`]).
-    pub async fn escrow_topped_up_by(
+    async fn escrow_topped_up_by(
         &self,
         escrow: Address,
         tx: TxHash,
     ) -> Result<Option<SessionEscrow::ToppedUp>> {
-        self.escrow_event_of(escrow, tx, |r| {
+        event_of(self.rpc(), escrow, tx, |r| {
             escrow_logs(r, escrow)
                 .find_map(|log| SessionEscrow::ToppedUp::decode_log(&log.inner).ok())
                 .map(|e| e.data)
@@ -120,28 +115,11 @@ impl EvmRpc {
         .await
     }
 
-    async fn escrow_event_of<E>(
-        &self,
-        escrow: Address,
-        tx: TxHash,
-        find: impl Fn(&TransactionReceipt) -> Option<E>,
-    ) -> Result<Option<E>> {
-        let receipt: Option<TransactionReceipt> =
-            self.request("eth_getTransactionReceipt", (tx,)).await?;
-        let Some(receipt) = receipt else { return Ok(None) };
-        if !receipt.status() {
-            return Err(EvmError::Reverted { reason: format!("{tx} reverted") });
-        }
-        find(&receipt).map(Some).ok_or_else(|| {
-            EvmError::InvalidResponse(format!("{tx} emitted no such event from {escrow}"))
-        })
-    }
-
     /// The channels whose close the payer requested (`CloseRequested` events of `escrow`) in
     /// blocks `from..=to`, in log order (a channel may appear more than once): one
     /// `eth_getLogs`. Providers cap the range one call may cover; keep it to a few thousand
     /// blocks.
-    pub async fn escrow_close_requests(
+    async fn escrow_close_requests(
         &self,
         escrow: Address,
         from: u64,
@@ -152,7 +130,8 @@ impl EvmRpc {
             .event_signature(SessionEscrow::CloseRequested::SIGNATURE_HASH)
             .from_block(from)
             .to_block(to);
-        let logs: Vec<alloy::rpc::types::Log> = self.request("eth_getLogs", (filter,)).await?;
+        let logs: Vec<alloy::rpc::types::Log> =
+            self.rpc().request("eth_getLogs", (filter,)).await?;
         Ok(logs
             .iter()
             .filter(|log| log.address() == escrow)
@@ -163,26 +142,28 @@ impl EvmRpc {
 
     /// How long ago, in chain time, `tx` was mined: the latest block's timestamp minus that of
     /// the block including it. `Ok(None)` when it is not mined (or unknown).
-    pub async fn escrow_tx_age(&self, tx: TxHash) -> Result<Option<u64>> {
+    async fn escrow_tx_age(&self, tx: TxHash) -> Result<Option<u64>> {
         let receipt: Option<TransactionReceipt> =
-            self.request("eth_getTransactionReceipt", (tx,)).await?;
+            self.rpc().request("eth_getTransactionReceipt", (tx,)).await?;
         let Some(number) = receipt.and_then(|r| r.block_number) else { return Ok(None) };
-        let block: Option<alloy::rpc::types::Block> =
-            self.request("eth_getBlockByNumber", (BlockNumberOrTag::Number(number), false)).await?;
+        let block: Option<alloy::rpc::types::Block> = self
+            .rpc()
+            .request("eth_getBlockByNumber", (BlockNumberOrTag::Number(number), false))
+            .await?;
         let mined = block
             .ok_or_else(|| EvmError::InvalidResponse(format!("block {number} of {tx} is gone")))?
             .header
             .timestamp;
-        Ok(Some(self.block_timestamp().await?.saturating_sub(mined)))
+        Ok(Some(self.rpc().block_timestamp().await?.saturating_sub(mined)))
     }
 
     /// The escrow's `closeGracePeriod()` in seconds.
-    pub async fn escrow_close_grace_period(&self, escrow: Address) -> Result<u64> {
-        self.call(escrow, &SessionEscrow::closeGracePeriodCall {}, None).await
+    async fn escrow_close_grace_period(&self, escrow: Address) -> Result<u64> {
+        self.rpc().call(escrow, &SessionEscrow::closeGracePeriodCall {}, None).await
     }
 
     /// `topUp(channelId, amount)` from `signer` (the payer, who approved `amount`), mined.
-    pub async fn escrow_top_up(
+    async fn escrow_top_up(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
@@ -190,11 +171,11 @@ impl EvmRpc {
         amount: u128,
     ) -> Result<TxHash> {
         let call = SessionEscrow::topUpCall { channelId: channel_id, amount };
-        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
     }
 
     /// `settle(channelId, cumulativeAmount, signature)` from `signer` (the payee), mined.
-    pub async fn escrow_settle(
+    async fn escrow_settle(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
@@ -207,11 +188,11 @@ impl EvmRpc {
             cumulativeAmount: cumulative_amount,
             signature: Bytes::copy_from_slice(signature),
         };
-        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
     }
 
     /// `close(channelId, cumulativeAmount, signature)` from `signer` (the payee), mined.
-    pub async fn escrow_close(
+    async fn escrow_close(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
@@ -224,12 +205,12 @@ impl EvmRpc {
             cumulativeAmount: cumulative_amount,
             signature: Bytes::copy_from_slice(signature),
         };
-        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
     }
 
     /// `closeWithCapture(channelId, cumulativeAmount, captureAmount, signature)` from `signer`
     /// (the payee), mined: pays `captureAmount − settled`, refunds the rest, finalizes.
-    pub async fn escrow_close_with_capture(
+    async fn escrow_close_with_capture(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
@@ -244,38 +225,40 @@ impl EvmRpc {
             captureAmount: capture_amount,
             signature: Bytes::copy_from_slice(signature),
         };
-        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
     }
 
     /// `requestClose(channelId)` from `signer` (the payer), mined.
-    pub async fn escrow_request_close(
+    async fn escrow_request_close(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
         channel_id: B256,
     ) -> Result<TxHash> {
         let call = SessionEscrow::requestCloseCall { channelId: channel_id };
-        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
     }
 
     /// `withdraw(channelId)` from `signer` (the payer, after the grace period), mined.
-    pub async fn escrow_withdraw(
+    async fn escrow_withdraw(
         &self,
         signer: &PrivateKeySigner,
         escrow: Address,
         channel_id: B256,
     ) -> Result<TxHash> {
         let call = SessionEscrow::withdrawCall { channelId: channel_id };
-        self.send_confirmed(signer, escrow, &call).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
     }
 
     /// A channel's state (all zero for an unknown id).
-    pub async fn escrow_channel(&self, escrow: Address, channel_id: B256) -> Result<Channel> {
-        self.call(escrow, &SessionEscrow::getChannelCall { channelId: channel_id }, None).await
+    async fn escrow_channel(&self, escrow: Address, channel_id: B256) -> Result<Channel> {
+        self.rpc()
+            .call(escrow, &SessionEscrow::getChannelCall { channelId: channel_id }, None)
+            .await
     }
 
     /// The escrow's own voucher digest (for cross-checking [`VoucherDomain::signing_hash`]).
-    pub async fn escrow_voucher_digest(
+    async fn escrow_voucher_digest(
         &self,
         escrow: Address,
         channel_id: B256,
@@ -285,51 +268,22 @@ impl EvmRpc {
             channelId: channel_id,
             cumulativeAmount: cumulative_amount,
         };
-        self.call(escrow, &call, None).await
+        self.rpc().call(escrow, &call, None).await
     }
 
-    /// Sends `call` and waits for a successful receipt.
-    ///
-    /// The receipt wait is what makes a payee's `close` final before the client is told so.
-    async fn send_confirmed<C: SolCall>(
-        &self,
-        signer: &PrivateKeySigner,
-        to: Address,
-        call: &C,
-    ) -> Result<(TxHash, TransactionReceipt)> {
-        let hash = self.send_call(signer, to, call).await?;
-        match self.wait_for_receipt(hash, TX_TIMEOUT).await? {
-            ReceiptOutcome::Success { .. } => {}
-            ReceiptOutcome::Reverted { reason, .. } => {
-                return Err(EvmError::Reverted {
-                    reason: reason.unwrap_or_else(|| format!("{hash} reverted")),
-                });
-            }
-            ReceiptOutcome::Unknown => {
-                return Err(EvmError::Unavailable(format!("no receipt for {hash}")));
-            }
-        }
-        let receipt: Option<TransactionReceipt> =
-            self.request("eth_getTransactionReceipt", (hash,)).await?;
-        let receipt = receipt
-            .ok_or_else(|| EvmError::InvalidResponse(format!("receipt of {hash} disappeared")))?;
-        Ok((hash, receipt))
-    }
-}
+    // What a payer reads back about its own channels.
 
-/// What a payer reads back about its own channels.
-impl EvmRpc {
     /// The `ChannelClosed` event `tx` emitted from `escrow` for `channel_id` (as
     /// [`Self::escrow_opened_by`]; a mined transaction without one is
     /// [`EvmError::InvalidResponse`]): what a close paid out and refunded, as the chain says it,
     /// whatever the payee's answer claimed.
-    pub async fn escrow_closed_by(
+    async fn escrow_closed_by(
         &self,
         escrow: Address,
         tx: TxHash,
         channel_id: B256,
     ) -> Result<Option<SessionEscrow::ChannelClosed>> {
-        self.escrow_event_of(escrow, tx, |r| {
+        event_of(self.rpc(), escrow, tx, |r| {
             escrow_logs(r, escrow)
                 .filter_map(|log| SessionEscrow::ChannelClosed::decode_log(&log.inner).ok())
                 .map(|e| e.data)
@@ -337,6 +291,31 @@ impl EvmRpc {
         })
         .await
     }
+}
+
+impl EscrowRpc for EvmRpc {
+    fn rpc(&self) -> &EvmRpc {
+        self
+    }
+}
+
+/// The event `find` reads from the receipt of `tx`, once mined successfully (`Ok(None)`: not
+/// mined yet or unknown).
+async fn event_of<E: Send>(
+    rpc: &EvmRpc,
+    escrow: Address,
+    tx: TxHash,
+    find: impl Fn(&TransactionReceipt) -> Option<E> + Send,
+) -> Result<Option<E>> {
+    let receipt: Option<TransactionReceipt> =
+        rpc.request("eth_getTransactionReceipt", (tx,)).await?;
+    let Some(receipt) = receipt else { return Ok(None) };
+    if !receipt.status() {
+        return Err(EvmError::Reverted { reason: format!("{tx} reverted") });
+    }
+    find(&receipt).map(Some).ok_or_else(|| {
+        EvmError::InvalidResponse(format!("{tx} emitted no such event from {escrow}"))
+    })
 }
 
 /// The id `SessionEscrow` gives a channel: `keccak256(abi.encode(payer, payee, token, salt,
