@@ -57,17 +57,18 @@ async fn farebox_passes_every_check_of_every_rail() {
         .unwrap();
     let usdc = Asset::Token(x402_config.token());
     let x402 = X402Rail::new(x402_config, Arc::new(facilitator), store.clone());
-    let evm = EvmChargeConfig::new(
-        rpc.clone(),
-        accounts[4].signer.clone(),
-        token,
-        "USDC",
-        "2",
-        6,
-        pay_to,
-    );
-    let session =
-        EvmSessionConfig::new(rpc.clone(), accounts[2].signer.clone(), escrow, token, "USDC", 6);
+    let evm = EvmChargeConfig::builder(rpc.clone(), accounts[4].signer.clone())
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .recipient(pay_to)
+        .build()
+        .unwrap();
+    let session = EvmSessionConfig::builder(rpc.clone(), accounts[2].signer.clone())
+        .escrow(escrow)
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .build()
+        .unwrap();
     let mpp = MppRail::builder(
         MppConfig::new("conformance.test", b"a-conformance-secret-of-32-bytes!!".to_vec()),
         store.clone(),

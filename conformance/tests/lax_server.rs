@@ -113,8 +113,12 @@ async fn a_session_server_that_serves_any_voucher_fails_the_session_musts() {
     anvil.mint(token, payer.address(), U256::from(1_000_000u64)).await.unwrap();
     let escrow =
         rpc.deploy_session_escrow(&accounts[0].signer, DEFAULT_CLOSE_GRACE_PERIOD).await.unwrap();
-    let session =
-        EvmSessionConfig::new(rpc.clone(), accounts[2].signer.clone(), escrow, token, "USDC", 6);
+    let session = EvmSessionConfig::builder(rpc.clone(), accounts[2].signer.clone())
+        .escrow(escrow)
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .build()
+        .unwrap();
     let price = Price::one(Money::new(session.asset(), 10_000));
     let store = Arc::new(MemoryStore::new());
     let mpp = MppRail::builder(

@@ -24,17 +24,18 @@ async fn an_unfunded_key_is_blamed_rather_than_the_server() {
     let escrow =
         rpc.deploy_session_escrow(&accounts[0].signer, DEFAULT_CLOSE_GRACE_PERIOD).await.unwrap();
     let pay_to = accounts[2].address;
-    let charge = EvmChargeConfig::new(
-        rpc.clone(),
-        accounts[4].signer.clone(),
-        token,
-        "USDC",
-        "2",
-        6,
-        pay_to,
-    );
-    let session =
-        EvmSessionConfig::new(rpc.clone(), accounts[2].signer.clone(), escrow, token, "USDC", 6);
+    let charge = EvmChargeConfig::builder(rpc.clone(), accounts[4].signer.clone())
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .recipient(pay_to)
+        .build()
+        .unwrap();
+    let session = EvmSessionConfig::builder(rpc.clone(), accounts[2].signer.clone())
+        .escrow(escrow)
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .build()
+        .unwrap();
     let price = Price::one(Money::new(session.asset(), 10_000));
     let store = Arc::new(MemoryStore::new());
     let mpp = MppRail::builder(

@@ -447,7 +447,11 @@ impl World {
         // The MPP rail's `evm` charge: the same token, settled by the rail itself.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let mpp_server = listener.local_addr()?;
-        let evm = EvmChargeConfig::new(rpc.clone(), mpp_gas, token, "USDC", "2", 6, pay_to);
+        let evm = EvmChargeConfig::builder(rpc.clone(), mpp_gas)
+            .token(token)
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .recipient(pay_to)
+            .build()?;
         let price = Money::new(evm.asset(), PRICE.into());
         let mpp = MppRail::builder(
             MppConfig::new("farebox.interop", MPP_SECRET),

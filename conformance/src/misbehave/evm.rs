@@ -442,14 +442,11 @@ impl Rails {
             .iter()
             .find(|s| s.path == path)
             .ok_or_else(|| anyhow::anyhow!("no session scenario {path}"))?;
-        let config = EvmSessionConfig::new(
-            self.rpc.clone(),
-            setup.payee.clone(),
-            setup.escrow,
-            self.token,
-            "USDC",
-            6,
-        );
+        let config = EvmSessionConfig::builder(self.rpc.clone(), setup.payee.clone())
+            .escrow(setup.escrow)
+            .token(self.token)
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .build()?;
         let unit = Money::new(config.asset(), 1);
         let store = Arc::new(MemoryStore::new());
         let rail = MppRail::builder(
@@ -464,15 +461,11 @@ impl Rails {
     /// An honest MPP rail with the `evm` charge, paying `recipient`. Each has a secret of its
     /// own, so that it verifies only its own challenges.
     fn mpp(&self, recipient: Address) -> anyhow::Result<(Arc<dyn Rail>, Money)> {
-        let evm = EvmChargeConfig::new(
-            self.rpc.clone(),
-            self.mpp_gas.clone(),
-            self.token,
-            "USDC",
-            "2",
-            6,
-            recipient,
-        );
+        let evm = EvmChargeConfig::builder(self.rpc.clone(), self.mpp_gas.clone())
+            .token(self.token)
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .recipient(recipient)
+            .build()?;
         let unit = Money::new(evm.asset(), 1);
         let rail = MppRail::builder(
             MppConfig::new("farebox.misbehave", secret_of(recipient).to_vec()),

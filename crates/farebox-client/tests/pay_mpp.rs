@@ -126,15 +126,14 @@ async fn pays_an_evm_charge_on_anvil() {
     let payer = anvil.accounts()[1].clone();
     let recipient = anvil.accounts()[2].address;
     anvil.mint(token, payer.address, U256::from(10_000u64)).await.unwrap();
-    let evm = EvmChargeConfig::new(
-        rpc.clone(),
-        anvil.accounts()[3].signer.clone(),
-        token,
-        "USDC",
-        "2",
-        2,
-        recipient,
-    );
+    let evm = EvmChargeConfig::builder(rpc.clone(), anvil.accounts()[3].signer.clone())
+        .token(token)
+        .eip712_domain("USDC", "2")
+        .symbol("USDC")
+        .decimals(2)
+        .recipient(recipient)
+        .build()
+        .unwrap();
     let asset = evm.asset();
     let rail = MppRail::with_methods(
         MppConfig::new("api.example.com", SECRET),

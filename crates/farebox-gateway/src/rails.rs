@@ -494,35 +494,41 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, Buil
             let key = "rails.mpp.evm_charge";
             let (rpc, token) = chain_of(key, &e.asset)?;
             let asset = &config.assets[&e.asset];
-            let charge = farebox_mpp::EvmChargeConfig::new(
+            let charge = farebox_mpp::EvmChargeConfig::builder(
                 rpc,
                 evm_key("rails.mpp.evm_charge.gas_key", &e.gas_key)?,
-                address("rails.mpp.evm_charge.asset", &token.address)?,
+            )
+            .token(address("rails.mpp.evm_charge.asset", &token.address)?)
+            .eip712_domain(
                 asset.eip712_name.clone().unwrap_or_default(),
                 asset.eip712_version.clone().unwrap_or_default(),
-                token.decimals,
-                address("rails.mpp.evm_charge.recipient", &e.recipient)?,
             )
-            .with_receipt_timeout(Duration::from_secs(e.receipt_timeout_secs));
+            .symbol(token.symbol.clone())
+            .decimals(token.decimals)
+            .recipient(address("rails.mpp.evm_charge.recipient", &e.recipient)?)
+            .receipt_timeout(Duration::from_secs(e.receipt_timeout_secs))
+            .build()
+            .map_err(|e| fail("rails.mpp.evm_charge", e.to_string()))?;
             builder = builder.evm_charge(charge);
         }
         if let Some(e) = &m.evm_session {
             let key = "rails.mpp.evm_session";
             let (rpc, token) = chain_of(key, &e.asset)?;
-            let mut session = farebox_mpp::EvmSessionConfig::new(
+            let mut session = farebox_mpp::EvmSessionConfig::builder(
                 rpc,
                 evm_key("rails.mpp.evm_session.payee_key", &e.payee_key)?,
-                address("rails.mpp.evm_session.escrow", &e.escrow)?,
-                address("rails.mpp.evm_session.asset", &token.address)?,
-                token.symbol.clone(),
-                token.decimals,
-            );
+            )
+            .escrow(address("rails.mpp.evm_session.escrow", &e.escrow)?)
+            .token(address("rails.mpp.evm_session.asset", &token.address)?)
+            .symbol(token.symbol.clone())
+            .decimals(token.decimals);
             if let Some(d) = &e.suggested_deposit {
-                session.suggested_deposit = Some(
+                session = session.suggested_deposit(
                     suggested_deposit(config, &e.asset, d)
                         .map_err(|why| fail("rails.mpp.evm_session.suggested_deposit", why))?,
                 );
             }
+            let session = session.build().map_err(|e| fail(key, e.to_string()))?;
             builder = builder.evm_session(session, sessions);
         }
         let rail = builder.build().map_err(|e| fail("rails.mpp", e.to_string()))?;

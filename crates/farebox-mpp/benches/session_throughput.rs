@@ -65,7 +65,12 @@ async fn run(sequential: u128, concurrent: u128) {
     let dir = tempfile::tempdir().unwrap();
     let sessions: Arc<dyn SessionStore> =
         Arc::new(SqliteStore::open(dir.path().join("sessions.db")).await.unwrap());
-    let config = EvmSessionConfig::new(rpc.clone(), payee.signer.clone(), escrow, token, "USDC", 6);
+    let config = EvmSessionConfig::builder(rpc.clone(), payee.signer.clone())
+        .escrow(escrow)
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .build()
+        .unwrap();
     let price = Price::one(Money::new(config.asset(), PRICE));
     let rail = MppRail::builder(
         MppConfig::new("bench.example", b"a-benchmark-secret-of-at-least-32-bytes!".to_vec()),

@@ -66,7 +66,7 @@ pub use evm::charge::EvmChargeRequest;
 pub use lightning::charge::LightningChargeRequest;
 pub use problem::ProblemType;
 pub use rail::{
-    ConfigError, EvmChargeConfig, EvmSessionConfig, LightningSessionConfig, MppConfig, MppRail,
-    MppRailBuilder,
+    ConfigError, EvmChargeConfig, EvmChargeConfigBuilder, EvmSessionConfig,
+    EvmSessionConfigBuilder, LightningSessionConfig, MppConfig, MppRail, MppRailBuilder,
 };
 pub use receipt::{PAYMENT_RECEIPT, PaymentReceipt};

@@ -48,14 +48,12 @@ fn serve(config: &str) {
     runtime.block_on(async move {
         let rpc = EvmRpc::connect(rpc_url).await.unwrap();
         let payee: PrivateKeySigner = key.parse().unwrap();
-        let config = EvmSessionConfig::new(
-            rpc,
-            payee,
-            escrow.parse().unwrap(),
-            token.parse().unwrap(),
-            "USDC",
-            6,
-        );
+        let config = EvmSessionConfig::builder(rpc, payee)
+            .escrow(escrow.parse().unwrap())
+            .token(token.parse().unwrap())
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .build()
+            .unwrap();
         let price = Price::one(Money::new(config.asset(), PRICE));
         let sessions: Arc<dyn SessionStore> = Arc::new(SqliteStore::open(path).await.unwrap());
         let rail =

@@ -63,16 +63,15 @@ async fn world_with(funds: u64, receipt_timeout: Duration) -> World {
     let token = anvil.deploy_token("USDC", "2").await.unwrap();
     anvil.mint(token, anvil.accounts()[1].address, U256::from(funds)).await.unwrap();
     let domain = TokenDomain::new("USDC", "2", anvil.chain_id(), token);
-    let evm = EvmChargeConfig::new(
-        rpc.clone(),
-        anvil.accounts()[3].signer.clone(),
-        token,
-        "USDC",
-        "2",
-        2,
-        anvil.accounts()[2].address,
-    )
-    .with_receipt_timeout(receipt_timeout);
+    let evm = EvmChargeConfig::builder(rpc.clone(), anvil.accounts()[3].signer.clone())
+        .token(token)
+        .eip712_domain("USDC", "2")
+        .symbol("USDC")
+        .decimals(2)
+        .recipient(anvil.accounts()[2].address)
+        .receipt_timeout(receipt_timeout)
+        .build()
+        .unwrap();
     let asset = evm.asset();
     let store = Arc::new(MemoryStore::new());
     let rail = Arc::new(
@@ -438,4 +437,44 @@ async fn a_settlement_that_reverted_after_its_receipt_timed_out_is_failed_by_upk
     w.rail.maintain().await.unwrap();
     assert_eq!(w.store.get("mpp", &id).await.unwrap().unwrap().state, ProofState::Failed);
     assert_eq!(balance(&w, w.recipient()).await, U256::ZERO, "nothing was paid");
+}
+
+#[tokio::test]
+async fn configurations_that_would_lose_the_money_are_refused_by_field() {
+    let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
+    let rpc = anvil.rpc().await.unwrap().clone();
+    let key = anvil.accounts()[3].signer.clone();
+    let (token, payee) = (Address::repeat_byte(0x70), anvil.accounts()[2].address);
+    let usdc = &farebox_evm::usdc::BASE_SEPOLIA;
+    let charge = |recipient| {
+        EvmChargeConfig::builder(rpc.clone(), key.clone())
+            .token(token)
+            .described_as(usdc)
+            .recipient(recipient)
+    };
+    assert!(charge(payee).build().is_ok());
+    let field = |e: farebox_mpp::ConfigError| match e {
+        farebox_mpp::ConfigError::Field { field, .. } => field,
+        other => panic!("{other}"),
+    };
+    assert_eq!(field(charge(Address::ZERO).build().unwrap_err()), "recipient");
+    assert_eq!(field(charge(payee).token(Address::ZERO).build().unwrap_err()), "token");
+    assert_eq!(field(charge(payee).eip712_domain("", "2").build().unwrap_err()), "eip712_domain");
+    assert_eq!(field(charge(payee).decimals(77).build().unwrap_err()), "decimals");
+
+    let session = |escrow| {
+        farebox_mpp::EvmSessionConfig::builder(rpc.clone(), key.clone())
+            .escrow(escrow)
+            .token(token)
+            .described_as(usdc)
+    };
+    let escrow = Address::repeat_byte(0x71);
+    assert!(session(escrow).build().is_ok());
+    assert_eq!(field(session(Address::ZERO).build().unwrap_err()), "escrow");
+    assert_eq!(field(session(token).build().unwrap_err()), "escrow");
+    assert_eq!(
+        field(session(escrow).suggested_deposit(0).build().unwrap_err()),
+        "suggested_deposit"
+    );
+    assert_eq!(field(session(escrow).symbol(" ").build().unwrap_err()), "symbol");
 }

@@ -215,15 +215,13 @@ async fn world() -> World {
         .deploy_session_escrow(&anvil.accounts()[0].signer, DEFAULT_CLOSE_GRACE_PERIOD)
         .await
         .unwrap();
-    let config = EvmSessionConfig::new(
-        rpc.clone(),
-        anvil.accounts()[2].signer.clone(),
-        escrow,
-        token,
-        "USDC",
-        6,
-    );
-    let config = EvmSessionConfig { receipt_timeout: std::time::Duration::from_secs(2), ..config };
+    let config = EvmSessionConfig::builder(rpc.clone(), anvil.accounts()[2].signer.clone())
+        .escrow(escrow)
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .receipt_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
     let domain = rpc.voucher_domain(escrow);
     let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let replay = Arc::new(MemoryStore::new());
@@ -669,7 +667,7 @@ async fn upkeep_slower_than_a_third_of_the_escrow_grace_period_is_refused_at_sta
     w.paywall.spawn_maintenance(grace / 3).await.unwrap().abort();
     // An escrow whose grace period leaves the payee no time to close first: no upkeep at all.
     let hasty = w.rpc.deploy_session_escrow(&w.anvil.accounts()[0].signer, 60).await.unwrap();
-    w.config.escrow = hasty;
+    w.config = w.config.to_builder().escrow(hasty).build().unwrap();
     let sessions = w.sessions.clone();
     w.restart(sessions);
     let refused = w.paywall.spawn_maintenance(Duration::from_secs(1)).await.unwrap_err();
@@ -679,7 +677,7 @@ async fn upkeep_slower_than_a_third_of_the_escrow_grace_period_is_refused_at_sta
 #[tokio::test]
 async fn served_vouchers_are_settled_on_chain_once_past_the_threshold() {
     let mut w = world().await;
-    w.config.settle_threshold = Some(3 * PRICE);
+    w.config = w.config.to_builder().settle_threshold(3 * PRICE).build().unwrap();
     let sessions = w.sessions.clone();
     w.restart(sessions);
     let channel = w.opened(10 * PRICE).await;
@@ -818,7 +816,8 @@ async fn a_quiet_upkeep_tick_costs_two_rpc_calls_whatever_the_number_of_channels
         w.pay(channel, PRICE, 1).await;
     }
     let (url, seen) = counting_proxy(w.anvil.url()).await.unwrap();
-    w.config.rpc = EvmRpc::connect(&url).await.unwrap();
+    let proxied = EvmRpc::connect(&url).await.unwrap();
+    w.config = w.config.to_builder().rpc(proxied).build().unwrap();
     let sessions = w.sessions.clone();
     w.restart(sessions);
     let calls = || std::mem::take(&mut *seen.lock().unwrap());

@@ -72,10 +72,18 @@ async fn world() -> World {
         .await
         .unwrap();
     let (payee, gas) = (&anvil.accounts()[2], &anvil.accounts()[3]);
-    let charge =
-        EvmChargeConfig::new(rpc.clone(), gas.signer.clone(), token, "USDC", "2", 6, payee.address);
-    let session =
-        EvmSessionConfig::new(rpc.clone(), payee.signer.clone(), escrow, token, "USDC", 6);
+    let charge = EvmChargeConfig::builder(rpc.clone(), gas.signer.clone())
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .recipient(payee.address)
+        .build()
+        .unwrap();
+    let session = EvmSessionConfig::builder(rpc.clone(), payee.signer.clone())
+        .escrow(escrow)
+        .token(token)
+        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+        .build()
+        .unwrap();
     let price = Price::any_of([Money::sats(PRICE_SAT), Money::new(charge.asset(), PRICE)]).unwrap();
     let rail =
         MppRail::builder(MppConfig::new(REALM, common::SECRET), Arc::new(MemoryStore::new()))

@@ -174,14 +174,12 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
         let rail = X402Rail::new(config, Arc::new(facilitator), store.clone());
         paywall = paywall.rail(rail.with_node(evm.rpc.clone()));
         // MPP sessions on the same token: channels in the escrow, accounting in the same store.
-        let session = EvmSessionConfig::new(
-            evm.rpc.clone(),
-            evm.pay_to_key.clone(),
-            evm.escrow,
-            evm.token,
-            "USDC",
-            token.decimals,
-        );
+        let session = EvmSessionConfig::builder(evm.rpc.clone(), evm.pay_to_key.clone())
+            .escrow(evm.escrow)
+            .token(evm.token)
+            .symbol("USDC")
+            .decimals(token.decimals)
+            .build()?;
         let mpp = MppRail::builder(MppConfig::new("farebox-demo", master.to_vec()), store.clone())
             .evm_session(session, store.clone())
             .build()?;

@@ -230,21 +230,27 @@ impl EvmChain {
             .await
             .unwrap();
         let payee = anvil.accounts()[2].signer.clone();
-        let asset = EvmSessionConfig::new(rpc.clone(), payee, escrow, token, "USDC", 6).asset();
+        let asset = EvmSessionConfig::builder(rpc.clone(), payee)
+            .escrow(escrow)
+            .token(token)
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
+            .build()
+            .unwrap()
+            .asset();
         EvmChain { anvil, rpc, token, escrow, asset }
     }
 
     /// Starts the server `setup` describes.
     pub async fn serve(self, setup: EvmSetup) -> EvmWorld {
-        let mut config = EvmSessionConfig::new(
-            self.rpc.clone(),
-            self.anvil.accounts()[2].signer.clone(),
-            setup.escrow.unwrap_or(self.escrow),
-            self.token,
-            "USDC",
-            6,
-        );
-        config.suggested_deposit = setup.suggested_deposit;
+        let mut config =
+            EvmSessionConfig::builder(self.rpc.clone(), self.anvil.accounts()[2].signer.clone())
+                .escrow(setup.escrow.unwrap_or(self.escrow))
+                .token(self.token)
+                .described_as(&farebox_evm::usdc::BASE_SEPOLIA);
+        if let Some(deposit) = setup.suggested_deposit {
+            config = config.suggested_deposit(deposit);
+        }
+        let config = config.build().unwrap();
         let sessions = Arc::new(MemoryStore::new());
         let replays = Arc::new(MemoryStore::new());
         // One rail per price, sharing the channel records, the replay store and the key: the

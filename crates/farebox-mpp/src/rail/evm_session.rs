@@ -86,7 +86,7 @@ use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, U256};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{BACKEND_RETRY_AFTER, MppRail};
+use super::{BACKEND_RETRY_AFTER, ConfigError, MppRail};
 use crate::evm::session::{
     self as evm_session, CREDENTIAL_HASH, EvmSessionRequest, OpenPayload, SessionPayload,
     SignedVoucher, TopUpPayload, UNIT_REQUEST,
@@ -109,56 +109,63 @@ pub const MAX_LOG_BLOCKS: u64 = 2_000;
 pub const FULL_PASS_LIMIT: usize = 10_000;
 
 /// The `evm` session method: the escrow and token channels are opened in, the payee key that
-/// closes them, and the node to read them from.
+/// closes them, and the node to read them from. Built and checked by
+/// [`EvmSessionConfig::builder`].
 #[derive(Clone)]
 pub struct EvmSessionConfig {
-    pub rpc: EvmRpc,
-    /// The payee: channels must pay this address, and it signs the closing transactions.
-    pub payee: PrivateKeySigner,
-    pub escrow: Address,
-    /// The ERC-20 token channels hold.
-    pub token: Address,
-    /// Its symbol and decimals (for the farebox asset and for wallets' display).
-    pub symbol: String,
-    pub decimals: u8,
-    /// What the challenge suggests depositing; `None`: 100 units of the route's price.
-    pub suggested_deposit: Option<u128>,
-    /// Smallest increase of a voucher over the last accepted one.
-    pub min_voucher_delta: u128,
-    /// How long chain state read for a channel is trusted before it is read again.
-    pub state_ttl: Duration,
-    /// How long an `open` or `topUp` transaction may take to be mined before the answer is 503.
-    pub receipt_timeout: Duration,
-    /// Settle a channel on chain (`settle`, the channel stays open) once what it served beyond
-    /// what is settled reaches this; `None`: only closes move money. Counted on what was
-    /// *spent*, not on what vouchers authorize: the server is owed what it served, and a
-    /// settled amount can never go back to the payer (a close captures at least it), so it
-    /// settles with the highest voucher it holds that does not exceed what was spent.
-    pub settle_threshold: Option<u128>,
+    pub(crate) rpc: EvmRpc,
+    pub(crate) payee: PrivateKeySigner,
+    pub(crate) escrow: Address,
+    pub(crate) token: Address,
+    pub(crate) symbol: String,
+    pub(crate) decimals: u8,
+    pub(crate) suggested_deposit: Option<u128>,
+    pub(crate) min_voucher_delta: u128,
+    pub(crate) state_ttl: Duration,
+    pub(crate) receipt_timeout: Duration,
+    pub(crate) settle_threshold: Option<u128>,
 }
 
 impl EvmSessionConfig {
-    /// Channels in `token` on `escrow`, paying `payee`, with a 60 s state TTL.
-    pub fn new(
-        rpc: EvmRpc,
-        payee: PrivateKeySigner,
-        escrow: Address,
-        token: Address,
-        symbol: impl Into<String>,
-        decimals: u8,
-    ) -> Self {
-        EvmSessionConfig {
+    /// A builder over the node to read channels from and the payee (channels must pay its
+    /// address, and it signs the closing transactions); `escrow`, `token` and the token's
+    /// `symbol` and `decimals` (or `described_as`) are required.
+    pub fn builder(rpc: EvmRpc, payee: PrivateKeySigner) -> EvmSessionConfigBuilder {
+        EvmSessionConfigBuilder {
             rpc,
             payee,
-            escrow,
-            token,
-            symbol: symbol.into(),
-            decimals,
+            escrow: None,
+            token: None,
+            symbol: None,
+            decimals: None,
             suggested_deposit: None,
             min_voucher_delta: 0,
             state_ttl: Duration::from_secs(60),
             receipt_timeout: Duration::from_secs(20),
             settle_threshold: None,
+        }
+    }
+
+    /// The escrow contract channels are opened in.
+    pub fn escrow(&self) -> Address {
+        self.escrow
+    }
+
+    /// A builder holding this configuration, to change part of it (and check it again).
+    pub fn to_builder(&self) -> EvmSessionConfigBuilder {
+        let c = self.clone();
+        EvmSessionConfigBuilder {
+            rpc: c.rpc,
+            payee: c.payee,
+            escrow: Some(c.escrow),
+            token: Some(c.token),
+            symbol: Some(c.symbol),
+            decimals: Some(c.decimals),
+            suggested_deposit: c.suggested_deposit,
+            min_voucher_delta: c.min_voucher_delta,
+            state_ttl: c.state_ttl,
+            receipt_timeout: c.receipt_timeout,
+            settle_threshold: c.settle_threshold,
         }
     }
 
@@ -169,6 +176,134 @@ impl EvmSessionConfig {
             address: format!("{:#x}", self.token),
             symbol: self.symbol.clone(),
             decimals: self.decimals,
+        })
+    }
+}
+
+/// Builds an [`EvmSessionConfig`]; [`EvmSessionConfigBuilder::build`] names what is missing or
+/// wrong.
+#[must_use]
+pub struct EvmSessionConfigBuilder {
+    rpc: EvmRpc,
+    payee: PrivateKeySigner,
+    escrow: Option<Address>,
+    token: Option<Address>,
+    symbol: Option<String>,
+    decimals: Option<u8>,
+    suggested_deposit: Option<u128>,
+    min_voucher_delta: u128,
+    state_ttl: Duration,
+    receipt_timeout: Duration,
+    settle_threshold: Option<u128>,
+}
+
+impl EvmSessionConfigBuilder {
+    /// The node to read channels from and send closes through.
+    pub fn rpc(mut self, rpc: EvmRpc) -> Self {
+        self.rpc = rpc;
+        self
+    }
+
+    /// The `SessionEscrow` contract channels are opened in.
+    pub fn escrow(mut self, escrow: Address) -> Self {
+        self.escrow = Some(escrow);
+        self
+    }
+
+    /// The ERC-20 token channels hold.
+    pub fn token(mut self, token: Address) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Its symbol, as prices name it (`USDC`), and for wallets' display.
+    pub fn symbol(mut self, symbol: impl Into<String>) -> Self {
+        self.symbol = Some(symbol.into());
+        self
+    }
+
+    /// Its decimals, at most [`super::MAX_DECIMALS`].
+    pub fn decimals(mut self, decimals: u8) -> Self {
+        self.decimals = Some(decimals);
+        self
+    }
+
+    /// The symbol (`USDC`) and decimals of a known USDC deployment.
+    pub fn described_as(self, usdc: &farebox_evm::usdc::UsdcDeployment) -> Self {
+        self.symbol("USDC").decimals(usdc.decimals)
+    }
+
+    /// What the challenge suggests depositing (more than zero); unset: 100 units of the
+    /// route's price.
+    pub fn suggested_deposit(mut self, amount: u128) -> Self {
+        self.suggested_deposit = Some(amount);
+        self
+    }
+
+    /// Smallest increase of a voucher over the last accepted one (default 0).
+    pub fn min_voucher_delta(mut self, delta: u128) -> Self {
+        self.min_voucher_delta = delta;
+        self
+    }
+
+    /// How long chain state read for a channel is trusted before it is read again (default
+    /// 60 s).
+    pub fn state_ttl(mut self, ttl: Duration) -> Self {
+        self.state_ttl = ttl;
+        self
+    }
+
+    /// How long an `open` or `topUp` transaction may take to be mined before the answer is
+    /// 503 (default 20 s).
+    pub fn receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    /// Settle a channel on chain (`settle`, the channel stays open) once what it served beyond
+    /// what is settled reaches `amount`; unset: only closes move money. Counted on what was
+    /// *spent*, not on what vouchers authorize: the server is owed what it served, and a
+    /// settled amount can never go back to the payer (a close captures at least it), so it
+    /// settles with the highest voucher it holds that does not exceed what was spent.
+    pub fn settle_threshold(mut self, amount: u128) -> Self {
+        self.settle_threshold = Some(amount);
+        self
+    }
+
+    pub fn build(self) -> Result<EvmSessionConfig, ConfigError> {
+        let wrong = |field, problem: &str| ConfigError::field("evm session", field, problem);
+        let escrow = self.escrow.ok_or_else(|| wrong("escrow", "is required"))?;
+        let token = self.token.ok_or_else(|| wrong("token", "is required"))?;
+        let symbol = self.symbol.ok_or_else(|| wrong("symbol", "is required"))?;
+        let decimals = self.decimals.ok_or_else(|| wrong("decimals", "is required"))?;
+        super::check_token("evm session", token, &symbol, decimals)?;
+        if escrow.is_zero() || escrow == token {
+            return Err(wrong("escrow", "must be the escrow contract's address"));
+        }
+        if self.suggested_deposit == Some(0) {
+            return Err(wrong("suggested_deposit", "must be more than zero"));
+        }
+        if self.settle_threshold == Some(0) {
+            return Err(wrong("settle_threshold", "must be more than zero"));
+        }
+        if self.state_ttl.is_zero() || self.receipt_timeout.is_zero() {
+            return Err(wrong(
+                "state_ttl",
+                "state_ttl and receipt_timeout must be longer than zero",
+            ));
+        }
+        Ok(EvmSessionConfig {
+            rpc: self.rpc,
+            payee: self.payee,
+            escrow,
+            token,
+            symbol,
+            decimals,
+            suggested_deposit: self.suggested_deposit,
+            min_voucher_delta: self.min_voucher_delta,
+            state_ttl: self.state_ttl,
+            receipt_timeout: self.receipt_timeout,
+            settle_threshold: self.settle_threshold,
         })
     }
 }

@@ -49,7 +49,9 @@ pub mod evm_session;
 mod lightning_session;
 mod locks;
 
-pub use evm_session::{EvmSessionConfig, MIN_GRACE_PERIOD, NAMESPACE as EVM_SESSION_NAMESPACE};
+pub use evm_session::{
+    EvmSessionConfig, EvmSessionConfigBuilder, MIN_GRACE_PERIOD, NAMESPACE as EVM_SESSION_NAMESPACE,
+};
 pub use lightning_session::{LightningSessionConfig, NAMESPACE as LIGHTNING_SESSION_NAMESPACE};
 
 use std::collections::BTreeMap;
@@ -64,6 +66,7 @@ use farebox_core::{
     Receipt, Refusal, ReplayStore, Resource, Verdict, Verified,
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_evm::usdc::UsdcDeployment;
 use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
 use farebox_lightning::{InvoiceRequest, LightningBackend, bolt11, create_checked_invoice};
 use http::HeaderValue;
@@ -132,53 +135,41 @@ impl std::fmt::Debug for MppConfig {
 }
 
 /// The `evm` charge method: the token a route may be priced in, who is paid, and the node and
-/// gas key that settle.
+/// gas key that settle. Built and checked by [`EvmChargeConfig::builder`].
 #[derive(Clone)]
 pub struct EvmChargeConfig {
-    /// The chain's node (its chain id is the challenge's `chainId`).
-    pub rpc: EvmRpc,
-    /// The key that sends `transferWithAuthorization` and pays its gas.
-    pub signer: PrivateKeySigner,
-    /// The EIP-3009 token contract.
-    pub token: Address,
-    /// The token's EIP-712 domain name and version.
-    pub eip712_name: String,
-    pub eip712_version: String,
-    /// The token's decimals.
-    pub decimals: u8,
-    /// Who is paid.
-    pub recipient: Address,
-    /// How long settlement waits for the transfer's receipt before answering pending.
-    pub receipt_timeout: Duration,
+    rpc: EvmRpc,
+    signer: PrivateKeySigner,
+    token: Address,
+    eip712_name: String,
+    eip712_version: String,
+    symbol: String,
+    decimals: u8,
+    recipient: Address,
+    receipt_timeout: Duration,
 }
 
 impl EvmChargeConfig {
-    /// A configuration waiting up to 20 s for receipts.
-    pub fn new(
-        rpc: EvmRpc,
-        signer: PrivateKeySigner,
-        token: Address,
-        eip712_name: impl Into<String>,
-        eip712_version: impl Into<String>,
-        decimals: u8,
-        recipient: Address,
-    ) -> Self {
-        EvmChargeConfig {
+    /// A builder over the chain's node (its chain id is the challenge's `chainId`) and the key
+    /// that sends `transferWithAuthorization` and pays its gas; `token`, the token's
+    /// description (`described_as`, or `eip712_domain`, `symbol` and `decimals`) and
+    /// `recipient` are required.
+    pub fn builder(rpc: EvmRpc, signer: PrivateKeySigner) -> EvmChargeConfigBuilder {
+        EvmChargeConfigBuilder {
             rpc,
             signer,
-            token,
-            eip712_name: eip712_name.into(),
-            eip712_version: eip712_version.into(),
-            decimals,
-            recipient,
-            receipt_timeout: Duration::from_secs(20),
+            token: None,
+            eip712: None,
+            symbol: None,
+            decimals: None,
+            recipient: None,
+            receipt_timeout: DEFAULT_RECEIPT_TIMEOUT,
         }
     }
 
-    /// Sets how long settlement waits for a receipt.
-    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
-        self.receipt_timeout = timeout;
-        self
+    /// Who is paid.
+    pub fn recipient(&self) -> Address {
+        self.recipient
     }
 
     /// The farebox asset routes are priced in for this method.
@@ -186,10 +177,128 @@ impl EvmChargeConfig {
         Asset::Token(Token {
             network: farebox_evm::network::caip2(self.rpc.chain_id()),
             address: format!("{:#x}", self.token),
-            symbol: self.eip712_name.clone(),
+            symbol: self.symbol.clone(),
             decimals: self.decimals,
         })
     }
+}
+
+/// How long settlement waits for a transfer's receipt unless told otherwise.
+pub const DEFAULT_RECEIPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Most decimals a token of an MPP EVM method may have (amounts are `u128` base units).
+pub const MAX_DECIMALS: u8 = 36;
+
+/// Builds an [`EvmChargeConfig`]; [`EvmChargeConfigBuilder::build`] names what is missing or
+/// wrong.
+#[must_use]
+pub struct EvmChargeConfigBuilder {
+    rpc: EvmRpc,
+    signer: PrivateKeySigner,
+    token: Option<Address>,
+    eip712: Option<(String, String)>,
+    symbol: Option<String>,
+    decimals: Option<u8>,
+    recipient: Option<Address>,
+    receipt_timeout: Duration,
+}
+
+impl EvmChargeConfigBuilder {
+    /// The EIP-3009 token contract.
+    pub fn token(mut self, token: Address) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// The token's EIP-712 domain name and version, which payers sign under.
+    pub fn eip712_domain(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
+        self.eip712 = Some((name.into(), version.into()));
+        self
+    }
+
+    /// Its symbol, as prices name it (`USDC`).
+    pub fn symbol(mut self, symbol: impl Into<String>) -> Self {
+        self.symbol = Some(symbol.into());
+        self
+    }
+
+    /// Its decimals, at most [`MAX_DECIMALS`].
+    pub fn decimals(mut self, decimals: u8) -> Self {
+        self.decimals = Some(decimals);
+        self
+    }
+
+    /// The EIP-712 domain, symbol (`USDC`) and decimals of a known USDC deployment (a test
+    /// token deployed with the same domain takes Base Sepolia's).
+    pub fn described_as(self, usdc: &UsdcDeployment) -> Self {
+        self.eip712_domain(usdc.name, usdc.version).symbol("USDC").decimals(usdc.decimals)
+    }
+
+    /// Who is paid: not the zero address.
+    pub fn recipient(mut self, recipient: Address) -> Self {
+        self.recipient = Some(recipient);
+        self
+    }
+
+    /// How long settlement waits for the transfer's receipt before answering pending.
+    pub fn receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    pub fn build(self) -> Result<EvmChargeConfig, ConfigError> {
+        let wrong = |field, problem: &str| ConfigError::field("evm charge", field, problem);
+        let token = self.token.ok_or_else(|| wrong("token", "is required"))?;
+        let (eip712_name, eip712_version) =
+            self.eip712.ok_or_else(|| wrong("eip712_domain", "is required"))?;
+        if eip712_name.trim().is_empty() || eip712_version.trim().is_empty() {
+            return Err(wrong("eip712_domain", "name and version must not be empty"));
+        }
+        let symbol = self.symbol.ok_or_else(|| wrong("symbol", "is required"))?;
+        let decimals = self.decimals.ok_or_else(|| wrong("decimals", "is required"))?;
+        let recipient = self.recipient.ok_or_else(|| wrong("recipient", "is required"))?;
+        check_token("evm charge", token, &symbol, decimals)?;
+        if recipient.is_zero() {
+            return Err(wrong("recipient", "is the zero address: what is paid to it is burnt"));
+        }
+        if self.receipt_timeout.is_zero() {
+            return Err(wrong("receipt_timeout", "must be longer than zero"));
+        }
+        Ok(EvmChargeConfig {
+            rpc: self.rpc,
+            signer: self.signer,
+            token,
+            eip712_name,
+            eip712_version,
+            symbol,
+            decimals,
+            recipient,
+            receipt_timeout: self.receipt_timeout,
+        })
+    }
+}
+
+/// The checks every EVM method makes of its token.
+pub(crate) fn check_token(
+    config: &'static str,
+    token: Address,
+    symbol: &str,
+    decimals: u8,
+) -> Result<(), ConfigError> {
+    if token.is_zero() {
+        return Err(ConfigError::field(config, "token", "is the zero address"));
+    }
+    if symbol.trim().is_empty() {
+        return Err(ConfigError::field(config, "symbol", "must not be empty"));
+    }
+    if decimals > MAX_DECIMALS {
+        return Err(ConfigError::field(
+            config,
+            "decimals",
+            &format!("must be at most {MAX_DECIMALS}"),
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for EvmChargeConfig {
@@ -226,6 +335,15 @@ pub enum ConfigError {
     /// session id) would let others spend or close the session.
     #[error("Lightning sessions need a backend that keeps preimages secret; this one reveals them")]
     SessionBackendRevealsPreimages,
+    /// A method's configuration is missing or wrong in `field` (the builder method's name).
+    #[error("{config} configuration, `{field}`: {problem}")]
+    Field { config: &'static str, field: &'static str, problem: String },
+}
+
+impl ConfigError {
+    pub(crate) fn field(config: &'static str, field: &'static str, problem: &str) -> Self {
+        ConfigError::Field { config, field, problem: problem.into() }
+    }
 }
 
 /// Builds an [`MppRail`] method by method (see [`MppRail::builder`]).
