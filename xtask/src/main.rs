@@ -172,6 +172,7 @@ fn test(extra: &[String]) -> Result<()> {
             );
         }
     }
+    lean_l402_client()?;
     // Each criterion benchmark once, in test mode: they must keep working; timing is `bench`'s job.
     run(cargo().args(["test", "--workspace", "--benches"]))?;
     // The crate docs' examples must keep compiling and passing (nextest does not run doc tests).
@@ -189,6 +190,25 @@ fn test(extra: &[String]) -> Result<()> {
     // its `N passed, M failed` is the run's closing line.
     let interop = interop::run();
     tests.and(fuzzing).and(interop)
+}
+
+/// A rail is one crate on the client side too: a client with only the L402 wallet builds, and
+/// builds no EVM code (no alloy in its dependency tree).
+fn lean_l402_client() -> Result<()> {
+    let only_l402 = ["-p", "farebox-client", "--no-default-features", "--features", "l402"];
+    run(cargo().arg("check").args(only_l402))?;
+    let tree = cargo()
+        .arg("tree")
+        .args(only_l402)
+        .args(["-e", "normal", "--prefix", "none"])
+        .output()
+        .context("running cargo tree")?;
+    anyhow::ensure!(tree.status.success(), "cargo tree failed");
+    let text = String::from_utf8_lossy(&tree.stdout);
+    if let Some(evm) = text.lines().find(|l| l.starts_with("alloy")) {
+        bail!("an L402-only farebox-client depends on {evm}");
+    }
+    Ok(())
 }
 
 /// The criterion benchmarks (matching `filter`), or with `facilitator` the `/verify` load test.

@@ -393,6 +393,7 @@ impl Budget {
 
     /// A session's refund, evidenced by `entry`: the session's deposits no longer count as
     /// spent as far as they came back, and the entry goes to the ledger, in one transaction.
+    #[cfg(feature = "mpp")]
     pub(crate) fn refund_session(&self, session: &str, entry: &LedgerEntry) {
         if let Err(e) =
             self.store.refund(&entry.amount.asset, Some(session), entry.amount.amount, Some(entry))

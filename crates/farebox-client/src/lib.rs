@@ -14,6 +14,11 @@
 //! [`SqliteStore`] (feature `sqlite`, on by default) so that caps hold across processes and
 //! restarts.
 //!
+//! Each rail's wallet is a feature, all on by default: `l402` (`L402Wallet`), `x402`
+//! (`X402Wallet`) and `mpp` (`MppWallet`, charges and sessions). The middleware, the budget and
+//! the ledger name no rail, so `default-features = false, features = ["l402"]` builds a
+//! Lightning-only client without any EVM code.
+//!
 //! ```no_run
 //! # async fn run(node: std::sync::Arc<dyn farebox_lightning::LightningBackend>) -> Result<(), Box<dyn std::error::Error>> {
 //! use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
@@ -31,14 +36,18 @@ mod budget;
 mod budget_store;
 mod error;
 mod events;
+#[cfg(feature = "l402")]
 mod l402;
 mod middleware;
+#[cfg(feature = "mpp")]
 mod mpp;
+#[cfg(feature = "mpp")]
 pub mod mpp_session;
 mod policy;
 #[cfg(feature = "sqlite")]
 mod sqlite_store;
 mod wallet;
+#[cfg(feature = "x402")]
 mod x402;
 
 pub use budget::{
@@ -50,12 +59,16 @@ pub use budget_store::{
 };
 pub use error::{ClientError, Overclaim};
 pub use events::{Event, Observer};
+#[cfg(feature = "l402")]
 pub use l402::L402Wallet;
 pub use middleware::PaymentMiddleware;
+#[cfg(feature = "mpp")]
 pub use mpp::{MppWallet, Sessions};
+#[cfg(feature = "mpp")]
 pub use mpp_session::{ClosedSession, EvmSessionPolicy, LightningSessionPolicy};
 pub use policy::{Choice, Policy, Quote, QuotedOffer};
 pub use wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
+#[cfg(feature = "x402")]
 pub use x402::X402Wallet;
 
 #[cfg(feature = "sqlite")]
