@@ -128,9 +128,11 @@ async fn pays_an_evm_charge_on_anvil() {
     anvil.mint(token, payer.address, U256::from(10_000u64)).await.unwrap();
     let evm = EvmChargeConfig::builder(rpc.clone(), anvil.accounts()[3].signer.clone())
         .token(token)
-        .eip712_domain("USDC", "2")
-        .symbol("USDC")
-        .decimals(2)
+        // A two-decimal token under USDC's Base Sepolia domain.
+        .described_as(farebox_evm::token::TokenInfo {
+            decimals: 2,
+            ..(&farebox_evm::usdc::BASE_SEPOLIA).into()
+        })
         .recipient(recipient)
         .build()
         .unwrap();

@@ -4,6 +4,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`network`] | CAIP-2 `eip155:<id>` ids, x402 v1 network names, the known networks |
+//! | [`token`] | [`token::TokenInfo`]: a token's symbol, decimals and EIP-712 domain, checked once for every method |
 //! | [`usdc`] | known USDC deployments (address, EIP-712 name / version, decimals), as defaults |
 //! | [`eip3009`] | `TransferWithAuthorization`: EIP-712 domain, digest, signing, recovery |
 //! | [`contracts`] | bindings for the project's Solidity contracts, from `artifacts/*.json` |
@@ -36,6 +37,7 @@ pub mod eip3009;
 mod error;
 pub mod network;
 pub mod rpc;
+pub mod token;
 pub mod usdc;
 
 pub use alloy::primitives::{Address, B256, Bytes, TxHash, U256};

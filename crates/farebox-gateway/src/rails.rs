@@ -425,7 +425,6 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, Buil
     }
     if let Some(x) = &config.rails.x402 {
         let (rpc, token) = chain_of("rails.x402.asset", &x.asset)?;
-        let asset = &config.assets[&x.asset];
         let facilitator: Arc<dyn farebox_x402::facilitator::Facilitator> =
             match (&x.facilitator.url, &x.facilitator.gas_key) {
                 (Some(url), _) => {
@@ -453,12 +452,7 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, Buil
         let x402 = farebox_x402::X402Config::builder()
             .network(token.network.clone())
             .asset(token.address.clone())
-            .eip712_domain(
-                asset.eip712_name.clone().unwrap_or_default(),
-                asset.eip712_version.clone().unwrap_or_default(),
-            )
-            .symbol(token.symbol.clone())
-            .decimals(token.decimals)
+            .described_as(token_info(&config.assets[&x.asset]))
             .pay_to(x.pay_to.clone())
             .max_timeout_seconds(x.max_timeout_secs)
             .public_url(public_url.clone())
@@ -493,18 +487,12 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, Buil
         if let Some(e) = &m.evm_charge {
             let key = "rails.mpp.evm_charge";
             let (rpc, token) = chain_of(key, &e.asset)?;
-            let asset = &config.assets[&e.asset];
             let charge = farebox_mpp::EvmChargeConfig::builder(
                 rpc,
                 evm_key("rails.mpp.evm_charge.gas_key", &e.gas_key)?,
             )
             .token(address("rails.mpp.evm_charge.asset", &token.address)?)
-            .eip712_domain(
-                asset.eip712_name.clone().unwrap_or_default(),
-                asset.eip712_version.clone().unwrap_or_default(),
-            )
-            .symbol(token.symbol.clone())
-            .decimals(token.decimals)
+            .described_as(token_info(&config.assets[&e.asset]))
             .recipient(address("rails.mpp.evm_charge.recipient", &e.recipient)?)
             .receipt_timeout(Duration::from_secs(e.receipt_timeout_secs))
             .build()
@@ -520,8 +508,7 @@ pub(crate) fn build(config: &Config, ctx: RailContext<'_>) -> Result<Rails, Buil
             )
             .escrow(address("rails.mpp.evm_session.escrow", &e.escrow)?)
             .token(address("rails.mpp.evm_session.asset", &token.address)?)
-            .symbol(token.symbol.clone())
-            .decimals(token.decimals);
+            .described_as(token_info(&config.assets[&e.asset]));
             if let Some(d) = &e.suggested_deposit {
                 session = session.suggested_deposit(
                     suggested_deposit(config, &e.asset, d)
@@ -551,5 +538,15 @@ pub fn asset_label(money: &Money) -> String {
         Asset::Bitcoin => "msat".into(),
         Asset::Token(t) => format!("{}/erc20:{}", t.network, t.address.to_ascii_lowercase()),
         _ => "unknown".into(),
+    }
+}
+
+/// How the EVM rails describe an `[assets.<name>]` token.
+fn token_info(asset: &crate::config::AssetSection) -> farebox_evm::token::TokenInfo {
+    farebox_evm::token::TokenInfo {
+        symbol: asset.symbol.clone(),
+        decimals: asset.decimals,
+        eip712_name: asset.eip712_name.clone().unwrap_or_default(),
+        eip712_version: asset.eip712_version.clone().unwrap_or_default(),
     }
 }

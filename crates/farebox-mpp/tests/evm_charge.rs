@@ -12,6 +12,7 @@ use axum::{Extension, Router};
 use farebox_core::{Money, Price, ProofState, Rail, ReplayStore};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
+use farebox_evm::token::TokenInfo;
 use farebox_evm::{Address, B256, EvmRpc, U256};
 use farebox_mpp::evm::charge::{self as evm_charge, EvmChargeRequest};
 use farebox_mpp::{
@@ -65,9 +66,12 @@ async fn world_with(funds: u64, receipt_timeout: Duration) -> World {
     let domain = TokenDomain::new("USDC", "2", anvil.chain_id(), token);
     let evm = EvmChargeConfig::builder(rpc.clone(), anvil.accounts()[3].signer.clone())
         .token(token)
-        .eip712_domain("USDC", "2")
-        .symbol("USDC")
-        .decimals(2)
+        .described_as(TokenInfo {
+            symbol: "USDC".into(),
+            decimals: 2,
+            eip712_name: "USDC".into(),
+            eip712_version: "2".into(),
+        })
         .recipient(anvil.accounts()[2].address)
         .receipt_timeout(receipt_timeout)
         .build()
@@ -459,8 +463,10 @@ async fn configurations_that_would_lose_the_money_are_refused_by_field() {
     };
     assert_eq!(field(charge(Address::ZERO).build().unwrap_err()), "recipient");
     assert_eq!(field(charge(payee).token(Address::ZERO).build().unwrap_err()), "token");
-    assert_eq!(field(charge(payee).eip712_domain("", "2").build().unwrap_err()), "eip712_domain");
-    assert_eq!(field(charge(payee).decimals(77).build().unwrap_err()), "decimals");
+    let unsigned = TokenInfo::unsigned("USDC", 6);
+    assert_eq!(field(charge(payee).described_as(unsigned).build().unwrap_err()), "eip712_domain");
+    let too_fine = TokenInfo { decimals: 77, ..usdc.into() };
+    assert_eq!(field(charge(payee).described_as(too_fine).build().unwrap_err()), "decimals");
 
     let session = |escrow| {
         farebox_mpp::EvmSessionConfig::builder(rpc.clone(), key.clone())
@@ -476,5 +482,8 @@ async fn configurations_that_would_lose_the_money_are_refused_by_field() {
         field(session(escrow).suggested_deposit(0).build().unwrap_err()),
         "suggested_deposit"
     );
-    assert_eq!(field(session(escrow).symbol(" ").build().unwrap_err()), "symbol");
+    // A session signs nothing under the token's domain: an unsigned description is enough.
+    assert!(session(escrow).described_as(TokenInfo::unsigned("USDC", 6)).build().is_ok());
+    let nameless = TokenInfo::unsigned(" ", 6);
+    assert_eq!(field(session(escrow).described_as(nameless).build().unwrap_err()), "symbol");
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use farebox_core::money::Token;
 use farebox_evm::Address;
 use farebox_evm::address::parse_address;
-use farebox_evm::usdc::UsdcDeployment;
+use farebox_evm::token::TokenInfo;
 
 use crate::network;
 
@@ -17,10 +17,7 @@ use crate::network;
 pub struct X402Config {
     network: String,
     asset: String,
-    eip712_name: String,
-    eip712_version: String,
-    symbol: String,
-    decimals: u8,
+    info: TokenInfo,
     pay_to: String,
     max_timeout_seconds: u64,
     public_url: String,
@@ -36,17 +33,12 @@ pub struct X402ConfigError {
     pub problem: String,
 }
 
-/// Most decimals a token amount in `u128` base units can have and still hold one whole token
-/// many times over (10^36 of 3.4·10^38).
-pub const MAX_DECIMALS: u8 = 36;
-
 /// How long a signed authorization may take to arrive when the builder is not told
 /// (the `maxTimeoutSeconds` most x402 servers offer).
 pub const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 60;
 
 impl X402Config {
-    /// A builder; `network`, `asset`, `eip712_domain`, `symbol`, `decimals`, `pay_to` and
-    /// `public_url` are required.
+    /// A builder; `network`, `asset`, `described_as`, `pay_to` and `public_url` are required.
     pub fn builder() -> X402ConfigBuilder {
         X402ConfigBuilder::default()
     }
@@ -63,12 +55,12 @@ impl X402Config {
 
     /// The token's EIP-712 domain name (`"USDC"` on Base Sepolia).
     pub fn eip712_name(&self) -> &str {
-        &self.eip712_name
+        &self.info.eip712_name
     }
 
     /// The token's EIP-712 domain version (`"2"` for USDC).
     pub fn eip712_version(&self) -> &str {
-        &self.eip712_version
+        &self.info.eip712_version
     }
 
     /// Who is paid, as configured.
@@ -96,8 +88,8 @@ impl X402Config {
         Token {
             network: self.network.clone(),
             address: self.asset.clone(),
-            symbol: self.symbol.clone(),
-            decimals: self.decimals,
+            symbol: self.info.symbol.clone(),
+            decimals: self.info.decimals,
         }
     }
 }
@@ -108,9 +100,7 @@ impl X402Config {
 pub struct X402ConfigBuilder {
     network: Option<String>,
     asset: Option<String>,
-    eip712: Option<(String, String)>,
-    symbol: Option<String>,
-    decimals: Option<u8>,
+    info: Option<TokenInfo>,
     pay_to: Option<String>,
     max_timeout_seconds: Option<u64>,
     public_url: Option<String>,
@@ -130,28 +120,10 @@ impl X402ConfigBuilder {
         self
     }
 
-    /// The token's EIP-712 domain name and version, which payers sign under.
-    pub fn eip712_domain(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
-        self.eip712 = Some((name.into(), version.into()));
-        self
-    }
-
-    /// The token's EIP-712 domain, symbol (`USDC`) and decimals as a known USDC deployment has
-    /// them; the asset address is set apart, so that a test token deployed with the same domain
-    /// (the dev chain's FareboxUSD takes Base Sepolia's) is described the same way.
-    pub fn described_as(self, usdc: &UsdcDeployment) -> Self {
-        self.eip712_domain(usdc.name, usdc.version).symbol("USDC").decimals(usdc.decimals)
-    }
-
-    /// For display and for parsing human prices (`"USDC"`).
-    pub fn symbol(mut self, symbol: impl Into<String>) -> Self {
-        self.symbol = Some(symbol.into());
-        self
-    }
-
-    /// The token's decimals (6 for USDC), at most [`MAX_DECIMALS`].
-    pub fn decimals(mut self, decimals: u8) -> Self {
-        self.decimals = Some(decimals);
+    /// The token's symbol, decimals and EIP-712 domain (which payers sign under):
+    /// `&usdc::BASE_SEPOLIA`, or a [`TokenInfo`].
+    pub fn described_as(mut self, info: impl Into<TokenInfo>) -> Self {
+        self.info = Some(info.into());
         self
     }
 
@@ -195,18 +167,9 @@ impl X402ConfigBuilder {
         if address("pay_to", &pay_to)?.is_zero() {
             return Err(wrong("pay_to", "is the zero address: the money would be burnt"));
         }
-        let (eip712_name, eip712_version) =
-            self.eip712.ok_or_else(|| wrong("eip712_domain", "is required"))?;
-        if eip712_name.trim().is_empty() || eip712_version.trim().is_empty() {
-            return Err(wrong("eip712_domain", "name and version must not be empty"));
-        }
-        let symbol = required("symbol", self.symbol)?;
-        if symbol.trim().is_empty() {
-            return Err(wrong("symbol", "must not be empty"));
-        }
-        let decimals = self.decimals.ok_or_else(|| wrong("decimals", "is required"))?;
-        if decimals > MAX_DECIMALS {
-            return Err(wrong("decimals", &format!("must be at most {MAX_DECIMALS}")));
+        let info = self.info.ok_or_else(|| wrong("described_as", "is required"))?;
+        if let Some((field, problem)) = info.problem(true) {
+            return Err(wrong(field, problem));
         }
         let max_timeout_seconds = self.max_timeout_seconds.unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS);
         if max_timeout_seconds == 0 {
@@ -227,10 +190,7 @@ impl X402ConfigBuilder {
         Ok(X402Config {
             network,
             asset,
-            eip712_name,
-            eip712_version,
-            symbol,
-            decimals,
+            info,
             pay_to,
             max_timeout_seconds,
             public_url,
@@ -282,9 +242,9 @@ mod tests {
             (base().pay_to("alice"), "pay_to"),
             (base().pay_to("0x209693bc6afc0c5328ba36faf03c514ef31228"), "pay_to"),
             (base().pay_to(zero), "pay_to"),
-            (base().eip712_domain("", "2"), "eip712_domain"),
-            (base().symbol(" "), "symbol"),
-            (base().decimals(77), "decimals"),
+            (base().described_as(TokenInfo::unsigned("USDC", 6)), "eip712_domain"),
+            (base().described_as(TokenInfo::unsigned(" ", 6)), "symbol"),
+            (base().described_as(TokenInfo::unsigned("USDC", 77)), "decimals"),
             (base().max_timeout_seconds(0), "max_timeout_seconds"),
             (base().public_url("api.example.com"), "public_url"),
             (base().public_url("ftp://api.example.com"), "public_url"),

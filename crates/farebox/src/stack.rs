@@ -161,9 +161,8 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
         let config = X402Config::builder()
             .network(token.network.clone())
             .asset(token.address.clone())
-            .eip712_domain("USDC", "2")
-            .symbol(token.symbol.clone())
-            .decimals(token.decimals)
+            // The dev chain's FareboxUSD is deployed with Base Sepolia USDC's domain.
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
             .pay_to(format!("{:#x}", evm.pay_to))
             .max_timeout_seconds(60)
             .public_url(format!("http://{server}"))
@@ -177,8 +176,7 @@ pub async fn start(server_port: u16, evm: Option<&Evm>) -> anyhow::Result<Stack>
         let session = EvmSessionConfig::builder(evm.rpc.clone(), evm.pay_to_key.clone())
             .escrow(evm.escrow)
             .token(evm.token)
-            .symbol("USDC")
-            .decimals(token.decimals)
+            .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
             .build()?;
         let mpp = MppRail::builder(MppConfig::new("farebox-demo", master.to_vec()), store.clone())
             .evm_session(session, store.clone())

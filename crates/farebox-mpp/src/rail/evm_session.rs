@@ -82,6 +82,7 @@ use farebox_core::{
     Asset, ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Token,
     Verdict, Verified,
 };
+use farebox_evm::token::TokenInfo;
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, U256};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -117,8 +118,7 @@ pub struct EvmSessionConfig {
     pub(crate) payee: PrivateKeySigner,
     pub(crate) escrow: Address,
     pub(crate) token: Address,
-    pub(crate) symbol: String,
-    pub(crate) decimals: u8,
+    pub(crate) info: TokenInfo,
     pub(crate) suggested_deposit: Option<u128>,
     pub(crate) min_voucher_delta: u128,
     pub(crate) state_ttl: Duration,
@@ -128,16 +128,15 @@ pub struct EvmSessionConfig {
 
 impl EvmSessionConfig {
     /// A builder over the node to read channels from and the payee (channels must pay its
-    /// address, and it signs the closing transactions); `escrow`, `token` and the token's
-    /// `symbol` and `decimals` (or `described_as`) are required.
+    /// address, and it signs the closing transactions); `escrow`, `token` and `described_as`
+    /// are required.
     pub fn builder(rpc: EvmRpc, payee: PrivateKeySigner) -> EvmSessionConfigBuilder {
         EvmSessionConfigBuilder {
             rpc,
             payee,
             escrow: None,
             token: None,
-            symbol: None,
-            decimals: None,
+            info: None,
             suggested_deposit: None,
             min_voucher_delta: 0,
             state_ttl: Duration::from_secs(60),
@@ -159,8 +158,7 @@ impl EvmSessionConfig {
             payee: c.payee,
             escrow: Some(c.escrow),
             token: Some(c.token),
-            symbol: Some(c.symbol),
-            decimals: Some(c.decimals),
+            info: Some(c.info),
             suggested_deposit: c.suggested_deposit,
             min_voucher_delta: c.min_voucher_delta,
             state_ttl: c.state_ttl,
@@ -174,8 +172,8 @@ impl EvmSessionConfig {
         Asset::Token(Token {
             network: farebox_evm::network::caip2(self.rpc.chain_id()),
             address: format!("{:#x}", self.token),
-            symbol: self.symbol.clone(),
-            decimals: self.decimals,
+            symbol: self.info.symbol.clone(),
+            decimals: self.info.decimals,
         })
     }
 }
@@ -188,8 +186,7 @@ pub struct EvmSessionConfigBuilder {
     payee: PrivateKeySigner,
     escrow: Option<Address>,
     token: Option<Address>,
-    symbol: Option<String>,
-    decimals: Option<u8>,
+    info: Option<TokenInfo>,
     suggested_deposit: Option<u128>,
     min_voucher_delta: u128,
     state_ttl: Duration,
@@ -216,21 +213,11 @@ impl EvmSessionConfigBuilder {
         self
     }
 
-    /// Its symbol, as prices name it (`USDC`), and for wallets' display.
-    pub fn symbol(mut self, symbol: impl Into<String>) -> Self {
-        self.symbol = Some(symbol.into());
+    /// The token's symbol (as prices name it, and for wallets' display) and decimals:
+    /// `&usdc::BASE_SEPOLIA`, or a [`TokenInfo`] (its EIP-712 domain is not used).
+    pub fn described_as(mut self, info: impl Into<TokenInfo>) -> Self {
+        self.info = Some(info.into());
         self
-    }
-
-    /// Its decimals, at most [`super::MAX_DECIMALS`].
-    pub fn decimals(mut self, decimals: u8) -> Self {
-        self.decimals = Some(decimals);
-        self
-    }
-
-    /// The symbol (`USDC`) and decimals of a known USDC deployment.
-    pub fn described_as(self, usdc: &farebox_evm::usdc::UsdcDeployment) -> Self {
-        self.symbol("USDC").decimals(usdc.decimals)
     }
 
     /// What the challenge suggests depositing (more than zero); unset: 100 units of the
@@ -274,9 +261,8 @@ impl EvmSessionConfigBuilder {
         let wrong = |field, problem: &str| ConfigError::field("evm session", field, problem);
         let escrow = self.escrow.ok_or_else(|| wrong("escrow", "is required"))?;
         let token = self.token.ok_or_else(|| wrong("token", "is required"))?;
-        let symbol = self.symbol.ok_or_else(|| wrong("symbol", "is required"))?;
-        let decimals = self.decimals.ok_or_else(|| wrong("decimals", "is required"))?;
-        super::check_token("evm session", token, &symbol, decimals)?;
+        let info = self.info.ok_or_else(|| wrong("described_as", "is required"))?;
+        super::check_token("evm session", token, &info, false)?;
         if escrow.is_zero() || escrow == token {
             return Err(wrong("escrow", "must be the escrow contract's address"));
         }
@@ -297,8 +283,7 @@ impl EvmSessionConfigBuilder {
             payee: self.payee,
             escrow,
             token,
-            symbol,
-            decimals,
+            info,
             suggested_deposit: self.suggested_deposit,
             min_voucher_delta: self.min_voucher_delta,
             state_ttl: self.state_ttl,
@@ -478,7 +463,7 @@ impl MppRail {
             channel_id: None,
             min_voucher_delta: U256::from(cfg.min_voucher_delta),
             credential_types: vec![CREDENTIAL_HASH.into()],
-            decimals: Some(cfg.decimals),
+            decimals: Some(cfg.info.decimals),
             description: resource.description.as_deref().map(str::to_owned),
         };
         self.issue(resource, evm_session::METHOD, evm_session::INTENT, request.to_json(), None)

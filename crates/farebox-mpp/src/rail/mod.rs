@@ -66,7 +66,7 @@ use farebox_core::{
     Receipt, Refusal, ReplayStore, Resource, Verdict, Verified,
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
-use farebox_evm::usdc::UsdcDeployment;
+use farebox_evm::token::TokenInfo;
 use farebox_evm::{Address, EvmError, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
 use farebox_lightning::{InvoiceRequest, LightningBackend, bolt11, create_checked_invoice};
 use http::HeaderValue;
@@ -141,27 +141,21 @@ pub struct EvmChargeConfig {
     rpc: EvmRpc,
     signer: PrivateKeySigner,
     token: Address,
-    eip712_name: String,
-    eip712_version: String,
-    symbol: String,
-    decimals: u8,
+    info: TokenInfo,
     recipient: Address,
     receipt_timeout: Duration,
 }
 
 impl EvmChargeConfig {
     /// A builder over the chain's node (its chain id is the challenge's `chainId`) and the key
-    /// that sends `transferWithAuthorization` and pays its gas; `token`, the token's
-    /// description (`described_as`, or `eip712_domain`, `symbol` and `decimals`) and
+    /// that sends `transferWithAuthorization` and pays its gas; `token`, `described_as` and
     /// `recipient` are required.
     pub fn builder(rpc: EvmRpc, signer: PrivateKeySigner) -> EvmChargeConfigBuilder {
         EvmChargeConfigBuilder {
             rpc,
             signer,
             token: None,
-            eip712: None,
-            symbol: None,
-            decimals: None,
+            info: None,
             recipient: None,
             receipt_timeout: DEFAULT_RECEIPT_TIMEOUT,
         }
@@ -177,17 +171,14 @@ impl EvmChargeConfig {
         Asset::Token(Token {
             network: farebox_evm::network::caip2(self.rpc.chain_id()),
             address: format!("{:#x}", self.token),
-            symbol: self.symbol.clone(),
-            decimals: self.decimals,
+            symbol: self.info.symbol.clone(),
+            decimals: self.info.decimals,
         })
     }
 }
 
 /// How long settlement waits for a transfer's receipt unless told otherwise.
 pub const DEFAULT_RECEIPT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Most decimals a token of an MPP EVM method may have (amounts are `u128` base units).
-pub const MAX_DECIMALS: u8 = 36;
 
 /// Builds an [`EvmChargeConfig`]; [`EvmChargeConfigBuilder::build`] names what is missing or
 /// wrong.
@@ -196,9 +187,7 @@ pub struct EvmChargeConfigBuilder {
     rpc: EvmRpc,
     signer: PrivateKeySigner,
     token: Option<Address>,
-    eip712: Option<(String, String)>,
-    symbol: Option<String>,
-    decimals: Option<u8>,
+    info: Option<TokenInfo>,
     recipient: Option<Address>,
     receipt_timeout: Duration,
 }
@@ -210,28 +199,11 @@ impl EvmChargeConfigBuilder {
         self
     }
 
-    /// The token's EIP-712 domain name and version, which payers sign under.
-    pub fn eip712_domain(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
-        self.eip712 = Some((name.into(), version.into()));
+    /// The token's symbol, decimals and EIP-712 domain (which payers sign under):
+    /// `&usdc::BASE_SEPOLIA`, or a [`TokenInfo`].
+    pub fn described_as(mut self, info: impl Into<TokenInfo>) -> Self {
+        self.info = Some(info.into());
         self
-    }
-
-    /// Its symbol, as prices name it (`USDC`).
-    pub fn symbol(mut self, symbol: impl Into<String>) -> Self {
-        self.symbol = Some(symbol.into());
-        self
-    }
-
-    /// Its decimals, at most [`MAX_DECIMALS`].
-    pub fn decimals(mut self, decimals: u8) -> Self {
-        self.decimals = Some(decimals);
-        self
-    }
-
-    /// The EIP-712 domain, symbol (`USDC`) and decimals of a known USDC deployment (a test
-    /// token deployed with the same domain takes Base Sepolia's).
-    pub fn described_as(self, usdc: &UsdcDeployment) -> Self {
-        self.eip712_domain(usdc.name, usdc.version).symbol("USDC").decimals(usdc.decimals)
     }
 
     /// Who is paid: not the zero address.
@@ -249,15 +221,9 @@ impl EvmChargeConfigBuilder {
     pub fn build(self) -> Result<EvmChargeConfig, ConfigError> {
         let wrong = |field, problem: &str| ConfigError::field("evm charge", field, problem);
         let token = self.token.ok_or_else(|| wrong("token", "is required"))?;
-        let (eip712_name, eip712_version) =
-            self.eip712.ok_or_else(|| wrong("eip712_domain", "is required"))?;
-        if eip712_name.trim().is_empty() || eip712_version.trim().is_empty() {
-            return Err(wrong("eip712_domain", "name and version must not be empty"));
-        }
-        let symbol = self.symbol.ok_or_else(|| wrong("symbol", "is required"))?;
-        let decimals = self.decimals.ok_or_else(|| wrong("decimals", "is required"))?;
+        let info = self.info.ok_or_else(|| wrong("described_as", "is required"))?;
         let recipient = self.recipient.ok_or_else(|| wrong("recipient", "is required"))?;
-        check_token("evm charge", token, &symbol, decimals)?;
+        check_token("evm charge", token, &info, true)?;
         if recipient.is_zero() {
             return Err(wrong("recipient", "is the zero address: what is paid to it is burnt"));
         }
@@ -268,37 +234,28 @@ impl EvmChargeConfigBuilder {
             rpc: self.rpc,
             signer: self.signer,
             token,
-            eip712_name,
-            eip712_version,
-            symbol,
-            decimals,
+            info,
             recipient,
             receipt_timeout: self.receipt_timeout,
         })
     }
 }
 
-/// The checks every EVM method makes of its token.
+/// The checks every EVM method makes of its token; `signed`: payers sign under its EIP-712
+/// domain.
 pub(crate) fn check_token(
     config: &'static str,
     token: Address,
-    symbol: &str,
-    decimals: u8,
+    info: &TokenInfo,
+    signed: bool,
 ) -> Result<(), ConfigError> {
     if token.is_zero() {
         return Err(ConfigError::field(config, "token", "is the zero address"));
     }
-    if symbol.trim().is_empty() {
-        return Err(ConfigError::field(config, "symbol", "must not be empty"));
+    match info.problem(signed) {
+        Some((field, problem)) => Err(ConfigError::field(config, field, problem)),
+        None => Ok(()),
     }
-    if decimals > MAX_DECIMALS {
-        return Err(ConfigError::field(
-            config,
-            "decimals",
-            &format!("must be at most {MAX_DECIMALS}"),
-        ));
-    }
-    Ok(())
 }
 
 impl std::fmt::Debug for EvmChargeConfig {
@@ -583,8 +540,8 @@ impl MppRail {
         let evm = evm.map(|config| EvmMethod {
             asset: config.asset(),
             domain: TokenDomain::new(
-                config.eip712_name.clone(),
-                config.eip712_version.clone(),
+                config.info.eip712_name.clone(),
+                config.info.eip712_version.clone(),
                 config.rpc.chain_id(),
                 config.token,
             ),
@@ -615,8 +572,8 @@ impl MppRail {
         self.evm = Some(EvmMethod {
             asset: evm.asset(),
             domain: TokenDomain::new(
-                evm.eip712_name.clone(),
-                evm.eip712_version.clone(),
+                evm.info.eip712_name.clone(),
+                evm.info.eip712_version.clone(),
                 evm.rpc.chain_id(),
                 evm.token,
             ),
@@ -901,11 +858,11 @@ impl MppRail {
             currency: cfg.token,
             recipient: cfg.recipient,
             chain_id: cfg.rpc.chain_id(),
-            decimals: cfg.decimals,
+            decimals: cfg.info.decimals,
             credential_types: vec![evm_charge::CREDENTIAL_AUTHORIZATION.to_string()],
             authorization: Some(evm_charge::TokenName {
-                name: cfg.eip712_name.clone(),
-                version: cfg.eip712_version.clone(),
+                name: cfg.info.eip712_name.clone(),
+                version: cfg.info.eip712_version.clone(),
             }),
             description: resource.description.as_deref().map(str::to_owned),
         };
