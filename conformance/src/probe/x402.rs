@@ -105,25 +105,22 @@ pub(crate) fn random_key() -> PrivateKeySigner {
     }
 }
 
-/// The clock, once [`clock_works`] said it reads after 1970 (every signing path asks first).
-fn now() -> u64 {
-    farebox_core::time::unix_now().unwrap_or_default()
+/// The time payments are signed at; a tester whose clock reads before 1970 cannot sign a valid
+/// window, so the check is not run.
+fn now() -> Result<u64, Unable> {
+    farebox_core::time::unix_now().map_err(|e| Unable::NotRun(e.to_string()))
 }
 
-/// A tester whose clock reads before 1970 cannot sign a valid window: the check is not run.
-fn clock_works() -> Result<(), Unable> {
-    farebox_core::time::unix_now().map(drop).map_err(|e| Unable::NotRun(e.to_string()))
-}
-
-/// A signed `exact` payload for `terms`, with `tweak` applied to the authorization and the
-/// requirement before signing (`from` is the signer unless the tweak changes it afterwards).
+/// A signed `exact` payload for `terms`, valid around `t` (Unix seconds), with `tweak` applied to
+/// the authorization and the requirement before signing (`from` is the signer unless the tweak
+/// changes it afterwards).
 fn payment(
     required: &Required,
     terms: &Terms,
     signer: &PrivateKeySigner,
+    t: u64,
     tweak: impl FnOnce(&mut TransferWithAuthorization, &mut Value, &mut u64),
 ) -> (HeaderName, Value) {
-    let t = now();
     let mut auth = TransferWithAuthorization {
         from: signer.address(),
         to: terms.pay_to,
@@ -173,8 +170,7 @@ fn pay(required: &Required, terms: &Terms, wallets: &Wallets) -> Result<Credenti
     let key = wallets.evm.as_ref().ok_or_else(no_key)?;
     Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
         .allowed(&wallets.max_price)?;
-    clock_works()?;
-    let (name, p) = payment(required, terms, key, |_, _, _| {});
+    let (name, p) = payment(required, terms, key, now()?, |_, _, _| {});
     encode(name, &p)
 }
 
@@ -279,29 +275,29 @@ impl Probe for X402Probe {
             })
         });
         let signer = funded.unwrap_or_else(random_key);
-        clock_works()?;
+        let now = now()?;
         let signed = |tweak: &dyn Fn(&mut TransferWithAuthorization, &mut Value, &mut u64)| -> Result<Credential, Unable> {
-            let (name, p) = payment(&r, &terms()?, &signer, |a, q, c| tweak(a, q, c));
+            let (name, p) = payment(&r, &terms()?, &signer, now, |a, q, c| tweak(a, q, c));
             encode(name, &p)
         };
         match send {
             Attempt::Malformed => header(name, "!!not base64!!"),
             Attempt::NotAnObject => header(name, &b64().encode("[1,2,3]")),
             Attempt::Truncated => {
-                let (name, p) = payment(&r, &terms()?, &signer, |_, _, _| {});
+                let (name, p) = payment(&r, &terms()?, &signer, now, |_, _, _| {});
                 let full = b64().encode(p.to_string());
                 header(name, &full[..full.len() / 2])
             }
             Attempt::Oversized => header(name, &oversized("")),
             Attempt::UnknownVersion => {
-                let (name, mut p) = payment(&r, &terms()?, &signer, |_, _, _| {});
+                let (name, mut p) = payment(&r, &terms()?, &signer, now, |_, _, _| {});
                 p["x402Version"] = json!(99);
                 encode(name, &p)
             }
             // The payer's own authorization, signed by someone else.
             Attempt::Forged => {
                 let from = signer.address();
-                let (name, p) = payment(&r, &terms()?, &random_key(), |a, _, _| a.from = from);
+                let (name, p) = payment(&r, &terms()?, &random_key(), now, |a, _, _| a.from = from);
                 encode(name, &p)
             }
             Attempt::WrongAmount => {
@@ -323,12 +319,12 @@ impl Probe for X402Probe {
                 };
             }),
             Attempt::Expired => signed(&|a, _, _| {
-                a.validAfter = U256::from(now() - 3600);
-                a.validBefore = U256::from(now() - 60);
+                a.validAfter = U256::from(now - 3600);
+                a.validBefore = U256::from(now - 60);
             }),
             Attempt::NotYetValid => signed(&|a, _, _| {
-                a.validAfter = U256::from(now() + 3600);
-                a.validBefore = U256::from(now() + 7200);
+                a.validAfter = U256::from(now + 3600);
+                a.validBefore = U256::from(now + 7200);
             }),
             Attempt::Paid | Attempt::Replay => {
                 if let Some(kept) = self.paid.lock().unwrap_or_else(|e| e.into_inner()).clone() {
@@ -348,7 +344,7 @@ impl Probe for X402Probe {
                 let terms = terms()?;
                 Quote::token("x402.paid", terms.amount, terms.chain_id, terms.asset)
                     .allowed(&wallets.max_price)?;
-                let (name, mut p) = payment(&r, &terms, key, |_, _, _| {});
+                let (name, mut p) = payment(&r, &terms, key, now, |_, _, _| {});
                 let authorization = &mut p["payload"]["authorization"];
                 for field in ["from", "to"] {
                     let lower = authorization[field].as_str().unwrap_or_default().to_lowercase();

@@ -20,6 +20,7 @@ use farebox_client::{
     Budget, ClientError, EntryKind, LightningSessionPolicy, MppWallet, Overclaim, PaymentMiddleware,
 };
 use farebox_core::{Asset, Money};
+use farebox_evm::rpc::MINED_WITHIN;
 use farebox_evm::{Bytes, TxHash, U256};
 use farebox_lightning::{
     CreatedInvoice, DevNetwork, DevNode, InvoiceRequest, InvoiceState, LightningBackend,
@@ -27,7 +28,6 @@ use farebox_lightning::{
 };
 use farebox_mpp::ProblemType;
 use farebox_mpp::evm::escrow::EscrowRpc;
-use farebox_mpp::evm::escrow::TX_TIMEOUT;
 use farebox_mpp::evm::voucher::{self, Voucher};
 use http::StatusCode;
 use serde_json::json;
@@ -211,7 +211,7 @@ async fn a_channel_that_is_not_the_one_asked_for_gets_no_voucher() {
     // while its event names the payee asked for.
     let thief = &chain.anvil.accounts()[4];
     let code: Bytes = LYING_ESCROW.trim().parse().unwrap();
-    let lying = chain.rpc.deploy(&thief.signer, code, TX_TIMEOUT).await.unwrap();
+    let lying = chain.rpc.deploy(&thief.signer, code, MINED_WITHIN).await.unwrap();
     let thief = thief.address;
     let w = chain.serve(EvmSetup { escrow: Some(lying), ..EvmSetup::default() }).await;
     let budget = w.budget(PRICE, 50 * PRICE);

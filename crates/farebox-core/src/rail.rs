@@ -115,13 +115,6 @@ pub enum Verdict {
 
 impl Verdict {
     /// The verified payment, whatever it is for.
-    pub fn verified(&self) -> &Verified {
-        match self {
-            Verdict::Payment(v) | Verdict::Control(v) => v,
-        }
-    }
-
-    /// The verified payment, whatever it is for.
     pub fn into_verified(self) -> Verified {
         match self {
             Verdict::Payment(v) | Verdict::Control(v) => v,

@@ -34,9 +34,8 @@ use crate::rpc::{EvmRpc, ReceiptOutcome};
 
 /// The environment variable that names the anvil binary to use.
 pub const ANVIL_ENV: &str = "FAREBOX_ANVIL";
-/// How long to wait for anvil to listen, and for a helper's transaction to be mined.
+/// How long to wait for anvil to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const TX_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// anvil's well-known development keys (mnemonic `test test … junk`, m/44'/60'/0'/0/i). Public
 /// knowledge: never use them on a real chain.
@@ -273,7 +272,12 @@ impl Anvil {
     /// Deploys FareboxUSD with EIP-712 `name` / `version` from account #0 (its minter).
     pub async fn deploy_token(&self, name: &str, version: &str) -> Result<Address> {
         let rpc = self.rpc().await?;
-        rpc.deploy(self.deployer()?, fareboxusd_deploy_code(name, version), TX_TIMEOUT).await
+        rpc.deploy(
+            self.deployer()?,
+            fareboxusd_deploy_code(name, version),
+            crate::rpc::MINED_WITHIN,
+        )
+        .await
     }
 
     /// Mints `amount` base units of a FareboxUSD `token` to `to` and waits until it is mined.
@@ -281,7 +285,7 @@ impl Anvil {
         let rpc = self.rpc().await?;
         let hash =
             rpc.send_call(self.deployer()?, token, &FareboxUSD::mintCall { to, amount }).await?;
-        match rpc.wait_for_receipt(hash, TX_TIMEOUT).await? {
+        match rpc.wait_for_receipt(hash, crate::rpc::MINED_WITHIN).await? {
             ReceiptOutcome::Success { .. } => Ok(()),
             other => Err(EvmError::Anvil(format!("mint {hash}: {other:?}"))),
         }

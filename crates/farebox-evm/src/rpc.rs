@@ -41,7 +41,8 @@ use crate::contracts::{
 use crate::eip3009::{self, TransferWithAuthorization};
 use crate::error::{EvmError, Result};
 
-/// How long [`EvmRpc::erc20_approve`] waits for its receipt.
+/// How long a transaction farebox sends itself (an approval, a deployment, an escrow call) is
+/// waited for before its outcome counts as unknown.
 pub const MINED_WITHIN: Duration = Duration::from_secs(30);
 
 /// The default timeout of one JSON-RPC request.

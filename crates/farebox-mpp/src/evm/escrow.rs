@@ -6,7 +6,7 @@
 //! Transactions are sent with [`EvmRpc::send_mined`] (gas is estimated first, so a call that
 //! would revert is refused with [`EvmError::Reverted`] and the contract's reason, e.g.
 //! `SessionEscrow: invalid voucher signer`, before anything is broadcast) and awaited for up to
-//! [`TX_TIMEOUT`]; a mined revert is [`EvmError::Reverted`] too, a missing receipt
+//! [`MINED_WITHIN`]; a mined revert is [`EvmError::Reverted`] too, a missing receipt
 //! [`EvmError::Unavailable`].
 //!
 //! The contract in brief (the interface of draft-evm-session-00): `open(payee, token, deposit,
@@ -20,8 +20,6 @@
 //! [`EscrowRpc::escrow_close_requests`] reads the `CloseRequested` events of a block range, which
 //! is how a payee watches for forced closes it must answer before the grace period ends.
 
-use std::time::Duration;
-
 use alloy::eips::BlockNumberOrTag;
 use alloy::primitives::{Address, B256, Bytes, TxHash};
 use alloy::rpc::types::{Filter, TransactionReceipt};
@@ -29,6 +27,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent;
 use async_trait::async_trait;
 use farebox_evm::contracts::{SessionEscrow, session_escrow_deploy_code};
+use farebox_evm::rpc::MINED_WITHIN;
 use farebox_evm::{EvmError, EvmRpc};
 
 use super::voucher::VoucherDomain;
@@ -37,9 +36,6 @@ type Result<T> = std::result::Result<T, EvmError>;
 
 /// A channel's on-chain state, as `getChannel` returns it.
 pub type Channel = SessionEscrow::Channel;
-
-/// How long the helpers wait for a receipt.
-pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The grace period the MPP drafts use between `requestClose` and `withdraw`: 15 minutes.
 pub const DEFAULT_CLOSE_GRACE_PERIOD: u64 = 15 * 60;
@@ -56,7 +52,9 @@ pub trait EscrowRpc: Sync {
         signer: &PrivateKeySigner,
         close_grace_period: u64,
     ) -> Result<Address> {
-        self.rpc().deploy(signer, session_escrow_deploy_code(close_grace_period), TX_TIMEOUT).await
+        self.rpc()
+            .deploy(signer, session_escrow_deploy_code(close_grace_period), MINED_WITHIN)
+            .await
     }
 
     /// The voucher domain of `escrow` on this chain.
@@ -85,7 +83,7 @@ pub trait EscrowRpc: Sync {
             salt,
             authorizedSigner: authorized_signer.unwrap_or(Address::ZERO),
         };
-        let (hash, receipt) = self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await?;
+        let (hash, receipt) = self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await?;
         let opened = opened_channel(&receipt, escrow)
             .ok_or_else(|| EvmError::InvalidResponse(format!("{hash}: no ChannelOpened event")))?;
         Ok((hash, opened.channelId))
@@ -171,7 +169,7 @@ pub trait EscrowRpc: Sync {
         amount: u128,
     ) -> Result<TxHash> {
         let call = SessionEscrow::topUpCall { channelId: channel_id, amount };
-        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// `settle(channelId, cumulativeAmount, signature)` from `signer` (the payee), mined.
@@ -188,7 +186,7 @@ pub trait EscrowRpc: Sync {
             cumulativeAmount: cumulative_amount,
             signature: Bytes::copy_from_slice(signature),
         };
-        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// `close(channelId, cumulativeAmount, signature)` from `signer` (the payee), mined.
@@ -205,7 +203,7 @@ pub trait EscrowRpc: Sync {
             cumulativeAmount: cumulative_amount,
             signature: Bytes::copy_from_slice(signature),
         };
-        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// `closeWithCapture(channelId, cumulativeAmount, captureAmount, signature)` from `signer`
@@ -225,7 +223,7 @@ pub trait EscrowRpc: Sync {
             captureAmount: capture_amount,
             signature: Bytes::copy_from_slice(signature),
         };
-        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// `requestClose(channelId)` from `signer` (the payer), mined.
@@ -236,7 +234,7 @@ pub trait EscrowRpc: Sync {
         channel_id: B256,
     ) -> Result<TxHash> {
         let call = SessionEscrow::requestCloseCall { channelId: channel_id };
-        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// `withdraw(channelId)` from `signer` (the payer, after the grace period), mined.
@@ -247,7 +245,7 @@ pub trait EscrowRpc: Sync {
         channel_id: B256,
     ) -> Result<TxHash> {
         let call = SessionEscrow::withdrawCall { channelId: channel_id };
-        self.rpc().send_mined(signer, escrow, &call, TX_TIMEOUT).await.map(|(hash, _)| hash)
+        self.rpc().send_mined(signer, escrow, &call, MINED_WITHIN).await.map(|(hash, _)| hash)
     }
 
     /// A channel's state (all zero for an unknown id).
