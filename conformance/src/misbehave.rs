@@ -47,8 +47,8 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use farebox_core::{
-    Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal,
-    Resource, Verdict, Verified,
+    Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Refusal, Resource,
+    Verdict,
 };
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::bolt11::{InvoiceParams, sign_invoice};
@@ -119,7 +119,7 @@ enum Lie {
 /// The L402 rail of a scenario, whose challenges lie as told; the rest is the rail's. (The rail
 /// itself checks every invoice its node hands it, so the lie is told after it: in the header.)
 struct Lying {
-    rail: L402Rail,
+    rail: Arc<L402Rail>,
     node: Arc<DevNode>,
     lie: Lie,
 }
@@ -204,20 +204,13 @@ impl Rail for Lying {
         Ok(Some(challenge))
     }
 
+    /// The honest rail's verdict: the lie is in the challenge only.
     async fn verify(
-        &self,
+        self: Arc<Self>,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
-        self.rail.verify(resource, credential).await
-    }
-
-    async fn settle(
-        &self,
-        resource: &Resource,
-        payment: Verified,
-    ) -> Result<Receipt, PaymentError> {
-        self.rail.settle(resource, payment).await
+        self.rail.clone().verify(resource, credential).await
     }
 }
 
@@ -238,7 +231,7 @@ fn paywall(
         L402Config::new("misbehave", Arc::new(DerivedRootKeys::new(&[0x42; 32])?)),
         node.clone(),
     )?;
-    let rail = Lying { rail, node: node.clone(), lie };
+    let rail = Lying { rail: Arc::new(rail), node: node.clone(), lie };
     // The scenario's name is the invoice's memo: what the report counts payments by.
     let route =
         farebox_server::PricedRoute::new(Some(Method::GET), path, Price::one(Money::sats(sats)))?

@@ -20,7 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use farebox_core::{
     Challenge, ErrorKind, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal,
-    Resource, Verdict, Verified,
+    Resource, Settlement, Verdict, Verified,
 };
 use farebox_evm::anvil::{Anvil, DEV_KEYS};
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner, U256};
@@ -516,9 +516,10 @@ struct Misbehaving {
     lie: Lie,
 }
 
-/// A verified payment and the rail (and price) that verified it.
+/// A payment the honest rail verified (at the price it verified it for), settled honestly
+/// and then lied about.
 struct Held {
-    rail: Arc<dyn Rail>,
+    lie: Lie,
     resource: Resource,
     inner: Verified,
 }
@@ -635,16 +636,16 @@ impl Rail for Misbehaving {
     }
 
     async fn verify(
-        &self,
+        self: Arc<Self>,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
-        let (rail, resource, verdict) = match self.shown.verify(resource, credential).await {
-            Ok(v) => (self.shown.clone(), resource.clone(), v),
+        let (resource, verdict) = match self.shown.clone().verify(resource, credential).await {
+            Ok(v) => (resource.clone(), v),
             Err(refused) => {
                 let later = scaled(resource, self.factor);
-                match self.later.verify(&later, credential).await {
-                    Ok(v) => (self.later.clone(), later, v),
+                match self.later.clone().verify(&later, credential).await {
+                    Ok(v) => (later, v),
                     Err(_) => return Err(refused),
                 }
             }
@@ -652,7 +653,7 @@ impl Rail for Misbehaving {
         let control = matches!(verdict, Verdict::Control(_));
         let inner = verdict.into_verified();
         if self.lie == Lie::SettleThenRefuse {
-            rail.settle(&resource, inner).await?;
+            inner.settle(&resource).await?;
             return Err(PaymentError::new(
                 ErrorKind::PaymentRequired,
                 "payment_required",
@@ -661,17 +662,21 @@ impl Rail for Misbehaving {
         }
         let (amount, payer, reference) =
             (inner.amount.clone(), inner.payer.clone(), inner.reference.clone());
-        let verified = Verified::new(amount, payer, reference, Held { rail, resource, inner });
+        let verified =
+            Verified::new(amount, payer, reference, Held { lie: self.lie, resource, inner });
         Ok(if control { Verdict::Control(verified) } else { Verdict::Payment(verified) })
     }
+}
 
+#[async_trait]
+impl Settlement for Held {
     async fn settle(
-        &self,
+        self: Box<Self>,
         _resource: &Resource,
-        payment: Verified,
+        _amount: Money,
+        _reference: String,
     ) -> Result<Receipt, PaymentError> {
-        let held = payment.state.downcast::<Held>().map_err(|_| lie_failed("not held here"))?;
-        let mut receipt = held.rail.settle(&held.resource, held.inner).await?;
+        let mut receipt = self.inner.settle(&self.resource).await?;
         match self.lie {
             Lie::InflatedReceipt => {
                 receipt.headers = inflate(receipt.headers, receipt.amount.amount)?
@@ -689,10 +694,8 @@ impl Rail for Misbehaving {
         Ok(receipt)
     }
 
-    async fn release(&self, _resource: &Resource, payment: Verified) {
-        if let Ok(held) = payment.state.downcast::<Held>() {
-            held.rail.release(&held.resource, held.inner).await;
-        }
+    async fn release(self: Box<Self>, _resource: &Resource) {
+        self.inner.release(&self.resource).await;
     }
 }
 

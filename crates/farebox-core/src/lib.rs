@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`money`] | [`Money`]: an [`Asset`] plus an integer amount in base units; no floats |
 //! | [`resource`] | [`Resource`] and [`Price`]: what is being sold, possibly in several assets |
-//! | [`rail`] | the [`Rail`] trait, [`Challenge`], [`PresentedCredential`], [`Verified`], [`Receipt`], and credential routing |
+//! | [`rail`] | the [`Rail`] trait, [`Challenge`], [`PresentedCredential`], [`Verified`] and its [`Settlement`], [`Receipt`], and credential routing |
 //! | [`error`] | [`PaymentError`] / [`ErrorKind`] and the RFC 9457 [`Problem`] body |
 //! | [`auth`] | the RFC 9110 auth-param grammar, bounded and linear-time |
 //! | [`time`] | RFC 3339 timestamps (UTC, seconds) written and parsed without a date library |
@@ -49,17 +49,21 @@
 //!    `detail` a person can act on: [`PaymentError::invalid`] earns the client a fresh 402,
 //!    [`PaymentError::unavailable`] a 503 with `Retry-After` when your backend cannot answer —
 //!    never let a request through because a check could not run. If a proof could be spent twice
-//!    (a nonce), reserve it here so a concurrent duplicate fails before the handler runs, and
-//!    implement [`Rail::release`] to give the reservation back when the handler fails.
-//! 4. **Settle.** [`Rail::settle`] moves the money (or, for final proofs such as a Lightning
-//!    preimage, just acknowledges it) and returns a [`Receipt`] whose headers go on the response.
-//!    The server settles after a successful response by default ([`SettleTiming`]).
+//!    (a nonce), reserve it here so a concurrent duplicate fails before the handler runs.
+//! 4. **Settle.** A successful `verify` returns a [`Verified`] payment carrying your own
+//!    [`Settlement`] object: what you need to settle (the signed authorization, the reserved
+//!    nonce, a handle on your rail) and the code. [`Settlement::settle`] moves the money (or, for
+//!    final proofs such as a Lightning preimage, just acknowledges it) and returns a [`Receipt`]
+//!    whose headers go on the response; [`Settlement::release`] gives the reservation back when
+//!    the handler fails. The server settles after a successful response by default
+//!    ([`SettleTiming`]). Only the rail that verified a payment ever settles it: the object is
+//!    yours, and nothing is downcast.
 //! 5. **Sessions (optional).** A rail whose payer deposits once and then pays per request (a
 //!    payment channel, a prepaid balance) keeps its accounting in a [`SessionStore`]: one
 //!    versioned record per session, changed only through [`store::update_session`], so that
 //!    concurrent requests, restarts and several instances never spend the same balance twice.
 //!    Debit the request's price in `verify` (persisted before the handler runs) and credit it
-//!    back in `release`. Messages that only manage the session (top up, close) are verified as
+//!    back in [`Settlement::release`]. Messages that only manage the session (top up, close) are verified as
 //!    [`Verdict::Control`] (not [`Verdict::Payment`]): the server settles them and answers with
 //!    [`Receipt::answer`] without calling the handler.
 //! 6. **Test it like the built-in rails.** Exercise the trait directly with a [`Resource`], and
@@ -69,9 +73,11 @@
 //! payment, not knowledge of a password):
 //!
 //! ```
+//! use std::sync::Arc;
+//!
 //! use async_trait::async_trait;
 //! use farebox_core::{auth::AuthChallenge, Challenge, PaymentError, PresentedCredential, Rail,
-//!                    Receipt, Refusal, Resource, Verdict, Verified};
+//!                    ReceiptOnly, Refusal, Resource, Verdict, Verified};
 //!
 //! struct Voucher;
 //!
@@ -88,20 +94,17 @@
 //!         Ok(Some(Challenge { www_authenticate: vec![value], ..Default::default() }))
 //!     }
 //!
-//!     async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verdict, PaymentError> {
+//!     async fn verify(self: Arc<Self>, r: &Resource, c: &PresentedCredential)
+//!         -> Result<Verdict, PaymentError> {
 //!         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
 //!             Some("open-sesame") => Ok(Verdict::Payment(Verified::new(
 //!                 r.price.in_bitcoin().cloned().expect("challenged in bitcoin"),
 //!                 None,
 //!                 "voucher",
-//!                 (),
+//!                 ReceiptOnly,
 //!             ))),
 //!             _ => Err(PaymentError::invalid("bad_voucher", "unknown voucher")),
 //!         }
-//!     }
-//!
-//!     async fn settle(&self, _r: &Resource, v: Verified) -> Result<Receipt, PaymentError> {
-//!         Ok(Receipt::new(v.amount, v.reference, vec![]))
 //!     }
 //! }
 //! ```
@@ -118,8 +121,8 @@ pub mod time;
 pub use error::{ErrorKind, PaymentError, Problem};
 pub use money::{Asset, Money, MoneyError, Token};
 pub use rail::{
-    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, Refusal, SettleTiming, Verdict,
-    Verified,
+    Challenge, ControlAnswer, PresentedCredential, Rail, Receipt, ReceiptOnly, Refusal,
+    SettleTiming, Settlement, Verdict, Verified,
 };
 pub use resource::{Price, Resource};
 pub use store::{

@@ -17,13 +17,17 @@
 //!                                                 ▼                          402 + fresh challenges
 //!                                           inner service                   (each rail told of the
 //!                                                 │                          Refusal), 503 + …
-//!                                                 │ status < 400
-//!                                                 ▼
-//!                                           Rail::settle() ──► Receipt headers on the response
+//!                                                 │ status < 400    (status ≥ 400:
+//!                                                 ▼                  Verified::release())
+//!                                           Verified::settle() ──► Receipt headers on the response
 //! ```
+//!
+//! What `verify` hands on is a [`Verified`] payment whose [`Settlement`] is an object of the rail
+//! that verified it: the rail's private data and the code that settles or releases it, consumed
+//! by either. No other rail can be handed it, and nothing is downcast.
 
-use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,7 +76,8 @@ impl fmt::Debug for PresentedCredential {
     }
 }
 
-/// A payment a rail has verified, to be settled once the request has been served.
+/// A payment a rail has verified, to be settled once the request has been served
+/// ([`Verified::settle`]) or given back when it is not ([`Verified::release`]).
 pub struct Verified {
     /// What was paid.
     pub amount: Money,
@@ -80,24 +85,74 @@ pub struct Verified {
     pub payer: Option<String>,
     /// The rail's reference for this payment (payment hash, authorization nonce, …).
     pub reference: String,
-    /// Rail-private data needed to settle (e.g. a signed authorization).
-    pub state: Box<dyn Any + Send + Sync>,
+    /// The verifying rail's own object: what it needs to settle, and how.
+    settlement: Box<dyn Settlement>,
 }
 
 impl Verified {
-    /// A payment for the request, to be settled around the handler.
+    /// A payment for the request, settled or released by `settlement`.
     pub fn new(
         amount: Money,
         payer: Option<String>,
         reference: impl Into<String>,
-        state: impl Any + Send + Sync,
+        settlement: impl Settlement,
     ) -> Self {
-        Verified { amount, payer, reference: reference.into(), state: Box::new(state) }
+        Verified { amount, payer, reference: reference.into(), settlement: Box::new(settlement) }
     }
 
     /// This payment as a payment-control message ([`Verdict::Control`]).
     pub fn control(self) -> Verdict {
         Verdict::Control(self)
+    }
+
+    /// Settles the payment (see [`Settlement::settle`]).
+    pub async fn settle(self, resource: &Resource) -> Result<Receipt, PaymentError> {
+        let Verified { amount, reference, settlement, .. } = self;
+        settlement.settle(resource, amount, reference).await
+    }
+
+    /// Gives back what verifying reserved: the request was not served (see
+    /// [`Settlement::release`]).
+    pub async fn release(self, resource: &Resource) {
+        self.settlement.release(resource).await
+    }
+}
+
+/// The rail's half of a [`Verified`] payment: its private data (a signed authorization, a
+/// reserved nonce, a session debit) and the code that settles or releases it. Each rail has its
+/// own type and consumes it, as rustls' `ActiveKeyExchange` is consumed by completing the
+/// exchange: a payment is settled or released once, by the rail that verified it.
+#[async_trait]
+pub trait Settlement: Send + Sync + 'static {
+    /// Settles the payment of `amount` known by `reference` and returns the receipt for the
+    /// response. For rails whose proof is already final (a Lightning preimage) this only builds
+    /// the receipt. An error is what the client gets instead of the content.
+    async fn settle(
+        self: Box<Self>,
+        resource: &Resource,
+        amount: Money,
+        reference: String,
+    ) -> Result<Receipt, PaymentError>;
+
+    /// Releases what verifying reserved when the request is not served (the handler failed), so
+    /// that the same payment can be retried. Default: nothing to release.
+    async fn release(self: Box<Self>, _resource: &Resource) {}
+}
+
+/// A [`Settlement`] with nothing to do but write a receipt without headers: for test rails and
+/// for proofs that are final and need no receipt of their own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiptOnly;
+
+#[async_trait]
+impl Settlement for ReceiptOnly {
+    async fn settle(
+        self: Box<Self>,
+        _resource: &Resource,
+        amount: Money,
+        reference: String,
+    ) -> Result<Receipt, PaymentError> {
+        Ok(Receipt::new(amount, reference, Vec::new()))
     }
 }
 
@@ -235,21 +290,14 @@ pub trait Rail: Send + Sync + 'static {
     ) -> Result<Option<Challenge>, PaymentError>;
 
     /// Checks that `credential` pays for `resource`. Must not have side effects that charge
-    /// the client; it may reserve (e.g. a nonce) so that a concurrent duplicate is refused.
+    /// the client; it may reserve (e.g. a nonce) so that a concurrent duplicate is refused, and
+    /// gives the reservation back in [`Settlement::release`]. Takes the rail by `Arc` so that
+    /// the [`Settlement`] it hands on may hold the rail it settles through.
     async fn verify(
-        &self,
+        self: Arc<Self>,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError>;
-
-    /// Settles a verified payment and returns the receipt for the response. For rails whose proof
-    /// is already final (a Lightning preimage) this only builds the receipt.
-    async fn settle(&self, resource: &Resource, payment: Verified)
-    -> Result<Receipt, PaymentError>;
-
-    /// Releases what [`Rail::verify`] reserved when the request is not served (the handler
-    /// failed), so that the same payment can be retried. Default: nothing to release.
-    async fn release(&self, _resource: &Resource, _payment: Verified) {}
 
     /// Periodic upkeep the server runs for every rail (e.g. every 10 s): resolve settlements
     /// whose outcome was unknown, close idle sessions and refund them. Default: nothing to do.

@@ -38,7 +38,8 @@ impl LightningBackend for NoBackend {
 fn bench(c: &mut Criterion) {
     let master = [0x5a; 32];
     let keys = Arc::new(DerivedRootKeys::new(&master).unwrap());
-    let rail = L402Rail::new(L402Config::new("svc", keys.clone()), Arc::new(NoBackend)).unwrap();
+    let rail =
+        Arc::new(L402Rail::new(L402Config::new("svc", keys.clone()), Arc::new(NoBackend)).unwrap());
     let resource = Resource {
         method: http::Method::GET,
         path: "/v1/weather/x".into(),
@@ -82,7 +83,9 @@ fn bench(c: &mut Criterion) {
     };
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     c.bench_function("rail_verify/3_caveats", |b| {
-        b.iter(|| rt.block_on(rail.verify(black_box(&resource), black_box(&presented))).unwrap())
+        b.iter(|| {
+            rt.block_on(rail.clone().verify(black_box(&resource), black_box(&presented))).unwrap()
+        })
     });
 }
 

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use farebox_core::money::Money;
 use farebox_core::store::{SessionStore, StoreError};
 use farebox_core::{
-    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Verdict,
-    Verified,
+    Challenge, PaymentError, PresentedCredential, Rail, Receipt, Refusal, Resource, Settlement,
+    Verdict, Verified,
 };
 use farebox_lightning::{InvoiceRequest, LightningBackend, NetworkPin, create_checked_invoice};
 use http::HeaderValue;
@@ -478,7 +478,7 @@ impl Rail for L402Rail {
     }
 
     async fn verify(
-        &self,
+        self: Arc<Self>,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
@@ -516,45 +516,40 @@ impl Rail for L402Rail {
                 }
             }
         }
-        Ok(Verdict::Payment(Verified::new(
-            Money::msats(token.amount_msat),
-            None,
-            hex::encode(token.payment_hash),
-            token,
-        )))
+        let (amount, reference) =
+            (Money::msats(token.amount_msat), hex::encode(token.payment_hash));
+        Ok(Verdict::Payment(Verified::new(amount, None, reference, Paid { rail: self, token })))
     }
+}
 
+/// An L402 payment verified by [`L402Rail`], to be receipted or given back.
+struct Paid {
+    rail: Arc<L402Rail>,
+    token: VerifiedToken,
+}
+
+#[async_trait]
+impl Settlement for Paid {
     /// A preimage is final, so settling only writes the receipt: an [`L402_RECEIPT`] header
     /// (see [`crate::receipt`]).
     async fn settle(
-        &self,
+        self: Box<Self>,
         _resource: &Resource,
-        payment: Verified,
+        amount: Money,
+        reference: String,
     ) -> Result<Receipt, PaymentError> {
-        let Some(token) = payment.state.downcast_ref::<VerifiedToken>() else {
-            return Err(PaymentError::internal(
-                "l402_settle",
-                "asked to settle a payment this rail did not verify",
-            ));
-        };
         let receipt = L402Receipt {
-            payment_hash: token.payment_hash,
-            amount_msat: token.amount_msat,
-            service: self.verifier.config.service.clone(),
+            payment_hash: self.token.payment_hash,
+            amount_msat: self.token.amount_msat,
+            service: self.rail.verifier.config.service.clone(),
             timestamp: farebox_core::time::unix_now()?,
         };
-        Ok(Receipt::new(
-            payment.amount,
-            payment.reference,
-            vec![(L402_RECEIPT, receipt.to_header_value())],
-        ))
+        Ok(Receipt::new(amount, reference, vec![(L402_RECEIPT, receipt.to_header_value())]))
     }
 
     /// Gives back the requests counted against the token's limits: this one was not served.
-    async fn release(&self, _resource: &Resource, payment: Verified) {
-        let (Some(token), Some(tokens)) =
-            (payment.state.downcast_ref::<VerifiedToken>(), self.token_store())
-        else {
+    async fn release(self: Box<Self>, _resource: &Resource) {
+        let (token, Some(tokens)) = (&self.token, self.rail.token_store()) else {
             return;
         };
         if token.counters.is_empty() {

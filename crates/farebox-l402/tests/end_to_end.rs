@@ -47,18 +47,19 @@ async fn pay_and_retry_with_the_dev_node() {
     let rails = [rail.clone()];
     let (owner, presented) = credential_of(&rails, &headers).unwrap().expect("an L402 credential");
     assert_eq!(owner.name(), "l402");
-    let farebox_core::Verdict::Payment(verified) = owner.verify(&r, &presented).await.unwrap()
+    let farebox_core::Verdict::Payment(verified) =
+        owner.clone().verify(&r, &presented).await.unwrap()
     else {
         panic!("an L402 token is payment, not control");
     };
     assert_eq!(verified.amount, Money::sats(21));
     assert_eq!(verified.reference, hex::encode(paid.payment_hash));
-    let receipt = owner.settle(&r, verified).await.unwrap();
+    let receipt = verified.settle(&r).await.unwrap();
     assert_eq!(receipt.amount, Money::sats(21));
 
     // The same token on a dearer route does not pay.
     let dear = resource("GET", "/v1/weather/*", Money::sats(22));
-    let e = owner.verify(&dear, &presented).await.unwrap_err();
+    let e = owner.clone().verify(&dear, &presented).await.unwrap_err();
     assert_eq!((e.kind, e.code), (ErrorKind::InvalidCredential, "insufficient_amount"));
 
     // The LSAT scheme, lower case, is recognised by core and accepted by the rail.
@@ -66,7 +67,7 @@ async fn pay_and_retry_with_the_dev_node() {
     let lsat = format_credential(&l402.macaroon, &paid.preimage).replacen("L402", "lsat", 1);
     headers.insert(http::header::AUTHORIZATION, lsat.parse().unwrap());
     let (owner, presented) = credential_of(&rails, &headers).unwrap().unwrap();
-    owner.verify(&r, &presented).await.unwrap();
+    owner.clone().verify(&r, &presented).await.unwrap();
 
     // An unavailable node: 503, fail closed.
     server.set_available(false);

@@ -19,10 +19,10 @@ use farebox_l402::{
 
 const MASTER: [u8; 32] = [0x5a; 32];
 
-fn rail() -> (L402Rail, Arc<FixedBackend>) {
+fn rail() -> (Arc<L402Rail>, Arc<FixedBackend>) {
     let backend = FixedBackend::new();
     let config = L402Config::new("svc", Arc::new(DerivedRootKeys::new(&MASTER).unwrap()));
-    (L402Rail::new(config, backend.clone()).unwrap(), backend)
+    (Arc::new(L402Rail::new(config, backend.clone()).unwrap()), backend)
 }
 
 fn ten_sat() -> Resource {
@@ -44,17 +44,17 @@ fn token_for(rail: &L402Rail, r: &Resource, amount_msat: u64) -> String {
 }
 
 async fn verify(
-    rail: &L402Rail,
+    rail: &Arc<L402Rail>,
     r: &Resource,
     value: String,
 ) -> Result<farebox_core::Verified, farebox_core::PaymentError> {
-    rail.verify(r, &presented(value)).await.map(|verdict| match verdict {
+    rail.clone().verify(r, &presented(value)).await.map(|verdict| match verdict {
         farebox_core::Verdict::Payment(payment) => payment,
         farebox_core::Verdict::Control(_) => panic!("an L402 token is payment, not control"),
     })
 }
 
-async fn code(rail: &L402Rail, r: &Resource, value: String) -> &'static str {
+async fn code(rail: &Arc<L402Rail>, r: &Resource, value: String) -> &'static str {
     let e = verify(rail, r, value).await.expect_err("must be refused");
     assert_eq!(e.kind, ErrorKind::InvalidCredential, "{e}");
     assert!(!e.detail.is_empty());
@@ -166,7 +166,7 @@ async fn valid_token_verifies_and_settles() {
     assert_eq!(v.reference, vectors()["payment_hash"].as_str().unwrap());
     assert_eq!(v.payer, None);
     let before = unix_now().unwrap();
-    let receipt = rail.settle(&r, v).await.unwrap();
+    let receipt = v.settle(&r).await.unwrap();
     assert_eq!(receipt.amount, Money::sats(10));
     assert_eq!(receipt.reference, vectors()["payment_hash"].as_str().unwrap());
     // One header, L402-Receipt, that the client can read back.
@@ -188,7 +188,7 @@ async fn receipt_header_is_base64url_of_compact_json() {
     let v = verify(&rail, &r, format_credential(&token_for(&rail, &r, 10_000), &preimage()))
         .await
         .unwrap();
-    let receipt = rail.settle(&r, v).await.unwrap();
+    let receipt = v.settle(&r).await.unwrap();
     let value = receipt.headers[0].1.to_str().unwrap().to_string();
     // base64url, no padding.
     assert!(value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{value}");
@@ -317,18 +317,22 @@ async fn refusals() {
         "invalid_signature"
     );
     // Another rail's master secret: the signature fails.
-    let stranger = L402Rail::new(
-        L402Config::new("svc", Arc::new(DerivedRootKeys::new(&[1; 32]).unwrap())),
-        FixedBackend::new(),
-    )
-    .unwrap();
+    let stranger = Arc::new(
+        L402Rail::new(
+            L402Config::new("svc", Arc::new(DerivedRootKeys::new(&[1; 32]).unwrap())),
+            FixedBackend::new(),
+        )
+        .unwrap(),
+    );
     assert_eq!(code(&stranger, &r, format_credential(&tok, &pre)).await, "invalid_signature");
     // Wrong service: a rail configured for another service name, same keys.
-    let other_service = L402Rail::new(
-        L402Config::new("other", Arc::new(DerivedRootKeys::new(&MASTER).unwrap())),
-        FixedBackend::new(),
-    )
-    .unwrap();
+    let other_service = Arc::new(
+        L402Rail::new(
+            L402Config::new("other", Arc::new(DerivedRootKeys::new(&MASTER).unwrap())),
+            FixedBackend::new(),
+        )
+        .unwrap(),
+    );
     let e = verify(&other_service, &r, format_credential(&tok, &pre)).await.unwrap_err();
     // The `svc_valid_until` caveat is not understood by service "other" before or after the
     // services check; both are refusals. The services caveat comes first.
@@ -486,7 +490,7 @@ impl farebox_lightning::LightningBackend for LeakyNode {
 async fn a_leaked_preimage_of_an_unpaid_invoice_buys_nothing_and_a_silent_node_is_503() {
     let node = Arc::new(LeakyNode::default());
     let config = L402Config::new("svc", Arc::new(DerivedRootKeys::new(&MASTER).unwrap()));
-    let rail = L402Rail::new(config, node.clone()).unwrap();
+    let rail = Arc::new(L402Rail::new(config, node.clone()).unwrap());
     let r = ten_sat();
     let credential = || format_credential(&token_for(&rail, &r, 10_000), &preimage());
     // The right preimage, but the invoice is unpaid: refused.

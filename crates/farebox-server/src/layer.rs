@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use farebox_core::{Money, PaymentError, Rail, Receipt, Resource, SettleTiming, Verdict, Verified};
+use farebox_core::{Money, PaymentError, Receipt, Resource, SettleTiming, Verdict, Verified};
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
@@ -106,7 +106,7 @@ where
                 Decision::Serve { rail, verdict: Verdict::Control(message) } => {
                     // A session top-up or close: settled and answered here; the handler never
                     // sees it.
-                    return Ok(match rail.settle(&resource, message).await {
+                    return Ok(match message.settle(&resource).await {
                         Ok(receipt) => control_answer(rail.name(), receipt),
                         Err(e) => settle_failed(&paywall, &resource, rail.name(), e).await,
                     });
@@ -122,7 +122,7 @@ where
 
             let (response, receipt) = match timing {
                 SettleTiming::BeforeServe => {
-                    let receipt = match rail.settle(&resource, payment).await {
+                    let receipt = match payment.settle(&resource).await {
                         Ok(receipt) => receipt,
                         Err(e) => {
                             return Ok(settle_failed(&paywall, &resource, rail.name(), e).await);
@@ -133,13 +133,13 @@ where
                 SettleTiming::AfterResponse => {
                     // Until settled, the payment is held by a guard that gives any reservation
                     // back if the handler fails, errors, or this future is dropped.
-                    let mut held = Held::new(rail.clone(), resource.clone(), payment);
+                    let mut held = Held::new(rail.name(), resource.clone(), payment);
                     let response = inner.call(request).await?;
                     if response.status().as_u16() >= 400 {
                         held.release().await;
                         return Ok(response.map(Body::new));
                     }
-                    match rail.settle(&resource, held.take()).await {
+                    match held.take().settle(&resource).await {
                         Ok(receipt) => (response, receipt),
                         // The handler's answer is dropped: unpaid content is never delivered.
                         Err(e) => {
@@ -218,13 +218,13 @@ fn control_answer(rail: &'static str, mut receipt: Receipt) -> Response<Body> {
 /// or was cancelled), it releases the payment on a spawned task so that a reservation (a nonce,
 /// a voucher) is never stranded.
 struct Held {
-    rail: Arc<dyn Rail>,
+    rail: &'static str,
     resource: Resource,
     payment: Option<Verified>,
 }
 
 impl Held {
-    fn new(rail: Arc<dyn Rail>, resource: Resource, payment: Verified) -> Self {
+    fn new(rail: &'static str, resource: Resource, payment: Verified) -> Self {
         Held { rail, resource, payment: Some(payment) }
     }
 
@@ -236,7 +236,7 @@ impl Held {
     /// Releases the payment now: nothing is charged for this request.
     async fn release(&mut self) {
         if let Some(payment) = self.payment.take() {
-            self.rail.release(&self.resource, payment).await;
+            payment.release(&self.resource).await;
         }
     }
 }
@@ -246,15 +246,12 @@ impl Drop for Held {
         let Some(payment) = self.payment.take() else {
             return;
         };
-        let (rail, resource) = (self.rail.clone(), self.resource.clone());
+        let (rail, resource) = (self.rail, self.resource.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move { rail.release(&resource, payment).await });
+                runtime.spawn(async move { payment.release(&resource).await });
             }
-            Err(_) => tracing::warn!(
-                rail = rail.name(),
-                "payment dropped outside a runtime; not released"
-            ),
+            Err(_) => tracing::warn!(rail, "payment dropped outside a runtime; not released"),
         }
     }
 }

@@ -141,7 +141,7 @@ impl Paywall {
                 return Decision::Refuse(self.refusal(resource, &e.error, by).await);
             }
         };
-        match rail.verify(resource, &credential).await {
+        match rail.clone().verify(resource, &credential).await {
             Ok(verdict) => Decision::Serve { rail, verdict },
             Err(e) => {
                 tracing::info!(rail = rail.name(), code = e.code, path = %resource.path, "credential refused");

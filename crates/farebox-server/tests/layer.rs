@@ -12,7 +12,7 @@ use axum::{Extension, Router};
 use farebox_core::auth::AuthChallenge;
 use farebox_core::{
     Asset, Challenge, ControlAnswer, Money, PaymentError, PresentedCredential, Price, Rail,
-    Receipt, Refusal, Resource, SettleTiming, Token, Verdict, Verified,
+    Receipt, Refusal, Resource, SettleTiming, Settlement, Token, Verdict, Verified,
 };
 use farebox_server::{MaintenanceError, Paid, Paywall, PaywallLayer, PricedRoute};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -90,49 +90,25 @@ impl Rail for TestRail {
             )],
         }))
     }
-    async fn verify(&self, r: &Resource, c: &PresentedCredential) -> Result<Verdict, PaymentError> {
+    async fn verify(
+        self: Arc<Self>,
+        r: &Resource,
+        c: &PresentedCredential,
+    ) -> Result<Verdict, PaymentError> {
         if !self.up.load(Ordering::SeqCst) {
             return Err(self.down());
         }
+        let amount = r.price.in_asset(&self.asset).unwrap().clone();
+        let paid = TestPaid((*self).clone());
         match c.auth.as_ref().and_then(|a| a.token.as_deref()) {
-            Some("paid") => Ok(Verdict::Payment(Verified::new(
-                r.price.in_asset(&self.asset).unwrap().clone(),
-                Some("tester".into()),
-                "ref-1",
-                (),
-            ))),
-            Some("close") | Some("topup") => Ok(Verified::new(
-                r.price.in_asset(&self.asset).unwrap().clone(),
-                Some("tester".into()),
-                c.auth.as_ref().and_then(|a| a.token.clone()).unwrap_or_default(),
-                (),
-            )
-            .control()),
+            Some("paid") => {
+                Ok(Verdict::Payment(Verified::new(amount, Some("tester".into()), "ref-1", paid)))
+            }
+            Some(message @ ("close" | "topup")) => {
+                Ok(Verified::new(amount, Some("tester".into()), message, paid).control())
+            }
             _ => Err(PaymentError::invalid("test_bad_proof", "the proof is not 'paid'")),
         }
-    }
-    async fn settle(&self, _r: &Resource, v: Verified) -> Result<Receipt, PaymentError> {
-        if !self.settle_ok.load(Ordering::SeqCst) {
-            return Err(PaymentError::invalid("settlement_failed", "the test settlement failed"));
-        }
-        self.settled.fetch_add(1, Ordering::SeqCst);
-        let close = v.reference == "close";
-        let receipt = Receipt::new(
-            v.amount,
-            v.reference,
-            vec![(HeaderName::from_static("x-test-receipt"), HeaderValue::from_static("ok"))],
-        );
-        Ok(if close {
-            receipt.with_answer(ControlAnswer {
-                status: StatusCode::OK,
-                body: Some(serde_json::json!({"status": "closed"})),
-            })
-        } else {
-            receipt
-        })
-    }
-    async fn release(&self, _r: &Resource, _v: Verified) {
-        self.released.fetch_add(1, Ordering::SeqCst);
     }
     async fn maintain(&self) -> Result<(), PaymentError> {
         self.maintained.fetch_add(1, Ordering::SeqCst);
@@ -506,13 +482,24 @@ async fn an_errors_own_headers_reach_the_client() {
             self.0.challenge(r, refusal).await
         }
         async fn verify(
-            &self,
+            self: Arc<Self>,
             r: &Resource,
             c: &PresentedCredential,
         ) -> Result<Verdict, PaymentError> {
-            self.0.verify(r, c).await
+            let verified = Arc::new(self.0.clone()).verify(r, c).await?.into_verified();
+            let Verified { amount, payer, reference, .. } = verified;
+            Ok(Verdict::Payment(Verified::new(amount, payer, reference, NeverConfirmed)))
         }
-        async fn settle(&self, _: &Resource, _: Verified) -> Result<Receipt, PaymentError> {
+    }
+    struct NeverConfirmed;
+    #[async_trait]
+    impl Settlement for NeverConfirmed {
+        async fn settle(
+            self: Box<Self>,
+            _: &Resource,
+            _: Money,
+            _: String,
+        ) -> Result<Receipt, PaymentError> {
             Err(PaymentError::invalid("settlement_pending", "not confirmed yet")
                 .with_header(HeaderName::from_static("x-tx"), HeaderValue::from_static("0xabc")))
         }
@@ -579,6 +566,41 @@ async fn upkeep_runs_every_rail_even_when_one_fails() {
     assert!(usd.maintained.load(Ordering::SeqCst) >= 3, "runs periodically");
 }
 
+/// A payment [`TestRail`] verified.
+struct TestPaid(TestRail);
+
+#[async_trait]
+impl Settlement for TestPaid {
+    async fn settle(
+        self: Box<Self>,
+        _r: &Resource,
+        amount: Money,
+        reference: String,
+    ) -> Result<Receipt, PaymentError> {
+        if !self.0.settle_ok.load(Ordering::SeqCst) {
+            return Err(PaymentError::invalid("settlement_failed", "the test settlement failed"));
+        }
+        self.0.settled.fetch_add(1, Ordering::SeqCst);
+        let close = reference == "close";
+        let receipt = Receipt::new(
+            amount,
+            reference,
+            vec![(HeaderName::from_static("x-test-receipt"), HeaderValue::from_static("ok"))],
+        );
+        Ok(if close {
+            receipt.with_answer(ControlAnswer {
+                status: StatusCode::OK,
+                body: Some(serde_json::json!({"status": "closed"})),
+            })
+        } else {
+            receipt
+        })
+    }
+    async fn release(self: Box<Self>, _r: &Resource) {
+        self.0.released.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// A rail that must be maintained within `deadline` (or cannot tell, when `None`).
 struct DeadlineRail {
     deadline: Option<Duration>,
@@ -597,13 +619,10 @@ impl Rail for DeadlineRail {
         Ok(None)
     }
     async fn verify(
-        &self,
+        self: Arc<Self>,
         _r: &Resource,
         _c: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
-        Err(PaymentError::invalid("test_bad_proof", "never paid"))
-    }
-    async fn settle(&self, _r: &Resource, _v: Verified) -> Result<Receipt, PaymentError> {
         Err(PaymentError::invalid("test_bad_proof", "never paid"))
     }
     async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {

@@ -43,7 +43,7 @@ use async_trait::async_trait;
 use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{
     Asset, Challenge, ErrorKind, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, Refusal, ReplayStore, Resource, Verdict, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Settlement, Verdict, Verified,
 };
 use farebox_evm::EvmRpc;
 use farebox_evm::eip3009::payer_account;
@@ -348,7 +348,7 @@ impl Rail for X402Rail {
     }
 
     async fn verify(
-        &self,
+        self: Arc<Self>,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
@@ -417,80 +417,8 @@ impl Rail for X402Rail {
             Money::new(self.asset.clone(), amount),
             Some(payer.clone()),
             format!("{:#x}", checked.payload.authorization.nonce),
-            Accepted { request, key, payer },
+            Settling { rail: self, accepted: Accepted { request, key, payer } },
         )))
-    }
-
-    async fn settle(
-        &self,
-        _resource: &Resource,
-        payment: Verified,
-    ) -> Result<Receipt, PaymentError> {
-        let accepted = payment.state.downcast::<Accepted>().map_err(|_| {
-            PaymentError::internal("x402_state", "verified payment of another rail")
-        })?;
-        let answer = match self.facilitator.settle(&accepted.request).await {
-            Ok(answer) => answer,
-            Err(FacilitatorError::Unavailable(why)) => {
-                // Never sent: the client keeps its authorization for a retry.
-                self.store.release(NAMESPACE, &accepted.key).await?;
-                return Err(unavailable(FacilitatorError::Unavailable(why)));
-            }
-            Err(e) => {
-                // The transfer may have been sent: the nonce stays spent, the outcome pending,
-                // and the client is told whatever transaction hash is known.
-                let transaction = match &e {
-                    FacilitatorError::OutcomeUnknown { transaction, .. } => transaction.clone(),
-                    _ => None,
-                };
-                self.record(&accepted.key, ProofState::Pending, transaction.as_deref()).await;
-                let mut pending = SettleResponse::failure(
-                    Reason::SettlementPending,
-                    accepted.request.network().to_string(),
-                    Some(accepted.payer.clone()),
-                );
-                pending.transaction = transaction.clone().unwrap_or_default();
-                let header = self.settlement_header(&accepted.request, &pending, &accepted.payer);
-                let tx = transaction.map(|t| format!(" (transaction {t})")).unwrap_or_default();
-                return Err(PaymentError::unavailable(
-                    "settlement_outcome_unknown",
-                    format!(
-                        "{e}{tx}; the payment is recorded as pending and will not be taken twice"
-                    ),
-                    Duration::from_secs(5),
-                )
-                .with_header(header.0, header.1));
-            }
-        };
-        let header = self.settlement_header(&accepted.request, &answer, &accepted.payer);
-        let tx = (!answer.transaction.is_empty()).then_some(answer.transaction.as_str());
-        if answer.success {
-            // Paid: the content is delivered even if the record cannot be updated (it stays
-            // reserved, which still refuses the authorization a second time).
-            self.record(&accepted.key, ProofState::Settled, tx).await;
-            return Ok(Receipt::new(payment.amount, answer.transaction.clone(), vec![header]));
-        }
-        let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
-        let detail = answer.error_message.clone().unwrap_or_else(|| reason.message().to_string());
-        if reason == Reason::SettlementPending {
-            let detail = format!("settlement sent as {} but not yet confirmed", answer.transaction);
-            self.record(&accepted.key, ProofState::Pending, tx).await;
-            return Err(invalid(reason, detail).with_header(header.0, header.1));
-        }
-        match tx {
-            // A transaction that failed: this authorization's settlement is over.
-            Some(_) => self.record(&accepted.key, ProofState::Failed, tx).await,
-            // Refused before anything was broadcast (e.g. at gas estimation, the payer's funds
-            // gone since verification): the payer's authorization stays usable, so the nonce is
-            // released rather than spent.
-            None => {
-                if let Err(e) = self.store.release(NAMESPACE, &accepted.key).await {
-                    let key = &accepted.key;
-                    tracing::warn!(key, error = %e, "could not release an x402 reservation");
-                }
-            }
-        }
-        Err(invalid(reason, detail).with_header(header.0, header.1))
     }
 
     async fn maintain(&self) -> Result<(), PaymentError> {
@@ -504,11 +432,90 @@ impl Rail for X402Rail {
         }
         Ok(())
     }
+}
 
-    async fn release(&self, _resource: &Resource, payment: Verified) {
-        if let Ok(accepted) = payment.state.downcast::<Accepted>()
-            && let Err(e) = self.store.release(NAMESPACE, &accepted.key).await
-        {
+/// An x402 payment verified by [`X402Rail`]: its nonce reserved, its authorization to be sent
+/// through the facilitator.
+struct Settling {
+    rail: Arc<X402Rail>,
+    accepted: Accepted,
+}
+
+#[async_trait]
+impl Settlement for Settling {
+    async fn settle(
+        self: Box<Self>,
+        _resource: &Resource,
+        amount: Money,
+        _reference: String,
+    ) -> Result<Receipt, PaymentError> {
+        let Settling { rail, accepted } = *self;
+        let answer = match rail.facilitator.settle(&accepted.request).await {
+            Ok(answer) => answer,
+            Err(FacilitatorError::Unavailable(why)) => {
+                // Never sent: the client keeps its authorization for a retry.
+                rail.store.release(NAMESPACE, &accepted.key).await?;
+                return Err(unavailable(FacilitatorError::Unavailable(why)));
+            }
+            Err(e) => {
+                // The transfer may have been sent: the nonce stays spent, the outcome pending,
+                // and the client is told whatever transaction hash is known.
+                let transaction = match &e {
+                    FacilitatorError::OutcomeUnknown { transaction, .. } => transaction.clone(),
+                    _ => None,
+                };
+                rail.record(&accepted.key, ProofState::Pending, transaction.as_deref()).await;
+                let mut pending = SettleResponse::failure(
+                    Reason::SettlementPending,
+                    accepted.request.network().to_string(),
+                    Some(accepted.payer.clone()),
+                );
+                pending.transaction = transaction.clone().unwrap_or_default();
+                let header = rail.settlement_header(&accepted.request, &pending, &accepted.payer);
+                let tx = transaction.map(|t| format!(" (transaction {t})")).unwrap_or_default();
+                return Err(PaymentError::unavailable(
+                    "settlement_outcome_unknown",
+                    format!(
+                        "{e}{tx}; the payment is recorded as pending and will not be taken twice"
+                    ),
+                    Duration::from_secs(5),
+                )
+                .with_header(header.0, header.1));
+            }
+        };
+        let header = rail.settlement_header(&accepted.request, &answer, &accepted.payer);
+        let tx = (!answer.transaction.is_empty()).then_some(answer.transaction.as_str());
+        if answer.success {
+            // Paid: the content is delivered even if the record cannot be updated (it stays
+            // reserved, which still refuses the authorization a second time).
+            rail.record(&accepted.key, ProofState::Settled, tx).await;
+            return Ok(Receipt::new(amount, answer.transaction.clone(), vec![header]));
+        }
+        let reason = answer.reason().unwrap_or(Reason::UnexpectedSettleError);
+        let detail = answer.error_message.clone().unwrap_or_else(|| reason.message().to_string());
+        if reason == Reason::SettlementPending {
+            let detail = format!("settlement sent as {} but not yet confirmed", answer.transaction);
+            rail.record(&accepted.key, ProofState::Pending, tx).await;
+            return Err(invalid(reason, detail).with_header(header.0, header.1));
+        }
+        match tx {
+            // A transaction that failed: this authorization's settlement is over.
+            Some(_) => rail.record(&accepted.key, ProofState::Failed, tx).await,
+            // Refused before anything was broadcast (e.g. at gas estimation, the payer's funds
+            // gone since verification): the payer's authorization stays usable, so the nonce is
+            // released rather than spent.
+            None => {
+                if let Err(e) = rail.store.release(NAMESPACE, &accepted.key).await {
+                    let key = &accepted.key;
+                    tracing::warn!(key, error = %e, "could not release an x402 reservation");
+                }
+            }
+        }
+        Err(invalid(reason, detail).with_header(header.0, header.1))
+    }
+
+    async fn release(self: Box<Self>, _resource: &Resource) {
+        if let Err(e) = self.rail.store.release(NAMESPACE, &self.accepted.key).await {
             tracing::warn!(error = %e, "could not release an x402 reservation");
         }
     }

@@ -1334,8 +1334,10 @@ async fn a_payer_may_have_as_many_payments_in_flight_as_its_balance_covers() {
     let payer = payer_funded_for(&chain, 3).await;
     let store = Arc::new(MemoryStore::new());
     let facilitator = Arc::new(chain.facilitator(store.clone()));
-    let with_node = X402Rail::new(chain.config(), facilitator.clone(), store.clone())
-        .with_node(chain.rpc.clone());
+    let with_node = Arc::new(
+        X402Rail::new(chain.config(), facilitator.clone(), store.clone())
+            .with_node(chain.rpc.clone()),
+    );
     let s = server_with(&chain, X402Rail::new(chain.config(), facilitator, store));
     let resource = Resource {
         method: http::Method::GET,
@@ -1357,21 +1359,22 @@ async fn a_payer_may_have_as_many_payments_in_flight_as_its_balance_covers() {
     // Verified, not settled: each holds PRICE of the payer's 3 × PRICE.
     let mut held = Vec::new();
     for payment in &payments[..3] {
-        held.push(with_node.verify(&resource, payment).await.unwrap());
+        held.push(with_node.clone().verify(&resource, payment).await.unwrap());
     }
-    let refused = with_node.verify(&resource, &payments[3]).await.unwrap_err();
+    let refused = with_node.clone().verify(&resource, &payments[3]).await.unwrap_err();
     assert_eq!(refused.code, "insufficient_funds", "{refused:?}");
     // Released (its handler failed), a payment holds nothing any more.
-    with_node.release(&resource, held.pop().unwrap().into_verified()).await;
-    with_node.verify(&resource, &payments[3]).await.unwrap();
+    held.pop().unwrap().into_verified().release(&resource).await;
+    with_node.clone().verify(&resource, &payments[3]).await.unwrap();
     // Without a node to read balances, a payer has one payment in flight at most.
     let store = Arc::new(MemoryStore::new());
     let s2 = server(&chain, Arc::new(chain.facilitator(store.clone())), store);
     let one = payments_of(&chain, &s2.app, payer, 2, |_| false).await;
-    let first = s2.rail.verify(&resource, &credential(one[0].1.clone())).await.unwrap();
-    let second = s2.rail.verify(&resource, &credential(one[1].1.clone())).await.unwrap_err();
+    let first = s2.rail.clone().verify(&resource, &credential(one[0].1.clone())).await.unwrap();
+    let second =
+        s2.rail.clone().verify(&resource, &credential(one[1].1.clone())).await.unwrap_err();
     assert_eq!(second.code, "insufficient_funds", "{second:?}");
-    s2.rail.release(&resource, first.into_verified()).await;
-    s2.rail.verify(&resource, &credential(one[1].1.clone())).await.unwrap();
+    first.into_verified().release(&resource).await;
+    s2.rail.clone().verify(&resource, &credential(one[1].1.clone())).await.unwrap();
     assert_eq!(chain.balance(chain.pay_to()).await, 0, "nothing was settled");
 }

@@ -69,19 +69,28 @@ fn bought() -> String {
 }
 
 /// A rail instance with its own in-memory store, as the server that sold the token.
-fn server() -> L402Rail {
+fn server() -> Arc<L402Rail> {
     let store = Arc::new(farebox_store::MemoryStore::new());
     let node = DevNode::random(&DevNetwork::new(), 0);
-    L402Rail::new(config().with_store(store), Arc::new(node)).unwrap()
+    Arc::new(L402Rail::new(config().with_store(store), Arc::new(node)).unwrap())
 }
 
-async fn verify(rail: &L402Rail, method: &str, path: &str, credential: &str) -> Result<(), String> {
+async fn verify(
+    rail: &Arc<L402Rail>,
+    method: &str,
+    path: &str,
+    credential: &str,
+) -> Result<(), String> {
     let presented = PresentedCredential {
         header: http::header::AUTHORIZATION,
         auth: None,
         value: credential.trim().to_string(),
     };
-    rail.verify(&resource(method, path), &presented).await.map(|_| ()).map_err(|e| e.code.into())
+    rail.clone()
+        .verify(&resource(method, path), &presented)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code.into())
 }
 
 #[tokio::test]

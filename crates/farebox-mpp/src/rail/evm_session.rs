@@ -80,7 +80,6 @@ use crate::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_core::store::{Update, update_session};
 use farebox_core::{
     Asset, ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Token,
-    Verdict, Verified,
 };
 use farebox_evm::token::TokenInfo;
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, U256};
@@ -476,7 +475,7 @@ impl MppRail {
         resource: &farebox_core::Resource,
         cred: &crate::Credential,
         now: u64,
-    ) -> Result<Verdict, PaymentError> {
+    ) -> Result<super::Approved, PaymentError> {
         let m = self.evm_session_method()?;
         let ch = &cred.challenge;
         Self::unexpired(ch, now)?;
@@ -739,7 +738,7 @@ impl MppRail {
         v: &SignedVoucher,
         price: u128,
         challenge_id: String,
-    ) -> Result<Verdict, PaymentError> {
+    ) -> Result<super::Approved, PaymentError> {
         let channel = v.channel_id;
         let _turn = self.session_locks.turn(&key(&channel)).await;
         let mut record = self.channel_record(m, channel, false, v).await?;
@@ -760,12 +759,12 @@ impl MppRail {
         let (accepted, spent) = outcome?;
         m.note_unsettled(channel, spent, record.settled);
         // Who paid is who the chain says owns the channel, never what the credential claims.
-        Ok(Verdict::Payment(Verified::new(
+        Ok(super::Approved::payment(
             Money::new(m.asset.clone(), price),
             Some(data.payer),
             key(&channel),
             super::Held::EvmSession(Held::Debit { channel, challenge_id, price, accepted, spent }),
-        )))
+        ))
     }
 
     /// Takes an on-chain top-up into account.
@@ -774,7 +773,7 @@ impl MppRail {
         m: &Method,
         t: &TopUpPayload,
         challenge_id: String,
-    ) -> Result<Verdict, PaymentError> {
+    ) -> Result<super::Approved, PaymentError> {
         let rpc = &m.config.rpc;
         let mut event = rpc
             .escrow_topped_up_by(m.config.escrow, t.hash)
@@ -816,13 +815,12 @@ impl MppRail {
                 state.deposit
             }
         };
-        Ok(Verified::new(
+        Ok(super::Approved::control(
             Money::zero(m.asset.clone()),
             None,
             key(&t.channel_id),
             super::Held::EvmSession(Held::TopUp { channel: t.channel_id, challenge_id, deposit }),
-        )
-        .control())
+        ))
     }
 
     /// Checks a close voucher and marks the channel `Closing` (no more service).
@@ -831,7 +829,7 @@ impl MppRail {
         m: &Method,
         v: &SignedVoucher,
         challenge_id: String,
-    ) -> Result<Verdict, PaymentError> {
+    ) -> Result<super::Approved, PaymentError> {
         let channel = v.channel_id;
         let record = self.channel_record(m, channel, false, v).await?;
         if record.status == SessionStatus::Closed {
@@ -873,13 +871,12 @@ impl MppRail {
         })
         .await?
         .ok_or_else(|| channel_gone(&channel))?;
-        Ok(Verified::new(
+        Ok(super::Approved::control(
             Money::zero(m.asset.clone()),
             None,
             key(&channel),
             super::Held::EvmSession(Held::Close { channel, challenge_id }),
-        )
-        .control())
+        ))
     }
 
     /// Settles what [`Self::verify_evm_session`] held.

@@ -46,8 +46,7 @@ use std::time::{Duration, SystemTime};
 
 use farebox_core::store::{Update, update_session};
 use farebox_core::{
-    ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Verdict,
-    Verified,
+    ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore,
 };
 use farebox_lightning::{InvoiceRequest, LightningError, PaymentHash, bolt11, preimage_matches};
 use serde::{Deserialize, Serialize};
@@ -219,7 +218,7 @@ impl MppRail {
         resource: &farebox_core::Resource,
         cred: &crate::Credential,
         now: u64,
-    ) -> Result<Verdict, PaymentError> {
+    ) -> Result<super::Approved, PaymentError> {
         let m = self.lightning_session_method()?;
         let ch = &cred.challenge;
         let request = crate::challenge::decode_request(&ch.request)
@@ -297,7 +296,7 @@ impl MppRail {
                 })
                 .await?
                 .ok_or_else(|| session_not_found(&session_id))?;
-                Ok(Verified::new(
+                Ok(super::Approved::control(
                     Money::new(farebox_core::Asset::Bitcoin, added),
                     None,
                     id_of(&session_id),
@@ -305,8 +304,7 @@ impl MppRail {
                         session: session_id,
                         deposit_msat: deposit,
                     }),
-                )
-                .control())
+                ))
             }
             SessionPayload::Close { session_id, preimage } => {
                 if !preimage_matches(&preimage, &session_id) {
@@ -323,13 +321,12 @@ impl MppRail {
                 })
                 .await?
                 .ok_or_else(|| session_not_found(&session_id))?;
-                Ok(Verified::new(
+                Ok(super::Approved::control(
                     Money::msats(0),
                     None,
                     id_of(&session_id),
                     super::Held::LightningSession(Held::Close { session: session_id }),
-                )
-                .control())
+                ))
             }
         }
     }
@@ -406,7 +403,7 @@ impl MppRail {
         session: PaymentHash,
         price_msat: u64,
         now: u64,
-    ) -> Result<Verdict, PaymentError> {
+    ) -> Result<super::Approved, PaymentError> {
         let _turn = self.session_locks.turn(&id_of(&session)).await;
         self.open_session(m, &session, now).await?;
         let price = u128::from(price_msat);
@@ -432,7 +429,7 @@ impl MppRail {
         })
         .await?
         .ok_or_else(|| session_not_found(&session))?;
-        Ok(Verdict::Payment(Verified::new(
+        Ok(super::Approved::payment(
             Money::msats(price_msat),
             None,
             id_of(&session),
@@ -442,7 +439,7 @@ impl MppRail {
                 spent_msat: spent,
                 deposit_msat: deposit,
             }),
-        )))
+        ))
     }
 
     pub(crate) async fn settle_lightning_session(

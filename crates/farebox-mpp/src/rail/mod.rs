@@ -63,7 +63,7 @@ use farebox_core::store::{Hold, HoldOutcome, reserve_funded};
 use farebox_core::{Asset, SessionStore, Token};
 use farebox_core::{
     Challenge as RailChallenge, Money, PaymentError, PresentedCredential, ProofState, Rail,
-    Receipt, Refusal, ReplayStore, Resource, Verdict, Verified,
+    Receipt, Refusal, ReplayStore, Resource, Settlement, Verdict, Verified,
 };
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::token::TokenInfo;
@@ -370,6 +370,34 @@ enum Held {
     Charge(Accepted),
     EvmSession(evm_session::Held),
     LightningSession(lightning_session::Held),
+}
+
+/// A credential this rail accepted, before it is handed to the server as a [`Verdict`] whose
+/// settlement holds the rail.
+pub(crate) struct Approved {
+    amount: Money,
+    payer: Option<String>,
+    reference: String,
+    held: Held,
+    /// [`Verdict::Payment`] or [`Verdict::Control`].
+    verdict: fn(Verified) -> Verdict,
+}
+
+impl Approved {
+    /// Payment for the request.
+    fn payment(amount: Money, payer: Option<String>, reference: String, held: Held) -> Self {
+        Approved { amount, payer, reference, held, verdict: Verdict::Payment }
+    }
+
+    /// A payment-control message (a session top-up or close).
+    fn control(amount: Money, payer: Option<String>, reference: String, held: Held) -> Self {
+        Approved { amount, payer, reference, held, verdict: Verdict::Control }
+    }
+
+    fn into_verdict(self, rail: Arc<MppRail>) -> Verdict {
+        let settling = Settling { rail, held: self.held };
+        (self.verdict)(Verified::new(self.amount, self.payer, self.reference, settling))
+    }
 }
 
 /// A verified charge.
@@ -1157,12 +1185,41 @@ impl Rail for MppRail {
     }
 
     async fn verify(
-        &self,
+        self: Arc<Self>,
         resource: &Resource,
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
+        let approved = self.approve(resource, &credential.value).await?;
+        Ok(approved.into_verdict(self))
+    }
+
+    /// Resolves `evm` charges whose settlement outcome was unknown
+    /// ([`MppRail::reconcile_evm_charges`]), watches EVM channels for forced closes, closes
+    /// those and idle sessions (EVM channels after [`MppConfig::evm_idle_close`], Lightning
+    /// sessions after their idle timeout), finishes interrupted closes, and settles EVM channels
+    /// past their threshold (see [`evm_session`]). Each step runs even when an earlier one
+    /// failed; the first error is reported.
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        let reconciled = self.reconcile_evm_charges().await;
+        // Watch before closing: a forced close seen now is closed in this same tick.
+        let watched = self.watch_evm_sessions().await;
+        let closed = self.close_idle_sessions(self.evm_idle_close).await.map(|_| ());
+        let settled = self.settle_evm_sessions().await;
+        reconciled.and(watched).and(closed).and(settled)
+    }
+
+    /// The escrow's grace period when EVM sessions are enabled: a payer who asked the chain
+    /// for a forced close may withdraw once it has passed.
+    async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
+        self.evm_session_upkeep_deadline().await
+    }
+}
+
+impl MppRail {
+    /// Everything [`Rail::verify`] does but tie the outcome to the rail.
+    async fn approve(&self, resource: &Resource, value: &str) -> Result<Approved, PaymentError> {
         let now = time::unix_now()?;
-        let (cred, offered) = self.decode(&credential.value)?;
+        let (cred, offered) = self.decode(value)?;
         match offered {
             Offered::EvmSession => return self.verify_evm_session(resource, &cred, now).await,
             Offered::LightningSession => {
@@ -1191,34 +1248,43 @@ impl Rail for MppRail {
                 // A preimage proves that the invoice was paid, not by whom; `source` is only
                 // the client's word.
                 let accepted = Held::Charge(Accepted { challenge_id: id, evm: None });
-                return Ok(Verdict::Payment(Verified::new(amount, None, reference, accepted)));
+                return Ok(Approved::payment(amount, None, reference, accepted));
             }
         };
         self.reserve_evm_charge(&id, &auth, &signature, &amount, expires_at, now).await?;
         // The payer is who signed the authorization, whatever `source` says.
         let (payer, reference) = (format!("{:#x}", auth.from), format!("{:#x}", auth.nonce));
         let accepted = Held::Charge(Accepted { challenge_id: id, evm: Some((auth, signature)) });
-        Ok(Verdict::Payment(Verified::new(amount, Some(payer), reference, accepted)))
+        Ok(Approved::payment(amount, Some(payer), reference, accepted))
     }
+}
 
+/// An MPP payment verified by [`MppRail`]: a charge to send or receipt, or a session's debit,
+/// top-up or close.
+struct Settling {
+    rail: Arc<MppRail>,
+    held: Held,
+}
+
+#[async_trait]
+impl Settlement for Settling {
     async fn settle(
-        &self,
+        self: Box<Self>,
         _resource: &Resource,
-        payment: Verified,
+        amount: Money,
+        reference: String,
     ) -> Result<Receipt, PaymentError> {
-        let held = payment.state.downcast_ref::<Held>().ok_or_else(|| {
-            PaymentError::internal("mpp_state", "verified payment of another rail")
-        })?;
-        let accepted = match held {
+        let Settling { rail, held } = *self;
+        let accepted = match &held {
             Held::Charge(accepted) => accepted,
-            Held::EvmSession(h) => return self.settle_evm_session(h, payment.amount.clone()).await,
+            Held::EvmSession(h) => return rail.settle_evm_session(h, amount).await,
             Held::LightningSession(h) => {
-                return self.settle_lightning_session(h, payment.amount.clone()).await;
+                return rail.settle_lightning_session(h, amount).await;
             }
         };
         let id = accepted.challenge_id.clone();
         if let Some((auth, signature)) = &accepted.evm {
-            let tx = self.settle_evm(&id, auth, signature).await?;
+            let tx = rail.settle_evm(&id, auth, signature).await?;
             let receipt = PaymentReceipt::success(
                 evm_charge::METHOD,
                 time::format(time::unix_now()?),
@@ -1226,56 +1292,32 @@ impl Rail for MppRail {
             )
             .with("challengeId", id);
             let headers = vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)];
-            return Ok(Receipt::new(payment.amount, tx, headers));
+            return Ok(Receipt::new(amount, tx, headers));
         }
         // The preimage is final; recording the settlement is bookkeeping, and a store hiccup
         // must not withhold the receipt of a payment that has happened.
         if let Err(e) =
-            self.store.update(NAMESPACE, &id, ProofState::Settled, Some(&payment.reference)).await
+            rail.store.update(NAMESPACE, &id, ProofState::Settled, Some(&reference)).await
         {
             tracing::warn!(error = %e, "could not mark an MPP challenge settled");
         }
-        let receipt = PaymentReceipt::success(
-            METHOD,
-            time::format(time::unix_now()?),
-            payment.reference.clone(),
-        )
-        .with("challengeId", id);
+        let receipt =
+            PaymentReceipt::success(METHOD, time::format(time::unix_now()?), reference.clone())
+                .with("challengeId", id);
         let headers = vec![(PAYMENT_RECEIPT, to_header(receipt.encode())?)];
-        Ok(Receipt::new(payment.amount, payment.reference, headers))
+        Ok(Receipt::new(amount, reference, headers))
     }
 
-    /// Resolves `evm` charges whose settlement outcome was unknown
-    /// ([`MppRail::reconcile_evm_charges`]), watches EVM channels for forced closes, closes
-    /// those and idle sessions (EVM channels after [`MppConfig::evm_idle_close`], Lightning
-    /// sessions after their idle timeout), finishes interrupted closes, and settles EVM channels
-    /// past their threshold (see [`evm_session`]). Each step runs even when an earlier one
-    /// failed; the first error is reported.
-    async fn maintain(&self) -> Result<(), PaymentError> {
-        let reconciled = self.reconcile_evm_charges().await;
-        // Watch before closing: a forced close seen now is closed in this same tick.
-        let watched = self.watch_evm_sessions().await;
-        let closed = self.close_idle_sessions(self.evm_idle_close).await.map(|_| ());
-        let settled = self.settle_evm_sessions().await;
-        reconciled.and(watched).and(closed).and(settled)
-    }
-
-    /// The escrow's grace period when EVM sessions are enabled: a payer who asked the chain
-    /// for a forced close may withdraw once it has passed.
-    async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
-        self.evm_session_upkeep_deadline().await
-    }
-
-    async fn release(&self, _resource: &Resource, payment: Verified) {
-        match payment.state.downcast_ref::<Held>() {
-            Some(Held::Charge(a)) => {
-                if let Err(e) = self.store.release(NAMESPACE, &a.challenge_id).await {
+    async fn release(self: Box<Self>, _resource: &Resource) {
+        let Settling { rail, held } = *self;
+        match &held {
+            Held::Charge(a) => {
+                if let Err(e) = rail.store.release(NAMESPACE, &a.challenge_id).await {
                     tracing::warn!(error = %e, "could not release an MPP reservation");
                 }
             }
-            Some(Held::EvmSession(h)) => self.release_evm_session(h).await,
-            Some(Held::LightningSession(h)) => self.release_lightning_session(h).await,
-            None => {}
+            Held::EvmSession(h) => rail.release_evm_session(h).await,
+            Held::LightningSession(h) => rail.release_lightning_session(h).await,
         }
     }
 }
