@@ -67,7 +67,13 @@
 //!    [`Verdict::Control`] (not [`Verdict::Payment`]): the server settles them and answers with
 //!    [`Receipt::answer`] without calling the handler.
 //! 6. **Test it like the built-in rails.** Exercise the trait directly with a [`Resource`], and
-//!    run it behind `farebox-server` to see the 402 your clients will meet.
+//!    run `farebox-server`'s rail contract kit (feature `testing`,
+//!    `farebox_server::testing::assert_rail_contract`): describe your rail in a `RailHarness`
+//!    (a price, how a client pays your 402, how to cut your backend off) and the kit checks,
+//!    behind a real paywall, that you challenge when priced, refuse garbage with a typed error,
+//!    serve a proof once, give it back when the handler fails, never serve when settlement
+//!    fails, and answer a backend outage with 503. L402, x402 and MPP run it in their
+//!    `tests/contract.rs`.
 //!
 //! A minimal rail that accepts a shared secret (for illustration only — a real rail proves
 //! payment, not knowledge of a password):

@@ -331,28 +331,68 @@ pub type SeenMethods = Arc<Mutex<Vec<String>>>;
 /// [`Anvil::url`]) and records its method: for tests that count what an operation costs in RPC
 /// calls. Returns the proxy's URL and the methods seen; it runs until the runtime ends.
 pub async fn counting_proxy(upstream: &str) -> Result<(String, SeenMethods)> {
+    let methods = SeenMethods::default();
+    let url = start_proxy(upstream, methods.clone(), NodeSwitch::default()).await?;
+    Ok((url, methods))
+}
+
+/// Starts a JSON-RPC proxy to `upstream` (as [`counting_proxy`]) that the returned
+/// [`NodeSwitch`] can cut off: for tests of what a service does when its node is unreachable.
+pub async fn switchable_proxy(upstream: &str) -> Result<(String, NodeSwitch)> {
+    let switch = NodeSwitch::default();
+    let url = start_proxy(upstream, SeenMethods::default(), switch.clone()).await?;
+    Ok((url, switch))
+}
+
+/// Whether a [`switchable_proxy`] reaches its node. Cut off, the proxy closes every connection
+/// without an answer, as a node that went away does; nothing reaches the node.
+#[derive(Debug, Clone)]
+pub struct NodeSwitch(Arc<std::sync::atomic::AtomicBool>);
+
+impl Default for NodeSwitch {
+    fn default() -> Self {
+        NodeSwitch(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+}
+
+impl NodeSwitch {
+    /// Reaches the node (`true`) or cuts it off.
+    pub fn set_up(&self, up: bool) {
+        self.0.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the node is reachable through the proxy.
+    pub fn is_up(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn start_proxy(upstream: &str, seen: SeenMethods, switch: NodeSwitch) -> Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| EvmError::Anvil(format!("binding the proxy: {e}")))?;
     let address =
         listener.local_addr().map_err(|e| EvmError::Anvil(format!("the proxy's address: {e}")))?;
-    let methods = SeenMethods::default();
-    let (seen, upstream, http) = (methods.clone(), upstream.to_owned(), reqwest::Client::new());
+    let (upstream, http) = (upstream.to_owned(), reqwest::Client::new());
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let (seen, http, upstream) = (seen.clone(), http.clone(), upstream.clone());
-            tokio::spawn(async move { proxy_connection(socket, seen, http, upstream).await });
+            let switch = switch.clone();
+            tokio::spawn(
+                async move { proxy_connection(socket, seen, http, upstream, switch).await },
+            );
         }
     });
-    Ok((format!("http://{address}"), methods))
+    Ok(format!("http://{address}"))
 }
 
-/// Serves one keep-alive connection of [`counting_proxy`] until it ends or fails.
+/// Serves one keep-alive connection of a proxy until it ends, fails, or is cut off.
 async fn proxy_connection(
     socket: tokio::net::TcpStream,
     seen: SeenMethods,
     http: reqwest::Client,
     upstream: String,
+    switch: NodeSwitch,
 ) -> Option<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -375,6 +415,9 @@ async fn proxy_connection(
             buf.extend_from_slice(&chunk[..n]);
         }
         let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+        if !switch.is_up() {
+            return None;
+        }
         let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
         let calls = json.as_array().cloned().unwrap_or_else(|| vec![json]);
         let methods = calls.iter().map(|c| c["method"].as_str().unwrap_or_default().to_string());

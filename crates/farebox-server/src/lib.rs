@@ -37,6 +37,8 @@
 mod layer;
 mod paywall;
 mod routes;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use layer::{Paid, PaywallLayer, PaywallService};
 pub use paywall::{
