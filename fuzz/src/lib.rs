@@ -151,6 +151,25 @@ pub fn l402_receipt(data: &[u8]) {
     }
 }
 
+/// The prepaid example rail's credit codes: `CreditCode::read` and `verify` under a fixed
+/// seller; a code that reads back re-signs to one that verifies the same.
+pub fn prepaid_code(data: &[u8]) {
+    use farebox_rail_prepaid::CreditCode;
+    static SELLER: OnceLock<ed25519_dalek::SigningKey> = OnceLock::new();
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let seller = SELLER.get_or_init(|| ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]));
+    let verified = CreditCode::verify(text, &seller.verifying_key());
+    if let Ok(code) = CreditCode::read(text) {
+        assert!(text.len() <= farebox_rail_prepaid::code::MAX_CODE_LEN);
+        let signed = code.sign(seller);
+        assert_eq!(CreditCode::verify(&signed, &seller.verifying_key()), Ok(code));
+    } else {
+        assert!(verified.is_err(), "a code that does not read never verifies");
+    }
+}
+
 /// BOLT11: `parse_bolt11` (bounded, signature-checked), and the accessors of what it returns.
 pub fn bolt11(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

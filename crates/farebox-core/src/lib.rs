@@ -75,6 +75,22 @@
 //!    fails, and answer a backend outage with 503. L402, x402 and MPP run it in their
 //!    `tests/contract.rs`.
 //!
+//! **A whole rail, written from outside.** `examples/rail-prepaid` in the repository is the
+//! walk-through: a fourth rail (prepaid credit codes signed by the seller with Ed25519) in its
+//! own crate, which no other farebox crate knows about.
+//!
+//! - `src/code.rs`: the proof's bytes and its signature rules (step 3's "compare in constant
+//!   time" is Ed25519's `verify_strict` here).
+//! - `src/rail.rs`: steps 1 to 5. The challenge names the price, currency and seller;
+//!   `verify` checks the code and debits the price from its balance in a [`SessionStore`]
+//!   by compare-and-swap; its [`Settlement`] writes the receipt, or credits the price back
+//!   when the handler fails.
+//! - `src/wallet.rs`: the client half, a `farebox_client::Wallet` that recognises the
+//!   seller's challenge, pays with a code and keeps its own count of what each code has left.
+//! - `tests/contract.rs`: step 6 with the contract kit, the store cut off for the outage
+//!   clause; `tests/client.rs`: an agent behind `farebox-client`'s middleware spending a code
+//!   over HTTP, its ledger and budget included.
+//!
 //! A minimal rail that accepts a shared secret (for illustration only — a real rail proves
 //! payment, not knowledge of a password):
 //!

@@ -1,0 +1,156 @@
+//! The client half: [`PrepaidWallet`], a `farebox_client::Wallet` that spends credit codes.
+//!
+//! The wallet holds codes bought from one seller and keeps its own count of what each has left:
+//! it never takes the server's word for it. A 402 whose `Prepaid` challenge names that seller
+//! and the wallet's asset is an offer; paying it sends the first code with enough left and
+//! takes the price off it. If the server refuses the proof, the price goes back on the code
+//! (the server debits only what it serves; a handler failure is credited back there too).
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use farebox_client::{ClientError, Funding, Offer, PaymentRequired, Proof, Wallet};
+use farebox_core::{Asset, Money};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::code::{CodeError, CreditCode, SCHEME};
+
+/// A code in the wallet and what the wallet counts it has left.
+struct Held {
+    text: String,
+    code: CreditCode,
+    left: u128,
+}
+
+/// Pays `Prepaid` challenges of one seller with the codes it holds.
+pub struct PrepaidWallet {
+    asset: Asset,
+    seller_hex: String,
+    codes: Mutex<Vec<Held>>,
+}
+
+/// What an offer pays (the price, in the wallet's asset) and, once paid, with which code.
+struct PrepaidOffer {
+    amount: u128,
+    paid_with: Mutex<Option<String>>,
+}
+
+impl PrepaidWallet {
+    /// A wallet for codes of the seller whose public key is `seller` (32 bytes), in `asset`.
+    pub fn new(asset: Asset, seller: [u8; 32]) -> Self {
+        PrepaidWallet { asset, seller_hex: hex::encode(seller), codes: Mutex::default() }
+    }
+
+    /// Adds a code the buyer bought. Its signature is the seller's to check; text that is not
+    /// even a code is refused here.
+    pub fn with_code(self, text: &str) -> Result<Self, CodeError> {
+        let code = CreditCode::read(text)?;
+        let left = code.value;
+        self.codes.lock().unwrap_or_else(|e| e.into_inner()).push(Held {
+            text: text.to_string(),
+            code,
+            left,
+        });
+        Ok(self)
+    }
+
+    /// What the codes have left, by the wallet's own count.
+    pub fn left(&self) -> u128 {
+        self.codes.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|h| h.left).sum()
+    }
+
+    /// Puts `amount` back on the code with `reference` (its id).
+    fn give_back(&self, reference: &str, amount: u128) {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = codes.iter_mut().find(|h| h.code.id_hex() == reference) {
+            held.left = (held.left + amount).min(held.code.value);
+        }
+    }
+}
+
+#[async_trait]
+impl Wallet for PrepaidWallet {
+    fn rail(&self) -> &'static str {
+        "prepaid"
+    }
+
+    fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
+        let mut offers = Vec::new();
+        for challenge in &response.challenges {
+            if !challenge.scheme.eq_ignore_ascii_case(SCHEME) {
+                continue;
+            }
+            let param = |name: &str| {
+                challenge.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+            };
+            // Another seller's codes, or another currency: not ours to pay.
+            if param("seller").is_none_or(|s| !s.eq_ignore_ascii_case(&self.seller_hex))
+                || param("currency").is_none_or(|c| c != self.asset.symbol())
+            {
+                continue;
+            }
+            let amount = param("amount")
+                .and_then(|a| a.parse::<u128>().ok())
+                .filter(|a| *a > 0)
+                .ok_or_else(|| {
+                    ClientError::InvalidChallenge(
+                        "a Prepaid challenge without a valid amount".into(),
+                    )
+                })?;
+            let price = Money::new(self.asset.clone(), amount);
+            offers.push(Offer {
+                rail: "prepaid",
+                summary: format!("{price} from a prepaid credit code"),
+                price,
+                max_fee: Money::new(self.asset.clone(), 0),
+                funding: Funding::PerRequest,
+                payee: Some(self.seller_hex.clone()),
+                buys: Some(response.url.to_string()),
+                details: Box::new(PrepaidOffer { amount, paid_with: Mutex::default() }),
+            });
+        }
+        Ok(offers)
+    }
+
+    async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError> {
+        let details = offer.details.downcast_ref::<PrepaidOffer>().ok_or_else(|| {
+            ClientError::PaymentFailed("offer was not made by this wallet".into())
+        })?;
+        let amount = details.amount;
+        let now = farebox_core::time::unix_now()?;
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let held = codes
+            .iter_mut()
+            .find(|h| h.left >= amount && h.code.expires > now)
+            .ok_or_else(|| ClientError::PaymentFailed("no credit code has enough left".into()))?;
+        let mut value = HeaderValue::from_str(&format!("{SCHEME} {}", held.text))
+            .map_err(|_| ClientError::PaymentFailed("the code is not header-safe".into()))?;
+        // A bearer secret: out of Debug output and header compression tables.
+        value.set_sensitive(true);
+        held.left -= amount;
+        *details.paid_with.lock().unwrap_or_else(|e| e.into_inner()) = Some(held.code.id_hex());
+        Ok(Proof {
+            headers: vec![(http::header::AUTHORIZATION, value)],
+            fee: Money::new(self.asset.clone(), 0),
+            reference: held.code.id_hex(),
+            reusable: false,
+        })
+    }
+
+    /// A refused proof took nothing from the code: the price goes back on it.
+    async fn answered(
+        &self,
+        offer: &Offer,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        _problem: Option<&serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        if status == StatusCode::PAYMENT_REQUIRED
+            && let Some(details) = offer.details.downcast_ref::<PrepaidOffer>()
+            && let Some(id) = details.paid_with.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            self.give_back(&id, details.amount);
+        }
+        Ok(())
+    }
+}
