@@ -5,10 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use farebox_client::{
-    Budget, ClientError, EntryKind, EvmSessionPolicy, Ledger, MppWallet, PaymentMiddleware,
-    Sessions, X402Wallet,
-};
+use farebox_client::{Budget, ClientError, EntryKind, Ledger, PaymentMiddleware};
 use farebox_conformance::Verdict;
 use farebox_conformance::clients::{
     self, ClientEnv, ClientReport, ClientRun, ClientUnderTest, Judgement,
@@ -18,6 +15,10 @@ use farebox_conformance::misbehave::evm::{
 };
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner};
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::Sessions;
+use farebox_mpp::client::session::EvmSessionPolicy;
+use farebox_x402::client::X402Wallet;
 use serde_json::json;
 
 /// farebox's client, in-process: USDC within 0.10 a request and 10 in all.

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use farebox_client::{Budget, ClientError, L402Wallet, PaymentMiddleware};
+use farebox_client::{Budget, ClientError, PaymentMiddleware};
 use farebox_conformance::misbehave::{self, SCENARIOS};
 use farebox_core::Money;
+use farebox_l402::client::L402Wallet;
 use farebox_lightning::{DevNetwork, DevNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

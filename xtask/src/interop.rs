@@ -43,13 +43,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use axum::http::Method;
-use farebox_client::{Budget, MppWallet, PaymentMiddleware, X402Wallet, paying_client};
+use farebox_client::{Budget, PaymentMiddleware, paying_client};
 use farebox_core::{Asset, Money, Price, Token};
 use farebox_evm::anvil::{Anvil, DEV_KEYS};
 use farebox_evm::{Address, EvmRpc, PrivateKeySigner, ReceiptOutcome, TxHash, U256};
+use farebox_mpp::client::MppWallet;
 use farebox_mpp::{EvmChargeConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
+use farebox_x402::client::X402Wallet;
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
 use farebox_x402::{X402Config, X402Rail};
 use serde_json::Value;

@@ -420,7 +420,7 @@ struct Credentials {
     x402: Vec<String>,
     voucher: String,
     /// Keeps the session open until the runs are over (its wallet closes it on drop).
-    sessions: farebox_client::Sessions,
+    sessions: farebox_mpp::client::Sessions,
 }
 
 async fn prepare_gateway(base: &str, wallet_api: &str, chain: &ChainSetup) -> Result<Credentials> {
@@ -465,9 +465,13 @@ async fn prepare_gateway(base: &str, wallet_api: &str, chain: &ChainSetup) -> Re
         .collect::<Result<Vec<_>>>()?;
 
     // MPP: a session opened by farebox-client, then one voucher for the whole deposit.
-    let wallet = farebox_client::MppWallet::new().evm(chain.payer.clone()).evm_sessions(
-        farebox_client::EvmSessionPolicy::new(chain.rpc.clone(), chain.escrow, SESSION_DEPOSIT)
-            .deposit(SESSION_DEPOSIT),
+    let wallet = farebox_mpp::client::MppWallet::new().evm(chain.payer.clone()).evm_sessions(
+        farebox_mpp::client::session::EvmSessionPolicy::new(
+            chain.rpc.clone(),
+            chain.escrow,
+            SESSION_DEPOSIT,
+        )
+        .deposit(SESSION_DEPOSIT),
     );
     let sessions = wallet.sessions();
     let usdc = farebox_core::Asset::Token(farebox_core::Token {

@@ -192,21 +192,28 @@ fn test(extra: &[String]) -> Result<()> {
     tests.and(fuzzing).and(interop)
 }
 
-/// A rail is one crate on the client side too: a client with only the L402 wallet builds, and
-/// builds no EVM code (no alloy in its dependency tree).
+/// A rail is one crate on the client side too: the middleware depends on no rail, and an agent
+/// built from it and the L402 wallet (`farebox-l402`, feature `client`) compiles no EVM code (no
+/// alloy in either dependency tree).
 fn lean_l402_client() -> Result<()> {
-    let only_l402 = ["-p", "farebox-client", "--no-default-features", "--features", "l402"];
-    run(cargo().arg("check").args(only_l402))?;
-    let tree = cargo()
-        .arg("tree")
-        .args(only_l402)
-        .args(["-e", "normal", "--prefix", "none"])
-        .output()
-        .context("running cargo tree")?;
-    anyhow::ensure!(tree.status.success(), "cargo tree failed");
-    let text = String::from_utf8_lossy(&tree.stdout);
-    if let Some(evm) = text.lines().find(|l| l.starts_with("alloy")) {
-        bail!("an L402-only farebox-client depends on {evm}");
+    let middleware: &[&str] = &["-p", "farebox-client", "--no-default-features"];
+    let l402_wallet: &[&str] = &["-p", "farebox-l402", "--features", "client"];
+    for (crate_args, forbidden) in [
+        (middleware, &["alloy", "farebox-l402", "farebox-x402", "farebox-mpp", "farebox-evm"][..]),
+        (l402_wallet, &["alloy"][..]),
+    ] {
+        run(cargo().arg("check").args(crate_args))?;
+        let tree = cargo()
+            .arg("tree")
+            .args(crate_args)
+            .args(["-e", "normal", "--prefix", "none"])
+            .output()
+            .context("running cargo tree")?;
+        anyhow::ensure!(tree.status.success(), "cargo tree failed");
+        let text = String::from_utf8_lossy(&tree.stdout);
+        if let Some(dep) = text.lines().find(|l| forbidden.iter().any(|f| l.starts_with(f))) {
+            bail!("`{}` depends on {dep}", crate_args.join(" "));
+        }
     }
     Ok(())
 }

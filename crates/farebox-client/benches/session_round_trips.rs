@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use farebox_client::{Budget, EvmSessionPolicy, MppWallet, PaymentMiddleware};
+use farebox_client::{Budget, PaymentMiddleware};
 use farebox_core::{Money, Price, SessionStore};
 use farebox_evm::U256;
 use farebox_evm::anvil::Anvil;
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::session::EvmSessionPolicy;
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::{EvmSessionConfig, MppConfig, MppRail};

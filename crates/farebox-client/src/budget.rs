@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::budget_store::{
     BudgetStore, Claim, Clock, LedgerFilter, MemoryStore, SystemClock, Usage,
 };
-use crate::error::ClientError;
+use farebox_wallet::ClientError;
 
 /// An hour, for [`Caps::per_hour`].
 pub const HOUR: Duration = Duration::from_secs(3600);
@@ -182,7 +182,7 @@ impl Caps {
     pub fn admit(&self, claim: &Claim, usage: &Usage, now: SystemTime) -> Result<(), ClientError> {
         if claim.per_request > self.per_request {
             return Err(ClientError::OverBudget {
-                price: Money::new(self.asset.clone(), claim.per_request),
+                price: Box::new(Money::new(self.asset.clone(), claim.per_request)),
                 limit: format!("at most {} per request", self.per_request()),
             });
         }
@@ -191,7 +191,7 @@ impl Caps {
             if used.saturating_add(claim.outlay) > cap.amount {
                 let left = Money::new(self.asset.clone(), cap.amount.saturating_sub(used));
                 return Err(ClientError::OverBudget {
-                    price: Money::new(self.asset.clone(), claim.outlay),
+                    price: Box::new(Money::new(self.asset.clone(), claim.outlay)),
                     limit: format!("{left} left of {}", cap.describe(&self.asset)),
                 });
             }
@@ -301,7 +301,7 @@ impl Budget {
     fn caps_of(&self, asset: &Asset) -> Result<Caps, ClientError> {
         let all = self.caps.lock().unwrap_or_else(|e| e.into_inner());
         all.iter().find(|c| &c.asset == asset).cloned().ok_or_else(|| ClientError::OverBudget {
-            price: Money::zero(asset.clone()),
+            price: Box::new(Money::zero(asset.clone())),
             limit: format!("no budget for {}", asset.symbol()),
         })
     }
@@ -314,7 +314,7 @@ impl Budget {
     fn claim(host: &str, per_request: &Money, outlay: &Money) -> Result<Claim, ClientError> {
         if outlay.asset != per_request.asset {
             return Err(ClientError::OverBudget {
-                price: outlay.clone(),
+                price: Box::new(outlay.clone()),
                 limit: format!(
                     "a deposit in another asset than the {} asked",
                     per_request.asset.symbol()
@@ -388,17 +388,6 @@ impl Budget {
     pub fn refund(&self, amount: &Money) {
         if let Err(e) = self.store.refund(&amount.asset, None, amount.amount, None) {
             tracing::warn!(error = %e, "a refund could not be credited to the budget");
-        }
-    }
-
-    /// A session's refund, evidenced by `entry`: the session's deposits no longer count as
-    /// spent as far as they came back, and the entry goes to the ledger, in one transaction.
-    #[cfg(feature = "mpp")]
-    pub(crate) fn refund_session(&self, session: &str, entry: &LedgerEntry) {
-        if let Err(e) =
-            self.store.refund(&entry.amount.asset, Some(session), entry.amount.amount, Some(entry))
-        {
-            tracing::warn!(error = %e, "a session refund could not be recorded");
         }
     }
 
@@ -596,6 +585,33 @@ impl Ledger {
     /// The entries `filter` selects, oldest first.
     pub fn query(&self, filter: &LedgerFilter) -> Result<Vec<LedgerEntry>, ClientError> {
         self.store.entries(filter)
+    }
+}
+
+/// A wallet's refunds (a session's deposit coming back) go to the budget, off the session's
+/// deposits, and into the ledger with their evidence, in one transaction.
+impl farebox_wallet::Accounts for Budget {
+    fn refund_session(&self, refund: &farebox_wallet::Refund) {
+        let host = reqwest::Url::parse(&refund.url)
+            .map(|u| crate::middleware::host_of(&u))
+            .unwrap_or_default();
+        let entry = LedgerEntry {
+            id: 0,
+            at: SystemTime::now(),
+            host,
+            url: refund.url.clone(),
+            rail: refund.rail.into(),
+            kind: EntryKind::Refund,
+            amount: refund.amount.clone(),
+            fee: Money::zero(refund.amount.asset.clone()),
+            reference: refund.reference.clone(),
+            proof: None,
+            receipt: None,
+        };
+        let (asset, amount) = (&entry.amount.asset, entry.amount.amount);
+        if let Err(e) = self.store.refund(asset, Some(&refund.session), amount, Some(&entry)) {
+            tracing::warn!(error = %e, "a session refund could not be recorded");
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use farebox_core::Asset;
 
 use crate::budget::LedgerEntry;
-use crate::error::ClientError;
+use farebox_wallet::ClientError;
 
 /// What a payment asks of the caps.
 #[derive(Debug, Clone, PartialEq, Eq)]

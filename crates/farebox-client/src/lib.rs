@@ -14,14 +14,17 @@
 //! [`SqliteStore`] (feature `sqlite`, on by default) so that caps hold across processes and
 //! restarts.
 //!
-//! Each rail's wallet is a feature, all on by default: `l402` (`L402Wallet`), `x402`
-//! (`X402Wallet`) and `mpp` (`MppWallet`, charges and sessions). The middleware, the budget and
-//! the ledger name no rail, so `default-features = false, features = ["l402"]` builds a
-//! Lightning-only client without any EVM code.
+//! The middleware, the budget and the ledger name no rail, and this crate depends on none: each
+//! rail's wallet lives in its rail crate behind its `client` feature, implementing the
+//! [`Wallet`] contract of `farebox-wallet` (`farebox_l402::client::L402Wallet`,
+//! `farebox_x402::client::X402Wallet`, `farebox_mpp::client::MppWallet` for charges and
+//! sessions). A Lightning-only agent depends on this crate and `farebox-l402` with `client`,
+//! and compiles no EVM code.
 //!
 //! ```no_run
 //! # async fn run(node: std::sync::Arc<dyn farebox_lightning::LightningBackend>) -> Result<(), Box<dyn std::error::Error>> {
-//! use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
+//! use farebox_client::{Budget, PaymentMiddleware};
+//! use farebox_l402::client::L402Wallet;
 //! use farebox_core::Money;
 //!
 //! let budget = Budget::new().allow(Money::sats(100), Money::sats(5_000))?;
@@ -34,21 +37,11 @@
 
 mod budget;
 mod budget_store;
-mod error;
 mod events;
-#[cfg(feature = "l402")]
-mod l402;
 mod middleware;
-#[cfg(feature = "mpp")]
-mod mpp;
-#[cfg(feature = "mpp")]
-pub mod mpp_session;
 mod policy;
 #[cfg(feature = "sqlite")]
 mod sqlite_store;
-mod wallet;
-#[cfg(feature = "x402")]
-mod x402;
 
 pub use budget::{
     Budget, Cap, Caps, DAY, EntryKind, HOUR, Ledger, LedgerEntry, Reservation, Scope, window_name,
@@ -57,19 +50,11 @@ pub use budget_store::{
     BudgetStore, Claim, Clock, LedgerFilter, ManualClock, MemoryStore, Spend, SystemClock,
     Unsettled, Usage,
 };
-pub use error::{ClientError, Overclaim};
 pub use events::{Event, Observer};
-#[cfg(feature = "l402")]
-pub use l402::L402Wallet;
+pub use farebox_wallet::{Accounts, Funding, Offer, PaymentRequired, Proof, Refund, Wallet};
+pub use farebox_wallet::{ClientError, Overclaim};
 pub use middleware::PaymentMiddleware;
-#[cfg(feature = "mpp")]
-pub use mpp::{MppWallet, Sessions};
-#[cfg(feature = "mpp")]
-pub use mpp_session::{ClosedSession, EvmSessionPolicy, LightningSessionPolicy};
 pub use policy::{Choice, Policy, Quote, QuotedOffer};
-pub use wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
-#[cfg(feature = "x402")]
-pub use x402::X402Wallet;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite_store::SqliteStore;

@@ -24,10 +24,10 @@ use reqwest::{Request, Response, Url};
 use reqwest_middleware::{Next, Result};
 
 use crate::budget::{Budget, EntryKind, Ledger, LedgerEntry, Reservation};
-use crate::error::ClientError;
 use crate::events::{Event, Observer};
 use crate::policy::{Choice, Policy, Quote, QuotedOffer};
-use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
+use farebox_wallet::ClientError;
+use farebox_wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// An offer and the wallet that made it.
 type Candidate = (Arc<dyn Wallet>, Offer);
@@ -111,7 +111,7 @@ impl PaymentMiddleware {
 
     /// Adds a wallet; earlier wallets are preferred when several offers fit.
     pub fn wallet(mut self, wallet: impl Wallet) -> Self {
-        wallet.attach(&self.budget, &self.ledger);
+        wallet.attach(Arc::new(self.budget.clone()));
         self.wallets.push(Arc::new(wallet));
         self
     }

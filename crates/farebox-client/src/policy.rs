@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use farebox_core::Money;
 
-use crate::error::ClientError;
-use crate::wallet::{Funding, Offer};
+use farebox_wallet::ClientError;
+use farebox_wallet::{Funding, Offer};
 
 /// How a client chooses among offers, and what it refuses before the budget is asked.
 #[derive(Debug, Clone, Default)]
@@ -91,14 +91,14 @@ impl Policy {
         }
         let Some(max) = self.max.iter().find(|m| m.asset == worst.asset) else {
             return Err(ClientError::OverBudget {
-                price: worst.clone(),
+                price: Box::new(worst.clone()),
                 limit: format!("this call allows no spending in {}", worst.asset.symbol()),
             });
         };
         let most = if outlay.amount > worst.amount { outlay } else { worst };
         if most.amount > max.amount {
             return Err(ClientError::OverBudget {
-                price: most.clone(),
+                price: Box::new(most.clone()),
                 limit: format!("at most {max} for this call"),
             });
         }

@@ -28,7 +28,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use crate::budget::{EntryKind, LedgerEntry};
 use crate::budget_store::{BudgetStore, Claim, LedgerFilter, Spend, Unsettled, Usage};
-use crate::error::ClientError;
+use farebox_wallet::ClientError;
 
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);

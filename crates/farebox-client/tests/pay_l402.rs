@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use farebox_client::{Budget, ClientError, L402Wallet, Ledger, PaymentMiddleware};
+use farebox_client::{Budget, ClientError, Ledger, PaymentMiddleware};
 use farebox_core::{Asset, Money, Price};
+use farebox_l402::client::L402Wallet;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};

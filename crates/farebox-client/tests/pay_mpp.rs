@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use farebox_client::{Budget, ClientError, Ledger, MppWallet, PaymentMiddleware};
+use farebox_client::{Budget, ClientError, Ledger, PaymentMiddleware};
 use farebox_core::{Asset, Money, Price};
 use farebox_evm::U256;
 use farebox_evm::anvil::Anvil;
 use farebox_lightning::{DevNetwork, DevNode};
+use farebox_mpp::client::MppWallet;
 use farebox_mpp::{EvmChargeConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;

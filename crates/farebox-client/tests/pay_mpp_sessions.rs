@@ -13,9 +13,10 @@ use common::{
     EvmChain, EvmSetup, FUNDS, PRICE, Payer, Server, evm_world, kinds, lightning_server,
     lightning_wallet,
 };
-use farebox_client::{Budget, ClientError, EntryKind, LightningSessionPolicy};
+use farebox_client::{Budget, ClientError, EntryKind};
 use farebox_core::{Asset, Money, SessionStore};
 use farebox_lightning::{DevNetwork, DevNode};
+use farebox_mpp::client::session::LightningSessionPolicy;
 use farebox_mpp::evm::escrow::EscrowRpc;
 
 // ---- Lightning ----

@@ -11,13 +11,13 @@ use axum::Router;
 use axum::routing::get;
 use farebox_client::{
     Budget, ClientError, Ledger, Offer, PaymentMiddleware, PaymentRequired, Proof, Wallet,
-    X402Wallet,
 };
 use farebox_core::{Asset, Money, Price};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::{Address, EvmRpc, U256};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
+use farebox_x402::client::X402Wallet;
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
 use farebox_x402::{X402Config, X402Rail, codec, v1, v2};
 use http::Method;

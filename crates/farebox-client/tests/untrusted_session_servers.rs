@@ -16,9 +16,7 @@ use common::{
     EvmChain, EvmSetup, FUNDS, PRICE, Payer, Server, Tamper, is_close_answer, kinds,
     lightning_server, lightning_wallet, set_body_member, set_receipt_member,
 };
-use farebox_client::{
-    Budget, ClientError, EntryKind, LightningSessionPolicy, MppWallet, Overclaim, PaymentMiddleware,
-};
+use farebox_client::{Budget, ClientError, EntryKind, Overclaim, PaymentMiddleware};
 use farebox_core::{Asset, Money};
 use farebox_evm::rpc::MINED_WITHIN;
 use farebox_evm::{Bytes, TxHash, U256};
@@ -27,6 +25,8 @@ use farebox_lightning::{
     LightningError, PaymentHash, PaymentOutcome,
 };
 use farebox_mpp::ProblemType;
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::session::LightningSessionPolicy;
 use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::evm::voucher::{self, Voucher};
 use http::StatusCode;
@@ -215,7 +215,8 @@ async fn a_channel_that_is_not_the_one_asked_for_gets_no_voucher() {
     let thief = thief.address;
     let w = chain.serve(EvmSetup { escrow: Some(lying), ..EvmSetup::default() }).await;
     let budget = w.budget(PRICE, 50 * PRICE);
-    let policy = farebox_client::EvmSessionPolicy::new(w.rpc.clone(), lying, 10 * PRICE);
+    let policy =
+        farebox_mpp::client::session::EvmSessionPolicy::new(w.rpc.clone(), lying, 10 * PRICE);
     let p = Payer::new(&budget, w.wallet_with(policy.deposit(5 * PRICE)));
     let err = p.get(&w.base).await.unwrap_err();
     assert!(

@@ -85,8 +85,8 @@
 //!   `verify` checks the code and debits the price from its balance in a [`SessionStore`]
 //!   by compare-and-swap; its [`Settlement`] writes the receipt, or credits the price back
 //!   when the handler fails.
-//! - `src/wallet.rs`: the client half, a `farebox_client::Wallet` that recognises the
-//!   seller's challenge, pays with a code and keeps its own count of what each code has left.
+//! - `src/wallet.rs`: the client half, a `farebox_wallet::Wallet` (the client side of the
+//!   contract, behind the crate's `client` feature) that recognises the seller's challenge, pays with a code and keeps its own count of what each code has left.
 //! - `tests/contract.rs`: step 6 with the contract kit, the store cut off for the outage
 //!   clause; `tests/client.rs`: an agent behind `farebox-client`'s middleware spending a code
 //!   over HTTP, its ledger and budget included.

@@ -9,7 +9,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use farebox_client::{LightningSessionPolicy, MppWallet};
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::session::LightningSessionPolicy;
 use serde_json::Value;
 
 const TOKEN: &str = "admin-token-for-the-tests-0123456789";

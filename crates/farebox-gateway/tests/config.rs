@@ -45,7 +45,7 @@ async fn the_example_config_loads_and_serves_a_paid_route_on_embedded_defaults()
         .allow(farebox_core::Money::sats(100), farebox_core::Money::sats(100))
         .unwrap();
     let payer = farebox_client::PaymentMiddleware::new(budget)
-        .wallet(farebox_client::L402Wallet::new(wallet, 0));
+        .wallet(farebox_l402::client::L402Wallet::new(wallet, 0));
     let client = farebox_client::paying_client(reqwest::Client::new(), payer);
     let paid = client.get(format!("http://{addr}/joke")).send().await.unwrap();
     assert_eq!(paid.status(), 200);

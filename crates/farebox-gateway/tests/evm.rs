@@ -4,11 +4,12 @@
 
 mod common;
 
-use farebox_client::{Budget, PaymentMiddleware, X402Wallet};
+use farebox_client::{Budget, PaymentMiddleware};
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::U256;
 use farebox_evm::anvil::Anvil;
 use farebox_gateway::{Gateway, GatewayOptions};
+use farebox_x402::client::X402Wallet;
 
 const CHAIN_ID: u64 = 84532;
 

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Upstream, serve_router, start_with, upstream_router};
-use farebox_client::L402Wallet;
+use farebox_l402::client::L402Wallet;
 use farebox_lightning::nwc::{ConnectionSettings, ServiceOptions, WalletService, relay};
 use farebox_lightning::{DevNetwork, DevNode};
 

@@ -49,6 +49,8 @@
 #![forbid(unsafe_code)]
 
 pub mod caveat;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod credential;
 pub mod identifier;
 pub mod macaroon;

@@ -45,6 +45,8 @@
 
 pub mod accept_payment;
 pub mod challenge;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod credential;
 pub mod digest;
 pub mod evm;

@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Extension, Router};
-use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
+use farebox_client::{Budget, PaymentMiddleware};
 use farebox_core::{Money, Price};
+use farebox_l402::client::L402Wallet;
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
 use farebox_server::{Paid, Paywall, PaywallLayer, PricedRoute};

@@ -16,6 +16,8 @@
 //! - [`facilitator_api`]: bodies of the facilitator's `/verify`, `/settle` and `/supported`.
 //! - [`exact_evm`]: the `exact` scheme's EIP-3009 payload and its off-chain checks.
 //! - [`reason`]: the error reason codes facilitators and servers report.
+//! - [`rail`]: [`X402Rail`], the server side; `client` (feature `client`): `X402Wallet`, the
+//!   client side for `farebox-client`'s middleware.
 //!
 //! EIP-712 digests, signature recovery and RPC live in `farebox-evm`; the facilitator that
 //! combines both is built on top of the two crates.
@@ -23,6 +25,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bazaar;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod exact_evm;

@@ -11,8 +11,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use farebox_client::{Budget, ClientError, Event, L402Wallet, PaymentMiddleware, X402Wallet};
+use farebox_client::{Budget, ClientError, Event, PaymentMiddleware};
 use farebox_core::{Asset, Money};
+use farebox_l402::client::L402Wallet;
+use farebox_x402::client::X402Wallet;
 
 use crate::stack::{self, Stack};
 
@@ -216,7 +218,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// Five metered requests on one MPP session channel, then its close; returns what the API
 /// captured, and the session's facts (statuses, what was captured and refunded, balances).
 async fn session(base: &str, evm: &stack::Evm) -> anyhow::Result<(u128, serde_json::Value)> {
-    use farebox_client::{EvmSessionPolicy, MppWallet};
+    use farebox_mpp::client::MppWallet;
+    use farebox_mpp::client::session::EvmSessionPolicy;
     let usdc = Asset::Token(evm.usdc());
     const DEPOSIT: u128 = 10_000;
     let budget =

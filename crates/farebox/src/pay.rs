@@ -12,11 +12,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use farebox_client::{
-    Budget, ClientError, Event, EvmSessionPolicy, L402Wallet, LightningSessionPolicy, MppWallet,
-    PaymentMiddleware, Sessions, SqliteStore, X402Wallet,
-};
+use farebox_client::{Budget, ClientError, Event, PaymentMiddleware, SqliteStore};
 use farebox_core::Money;
+use farebox_l402::client::L402Wallet;
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::Sessions;
+use farebox_mpp::client::session::EvmSessionPolicy;
+use farebox_mpp::client::session::LightningSessionPolicy;
+use farebox_x402::client::X402Wallet;
 use serde_json::json;
 
 use crate::wallet_file::{self, WalletConfig, WalletFileError};

@@ -276,7 +276,8 @@ impl NwcWallet {
 mod tests {
     use super::*;
     use crate::wallet_file::{LightningConfig, SecretSource, lightning_backend};
-    use farebox_client::{Budget, L402Wallet, PaymentMiddleware};
+    use farebox_client::{Budget, PaymentMiddleware};
+    use farebox_l402::client::L402Wallet;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_wallet_on_nwc_pays_an_l402_server_through_a_relay() {

@@ -217,7 +217,7 @@ fn serve_serves_the_chain_scenarios_and_reports_what_the_chain_shows() {
             )
             .unwrap();
         let payer = farebox_client::PaymentMiddleware::new(budget)
-            .wallet(farebox_client::X402Wallet::new(key));
+            .wallet(farebox_x402::client::X402Wallet::new(key));
         let client = farebox_client::paying_client(reqwest::Client::new(), payer);
         let served = client.get(format!("{url}/x402/ok")).send().await.unwrap();
         assert_eq!(served.status(), 200);

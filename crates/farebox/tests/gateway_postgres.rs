@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use farebox_client::{Budget, EvmSessionPolicy, MppWallet, PaymentMiddleware};
+use farebox_client::{Budget, PaymentMiddleware};
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::anvil::Anvil;
 use farebox_evm::{B256, U256};
 use farebox_gateway::testing;
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::session::EvmSessionPolicy;
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_store::testing::TestPostgres;

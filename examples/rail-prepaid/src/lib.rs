@@ -1,9 +1,9 @@
 //! # farebox-rail-prepaid
 //!
 //! A fourth payment rail, written from outside farebox the way any rail author would: this
-//! crate depends on `farebox-core` (the [`Rail`](farebox_core::Rail) contract) and, for its
-//! wallet, on `farebox-client` (the `Wallet` contract), and no other farebox crate changed for
-//! it.
+//! crate depends on `farebox-core` (the server's [`Rail`](farebox_core::Rail) contract) and, for
+//! its wallet, on `farebox-wallet` (the client's `Wallet` contract), and no other farebox crate
+//! changed for it.
 //!
 //! A seller sells **credit codes**: a value in one asset, an expiry, signed with the seller's
 //! Ed25519 key ([`code`]). A buyer's agent answers a 402 with one (`Authorization: Prepaid

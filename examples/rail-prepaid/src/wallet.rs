@@ -1,4 +1,5 @@
-//! The client half: [`PrepaidWallet`], a `farebox_client::Wallet` that spends credit codes.
+//! The client half: [`PrepaidWallet`], a `farebox_wallet::Wallet` that spends credit codes
+//! (added to `farebox-client`'s middleware like any rail's wallet).
 //!
 //! The wallet holds codes bought from one seller and keeps its own count of what each has left:
 //! it never takes the server's word for it. A 402 whose `Prepaid` challenge names that seller
@@ -9,8 +10,8 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use farebox_client::{ClientError, Funding, Offer, PaymentRequired, Proof, Wallet};
 use farebox_core::{Asset, Money};
+use farebox_wallet::{ClientError, Funding, Offer, PaymentRequired, Proof, Wallet};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::code::{CodeError, CreditCode, SCHEME};

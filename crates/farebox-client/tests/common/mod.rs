@@ -12,13 +12,13 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
-use farebox_client::{
-    Budget, ClientError, EntryKind, EvmSessionPolicy, Ledger, MppWallet, PaymentMiddleware,
-    Sessions,
-};
+use farebox_client::{Budget, ClientError, EntryKind, Ledger, PaymentMiddleware};
 use farebox_core::{Asset, Money, Price, SessionStore};
 use farebox_evm::anvil::{Anvil, DevAccount};
 use farebox_evm::{Address, EvmRpc, U256};
+use farebox_mpp::client::MppWallet;
+use farebox_mpp::client::Sessions;
+use farebox_mpp::client::session::EvmSessionPolicy;
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::{
@@ -380,7 +380,7 @@ pub async fn lightning_server(
 /// A Lightning wallet with sessions under `policy`, paying through `node`.
 pub fn lightning_wallet(
     node: Arc<farebox_lightning::DevNode>,
-    policy: farebox_client::LightningSessionPolicy,
+    policy: farebox_mpp::client::session::LightningSessionPolicy,
 ) -> MppWallet {
     MppWallet::new().lightning(node, 1_000).lightning_sessions(policy)
 }
@@ -412,7 +412,7 @@ impl Payer {
     }
 
     /// Closes the wallet's one session.
-    pub async fn close(&self) -> Result<farebox_client::ClosedSession, ClientError> {
+    pub async fn close(&self) -> Result<farebox_mpp::client::session::ClosedSession, ClientError> {
         let mut closed = self.sessions.close_all().await;
         assert_eq!(closed.len(), 1, "one session was open");
         closed.remove(0)

@@ -1,4 +1,4 @@
-//! The client side of MPP sessions: the sessions an [`MppWallet`](crate::MppWallet) has open,
+//! The client side of MPP sessions: the sessions an [`MppWallet`](super::MppWallet) has open,
 //! how each request is paid from them, and how they are closed.
 //!
 //! - **EVM** (`method="evm", intent="session"`): the first request approves and opens a channel
@@ -32,7 +32,7 @@
 //!   return invoice. Only that is credited to the budget, and the ledger records the transaction
 //!   or payment hash.
 //!
-//! [`Sessions::close_all`](crate::Sessions::close_all) closes every session. Dropping the wallet
+//! [`Sessions::close_all`](super::Sessions::close_all) closes every session. Dropping the wallet
 //! closes what is still open (blocking for at most [`DROP_CLOSE_TIMEOUT`] where the runtime
 //! allows, else in the background); servers also close idle sessions on their own and refund
 //! the rest, so a client that vanishes loses nothing but the requests it was served.
@@ -40,24 +40,23 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::evm::session::{
+    self as evm_session, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
+};
+use crate::evm::voucher::{self, Voucher, VoucherDomain};
+use crate::lightning::session::{
+    self as lightning_session, LightningSessionRequest, SessionPayload as LnPayload,
+};
+use crate::rail::OPAQUE_HTTP_METHOD;
+use crate::{Challenge, Credential, PaymentReceipt, ProblemType};
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, TxHash};
 use farebox_lightning::{InvoiceState, LightningBackend, PaymentHash, Preimage};
-use farebox_mpp::evm::session::{
-    self as evm_session, EvmSessionRequest, OpenPayload, SessionPayload, SignedVoucher,
-};
-use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
-use farebox_mpp::lightning::session::{
-    self as lightning_session, LightningSessionRequest, SessionPayload as LnPayload,
-};
-use farebox_mpp::rail::OPAQUE_HTTP_METHOD;
-use farebox_mpp::{Challenge, Credential, PaymentReceipt, ProblemType};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::Url;
 
-use crate::budget::{Budget, EntryKind, Ledger, LedgerEntry};
-use crate::error::ClientError;
-use farebox_mpp::evm::escrow::EscrowRpc;
+use crate::evm::escrow::EscrowRpc;
+use farebox_wallet::ClientError;
 
 /// How long dropping a wallet may block to close its sessions.
 pub const DROP_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -309,8 +308,7 @@ impl SessionKind {
     pub fn live_for(&self, method: &http::Method, path: &str, now: u64) -> Option<&Challenge> {
         let SessionKind::Evm { live, .. } = self else { return None };
         let (_, challenge) = live.iter().find(|(p, _)| p == path)?;
-        let expires =
-            challenge.expires.as_deref().and_then(|e| farebox_mpp::time::parse(e).ok())?;
+        let expires = challenge.expires.as_deref().and_then(|e| crate::time::parse(e).ok())?;
         let binds = challenge.opaque_map().ok()?.and_then(|mut o| o.remove(OPAQUE_HTTP_METHOD));
         let fits = binds.is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
         (expires >= now.saturating_add(UP_FRONT_MARGIN.as_secs()) && fits).then_some(challenge)
@@ -339,7 +337,7 @@ pub(crate) struct SessionBook {
     pub open: Mutex<Vec<OpenSession>>,
     /// One session payment at a time: opening or topping up must not race.
     pub paying: tokio::sync::Mutex<()>,
-    accounts: OnceLock<(Budget, Ledger)>,
+    accounts: OnceLock<Arc<dyn farebox_wallet::Accounts>>,
     http: reqwest::Client,
 }
 
@@ -356,8 +354,8 @@ impl SessionBook {
         }
     }
 
-    pub fn attach(&self, budget: &Budget, ledger: &Ledger) {
-        let _ = self.accounts.set((budget.clone(), ledger.clone()));
+    pub fn attach(&self, accounts: Arc<dyn farebox_wallet::Accounts>) {
+        let _ = self.accounts.set(accounts);
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OpenSession>> {
@@ -423,23 +421,14 @@ impl SessionBook {
     /// The refund goes back to the budget, off the session's deposits, and into the ledger
     /// with its evidence, in one step.
     fn credit(&self, closed: &ClosedSession) {
-        let Some((budget, _)) = self.accounts.get() else { return };
-        let host =
-            Url::parse(&closed.url).map(|u| crate::middleware::host_of(&u)).unwrap_or_default();
-        let entry = LedgerEntry {
-            id: 0,
-            at: std::time::SystemTime::now(),
-            host,
+        let Some(accounts) = self.accounts.get() else { return };
+        accounts.refund_session(&farebox_wallet::Refund {
+            session: closed.session.clone(),
             url: closed.url.clone(),
-            rail: "mpp".into(),
-            kind: EntryKind::Refund,
+            rail: "mpp",
             amount: closed.refunded.clone(),
-            fee: Money::zero(closed.refunded.asset.clone()),
             reference: closed.reference.clone(),
-            proof: None,
-            receipt: None,
-        };
-        budget.refund_session(&closed.session, &entry);
+        });
     }
 
     /// Closes one session (already taken out of the book) and credits the evidenced refund.
@@ -641,7 +630,7 @@ fn rejected(status: StatusCode, body: &serde_json::Value) -> ClientError {
 
 /// The session challenges of a response.
 pub(crate) fn session_challenges(headers: &HeaderMap) -> Vec<Challenge> {
-    farebox_mpp::read_www_authenticate_from(headers)
+    crate::read_www_authenticate_from(headers)
         .challenges
         .into_iter()
         .filter(|c| c.intent == "session")

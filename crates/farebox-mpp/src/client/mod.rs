@@ -1,4 +1,5 @@
-//! [`MppWallet`]: pays MPP `Payment` challenges with the `charge` intent.
+//! [`MppWallet`] (feature `client`): pays MPP `Payment` challenges, for `farebox-client`'s
+//! middleware: the `charge` intent, and sessions.
 //!
 //! - `method="lightning"`: pays the BOLT11 invoice of the request with a Lightning backend,
 //!   checks the preimage against the payment hash, and answers
@@ -12,33 +13,35 @@
 //!
 //! With [`MppWallet::evm_sessions`] / [`MppWallet::lightning_sessions`] the wallet also pays
 //! `intent="session"` challenges, and prefers them to charges: one deposit, many requests (see
-//! [`crate::mpp_session`]). [`MppWallet::sessions`] is a handle to close them.
+//! [`session`]). [`MppWallet::sessions`] is a handle to close them.
+
+pub mod session;
 
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use crate::evm::charge::{self as evm_charge, EvmChargeRequest, TokenName};
+use crate::evm::session::{self as evm_session, EvmSessionRequest, SessionPayload};
+use crate::lightning::charge::{self as lightning_charge, LightningChargeRequest};
+use crate::lightning::session::{
+    self as lightning_session, LightningSessionRequest, SessionPayload as LightningSessionPayload,
+};
+use crate::{Challenge, Credential, ProblemType};
 use async_trait::async_trait;
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, PrivateKeySigner, U256};
 use farebox_lightning::{LightningBackend, PaymentHash, Preimage, bolt11};
-use farebox_mpp::evm::charge::{self as evm_charge, EvmChargeRequest, TokenName};
-use farebox_mpp::evm::session::{self as evm_session, EvmSessionRequest, SessionPayload};
-use farebox_mpp::lightning::charge::{self as lightning_charge, LightningChargeRequest};
-use farebox_mpp::lightning::session::{
-    self as lightning_session, LightningSessionRequest, SessionPayload as LightningSessionPayload,
-};
-use farebox_mpp::{Challenge, Credential, ProblemType};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
 use reqwest::Url;
 
-use crate::error::{ClientError, Overclaim};
-use crate::mpp_session::{
-    self, ClosedSession, EvmSessionPolicy, LightningSessionPolicy, OpenSession, Plan, SessionBook,
+use self::session::{
+    ClosedSession, EvmSessionPolicy, LightningSessionPolicy, OpenSession, Plan, SessionBook,
     SessionKind, SharedBook, receipt_spent,
 };
-use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
-use farebox_mpp::evm::escrow::EscrowRpc;
+use crate::evm::escrow::EscrowRpc;
+use farebox_wallet::{ClientError, Overclaim};
+use farebox_wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// Pays MPP `charge` challenges over Lightning and/or EVM tokens, and `session` challenges
 /// when sessions are enabled.
@@ -231,9 +234,9 @@ impl MppWallet {
                 "an MPP evm challenge needs `expires` (the authorization's validBefore)".into(),
             ));
         };
-        let valid_before = farebox_mpp::time::parse(expires)
+        let valid_before = crate::time::parse(expires)
             .map_err(|e| ClientError::InvalidChallenge(format!("MPP expires: {e}")))?;
-        if valid_before <= farebox_mpp::time::unix_now()? {
+        if valid_before <= crate::time::unix_now()? {
             return Err(ClientError::InvalidChallenge("the MPP challenge has expired".into()));
         }
         let amount: u128 = request
@@ -344,8 +347,8 @@ impl Wallet for MppWallet {
         Ok(sessions)
     }
 
-    fn attach(&self, budget: &crate::Budget, ledger: &crate::Ledger) {
-        self.book.attach(budget, ledger);
+    fn attach(&self, accounts: Arc<dyn farebox_wallet::Accounts>) {
+        self.book.attach(accounts);
     }
 
     async fn answered(
@@ -392,7 +395,7 @@ impl Wallet for MppWallet {
     /// covers it as it stands (a top-up or a new channel waits for the server's 402).
     fn up_front(&self, method: &http::Method, url: &Url) -> Option<Offer> {
         let origin = origin_of(url);
-        let now = farebox_mpp::time::unix_now().ok()?;
+        let now = crate::time::unix_now().ok()?;
         let challenge = self.book.lock().iter().find_map(|s| {
             (s.origin == origin && !s.halted)
                 .then(|| s.kind.live_for(method, url.path(), now).cloned())
@@ -494,7 +497,7 @@ impl MppWallet {
             .amount
             .try_into()
             .map_err(|_| ClientError::InvalidChallenge("MPP session price too large".into()))?;
-        let asset = mpp_session::evm_asset(&request, policy.ticker());
+        let asset = session::evm_asset(&request, policy.ticker());
         let origin = origin_of(url);
         let channel =
             self.evm_channel(&origin, &request).map(|(_, signed, deposit)| (signed, deposit));
@@ -564,7 +567,7 @@ impl MppWallet {
         headers: &HeaderMap,
         problem: Option<&serde_json::Value>,
     ) -> Result<(), ClientError> {
-        let claim = mpp_session::evm_claim(status, headers, problem, voucher, offer.price.amount);
+        let claim = session::evm_claim(status, headers, problem, voucher, offer.price.amount);
         let signed = {
             let mut open = self.book.lock();
             let Some(i) = open.iter().position(
@@ -585,7 +588,7 @@ impl MppWallet {
                     // A voucher whose challenge was refused (sent up front under one that went
                     // stale) authorized nothing: unless a later one was signed meanwhile, the
                     // next voucher signs its amount again. Opens and top-ups are left alone.
-                    if mpp_session::evm_challenge_refused(status, problem)
+                    if session::evm_challenge_refused(status, problem)
                         && *signed == voucher
                         && matches!(offer.funding, Funding::Session { deposit: None })
                     {
@@ -633,7 +636,7 @@ impl MppWallet {
         let request = LightningSessionRequest::from_json(&challenge.request).map_err(|e| {
             ClientError::InvalidChallenge(format!("MPP lightning session request: {e}"))
         })?;
-        let Some(deposit_sat) = mpp_session::lightning_deposit(policy, &request)? else {
+        let Some(deposit_sat) = session::lightning_deposit(policy, &request)? else {
             return Ok(None);
         };
         let origin = origin_of(url);
@@ -742,7 +745,7 @@ impl MppWallet {
         let (payload, channel, amount) = match (plan, existing) {
             (Plan::Open(deposit) | Plan::Reopen(deposit), None) => {
                 let (tx, salt, channel) =
-                    mpp_session::open_channel(rpc, signer, request, deposit).await?;
+                    session::open_channel(rpc, signer, request, deposit).await?;
                 self.book.lock().push(OpenSession {
                     origin: origin.to_string(),
                     url: url.clone(),
@@ -762,12 +765,12 @@ impl MppWallet {
                         live: vec![(url.path().to_string(), challenge.clone())],
                     },
                 });
-                let open = mpp_session::open_payload(signer, &domain, tx, salt, channel, price);
+                let open = session::open_payload(signer, &domain, tx, salt, channel, price);
                 (open, channel, price)
             }
             (Plan::Voucher | Plan::TopUp(_), Some((channel, signed, _))) => {
                 if let Plan::TopUp(amount) = plan {
-                    mpp_session::top_up_channel(rpc, signer, request, channel, amount).await?;
+                    session::top_up_channel(rpc, signer, request, channel, amount).await?;
                 }
                 let need = signed + price;
                 let mut open = self.book.lock();
@@ -788,7 +791,7 @@ impl MppWallet {
                 s.url = url.clone();
                 s.challenge = challenge.clone();
                 s.kind.paid_under(url.path(), challenge);
-                let voucher = mpp_session::signed_voucher(signer, &domain, channel, need);
+                let voucher = session::signed_voucher(signer, &domain, channel, need);
                 (SessionPayload::Voucher(voucher), channel, need)
             }
             _ => {
@@ -829,7 +832,7 @@ impl MppWallet {
         if let (Some(((id, preimage), ..)), false) = (existing, deposit) {
             return bearer_proof(challenge, id, preimage, Money::msats(0));
         }
-        let deposit_sat = mpp_session::lightning_deposit(policy, request)?.ok_or_else(|| {
+        let deposit_sat = session::lightning_deposit(policy, request)?.ok_or_else(|| {
             ClientError::InvalidChallenge("the session challenge asks no usable deposit".into())
         })?;
         if let Some(((id, _), held, _)) = existing

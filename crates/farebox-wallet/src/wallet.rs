@@ -6,13 +6,12 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use farebox_core::Money;
 use farebox_core::auth::AuthChallenge;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-
-use crate::budget::{Budget, Ledger};
 
 use crate::error::ClientError;
 
@@ -101,6 +100,28 @@ impl fmt::Debug for Proof {
     }
 }
 
+/// Money that came back to the wallet: a session's refund, evidenced by the wallet itself (its
+/// node, the chain), never on the server's word.
+#[derive(Debug, Clone)]
+pub struct Refund {
+    /// The session it closes (a channel or session id).
+    pub session: String,
+    /// The URL the session paid for.
+    pub url: String,
+    pub rail: &'static str,
+    /// What came back.
+    pub amount: Money,
+    /// The evidence (a transaction hash, a payment hash).
+    pub reference: String,
+}
+
+/// The books a wallet pays under, kept by the middleware: the budget and the ledger.
+pub trait Accounts: Send + Sync + 'static {
+    /// Gives `refund` back to the budget (off the session's deposits) and records it in the
+    /// ledger, in one step.
+    fn refund_session(&self, refund: &Refund);
+}
+
 /// The client side of a rail.
 #[async_trait]
 pub trait Wallet: Send + Sync + 'static {
@@ -123,9 +144,9 @@ pub trait Wallet: Send + Sync + 'static {
         None
     }
 
-    /// Called once when the wallet is added to a [`PaymentMiddleware`](crate::PaymentMiddleware):
-    /// the budget and ledger it pays under (a session wallet credits refunds back to them).
-    fn attach(&self, _budget: &Budget, _ledger: &Ledger) {}
+    /// Called once when the wallet is added to a payment middleware: the accounts it pays
+    /// under (a session wallet credits refunds back to them).
+    fn attach(&self, _accounts: Arc<dyn Accounts>) {}
 
     /// The server's answer to a request retried with this wallet's proof for `offer`: status,
     /// headers (e.g. a receipt naming what a session has spent) and, for a 402, its problem

@@ -1,4 +1,5 @@
-//! [`L402Wallet`]: pays L402 challenges with a Lightning backend.
+//! [`L402Wallet`] (feature `client`): pays L402 challenges with a Lightning backend, for
+//! `farebox-client`'s middleware.
 //!
 //! It prefers the `L402` challenge line and falls back to `LSAT`, checks that the invoice is a
 //! valid BOLT11 with an amount and that it has not expired, pays it, and answers with
@@ -14,8 +15,7 @@ use farebox_lightning::LightningBackend;
 use farebox_lightning::bolt11::{self, InvoiceDescription};
 use http::{HeaderValue, header::AUTHORIZATION};
 
-use crate::error::ClientError;
-use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
+use farebox_wallet::{ClientError, Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// Pays L402 invoices from a Lightning backend.
 pub struct L402Wallet {
@@ -50,7 +50,7 @@ impl Wallet for L402Wallet {
         let Some(challenge) = challenge else {
             return Ok(Vec::new());
         };
-        let parsed = farebox_l402::parse_challenge(challenge)
+        let parsed = crate::parse_challenge(challenge)
             .map_err(|e| ClientError::InvalidChallenge(format!("L402 challenge: {e}")))?;
         let invoice = bolt11::parse_invoice(&parsed.invoice)
             .map_err(|e| ClientError::InvalidChallenge(format!("L402 invoice: {e}")))?;
@@ -112,7 +112,7 @@ impl Wallet for L402Wallet {
                     .into(),
             ));
         }
-        let credential = farebox_l402::format_credential(&details.macaroon, &paid.preimage);
+        let credential = crate::format_credential(&details.macaroon, &paid.preimage);
         let mut value = HeaderValue::from_str(&credential).map_err(|_| {
             ClientError::PaidWithoutProof("the credential is not header-safe".into())
         })?;
@@ -130,8 +130,8 @@ impl Wallet for L402Wallet {
 /// What a token is good for, from its macaroon's first-party caveats (`route=…`,
 /// `…_valid_until=<unix>` shown as a date).
 fn token_terms(macaroon: &str) -> Option<String> {
-    let bytes = farebox_l402::macaroon::decode_base64(macaroon).ok()?;
-    let decoded = farebox_l402::macaroon::Macaroon::decode(&bytes).ok()?;
+    let bytes = crate::macaroon::decode_base64(macaroon).ok()?;
+    let decoded = crate::macaroon::Macaroon::decode(&bytes).ok()?;
     let terms: Vec<String> = decoded
         .caveats()
         .filter(|c| c.is_first_party())

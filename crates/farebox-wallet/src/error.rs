@@ -10,7 +10,7 @@ pub enum ClientError {
     /// The price plus the most the rail may charge in fees does not fit the budget. Nothing
     /// was paid.
     #[error("over budget: {price} (fees included, at most) exceeds {limit}")]
-    OverBudget { price: Money, limit: String },
+    OverBudget { price: Box<Money>, limit: String },
     /// The 402 offered nothing this client has a wallet for.
     #[error("no payable offer: {0}")]
     NoPayableOffer(String),
@@ -84,8 +84,7 @@ pub struct Overclaim {
     /// The most the wallet signed on the channel.
     pub signed: Money,
     /// Whether the close at what was signed went through; if not, the session stays in the
-    /// wallet, paying nothing more, for [`Sessions::close_all`](crate::Sessions::close_all) to
-    /// retry.
+    /// wallet, paying nothing more, for a later close of all sessions to retry.
     pub closed: bool,
 }
 

@@ -1,4 +1,5 @@
-//! [`X402Wallet`]: pays x402 `exact` requirements by signing EIP-3009 authorizations.
+//! [`X402Wallet`] (feature `client`): pays x402 `exact` requirements by signing EIP-3009
+//! authorizations, for `farebox-client`'s middleware.
 //!
 //! It reads v2 requirements from the `PAYMENT-REQUIRED` header and, only when there is none,
 //! v1 requirements from the JSON body (as the reference clients do), offers every `exact`
@@ -7,16 +8,15 @@
 //! a random 32-byte nonce). Nothing moves until the server's facilitator settles; the signature
 //! is the proof, sent once in `PAYMENT-SIGNATURE` (v2) or `X-PAYMENT` (v1).
 
+use crate::{Payload, codec, exact_evm, network, v1, v2};
 use async_trait::async_trait;
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, PrivateKeySigner, U256};
-use farebox_x402::{Payload, codec, exact_evm, network, v1, v2};
 use http::{HeaderName, HeaderValue};
 use serde_json::json;
 
-use crate::error::ClientError;
-use crate::wallet::{Funding, Offer, PaymentRequired, Proof, Wallet};
+use farebox_wallet::{ClientError, Funding, Offer, PaymentRequired, Proof, Wallet};
 
 /// Signs x402 `exact` payments with an EVM key.
 pub struct X402Wallet {
@@ -205,7 +205,7 @@ impl Wallet for X402Wallet {
         let (name, encoded) = match requirement {
             Requirement::V2 { requirement, resource } => {
                 let payment = v2::PaymentPayload {
-                    x402_version: farebox_x402::Version,
+                    x402_version: crate::Version,
                     resource: Some(resource.clone()),
                     accepted: requirement.clone(),
                     payload,
@@ -215,7 +215,7 @@ impl Wallet for X402Wallet {
             }
             Requirement::V1(requirement) => {
                 let payment = v1::PaymentPayload {
-                    x402_version: farebox_x402::Version,
+                    x402_version: crate::Version,
                     scheme: requirement.scheme.clone(),
                     network: requirement.network.clone(),
                     payload,
