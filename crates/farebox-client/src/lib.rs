@@ -51,7 +51,9 @@ pub use budget_store::{
     Unsettled, Usage,
 };
 pub use events::{Event, Observer};
-pub use farebox_wallet::{Accounts, Funding, Offer, PaymentRequired, Proof, Refund, Wallet};
+pub use farebox_wallet::{
+    Accounts, Funding, Offer, PaymentRequired, Proof, RailSettings, Refund, Wallet, WalletPlugin,
+};
 pub use farebox_wallet::{ClientError, Overclaim};
 pub use middleware::PaymentMiddleware;
 pub use policy::{Choice, Policy, Quote, QuotedOffer};

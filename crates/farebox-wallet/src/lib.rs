@@ -10,6 +10,7 @@
 //! | [`PaymentRequired`], [`Offer`], [`Funding`], [`Proof`] | what a wallet reads and hands back |
 //! | [`Accounts`], [`Refund`] | where a wallet credits money that comes back (a session's refund) |
 //! | [`ClientError`] | the typed failures every wallet and the middleware report |
+//! | [`WalletPlugin`], [`RailSettings`] | how a wallet file's `[rails.<name>]` table becomes a rail's wallet |
 //!
 //! Each rail crate implements [`Wallet`] behind its `client` feature (`farebox_l402::client`,
 //! `farebox_x402::client`, `farebox_mpp::client`); choosing among offers, the budget and the
@@ -17,7 +18,9 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod plugin;
 mod wallet;
 
 pub use error::{ClientError, Overclaim};
+pub use plugin::{RailSettings, WalletPlugin};
 pub use wallet::{Accounts, Funding, Offer, PaymentRequired, Proof, Refund, Wallet};

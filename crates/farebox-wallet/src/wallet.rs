@@ -162,3 +162,37 @@ pub trait Wallet: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// A boxed wallet is a wallet: what a [`WalletPlugin`](crate::WalletPlugin) builds.
+#[async_trait]
+impl Wallet for Box<dyn Wallet> {
+    fn rail(&self) -> &'static str {
+        (**self).rail()
+    }
+
+    fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
+        (**self).offers(response)
+    }
+
+    async fn pay(&self, offer: &Offer) -> Result<Proof, ClientError> {
+        (**self).pay(offer).await
+    }
+
+    fn up_front(&self, method: &http::Method, url: &reqwest::Url) -> Option<Offer> {
+        (**self).up_front(method, url)
+    }
+
+    fn attach(&self, accounts: Arc<dyn Accounts>) {
+        (**self).attach(accounts)
+    }
+
+    async fn answered(
+        &self,
+        offer: &Offer,
+        status: StatusCode,
+        headers: &HeaderMap,
+        problem: Option<&serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        (**self).answered(offer, status, headers, problem).await
+    }
+}

@@ -202,6 +202,10 @@ impl WalletArgs {
     }
 }
 
+/// The rails whose wallets a wallet file configures in its own `[rails.<name>]` table: one line
+/// per rail crate.
+pub const WALLET_PLUGINS: &[farebox_client::WalletPlugin] = &[farebox_rail_prepaid::WALLET_PLUGIN];
+
 /// A payment middleware built from a wallet configuration, with what `pay` needs after.
 pub struct Payer {
     pub middleware: PaymentMiddleware,
@@ -268,6 +272,11 @@ pub async fn payer_within(
                     skipped.push(format!("MPP sessions on chain {}: {why}", chain.chain_id))
                 }
             }
+        }
+    }
+    for rail in &config.rails {
+        if let Some(plugin) = WALLET_PLUGINS.iter().find(|p| p.name == rail.name) {
+            middleware = middleware.wallet(rail.build(plugin, &config.assets)?);
         }
     }
     let mut sessions = None;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use farebox_client::{Caps, DAY, HOUR, Policy, Scope};
+use farebox_client::{Caps, DAY, HOUR, Policy, RailSettings, Scope, Wallet, WalletPlugin};
 use farebox_core::{Asset, Money, Token};
 use farebox_evm::{Address, PrivateKeySigner};
 use farebox_lightning::LightningBackend;
@@ -159,6 +159,13 @@ max_fee = "10 sat"
 # escrows = ["0x5FbDB2315678afecb367f032d93F642f64180aa3"]
 # max_deposit = "1 usdc"
 
+# Rails from outside the core crates configure their wallets in their own table (the prepaid
+# example rail's credit codes here); `farebox pay` knows the rails listed in its WALLET_PLUGINS.
+# [rails.prepaid]
+# seller = "<the seller's Ed25519 public key, 64 hex digits>"
+# currency = "sat"
+# codes_file = "codes.txt"         # one code per line, owner-only (or codes_env = "...")
+
 # Tokens amounts may be written in ("0.01 usdc"), by name.
 # [assets.usdc]
 # network = "eip155:84532"
@@ -202,6 +209,9 @@ struct RawFile {
     budget: BTreeMap<String, RawBudget>,
     #[serde(default)]
     policy: RawPolicy,
+    /// `[rails.<name>]`: a table per rail whose wallet a plugin builds ([`crate::pay::WALLET_PLUGINS`]).
+    #[serde(default)]
+    rails: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -445,6 +455,38 @@ pub struct WalletConfig {
     pub assets: Vec<(String, Token)>,
     pub caps: Vec<Caps>,
     pub policy: Policy,
+    /// The `[rails.<name>]` tables, each for a known plugin.
+    pub rails: Vec<RailTable>,
+}
+
+/// A `[rails.<name>]` table of the wallet file: a plugin's settings.
+#[derive(Debug, Clone)]
+pub struct RailTable {
+    pub name: String,
+    table: serde_json::Value,
+    /// The wallet file's folder: where `<key>_file` paths start.
+    base: PathBuf,
+}
+
+impl RailTable {
+    /// The wallet `plugin` builds from this table; `assets` are the wallet file's tokens.
+    pub fn build(
+        &self,
+        plugin: &WalletPlugin,
+        assets: &[(String, Token)],
+    ) -> Result<Box<dyn Wallet>, WalletFileError> {
+        let secret = |key: &str| -> Result<String, String> {
+            let file = self.table.get(format!("{key}_file")).and_then(|v| v.as_str());
+            let env = self.table.get(format!("{key}_env")).and_then(|v| v.as_str());
+            let name = format!("rails.{}.{key}", self.name);
+            SecretSource::pick(&name, file.map(PathBuf::from), env.map(String::from), &self.base)
+                .and_then(|source| source.read())
+                .map_err(|e| e.to_string())
+        };
+        let asset = |unit: &str| Units { assets }.asset(unit);
+        let settings = RailSettings { table: &self.table, secret: &secret, asset: &asset };
+        (plugin.build)(&settings).map_err(|why| key_err(format!("rails.{}", self.name), why))
+    }
 }
 
 impl WalletConfig {
@@ -473,6 +515,7 @@ impl WalletConfig {
             assets: Vec::new(),
             caps: vec![caps],
             policy: Policy::new(),
+            rails: Vec::new(),
         }
     }
 
@@ -559,14 +602,29 @@ impl WalletConfig {
             }
             caps.push(c);
         }
-        const RAILS: [&str; 4] = ["l402", "x402", "mpp", "mpp-session"];
+        let plugins = crate::pay::WALLET_PLUGINS.iter().map(|p| p.name);
+        let mut rails_known: Vec<&str> = vec!["l402", "x402", "mpp", "mpp-session"];
+        rails_known.extend(plugins.clone());
         for (i, p) in raw.policy.prefer.iter().enumerate() {
-            if !RAILS.contains(&p.to_ascii_lowercase().as_str()) {
+            if !rails_known.contains(&p.to_ascii_lowercase().as_str()) {
                 return Err(key_err(
                     format!("policy.prefer[{i}]"),
-                    format!("expected one of {RAILS:?}"),
+                    format!("expected one of {rails_known:?}"),
                 ));
             }
+        }
+        let mut rails = Vec::new();
+        for (name, table) in raw.rails {
+            if !plugins.clone().any(|p| p == name) {
+                let known: Vec<&str> = plugins.clone().collect();
+                return Err(key_err(
+                    format!("rails.{name}"),
+                    format!("no wallet of that name; this farebox knows {known:?}"),
+                ));
+            }
+            let table = serde_json::to_value(&table)
+                .map_err(|e| key_err(format!("rails.{name}"), e.to_string()))?;
+            rails.push(RailTable { name, table, base: base.clone() });
         }
         let hosts = match raw.policy.hosts {
             None => None,
@@ -597,6 +655,7 @@ impl WalletConfig {
             assets,
             caps,
             policy,
+            rails,
         })
     }
 

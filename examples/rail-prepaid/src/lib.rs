@@ -32,4 +32,4 @@ pub use code::{CodeError, CreditCode, SCHEME};
 #[cfg(feature = "server")]
 pub use rail::{PREPAID_RECEIPT, PrepaidRail};
 #[cfg(feature = "client")]
-pub use wallet::PrepaidWallet;
+pub use wallet::{PrepaidWallet, WALLET_PLUGIN};

@@ -2,7 +2,9 @@
 //! (added to `farebox-client`'s middleware like any rail's wallet).
 //!
 //! The wallet holds codes bought from one seller and keeps its own count of what each has left:
-//! it never takes the server's word for it. A 402 whose `Prepaid` challenge names that seller
+//! it never takes the server's word for it. The count lives as long as the wallet (one agent
+//! process); a new process counts from the codes' full values, and a code the server has
+//! spent meanwhile is refused there, with nothing served. A 402 whose `Prepaid` challenge names that seller
 //! and the wallet's asset is an offer; paying it sends the first code with enough left and
 //! takes the price off it. If the server refuses the proof, the price goes back on the code
 //! (the server debits only what it serves; a handler failure is credited back there too).
@@ -11,7 +13,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use farebox_core::{Asset, Money};
-use farebox_wallet::{ClientError, Funding, Offer, PaymentRequired, Proof, Wallet};
+use farebox_wallet::{
+    ClientError, Funding, Offer, PaymentRequired, Proof, RailSettings, Wallet, WalletPlugin,
+};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::code::{CodeError, CreditCode, SCHEME};
@@ -28,6 +32,38 @@ pub struct PrepaidWallet {
     asset: Asset,
     seller_hex: String,
     codes: Mutex<Vec<Held>>,
+}
+
+/// How a wallet file configures this wallet, for `farebox pay` and any program that lists it:
+///
+/// ```toml
+/// [rails.prepaid]
+/// seller = "<the seller's Ed25519 public key, 64 hex digits>"
+/// currency = "sat"            # or a name of the wallet file's [assets]
+/// codes_file = "codes.txt"    # one code per line, readable by its owner only (or codes_env)
+/// ```
+pub const WALLET_PLUGIN: WalletPlugin = WalletPlugin { name: "prepaid", build: from_settings };
+
+fn from_settings(settings: &RailSettings<'_>) -> Result<Box<dyn Wallet>, String> {
+    const KEYS: [&str; 4] = ["seller", "currency", "codes_file", "codes_env"];
+    let table = settings.table.as_object().ok_or("expected a table")?;
+    if let Some(unknown) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!("`{unknown}`: unknown key (known: {})", KEYS.join(", ")));
+    }
+    let text = |key: &str| table.get(key).and_then(|v| v.as_str());
+    let seller: [u8; 32] = text("seller")
+        .and_then(|s| hex::decode(s).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or("`seller`: the seller's Ed25519 public key, 64 hex digits")?;
+    let currency = text("currency").unwrap_or("sat");
+    let asset = (settings.asset)(currency)
+        .ok_or_else(|| format!("`currency`: {currency:?} is not \"sat\" nor an [assets] name"))?;
+    let codes = (settings.secret)("codes")?;
+    let mut wallet = PrepaidWallet::new(asset, seller);
+    for (i, line) in codes.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        wallet = wallet.with_code(line).map_err(|e| format!("`codes`, code {}: {e}", i + 1))?;
+    }
+    Ok(Box::new(wallet))
 }
 
 /// What an offer pays (the price, in the wallet's asset) and, once paid, with which code.
