@@ -6,7 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use farebox_core::auth::parse_challenges;
 use farebox_core::{Money, Price, Rail};
-use farebox_l402::{DerivedRootKeys, L402Config, L402Rail, format_credential, parse_challenge};
+use farebox_l402::{
+    DerivedRootKeys, L402Config, L402Rail, attenuate, caveat, format_credential, parse_challenge,
+};
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
 use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -16,6 +18,9 @@ struct L402Harness {
     rail: Arc<L402Rail>,
     node: Arc<DevNode>,
     wallet: DevNode,
+    /// The holder narrows each token to one request (`farebox_max_requests = 1`), which the
+    /// rail counts in its store: then a token is a single-use proof.
+    one_request: bool,
 }
 
 #[async_trait]
@@ -42,13 +47,19 @@ impl RailHarness for L402Harness {
             .ok_or("no L402 challenge")?;
         let l402 = parse_challenge(l402).map_err(|e| e.to_string())?;
         let paid = self.wallet.pay(&l402.invoice, 0).await.map_err(|e| e.to_string())?;
-        let value = format_credential(&l402.macaroon, &paid.preimage);
+        let macaroon = match self.one_request {
+            true => {
+                attenuate(&l402.macaroon, &[caveat::max_requests(1)]).map_err(|e| e.to_string())?
+            }
+            false => l402.macaroon,
+        };
+        let value = format_credential(&macaroon, &paid.preimage);
         Ok(vec![(AUTHORIZATION, HeaderValue::from_str(&value).map_err(|e| e.to_string())?)])
     }
 
-    /// A token is good for the route until it expires.
+    /// A token is good for the route until it expires, unless narrowed to one request.
     fn single_use(&self) -> bool {
-        false
+        self.one_request
     }
 
     /// The dev node reveals a preimage only by settling its invoice: the preimage is the proof.
@@ -61,8 +72,7 @@ impl RailHarness for L402Harness {
     }
 }
 
-#[tokio::test]
-async fn the_l402_rail_keeps_the_rail_contract() {
+async fn keeps_the_contract(one_request: bool) {
     let network = DevNetwork::new();
     let node = Arc::new(DevNode::random(&network, 0));
     let wallet = DevNode::random(&network, 10_000_000);
@@ -70,5 +80,17 @@ async fn the_l402_rail_keeps_the_rail_contract() {
     let store = Arc::new(farebox_store::MemoryStore::new());
     let config = L402Config::new("contract", keys).with_store(store);
     let rail = Arc::new(L402Rail::new(config, node.clone()).unwrap());
-    assert_rail_contract(Arc::new(L402Harness { rail, node, wallet })).await;
+    assert_rail_contract(Arc::new(L402Harness { rail, node, wallet, one_request })).await;
+}
+
+#[tokio::test]
+async fn the_l402_rail_keeps_the_rail_contract() {
+    keeps_the_contract(false).await;
+}
+
+/// Single use: a replay or a race is served once, and a failed handler's request is counted
+/// back, so the retry is served.
+#[tokio::test]
+async fn the_l402_rail_keeps_the_rail_contract_with_one_request_tokens() {
+    keeps_the_contract(true).await;
 }

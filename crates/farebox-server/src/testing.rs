@@ -11,8 +11,9 @@
 //! |---|---|
 //! | `challenges_when_priced` | a priced request without a credential is a 402 carrying the rail's challenge; a price in an asset the rail cannot charge is not offered |
 //! | `refuses_garbage` | malformed credentials in every scheme and header the rail claims are refused with a typed error (400 or 402, problem+json), never served, never a 5xx |
+//! | `pays_the_price_asked` | a proof paid for a route is refused on a route that costs twice as much, and nothing is served |
 //! | `accepts_a_proof_once` | a paid proof is served; a single-use proof replayed, or raced by eight copies, is served once |
-//! | `releases_on_handler_failure` | a proof whose request failed in the handler buys the retry |
+//! | `releases_on_handler_failure` | a single-use proof whose request failed in the handler buys the retry (not applicable to a reusable token, which would be served again anyway) |
 //! | `never_serves_on_settle_failure` | when settling fails (the backend lost while the handler ran), the handler's answer is not delivered |
 //! | `outage_is_503` | with the backend down, a new request is a 402 or a 503 with `Retry-After`, never served; a paid retry is a 503 with `Retry-After` and is not served (unless the proof is checked by math alone), and the proof still works once the backend is back |
 //!
@@ -40,6 +41,8 @@ use crate::{Paywall, PaywallLayer, PricedRoute};
 const SERVED: &str = "served by the contract handler";
 /// The priced route every clause requests under.
 const ROUTE: &str = "/contract/*";
+/// A route at twice the price, for `pays_the_price_asked`.
+const DEAR_ROUTE: &str = "/dear/*";
 /// How many copies of one proof race in `accepts_a_proof_once`.
 const RACERS: usize = 8;
 
@@ -138,7 +141,11 @@ pub async fn check_rail(harness: Arc<dyn RailHarness>) -> Vec<Clause> {
         let outcome = match name {
             "challenges_when_priced" => outcome(kit.check_challenges().await),
             "refuses_garbage" => outcome(kit.check_garbage().await),
+            "pays_the_price_asked" => outcome(kit.check_underpayment().await),
             "accepts_a_proof_once" => outcome(kit.check_once().await),
+            "releases_on_handler_failure" if !kit.harness.single_use() => Outcome::NotApplicable(
+                "a reusable token is served again whether or not anything was given back",
+            ),
             "releases_on_handler_failure" => outcome(kit.check_release().await),
             "never_serves_on_settle_failure" if !kit.harness.settles_on_backend() => {
                 Outcome::NotApplicable("the proof is final; settling needs no backend")
@@ -153,9 +160,10 @@ pub async fn check_rail(harness: Arc<dyn RailHarness>) -> Vec<Clause> {
 }
 
 /// The clauses, in the order they are checked (see the module docs).
-pub const CLAUSES: [&str; 6] = [
+pub const CLAUSES: [&str; 7] = [
     "challenges_when_priced",
     "refuses_garbage",
+    "pays_the_price_asked",
     "accepts_a_proof_once",
     "releases_on_handler_failure",
     "never_serves_on_settle_failure",
@@ -195,14 +203,17 @@ fn outcome(checked: Checked) -> Outcome {
 
 impl Kit {
     fn new(harness: Arc<dyn RailHarness>) -> Self {
+        let price = harness.price();
+        let dear = Price::any_of(
+            price.offers().iter().map(|m| Money::new(m.asset.clone(), m.amount.saturating_mul(2))),
+        )
+        .expect("a price has an amount");
         let paywall = Paywall::builder()
             .shared_rail(harness.rail())
-            .route(
-                PricedRoute::new(None, ROUTE, harness.price())
-                    .expect("the contract route is valid"),
-            )
+            .route(PricedRoute::new(None, ROUTE, price).expect("the contract route is valid"))
+            .route(PricedRoute::new(None, DEAR_ROUTE, dear).expect("the dear route is valid"))
             .build()
-            .expect("a paywall of one rail and one route");
+            .expect("a paywall of one rail and two routes");
         let counter = Arc::new(Counter {
             served: AtomicUsize::new(0),
             mode: AtomicU8::new(Handler::Serve as u8),
@@ -359,6 +370,20 @@ impl Kit {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    async fn check_underpayment(&self) -> Checked {
+        let (path, proof) = self.paid().await?;
+        let dear = path.replacen("/contract/", "/dear/", 1);
+        let before = self.served();
+        let answer = self.send(&dear, &proof).await;
+        if answer.status.is_success() || self.served() != before {
+            return Err(format!(
+                "a proof paid for {path} was served on {dear}, at twice the price ({})",
+                answer.status
+            ));
         }
         Ok(())
     }

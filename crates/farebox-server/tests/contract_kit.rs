@@ -1,7 +1,7 @@
 //! The rail contract kit against a small single-use ticket rail: the honest rail passes every
 //! clause, and each flaw a rail could have fails the clause that names it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,11 +28,14 @@ enum Flaw {
     SettlesBlind,
     /// Serves on a ticket when it cannot check it.
     ServesWhenDown,
+    /// Takes a ticket bought for one price as payment of any price.
+    IgnoresPrice,
 }
 
 #[derive(Default)]
 struct Tickets {
-    issued: HashSet<String>,
+    /// Each ticket issued, and the price it was issued for.
+    issued: HashMap<String, u128>,
     used: HashSet<String>,
 }
 
@@ -69,7 +72,7 @@ impl Rail for TicketRail {
     ) -> Result<Option<Challenge>, PaymentError> {
         let Some(price) = resource.price.in_bitcoin() else { return Ok(None) };
         let ticket = format!("t{}", rand_u64());
-        self.tickets.lock().unwrap().issued.insert(ticket.clone());
+        self.tickets.lock().unwrap().issued.insert(ticket.clone(), price.amount);
         let line = AuthChallenge::new("Ticket")
             .param("ticket", ticket)
             .param("amount_msat", price.amount.to_string());
@@ -84,8 +87,9 @@ impl Rail for TicketRail {
         credential: &PresentedCredential,
     ) -> Result<Verdict, PaymentError> {
         let ticket = credential.auth.as_ref().and_then(|a| a.token.clone());
-        let Some(ticket) = ticket.filter(|t| self.tickets.lock().unwrap().issued.contains(t))
-        else {
+        let bought =
+            ticket.as_ref().and_then(|t| self.tickets.lock().unwrap().issued.get(t).copied());
+        let (Some(ticket), Some(bought)) = (ticket, bought) else {
             return Err(if self.flaw == Flaw::InternalOnGarbage {
                 PaymentError::internal("ticket_parse", "could not read the ticket")
             } else {
@@ -101,6 +105,9 @@ impl Rail for TicketRail {
             return Err(PaymentError::invalid("used_ticket", "this ticket was used"));
         }
         let amount = resource.price.in_bitcoin().cloned().expect("challenged in bitcoin");
+        if bought < amount.amount && self.flaw != Flaw::IgnoresPrice {
+            return Err(PaymentError::invalid("underpaid", "the ticket was bought for less"));
+        }
         Ok(Verdict::Payment(Verified::new(
             amount,
             None,
@@ -180,7 +187,7 @@ fn rand_u64() -> u64 {
 async fn failures(flaw: Flaw) -> Vec<&'static str> {
     let rail = Arc::new(TicketRail { flaw, up: AtomicBool::new(true), tickets: Mutex::default() });
     let clauses = check_rail(Arc::new(Harness(rail))).await;
-    assert_eq!(clauses.len(), 6, "every clause is reported");
+    assert_eq!(clauses.len(), 7, "every clause is reported");
     assert!(clauses.iter().all(|c| !matches!(c.outcome, Outcome::NotApplicable(_))), "{clauses:?}");
     for clause in &clauses {
         eprintln!("{flaw:?}: {clause}");
@@ -200,4 +207,5 @@ async fn each_flaw_breaks_the_clause_that_names_it() {
     assert_eq!(failures(Flaw::NeverReleases).await, ["releases_on_handler_failure"]);
     assert_eq!(failures(Flaw::SettlesBlind).await, ["never_serves_on_settle_failure"]);
     assert_eq!(failures(Flaw::ServesWhenDown).await, ["outage_is_503"]);
+    assert_eq!(failures(Flaw::IgnoresPrice).await, ["pays_the_price_asked"]);
 }

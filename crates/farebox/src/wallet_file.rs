@@ -475,11 +475,16 @@ impl RailTable {
         plugin: &WalletPlugin,
         assets: &[(String, Token)],
     ) -> Result<Box<dyn Wallet>, WalletFileError> {
+        let text = |key: String| match self.table.get(&key) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("rails.{}.{key}: expected a string", self.name)),
+        };
         let secret = |key: &str| -> Result<String, String> {
-            let file = self.table.get(format!("{key}_file")).and_then(|v| v.as_str());
-            let env = self.table.get(format!("{key}_env")).and_then(|v| v.as_str());
+            let file = text(format!("{key}_file"))?;
+            let env = text(format!("{key}_env"))?;
             let name = format!("rails.{}.{key}", self.name);
-            SecretSource::pick(&name, file.map(PathBuf::from), env.map(String::from), &self.base)
+            SecretSource::pick(&name, file.map(PathBuf::from), env, &self.base)
                 .and_then(|source| source.read())
                 .map_err(|e| e.to_string())
         };

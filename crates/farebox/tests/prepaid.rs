@@ -59,14 +59,16 @@ fn farebox_pay_spends_a_credit_code_through_the_rails_own_wallet() {
     let seller = SigningKey::from_bytes(&[0x42; 32]);
     let url = serve(&seller);
     let dir = tempfile::tempdir().unwrap();
-    let code = CreditCode { id: [1; 16], value: 50_000, expires: u64::MAX }.sign(&seller);
+    let code =
+        CreditCode { id: [1; 16], value: 50_000, expires: u64::MAX }.sign(&seller, &Asset::Bitcoin);
     write_private(&dir.path().join("codes.txt"), &format!("{code}\n"));
     let wallet = dir.path().join("wallet.toml");
     write_private(
         &wallet,
         &format!(
             "[budget.sat]\nper_request = \"30 sat\"\ntotal = \"1000 sat\"\n\n\
-             [rails.prepaid]\nseller = \"{}\"\ncurrency = \"sat\"\ncodes_file = \"codes.txt\"\n",
+             [rails.prepaid]\nseller = \"{}\"\nhosts = [\"127.0.0.1\"]\ncurrency = \"sat\"\n\
+             codes_file = \"codes.txt\"\n",
             hex::encode(seller.verifying_key().as_bytes())
         ),
     );

@@ -3,12 +3,14 @@
 //! A code is `<payload>.<signature>`, both unpadded base64url. The payload is 40 bytes: a
 //! 16-byte random id, the value in base units of the rail's asset (u128, big-endian) and the
 //! expiry in Unix seconds (u64, big-endian). The signature is Ed25519 by the seller's key over
-//! [`DOMAIN`] followed by the payload, so that a signature made for anything else is never a
-//! code. The value is what the code may spend in all; the server keeps what it has spent.
+//! [`DOMAIN`], the asset the value is in ([`asset_key`]), a NUL, and the payload: a signature
+//! made for anything else is never a code, and a code is worth its value in its own asset only.
+//! The value is what the code may spend in all; the server keeps what it has spent.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use farebox_core::Asset;
 
 /// The `Authorization` (and `WWW-Authenticate`) scheme of credit codes.
 pub const SCHEME: &str = "Prepaid";
@@ -20,6 +22,22 @@ pub const DOMAIN: &[u8] = b"farebox-prepaid-v1:";
 pub const MAX_CODE_LEN: usize = 54 + 1 + 86;
 
 const PAYLOAD_LEN: usize = 16 + 16 + 8;
+
+/// How a code's signature names its asset: `bitcoin`, or `<CAIP-2 network>/<token address>`
+/// (the address in lower case).
+pub fn asset_key(asset: &Asset) -> String {
+    match asset {
+        Asset::Bitcoin => "bitcoin".into(),
+        Asset::Token(t) => format!("{}/{}", t.network, t.address.to_ascii_lowercase()),
+        // An asset kind newer than this rail: its whole serialized form.
+        other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+/// What the seller signs: the domain, the asset, a NUL, the payload.
+fn signed_message(asset: &Asset, payload: &[u8]) -> Vec<u8> {
+    [DOMAIN, asset_key(asset).as_bytes(), b"\0", payload].concat()
+}
 
 /// A credit code, signature checked or about to be signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +74,10 @@ impl CreditCode {
         hex::encode(self.id)
     }
 
-    /// This code signed by `seller`, as text to hand to the buyer.
-    pub fn sign(&self, seller: &SigningKey) -> String {
+    /// This code, worth its value in `asset`, signed by `seller`: the text to hand to the buyer.
+    pub fn sign(&self, seller: &SigningKey, asset: &Asset) -> String {
         let payload = self.payload();
-        let signature = seller.sign(&[DOMAIN, &payload].concat());
+        let signature = seller.sign(&signed_message(asset, &payload));
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(payload),
@@ -67,8 +85,13 @@ impl CreditCode {
         )
     }
 
-    /// Reads `text` and checks that `seller` signed it. The expiry is the caller's to check.
-    pub fn verify(text: &str, seller: &VerifyingKey) -> Result<CreditCode, CodeError> {
+    /// Reads `text` and checks that `seller` signed it as a code in `asset`. The expiry is the
+    /// caller's to check.
+    pub fn verify(
+        text: &str,
+        seller: &VerifyingKey,
+        asset: &Asset,
+    ) -> Result<CreditCode, CodeError> {
         let code = Self::read(text)?;
         let (_, signature) = text.split_once('.').ok_or(CodeError::Malformed)?;
         let signature: [u8; 64] = URL_SAFE_NO_PAD
@@ -78,7 +101,10 @@ impl CreditCode {
             .ok_or(CodeError::Malformed)?;
         // `verify_strict` refuses the malleable and small-order encodings plain `verify` allows.
         seller
-            .verify_strict(&[DOMAIN, &code.payload()].concat(), &Signature::from_bytes(&signature))
+            .verify_strict(
+                &signed_message(asset, &code.payload()),
+                &Signature::from_bytes(&signature),
+            )
             .map_err(|_| CodeError::BadSignature)?;
         Ok(code)
     }
@@ -111,14 +137,30 @@ mod tests {
         SigningKey::from_bytes(&[byte; 32])
     }
 
+    const SAT: Asset = Asset::Bitcoin;
+
+    fn usdc() -> Asset {
+        Asset::Token(farebox_core::Token {
+            network: "eip155:8453".into(),
+            address: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
+            symbol: "USDC".into(),
+            decimals: 6,
+        })
+    }
+
     #[test]
-    fn a_signed_code_reads_back_and_only_under_its_sellers_key() {
+    fn a_signed_code_reads_back_only_under_its_sellers_key_and_asset() {
         let code = CreditCode { id: [7; 16], value: 2_100, expires: 4_000_000_000 };
-        let text = code.sign(&seller(1));
+        let text = code.sign(&seller(1), &SAT);
         assert!(text.len() <= MAX_CODE_LEN, "{}", text.len());
-        assert_eq!(CreditCode::verify(&text, &seller(1).verifying_key()), Ok(code.clone()));
+        assert_eq!(CreditCode::verify(&text, &seller(1).verifying_key(), &SAT), Ok(code.clone()));
         assert_eq!(
-            CreditCode::verify(&text, &seller(2).verifying_key()),
+            CreditCode::verify(&text, &seller(2).verifying_key(), &SAT),
+            Err(CodeError::BadSignature)
+        );
+        // 2,100 msat is not 2,100 base units of USDC.
+        assert_eq!(
+            CreditCode::verify(&text, &seller(1).verifying_key(), &usdc()),
             Err(CodeError::BadSignature)
         );
         // The value raised by hand: the signature no longer covers it.
@@ -126,11 +168,11 @@ mod tests {
         raised.value = 1_000_000;
         let forged = format!(
             "{}.{}",
-            raised.sign(&seller(9)).split_once('.').unwrap().0,
+            raised.sign(&seller(9), &SAT).split_once('.').unwrap().0,
             text.split_once('.').unwrap().1
         );
         assert_eq!(
-            CreditCode::verify(&forged, &seller(1).verifying_key()),
+            CreditCode::verify(&forged, &seller(1).verifying_key(), &SAT),
             Err(CodeError::BadSignature)
         );
     }
@@ -139,7 +181,7 @@ mod tests {
     fn garbage_is_malformed_not_a_panic() {
         let key = seller(1).verifying_key();
         for junk in ["", ".", "x.y", "AAAA.BBBB", &"A".repeat(MAX_CODE_LEN + 1)] {
-            assert_eq!(CreditCode::verify(junk, &key), Err(CodeError::Malformed), "{junk}");
+            assert_eq!(CreditCode::verify(junk, &key, &SAT), Err(CodeError::Malformed), "{junk}");
         }
     }
 }

@@ -54,10 +54,16 @@ impl PrepaidRail {
         PrepaidRail { asset, seller, seller_hex, balances }
     }
 
+    /// Where `code`'s balance is kept: under its seller and asset, so that another seller's
+    /// code with the same id, or this seller's code in another asset, is another balance.
+    fn balance_key(&self, code: &CreditCode) -> String {
+        format!("{}:{}:{}", self.seller_hex, crate::code::asset_key(&self.asset), code.id_hex())
+    }
+
     /// Debits `price` from `code`'s balance, opening it at the code's value on first use:
     /// what is left, or why not.
     async fn debit(&self, code: &CreditCode, price: u128, now: u64) -> Result<u128, PaymentError> {
-        let id = code.id_hex();
+        let id = self.balance_key(code);
         let opening = SessionRecord {
             status: SessionStatus::Open,
             deposit: code.value,
@@ -134,7 +140,7 @@ impl Rail for PrepaidRail {
         if text.is_empty() || text.len() > MAX_CODE_LEN {
             return Err(refused(CodeError::Malformed));
         }
-        let code = CreditCode::verify(text, &self.seller).map_err(refused)?;
+        let code = CreditCode::verify(text, &self.seller, &self.asset).map_err(refused)?;
         let now = unix_now()?;
         if code.expires <= now {
             return Err(PaymentError::invalid("expired_code", "the credit code has expired"));
@@ -143,8 +149,8 @@ impl Rail for PrepaidRail {
             PaymentError::invalid("wrong_asset", "this route is not sold for credit codes")
         })?;
         let left = self.debit(&code, price.amount, now).await?;
-        let reference = code.id_hex();
-        let debit = Debit { rail: self, id: reference.clone(), price: price.amount, left };
+        let (reference, key) = (code.id_hex(), self.balance_key(&code));
+        let debit = Debit { rail: self, key, price: price.amount, left };
         Ok(Verdict::Payment(Verified::new(price.clone(), None, reference, debit)))
     }
 }
@@ -152,7 +158,8 @@ impl Rail for PrepaidRail {
 /// A price debited from a code, to be receipted or credited back.
 struct Debit {
     rail: Arc<PrepaidRail>,
-    id: String,
+    /// The balance's key ([`PrepaidRail::balance_key`]).
+    key: String,
     price: u128,
     /// What the code had left after the debit.
     left: u128,
@@ -167,7 +174,7 @@ impl Settlement for Debit {
         amount: Money,
         reference: String,
     ) -> Result<Receipt, PaymentError> {
-        let text = format!("code={} spent={} left={}", self.id, self.price, self.left);
+        let text = format!("code={reference} spent={} left={}", self.price, self.left);
         let value = HeaderValue::from_str(&text)
             .map_err(|e| PaymentError::internal("prepaid_receipt", e.to_string()))?;
         Ok(Receipt::new(amount, reference, vec![(PREPAID_RECEIPT.clone(), value)]))
@@ -176,7 +183,7 @@ impl Settlement for Debit {
     /// Credits the price back: the request was not served.
     async fn release(self: Box<Self>, _resource: &Resource) {
         let price = self.price;
-        let credited = update_session(&*self.rail.balances, NAMESPACE, &self.id, |record| {
+        let credited = update_session(&*self.rail.balances, NAMESPACE, &self.key, |record| {
             let mut next = record.clone();
             next.spent = next.spent.saturating_sub(price);
             next.updated_at = unix_now()?;
@@ -185,7 +192,7 @@ impl Settlement for Debit {
         .await;
         if let Err(e) = credited {
             // The buyer loses one request's price; nothing is served for free.
-            tracing::warn!(code = %self.id, error = %e, "could not credit back an unserved request");
+            tracing::warn!(balance = %self.key, error = %e, "could not credit back an unserved request");
         }
     }
 }

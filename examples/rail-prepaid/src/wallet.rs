@@ -1,6 +1,10 @@
 //! The client half: [`PrepaidWallet`], a `farebox_wallet::Wallet` that spends credit codes
 //! (added to `farebox-client`'s middleware like any rail's wallet).
 //!
+//! A code is a bearer instrument: whoever is shown it can spend it with the seller. So the
+//! wallet is pinned to the hosts the seller serves from, and shows its codes to no other
+//! server, whatever a 402 elsewhere claims (the seller's key in a challenge is public).
+//!
 //! The wallet holds codes bought from one seller and keeps its own count of what each has left:
 //! it never takes the server's word for it. The count lives as long as the wallet (one agent
 //! process); a new process counts from the codes' full values, and a code the server has
@@ -27,10 +31,12 @@ struct Held {
     left: u128,
 }
 
-/// Pays `Prepaid` challenges of one seller with the codes it holds.
+/// Pays `Prepaid` challenges of one seller, on the seller's own hosts, with the codes it holds.
 pub struct PrepaidWallet {
     asset: Asset,
     seller_hex: String,
+    /// `host` (any port) or `host:port`, lower case.
+    hosts: Vec<String>,
     codes: Mutex<Vec<Held>>,
 }
 
@@ -39,13 +45,14 @@ pub struct PrepaidWallet {
 /// ```toml
 /// [rails.prepaid]
 /// seller = "<the seller's Ed25519 public key, 64 hex digits>"
+/// hosts = ["api.example.com"] # where the seller serves: codes are shown to no other host
 /// currency = "sat"            # or a name of the wallet file's [assets]
 /// codes_file = "codes.txt"    # one code per line, readable by its owner only (or codes_env)
 /// ```
 pub const WALLET_PLUGIN: WalletPlugin = WalletPlugin { name: "prepaid", build: from_settings };
 
 fn from_settings(settings: &RailSettings<'_>) -> Result<Box<dyn Wallet>, String> {
-    const KEYS: [&str; 4] = ["seller", "currency", "codes_file", "codes_env"];
+    const KEYS: [&str; 5] = ["seller", "hosts", "currency", "codes_file", "codes_env"];
     let table = settings.table.as_object().ok_or("expected a table")?;
     if let Some(unknown) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(format!("`{unknown}`: unknown key (known: {})", KEYS.join(", ")));
@@ -55,11 +62,20 @@ fn from_settings(settings: &RailSettings<'_>) -> Result<Box<dyn Wallet>, String>
         .and_then(|s| hex::decode(s).ok())
         .and_then(|b| b.try_into().ok())
         .ok_or("`seller`: the seller's Ed25519 public key, 64 hex digits")?;
+    let hosts: Vec<&str> = match table.get("hosts").and_then(|h| h.as_array()) {
+        Some(list) => list.iter().filter_map(|h| h.as_str().filter(|h| !h.is_empty())).collect(),
+        None => Vec::new(),
+    };
+    if hosts.is_empty() {
+        return Err("`hosts`: the seller's hosts, a list of at least one (codes are bearer \
+                    secrets, shown to no other server)"
+            .into());
+    }
     let currency = text("currency").unwrap_or("sat");
     let asset = (settings.asset)(currency)
         .ok_or_else(|| format!("`currency`: {currency:?} is not \"sat\" nor an [assets] name"))?;
     let codes = (settings.secret)("codes")?;
-    let mut wallet = PrepaidWallet::new(asset, seller);
+    let mut wallet = PrepaidWallet::new(asset, seller, hosts);
     for (i, line) in codes.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
         wallet = wallet.with_code(line).map_err(|e| format!("`codes`, code {}: {e}", i + 1))?;
     }
@@ -73,9 +89,23 @@ struct PrepaidOffer {
 }
 
 impl PrepaidWallet {
-    /// A wallet for codes of the seller whose public key is `seller` (32 bytes), in `asset`.
-    pub fn new(asset: Asset, seller: [u8; 32]) -> Self {
-        PrepaidWallet { asset, seller_hex: hex::encode(seller), codes: Mutex::default() }
+    /// A wallet for codes of the seller whose public key is `seller` (32 bytes), in `asset`,
+    /// shown only to `hosts` (`host` for any port, `host:port` for one): where the seller
+    /// serves.
+    pub fn new<S: Into<String>>(
+        asset: Asset,
+        seller: [u8; 32],
+        hosts: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let hosts = hosts.into_iter().map(|h| h.into().to_ascii_lowercase()).collect();
+        PrepaidWallet { asset, seller_hex: hex::encode(seller), hosts, codes: Mutex::default() }
+    }
+
+    /// Whether `url` is on one of the seller's hosts.
+    fn is_sellers(&self, url: &reqwest::Url) -> bool {
+        let Some(name) = url.host_str().map(str::to_ascii_lowercase) else { return false };
+        let with_port = url.port_or_known_default().map(|p| format!("{name}:{p}"));
+        self.hosts.iter().any(|h| *h == name || Some(h) == with_port.as_ref())
     }
 
     /// Adds a code the buyer bought. Its signature is the seller's to check; text that is not
@@ -113,6 +143,9 @@ impl Wallet for PrepaidWallet {
 
     fn offers(&self, response: &PaymentRequired) -> Result<Vec<Offer>, ClientError> {
         let mut offers = Vec::new();
+        if !self.is_sellers(&response.url) {
+            return Ok(offers);
+        }
         for challenge in &response.challenges {
             if !challenge.scheme.eq_ignore_ascii_case(SCHEME) {
                 continue;

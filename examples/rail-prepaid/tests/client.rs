@@ -33,7 +33,7 @@ async fn serve(seller: &SigningKey) -> String {
 }
 
 fn code(seller: &SigningKey, id: u8, sats: u128) -> String {
-    CreditCode { id: [id; 16], value: sats * 1000, expires: u64::MAX }.sign(seller)
+    CreditCode { id: [id; 16], value: sats * 1000, expires: u64::MAX }.sign(seller, &Asset::Bitcoin)
 }
 
 #[tokio::test]
@@ -41,7 +41,7 @@ async fn an_agent_spends_a_code_down_to_what_it_cannot_pay() {
     let seller = SigningKey::from_bytes(&[0x42; 32]);
     let base = serve(&seller).await;
     let wallet = Arc::new(
-        PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes())
+        PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes(), ["127.0.0.1"])
             .with_code(&code(&seller, 1, 100))
             .unwrap(),
     );
@@ -74,7 +74,7 @@ async fn a_code_of_another_seller_buys_nothing_and_stays_whole() {
     let base = serve(&seller).await;
     // The forger's code, presented as the seller's.
     let wallet = Arc::new(
-        PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes())
+        PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes(), ["127.0.0.1"])
             .with_code(&code(&forger, 2, 100))
             .unwrap(),
     );
@@ -92,6 +92,31 @@ async fn a_code_of_another_seller_buys_nothing_and_stays_whole() {
     };
     assert_eq!(status, 402);
     assert_eq!(wallet.left(), 100_000, "a refused code keeps its value");
+}
+
+#[tokio::test]
+async fn codes_are_shown_to_no_host_but_the_sellers() {
+    let seller = SigningKey::from_bytes(&[0x42; 32]);
+    // A server that sells on the seller's rail (its public key is in every 402), on a host the
+    // wallet was not given: nothing is offered, nothing leaves the code.
+    let base = serve(&seller).await;
+    let wallet = Arc::new(
+        PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes(), ["api.example.com"])
+            .with_code(&code(&seller, 3, 100))
+            .unwrap(),
+    );
+    let payer =
+        PaymentMiddleware::new(Budget::new().allow(Money::sats(50), Money::sats(1_000)).unwrap())
+            .wallet(SharedWallet(wallet.clone()));
+    let ledger = payer.ledger();
+    let client = paying_client(reqwest::Client::new(), payer);
+    let refused = client.get(format!("{base}/joke")).send().await.unwrap_err();
+    assert!(
+        matches!(ClientError::from_middleware(&refused), Some(ClientError::NoPayableOffer(_))),
+        "{refused}"
+    );
+    assert_eq!(wallet.left(), 100_000);
+    assert!(ledger.entries().is_empty());
 }
 
 /// The wallet, shared with the test so that it can read what the codes have left.

@@ -101,8 +101,11 @@ impl RailHarness for Prepaid {
         let mut id = [0u8; 16];
         id[0] = self.sold.fetch_add(1, Ordering::SeqCst);
         let code = CreditCode { id, value: 21_000, expires: u64::MAX };
-        let value = HeaderValue::from_str(&format!("{SCHEME} {}", code.sign(&self.seller)))
-            .map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_str(&format!(
+            "{SCHEME} {}",
+            code.sign(&self.seller, &farebox_core::Asset::Bitcoin)
+        ))
+        .map_err(|e| e.to_string())?;
         Ok(vec![(http::header::AUTHORIZATION, value)])
     }
 
