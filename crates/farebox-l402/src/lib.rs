@@ -15,7 +15,9 @@
 //!   [`L402Verifier`];
 //! * [`tokens`]: what the rail keeps per token in the server's store: revocations and request
 //!   counters ([`TokenStore`]);
-//! * [`receipt`]: the `L402-Receipt` response header.
+//! * [`receipt`]: the `L402-Receipt` response header;
+//! * `client` (feature `client`): `L402Wallet`, the `farebox_wallet::Wallet` that pays L402
+//!   challenges with a Lightning backend, for `farebox-client`'s middleware.
 //!
 //! # The receipt
 //!

@@ -28,6 +28,7 @@
 //! | [`lightning`] | the `lightning` method: its `charge` and `session` requests and payloads |
 //! | [`evm`] | the `evm` method: its `charge` and `session` requests and payloads, session vouchers, the escrow contract's calls |
 //! | [`rail`] | [`MppRail`], the farebox `Rail` (charges in `rail`, sessions in its `evm_session` and `lightning_session` submodules, accounting in a [`SessionStore`](farebox_core::SessionStore)) |
+//! | `client` | (feature `client`) `MppWallet`, the `farebox_wallet::Wallet` that pays charges and opens, tops up and closes sessions; `client::session` keeps the sessions it has open |
 //!
 //! Decisions where the specification and the SDKs differ (the SDKs win, for interop):
 //! the credential envelope is written in the SDKs' member order rather than JCS; the body digest

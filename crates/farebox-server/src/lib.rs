@@ -32,6 +32,10 @@
 //! ```
 //!
 //! See `examples/` for runnable programs.
+//!
+//! With the `testing` feature, the `testing` module is the rail contract kit: any `Rail` checked behind
+//! a real paywall, in-process (challenges, garbage, the price, single use, release, settlement
+//! failure, outages). Every rail runs it in its `tests/contract.rs`.
 #![forbid(unsafe_code)]
 
 mod layer;
