@@ -49,7 +49,7 @@ use crate::lightning::session::{
 };
 use crate::rail::OPAQUE_HTTP_METHOD;
 use crate::{Challenge, Credential, PaymentReceipt, ProblemType};
-use farebox_core::{Asset, Money, Token};
+use farebox_core::{Asset, Money};
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, TxHash};
 use farebox_lightning::{InvoiceState, LightningBackend, PaymentHash, Preimage};
 use http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
@@ -639,12 +639,8 @@ pub(crate) fn session_challenges(headers: &HeaderMap) -> Vec<Challenge> {
 
 /// The token asset of an EVM session request.
 pub(crate) fn evm_asset(request: &EvmSessionRequest, symbol: &str) -> Asset {
-    Asset::Token(Token {
-        network: farebox_evm::network::caip2(request.chain_id),
-        address: format!("{:#x}", request.currency),
-        symbol: symbol.to_string(),
-        decimals: request.decimals.unwrap_or(0),
-    })
+    let decimals = request.decimals.unwrap_or(0);
+    crate::rail::token_asset(request.chain_id, request.currency, symbol, decimals)
 }
 
 /// Opens a channel on chain: approve, then `open` with a random salt; then reads the channel

@@ -79,7 +79,7 @@ use crate::evm::escrow::{self, Channel, EscrowRpc};
 use crate::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_core::store::{Update, update_session};
 use farebox_core::{
-    Asset, ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore, Token,
+    Asset, ControlAnswer, Money, PaymentError, SessionRecord, SessionStatus, SessionStore,
 };
 use farebox_evm::token::TokenInfo;
 use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, U256};
@@ -168,12 +168,7 @@ impl EvmSessionConfig {
 
     /// The farebox asset routes are priced in for this method.
     pub fn asset(&self) -> Asset {
-        Asset::Token(Token {
-            network: farebox_evm::network::caip2(self.rpc.chain_id()),
-            address: format!("{:#x}", self.token),
-            symbol: self.info.symbol.clone(),
-            decimals: self.info.decimals,
-        })
+        super::token_asset(self.rpc.chain_id(), self.token, &self.info.symbol, self.info.decimals)
     }
 }
 

@@ -168,12 +168,7 @@ impl EvmChargeConfig {
 
     /// The farebox asset routes are priced in for this method.
     pub fn asset(&self) -> Asset {
-        Asset::Token(Token {
-            network: farebox_evm::network::caip2(self.rpc.chain_id()),
-            address: format!("{:#x}", self.token),
-            symbol: self.info.symbol.clone(),
-            decimals: self.info.decimals,
-        })
+        token_asset(self.rpc.chain_id(), self.token, &self.info.symbol, self.info.decimals)
     }
 }
 
@@ -239,6 +234,17 @@ impl EvmChargeConfigBuilder {
             receipt_timeout: self.receipt_timeout,
         })
     }
+}
+
+/// The farebox asset of `token` on chain `chain_id`, as every EVM method (and its wallet)
+/// names it.
+pub(crate) fn token_asset(chain_id: u64, token: Address, symbol: &str, decimals: u8) -> Asset {
+    Asset::Token(Token {
+        network: farebox_evm::network::caip2(chain_id),
+        address: format!("{token:#x}"),
+        symbol: symbol.to_string(),
+        decimals,
+    })
 }
 
 /// The checks every EVM method makes of its token; `signed`: payers sign under its EIP-712
