@@ -10,8 +10,8 @@ use farebox_l402::{
     DerivedRootKeys, L402Config, L402Rail, attenuate, caveat, format_credential, parse_challenge,
 };
 use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
-use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract};
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract, proof};
+use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue};
 
 struct L402Harness {
@@ -38,9 +38,7 @@ impl RailHarness for L402Harness {
         _url: &str,
         required: &Exchange,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        let lines =
-            required.headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok());
-        let challenges = parse_challenges(lines).map_err(|e| e.to_string())?;
+        let challenges = parse_challenges(required.challenge_lines()).map_err(|e| e.to_string())?;
         let l402 = challenges
             .iter()
             .find(|c| c.scheme.eq_ignore_ascii_case("L402"))
@@ -54,7 +52,7 @@ impl RailHarness for L402Harness {
             false => l402.macaroon,
         };
         let value = format_credential(&macaroon, &paid.preimage);
-        Ok(vec![(AUTHORIZATION, HeaderValue::from_str(&value).map_err(|e| e.to_string())?)])
+        proof(AUTHORIZATION, &value)
     }
 
     /// A token is good for the route until it expires, unless narrowed to one request.

@@ -16,9 +16,9 @@ use farebox_lightning::{DevNetwork, DevNode, LightningBackend};
 use farebox_mpp::evm::charge::{self as evm_charge, EvmChargeRequest};
 use farebox_mpp::lightning::charge::{self as lightning_charge, LightningChargeRequest};
 use farebox_mpp::{Challenge, Credential, EvmChargeConfig, MppConfig, MppRail, time};
-use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract};
+use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract, proof};
 use farebox_store::MemoryStore;
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue};
 
 const SECRET: &[u8] = b"an-mpp-test-secret-of-at-least-32-bytes!";
@@ -26,8 +26,8 @@ const REALM: &str = "contract.test";
 
 /// The one `Payment` challenge of a 402.
 fn challenge_of(required: &Exchange) -> Result<Challenge, String> {
-    let lines = required.headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok());
-    let mut all = farebox_mpp::parse_www_authenticate(lines).map_err(|e| e.to_string())?;
+    let mut all = farebox_mpp::parse_www_authenticate(required.challenge_lines())
+        .map_err(|e| e.to_string())?;
     if all.len() != 1 {
         return Err(format!("{} Payment challenges, not one", all.len()));
     }
@@ -35,8 +35,7 @@ fn challenge_of(required: &Exchange) -> Result<Challenge, String> {
 }
 
 fn authorization(credential: &Credential) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    let value = HeaderValue::from_str(&credential.to_authorization()).map_err(|e| e.to_string())?;
-    Ok(vec![(AUTHORIZATION, value)])
+    proof(AUTHORIZATION, &credential.to_authorization())
 }
 
 struct LightningCharge {

@@ -54,6 +54,20 @@ pub struct Exchange {
     pub body: Bytes,
 }
 
+impl Exchange {
+    /// The response's `WWW-Authenticate` field values (those that are text), in order.
+    pub fn challenge_lines(&self) -> impl Iterator<Item = &str> {
+        self.headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok())
+    }
+}
+
+/// A proof in one header, as [`RailHarness::pay`] returns it: `value` in `header`.
+pub fn proof(header: HeaderName, value: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let value =
+        HeaderValue::from_str(value).map_err(|e| format!("the proof is not a header: {e}"))?;
+    Ok(vec![(header, value)])
+}
+
 /// The rail under test and what the kit cannot know about it.
 #[async_trait]
 pub trait RailHarness: Send + Sync + 'static {
@@ -289,13 +303,8 @@ impl Kit {
             .await
             .map_err(|e| format!("the rail's own challenge failed: {e}"))?
             .ok_or("the rail offers nothing for the harness's price")?;
-        let schemes: Vec<String> = answer
-            .headers
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|v| scheme_of(v).to_ascii_lowercase())
-            .collect();
+        let schemes: Vec<String> =
+            answer.challenge_lines().map(|v| scheme_of(v).to_ascii_lowercase()).collect();
         for line in &own.www_authenticate {
             let scheme = scheme_of(line.to_str().unwrap_or_default()).to_ascii_lowercase();
             if !schemes.contains(&scheme) {

@@ -12,7 +12,7 @@ use farebox_core::{
     Challenge, Money, PaymentError, PresentedCredential, Price, Rail, Receipt, Refusal, Resource,
     Settlement, Verdict, Verified,
 };
-use farebox_server::testing::{Exchange, Outcome, RailHarness, check_rail};
+use farebox_server::testing::{Exchange, Outcome, RailHarness, check_rail, proof};
 use http::{HeaderName, HeaderValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,12 +161,10 @@ impl RailHarness for Harness {
         _url: &str,
         required: &Exchange,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        let line = required.headers["www-authenticate"].to_str().map_err(|e| e.to_string())?;
+        let line = required.challenge_lines().next().ok_or("no challenge")?;
         let ticket = line.split("ticket=\"").nth(1).and_then(|t| t.split('"').next());
         let ticket = ticket.ok_or("no ticket in the challenge")?;
-        let value =
-            HeaderValue::from_str(&format!("Ticket {ticket}")).map_err(|e| e.to_string())?;
-        Ok(vec![(http::header::AUTHORIZATION, value)])
+        proof(http::header::AUTHORIZATION, &format!("Ticket {ticket}"))
     }
 
     fn settles_on_backend(&self) -> bool {

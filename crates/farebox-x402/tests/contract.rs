@@ -11,7 +11,7 @@ use farebox_core::{Asset, Money, Price, Rail};
 use farebox_evm::anvil::{Anvil, NodeSwitch, switchable_proxy};
 use farebox_evm::eip3009::{self, TokenDomain, TransferWithAuthorization};
 use farebox_evm::{Address, B256, Bytes, EvmRpc, U256};
-use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract};
+use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract, proof};
 use farebox_store::MemoryStore;
 use farebox_x402::exact_evm::{Authorization, ExactEvmPayload};
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
@@ -88,9 +88,7 @@ impl RailHarness for X402Harness {
             payload: Payload::from_serialize(&signed).map_err(|e| e.to_string())?,
             extensions: None,
         };
-        let value =
-            HeaderValue::from_str(&codec::encode_header(&payment)).map_err(|e| e.to_string())?;
-        Ok(vec![(HeaderName::from_static("payment-signature"), value)])
+        proof(HeaderName::from_static("payment-signature"), &codec::encode_header(&payment))
     }
 
     /// The facilitator sends the transfer: settling needs the chain.

@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use farebox_core::store::{SessionRecord, SessionStatus, StoreError, Versioned};
 use farebox_core::{Money, Price, Rail, SessionStore};
 use farebox_rail_prepaid::{CreditCode, PrepaidRail, SCHEME};
-use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract};
+use farebox_server::testing::{Exchange, RailHarness, assert_rail_contract, proof};
 use farebox_store::MemoryStore;
 use http::{HeaderName, HeaderValue};
 
@@ -94,19 +94,15 @@ impl RailHarness for Prepaid {
         _url: &str,
         required: &Exchange,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        let line = required.headers["www-authenticate"].to_str().map_err(|e| e.to_string())?;
+        let line = required.challenge_lines().next().ok_or("no challenge")?;
         if !line.starts_with(SCHEME) {
             return Err(format!("not a Prepaid challenge: {line}"));
         }
         let mut id = [0u8; 16];
         id[0] = self.sold.fetch_add(1, Ordering::SeqCst);
         let code = CreditCode { id, value: 21_000, expires: u64::MAX };
-        let value = HeaderValue::from_str(&format!(
-            "{SCHEME} {}",
-            code.sign(&self.seller, &farebox_core::Asset::Bitcoin)
-        ))
-        .map_err(|e| e.to_string())?;
-        Ok(vec![(http::header::AUTHORIZATION, value)])
+        let code = code.sign(&self.seller, &farebox_core::Asset::Bitcoin);
+        proof(http::header::AUTHORIZATION, &format!("{SCHEME} {code}"))
     }
 
     async fn set_backend(&self, up: bool) {
