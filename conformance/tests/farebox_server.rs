@@ -2,6 +2,8 @@
 //! the embedded Lightning dev network, x402 and the MPP `evm` charge on anvil, with wallets for
 //! the paid checks. Every MUST and SHOULD passes; what is skipped is said and expected.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
-use farebox_mpp::{EvmChargeConfig, EvmSessionConfig, MppConfig, MppRail};
+use farebox_mpp::{MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 use farebox_x402::facilitator::local::{ChainAccess, LocalFacilitator};
@@ -57,18 +59,8 @@ async fn farebox_passes_every_check_of_every_rail() {
         .unwrap();
     let usdc = Asset::Token(x402_config.token());
     let x402 = X402Rail::new(x402_config, Arc::new(facilitator), store.clone());
-    let evm = EvmChargeConfig::builder(rpc.clone(), accounts[4].signer.clone())
-        .token(token)
-        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
-        .recipient(pay_to)
-        .build()
-        .unwrap();
-    let session = EvmSessionConfig::builder(rpc.clone(), accounts[2].signer.clone())
-        .escrow(escrow)
-        .token(token)
-        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
-        .build()
-        .unwrap();
+    let evm = common::usdc_charge(&rpc, &accounts[4].signer, token, pay_to);
+    let session = common::usdc_session(&rpc, &accounts[2].signer, escrow, token);
     let mpp = MppRail::builder(
         MppConfig::new("conformance.test", b"a-conformance-secret-of-32-bytes!!".to_vec()),
         store.clone(),

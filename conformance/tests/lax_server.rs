@@ -2,6 +2,8 @@
 //! real challenges (a farebox paywall's) to a request without a credential, and serves any
 //! request that carries one, paid or not.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -102,7 +104,6 @@ async fn a_server_that_serves_any_credential_fails_the_musts() {
 async fn a_session_server_that_serves_any_voucher_fails_the_session_musts() {
     use farebox_evm::U256;
     use farebox_evm::anvil::Anvil;
-    use farebox_mpp::EvmSessionConfig;
     use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 
     let anvil = Anvil::start().expect("anvil (run `cargo xtask setup`)");
@@ -113,12 +114,7 @@ async fn a_session_server_that_serves_any_voucher_fails_the_session_musts() {
     anvil.mint(token, payer.address(), U256::from(1_000_000u64)).await.unwrap();
     let escrow =
         rpc.deploy_session_escrow(&accounts[0].signer, DEFAULT_CLOSE_GRACE_PERIOD).await.unwrap();
-    let session = EvmSessionConfig::builder(rpc.clone(), accounts[2].signer.clone())
-        .escrow(escrow)
-        .token(token)
-        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
-        .build()
-        .unwrap();
+    let session = common::usdc_session(&rpc, &accounts[2].signer, escrow, token);
     let price = Price::one(Money::new(session.asset(), 10_000));
     let store = Arc::new(MemoryStore::new());
     let mpp = MppRail::builder(

@@ -2,6 +2,8 @@
 //! nothing of the server's token, read from the tester's own node, makes the MPP `evm` charge
 //! and the session inconclusive, never a failure of the server.
 
+mod common;
+
 use std::sync::Arc;
 
 use farebox_conformance::{Outcome, Target, Verdict};
@@ -10,7 +12,7 @@ use farebox_evm::U256;
 use farebox_evm::anvil::Anvil;
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
-use farebox_mpp::{EvmChargeConfig, EvmSessionConfig, MppConfig, MppRail};
+use farebox_mpp::{MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::MemoryStore;
 
@@ -24,18 +26,8 @@ async fn an_unfunded_key_is_blamed_rather_than_the_server() {
     let escrow =
         rpc.deploy_session_escrow(&accounts[0].signer, DEFAULT_CLOSE_GRACE_PERIOD).await.unwrap();
     let pay_to = accounts[2].address;
-    let charge = EvmChargeConfig::builder(rpc.clone(), accounts[4].signer.clone())
-        .token(token)
-        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
-        .recipient(pay_to)
-        .build()
-        .unwrap();
-    let session = EvmSessionConfig::builder(rpc.clone(), accounts[2].signer.clone())
-        .escrow(escrow)
-        .token(token)
-        .described_as(&farebox_evm::usdc::BASE_SEPOLIA)
-        .build()
-        .unwrap();
+    let charge = common::usdc_charge(&rpc, &accounts[4].signer, token, pay_to);
+    let session = common::usdc_session(&rpc, &accounts[2].signer, escrow, token);
     let price = Price::one(Money::new(session.asset(), 10_000));
     let store = Arc::new(MemoryStore::new());
     let mpp = MppRail::builder(
