@@ -64,18 +64,7 @@ impl PrepaidRail {
     /// what is left, or why not.
     async fn debit(&self, code: &CreditCode, price: u128, now: u64) -> Result<u128, PaymentError> {
         let id = self.balance_key(code);
-        let opening = SessionRecord {
-            status: SessionStatus::Open,
-            deposit: code.value,
-            accepted: code.value,
-            spent: 0,
-            settled: 0,
-            data: String::new(),
-            updated_at: now,
-        };
-        // `false`: it was opened before, by this server or another; the update reads it.
-        self.balances.create_session(NAMESPACE, &id, &opening).await?;
-        let left = update_session(&*self.balances, NAMESPACE, &id, |record| {
+        let take = |record: &SessionRecord| {
             if record.available() < price {
                 return Err(PaymentError::invalid(
                     "insufficient_credit",
@@ -89,9 +78,23 @@ impl PrepaidRail {
             next.spent += price;
             next.updated_at = now;
             Ok(Update::Write(next.clone(), next.available()))
-        })
-        .await?;
-        left.ok_or_else(|| {
+        };
+        // A code seen before is one compare-and-swap; its first use opens its balance first.
+        if let Some(left) = update_session(&*self.balances, NAMESPACE, &id, &take).await? {
+            return Ok(left);
+        }
+        let opening = SessionRecord {
+            status: SessionStatus::Open,
+            deposit: code.value,
+            accepted: code.value,
+            spent: 0,
+            settled: 0,
+            data: String::new(),
+            updated_at: now,
+        };
+        // `false`: a concurrent first use opened it meanwhile; the update reads it either way.
+        self.balances.create_session(NAMESPACE, &id, &opening).await?;
+        update_session(&*self.balances, NAMESPACE, &id, &take).await?.ok_or_else(|| {
             PaymentError::internal("prepaid_store", "a balance vanished as it was debited")
         })
     }
