@@ -165,7 +165,8 @@ pub async fn check_rail(harness: Arc<dyn RailHarness>) -> Vec<Clause> {
                 Outcome::NotApplicable("the proof is final; settling needs no backend")
             }
             "never_serves_on_settle_failure" => outcome(kit.check_settle_failure().await),
-            _ => outcome(kit.check_outage().await),
+            "outage_is_503" => outcome(kit.check_outage().await),
+            other => Outcome::Fail(format!("the kit has no check for the clause `{other}`")),
         };
         clauses.push(Clause { name, outcome });
     }
