@@ -25,9 +25,9 @@
 //! | [`receipt`] | [`PaymentReceipt`]: the `Payment-Receipt` header |
 //! | [`problem`] | MPP problem types (`https://paymentauth.org/problems/…`) as `PaymentError`s |
 //! | [`digest`] | the `digest` body binding (SDK and RFC 9530 forms) |
-//! | [`lightning`] | the `lightning` method: its `charge` and `session` requests and payloads |
-//! | [`evm`] | the `evm` method: its `charge` and `session` requests and payloads, session vouchers, the escrow contract's calls |
-//! | [`rail`] | [`MppRail`], the farebox `Rail` (charges in `rail`, sessions in its `evm_session` and `lightning_session` submodules, accounting in a [`SessionStore`](farebox_core::SessionStore)) |
+//! | [`lightning`] | the `lightning` method, one file per intent for the wire (`charge.rs`, `session.rs`) and one for its server side (`charge/server.rs`, `session/server.rs`) |
+//! | [`evm`] | the `evm` method, laid out the same way, plus session vouchers and the escrow contract's calls |
+//! | [`rail`] | [`MppRail`], the farebox `Rail`: the envelope checks every method × intent shares, and the `Intent` trait each pair's server side implements |
 //! | `client` | (feature `client`) `MppWallet`, the `farebox_wallet::Wallet` that pays charges and opens, tops up and closes sessions; `client::session` keeps the sessions it has open |
 //!
 //! Decisions where the specification and the SDKs differ (the SDKs win, for interop):

@@ -29,6 +29,8 @@
 //! also read. mppx compares `source` with `did:pkh:eip155:<chainId>:<EIP-55 address>` as a
 //! string, so [`source`] writes the checksummed form.
 
+pub mod server;
+
 use farebox_evm::eip3009::TransferWithAuthorization;
 use farebox_evm::{Address, B256, U256};
 use serde_json::{Map, Value, json};

@@ -8,7 +8,7 @@
 //! | [`voucher`] | session vouchers: EIP-712 `Voucher(bytes32,uint128)`, signing, recovery |
 //! | [`escrow`] | the `SessionEscrow` payment-channel contract's calls, as methods on [`farebox_evm::EvmRpc`] |
 //!
-//! The server side of both intents is in [`crate::rail`].
+//! Each intent's server side is its `server` submodule (`charge::server`, `session::server`).
 
 pub mod charge;
 pub mod escrow;

@@ -29,6 +29,8 @@
 //! another close of the session is paying the refund and `"unknown"` when its outcome is not
 //! known); neither runs the handler.
 
+pub mod server;
+
 use farebox_lightning::{PaymentHash, Preimage};
 use serde_json::{Map, Value, json};
 

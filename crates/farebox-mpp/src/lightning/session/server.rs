@@ -26,7 +26,7 @@
 //!   is paid once to the return invoice, and the answer is `200 {"status":"closed",
 //!   "refundSats":N,"refundStatus":…}` without the handler.
 //!
-//! [`MppRail::close_idle_sessions`] closes and refunds sessions idle past the timeout, and
+//! [`crate::MppRail::close_idle_sessions`] closes and refunds sessions idle past the timeout, and
 //! finishes closes interrupted before their refund was claimed.
 //!
 //! **A refund is paid at most once.** Closes race: the client's close (twice, say, on a retry),
@@ -52,11 +52,13 @@ use farebox_lightning::{InvoiceRequest, LightningError, PaymentHash, bolt11, pre
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{BACKEND_RETRY_AFTER, MppRail};
+use crate::lightning::node::LightningNode;
 use crate::lightning::session::{
     self as lightning_session, LightningSessionRequest, RefundStatus, SessionPayload, closed_body,
 };
 use crate::problem::ProblemType;
+use crate::rail::envelope::{Envelope, receipt_header, unexpired};
+use crate::rail::intent::{Approved, Intent, Settles};
 use crate::receipt::PaymentReceipt;
 use crate::time;
 
@@ -94,8 +96,10 @@ impl Default for LightningSessionConfig {
     }
 }
 
-/// The enabled method.
-pub(crate) struct Method {
+/// The `lightning` session, offered on `node` under `config`.
+pub(crate) struct LightningSession {
+    pub env: Arc<Envelope>,
+    pub node: Arc<LightningNode>,
     pub config: LightningSessionConfig,
     pub sessions: Arc<dyn SessionStore>,
 }
@@ -137,7 +141,7 @@ fn id_of(hash: &PaymentHash) -> String {
     hex::encode(hash)
 }
 
-/// What [`MppRail::verify`] hands on for a Lightning session credential.
+/// What verifying a Lightning session credential hands to its settlement.
 #[derive(Debug)]
 pub(crate) enum Held {
     Debit { session: PaymentHash, price_msat: u64, spent_msat: u128, deposit_msat: u128 },
@@ -145,22 +149,13 @@ pub(crate) enum Held {
     Close { session: PaymentHash },
 }
 
-impl MppRail {
-    fn lightning_session_method(&self) -> Result<&Method, PaymentError> {
-        self.lightning_session
-            .as_ref()
-            .ok_or_else(|| crate::problem::method_unsupported("Lightning sessions are not enabled"))
-    }
-
+impl LightningSession {
     /// The `lightning` session challenge for `resource` (a fresh deposit invoice), if it is
     /// priced in whole satoshis.
-    pub(crate) async fn lightning_session_challenge(
+    async fn challenge_line(
         &self,
         resource: &farebox_core::Resource,
     ) -> Result<Option<http::HeaderValue>, PaymentError> {
-        let (Some(m), Some(backend)) = (&self.lightning_session, &self.backend) else {
-            return Ok(None);
-        };
         let Some(price_sat) = resource
             .price
             .in_bitcoin()
@@ -170,56 +165,39 @@ impl MppRail {
         else {
             return Ok(None);
         };
-        let deposit_sat = m
+        let deposit_sat = self
             .config
             .deposit_sat
-            .unwrap_or(price_sat.saturating_mul(m.config.deposit_units))
+            .unwrap_or(price_sat.saturating_mul(self.config.deposit_units))
             .max(price_sat);
         let deposit = InvoiceRequest {
             amount_msat: deposit_sat.saturating_mul(1000),
             memo: format!(
                 "MPP session deposit, {}",
-                farebox_lightning::bolt11::truncate_utf8(&self.realm, 300)
+                farebox_lightning::bolt11::truncate_utf8(&self.env.realm, 300)
             ),
-            expiry: self.ttl,
+            expiry: self.env.ttl,
         };
-        let invoice =
-            farebox_lightning::create_checked_invoice(&**backend, deposit, &self.invoice_network)
-                .await
-                .map_err(|e| {
-                    PaymentError::unavailable(
-                        "lightning_unavailable",
-                        format!("cannot create a deposit invoice: {e}"),
-                        BACKEND_RETRY_AFTER,
-                    )
-                })?;
+        let invoice = self.node.invoice(deposit, "a deposit invoice").await?;
         let request = LightningSessionRequest {
             amount_sat: price_sat,
             unit_type: Some("request".into()),
             deposit_invoice: Some(invoice.bolt11),
             payment_hash: invoice.payment_hash,
             deposit_sat: Some(deposit_sat),
-            idle_timeout_secs: Some(m.config.idle_timeout.as_secs()),
+            idle_timeout_secs: Some(self.config.idle_timeout.as_secs()),
             description: resource.description.as_deref().map(str::to_owned),
         };
-        self.issue(
-            resource,
-            lightning_session::METHOD,
-            lightning_session::INTENT,
-            request.to_json(),
-            None,
-        )
-        .map(Some)
+        self.env.issue(resource, self.names(), request.to_json(), false).map(Some)
     }
 
     /// Verifies a Lightning session credential.
-    pub(crate) async fn verify_lightning_session(
+    async fn verify(
         &self,
         resource: &farebox_core::Resource,
         cred: &crate::Credential,
         now: u64,
-    ) -> Result<super::Approved, PaymentError> {
-        let m = self.lightning_session_method()?;
+    ) -> Result<Approved<Held>, PaymentError> {
         let ch = &cred.challenge;
         let request = crate::challenge::decode_request(&ch.request)
             .ok()
@@ -240,13 +218,13 @@ impl MppRail {
             SessionPayload::Open { preimage, return_invoice } => {
                 let price = price_msat()?;
                 let expires = self.fresh_challenge(cred, now)?;
-                if !self.lightning_paid(&preimage, &request.payment_hash).await? {
+                if !self.node.paid(&preimage, &request.payment_hash).await? {
                     return Err(invalid_preimage());
                 }
                 let deposit_sat = request.deposit_sat.ok_or_else(|| {
                     ProblemType::LightningUnknownChallenge.error("the challenge names no deposit")
                 })?;
-                self.check_return_invoice(m, &return_invoice, request.deposit_invoice.as_deref())?;
+                self.check_return_invoice(&return_invoice, request.deposit_invoice.as_deref())?;
                 self.consume(cred, expires).await?;
                 let deposit = u128::from(deposit_sat) * 1000;
                 let data = SessionData { return_invoice, ..SessionData::default() };
@@ -260,57 +238,55 @@ impl MppRail {
                     updated_at: now,
                 };
                 let session = request.payment_hash;
-                if !m.sessions.create_session(NAMESPACE, &id_of(&session), &record).await? {
+                if !self.sessions.create_session(NAMESPACE, &id_of(&session), &record).await? {
                     return Err(ProblemType::LightningUnknownChallenge
                         .error("a session was already opened with this deposit"));
                 }
-                self.debit_session(m, session, price, now).await
+                self.debit_session(session, price, now).await
             }
             SessionPayload::Bearer { session_id, preimage } => {
                 if !preimage_matches(&preimage, &session_id) {
                     return Err(invalid_preimage());
                 }
-                self.debit_session(m, session_id, price_msat()?, now).await
+                self.debit_session(session_id, price_msat()?, now).await
             }
             SessionPayload::TopUp { session_id, top_up_preimage } => {
                 let expires = self.fresh_challenge(cred, now)?;
-                if !self.lightning_paid(&top_up_preimage, &request.payment_hash).await? {
+                if !self.node.paid(&top_up_preimage, &request.payment_hash).await? {
                     return Err(invalid_preimage());
                 }
                 let added = request.deposit_sat.ok_or_else(|| {
                     ProblemType::LightningUnknownChallenge.error("the challenge names no deposit")
                 })?;
                 // The session must exist before the challenge is spent on it.
-                self.open_session(m, &session_id, now).await?;
+                self.open_session(&session_id, now).await?;
                 self.consume(cred, expires).await?;
                 let added = u128::from(added) * 1000;
-                let deposit = update_session(&*m.sessions, NAMESPACE, &id_of(&session_id), |r| {
-                    if r.status != SessionStatus::Open {
-                        return Err(session_closed(&session_id));
-                    }
-                    let mut next = r.clone();
-                    next.deposit += added;
-                    next.accepted += added;
-                    next.updated_at = now;
-                    Ok(Update::Write(next.clone(), next.deposit))
-                })
-                .await?
-                .ok_or_else(|| session_not_found(&session_id))?;
-                Ok(super::Approved::control(
+                let deposit =
+                    update_session(&*self.sessions, NAMESPACE, &id_of(&session_id), |r| {
+                        if r.status != SessionStatus::Open {
+                            return Err(session_closed(&session_id));
+                        }
+                        let mut next = r.clone();
+                        next.deposit += added;
+                        next.accepted += added;
+                        next.updated_at = now;
+                        Ok(Update::Write(next.clone(), next.deposit))
+                    })
+                    .await?
+                    .ok_or_else(|| session_not_found(&session_id))?;
+                Ok(Approved::control(
                     Money::new(farebox_core::Asset::Bitcoin, added),
                     None,
                     id_of(&session_id),
-                    super::Held::LightningSession(Held::TopUp {
-                        session: session_id,
-                        deposit_msat: deposit,
-                    }),
+                    Held::TopUp { session: session_id, deposit_msat: deposit },
                 ))
             }
             SessionPayload::Close { session_id, preimage } => {
                 if !preimage_matches(&preimage, &session_id) {
                     return Err(invalid_preimage());
                 }
-                update_session(&*m.sessions, NAMESPACE, &id_of(&session_id), |r| {
+                update_session(&*self.sessions, NAMESPACE, &id_of(&session_id), |r| {
                     if r.status == SessionStatus::Closed {
                         return Err(session_closed(&session_id));
                     }
@@ -321,11 +297,11 @@ impl MppRail {
                 })
                 .await?
                 .ok_or_else(|| session_not_found(&session_id))?;
-                Ok(super::Approved::control(
+                Ok(Approved::control(
                     Money::msats(0),
                     None,
                     id_of(&session_id),
-                    super::Held::LightningSession(Held::Close { session: session_id }),
+                    Held::Close { session: session_id },
                 ))
             }
         }
@@ -333,7 +309,7 @@ impl MppRail {
 
     /// An unexpired challenge (open and top-up pay its invoice): its expiry.
     fn fresh_challenge(&self, cred: &crate::Credential, now: u64) -> Result<u64, PaymentError> {
-        Self::unexpired(&cred.challenge, now).map_err(|e| {
+        unexpired(&cred.challenge, now).map_err(|e| {
             if e.code == crate::problem::ProblemType::PaymentExpired.name() {
                 ProblemType::LightningChallengeExpired.error(e.detail)
             } else {
@@ -344,7 +320,12 @@ impl MppRail {
 
     /// Spends an open / top-up challenge: each deposit counts once.
     async fn consume(&self, cred: &crate::Credential, expires: u64) -> Result<(), PaymentError> {
-        if !self.store.reserve(CHALLENGES, &cred.challenge.id, expires.saturating_add(1)).await? {
+        if !self
+            .env
+            .store
+            .reserve(CHALLENGES, &cred.challenge.id, expires.saturating_add(1))
+            .await?
+        {
             return Err(ProblemType::LightningUnknownChallenge
                 .error("this challenge has already been used; request a new one"));
         }
@@ -353,7 +334,6 @@ impl MppRail {
 
     fn check_return_invoice(
         &self,
-        m: &Method,
         invoice: &str,
         deposit_invoice: Option<&str>,
     ) -> Result<(), PaymentError> {
@@ -370,7 +350,7 @@ impl MppRail {
         {
             return Err(bad("is for another network than the deposit"));
         }
-        let outlives = SystemTime::now() + m.config.idle_timeout;
+        let outlives = SystemTime::now() + self.config.idle_timeout;
         if parsed.is_expired(outlives) {
             return Err(bad("expires before the session's idle timeout"));
         }
@@ -380,16 +360,15 @@ impl MppRail {
     /// The session, which must be open; one idle past its timeout is closed (and refunded) now.
     async fn open_session(
         &self,
-        m: &Method,
         session: &PaymentHash,
         now: u64,
     ) -> Result<SessionRecord, PaymentError> {
-        let record = load(m, session).await?;
+        let record = load(self, session).await?;
         if record.status != SessionStatus::Open {
             return Err(session_closed(session));
         }
-        if now.saturating_sub(record.updated_at) > m.config.idle_timeout.as_secs() {
-            if let Err(e) = self.close_lightning_session(m, session, now, true).await {
+        if now.saturating_sub(record.updated_at) > self.config.idle_timeout.as_secs() {
+            if let Err(e) = self.close_lightning_session(session, now, true).await {
                 tracing::warn!(code = e.code, detail = %e.detail, "could not close an idle session");
             }
             return Err(session_closed(session));
@@ -399,15 +378,14 @@ impl MppRail {
 
     async fn debit_session(
         &self,
-        m: &Method,
         session: PaymentHash,
         price_msat: u64,
         now: u64,
-    ) -> Result<super::Approved, PaymentError> {
-        let _turn = self.session_locks.turn(&id_of(&session)).await;
-        self.open_session(m, &session, now).await?;
+    ) -> Result<Approved<Held>, PaymentError> {
+        let _turn = self.env.locks.turn(&id_of(&session)).await;
+        self.open_session(&session, now).await?;
         let price = u128::from(price_msat);
-        let (spent, deposit) = update_session(&*m.sessions, NAMESPACE, &id_of(&session), |r| {
+        let (spent, deposit) = update_session(&*self.sessions, NAMESPACE, &id_of(&session), |r| {
             if r.status != SessionStatus::Open {
                 return Err(session_closed(&session));
             }
@@ -429,25 +407,19 @@ impl MppRail {
         })
         .await?
         .ok_or_else(|| session_not_found(&session))?;
-        Ok(super::Approved::payment(
+        Ok(Approved::payment(
             Money::msats(price_msat),
             None,
             id_of(&session),
-            super::Held::LightningSession(Held::Debit {
-                session,
-                price_msat,
-                spent_msat: spent,
-                deposit_msat: deposit,
-            }),
+            Held::Debit { session, price_msat, spent_msat: spent, deposit_msat: deposit },
         ))
     }
 
-    pub(crate) async fn settle_lightning_session(
+    async fn settle_held(
         &self,
         held: &Held,
         amount: Money,
     ) -> Result<farebox_core::Receipt, PaymentError> {
-        let m = self.lightning_session_method()?;
         let now = time::format(time::unix_now()?);
         let receipt = |session: &PaymentHash| {
             PaymentReceipt::success(lightning_session::METHOD, now.clone(), id_of(session))
@@ -458,50 +430,36 @@ impl MppRail {
                 let r = receipt(session)
                     .with("spent", sats(*spent_msat))
                     .with("balance", sats(deposit_msat - spent_msat));
-                Ok(farebox_core::Receipt::new(
-                    amount,
-                    id_of(session),
-                    vec![super::receipt_header(&r)?],
-                ))
+                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?]))
             }
             Held::TopUp { session, deposit_msat } => {
                 let r = receipt(session).with("deposit", sats(*deposit_msat));
-                Ok(farebox_core::Receipt::new(
-                    amount,
-                    id_of(session),
-                    vec![super::receipt_header(&r)?],
-                )
-                .with_answer(ControlAnswer {
-                    status: http::StatusCode::OK,
-                    body: Some(json!({"status": "ok"})),
-                }))
+                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?])
+                    .with_answer(ControlAnswer {
+                        status: http::StatusCode::OK,
+                        body: Some(json!({"status": "ok"})),
+                    }))
             }
             Held::Close { session } => {
                 let (refund_sat, status) =
-                    self.close_lightning_session(m, session, time::unix_now()?, false).await?;
+                    self.close_lightning_session(session, time::unix_now()?, false).await?;
                 let r = receipt(session)
                     .with("refundSats", refund_sat)
                     .with("refundStatus", status.as_str());
-                Ok(farebox_core::Receipt::new(
-                    amount,
-                    id_of(session),
-                    vec![super::receipt_header(&r)?],
-                )
-                .with_answer(ControlAnswer {
-                    status: http::StatusCode::OK,
-                    body: Some(closed_body(refund_sat, status)),
-                }))
+                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?])
+                    .with_answer(ControlAnswer {
+                        status: http::StatusCode::OK,
+                        body: Some(closed_body(refund_sat, status)),
+                    }))
             }
         }
     }
 
-    pub(crate) async fn release_lightning_session(&self, held: &Held) {
-        let (Ok(m), Held::Debit { session, price_msat, .. }) =
-            (self.lightning_session_method(), held)
-        else {
+    async fn release_held(&self, held: &Held) {
+        let Held::Debit { session, price_msat, .. } = held else {
             return;
         };
-        let released = update_session(&*m.sessions, NAMESPACE, &id_of(session), |r| {
+        let released = update_session(&*self.sessions, NAMESPACE, &id_of(session), |r| {
             let mut next = r.clone();
             next.spent = next.spent.saturating_sub(u128::from(*price_msat));
             Ok::<_, PaymentError>(Update::Write(next, ()))
@@ -518,13 +476,12 @@ impl MppRail {
     /// caller waits a moment for the claimant's outcome and reports it (or `pending`).
     async fn close_lightning_session(
         &self,
-        m: &Method,
         session: &PaymentHash,
         now: u64,
         only_if_open: bool,
     ) -> Result<(u64, RefundStatus), PaymentError> {
         let id = id_of(session);
-        let claim = update_session(&*m.sessions, NAMESPACE, &id, |r| {
+        let claim = update_session(&*self.sessions, NAMESPACE, &id, |r| {
             let data = data_of(r)?;
             if r.status == SessionStatus::Closed || data.refund_status.is_some() {
                 return Ok(Update::Keep(Claim::Taken));
@@ -559,12 +516,12 @@ impl MppRail {
         let (refund_sat, invoice) = match claim {
             Claim::Mine(refund_sat, invoice) => (refund_sat, invoice),
             Claim::Done(sat, status) => return Ok((sat, status)),
-            Claim::Taken => return self.refund_outcome(m, session).await,
+            Claim::Taken => return self.refund_outcome(session).await,
         };
-        let status = self.pay_refund(m, &id, &invoice, refund_sat).await;
+        let status = self.pay_refund(&id, &invoice, refund_sat).await;
         let refunded =
             if status == RefundStatus::Failed { 0 } else { u128::from(refund_sat) * 1000 };
-        update_session(&*m.sessions, NAMESPACE, &id, |r| {
+        update_session(&*self.sessions, NAMESPACE, &id, |r| {
             let mut data = data_of(r)?;
             data.refund_status = Some(status.as_str().into());
             let mut next = r.clone();
@@ -581,18 +538,10 @@ impl MppRail {
     }
 
     /// Pays a claimed refund, once: whatever happens, it is never tried again.
-    async fn pay_refund(
-        &self,
-        m: &Method,
-        id: &str,
-        invoice: &str,
-        refund_sat: u64,
-    ) -> RefundStatus {
-        let Some(backend) = self.backend.as_ref() else {
-            tracing::error!(session = %id, "Lightning sessions without a backend: refund not paid");
-            return RefundStatus::Failed;
-        };
-        match backend.pay_amount(invoice, refund_sat * 1000, m.config.max_refund_fee_msat).await {
+    async fn pay_refund(&self, id: &str, invoice: &str, refund_sat: u64) -> RefundStatus {
+        let backend = &self.node.backend;
+        match backend.pay_amount(invoice, refund_sat * 1000, self.config.max_refund_fee_msat).await
+        {
             Ok(_) => RefundStatus::Succeeded,
             // The money may have left: recorded as such, and never paid again automatically.
             Err(e @ LightningError::OutcomeUnknown(_)) => {
@@ -610,13 +559,12 @@ impl MppRail {
     /// moment for a claimant that is paying now), `pending` while the claimant is still at it.
     async fn refund_outcome(
         &self,
-        m: &Method,
         session: &PaymentHash,
     ) -> Result<(u64, RefundStatus), PaymentError> {
         let mut pause = Duration::from_millis(10);
         let deadline = tokio::time::Instant::now() + CLAIMANT_WAIT;
         loop {
-            let data = data_of(&load(m, session).await?)?;
+            let data = data_of(&load(self, session).await?)?;
             let status = data.refund_status.as_deref().and_then(RefundStatus::parse);
             match (data.refund_sat, status) {
                 (Some(sat), Some(status)) if status != RefundStatus::Pending => {
@@ -637,14 +585,9 @@ impl MppRail {
     /// Refunds whose claimant vanished (a crash after claiming, perhaps after paying) are
     /// recorded as `unknown` once the claim is older than the configured timeout: never paid
     /// again, left to the operator, and the session closed.
-    async fn expire_refund_claim(
-        &self,
-        m: &Method,
-        id: &str,
-        now: u64,
-    ) -> Result<bool, PaymentError> {
-        let stale_before = now.saturating_sub(m.config.refund_claim_timeout.as_secs());
-        let expired = update_session(&*m.sessions, NAMESPACE, id, |r| {
+    async fn expire_refund_claim(&self, id: &str, now: u64) -> Result<bool, PaymentError> {
+        let stale_before = now.saturating_sub(self.config.refund_claim_timeout.as_secs());
+        let expired = update_session(&*self.sessions, NAMESPACE, id, |r| {
             let mut data = data_of(r)?;
             let pending = data.refund_status.as_deref() == Some(RefundStatus::Pending.as_str());
             if r.status != SessionStatus::Closing
@@ -671,25 +614,21 @@ impl MppRail {
 
     /// Closes and refunds Lightning sessions idle past the timeout, and finishes interrupted
     /// closes. Returns how many were closed.
-    pub(crate) async fn close_idle_lightning_sessions(
-        &self,
-        now: u64,
-    ) -> Result<usize, PaymentError> {
-        let Some(m) = &self.lightning_session else { return Ok(0) };
-        let idle_before = now.saturating_sub(m.config.idle_timeout.as_secs());
+    async fn close_idle_at(&self, now: u64) -> Result<usize, PaymentError> {
+        let idle_before = now.saturating_sub(self.config.idle_timeout.as_secs());
         let closing =
-            m.sessions.idle_sessions(NAMESPACE, SessionStatus::Closing, u64::MAX, 100).await?;
+            self.sessions.idle_sessions(NAMESPACE, SessionStatus::Closing, u64::MAX, 100).await?;
         let idle =
-            m.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
+            self.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
         let mut closed = 0;
         for (id, record) in closing.into_iter().chain(idle) {
             let Some(session) = crate::fields::parse_hash(&id) else { continue };
             let claimed = data_of(&record.value).is_ok_and(|d| d.refund_status.is_some());
             let outcome = if claimed {
                 // Claimed by a close that is paying, or that crashed: never paid from here.
-                self.expire_refund_claim(m, &id, now).await
+                self.expire_refund_claim(&id, now).await
             } else {
-                self.close_lightning_session(m, &session, now, false).await.map(|_| true)
+                self.close_lightning_session(&session, now, false).await.map(|_| true)
             };
             match outcome {
                 Ok(true) => closed += 1,
@@ -703,8 +642,59 @@ impl MppRail {
     }
 }
 
+#[async_trait::async_trait]
+impl Intent for LightningSession {
+    fn names(&self) -> (&'static str, &'static str) {
+        (lightning_session::METHOD, lightning_session::INTENT)
+    }
+
+    async fn challenge(
+        &self,
+        resource: &farebox_core::Resource,
+    ) -> Result<Option<http::HeaderValue>, PaymentError> {
+        self.challenge_line(resource).await
+    }
+
+    async fn approve(
+        self: Arc<Self>,
+        resource: &farebox_core::Resource,
+        cred: &crate::Credential,
+        now: u64,
+    ) -> Result<farebox_core::Verdict, PaymentError> {
+        Ok(self.verify(resource, cred, now).await?.into_verdict(self))
+    }
+
+    /// Closes and refunds sessions idle past their timeout, and finishes interrupted closes.
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        self.close_idle_at(time::unix_now()?).await.map(|_| ())
+    }
+
+    /// Sessions close after their own idle timeout, whatever `_idle` says.
+    async fn close_idle(&self, _idle: Duration) -> Result<usize, PaymentError> {
+        self.close_idle_at(time::unix_now()?).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Settles for LightningSession {
+    type Held = Held;
+
+    async fn settle(
+        &self,
+        held: Held,
+        amount: Money,
+        _reference: String,
+    ) -> Result<farebox_core::Receipt, PaymentError> {
+        self.settle_held(&held, amount).await
+    }
+
+    async fn release(&self, held: Held) {
+        self.release_held(&held).await
+    }
+}
+
 /// The record of `session`.
-async fn load(m: &Method, session: &PaymentHash) -> Result<SessionRecord, PaymentError> {
+async fn load(m: &LightningSession, session: &PaymentHash) -> Result<SessionRecord, PaymentError> {
     let record = m.sessions.load_session(NAMESPACE, &id_of(session)).await?;
     Ok(record.ok_or_else(|| session_not_found(session))?.value)
 }

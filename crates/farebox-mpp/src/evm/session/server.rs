@@ -11,7 +11,7 @@
 //! **Verification**, per action, after the envelope (id, realm, unexpired challenge, the
 //! request names this server's token, payee, chain and escrow; for `open` and `voucher`, which
 //! are billed, also a challenge issued for this route and method whose `amount` is at least the
-//! route's price: `MppRail::live_for`). A challenge is not used up by a voucher: a wallet
+//! route's price: `envelope::live_for`). A challenge is not used up by a voucher: a wallet
 //! sends its next voucher up front with the next request, echoing the challenge it last paid
 //! under while that is unexpired, and the voucher itself is what cannot be replayed (it must
 //! add to what was accepted, or the unspent balance must cover the price):
@@ -35,7 +35,7 @@
 //!   `closeWithCapture` (using the close voucher, or the highest accepted one when the close
 //!   voucher is lower) and the escrow refunds the rest to the payer. Answered `200` with the
 //!   transaction hash, without the handler. A close whose transaction cannot be sent leaves the
-//!   channel `Closing` (no more service) and is finished by [`MppRail::close_idle_sessions`] or
+//!   channel `Closing` (no more service) and is finished by [`crate::MppRail::close_idle_sessions`] or
 //!   a retried close.
 //!
 //! Unknown channels answer 410 `session/channel-not-found`, closed ones 410
@@ -65,7 +65,7 @@
 //!    `eth_call` each, at most [`FULL_PASS_LIMIT`]).
 //! 2. *closes* `Closing` channels, and channels idle for `MppConfig::evm_idle_close`, with
 //!    `closeWithCapture` and the highest voucher, capturing `max(spent, settled)`: one
-//!    transaction each (also [`MppRail::close_idle_sessions`]).
+//!    transaction each (also [`crate::MppRail::close_idle_sessions`]).
 //! 3. *settles*, when [`EvmSessionConfig::settle_threshold`] is set, channels whose served but
 //!    unsettled amount reached it: one `eth_call` and one `settle` transaction each.
 //!
@@ -86,12 +86,14 @@ use farebox_evm::{Address, B256, EvmError, EvmRpc, PrivateKeySigner, U256};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{BACKEND_RETRY_AFTER, ConfigError, MppRail};
 use crate::evm::session::{
     self as evm_session, CREDENTIAL_HASH, EvmSessionRequest, OpenPayload, SessionPayload,
     SignedVoucher, TopUpPayload, UNIT_REQUEST,
 };
 use crate::problem::{self, ProblemType};
+use crate::rail::envelope::{Envelope, live_for, receipt_header, unexpired};
+use crate::rail::intent::{Approved, Intent, Settles};
+use crate::rail::{BACKEND_RETRY_AFTER, ConfigError, check_token, token_asset};
 use crate::receipt::PaymentReceipt;
 use crate::time;
 
@@ -168,7 +170,7 @@ impl EvmSessionConfig {
 
     /// The farebox asset routes are priced in for this method.
     pub fn asset(&self) -> Asset {
-        super::token_asset(self.rpc.chain_id(), self.token, &self.info.symbol, self.info.decimals)
+        token_asset(self.rpc.chain_id(), self.token, &self.info.symbol, self.info.decimals)
     }
 }
 
@@ -256,7 +258,7 @@ impl EvmSessionConfigBuilder {
         let escrow = self.escrow.ok_or_else(|| wrong("escrow", "is required"))?;
         let token = self.token.ok_or_else(|| wrong("token", "is required"))?;
         let info = self.info.ok_or_else(|| wrong("described_as", "is required"))?;
-        super::check_token("evm session", token, &info, false)?;
+        check_token("evm session", token, &info, false)?;
         if escrow.is_zero() || escrow == token {
             return Err(wrong("escrow", "must be the escrow contract's address"));
         }
@@ -298,8 +300,11 @@ impl std::fmt::Debug for EvmSessionConfig {
     }
 }
 
-/// The enabled method.
-pub(crate) struct Method {
+/// The `evm` session, offered under `config`.
+pub(crate) struct EvmSession {
+    env: std::sync::Arc<Envelope>,
+    /// How long an unused channel stays open ([`crate::MppConfig::evm_idle_close`]).
+    idle_close: Duration,
     pub config: EvmSessionConfig,
     pub asset: Asset,
     pub domain: VoucherDomain,
@@ -313,9 +318,16 @@ pub(crate) struct Method {
     settle_due: std::sync::Mutex<HashSet<B256>>,
 }
 
-impl Method {
-    pub fn new(config: EvmSessionConfig, sessions: std::sync::Arc<dyn SessionStore>) -> Self {
-        Method {
+impl EvmSession {
+    pub fn new(
+        env: std::sync::Arc<Envelope>,
+        idle_close: Duration,
+        config: EvmSessionConfig,
+        sessions: std::sync::Arc<dyn SessionStore>,
+    ) -> Self {
+        EvmSession {
+            env,
+            idle_close,
             asset: config.asset(),
             domain: config.rpc.voucher_domain(config.escrow),
             config,
@@ -404,7 +416,7 @@ fn key(channel: &B256) -> String {
     format!("{channel:#x}")
 }
 
-/// What [`MppRail::verify`] hands on for an EVM session credential.
+/// What verifying an EVM session credential hands to its settlement.
 #[derive(Debug)]
 pub(crate) enum Held {
     /// `price` debited from `channel`; credited back on release.
@@ -427,23 +439,16 @@ fn chain_error(e: EvmError, what: &str) -> PaymentError {
     }
 }
 
-impl MppRail {
-    fn evm_session_method(&self) -> Result<&Method, PaymentError> {
-        self.evm_session
-            .as_ref()
-            .ok_or_else(|| problem::method_unsupported("EVM sessions are not enabled"))
-    }
-
+impl EvmSession {
     /// The `evm` session challenge line for `resource`, if it is priced in the channel token.
-    pub(crate) fn evm_session_challenge(
+    fn challenge_line(
         &self,
         resource: &farebox_core::Resource,
     ) -> Result<Option<http::HeaderValue>, PaymentError> {
-        let Some(m) = &self.evm_session else { return Ok(None) };
-        let Some(price) = resource.price.in_asset(&m.asset).filter(|p| p.amount > 0) else {
+        let Some(price) = resource.price.in_asset(&self.asset).filter(|p| p.amount > 0) else {
             return Ok(None);
         };
-        let cfg = &m.config;
+        let cfg = &self.config;
         let request = EvmSessionRequest {
             amount: U256::from(price.amount),
             unit_type: Some(UNIT_REQUEST.into()),
@@ -451,7 +456,7 @@ impl MppRail {
                 cfg.suggested_deposit.unwrap_or(price.amount.saturating_mul(100)),
             )),
             currency: cfg.token,
-            recipient: m.payee(),
+            recipient: self.payee(),
             chain_id: cfg.rpc.chain_id(),
             escrow: cfg.escrow,
             channel_id: None,
@@ -460,29 +465,27 @@ impl MppRail {
             decimals: Some(cfg.info.decimals),
             description: resource.description.as_deref().map(str::to_owned),
         };
-        self.issue(resource, evm_session::METHOD, evm_session::INTENT, request.to_json(), None)
-            .map(Some)
+        self.env.issue(resource, self.names(), request.to_json(), false).map(Some)
     }
 
     /// Verifies an EVM session credential (the envelope's id and realm already checked).
-    pub(crate) async fn verify_evm_session(
+    async fn verify(
         &self,
         resource: &farebox_core::Resource,
         cred: &crate::Credential,
         now: u64,
-    ) -> Result<super::Approved, PaymentError> {
-        let m = self.evm_session_method()?;
+    ) -> Result<Approved<Held>, PaymentError> {
         let ch = &cred.challenge;
-        Self::unexpired(ch, now)?;
+        unexpired(ch, now)?;
         let request = crate::challenge::decode_request(&ch.request)
             .ok()
             .and_then(|r| EvmSessionRequest::from_json(&r).ok())
             .ok_or_else(|| {
                 problem::invalid_challenge("the challenge request is not an EVM session request")
             })?;
-        let cfg = &m.config;
+        let cfg = &self.config;
         if request.currency != cfg.token
-            || request.recipient != m.payee()
+            || request.recipient != self.payee()
             || request.chain_id != cfg.rpc.chain_id()
             || request.escrow != cfg.escrow
         {
@@ -496,10 +499,11 @@ impl MppRail {
         // for this route at no lower a price: the same checks whether the credential answers
         // a 402 or comes up front on a later request (the wallet reuses a live challenge).
         let price = || {
-            Self::live_for(ch, resource, now)?;
-            let price = resource.price.in_asset(&m.asset).map(|p| p.amount).ok_or_else(|| {
-                problem::invalid_challenge("this route has no price in the channel's token")
-            })?;
+            live_for(ch, resource, now)?;
+            let price =
+                resource.price.in_asset(&self.asset).map(|p| p.amount).ok_or_else(|| {
+                    problem::invalid_challenge("this route has no price in the channel's token")
+                })?;
             if request.amount < U256::from(price) {
                 return Err(problem::insufficient(format!(
                     "the challenge charges {} per request, this route costs {price}",
@@ -512,39 +516,34 @@ impl MppRail {
         match payload {
             SessionPayload::Open(open) => {
                 let price = price()?;
-                self.open_channel(m, &open, price).await?;
-                self.debit(m, &open.voucher, price, id).await
+                self.open_channel(&open, price).await?;
+                self.debit(&open.voucher, price, id).await
             }
-            SessionPayload::Voucher(v) => self.debit(m, &v, price()?, id).await,
-            SessionPayload::TopUp(t) => self.top_up(m, &t, id).await,
-            SessionPayload::Close(v) => self.begin_close(m, &v, id).await,
+            SessionPayload::Voucher(v) => self.debit(&v, price()?, id).await,
+            SessionPayload::TopUp(t) => self.top_up(&t, id).await,
+            SessionPayload::Close(v) => self.begin_close(&v, id).await,
         }
     }
 
     /// Checks an `open` and records the channel (unless it is known already): a fresh one with
     /// nothing spent, an old one as an adoption (see the module docs).
-    async fn open_channel(
-        &self,
-        m: &Method,
-        open: &OpenPayload,
-        price: u128,
-    ) -> Result<(), PaymentError> {
+    async fn open_channel(&self, open: &OpenPayload, price: u128) -> Result<(), PaymentError> {
         let channel = open.voucher.channel_id;
-        if m.sessions.load_session(NAMESPACE, &key(&channel)).await?.is_some() {
+        if self.sessions.load_session(NAMESPACE, &key(&channel)).await?.is_some() {
             return Ok(()); // a retried open: the voucher path does the rest
         }
-        self.check_grace_period(m).await?;
-        let rpc = &m.config.rpc;
+        self.check_grace_period().await?;
+        let rpc = &self.config.rpc;
         let mut event = rpc
-            .escrow_opened_by(m.config.escrow, open.hash)
+            .escrow_opened_by(self.config.escrow, open.hash)
             .await
             .map_err(|e| chain_error(e, "the open transaction"))?;
         if event.is_none() {
-            rpc.wait_for_receipt(open.hash, m.config.receipt_timeout)
+            rpc.wait_for_receipt(open.hash, self.config.receipt_timeout)
                 .await
                 .map_err(|e| chain_error(e, "the open transaction"))?;
             event = rpc
-                .escrow_opened_by(m.config.escrow, open.hash)
+                .escrow_opened_by(self.config.escrow, open.hash)
                 .await
                 .map_err(|e| chain_error(e, "the open transaction"))?;
         }
@@ -560,8 +559,8 @@ impl MppRail {
                 "the open transaction opened another channel than the payload names",
             ));
         }
-        let state = self.read_channel(m, channel).await?;
-        if state.payee != m.payee() || state.token != m.config.token {
+        let state = self.read_channel(channel).await?;
+        if state.payee != self.payee() || state.token != self.config.token {
             return Err(problem::verification_failed(
                 "the channel pays another payee or holds another token than this server's",
             ));
@@ -573,8 +572,8 @@ impl MppRail {
             state.token,
             open.salt,
             signer,
-            m.config.escrow,
-            m.config.rpc.chain_id(),
+            self.config.escrow,
+            self.config.rpc.chain_id(),
         );
         if derived != channel {
             return Err(problem::verification_failed(
@@ -597,13 +596,13 @@ impl MppRail {
             .escrow_tx_age(open.hash)
             .await
             .map_err(|e| chain_error(e, "the open transaction"))?;
-        if age.is_none_or(|age| age > self.ttl.as_secs()) {
-            self.adopt(m, channel, &state, &open.voucher).await?;
+        if age.is_none_or(|age| age > self.env.ttl.as_secs()) {
+            self.adopt(channel, &state, &open.voucher).await?;
             return Ok(());
         }
         let record = record_from_chain(&state, None)?;
         // A concurrent open of the same channel may have won: either way it is recorded.
-        m.sessions.create_session(NAMESPACE, &key(&channel), &record).await?;
+        self.sessions.create_session(NAMESPACE, &key(&channel), &record).await?;
         Ok(())
     }
 
@@ -613,34 +612,33 @@ impl MppRail {
     /// deposit.
     async fn adopt(
         &self,
-        m: &Method,
         channel: B256,
         state: &Channel,
         v: &SignedVoucher,
     ) -> Result<SessionRecord, PaymentError> {
         let id = key(&channel);
-        check_ours(m, &channel, state)?;
-        check_voucher_signature(&m.domain, signer_of(state), v)?;
+        check_ours(self, &channel, state)?;
+        check_voucher_signature(&self.domain, signer_of(state), v)?;
         if v.cumulative_amount > state.deposit {
             return Err(exceeds_deposit(&channel, v.cumulative_amount, state.deposit));
         }
         let record = record_from_chain(state, Some(v))?;
         // A concurrent adoption may have won: its record is the one.
-        m.sessions.create_session(NAMESPACE, &id, &record).await?;
-        Ok(m.sessions.load_session(NAMESPACE, &id).await?.map(|v| v.value).unwrap_or(record))
+        self.sessions.create_session(NAMESPACE, &id, &record).await?;
+        Ok(self.sessions.load_session(NAMESPACE, &id).await?.map(|v| v.value).unwrap_or(record))
     }
 
     /// The escrow's grace period in seconds, once checked to be long enough for the payee to
     /// close first (read from the chain once).
-    async fn check_grace_period(&self, m: &Method) -> Result<u64, PaymentError> {
-        let known = m.grace.load(Ordering::Relaxed);
+    async fn check_grace_period(&self) -> Result<u64, PaymentError> {
+        let known = self.grace.load(Ordering::Relaxed);
         if known != 0 {
             return Ok(known);
         }
-        let grace = m
+        let grace = self
             .config
             .rpc
-            .escrow_close_grace_period(m.config.escrow)
+            .escrow_close_grace_period(self.config.escrow)
             .await
             .map_err(|e| chain_error(e, "the escrow"))?;
         if grace < MIN_GRACE_PERIOD {
@@ -651,23 +649,20 @@ impl MppRail {
                 ),
             ));
         }
-        m.grace.store(grace, Ordering::Relaxed);
+        self.grace.store(grace, Ordering::Relaxed);
         Ok(grace)
     }
 
     /// How soon upkeep must answer a forced close: the escrow's grace period.
-    pub(crate) async fn evm_session_upkeep_deadline(
-        &self,
-    ) -> Result<Option<Duration>, PaymentError> {
-        let Some(m) = &self.evm_session else { return Ok(None) };
-        Ok(Some(Duration::from_secs(self.check_grace_period(m).await?)))
+    async fn grace_deadline(&self) -> Result<Option<Duration>, PaymentError> {
+        Ok(Some(Duration::from_secs(self.check_grace_period().await?)))
     }
 
-    async fn read_channel(&self, m: &Method, channel: B256) -> Result<Channel, PaymentError> {
-        let state = m
+    async fn read_channel(&self, channel: B256) -> Result<Channel, PaymentError> {
+        let state = self
             .config
             .rpc
-            .escrow_channel(m.config.escrow, channel)
+            .escrow_channel(self.config.escrow, channel)
             .await
             .map_err(|e| chain_error(e, "the channel"))?;
         if state.payer == Address::ZERO {
@@ -682,39 +677,37 @@ impl MppRail {
     /// counted as spent ([`Self::adopt`]).
     async fn channel_record(
         &self,
-        m: &Method,
         channel: B256,
         refresh: bool,
         presented: &SignedVoucher,
     ) -> Result<SessionRecord, PaymentError> {
-        if let Some(record) = self.known_record(m, channel, refresh).await? {
+        if let Some(record) = self.known_record(channel, refresh).await? {
             return Ok(record);
         }
-        let state = self.read_channel(m, channel).await?;
-        self.adopt(m, channel, &state, presented).await
+        let state = self.read_channel(channel).await?;
+        self.adopt(channel, &state, presented).await
     }
 
     /// The channel's record if the store has it, refreshed from chain state when it is older
     /// than the TTL or `refresh` asks.
     async fn known_record(
         &self,
-        m: &Method,
         channel: B256,
         refresh: bool,
     ) -> Result<Option<SessionRecord>, PaymentError> {
         let id = key(&channel);
-        let Some(current) = m.sessions.load_session(NAMESPACE, &id).await? else {
+        let Some(current) = self.sessions.load_session(NAMESPACE, &id).await? else {
             return Ok(None);
         };
         let data = data_of(&current.value)?;
         let stale =
-            time::unix_now()?.saturating_sub(data.checked_at) > m.config.state_ttl.as_secs();
+            time::unix_now()?.saturating_sub(data.checked_at) > self.config.state_ttl.as_secs();
         if current.value.status != SessionStatus::Open || !(refresh || stale) {
             return Ok(Some(current.value));
         }
-        let state = self.read_channel(m, channel).await?;
+        let state = self.read_channel(channel).await?;
         let now = time::unix_now()?;
-        let updated = update_session(&*m.sessions, NAMESPACE, &id, |r| {
+        let updated = update_session(&*self.sessions, NAMESPACE, &id, |r| {
             let mut data = data_of(r)?;
             data.checked_at = now;
             let next = with_data(&synced(r, &state), &data)?;
@@ -729,57 +722,55 @@ impl MppRail {
     /// Accepts `v` (if it adds to what was accepted) and debits `price`, persisted.
     async fn debit(
         &self,
-        m: &Method,
         v: &SignedVoucher,
         price: u128,
         challenge_id: String,
-    ) -> Result<super::Approved, PaymentError> {
+    ) -> Result<Approved<Held>, PaymentError> {
         let channel = v.channel_id;
-        let _turn = self.session_locks.turn(&key(&channel)).await;
-        let mut record = self.channel_record(m, channel, false, v).await?;
+        let _turn = self.env.locks.turn(&key(&channel)).await;
+        let mut record = self.channel_record(channel, false, v).await?;
         refuse_unless_open(&record, &channel)?;
         if v.cumulative_amount > record.deposit {
             // Perhaps topped up on chain since we last looked.
-            record = self.channel_record(m, channel, true, v).await?;
+            record = self.channel_record(channel, true, v).await?;
             refuse_unless_open(&record, &channel)?;
         }
         let data = data_of(&record)?;
-        check_signature(m, v, &data)?;
-        let min_delta = m.config.min_voucher_delta;
-        let outcome = update_session(&*m.sessions, NAMESPACE, &key(&channel), |r| {
+        check_signature(self, v, &data)?;
+        let min_delta = self.config.min_voucher_delta;
+        let outcome = update_session(&*self.sessions, NAMESPACE, &key(&channel), |r| {
             apply_voucher(r, v, price, min_delta)
         })
         .await?
         .ok_or_else(|| channel_gone(&channel))?;
         let (accepted, spent) = outcome?;
-        m.note_unsettled(channel, spent, record.settled);
+        self.note_unsettled(channel, spent, record.settled);
         // Who paid is who the chain says owns the channel, never what the credential claims.
-        Ok(super::Approved::payment(
-            Money::new(m.asset.clone(), price),
+        Ok(Approved::payment(
+            Money::new(self.asset.clone(), price),
             Some(data.payer),
             key(&channel),
-            super::Held::EvmSession(Held::Debit { channel, challenge_id, price, accepted, spent }),
+            Held::Debit { channel, challenge_id, price, accepted, spent },
         ))
     }
 
     /// Takes an on-chain top-up into account.
     async fn top_up(
         &self,
-        m: &Method,
         t: &TopUpPayload,
         challenge_id: String,
-    ) -> Result<super::Approved, PaymentError> {
-        let rpc = &m.config.rpc;
+    ) -> Result<Approved<Held>, PaymentError> {
+        let rpc = &self.config.rpc;
         let mut event = rpc
-            .escrow_topped_up_by(m.config.escrow, t.hash)
+            .escrow_topped_up_by(self.config.escrow, t.hash)
             .await
             .map_err(|e| chain_error(e, "the top-up transaction"))?;
         if event.is_none() {
-            rpc.wait_for_receipt(t.hash, m.config.receipt_timeout)
+            rpc.wait_for_receipt(t.hash, self.config.receipt_timeout)
                 .await
                 .map_err(|e| chain_error(e, "the top-up transaction"))?;
             event = rpc
-                .escrow_topped_up_by(m.config.escrow, t.hash)
+                .escrow_topped_up_by(self.config.escrow, t.hash)
                 .await
                 .map_err(|e| chain_error(e, "the top-up transaction"))?;
         }
@@ -795,44 +786,43 @@ impl MppRail {
                 "the top-up transaction added another amount or to another channel",
             ));
         }
-        let deposit = match self.known_record(m, t.channel_id, true).await? {
+        let deposit = match self.known_record(t.channel_id, true).await? {
             Some(record) => {
                 refuse_unless_open(&record, &t.channel_id)?;
                 record.deposit
             }
             None => {
                 // Not adopted: only a voucher can say how much may have been spent already.
-                let state = self.read_channel(m, t.channel_id).await?;
-                check_ours(m, &t.channel_id, &state)?;
+                let state = self.read_channel(t.channel_id).await?;
+                check_ours(self, &t.channel_id, &state)?;
                 if state.finalized || state.closeRequestedAt != 0 {
                     return Err(channel_gone(&t.channel_id));
                 }
                 state.deposit
             }
         };
-        Ok(super::Approved::control(
-            Money::zero(m.asset.clone()),
+        Ok(Approved::control(
+            Money::zero(self.asset.clone()),
             None,
             key(&t.channel_id),
-            super::Held::EvmSession(Held::TopUp { channel: t.channel_id, challenge_id, deposit }),
+            Held::TopUp { channel: t.channel_id, challenge_id, deposit },
         ))
     }
 
     /// Checks a close voucher and marks the channel `Closing` (no more service).
     async fn begin_close(
         &self,
-        m: &Method,
         v: &SignedVoucher,
         challenge_id: String,
-    ) -> Result<super::Approved, PaymentError> {
+    ) -> Result<Approved<Held>, PaymentError> {
         let channel = v.channel_id;
-        let record = self.channel_record(m, channel, false, v).await?;
+        let record = self.channel_record(channel, false, v).await?;
         if record.status == SessionStatus::Closed {
             return Err(channel_gone(&channel));
         }
-        check_signature(m, v, &data_of(&record)?)?;
+        check_signature(self, v, &data_of(&record)?)?;
         let signature = crate::fields::hex0x(&v.signature);
-        update_session(&*m.sessions, NAMESPACE, &key(&channel), |r| {
+        update_session(&*self.sessions, NAMESPACE, &key(&channel), |r| {
             if r.status == SessionStatus::Closed {
                 return Err(channel_gone(&channel));
             }
@@ -866,22 +856,21 @@ impl MppRail {
         })
         .await?
         .ok_or_else(|| channel_gone(&channel))?;
-        Ok(super::Approved::control(
-            Money::zero(m.asset.clone()),
+        Ok(Approved::control(
+            Money::zero(self.asset.clone()),
             None,
             key(&channel),
-            super::Held::EvmSession(Held::Close { channel, challenge_id }),
+            Held::Close { channel, challenge_id },
         ))
     }
 
-    /// Settles what [`Self::verify_evm_session`] held.
-    pub(crate) async fn settle_evm_session(
+    /// Settles what [`Self::verify`] held.
+    async fn settle_held(
         &self,
         held: &Held,
         amount: Money,
     ) -> Result<farebox_core::Receipt, PaymentError> {
-        let m = self.evm_session_method()?;
-        let chain_id = m.config.rpc.chain_id();
+        let chain_id = self.config.rpc.chain_id();
         let now = time::format(time::unix_now()?);
         match held {
             Held::Debit { channel, challenge_id, accepted, spent, .. } => {
@@ -891,7 +880,7 @@ impl MppRail {
                 Ok(farebox_core::Receipt::new(
                     amount,
                     key(channel),
-                    vec![super::receipt_header(&receipt)?],
+                    vec![receipt_header(&receipt)?],
                 ))
             }
             Held::TopUp { channel, challenge_id, deposit } => {
@@ -900,11 +889,11 @@ impl MppRail {
                 Ok(farebox_core::Receipt::new(
                     amount,
                     key(channel),
-                    vec![super::receipt_header(&receipt)?],
+                    vec![receipt_header(&receipt)?],
                 ))
             }
             Held::Close { channel, challenge_id } => {
-                let closed = self.finish_close(m, *channel).await?;
+                let closed = self.finish_close(*channel).await?;
                 let receipt = session_receipt(now, channel, challenge_id, chain_id)
                     .with("acceptedCumulative", closed.accepted.to_string())
                     .with("spent", closed.captured.to_string())
@@ -919,22 +908,18 @@ impl MppRail {
                         "txHash": closed.tx,
                     })),
                 };
-                Ok(farebox_core::Receipt::new(
-                    amount,
-                    closed.tx,
-                    vec![super::receipt_header(&receipt)?],
-                )
-                .with_answer(answer))
+                Ok(farebox_core::Receipt::new(amount, closed.tx, vec![receipt_header(&receipt)?])
+                    .with_answer(answer))
             }
         }
     }
 
     /// Gives back the debit of a request that was not served.
-    pub(crate) async fn release_evm_session(&self, held: &Held) {
-        let (Ok(m), Held::Debit { channel, price, .. }) = (self.evm_session_method(), held) else {
+    async fn release_held(&self, held: &Held) {
+        let Held::Debit { channel, price, .. } = held else {
             return;
         };
-        let released = update_session(&*m.sessions, NAMESPACE, &key(channel), |r| {
+        let released = update_session(&*self.sessions, NAMESPACE, &key(channel), |r| {
             let mut next = r.clone();
             next.spent = next.spent.saturating_sub(*price).max(next.settled);
             next.updated_at = time::unix_now()?;
@@ -947,9 +932,9 @@ impl MppRail {
     }
 
     /// Sends the close recorded on `channel` and records the outcome.
-    async fn finish_close(&self, m: &Method, channel: B256) -> Result<Closed, PaymentError> {
+    async fn finish_close(&self, channel: B256) -> Result<Closed, PaymentError> {
         let id = key(&channel);
-        let record = m
+        let record = self
             .sessions
             .load_session(NAMESPACE, &id)
             .await?
@@ -979,7 +964,7 @@ impl MppRail {
         let signature = crate::fields::parse_blob(&intent.signature).ok_or_else(|| {
             PaymentError::internal("mpp_session_state", "bad signature in channel record")
         })?;
-        let cfg = &m.config;
+        let cfg = &self.config;
         let sent = cfg
             .rpc
             .escrow_close_with_capture(&cfg.payee, cfg.escrow, channel, amount, capture, &signature)
@@ -988,9 +973,9 @@ impl MppRail {
             Ok(tx) => format!("{tx:#x}"),
             Err(EvmError::Reverted { reason }) => {
                 // Perhaps finalized meanwhile (the payer withdrew, another instance closed).
-                let state = self.read_channel(m, channel).await?;
+                let state = self.read_channel(channel).await?;
                 if state.finalized {
-                    self.mark_closed(m, &id, state.settled, None).await?;
+                    self.mark_closed(&id, state.settled, None).await?;
                     return Err(channel_gone(&channel));
                 }
                 return Err(PaymentError::unavailable(
@@ -1011,7 +996,7 @@ impl MppRail {
                 ));
             }
         };
-        self.mark_closed(m, &id, capture, Some(tx.clone())).await?;
+        self.mark_closed(&id, capture, Some(tx.clone())).await?;
         Ok(Closed {
             accepted: record.accepted,
             captured: capture,
@@ -1022,12 +1007,11 @@ impl MppRail {
 
     async fn mark_closed(
         &self,
-        m: &Method,
         id: &str,
         settled: u128,
         tx: Option<String>,
     ) -> Result<(), PaymentError> {
-        update_session(&*m.sessions, NAMESPACE, id, |r| {
+        update_session(&*self.sessions, NAMESPACE, id, |r| {
             let mut data = data_of(r)?;
             if let (Some(close), Some(tx)) = (data.close.as_mut(), &tx) {
                 close.tx = Some(tx.clone());
@@ -1045,20 +1029,16 @@ impl MppRail {
     /// before `idle_before` (Unix seconds), and finishes closes that were left half done,
     /// capturing `max(spent, settled)` of each with its highest voucher. Returns how many
     /// channels were closed.
-    pub(crate) async fn close_idle_evm_sessions(
-        &self,
-        idle_before: u64,
-    ) -> Result<usize, PaymentError> {
-        let Some(m) = &self.evm_session else { return Ok(0) };
+    async fn close_idle_before(&self, idle_before: u64) -> Result<usize, PaymentError> {
         let mut closed = 0;
         let closing =
-            m.sessions.idle_sessions(NAMESPACE, SessionStatus::Closing, u64::MAX, 100).await?;
+            self.sessions.idle_sessions(NAMESPACE, SessionStatus::Closing, u64::MAX, 100).await?;
         let idle =
-            m.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
+            self.sessions.idle_sessions(NAMESPACE, SessionStatus::Open, idle_before, 100).await?;
         for (id, current) in closing.into_iter().chain(idle) {
             let Some(channel) = crate::fields::parse_b256(&id) else { continue };
             if data_of(&current.value)?.close.is_none() {
-                let due = update_session(&*m.sessions, NAMESPACE, &id, |now| {
+                let due = update_session(&*self.sessions, NAMESPACE, &id, |now| {
                     close_intent(now, idle_before)
                 })
                 .await?;
@@ -1066,7 +1046,7 @@ impl MppRail {
                     continue;
                 }
             }
-            match self.finish_close(m, channel).await {
+            match self.finish_close(channel).await {
                 Ok(_) => closed += 1,
                 Err(e) => {
                     tracing::warn!(channel = %id, code = e.code, detail = %e.detail, "could not close a channel")
@@ -1077,20 +1057,19 @@ impl MppRail {
     }
 
     /// Upkeep's watch (see the module docs): stops the service of every channel whose payer
-    /// asked the chain for a forced close, so that [`Self::close_idle_evm_sessions`] closes it
+    /// asked the chain for a forced close, so that [`Self::close_idle_before`] closes it
     /// with its highest voucher before the grace period ends. Reads the escrow's
     /// `CloseRequested` events since the last tick, or every open channel's state on the first
     /// tick, after a long gap, or when the node does not answer `eth_getLogs`.
-    pub(crate) async fn watch_evm_sessions(&self) -> Result<(), PaymentError> {
-        let Some(m) = &self.evm_session else { return Ok(()) };
-        let mut scanned = m.scanned.lock().await;
-        let rpc = &m.config.rpc;
+    async fn watch(&self) -> Result<(), PaymentError> {
+        let mut scanned = self.scanned.lock().await;
+        let rpc = &self.config.rpc;
         let head = rpc.block_number().await.map_err(|e| chain_error(e, "the latest block"))?;
         let logged = match *scanned {
             Some(last) if head <= last => return Ok(()),
             Some(last) if head - last <= MAX_LOG_BLOCKS => {
                 let from = (last + 1).saturating_sub(REORG_DEPTH);
-                match rpc.escrow_close_requests(m.config.escrow, from, head).await {
+                match rpc.escrow_close_requests(self.config.escrow, from, head).await {
                     Ok(channels) => Some(channels),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the escrow's close requests; reading every open channel instead");
@@ -1104,14 +1083,14 @@ impl MppRail {
             Some(channels) => {
                 let mut seen = HashSet::new();
                 for channel in channels.into_iter().filter(|c| seen.insert(*c)) {
-                    let known = m.sessions.load_session(NAMESPACE, &key(&channel)).await?;
+                    let known = self.sessions.load_session(NAMESPACE, &key(&channel)).await?;
                     if let Some(record) = known {
-                        self.watch_channel(m, channel, &record.value).await?;
+                        self.watch_channel(channel, &record.value).await?;
                     }
                 }
             }
             None => {
-                let open = m
+                let open = self
                     .sessions
                     .idle_sessions(NAMESPACE, SessionStatus::Open, u64::MAX, FULL_PASS_LIMIT)
                     .await?;
@@ -1123,7 +1102,7 @@ impl MppRail {
                 }
                 for (id, record) in open {
                     let Some(channel) = crate::fields::parse_b256(&id) else { continue };
-                    self.watch_channel(m, channel, &record.value).await?;
+                    self.watch_channel(channel, &record.value).await?;
                 }
             }
         }
@@ -1136,32 +1115,26 @@ impl MppRail {
     /// settlement.
     async fn watch_channel(
         &self,
-        m: &Method,
         channel: B256,
         record: &SessionRecord,
     ) -> Result<(), PaymentError> {
         if record.status != SessionStatus::Open {
             return Ok(());
         }
-        m.note_unsettled(channel, record.spent, record.settled);
-        let state = m
+        self.note_unsettled(channel, record.spent, record.settled);
+        let state = self
             .config
             .rpc
-            .escrow_channel(m.config.escrow, channel)
+            .escrow_channel(self.config.escrow, channel)
             .await
             .map_err(|e| chain_error(e, "the channel"))?;
-        self.sync_channel(m, channel, &state).await
+        self.sync_channel(channel, &state).await
     }
 
     /// Writes what the chain `state` changes in the channel's record: a close the payer
     /// requested ends its service, a deposit or settlement made elsewhere is taken in.
-    async fn sync_channel(
-        &self,
-        m: &Method,
-        channel: B256,
-        state: &Channel,
-    ) -> Result<(), PaymentError> {
-        update_session(&*m.sessions, NAMESPACE, &key(&channel), |r| {
+    async fn sync_channel(&self, channel: B256, state: &Channel) -> Result<(), PaymentError> {
+        update_session(&*self.sessions, NAMESPACE, &key(&channel), |r| {
             let next = synced(r, state);
             if (next.status, next.deposit, next.settled) == (r.status, r.deposit, r.settled) {
                 return Ok::<_, PaymentError>(Update::Keep(()));
@@ -1175,30 +1148,24 @@ impl MppRail {
     /// Upkeep's settlement (with [`EvmSessionConfig::settle_threshold`]): redeems on chain,
     /// channel open, the highest wholly spent voucher of every channel whose served but
     /// unsettled amount reached the threshold. A channel that fails is tried again next tick.
-    pub(crate) async fn settle_evm_sessions(&self) -> Result<(), PaymentError> {
-        let Some(m) = &self.evm_session else { return Ok(()) };
-        let Some(threshold) = m.config.settle_threshold else { return Ok(()) };
+    async fn settle_due(&self) -> Result<(), PaymentError> {
+        let Some(threshold) = self.config.settle_threshold else { return Ok(()) };
         let due: Vec<B256> =
-            m.settle_due.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+            self.settle_due.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         let mut failed = None;
         for channel in due {
-            if let Err(e) = self.settle_channel(m, channel, threshold).await {
+            if let Err(e) = self.settle_channel(channel, threshold).await {
                 tracing::warn!(channel = %key(&channel), code = e.code, detail = %e.detail, "could not settle a channel");
-                m.settle_due.lock().unwrap_or_else(|e| e.into_inner()).insert(channel);
+                self.settle_due.lock().unwrap_or_else(|e| e.into_inner()).insert(channel);
                 failed.get_or_insert(e);
             }
         }
         failed.map_or(Ok(()), Err)
     }
 
-    async fn settle_channel(
-        &self,
-        m: &Method,
-        channel: B256,
-        threshold: u128,
-    ) -> Result<(), PaymentError> {
+    async fn settle_channel(&self, channel: B256, threshold: u128) -> Result<(), PaymentError> {
         let id = key(&channel);
-        let Some(current) = m.sessions.load_session(NAMESPACE, &id).await? else {
+        let Some(current) = self.sessions.load_session(NAMESPACE, &id).await? else {
             return Ok(());
         };
         let r = current.value;
@@ -1214,17 +1181,17 @@ impl MppRail {
         else {
             return Ok(());
         };
-        let cfg = &m.config;
-        let state = self.read_channel(m, channel).await?;
+        let cfg = &self.config;
+        let state = self.read_channel(channel).await?;
         if state.finalized || state.closeRequestedAt != 0 || state.settled >= amount {
             // Closing or settled meanwhile: the record learns it, upkeep does the rest.
-            return self.sync_channel(m, channel, &state).await;
+            return self.sync_channel(channel, &state).await;
         }
         cfg.rpc
             .escrow_settle(&cfg.payee, cfg.escrow, channel, amount, &signature)
             .await
             .map_err(|e| chain_error(e, "the settlement"))?;
-        update_session(&*m.sessions, NAMESPACE, &id, |r| {
+        update_session(&*self.sessions, NAMESPACE, &id, |r| {
             let mut next = r.clone();
             next.settled = next.settled.max(amount);
             next.spent = next.spent.max(next.settled);
@@ -1234,6 +1201,70 @@ impl MppRail {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Intent for EvmSession {
+    fn names(&self) -> (&'static str, &'static str) {
+        (evm_session::METHOD, evm_session::INTENT)
+    }
+
+    async fn challenge(
+        &self,
+        resource: &farebox_core::Resource,
+    ) -> Result<Option<http::HeaderValue>, PaymentError> {
+        self.challenge_line(resource)
+    }
+
+    async fn approve(
+        self: std::sync::Arc<Self>,
+        resource: &farebox_core::Resource,
+        cred: &crate::Credential,
+        now: u64,
+    ) -> Result<farebox_core::Verdict, PaymentError> {
+        Ok(self.verify(resource, cred, now).await?.into_verdict(self))
+    }
+
+    /// Watches for forced closes, closes those and idle channels, finishes interrupted closes,
+    /// and settles channels past their threshold (see the module docs). Each step runs even when
+    /// an earlier one failed; the first error is reported.
+    async fn maintain(&self) -> Result<(), PaymentError> {
+        // Watch before closing: a forced close seen now is closed in this same tick.
+        let watched = self.watch().await;
+        let closed = self.close_idle(self.idle_close).await.map(|_| ());
+        let settled = self.settle_due().await;
+        watched.and(closed).and(settled)
+    }
+
+    async fn close_idle(&self, idle: Duration) -> Result<usize, PaymentError> {
+        // Idle for at least `idle`: last changed at or before `now - idle`.
+        let idle_before = time::unix_now()?.saturating_sub(idle.as_secs()).saturating_add(1);
+        self.close_idle_before(idle_before).await
+    }
+
+    /// The escrow's grace period: a payer who asked the chain for a forced close may withdraw
+    /// once it has passed.
+    async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
+        self.grace_deadline().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Settles for EvmSession {
+    type Held = Held;
+
+    async fn settle(
+        &self,
+        held: Held,
+        amount: Money,
+        _reference: String,
+    ) -> Result<farebox_core::Receipt, PaymentError> {
+        self.settle_held(&held, amount).await
+    }
+
+    async fn release(&self, held: Held) {
+        self.release_held(&held).await
     }
 }
 
@@ -1305,7 +1336,11 @@ fn refuse_unless_open(record: &SessionRecord, channel: &B256) -> Result<(), Paym
     if record.status == SessionStatus::Open { Ok(()) } else { Err(channel_gone(channel)) }
 }
 
-fn check_signature(m: &Method, v: &SignedVoucher, data: &ChannelData) -> Result<(), PaymentError> {
+fn check_signature(
+    m: &EvmSession,
+    v: &SignedVoucher,
+    data: &ChannelData,
+) -> Result<(), PaymentError> {
     let expected: Address = data
         .signer
         .parse()
@@ -1428,7 +1463,7 @@ fn exceeds_deposit(channel: &B256, amount: u128, deposit: u128) -> PaymentError 
 }
 
 /// A channel on chain pays this server in its token, or it is none of this server's.
-fn check_ours(m: &Method, channel: &B256, state: &Channel) -> Result<(), PaymentError> {
+fn check_ours(m: &EvmSession, channel: &B256, state: &Channel) -> Result<(), PaymentError> {
     if state.payee == m.payee() && state.token == m.config.token {
         return Ok(());
     }
