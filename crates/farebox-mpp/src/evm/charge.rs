@@ -29,6 +29,8 @@
 //! also read. mppx compares `source` with `did:pkh:eip155:<chainId>:<EIP-55 address>` as a
 //! string, so [`source`] writes the checksummed form.
 
+#[cfg(feature = "client")]
+pub(crate) mod client;
 pub mod server;
 
 use farebox_evm::eip3009::TransferWithAuthorization;

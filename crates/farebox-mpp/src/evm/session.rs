@@ -31,6 +31,8 @@
 //! `authorizedSigner` is optional (absent: the payer signs). Unknown actions are refused,
 //! unknown members ignored.
 
+#[cfg(feature = "client")]
+pub(crate) mod client;
 pub mod server;
 
 use farebox_evm::{Address, B256, TxHash, U256};

@@ -18,6 +18,8 @@
 //! one this server wrote, and skipping the BOLT11 parse (≈ 56 µs, signature recovery) keeps a
 //! verification in the microsecond range. Without `paymentHash` the invoice is parsed.
 
+#[cfg(feature = "client")]
+pub(crate) mod client;
 pub mod server;
 
 use farebox_lightning::{Currency, PaymentHash, Preimage, bolt11};

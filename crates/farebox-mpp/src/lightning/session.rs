@@ -29,6 +29,8 @@
 //! another close of the session is paying the refund and `"unknown"` when its outcome is not
 //! known); neither runs the handler.
 
+#[cfg(feature = "client")]
+pub(crate) mod client;
 pub mod server;
 
 use farebox_lightning::{PaymentHash, Preimage};

@@ -66,7 +66,7 @@
 //! 2. *closes* `Closing` channels, and channels idle for `MppConfig::evm_idle_close`, with
 //!    `closeWithCapture` and the highest voucher, capturing `max(spent, settled)`: one
 //!    transaction each (also [`crate::MppRail::close_idle_sessions`]).
-//! 3. *settles*, when [`EvmSessionConfig::settle_threshold`] is set, channels whose served but
+//! 3. *settles*, when [`EvmSessionConfigBuilder::settle_threshold`] is set, channels whose served but
 //!    unsettled amount reached it: one `eth_call` and one `settle` transaction each.
 //!
 //! So a quiet tick costs two RPC calls, whatever the number of channels.
