@@ -17,6 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::probe::Probe;
+
 /// How much a requirement binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Level {
@@ -36,117 +38,63 @@ impl Level {
     }
 }
 
-/// What a check sends. Which of these a rail supports is up to its probe; the others are
-/// skipped with the reason the probe gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Attempt {
-    /// No credential: the request a client sends first.
-    None,
-    /// A credential of the rail's scheme that is not its encoding (bad base64, bad JSON).
-    Malformed,
-    /// Valid base64 of JSON that is not a credential object (an array, a number).
-    NotAnObject,
-    /// A well-formed credential cut in half.
-    Truncated,
-    /// A credential of 32 KiB.
-    Oversized,
-    /// A credential whose proof is signed by someone else (or a preimage that is not).
-    Forged,
-    /// A credential bound to the challenge but with an altered binding (tampered id or MAC).
-    Tampered,
-    /// A challenge echoed with its request altered (another amount).
-    TamperedRequest,
-    /// A proof for less than the price.
-    WrongAmount,
-    /// A proof for more than the price (x402 `exact` is exact).
-    Overpay,
-    /// A proof paying another recipient.
-    WrongRecipient,
-    /// A proof on another network.
-    WrongNetwork,
-    /// A proof whose validity ended.
-    Expired,
-    /// A proof not valid yet.
-    NotYetValid,
-    /// A protocol version the server does not speak.
-    UnknownVersion,
-    /// A credential for a method / intent the server does not offer.
-    UnknownMethod,
-    /// Two credentials of the rail in one request.
-    TwoCredentials,
-    /// A real payment (needs a wallet); its proof is kept for `replay` and `reuse`.
-    Paid,
-    /// The proof of the last `paid` check, sent again.
-    Replay,
-    /// A real payment made for this check alone, answering a fresh 402 (not kept for
-    /// `replay`): what a flow check sends to another route or several times at once.
-    Fresh,
-    /// A real payment like `fresh`, its addresses written in lowercase hex rather than
-    /// EIP-55 (as some clients send them).
-    LowercaseHex,
-    /// A challenge echoed with another realm (the proof otherwise as `forged`'s).
-    OtherRealm,
-    /// No credential, with an `Accept-Payment` preference for one of the offers (MPP).
-    AcceptPayment,
-    /// No credential: `GET /openapi.json` at the server's origin, the discovery document.
-    DiscoveryDocument,
-    /// Opens a payment channel of the tester's own on chain (a deposit of two requests) and
-    /// pays the first request with its first voucher (an MPP `session`).
-    SessionOpen,
-    /// The session's next voucher: what was signed plus the price.
-    SessionVoucher,
-    /// A voucher for what was already signed: it adds nothing.
-    SessionVoucherEqual,
-    /// A voucher for less than was already signed.
-    SessionVoucherLower,
-    /// A voucher for more than the channel holds.
-    SessionVoucherAboveDeposit,
-    /// A voucher, validly signed by the payer, for a channel that was never opened.
-    SessionOtherChannel,
-    /// Adds two requests' worth to the channel on chain and tells the server.
-    SessionTopUp,
-    /// Closes the session with a voucher for what was signed; the remainder must come back
-    /// on chain.
-    SessionClose,
-    /// A voucher on the channel after it was closed.
-    SessionClosedChannel,
-}
+/// What a check sends, by the name its probe gives it (`"send": "wrong_recipient"`). The
+/// runner itself makes [`NONE`] and [`DISCOVERY_DOCUMENT`]; every other attempt is the probe's
+/// own, and a check file may name only those its probe knows ([`Probe::attempt`]).
+///
+/// [`Probe::attempt`]: crate::probe::Probe::attempt
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Attempt(String);
+
+/// No credential: the request a client sends first (the runner's own attempt).
+pub const NONE: &str = "none";
+/// No credential: `GET /openapi.json` at the server's origin, the discovery document (the
+/// runner's own attempt).
+pub const DISCOVERY_DOCUMENT: &str = "discovery_document";
 
 impl Attempt {
-    /// Whether the attempt spends the tester's money (at most once each).
-    pub fn pays(self) -> bool {
-        matches!(
-            self,
-            Attempt::Paid
-                | Attempt::Fresh
-                | Attempt::LowercaseHex
-                | Attempt::SessionOpen
-                | Attempt::SessionTopUp
-        )
+    pub fn new(name: impl Into<String>) -> Self {
+        Attempt(name.into())
     }
 
-    /// Whether the credential answers a 402 of its own rather than the run's first: a
-    /// challenge may be good for one payment only.
-    pub fn answers_a_fresh_challenge(self) -> bool {
-        matches!(self, Attempt::Fresh) || self.is_session()
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
-    /// Whether the attempt is a step of the run's own payment session.
-    pub fn is_session(self) -> bool {
-        matches!(
-            self,
-            Attempt::SessionOpen
-                | Attempt::SessionVoucher
-                | Attempt::SessionVoucherEqual
-                | Attempt::SessionVoucherLower
-                | Attempt::SessionVoucherAboveDeposit
-                | Attempt::SessionOtherChannel
-                | Attempt::SessionTopUp
-                | Attempt::SessionClose
-                | Attempt::SessionClosedChannel
-        )
+    /// Whether the runner makes this attempt itself, without the probe.
+    pub fn is_the_runners(&self) -> bool {
+        self == NONE || self == DISCOVERY_DOCUMENT
     }
+}
+
+impl PartialEq<str> for Attempt {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Attempt {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the runner must know of a probe's attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptKind {
+    /// The attempt spends the tester's money (at most once each): its check is quoted before
+    /// the run, and a failure may be the wallet's.
+    pub pays: bool,
+    /// The credential answers a 402 of its own rather than the run's first: a challenge may
+    /// be good for one payment only.
+    pub fresh_challenge: bool,
 }
 
 /// Where a check sends its credential.
@@ -247,13 +195,6 @@ fn is_default(to: &Destination) -> bool {
     *to == Destination::Same
 }
 
-/// The suite's check files, compiled in.
-const FILES: &[(&str, &str)] = &[
-    ("l402.json", include_str!("../checks/l402.json")),
-    ("x402.json", include_str!("../checks/x402.json")),
-    ("mpp.json", include_str!("../checks/mpp.json")),
-];
-
 /// A check file that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {error}")]
@@ -292,30 +233,106 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Check>, CheckFileError> {
     Ok(checks)
 }
 
-/// Every check of the suite, in file order.
-pub fn all() -> Vec<Check> {
-    FILES
-        .iter()
-        .flat_map(|(file, text)| {
-            parse(file, text).unwrap_or_else(|e| panic!("the compiled-in suite is broken: {e}"))
-        })
-        .collect()
+/// Reads `probe`'s check file ([`parse`]) and its schemas: every check is of its rail and
+/// sends an attempt the runner or the probe makes, and every schema compiles.
+pub fn load(probe: &dyn Probe) -> Result<Vec<Check>, CheckFileError> {
+    let (file, text) = probe.checks();
+    let err = |error: String| CheckFileError { file: file.into(), error };
+    let checks = parse(file, text)?;
+    for c in &checks {
+        if c.rail != probe.rail() {
+            return Err(err(format!(
+                "check {:?} is of rail {:?}, its probe's is {:?}",
+                c.id,
+                c.rail,
+                probe.rail()
+            )));
+        }
+        if !c.send.is_the_runners() && probe.attempt(&c.send).is_none() {
+            return Err(err(format!(
+                "check {:?} sends {:?}, which the {} probe does not make",
+                c.id,
+                c.send.as_str(),
+                probe.rail()
+            )));
+        }
+    }
+    crate::schema::compile(probe.schemas()).map_err(err)?;
+    Ok(checks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::Artifact;
 
     #[test]
-    fn the_suite_parses_and_every_rail_has_its_basics() {
-        let checks = all();
-        for rail in ["l402", "x402", "mpp"] {
-            let of: Vec<&Check> = checks.iter().filter(|c| c.rail == rail).collect();
-            assert!(of.iter().any(|c| c.send == Attempt::None && c.level == Level::MUST), "{rail}");
-            assert!(of.iter().any(|c| c.send == Attempt::Paid), "{rail} has a paid check");
-            assert!(of.iter().any(|c| c.send == Attempt::Malformed), "{rail} rejects garbage");
+    fn the_suite_loads_and_every_rail_has_its_basics() {
+        for probe in crate::probe::builtin::probes(&Default::default()) {
+            let (rail, of) = (probe.rail(), load(probe.as_ref()).unwrap());
+            assert!(of.iter().any(|c| c.send == NONE && c.level == Level::MUST), "{rail}");
+            assert!(of.iter().any(|c| c.send == "paid"), "{rail} has a paid check");
+            assert!(of.iter().any(|c| c.send == "malformed"), "{rail} rejects garbage");
             assert!(of.iter().all(|c| !c.spec.is_empty() && !c.title.is_empty()));
         }
+    }
+
+    /// A probe of rail `x` whose check file is `.0`, making only `forged`.
+    struct Files(String);
+
+    #[async_trait::async_trait]
+    impl Probe for Files {
+        fn rail(&self) -> &'static str {
+            "x"
+        }
+        fn checks(&self) -> (&str, &str) {
+            ("x.json", &self.0)
+        }
+        fn attempt(&self, send: &Attempt) -> Option<AttemptKind> {
+            (send == "forged").then_some(AttemptKind::default())
+        }
+        fn has_challenge(&self, _: &crate::Exchange) -> bool {
+            false
+        }
+        fn artifacts(&self, _: &crate::Exchange, _: &str) -> Result<Vec<Artifact>, String> {
+            Ok(Vec::new())
+        }
+        fn receipt(&self, _: &crate::Exchange) -> Option<Result<Artifact, String>> {
+            None
+        }
+        fn assert(&self, _: &str, _: &crate::Exchange) -> Result<(), String> {
+            Ok(())
+        }
+        fn quote(&self, _: &Attempt, _: &crate::Exchange) -> Option<crate::probe::Quote> {
+            None
+        }
+        fn stated_reason(&self, _: &crate::Exchange) -> Option<String> {
+            None
+        }
+        async fn credential(
+            &self,
+            _: &Attempt,
+            _: &crate::Exchange,
+        ) -> Result<crate::probe::Credential, crate::probe::Unable> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_check_file_names_only_its_rail_and_the_attempts_its_probe_makes() {
+        let check = |rail: &str, send: &str| {
+            format!(
+                r#"[{{"id":"{rail}.a","rail":"{rail}","level":"MUST","spec":"s","title":"t","send":"{send}","expect":{{}}}}]"#
+            )
+        };
+        let load_text = |text: String| load(&Files(text));
+        assert_eq!(load_text(check("x", "forged")).unwrap()[0].send, "forged");
+        assert_eq!(load_text(check("x", NONE)).unwrap()[0].send, NONE);
+        assert_eq!(load_text(check("x", DISCOVERY_DOCUMENT)).unwrap()[0].send, DISCOVERY_DOCUMENT);
+        let unknown = load_text(check("x", "wrong_recipient")).unwrap_err();
+        assert!(unknown.error.contains("does not make"), "{unknown}");
+        let other_rail = load_text(check("y", "forged")).unwrap_err();
+        assert!(other_rail.error.contains("its probe's is"), "{other_rail}");
     }
 
     #[test]

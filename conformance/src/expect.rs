@@ -71,7 +71,7 @@ pub fn evaluate(expect: &Expect, probe: &dyn Probe, exchange: &Exchange) -> Resu
             None => failures.push(format!("no {} receipt", probe.rail())),
             Some(Err(why)) => failures.push(format!("the receipt: {why}")),
             Some(Ok((path, value))) => {
-                if let Err(why) = schema::validate(&path, &value) {
+                if let Err(why) = schema::validate(probe.schemas(), &path, &value) {
                     failures.push(format!("the receipt: {why}"));
                 }
             }
@@ -83,7 +83,7 @@ pub fn evaluate(expect: &Expect, probe: &dyn Probe, exchange: &Exchange) -> Resu
             Ok(artifacts) if artifacts.is_empty() => failures.push(format!("no {kind} to check")),
             Ok(artifacts) => {
                 for (path, value) in artifacts {
-                    if let Err(why) = schema::validate(&path, &value) {
+                    if let Err(why) = schema::validate(probe.schemas(), &path, &value) {
                         failures.push(why);
                     }
                 }
@@ -109,7 +109,7 @@ pub fn problem(exchange: &Exchange) -> Result<String, String> {
         return Err(format!("content type {content_type:?}, expected application/problem+json"));
     }
     let body = exchange.json().ok_or("the problem+json body is not JSON")?;
-    if let Err(why) = schema::validate("problem-details", &body) {
+    if let Err(why) = schema::validate(&[], "problem-details", &body) {
         return Err(format!("the problem body: {why}"));
     }
     Ok(body.get("type").and_then(|t| t.as_str()).unwrap_or("about:blank").to_string())

@@ -2,32 +2,38 @@
 //!
 //! A conformance suite for servers that charge for HTTP with `402 Payment Required`, in the
 //! manner of h2spec: point it at a URL and it tells, check by check, whether the server speaks
-//! L402, x402 and MPP correctly, with the requirement level and the spec each check comes from.
+//! its rails (L402, x402, MPP, or any rail with a probe) correctly, with the requirement level
+//! and the spec each check comes from.
 //!
 //! ```text
-//!  checks/*.json ──► run() ──► for each check of a rail the server offers:
-//!                               probe builds the request (send) ──► server
-//!                               expect (status, challenge, problem+json, headers, receipt,
-//!                                       schemas in specs/schemas, probe assertions)
-//!                  ──► Report ──► table · JSON · JUnit XML
+//!  probes ──► run(target, probes) ──► for each check of a probe whose rail the server offers:
+//!  (checks,                             probe builds the request (send) ──► server
+//!   schemas,                            expect (status, challenge, problem+json, headers,
+//!   attempts,                                   receipt, the probe's schemas and assertions)
+//!   wallet)                 ──► Report ──► table · JSON · JUnit XML
 //! ```
 //!
 //! | module | for |
 //! |---|---|
 //! | [`check`] | checks as data: id, rail, level, spec, what is sent, what is expected |
-//! | [`probe`] | the [`Probe`](probe::Probe) trait and one probe per rail ([`probe::l402`], [`probe::x402`], [`probe::mpp`]) |
+//! | [`probe`] | the [`Probe`] trait and the built-in probes ([`probe::builtin::probes`]: [`probe::l402`], [`probe::x402`], [`probe::mpp`]) |
 //! | [`expect`] | evaluating expectations on an answer |
-//! | [`schema`] | the JSON Schemas of `specs/schemas/`, compiled in |
+//! | [`schema`] | JSON Schemas, compiled in, and validation |
 //! | [`report`] | results as a table for people, JSON and JUnit XML for CI |
 //! | [`misbehave`] | a reference server that misbehaves in controlled ways, to test clients |
 //!
-//! Checks that need money (`paid`, `replay`) run only with a wallet ([`Wallets`]): a Lightning
-//! backend (the dev wallet of `farebox demo --serve`, or any node) and/or an EVM key funded on
-//! the server's chain. Without one they do not run, and the verdict is incomplete, not a pass
+//! The runner keeps no list of rails: a [`Probe`] brings its rail's check file, its schemas,
+//! the attempts it makes (what each `send` of its checks is, and whether it pays) and its
+//! wallet, given when it is made. A rail outside this crate adds a probe in its own crate and
+//! passes it to [`run`]; `examples/rail-prepaid/src/conformance.rs` is the worked example.
+//!
+//! Checks that need money (`paid`, `replay`) run only when the probe has a wallet (the
+//! built-in probes' [`probe::Wallets`]: a Lightning backend and/or an EVM key funded on the
+//! server's chain). Without one they do not run, and the verdict is incomplete, not a pass
 //! ([`Verdict`]); a check whose prerequisite failed (`replay` after `paid`) is inconclusive. A
 //! rail the server does not offer is skipped as a whole, unless it was asked for; a URL that
-//! does not answer 402 is an error, not a green run. Nothing in the suite needs more than the URL and, for paid
-//! checks, the wallet: it runs against any implementation.
+//! does not answer 402 is an error, not a green run. Nothing in the suite needs more than the
+//! URL and, for paid checks, the wallet: it runs against any implementation.
 
 #![forbid(unsafe_code)]
 
@@ -39,14 +45,12 @@ pub mod probe;
 pub mod report;
 pub mod schema;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use farebox_evm::PrivateKeySigner;
-use farebox_lightning::LightningBackend;
 use http::{HeaderMap, StatusCode};
 
 pub use check::{Check, Level};
+pub use probe::Probe;
 pub use report::{CheckResult, Outcome, Report, Tally, Trace, Verdict};
 
 /// Largest response body the runner reads.
@@ -67,32 +71,13 @@ impl Exchange {
     }
 }
 
-/// What the runner may pay with.
-#[derive(Clone, Default)]
-pub struct Wallets {
-    /// Pays Lightning invoices (L402, MPP `lightning` charge).
-    pub lightning: Option<Arc<dyn LightningBackend>>,
-    /// Signs EIP-3009 authorizations (x402 `exact`, MPP `evm` charge); must be funded on the
-    /// server's chain.
-    pub evm: Option<PrivateKeySigner>,
-    /// EIP-712 domains (`name`, `version`) of EIP-3009 tokens, by chain id and address, for MPP
-    /// `evm` challenges that do not name theirs (mppx's); known USDC deployments need none.
-    pub evm_domains: Vec<(u64, farebox_evm::Address, String, String)>,
-    /// The most one payment may cost; a paid check that would pay more does not run.
-    pub max_price: probe::MaxPrice,
-    /// A node of the server's chain, through which the `evm` key opens, tops up and watches
-    /// its own payment channel (MPP `session` checks).
-    pub evm_rpc: Option<farebox_evm::EvmRpc>,
-}
-
 /// What to run against.
 #[derive(Clone)]
 pub struct Target {
     /// A priced URL (it must answer 402 without a credential).
     pub url: reqwest::Url,
-    /// Only these rails (`l402`, `x402`, `mpp`); all when empty.
+    /// Only the probes of these rails (`l402`, `x402`, `mpp`, …); all when empty.
     pub rails: Vec<String>,
-    pub wallets: Wallets,
     /// Timeout of each request.
     pub timeout: Duration,
     /// Another priced route of the same server, for the cross-route checks. Without it the
@@ -102,35 +87,31 @@ pub struct Target {
 
 impl Target {
     pub fn new(url: reqwest::Url) -> Self {
-        Target {
-            url,
-            rails: Vec::new(),
-            wallets: Wallets::default(),
-            timeout: Duration::from_secs(20),
-            other_url: None,
-        }
+        Target { url, rails: Vec::new(), timeout: Duration::from_secs(20), other_url: None }
     }
 }
 
-/// The probes of the suite, one per rail.
-pub fn probes() -> Vec<Box<dyn probe::Probe>> {
-    vec![
-        Box::new(probe::l402::L402Probe::default()),
-        Box::new(probe::x402::X402Probe::default()),
-        Box::new(probe::mpp::MppProbe::default()),
-    ]
+/// The checks of every probe, in probe order and each probe's file order; an error names the
+/// check file that does not load.
+pub fn checks(probes: &[Box<dyn Probe>]) -> Result<Vec<Check>, check::CheckFileError> {
+    let mut all = Vec::new();
+    for probe in probes {
+        all.extend(check::load(probe.as_ref())?);
+    }
+    Ok(all)
 }
 
-/// What the paid checks of a run against `target` would pay (one payment per paying check of a
-/// rail with a wallet), read from the server's 402, to say before the run; an error when the suite could
-/// not run at all. A quote over [`Wallets::max_price`] is not paid: its check does not run.
-pub async fn plan(target: &Target) -> Result<Vec<probe::Quote>, String> {
-    let probes = probes();
+/// What the paid checks of a run of `probes` against `target` would pay (one payment per
+/// paying check of a probe with a wallet), read from the server's 402, to say before the run;
+/// an error when the suite could not run at all. A quote over the probe's cap is not paid: its
+/// check does not run.
+pub async fn plan(target: &Target, probes: &[Box<dyn Probe>]) -> Result<Vec<probe::Quote>, String> {
+    let checks = checks(probes).map_err(|e| e.to_string())?;
     let http = client(target);
-    let discovery = discover(&http, target, &probes).await?;
+    let discovery = discover(&http, target, probes).await?;
     let server = Server::learn(&http, target).await;
     // A check sent to another route runs only when there is one.
-    let checks: Vec<Check> = check::all()
+    let checks: Vec<Check> = checks
         .into_iter()
         .filter(|c| c.to != check::Destination::OtherRoute || server.other_route.is_some())
         .collect();
@@ -140,17 +121,32 @@ pub async fn plan(target: &Target) -> Result<Vec<probe::Quote>, String> {
         .filter(|p| p.has_challenge(&discovery))
         .flat_map(|p| {
             // Each paying check pays at most once: the copies of a race answer one payment.
-            checks.iter().filter(|c| c.rail == p.rail() && c.send.pays()).filter_map(|c| {
-                let quote = p.quote(c.send, &discovery, &target.wallets)?;
+            let paying = checks.iter().filter(|c| c.rail == p.rail() && kind(p.as_ref(), c).pays);
+            paying.filter_map(|c| {
+                let quote = p.quote(&c.send, &discovery)?;
                 Some(probe::Quote { check: c.id.clone(), ..quote })
             })
         })
         .collect())
 }
 
-/// Runs every check of the suite against `target`.
-pub async fn run(target: &Target) -> Report {
-    run_checks(target, &check::all(), &probes()).await
+/// Runs every check of `probes` against `target`. A check file that does not load is the
+/// run's error.
+pub async fn run(target: &Target, probes: &[Box<dyn Probe>]) -> Report {
+    match checks(probes) {
+        Ok(checks) => run_checks(target, &checks, probes).await,
+        Err(e) => Report {
+            target: target.url.to_string(),
+            error: Some(e.to_string()),
+            results: Vec::new(),
+            elapsed: Duration::ZERO,
+        },
+    }
+}
+
+/// What the runner must know of the attempt `check` sends (nothing of its own ones).
+fn kind(probe: &dyn Probe, check: &Check) -> check::AttemptKind {
+    probe.attempt(&check.send).unwrap_or_default()
 }
 
 /// Runs `checks` with `probes` against `target`.
@@ -330,7 +326,7 @@ fn changed_query(url: &reqwest::Url) -> reqwest::Url {
 impl Run<'_> {
     /// Runs one check.
     async fn check(&self, check: &Check, probe: &dyn probe::Probe) -> Found {
-        use check::{Attempt, Destination};
+        use check::Destination;
         let url = match check.to {
             Destination::Same => self.target.url.clone(),
             Destination::ChangedQuery => changed_query(&self.target.url),
@@ -339,10 +335,10 @@ impl Run<'_> {
                 Err(unable) => return unable_found(unable),
             },
         };
-        if check.send == Attempt::None {
+        if check.send == check::NONE {
             return self.judge(check, probe, &url, &[], vec![self.discovery.clone()]);
         }
-        if check.send == Attempt::DiscoveryDocument {
+        if check.send == check::DISCOVERY_DOCUMENT {
             // Published means served: a 404, or a 402 of a server that prices every path, is
             // no document.
             let Some(doc) = self.server.openapi.as_ref().filter(|e| e.status.is_success()) else {
@@ -355,7 +351,7 @@ impl Run<'_> {
         }
         // A fresh payment answers a fresh 402: a challenge may be good for one payment only.
         let fresh;
-        let answering = if check.send.answers_a_fresh_challenge() {
+        let answering = if kind(probe, check).fresh_challenge {
             fresh = match send(self.http, &self.target.url, &[]).await {
                 Ok(e) if probe.has_challenge(&e) => e,
                 Ok(e) => {
@@ -376,7 +372,7 @@ impl Run<'_> {
         } else {
             self.discovery
         };
-        let credential = match probe.credential(check.send, answering, &self.target.wallets).await {
+        let credential = match probe.credential(&check.send, answering).await {
             Ok(c) => c,
             Err(unable) => return unable_found(unable),
         };
@@ -392,17 +388,16 @@ impl Run<'_> {
                 }
             }
         }
-        let wallets = &self.target.wallets;
-        let learnt = probe.answered(check.send, &answers, wallets).await;
+        let learnt = probe.answered(&check.send, &answers).await;
         let (outcome, stated, traces) =
             match (self.judge(check, probe, &url, &credential, answers), learnt) {
                 ((Outcome::Pass, stated, traces), Err(why)) => (Outcome::Fail(why), stated, traces),
                 (found, _) => found,
             };
         // A paid check that failed may say more of the tester's wallet than of the server.
-        if check.send.pays()
+        if kind(probe, check).pays
             && matches!(outcome, Outcome::Fail(_))
-            && let Some(cause) = probe.wallet_cause(check.send, answering, wallets).await
+            && let Some(cause) = probe.wallet_cause(&check.send, answering).await
         {
             return (Outcome::Inconclusive(cause), stated, traces);
         }
@@ -458,7 +453,7 @@ impl Run<'_> {
             _ if !refused.is_empty()
                 && stated.as_deref().is_some_and(expect::for_want_of_funds) =>
             {
-                Outcome::Inconclusive(if check.send.pays() {
+                Outcome::Inconclusive(if kind(probe, check).pays {
                     "the server says the payer has insufficient funds: fund the wallet's key on the server's chain and asset".into()
                 } else {
                     "refused for want of funds, which proves nothing of the rule under test: give a funded wallet".into()

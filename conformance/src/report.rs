@@ -486,7 +486,7 @@ mod tests {
             level,
             spec: "spec <§1>".into(),
             title: "a \"title\"".into(),
-            send: Attempt::None,
+            send: Attempt::new(crate::check::NONE),
             to: Default::default(),
             copies: 1,
             requires: None,

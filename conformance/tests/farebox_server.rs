@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use farebox_conformance::{Outcome, Target, Wallets};
+use farebox_conformance::probe::builtin::{Wallets, probes};
+use farebox_conformance::{Outcome, Target};
 use farebox_core::{Asset, Money, Price};
 use farebox_evm::U256;
 use farebox_evm::anvil::Anvil;
@@ -87,14 +88,14 @@ async fn farebox_passes_every_check_of_every_rail() {
 
     let mut target = Target::new(format!("{base}/data").parse().unwrap());
     target.other_url = Some(format!("{base}/other").parse().unwrap());
-    target.wallets = Wallets {
+    let wallets = Wallets {
         lightning: Some(wallet_node.clone()),
         evm: Some(payer.clone()),
         evm_rpc: Some(rpc.clone()),
         ..Wallets::default()
     };
     let started = Instant::now();
-    let report = farebox_conformance::run(&target).await;
+    let report = farebox_conformance::run(&target, &probes(&wallets)).await;
     let took = started.elapsed();
     println!("{}", report.table());
 

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use farebox_conformance::{Outcome, Target, Wallets};
+use farebox_conformance::probe::builtin::{Wallets, probes};
+use farebox_conformance::{Outcome, Target};
 use farebox_core::{Money, Price};
 use farebox_lightning::{DevNetwork, DevNode};
 use farebox_mpp::{MppConfig, MppRail};
@@ -88,9 +89,8 @@ async fn run(memory: Memory, doc: Value) -> (farebox_conformance::Report, Arc<De
     let server_node = Arc::new(DevNode::random(&network, 0));
     let wallet = Arc::new(DevNode::random(&network, 1_000_000));
     let url = serve(server_node.clone(), memory, doc).await;
-    let mut target = Target::new(url);
-    target.wallets = Wallets { lightning: Some(wallet), ..Wallets::default() };
-    let report = farebox_conformance::run(&target).await;
+    let wallets = Wallets { lightning: Some(wallet), ..Wallets::default() };
+    let report = farebox_conformance::run(&Target::new(url), &probes(&wallets)).await;
     println!("{}", report.table());
     (report, server_node)
 }

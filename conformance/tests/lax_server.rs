@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use axum::body::Body;
+use farebox_conformance::probe::builtin::{Wallets, probes};
 use farebox_conformance::{Level, Outcome, Target};
 use farebox_core::{ErrorKind, Money, PaymentError, Price};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
@@ -65,7 +66,8 @@ async fn a_server_that_serves_any_credential_fails_the_musts() {
     );
     let url = serve_lax(paywall).await;
 
-    let report = farebox_conformance::run(&Target::new(url.parse().unwrap())).await;
+    let target = Target::new(url.parse().unwrap());
+    let report = farebox_conformance::run(&target, &probes(&Wallets::default())).await;
     println!("{}", report.table());
     assert!(!report.passed(false), "a server that checks nothing must fail");
     for id in [
@@ -135,9 +137,9 @@ async fn a_session_server_that_serves_any_voucher_fails_the_session_musts() {
 
     let mut target = Target::new(url.parse().unwrap());
     target.rails = vec!["mpp".into()];
-    target.wallets.evm = Some(payer.clone());
-    target.wallets.evm_rpc = Some(rpc.clone());
-    let report = farebox_conformance::run(&target).await;
+    let wallets =
+        Wallets { evm: Some(payer.clone()), evm_rpc: Some(rpc.clone()), ..Wallets::default() };
+    let report = farebox_conformance::run(&target, &probes(&wallets)).await;
     println!("{}", report.table());
     // Served it is, but with no receipt; and whatever it should refuse it serves.
     assert_eq!(report.get("mpp.session.open").unwrap().outcome, Outcome::Pass);

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use farebox_conformance::{Outcome, Target, Verdict, Wallets};
+use farebox_conformance::probe::builtin::{Wallets, probes};
+use farebox_conformance::{Outcome, Target, Verdict};
 use farebox_core::{Money, Price};
 use farebox_l402::{DerivedRootKeys, L402Config, L402Rail};
 use farebox_lightning::{DevNetwork, DevNode};
@@ -50,10 +51,8 @@ async fn lightning_server(network: &DevNetwork) -> (reqwest::Url, Arc<DevNode>) 
     (serve(app, "/data").await, node)
 }
 
-fn with_wallet(url: reqwest::Url, wallet: Arc<DevNode>) -> Target {
-    let mut target = Target::new(url);
-    target.wallets = Wallets { lightning: Some(wallet), ..Wallets::default() };
-    target
+fn with_wallet(wallet: Arc<DevNode>) -> Wallets {
+    Wallets { lightning: Some(wallet), ..Wallets::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +60,7 @@ async fn a_url_that_does_not_answer_402_fails_the_run() {
     let network = DevNetwork::new();
     let (url, _) = lightning_server(&network).await;
     let free = url.join("/free").unwrap();
-    let report = farebox_conformance::run(&Target::new(free)).await;
+    let report = farebox_conformance::run(&Target::new(free), &probes(&Wallets::default())).await;
     assert_eq!(report.verdict(false), Verdict::Error, "{}", report.table());
     assert_ne!(report.verdict(false).exit_status(), 0);
     assert!(report.results.is_empty(), "nothing was checked, so nothing is reported as checked");
@@ -70,7 +69,8 @@ async fn a_url_that_does_not_answer_402_fails_the_run() {
     assert_eq!(json["verdict"], "error");
     // Nor does a URL where nothing answers.
     let nothing = "http://127.0.0.1:9/data".parse().unwrap();
-    let report = farebox_conformance::run(&Target::new(nothing)).await;
+    let report =
+        farebox_conformance::run(&Target::new(nothing), &probes(&Wallets::default())).await;
     assert_eq!(report.verdict(false), Verdict::Error);
 }
 
@@ -80,15 +80,16 @@ async fn a_rail_the_server_does_not_offer_fails_the_run() {
     let (url, _) = lightning_server(&network).await;
     let mut target = Target::new(url);
     target.rails = vec!["x402".into()];
-    let report = farebox_conformance::run(&target).await;
+    let builtin = || probes(&Wallets::default());
+    let report = farebox_conformance::run(&target, &builtin()).await;
     assert_eq!(report.verdict(false), Verdict::Error, "{}", report.table());
     assert!(report.results.is_empty());
     // A rail the suite does not know is as much an error.
     target.rails = vec!["bitcoin".into()];
-    assert_eq!(farebox_conformance::run(&target).await.verdict(false), Verdict::Error);
+    assert_eq!(farebox_conformance::run(&target, &builtin()).await.verdict(false), Verdict::Error);
     // One it offers runs.
     target.rails = vec!["l402".into()];
-    let report = farebox_conformance::run(&target).await;
+    let report = farebox_conformance::run(&target, &builtin()).await;
     assert_ne!(report.verdict(false), Verdict::Error);
     assert!(report.results.iter().all(|r| r.rail == "l402") && !report.results.is_empty());
 }
@@ -97,7 +98,7 @@ async fn a_rail_the_server_does_not_offer_fails_the_run() {
 async fn must_checks_that_could_not_run_make_the_verdict_incomplete() {
     let network = DevNetwork::new();
     let (url, node) = lightning_server(&network).await;
-    let report = farebox_conformance::run(&Target::new(url)).await;
+    let report = farebox_conformance::run(&Target::new(url), &probes(&Wallets::default())).await;
     println!("{}", report.table());
     assert_eq!(report.verdict(false), Verdict::Incomplete);
     assert_eq!(report.verdict(false).exit_status(), 3);
@@ -114,7 +115,8 @@ async fn a_penniless_wallet_blames_the_wallet_and_replay_is_inconclusive() {
     let network = DevNetwork::new();
     let (url, node) = lightning_server(&network).await;
     let penniless = Arc::new(DevNode::random(&network, 0));
-    let report = farebox_conformance::run(&with_wallet(url, penniless)).await;
+    let report =
+        farebox_conformance::run(&Target::new(url), &probes(&with_wallet(penniless))).await;
     println!("{}", report.table());
     assert_eq!(report.verdict(false), Verdict::Incomplete, "the server did nothing wrong");
     for (paid, replay) in [("l402.paid", "l402.reuse"), ("mpp.paid", "mpp.replay")] {
@@ -136,17 +138,18 @@ async fn paid_checks_spend_no_more_than_max_price() {
     let network = DevNetwork::new();
     let (url, node) = lightning_server(&network).await;
     let wallet = Arc::new(DevNode::random(&network, 1_000_000));
-    let mut target = with_wallet(url, wallet);
-    target.wallets.max_price.set("9sat").unwrap();
-    let quotes = farebox_conformance::plan(&target).await.unwrap();
+    let target = Target::new(url);
+    let mut wallets = with_wallet(wallet);
+    wallets.max_price.set("9sat").unwrap();
+    let quotes = farebox_conformance::plan(&target, &probes(&wallets)).await.unwrap();
     // L402's `paid`; MPP's `paid` and the new payment its race of copies answers.
     assert_eq!(
         quotes.len(),
         3,
         "the run says up front what each paying check would pay: {quotes:?}"
     );
-    assert!(quotes.iter().all(|q| q.amount == 10_000 && !q.within(&target.wallets.max_price)));
-    let report = farebox_conformance::run(&target).await;
+    assert!(quotes.iter().all(|q| q.amount == 10_000 && !q.within(&wallets.max_price)));
+    let report = farebox_conformance::run(&target, &probes(&wallets)).await;
     println!("{}", report.table());
     assert!(node.settled_invoices().is_empty(), "nothing paid over the cap");
     for id in ["l402.paid", "mpp.paid", "mpp.flow.concurrent_copies"] {
@@ -155,8 +158,8 @@ async fn paid_checks_spend_no_more_than_max_price() {
     assert_eq!(report.verdict(false), Verdict::Incomplete);
 
     // At the price, each paying check pays once.
-    target.wallets.max_price.set("10sat").unwrap();
-    let report = farebox_conformance::run(&target).await;
+    wallets.max_price.set("10sat").unwrap();
+    let report = farebox_conformance::run(&target, &probes(&wallets)).await;
     assert_eq!(report.verdict(true), Verdict::Pass, "{}", report.table());
     assert_eq!(node.settled_invoices().len(), 3);
     let paid: u64 = node.settled_invoices().iter().map(|i| i.amount_msat).sum();
@@ -207,7 +210,7 @@ async fn x402_refusing_and_keeping(
 async fn a_refusal_for_another_reason_than_the_rule_proves_nothing() {
     // Refused for want of funds: the refusal checks prove nothing, and say so.
     let url = x402_refusing_with("insufficient_funds").await;
-    let report = farebox_conformance::run(&Target::new(url)).await;
+    let report = farebox_conformance::run(&Target::new(url), &probes(&Wallets::default())).await;
     println!("{}", report.table());
     for id in ["x402.reject.unknown_version", "x402.reject.wrong_recipient", "x402.reject.expired"]
     {
@@ -219,7 +222,7 @@ async fn a_refusal_for_another_reason_than_the_rule_proves_nothing() {
 
     // Refused for a reason that is another rule's: only that rule's check passes.
     let url = x402_refusing_with("invalid_exact_evm_payload_recipient_mismatch").await;
-    let report = farebox_conformance::run(&Target::new(url)).await;
+    let report = farebox_conformance::run(&Target::new(url), &probes(&Wallets::default())).await;
     assert_eq!(report.get("x402.reject.wrong_recipient").unwrap().outcome, Outcome::Pass);
     for id in ["x402.reject.unknown_version", "x402.reject.expired", "x402.reject.wrong_amount"] {
         assert!(matches!(report.get(id).unwrap().outcome, Outcome::Fail(_)), "{id}");
@@ -232,7 +235,7 @@ async fn the_json_report_carries_every_exchange_with_secrets_redacted() {
     let network = DevNetwork::new();
     let (url, node) = lightning_server(&network).await;
     let wallet = Arc::new(DevNode::random(&network, 1_000_000));
-    let report = farebox_conformance::run(&with_wallet(url, wallet)).await;
+    let report = farebox_conformance::run(&Target::new(url), &probes(&with_wallet(wallet))).await;
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     let result = |id: &str| {
         json["results"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap().clone()
@@ -269,7 +272,7 @@ async fn refusal_payments_name_addresses_as_reference_clients_do() {
     use base64::Engine as _;
     let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
     let url = x402_refusing_and_keeping("invalid_payload", kept.clone()).await;
-    farebox_conformance::run(&Target::new(url)).await;
+    farebox_conformance::run(&Target::new(url), &probes(&Wallets::default())).await;
     let payloads: Vec<serde_json::Value> = kept
         .lock()
         .unwrap()

@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
+use farebox_conformance::probe::builtin::{Wallets, probes};
 use farebox_conformance::{Outcome, Target, Verdict};
 use farebox_core::{Money, Price};
 use farebox_evm::U256;
@@ -50,10 +51,10 @@ async fn an_unfunded_key_is_blamed_rather_than_the_server() {
     let url = format!("http://{}/data", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let mut target = Target::new(url.parse().unwrap());
-    target.wallets.evm = Some(unfunded.clone());
-    target.wallets.evm_rpc = Some(rpc.clone());
-    let report = farebox_conformance::run(&target).await;
+    let target = Target::new(url.parse().unwrap());
+    let wallets =
+        Wallets { evm: Some(unfunded.clone()), evm_rpc: Some(rpc.clone()), ..Wallets::default() };
+    let report = farebox_conformance::run(&target, &probes(&wallets)).await;
     println!("{}", report.table());
     for id in ["mpp.paid", "mpp.session.open"] {
         let outcome = &report.get(id).unwrap().outcome;

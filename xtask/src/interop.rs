@@ -715,10 +715,14 @@ async fn conformance_of_peer(
 async fn conformance(world: &World, url: &str, rail: &str, findings: &str) -> Result<String> {
     let mut target = farebox_conformance::Target::new(url.parse()?);
     target.rails = vec![rail.to_string()];
-    target.wallets.evm = Some(world.payer.clone());
-    target.wallets.evm_rpc = Some(world.rpc.clone());
-    target.wallets.evm_domains = vec![(CHAIN_ID, world.token, "USDC".into(), "2".into())];
-    let report = farebox_conformance::run(&target).await;
+    let wallets = farebox_conformance::probe::builtin::Wallets {
+        evm: Some(world.payer.clone()),
+        evm_rpc: Some(world.rpc.clone()),
+        evm_domains: vec![(CHAIN_ID, world.token, "USDC".into(), "2".into())],
+        ..Default::default()
+    };
+    let probes = farebox_conformance::probe::builtin::probes(&wallets);
+    let report = farebox_conformance::run(&target, &probes).await;
     let dir = tools::workspace_root().join("target").join("interop");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("conformance-{findings}.txt")), report.table())?;

@@ -15,15 +15,25 @@ use farebox_lightning::bolt11;
 use http::header::AUTHORIZATION;
 use serde_json::{Map, Value};
 
-use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value, www_authenticate};
-use crate::check::Attempt;
-use crate::{Exchange, Wallets};
+use super::builtin::{Attempt, Wallets};
+use super::{
+    Artifact, Credential, Probe, Quote, Schema, Unable, oversized, value, www_authenticate,
+};
+use crate::Exchange;
+use crate::check::{self, AttemptKind};
 
-/// The L402 probe. Keeps the token it paid for.
-#[derive(Default)]
+/// The L402 probe. Pays with the Lightning wallet; keeps the token it paid for.
 pub struct L402Probe {
+    wallets: Wallets,
     paid: Mutex<Option<(String, [u8; 32])>>,
 }
+
+/// The L402 schemas.
+const SCHEMAS: &[Schema] = &[
+    ("l402/caveats", include_str!("../../../specs/schemas/l402/caveats.json")),
+    ("l402/challenge", include_str!("../../../specs/schemas/l402/challenge.json")),
+    ("l402/receipt", include_str!("../../../specs/schemas/l402/receipt.json")),
+];
 
 fn challenges(exchange: &Exchange) -> Vec<AuthChallenge> {
     auth::parse_challenges(www_authenticate(&exchange.headers))
@@ -48,12 +58,14 @@ fn raw(text: &str) -> Result<Credential, Unable> {
 }
 
 impl L402Probe {
+    /// A probe paying with `wallets.lightning`, within `wallets.max_price`.
+    pub fn new(wallets: Wallets) -> Self {
+        L402Probe { wallets, paid: Mutex::default() }
+    }
+
     /// Pays the discovery invoice once and keeps the token.
-    async fn paid(
-        &self,
-        discovery: &Exchange,
-        wallets: &Wallets,
-    ) -> Result<(String, [u8; 32]), Unable> {
+    async fn paid(&self, discovery: &Exchange) -> Result<(String, [u8; 32]), Unable> {
+        let wallets = &self.wallets;
         if let Some(token) = self.paid.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Ok(token);
         }
@@ -64,7 +76,7 @@ impl L402Probe {
         };
         let c = first(discovery)?;
         let quote = self
-            .quote(Attempt::Paid, discovery, wallets)
+            .quote(&check::Attempt::new("paid"), discovery)
             .ok_or_else(|| Unable::Fail("the L402 invoice is not BOLT11 with an amount".into()))?;
         quote.allowed(&wallets.max_price)?;
         let paid = wallet
@@ -83,12 +95,24 @@ impl Probe for L402Probe {
         "l402"
     }
 
+    fn checks(&self) -> (&str, &str) {
+        ("l402.json", include_str!("../../checks/l402.json"))
+    }
+
+    fn schemas(&self) -> &'static [Schema] {
+        SCHEMAS
+    }
+
+    fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
+        Attempt::of(send).map(Attempt::kind)
+    }
+
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         !challenges(exchange).is_empty()
     }
 
-    fn quote(&self, _send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
-        wallets.lightning.as_ref()?;
+    fn quote(&self, _send: &check::Attempt, discovery: &Exchange) -> Option<Quote> {
+        self.wallets.lightning.as_ref()?;
         let invoice = bolt11::parse_invoice(&first(discovery).ok()?.invoice).ok()?;
         Some(Quote::msat("l402.paid", invoice.amount_msat?))
     }
@@ -147,11 +171,10 @@ impl Probe for L402Probe {
 
     async fn credential(
         &self,
-        send: Attempt,
+        send: &check::Attempt,
         discovery: &Exchange,
-        wallets: &Wallets,
     ) -> Result<Credential, Unable> {
-        match send {
+        match Attempt::parse(send)? {
             Attempt::Malformed => raw("L402 !!not-a-macaroon!!:zz"),
             Attempt::Truncated => {
                 let c = first(discovery)?;
@@ -162,7 +185,7 @@ impl Probe for L402Probe {
             Attempt::Tampered => {
                 // The paid token with its macaroon altered: without a payment the preimage
                 // would be wrong too, and a refusal would not show the macaroon is checked.
-                let (macaroon, preimage) = self.paid(discovery, wallets).await?;
+                let (macaroon, preimage) = self.paid(discovery).await?;
                 let mut bytes = farebox_l402::macaroon::decode_base64(&macaroon)
                     .map_err(|e| Unable::Fail(format!("the challenge macaroon: {e}")))?;
                 // The signature is the last field of a V2 macaroon.
@@ -172,7 +195,7 @@ impl Probe for L402Probe {
                 bearer(&base64::engine::general_purpose::STANDARD.encode(&bytes), &preimage)
             }
             Attempt::Paid | Attempt::Replay => {
-                let (macaroon, preimage) = self.paid(discovery, wallets).await?;
+                let (macaroon, preimage) = self.paid(discovery).await?;
                 bearer(&macaroon, &preimage)
             }
             other => Err(Unable::Skip(format!("{other:?} has no meaning for L402"))),

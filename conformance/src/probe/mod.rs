@@ -1,10 +1,12 @@
 //! Rail probes: the rail-specific half of the suite.
 //!
 //! The runner is rail-neutral: it sends requests, evaluates expectations, and reports. What a
-//! rail's challenge looks like, how each [`Attempt`] is built from it, what its receipt is and which
-//! schema each artifact is checked against is a [`Probe`]'s job. A new rail adds a check file in
-//! `conformance/checks/` and a probe here; the runner does not change.
+//! rail's checks are, what its challenge looks like, how each [`Attempt`] is built from it, what
+//! its receipt is and which schema each artifact is checked against is a [`Probe`]'s job. A new
+//! rail brings a probe, in this crate or its own (the prepaid example rail's is in
+//! `examples/rail-prepaid/src/conformance.rs`); the runner does not change.
 
+pub mod builtin;
 pub mod l402;
 pub mod mpp;
 pub mod x402;
@@ -15,8 +17,9 @@ use serde_json::Value;
 
 use farebox_evm::{Address, U256};
 
-use crate::check::Attempt;
-use crate::{Exchange, Wallets};
+use crate::Exchange;
+use crate::check::{Attempt, AttemptKind};
+pub use builtin::Wallets;
 
 /// What a probe could not do for a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,11 +159,31 @@ pub type Credential = Vec<(http::HeaderName, http::HeaderValue)>;
 /// `.json`) and the value.
 pub type Artifact = (String, Value);
 
-/// The rail-specific half of the suite.
+/// A JSON Schema a probe brings: its path (`<rail>/receipt`, without `.json`), as artifacts
+/// name it, and its text.
+pub type Schema = (&'static str, &'static str);
+
+/// The rail-specific half of the suite. A probe is made with whatever it pays with (its
+/// wallet configuration) and keeps what one run paid for, so a run gets fresh probes.
 #[async_trait]
 pub trait Probe: Send + Sync {
     /// The rail, as the checks name it.
     fn rail(&self) -> &'static str;
+
+    /// The probe's check file: its name (for errors) and its text, a JSON array of checks of
+    /// [`Probe::rail`] (see [`crate::check`]).
+    fn checks(&self) -> (&str, &str);
+
+    /// The JSON Schemas the probe's artifacts and receipts are checked against, besides the
+    /// runner's own ([`crate::schema::GENERIC`]).
+    fn schemas(&self) -> &'static [Schema] {
+        &[]
+    }
+
+    /// What the runner must know of the attempt `send`, if the probe makes it; a check file
+    /// that names one it does not make does not load. [`crate::check::NONE`] and
+    /// [`crate::check::DISCOVERY_DOCUMENT`] are the runner's own.
+    fn attempt(&self, send: &Attempt) -> Option<AttemptKind>;
 
     /// Whether `exchange` carries a challenge of this rail.
     fn has_challenge(&self, exchange: &Exchange) -> bool;
@@ -175,9 +198,9 @@ pub trait Probe: Send + Sync {
     /// A rail-specific assertion by name, on the 402 the discovery request got.
     fn assert(&self, name: &str, exchange: &Exchange) -> Result<(), String>;
 
-    /// What a check sending `send` (one that [`Attempt::pays`]) would pay with `wallets`, read
-    /// from the 402; `None` when no wallet given can pay any of its offers.
-    fn quote(&self, send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote>;
+    /// What a check sending `send` (one that [`AttemptKind::pays`]) would pay, read from the
+    /// 402; `None` when the probe's wallet cannot pay any of its offers.
+    fn quote(&self, send: &Attempt, discovery: &Exchange) -> Option<Quote>;
 
     /// The reason the server stated for refusing `exchange` (x402 `error` or code, MPP problem
     /// type, L402 problem code), as it stated it.
@@ -185,43 +208,27 @@ pub trait Probe: Send + Sync {
 
     /// The request headers that make `send`, built from the 402 the discovery request got.
     /// `paid` proofs are kept by the probe for a later `replay`.
-    async fn credential(
-        &self,
-        send: Attempt,
-        discovery: &Exchange,
-        wallets: &Wallets,
-    ) -> Result<Credential, Unable>;
+    async fn credential(&self, send: &Attempt, discovery: &Exchange) -> Result<Credential, Unable>;
 
     /// The answers the credential of `send` got, before they are judged: what the probe
     /// learns from them (which steps of a session were served) and what only the chain can
     /// show about them (`Err` fails the check: a close that returned too little).
-    async fn answered(
-        &self,
-        _send: Attempt,
-        _answers: &[Exchange],
-        _wallets: &Wallets,
-    ) -> Result<(), String> {
+    async fn answered(&self, _send: &Attempt, _answers: &[Exchange]) -> Result<(), String> {
         Ok(())
     }
 
     /// Why the tester's wallet, rather than the server, may be why the paying check `send`
-    /// failed, read from the tester's own node: by default, a key that holds less of a token
-    /// on the server's chain than the payment (unfunded, or funded on another chain or in
-    /// another asset). `None` when the wallet is not to blame, or nothing can tell.
-    async fn wallet_cause(
-        &self,
-        send: Attempt,
-        answering: &Exchange,
-        wallets: &Wallets,
-    ) -> Option<String> {
-        let quote = self.quote(send, answering, wallets)?;
-        evm_wallet_cause(&quote, wallets).await
+    /// failed, read from the tester's own node. `None` (the default) when the wallet is not to
+    /// blame, or nothing can tell.
+    async fn wallet_cause(&self, _send: &Attempt, _answering: &Exchange) -> Option<String> {
+        None
     }
 }
 
-/// A key that holds less of the quoted token, on the quote's chain, than the quote: read
-/// from the tester's node (`--wallet evm-rpc`), when it is on that chain.
-async fn evm_wallet_cause(quote: &Quote, wallets: &Wallets) -> Option<String> {
+/// A key that holds less of the quoted token, on the quote's chain, than the quote (unfunded,
+/// or funded on another chain or in another asset): read from the tester's node
+/// (`--wallet evm-rpc`), when it is on that chain.
+pub(crate) async fn evm_wallet_cause(quote: &Quote, wallets: &Wallets) -> Option<String> {
     let (key, rpc) = (wallets.evm.as_ref()?, wallets.evm_rpc.as_ref()?);
     let (chain, token) = quote.unit.strip_prefix("eip155:")?.split_once('/')?;
     let (chain, token): (u64, Address) = (chain.parse().ok()?, token.parse().ok()?);

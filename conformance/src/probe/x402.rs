@@ -18,19 +18,85 @@ use farebox_evm::{Address, B256, PrivateKeySigner, U256};
 use http::HeaderName;
 use serde_json::{Value, json};
 
-use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value};
-use crate::check::Attempt;
-use crate::{Exchange, Wallets};
+use super::builtin::{Attempt, Wallets};
+use super::{Artifact, Credential, Probe, Quote, Schema, Unable, oversized, value};
+use crate::Exchange;
+use crate::check::{self, AttemptKind};
 
 const PAYMENT_REQUIRED: &str = "payment-required";
 const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static("payment-signature");
 const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
 
-/// The x402 probe. Keeps the payment it made, for `replay`.
-#[derive(Default)]
+/// The x402 probe. Pays with the EVM key; keeps the payment it made, for `replay`.
 pub struct X402Probe {
+    wallets: Wallets,
     paid: Mutex<Option<Credential>>,
 }
+
+impl X402Probe {
+    /// A probe paying with `wallets.evm`, within `wallets.max_price`, that reads the key's
+    /// balance through `wallets.evm_rpc`.
+    pub fn new(wallets: Wallets) -> Self {
+        X402Probe { wallets, paid: Mutex::default() }
+    }
+}
+
+/// The x402 schemas.
+const SCHEMAS: &[Schema] = &[
+    ("x402/exact-evm-payload", include_str!("../../../specs/schemas/x402/exact-evm-payload.json")),
+    (
+        "x402/facilitator/settle-request",
+        include_str!("../../../specs/schemas/x402/facilitator/settle-request.json"),
+    ),
+    (
+        "x402/facilitator/settle-response",
+        include_str!("../../../specs/schemas/x402/facilitator/settle-response.json"),
+    ),
+    (
+        "x402/facilitator/supported-response",
+        include_str!("../../../specs/schemas/x402/facilitator/supported-response.json"),
+    ),
+    (
+        "x402/facilitator/verify-request",
+        include_str!("../../../specs/schemas/x402/facilitator/verify-request.json"),
+    ),
+    (
+        "x402/facilitator/verify-response",
+        include_str!("../../../specs/schemas/x402/facilitator/verify-response.json"),
+    ),
+    (
+        "x402/v1/payment-payload",
+        include_str!("../../../specs/schemas/x402/v1/payment-payload.json"),
+    ),
+    (
+        "x402/v1/payment-required",
+        include_str!("../../../specs/schemas/x402/v1/payment-required.json"),
+    ),
+    (
+        "x402/v1/payment-requirements",
+        include_str!("../../../specs/schemas/x402/v1/payment-requirements.json"),
+    ),
+    (
+        "x402/v1/settle-response",
+        include_str!("../../../specs/schemas/x402/v1/settle-response.json"),
+    ),
+    (
+        "x402/v2/payment-payload",
+        include_str!("../../../specs/schemas/x402/v2/payment-payload.json"),
+    ),
+    (
+        "x402/v2/payment-required",
+        include_str!("../../../specs/schemas/x402/v2/payment-required.json"),
+    ),
+    (
+        "x402/v2/payment-requirements",
+        include_str!("../../../specs/schemas/x402/v2/payment-requirements.json"),
+    ),
+    (
+        "x402/v2/settle-response",
+        include_str!("../../../specs/schemas/x402/v2/settle-response.json"),
+    ),
+];
 
 /// The payment requirements of a 402, as sent.
 enum Required {
@@ -188,12 +254,24 @@ impl Probe for X402Probe {
         "x402"
     }
 
+    fn checks(&self) -> (&str, &str) {
+        ("x402.json", include_str!("../../checks/x402.json"))
+    }
+
+    fn schemas(&self) -> &'static [Schema] {
+        SCHEMAS
+    }
+
+    fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
+        Attempt::of(send).map(Attempt::kind)
+    }
+
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         required(exchange).is_some()
     }
 
-    fn quote(&self, _send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
-        wallets.evm.as_ref()?;
+    fn quote(&self, _send: &check::Attempt, discovery: &Exchange) -> Option<Quote> {
+        self.wallets.evm.as_ref()?;
         let t = exact_evm(&required(discovery)?)?;
         Some(Quote::token("x402.paid", t.amount, t.chain_id, t.asset))
     }
@@ -252,10 +330,10 @@ impl Probe for X402Probe {
 
     async fn credential(
         &self,
-        send: Attempt,
+        send: &check::Attempt,
         discovery: &Exchange,
-        wallets: &Wallets,
     ) -> Result<Credential, Unable> {
+        let (send, wallets) = (Attempt::parse(send)?, &self.wallets);
         let r = required(discovery)
             .ok_or_else(|| Unable::Fail("no payment requirements to answer".into()))?;
         let name = match r {
@@ -354,5 +432,9 @@ impl Probe for X402Probe {
             }
             other => Err(Unable::Skip(format!("{other:?} has no meaning for x402"))),
         }
+    }
+
+    async fn wallet_cause(&self, send: &check::Attempt, answering: &Exchange) -> Option<String> {
+        super::evm_wallet_cause(&self.quote(send, answering)?, &self.wallets).await
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use farebox_conformance::clients::{self, CommandClient};
 use farebox_conformance::misbehave::evm::{CHAIN_ID, Chain, EvmServer, scenarios_on};
-use farebox_conformance::{Target, Wallets};
+use farebox_conformance::probe::builtin::{self, Wallets};
+use farebox_conformance::{Probe, Target};
 use farebox_evm::PrivateKeySigner;
 
 use farebox_lightning::dev_wallet::RemoteDevWallet;
@@ -113,12 +114,13 @@ async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
     target.rails = args.rails.clone();
     target.other_url = args.other_url.clone();
     target.timeout = Duration::from_secs(args.timeout);
-    target.wallets = wallets(&args.wallets).await?;
+    let mut wallets = wallets(&args.wallets).await?;
     for cap in &args.max_price {
-        target.wallets.max_price.set(cap).map_err(anyhow::Error::msg)?;
+        wallets.max_price.set(cap).map_err(anyhow::Error::msg)?;
     }
-    say_what_it_pays(&target).await;
-    let report = farebox_conformance::run(&target).await;
+    let probes = builtin::probes(&wallets);
+    say_what_it_pays(&target, &probes, &wallets).await;
+    let report = farebox_conformance::run(&target, &probes).await;
     print!("{}", report.table_with(args.verbose));
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
@@ -132,9 +134,9 @@ async fn run_inner(args: ConformanceArgs) -> anyhow::Result<u8> {
 }
 
 /// What the run will pay, before it pays anything.
-async fn say_what_it_pays(target: &Target) {
-    let max = &target.wallets.max_price;
-    let Ok(quotes) = farebox_conformance::plan(target).await else {
+async fn say_what_it_pays(target: &Target, probes: &[Box<dyn Probe>], wallets: &Wallets) {
+    let max = &wallets.max_price;
+    let Ok(quotes) = farebox_conformance::plan(target, probes).await else {
         return; // the run reports why it cannot run
     };
     if quotes.is_empty() {
@@ -147,7 +149,7 @@ async fn say_what_it_pays(target: &Target) {
             if q.within(max) { "pays" } else { "would pay, over the cap, so it will not run:" };
         println!("  {} {verb} {}", q.check, q.describe());
     }
-    if target.wallets.evm.is_some() {
+    if wallets.evm.is_some() {
         println!(
             "  x402 refusal checks are signed by your key: a server that wrongly accepts one may take up to its price (+1 base unit) each"
         );

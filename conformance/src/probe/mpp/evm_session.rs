@@ -33,9 +33,9 @@ use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_mpp::{Challenge, Credential as MppCredential, evm::charge as evm_charge};
 
 use super::{authorization, challenges};
-use crate::check::Attempt;
+use crate::Exchange;
+use crate::probe::builtin::{Attempt, Wallets};
 use crate::probe::{Credential, Quote, Unable};
-use crate::{Exchange, Wallets};
 use farebox_mpp::evm::escrow::EscrowRpc;
 
 /// How many requests' worth the channel is opened with, and topped up by.

@@ -19,15 +19,18 @@ use farebox_mpp::{Challenge, Credential as MppCredential, jcs, time};
 use http::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 
+use super::builtin::{Attempt, Wallets};
 use super::x402::random_key;
-use super::{Artifact, Credential, Probe, Quote, Unable, oversized, value, www_authenticate};
-use crate::check::Attempt;
-use crate::{Exchange, Wallets};
+use super::{
+    Artifact, Credential, Probe, Quote, Schema, Unable, oversized, value, www_authenticate,
+};
+use crate::Exchange;
+use crate::check::{self, AttemptKind};
 
-/// The MPP probe. Keeps the credential it paid with, for `replay`, and the preference it
-/// sent in `Accept-Payment`, to judge the answer.
-#[derive(Default)]
+/// The MPP probe. Pays with the Lightning wallet or the EVM key; keeps the credential it paid
+/// with, for `replay`, and the preference it sent in `Accept-Payment`, to judge the answer.
 pub struct MppProbe {
+    wallets: Wallets,
     paid: Mutex<Option<Credential>>,
     preferred: Mutex<Option<(String, String)>>,
     /// The payment session the run opened, for its later steps.
@@ -40,10 +43,50 @@ fn challenges(exchange: &Exchange) -> Vec<Challenge> {
     values.iter().filter_map(|v| farebox_mpp::parse_www_authenticate([*v]).ok()).flatten().collect()
 }
 
+/// The MPP schemas.
+const SCHEMAS: &[Schema] = &[
+    ("mpp/challenge", include_str!("../../../../specs/schemas/mpp/challenge.json")),
+    ("mpp/credential", include_str!("../../../../specs/schemas/mpp/credential.json")),
+    (
+        "mpp/payload/evm-charge",
+        include_str!("../../../../specs/schemas/mpp/payload/evm-charge.json"),
+    ),
+    (
+        "mpp/payload/evm-session",
+        include_str!("../../../../specs/schemas/mpp/payload/evm-session.json"),
+    ),
+    (
+        "mpp/payload/lightning-charge",
+        include_str!("../../../../specs/schemas/mpp/payload/lightning-charge.json"),
+    ),
+    (
+        "mpp/payload/lightning-session",
+        include_str!("../../../../specs/schemas/mpp/payload/lightning-session.json"),
+    ),
+    ("mpp/receipt", include_str!("../../../../specs/schemas/mpp/receipt.json")),
+    (
+        "mpp/request/evm-charge",
+        include_str!("../../../../specs/schemas/mpp/request/evm-charge.json"),
+    ),
+    (
+        "mpp/request/evm-session",
+        include_str!("../../../../specs/schemas/mpp/request/evm-session.json"),
+    ),
+    (
+        "mpp/request/lightning-charge",
+        include_str!("../../../../specs/schemas/mpp/request/lightning-charge.json"),
+    ),
+    (
+        "mpp/request/lightning-session",
+        include_str!("../../../../specs/schemas/mpp/request/lightning-session.json"),
+    ),
+];
+
 /// The schema of a method / intent's request and payload, if the suite has one.
 fn schema_name(c: &Challenge) -> Option<String> {
     let name = format!("{}-{}", c.method, c.intent);
-    crate::schema::exists(&format!("mpp/request/{name}")).then_some(name)
+    let path = format!("mpp/request/{name}");
+    SCHEMAS.iter().any(|(p, _)| *p == path).then_some(name)
 }
 
 /// Whether the wallets can pay `c`.
@@ -138,10 +181,22 @@ fn evm_authorization(
 }
 
 impl MppProbe {
+    /// A probe paying with `wallets.lightning` or `wallets.evm` within `wallets.max_price`,
+    /// opening its sessions through `wallets.evm_rpc`.
+    pub fn new(wallets: Wallets) -> Self {
+        MppProbe {
+            wallets,
+            paid: Mutex::default(),
+            preferred: Mutex::default(),
+            session: Mutex::default(),
+        }
+    }
+
     /// Pays the charge of `discovery` the wallets can pay, within the cap.
-    async fn pay(&self, discovery: &Exchange, wallets: &Wallets) -> Result<Credential, Unable> {
+    async fn pay(&self, discovery: &Exchange) -> Result<Credential, Unable> {
+        let wallets = &self.wallets;
         let c = target(discovery, wallets)?;
-        match self.quote(Attempt::Paid, discovery, wallets) {
+        match self.quote_of(Attempt::Paid, discovery) {
             Some(quote) => quote.allowed(&wallets.max_price)?,
             None if payable(&c, wallets) => {
                 return Err(Unable::Fail(format!(
@@ -198,22 +253,24 @@ impl Probe for MppProbe {
         "mpp"
     }
 
+    fn checks(&self) -> (&str, &str) {
+        ("mpp.json", include_str!("../../../checks/mpp.json"))
+    }
+
+    fn schemas(&self) -> &'static [Schema] {
+        SCHEMAS
+    }
+
+    fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
+        Attempt::of(send).map(Attempt::kind)
+    }
+
     fn has_challenge(&self, exchange: &Exchange) -> bool {
         !challenges(exchange).is_empty()
     }
 
-    fn quote(&self, send: Attempt, discovery: &Exchange, wallets: &Wallets) -> Option<Quote> {
-        if send.is_session() {
-            return evm_session::quote(send, discovery, wallets);
-        }
-        let c = target(discovery, wallets).ok().filter(|c| payable(c, wallets))?;
-        if c.method == "lightning" {
-            let request = LightningChargeRequest::from_json(&c.request).ok()?;
-            let invoice = farebox_lightning::bolt11::parse_invoice(&request.invoice).ok()?;
-            return Some(Quote::msat("mpp.paid", invoice.amount_msat?));
-        }
-        let request = EvmChargeRequest::from_json(&c.request).ok()?;
-        Some(Quote::token("mpp.paid", request.amount, request.chain_id, request.currency))
+    fn quote(&self, send: &check::Attempt, discovery: &Exchange) -> Option<Quote> {
+        self.quote_of(Attempt::of(send)?, discovery)
     }
 
     fn stated_reason(&self, exchange: &Exchange) -> Option<String> {
@@ -311,10 +368,10 @@ impl Probe for MppProbe {
 
     async fn credential(
         &self,
-        send: Attempt,
+        send: &check::Attempt,
         discovery: &Exchange,
-        wallets: &Wallets,
     ) -> Result<Credential, Unable> {
+        let (send, wallets) = (Attempt::parse(send)?, &self.wallets);
         let raw =
             |text: &str| -> Result<Credential, Unable> { Ok(vec![(AUTHORIZATION, value(text)?)]) };
         match send {
@@ -371,11 +428,11 @@ impl Probe for MppProbe {
                 if send == Attempt::Replay {
                     return Err(Unable::Skip("no payment was made to replay".into()));
                 }
-                let credential = self.pay(discovery, wallets).await?;
+                let credential = self.pay(discovery).await?;
                 *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(credential.clone());
                 Ok(credential)
             }
-            Attempt::Fresh => self.pay(discovery, wallets).await,
+            Attempt::Fresh => self.pay(discovery).await,
             Attempt::OtherRealm => {
                 let mut c = target(discovery, wallets)?;
                 let payload = forged_payload(&c, wallets).unwrap_or_default();
@@ -419,23 +476,36 @@ impl Probe for MppProbe {
         }
     }
 
-    async fn answered(
-        &self,
-        send: Attempt,
-        answers: &[Exchange],
-        wallets: &Wallets,
-    ) -> Result<(), String> {
-        if !send.is_session() {
-            return Ok(());
-        }
+    async fn answered(&self, send: &check::Attempt, answers: &[Exchange]) -> Result<(), String> {
+        let Some(send) = Attempt::of(send).filter(|a| a.is_session()) else { return Ok(()) };
         let Some(mut session) = self.session() else { return Ok(()) };
-        let learnt = evm_session::answered(send, &mut session, answers, wallets).await;
+        let learnt = evm_session::answered(send, &mut session, answers, &self.wallets).await;
         *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
         learnt
+    }
+
+    async fn wallet_cause(&self, send: &check::Attempt, answering: &Exchange) -> Option<String> {
+        super::evm_wallet_cause(&self.quote(send, answering)?, &self.wallets).await
     }
 }
 
 impl MppProbe {
+    /// What `send` would pay with the probe's wallets.
+    fn quote_of(&self, send: Attempt, discovery: &Exchange) -> Option<Quote> {
+        let wallets = &self.wallets;
+        if send.is_session() {
+            return evm_session::quote(send, discovery, wallets);
+        }
+        let c = target(discovery, wallets).ok().filter(|c| payable(c, wallets))?;
+        if c.method == "lightning" {
+            let request = LightningChargeRequest::from_json(&c.request).ok()?;
+            let invoice = farebox_lightning::bolt11::parse_invoice(&request.invoice).ok()?;
+            return Some(Quote::msat("mpp.paid", invoice.amount_msat?));
+        }
+        let request = EvmChargeRequest::from_json(&c.request).ok()?;
+        Some(Quote::token("mpp.paid", request.amount, request.chain_id, request.currency))
+    }
+
     /// The session the run opened, if any.
     fn session(&self) -> Option<evm_session::Session> {
         self.session.lock().unwrap_or_else(|e| e.into_inner()).clone()
