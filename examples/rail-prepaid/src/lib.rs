@@ -16,13 +16,17 @@
 //! | [`code`] | the code's bytes, its signature and its reading rules |
 //! | [`rail`] | [`PrepaidRail`]: the challenge, the verification and debit, the receipt and the credit-back (feature `server`) |
 //! | [`wallet`] | `PrepaidWallet`: recognises the seller's challenge, pays with a code, keeps its own count (feature `client`) |
+//! | `conformance` | `PrepaidProbe`: the rail's probe for `farebox-conformance`, with `checks/prepaid.json` and `schemas/` (feature `conformance`) |
 //!
 //! Put [`PrepaidRail`] in a `farebox_server::Paywall` next to the other rails, add a
 //! `PrepaidWallet` to a `farebox_client::PaymentMiddleware`, and check the rail with the
-//! contract kit (`farebox_server::testing`), as `tests/contract.rs` does.
+//! contract kit (`farebox_server::testing`), as `tests/contract.rs` does; check a server that
+//! sells on it with the conformance suite and `PrepaidProbe`, as `tests/conformance.rs` does.
 #![forbid(unsafe_code)]
 
 pub mod code;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 #[cfg(feature = "server")]
 pub mod rail;
 #[cfg(feature = "client")]

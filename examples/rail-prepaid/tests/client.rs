@@ -4,33 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ed25519_dalek::SigningKey;
 use farebox_client::{Budget, ClientError, PaymentMiddleware, paying_client};
-use farebox_core::{Asset, Money, Price};
-use farebox_rail_prepaid::{CreditCode, PREPAID_RECEIPT, PrepaidRail, PrepaidWallet};
-use farebox_server::{Paywall, PaywallLayer, PricedRoute};
-use farebox_store::MemoryStore;
+use farebox_core::{Asset, Money};
+use farebox_rail_prepaid::{CreditCode, PREPAID_RECEIPT, PrepaidWallet};
 
-const JOKE: &str = "a prepaid joke";
+mod common;
 
-/// Serves `/joke` for 21 sat on the prepaid rail of `seller`: the base URL.
-async fn serve(seller: &SigningKey) -> String {
-    let store = Arc::new(MemoryStore::new());
-    let rail = PrepaidRail::new(Asset::Bitcoin, seller.verifying_key(), store);
-    let paywall = Paywall::builder()
-        .rail(rail)
-        .route(PricedRoute::new(None, "/joke", Price::one(Money::sats(21))).unwrap())
-        .build()
-        .unwrap();
-    let app = Router::new()
-        .route("/joke", axum::routing::get(|| async { JOKE }))
-        .layer(PaywallLayer::new(paywall));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}")
-}
+use common::{JOKE, paywalled, serve};
 
 fn code(seller: &SigningKey, id: u8, sats: u128) -> String {
     CreditCode { id: [id; 16], value: sats * 1000, expires: u64::MAX }.sign(seller, &Asset::Bitcoin)
@@ -39,7 +20,7 @@ fn code(seller: &SigningKey, id: u8, sats: u128) -> String {
 #[tokio::test]
 async fn an_agent_spends_a_code_down_to_what_it_cannot_pay() {
     let seller = SigningKey::from_bytes(&[0x42; 32]);
-    let base = serve(&seller).await;
+    let base = serve(paywalled(&seller)).await;
     let wallet = Arc::new(
         PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes(), ["127.0.0.1"])
             .with_code(&code(&seller, 1, 100))
@@ -71,7 +52,7 @@ async fn an_agent_spends_a_code_down_to_what_it_cannot_pay() {
 async fn a_code_of_another_seller_buys_nothing_and_stays_whole() {
     let seller = SigningKey::from_bytes(&[0x42; 32]);
     let forger = SigningKey::from_bytes(&[0x66; 32]);
-    let base = serve(&seller).await;
+    let base = serve(paywalled(&seller)).await;
     // The forger's code, presented as the seller's.
     let wallet = Arc::new(
         PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes(), ["127.0.0.1"])
@@ -99,7 +80,7 @@ async fn codes_are_shown_to_no_host_but_the_sellers() {
     let seller = SigningKey::from_bytes(&[0x42; 32]);
     // A server that sells on the seller's rail (its public key is in every 402), on a host the
     // wallet was not given: nothing is offered, nothing leaves the code.
-    let base = serve(&seller).await;
+    let base = serve(paywalled(&seller)).await;
     let wallet = Arc::new(
         PrepaidWallet::new(Asset::Bitcoin, seller.verifying_key().to_bytes(), ["api.example.com"])
             .with_code(&code(&seller, 3, 100))
