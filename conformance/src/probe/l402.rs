@@ -10,14 +10,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use farebox_core::auth::{self, AuthChallenge};
+use farebox_core::auth::AuthChallenge;
 use farebox_lightning::bolt11;
 use http::header::AUTHORIZATION;
-use serde_json::{Map, Value};
 
 use super::builtin::{Attempt, Wallets};
 use super::{
-    Artifact, Credential, Probe, Quote, Schema, Unable, oversized, value, www_authenticate,
+    Artifact, Credential, Probe, Quote, Schema, Unable, oversized, params_artifact, value,
 };
 use crate::Exchange;
 use crate::check::{self, AttemptKind};
@@ -36,11 +35,7 @@ const SCHEMAS: &[Schema] = &[
 ];
 
 fn challenges(exchange: &Exchange) -> Vec<AuthChallenge> {
-    auth::parse_challenges(www_authenticate(&exchange.headers))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c.scheme.eq_ignore_ascii_case("L402") || c.scheme.eq_ignore_ascii_case("LSAT"))
-        .collect()
+    super::auth_challenges(exchange, &["L402", "LSAT"])
 }
 
 fn first(exchange: &Exchange) -> Result<farebox_l402::L402Challenge, Unable> {
@@ -125,14 +120,7 @@ impl Probe for L402Probe {
         if kind != "challenge" {
             return Err(format!("no L402 artifact {kind:?}"));
         }
-        Ok(challenges(exchange)
-            .into_iter()
-            .map(|c| {
-                let params: Map<String, Value> =
-                    c.params.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-                ("l402/challenge".to_string(), Value::Object(params))
-            })
-            .collect())
+        Ok(challenges(exchange).into_iter().map(|c| params_artifact("l402/challenge", c)).collect())
     }
 
     fn receipt(&self, exchange: &Exchange) -> Option<Result<Artifact, String>> {

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use http::HeaderMap;
 use serde_json::Value;
 
+use farebox_core::auth::{self, AuthChallenge};
 use farebox_evm::{Address, U256};
 
 use crate::Exchange;
@@ -266,6 +267,23 @@ pub(crate) fn body_reason(exchange: &Exchange) -> Option<String> {
         .iter()
         .find_map(|k| body.get(*k).and_then(Value::as_str))
         .map(|s| s.chars().take(200).collect())
+}
+
+/// The `WWW-Authenticate` challenges of `exchange` in one of `schemes` (case-insensitive):
+/// none when the fields do not parse.
+pub fn auth_challenges(exchange: &Exchange, schemes: &[&str]) -> Vec<AuthChallenge> {
+    auth::parse_challenges(www_authenticate(&exchange.headers))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| schemes.iter().any(|s| c.scheme.eq_ignore_ascii_case(s)))
+        .collect()
+}
+
+/// A challenge's auth-params as a JSON object of strings: the artifact the schema at `schema`
+/// checks.
+pub fn params_artifact(schema: &str, challenge: AuthChallenge) -> Artifact {
+    let params = challenge.params.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    (schema.to_string(), Value::Object(params))
 }
 
 /// The values of every `WWW-Authenticate` field.

@@ -13,11 +13,13 @@ use async_trait::async_trait;
 use ed25519_dalek::SigningKey;
 use farebox_conformance::Exchange;
 use farebox_conformance::check::{Attempt, AttemptKind};
-use farebox_conformance::probe::{Artifact, Credential, Probe, Quote, Schema, Unable};
+use farebox_conformance::probe::{
+    Artifact, Credential, Probe, Quote, Schema, Unable, auth_challenges, params_artifact,
+};
 use farebox_core::Asset;
-use farebox_core::auth::{self, AuthChallenge};
+use farebox_core::auth::AuthChallenge;
 use http::HeaderValue;
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::header::AUTHORIZATION;
 use serde_json::{Map, Value};
 
 use crate::code::{CreditCode, SCHEME};
@@ -75,12 +77,7 @@ const SCHEMAS: &[Schema] = &[
 const HOUR: u64 = 3600;
 
 fn challenges(exchange: &Exchange) -> Vec<AuthChallenge> {
-    let values = exchange.headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok());
-    auth::parse_challenges(values)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c.scheme.eq_ignore_ascii_case(SCHEME))
-        .collect()
+    auth_challenges(exchange, &[SCHEME])
 }
 
 /// The price of the discovery 402's challenge, in base units.
@@ -176,11 +173,7 @@ impl Probe for PrepaidProbe {
         }
         Ok(challenges(exchange)
             .into_iter()
-            .map(|c| {
-                let params: Map<String, Value> =
-                    c.params.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-                ("prepaid/challenge".to_string(), Value::Object(params))
-            })
+            .map(|c| params_artifact("prepaid/challenge", c))
             .collect())
     }
 
