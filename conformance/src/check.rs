@@ -1,6 +1,7 @@
 //! Checks as data: what to send, what to expect, and where the requirement comes from.
 //!
-//! The suite is the JSON files in `conformance/checks/` (one per rail), compiled in. A check:
+//! Each probe brings its rail's check file ([`Probe::checks`]; the built-in rails' are in
+//! `conformance/checks/`), and [`load`] reads it. A check:
 //!
 //! ```json
 //! {"id": "x402.reject.wrong_recipient", "rail": "x402", "level": "MUST",
@@ -10,8 +11,8 @@
 //!  "expect": {"status": [402], "challenge": true, "no_receipt": true}}
 //! ```
 //!
-//! `send` names what the rail's [`Probe`](crate::probe::Probe) puts in the request (see
-//! [`Attempt`]); `expect` is evaluated by [`crate::expect`], generically, except `assert`, which
+//! `send` names what the rail's [`Probe`] puts in the request, an [`Attempt`] the probe makes
+//! (or the runner's own [`NONE`] and [`DISCOVERY_DOCUMENT`]); `expect` is evaluated by [`crate::expect`], generically, except `assert`, which
 //! names a rail-specific assertion of the probe. Checks run in file order, so that `replay`
 //! follows the `paid` whose proof it sends again.
 
