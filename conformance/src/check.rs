@@ -262,6 +262,21 @@ pub fn load(probe: &dyn Probe) -> Result<Vec<Check>, CheckFileError> {
     Ok(checks)
 }
 
+/// The checks of every probe ([`load`]), in probe order and each probe's file order; a rail
+/// has one probe.
+pub fn load_all(probes: &[Box<dyn Probe>]) -> Result<Vec<Check>, CheckFileError> {
+    let mut all = Vec::new();
+    for (i, probe) in probes.iter().enumerate() {
+        if probes[..i].iter().any(|p| p.rail() == probe.rail()) {
+            let file = probe.checks().0.into();
+            let error = format!("a second probe of rail {:?}", probe.rail());
+            return Err(CheckFileError { file, error });
+        }
+        all.extend(load(probe.as_ref())?);
+    }
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +284,10 @@ mod tests {
 
     #[test]
     fn the_suite_loads_and_every_rail_has_its_basics() {
-        for probe in crate::probe::builtin::probes(&Default::default()) {
+        let builtin = crate::probe::builtin::probes(&Default::default());
+        // 13 L402, 22 x402 and 37 MPP checks, as the README and the findings files count them.
+        assert_eq!(load_all(&builtin).unwrap().len(), 72);
+        for probe in builtin {
             let (rail, of) = (probe.rail(), load(probe.as_ref()).unwrap());
             assert!(of.iter().any(|c| c.send == NONE && c.level == Level::MUST), "{rail}");
             assert!(of.iter().any(|c| c.send == "paid"), "{rail} has a paid check");
@@ -334,6 +352,10 @@ mod tests {
         assert!(unknown.error.contains("does not make"), "{unknown}");
         let other_rail = load_text(check("y", "forged")).unwrap_err();
         assert!(other_rail.error.contains("its probe's is"), "{other_rail}");
+        let twice: Vec<Box<dyn Probe>> =
+            vec![Box::new(Files(check("x", "forged"))), Box::new(Files(check("x", NONE)))];
+        assert!(load_all(&twice).unwrap_err().error.contains("a second probe of rail"));
+        assert_eq!(load_all(&twice[..1]).unwrap().len(), 1);
     }
 
     #[test]

@@ -91,22 +91,12 @@ impl Target {
     }
 }
 
-/// The checks of every probe, in probe order and each probe's file order; an error names the
-/// check file that does not load.
-pub fn checks(probes: &[Box<dyn Probe>]) -> Result<Vec<Check>, check::CheckFileError> {
-    let mut all = Vec::new();
-    for probe in probes {
-        all.extend(check::load(probe.as_ref())?);
-    }
-    Ok(all)
-}
-
 /// What the paid checks of a run of `probes` against `target` would pay (one payment per
 /// paying check of a probe with a wallet), read from the server's 402, to say before the run;
 /// an error when the suite could not run at all. A quote over the probe's cap is not paid: its
 /// check does not run.
 pub async fn plan(target: &Target, probes: &[Box<dyn Probe>]) -> Result<Vec<probe::Quote>, String> {
-    let checks = checks(probes).map_err(|e| e.to_string())?;
+    let checks = check::load_all(probes).map_err(|e| e.to_string())?;
     let http = client(target);
     let discovery = discover(&http, target, probes).await?;
     let server = Server::learn(&http, target).await;
@@ -133,7 +123,7 @@ pub async fn plan(target: &Target, probes: &[Box<dyn Probe>]) -> Result<Vec<prob
 /// Runs every check of `probes` against `target`. A check file that does not load is the
 /// run's error.
 pub async fn run(target: &Target, probes: &[Box<dyn Probe>]) -> Report {
-    match checks(probes) {
+    match check::load_all(probes) {
         Ok(checks) => run_checks(target, &checks, probes).await,
         Err(e) => Report {
             target: target.url.to_string(),
