@@ -86,10 +86,17 @@
 //!   by compare-and-swap; its [`Settlement`] writes the receipt, or credits the price back
 //!   when the handler fails.
 //! - `src/wallet.rs`: the client half, a `farebox_wallet::Wallet` (the client side of the
-//!   contract, behind the crate's `client` feature) that recognises the seller's challenge, pays with a code and keeps its own count of what each code has left.
+//!   contract, behind the crate's `client` feature) that recognises the seller's challenge,
+//!   pays with a code and keeps its own count of what each code has left; `WALLET_PLUGIN` lets
+//!   `farebox pay` configure it from a `[rails.prepaid]` table (one line in the binary).
+//! - `src/conformance.rs`, `checks/prepaid.json`, `schemas/`: the rail's conformance probe
+//!   (feature `conformance`), which `farebox-conformance` runs against any server selling on
+//!   it: its checks as data, the JSON Schemas of its challenge and receipt, the attempts it
+//!   makes, and its wallet (here the seller's key, which mints the codes it sends).
 //! - `tests/contract.rs`: step 6 with the contract kit, the store cut off for the outage
 //!   clause; `tests/client.rs`: an agent behind `farebox-client`'s middleware spending a code
-//!   over HTTP, its ledger and budget included.
+//!   over HTTP, its ledger and budget included; `tests/conformance.rs`: the conformance suite
+//!   against the rail behind a real paywall, and against a lax server it must fail.
 //!
 //! A minimal rail that accepts a shared secret (for illustration only — a real rail proves
 //! payment, not knowledge of a password):
