@@ -193,14 +193,17 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// A rail is one crate on the client side too: the middleware depends on no rail, and an agent
-/// built from it and the L402 wallet (`farebox-l402`, feature `client`) compiles no EVM code (no
-/// alloy in either dependency tree).
+/// built from it and the L402 wallet (`farebox-l402`, feature `client`, or the middleware's own
+/// `l402` feature) compiles no EVM code (no alloy in any of those dependency trees).
 fn lean_l402_client() -> Result<()> {
     let middleware: &[&str] = &["-p", "farebox-client", "--no-default-features"];
     let l402_wallet: &[&str] = &["-p", "farebox-l402", "--features", "client"];
+    let l402_agent: &[&str] =
+        &["-p", "farebox-client", "--no-default-features", "--features", "l402"];
     for (crate_args, forbidden) in [
         (middleware, &["alloy", "farebox-l402", "farebox-x402", "farebox-mpp", "farebox-evm"][..]),
         (l402_wallet, &["alloy"][..]),
+        (l402_agent, &["alloy", "farebox-x402", "farebox-mpp", "farebox-evm"][..]),
     ] {
         run(cargo().arg("check").args(crate_args))?;
         let tree = cargo()

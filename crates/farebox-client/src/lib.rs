@@ -19,7 +19,8 @@
 //! [`Wallet`] contract of `farebox-wallet` (`farebox_l402::client::L402Wallet`,
 //! `farebox_x402::client::X402Wallet`, `farebox_mpp::client::MppWallet` for charges and
 //! sessions). A Lightning-only agent depends on this crate and `farebox-l402` with `client`,
-//! and compiles no EVM code.
+//! and compiles no EVM code. For one dependency instead, this crate's `l402`, `x402` and `mpp`
+//! features re-export each rail's wallet in [`rails`] (`--features l402` compiles no alloy).
 //!
 //! ```no_run
 //! # async fn run(node: std::sync::Arc<dyn farebox_lightning::LightningBackend>) -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +43,18 @@ mod middleware;
 mod policy;
 #[cfg(feature = "sqlite")]
 mod sqlite_store;
+
+/// The rails' wallets, each behind the feature of its name (the rail crate's `client` half).
+pub mod rails {
+    #[cfg(feature = "l402")]
+    pub use farebox_l402::client::L402Wallet;
+    #[cfg(feature = "mpp")]
+    pub use farebox_mpp::client::{
+        MppWallet, Sessions, session::EvmSessionPolicy, session::LightningSessionPolicy,
+    };
+    #[cfg(feature = "x402")]
+    pub use farebox_x402::client::X402Wallet;
+}
 
 pub use budget::{
     Budget, Cap, Caps, DAY, EntryKind, HOUR, Ledger, LedgerEntry, Reservation, Scope, window_name,
