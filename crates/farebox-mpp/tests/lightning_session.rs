@@ -663,3 +663,36 @@ async fn a_refund_whose_answer_was_lost_is_reported_unknown_and_not_retried() {
     refused(&send(&i.apps[1], "/data", Some(&close)).await, "session-closed");
     assert_eq!(i.backend.paid_msat.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn session_policies_that_cannot_work_are_refused_by_field() {
+    let node = Arc::new(DevNode::random(&DevNetwork::new(), 0));
+    let build = |config: LightningSessionConfig| {
+        MppRail::builder(
+            MppConfig::new("api.example.com", common::SECRET),
+            Arc::new(MemoryStore::new()),
+        )
+        .lightning(node.clone())
+        .lightning_session(config, Arc::new(MemoryStore::new()))
+        .build()
+    };
+    let field = |config| match build(config) {
+        Err(farebox_mpp::ConfigError::Field { field, .. }) => field,
+        Err(other) => panic!("{other}"),
+        Ok(_) => "built",
+    };
+    let good = LightningSessionConfig::default();
+    assert_eq!(field(good.clone()), "built");
+    assert_eq!(
+        field(LightningSessionConfig { deposit_sat: Some(0), ..good.clone() }),
+        "deposit_sat"
+    );
+    assert_eq!(field(LightningSessionConfig { deposit_units: 0, ..good.clone() }), "deposit_units");
+    // A fixed deposit needs no multiple of the price.
+    let fixed = LightningSessionConfig { deposit_sat: Some(500), deposit_units: 0, ..good.clone() };
+    assert_eq!(field(fixed), "built");
+    let instant = LightningSessionConfig { idle_timeout: Duration::ZERO, ..good.clone() };
+    assert_eq!(field(instant), "idle_timeout");
+    let never = LightningSessionConfig { refund_claim_timeout: Duration::ZERO, ..good };
+    assert_eq!(field(never), "refund_claim_timeout");
+}

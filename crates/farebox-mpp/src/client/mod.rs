@@ -47,7 +47,8 @@ pub struct MppWallet {
     /// EIP-712 domains of tokens whose challenges do not name theirs.
     domains: Vec<(u64, Address, TokenName)>,
     book: SharedBook,
-    /// The payers of what was configured, made on first use.
+    /// The payers of what was configured, made on first use; each builder method drops them,
+    /// so that they are made again from the configuration as it then is.
     payers: OnceLock<Vec<Box<dyn Payer>>>,
 }
 
@@ -155,12 +156,14 @@ impl MppWallet {
     /// through `policy.rpc`.
     pub fn evm_sessions(mut self, policy: EvmSessionPolicy) -> Self {
         self.evm_sessions = Some(policy);
+        self.payers.take();
         self
     }
 
     /// Pays Lightning `session` challenges (needs [`Self::lightning`]'s node).
     pub fn lightning_sessions(mut self, policy: LightningSessionPolicy) -> Self {
         self.lightning_sessions = Some(policy);
+        self.payers.take();
         self
     }
 
@@ -172,12 +175,14 @@ impl MppWallet {
     /// Pays `lightning` charges through `node`, spending at most `max_fee_msat` in routing fees.
     pub fn lightning(mut self, node: Arc<dyn LightningBackend>, max_fee_msat: u64) -> Self {
         self.lightning = Some((node, max_fee_msat));
+        self.payers.take();
         self
     }
 
     /// Pays `evm` charges by signing EIP-3009 authorizations with `signer`.
     pub fn evm(mut self, signer: PrivateKeySigner) -> Self {
         self.evm = Some(signer);
+        self.payers.take();
         self
     }
 
@@ -193,6 +198,7 @@ impl MppWallet {
     ) -> Self {
         let name = TokenName { name: name.into(), version: version.into() };
         self.domains.push((chain_id, token, name));
+        self.payers.take();
         self
     }
 }

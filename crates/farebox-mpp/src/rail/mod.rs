@@ -20,9 +20,10 @@
 //! **Verify**, cheapest check first: decode the credential (`malformed-credential`); its method
 //! and intent are a pair this rail offers (`method-unsupported`, 400); the id is the HMAC of the
 //! echoed fields under our key and the realm is ours (`invalid-challenge`). Then the pair's
-//! intent checks the rest, starting with `envelope::live_for` for billed credentials
-//! (unexpired: `payment-expired`; issued for this route and method: `invalid-challenge`), and
-//! hands back a verdict whose settlement only that intent can run.
+//! intent checks the rest and hands back a verdict whose settlement only that intent can run.
+//! Charges and EVM session vouchers start with `envelope::live_for` (unexpired:
+//! `payment-expired`; issued for this route and method: `invalid-challenge`); a Lightning
+//! session's proof is its deposit preimage, not bound to a route (see its file).
 //!
 //! **Upkeep** ([`Rail::maintain`]) runs every intent's: `evm` charges whose settlement outcome
 //! was unknown are resolved from the chain, EVM channels are watched for forced closes, idle
@@ -291,7 +292,10 @@ impl MppRail {
         if backend.is_none() && evm_charge.is_none() && evm_session.is_none() {
             return Err(ConfigError::NoMethod);
         }
-        if lightning_session.is_some() {
+        if let Some((config, _)) = &lightning_session {
+            if let Some((field, problem)) = config.problem() {
+                return Err(ConfigError::field("lightning session", field, problem));
+            }
             match &backend {
                 None => return Err(ConfigError::SessionWithoutBackend),
                 Some(b) if !b.preimage_proves_payment() => {
@@ -336,12 +340,19 @@ impl MppRail {
     /// for 30 days), Lightning sessions idle past their `idle_timeout`. Also finishes closes a
     /// crash or an unreachable chain left half done. Call it periodically (e.g. every minute);
     /// returns how many sessions were closed.
+    /// Each intent's sessions are closed even when another's could not be; the first error is
+    /// reported.
     pub async fn close_idle_sessions(&self, evm_idle: Duration) -> Result<usize, PaymentError> {
-        let mut closed = 0;
+        let (mut closed, mut failed) = (0, None);
         for intent in &self.intents {
-            closed += intent.close_idle(evm_idle).await?;
+            match intent.close_idle(evm_idle).await {
+                Ok(n) => closed += n,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(closed)
+        failed.map_or(Ok(closed), Err)
     }
 
     /// The challenge-binding key (to compute or check ids outside the rail).

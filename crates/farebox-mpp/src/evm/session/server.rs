@@ -1148,7 +1148,7 @@ impl EvmSession {
     /// Upkeep's settlement (with [`EvmSessionConfig::settle_threshold`]): redeems on chain,
     /// channel open, the highest wholly spent voucher of every channel whose served but
     /// unsettled amount reached the threshold. A channel that fails is tried again next tick.
-    async fn settle_due(&self) -> Result<(), PaymentError> {
+    async fn settle_due_channels(&self) -> Result<(), PaymentError> {
         let Some(threshold) = self.config.settle_threshold else { return Ok(()) };
         let due: Vec<B256> =
             self.settle_due.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
@@ -1233,7 +1233,7 @@ impl Intent for EvmSession {
         // Watch before closing: a forced close seen now is closed in this same tick.
         let watched = self.watch().await;
         let closed = self.close_idle(self.idle_close).await.map(|_| ());
-        let settled = self.settle_due().await;
+        let settled = self.settle_due_channels().await;
         watched.and(closed).and(settled)
     }
 

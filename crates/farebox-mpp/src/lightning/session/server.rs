@@ -84,6 +84,25 @@ pub struct LightningSessionConfig {
     pub refund_claim_timeout: Duration,
 }
 
+impl LightningSessionConfig {
+    /// The field that cannot work, and why: the rail refuses to build with it.
+    pub(crate) fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.deposit_sat == Some(0) {
+            return Some(("deposit_sat", "must be at least one satoshi"));
+        }
+        if self.deposit_sat.is_none() && self.deposit_units == 0 {
+            return Some(("deposit_units", "must be at least 1 (one request's worth)"));
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Some(("idle_timeout", "must be at least one second"));
+        }
+        if self.refund_claim_timeout.is_zero() {
+            return Some(("refund_claim_timeout", "must be longer than zero"));
+        }
+        None
+    }
+}
+
 impl Default for LightningSessionConfig {
     fn default() -> Self {
         LightningSessionConfig {
