@@ -525,6 +525,31 @@ impl EvmSession {
         }
     }
 
+    /// The event `read` finds in the transaction `tx` (`what`, in errors), waiting once for its
+    /// receipt when it is not there yet; a transaction not mined by then is a 503 `pending`.
+    async fn mined<T, Fut>(
+        &self,
+        tx: B256,
+        what: &str,
+        pending: &'static str,
+        read: impl Fn() -> Fut,
+    ) -> Result<T, PaymentError>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, EvmError>>,
+    {
+        let mut event = read().await.map_err(|e| chain_error(e, what))?;
+        if event.is_none() {
+            let rpc = &self.config.rpc;
+            let waited = rpc.wait_for_receipt(tx, self.config.receipt_timeout).await;
+            waited.map_err(|e| chain_error(e, what))?;
+            event = read().await.map_err(|e| chain_error(e, what))?;
+        }
+        event.ok_or_else(|| {
+            let detail = format!("{what} {tx:#x} is not mined yet");
+            PaymentError::unavailable(pending, detail, BACKEND_RETRY_AFTER)
+        })
+    }
+
     /// Checks an `open` and records the channel (unless it is known already): a fresh one with
     /// nothing spent, an old one as an adoption (see the module docs).
     async fn open_channel(&self, open: &OpenPayload, price: u128) -> Result<(), PaymentError> {
@@ -534,26 +559,9 @@ impl EvmSession {
         }
         self.check_grace_period().await?;
         let rpc = &self.config.rpc;
-        let mut event = rpc
-            .escrow_opened_by(self.config.escrow, open.hash)
-            .await
-            .map_err(|e| chain_error(e, "the open transaction"))?;
-        if event.is_none() {
-            rpc.wait_for_receipt(open.hash, self.config.receipt_timeout)
-                .await
-                .map_err(|e| chain_error(e, "the open transaction"))?;
-            event = rpc
-                .escrow_opened_by(self.config.escrow, open.hash)
-                .await
-                .map_err(|e| chain_error(e, "the open transaction"))?;
-        }
-        let Some(event) = event else {
-            return Err(PaymentError::unavailable(
-                "mpp_open_pending",
-                format!("the open transaction {:#x} is not mined yet", open.hash),
-                BACKEND_RETRY_AFTER,
-            ));
-        };
+        let opened = || rpc.escrow_opened_by(self.config.escrow, open.hash);
+        let event =
+            self.mined(open.hash, "the open transaction", "mpp_open_pending", opened).await?;
         if event.channelId != channel {
             return Err(problem::verification_failed(
                 "the open transaction opened another channel than the payload names",
@@ -761,26 +769,9 @@ impl EvmSession {
         challenge_id: String,
     ) -> Result<Approved<Held>, PaymentError> {
         let rpc = &self.config.rpc;
-        let mut event = rpc
-            .escrow_topped_up_by(self.config.escrow, t.hash)
-            .await
-            .map_err(|e| chain_error(e, "the top-up transaction"))?;
-        if event.is_none() {
-            rpc.wait_for_receipt(t.hash, self.config.receipt_timeout)
-                .await
-                .map_err(|e| chain_error(e, "the top-up transaction"))?;
-            event = rpc
-                .escrow_topped_up_by(self.config.escrow, t.hash)
-                .await
-                .map_err(|e| chain_error(e, "the top-up transaction"))?;
-        }
-        let Some(event) = event else {
-            return Err(PaymentError::unavailable(
-                "mpp_top_up_pending",
-                format!("the top-up transaction {:#x} is not mined yet", t.hash),
-                BACKEND_RETRY_AFTER,
-            ));
-        };
+        let topped_up = || rpc.escrow_topped_up_by(self.config.escrow, t.hash);
+        let what = "the top-up transaction";
+        let event = self.mined(t.hash, what, "mpp_top_up_pending", topped_up).await?;
         if event.channelId != t.channel_id || event.amount != t.additional_deposit {
             return Err(problem::verification_failed(
                 "the top-up transaction added another amount or to another channel",
