@@ -358,3 +358,48 @@ pub(crate) fn sensitive(
     value.set_sensitive(true);
     Ok(vec![(AUTHORIZATION, value)])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MppConfig, MppRail};
+    use farebox_core::{Price, Rail, Resource};
+    use farebox_lightning::{DevNetwork, DevNode};
+
+    /// The 402 of an MPP server offering a Lightning charge of 21 sat.
+    async fn lightning_402(network: &DevNetwork) -> PaymentRequired {
+        let server = Arc::new(DevNode::random(network, 0));
+        let store = Arc::new(farebox_store::MemoryStore::new());
+        let rail = MppRail::new(MppConfig::new("api.example.com", [7u8; 32]), server, store)
+            .expect("a valid rail");
+        let resource = Resource {
+            method: http::Method::GET,
+            path: "/joke".into(),
+            route: "/joke".into(),
+            price: Price::one(Money::sats(21)),
+            description: None,
+            accept_payment: None,
+        };
+        let challenge = rail.challenge(&resource, None).await.unwrap().expect("priced");
+        let lines = challenge.www_authenticate.iter().map(|v| v.to_str().unwrap());
+        PaymentRequired {
+            url: "http://127.0.0.1:8402/joke".parse().unwrap(),
+            challenges: farebox_core::auth::parse_challenges(lines).unwrap(),
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_method_added_after_first_use_is_offered() {
+        let network = DevNetwork::new();
+        let response = lightning_402(&network).await;
+        let wallet = MppWallet::new().evm(PrivateKeySigner::random());
+        assert!(wallet.offers(&response).unwrap().is_empty(), "no Lightning node yet");
+        let node = Arc::new(DevNode::random(&network, 1_000_000));
+        let wallet = wallet.lightning(node, 1_000);
+        let offers = wallet.offers(&response).unwrap();
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].price, Money::sats(21));
+    }
+}
