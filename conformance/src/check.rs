@@ -239,7 +239,16 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Check>, CheckFileError> {
 pub fn load(probe: &dyn Probe) -> Result<Vec<Check>, CheckFileError> {
     let (file, text) = probe.checks();
     let err = |error: String| CheckFileError { file: file.into(), error };
+    let rail = probe.rail();
+    // Ids are `<rail>.<name>`: a rail with a dot could own another rail's ids.
+    if rail.is_empty() || !rail.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(err(format!("rail name {rail:?}: use letters, digits, '_' or '-'")));
+    }
     let checks = parse(file, text)?;
+    if checks.is_empty() {
+        return Err(err("no checks: a probe that checks nothing would pass any server".into()));
+    }
     for c in &checks {
         if c.rail != probe.rail() {
             return Err(err(format!(
@@ -263,16 +272,22 @@ pub fn load(probe: &dyn Probe) -> Result<Vec<Check>, CheckFileError> {
 }
 
 /// The checks of every probe ([`load`]), in probe order and each probe's file order; a rail
-/// has one probe.
+/// has one probe, and a check id one check.
 pub fn load_all(probes: &[Box<dyn Probe>]) -> Result<Vec<Check>, CheckFileError> {
-    let mut all = Vec::new();
+    let mut all: Vec<Check> = Vec::new();
     for (i, probe) in probes.iter().enumerate() {
+        let file = || probe.checks().0.to_string();
         if probes[..i].iter().any(|p| p.rail() == probe.rail()) {
-            let file = probe.checks().0.into();
             let error = format!("a second probe of rail {:?}", probe.rail());
-            return Err(CheckFileError { file, error });
+            return Err(CheckFileError { file: file(), error });
         }
-        all.extend(load(probe.as_ref())?);
+        for check in load(probe.as_ref())? {
+            if all.iter().any(|c| c.id == check.id) {
+                let error = format!("check id {:?} is another probe's", check.id);
+                return Err(CheckFileError { file: file(), error });
+            }
+            all.push(check);
+        }
     }
     Ok(all)
 }
@@ -296,16 +311,16 @@ mod tests {
         }
     }
 
-    /// A probe of rail `x` whose check file is `.0`, making only `forged`.
-    struct Files(String);
+    /// A probe of rail `.0` whose check file is `.1`, making only `forged`.
+    struct Files(&'static str, String);
 
     #[async_trait::async_trait]
     impl Probe for Files {
         fn rail(&self) -> &'static str {
-            "x"
+            self.0
         }
         fn checks(&self) -> (&str, &str) {
-            ("x.json", &self.0)
+            ("x.json", &self.1)
         }
         fn attempt(&self, send: &Attempt) -> Option<AttemptKind> {
             (send == "forged").then_some(AttemptKind::default())
@@ -344,7 +359,7 @@ mod tests {
                 r#"[{{"id":"{rail}.a","rail":"{rail}","level":"MUST","spec":"s","title":"t","send":"{send}","expect":{{}}}}]"#
             )
         };
-        let load_text = |text: String| load(&Files(text));
+        let load_text = |text: String| load(&Files("x", text));
         assert_eq!(load_text(check("x", "forged")).unwrap()[0].send, "forged");
         assert_eq!(load_text(check("x", NONE)).unwrap()[0].send, NONE);
         assert_eq!(load_text(check("x", DISCOVERY_DOCUMENT)).unwrap()[0].send, DISCOVERY_DOCUMENT);
@@ -352,10 +367,17 @@ mod tests {
         assert!(unknown.error.contains("does not make"), "{unknown}");
         let other_rail = load_text(check("y", "forged")).unwrap_err();
         assert!(other_rail.error.contains("its probe's is"), "{other_rail}");
-        let twice: Vec<Box<dyn Probe>> =
-            vec![Box::new(Files(check("x", "forged"))), Box::new(Files(check("x", NONE)))];
+        let twice: Vec<Box<dyn Probe>> = vec![
+            Box::new(Files("x", check("x", "forged"))),
+            Box::new(Files("x", check("x", NONE))),
+        ];
         assert!(load_all(&twice).unwrap_err().error.contains("a second probe of rail"));
         assert_eq!(load_all(&twice[..1]).unwrap().len(), 1);
+        // A probe that checks nothing would pass any server.
+        assert!(load_text("[]".into()).unwrap_err().error.contains("no checks"));
+        // `x.y`'s ids would be `x.y.…`, which rail `x` may own too.
+        let dotted = load(&Files("x.y", check("x.y", "forged"))).unwrap_err();
+        assert!(dotted.error.contains("rail name"), "{dotted}");
     }
 
     #[test]

@@ -139,16 +139,13 @@ fn kind(probe: &dyn Probe, check: &Check) -> check::AttemptKind {
     probe.attempt(&check.send).unwrap_or_default()
 }
 
-/// Runs `checks` with `probes` against `target`.
+/// Runs `checks` (loaded from `probes` by [`check::load_all`]) against `target`.
 ///
 /// The run is an error (no results, [`Report::error`] says why) when it could check nothing:
 /// the URL does not answer, answers something other than 402, or offers no challenge the suite
-/// knows, or a rail asked for in [`Target::rails`] is unknown or not offered.
-pub async fn run_checks(
-    target: &Target,
-    checks: &[Check],
-    probes: &[Box<dyn probe::Probe>],
-) -> Report {
+/// knows, or a rail asked for in [`Target::rails`] is unknown or not offered; and when a rail
+/// the server offers had no check that ran (all skipped): silence is not a pass.
+async fn run_checks(target: &Target, checks: &[Check], probes: &[Box<dyn probe::Probe>]) -> Report {
     let started = Instant::now();
     let http = client(target);
     let mut report = Report {
@@ -184,6 +181,16 @@ pub async fn run_checks(
             };
             let result = CheckResult::new(check, outcome, started.elapsed());
             report.results.push(result.with_reason(reason).with_exchanges(exchanges));
+        }
+        let ran = report
+            .results
+            .iter()
+            .filter(|r| r.rail == rail)
+            .any(|r| !matches!(r.outcome, Outcome::Skip(_)));
+        if offered && !ran && report.error.is_none() {
+            report.error = Some(format!(
+                "the server offers {rail}, but no {rail} check ran (every one was skipped)"
+            ));
         }
     }
     report.elapsed = started.elapsed();

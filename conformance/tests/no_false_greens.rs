@@ -292,3 +292,74 @@ async fn refusal_payments_name_addresses_as_reference_clients_do() {
     }
     assert!(addresses >= 16, "the signed refusals were sent: {addresses}");
 }
+
+/// A probe that recognises the server's L402 challenge but skips its one check, as a broken
+/// outside probe might.
+struct Quiet;
+
+#[async_trait::async_trait]
+impl farebox_conformance::probe::Probe for Quiet {
+    fn rail(&self) -> &'static str {
+        "quiet"
+    }
+    fn checks(&self) -> (&str, &str) {
+        let check = r#"[{"id":"quiet.forged","rail":"quiet","level":"MUST","spec":"s","title":"t","send":"forged","expect":{"status":[402]}}]"#;
+        ("quiet.json", check)
+    }
+    fn attempt(
+        &self,
+        send: &farebox_conformance::check::Attempt,
+    ) -> Option<farebox_conformance::check::AttemptKind> {
+        (send == "forged").then_some(Default::default())
+    }
+    fn has_challenge(&self, exchange: &farebox_conformance::Exchange) -> bool {
+        exchange
+            .headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.starts_with("L402")))
+    }
+    fn artifacts(
+        &self,
+        _: &farebox_conformance::Exchange,
+        _: &str,
+    ) -> Result<Vec<farebox_conformance::probe::Artifact>, String> {
+        Ok(Vec::new())
+    }
+    fn receipt(
+        &self,
+        _: &farebox_conformance::Exchange,
+    ) -> Option<Result<farebox_conformance::probe::Artifact, String>> {
+        None
+    }
+    fn assert(&self, _: &str, _: &farebox_conformance::Exchange) -> Result<(), String> {
+        Ok(())
+    }
+    fn quote(
+        &self,
+        _: &farebox_conformance::check::Attempt,
+        _: &farebox_conformance::Exchange,
+    ) -> Option<farebox_conformance::probe::Quote> {
+        None
+    }
+    fn stated_reason(&self, _: &farebox_conformance::Exchange) -> Option<String> {
+        None
+    }
+    async fn credential(
+        &self,
+        _: &farebox_conformance::check::Attempt,
+        _: &farebox_conformance::Exchange,
+    ) -> Result<farebox_conformance::probe::Credential, farebox_conformance::probe::Unable> {
+        Err(farebox_conformance::probe::Unable::Skip("nothing to send".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rail_the_server_offers_whose_every_check_was_skipped_is_no_pass() {
+    let network = DevNetwork::new();
+    let (url, _) = lightning_server(&network).await;
+    let probes: Vec<Box<dyn farebox_conformance::probe::Probe>> = vec![Box::new(Quiet)];
+    let report = farebox_conformance::run(&Target::new(url), &probes).await;
+    assert!(matches!(report.results[0].outcome, Outcome::Skip(_)));
+    assert_eq!(report.verdict(false), Verdict::Error, "{:?}", report.error);
+}

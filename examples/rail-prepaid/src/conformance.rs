@@ -49,7 +49,7 @@ impl PrepaidProbe {
 const ATTEMPTS: &[&str] = &[
     // `Prepaid` followed by what is no code.
     "malformed",
-    // A valid code cut in half.
+    // A well-formed code cut in half (signed by a key of the probe's own: no seller's needed).
     "truncated",
     // 32 KiB of code.
     "oversized",
