@@ -309,6 +309,12 @@ mod tests {
             assert!(of.iter().any(|c| c.send == "malformed"), "{rail} rejects garbage");
             assert!(of.iter().all(|c| !c.spec.is_empty() && !c.title.is_empty()));
         }
+        // Each probe makes only its own attempts: an x402 one in the L402 file would not load.
+        let builtin = crate::probe::builtin::probes(&Default::default());
+        let wrong_network = Attempt::new("wrong_network");
+        let makes: Vec<bool> =
+            builtin.iter().map(|p| p.attempt(&wrong_network).is_some()).collect();
+        assert_eq!(makes, [false, true, false], "l402, x402, mpp");
     }
 
     /// A probe of rail `.0` whose check file is `.1`, making only `forged`.

@@ -37,8 +37,8 @@ pub struct Wallets {
     pub evm_rpc: Option<farebox_evm::EvmRpc>,
 }
 
-/// The attempts the built-in probes make, as their check files name them. Which of these a
-/// rail supports is up to its probe; the others are skipped with the reason the probe gives.
+/// The attempts the built-in probes make, as their check files name them. Each probe lists
+/// those it makes (its `MAKES`); a check file naming another does not load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attempt {

@@ -84,6 +84,17 @@ impl L402Probe {
     }
 }
 
+/// The attempts this probe makes: a check file naming another does not load.
+const MAKES: &[Attempt] = &[
+    Attempt::Malformed,
+    Attempt::Truncated,
+    Attempt::Oversized,
+    Attempt::Forged,
+    Attempt::Tampered,
+    Attempt::Paid,
+    Attempt::Replay,
+];
+
 #[async_trait]
 impl Probe for L402Probe {
     fn rail(&self) -> &'static str {
@@ -99,7 +110,7 @@ impl Probe for L402Probe {
     }
 
     fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
-        Attempt::of(send).map(Attempt::kind)
+        Attempt::of(send).filter(|a| MAKES.contains(a)).map(Attempt::kind)
     }
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {

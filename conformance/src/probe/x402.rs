@@ -248,6 +248,26 @@ fn encode(name: HeaderName, payload: &Value) -> Result<Credential, Unable> {
     header(name, &b64().encode(payload.to_string()))
 }
 
+/// The attempts this probe makes: a check file naming another does not load.
+const MAKES: &[Attempt] = &[
+    Attempt::Malformed,
+    Attempt::NotAnObject,
+    Attempt::Truncated,
+    Attempt::Oversized,
+    Attempt::Forged,
+    Attempt::WrongAmount,
+    Attempt::Overpay,
+    Attempt::WrongRecipient,
+    Attempt::WrongNetwork,
+    Attempt::Expired,
+    Attempt::NotYetValid,
+    Attempt::UnknownVersion,
+    Attempt::Paid,
+    Attempt::Replay,
+    Attempt::Fresh,
+    Attempt::LowercaseHex,
+];
+
 #[async_trait]
 impl Probe for X402Probe {
     fn rail(&self) -> &'static str {
@@ -263,7 +283,7 @@ impl Probe for X402Probe {
     }
 
     fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
-        Attempt::of(send).map(Attempt::kind)
+        Attempt::of(send).filter(|a| MAKES.contains(a)).map(Attempt::kind)
     }
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {

@@ -247,6 +247,33 @@ impl MppProbe {
     }
 }
 
+/// The attempts this probe makes: a check file naming another does not load.
+const MAKES: &[Attempt] = &[
+    Attempt::Malformed,
+    Attempt::NotAnObject,
+    Attempt::Truncated,
+    Attempt::Oversized,
+    Attempt::Forged,
+    Attempt::Tampered,
+    Attempt::TamperedRequest,
+    Attempt::UnknownMethod,
+    Attempt::TwoCredentials,
+    Attempt::OtherRealm,
+    Attempt::AcceptPayment,
+    Attempt::Paid,
+    Attempt::Replay,
+    Attempt::Fresh,
+    Attempt::SessionOpen,
+    Attempt::SessionVoucher,
+    Attempt::SessionVoucherEqual,
+    Attempt::SessionVoucherLower,
+    Attempt::SessionVoucherAboveDeposit,
+    Attempt::SessionOtherChannel,
+    Attempt::SessionTopUp,
+    Attempt::SessionClose,
+    Attempt::SessionClosedChannel,
+];
+
 #[async_trait]
 impl Probe for MppProbe {
     fn rail(&self) -> &'static str {
@@ -262,7 +289,7 @@ impl Probe for MppProbe {
     }
 
     fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
-        Attempt::of(send).map(Attempt::kind)
+        Attempt::of(send).filter(|a| MAKES.contains(a)).map(Attempt::kind)
     }
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {
