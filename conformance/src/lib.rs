@@ -28,7 +28,7 @@
 //! passes it to [`run`]; `examples/rail-prepaid/src/conformance.rs` is the worked example.
 //!
 //! Checks that need money (`paid`, `replay`) run only when the probe has a wallet (the
-//! built-in probes' [`probe::Wallets`]: a Lightning backend and/or an EVM key funded on the
+//! built-in probes' [`probe::builtin::Wallets`]: a Lightning backend and/or an EVM key funded on the
 //! server's chain). Without one they do not run, and the verdict is incomplete, not a pass
 //! ([`Verdict`]); a check whose prerequisite failed (`replay` after `paid`) is inconclusive. A
 //! rail the server does not offer is skipped as a whole, unless it was asked for; a URL that

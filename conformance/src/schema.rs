@@ -40,8 +40,14 @@ fn compiled(path: &str, text: &'static str) -> Result<Arc<jsonschema::Validator>
     Ok(validator)
 }
 
-/// `Ok` when every schema of `schemas` compiles; otherwise why the first does not.
+/// `Ok` when every schema of `schemas` compiles and has a path of its own (not one of the
+/// runner's, not twice: another would be validated against in its place); otherwise why not.
 pub fn compile(schemas: &[Schema]) -> Result<(), String> {
+    for (i, (path, _)) in schemas.iter().enumerate() {
+        if GENERIC.iter().chain(&schemas[..i]).any(|(p, _)| p == path) {
+            return Err(format!("the schema path {path} is given twice"));
+        }
+    }
     schemas.iter().try_for_each(|(path, text)| compiled(path, text).map(|_| ()))
 }
 
@@ -73,7 +79,13 @@ mod tests {
 
     #[test]
     fn every_schema_compiles_and_validation_can_fail() {
-        assert_eq!(compile(GENERIC), Ok(()));
+        for (path, text) in GENERIC {
+            assert!(compiled(path, text).is_ok(), "{path}");
+        }
+        assert!(compile(GENERIC).unwrap_err().contains("twice"), "the runner's are not a probe's");
+        let mine: &[Schema] = &[("mine", "true"), ("mine", "false")];
+        assert!(compile(mine).unwrap_err().contains("twice"));
+        assert_eq!(compile(&mine[..1]), Ok(()));
         for probe in crate::probe::builtin::probes(&Default::default()) {
             assert_eq!(compile(probe.schemas()), Ok(()), "{}", probe.rail());
         }

@@ -7,7 +7,7 @@ use farebox_evm::PrivateKeySigner;
 use farebox_lightning::LightningBackend;
 use serde::Deserialize;
 
-use super::{MaxPrice, Probe, Unable};
+use super::{MaxPrice, Probe, Quote, Unable};
 use crate::check::{self, AttemptKind};
 
 /// The built-in probes, one line per rail, paying with `wallets`.
@@ -162,5 +162,38 @@ impl Attempt {
                 | Attempt::SessionClose
                 | Attempt::SessionClosedChannel
         )
+    }
+}
+
+/// A key that holds less of the quoted token, on the quote's chain, than the quote (unfunded,
+/// or funded on another chain or in another asset): read from the tester's node
+/// (`--wallet evm-rpc`), when it is on that chain.
+pub(crate) async fn evm_wallet_cause(quote: &Quote, wallets: &Wallets) -> Option<String> {
+    let (key, rpc) = (wallets.evm.as_ref()?, wallets.evm_rpc.as_ref()?);
+    let (chain, token) = quote.unit.strip_prefix("eip155:")?.split_once('/')?;
+    let (chain, token): (u64, farebox_evm::Address) = (chain.parse().ok()?, token.parse().ok()?);
+    if rpc.chain_id() != chain {
+        return None;
+    }
+    let held = rpc.balance_of(token, key.address()).await.ok()?;
+    (held < farebox_evm::U256::from(quote.amount)).then(|| {
+        format!(
+            "the tester's key {} holds {held} base units of {token} on chain {chain}, the payment needs {}: fund it there (the wallet, not the server, is the cause)",
+            key.address(),
+            quote.amount
+        )
+    })
+}
+
+/// A Lightning wallet's failure to pay the server's invoice: an invoice that is not valid is
+/// the server's fault, anything else (no balance, no route, the node down) the wallet's.
+pub(crate) fn lightning_payment_failed(what: &str, e: farebox_lightning::LightningError) -> Unable {
+    match e {
+        farebox_lightning::LightningError::InvalidInvoice(_) => {
+            Unable::Fail(format!("paying {what}: {e}"))
+        }
+        e => Unable::WalletCause(format!(
+            "the tester's Lightning wallet could not pay {what} ({e}): the wallet, not the server, may be the cause"
+        )),
     }
 }

@@ -77,7 +77,7 @@ impl L402Probe {
         let paid = wallet
             .pay(&c.invoice, 10_000)
             .await
-            .map_err(|e| super::lightning_payment_failed("the L402 invoice", e))?;
+            .map_err(|e| super::builtin::lightning_payment_failed("the L402 invoice", e))?;
         let token = (c.macaroon, paid.preimage);
         *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
         Ok(token)

@@ -455,6 +455,6 @@ impl Probe for X402Probe {
     }
 
     async fn wallet_cause(&self, send: &check::Attempt, answering: &Exchange) -> Option<String> {
-        super::evm_wallet_cause(&self.quote(send, answering)?, &self.wallets).await
+        super::builtin::evm_wallet_cause(&self.quote(send, answering)?, &self.wallets).await
     }
 }

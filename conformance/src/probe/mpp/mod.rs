@@ -215,10 +215,9 @@ impl MppProbe {
             ("lightning", "charge", Some(wallet), _) => {
                 let request = LightningChargeRequest::from_json(&c.request)
                     .map_err(|e| Unable::Fail(format!("the lightning charge request: {e}")))?;
-                let paid = wallet
-                    .pay(&request.invoice, 10_000)
-                    .await
-                    .map_err(|e| super::lightning_payment_failed("the charge invoice", e))?;
+                let paid = wallet.pay(&request.invoice, 10_000).await.map_err(|e| {
+                    super::builtin::lightning_payment_failed("the charge invoice", e)
+                })?;
                 MppCredential::new(&c, lightning_charge::payload(&paid.preimage))
             }
             ("evm", "charge", _, Some(key)) => {
@@ -512,7 +511,7 @@ impl Probe for MppProbe {
     }
 
     async fn wallet_cause(&self, send: &check::Attempt, answering: &Exchange) -> Option<String> {
-        super::evm_wallet_cause(&self.quote(send, answering)?, &self.wallets).await
+        super::builtin::evm_wallet_cause(&self.quote(send, answering)?, &self.wallets).await
     }
 }
 
