@@ -23,7 +23,6 @@ use farebox_evm::{B256, U256};
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::evm::session::{OpenPayload, SessionPayload, SignedVoucher};
-use farebox_mpp::evm::voucher::{self, Voucher};
 use farebox_mpp::{Challenge, Credential, EvmSessionConfig, MppConfig, MppRail};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};
@@ -92,14 +91,8 @@ async fn run(sequential: u128, concurrent: u128) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let http = reqwest::Client::new();
 
-    let sign = |amount: u128, channel: B256| {
-        let v = Voucher { channelId: channel, cumulativeAmount: amount };
-        SignedVoucher {
-            channel_id: channel,
-            cumulative_amount: amount,
-            signature: voucher::sign(&payer.signer, &domain, &v).to_vec(),
-        }
-    };
+    let sign =
+        |amount: u128, channel: B256| SignedVoucher::sign(&payer.signer, &domain, channel, amount);
     let challenge = challenge_of(&http, &url).await;
     let salt = B256::repeat_byte(0xbe);
     rpc.erc20_approve(&payer.signer, token, escrow, deposit).await.unwrap();

@@ -13,7 +13,7 @@ use farebox_core::store::Update;
 use farebox_core::{SessionRecord, SessionStatus};
 use farebox_evm::{Address, B256, PrivateKeySigner};
 use farebox_mpp::evm::session::{SessionPayload, SignedVoucher};
-use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
+use farebox_mpp::evm::voucher::VoucherDomain;
 use farebox_mpp::rail::evm_session::{apply_voucher, check_voucher_signature};
 use farebox_mpp::{ChallengeKey, ChallengeParams, Credential, time};
 use serde_json::json;
@@ -43,12 +43,7 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         })
         .unwrap();
-    let v = Voucher { channelId: channel, cumulativeAmount: amount };
-    let signed = SignedVoucher {
-        channel_id: channel,
-        cumulative_amount: amount,
-        signature: voucher::sign(&payer, &domain, &v).to_vec(),
-    };
+    let signed = SignedVoucher::sign(&payer, &domain, channel, amount);
     let header =
         Credential::new(&challenge, SessionPayload::Voucher(signed).to_json()).to_authorization();
     let record = SessionRecord {

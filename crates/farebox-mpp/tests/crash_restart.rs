@@ -16,7 +16,6 @@ use farebox_evm::{B256, EvmRpc, PrivateKeySigner, U256};
 use farebox_mpp::evm::escrow::DEFAULT_CLOSE_GRACE_PERIOD;
 use farebox_mpp::evm::escrow::EscrowRpc;
 use farebox_mpp::evm::session::{OpenPayload, SessionPayload, SignedVoucher};
-use farebox_mpp::evm::voucher::{self, Voucher, VoucherDomain};
 use farebox_mpp::{Challenge, Credential, EvmSessionConfig, MppConfig, MppRail, PaymentReceipt};
 use farebox_server::{Paywall, PaywallLayer, PricedRoute};
 use farebox_store::{MemoryStore, SqliteStore};
@@ -132,7 +131,8 @@ async fn scenario() -> Result<(), Failed> {
     let key = format!("0x{}", hex::encode(payee.signer.to_bytes()));
     let config = format!("{}|{escrow:#x}|{token:#x}|{key}|{}", anvil.url(), db.display());
     let http = reqwest::Client::new();
-    let voucher = |amount: u128, channel: B256| voucher_of(&payer.signer, &domain, channel, amount);
+    let voucher =
+        |amount: u128, channel: B256| SignedVoucher::sign(&payer.signer, &domain, channel, amount);
 
     // A channel, and three requests paid on it (vouchers for 1, 2 and 3 requests).
     let server = Server::start(&config)?;
@@ -180,20 +180,6 @@ async fn scenario() -> Result<(), Failed> {
     }
     drop(server);
     Ok(())
-}
-
-fn voucher_of(
-    signer: &PrivateKeySigner,
-    domain: &VoucherDomain,
-    channel: B256,
-    amount: u128,
-) -> SignedVoucher {
-    let v = Voucher { channelId: channel, cumulativeAmount: amount };
-    SignedVoucher {
-        channel_id: channel,
-        cumulative_amount: amount,
-        signature: voucher::sign(signer, domain, &v).to_vec(),
-    }
 }
 
 async fn challenge_of(http: &reqwest::Client, base: &str) -> Result<Challenge, Failed> {

@@ -189,6 +189,23 @@ pub struct SignedVoucher {
     pub signature: Vec<u8>,
 }
 
+impl SignedVoucher {
+    /// The voucher for `amount` on `channel`, signed by `signer` in the escrow's `domain`.
+    pub fn sign(
+        signer: &farebox_evm::PrivateKeySigner,
+        domain: &crate::evm::voucher::VoucherDomain,
+        channel: B256,
+        amount: u128,
+    ) -> Self {
+        let v = crate::evm::voucher::Voucher { channelId: channel, cumulativeAmount: amount };
+        SignedVoucher {
+            channel_id: channel,
+            cumulative_amount: amount,
+            signature: crate::evm::voucher::sign(signer, domain, &v).to_vec(),
+        }
+    }
+}
+
 /// An `open` payload (`type: "hash"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenPayload {

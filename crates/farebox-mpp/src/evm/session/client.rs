@@ -32,7 +32,7 @@ use crate::client::session::{
 };
 use crate::client::{Details, Payer, buys, details_of, origin_of, sensitive};
 use crate::evm::escrow::EscrowRpc;
-use crate::evm::voucher::{self, Voucher, VoucherDomain};
+use crate::evm::voucher::VoucherDomain;
 use crate::{Challenge, Credential, ProblemType};
 
 /// How long the wallet's node may lag behind the server's before a close transaction the server
@@ -411,7 +411,7 @@ impl Payer for EvmSessionPayer {
                 s.url = url.clone();
                 s.challenge = challenge.clone();
                 s.kind.paid_under(url.path(), challenge);
-                let voucher = signed_voucher(signer, &domain, channel, need);
+                let voucher = SignedVoucher::sign(signer, &domain, channel, need);
                 (SessionPayload::Voucher(voucher), channel, need)
             }
             _ => {
@@ -481,7 +481,7 @@ pub(crate) async fn close(
         unreachable!("called for EVM sessions")
     };
     let amount = close_amount(s.spent, *signed);
-    let payload = SessionPayload::Close(signed_voucher(signer, domain, *channel, amount));
+    let payload = SessionPayload::Close(SignedVoucher::sign(signer, domain, *channel, amount));
     let payload = payload.to_json();
     let (status, headers, body) =
         book.control(&s.url, METHOD, s.challenge.clone(), |_| payload.clone()).await?;
@@ -640,22 +640,8 @@ pub(crate) fn open_payload(
         hash: tx,
         salt,
         authorized_signer: None,
-        voucher: signed_voucher(signer, domain, channel, amount),
+        voucher: SignedVoucher::sign(signer, domain, channel, amount),
     })
-}
-
-pub(crate) fn signed_voucher(
-    signer: &PrivateKeySigner,
-    domain: &VoucherDomain,
-    channel: B256,
-    amount: u128,
-) -> SignedVoucher {
-    let v = Voucher { channelId: channel, cumulativeAmount: amount };
-    SignedVoucher {
-        channel_id: channel,
-        cumulative_amount: amount,
-        signature: voucher::sign(signer, domain, &v).to_vec(),
-    }
 }
 
 /// Whether a 402 to an EVM session voucher refused its *challenge* (expired, issued for
