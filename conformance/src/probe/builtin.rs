@@ -125,6 +125,12 @@ impl Attempt {
         Attempt::of(send).ok_or_else(|| Unable::Skip(format!("no attempt {send:?}")))
     }
 
+    /// What the runner must know of `send`, when it is one of `makes` (a probe's list of the
+    /// attempts it makes); `None` for any other.
+    pub fn made_by(send: &check::Attempt, makes: &[Attempt]) -> Option<AttemptKind> {
+        Attempt::of(send).filter(|a| makes.contains(a)).map(Attempt::kind)
+    }
+
     /// What the runner must know of it.
     pub fn kind(self) -> AttemptKind {
         AttemptKind { pays: self.pays(), fresh_challenge: self.answers_a_fresh_challenge() }

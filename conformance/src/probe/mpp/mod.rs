@@ -288,7 +288,7 @@ impl Probe for MppProbe {
     }
 
     fn attempt(&self, send: &check::Attempt) -> Option<AttemptKind> {
-        Attempt::of(send).filter(|a| MAKES.contains(a)).map(Attempt::kind)
+        Attempt::made_by(send, MAKES)
     }
 
     fn has_challenge(&self, exchange: &Exchange) -> bool {
