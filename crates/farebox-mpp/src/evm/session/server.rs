@@ -440,34 +440,6 @@ fn chain_error(e: EvmError, what: &str) -> PaymentError {
 }
 
 impl EvmSession {
-    /// The `evm` session challenge line for `resource`, if it is priced in the channel token.
-    fn challenge_line(
-        &self,
-        resource: &farebox_core::Resource,
-    ) -> Result<Option<http::HeaderValue>, PaymentError> {
-        let Some(price) = resource.price.in_asset(&self.asset).filter(|p| p.amount > 0) else {
-            return Ok(None);
-        };
-        let cfg = &self.config;
-        let request = EvmSessionRequest {
-            amount: U256::from(price.amount),
-            unit_type: Some(UNIT_REQUEST.into()),
-            suggested_deposit: Some(U256::from(
-                cfg.suggested_deposit.unwrap_or(price.amount.saturating_mul(100)),
-            )),
-            currency: cfg.token,
-            recipient: self.payee(),
-            chain_id: cfg.rpc.chain_id(),
-            escrow: cfg.escrow,
-            channel_id: None,
-            min_voucher_delta: U256::from(cfg.min_voucher_delta),
-            credential_types: vec![CREDENTIAL_HASH.into()],
-            decimals: Some(cfg.info.decimals),
-            description: resource.description.as_deref().map(str::to_owned),
-        };
-        self.env.issue(resource, self.names(), request.to_json(), false).map(Some)
-    }
-
     /// Verifies an EVM session credential (the envelope's id and realm already checked).
     async fn verify(
         &self,
@@ -661,11 +633,6 @@ impl EvmSession {
         Ok(grace)
     }
 
-    /// How soon upkeep must answer a forced close: the escrow's grace period.
-    async fn grace_deadline(&self) -> Result<Option<Duration>, PaymentError> {
-        Ok(Some(Duration::from_secs(self.check_grace_period().await?)))
-    }
-
     async fn read_channel(&self, channel: B256) -> Result<Channel, PaymentError> {
         let state = self
             .config
@@ -853,73 +820,6 @@ impl EvmSession {
             key(&channel),
             Held::Close { channel, challenge_id },
         ))
-    }
-
-    /// Settles what [`Self::verify`] held.
-    async fn settle_held(
-        &self,
-        held: &Held,
-        amount: Money,
-    ) -> Result<farebox_core::Receipt, PaymentError> {
-        let chain_id = self.config.rpc.chain_id();
-        let now = time::format(time::unix_now()?);
-        match held {
-            Held::Debit { channel, challenge_id, accepted, spent, .. } => {
-                let receipt = session_receipt(now, channel, challenge_id, chain_id)
-                    .with("acceptedCumulative", accepted.to_string())
-                    .with("spent", spent.to_string());
-                Ok(farebox_core::Receipt::new(
-                    amount,
-                    key(channel),
-                    vec![receipt_header(&receipt)?],
-                ))
-            }
-            Held::TopUp { channel, challenge_id, deposit } => {
-                let receipt = session_receipt(now, channel, challenge_id, chain_id)
-                    .with("deposit", deposit.to_string());
-                Ok(farebox_core::Receipt::new(
-                    amount,
-                    key(channel),
-                    vec![receipt_header(&receipt)?],
-                ))
-            }
-            Held::Close { channel, challenge_id } => {
-                let closed = self.finish_close(*channel).await?;
-                let receipt = session_receipt(now, channel, challenge_id, chain_id)
-                    .with("acceptedCumulative", closed.accepted.to_string())
-                    .with("spent", closed.captured.to_string())
-                    .with("txHash", closed.tx.clone());
-                let answer = ControlAnswer {
-                    status: http::StatusCode::OK,
-                    body: Some(json!({
-                        "status": "closed",
-                        "channelId": key(channel),
-                        "captured": closed.captured.to_string(),
-                        "refunded": closed.refunded.to_string(),
-                        "txHash": closed.tx,
-                    })),
-                };
-                Ok(farebox_core::Receipt::new(amount, closed.tx, vec![receipt_header(&receipt)?])
-                    .with_answer(answer))
-            }
-        }
-    }
-
-    /// Gives back the debit of a request that was not served.
-    async fn release_held(&self, held: &Held) {
-        let Held::Debit { channel, price, .. } = held else {
-            return;
-        };
-        let released = update_session(&*self.sessions, NAMESPACE, &key(channel), |r| {
-            let mut next = r.clone();
-            next.spent = next.spent.saturating_sub(*price).max(next.settled);
-            next.updated_at = time::unix_now()?;
-            Ok::<_, PaymentError>(Update::Write(next, ()))
-        })
-        .await;
-        if let Err(e) = released {
-            tracing::warn!(error = %e, channel = %key(channel), "could not credit back an unserved request");
-        }
     }
 
     /// Sends the close recorded on `channel` and records the outcome.
@@ -1201,11 +1101,32 @@ impl Intent for EvmSession {
         (evm_session::METHOD, evm_session::INTENT)
     }
 
+    /// The challenge line for `resource`, if it is priced in the channel's token.
     async fn challenge(
         &self,
         resource: &farebox_core::Resource,
     ) -> Result<Option<http::HeaderValue>, PaymentError> {
-        self.challenge_line(resource)
+        let Some(price) = resource.price.in_asset(&self.asset).filter(|p| p.amount > 0) else {
+            return Ok(None);
+        };
+        let cfg = &self.config;
+        let request = EvmSessionRequest {
+            amount: U256::from(price.amount),
+            unit_type: Some(UNIT_REQUEST.into()),
+            suggested_deposit: Some(U256::from(
+                cfg.suggested_deposit.unwrap_or(price.amount.saturating_mul(100)),
+            )),
+            currency: cfg.token,
+            recipient: self.payee(),
+            chain_id: cfg.rpc.chain_id(),
+            escrow: cfg.escrow,
+            channel_id: None,
+            min_voucher_delta: U256::from(cfg.min_voucher_delta),
+            credential_types: vec![CREDENTIAL_HASH.into()],
+            decimals: Some(cfg.info.decimals),
+            description: resource.description.as_deref().map(str::to_owned),
+        };
+        self.env.issue(resource, self.names(), request.to_json(), false).map(Some)
     }
 
     async fn approve(
@@ -1237,7 +1158,7 @@ impl Intent for EvmSession {
     /// The escrow's grace period: a payer who asked the chain for a forced close may withdraw
     /// once it has passed.
     async fn upkeep_deadline(&self) -> Result<Option<Duration>, PaymentError> {
-        self.grace_deadline().await
+        Ok(Some(Duration::from_secs(self.check_grace_period().await?)))
     }
 }
 
@@ -1245,17 +1166,72 @@ impl Intent for EvmSession {
 impl Settles for EvmSession {
     type Held = Held;
 
+    /// The receipt of a debit, a top-up or a close (sent on chain first).
     async fn settle(
         &self,
         held: Held,
         amount: Money,
         _reference: String,
     ) -> Result<farebox_core::Receipt, PaymentError> {
-        self.settle_held(&held, amount).await
+        let chain_id = self.config.rpc.chain_id();
+        let now = time::format(time::unix_now()?);
+        match &held {
+            Held::Debit { channel, challenge_id, accepted, spent, .. } => {
+                let receipt = session_receipt(now, channel, challenge_id, chain_id)
+                    .with("acceptedCumulative", accepted.to_string())
+                    .with("spent", spent.to_string());
+                Ok(farebox_core::Receipt::new(
+                    amount,
+                    key(channel),
+                    vec![receipt_header(&receipt)?],
+                ))
+            }
+            Held::TopUp { channel, challenge_id, deposit } => {
+                let receipt = session_receipt(now, channel, challenge_id, chain_id)
+                    .with("deposit", deposit.to_string());
+                Ok(farebox_core::Receipt::new(
+                    amount,
+                    key(channel),
+                    vec![receipt_header(&receipt)?],
+                ))
+            }
+            Held::Close { channel, challenge_id } => {
+                let closed = self.finish_close(*channel).await?;
+                let receipt = session_receipt(now, channel, challenge_id, chain_id)
+                    .with("acceptedCumulative", closed.accepted.to_string())
+                    .with("spent", closed.captured.to_string())
+                    .with("txHash", closed.tx.clone());
+                let answer = ControlAnswer {
+                    status: http::StatusCode::OK,
+                    body: Some(json!({
+                        "status": "closed",
+                        "channelId": key(channel),
+                        "captured": closed.captured.to_string(),
+                        "refunded": closed.refunded.to_string(),
+                        "txHash": closed.tx,
+                    })),
+                };
+                Ok(farebox_core::Receipt::new(amount, closed.tx, vec![receipt_header(&receipt)?])
+                    .with_answer(answer))
+            }
+        }
     }
 
+    /// Gives back the debit of a request that was not served.
     async fn release(&self, held: Held) {
-        self.release_held(&held).await
+        let Held::Debit { channel, price, .. } = &held else {
+            return;
+        };
+        let released = update_session(&*self.sessions, NAMESPACE, &key(channel), |r| {
+            let mut next = r.clone();
+            next.spent = next.spent.saturating_sub(*price).max(next.settled);
+            next.updated_at = time::unix_now()?;
+            Ok::<_, PaymentError>(Update::Write(next, ()))
+        })
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, channel = %key(channel), "could not credit back an unserved request");
+        }
     }
 }
 

@@ -169,47 +169,6 @@ pub(crate) enum Held {
 }
 
 impl LightningSession {
-    /// The `lightning` session challenge for `resource` (a fresh deposit invoice), if it is
-    /// priced in whole satoshis.
-    async fn challenge_line(
-        &self,
-        resource: &farebox_core::Resource,
-    ) -> Result<Option<http::HeaderValue>, PaymentError> {
-        let Some(price_sat) = resource
-            .price
-            .in_bitcoin()
-            .and_then(Money::as_msat)
-            .filter(|m| *m > 0 && m % 1000 == 0)
-            .map(|m| m / 1000)
-        else {
-            return Ok(None);
-        };
-        let deposit_sat = self
-            .config
-            .deposit_sat
-            .unwrap_or(price_sat.saturating_mul(self.config.deposit_units))
-            .max(price_sat);
-        let deposit = InvoiceRequest {
-            amount_msat: deposit_sat.saturating_mul(1000),
-            memo: format!(
-                "MPP session deposit, {}",
-                farebox_lightning::bolt11::truncate_utf8(&self.env.realm, 300)
-            ),
-            expiry: self.env.ttl,
-        };
-        let invoice = self.node.invoice(deposit, "a deposit invoice").await?;
-        let request = LightningSessionRequest {
-            amount_sat: price_sat,
-            unit_type: Some("request".into()),
-            deposit_invoice: Some(invoice.bolt11),
-            payment_hash: invoice.payment_hash,
-            deposit_sat: Some(deposit_sat),
-            idle_timeout_secs: Some(self.config.idle_timeout.as_secs()),
-            description: resource.description.as_deref().map(str::to_owned),
-        };
-        self.env.issue(resource, self.names(), request.to_json(), false).map(Some)
-    }
-
     /// Verifies a Lightning session credential.
     async fn verify(
         &self,
@@ -434,61 +393,6 @@ impl LightningSession {
         ))
     }
 
-    async fn settle_held(
-        &self,
-        held: &Held,
-        amount: Money,
-    ) -> Result<farebox_core::Receipt, PaymentError> {
-        let now = time::format(time::unix_now()?);
-        let receipt = |session: &PaymentHash| {
-            PaymentReceipt::success(lightning_session::METHOD, now.clone(), id_of(session))
-                .with("sessionId", id_of(session))
-        };
-        match held {
-            Held::Debit { session, spent_msat, deposit_msat, .. } => {
-                let r = receipt(session)
-                    .with("spent", sats(*spent_msat))
-                    .with("balance", sats(deposit_msat - spent_msat));
-                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?]))
-            }
-            Held::TopUp { session, deposit_msat } => {
-                let r = receipt(session).with("deposit", sats(*deposit_msat));
-                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?])
-                    .with_answer(ControlAnswer {
-                        status: http::StatusCode::OK,
-                        body: Some(json!({"status": "ok"})),
-                    }))
-            }
-            Held::Close { session } => {
-                let (refund_sat, status) =
-                    self.close_lightning_session(session, time::unix_now()?, false).await?;
-                let r = receipt(session)
-                    .with("refundSats", refund_sat)
-                    .with("refundStatus", status.as_str());
-                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?])
-                    .with_answer(ControlAnswer {
-                        status: http::StatusCode::OK,
-                        body: Some(closed_body(refund_sat, status)),
-                    }))
-            }
-        }
-    }
-
-    async fn release_held(&self, held: &Held) {
-        let Held::Debit { session, price_msat, .. } = held else {
-            return;
-        };
-        let released = update_session(&*self.sessions, NAMESPACE, &id_of(session), |r| {
-            let mut next = r.clone();
-            next.spent = next.spent.saturating_sub(u128::from(*price_msat));
-            Ok::<_, PaymentError>(Update::Write(next, ()))
-        })
-        .await;
-        if let Err(e) = released {
-            tracing::warn!(error = %e, "could not credit back an unserved request");
-        }
-    }
-
     /// Closes the session and pays what is left to its return invoice, at most once across
     /// concurrent closes, upkeep ticks and instances (see the module docs): the refund is claimed
     /// by one compare-and-swap before anything is paid, and only the claimant pays. Another
@@ -667,11 +571,44 @@ impl Intent for LightningSession {
         (lightning_session::METHOD, lightning_session::INTENT)
     }
 
+    /// A fresh deposit invoice for `resource`, if it is priced in whole satoshis.
     async fn challenge(
         &self,
         resource: &farebox_core::Resource,
     ) -> Result<Option<http::HeaderValue>, PaymentError> {
-        self.challenge_line(resource).await
+        let Some(price_sat) = resource
+            .price
+            .in_bitcoin()
+            .and_then(Money::as_msat)
+            .filter(|m| *m > 0 && m % 1000 == 0)
+            .map(|m| m / 1000)
+        else {
+            return Ok(None);
+        };
+        let deposit_sat = self
+            .config
+            .deposit_sat
+            .unwrap_or(price_sat.saturating_mul(self.config.deposit_units))
+            .max(price_sat);
+        let deposit = InvoiceRequest {
+            amount_msat: deposit_sat.saturating_mul(1000),
+            memo: format!(
+                "MPP session deposit, {}",
+                farebox_lightning::bolt11::truncate_utf8(&self.env.realm, 300)
+            ),
+            expiry: self.env.ttl,
+        };
+        let invoice = self.node.invoice(deposit, "a deposit invoice").await?;
+        let request = LightningSessionRequest {
+            amount_sat: price_sat,
+            unit_type: Some("request".into()),
+            deposit_invoice: Some(invoice.bolt11),
+            payment_hash: invoice.payment_hash,
+            deposit_sat: Some(deposit_sat),
+            idle_timeout_secs: Some(self.config.idle_timeout.as_secs()),
+            description: resource.description.as_deref().map(str::to_owned),
+        };
+        self.env.issue(resource, self.names(), request.to_json(), false).map(Some)
     }
 
     async fn approve(
@@ -698,17 +635,62 @@ impl Intent for LightningSession {
 impl Settles for LightningSession {
     type Held = Held;
 
+    /// The receipt of a debit or a top-up, or the close with its refund paid.
     async fn settle(
         &self,
         held: Held,
         amount: Money,
         _reference: String,
     ) -> Result<farebox_core::Receipt, PaymentError> {
-        self.settle_held(&held, amount).await
+        let now = time::format(time::unix_now()?);
+        let receipt = |session: &PaymentHash| {
+            PaymentReceipt::success(lightning_session::METHOD, now.clone(), id_of(session))
+                .with("sessionId", id_of(session))
+        };
+        match &held {
+            Held::Debit { session, spent_msat, deposit_msat, .. } => {
+                let r = receipt(session)
+                    .with("spent", sats(*spent_msat))
+                    .with("balance", sats(deposit_msat - spent_msat));
+                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?]))
+            }
+            Held::TopUp { session, deposit_msat } => {
+                let r = receipt(session).with("deposit", sats(*deposit_msat));
+                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?])
+                    .with_answer(ControlAnswer {
+                        status: http::StatusCode::OK,
+                        body: Some(json!({"status": "ok"})),
+                    }))
+            }
+            Held::Close { session } => {
+                let (refund_sat, status) =
+                    self.close_lightning_session(session, time::unix_now()?, false).await?;
+                let r = receipt(session)
+                    .with("refundSats", refund_sat)
+                    .with("refundStatus", status.as_str());
+                Ok(farebox_core::Receipt::new(amount, id_of(session), vec![receipt_header(&r)?])
+                    .with_answer(ControlAnswer {
+                        status: http::StatusCode::OK,
+                        body: Some(closed_body(refund_sat, status)),
+                    }))
+            }
+        }
     }
 
+    /// Gives back the debit of a request that was not served.
     async fn release(&self, held: Held) {
-        self.release_held(&held).await
+        let Held::Debit { session, price_msat, .. } = &held else {
+            return;
+        };
+        let released = update_session(&*self.sessions, NAMESPACE, &id_of(session), |r| {
+            let mut next = r.clone();
+            next.spent = next.spent.saturating_sub(u128::from(*price_msat));
+            Ok::<_, PaymentError>(Update::Write(next, ()))
+        })
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not credit back an unserved request");
+        }
     }
 }
 
