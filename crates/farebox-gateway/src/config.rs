@@ -83,6 +83,17 @@ pub struct GatewaySection {
     /// How long the payment log keeps a payment (revenue totals are kept for good).
     #[serde(default = "default_payment_log_days")]
     pub payment_log_days: u64,
+    /// Threads serving the main listener (default: one per CPU). Read at start only.
+    pub workers: Option<usize>,
+}
+
+impl GatewaySection {
+    /// How many worker threads serve the main listener.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)
+        })
+    }
 }
 
 impl Default for GatewaySection {
@@ -96,9 +107,13 @@ impl Default for GatewaySection {
             maintenance_interval_secs: default_maintenance(),
             instance: None,
             payment_log_days: default_payment_log_days(),
+            workers: None,
         }
     }
 }
+
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8402))
@@ -1259,6 +1274,11 @@ impl Config {
             {
                 issues.push(format!("discovery.{what}"), "must be an http:// or https:// URL");
             }
+        }
+        if let Some(n) = self.gateway.workers
+            && !(1..=MAX_WORKERS).contains(&n)
+        {
+            issues.push("gateway.workers", format!("must be between 1 and {MAX_WORKERS}"));
         }
         if self.gateway.payment_log_days == 0 {
             issues.push("gateway.payment_log_days", "must be at least 1");

@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::serve::ListenerExt as _;
 use farebox_core::Receipt;
 use farebox_core::time::unix_now;
@@ -278,11 +278,6 @@ impl Gateway {
         axum::Router::new().fallback(crate::admin::handle).with_state(self.clone())
     }
 
-    /// The main listener's service.
-    pub fn router(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(handle).with_state(self.clone())
-    }
-
     /// The ops endpoints alone (for `[ops] listen`).
     pub fn ops_router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new().fallback(handle_ops).with_state(self.clone())
@@ -323,9 +318,8 @@ impl Gateway {
                     .into_future(),
             );
         }
-        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        let main = axum::serve(listener.tap_io(no_delay), app)
-            .with_graceful_shutdown(wait(stopped.clone()));
+        let workers = crate::connection::Workers::start(config.gateway.worker_count())?;
+        let main = workers.serve(listener, MainListener(self.clone()), stopped.clone());
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -336,13 +330,16 @@ impl Gateway {
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
-            done = main.into_future() => done,
+            done = main => done,
             () = deadline => {
                 tracing::warn!("shutdown grace period over; exiting with requests still in flight");
                 Ok(())
             }
         };
         self.drain_payment_logs().await;
+        // The workers' runtimes hold connections the backends opened from requests: they end
+        // only once the payment log is written.
+        drop(workers);
         served
     }
 
@@ -734,12 +731,22 @@ fn demo_section(addr: SocketAddr) -> UpstreamSection {
     })
 }
 
+/// The main listener's requests.
+#[derive(Clone)]
+struct MainListener(Arc<Gateway>);
+
+impl crate::connection::Handler for MainListener {
+    fn handle(
+        &self,
+        peer: SocketAddr,
+        request: Request,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        handle(self.0.clone(), peer, request)
+    }
+}
+
 /// Every request on the main listener.
-async fn handle(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response<Body> {
+async fn handle(gw: Arc<Gateway>, peer: SocketAddr, request: Request) -> Response<Body> {
     let live = gw.live();
     let started = Instant::now();
     let inner = {

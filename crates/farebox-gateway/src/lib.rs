@@ -59,6 +59,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod db;
 pub mod discovery;
 pub mod free_tier;

@@ -26,7 +26,7 @@ use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Cidr, UpstreamSection};
+use crate::connection::UpstreamConnections;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -72,6 +73,9 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
     authority: http::uri::Authority,
+    /// Where to connect: the host (without an IPv6 literal's brackets) and the port.
+    host: String,
+    port: u16,
     base_path: String,
 }
 
@@ -92,12 +96,19 @@ impl UpstreamTarget {
         if uri.query().is_some() {
             return Err("the upstream URL must not carry a query".into());
         }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = authority.port_u16().unwrap_or(80);
         let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamTarget { authority, base_path })
+        Ok(UpstreamTarget { authority, host, port, base_path })
     }
 
     pub fn authority(&self) -> &str {
         self.authority.as_str()
+    }
+
+    /// The host and port to connect to.
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
     }
 
     /// The upstream URI for a request to `path_and_query` at the gateway.
@@ -116,7 +127,21 @@ pub struct Upstream {
     pub name: String,
     pub target: UpstreamTarget,
     pub settings: UpstreamSection,
+    /// Which upstream a client connection's kept connection goes to (unique in the process, so
+    /// that one a reload replaced is never taken for its successor).
+    id: u64,
+    /// The shared pool: for upgrades, readiness checks and requests that come without a client
+    /// connection of their own.
     client: Client<HttpConnector, Body>,
+}
+
+/// Why a request did not reach the upstream.
+#[derive(Debug)]
+pub enum SendError {
+    /// The upstream did not accept the connection within `connect_timeout_ms`.
+    ConnectTimeout,
+    /// Anything else, described (with no URL: upstream URLs carry no credentials anyway).
+    Unreachable(String),
 }
 
 impl Upstream {
@@ -129,7 +154,31 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Upstream { name: name.to_string(), target, settings: settings.clone(), client })
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Upstream { name: name.to_string(), target, settings: settings.clone(), id, client })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends `request` on `via`'s kept connection, or else through the shared pool.
+    async fn send(
+        &self,
+        request: Request<Body>,
+        via: Option<&UpstreamConnections>,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+        if let Some(via) = via {
+            return via.send(self, request).await;
+        }
+        self.client.request(request).await.map_err(|e| {
+            if timed_out(&e) {
+                SendError::ConnectTimeout
+            } else {
+                SendError::Unreachable(describe(&e))
+            }
+        })
     }
 
     /// Whether the upstream answers: its `health_path` below 500, or else a TCP connect.
@@ -344,21 +393,32 @@ pub async fn forward(f: Forward<'_>, mut request: Request<Body>) -> Response<Bod
         Err(e) => return problem(StatusCode::BAD_REQUEST, "bad_target", e.to_string()),
     };
     parts.version = http::Version::HTTP_11;
+    // The client connection's own upstream connection, except for an upgrade (the upgraded
+    // connection outlives the request and is handed over from the shared pool).
+    let via = if websocket { None } else { parts.extensions.remove::<Arc<UpstreamConnections>>() };
     let too_large = Arc::new(AtomicBool::new(false));
-    let (sent, mut body_sent) = tokio::sync::watch::channel(false);
-    let mut capped = Capped::new(body, max_request, Some(too_large.clone()));
-    capped.sent = Some(sent);
-    let outbound = Request::from_parts(parts, Body::new(capped));
-
     // The response timeout runs from when the request body has been sent (an upload takes as
-    // long as the client takes), or from when the upstream answers early.
+    // long as the client takes), or from when the upstream answers early. A request without a
+    // body has nothing to wait for.
+    let (outbound, body_sent) = if http_body::Body::is_end_stream(&body) {
+        (Request::from_parts(parts, Body::empty()), None)
+    } else {
+        let (sent, body_sent) = tokio::sync::watch::channel(false);
+        let mut capped = Capped::new(body, max_request, Some(too_large.clone()));
+        capped.sent = Some(sent);
+        (Request::from_parts(parts, Body::new(capped)), Some(body_sent))
+    };
+
     let started = Instant::now();
     let timeout = Duration::from_millis(up.settings.response_timeout_ms);
-    let exchange = up.client.request(outbound);
+    let exchange = up.send(outbound, via.as_deref());
     tokio::pin!(exchange);
-    let early = tokio::select! {
-        answer = &mut exchange => Some(answer),
-        _ = body_sent.wait_for(|sent| *sent) => None,
+    let early = match body_sent {
+        Some(mut body_sent) => tokio::select! {
+            answer = &mut exchange => Some(answer),
+            _ = body_sent.wait_for(|sent| *sent) => None,
+        },
+        None => None,
     };
     let answer = match early {
         Some(answer) => Ok(answer),
@@ -374,20 +434,24 @@ pub async fn forward(f: Forward<'_>, mut request: Request<Body>) -> Response<Bod
                     format!("request bodies are limited to {max_request} bytes"),
                 );
             }
-            if timed_out(&e) {
-                tracing::warn!(upstream = %up.name, "upstream connect timed out");
-                return problem(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!("upstream {} did not accept the connection in time", up.name),
-                );
+            match e {
+                SendError::ConnectTimeout => {
+                    tracing::warn!(upstream = %up.name, "upstream connect timed out");
+                    return problem(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        format!("upstream {} did not accept the connection in time", up.name),
+                    );
+                }
+                SendError::Unreachable(why) => {
+                    tracing::warn!(upstream = %up.name, error = %why, "upstream unreachable");
+                    return problem(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        format!("upstream {} cannot be reached", up.name),
+                    );
+                }
             }
-            tracing::warn!(upstream = %up.name, error = %describe(&e), "upstream unreachable");
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                format!("upstream {} cannot be reached", up.name),
-            );
         }
         Err(_) => {
             tracing::warn!(upstream = %up.name, "upstream response timed out");
@@ -503,7 +567,7 @@ fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// An error and its causes on one line (no URLs with credentials: upstream URLs carry none).
-fn describe(e: &dyn StdError) -> String {
+pub(crate) fn describe(e: &dyn StdError) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -330,3 +330,86 @@ async fn ops_endpoints_can_live_on_a_listener_of_their_own() {
     let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// A raw HTTP/1.1 upstream that answers `ok` to every request and counts its connections;
+/// with `close_after_answer` it closes each connection after its first answer, without saying
+/// so (as an upstream whose keep-alive timeout ran out does), and reports each close.
+async fn counting_upstream(
+    close_after_answer: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    // Bodiless requests: each ends at its blank line.
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if close_after_answer {
+                            drop(stream);
+                            let _ = closed.send(());
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, closes)
+}
+
+#[tokio::test]
+async fn a_client_connections_requests_share_one_upstream_connection() {
+    use std::sync::atomic::Ordering;
+    let (upstream_addr, connections, _) = counting_upstream(false).await;
+    let text = format!("{}\n{FREE_ALL}", common::base_config(upstream_addr, ""));
+    let g = common::start_with(common::Upstream::default(), upstream_addr, &text).await;
+    let (one, two) = (reqwest::Client::new(), reqwest::Client::new());
+    for _ in 0..5 {
+        assert_eq!(one.get(g.url("/x")).send().await.unwrap().text().await.unwrap(), "ok");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one client connection, one upstream one");
+    for _ in 0..5 {
+        assert_eq!(two.get(g.url("/y")).send().await.unwrap().text().await.unwrap(), "ok");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "a second client connection has its own");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closed_the_kept_connection_gets_the_next_request_on_a_new_one() {
+    let (upstream_addr, _, mut closes) = counting_upstream(true).await;
+    let text = format!("{}\n{FREE_ALL}", common::base_config(upstream_addr, ""));
+    let g = common::start_with(common::Upstream::default(), upstream_addr, &text).await;
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        let answer = client.get(g.url("/x")).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "request {i}");
+        assert_eq!(answer.text().await.unwrap(), "ok");
+        // The upstream has closed the connection that answered before the next request comes.
+        closes.recv().await.unwrap();
+    }
+}
