@@ -23,34 +23,133 @@
 //! Routes are labelled by their host and pattern (`/weather/*`), never by request path, so the
 //! number of series is bounded by the configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Upper bounds of the latency histograms' buckets, in seconds.
 const BUCKETS: [f64; 12] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// Series are kept in this many shards, each thread writing to its own, so that the worker
+/// threads counting every request do not wait on one another; a scrape adds them up.
+const SHARDS: usize = 16;
+
 type Labels = Vec<(&'static str, String)>;
 
-#[derive(Default)]
+/// Series of every shard added up, in name and label order.
+type Merged<T> = BTreeMap<(&'static str, Labels), T>;
+
+#[derive(Default, Clone)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
     count: u64,
     sum: f64,
 }
 
-#[derive(Default)]
+impl Histogram {
+    fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+}
+
+/// One metric's series with given labels.
+struct Series<T> {
+    name: &'static str,
+    labels: Labels,
+    value: T,
+}
+
+/// Series by the hash of their name and labels (found without building the labels).
+struct Table<T> {
+    hasher: RandomState,
+    series: HashMap<u64, Vec<Series<T>>>,
+}
+
+impl<T: Default> Table<T> {
+    fn new(hasher: RandomState) -> Self {
+        Table { hasher, series: HashMap::new() }
+    }
+
+    fn slot(&mut self, name: &'static str, labels: &[(&'static str, &str)]) -> &mut T {
+        let mut h = self.hasher.build_hasher();
+        name.hash(&mut h);
+        labels.hash(&mut h);
+        let bucket = self.series.entry(h.finish()).or_default();
+        let same = |s: &Series<T>| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && s.labels.iter().zip(labels).all(|((k, v), (lk, lv))| k == lk && v == lv)
+        };
+        let at = match bucket.iter().position(same) {
+            Some(at) => at,
+            None => {
+                let labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+                bucket.push(Series { name, labels, value: T::default() });
+                bucket.len() - 1
+            }
+        };
+        &mut bucket[at].value
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Series<T>> {
+        self.series.values().flatten()
+    }
+}
+
 struct Families {
-    counters: BTreeMap<(&'static str, Labels), u128>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    counters: Table<u128>,
+    histograms: Table<Histogram>,
 }
 
 /// The gateway's metrics; one per process, kept across reloads.
-#[derive(Default)]
 pub struct Metrics {
-    families: Mutex<Families>,
+    shards: Vec<Mutex<Families>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let hasher = RandomState::new();
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Families {
+                    counters: Table::new(hasher.clone()),
+                    histograms: Table::new(hasher.clone()),
+                })
+            })
+            .collect();
+        Metrics { shards }
+    }
+}
+
+thread_local! {
+    /// This thread's shard.
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    };
+}
+
+/// A status code as a label value, without an allocation.
+fn status_label(status: u16, buf: &mut [u8; 5]) -> &str {
+    let mut n = status;
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -108,16 +207,21 @@ impl Metrics {
         Self::default()
     }
 
-    fn add(&self, name: &'static str, labels: Labels, by: u128) {
-        let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = f.counters.entry((name, labels)).or_default();
+    fn shard(&self) -> MutexGuard<'_, Families> {
+        let at = SHARD.with(|at| *at);
+        self.shards[at].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, name: &'static str, labels: &[(&'static str, &str)], by: u128) {
+        let mut f = self.shard();
+        let slot = f.counters.slot(name, labels);
         *slot = slot.saturating_add(by);
     }
 
-    fn observe(&self, name: &'static str, labels: Labels, value: Duration) {
+    fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], value: Duration) {
         let secs = value.as_secs_f64();
-        let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        let h = f.histograms.entry((name, labels)).or_default();
+        let mut f = self.shard();
+        let h = f.histograms.slot(name, labels);
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
                 h.counts[i] += 1;
@@ -127,76 +231,83 @@ impl Metrics {
         h.sum += secs;
     }
 
+    /// Every shard's series added up, in name and label order.
+    fn merged(&self) -> (Merged<u128>, Merged<Histogram>) {
+        let (mut counters, mut histograms) = (BTreeMap::new(), BTreeMap::new());
+        for shard in &self.shards {
+            let f = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for s in f.counters.iter() {
+                let v: &mut u128 = counters.entry((s.name, s.labels.clone())).or_default();
+                *v = v.saturating_add(s.value);
+            }
+            for s in f.histograms.iter() {
+                histograms
+                    .entry((s.name, s.labels.clone()))
+                    .or_insert_with(Histogram::default)
+                    .merge(&s.value);
+            }
+        }
+        (counters, histograms)
+    }
+
     pub fn request(&self, route: &str, status: u16) {
         self.add(
             "farebox_gateway_requests_total",
-            vec![("route", route.into()), ("status", status.to_string())],
+            &[("route", route), ("status", status_label(status, &mut [0; 5]))],
             1,
         );
     }
 
     pub fn payment_required(&self, route: &str) {
-        self.add("farebox_gateway_payment_required_total", vec![("route", route.into())], 1);
+        self.add("farebox_gateway_payment_required_total", &[("route", route)], 1);
     }
 
     pub fn paid_request(&self, rail: &str, route: &str) {
-        self.add(
-            "farebox_gateway_paid_requests_total",
-            vec![("rail", rail.into()), ("route", route.into())],
-            1,
-        );
+        self.add("farebox_gateway_paid_requests_total", &[("rail", rail), ("route", route)], 1);
     }
 
     /// A payment taken; `asset` as [`crate::rails::asset_label`] spells it.
     pub fn payment(&self, rail: &str, route: &str, asset: &str, amount: u128) {
-        self.add(
-            "farebox_gateway_payments_total",
-            vec![("rail", rail.into()), ("route", route.into())],
-            1,
-        );
+        self.add("farebox_gateway_payments_total", &[("rail", rail), ("route", route)], 1);
         self.add(
             "farebox_gateway_revenue_total",
-            vec![("rail", rail.into()), ("route", route.into()), ("asset", asset.into())],
+            &[("rail", rail), ("route", route), ("asset", asset)],
             amount,
         );
     }
 
     pub fn rate_limited(&self, route: &str, limit: &'static str) {
-        self.add(
-            "farebox_gateway_rate_limited_total",
-            vec![("route", route.into()), ("limit", limit.into())],
-            1,
-        );
+        self.add("farebox_gateway_rate_limited_total", &[("route", route), ("limit", limit)], 1);
     }
 
     pub fn pricer(&self, route: &str, outcome: &'static str) {
         self.add(
             "farebox_gateway_pricer_requests_total",
-            vec![("route", route.into()), ("outcome", outcome.into())],
+            &[("route", route), ("outcome", outcome)],
             1,
         );
     }
 
     pub fn free_tier(&self, route: &str) {
-        self.add("farebox_gateway_free_tier_requests_total", vec![("route", route.into())], 1);
+        self.add("farebox_gateway_free_tier_requests_total", &[("route", route)], 1);
     }
 
     pub fn backend_error(&self, backend: &str) {
-        self.add("farebox_gateway_backend_errors_total", vec![("backend", backend.into())], 1);
+        self.add("farebox_gateway_backend_errors_total", &[("backend", backend)], 1);
     }
 
     pub fn verification(&self, rail: &str, took: Duration) {
-        self.observe("farebox_gateway_verification_seconds", vec![("rail", rail.into())], took);
+        self.observe("farebox_gateway_verification_seconds", &[("rail", rail)], took);
     }
 
     pub fn upstream(&self, upstream: &str, took: Duration) {
-        self.observe("farebox_gateway_upstream_seconds", vec![("upstream", upstream.into())], took);
+        self.observe("farebox_gateway_upstream_seconds", &[("upstream", upstream)], took);
     }
 
     /// The current value of a counter (for tests and the status page).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u128 {
-        let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        f.counters
+        self.merged()
+            .0
             .iter()
             .filter(|((n, l), _)| {
                 *n == name
@@ -208,16 +319,16 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let (counters, histograms) = self.merged();
         let mut out = String::new();
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((n, labels), value) in &f.counters {
+            for ((n, labels), value) in &counters {
                 if n == name {
                     let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
                 }
             }
-            for ((n, labels), h) in &f.histograms {
+            for ((n, labels), h) in &histograms {
                 if n != name {
                     continue;
                 }
@@ -287,5 +398,40 @@ mod tests {
         ));
         assert!(text.contains("route=\"/a\\\"b\""));
         assert_eq!(m.counter("farebox_gateway_requests_total", &[("route", "/joke")]), 2);
+    }
+
+    #[test]
+    fn what_many_threads_count_adds_up() {
+        let m = std::sync::Arc::new(Metrics::new());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.request("/joke", 200);
+                        m.verification("l402", Duration::from_micros(300));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(m.counter("farebox_gateway_requests_total", &[("status", "200")]), 8000);
+        let text = m.render();
+        assert!(
+            text.contains("farebox_gateway_requests_total{route=\"/joke\",status=\"200\"} 8000")
+        );
+        assert!(text.contains("farebox_gateway_verification_seconds_count{rail=\"l402\"} 8000"));
+        assert!(text.contains(
+            "farebox_gateway_verification_seconds_bucket{rail=\"l402\",le=\"0.0005\"} 8000"
+        ));
+    }
+
+    #[test]
+    fn status_codes_are_written_in_decimal() {
+        for status in [0u16, 7, 200, 402, 504, 65535] {
+            assert_eq!(status_label(status, &mut [0; 5]), status.to_string());
+        }
     }
 }
