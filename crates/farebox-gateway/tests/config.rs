@@ -224,6 +224,8 @@ fn other_mistakes_are_refused_at_their_keys() {
             "[free_tier]\nrequests = 0\nwindow_secs = 60\n[[routes]]\npath = \"/a\"\nfree = true\n",
             "free_tier.requests",
         ),
+        ("[gateway]\nworkers = 0\n[[routes]]\npath = \"/a\"\nfree = true\n", "gateway.workers"),
+        ("[gateway]\nworkers = 5000\n[[routes]]\npath = \"/a\"\nfree = true\n", "gateway.workers"),
     ];
     for (rest, key) in cases {
         let e = refused(&with(rest));
