@@ -288,6 +288,8 @@ async fn serve_connection(
             }
         })
     };
+    // The timer enables hyper's header read timeout (30 s): a client that trickles its headers,
+    // or sits idle between requests, is let go, and its upstream connections with it.
     let connection = server::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service)
