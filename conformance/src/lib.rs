@@ -501,11 +501,48 @@ pub async fn send(
     let mut res = req.send().await.map_err(|e| e.to_string())?;
     let (status, headers) = (res.status(), res.headers().clone());
     let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_BODY {
-            break;
+    loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_BODY => {
+                body.extend_from_slice(&chunk)
+            }
+            Ok(_) => break,
+            // The status and headers arrived, then the connection broke: a server refusing a
+            // 32 KiB request often answers 431 and closes while the request is still being
+            // written, and the reset cuts its body. The answer is judged on what arrived (a body
+            // cut short is never evidence for a check).
+            Err(e) => {
+                tracing::debug!(error = %e, %status, "the answer's body was cut short");
+                break;
+            }
         }
-        body.extend_from_slice(&chunk);
     }
     Ok(Exchange { status, headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that refuses with 431 and closes before its body is out is judged on the 431.
+    #[tokio::test]
+    async fn an_answer_whose_body_is_cut_is_judged_on_its_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let head =
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 100\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(b"cut").await.unwrap();
+            // Closed with 97 bytes of the body still owed.
+        });
+        let url = reqwest::Url::parse(&format!("http://{addr}/paid")).unwrap();
+        let answer = send(&reqwest::Client::new(), &url, &[]).await.expect("an answer");
+        assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(answer.body, b"cut");
+    }
 }
