@@ -8,6 +8,7 @@
 //! | [`config`] | the TOML schema, strict parsing, and every check made before start (with the file, line, column and key path of each problem) |
 //! | [`rails`] | the `[rails.*]` sections and the one function that builds them into rails |
 //! | [`gateway`] | the running gateway: backends, routes, the request path, reload, graceful shutdown |
+//! | [`connection`] | the worker threads of the main listener, and each client connection's own upstream connections |
 //! | [`proxy`] | forwarding: streaming bodies, hop-by-hop headers, `X-Forwarded-*`, WebSocket, timeouts |
 //! | [`free_tier`] | N free requests per client per window, counted in the shared database |
 //! | [`pricer`] | dynamic prices from an HTTP pricer the operator runs, cached, with a fallback |
@@ -44,6 +45,9 @@
 //!   log entries of the last 50 ms, never a payment's protection against replay, which is the
 //!   rails' business (see [`payments`]); a graceful shutdown writes them before it ends. The Prometheus counters count each paid answer as it
 //!   is given.
+//! * **Threads and connections**: `[gateway] workers` threads (one per CPU by default) serve
+//!   the main listener, a connection staying on one; each client connection keeps its own
+//!   connection to each upstream it uses, closed with it (an idle client is let go after 30 s).
 //! * **Requests no route matches are refused (404)**, never passed through free.
 //! * **`X-Forwarded-For`/`-Proto`/`-Host`** are written by the gateway and a client's own are
 //!   dropped, unless the peer is in `trusted_proxies`; `Forwarded` is not written, and a
