@@ -154,6 +154,10 @@ pub struct Expect {
     /// without a receipt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub served_once: bool,
+    /// A connection the server closes or resets before answering also refuses the request
+    /// (an oversized one: nothing was served); a timeout still fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_by_closing: bool,
 }
 
 /// One check.

@@ -363,3 +363,58 @@ async fn a_rail_the_server_offers_whose_every_check_was_skipped_is_no_pass() {
     assert!(matches!(report.results[0].outcome, Outcome::Skip(_)));
     assert_eq!(report.verdict(false), Verdict::Error, "{:?}", report.error);
 }
+
+/// In front of `upstream`: a request whose head is over 16 KiB is closed unanswered (as Node
+/// does), or, with `hang`, kept open unanswered; any other goes through, one per connection.
+async fn closing_oversized_requests(upstream: reqwest::Url, hang: bool) -> reqwest::Url {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let to = upstream.socket_addrs(|| None).unwrap()[0];
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    if head.len() > 16 * 1024 {
+                        if hang {
+                            std::future::pending::<()>().await;
+                        }
+                        return; // closed with the rest of the request unread: a reset
+                    }
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // One request per connection, so that every request's head is looked at here.
+                let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+                head.splice(line_end..line_end, b"Connection: close\r\n".iter().copied());
+                let mut server = tokio::net::TcpStream::connect(to).await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut server, &head).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let mut url = upstream.clone();
+    url.set_port(Some(addr.port())).unwrap();
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_on_an_oversized_credential_refuses_it_and_one_that_hangs_does_not() {
+    let network = DevNetwork::new();
+    let (url, _) = lightning_server(&network).await;
+    for (hang, passes) in [(false, true), (true, false)] {
+        let mut target = Target::new(closing_oversized_requests(url.clone(), hang).await);
+        target.rails = vec!["l402".into()];
+        target.timeout = std::time::Duration::from_secs(2);
+        let report = farebox_conformance::run(&target, &probes(&Wallets::default())).await;
+        let outcome = &report.get("l402.reject.oversized").unwrap().outcome;
+        assert_eq!(matches!(outcome, Outcome::Pass), passes, "hang: {hang}: {outcome:?}");
+        // The other checks saw the server through the front.
+        assert!(matches!(report.get("l402.challenge.invoice").unwrap().outcome, Outcome::Pass));
+    }
+}
