@@ -306,6 +306,27 @@ struct Run {
     p99_ms: f64,
     non_2xx: u64,
     errors: String,
+    /// The gateway's CPU time (user and system, every thread) per request served, in
+    /// microseconds: steadier than requests/s when wrk, nginx and the gateway share the cores.
+    cpu_us_per_request: Option<f64>,
+}
+
+/// CPU time `pid` has used so far (user and system, all threads), in seconds, from
+/// `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3:
+    // utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    Some(ticks as f64 / per_second)
 }
 
 /// `12.34us`, `1.20ms`, `2.00s` → milliseconds.
@@ -353,6 +374,7 @@ fn wrk(
     extra: &[String],
     script_args: &[&str],
     dir: &Path,
+    gateway: Option<u32>,
 ) -> Result<Run> {
     let mut args: Vec<String> =
         ["-t", GW_THREADS, "-c", GW_CONNECTIONS, "-d", GW_DURATION, "--latency"]
@@ -372,10 +394,18 @@ fn wrk(
         .collect();
     let command = format!("wrk {}", shown.join(" "));
     eprintln!("xtask: {command}");
+    let before = gateway.and_then(cpu_seconds);
     let out = Command::new("wrk").args(&args).current_dir(dir).output().context("running wrk")?;
+    let after = gateway.and_then(cpu_seconds);
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(dir.join(format!("wrk-{name}.txt")), &report)?;
-    Ok(parse_wrk(name, command, &report))
+    let mut run = parse_wrk(name, command, &report);
+    if let (Some(before), Some(after)) = (before, after)
+        && run.requests > 0.0
+    {
+        run.cpu_us_per_request = Some((after - before) * 1e6 / run.requests);
+    }
+    Ok(run)
 }
 
 /// nginx as the trivial upstream (`return 200`) and, on a second port, as a plain reverse
@@ -745,16 +775,18 @@ pub fn run_gateway_bench() -> Result<()> {
     expect_status(&format!("http://127.0.0.1:{proxy}/"), None, 200)?;
     let h = |name: &str, value: &str| vec!["-H".to_string(), format!("{name}: {value}")];
     // A warm-up: connection pools, page cache, CPU frequency.
-    let _ = wrk("warm-up", &format!("{base}/free"), &[], &[], &dir)?;
+    let pid = Some(_gateway.0.id());
+    let _ = wrk("warm-up", &format!("{base}/free"), &[], &[], &dir, pid)?;
     let runs = vec![
-        wrk("e nginx proxy", &format!("http://127.0.0.1:{proxy}/"), &[], &[], &dir)?,
-        wrk("a gateway, free", &format!("{base}/free"), &[], &[], &dir)?,
+        wrk("e nginx proxy", &format!("http://127.0.0.1:{proxy}/"), &[], &[], &dir, None)?,
+        wrk("a gateway, free", &format!("{base}/free"), &[], &[], &dir, pid)?,
         wrk(
             "b L402 token",
             &format!("{base}/l402"),
             &h("Authorization", &credentials.l402),
             &[],
             &dir,
+            pid,
         )?,
         wrk(
             "d MPP session",
@@ -762,6 +794,7 @@ pub fn run_gateway_bench() -> Result<()> {
             &h("Authorization", &credentials.voucher),
             &[],
             &dir,
+            pid,
         )?,
         wrk(
             "c x402",
@@ -769,8 +802,9 @@ pub fn run_gateway_bench() -> Result<()> {
             &["-s".into(), "x402.lua".into()],
             &[GW_THREADS],
             &dir,
+            pid,
         )?,
-        wrk("upstream direct", &format!("http://127.0.0.1:{upstream}/"), &[], &[], &dir)?,
+        wrk("upstream direct", &format!("http://127.0.0.1:{upstream}/"), &[], &[], &dir, None)?,
     ];
     let metrics = Command::new("curl")
         .arg("-s")
@@ -790,15 +824,16 @@ pub fn run_gateway_bench() -> Result<()> {
     println!(
         "\nfarebox gateway benchmark: wrk -t{GW_THREADS} -c{GW_CONNECTIONS} -d{GW_DURATION}, loopback, one machine\n"
     );
-    println!("| run | requests/s | p50 ms | p99 ms | non-2xx | command |");
-    println!("|---|---:|---:|---:|---:|---|");
+    println!("| run | requests/s | p50 ms | p99 ms | non-2xx | gateway CPU µs/request | command |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
     for r in &runs {
+        let cpu = r.cpu_us_per_request.map_or("-".to_string(), |us| format!("{us:.1}"));
         println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {} | `{}` |",
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {cpu} | `{}` |",
             r.name, r.rps, r.p50_ms, r.p99_ms, r.non_2xx, r.command
         );
         if !r.errors.is_empty() {
-            println!("|  | {} | | | | |", r.errors);
+            println!("|  | {} | | | | | |", r.errors);
         }
     }
     let find = |prefix: &str| {
@@ -822,6 +857,9 @@ pub fn run_gateway_bench() -> Result<()> {
         "(a) / (e) p50: {vs_nginx:.2}× (target ≤ 1.5×): {}",
         if vs_nginx <= 1.5 { "met" } else { "MISSED" }
     );
+    if let (Some(a_cpu), Some(b_cpu)) = (a.cpu_us_per_request, b.cpu_us_per_request) {
+        println!("(b) − (a) gateway CPU: {:.1} µs per request", b_cpu - a_cpu);
+    }
     println!("\nwrk reports, the gateway's log and its metrics are in {}", dir.display());
     Ok(())
 }
