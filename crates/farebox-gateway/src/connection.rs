@@ -212,7 +212,7 @@ impl Workers {
                 accepted = listener.accept() => accepted,
                 _ = stopped.wait_for(|stop| *stop) => break,
             };
-            let (stream, peer) = match accepted {
+            let (mut stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors or the like: wait instead of spinning.
@@ -221,9 +221,7 @@ impl Workers {
                     continue;
                 }
             };
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
+            crate::gateway::no_delay(&mut stream);
             // Handed over as a plain socket: the worker registers it with its own runtime.
             let stream = match stream.into_std() {
                 Ok(stream) => stream,

@@ -362,7 +362,7 @@ pub const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 /// Answers go out as soon as they are written: with Nagle's algorithm a response written in two
 /// parts (headers, then a streamed body) can wait for the client's delayed ACK.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
+pub(crate) fn no_delay(stream: &mut tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }

@@ -73,9 +73,6 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
     authority: http::uri::Authority,
-    /// Where to connect: the host (without an IPv6 literal's brackets) and the port.
-    host: String,
-    port: u16,
     base_path: String,
 }
 
@@ -96,19 +93,21 @@ impl UpstreamTarget {
         if uri.query().is_some() {
             return Err("the upstream URL must not carry a query".into());
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = authority.port_u16().unwrap_or(80);
         let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamTarget { authority, host, port, base_path })
+        Ok(UpstreamTarget { authority, base_path })
     }
 
     pub fn authority(&self) -> &str {
         self.authority.as_str()
     }
 
-    /// The host and port to connect to.
+    /// The host (without an IPv6 literal's brackets) and port to connect to.
     pub fn host_port(&self) -> (&str, u16) {
-        (&self.host, self.port)
+        let host = self.authority.host();
+        (
+            host.trim_start_matches('[').trim_end_matches(']'),
+            self.authority.port_u16().unwrap_or(80),
+        )
     }
 
     /// The upstream URI for a request to `path_and_query` at the gateway.
